@@ -1,0 +1,210 @@
+"""Service handlers: who answers a DIMSE request, and with what.
+
+A handler is registered for a DIMSE service (``"C-STORE"``, ``"C-FIND"``, ``"N-ACTION"``…) and
+optionally for specific abstract syntaxes; the engine calls it with a :class:`Request` and turns what it
+returns into response messages:
+
+================================  ===============================================================
+handler returns                   engine sends
+================================  ===============================================================
+``int`` (a status)                one final response with that status
+:class:`Response`                 one final response (status, optional dataset, extra elements)
+an iterator / async iterator of   one response per item (Pending for C-FIND, C-GET, C-MOVE), then a
+``Response`` or ``int``           final Success unless the last item was final, or Cancel (0xFE00)
+                                  when the peer sent C-CANCEL and the handler stopped
+================================  ===============================================================
+
+A handler may be ``async def`` (runs on the event loop: must not block) or a plain function (runs in the
+engine's thread pool, so a slow handler never stalls other associations). Exceptions and timeouts become
+the failure status :func:`failure_status` gives for the service (logged with the traceback); the
+association goes on. Allowed statuses per service: PS3.4 B.2.3 (C-STORE), C.4.1.1.4 (C-FIND),
+C.4.2.1.5 (C-MOVE), C.4.3.1.4 (C-GET), A.4.2 (C-ECHO), PS3.7 10.1 (N-services).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from pacskit.net import dimse
+from pacskit.net.sinks import DatasetSink, MemorySink, Part10FileSink, ReceivedDataset, encode_file_meta
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from pydicom.dataset import Dataset
+
+    from pacskit.net.association import Association
+    from pacskit.net.presentation import PresentationContext
+
+
+@dataclass(slots=True)
+class Response:
+    """One response message: a status, an optional dataset, extra command elements.
+
+    ``dataset`` may be a pydicom ``Dataset`` (encoded in the context's transfer syntax by the engine) or
+    already-encoded ``bytes``. ``elements`` adds command set elements by keyword, e.g.
+    ``ErrorComment``, ``OffendingElement``, ``NumberOfRemainingSuboperations``, ``AffectedSOPInstanceUID``.
+    """
+
+    status: int
+    dataset: Dataset | bytes | None = None
+    elements: dict[str, Any] = field(default_factory=dict)
+
+
+HandlerResult = Union[int, Response, Iterator[Any], AsyncIterator[Any], None]
+Handler = Callable[["Request"], Union[HandlerResult, Awaitable[HandlerResult]]]
+
+
+class Request:
+    """A DIMSE request as a handler sees it. Values are decoded lazily; nothing is parsed unless asked.
+
+    - ``assoc``: the :class:`~pacskit.net.association.Association` (peer AE title, address, contexts,
+      user identity; and the requestor API for sub-operations, e.g. C-GET's C-STOREs)
+    - ``context``: the presentation context the request arrived on
+    - ``command``: the :class:`~pacskit.net.dimse.Command`
+    - ``received``: the dataset as it arrived (:class:`~pacskit.net.sinks.ReceivedDataset`), or ``None``
+    - ``cancelled``: set when the peer sent C-CANCEL for this request (C-FIND, C-MOVE, C-GET)
+    """
+
+    __slots__ = ("assoc", "context", "command", "received", "cancelled", "_dataset")
+
+    def __init__(
+        self,
+        assoc: Association,
+        context: PresentationContext,
+        command: dimse.Command,
+        received: ReceivedDataset | None,
+        cancelled: asyncio.Event,
+    ) -> None:
+        self.assoc = assoc
+        self.context = context
+        self.command = command
+        self.received = received
+        self.cancelled = cancelled
+        self._dataset: Dataset | None = None
+
+    @property
+    def service(self) -> str:
+        return dimse.CommandField(self.command.command_field).service
+
+    @property
+    def message_id(self) -> int:
+        return int(self.command.get("MessageID", 0))
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.command.get("AffectedSOPClassUID") or self.command.get("RequestedSOPClassUID") or "")
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.command.get("AffectedSOPInstanceUID") or self.command.get("RequestedSOPInstanceUID") or "")
+
+    @property
+    def dataset_path(self) -> os.PathLike[str] | None:
+        """The received Part 10 file (C-STORE), for handlers that move or hash it without decoding."""
+        return self.received.path if self.received is not None else None
+
+    @property
+    def dataset(self) -> Dataset | None:
+        """The dataset (or identifier) decoded with pydicom on first access."""
+        if self._dataset is None and self.received is not None:
+            self._dataset = self.received.decode()
+        return self._dataset
+
+
+@dataclass(slots=True)
+class _Entry:
+    handler: Handler
+    timeout: float | None
+    owner: str
+
+
+class DuplicateHandler(ValueError):
+    """Two handlers claim the same (service, abstract syntax)."""
+
+
+def failure_status(service: str) -> int:
+    """The generic failure status for ``service`` used when a handler fails or times out."""
+    if service in ("C-STORE", "C-FIND", "C-MOVE", "C-GET"):
+        return 0xC000  # Error: cannot understand / unable to process
+    return 0x0110  # Processing failure (PS3.7 C.4.8)
+
+
+class Services:
+    """The registry of handlers an acceptor (or a requestor, for C-GET and N-EVENT-REPORT) dispatches to.
+
+    Registration is per service name and abstract syntax; ``abstract_syntaxes=None`` registers a
+    fallback for every abstract syntax of that service. Exactly one handler owns each pair: a second
+    registration raises :class:`DuplicateHandler` naming both owners.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str | None], _Entry] = {}
+
+    def register(
+        self,
+        service: str,
+        handler: Handler,
+        abstract_syntaxes: Iterable[str] | None = None,
+        *,
+        timeout: float | None = None,
+        owner: str = "",
+    ) -> None:
+        service = service.upper()
+        if service not in _SERVICES:
+            raise ValueError(f"unknown DIMSE service {service!r}; one of {', '.join(sorted(_SERVICES))}")
+        keys: list[str | None] = list(abstract_syntaxes) if abstract_syntaxes is not None else [None]
+        owner = owner or getattr(handler, "__qualname__", repr(handler))
+        for key in keys:
+            existing = self._entries.get((service, key))
+            if existing is not None:
+                raise DuplicateHandler(
+                    f"{service} for {key or 'any abstract syntax'} is claimed by both "
+                    f"{existing.owner!r} and {owner!r}"
+                )
+        for key in keys:
+            self._entries[(service, key)] = _Entry(handler, timeout, owner)
+
+    def unregister(self, owner: str) -> None:
+        """Remove every registration made under ``owner`` (for reloads and tests)."""
+        for key in [k for k, e in self._entries.items() if e.owner == owner]:
+            del self._entries[key]
+
+    def lookup(self, service: str, abstract_syntax: str) -> tuple[Handler, float | None] | None:
+        entry = self._entries.get((service, abstract_syntax)) or self._entries.get((service, None))
+        return (entry.handler, entry.timeout) if entry is not None else None
+
+    def open_sink(self, assoc: Association, context: PresentationContext, command: dimse.Command) -> DatasetSink:
+        """Where an incoming dataset goes. Subclass or replace to store straight into a blob store."""
+        config = assoc.config
+        if command.command_field == dimse.CommandField.C_STORE_RQ:
+            header = encode_file_meta(
+                str(command.get("AffectedSOPClassUID", "")),
+                str(command.get("AffectedSOPInstanceUID", "")),
+                context.transfer_syntax,
+                assoc.config.implementation_class_uid,
+                assoc.config.implementation_version_name,
+                assoc.remote_ae_title,
+            )
+            return Part10FileSink(
+                config.temp_dir, header, context.transfer_syntax, config.max_dataset_size, config.fsync_received
+            )
+        return MemorySink(context.transfer_syntax, config.max_memory_dataset)
+
+
+_SERVICES = {
+    "C-STORE",
+    "C-FIND",
+    "C-GET",
+    "C-MOVE",
+    "C-ECHO",
+    "N-EVENT-REPORT",
+    "N-GET",
+    "N-SET",
+    "N-ACTION",
+    "N-CREATE",
+    "N-DELETE",
+}

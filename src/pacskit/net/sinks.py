@@ -1,0 +1,278 @@
+"""Where incoming datasets go while they arrive, and how outgoing files are read.
+
+An incoming dataset is handed to a :class:`DatasetSink` fragment by fragment as the bytes come off the
+socket, so a multi-GB instance never sits in memory. The engine picks a sink per message through
+:meth:`pacskit.net.services.Services.open_sink`: C-STORE requests go to :class:`Part10FileSink` (a
+temporary Part 10 file: preamble, file meta information built from the command and the presentation
+context, then the dataset bytes exactly as received); everything else (identifiers, N-service
+attribute lists) to :class:`MemorySink` with a size cap.
+
+A sink that is aborted (A-ABORT mid-dataset, connection lost, cap exceeded) removes what it wrote:
+nothing half-received is ever left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from pacskit.net.errors import DimseError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+
+class DatasetTooLarge(DimseError):
+    """An incoming dataset exceeded the sink's size cap."""
+
+
+class DatasetSink(Protocol):
+    """Receives one dataset's bytes; exactly one of :meth:`finish` or :meth:`abort` is called last."""
+
+    def write(self, chunk: memoryview | bytes) -> None: ...
+
+    def finish(self) -> ReceivedDataset: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(slots=True)
+class ReceivedDataset:
+    """A dataset that has fully arrived, either in memory (``data``) or in a file (``path``).
+
+    For a file, ``offset`` is where the dataset starts (after the Part 10 header) and ``path`` is a
+    complete Part 10 file. Whoever handles the request may take the file (``os.replace`` it or call
+    :meth:`move_to`); the engine deletes it after the handler returns if it is still there.
+    """
+
+    transfer_syntax: str
+    data: bytes | None = None
+    path: Path | None = None
+    offset: int = 0
+    size: int = 0
+    claimed: bool = False  # the handler took the file; the engine must not delete it
+
+    def read_bytes(self) -> bytes:
+        """The encoded dataset (without any Part 10 header). Reads the whole file: avoid for big data."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            return fh.read()
+
+    def decode(self, stop_before_pixels: bool = False) -> Dataset:
+        """Decode with pydicom (off the hot path: handlers call this only when they need values)."""
+        from pydicom import dcmread
+        from pydicom.filereader import read_dataset
+
+        if self.path is not None:
+            return dcmread(self.path, stop_before_pixels=stop_before_pixels, force=True)
+        raw = self.data or b""
+        if self.transfer_syntax == DeflatedExplicitVRLittleEndian:
+            import zlib
+
+            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+        ds = read_dataset(
+            io.BytesIO(raw),
+            is_implicit_VR=self.transfer_syntax == ImplicitVRLittleEndian,
+            is_little_endian=self.transfer_syntax != ExplicitVRBigEndian,
+            stop_when=(lambda tag, vr, length: tag == 0x7FE00010) if stop_before_pixels else None,
+        )
+        return ds
+
+    def move_to(self, destination: str | os.PathLike[str]) -> Path:
+        """Atomically move the received Part 10 file to ``destination`` (same filesystem)."""
+        if self.path is None:
+            raise ValueError("dataset was received in memory, not in a file")
+        dest = Path(destination)
+        os.replace(self.path, dest)
+        self.path = dest
+        self.claimed = True
+        return dest
+
+    def discard(self) -> None:
+        """Delete the temporary file unless a handler claimed it (called by the engine after handling)."""
+        if self.path is not None and not self.claimed:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+class MemorySink:
+    """Collects a dataset in memory, refusing more than ``max_size`` bytes."""
+
+    __slots__ = ("_parts", "_size", "_max", "_ts")
+
+    def __init__(self, transfer_syntax: str, max_size: int) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._max = max_size
+        self._ts = transfer_syntax
+
+    def write(self, chunk: memoryview | bytes) -> None:
+        self._size += len(chunk)
+        if self._max and self._size > self._max:
+            raise DatasetTooLarge(f"dataset exceeds the in-memory limit of {self._max} bytes")
+        self._parts.append(bytes(chunk))
+
+    def finish(self) -> ReceivedDataset:
+        data = b"".join(self._parts)
+        self._parts = []
+        return ReceivedDataset(self._ts, data=data, size=len(data))
+
+    def abort(self) -> None:
+        self._parts = []
+
+
+_EXPLICIT_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def encode_file_meta(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax: str,
+    implementation_class_uid: str,
+    implementation_version_name: str = "",
+    source_ae_title: str = "",
+) -> bytes:
+    """Preamble, ``DICM`` and a File Meta Information group (PS3.10 7.1), Explicit VR Little Endian."""
+
+    def elem(tag_elem: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+        if len(value) & 1:
+            value += pad
+        if vr in _EXPLICIT_LONG_VRS:
+            return struct.pack("<HH2sHL", 0x0002, tag_elem, vr, 0, len(value)) + value
+        return struct.pack("<HH2sH", 0x0002, tag_elem, vr, len(value)) + value
+
+    body = [
+        elem(0x0001, b"OB", b"\x00\x01", b"\x00"),
+        elem(0x0002, b"UI", sop_class_uid.encode("ascii"), b"\x00"),
+        elem(0x0003, b"UI", sop_instance_uid.encode("ascii"), b"\x00"),
+        elem(0x0010, b"UI", transfer_syntax.encode("ascii"), b"\x00"),
+        elem(0x0012, b"UI", implementation_class_uid.encode("ascii"), b"\x00"),
+    ]
+    if implementation_version_name:
+        body.append(elem(0x0013, b"SH", implementation_version_name.encode("ascii"), b" "))
+    if source_ae_title:
+        body.append(elem(0x0016, b"AE", source_ae_title.encode("ascii"), b" "))
+    group = b"".join(body)
+    return bytes(128) + b"DICM" + elem(0x0000, b"UL", struct.pack("<L", len(group)), b"") + group
+
+
+class Part10FileSink:
+    """Streams a dataset into a temporary Part 10 file in ``directory``.
+
+    The file is written under a random name (never from a UID) and only becomes a
+    :class:`ReceivedDataset` when complete. ``max_size`` (0 = unlimited) caps the dataset bytes.
+    ``fsync`` makes :meth:`finish` flush to stable storage, for callers that acknowledge durability.
+    """
+
+    __slots__ = ("_fh", "_path", "_header_len", "_size", "_max", "_ts", "_fsync")
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None,
+        header: bytes,
+        transfer_syntax: str,
+        max_size: int = 0,
+        fsync: bool = False,
+    ) -> None:
+        fd, name = tempfile.mkstemp(prefix="rx-", suffix=".part", dir=directory)
+        self._fh: BinaryIO = os.fdopen(fd, "wb", buffering=256 * 1024)
+        self._path = Path(name)
+        self._fh.write(header)
+        self._header_len = len(header)
+        self._size = 0
+        self._max = max_size
+        self._ts = transfer_syntax
+        self._fsync = fsync
+
+    def write(self, chunk: memoryview | bytes) -> None:
+        self._size += len(chunk)
+        if self._max and self._size > self._max:
+            raise DatasetTooLarge(f"dataset exceeds the limit of {self._max} bytes")
+        self._fh.write(chunk)
+
+    def finish(self) -> ReceivedDataset:
+        if self._fsync:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        self._fh.close()
+        return ReceivedDataset(self._ts, path=self._path, offset=self._header_len, size=self._size)
+
+    def abort(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+
+
+@dataclass(slots=True)
+class Part10Info:
+    """What :func:`read_part10_header` found: the File Meta values and where the dataset starts."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset_offset: int
+    file_size: int
+
+
+def read_part10_header(path: str | os.PathLike[str]) -> Part10Info:
+    """Read only the File Meta Information of a Part 10 file (no pydicom, no pixel data touched).
+
+    Raises ``ValueError`` when the file is not Part 10 or lacks the UIDs a C-STORE needs.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            raise ValueError(f"{path}: not a DICOM Part 10 file (no DICM prefix)")
+        values: dict[int, str] = {}
+        pos = 132
+        while True:
+            hdr = fh.read(8)
+            if len(hdr) < 8:
+                break
+            group, elem, vr = struct.unpack("<HH2s", hdr[:6])
+            if group != 0x0002:
+                break
+            if vr in _EXPLICIT_LONG_VRS:
+                (length,) = struct.unpack("<L", fh.read(4))
+                header_len = 12
+            else:
+                (length,) = struct.unpack("<H", hdr[6:8])
+                header_len = 8
+            value = fh.read(length)
+            if len(value) < length:
+                raise ValueError(f"{path}: truncated file meta information")
+            values[elem] = value.decode("ascii", "replace").rstrip("\x00 ")
+            pos += header_len + length
+        size = os.fstat(fh.fileno()).st_size
+    try:
+        return Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size)
+    except KeyError as exc:
+        raise ValueError(f"{path}: file meta information lacks (0002,{exc.args[0]:04X})") from exc
+
+
+def iter_file_chunks(path: str | os.PathLike[str], offset: int, chunk_size: int) -> Iterator[bytes]:
+    """Read ``path`` from ``offset`` in pieces of ``chunk_size`` bytes (the PDV payload size)."""
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        while True:
+            chunk = fh.read(chunk_size)
+            if not chunk:
+                return
+            yield chunk
