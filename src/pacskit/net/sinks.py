@@ -14,12 +14,12 @@ nothing half-received is ever left behind.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
@@ -28,6 +28,10 @@ from pacskit.net.errors import DimseError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset, FileMetaDataset
+
+
+_PID = os.getpid()
+_COUNTER = itertools.count()
 
 
 class DatasetTooLarge(DimseError):
@@ -55,7 +59,7 @@ class ReceivedDataset:
 
     transfer_syntax: str
     data: bytes | None = None
-    path: Path | None = None
+    path: str | None = None
     offset: int = 0
     size: int = 0
     claimed: bool = False  # the handler took the file; the engine must not delete it
@@ -89,11 +93,11 @@ class ReceivedDataset:
         )
         return ds
 
-    def move_to(self, destination: str | os.PathLike[str]) -> Path:
+    def move_to(self, destination: str | os.PathLike[str]) -> str:
         """Atomically move the received Part 10 file to ``destination`` (same filesystem)."""
         if self.path is None:
             raise ValueError("dataset was received in memory, not in a file")
-        dest = Path(destination)
+        dest = os.fspath(destination)
         os.replace(self.path, dest)
         self.path = dest
         self.claimed = True
@@ -172,12 +176,14 @@ def encode_file_meta(
 class Part10FileSink:
     """Streams a dataset into a temporary Part 10 file in ``directory``.
 
-    The file is written under a random name (never from a UID) and only becomes a
-    :class:`ReceivedDataset` when complete. ``max_size`` (0 = unlimited) caps the dataset bytes.
-    ``fsync`` makes :meth:`finish` flush to stable storage, for callers that acknowledge durability.
+    The file is written under a name made of the process id and a counter (never from a UID), with
+    unbuffered ``os.write`` calls: fragments are already PDU-sized, and a per-file buffer would cost
+    more than it saves on the small-instance path. It only becomes a :class:`ReceivedDataset` when
+    complete. ``max_size`` (0 = unlimited) caps the dataset bytes. ``fsync`` makes :meth:`finish` flush to
+    stable storage, for callers that acknowledge durability.
     """
 
-    __slots__ = ("_fh", "_path", "_header_len", "_size", "_max", "_ts", "_fsync")
+    __slots__ = ("_fd", "_path", "_header_len", "_size", "_max", "_ts", "_fsync")
 
     def __init__(
         self,
@@ -187,37 +193,50 @@ class Part10FileSink:
         max_size: int = 0,
         fsync: bool = False,
     ) -> None:
-        fd, name = tempfile.mkstemp(prefix="rx-", suffix=".part", dir=directory)
-        self._fh: BinaryIO = os.fdopen(fd, "wb", buffering=256 * 1024)
-        self._path = Path(name)
-        self._fh.write(header)
+        folder = os.fspath(directory) if directory is not None else tempfile.gettempdir()
+        while True:
+            path = f"{folder}/rx-{_PID}-{next(_COUNTER)}.part"
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:  # a stale file from an earlier process with the same pid
+                continue
+        self._path = path
         self._header_len = len(header)
         self._size = 0
         self._max = max_size
         self._ts = transfer_syntax
         self._fsync = fsync
+        self._write_all(header)
+
+    def _write_all(self, data: memoryview | bytes) -> None:
+        written = os.write(self._fd, data)
+        while written < len(data):  # short writes only happen on signals / full disks
+            written += os.write(self._fd, memoryview(data)[written:])
 
     def write(self, chunk: memoryview | bytes) -> None:
         self._size += len(chunk)
         if self._max and self._size > self._max:
             raise DatasetTooLarge(f"dataset exceeds the limit of {self._max} bytes")
-        self._fh.write(chunk)
+        self._write_all(chunk)
 
     def finish(self) -> ReceivedDataset:
-        if self._fsync:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        self._fh.close()
+        try:
+            if self._fsync:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
         return ReceivedDataset(self._ts, path=self._path, offset=self._header_len, size=self._size)
 
     def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         try:
-            self._fh.close()
-        finally:
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
+            os.unlink(self._path)
+        except FileNotFoundError:
+            pass
 
 
 @dataclass(slots=True)
