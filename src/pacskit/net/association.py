@@ -285,8 +285,13 @@ class Association:
     def _reject(self, decision: Reject) -> None:
         self.reject = decision
         self.dul.associate_response(pdu.AssociateRJ(*decision))
+        called = self.requested.called_ae_title if self.requested is not None else self.local_ae_title
         log.warning(
-            "%s: association from %s rejected (%s)", self.label, _addr(self.peer_address), decision.describe()
+            "association from %s@%s to %s rejected (%s)",
+            self.remote_ae_title or "?",
+            _addr(self.peer_address),
+            called,
+            decision.describe(),
         )
         if self.bus.wants(ev.ASSOCIATION_REJECTED):
             self.bus.emit(
@@ -970,6 +975,8 @@ async def connect(
         )
     except TimeoutError:
         raise ConnectionFailed(f"cannot connect to {host}:{port}: timed out after {config.acse_timeout} s") from None
+    except ConnectionRefusedError as exc:
+        raise ConnectionFailed(f"cannot connect to {host}:{port}: connection refused") from exc
     except OSError as exc:
         raise ConnectionFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
     try:

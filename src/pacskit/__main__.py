@@ -1,0 +1,3 @@
+from pacskit.cli import main
+
+main()
