@@ -48,7 +48,7 @@ from pacskit.net.presentation import (
     RequestedContext,
     SupportedContext,
 )
-from pacskit.net.services import Request, Response, Services
+from pacskit.net.services import Handler, Request, Response, Services
 from pacskit.net.sinks import ReceivedDataset
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "ConnectionFailed",
     "DimseError",
     "EventBus",
+    "Handler",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "NetConfig",

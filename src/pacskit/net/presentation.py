@@ -47,6 +47,9 @@ ALL_TRANSFER_SYNTAXES: tuple[str, ...] = UNCOMPRESSED_TRANSFER_SYNTAXES + tuple(
 class SupportedContext:
     """An abstract syntax we accept, with our transfer syntaxes in preference order.
 
+    ``abstract_syntax="*"`` accepts any abstract syntax not listed otherwise (an "accept any storage
+    SOP class" switch); handlers registered for ``"*"`` serve those.
+
     ``scu_role`` / ``scp_role`` say whether we agree to a *requestor's* proposal to act as SCU / SCP for
     this SOP class when it sends a role selection item (e.g. a C-GET requestor asks to be Storage SCP:
     set ``scp_role=True`` on the storage contexts of a C-GET provider). Without a role selection item
@@ -121,7 +124,7 @@ def negotiate_as_acceptor(
     out = AcceptorNegotiation()
     seen: set[int] = set()
     for pc in proposed:
-        ours = by_abstract.get(pc.abstract_syntax)
+        ours = by_abstract.get(pc.abstract_syntax) or by_abstract.get("*")
         if pc.id % 2 == 0 or pc.id in seen:
             out.ac_items.append(pdu.PresentationContextAC(pc.id, pdu.PC_NO_REASON))
             continue

@@ -156,7 +156,9 @@ class Services:
         service = service.upper()
         if service not in _SERVICES:
             raise ValueError(f"unknown DIMSE service {service!r}; one of {', '.join(sorted(_SERVICES))}")
-        keys: list[str | None] = list(abstract_syntaxes) if abstract_syntaxes is not None else [None]
+        keys: list[str | None] = (
+            [None if uid == "*" else uid for uid in abstract_syntaxes] if abstract_syntaxes is not None else [None]
+        )
         owner = owner or getattr(handler, "__qualname__", repr(handler))
         for key in keys:
             existing = self._entries.get((service, key))
