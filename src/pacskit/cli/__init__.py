@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -33,6 +34,10 @@ from pacskit.net import (
     VERIFICATION_SOP_CLASS,
     connect,
 )
+
+if TYPE_CHECKING:
+    from pacskit.server.aetitles import FileAeRegistry
+    from pacskit.server.settings import ServerSettings
 
 EXIT_OK = 0
 EXIT_FAILURE_STATUS = 1
@@ -126,20 +131,125 @@ def echo(
     typer.echo(f"C-ECHO to {target}: Success")
 
 
+def _server_settings(config: str | None, data_dir: str | None, **overrides: object) -> ServerSettings:
+    """Settings from ``--config`` (a server.toml or its folder) or ``--data-dir``, then CLI flags."""
+    from pacskit.server.settings import SettingsError, load_settings
+
+    if config is not None:
+        path = Path(config)
+        folder = path.parent if path.suffix == ".toml" else path
+        if path.suffix == ".toml" and not path.exists():
+            typer.echo(f"error: settings file {path} does not exist", err=True)
+            raise typer.Exit(EXIT_USAGE)
+    else:
+        folder = Path(data_dir or "./pacs-data")
+    if data_dir is not None and config is not None:
+        overrides["data_dir"] = str(Path(data_dir).resolve())
+    try:
+        return load_settings(folder, {k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+ConfigOpt = Annotated[
+    Optional[str], typer.Option("--config", help="server.toml (or the server folder holding it)")
+]
+DataDirOpt = Annotated[
+    Optional[str], typer.Option("--data-dir", help="server folder: settings, index and files [./pacs-data]")
+]
+
+
 @app.command()
 def serve(
-    ae: Annotated[str, typer.Option("--ae", help="our AE title")] = "PACSKIT",
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 11112,
-    data_dir: Annotated[str, typer.Option("--data-dir", help="where received instances are kept")] = "./pacs-data",
-    max_associations: Annotated[int, typer.Option(help="simultaneous associations")] = 100,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 1,
+    ae: Annotated[Optional[str], typer.Option("--ae", help="our AE title [PACSKIT]")] = None,
+    host: Annotated[Optional[str], typer.Option(help="address to bind [127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port to listen on [11112]")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    open_mode: Annotated[
+        Optional[bool], typer.Option("--open/--registered-only", help="accept any calling AE even off loopback")
+    ] = None,
 ) -> None:
-    """Run the PACS: Verification and Storage SCP, keeping received instances durably in DATA_DIR."""
-    from pacskit.cli.serve import run_server
+    """Run the PACS server with its add-ins (Verification, Storage, and any installed ones)."""
+    from pacskit.server.server import run_server
 
-    _setup_logging(verbose)
-    raise typer.Exit(run_server(ae=ae, host=host, port=port, data_dir=data_dir, max_associations=max_associations))
+    settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode)
+    raise typer.Exit(run_server(settings))
+
+
+ae_app = typer.Typer(help="Manage the registry of remote AEs (no running server needed).", no_args_is_help=True)
+app.add_typer(ae_app, name="ae")
+
+
+def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
+    from pacskit.server.aetitles import AE_FILE, FileAeRegistry
+
+    settings = _server_settings(config, data_dir)
+    return FileAeRegistry(settings.folder / AE_FILE)
+
+
+@ae_app.command("add")
+def ae_add(
+    name: Annotated[str, typer.Argument(help="the remote AE title")],
+    host: Annotated[str, typer.Option(help="its host name or address")],
+    port: Annotated[int, typer.Option(help="its port")],
+    tls: Annotated[bool, typer.Option(help="require TLS to reach it")] = False,
+    description: Annotated[str, typer.Option(help="free text")] = "",
+    services: Annotated[
+        Optional[str], typer.Option(help="comma-separated services it may use (echo,store,find,move,get,...)")
+    ] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="overwrite an existing entry")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Register a remote AE."""
+    from pydantic import ValidationError
+
+    from pacskit.server.aetitles import ALL_SERVICES, RemoteAE
+
+    try:
+        entry = RemoteAE(
+            title=name,
+            host=host,
+            port=port,
+            tls=tls,
+            description=description,
+            allowed_services=set(services.split(",")) if services else set(ALL_SERVICES),
+        )
+        _registry(config, data_dir).add(entry, replace=replace)
+    except (ValidationError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    typer.echo(f"added {entry.title} at {entry.host}:{entry.port}")
+
+
+@ae_app.command("list")
+def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """List the registered AEs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("AE title", "host", "port", "TLS", "services", "description")
+    for entry in _registry(config, data_dir).all():
+        table.add_row(
+            entry.title, entry.host, str(entry.port), "yes" if entry.tls else "no",
+            ",".join(sorted(entry.allowed_services)), entry.description,
+        )
+    Console().print(table)
+
+
+@ae_app.command("remove")
+def ae_remove(
+    name: Annotated[str, typer.Argument(help="the remote AE title")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Remove a registered AE."""
+    if not _registry(config, data_dir).remove(name):
+        typer.echo(f"error: {name} is not registered", err=True)
+        raise typer.Exit(EXIT_FAILURE_STATUS)
+    typer.echo(f"removed {name}")
 
 
 def main() -> None:

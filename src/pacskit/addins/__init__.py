@@ -1,0 +1,139 @@
+"""The add-in API: everything a DICOM service needs to plug into a pacskit server.
+
+An add-in is a class deriving from :class:`AddIn`. It declares
+
+- ``name``: unique, used for its settings section ``[addins.<name>]``;
+- ``Options``: a pydantic model of its options (defaults + validation; the JSON schema is what the
+  service manager shows and edits). Every add-in inherits ``enabled`` and ``timeout``;
+- :meth:`AddIn.presentation_contexts`: the abstract syntaxes it serves, with transfer syntaxes in
+  preference order and the SCP/SCU roles it agrees to;
+- :meth:`AddIn.handlers`: which DIMSE services (``"C-STORE"``, ``"C-FIND"``, ``"N-ACTION"``…) it answers on
+  those contexts — a handler gets a :class:`~pacskit.net.Request` and returns a status, a
+  :class:`~pacskit.net.Response` or an iterator of them (see :mod:`pacskit.net.services` for the contract
+  and the allowed statuses);
+- :meth:`AddIn.start` / :meth:`AddIn.stop`: lifecycle, with :attr:`AddIn.base` giving the base services.
+
+The server owns dispatch: each (service, abstract syntax) pair has exactly one owner, and two enabled
+add-ins claiming the same one is a start-up error naming both. When a handler does not answer within
+``timeout`` seconds, the server answers the service's failure status, logs it, and the association goes
+on.
+
+Add-ins are found through the entry point group ``pacskit.addins`` (``pip install``-able packages; the
+built-ins register themselves the same way) and as ``.py`` files or packages in the server folder's
+``addins/``.
+
+Example — a complete add-in::
+
+    from pacskit.addins import AddIn, AddInOptions
+    from pacskit.net import SupportedContext
+
+    class EchoCounterOptions(AddInOptions):
+        greeting: str = "hello"
+
+    class EchoCounter(AddIn):
+        name = "echo-counter"
+        Options = EchoCounterOptions
+
+        def presentation_contexts(self):
+            return [SupportedContext("1.2.840.10008.1.1")]
+
+        def handlers(self):
+            return {"C-ECHO": self.on_echo}
+
+        async def on_echo(self, request):
+            self.base.log.info("%s from %s", self.options.greeting, request.assoc.remote_ae_title)
+            return 0x0000
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pacskit.net import EventBus, Handler, Request, Response, Status, SupportedContext
+
+if TYPE_CHECKING:
+    from pacskit.server.aetitles import AeTitles
+    from pacskit.server.dicom_request import DicomRequest
+    from pacskit.server.settings import ServerSettings
+    from pacskit.store import DataStore
+
+
+class AddInOptions(BaseModel):
+    """Options every add-in has; subclass to add your own (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    timeout: float | None = Field(30.0, gt=0, description="seconds a handler may take before the server answers a failure status")
+
+
+@dataclass(slots=True)
+class BaseServices:
+    """Services every add-in can use; each one is replaceable when the server is built.
+
+    - ``dicom_request``: issue C-ECHO, C-STORE, C-FIND, C-MOVE, N-EVENT-REPORT… to other AEs
+    - ``ae_titles``: the registry of remote AEs (title, host, port, TLS, allowed services)
+    - ``store``: the data access layer (index + blob storage); ``None`` if the server runs without one
+    - ``log``: a logger named after the add-in
+    - ``events``: the spy event bus of the server (subscribe to association/DIMSE/PDU notifications)
+    - ``settings``: the server's settings (read-only by convention)
+    - ``data_dir``: the server's data folder (add-ins keep their own files in a sub-folder)
+    """
+
+    dicom_request: DicomRequest
+    ae_titles: AeTitles
+    store: DataStore | None
+    log: logging.Logger
+    events: EventBus
+    settings: ServerSettings
+    data_dir: Path
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class AddIn:
+    """Base class of add-ins (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[AddInOptions]] = AddInOptions
+
+    def __init__(self, options: AddInOptions, base: BaseServices) -> None:
+        self.options = options
+        self.base = base
+
+    def presentation_contexts(self) -> Sequence[SupportedContext]:
+        """The contexts this add-in serves. Called once after construction, before ``start``."""
+        return []
+
+    def handlers(self) -> Mapping[str, Handler]:
+        """DIMSE service name → handler, for every abstract syntax of :meth:`presentation_contexts`."""
+        return {}
+
+    async def start(self) -> None:
+        """Called once the server is bound, before the first association. Open resources here."""
+
+    async def stop(self) -> None:
+        """Called at shutdown after associations ended (or were aborted). Release resources here."""
+
+    @classmethod
+    def options_schema(cls) -> dict[str, Any]:
+        """JSON schema of the options (what the service manager shows and edits)."""
+        return cls.Options.model_json_schema()
+
+
+__all__ = [
+    "AddIn",
+    "AddInOptions",
+    "BaseServices",
+    "Handler",
+    "Request",
+    "Response",
+    "Status",
+    "SupportedContext",
+]

@@ -1,0 +1,97 @@
+"""Storage add-in: the C-STORE SCP of the PACS (PS3.4 Annex B).
+
+Every storage SOP class pynetdicom knows (170+, including retired ones peers still send), or any
+abstract syntax with ``accept_any_sop_class``; every common transfer syntax, stored exactly as received.
+The handler runs in the server's thread pool: the data store validates the header, hashes, moves the
+file durably into blob storage and commits the index row *before* Success is returned.
+
+Statuses (PS3.4 B.2.3, PS3.7 C):
+
+========  ==================================================================================
+0x0000    stored (or a duplicate kept as first received, with ``duplicate_policy = "keep-first"``)
+0x0111    duplicate SOP Instance refused (``duplicate_policy = "reject"``)
+0xA700    out of resources (disk full, dataset above the size cap)
+0xA900    dataset does not match the command (SOP Class / Instance UID differ)
+0xC000    cannot understand (unparseable header, missing or invalid UIDs, nesting too deep)
+========  ==================================================================================
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from pydantic import Field
+from pynetdicom import AllStoragePresentationContexts
+
+from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.net import ALL_TRANSFER_SYNTAXES
+
+STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+
+class StorageOptions(AddInOptions):
+    duplicate_policy: Literal["reject", "keep-first", "overwrite"] = Field(
+        "keep-first", description="what to do when a SOP Instance UID is already stored"
+    )
+    accept_any_sop_class: bool = Field(False, description="accept C-STORE of SOP classes not in the storage list")
+    transfer_syntaxes: list[str] = Field(
+        default_factory=lambda: list(ALL_TRANSFER_SYNTAXES),
+        description="accepted transfer syntaxes, most preferred first",
+    )
+
+
+class StorageAddIn(AddIn):
+    name = "storage"
+    description = "Storage SCP (C-STORE): keeps instances as received, indexed"
+    Options = StorageOptions
+    options: StorageOptions
+
+    def presentation_contexts(self) -> Sequence[SupportedContext]:
+        syntaxes = tuple(self.options.transfer_syntaxes)
+        uids = ("*",) if self.options.accept_any_sop_class else STORAGE_SOP_CLASSES
+        # scp_role: a C-GET requestor asks to be Storage SCP on these contexts; the Retrieve add-in
+        # needs that, and agreeing costs nothing when nobody asks.
+        return [SupportedContext(uid, syntaxes, scu_role=True, scp_role=True) for uid in uids]
+
+    def handlers(self) -> Mapping[str, Handler]:
+        return {"C-STORE": self.on_store}
+
+    def on_store(self, request: Request) -> Response:
+        from pacskit.store import IngestStatus, InvalidInstance
+
+        store = self.base.store
+        received = request.received
+        if store is None or received is None or received.path is None:
+            return Response(0xA700, elements={"ErrorComment": "no data store configured"})
+        try:
+            result = store.ingest(
+                received.path,
+                source_ae=request.assoc.remote_ae_title,
+                expected_sop_instance_uid=request.sop_instance_uid,
+                expected_sop_class_uid=request.sop_class_uid,
+                duplicate_policy=self.options.duplicate_policy,
+            )
+        except InvalidInstance as exc:
+            status = 0xA900 if exc.mismatch else 0xC000
+            self.base.log.warning(
+                "C-STORE %s from %s refused (0x%04X): %s",
+                request.sop_instance_uid,
+                request.assoc.remote_ae_title,
+                status,
+                exc,
+            )
+            elements: dict[str, object] = {"ErrorComment": str(exc)[:64]}
+            if exc.tag is not None:
+                elements["OffendingElement"] = [exc.tag]
+            return Response(status, elements=elements)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.base.log.error("C-STORE %s refused: disk full", request.sop_instance_uid)
+                return Response(0xA700, elements={"ErrorComment": "out of resources: disk full"})
+            raise
+        received.claimed = True
+        if result.status == IngestStatus.DUPLICATE_REJECTED:
+            return Response(0x0111, elements={"ErrorComment": "duplicate SOP Instance UID refused"})
+        return Response(0x0000)

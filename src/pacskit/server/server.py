@@ -1,0 +1,274 @@
+"""The DICOM server: one AE title, its settings folder, its add-ins, its base services.
+
+Start-up, in order: load settings → discover and instantiate add-ins (bad options or two add-ins
+claiming the same service on the same abstract syntax stop here, naming both) → bind (address in use:
+:class:`ServerError` with one clear line) → register base services → start add-ins → serve. Shutdown
+(SIGINT/SIGTERM through :func:`run_server`): stop listening, let running operations finish for a grace
+period, abort what is left, stop add-ins, close the store.
+
+The core only negotiates, dispatches and watches; every DICOM service is an add-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import logging.handlers
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pacskit.addins import AddIn, BaseServices
+from pacskit.net import REJECT_CALLING_AE, Acceptor, Association, EventBus, Reject, Services, SupportedContext
+from pacskit.net.services import DuplicateHandler
+from pacskit.server.addin_manager import AddInError, AddInManager
+from pacskit.server.aetitles import AE_FILE, AeTitles, FileAeRegistry
+from pacskit.server.dicom_request import DicomRequest
+from pacskit.server.settings import ServerSettings
+
+log = logging.getLogger("pacskit.server")
+
+
+class ServerError(RuntimeError):
+    """The server cannot start; the message is one line meant for the operator."""
+
+
+def merge_contexts(claims: Sequence[tuple[str, SupportedContext]]) -> list[SupportedContext]:
+    """Merge the contexts several add-ins declare for the same abstract syntax.
+
+    A storage SOP class can be served by the Storage add-in (C-STORE, requestor as SCU) and needed by
+    the Retrieve add-in (C-GET: requestor as SCP). Roles are OR'ed, transfer syntaxes united in the order
+    first declared. Who *handles* which service is decided separately, one owner per service.
+    """
+    merged: dict[str, SupportedContext] = {}
+    for _, ctx in claims:
+        prev = merged.get(ctx.abstract_syntax)
+        if prev is None:
+            merged[ctx.abstract_syntax] = SupportedContext(
+                ctx.abstract_syntax, tuple(ctx.transfer_syntaxes), ctx.scu_role, ctx.scp_role
+            )
+            continue
+        syntaxes = list(prev.transfer_syntaxes) + [ts for ts in ctx.transfer_syntaxes if ts not in prev.transfer_syntaxes]
+        merged[ctx.abstract_syntax] = SupportedContext(
+            ctx.abstract_syntax, tuple(syntaxes), prev.scu_role or ctx.scu_role, prev.scp_role or ctx.scp_role
+        )
+    return list(merged.values())
+
+
+class Server:
+    """A pacskit DICOM server.
+
+    ``addin_classes`` replaces discovery (tests, embedding); otherwise add-ins come from entry points and
+    ``<folder>/addins/``. ``store``, ``ae_titles`` and ``dicom_request`` replace the default base services.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        addin_classes: Sequence[type[AddIn]] | None = None,
+        use_entry_points: bool = True,
+        store: Any = None,
+        ae_titles: AeTitles | None = None,
+        dicom_request: DicomRequest | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = EventBus()
+        self.services = Services()
+        self.manager = AddInManager()
+        self.addins: list[AddIn] = []
+        self.acceptor: Acceptor | None = None
+        self._addin_classes = addin_classes
+        self._use_entry_points = use_entry_points
+        self._store = store
+        self._ae_titles = ae_titles
+        self._dicom_request = dicom_request
+        self._started_addins: list[AddIn] = []
+
+    # ------------------------------------------------------------------ start-up
+
+    def _open_store(self) -> Any:
+        if self._store is not None:
+            return self._store
+        from pacskit.store import DataStore, FilesystemBlobStore
+
+        self.settings.data_path.mkdir(parents=True, exist_ok=True)
+        blobs = FilesystemBlobStore(self.settings.storage_path)
+        return DataStore.open(self.settings.database_url, blobs=blobs)
+
+    def _load_addins(self, base_for: Any) -> None:
+        if self._addin_classes is not None:
+            for cls in self._addin_classes:
+                self.manager._add_class(cls, f"class {cls.__module__}.{cls.__qualname__}")
+        else:
+            self.manager.discover(self.settings.folder / "addins", use_entry_points=self._use_entry_points)
+        unknown = set(self.settings.addins) - set(self.manager.found)
+        for name in sorted(unknown):
+            log.warning("settings configure add-in %r, which is not installed", name)
+        claims: list[tuple[str, SupportedContext]] = []
+        for name, found in sorted(self.manager.found.items()):
+            options = self.manager.options_for(name, self.settings.addin_section(name))
+            if not options.enabled:
+                log.info("add-in %s is disabled", name)
+                continue
+            addin = found.cls(options, base_for(name))
+            contexts = list(addin.presentation_contexts())
+            handlers = dict(addin.handlers())
+            syntaxes = [ctx.abstract_syntax for ctx in contexts]
+            for service, handler in handlers.items():
+                try:
+                    self.services.register(service, handler, syntaxes, timeout=options.timeout, owner=name)
+                except DuplicateHandler as exc:
+                    raise AddInError(f"add-ins claim the same presentation context: {exc}") from None
+            claims.extend((name, ctx) for ctx in contexts)
+            self.addins.append(addin)
+            log.info("add-in %s loaded from %s (%d contexts)", name, found.origin, len(contexts))
+        self.contexts = merge_contexts(claims)
+
+    async def start(self) -> None:
+        """Load add-ins, bind, start add-ins. Raises :class:`ServerError` / :class:`AddInError`."""
+        settings = self.settings
+        store = self._open_store()
+        self.store = store
+        ae_titles = self._ae_titles or FileAeRegistry(settings.folder / AE_FILE)
+        config = settings.net_config()
+        temp_dir = getattr(getattr(store, "blobs", None), "temp_dir", None)
+        if temp_dir is not None:
+            config = dataclasses.replace(config, temp_dir=str(temp_dir))
+        dicom_request = self._dicom_request or DicomRequest(settings.ae_title, ae_titles, settings.net_config(), self.bus)
+        self.ae_titles = ae_titles
+
+        def base_for(name: str) -> BaseServices:
+            return BaseServices(
+                dicom_request=dicom_request,
+                ae_titles=ae_titles,
+                store=store,
+                log=logging.getLogger(f"pacskit.addin.{name}"),
+                events=self.bus,
+                settings=settings,
+                data_dir=settings.data_path,
+            )
+
+        try:
+            self._load_addins(base_for)
+        except Exception:
+            self._close_store()
+            raise
+        if not settings.is_loopback and settings.open_mode:
+            log.warning("open mode: any calling AE may associate on %s (not only registered AEs)", settings.host)
+        self.acceptor = Acceptor(
+            settings.ae_title,
+            self.contexts,
+            self.services,
+            config=config,
+            bus=self.bus,
+            on_associate=self._check_calling_ae,
+        )
+        try:
+            await self.acceptor.start(settings.host, settings.port)
+        except OSError as exc:
+            self._close_store()
+            reason = exc.strerror or str(exc)
+            if "address already in use" in str(exc).lower():
+                reason = "address already in use"
+            raise ServerError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from exc
+        for addin in self.addins:
+            await addin.start()
+            self._started_addins.append(addin)
+        log.info(
+            "server %s listening on %s:%d with %d add-ins",
+            settings.ae_title,
+            settings.host,
+            self.acceptor.port,
+            len(self.addins),
+        )
+
+    def _check_calling_ae(self, assoc: Association) -> Reject | None:
+        """Bound to loopback: anyone. Elsewhere: registered AEs only, unless open mode is set."""
+        if self.settings.is_loopback or self.settings.open_mode:
+            return None
+        if self.ae_titles.get(assoc.remote_ae_title) is None:
+            return REJECT_CALLING_AE
+        return None
+
+    @property
+    def port(self) -> int:
+        assert self.acceptor is not None
+        return self.acceptor.port
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self.acceptor is not None:
+            await self.acceptor.close(grace)
+        for addin in reversed(self._started_addins):
+            try:
+                await addin.stop()
+            except Exception:
+                log.exception("add-in %s failed to stop", addin.name)
+        self._started_addins.clear()
+        self._close_store()
+
+    def _close_store(self) -> None:
+        store = getattr(self, "store", None) or self._store
+        if store is not None and hasattr(store, "close"):
+            store.close()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def configure_logging(settings: ServerSettings) -> None:
+    """Console and rotating-file logging as the settings say (idempotent per process)."""
+    root = logging.getLogger()
+    root.setLevel(settings.logging.level)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in list(root.handlers):
+        if getattr(handler, "_pacskit", False):
+            root.removeHandler(handler)
+    handlers: list[logging.Handler] = []
+    if settings.logging.console:
+        handlers.append(logging.StreamHandler())
+    if settings.logging.file:
+        path = Path(settings.logging.file)
+        path = path if path.is_absolute() else settings.data_path / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(path, maxBytes=20 * 1024 * 1024, backupCount=5))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler._pacskit = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
+def run_server(settings: ServerSettings) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit code (1 with one line on start-up errors)."""
+
+    async def run() -> int:
+        server = Server(settings)
+        try:
+            await server.start()
+        except (ServerError, AddInError) as exc:
+            print(f"error: {exc}", flush=True)
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(
+            f"pacskit {settings.ae_title} listening on {settings.host}:{server.port}, "
+            f"data in {settings.data_path.resolve()}",
+            flush=True,
+        )
+        await stop.wait()
+        log.info("shutting down: letting running operations finish")
+        await server.stop()
+        return 0
+
+    configure_logging(settings)
+    return asyncio.run(run())

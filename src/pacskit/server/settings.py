@@ -1,0 +1,220 @@
+"""Server settings: one TOML file per server, validated by pydantic.
+
+A server lives in a folder named after its AE title; ``server.toml`` in it holds everything below.
+Unknown keys are errors (a typo must not silently fall back to a default), and every error names the
+file, the key and what was expected.
+
+Example::
+
+    ae_title = "PACSKIT"
+    host = "127.0.0.1"
+    port = 11112
+    max_associations = 100
+
+    [timeouts]
+    acse = 30
+    dimse = 60
+    network = 600
+
+    [database]
+    url = "sqlite:///{data_dir}/index.db"
+
+    [addins.storage]
+    duplicate_policy = "keep-first"
+    timeout = 30
+
+    [addins.my-addin]
+    enabled = false
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pacskit.net.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetConfig
+
+SETTINGS_FILE = "server.toml"
+_AE_RE = re.compile(r"^[\x20-\x5B\x5D-\x7E]{1,16}$")  # PS3.5 AE: default repertoire, no backslash
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class SettingsError(ValueError):
+    """A settings file is missing, unreadable or invalid; the message says where and why."""
+
+
+def validate_ae_title(value: str) -> str:
+    """Validate an AE title (1-16 characters of the default repertoire, not all spaces, no backslash)."""
+    if not _AE_RE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)")
+    return value.strip()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Timeouts(_Strict):
+    """Seconds; 0 disables a timeout."""
+
+    acse: float = Field(30.0, ge=0)
+    dimse: float = Field(60.0, ge=0)
+    network: float = Field(600.0, ge=0)
+    artim: float = Field(30.0, gt=0)
+
+
+class DatabaseSettings(_Strict):
+    """``url`` is an SQLAlchemy URL; ``{data_dir}`` is replaced by the server's data folder."""
+
+    url: str = "sqlite:///{data_dir}/index.db"
+
+
+class StorageSettings(_Strict):
+    """Where instance files live (relative paths are inside the data folder)."""
+
+    path: str = "files"
+
+
+class LoggingSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    console: bool = True
+    file: str | None = "logs/server.log"
+    json_lines: bool = False
+
+
+class ServerSettings(_Strict):
+    """Everything a server needs; ``folder`` is where it was loaded from (not stored in the file)."""
+
+    ae_title: str = "PACSKIT"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    max_associations: int = Field(100, ge=1)
+    max_pdu_length: int = Field(262_144, ge=0)
+    open_mode: bool = False
+    data_dir: str = "."
+    implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
+    implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
+    handler_threads: int = Field(8, ge=1)
+    timeouts: Timeouts = Timeouts()
+    database: DatabaseSettings = DatabaseSettings()
+    storage: StorageSettings = StorageSettings()
+    logging: LoggingSettings = LoggingSettings()
+    addins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    _folder: Path = Path(".")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("implementation_class_uid")
+    @classmethod
+    def _uid(cls, value: str) -> str:
+        if len(value) > 64 or not _UID_RE.match(value):
+            raise ValueError(f"{value!r} is not a valid UID")
+        return value
+
+    @field_validator("implementation_version_name")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not 0 < len(value) <= 16:
+            raise ValueError("implementation_version_name must be 1-16 characters")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value:
+            raise ValueError("host must not be empty")
+        return value
+
+    @property
+    def folder(self) -> Path:
+        return self._folder
+
+    @property
+    def data_path(self) -> Path:
+        path = Path(self.data_dir)
+        return path if path.is_absolute() else (self._folder / path)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url.replace("{data_dir}", str(self.data_path.resolve()))
+
+    @property
+    def storage_path(self) -> Path:
+        path = Path(self.storage.path)
+        return path if path.is_absolute() else self.data_path / path
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def net_config(self) -> NetConfig:
+        t = self.timeouts
+        return NetConfig(
+            max_pdu_length=self.max_pdu_length,
+            max_associations=self.max_associations,
+            artim_timeout=t.artim,
+            acse_timeout=t.acse or 3600.0,
+            dimse_timeout=t.dimse or None,
+            network_timeout=t.network or None,
+            handler_threads=self.handler_threads,
+            implementation_class_uid=self.implementation_class_uid,
+            implementation_version_name=self.implementation_version_name,
+        )
+
+    def addin_section(self, name: str) -> dict[str, Any]:
+        return dict(self.addins.get(name, {}))
+
+
+def load_settings(folder: str | Path, overrides: dict[str, Any] | None = None) -> ServerSettings:
+    """Read ``folder/server.toml`` (defaults when absent) and apply ``overrides`` (CLI flags)."""
+    folder = Path(folder)
+    path = folder / SETTINGS_FILE
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path}: cannot read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        settings = ServerSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"{path}: {problems}") from exc
+    settings._folder = folder
+    return settings
+
+
+def write_settings(settings: ServerSettings, folder: str | Path) -> Path:
+    """Write ``server.toml`` atomically (used by the service manager and tests)."""
+    import os
+
+    import tomli_w
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SETTINGS_FILE
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(settings.model_dump(exclude_none=True)), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
