@@ -1,0 +1,54 @@
+"""Test and benchmark helpers shipped with pacskit.
+
+* :mod:`pacskit.testing.synth` – synthetic, valid DICOM Part 10 files.
+* :mod:`pacskit.testing.peers` – run DCMTK, Orthanc and pynetdicom peers on 127.0.0.1.
+* :mod:`pacskit.testing.pynd_scp` – the minimal pynetdicom Storage SCP used as a baseline.
+"""
+
+from pacskit.testing.peers import (
+    OrthancPeer,
+    Peer,
+    PeerError,
+    count_store_successes,
+    dcmtk_env,
+    dcmtk_tool,
+    free_port,
+    have_dcmtk,
+    have_orthanc,
+    orthanc,
+    pynetdicom_store_scp,
+    run_echoscu,
+    run_storescu,
+    storescp,
+    wait_for_port,
+)
+from pacskit.testing.synth import (
+    make_dataset,
+    make_instance,
+    make_large_instance,
+    make_series,
+    pixel_bytes,
+)
+
+__all__ = [
+    "OrthancPeer",
+    "Peer",
+    "PeerError",
+    "count_store_successes",
+    "dcmtk_env",
+    "dcmtk_tool",
+    "free_port",
+    "have_dcmtk",
+    "have_orthanc",
+    "make_dataset",
+    "make_instance",
+    "make_large_instance",
+    "make_series",
+    "orthanc",
+    "pixel_bytes",
+    "pynetdicom_store_scp",
+    "run_echoscu",
+    "run_storescu",
+    "storescp",
+    "wait_for_port",
+]
