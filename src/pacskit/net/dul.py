@@ -320,8 +320,18 @@ class UpperLayer(asyncio.Protocol):
         else:
             transport.write(data)
         if self.bus.wants(ev.PDU_SENT):
+            # One event per PDU, not per buffer: a PDU is usually a header piece plus a payload piece.
+            need = 0
             for piece in data if isinstance(data, list) else [data]:
-                self.bus.emit(ev.PDU_SENT, self.user, pdu_type=pdu.P_DATA_TF, length=len(piece) - 6, pdu=None)
+                pos, size = 0, len(piece)
+                while pos < size:
+                    if need == 0:
+                        length = int.from_bytes(piece[pos + 2 : pos + 6], "big")
+                        self.bus.emit(ev.PDU_SENT, self.user, pdu_type=pdu.P_DATA_TF, length=length, pdu=None)
+                        need = length + 6
+                    take = min(need, size - pos)
+                    need -= take
+                    pos += take
         return True
 
     def release_request(self) -> bool:
