@@ -386,6 +386,7 @@ class Association:
         error = AssociationAborted(description)
         if not self._established.done():
             self._established.set_exception(error)
+            self._established.exception()  # mark retrieved: acceptors never await it (connect() still sees it)
         if not self._release_done.done():
             self._release_done.set_exception(error)
             self._release_done.exception()  # mark retrieved
