@@ -59,7 +59,7 @@ class StorageAddIn(AddIn):
         return {"C-STORE": self.on_store}
 
     def on_store(self, request: Request) -> Response:
-        from pacskit.store import IngestStatus, InvalidInstance
+        from pacskit.store import IngestStatus, InstanceMismatch, InvalidInstance
 
         store = self.base.store
         received = request.received
@@ -74,7 +74,7 @@ class StorageAddIn(AddIn):
                 duplicate_policy=self.options.duplicate_policy,
             )
         except InvalidInstance as exc:
-            status = 0xA900 if exc.mismatch else 0xC000
+            status = 0xA900 if isinstance(exc, InstanceMismatch) else 0xC000
             self.base.log.warning(
                 "C-STORE %s from %s refused (0x%04X): %s",
                 request.sop_instance_uid,

@@ -252,6 +252,44 @@ def ae_remove(
     typer.echo(f"removed {name}")
 
 
+@app.command()
+def check(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    no_hash: Annotated[bool, typer.Option("--no-hash", help="compare sizes only (faster)")] = False,
+) -> None:
+    """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts)."""
+    from pacskit.server.server import open_store
+
+    settings = _server_settings(config, data_dir)
+    store = open_store(settings)
+    try:
+        report = store.check(verify_hash=not no_hash)
+    finally:
+        store.close()
+    typer.echo(str(report))
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE_STATUS)
+
+
+@app.command()
+def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Rebuild the index from the stored files (run with the server stopped)."""
+    from pacskit.server.server import open_store
+
+    settings = _server_settings(config, data_dir)
+    store = open_store(settings)
+    try:
+        report = store.reindex()
+    finally:
+        store.close()
+    typer.echo(f"indexed {report.indexed} instances")
+    for key, reason in report.skipped:
+        typer.echo(f"skipped {key}: {reason}")
+    for key in report.duplicates:
+        typer.echo(f"left out {key}: same SOP Instance UID as an indexed file")
+    raise typer.Exit(EXIT_OK if not report.skipped else EXIT_FAILURE_STATUS)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -57,6 +57,14 @@ def merge_contexts(claims: Sequence[tuple[str, SupportedContext]]) -> list[Suppo
     return list(merged.values())
 
 
+def open_store(settings: ServerSettings) -> Any:
+    """The default ``store`` base service: the SQL index at ``database.url`` + files under ``storage.path``."""
+    from pacskit.store import DataStore, FilesystemBlobStore
+
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    return DataStore.open(settings.database_url, blobs=FilesystemBlobStore(settings.storage_path))
+
+
 class Server:
     """A pacskit DICOM server.
 
@@ -92,11 +100,7 @@ class Server:
     def _open_store(self) -> Any:
         if self._store is not None:
             return self._store
-        from pacskit.store import DataStore, FilesystemBlobStore
-
-        self.settings.data_path.mkdir(parents=True, exist_ok=True)
-        blobs = FilesystemBlobStore(self.settings.storage_path)
-        return DataStore.open(self.settings.database_url, blobs=blobs)
+        return open_store(self.settings)
 
     def _load_addins(self, base_for: Any) -> None:
         if self._addin_classes is not None:
@@ -134,7 +138,7 @@ class Server:
         self.store = store
         ae_titles = self._ae_titles or FileAeRegistry(settings.folder / AE_FILE)
         config = settings.net_config()
-        temp_dir = getattr(getattr(store, "blobs", None), "temp_dir", None)
+        temp_dir = getattr(store, "temp_dir", None)
         if temp_dir is not None:
             config = dataclasses.replace(config, temp_dir=str(temp_dir))
         dicom_request = self._dicom_request or DicomRequest(settings.ae_title, ae_titles, settings.net_config(), self.bus)
