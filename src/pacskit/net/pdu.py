@@ -325,21 +325,13 @@ class AssociateRQ:
     protocol_version: int = 1
 
     def encode(self) -> bytes:
-        body = [
-            struct.pack(">HH", self.protocol_version, 0),
-            encode_ae_title(self.called_ae_title),
-            encode_ae_title(self.calling_ae_title),
-            bytes(32),
-            _item(0x10, self.application_context.encode("ascii")),
-        ]
+        items = []
         for pc in self.contexts:
             sub = _item(0x30, pc.abstract_syntax.encode("ascii")) + b"".join(
                 _item(0x40, ts.encode("ascii")) for ts in pc.transfer_syntaxes
             )
-            body.append(_item(0x20, bytes((pc.id, 0, 0, 0)) + sub))
-        body.append(self.user_info.encode())
-        payload = b"".join(body)
-        return _HDR.pack(A_ASSOCIATE_RQ, 0, len(payload)) + payload
+            items.append(_item(0x20, bytes((pc.id, 0, 0, 0)) + sub))
+        return _encode_associate(A_ASSOCIATE_RQ, self, items)
 
     @classmethod
     def decode(cls, body: bytes) -> AssociateRQ:
@@ -389,20 +381,12 @@ class AssociateAC:
     protocol_version: int = 1
 
     def encode(self) -> bytes:
-        body = [
-            struct.pack(">HH", self.protocol_version, 0),
-            encode_ae_title(self.called_ae_title),
-            encode_ae_title(self.calling_ae_title),
-            bytes(32),
-            _item(0x10, self.application_context.encode("ascii")),
-        ]
+        items = []
         for pc in self.contexts:
             # PS3.8 9.3.3.2: the transfer syntax sub-item is present but not significant when rejected.
             ts = pc.transfer_syntax if pc.result == PC_ACCEPTANCE else ""
-            body.append(_item(0x21, bytes((pc.id, 0, pc.result, 0)) + _item(0x40, ts.encode("ascii"))))
-        body.append(self.user_info.encode())
-        payload = b"".join(body)
-        return _HDR.pack(A_ASSOCIATE_AC, 0, len(payload)) + payload
+            items.append(_item(0x21, bytes((pc.id, 0, pc.result, 0)) + _item(0x40, ts.encode("ascii"))))
+        return _encode_associate(A_ASSOCIATE_AC, self, items)
 
     @classmethod
     def decode(cls, body: bytes) -> AssociateAC:
@@ -428,6 +412,21 @@ class AssociateAC:
                     f"unrecognized item 0x{item_type:02X} in A-ASSOCIATE-AC", ABORT_REASON_UNRECOGNIZED_PARAMETER
                 )
         return cls(called, calling, contexts, user_info, app_ctx, version)
+
+
+def _encode_associate(pdu_type: int, pdu: AssociateRQ | AssociateAC, context_items: list[bytes]) -> bytes:
+    """The layout A-ASSOCIATE-RQ and -AC share: fixed fields, application context, contexts, user info."""
+    body = [
+        struct.pack(">HH", pdu.protocol_version, 0),
+        encode_ae_title(pdu.called_ae_title),
+        encode_ae_title(pdu.calling_ae_title),
+        bytes(32),
+        _item(0x10, pdu.application_context.encode("ascii")),
+        *context_items,
+        pdu.user_info.encode(),
+    ]
+    payload = b"".join(body)
+    return _HDR.pack(pdu_type, 0, len(payload)) + payload
 
 
 def _decode_associate_fixed(body: bytes) -> tuple[int, str, str, memoryview]:
