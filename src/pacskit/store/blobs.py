@@ -1,0 +1,302 @@
+"""Blob storage: where the Part 10 files live, behind a small interface (like httpx transports).
+
+A blob is one received file, kept byte-for-byte. The index refers to it by an opaque *key*: a random
+hex id (or a content hash), never derived from UIDs or patient data, and always checked against
+:data:`KEY_PATTERN` before it is turned into a path, so a hostile key (``../../etc/passwd``) can never
+reach the filesystem.
+
+Blobs are immutable: a key, once written, is never rewritten (an overwrite in the index writes a new
+blob under a new key and deletes the old one afterwards).
+
+* :class:`FilesystemBlobStore` keeps ``root/ab/cd/<key>.dcm``; :meth:`~FilesystemBlobStore.put_file`
+  takes ownership of a complete temp file on the same filesystem (the network engine writes into
+  :attr:`~FilesystemBlobStore.temp_dir`): fsync the file, ``os.replace`` it into place, fsync the
+  directory. When it returns, the blob survives a power failure.
+* :class:`MemoryBlobStore` is the in-memory twin for unit tests.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol, runtime_checkable
+
+#: A key: 32 (random id) or 64 (SHA-256) lower-case hex digits. Nothing else is ever a key.
+KEY_PATTERN = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{64})\Z")
+
+_SUFFIX = ".dcm"
+_COPY_CHUNK = 1 << 20
+
+
+class InvalidBlobKey(ValueError):
+    """A key that does not match :data:`KEY_PATTERN` (never turned into a path)."""
+
+
+class BlobNotFound(LookupError):
+    """No blob has this key."""
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a valid blob key, else raise :class:`InvalidBlobKey`."""
+    if not isinstance(key, str) or KEY_PATTERN.match(key) is None:
+        raise InvalidBlobKey(f"invalid blob key {key!r}")
+    return key
+
+
+def new_key() -> str:
+    """A fresh random key (128 bits, 32 hex digits)."""
+    return secrets.token_hex(16)
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Where blobs are kept. Implementations must be thread-safe."""
+
+    def put_file(self, src: str, key_hint: str | None = None) -> str:
+        """Take ownership of the complete file ``src`` and store it durably; return its key.
+
+        ``src`` is gone afterwards (moved or copied then deleted). ``key_hint`` asks for a given key
+        (e.g. a content hash; it must match :data:`KEY_PATTERN`); a blob with that key must not exist
+        (``FileExistsError``). Without a hint a random key is made.
+        """
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """The blob's bytes, as a binary file object (caller closes it). ``BlobNotFound`` if absent."""
+        ...
+
+    def path(self, key: str) -> str | None:
+        """The blob's local filesystem path if it has one (for zero-copy sending), else None."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; no error if it is already gone."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def iter_keys(self) -> Iterator[str]:
+        """Every stored key, in no particular order."""
+        ...
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemBlobStore:
+    """Blobs as files under ``root``: ``root/ab/cd/<key>.dcm``, temp files in ``root/tmp``.
+
+    ``root`` is created if needed. ``temp_dir`` is on the same filesystem, so moving a received temp
+    file into place is a rename, not a copy.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self._temp = os.path.join(self.root, "tmp")
+        os.makedirs(self._temp, exist_ok=True)
+        self._known_dirs: set[str] = set()
+        self._dir_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FilesystemBlobStore({self.root!r})"
+
+    @property
+    def temp_dir(self) -> str:
+        """Where incoming temp files should be written (same filesystem as the blobs)."""
+        return self._temp
+
+    # paths -----------------------------------------------------------------------------------------
+
+    def _file(self, key: str) -> str:
+        validate_key(key)
+        return os.path.join(self.root, key[:2], key[2:4], key + _SUFFIX)
+
+    def _ensure_dir(self, key: str) -> str:
+        """Create ``root/ab/cd`` if needed; every directory created is made durable in its parent."""
+        leaf = os.path.join(self.root, key[:2], key[2:4])
+        if leaf in self._known_dirs:
+            return leaf
+        with self._dir_lock:
+            parent = self.root
+            for part in (key[:2], key[2:4]):
+                folder = os.path.join(parent, part)
+                try:
+                    os.mkdir(folder, 0o755)
+                except FileExistsError:
+                    pass
+                else:
+                    _fsync_dir(parent)
+                parent = folder
+            self._known_dirs.add(leaf)
+        return leaf
+
+    # BlobStore ---------------------------------------------------------------------------------------
+
+    def put_file(self, src: str, key_hint: str | None = None) -> str:
+        src = os.fspath(src)
+        key = validate_key(key_hint) if key_hint is not None else new_key()
+        dest = self._file(key)
+        folder = self._ensure_dir(key)
+        if key_hint is not None and os.path.exists(dest):
+            raise FileExistsError(f"blob {key} already exists")
+        _fsync_file(src)  # data on stable storage before the rename makes it visible
+        try:
+            os.replace(src, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # EXDEV: src on another filesystem, so copy then rename
+                raise
+            self._copy_in(src, dest)
+            os.unlink(src)
+        _fsync_dir(folder)  # the rename itself on stable storage
+        return key
+
+    def _copy_in(self, src: str, dest: str) -> None:
+        tmp = os.path.join(self._temp, f"copy-{new_key()}.part")
+        try:
+            with open(src, "rb") as fin, open(tmp, "xb") as fout:
+                while chunk := fin.read(_COPY_CHUNK):
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._file(key), "rb")
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+
+    def path(self, key: str) -> str | None:
+        return self._file(key)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._file(key))
+        except FileNotFoundError:
+            pass
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._file(key))
+
+    def size(self, key: str) -> int:
+        try:
+            return os.stat(self._file(key)).st_size
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+
+    def iter_keys(self) -> Iterator[str]:
+        """Keys of the files that sit where their key says; anything else in ``root`` is ignored."""
+        hex2 = re.compile(r"\A[0-9a-f]{2}\Z")
+        for first in sorted(os.listdir(self.root)):
+            if not hex2.match(first):
+                continue  # tmp/ and anything foreign
+            d1 = os.path.join(self.root, first)
+            if not os.path.isdir(d1):
+                continue
+            for second in sorted(os.listdir(d1)):
+                d2 = os.path.join(d1, second)
+                if not hex2.match(second) or not os.path.isdir(d2):
+                    continue
+                for name in os.listdir(d2):
+                    if not name.endswith(_SUFFIX):
+                        continue
+                    key = name[: -len(_SUFFIX)]
+                    if KEY_PATTERN.match(key) and key[:2] == first and key[2:4] == second:
+                        yield key
+
+    def purge_temp(self) -> int:
+        """Delete leftover temp files (call at start-up, before accepting associations)."""
+        removed = 0
+        for name in os.listdir(self._temp):
+            try:
+                os.unlink(os.path.join(self._temp, name))
+                removed += 1
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                pass
+        return removed
+
+
+class MemoryBlobStore:
+    """Blobs in a dict: the in-memory twin of :class:`FilesystemBlobStore` for unit tests."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryBlobStore({len(self._blobs)} blobs)"
+
+    def put_file(self, src: str, key_hint: str | None = None) -> str:
+        key = validate_key(key_hint) if key_hint is not None else new_key()
+        with open(src, "rb") as fh:
+            data = fh.read()
+        with self._lock:
+            if key in self._blobs:
+                raise FileExistsError(f"blob {key} already exists")
+            self._blobs[key] = data
+        os.unlink(src)
+        return key
+
+    def put_bytes(self, data: bytes, key_hint: str | None = None) -> str:
+        key = validate_key(key_hint) if key_hint is not None else new_key()
+        with self._lock:
+            if key in self._blobs:
+                raise FileExistsError(f"blob {key} already exists")
+            self._blobs[key] = bytes(data)
+        return key
+
+    def open(self, key: str) -> BinaryIO:
+        validate_key(key)
+        try:
+            return io.BytesIO(self._blobs[key])
+        except KeyError:
+            raise BlobNotFound(key) from None
+
+    def path(self, key: str) -> str | None:
+        validate_key(key)
+        return None
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        with self._lock:
+            self._blobs.pop(key, None)
+
+    def exists(self, key: str) -> bool:
+        validate_key(key)
+        return key in self._blobs
+
+    def size(self, key: str) -> int:
+        validate_key(key)
+        try:
+            return len(self._blobs[key])
+        except KeyError:
+            raise BlobNotFound(key) from None
+
+    def iter_keys(self) -> Iterator[str]:
+        with self._lock:
+            keys = list(self._blobs)
+        return iter(keys)

@@ -1,0 +1,556 @@
+"""The data store facade: the index (database) plus the blob store, and the order of work between them.
+
+Durability ordering of :meth:`DataStore.ingest`, so that a crash at any point leaves the archive
+consistent or, at worst, with an *orphan blob* (a file no row refers to: reported by :meth:`check`,
+recovered by :meth:`reindex`), never with a row whose file is missing:
+
+1. read and validate the indexed attributes (UIDs; the dataset's SOP Instance/Class UIDs must equal
+   the C-STORE command's), hash the file (SHA-256, streamed);
+2. put the blob: fsync the file, rename it into place, fsync the directory;
+3. one database transaction adds or updates patient / study / series / instance and the counts;
+4. if that transaction fails, the new blob is deleted (unless the commit may have succeeded: then it
+   is kept, and is at worst an orphan);
+5. overwrite: the new copy went in under a new key in 2, the row is switched to it in 3, and the old
+   blob is deleted only after the commit: a crash leaves the old or the new copy, never neither.
+
+A duplicate that is ignored or rejected never touches the stored copy; the received file is deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal
+
+from sqlalchemy import select, text
+from sqlalchemy.engine import URL
+
+from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, validate_key
+from pacskit.store.engine import make_url
+from pacskit.store.extract import (
+    InstanceAttributes,
+    InstanceMismatch,
+    InvalidInstance,
+    read_index_attributes,
+    sha256_file,
+    sha256_stream,
+)
+from pacskit.store.index import (
+    DUPLICATE_POLICIES,
+    Counts,
+    DuplicatePolicy,
+    Index,
+    IngestStatus,
+)
+from pacskit.store.models import AE, Instance, Patient, Series, Study
+
+log = logging.getLogger("pacskit.store")
+
+_PAGE = 1000
+
+ProblemKind = Literal[
+    "missing-blob", "size-mismatch", "hash-mismatch", "unreadable-blob", "invalid-key", "orphan-blob",
+    "count-mismatch",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What :meth:`DataStore.ingest` did.
+
+    ``instance_id`` is the row of the instance (the existing one for duplicates); ``blob_key`` and
+    ``stored_sha256`` describe the copy the index keeps; ``sha256`` and ``size`` the received file.
+    """
+
+    status: IngestStatus
+    instance_id: int
+    sop_instance_uid: str
+    sha256: str
+    size: int
+    blob_key: str
+    stored_sha256: str
+
+    @property
+    def stored(self) -> bool:
+        """The received copy is now the stored one (STORED or OVERWRITTEN)."""
+        return self.status in (IngestStatus.STORED, IngestStatus.OVERWRITTEN)
+
+    @property
+    def same_content(self) -> bool:
+        """The received file is byte-identical to the copy the index keeps."""
+        return self.sha256 == self.stored_sha256
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: ProblemKind
+    detail: str
+    blob_key: str | None = None
+    sop_instance_uid: str | None = None
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """Result of :meth:`DataStore.check`: ``ok`` when no problem was found."""
+
+    instances_checked: int = 0
+    blobs_seen: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def of_kind(self, kind: ProblemKind) -> list[Problem]:
+        return [p for p in self.problems if p.kind == kind]
+
+    def __str__(self) -> str:
+        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs: "
+        if self.ok:
+            return head + "no problem"
+        return head + f"{len(self.problems)} problems\n" + "\n".join(
+            f"  {p.kind}: {p.detail}" for p in self.problems
+        )
+
+
+@dataclass(slots=True)
+class ReindexReport:
+    """Result of :meth:`DataStore.reindex`."""
+
+    indexed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (blob key, reason): not indexable
+    duplicates: list[str] = field(default_factory=list)  # blob keys left out: same SOP Instance UID
+
+
+class _Gate:
+    """Many holders of ``shared()`` (ingests, deletes) or one of ``exclusive()`` (reindex)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._exclusive = True  # new shared holders wait from now on
+            self._cond.wait_for(lambda: self._shared == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class DataStore:
+    """Index + blob store. Thread-safe: one instance is shared by every handler thread."""
+
+    def __init__(self, index: Index, blobs: BlobStore) -> None:
+        self.index = index
+        self.blobs = blobs
+        self._gate = _Gate()
+
+    @classmethod
+    def open(
+        cls,
+        url: str | URL,
+        blobs: BlobStore,
+        *,
+        migrate: bool = True,
+        **engine_options: Any,
+    ) -> DataStore:
+        """Open the index at ``url`` (``sqlite:///index.db``, ``postgresql+psycopg://...``,
+        ``mysql+pymysql://...``) over ``blobs``; bring the schema up to date unless ``migrate=False``.
+
+        ``engine_options`` go to :func:`pacskit.store.engine.make_engine` (``sqlite_synchronous``,
+        ``pool_size``, ...).
+        """
+        u = make_url(url)
+        if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+            os.makedirs(os.path.dirname(os.path.abspath(u.database)), exist_ok=True)
+        index = Index.open(u, **engine_options)
+        try:
+            if migrate:
+                index.migrate()
+        except BaseException:
+            index.close()
+            raise
+        return cls(index, blobs)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> DataStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DataStore({self.index!r}, {self.blobs!r})"
+
+    @property
+    def temp_dir(self) -> str:
+        """Where incoming files should be written: on the blob store's filesystem when it has one."""
+        return getattr(self.blobs, "temp_dir", None) or tempfile.gettempdir()
+
+    # ingest -----------------------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        temp_path: str | os.PathLike[str],
+        *,
+        source_ae: str | None,
+        expected_sop_instance_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+        duplicate_policy: DuplicatePolicy = "keep-first",
+        offset: int | None = None,
+    ) -> IngestResult:
+        """Store the complete Part 10 file ``temp_path`` and index it. See the module docstring.
+
+        The file is consumed: kept as the blob, or deleted (duplicate ignored/rejected, invalid
+        instance, failure). ``expected_*`` are the UIDs of the C-STORE command; ``offset`` is where
+        the dataset starts (``ReceivedDataset.offset``) if known. Raises :class:`InvalidInstance`
+        (the instance cannot be indexed: answer 0xA900/0xC000-class failures), ``OSError`` (the blob
+        could not be written) or SQLAlchemy errors (the database failed).
+        """
+        if duplicate_policy not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}, not {duplicate_policy!r}")
+        with self._gate.shared():  # a running reindex() finishes first
+            return self._ingest(os.fspath(temp_path), source_ae, expected_sop_instance_uid,
+                                expected_sop_class_uid, duplicate_policy, offset)
+
+    def _ingest(self, path: str, source_ae: str | None, expected_sop_instance_uid: str | None,
+                expected_sop_class_uid: str | None, duplicate_policy: DuplicatePolicy,
+                offset: int | None) -> IngestResult:
+        try:
+            attrs = read_index_attributes(path, offset)
+            self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
+            with open(path, "rb", buffering=0) as fh:
+                sha, size = sha256_stream(fh)  # type: ignore[arg-type]
+            if duplicate_policy != "overwrite":  # cheap early answer; the transaction re-checks
+                known = self.index.find_instance(attrs.sop_instance_uid)
+                if known is not None:
+                    _unlink(path)
+                    status = (IngestStatus.DUPLICATE_IGNORED if duplicate_policy == "keep-first"
+                              else IngestStatus.DUPLICATE_REJECTED)
+                    return IngestResult(status, known[0], attrs.sop_instance_uid, sha, size, known[1], known[2])
+            key = self.blobs.put_file(path)
+        except BaseException:
+            _unlink(path)
+            raise
+        ae = (source_ae or attrs.source_ae or "").strip()[:AE] or None
+        received_at = dt.datetime.now(dt.UTC)
+        try:
+            rec = self.index.run_write(
+                lambda s: self.index.record_instance(
+                    s, attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
+                    source_ae=ae, policy=duplicate_policy,
+                )
+            )
+        except BaseException:
+            self._discard_new_blob(key)
+            raise
+        if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED):
+            self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
+        elif rec.replaced_blob_key is not None:
+            self._delete_quietly(rec.replaced_blob_key)
+        return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
+                            rec.blob_key, rec.sha256)
+
+    @staticmethod
+    def _check_expected(a: InstanceAttributes, sop_instance_uid: str | None, sop_class_uid: str | None) -> None:
+        if sop_instance_uid is not None and sop_instance_uid != a.sop_instance_uid:
+            raise InstanceMismatch(
+                f"the dataset's SOP Instance UID {a.sop_instance_uid} differs from the request's "
+                f"Affected SOP Instance UID {sop_instance_uid}:",
+                0x00080018,
+            )
+        if sop_class_uid is not None and sop_class_uid != a.sop_class_uid:
+            raise InstanceMismatch(
+                f"the dataset's SOP Class UID {a.sop_class_uid} differs from the request's "
+                f"Affected SOP Class UID {sop_class_uid}:",
+                0x00080016,
+            )
+
+    def _discard_new_blob(self, key: str) -> None:
+        """Delete a blob whose transaction failed, unless the commit might have gone through."""
+        try:
+            referenced = self.index.is_blob_referenced(key)
+        except Exception:
+            log.error("cannot tell whether blob %s was committed: kept (at worst an orphan)", key)
+            return
+        if not referenced:
+            self._delete_quietly(key)
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.blobs.delete(key)
+        except OSError as exc:
+            log.error("cannot delete blob %s (left as an orphan): %s", key, exc)
+
+    # reading ----------------------------------------------------------------------------------------
+
+    def get_instance(self, sop_instance_uid: str) -> Instance | None:
+        """The instance row, with ``.series``, ``.series.study`` and ``.series.study.patient`` loaded."""
+        return self.index.get_instance(sop_instance_uid)
+
+    def open_instance(self, sop_instance_uid: str) -> BinaryIO:
+        """The stored Part 10 file of an instance (``KeyError`` if unknown, ``BlobNotFound`` if lost)."""
+        found = self.index.find_instance(sop_instance_uid)
+        if found is None:
+            raise KeyError(sop_instance_uid)
+        return self.blobs.open(found[1])
+
+    def instance_path(self, sop_instance_uid: str) -> str | None:
+        """Local path of an instance's file (None if unknown or the blob store has no paths)."""
+        found = self.index.find_instance(sop_instance_uid)
+        return self.blobs.path(found[1]) if found is not None else None
+
+    def counts(self) -> Counts:
+        """Number of patients, studies, series and instances."""
+        return self.index.counts()
+
+    def count(self, level: Literal["patients", "studies", "series", "instances"] = "instances") -> int:
+        return self.index.count(level)
+
+    # deleting ---------------------------------------------------------------------------------------
+
+    def delete_instance(self, sop_instance_uid: str) -> bool:
+        """Remove an instance (row first, then blob; empty series/study/patient rows go too)."""
+        with self._gate.shared():
+            key = self.index.run_write(lambda s: self.index.remove_instance(s, sop_instance_uid))
+        if key is None:
+            return False
+        self._delete_quietly(key)
+        return True
+
+    # maintenance ------------------------------------------------------------------------------------
+
+    def _iter_rows(self) -> Iterator[tuple[int, str, str, int, str, dt.datetime, str | None]]:
+        """Every instance row, a page at a time (short read transactions)."""
+        last = 0
+        while True:
+            with self.index.reading() as s:
+                rows = s.execute(
+                    select(Instance.pk, Instance.sop_instance_uid, Instance.blob_key, Instance.size,
+                           Instance.sha256, Instance.received_at, Instance.source_ae)
+                    .where(Instance.pk > last)
+                    .order_by(Instance.pk)
+                    .limit(_PAGE)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield tuple(row)  # type: ignore[misc]
+            last = rows[-1][0]
+
+    def _blob_digest(self, key: str, verify_hash: bool) -> tuple[str | None, int]:
+        if not verify_hash and hasattr(self.blobs, "size"):
+            return None, self.blobs.size(key)  # type: ignore[attr-defined]
+        path = self.blobs.path(key)
+        if path is not None:
+            with open(path, "rb", buffering=0) as fh:
+                return sha256_stream(fh)  # type: ignore[arg-type]
+        with self.blobs.open(key) as fh:
+            return sha256_stream(fh)
+
+    def check(self, *, verify_hash: bool = True) -> CheckReport:
+        """Compare the index and the blobs; report every difference (nothing is changed).
+
+        Every row must have its blob with the recorded size and (``verify_hash``) SHA-256; every blob
+        must have a row; the per-level counts and ModalitiesInStudy must match the rows. Meant for a
+        quiet archive: a blob being ingested while the check runs can show up as an orphan.
+        """
+        report = CheckReport()
+        referenced: set[str] = set()
+        for _pk, uid, key, size, sha, _at, _ae in self._iter_rows():
+            report.instances_checked += 1
+            referenced.add(key)
+            try:
+                digest, actual = self._blob_digest(key, verify_hash)
+            except InvalidBlobKey:
+                report.problems.append(Problem("invalid-key", f"{uid}: invalid blob key {key!r}", key, uid))
+                continue
+            except (BlobNotFound, FileNotFoundError):
+                report.problems.append(Problem("missing-blob", f"{uid}: blob {key} is missing", key, uid))
+                continue
+            except OSError as exc:
+                report.problems.append(Problem("unreadable-blob", f"{uid}: blob {key}: {exc}", key, uid))
+                continue
+            if actual != size:
+                report.problems.append(Problem(
+                    "size-mismatch", f"{uid}: blob {key} has {actual} bytes, the index says {size}", key, uid))
+            elif digest is not None and digest != sha:
+                report.problems.append(Problem(
+                    "hash-mismatch", f"{uid}: blob {key} has SHA-256 {digest}, the index says {sha}", key, uid))
+        candidates = []
+        for key in self.blobs.iter_keys():
+            report.blobs_seen += 1
+            if key not in referenced:
+                candidates.append(key)
+        for key in candidates:  # re-check: rows committed while we were listing are not orphans
+            if not self.index.is_blob_referenced(key):
+                report.problems.append(Problem("orphan-blob", f"blob {key} has no index row", key))
+        report.problems.extend(self._check_counts())
+        return report
+
+    def _check_counts(self) -> list[Problem]:
+        from sqlalchemy import func
+
+        problems: list[Problem] = []
+        with self.index.reading() as s:
+            per_series = dict(s.execute(
+                select(Instance.series_fk, func.count()).group_by(Instance.series_fk)).all())
+            series_rows = s.execute(
+                select(Series.pk, Series.study_fk, Series.series_instance_uid, Series.num_instances,
+                       Series.modality)).all()
+            studies = s.execute(
+                select(Study.pk, Study.patient_fk, Study.study_instance_uid, Study.num_series,
+                       Study.num_instances, Study.modalities_in_study)).all()
+            patients = s.execute(select(Patient.pk, Patient.patient_id, Patient.num_studies)).all()
+        study_series: dict[int, int] = {}
+        study_instances: dict[int, int] = {}
+        study_modalities: dict[int, set[str]] = {}
+        for pk, study_fk, uid, n, modality in series_rows:
+            actual = per_series.get(pk, 0)
+            if n != actual:
+                problems.append(Problem("count-mismatch", f"series {uid}: {n} instances recorded, {actual} found"))
+            study_series[study_fk] = study_series.get(study_fk, 0) + 1
+            study_instances[study_fk] = study_instances.get(study_fk, 0) + actual
+            if modality:
+                study_modalities.setdefault(study_fk, set()).add(modality)
+        patient_studies: dict[int, int] = {}
+        for pk, patient_fk, uid, n_series, n_instances, modalities in studies:
+            patient_studies[patient_fk] = patient_studies.get(patient_fk, 0) + 1
+            if n_series != study_series.get(pk, 0) or n_instances != study_instances.get(pk, 0):
+                problems.append(Problem(
+                    "count-mismatch",
+                    f"study {uid}: {n_series} series / {n_instances} instances recorded, "
+                    f"{study_series.get(pk, 0)} / {study_instances.get(pk, 0)} found"))
+            expected = "\\".join(sorted(study_modalities.get(pk, ()))) or None
+            if modalities != expected and not (expected and modalities and expected.startswith(modalities)):
+                problems.append(Problem(
+                    "count-mismatch", f"study {uid}: ModalitiesInStudy {modalities!r}, series say {expected!r}"))
+        for pk, pid, n in patients:
+            if n != patient_studies.get(pk, 0):
+                problems.append(Problem(
+                    "count-mismatch", f"patient {pid!r}: {n} studies recorded, {patient_studies.get(pk, 0)} found"))
+        return problems
+
+    def reindex(self) -> ReindexReport:
+        """Rebuild the whole index from the blobs, in one transaction (readers see old or new).
+
+        Blobs are indexed in the order they were received (as the old index recorded, else file
+        modification time), so "first received wins" for patient/study/series attributes is
+        reproduced. What the files cannot tell (reception time, calling AE) is carried over from the
+        old rows by blob key; for blobs the old index did not know, the file's modification time and
+        the file meta's Source AE Title are used. Two blobs with one SOP Instance UID (a crash during
+        an overwrite): the one the old index referred to wins, else the later one; the other is
+        listed in ``duplicates`` and left in place (an orphan for :meth:`check`).
+
+        Writers of this process wait for the rebuild (and on PostgreSQL those of every process: the
+        tables are locked; on SQLite the database is). On MariaDB, stop other processes' ingests
+        first: InnoDB has no table lock that lives inside a transaction.
+        """
+        def rebuild(s: Any) -> ReindexReport:
+            if self.index.backend == "postgresql":  # other processes' writers wait for us
+                s.execute(text("LOCK TABLE patients, studies, series, instances IN SHARE ROW EXCLUSIVE MODE"))
+            old: dict[str, tuple[dt.datetime, str | None]] = {
+                key: (at, ae) for key, at, ae in s.execute(
+                    select(Instance.blob_key, Instance.received_at, Instance.source_ae))
+            }
+            order = self._reception_order(old)
+            report = ReindexReport()
+            self.index.clear(s)
+            for n, (when, key) in enumerate(order):
+                try:
+                    attrs, sha, size = self._read_blob(key)
+                except (InvalidInstance, OSError, BlobNotFound) as exc:
+                    report.skipped.append((key, str(exc)))
+                    continue
+                ae = old[key][1] if key in old else attrs.source_ae
+                existing = s.scalars(
+                    select(Instance).where(Instance.sop_instance_uid == attrs.sop_instance_uid)
+                ).one_or_none()
+                policy: DuplicatePolicy = "overwrite"
+                if existing is not None and existing.blob_key in old and key not in old:
+                    policy = "keep-first"
+                try:
+                    rec = self.index.record_instance(
+                        s, attrs, blob_key=key, size=size, sha256=sha, received_at=when,
+                        source_ae=(ae or "")[:AE] or None, policy=policy,
+                    )
+                except InvalidInstance as exc:
+                    report.skipped.append((key, str(exc)))
+                    continue
+                if rec.status == IngestStatus.DUPLICATE_IGNORED:
+                    report.duplicates.append(key)
+                    continue
+                if rec.replaced_blob_key is not None:
+                    report.duplicates.append(rec.replaced_blob_key)
+                    report.indexed -= 1
+                report.indexed += 1
+                if n % 500 == 499:
+                    s.flush()
+                    s.expunge_all()
+            return report
+
+        with self._gate.exclusive():
+            return self.index.run_write(rebuild, attempts=3)
+
+    def _reception_order(self, old: dict[str, tuple[dt.datetime, str | None]]) -> list[tuple[dt.datetime, str]]:
+        order: list[tuple[dt.datetime, str]] = []
+        for key in self.blobs.iter_keys():
+            if key in old:
+                when = old[key][0]
+            else:
+                path = self.blobs.path(key)
+                try:
+                    when = (dt.datetime.fromtimestamp(os.stat(path).st_mtime, dt.UTC)
+                            if path else dt.datetime.now(dt.UTC))
+                except FileNotFoundError:
+                    continue
+            order.append((when, key))
+        order.sort()
+        return order
+
+    def _read_blob(self, key: str) -> tuple[InstanceAttributes, str, int]:
+        validate_key(key)
+        path = self.blobs.path(key)
+        if path is not None:
+            attrs = read_index_attributes(path)
+            sha = sha256_file(path)
+            return attrs, sha, os.path.getsize(path)
+        with self.blobs.open(key) as fh:
+            sha, size = sha256_stream(fh)
+            fh.seek(0)
+            attrs = read_index_attributes(fh)
+        return attrs, sha, size

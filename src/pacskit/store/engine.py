@@ -1,0 +1,120 @@
+"""Engines for the three supported backends, set up for durability and concurrent use.
+
+URLs (``make_url`` normalises the driver, so plain ``postgresql://`` and ``mysql://`` work too):
+
+* ``sqlite:///path/to/index.db`` — embedded; one process writes. ``sqlite://`` is an in-memory
+  database on one shared connection (unit tests).
+* ``postgresql+psycopg://user@host:5432/db`` — psycopg 3.
+* ``mysql+pymysql://user@host:3306/db?charset=utf8mb4`` (or ``mariadb+pymysql://``) — PyMySQL;
+  ``charset=utf8mb4`` is added when missing.
+
+SQLite, per connection (``connect`` event):
+
+* ``journal_mode=WAL``: readers never block the writer and the writer never blocks readers.
+* ``synchronous=FULL`` (default; ``sqlite_synchronous="NORMAL"`` to trade). In WAL mode NORMAL
+  fsyncs only at checkpoints: a committed transaction survives an application crash but may be
+  rolled back by a power failure or OS crash. A C-STORE is acknowledged once the index row is
+  committed, so we want that commit on disk: FULL fsyncs the WAL at each commit (one fsync, next to
+  the two the blob already costs). With NORMAL, a power failure can leave a blob without its row
+  (reported by ``DataStore.check`` as an orphan and recovered by ``DataStore.reindex``), never a
+  row without its blob.
+* ``foreign_keys=ON`` (off by default in SQLite), ``busy_timeout`` 30 s.
+* The driver's own transaction handling is switched off and SQLAlchemy emits ``BEGIN`` itself:
+  ``BEGIN IMMEDIATE`` for write transactions (connections with the ``pacskit_write`` execution
+  option), so a writer takes the write lock up front instead of failing to upgrade a read lock with
+  SQLITE_BUSY, and SAVEPOINTs work.
+
+PostgreSQL and MariaDB run at READ COMMITTED: each statement sees the latest committed rows, which
+with the row locks taken by the index (``SELECT ... FOR UPDATE`` on the study) keeps the derived
+counts exact under concurrent ingests (MariaDB's default REPEATABLE READ would keep a snapshot).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.engine import make_url as _sa_make_url
+from sqlalchemy.pool import StaticPool
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+WRITE_OPTION = "pacskit_write"
+
+
+def make_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick our drivers: psycopg 3 for PostgreSQL, PyMySQL (utf8mb4) for MySQL/MariaDB."""
+    u = _sa_make_url(url) if isinstance(url, str) else url
+    backend, _, driver = u.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and not driver:
+        u = u.set(drivername="postgresql+psycopg")
+    elif backend in ("mysql", "mariadb"):
+        if not driver:
+            u = u.set(drivername=f"{backend}+pymysql")
+        if "charset" not in u.query:
+            u = u.update_query_dict({"charset": "utf8mb4"})
+    return u
+
+
+def backend_name(url: str | URL) -> str:
+    """``sqlite``, ``postgresql`` or ``mysql`` (MariaDB included)."""
+    name = make_url(url).get_backend_name()
+    return "mysql" if name == "mariadb" else name
+
+
+def make_engine(
+    url: str | URL,
+    *,
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL",
+    pool_size: int = 10,
+    echo: bool = False,
+    **kwargs: Any,
+) -> Engine:
+    """An engine for ``url`` with the per-backend settings described in the module docstring."""
+    u = make_url(url)
+    backend = backend_name(u)
+    if backend == "sqlite":
+        if sqlite_synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"bad sqlite_synchronous {sqlite_synchronous!r}")
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        connect_args.update(kwargs.pop("connect_args", {}))
+        if u.database in (None, "", ":memory:"):  # one shared connection, or each would be empty
+            kwargs.setdefault("poolclass", StaticPool)
+        engine = create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
+        _setup_sqlite(engine, sqlite_synchronous)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", pool_size)
+    kwargs.setdefault("max_overflow", pool_size)
+    kwargs.setdefault("isolation_level", "READ COMMITTED")
+    connect_args = kwargs.pop("connect_args", {})
+    if backend == "postgresql":
+        connect_args.setdefault("connect_timeout", 10)
+    elif backend == "mysql":
+        connect_args.setdefault("connect_timeout", 10)
+        kwargs.setdefault("pool_recycle", 3600)  # MariaDB drops idle connections (wait_timeout)
+    return create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
+
+
+def _setup_sqlite(engine: Engine, synchronous: str) -> None:
+    memory = engine.url.database in (None, "", ":memory:")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see "begin" below)
+        cur = dbapi_conn.cursor()
+        try:
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")

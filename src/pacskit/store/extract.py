@@ -1,0 +1,292 @@
+"""What the index keeps of an instance, read from its Part 10 file.
+
+Only the attributes the index needs are decoded (pydicom ``specific_tags``, nothing after them, no
+pixel data), so the cost does not depend on the size of the instance. Text values are decoded with the
+instance's Specific Character Set (ISO 2022 escapes included) and kept as Unicode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+from pacskit.store import models as m
+from pacskit.store.models import normalise_person_name
+
+#: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
+UID_PATTERN = re.compile(r"\A(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\Z")
+UID_MAX = 64
+HASH_CHUNK = 1 << 20
+
+_PIXEL_DATA = 0x7FE00010
+
+# keyword -> (field, maximum length or None for integers)
+_TEXT_FIELDS: dict[str, tuple[str, int]] = {
+    "PatientID": ("patient_id", m.LO),
+    "IssuerOfPatientID": ("issuer_of_patient_id", m.LO),
+    "PatientName": ("patient_name", m.PN),
+    "PatientBirthDate": ("patient_birth_date", m.DA),
+    "PatientSex": ("patient_sex", m.CS),
+    "StudyDate": ("study_date", m.DA),
+    "StudyTime": ("study_time", m.TM),
+    "AccessionNumber": ("accession_number", m.SH),
+    "StudyID": ("study_id", m.SH),
+    "ReferringPhysicianName": ("referring_physician_name", m.PN),
+    "StudyDescription": ("study_description", m.LO),
+    "Modality": ("modality", m.CS),
+    "SeriesDescription": ("series_description", m.LO),
+    "BodyPartExamined": ("body_part_examined", m.CS),
+}
+_INT_FIELDS = {"SeriesNumber": "series_number", "InstanceNumber": "instance_number"}
+_UID_FIELDS = {
+    "StudyInstanceUID": "study_instance_uid",
+    "SeriesInstanceUID": "series_instance_uid",
+    "SOPInstanceUID": "sop_instance_uid",
+    "SOPClassUID": "sop_class_uid",
+}
+_DATE_FIELDS = {"patient_birth_date", "study_date"}
+
+#: The tags read from each instance (plus Specific Character Set, which pydicom always adds).
+INDEX_TAGS: list[int] = sorted(
+    tag_for_keyword(k)  # type: ignore[misc]
+    for k in ["SpecificCharacterSet", *_TEXT_FIELDS, *_INT_FIELDS, *_UID_FIELDS]
+)
+
+
+class InvalidInstance(ValueError):
+    """The instance cannot be indexed: ``reason`` says why, ``tag`` (if any) names the attribute."""
+
+    def __init__(self, reason: str, tag: int | None = None) -> None:
+        self.reason = reason
+        self.tag = tag
+        super().__init__(f"{reason} {format_tag(tag)}" if tag is not None else reason)
+
+
+class InstanceMismatch(InvalidInstance):
+    """The dataset's SOP Class / Instance UID differs from the C-STORE command's (status 0xA900)."""
+
+
+def format_tag(tag: int) -> str:
+    name = keyword_for_tag(tag) or "private"
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {name}"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceAttributes:
+    """The indexed attributes of one instance, decoded to Unicode and trimmed to the column sizes."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str | None = None
+    specific_character_set: str | None = None  # raw, values joined with '\'
+    source_ae: str | None = None  # (0002,0016) Source Application Entity Title of the file meta
+    patient_id: str | None = None
+    issuer_of_patient_id: str | None = None
+    patient_name: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    study_id: str | None = None
+    referring_physician_name: str | None = None
+    study_description: str | None = None
+    series_number: int | None = None
+    modality: str | None = None
+    series_description: str | None = None
+    body_part_examined: str | None = None
+    instance_number: int | None = None
+
+    @property
+    def patient_name_search(self) -> str | None:
+        return normalise_person_name(self.patient_name)
+
+
+def is_valid_uid(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= UID_MAX and UID_PATTERN.match(value) is not None
+
+
+def check_uid(value: object, tag: int) -> str:
+    """``value`` as a UID string, or :class:`InvalidInstance` saying what is wrong with it."""
+    if value is None or value == "":
+        raise InvalidInstance("missing", tag)
+    if isinstance(value, (list, MultiValue)):
+        raise InvalidInstance("multi-valued UID", tag)
+    text = str(value)
+    if len(text) > UID_MAX:
+        raise InvalidInstance(f"UID longer than {UID_MAX} characters ({len(text)})", tag)
+    if UID_PATTERN.match(text) is None:
+        raise InvalidInstance(f"not a valid UID {text!r}", tag)
+    return text
+
+
+def _text(value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, MultiValue)):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.replace("\x00", "").strip()
+    return text[:limit] or None
+
+
+def _date(text: str | None) -> str | None:
+    """DA as stored: 8 digits. The ACR-NEMA form YYYY.MM.DD is converted; anything else dropped."""
+    if text is None:
+        return None
+    if len(text) == 10 and text[4] == "." and text[7] == ".":
+        text = text.replace(".", "")
+    return text if len(text) == 8 and text.isdigit() else None
+
+
+def _int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, MultiValue)):
+        value = value[0] if len(value) else None
+        if value is None:
+            return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        try:
+            number = int(float(str(value).strip()))
+        except ValueError:
+            return None
+    return number if -(2**31) <= number < 2**31 else None
+
+
+def _charset(ds: Dataset) -> str | None:
+    elem = ds.get("SpecificCharacterSet")
+    if elem is None:
+        return None
+    value = elem if not hasattr(elem, "value") else elem.value
+    if isinstance(value, (list, MultiValue)):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value) if value is not None else ""
+    return text.strip()[: m.CHARSET] or None
+
+
+def attributes_from_dataset(ds: Dataset, transfer_syntax_uid: str | None = None,
+                            source_ae: str | None = None) -> InstanceAttributes:
+    """Build :class:`InstanceAttributes` from a decoded dataset; raises :class:`InvalidInstance`."""
+    values: dict[str, Any] = {}
+    for keyword, field in _UID_FIELDS.items():
+        tag = tag_for_keyword(keyword)
+        assert tag is not None
+        try:
+            raw = ds[tag].value if tag in ds else None
+        except Exception as exc:  # undecodable value
+            raise InvalidInstance(f"unreadable value ({exc})", tag) from exc
+        values[field] = check_uid(raw, tag)
+    for keyword, (field, limit) in _TEXT_FIELDS.items():
+        try:
+            raw = ds[keyword].value if keyword in ds else None
+        except Exception:  # a malformed optional value is not a reason to refuse the instance
+            raw = None
+        text = _text(raw, limit)
+        if field in _DATE_FIELDS:
+            text = _date(text)
+        elif field == "study_time" and text is not None:
+            text = text.replace(":", "") or None
+        values[field] = text
+    for keyword, field in _INT_FIELDS.items():
+        try:
+            raw = ds[keyword].value if keyword in ds else None
+        except Exception:
+            raw = None
+        values[field] = _int(raw)
+    return InstanceAttributes(
+        transfer_syntax_uid=_text(transfer_syntax_uid, m.UI),
+        specific_character_set=_charset(ds),
+        source_ae=_text(source_ae, m.AE),
+        **values,
+    )
+
+
+def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
+    """(implicit VR, little endian, deflated) for a transfer syntax; unknown ones are explicit LE."""
+    uid = UID(transfer_syntax)
+    try:
+        return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
+    except ValueError:
+        return False, True, False
+
+
+def read_index_attributes(path: str | os.PathLike[str] | BinaryIO,
+                          offset: int | None = None) -> InstanceAttributes:
+    """Read the indexed attributes of the Part 10 file ``path`` (a path or a binary file object).
+
+    Without ``offset`` (or for a file object) pydicom parses the file meta and the dataset (only :data:`INDEX_TAGS`, stopping
+    before the pixel data). With ``offset`` (``ReceivedDataset.offset``: where the dataset starts) the
+    File Meta Information is read for the transfer syntax and the dataset is parsed from ``offset``.
+    Raises :class:`InvalidInstance` for unreadable files and missing or malformed UIDs.
+    """
+    try:
+        if offset is None or hasattr(path, "read"):
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=list(INDEX_TAGS))
+            meta = ds.file_meta
+        else:
+            ds, meta = _read_from_offset(path, offset)  # type: ignore[arg-type]
+    except InvalidInstance:
+        raise
+    except InvalidDicomError as exc:
+        raise InvalidInstance(f"not a DICOM Part 10 file: {exc}") from exc
+    except Exception as exc:  # truncated, malformed: pydicom raises many kinds
+        raise InvalidInstance(f"unreadable DICOM file: {type(exc).__name__}: {exc}") from exc
+    ts = meta.get("TransferSyntaxUID")
+    if not ts:
+        raise InvalidInstance("file meta information lacks", 0x00020010)
+    return attributes_from_dataset(ds, str(ts), meta.get("SourceApplicationEntityTitle"))
+
+
+def _read_from_offset(path: str | os.PathLike[str], offset: int) -> tuple[Dataset, Dataset]:
+    meta = read_file_meta_info(path)
+    ts = meta.get("TransferSyntaxUID")
+    if not ts:
+        raise InvalidInstance("file meta information lacks", 0x00020010)
+    implicit, little, deflated = _flags(str(ts))
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        source: BinaryIO = fh
+        if deflated:
+            source = io.BytesIO(zlib.decompress(fh.read(), -zlib.MAX_WBITS))
+        ds = read_dataset(
+            source, implicit, little,
+            stop_when=lambda tag, vr, length: tag >= _PIXEL_DATA,
+            specific_tags=list(INDEX_TAGS),
+        )
+    return ds, meta
+
+
+def sha256_stream(fh: BinaryIO, chunk_size: int = HASH_CHUNK) -> tuple[str, int]:
+    """(hex SHA-256, size in bytes) of what remains of ``fh``, read in ``chunk_size`` pieces."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fh.read(chunk_size):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
+    """Hex SHA-256 of a file, streamed in 1 MiB chunks (constant memory whatever the file size)."""
+    with open(path, "rb", buffering=0) as fh:
+        return sha256_stream(fh, chunk_size)[0]  # type: ignore[arg-type]

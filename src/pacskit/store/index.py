@@ -1,0 +1,471 @@
+"""The database index: schema migrations, sessions, and the transactional steps of the data store.
+
+:class:`Index` owns the engine. Every public method opens its own session, so one ``Index`` is shared
+by all threads. Write transactions go through :meth:`Index.run_write`, which serialises them on SQLite
+(one writer at a time anyway; the lock avoids busy-waiting) and retries the whole transaction on the
+errors that concurrency produces on PostgreSQL and MariaDB (a unique key inserted by a concurrent
+transaction, a deadlock, a lock wait timeout).
+
+Locking, so that the derived values (counts, ModalitiesInStudy) stay exact under concurrent ingests:
+every transaction that adds or removes an instance first locks the instance row (if any), then its
+study row (``SELECT ... FOR UPDATE``), and only then reads or changes series, counts and modalities.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import Engine, delete, func, inspect, select, update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, joinedload, sessionmaker
+
+from pacskit.store.engine import WRITE_OPTION, backend_name, make_engine
+from pacskit.store.extract import InstanceAttributes, InvalidInstance
+from pacskit.store.models import (
+    MODALITIES,
+    Base,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    normalise_person_name,
+)
+
+log = logging.getLogger("pacskit.store")
+
+T = TypeVar("T")
+
+DuplicatePolicy = Literal["reject", "keep-first", "overwrite"]
+DUPLICATE_POLICIES: tuple[str, ...] = ("reject", "keep-first", "overwrite")
+MIGRATIONS_PACKAGE = "pacskit.store.migrations"
+VERSION_TABLE = "pacskit_store_version"
+_MIGRATION_LOCK_ID = 0x7061_6373_6B69_74  # "packit": pg_advisory_xact_lock key
+_MIGRATION_LOCK_NAME = "pacskit_store_migrate"
+
+
+class IngestStatus(str, Enum):
+    """What :meth:`pacskit.store.DataStore.ingest` did with an instance."""
+
+    STORED = "stored"  # new instance
+    DUPLICATE_IGNORED = "duplicate-ignored"  # keep-first: the stored copy is kept, the new one dropped
+    DUPLICATE_REJECTED = "duplicate-rejected"  # reject: refused (C-STORE status 0x0111)
+    OVERWRITTEN = "overwritten"  # overwrite: the stored copy was replaced
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """Outcome of :meth:`Index.record_instance` (inside the transaction)."""
+
+    status: IngestStatus
+    instance_id: int
+    blob_key: str  # the blob the row refers to once committed (the stored copy for duplicates)
+    sha256: str  # that blob's SHA-256
+    replaced_blob_key: str | None = None  # overwrite: delete this blob once committed
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    patients: int
+    studies: int
+    series: int
+    instances: int
+
+
+def alembic_config(connection: Any = None) -> Any:
+    """An alembic ``Config`` built in code (no alembic.ini): migrations from the installed package."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files(MIGRATIONS_PACKAGE)))
+    cfg.set_main_option("version_table", VERSION_TABLE)
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """Errors after which running the same transaction again may succeed."""
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent transaction inserted the same patient/study/series/instance
+    if isinstance(exc, OperationalError):
+        return True  # deadlock, lock wait timeout, serialization failure, database locked, conn lost
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class Index:
+    """The index database. ``Index.open(url)`` or ``Index(engine)``; call :meth:`migrate` once."""
+
+    def __init__(self, engine: Engine, *, write_attempts: int = 8) -> None:
+        self.engine = engine
+        self.backend = backend_name(engine.url)
+        self.write_attempts = write_attempts
+        if self.backend == "sqlite":
+            write_engine = engine.execution_options(**{WRITE_OPTION: True})
+            self._write_lock: Any = threading.Lock()
+        else:
+            write_engine = engine
+            self._write_lock = nullcontext()
+        self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(bind=write_engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str | URL, **engine_options: Any) -> Index:
+        return cls(make_engine(url, **engine_options))
+
+    def __repr__(self) -> str:
+        return f"Index({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # schema ----------------------------------------------------------------------------------------
+
+    def migrate(self, revision: str = "head") -> None:
+        """``alembic upgrade head`` on this database; a no-op when already up to date."""
+        from alembic import command
+
+        with self._write_lock, self.engine.begin() as conn:
+            # Several processes may start at once against one server: migrate one at a time.
+            if self.backend == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+            elif self.backend == "mysql":
+                conn.exec_driver_sql(f"SELECT GET_LOCK('{_MIGRATION_LOCK_NAME}', 300)")
+            try:
+                command.upgrade(alembic_config(conn), revision)
+            finally:
+                if self.backend == "mysql":
+                    conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK_NAME}')")
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            return ctx.get_current_revision()
+
+    def head_revision(self) -> str | None:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+    def table_names(self) -> list[str]:
+        return inspect(self.engine).get_table_names()
+
+    # sessions and transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for queries (its transaction is rolled back at the end)."""
+        with self._read_sessions() as session:
+            yield session
+
+    def run_write(self, work: Callable[[Session], T], *, attempts: int | None = None) -> T:
+        """Run ``work(session)`` in one write transaction, committed if it returns.
+
+        Retried from scratch (new session, new transaction) on errors that concurrency causes; the
+        last error is raised if every attempt fails. ``work`` must therefore be repeatable.
+        """
+        tries = attempts or self.write_attempts
+        for attempt in range(1, tries + 1):
+            try:
+                with self._write_lock, self._write_sessions() as session, session.begin():
+                    return work(session)
+            except (IntegrityError, OperationalError, DBAPIError) as exc:
+                if attempt >= tries or not _is_retryable(exc):
+                    raise
+                log.debug("write transaction retried (%d/%d): %s", attempt, tries, exc.orig)
+                time.sleep(random.uniform(0.0, 0.005 * attempt))
+        raise AssertionError("unreachable")
+
+    # the steps of an ingest, inside a write transaction ---------------------------------------------
+
+    def record_instance(
+        self,
+        s: Session,
+        a: InstanceAttributes,
+        *,
+        blob_key: str,
+        size: int,
+        sha256: str,
+        received_at: dt.datetime,
+        source_ae: str | None,
+        policy: DuplicatePolicy,
+    ) -> Recorded:
+        """Add the instance (and its parents as needed), or apply ``policy`` if it exists already."""
+        existing = s.scalars(
+            select(Instance).where(Instance.sop_instance_uid == a.sop_instance_uid).with_for_update()
+        ).one_or_none()
+        if existing is not None:
+            if existing.blob_key == blob_key:  # our own commit, when a retry follows an in-doubt commit
+                return Recorded(IngestStatus.STORED, existing.pk, blob_key, sha256)
+            if policy == "keep-first":
+                return Recorded(IngestStatus.DUPLICATE_IGNORED, existing.pk, existing.blob_key, existing.sha256)
+            if policy == "reject":
+                return Recorded(IngestStatus.DUPLICATE_REJECTED, existing.pk, existing.blob_key, existing.sha256)
+            return self._overwrite(s, existing, a, blob_key=blob_key, size=size, sha256=sha256,
+                                   received_at=received_at, source_ae=source_ae)
+        series = self._attach_parents(s, a)
+        inst = Instance(
+            series_fk=series.pk,
+            sop_instance_uid=a.sop_instance_uid,
+            sop_class_uid=a.sop_class_uid,
+            instance_number=a.instance_number,
+            transfer_syntax_uid=a.transfer_syntax_uid,
+            specific_character_set=a.specific_character_set,
+            size=size,
+            sha256=sha256,
+            blob_key=blob_key,
+            received_at=received_at,
+            source_ae=source_ae,
+        )
+        s.add(inst)
+        s.flush()
+        self._add_to_counts(s, series, +1)
+        return Recorded(IngestStatus.STORED, inst.pk, blob_key, sha256)
+
+    def _add_to_counts(self, s: Session, series: Series | int, delta: int) -> None:
+        series_pk = series if isinstance(series, int) else series.pk
+        study_fk = s.scalar(select(Series.study_fk).where(Series.pk == series_pk))
+        s.execute(
+            update(Series).where(Series.pk == series_pk).values(num_instances=Series.num_instances + delta)
+        )
+        s.execute(update(Study).where(Study.pk == study_fk).values(num_instances=Study.num_instances + delta))
+
+    def _overwrite(
+        self,
+        s: Session,
+        inst: Instance,
+        a: InstanceAttributes,
+        *,
+        blob_key: str,
+        size: int,
+        sha256: str,
+        received_at: dt.datetime,
+        source_ae: str | None,
+    ) -> Recorded:
+        """Point the existing row at the new copy (same row id); move it if its series changed."""
+        self._check_series_study(s, a)  # before any write, so nothing is left half-done
+        replaced = inst.blob_key
+        series = self._attach_parents(s, a)
+        old_series_fk = inst.series_fk
+        if old_series_fk != series.pk:
+            old_study_fk = s.scalar(select(Series.study_fk).where(Series.pk == old_series_fk))
+            assert old_study_fk is not None
+            self._lock_study(s, old_study_fk)
+            self._add_to_counts(s, old_series_fk, -1)
+            self._add_to_counts(s, series, +1)
+            inst.series_fk = series.pk
+        inst.sop_class_uid = a.sop_class_uid
+        inst.instance_number = a.instance_number
+        inst.transfer_syntax_uid = a.transfer_syntax_uid
+        inst.specific_character_set = a.specific_character_set
+        inst.size = size
+        inst.sha256 = sha256
+        inst.blob_key = blob_key
+        inst.received_at = received_at
+        inst.source_ae = source_ae
+        s.flush()
+        if old_series_fk != series.pk:
+            self._prune(s, old_series_fk)
+        return Recorded(IngestStatus.OVERWRITTEN, inst.pk, blob_key, sha256, replaced)
+
+    def _lock_study(self, s: Session, study_pk: int) -> Study:
+        return s.scalars(select(Study).where(Study.pk == study_pk).with_for_update()).one()
+
+    def _check_series_study(self, s: Session, a: InstanceAttributes, study_fk: int | None = None) -> None:
+        """A Series Instance UID already used in another study is an error (checked before writing)."""
+        if study_fk is None:
+            row = s.execute(
+                select(Study.study_instance_uid)
+                .join(Series, Series.study_fk == Study.pk)
+                .where(Series.series_instance_uid == a.series_instance_uid)
+            ).one_or_none()
+        else:
+            row = s.execute(select(Study.study_instance_uid).where(Study.pk == study_fk)).one_or_none()
+        if row is not None and row[0] != a.study_instance_uid:
+            raise InvalidInstance(
+                f"series {a.series_instance_uid} already belongs to study {row[0]}, "
+                f"not {a.study_instance_uid}:",
+                0x0020000E,
+            )
+
+    def _attach_parents(self, s: Session, a: InstanceAttributes) -> Series:
+        self._check_series_study(s, a)  # before any write, so nothing is left half-done
+        study = s.scalars(
+            select(Study).where(Study.study_instance_uid == a.study_instance_uid).with_for_update()
+        ).one_or_none()
+        if study is None:
+            patient = self._patient_for(s, a)
+            study = Study(
+                patient_fk=patient.pk,
+                study_instance_uid=a.study_instance_uid,
+                study_date=a.study_date,
+                study_time=a.study_time,
+                accession_number=a.accession_number,
+                study_id=a.study_id,
+                referring_physician_name=a.referring_physician_name,
+                study_description=a.study_description,
+                num_series=0,
+                num_instances=0,
+            )
+            s.add(study)
+            s.flush()
+            s.execute(
+                update(Patient).where(Patient.pk == patient.pk).values(num_studies=Patient.num_studies + 1)
+            )
+        elif a.patient_id is not None:
+            self._warn_if_other_patient(s, study, a)
+        series = s.scalars(
+            select(Series).where(Series.series_instance_uid == a.series_instance_uid).with_for_update()
+        ).one_or_none()
+        if series is None:
+            series = Series(
+                study_fk=study.pk,
+                series_instance_uid=a.series_instance_uid,
+                series_number=a.series_number,
+                modality=a.modality,
+                series_description=a.series_description,
+                body_part_examined=a.body_part_examined,
+                num_instances=0,
+            )
+            s.add(series)
+            s.flush()
+            s.execute(update(Study).where(Study.pk == study.pk).values(num_series=Study.num_series + 1))
+            self._refresh_modalities(s, study.pk)
+        elif series.study_fk != study.pk:  # created meanwhile by a concurrent transaction
+            self._check_series_study(s, a, series.study_fk)
+        return series
+
+    def _patient_for(self, s: Session, a: InstanceAttributes) -> Patient:
+        issuer = a.issuer_of_patient_id or ""
+        patient = None
+        if a.patient_id is not None:  # no PatientID: a patient of its own, never merged
+            patient = s.scalars(
+                select(Patient).where(
+                    Patient.patient_id == a.patient_id, Patient.issuer_of_patient_id == issuer
+                )
+            ).one_or_none()
+        if patient is None:
+            patient = Patient(
+                patient_id=a.patient_id,
+                issuer_of_patient_id=issuer,
+                patient_name=a.patient_name,
+                patient_name_search=normalise_person_name(a.patient_name),
+                patient_birth_date=a.patient_birth_date,
+                patient_sex=a.patient_sex,
+                num_studies=0,
+            )
+            s.add(patient)
+            s.flush()  # a concurrent insert of the same patient raises IntegrityError: retried
+        return patient
+
+    def _warn_if_other_patient(self, s: Session, study: Study, a: InstanceAttributes) -> None:
+        row = s.execute(
+            select(Patient.patient_id, Patient.issuer_of_patient_id).where(Patient.pk == study.patient_fk)
+        ).one()
+        if (row[0], row[1]) != (a.patient_id, a.issuer_of_patient_id or ""):
+            log.warning(
+                "instance %s names patient %r but its study %s belongs to patient %r: kept in the study",
+                a.sop_instance_uid, a.patient_id, a.study_instance_uid, row[0],
+            )
+
+    def _refresh_modalities(self, s: Session, study_pk: int) -> None:
+        rows = s.scalars(
+            select(Series.modality)
+            .where(Series.study_fk == study_pk, Series.modality.is_not(None))
+            .distinct()
+        ).all()
+        value = ""
+        for modality in sorted(m for m in rows if m):
+            joined = f"{value}\\{modality}" if value else modality
+            if len(joined) > MODALITIES:
+                break
+            value = joined
+        s.execute(update(Study).where(Study.pk == study_pk).values(modalities_in_study=value or None))
+
+    def _prune(self, s: Session, series_pk: int) -> None:
+        """Delete the series if it has no instance left, then its study and patient if empty."""
+        study_fk = s.scalar(select(Series.study_fk).where(Series.pk == series_pk))
+        if study_fk is None:
+            return
+        study = self._lock_study(s, study_fk)
+        if s.scalar(select(func.count()).select_from(Instance).where(Instance.series_fk == series_pk)):
+            return
+        s.execute(delete(Series).where(Series.pk == series_pk))
+        s.execute(update(Study).where(Study.pk == study_fk).values(num_series=Study.num_series - 1))
+        if s.scalar(select(func.count()).select_from(Series).where(Series.study_fk == study_fk)):
+            self._refresh_modalities(s, study_fk)
+            return
+        patient_fk = study.patient_fk
+        s.execute(delete(Study).where(Study.pk == study_fk))
+        s.execute(
+            update(Patient).where(Patient.pk == patient_fk).values(num_studies=Patient.num_studies - 1)
+        )
+        if not s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == patient_fk)):
+            s.execute(delete(Patient).where(Patient.pk == patient_fk))
+
+    def remove_instance(self, s: Session, sop_instance_uid: str) -> str | None:
+        """Delete an instance row (and parents left empty); return its blob key (None if absent)."""
+        inst = s.scalars(
+            select(Instance).where(Instance.sop_instance_uid == sop_instance_uid).with_for_update()
+        ).one_or_none()
+        if inst is None:
+            return None
+        key, series_fk = inst.blob_key, inst.series_fk
+        study_fk = s.scalar(select(Series.study_fk).where(Series.pk == series_fk))
+        assert study_fk is not None
+        self._lock_study(s, study_fk)
+        s.delete(inst)
+        s.flush()
+        self._add_to_counts(s, series_fk, -1)
+        self._prune(s, series_fk)
+        return key
+
+    def clear(self, s: Session) -> None:
+        """Delete every row (children first)."""
+        for model in (Instance, Series, Study, Patient):
+            s.execute(delete(model))
+
+    # queries ----------------------------------------------------------------------------------------
+
+    def get_instance(self, sop_instance_uid: str) -> Instance | None:
+        """The instance row with its series, study and patient loaded (usable after the session)."""
+        with self.reading() as s:
+            return s.scalars(
+                select(Instance)
+                .where(Instance.sop_instance_uid == sop_instance_uid)
+                .options(joinedload(Instance.series).joinedload(Series.study).joinedload(Study.patient))
+            ).one_or_none()
+
+    def find_instance(self, sop_instance_uid: str) -> tuple[int, str, str] | None:
+        """(row id, blob key, sha256) of an instance, or None."""
+        with self.reading() as s:
+            row = s.execute(
+                select(Instance.pk, Instance.blob_key, Instance.sha256).where(
+                    Instance.sop_instance_uid == sop_instance_uid
+                )
+            ).one_or_none()
+            return (row[0], row[1], row[2]) if row is not None else None
+
+    def is_blob_referenced(self, key: str) -> bool:
+        with self.reading() as s:
+            return s.scalar(select(Instance.pk).where(Instance.blob_key == key)) is not None
+
+    def counts(self) -> Counts:
+        with self.reading() as s:
+            return Counts(*(s.scalar(select(func.count()).select_from(model)) or 0
+                            for model in (Patient, Study, Series, Instance)))
+
+    def count(self, level: Literal["patients", "studies", "series", "instances"] = "instances") -> int:
+        return getattr(self.counts(), level)
