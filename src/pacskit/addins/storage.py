@@ -82,7 +82,9 @@ class StorageAddIn(AddIn):
                 status,
                 exc,
             )
-            elements: dict[str, object] = {"ErrorComment": str(exc)[:64]}
+            # Error Comment is an LO (64 characters): say the essential first; the log has the details.
+            comment = "dataset UID differs from the C-STORE command" if status == 0xA900 else str(exc)
+            elements: dict[str, object] = {"ErrorComment": comment[:64]}
             if exc.tag is not None:
                 elements["OffendingElement"] = [exc.tag]
             return Response(status, elements=elements)

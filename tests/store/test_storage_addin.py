@@ -1,0 +1,163 @@
+"""The Storage add-in in a running server, fed by DCMTK storescu, on SQLite, PostgreSQL and MariaDB.
+
+Each dataset must be stored byte-identical to what storescu sent (DCMTK sends these files without
+re-encoding when proposing their own transfer syntax), indexed with the right attributes, and the
+store must check clean. Bad input gets the right status and leaves stored data alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from sqlalchemy.engine import URL
+
+from pacskit.net import RequestedContext, connect
+from pacskit.net.sinks import read_part10_header
+from pacskit.server.server import Server
+from pacskit.server.settings import load_settings
+from pacskit.testing.peers import dcmtk_env, dcmtk_tool, have_dcmtk
+from pacskit.testing.synth import make_instance
+
+pytestmark = pytest.mark.dcmtk
+
+# pydicom test files that DCMTK sends unchanged, with the storescu option proposing their syntax, and
+# distinct SOP Instance UIDs (many pydicom files share them on purpose). JPEGLSNearLossless_08.dcm has no
+# Study/Series UID: it is refused with 0xC000, tested below.
+FILES = {
+    "SC_rgb_small_odd.dcm": "-xe",
+    "test-SR.dcm": "-xe",
+    "ExplVR_BigEnd.dcm": "-xb",
+    "MR_small_implicit.dcm": "-xi",
+    "SC_rgb_jpeg_dcmtk.dcm": "-xy",
+    "SC_rgb_jpeg_gdcm.dcm": "-xs",
+    "GDCMJ2K_TextGBR.dcm": "-xv",
+    "rtplan.dcm": "-xi",
+}
+
+
+def _dataset_bytes(path: str) -> bytes:
+    info = read_part10_header(path)
+    with open(path, "rb") as fh:
+        fh.seek(info.dataset_offset)
+        return fh.read()
+
+
+def _settings(tmp_path: Path, db_url: URL | str, **storage: object):
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    url = db_url.render_as_string(hide_password=False) if isinstance(db_url, URL) else db_url
+    lines = ['ae_title = "STOREPACS"', "port = 0", 'data_dir = "data"', "[database]", f"url = {url!r}", "[addins.storage]"]
+    lines += [f"{k} = {v!r}" for k, v in storage.items()]
+    (folder / "server.toml").write_text("\n".join(lines) + "\n")
+    return load_settings(folder)
+
+
+async def _storescu(port: int, option: str, *files: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        dcmtk_tool("storescu"), "-v", option, "-aec", "STOREPACS", "-aet", "MODALITY", "127.0.0.1", str(port), *files,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dcmtk_env(),
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    return out.decode(errors="replace")
+
+
+def test_storescu_files_stored_byte_identical_and_indexed(tmp_path: Path, db_url: URL | str) -> None:
+    if not have_dcmtk():
+        pytest.skip("DCMTK is not installed")
+    settings = _settings(tmp_path, db_url)
+    sources = {name: get_testdata_file(name) for name in FILES}
+
+    async def run() -> dict[str, str]:
+        outputs = {}
+        async with Server(settings) as server:
+            for name, option in FILES.items():
+                outputs[name] = await _storescu(server.port, option, sources[name])
+            store = server.store
+            for name, path in sources.items():
+                ds = dcmread(path, stop_before_pixels=True)
+                row = store.get_instance(ds.SOPInstanceUID)
+                assert row is not None, (name, outputs[name])
+                assert row.sop_class_uid == ds.SOPClassUID
+                assert row.transfer_syntax_uid == read_part10_header(path).transfer_syntax
+                assert row.source_ae == "MODALITY"
+                assert row.series.series_instance_uid == ds.SeriesInstanceUID
+                assert row.series.study.study_instance_uid == ds.StudyInstanceUID
+                stored = store.instance_path(ds.SOPInstanceUID)
+                assert _dataset_bytes(stored) == _dataset_bytes(path), name
+                assert row.sha256 == hashlib.sha256(Path(stored).read_bytes()).hexdigest()
+            report = store.check()
+            assert report.ok, str(report)
+            assert store.count("instances") == len(FILES)
+        return outputs
+
+    outputs = asyncio.run(run())
+    for name, out in outputs.items():
+        assert "Received Store Response (Success)" in out, (name, out)
+
+
+def test_instance_without_study_uid_is_refused_by_storescu_status(tmp_path: Path, db_url: URL | str) -> None:
+    if not have_dcmtk():
+        pytest.skip("DCMTK is not installed")
+    settings = _settings(tmp_path, db_url)
+
+    async def run() -> tuple[str, int]:
+        async with Server(settings) as server:
+            out = await _storescu(server.port, "-xu", get_testdata_file("JPEGLSNearLossless_08.dcm"))
+            return out, server.store.count("instances")
+
+    out, count = asyncio.run(run())
+    assert "Received Store Response (Error: CannotUnderstand)" in out, out
+    assert count == 0
+
+
+def test_bad_input_gets_the_right_status_and_keeps_stored_data(tmp_path: Path, db_url: URL | str) -> None:
+    """Duplicate refused (0x0111) without touching the stored copy; command/dataset UID mismatch 0xA900;
+    an invalid UID 0xC000. The server keeps serving throughout."""
+    settings = _settings(tmp_path, db_url, duplicate_policy="reject")
+    good = make_instance(tmp_path / "good.dcm", patient_id="P1")
+    ds = dcmread(good)
+    changed = tmp_path / "changed.dcm"
+    ds.PatientName = "CHANGED^NAME"
+    ds.save_as(changed, enforce_file_format=True)
+    bad_uid = tmp_path / "bad_uid.dcm"
+    ds2 = dcmread(good)
+    ds2.SOPInstanceUID = "1.2.3.4.05"  # leading zero: not a valid UID component
+    ds2.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.05"
+    ds2.save_as(bad_uid, enforce_file_format=True)
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+
+    async def run() -> None:
+        async with Server(settings) as server:
+            assoc = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
+                                  contexts=[RequestedContext(ct)])
+            async with assoc:
+                assert (await assoc.store(good)).status == 0x0000
+                stored = server.store.instance_path(ds.SOPInstanceUID)
+                before = Path(stored).read_bytes()
+                assert (await assoc.store(changed)).status == 0x0111
+                assert Path(stored).read_bytes() == before
+                assert (await assoc.store(bad_uid)).status == 0xC000
+                # a C-STORE whose command names another instance than the dataset carries
+                mismatch = tmp_path / "mismatch.dcm"
+                shutil.copy(good, mismatch)
+                raw = bytearray(mismatch.read_bytes())
+                uid = ds.SOPInstanceUID.encode()
+                meta_end = read_part10_header(mismatch).dataset_offset
+                other = (uid[:-1] + (b"7" if uid[-1:] != b"7" else b"8"))
+                raw[:meta_end] = raw[:meta_end].replace(uid, other)
+                mismatch.write_bytes(bytes(raw))
+                rsp = await assoc.store(mismatch)
+                assert rsp.status == 0xA900, hex(rsp.status)
+                assert "differs" in rsp.get("ErrorComment", "")
+            assert server.store.count("instances") == 1
+            assert server.store.check().ok
+            assert not list(Path(server.store.temp_dir).glob("rx-*"))
+
+    asyncio.run(run())
