@@ -62,7 +62,12 @@ def open_store(settings: ServerSettings) -> Any:
     from pacskit.store import DataStore, FilesystemBlobStore
 
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    return DataStore.open(settings.database_url, blobs=FilesystemBlobStore(settings.storage_path))
+    blobs = FilesystemBlobStore(settings.storage_path)
+    # Temp files left by a crash were never acknowledged: drop them before accepting associations.
+    removed = blobs.purge_temp()
+    if removed:
+        log.warning("removed %d incomplete temp files left by an earlier run", removed)
+    return DataStore.open(settings.database_url, blobs=blobs)
 
 
 class Server:

@@ -123,6 +123,13 @@ class FilesystemBlobStore:
         """Where incoming temp files should be written (same filesystem as the blobs)."""
         return self._temp
 
+    @property
+    def journal_dir(self) -> str:
+        """Where :class:`~pacskit.store.DataStore` records blobs whose index row is not committed yet."""
+        folder = os.path.join(self.root, "journal")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
     # paths -----------------------------------------------------------------------------------------
 
     def _file(self, key: str) -> str:

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Literal
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL
 
-from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, validate_key
+from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, new_key, validate_key
 from pacskit.store.engine import make_url
 from pacskit.store.extract import (
     InstanceAttributes,
@@ -202,7 +202,10 @@ class DataStore:
         except BaseException:
             index.close()
             raise
-        return cls(index, blobs)
+        store = cls(index, blobs)
+        if migrate:
+            store.recover()
+        return store
 
     def close(self) -> None:
         self.index.close()
@@ -250,6 +253,7 @@ class DataStore:
     def _ingest(self, path: str, source_ae: str | None, expected_sop_instance_uid: str | None,
                 expected_sop_class_uid: str | None, duplicate_policy: DuplicatePolicy,
                 offset: int | None) -> IngestResult:
+        marker: str | None = None
         try:
             attrs = read_index_attributes(path, offset)
             self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
@@ -262,9 +266,12 @@ class DataStore:
                     status = (IngestStatus.DUPLICATE_IGNORED if duplicate_policy == "keep-first"
                               else IngestStatus.DUPLICATE_REJECTED)
                     return IngestResult(status, known[0], attrs.sop_instance_uid, sha, size, known[1], known[2])
-            key = self.blobs.put_file(path)
+            key = new_key()
+            marker = self._journal_begin(key)
+            key = self.blobs.put_file(path, key_hint=key)
         except BaseException:
             _unlink(path)
+            self._journal_end(marker)
             raise
         ae = (source_ae or attrs.source_ae or "").strip()[:AE] or None
         received_at = dt.datetime.now(dt.UTC)
@@ -278,12 +285,59 @@ class DataStore:
         except BaseException:
             self._discard_new_blob(key)
             raise
+        finally:
+            self._journal_end(marker)
         if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED):
             self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
         elif rec.replaced_blob_key is not None:
             self._delete_quietly(rec.replaced_blob_key)
         return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
                             rec.blob_key, rec.sha256)
+
+    # crash journal ----------------------------------------------------------------------------------
+    # A blob becomes visible (durably renamed into place) before its index row commits. A crash in
+    # between would leave a complete, never acknowledged blob without a row. So ingest first records the
+    # new key in ``journal_dir`` (durably), and removes the record once the transaction has ended;
+    # :meth:`recover` (run at open) deletes every journalled blob that has no row. Cost: one small file
+    # and one directory fsync per instance, instead of a full scan of the blob store at start-up.
+
+    def _journal_begin(self, key: str) -> str | None:
+        folder = getattr(self.blobs, "journal_dir", None)
+        if folder is None:
+            return None
+        marker = os.path.join(folder, key)
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return marker
+
+    @staticmethod
+    def _journal_end(marker: str | None) -> None:
+        if marker is not None:
+            _unlink(marker)
+
+    def recover(self) -> int:
+        """Delete blobs an interrupted ingest left without an index row; returns how many."""
+        folder = getattr(self.blobs, "journal_dir", None)
+        if folder is None:
+            return 0
+        removed = 0
+        for key in os.listdir(folder):
+            try:
+                validate_key(key)
+            except Exception:
+                _unlink(os.path.join(folder, key))
+                continue
+            if self.blobs.exists(key) and not self.index.is_blob_referenced(key):
+                self.blobs.delete(key)
+                removed += 1
+            _unlink(os.path.join(folder, key))
+        if removed:
+            log.warning("removed %d blobs of interrupted ingests (never acknowledged)", removed)
+        return removed
 
     @staticmethod
     def _check_expected(a: InstanceAttributes, sop_instance_uid: str | None, sop_class_uid: str | None) -> None:
