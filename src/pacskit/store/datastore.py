@@ -32,7 +32,9 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import URL
 
 from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, new_key, validate_key
+from pacskit.net.sinks import read_part10_header
 from pacskit.store.engine import make_url
+from pacskit.store.nesting import TooDeep, check_nesting
 from pacskit.store.extract import (
     InstanceAttributes,
     InstanceMismatch,
@@ -255,7 +257,12 @@ class DataStore:
                 offset: int | None) -> IngestResult:
         marker: str | None = None
         try:
-            attrs = read_index_attributes(path, offset)
+            header = read_part10_header(path)
+            try:  # before any decoding: a hostile nesting depth must not reach pydicom's recursion
+                check_nesting(path, header.dataset_offset, header.transfer_syntax)
+            except TooDeep as exc:
+                raise InvalidInstance(str(exc), exc.tag) from None
+            attrs = read_index_attributes(path, offset if offset is not None else header.dataset_offset)
             self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
             with open(path, "rb", buffering=0) as fh:
                 sha, size = sha256_stream(fh)  # type: ignore[arg-type]
