@@ -1,0 +1,243 @@
+"""Ingest throughput: DCMTK storescu -> (a) pacskit server, (b) Orthanc.
+
+(a) ``python -m pacskit serve --data-dir <fresh dir> --port P --ae PACSKIT`` as a subprocess: the
+    full server (Storage add-in, SQLite index, durable writes with fsync), default settings.
+(b) Debian's Orthanc via :func:`pacskit.testing.peers.orthanc` in a fresh work dir: default SQLite
+    index and storage directory (no compression), started with TCP_NODELAY=1.
+
+Both servers write to the same file system (``--work-root``, default ``.bench-data/ingest``; a disk,
+not a tmpfs, since both are meant to be durable). Datasets come from the engine_store cache
+(``.bench-data/``): ``small`` = 64x64 16-bit CT (3,000 by default), ``CT`` = 512x512 16-bit (1,000).
+
+Runs per (server, dataset): 1 association (one storescu with every file) and 8 associations (the
+files dealt round-robin into 8 lists, 8 storescu processes started at once). Every run uses a fresh
+server process and a fresh, empty data directory. Only the storescu phase is timed (wall clock from
+spawning the first storescu to the exit of the last). A run counts only if every storescu exits 0
+without E:/F: lines and the server then holds exactly as many instances as were sent (pacskit:
+``python -m pacskit check --no-hash`` on the data dir after the server stopped; Orthanc: REST
+``/statistics`` CountInstances).
+
+    .venv/bin/python benchmarks/ingest.py [--small N] [--ct N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import BENCH_DATA, LOCALHOST, PYTHON, dcmtk_env, dcmtk_tool, ensure_series, free_port, stop_process, wait_for_port  # noqa: E402
+
+from pacskit.testing.peers import orthanc  # noqa: E402
+
+SERVERS = ("pacskit", "orthanc")
+ASSOCIATIONS = (1, 8)
+TARGETS = (
+    # (label, dataset, associations, minimum pacskit/Orthanc inst/s ratio)
+    ("small, 1 association ", "small", 1, 2.0),
+    ("CT,    1 association ", "CT", 1, 1.5),
+    ("small, 8 associations", "small", 8, 2.0),
+    ("CT,    8 associations", "CT", 8, 2.0),
+)
+
+
+@dataclass
+class Result:
+    server: str
+    dataset: str
+    associations: int
+    instances: int
+    nbytes: int
+    seconds: float | None = None
+    failure: str = ""
+
+    @property
+    def inst_per_s(self) -> float:
+        return self.instances / self.seconds if self.seconds else float("nan")
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / 1e6 / self.seconds if self.seconds else float("nan")
+
+
+def warm(files: list[Path]) -> int:
+    total = 0
+    for p in files:
+        total += len(p.read_bytes())
+    return total
+
+
+@dataclass
+class Server:
+    ae_title: str
+    port: int
+    count: object  # () -> int, called while the server runs (Orthanc) or None
+    log: object  # () -> str
+
+
+@contextlib.contextmanager
+def pacskit_server(data_dir: Path) -> Iterator[Server]:
+    port = free_port()
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "pacskit", "serve", "--data-dir", str(data_dir), "--port", str(port), "--ae", "PACSKIT"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        try:
+            wait_for_port(LOCALHOST, port, 60, proc=proc)
+        except Exception as exc:
+            raise RuntimeError(f"pacskit serve did not start: {exc}\n{log_path.read_text(errors='replace')[-2000:]}") from None
+        yield Server("PACSKIT", port, None, lambda: log_path.read_text(errors="replace"))
+    finally:
+        stop_process(proc, timeout=30)
+
+
+def pacskit_count(data_dir: Path) -> tuple[int, str]:
+    out = subprocess.run([PYTHON, "-m", "pacskit", "check", "--no-hash", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, errors="replace")
+    text = (out.stdout + out.stderr).strip()
+    m = re.match(r"(\d+) instances", text)
+    return (int(m.group(1)) if m else -1), text
+
+
+@contextlib.contextmanager
+def orthanc_server(work_dir: Path) -> Iterator[Server]:
+    with orthanc(work_dir, startup_timeout=60) as peer:
+        yield Server(peer.ae_title, peer.dicom_port, peer.instance_count, peer.log_text)
+
+
+def send(storescu: str, server: Server, files: list[Path], associations: int) -> tuple[float, list[str]]:
+    """Run ``associations`` storescu processes in parallel over ``files`` (round-robin split);
+    (wall seconds, problems)."""
+    folder = files[0].parent
+    lists = [files[i::associations] for i in range(associations)]
+    argvs = [[storescu, "-aet", "BENCHSCU", "-aec", server.ae_title, LOCALHOST, str(server.port),
+              *[str(p.relative_to(folder)) for p in chunk]] for chunk in lists if chunk]
+    env = dcmtk_env()
+    outs = []
+    start = time.perf_counter()
+    procs = [subprocess.Popen(a, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for a in argvs]
+    for p in procs:
+        outs.append(p.communicate()[0].decode(errors="replace"))
+    elapsed = time.perf_counter() - start
+    problems = []
+    for i, (p, text) in enumerate(zip(procs, outs)):
+        errors = [ln for ln in text.splitlines() if ln.startswith(("E:", "F:"))]
+        if p.returncode != 0 or errors:
+            problems.append(f"storescu #{i} exited {p.returncode}, {len(errors)} error line(s): {' | '.join(text.strip().splitlines()[-3:])}")
+    return elapsed, problems
+
+
+def one_run(kind: str, files: list[Path], associations: int, work: Path, storescu: str) -> tuple[float | None, str]:
+    os.sync()
+    problems: list[str] = []
+    received = -1
+    if kind == "pacskit":
+        data_dir = work / "data"
+        with pacskit_server(data_dir) as srv:
+            seconds, problems = send(storescu, srv, files, associations)
+            log = srv.log()
+        received, check_text = pacskit_count(data_dir)
+        if received != len(files):
+            problems.append(f"pacskit check: {check_text!r}")
+    else:
+        with orthanc_server(work / "orthanc") as srv:
+            seconds, problems = send(storescu, srv, files, associations)
+            received = srv.count()
+            log = srv.log()
+    if received != len(files):
+        problems.append(f"{received} instances stored, {len(files)} sent")
+    if problems:
+        return None, "; ".join(problems) + f"\n    server log tail: {' | '.join(log.strip().splitlines()[-5:])}"
+    return seconds, ""
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x != x else f"{x:,.{digits}f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=3000, metavar="N", help="64x64 instances (default 3000; 0 skips)")
+    parser.add_argument("--ct", type=int, default=1000, metavar="N", help="512x512 instances (default 1000; 0 skips)")
+    parser.add_argument("--work-root", type=Path, default=BENCH_DATA / "ingest", help="where the servers' data dirs go")
+    args = parser.parse_args()
+    storescu = dcmtk_tool("storescu")
+
+    datasets: list[tuple[str, list[Path]]] = []
+    if args.small > 0:
+        datasets.append(("small", ensure_series("small-64x64", args.small, 64, 64)))
+    if args.ct > 0:
+        datasets.append(("CT", ensure_series("ct-512x512", args.ct, 512, 512)))
+
+    args.work_root.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ingest-", dir=args.work_root.resolve()))
+    print(f"storescu: {storescu} (TCP_NODELAY=1); servers on 127.0.0.1, data under {root}", flush=True)
+    results: list[Result] = []
+    try:
+        for name, files in datasets:
+            nbytes = warm(files)
+            for assoc in ASSOCIATIONS:
+                for kind in SERVERS:
+                    work = root / f"{kind}-{name}-{assoc}"
+                    work.mkdir()
+                    res = Result(kind, name, assoc, len(files), nbytes)
+                    try:
+                        res.seconds, res.failure = one_run(kind, files, assoc, work, storescu)
+                    finally:
+                        shutil.rmtree(work, ignore_errors=True)
+                    results.append(res)
+                    if res.seconds is None:
+                        print(f"  {kind:<8} {name:<5} x{assoc}: FAILED: {res.failure}", flush=True)
+                    else:
+                        print(f"  {kind:<8} {name:<5} x{assoc}: {res.seconds:8.3f} s  {res.inst_per_s:9.1f} inst/s", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print()
+    header = f"{'server':<8} {'dataset':<7} {'assocs':>6} {'instances':>9} {'seconds':>8} {'inst/s':>9} {'MB/s':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(f"{r.server:<8} {r.dataset:<7} {r.associations:>6} {r.instances:>9,} {fmt(r.seconds or float('nan'), 3):>8}"
+              f" {fmt(r.inst_per_s, 1):>9} {fmt(r.mb_per_s, 1):>8}{'  FAILED' if r.failure else ''}")
+    print("(seconds: wall clock of the storescu phase, one run each; MB = 10^6 bytes of the Part 10 files sent)")
+
+    def get(server: str, dataset: str, assoc: int) -> Result | None:
+        return next((r for r in results if (r.server, r.dataset, r.associations) == (server, dataset, assoc)), None)
+
+    print()
+    print("pacskit / Orthanc (inst/s):")
+    status = 0
+    for label, dataset, assoc, minimum in TARGETS:
+        a, o = get("pacskit", dataset, assoc), get("orthanc", dataset, assoc)
+        if not (a and o):
+            print(f"  {label}: not measured (target >= {minimum})")
+            continue
+        if a.seconds is None or o.seconds is None:
+            print(f"  {label}: n/a (a run failed; target >= {minimum})  FAIL")
+            status = 1
+            continue
+        ratio = a.inst_per_s / o.inst_per_s
+        ok = ratio >= minimum
+        status |= 0 if ok else 1
+        print(f"  {label}: {ratio:6.2f}  (target >= {minimum})  {'PASS' if ok else 'FAIL'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
