@@ -221,3 +221,13 @@ if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "pynd-scp":
         sys.exit(pynd_scp_main(sys.argv[2:]))
     sys.exit("usage: python benchmarks/_common.py pynd-scp --port P --out DIR [--aet AE] [--max-associations N]")
+
+
+def warm(files: list[Path]) -> int:
+    """Read every input file once (page cache) and return their total size."""
+    total = 0
+    for p in files:
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+    return total

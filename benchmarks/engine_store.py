@@ -49,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    warm,
     BENCH_DATA,
     RECEIVER_LABELS,
     RECEIVERS,
@@ -92,16 +93,6 @@ class Result:
     @property
     def mb_per_s(self) -> float:
         return self.nbytes / 1e6 / self.seconds if self.runs else float("nan")
-
-
-def warm(files: list[Path]) -> int:
-    """Read every input file once (page cache) and return their total size."""
-    total = 0
-    for p in files:
-        with open(p, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                total += len(chunk)
-    return total
 
 
 def busy_seconds() -> float:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH_DATA, LOCALHOST, PYTHON, dcmtk_env, dcmtk_tool, ensure_series, free_port, stop_process, wait_for_port  # noqa: E402
+from _common import BENCH_DATA, LOCALHOST, PYTHON, dcmtk_env, dcmtk_tool, ensure_series, free_port, stop_process, wait_for_port, warm  # noqa: E402
 
 from pacskit.testing.peers import orthanc  # noqa: E402
 
@@ -69,13 +69,6 @@ class Result:
     @property
     def mb_per_s(self) -> float:
         return self.nbytes / 1e6 / self.seconds if self.seconds else float("nan")
-
-
-def warm(files: list[Path]) -> int:
-    total = 0
-    for p in files:
-        total += len(p.read_bytes())
-    return total
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pacskit.testing.peers import PeerError, count_store_successes, dcmtk_env, dcmtk_tool
 from pacskit.net import (
     ALL_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
@@ -36,23 +37,11 @@ AE = "PACSKIT"
 
 
 def dcmtk(name: str) -> str:
-    """Path of the real DCMTK program ``name`` (pynetdicom installs Python scripts with the same names
-    into the venv's bin directory, so a PATH lookup is not enough)."""
-    candidates = [os.path.join(d, name) for d in os.environ.get("PATH", "").split(os.pathsep) if d]
-    candidates += [f"/usr/bin/{name}", f"/usr/local/bin/{name}"]
-    for cand in candidates:
-        if not (os.path.isfile(cand) and os.access(cand, os.X_OK)):
-            continue
-        with open(cand, "rb") as fh:
-            if fh.read(2) == b"#!":
-                continue
-        return cand
-    pytest.skip(f"DCMTK {name} is not installed")
-
-
-def dcmtk_env() -> dict[str, str]:
-    """Debian's DCMTK keeps Nagle on unless TCP_NODELAY=1 is set."""
-    return dict(os.environ, TCP_NODELAY="1")
+    """Path of the real DCMTK program ``name`` (not pynetdicom's same-named scripts); skip if absent."""
+    try:
+        return dcmtk_tool(name)
+    except PeerError as exc:
+        pytest.skip(str(exc))
 
 
 async def run_tool(*argv: str, timeout: float = 120) -> tuple[int, str]:
@@ -73,9 +62,7 @@ async def run_tool(*argv: str, timeout: float = 120) -> tuple[int, str]:
     return proc.returncode or 0, out.decode("utf-8", "replace")
 
 
-def store_successes(output: str) -> int:
-    """storescu can exit 0 after a failed store: count the success lines of its -v output."""
-    return output.count("Received Store Response (Success)")
+store_successes = count_store_successes
 
 
 def free_port() -> int:
