@@ -59,7 +59,7 @@ class AddInManager:
                 except Exception as exc:
                     self._broken(origin, exc)
                     continue
-                self._add_class(obj, origin)
+                self.add_class(obj, origin)
         if addins_folder is not None and addins_folder.is_dir():
             for path in sorted(addins_folder.iterdir()):
                 if path.name.startswith(("_", ".")):
@@ -88,9 +88,10 @@ class AddInManager:
         if not classes:
             self._broken(origin, TypeError("defines no AddIn subclass"))
         for cls in classes:
-            self._add_class(cls, origin)
+            self.add_class(cls, origin)
 
-    def _add_class(self, obj: object, origin: str) -> None:
+    def add_class(self, obj: object, origin: str) -> None:
+        """Register one add-in class found by any means (discovery, or given directly by the caller)."""
         if not (inspect.isclass(obj) and issubclass(obj, AddIn)):
             self._broken(origin, TypeError(f"{obj!r} is not a subclass of pacskit.addins.AddIn"))
             return

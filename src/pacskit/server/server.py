@@ -110,7 +110,7 @@ class Server:
     def _load_addins(self, base_for: Any) -> None:
         if self._addin_classes is not None:
             for cls in self._addin_classes:
-                self.manager._add_class(cls, f"class {cls.__module__}.{cls.__qualname__}")
+                self.manager.add_class(cls, f"class {cls.__module__}.{cls.__qualname__}")
         else:
             self.manager.discover(self.settings.folder / "addins", use_entry_points=self._use_entry_points)
         unknown = set(self.settings.addins) - set(self.manager.found)
@@ -142,11 +142,11 @@ class Server:
         store = self._open_store()
         self.store = store
         ae_titles = self._ae_titles or FileAeRegistry(settings.folder / AE_FILE)
-        config = settings.net_config()
+        outgoing_config = config = settings.net_config()
         temp_dir = getattr(store, "temp_dir", None)
         if temp_dir is not None:
             config = dataclasses.replace(config, temp_dir=str(temp_dir))
-        dicom_request = self._dicom_request or DicomRequest(settings.ae_title, ae_titles, settings.net_config(), self.bus)
+        dicom_request = self._dicom_request or DicomRequest(settings.ae_title, ae_titles, outgoing_config, self.bus)
         self.ae_titles = ae_titles
 
         def base_for(name: str) -> BaseServices:
