@@ -85,32 +85,71 @@ class _SeriesRef:
     patient: tuple[str | None, str]  # (PatientID, issuer) of the study's patient
 
 
-class _FastPathStatements:
-    """The ingest fast path's statements, built once (SQLAlchemy then reuses their compiled form)."""
+class _Prepared:
+    """One statement compiled once for a dialect and run on the DBAPI cursor.
 
-    def __init__(self) -> None:
+    The ingest fast path runs a handful of tiny statements per instance; SQLAlchemy's per-execution
+    machinery (events, execution contexts, result objects) costs several times what SQLite itself
+    spends on them. Compiling once per dialect keeps SQLAlchemy as the author of the SQL (paramstyle,
+    quoting, ``RETURNING`` on PostgreSQL) while the hot path only formats parameters.
+    """
+
+    __slots__ = ("sql", "names", "defaults", "returning")
+
+    def __init__(self, stmt: Any, dialect: Any) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.names: tuple[str, ...] | None = tuple(compiled.positiontup) if compiled.positional else None
+        # values of the statement's own literals (``num_instances + 1``): anonymous bind parameters
+        self.defaults = {name: bind.value for bind, name in compiled.bind_names.items()
+                         if not bind.required and bind.value is not None}
+        self.returning = bool(getattr(compiled, "returning", None))
+
+    def _args(self, values: dict[str, Any]) -> Any:
+        if self.defaults:
+            values = {**self.defaults, **values}
+        return tuple(values[n] for n in self.names) if self.names is not None else values
+
+    def first(self, cursor: Any, values: dict[str, Any]) -> Any:
+        cursor.execute(self.sql, self._args(values))
+        return cursor.fetchone()
+
+    def rowcount(self, cursor: Any, values: dict[str, Any]) -> int:
+        cursor.execute(self.sql, self._args(values))
+        return int(cursor.rowcount)
+
+    def insert(self, cursor: Any, values: dict[str, Any]) -> int:
+        cursor.execute(self.sql, self._args(values))
+        return int(cursor.fetchone()[0] if self.returning else cursor.lastrowid)
+
+
+class _FastPathStatements:
+    """The ingest fast path's statements, compiled for one dialect."""
+
+    def __init__(self, dialect: Any) -> None:
         inst, study, series = Instance.__table__, Study.__table__, Series.__table__
-        self.instance_exists = (
-            select(inst.c.pk).where(inst.c.sop_instance_uid == bindparam("uid")).with_for_update()
-        )
-        self.count_in_study = (
+        self.instance_exists = _Prepared(
+            select(inst.c.pk).where(inst.c.sop_instance_uid == bindparam("uid")).with_for_update(), dialect)
+        self.count_in_study = _Prepared(
             update(study)
             .where(study.c.pk == bindparam("row"), study.c.study_instance_uid == bindparam("uid"))
-            .values(num_instances=study.c.num_instances + bindparam("delta"))
-        )
-        self.count_in_series = (
+            .values(num_instances=study.c.num_instances + bindparam("delta")), dialect)
+        self.count_in_series = _Prepared(
             update(series)
             .where(series.c.pk == bindparam("row"), series.c.series_instance_uid == bindparam("uid"),
                    series.c.study_fk == bindparam("study"))
-            .values(num_instances=series.c.num_instances + 1)
-        )
-        self.insert_instance = insert(inst)
-        self.find_instance = select(inst.c.pk, inst.c.blob_key, inst.c.sha256).where(
-            inst.c.sop_instance_uid == bindparam("uid")
-        )
+            .values(num_instances=series.c.num_instances + 1), dialect)
+        columns = ("series_fk", "sop_instance_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid",
+                   "specific_character_set", "size", "sha256", "blob_key", "received_at", "source_ae")
+        insert_stmt = insert(inst).values({c: bindparam(c) for c in columns})
+        if dialect.name == "postgresql":
+            insert_stmt = insert_stmt.returning(inst.c.pk)
+        self.insert_instance = _Prepared(insert_stmt, dialect)
+        self.find_instance = _Prepared(
+            select(inst.c.pk, inst.c.blob_key, inst.c.sha256).where(inst.c.sop_instance_uid == bindparam("uid")),
+            dialect)
 
 
-_FAST = _FastPathStatements()
 _SERIES_CACHE_SIZE = 4096
 _CACHE_KEY = "pacskit_series_refs"  # Session.info: refs learnt by this transaction, kept once committed
 
@@ -155,6 +194,7 @@ class Index:
         # are added only after their transaction committed, and every use re-checks the UIDs in SQL,
         # so a stale entry (a series deleted by another process, a reused row id) costs the slow
         # path, never a wrong row.
+        self._fast = _FastPathStatements(engine.dialect)
         self._series_refs: dict[str, _SeriesRef] = {}
         self._refs_lock = threading.Lock()
         # Group commit: concurrent ingests share one transaction (one WAL fsync) instead of queueing
@@ -359,24 +399,24 @@ class Index:
         locks it), then the series. Every statement re-checks the UIDs, so a cache entry whose rows
         were deleted or whose row ids were reused matches nothing and falls back.
         """
-        conn = s.connection()
-        if conn.execute(_FAST.instance_exists, {"uid": a.sop_instance_uid}).first() is not None:
-            return None  # a duplicate: the policy is applied by the general path
-        study_keys = {"row": ref.study_pk, "uid": ref.study_uid}
-        if conn.execute(_FAST.count_in_study, {**study_keys, "delta": 1}).rowcount != 1:
-            self._forget(ref.series_uid)
-            return None
-        if conn.execute(
-            _FAST.count_in_series, {"row": ref.series_pk, "uid": ref.series_uid, "study": ref.study_pk}
-        ).rowcount != 1:
-            conn.execute(_FAST.count_in_study, {**study_keys, "delta": -1})
-            self._forget(ref.series_uid)
-            return None
-        if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
-            _warn_other_patient(a, ref.patient[0])
-        pk = conn.execute(
-            _FAST.insert_instance,
-            {
+        fast = self._fast
+        cursor = s.connection().connection.cursor()  # the DBAPI cursor, inside the session's transaction
+        try:
+            if fast.instance_exists.first(cursor, {"uid": a.sop_instance_uid}) is not None:
+                return None  # a duplicate: the policy is applied by the general path
+            study_keys = {"row": ref.study_pk, "uid": ref.study_uid}
+            if fast.count_in_study.rowcount(cursor, {**study_keys, "delta": 1}) != 1:
+                self._forget(ref.series_uid)
+                return None
+            if fast.count_in_series.rowcount(
+                cursor, {"row": ref.series_pk, "uid": ref.series_uid, "study": ref.study_pk}
+            ) != 1:
+                fast.count_in_study.rowcount(cursor, {**study_keys, "delta": -1})
+                self._forget(ref.series_uid)
+                return None
+            if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
+                _warn_other_patient(a, ref.patient[0])
+            pk = fast.insert_instance.insert(cursor, {
                 "series_fk": ref.series_pk,
                 "sop_instance_uid": a.sop_instance_uid,
                 "sop_class_uid": a.sop_class_uid,
@@ -386,10 +426,11 @@ class Index:
                 "size": size,
                 "sha256": sha256,
                 "blob_key": blob_key,
-                "received_at": received_at,
+                "received_at": received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
                 "source_ae": source_ae,
-            },
-        ).inserted_primary_key[0]
+            })
+        finally:
+            cursor.close()
         return Recorded(IngestStatus.STORED, int(pk), blob_key, sha256)
 
     def _add_to_counts(self, s: Session, series: Series | int, delta: int) -> None:
@@ -606,9 +647,16 @@ class Index:
 
     def find_instance(self, sop_instance_uid: str) -> tuple[int, str, str] | None:
         """(row id, blob key, sha256) of an instance, or None. Core, no session: ingest asks this."""
-        with self.engine.connect() as conn:
-            row = conn.execute(_FAST.find_instance, {"uid": sop_instance_uid}).first()
-            return (row[0], row[1], row[2]) if row is not None else None
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                row = self._fast.find_instance.first(cursor, {"uid": sop_instance_uid})
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+        return (row[0], row[1], row[2]) if row is not None else None
 
     def is_blob_referenced(self, key: str) -> bool:
         with self.reading() as s:
