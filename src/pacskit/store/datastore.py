@@ -187,10 +187,13 @@ class DataStore:
         blobs: BlobStore,
         *,
         migrate: bool = True,
+        recover: bool = True,
         **engine_options: Any,
     ) -> DataStore:
         """Open the index at ``url`` (``sqlite:///index.db``, ``postgresql+psycopg://...``,
-        ``mysql+pymysql://...``) over ``blobs``; bring the schema up to date unless ``migrate=False``.
+        ``mysql+pymysql://...``) over ``blobs``; bring the schema up to date unless ``migrate=False``,
+        then (``recover``) remove what interrupted ingests left. Processes that share a store while
+        others ingest must pass ``recover=False``: recovery is for when nobody else is writing.
 
         ``engine_options`` go to :func:`pacskit.store.engine.make_engine` (``sqlite_synchronous``,
         ``pool_size``, ...).
@@ -206,7 +209,7 @@ class DataStore:
             index.close()
             raise
         store = cls(index, blobs)
-        if migrate:
+        if migrate and recover:
             store.recover()
         return store
 
