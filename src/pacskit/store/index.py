@@ -332,9 +332,10 @@ class Index:
     ) -> Recorded:
         """Add the instance (and its parents as needed), or apply ``policy`` if it exists already.
 
-        An instance of a series this index has seen committed takes a fast path: four Core statements
-        (is the instance new, count it in its study and series, insert it). Anything else — a new
-        series, a duplicate, a stale cache entry — takes the general path through the ORM.
+        An instance of a series this index has seen committed takes a fast path: four statements
+        compiled once and run on the DBAPI cursor (is the instance new, count it in its study and
+        series, insert it). Anything else — a new series, a duplicate, a stale cache entry — takes the
+        general path through the ORM.
         """
         ref = self._series_refs.get(a.series_instance_uid)
         if ref is not None and ref.study_uid == a.study_instance_uid:
