@@ -23,7 +23,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
@@ -85,9 +85,9 @@ class ReceivedDataset:
             return dcmread(self.path, stop_before_pixels=stop_before_pixels, force=True)
         raw = self.data or b""
         if self.transfer_syntax == DeflatedExplicitVRLittleEndian:
-            import zlib
-
-            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+            inflated = io.BytesIO()
+            inflate(raw, inflated.write, MAX_INFLATED_IN_MEMORY)
+            raw = inflated.getvalue()
         ds = read_dataset(
             io.BytesIO(raw),
             is_implicit_VR=self.transfer_syntax == ImplicitVRLittleEndian,
@@ -323,6 +323,49 @@ class Part10FileSink:
             os.unlink(self._path)
         except FileNotFoundError:
             pass
+
+
+#: What a deflated dataset may inflate to when decoded in memory (a deflate bomb inflates ~1000:1).
+MAX_INFLATED_IN_MEMORY = 64 * 1024 * 1024
+_INFLATE_PIECE = 1 << 20
+
+
+class InflationLimit(ValueError):
+    """A deflated dataset inflates beyond the allowed size (a deflate bomb, or simply too big)."""
+
+
+def inflate(source: BinaryIO | bytes, write: Any, limit: int) -> int:
+    """Inflate the raw deflate stream ``source`` (PS3.5 A.5: Deflated Explicit VR Little Endian) into
+    ``write``, a piece of at most 1 MiB at a time; returns the inflated size.
+
+    Raises :class:`InflationLimit` as soon as more than ``limit`` bytes would come out, so neither
+    memory nor disk ever holds more than that, whatever the compression ratio. Raises ``zlib.error``
+    for a corrupt stream.
+    """
+    import zlib
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    view = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    while True:
+        data = view.read(_INFLATE_PIECE)
+        if not data:
+            break
+        while data:
+            piece = inflater.decompress(data, _INFLATE_PIECE)
+            total += len(piece)
+            if total > limit:
+                raise InflationLimit(f"deflated dataset inflates beyond {limit:,} bytes")
+            write(piece)
+            data = inflater.unconsumed_tail
+        if inflater.eof:
+            break
+    rest = inflater.flush()
+    total += len(rest)
+    if total > limit:
+        raise InflationLimit(f"deflated dataset inflates beyond {limit:,} bytes")
+    write(rest)
+    return total
 
 
 @dataclass(slots=True)

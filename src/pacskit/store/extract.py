@@ -27,6 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from pacskit.store import models as m
+from pacskit.net.sinks import InflationLimit, inflate
 from pacskit.store.nesting import check_nesting
 from pacskit.store.models import normalise_person_name
 
@@ -81,6 +82,15 @@ class InvalidInstance(ValueError):
 
 class InstanceMismatch(InvalidInstance):
     """The dataset's SOP Class / Instance UID differs from the C-STORE command's (status 0xA900)."""
+
+
+class InstanceTooLarge(InvalidInstance):
+    """The dataset is beyond a size limit (a deflated dataset inflating too far): status 0xA700."""
+
+
+#: What a stored deflated dataset may inflate to (PS3.5 A.5). A deflate bomb inflates about 1000:1;
+#: this bounds the disk and memory one received instance can make us spend.
+MAX_INFLATED = 256 * 1024 * 1024
 
 
 def format_tag(tag: int) -> str:
@@ -332,12 +342,37 @@ def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_sy
     and files the walk could not finish (truncated, odd), are read by pydicom instead, so their error
     is reported precisely. Raises :class:`InvalidInstance`.
     """
-    walked = check_nesting(path, dataset_offset, transfer_syntax_uid, collect=WALK_TAGS)
+    implicit, little, deflated = _flags(transfer_syntax_uid)
+    if deflated:  # walk the inflated dataset (explicit VR little endian), never more than MAX_INFLATED
+        inflated = f"{os.fspath(path)}.inflated"
+        try:
+            with open(path, "rb") as src, open(inflated, "wb") as out:
+                src.seek(dataset_offset)
+                _inflate_or_refuse(src, out.write)
+            walked = check_nesting(inflated, 0, _EXPLICIT_LE, collect=WALK_TAGS)
+        finally:
+            try:
+                os.unlink(inflated)
+            except FileNotFoundError:
+                pass
+    else:
+        walked = check_nesting(path, dataset_offset, transfer_syntax_uid, collect=WALK_TAGS)
     if not walked.complete:
         return read_index_attributes(path, dataset_offset)
-    implicit, little, _ = _flags(transfer_syntax_uid)
     return attributes_from_walk(walked.values, transfer_syntax_uid, source_ae,
                                 little_endian=little, implicit_vr=implicit)
+
+
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _inflate_or_refuse(source: BinaryIO, write: Any) -> None:
+    try:
+        inflate(source, write, MAX_INFLATED)
+    except InflationLimit as exc:
+        raise InstanceTooLarge(str(exc)) from None
+    except zlib.error as exc:
+        raise InvalidInstance(f"corrupt deflated dataset: {exc}") from None
 
 
 def read_index_attributes(path: str | os.PathLike[str] | BinaryIO,
@@ -377,7 +412,10 @@ def _read_from_offset(path: str | os.PathLike[str], offset: int) -> tuple[Datase
         fh.seek(offset)
         source: BinaryIO = fh
         if deflated:
-            source = io.BytesIO(zlib.decompress(fh.read(), -zlib.MAX_WBITS))
+            inflated = io.BytesIO()
+            _inflate_or_refuse(fh, inflated.write)
+            inflated.seek(0)
+            source = inflated
         ds = read_dataset(
             source, implicit, little,
             stop_when=lambda tag, vr, length: tag >= _PIXEL_DATA,

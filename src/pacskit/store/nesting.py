@@ -67,8 +67,8 @@ def check_nesting(
     """Raise :class:`TooDeep` if the dataset at ``offset`` nests sequences deeper than ``limit``.
 
     Returns the raw values of the top-level elements whose tags are in ``collect`` (VR is None for
-    implicit VR). Deflated datasets are not walked (their inflated size is capped elsewhere): nothing
-    is collected. Truncated or odd input ends the walk (``complete`` False): decoding will report it
+    implicit VR). Deflated datasets are not walked here: nothing is collected
+    (:func:`pacskit.store.extract.scan_instance` inflates them, capped, and walks the result). Truncated or odd input ends the walk (``complete`` False): decoding will report it
     with a precise reason.
     """
     walked = Walked()
