@@ -99,7 +99,9 @@ def transcode(source: str | os.PathLike[str], dest: str | os.PathLike[str], targ
         if "PixelData" not in ds:
             raise CannotConvert(f"{src_ts.name} without pixel data")
         try:
-            ds.decompress()  # -> Explicit VR Little Endian, native pixel data
+            # -> Explicit VR Little Endian, native pixel data; same instance (a transfer syntax is an
+            # encoding, not a new object: PS3.5 A.4), so no new SOP Instance UID as pydicom would make
+            ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # noqa: BLE001 - missing plugin, corrupt stream
             raise CannotConvert(f"cannot decompress {src_ts.name}: {exc}") from exc
         src_ts = UID(ExplicitVRLittleEndian)
