@@ -204,14 +204,25 @@ class RetrieveAddIn(AddIn):
             return
         try:
             async for response in self._run(request, selection, sub, originator, deadline):
+                if response.status not in (0xFF00, 0xFF01):
+                    # Like other archives, end the sub-association before the final response, so a
+                    # requestor that is its own destination has everything when it sees the status.
+                    await self._close(sub)
+                    self.base.log.info(
+                        "C-MOVE from %s to %s: 0x%04X in %.1f s", peer, destination, response.status,
+                        time.monotonic() - started,
+                    )
                 yield response
         finally:
-            with contextlib.suppress(NetError, OSError):
-                if sub.is_established:
-                    await sub.release()
-                else:
-                    sub.abort()
-        self.base.log.info("C-MOVE from %s to %s done in %.1f s", peer, destination, time.monotonic() - started)
+            await self._close(sub)
+
+    @staticmethod
+    async def _close(sub: Any) -> None:
+        with contextlib.suppress(NetError, OSError):
+            if sub.is_established and not (sub.is_released or sub.is_aborted):
+                await sub.release()
+            elif not (sub.is_released or sub.is_aborted):
+                sub.abort()
 
     async def on_get(self, request: Request) -> AsyncIterator[Response]:
         started = time.monotonic()
@@ -224,8 +235,10 @@ class RetrieveAddIn(AddIn):
             return
         deadline = started + self.options.retrieve_timeout
         async for response in self._run(request, selection, request.assoc, None, deadline):
+            if response.status not in (0xFF00, 0xFF01):
+                self.base.log.info("C-GET from %s: 0x%04X in %.1f s", request.assoc.remote_ae_title, response.status,
+                                   time.monotonic() - started)
             yield response
-        self.base.log.info("C-GET from %s done in %.1f s", request.assoc.remote_ae_title, time.monotonic() - started)
 
     # ------------------------------------------------------------------ steps
 
@@ -303,6 +316,7 @@ class RetrieveAddIn(AddIn):
         last_pending = time.monotonic()
         broken: str | None = None
         cancelled = False
+        plans: dict[tuple[str, str], str | None] = {}
         items = self._items(selection)
         async for item in items:
             if broken is not None:
@@ -317,7 +331,7 @@ class RetrieveAddIn(AddIn):
                 tally.fail(item.sop_instance_uid, broken)
                 continue
             try:
-                status = await self._send(assoc, item, originator)
+                status = await self._send(assoc, item, originator, plans)
             except (AssociationAborted, NetTimeout) as exc:
                 broken = f"association to {assoc.remote_ae_title} lost"
                 self.base.log.error("%s from %s: %s: %s", request.service, request.assoc.remote_ae_title, broken, exc)
@@ -369,28 +383,31 @@ class RetrieveAddIn(AddIn):
 
     # ------------------------------------------------------------------ one sub-operation
 
-    async def _send(self, assoc: Any, item: RetrieveItem, originator: tuple[str, int] | None) -> int:
+    async def _send(self, assoc: Any, item: RetrieveItem, originator: tuple[str, int] | None,
+                    plans: dict[tuple[str, str], str | None]) -> int:
         """One C-STORE sub-operation; returns the peer's status. Raises :class:`_SubFailure` when the
-        instance cannot be sent (no suitable context, cannot convert, file missing)."""
-        contexts = [
-            pc for pc in assoc.accepted_contexts if pc.abstract_syntax == item.sop_class_uid and pc.as_scu
-        ]
-        if not contexts:
-            raise _SubFailure(f"{assoc.remote_ae_title} accepted no context for SOP class {item.sop_class_uid}")
+        instance cannot be sent (no suitable context, cannot convert, file missing).
+
+        ``plans`` caches, per (SOP class, stored syntax), the syntax to send in: the stored one, an
+        uncompressed one to convert to, or None (nothing the peer accepted will do)."""
+        key = (item.sop_class_uid, item.transfer_syntax_uid)
+        if key not in plans:
+            plans[key] = self._plan(assoc, *key)
+        target = plans[key]
+        if target is None:
+            raise _SubFailure(
+                f"{assoc.remote_ae_title} accepted no usable context for {item.sop_class_uid} "
+                f"in {item.transfer_syntax_uid} (nor an uncompressed syntax)",
+                "no acceptable presentation context",
+            )
         with self._local_file(item) as path:
-            if any(pc.transfer_syntax == item.transfer_syntax_uid for pc in contexts):
+            if target == item.transfer_syntax_uid:
                 return await self._store(assoc, path, originator)
-            targets = [ts for ts in NATIVE_SYNTAXES if any(pc.transfer_syntax == ts for pc in contexts)]
-            if not targets or not can_convert(item.transfer_syntax_uid, targets[0]):
-                raise _SubFailure(
-                    f"{assoc.remote_ae_title} accepts neither the stored transfer syntax nor an uncompressed one",
-                    "no acceptable transfer syntax",
-                )
             fd, converted = tempfile.mkstemp(prefix="tx-", suffix=".dcm", dir=self._temp_dir())
             os.close(fd)
             try:
                 try:
-                    await asyncio.to_thread(transcode, path, converted, targets[0], max_size=self.options.max_convert_size)
+                    await asyncio.to_thread(transcode, path, converted, target, max_size=self.options.max_convert_size)
                 except CannotConvert as exc:
                     raise _SubFailure(str(exc), "cannot convert transfer syntax") from exc
                 return await self._store(assoc, converted, originator)
@@ -399,11 +416,22 @@ class RetrieveAddIn(AddIn):
                     os.unlink(converted)
 
     @staticmethod
+    def _plan(assoc: Any, sop_class: str, stored: str) -> str | None:
+        accepted = {pc.transfer_syntax for pc in assoc.accepted_contexts if pc.abstract_syntax == sop_class and pc.as_scu}
+        if stored in accepted:
+            return stored
+        return next((ts for ts in NATIVE_SYNTAXES if ts in accepted and can_convert(stored, ts)), None)
+
+    @staticmethod
     async def _store(assoc: Any, path: str, originator: tuple[str, int] | None) -> int:
         try:
             rsp = await assoc.store(path, move_originator=originator)
         except NoAcceptableContext as exc:
-            raise _SubFailure(str(exc), "no acceptable context") from exc
+            raise _SubFailure(str(exc), "no acceptable presentation context") from exc
+        except FileNotFoundError as exc:
+            raise _SubFailure(f"stored file {path} is missing", "stored file missing") from exc
+        except ValueError as exc:  # read_part10_header: not a Part 10 file
+            raise _SubFailure(str(exc), "stored file unreadable") from exc
         return int(rsp.status)
 
     def _temp_dir(self) -> str:
@@ -420,9 +448,7 @@ class RetrieveAddIn(AddIn):
         try:
             path = store.blobs.path(item.blob_key)
             if path is not None:
-                if not os.path.isfile(path):
-                    raise _SubFailure(f"stored file of {item.sop_instance_uid} is missing", "stored file missing")
-                yield path
+                yield path  # a missing file shows when it is opened (FileNotFoundError in _store)
                 return
             fd, tmp = tempfile.mkstemp(prefix="rt-", suffix=".dcm", dir=self._temp_dir())
             try:
