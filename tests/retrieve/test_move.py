@@ -388,3 +388,24 @@ def test_movescu_to_orthanc_and_orthanc_rest_move(tmp_path: Path) -> None:
                 assert uids == archive.sops(study=a) | archive.sops(study=b)
 
     asyncio.run(run())
+
+
+def test_missing_stored_file_fails_only_its_sub_operation(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path)
+
+    async def run() -> None:
+        async with Server(settings) as server, CapturingDestination(tmp_path / "dest") as dest:
+            archive = populate(server.store, tmp_path / "src", per_series=2)
+            register(settings, dest.ae_title, dest.port)
+            a = study_of(archive, 0)
+            uids = sorted(archive.sops(study=a))
+            Path(server.store.instance_path(uids[0])).unlink()  # lost behind the server's back
+            rsps = await scu_move(server.port, dest.ae_title, identifier("STUDY", StudyInstanceUID=a))
+            final, ds = rsps[-1]
+            assert final.status == 0xB000
+            assert counts(final)[1:] == (len(uids) - 1, 1, 0)
+            assert failed_list(ds) == [uids[0]]
+            assert "stored file missing" in final["ErrorComment"]
+            assert set(dest.files) == set(uids[1:])
+
+    asyncio.run(run())
