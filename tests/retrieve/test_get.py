@@ -159,3 +159,49 @@ def test_get_needs_the_scp_role_and_counts_failures(tmp_path: Path) -> None:
             assert failed_list(ds) == [uids[0]]
 
     asyncio.run(run())
+
+
+def test_get_cancel(tmp_path: Path) -> None:
+    """C-CANCEL on the C-GET association while a sub-operation is held: the retrieve stops after it."""
+    settings = server_settings(tmp_path)
+
+    async def run() -> None:
+        async with Server(settings) as server:
+            archive = populate(server.store, tmp_path / "src", per_series=3)
+            a = study_of(archive, 0)
+            n = len(archive.sops(study=a))
+            first_store, gate = asyncio.Event(), asyncio.Event()
+            received: list[str] = []
+            services = Services()
+
+            async def on_store(request: Any) -> int:
+                received.append(request.sop_instance_uid)
+                first_store.set()
+                await gate.wait()
+                return 0x0000
+
+            services.register("C-STORE", on_store)
+            assoc = await connect("127.0.0.1", server.port, called_ae=PACS_AE, calling_ae="GETTER", services=services,
+                                  contexts=[RequestedContext(STUDY_ROOT_GET), RequestedContext(CT, scu_role=False, scp_role=True)])
+            rsps = []
+            async with assoc:
+                message_id = assoc.last_message_id + 1
+
+                async def cancel_then_release() -> None:
+                    await first_store.wait()
+                    # The C-CANCEL leaves before the C-STORE-RSP on the same connection, so the server
+                    # reads it first.
+                    await assoc.cancel(message_id, assoc.find_context(STUDY_ROOT_GET))
+                    gate.set()
+
+                task = asyncio.ensure_future(cancel_then_release())
+                async for rsp, _ in assoc.request(CommandField.C_GET_RQ, STUDY_ROOT_GET,
+                                                  identifier("STUDY", StudyInstanceUID=a), Priority=0):
+                    rsps.append(rsp)
+                await task
+            final = rsps[-1]
+            assert final.status == 0xFE00
+            remaining, completed, failed, _ = counts(final)
+            assert completed == len(received) == 1 and failed == 0 and remaining == n - 1
+
+    asyncio.run(run())

@@ -13,6 +13,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
 
+from pacskit.net import CommandField
 from pacskit.net.association import REJECT_CONGESTION
 from pacskit.net.sinks import read_part10_header
 from pacskit.server.server import Server
@@ -291,14 +292,17 @@ def test_cancel_stops_after_the_current_sub_operation(tmp_path: Path) -> None:
             dest.gate = asyncio.Event()
             cancel = asyncio.Event()
 
+            # Hold the first C-STORE until the server has received the C-CANCEL (seen on its spy bus),
+            # so the outcome does not depend on timing.
+            def on_dimse(event: object) -> None:
+                if event.detail["command"].command_field == CommandField.C_CANCEL_RQ:  # type: ignore[attr-defined]
+                    dest.gate.set()  # type: ignore[union-attr]
+
+            server.bus.subscribe("dimse-received", on_dimse)
+
             async def release_after_cancel() -> None:
                 await dest.stored.wait()  # first C-STORE arrived and is held
                 cancel.set()
-                await asyncio.sleep(0)  # let the C-CANCEL go out first
-                for _ in range(50):
-                    if dest.gate is not None:
-                        await asyncio.sleep(0.01)
-                dest.gate.set()
 
             releaser = asyncio.ensure_future(release_after_cancel())
             rsps = await scu_move(server.port, dest.ae_title, identifier("STUDY", StudyInstanceUID=a), cancel_after=cancel)
