@@ -413,3 +413,27 @@ def test_missing_stored_file_fails_only_its_sub_operation(tmp_path: Path) -> Non
             assert set(dest.files) == set(uids[1:])
 
     asyncio.run(run())
+
+
+def test_patient_id_in_the_identifier_character_set(tmp_path: Path) -> None:
+    """A Latin-1 PatientID (ISO_IR 100 identifier) and a UTF-8 one (ISO_IR 192) select the patient
+    whose instances carried the same name in their own character set."""
+    from pacskit.testing.synth import make_instance
+
+    settings = server_settings(tmp_path, pending_interval=3600)
+
+    async def run() -> None:
+        async with Server(settings) as server, CapturingDestination(tmp_path / "dest") as dest:
+            register(settings, dest.ae_title, dest.port)
+            latin = make_instance(tmp_path / "latin.dcm", patient_id="MÜLLER-7", attrs={"SpecificCharacterSet": "ISO_IR 100"})
+            ingest(server.store, latin)
+            other = make_instance(tmp_path / "other.dcm", patient_id="MULLER-7")
+            ingest(server.store, other)
+            for charset in ("ISO_IR 100", "ISO_IR 192"):
+                ds = identifier("PATIENT", PatientID="MÜLLER-7", SpecificCharacterSet=charset)
+                rsps = await scu_move(server.port, dest.ae_title, ds, sop_class=PATIENT_ROOT_MOVE)
+                assert rsps[-1][0].status == 0x0000
+                assert counts(rsps[-1][0])[1] == 1
+            assert set(dest.files) == {str(dcmread(latin, stop_before_pixels=True).SOPInstanceUID)}
+
+    asyncio.run(run())
