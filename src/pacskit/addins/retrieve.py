@@ -129,7 +129,13 @@ class _Tally:
         self.failed_uids.append(uid)
         self.reasons[reason] += 1
 
-    def elements(self, *, remaining: bool) -> dict[str, Any]:
+    def elements(self, *, remaining: bool, pending: bool = False) -> dict[str, Any]:
+        """The count elements of a response. Counts are US: a Pending response of a retrieve of more
+        than 65,535 instances carries none (they could not all be right); a final one omits those
+        that do not fit."""
+        if pending and self.total > _US_MAX:
+            return {}
+
         def us(n: int) -> int | None:
             return n if n <= _US_MAX else None
 
@@ -355,7 +361,7 @@ class RetrieveAddIn(AddIn):
             now = time.monotonic()
             if tally.remaining and now - last_pending >= interval:
                 last_pending = now
-                yield Response(0xFF00, elements=tally.elements(remaining=True))
+                yield Response(0xFF00, elements=tally.elements(remaining=True, pending=True))
         await items.aclose()
         if not cancelled:
             # Rows deleted while we sent are neither sent nor failed: the counts describe what was done.
