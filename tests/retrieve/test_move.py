@@ -437,3 +437,25 @@ def test_patient_id_in_the_identifier_character_set(tmp_path: Path) -> None:
             assert set(dest.files) == {str(dcmread(latin, stop_before_pixels=True).SOPInstanceUID)}
 
     asyncio.run(run())
+
+
+def test_movescu_as_its_own_destination(tmp_path: Path) -> None:
+    """movescu -aem MOVESCU +P <port>: the requestor receives the sub-operations itself, on a second
+    association, while its C-MOVE is outstanding."""
+    settings = server_settings(tmp_path)
+
+    async def run() -> None:
+        async with Server(settings) as server:
+            archive = populate(server.store, tmp_path / "src", per_series=2)
+            own_port = free_port()
+            register(settings, "MOVESCU", own_port)
+            a = study_of(archive, 0)
+            out_dir = tmp_path / "own"
+            out_dir.mkdir()
+            text = await movescu(server.port, "MOVESCU", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={a}"],
+                                 extra=["+P", str(own_port), "-od", str(out_dir)])
+            assert "Received Final Move Response (Success)" in text, text
+            got = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out_dir.iterdir()}
+            assert got == archive.sops(study=a)
+
+    asyncio.run(run())

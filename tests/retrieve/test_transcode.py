@@ -19,6 +19,7 @@ SOURCES = {
     "ExplVR_BigEnd.dcm": True,
     "SC_rgb_small_odd.dcm": True,  # 8 bit RGB, odd length
     "rtplan.dcm": True,  # no pixel data, sequences
+    "image_dfl.dcm": True,  # deflated explicit LE
     "SC_rgb_rle.dcm": True,
     "JPEG2000.dcm": False,  # lossy J2K: compared with pydicom's own decoding below
     "GDCMJ2K_TextGBR.dcm": True,
