@@ -184,15 +184,15 @@ class RetrieveAddIn(AddIn):
 
     async def on_move(self, request: Request) -> AsyncIterator[Response]:
         started = time.monotonic()
-        selection = await self._select(request)
-        if isinstance(selection, Response):
-            yield selection
-            return
         destination = str(request.command.get("MoveDestination") or "").strip()
         peer = request.assoc.remote_ae_title
         if not destination or self.base.ae_titles.get(destination) is None:
             self.base.log.warning("C-MOVE from %s refused: destination %r is not registered", peer, destination)
             yield Response(0xA801, elements={"ErrorComment": f"move destination {destination[:16]!r} unknown"})
+            return
+        selection = await self._select(request)
+        if isinstance(selection, Response):
+            yield selection
             return
         if selection.count == 0:
             yield Response(0x0000, elements=_Tally(0).elements(remaining=False))
