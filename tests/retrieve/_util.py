@@ -32,9 +32,10 @@ def server_settings(tmp_path: Path, db_url: URL | str | None = None, **retrieve:
     if db_url is not None:
         url = db_url.render_as_string(hide_password=False) if isinstance(db_url, URL) else db_url
         lines += ["[database]", f"url = {url!r}"]
+    import tomli_w
+
     lines.append("[addins.retrieve]")
-    lines += [f"{k} = {v!r}" for k, v in retrieve.items()]
-    (folder / "server.toml").write_text("\n".join(lines) + "\n")
+    (folder / "server.toml").write_text("\n".join(lines) + "\n" + tomli_w.dumps(dict(retrieve)))
     return load_settings(folder)
 
 

@@ -320,7 +320,6 @@ def test_cancel_stops_after_the_current_sub_operation(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sop_class", "keys", "status"),
     [
-        ("study", {"QueryRetrieveLevel": "PATIENT", "PatientID": "P1"}, 0xA900),  # no PATIENT level in Study Root
         ("study", {"StudyInstanceUID": "1.2.3"}, 0xA900),  # no level
         ("study", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.03"}, 0xC000),  # invalid UID
         ("study", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3", "PatientName": "DOE*"}, 0xA900),
@@ -389,11 +388,15 @@ def test_movescu_to_orthanc_and_orthanc_rest_move(tmp_path: Path) -> None:
                 await asyncio.to_thread(peer.post, "/modalities/pacs/move", {
                     "Level": "Study", "Resources": [{"StudyInstanceUID": b}], "TargetAet": "ORTHANC"})
                 assert peer.instance_count() == len(archive.sops(study=a)) + len(archive.sops(study=b))
+                # ... and patient P2 (Orthanc sends QueryRetrieveLevel PATIENT on Study Root: accepted)
+                await asyncio.to_thread(peer.post, "/modalities/pacs/move", {
+                    "Level": "Patient", "Resources": [{"PatientID": "P2"}], "TargetAet": "ORTHANC"})
+                assert peer.instance_count() == len(archive.sops())
                 uids = set()
                 for iid in await asyncio.to_thread(peer.get, "/instances"):
                     tags = await asyncio.to_thread(peer.get, f"/instances/{iid}/simplified-tags")
                     uids.add(tags["SOPInstanceUID"])
-                assert uids == archive.sops(study=a) | archive.sops(study=b)
+                assert uids == archive.sops()
 
     asyncio.run(run())
 
@@ -463,3 +466,15 @@ def test_movescu_as_its_own_destination(tmp_path: Path) -> None:
             assert got == archive.sops(study=a)
 
     asyncio.run(run())
+
+
+def test_patient_level_in_study_root_can_be_refused(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path, patient_level_in_study_root=False)
+
+    async def run() -> list:
+        async with Server(settings) as server, CapturingDestination(tmp_path / "dest") as dest:
+            register(settings, dest.ae_title, dest.port)
+            return await scu_move(server.port, dest.ae_title, identifier("PATIENT", PatientID="P1"))
+
+    (final, _), = asyncio.run(run())
+    assert final.status == 0xA900 and "Study Root" in final["ErrorComment"]

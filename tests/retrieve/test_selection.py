@@ -122,6 +122,13 @@ def test_invalid_identifiers(model: str, level: str | None, keys: dict, status: 
     assert str(info.value)
 
 
+def test_patient_level_in_study_root_when_allowed() -> None:
+    keys = parse_identifier(_ds("PATIENT", PatientID="P1"), "STUDY", patient_level_in_study_root=True)
+    assert keys.level == "PATIENT" and keys.patient_id == "P1"
+    with pytest.raises(InvalidIdentifier):
+        parse_identifier(_ds("PATIENT", PatientID="P1"), "STUDY")
+
+
 def test_tolerated_identifier_elements() -> None:
     """Empty return-key templates, Specific Character Set and repeated UIDs are accepted."""
     ds = _ds("STUDY", StudyInstanceUID=["1.2.3", "1.2.3", "1.2.4"], SpecificCharacterSet="ISO_IR 100",

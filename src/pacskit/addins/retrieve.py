@@ -105,6 +105,11 @@ class RetrieveOptions(AddInOptions):
         description="largest file (bytes) converted in memory to another transfer syntax",
     )
     page_size: int = Field(500, ge=1, le=10000, description="instances read from the index per query")
+    patient_level_in_study_root: bool = Field(
+        True,
+        description="accept QueryRetrieveLevel PATIENT on the Study Root SOP classes (not standard; "
+        "Orthanc sends it for Patient-level moves)",
+    )
 
 
 class _DestinationUnavailable(Exception):
@@ -260,7 +265,8 @@ class RetrieveAddIn(AddIn):
         if identifier is None:
             return Response(0xA900, elements={"ErrorComment": "no identifier"})
         try:
-            keys = parse_identifier(identifier, _MODEL[request.context.abstract_syntax])
+            keys = parse_identifier(identifier, _MODEL[request.context.abstract_syntax],
+                                    patient_level_in_study_root=self.options.patient_level_in_study_root)
         except InvalidIdentifier as exc:
             self.base.log.warning("%s from %s refused (0x%04X): %s", request.service, request.assoc.remote_ae_title, exc.status, exc)
             elements: dict[str, Any] = {"ErrorComment": str(exc)[:64]}

@@ -9,7 +9,8 @@ unique-key equality or ``IN`` lists, SQLAlchemy Core), read a page at a time.
 
 Rules, and the status a violation gets (the add-in answers it with an Error Comment):
 
-* QueryRetrieveLevel missing, or not one the information model has (PATIENT in Study Root) -> 0xA900;
+* QueryRetrieveLevel missing, or not one the information model has (PATIENT in Study Root, unless
+  ``patient_level_in_study_root``: Orthanc sends it) -> 0xA900;
 * the unique key of the retrieve level missing or empty -> 0xA900;
 * a non-empty attribute that is not a unique key at or above the level (a key of a lower level,
   PatientName, a wildcard...) -> 0xA900; empty attributes are ignored, since they constrain nothing
@@ -100,8 +101,12 @@ def _values(value: Any) -> list[str]:
     return [text] if text else []
 
 
-def parse_identifier(ds: Dataset, model: Model) -> RetrieveKeys:
+def parse_identifier(ds: Dataset, model: Model, *, patient_level_in_study_root: bool = False) -> RetrieveKeys:
     """Check a C-MOVE/C-GET identifier against ``model`` ("PATIENT" or "STUDY" root).
+
+    ``patient_level_in_study_root`` accepts QueryRetrieveLevel PATIENT (key PatientID) on the Study
+    Root SOP classes, which the standard does not define but some SCUs send (Orthanc's REST ``/move``
+    at Patient level does); it is then read as in Patient Root.
 
     Raises :class:`InvalidIdentifier` (see the module docstring for the rules and statuses).
     """
@@ -109,6 +114,8 @@ def parse_identifier(ds: Dataset, model: Model) -> RetrieveKeys:
     level = str(raw_level or "").strip().upper()
     if not level:
         raise InvalidIdentifier("QueryRetrieveLevel is missing", tag=0x00080052)
+    if level == "PATIENT" and model == "STUDY" and patient_level_in_study_root:
+        model = "PATIENT"
     if level not in _LEVELS[model]:
         root = "Patient" if model == "PATIENT" else "Study"
         raise InvalidIdentifier(f"level {level[:16]} is not in {root} Root", tag=0x00080052)
