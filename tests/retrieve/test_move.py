@@ -478,3 +478,22 @@ def test_patient_level_in_study_root_can_be_refused(tmp_path: Path) -> None:
 
     (final, _), = asyncio.run(run())
     assert final.status == 0xA900 and "Study Root" in final["ErrorComment"]
+
+
+def test_concurrent_moves(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path)
+
+    async def run() -> None:
+        async with Server(settings) as server, CapturingDestination(tmp_path / "dest") as dest:
+            archive = populate(server.store, tmp_path / "src", per_series=3)
+            register(settings, dest.ae_title, dest.port)
+            studies = list(archive.studies)
+            results = await asyncio.gather(*[
+                scu_move(server.port, dest.ae_title, identifier("STUDY", StudyInstanceUID=s)) for s in studies])
+            for s, rsps in zip(studies, results):
+                assert rsps[-1][0].status == 0x0000
+                assert counts(rsps[-1][0])[1] == len(archive.sops(study=s))
+            assert set(dest.files) == archive.sops()
+            assert len(dest.commands) == len(archive.sops())
+
+    asyncio.run(run())
