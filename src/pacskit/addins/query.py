@@ -1,0 +1,148 @@
+"""Query add-in: the C-FIND SCP of the PACS (PS3.4 Annex C), Patient Root and Study Root.
+
+Every identifier becomes one SQL statement over the index (:mod:`pacskit.store.query`, where the matching
+rules are documented); matches are streamed as Pending responses from the database cursor, so neither
+memory nor the time to the first response depends on the number of matches. The handler is a plain
+generator: each step runs in the server's thread pool, and a C-CANCEL from the peer (``request.cancelled``)
+is seen before the next match is sent, which ends the cursor and answers Cancel (0xFE00).
+
+Statuses (PS3.4 C.4.1.1.4):
+
+========  ==================================================================================
+0xFF00    pending: one match (every requested key present, filled or empty)
+0xFF01    pending, and some requested keys are not supported for matching (returned as found/empty)
+0x0000    all matches sent
+0xFE00    cancelled by the peer (C-CANCEL)
+0xA700    more matches than ``max_results``; nothing was sent; narrow the query
+0xA900    the identifier does not fit the SOP class (no or a wrong Query/Retrieve Level; a missing
+          unique key of a higher level in a hierarchical query)
+0xC000    a value the SCP cannot understand (a malformed date, time, integer; wildcards in a UID)
+========  ==================================================================================
+
+Relational queries (no unique keys of higher levels needed) are used when the peer asks for them with
+SOP Class Extended Negotiation and ``relational`` is on; StudyDate + StudyTime are always matched as one
+date-time, and that byte of the negotiation is answered accordingly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+from pydantic import Field
+
+from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+_MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
+
+_RETRIEVE_AE_TITLE = 0x00080054
+_INSTANCE_AVAILABILITY = 0x00080056
+
+
+class QueryOptions(AddInOptions):
+    max_results: int | None = Field(
+        10000, ge=1, description="refuse a query with more matches than this (0xA700); null: no limit"
+    )
+    page_size: int = Field(500, ge=1, le=100000, description="rows fetched from the database cursor at a time")
+    relational: bool = Field(True, description="accept relational queries when the peer negotiates them")
+    read_headers: bool = Field(
+        True, description="fill requested keys the index lacks from the stored file headers (else empty)"
+    )
+
+
+class QueryAddIn(AddIn):
+    name = "query"
+    description = "Query SCP (C-FIND), Patient Root and Study Root"
+    Options = QueryOptions
+    options: QueryOptions
+
+    def presentation_contexts(self) -> Sequence[SupportedContext]:
+        return [SupportedContext(uid) for uid in _MODELS]
+
+    def handlers(self) -> Mapping[str, Handler]:
+        return {"C-FIND": self.on_find}
+
+    def extended_negotiation(self, sop_class_uid: str, info: bytes) -> bytes | None:
+        """PS3.4 C.5.1.1.1: byte 1 relational queries, byte 2 combined date-time matching; the fuzzy
+        semantic PN, time zone adjustment and enhanced multi-frame bytes are answered 0."""
+        if not info:
+            return None
+        answer = bytearray(min(len(info), 5))
+        answer[0] = 1 if info[0] == 1 and self.options.relational else 0
+        if len(answer) > 1:
+            answer[1] = 1 if info[1] == 1 else 0
+        return bytes(answer)
+
+    def _relational(self, request: Request) -> bool:
+        agreed = request.assoc.extended_negotiation_response.get(request.sop_class_uid, b"")
+        return self.options.relational and agreed[:1] == b"\x01"
+
+    def on_find(self, request: Request) -> Iterator[Response]:
+        from pacskit.store.query import (
+            STATUS_OUT_OF_RESOURCES,
+            STATUS_UNABLE_TO_PROCESS,
+            InvalidQuery,
+            TooManyMatches,
+            compile_find,
+            find,
+            set_answer_charset,
+        )
+
+        log = self.base.log
+        peer = request.assoc.remote_ae_title
+        store = self.base.store
+        if store is None:
+            yield Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
+            return
+        model = _MODELS.get(request.sop_class_uid)
+        if model is None or request.received is None:
+            yield Response(0xA900, elements={"ErrorComment": "no identifier" if model else "not a FIND SOP class"})
+            return
+        try:
+            identifier = request.dataset
+            assert identifier is not None
+            query = compile_find(identifier, model, relational=self._relational(request))
+        except InvalidQuery as exc:
+            log.warning("C-FIND from %s refused (0x%04X): %s", peer, exc.status, exc.comment)
+            elements: dict[str, object] = {"ErrorComment": exc.comment[:64]}
+            if exc.tag is not None:
+                elements["OffendingElement"] = [exc.tag]
+            yield Response(exc.status, elements=elements)
+            return
+        except Exception as exc:  # an identifier pydicom cannot decode
+            log.warning("C-FIND from %s: undecodable identifier: %s", peer, exc)
+            yield Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": f"cannot decode identifier: {exc}"[:64]})
+            return
+        if not self.options.read_headers:
+            for rk in query.returns:
+                if rk.source == "header":
+                    rk.source = "empty"
+            query.header_tags = []
+        requested = {rk.tag for rk in query.returns}
+        # keys we answer ourselves rather than from the files
+        for rk in query.returns:
+            if rk.tag in (_RETRIEVE_AE_TITLE, _INSTANCE_AVAILABILITY):
+                rk.source = "empty"
+        if _RETRIEVE_AE_TITLE in requested or _INSTANCE_AVAILABILITY in requested:
+            query.header_tags = [t for t in query.header_tags if t not in (_RETRIEVE_AE_TITLE, _INSTANCE_AVAILABILITY)]
+        pending = 0xFF01 if query.unsupported else 0xFF00
+        ae_title = self.base.settings.ae_title
+        sent = 0
+        try:
+            for ds in find(store, query, page_size=self.options.page_size, max_results=self.options.max_results):
+                if request.cancelled.is_set():
+                    log.info("C-FIND from %s cancelled after %d matches", peer, sent)
+                    return
+                if _RETRIEVE_AE_TITLE in requested:
+                    ds[_RETRIEVE_AE_TITLE].value = ae_title
+                if _INSTANCE_AVAILABILITY in requested:
+                    ds[_INSTANCE_AVAILABILITY].value = "ONLINE"
+                set_answer_charset(ds, query.charset)
+                sent += 1
+                yield Response(pending, ds)
+        except TooManyMatches as exc:
+            log.warning("C-FIND from %s refused (0x%04X): %s", peer, STATUS_OUT_OF_RESOURCES, exc)
+            yield Response(STATUS_OUT_OF_RESOURCES, elements={"ErrorComment": str(exc)[:64]})
+            return
+        log.debug("C-FIND %s level from %s: %d matches", query.level, peer, sent)
