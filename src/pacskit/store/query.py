@@ -244,7 +244,7 @@ def has_wildcards(value: str) -> bool:
 def wildcard_match(column: Any, pattern: str) -> ColumnElement[bool]:
     """``column`` matches the DICOM pattern; a literal prefix is also given as an index-friendly range."""
     if pattern.strip("*") == "":
-        return column.is_not(None) if pattern else true()
+        return true()  # '' or only '*': universal matching, empty values included
     cut = min((i for i in (pattern.find("*"), pattern.find("?")) if i >= 0), default=len(pattern))
     prefix = pattern[:cut]
     if cut == len(pattern):
@@ -480,6 +480,24 @@ def _charset_of(identifier: Dataset) -> list[str]:
     return [str(v).strip() for v in items]
 
 
+def _decoded_elements(identifier: Dataset) -> list[DataElement]:
+    """The identifier's elements, text decoded with its Specific Character Set.
+
+    pydicom decodes a raw element (as received) with the dataset's character set when it is first
+    accessed; values that are already ``str`` (a dataset built in Python) are left alone.
+    """
+    elements = []
+    for tag in list(identifier.keys()):
+        try:
+            elem = identifier[tag]
+            _ = elem.value
+        except Exception as exc:  # an unknown character set, a malformed IS/DS value, ...
+            name = keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+            raise InvalidQuery(STATUS_UNABLE_TO_PROCESS, f"{name}: cannot decode ({exc})"[:64], int(tag)) from None
+        elements.append(elem)
+    return elements
+
+
 def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -> FindQuery:
     """Compile a C-FIND identifier for ``model`` (:data:`PATIENT_ROOT` / :data:`STUDY_ROOT`).
 
@@ -490,10 +508,7 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
         raise ValueError(f"unknown information model {model!r}")
     level = query_level(identifier, model)
     depth = LEVEL_ORDER[level]
-    try:
-        identifier.decode()  # text values to Unicode with the identifier's Specific Character Set
-    except Exception as exc:
-        raise InvalidQuery(STATUS_UNABLE_TO_PROCESS, f"undecodable identifier ({exc})"[:64], _CHARSET) from None
+    elements = _decoded_elements(identifier)
 
     table = _LEVEL_TABLE[level]
     conditions: list[ColumnElement[bool]] = []
@@ -503,7 +518,7 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
     seen_keys: dict[str, DataElement] = {}
     unsupported = False
 
-    for elem in identifier:
+    for elem in elements:
         tag = int(elem.tag)
         if tag == _QR_LEVEL:
             returns.append(ReturnKey(tag, "CS", "level"))
@@ -729,7 +744,9 @@ def _read_header(store: DataStore, blob_key: str | None, tags: Sequence[int]) ->
     try:
         with store.blobs.open(blob_key) as fh:
             ds = dcmread(fh, stop_before_pixels=True, specific_tags=list(tags))
-            ds.decode()
+            for tag in tags:  # decode now (the file's character set), while the file is open
+                if tag in ds:
+                    _ = ds[tag].value
             return ds
     except Exception:  # a missing or unreadable file: the keys are returned empty
         return None
