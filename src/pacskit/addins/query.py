@@ -2,9 +2,11 @@
 
 Every identifier becomes one SQL statement over the index (:mod:`pacskit.store.query`, where the matching
 rules are documented); matches are streamed as Pending responses from the database cursor, so neither
-memory nor the time to the first response depends on the number of matches. The handler is a plain
-generator: each step runs in the server's thread pool, and a C-CANCEL from the peer (``request.cancelled``)
-is seen before the next match is sent, which ends the cursor and answers Cancel (0xFE00).
+memory nor the time to the first response depends on the number of matches. The handler is an async
+generator: the database work (compiling, fetching, building and encoding answers) runs in the server's
+thread pool a batch at a time, the answers are sent from the event loop, and a C-CANCEL from the peer
+(``request.cancelled``) is seen before the next match is sent, which ends the cursor and answers Cancel
+(0xFE00).
 
 Statuses (PS3.4 C.4.1.1.4):
 
@@ -26,11 +28,20 @@ date-time, and that byte of the negotiation is answered accordingly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.net import encode_dataset
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from pacskit.store.query import FindQuery
 
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -38,6 +49,9 @@ _MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 
 _RETRIEVE_AE_TITLE = 0x00080054
 _INSTANCE_AVAILABILITY = 0x00080056
+_OUR_KEYS = (_RETRIEVE_AE_TITLE, _INSTANCE_AVAILABILITY)
+_FIRST_BATCH = 8
+_MAX_BATCH = 256
 
 
 class QueryOptions(AddInOptions):
@@ -78,27 +92,65 @@ class QueryAddIn(AddIn):
         agreed = request.assoc.extended_negotiation_response.get(request.sop_class_uid, b"")
         return self.options.relational and agreed[:1] == b"\x01"
 
-    def on_find(self, request: Request) -> Iterator[Response]:
-        from pacskit.store.query import (
-            STATUS_OUT_OF_RESOURCES,
-            STATUS_UNABLE_TO_PROCESS,
-            InvalidQuery,
-            TooManyMatches,
-            compile_find,
-            find,
-            set_answer_charset,
-        )
+    async def on_find(self, request: Request) -> AsyncIterator[Response]:
+        """Compile and fetch in the thread pool, in growing batches (8, 16, … up to 256 matches per hop),
+        and yield the encoded answers on the event loop; C-CANCEL is checked before every match. A query
+        with fewer than 8 matches costs one hop to the thread pool."""
+        loop = asyncio.get_running_loop()
+        executor = request.assoc.executor
+        batch = _FIRST_BATCH
+        started = await loop.run_in_executor(executor, self._start, request, batch)
+        if isinstance(started, Response):
+            yield started
+            return
+        stream, query, page = started
+        peer = request.assoc.remote_ae_title
+        sent = 0
+        exhausted = False
+        try:
+            while True:
+                for item in page:
+                    if request.cancelled.is_set():
+                        break
+                    yield item
+                    if item.status not in (0xFF00, 0xFF01):
+                        exhausted = True  # the cap: the stream raised and is closed
+                        return
+                    sent += 1
+                if len(page) < batch:
+                    exhausted = True  # islice saw StopIteration: the stream closed its cursor itself
+                    break
+                if request.cancelled.is_set():
+                    break
+                batch = min(batch * 2, _MAX_BATCH)
+                page = await loop.run_in_executor(executor, self._next_batch, stream, query, request, batch)
+        finally:
+            if not exhausted:
+                await loop.run_in_executor(executor, stream.close)  # ends the cursor, returns the connection
+        if request.cancelled.is_set():
+            self.base.log.info("C-FIND from %s cancelled after %d matches", peer, sent)
+        else:
+            self.base.log.debug("C-FIND %s level from %s: %d matches", query.level, peer, sent)
+
+    def _start(self, request: Request, size: int) -> Response | tuple[Iterator[Dataset], FindQuery, list[Response]]:
+        prepared = self._prepare(request)
+        if isinstance(prepared, Response):
+            return prepared
+        stream, query = prepared
+        return stream, query, self._next_batch(stream, query, request, size)
+
+    def _prepare(self, request: Request) -> Response | tuple[Iterator[Dataset], FindQuery]:
+        """Decode and compile the identifier (thread pool): a failure Response, or the match stream."""
+        from pacskit.store.query import STATUS_UNABLE_TO_PROCESS, InvalidQuery, compile_find, find
 
         log = self.base.log
         peer = request.assoc.remote_ae_title
         store = self.base.store
         if store is None:
-            yield Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
-            return
+            return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
         model = _MODELS.get(request.sop_class_uid)
         if model is None or request.received is None:
-            yield Response(0xA900, elements={"ErrorComment": "no identifier" if model else "not a FIND SOP class"})
-            return
+            return Response(0xA900, elements={"ErrorComment": "no identifier" if model else "not a FIND SOP class"})
         try:
             identifier = request.dataset
             assert identifier is not None
@@ -108,41 +160,36 @@ class QueryAddIn(AddIn):
             elements: dict[str, object] = {"ErrorComment": exc.comment[:64]}
             if exc.tag is not None:
                 elements["OffendingElement"] = [exc.tag]
-            yield Response(exc.status, elements=elements)
-            return
+            return Response(exc.status, elements=elements)
         except Exception as exc:  # an identifier pydicom cannot decode
             log.warning("C-FIND from %s: undecodable identifier: %s", peer, exc)
-            yield Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": f"cannot decode identifier: {exc}"[:64]})
-            return
-        if not self.options.read_headers:
-            for rk in query.returns:
-                if rk.source == "header":
-                    rk.source = "empty"
-            query.header_tags = []
-        requested = {rk.tag for rk in query.returns}
+            return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": f"cannot decode identifier: {exc}"[:64]})
         # keys we answer ourselves rather than from the files
         for rk in query.returns:
-            if rk.tag in (_RETRIEVE_AE_TITLE, _INSTANCE_AVAILABILITY):
+            if rk.tag in _OUR_KEYS or (rk.source == "header" and not self.options.read_headers):
                 rk.source = "empty"
-        if _RETRIEVE_AE_TITLE in requested or _INSTANCE_AVAILABILITY in requested:
-            query.header_tags = [t for t in query.header_tags if t not in (_RETRIEVE_AE_TITLE, _INSTANCE_AVAILABILITY)]
+        query.header_tags = [t for t in query.header_tags if t not in _OUR_KEYS] if self.options.read_headers else []
+        stream = find(store, query, page_size=self.options.page_size, max_results=self.options.max_results)
+        return stream, query
+
+    def _next_batch(self, stream: Iterator[Dataset], query: FindQuery, request: Request, size: int) -> list[Response]:
+        """Up to ``size`` Pending responses, encoded (thread pool); a failure response if over the cap."""
+        from pacskit.store.query import STATUS_OUT_OF_RESOURCES, TooManyMatches, set_answer_charset
+
         pending = 0xFF01 if query.unsupported else 0xFF00
-        ae_title = self.base.settings.ae_title
-        sent = 0
+        requested = {rk.tag for rk in query.returns}
+        syntax = request.context.transfer_syntax
+        out: list[Response] = []
         try:
-            for ds in find(store, query, page_size=self.options.page_size, max_results=self.options.max_results):
-                if request.cancelled.is_set():
-                    log.info("C-FIND from %s cancelled after %d matches", peer, sent)
-                    return
+            for ds in itertools.islice(stream, size):
                 if _RETRIEVE_AE_TITLE in requested:
-                    ds[_RETRIEVE_AE_TITLE].value = ae_title
+                    ds[_RETRIEVE_AE_TITLE].value = self.base.settings.ae_title
                 if _INSTANCE_AVAILABILITY in requested:
                     ds[_INSTANCE_AVAILABILITY].value = "ONLINE"
                 set_answer_charset(ds, query.charset)
-                sent += 1
-                yield Response(pending, ds)
+                out.append(Response(pending, encode_dataset(ds, syntax)))
         except TooManyMatches as exc:
-            log.warning("C-FIND from %s refused (0x%04X): %s", peer, STATUS_OUT_OF_RESOURCES, exc)
-            yield Response(STATUS_OUT_OF_RESOURCES, elements={"ErrorComment": str(exc)[:64]})
-            return
-        log.debug("C-FIND %s level from %s: %d matches", query.level, peer, sent)
+            self.base.log.warning("C-FIND from %s refused (0x%04X): %s", request.assoc.remote_ae_title,
+                                  STATUS_OUT_OF_RESOURCES, exc)
+            return [Response(STATUS_OUT_OF_RESOURCES, elements={"ErrorComment": str(exc)[:64]})]
+        return out

@@ -46,6 +46,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
@@ -89,6 +90,7 @@ STATUS_UNABLE_TO_PROCESS = 0xC000  # a value we cannot understand
 STATUS_OUT_OF_RESOURCES = 0xA700  # more matches than the configured cap
 
 _LIKE_ESCAPE = "!"
+_NO_VALIDATION = pydicom_config.IGNORE
 _QR_LEVEL = 0x00080052
 _CHARSET = 0x00080005
 
@@ -703,16 +705,19 @@ def build_response(store: DataStore, query: FindQuery, row: Any) -> Dataset:
         header = _read_header(store, mapping["_blob"], query.header_tags)
     for rk in query.returns:
         if rk.source == "level":
-            ds.add_new(rk.tag, "CS", query.level)
+            value: Any = query.level
         elif rk.source == "column":
-            ds.add_new(rk.tag, rk.vr, _to_dicom(mapping[rk.label], rk.kind))
+            value = _to_dicom(mapping[rk.label], rk.kind)
         elif rk.source == "sop_classes":
-            ds.add_new(rk.tag, rk.vr, _sop_classes(store, mapping["_pk"]))
+            value = _sop_classes(store, mapping["_pk"])
         elif rk.source == "header" and header is not None and rk.tag in header:
             elem = header[rk.tag]
-            ds.add(DataElement(rk.tag, elem.VR, elem.value))
+            ds.add(DataElement(rk.tag, elem.VR, elem.value, validation_mode=_NO_VALIDATION))
+            continue
         else:
-            ds.add_new(rk.tag, rk.vr, DicomSequence() if rk.vr == "SQ" else None)
+            value = DicomSequence() if rk.vr == "SQ" else None
+        # our own values, already checked: skip pydicom's per-value validation (it dominates otherwise)
+        ds.add(DataElement(rk.tag, rk.vr, value, validation_mode=_NO_VALIDATION))
     return ds
 
 
