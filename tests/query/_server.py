@@ -72,13 +72,13 @@ def running_server(folder: Path) -> Iterator[Server]:
 
 
 def findscu(port: int, model: str, keys: Sequence[str | bytes], out_dir: Path, *extra: str,
-            timeout: float = 120) -> tuple[list[Dataset], str]:
+            timeout: float = 120, called: str = AE) -> tuple[list[Dataset], str]:
     """Run DCMTK ``findscu -v`` (``model``: ``-S`` or ``-P``) with ``-k`` keys, extracting the answers
     (``-X``); returns the answer identifiers (pydicom) and findscu's output."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("rsp*.dcm"):
         old.unlink()
-    argv: list[str | bytes] = [dcmtk_tool("findscu"), "-v", model, "-aec", AE, "-aet", "FINDSCU", "-X",
+    argv: list[str | bytes] = [dcmtk_tool("findscu"), "-v", model, "-aec", called, "-aet", "FINDSCU", "-X",
                                "-od", str(out_dir), *extra]
     for key in keys:
         argv += ["-k", key]

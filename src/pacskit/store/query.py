@@ -29,7 +29,7 @@ Matching (PS3.4 C.2.2.2), on the attributes the index keeps (:data:`KEYS`):
 Hierarchical queries (the default) need a single value for the unique key of every level above the
 Query/Retrieve level (PatientID in the Patient Root model, StudyInstanceUID, SeriesInstanceUID); relational
 queries (negotiated by the peer) do not. Keys of higher levels that are not unique keys are matched too
-(DCMTK's ``dcmqrscp`` refuses them in hierarchical queries; matching them is what users expect). Keys of
+(DCMTK's ``dcmqrscp`` ignores them; matching them is what users expect). Keys of
 lower levels than the Query/Retrieve level, and keys we know nothing about, are returned empty.
 
 Return keys: indexed keys and the counts (``NumberOf...Related...``, ModalitiesInStudy,
