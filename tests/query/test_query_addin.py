@@ -246,3 +246,33 @@ def test_findscu_cancel_stops_the_answers(bulk_server: Server, tmp_path: Path) -
     answers, out = findscu(bulk_server.port, "-S", keys, tmp_path / "cancel", "--cancel", "1")
     assert "Cancel" in out.splitlines()[-2] or "Matching terminated due to Cancel" in out, out[-2000:]
     assert 1 <= len(answers) < 1000
+
+
+# --- Orthanc as the query client (REST /modalities/{id}/query) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def orthanc_client(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from pacskit.testing.peers import have_orthanc, orthanc
+
+    if not have_orthanc():
+        pytest.skip("Orthanc is not installed")
+    with orthanc(tmp_path_factory.mktemp("orthanc-scu"), modalities={"pacs": [AE, "127.0.0.1", server.port]},
+                 startup_timeout=60) as peer:
+        yield peer
+
+
+@pytest.mark.parametrize(("level", "query", "key", "expected"), [
+    ("Patient", {"PatientID": "P*"}, "PatientID", {"PA", "PB", "PC", "PE"}),
+    ("Study", {"PatientName": "doe*"}, "StudyInstanceUID", {A1, uid("A2")}),
+    ("Study", {"StudyDate": "20240105-20240106", "AccessionNumber": ""}, "StudyInstanceUID", {A1, uid("A2"), uid("E1")}),
+    ("Study", {"PatientName": "Müller*"}, "StudyInstanceUID", {uid("C1")}),
+    ("Series", {"StudyInstanceUID": A1, "Modality": ""}, "SeriesInstanceUID", {uid("A1.1"), uid("A1.2")}),
+    ("Instance", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1")}, "SOPInstanceUID",
+     {uid("A1.1.1"), uid("A1.1.2")}),
+])
+def test_orthanc_queries_pacskit(orthanc_client: Any, level: str, query: dict[str, str], key: str,
+                                 expected: set[str]) -> None:
+    created = orthanc_client.post("/modalities/pacs/query", {"Level": level, "Query": query})
+    answers = orthanc_client.get(f"{created['Path']}/answers?expand&simplify")
+    assert {a.get(key) for a in answers} == expected, answers
