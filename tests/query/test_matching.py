@@ -57,6 +57,8 @@ TABLE: list[tuple[str, str, str, dict[str, Any], set[str] | int, bool]] = [
     ("wild-bang", SR, "STUDY", {"StudyDescription": "Chest!*"}, {"B1"}, False),
     ("wild-chest", SR, "STUDY", {"StudyDescription": "Chest*"}, {"B1", "JAPMULTI"}, False),
     ("wild-refphys", SR, "STUDY", {"ReferringPhysicianName": "Ref^T*"}, {"A2", "C1"}, False),
+    ("pn-refphys-case", SR, "STUDY", {"ReferringPhysicianName": "ref^one"}, {"A1", "B1"}, False),
+    ("pn-refphys-prefix", SR, "STUDY", {"ReferringPhysicianName": "REF^T*"}, {"A2", "C1"}, False),
     # list of UIDs
     ("uid-single", SR, "STUDY", {"StudyInstanceUID": uid("A2")}, {"A2"}, False),
     ("uid-list", SR, "STUDY", {"StudyInstanceUID": [uid("A1"), uid("B1"), "1.2.3.999"]}, {"A1", "B1"}, False),

@@ -22,8 +22,8 @@ Matching (PS3.4 C.2.2.2), on the attributes the index keeps (:data:`KEYS`):
 * PN: case-insensitive, on the normalised search form (:func:`pacskit.store.models.normalise_person_name`:
   NFC, upper-case, trailing empty components dropped). A value without ``=`` is matched against the whole
   name and against each component group (so ``Yamada^Tarou`` and ``山田^太郎`` both find
-  ``Yamada^Tarou=山田^太郎=やまだ^たろう``); with wildcards, ``*`` may span a group separator.
-  ReferringPhysicianName has no search column: it is matched case-sensitively on the stored value.
+  ``Yamada^Tarou=山田^太郎=やまだ^たろう``); with wildcards, ``*`` may span a group separator. The same
+  for ReferringPhysicianName (``studies.referring_physician_name_search``).
 * ModalitiesInStudy: any of the values equals the Modality of one of the study's series.
 
 Hierarchical queries (the default) need a single value for the unique key of every level above the
@@ -164,7 +164,7 @@ _KEY_LIST = [
     Key("StudyTime", "STUDY", "time", Study.study_time),
     Key("AccessionNumber", "STUDY", "text", Study.accession_number),
     Key("StudyID", "STUDY", "text", Study.study_id),
-    Key("ReferringPhysicianName", "STUDY", "text", Study.referring_physician_name),
+    Key("ReferringPhysicianName", "STUDY", "pn", Study.referring_physician_name, Study.referring_physician_name_search),
     Key("StudyDescription", "STUDY", "text", Study.study_description),
     Key("ModalitiesInStudy", "STUDY", "modalities", Study.modalities_in_study),
     Key("NumberOfStudyRelatedSeries", "STUDY", "count", Study.num_series),

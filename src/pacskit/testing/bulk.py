@@ -114,6 +114,7 @@ def bulk_load(store: DataStore, shape: BulkShape, *, batch: int = 20000, first: 
                 yield {"pk": j, "patient_fk": i, "study_instance_uid": study_uid(j), "study_date": study_date(j),
                        "study_time": f"{(j * 37) % 24:02d}{(j * 11) % 60:02d}00", "accession_number": f"AN{j:08d}",
                        "study_id": str(j % 1000), "referring_physician_name": "REFERRER^BULK",
+                       "referring_physician_name_search": "REFERRER^BULK",
                        "study_description": f"Bulk study {j % 50}", "modalities_in_study": "\\".join(mods),
                        "num_series": ss, "num_instances": ss * si}
 
