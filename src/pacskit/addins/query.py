@@ -37,14 +37,23 @@ from pydantic import Field
 
 from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.net import encode_dataset
+from pacskit.store.query import (
+    PATIENT_ROOT_FIND,
+    STATUS_IDENTIFIER_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_UNABLE_TO_PROCESS,
+    STUDY_ROOT_FIND,
+    FindQuery,
+    InvalidQuery,
+    TooManyMatches,
+    compile_find,
+    find,
+    set_answer_charset,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from pacskit.store.query import FindQuery
-
-PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 _MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 
 _RETRIEVE_AE_TITLE = 0x00080054
@@ -141,8 +150,6 @@ class QueryAddIn(AddIn):
 
     def _prepare(self, request: Request) -> Response | tuple[Iterator[Dataset], FindQuery]:
         """Decode and compile the identifier (thread pool): a failure Response, or the match stream."""
-        from pacskit.store.query import STATUS_UNABLE_TO_PROCESS, InvalidQuery, compile_find, find
-
         log = self.base.log
         peer = request.assoc.remote_ae_title
         store = self.base.store
@@ -150,7 +157,8 @@ class QueryAddIn(AddIn):
             return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
         model = _MODELS.get(request.sop_class_uid)
         if model is None or request.received is None:
-            return Response(0xA900, elements={"ErrorComment": "no identifier" if model else "not a FIND SOP class"})
+            return Response(STATUS_IDENTIFIER_MISMATCH,
+                            elements={"ErrorComment": "no identifier" if model else "not a FIND SOP class"})
         try:
             identifier = request.dataset
             assert identifier is not None
@@ -174,8 +182,6 @@ class QueryAddIn(AddIn):
 
     def _next_batch(self, stream: Iterator[Dataset], query: FindQuery, request: Request, size: int) -> list[Response]:
         """Up to ``size`` Pending responses, encoded (thread pool); a failure response if over the cap."""
-        from pacskit.store.query import STATUS_OUT_OF_RESOURCES, TooManyMatches, set_answer_charset
-
         pending = 0xFF01 if query.unsupported else 0xFF00
         requested = {rk.tag for rk in query.returns}
         syntax = request.context.transfer_syntax
