@@ -276,3 +276,15 @@ def test_orthanc_queries_pacskit(orthanc_client: Any, level: str, query: dict[st
     created = orthanc_client.post("/modalities/pacs/query", {"Level": level, "Query": query})
     answers = orthanc_client.get(f"{created['Path']}/answers?expand&simplify")
     assert {a.get(key) for a in answers} == expected, answers
+
+
+def test_relational_off_is_answered_zero_and_refused(tmp_path: Path) -> None:
+    folder = write_settings(tmp_path / "srv", relational=False)
+
+    async def run() -> Any:
+        async with Server(load_settings(folder)) as srv:
+            return await _find(srv.port, STUDY_ROOT_FIND, identifier("SERIES", {"Modality": "CT"}), negotiate=b"\x01")
+
+    _, final, answer = asyncio.run(run())
+    assert answer == b"\x00"
+    assert final.status == 0xA900

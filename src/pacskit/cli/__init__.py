@@ -171,7 +171,7 @@ def serve(
         Optional[bool], typer.Option("--open/--registered-only", help="accept any calling AE even off loopback")
     ] = None,
 ) -> None:
-    """Run the PACS server with its add-ins (Verification, Storage, and any installed ones)."""
+    """Run the PACS server with its add-ins (Verification, Storage, Query, and any installed ones)."""
     from pacskit.server.server import run_server
 
     settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode)
