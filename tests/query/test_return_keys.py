@@ -174,3 +174,49 @@ def test_closing_the_stream_early_releases_the_cursor(loaded: DataStore) -> None
         next(stream)
         stream.close()
     assert loaded.index.engine.pool.checkedout() == 0
+
+
+FAST_QUERIES = [
+    (PATIENT_ROOT, "PATIENT", {"PatientID": "", "PatientName": "", "PatientBirthDate": "", "PatientSex": "",
+                               "NumberOfPatientRelatedStudies": "", "NumberOfPatientRelatedInstances": ""}, None),
+    (STUDY_ROOT, "STUDY", {"PatientName": "", "PatientID": "", "StudyDate": "", "StudyTime": "", "AccessionNumber": "",
+                           "ModalitiesInStudy": "", "NumberOfStudyRelatedInstances": "", "StudyDescription": "",
+                           "ReferringPhysicianName": "", "RetrieveAETitle": ""}, None),
+    (STUDY_ROOT, "STUDY", {"PatientName": "", "StudyDescription": ""}, "ISO_IR 100"),
+    (STUDY_ROOT, "STUDY", {"PatientName": "", "StudyDescription": ""}, "ISO_IR 144"),
+    (STUDY_ROOT, "STUDY", {"PatientName": "", "StudyDescription": ""}, ["", "ISO 2022 IR 87"]),
+    (STUDY_ROOT, "SERIES", {"Modality": "", "SeriesNumber": "", "SeriesDescription": "", "BodyPartExamined": "",
+                            "NumberOfSeriesRelatedInstances": "", "StudyInstanceUID": ""}, None),
+    (STUDY_ROOT, "IMAGE", {"SOPClassUID": "", "InstanceNumber": "", "StudyInstanceUID": "", "SeriesInstanceUID": "",
+                           "PatientName": ""}, None),
+]
+
+
+@pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+@pytest.mark.parametrize(("model", "level", "keys", "charset"), FAST_QUERIES)
+def test_direct_encoding_is_byte_identical_to_pydicom(loaded: DataStore, model: str, level: str,
+                                                      keys: dict[str, str], charset: Any, transfer_syntax: str) -> None:
+    from pacskit.net import encode_dataset
+    from pacskit.store.query import _FastEncoder, find_encoded
+
+    q = identifier(level, keys, charset=charset)
+    query = compile_find(encoded(q) if charset else q, model, relational=True)
+    fixed = {0x00080054: "QRPACS"}
+    assert _FastEncoder.make(query, transfer_syntax, fixed) is not None  # the fast path is taken
+    fast = sorted(find_encoded(loaded, query, transfer_syntax, fixed=fixed))
+    slow = []
+    for ds in find(loaded, query):
+        if 0x00080054 in ds:
+            ds[0x00080054].value = "QRPACS"
+        slow.append(encode_dataset(set_answer_charset(ds, query.charset), transfer_syntax))
+    assert len(fast) > 1
+    assert fast == sorted(slow)
+
+
+def test_header_keys_take_the_pydicom_path(loaded: DataStore) -> None:
+    from pacskit.store.query import _FastEncoder, find_encoded
+
+    query = compile_find(identifier("STUDY", {"StudyInstanceUID": A1, "InstitutionName": ""}), STUDY_ROOT)
+    assert _FastEncoder.make(query, "1.2.840.10008.1.2.1", {}) is None
+    (data,) = find_encoded(loaded, query, "1.2.840.10008.1.2.1")
+    assert b"Synthetic Hospital" in data

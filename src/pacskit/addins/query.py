@@ -31,12 +31,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
-from pacskit.net import encode_dataset
 from pacskit.store.query import (
     PATIENT_ROOT_FIND,
     STATUS_IDENTIFIER_MISMATCH,
@@ -47,12 +45,8 @@ from pacskit.store.query import (
     InvalidQuery,
     TooManyMatches,
     compile_find,
-    find,
-    set_answer_charset,
+    find_encoded,
 )
-
-if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
 
 _MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 
@@ -141,14 +135,14 @@ class QueryAddIn(AddIn):
         else:
             self.base.log.debug("C-FIND %s level from %s: %d matches", query.level, peer, sent)
 
-    def _start(self, request: Request, size: int) -> Response | tuple[Iterator[Dataset], FindQuery, list[Response]]:
+    def _start(self, request: Request, size: int) -> Response | tuple[Iterator[bytes], FindQuery, list[Response]]:
         prepared = self._prepare(request)
         if isinstance(prepared, Response):
             return prepared
         stream, query = prepared
         return stream, query, self._next_batch(stream, query, request, size)
 
-    def _prepare(self, request: Request) -> Response | tuple[Iterator[Dataset], FindQuery]:
+    def _prepare(self, request: Request) -> Response | tuple[Iterator[bytes], FindQuery]:
         """Decode and compile the identifier (thread pool): a failure Response, or the match stream."""
         log = self.base.log
         peer = request.assoc.remote_ae_title
@@ -177,23 +171,18 @@ class QueryAddIn(AddIn):
             if rk.tag in _OUR_KEYS or (rk.source == "header" and not self.options.read_headers):
                 rk.source = "empty"
         query.header_tags = [t for t in query.header_tags if t not in _OUR_KEYS] if self.options.read_headers else []
-        stream = find(store, query, page_size=self.options.page_size, max_results=self.options.max_results)
+        fixed = {_RETRIEVE_AE_TITLE: self.base.settings.ae_title, _INSTANCE_AVAILABILITY: "ONLINE"}
+        stream = find_encoded(store, query, request.context.transfer_syntax, page_size=self.options.page_size,
+                              max_results=self.options.max_results, fixed=fixed)
         return stream, query
 
-    def _next_batch(self, stream: Iterator[Dataset], query: FindQuery, request: Request, size: int) -> list[Response]:
+    def _next_batch(self, stream: Iterator[bytes], query: FindQuery, request: Request, size: int) -> list[Response]:
         """Up to ``size`` Pending responses, encoded (thread pool); a failure response if over the cap."""
         pending = 0xFF01 if query.unsupported else 0xFF00
-        requested = {rk.tag for rk in query.returns}
-        syntax = request.context.transfer_syntax
         out: list[Response] = []
         try:
-            for ds in itertools.islice(stream, size):
-                if _RETRIEVE_AE_TITLE in requested:
-                    ds[_RETRIEVE_AE_TITLE].value = self.base.settings.ae_title
-                if _INSTANCE_AVAILABILITY in requested:
-                    ds[_INSTANCE_AVAILABILITY].value = "ONLINE"
-                set_answer_charset(ds, query.charset)
-                out.append(Response(pending, encode_dataset(ds, syntax)))
+            for data in itertools.islice(stream, size):
+                out.append(Response(pending, data))
         except TooManyMatches as exc:
             self.base.log.warning("C-FIND from %s refused (0x%04X): %s", request.assoc.remote_ae_title,
                                   STATUS_OUT_OF_RESOURCES, exc)
