@@ -288,3 +288,26 @@ def test_relational_off_is_answered_zero_and_refused(tmp_path: Path) -> None:
     _, final, answer = asyncio.run(run())
     assert answer == b"\x00"
     assert final.status == 0xA900
+
+
+def test_pynetdicom_relational_query(server: Server, corpus: Corpus) -> None:
+    """A third-party SCU (pynetdicom) negotiating relational queries gets relational answers."""
+    from pynetdicom import AE as PyAE
+    from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
+
+    ae = PyAE(ae_title="PYNETDICOM")
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    ext = SOPClassExtendedNegotiation()
+    ext.sop_class_uid = STUDY_ROOT_FIND
+    ext.service_class_application_information = b"\x01"
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=AE, ext_neg=[ext])
+    assert assoc.is_established
+    try:
+        answers = [ds for status, ds in assoc.send_c_find(identifier("IMAGE", {"InstanceNumber": "2"}), STUDY_ROOT_FIND)
+                   if status is not None and status.Status in (0xFF00, 0xFF01)]
+        final = [status.Status for status, _ in assoc.send_c_find(identifier("IMAGE", {"InstanceNumber": "2"}),
+                                                                  STUDY_ROOT_FIND)][-1]
+    finally:
+        assoc.release()
+    assert _names(corpus, "IMAGE", answers) == {"A1.1.2"}
+    assert final == 0x0000
