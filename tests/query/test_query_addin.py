@@ -20,7 +20,7 @@ from pacskit.net.dimse import CommandField
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.store import DataStore, FilesystemBlobStore
-from pacskit.store.query import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+from pacskit.store.query import STUDY_ROOT_FIND
 from pacskit.testing.bulk import BulkShape, bulk_load
 from pacskit.testing.peers import count_store_successes, have_dcmtk, run_storescu
 
