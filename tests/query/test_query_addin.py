@@ -311,3 +311,23 @@ def test_pynetdicom_relational_query(server: Server, corpus: Corpus) -> None:
         assoc.release()
     assert _names(corpus, "IMAGE", answers) == {"A1.1.2"}
     assert final == 0x0000
+
+
+def test_read_headers_off_returns_non_indexed_keys_empty(tmp_path: Path, corpus: Corpus) -> None:
+    folder = write_settings(tmp_path / "srv", read_headers=False)
+    settings = load_settings(folder)
+    store = DataStore.open(settings.database_url, blobs=FilesystemBlobStore(settings.storage_path))
+    try:
+        corpus.load(store)
+    finally:
+        store.close()
+
+    async def run() -> Any:
+        async with Server(settings) as srv:
+            return await _find(srv.port, STUDY_ROOT_FIND,
+                               identifier("STUDY", {"StudyInstanceUID": A1, "InstitutionName": "", "PatientID": ""}))
+
+    responses, final, _ = asyncio.run(run())
+    assert final.status == 0x0000
+    (answer,) = [ds for status, ds in responses if status == 0xFF01]  # a requested key not supported
+    assert answer.PatientID == "PA" and answer.InstitutionName in (None, "")

@@ -168,8 +168,11 @@ class QueryAddIn(AddIn):
             return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": f"cannot decode identifier: {exc}"[:64]})
         # keys we answer ourselves rather than from the files
         for rk in query.returns:
-            if rk.tag in _OUR_KEYS or (rk.source == "header" and not self.options.read_headers):
+            if rk.tag in _OUR_KEYS:
+                rk.source = "empty"  # filled in by find_encoded(fixed=...)
+            elif rk.source == "header" and not self.options.read_headers:
                 rk.source = "empty"
+                query.unsupported = True  # returned empty whatever the files hold: Pending 0xFF01
         query.header_tags = [t for t in query.header_tags if t not in _OUR_KEYS] if self.options.read_headers else []
         fixed = {_RETRIEVE_AE_TITLE: self.base.settings.ae_title, _INSTANCE_AVAILABILITY: "ONLINE"}
         stream = find_encoded(store, query, request.context.transfer_syntax, page_size=self.options.page_size,
