@@ -790,18 +790,9 @@ class _FastEncoder:
             if text is not None and not text.isascii():
                 non_ascii.append(text)
             values.append((tag, vr, text))
-        charset = None
         codec = "ascii"
-        if non_ascii:
-            requested = self.query.charset
-            charset = "ISO_IR 192"
-            if len(requested) == 1 and requested[0] in _SINGLE_BYTE:
-                try:
-                    for t in non_ascii:
-                        t.encode(_SINGLE_BYTE[requested[0]])
-                    charset = requested[0]
-                except UnicodeEncodeError:
-                    pass
+        charset = _choose_charset(non_ascii, self.query.charset)
+        if charset is not None:
             codec = _SINGLE_BYTE[charset]
             values.append((_CHARSET, "CS", charset))
             values.sort(key=lambda v: v[0])
@@ -921,7 +912,10 @@ def _texts(ds: Dataset) -> Iterator[str]:
 def answer_charset(ds: Dataset, requested: Sequence[str]) -> str | None:
     """The Specific Character Set to answer ``ds`` in: None when all values are ASCII (the default
     repertoire), the identifier's own single-byte set when it can represent them, else ISO_IR 192."""
-    non_ascii = [t for t in _texts(ds) if not t.isascii()]
+    return _choose_charset([t for t in _texts(ds) if not t.isascii()], requested)
+
+
+def _choose_charset(non_ascii: Sequence[str], requested: Sequence[str]) -> str | None:
     if not non_ascii:
         return None
     if len(requested) == 1 and requested[0] in _SINGLE_BYTE:
