@@ -220,3 +220,19 @@ def test_header_keys_take_the_pydicom_path(loaded: DataStore) -> None:
     assert _FastEncoder.make(query, "1.2.840.10008.1.2.1", {}) is None
     (data,) = find_encoded(loaded, query, "1.2.840.10008.1.2.1")
     assert b"Synthetic Hospital" in data
+
+
+def test_received_query_values_decode_without_pydicom_warnings(loaded: DataStore, corpus: Corpus) -> None:
+    """``C*``, ``20240105-`` or ``09:30-`` are valid C-FIND values though not valid CS/DA/TM values: the
+    engine must not make pydicom warn (and log) for every such query."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # building the test identifier with pydicom does warn
+        received = encoded(identifier("STUDY", {"ModalitiesInStudy": "C*", "StudyDate": "20240105-",
+                                                "StudyTime": "09:30-", "StudyDescription": "*"}, charset="ISO_IR 100"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answers = list(find(loaded, compile_find(received, STUDY_ROOT)))
+    assert [str(w.message) for w in caught] == []
+    assert names(corpus, "STUDY", answers) == {"A1", "B1"}  # CT/CR from 5 January 09:30 on

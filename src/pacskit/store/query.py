@@ -49,8 +49,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.charset import decode_element
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
@@ -475,24 +476,45 @@ def query_level(identifier: Dataset, model: str) -> str:
 
 
 def _charset_of(identifier: Dataset) -> list[str]:
-    elem = identifier.get(_CHARSET)
-    if elem is None or not elem.value:
+    """The identifier's Specific Character Set terms (``[]`` when absent: the default repertoire)."""
+    raw = identifier.get_item(_CHARSET)
+    if raw is None:
         return []
-    value = elem.value
+    value = raw.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace").split("\\")
+    if not value:
+        return []
     items = list(value) if isinstance(value, (list, MultiValue)) else [value]
-    return [str(v).strip() for v in items]
+    terms = [str(v).strip() for v in items]
+    return terms if any(terms) else []
+
+
+_TEXT_VRS_DECODED = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+                     "UR", "UT"}
 
 
 def _decoded_elements(identifier: Dataset) -> list[DataElement]:
-    """The identifier's elements, text decoded with its Specific Character Set.
+    """The identifier's elements in tag order, text decoded with its Specific Character Set.
 
-    pydicom decodes a raw element (as received) with the dataset's character set when it is first
-    accessed; values that are already ``str`` (a dataset built in Python) are left alone.
+    Raw (received) text elements are decoded here without pydicom's value validation: query values
+    such as ``C*`` or ``20240101-`` are valid C-FIND values but not valid CS / DA values, and pydicom
+    would log a warning for each. Other elements (sequences, binary VRs) are converted by pydicom.
+    Values that are already ``str`` (a dataset built in Python) are used as they are.
     """
+    charset = _charset_of(identifier)
     elements = []
     for tag in sorted(identifier.keys()):  # answers are encoded in this (ascending tag) order
         try:
-            elem = identifier[tag]
+            raw = identifier.get_item(tag)
+            vr = getattr(raw, "VR", None) or (dictionary_VR(tag) if keyword_for_tag(tag) else None)
+            if isinstance(raw, RawDataElement) and vr in _TEXT_VRS_DECODED:
+                elem = DataElement(tag, vr, raw.value, validation_mode=_NO_VALIDATION)
+                decode_element(elem, charset or ["ISO_IR 6"])
+                if isinstance(elem.value, bytes):  # decode_element leaves empty values as b""
+                    elem.value = elem.value.decode("ascii", errors="replace")
+            else:
+                elem = identifier[tag]
             _ = elem.value
         except Exception as exc:  # an unknown character set, a malformed IS/DS value, ...
             name = keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
