@@ -245,7 +245,7 @@ def test_findscu_cancel_stops_the_answers(bulk_server: Server, tmp_path: Path) -
     assert len(answers) == 1000, out[-2000:]
     answers, out = findscu(bulk_server.port, "-S", keys, tmp_path / "cancel", "--cancel", "1")
     assert "Cancel" in out.splitlines()[-2] or "Matching terminated due to Cancel" in out, out[-2000:]
-    assert 1 <= len(answers) < 1000
+    assert 1 <= len(answers) < 1000, len(answers)
 
 
 # --- Orthanc as the query client (REST /modalities/{id}/query) --------------------------------------
