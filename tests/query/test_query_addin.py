@@ -331,3 +331,15 @@ def test_read_headers_off_returns_non_indexed_keys_empty(tmp_path: Path, corpus:
     assert final.status == 0x0000
     (answer,) = [ds for status, ds in responses if status == 0xFF01]  # a requested key not supported
     assert answer.PatientID == "PA" and answer.InstitutionName in (None, "")
+
+
+def test_findscu_implicit_vr_little_endian(server: Server, corpus: Corpus, tmp_path: Path) -> None:
+    """Identifier and answers in Implicit VR Little Endian (VRs from the dictionary)."""
+    answers, out = findscu(server.port, "-S", ["QueryRetrieveLevel=STUDY", "SpecificCharacterSet=ISO_IR 192",
+                                               "PatientName=MÜLL*".encode(), "ModalitiesInStudy=C*",
+                                               "StudyInstanceUID", "NumberOfStudyRelatedInstances"],
+                           tmp_path, "--propose-implicit", "-d")
+    assert 'DcmDataset::read() TransferSyntax="Little Endian Implicit"' in out, out[-3000:]
+    assert "DIMSE Status                  : 0x0000: Success" in out, out[-2000:]
+    assert _names(corpus, "STUDY", answers) == {"C1"}
+    assert answers[0].NumberOfStudyRelatedInstances == 1 and str(answers[0].PatientName) == "Müller^Hans"
