@@ -20,10 +20,10 @@ def test_migrate_twice_is_idempotent(fresh_db_url: Any) -> None:
         assert index.current_revision() is None
         assert not TABLES & set(index.table_names())
         index.migrate()
-        assert index.current_revision() == index.head_revision() == "0001"
+        assert index.current_revision() == index.head_revision() == "0002"
         assert TABLES <= set(index.table_names())
         index.migrate()  # already at head: nothing happens
-        assert index.current_revision() == "0001"
+        assert index.current_revision() == "0002"
         with index.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM pacskit_store_version")).scalar() == 1
     finally:
@@ -110,3 +110,23 @@ def test_in_memory_sqlite() -> None:
         result = store.ingest(stage(store, "CT_small.dcm"), source_ae="A")
         assert store.get_instance(result.sop_instance_uid) is not None
         assert store.check().ok
+
+
+def test_0002_fills_the_referring_physician_search_form(fresh_db_url: Any) -> None:
+    index = Index.open(fresh_db_url)
+    try:
+        index.migrate("0001")
+        with index.engine.begin() as conn:
+            conn.execute(text("INSERT INTO patients (pk, patient_id, issuer_of_patient_id, num_studies) "
+                              "VALUES (1, 'P', '', 2)"))
+            conn.execute(text(
+                "INSERT INTO studies (pk, patient_fk, study_instance_uid, referring_physician_name, num_series, "
+                "num_instances) VALUES (1, 1, '1.2.3', :name, 0, 0), (2, 1, '1.2.4', NULL, 0, 0)"),
+                {"name": "Müller^Anna^^^"})
+        index.migrate()
+        assert index.current_revision() == "0002"
+        with index.engine.connect() as conn:
+            rows = conn.execute(text("SELECT pk, referring_physician_name_search FROM studies ORDER BY pk")).all()
+        assert [tuple(r) for r in rows] == [(1, "MÜLLER^ANNA"), (2, None)]
+    finally:
+        index.close()

@@ -11,6 +11,8 @@ An add-in is a class deriving from :class:`AddIn`. It declares
   those contexts — a handler gets a :class:`~pacskit.net.Request` and returns a status, a
   :class:`~pacskit.net.Response` or an iterator of them (see :mod:`pacskit.net.services` for the contract
   and the allowed statuses);
+- :meth:`AddIn.extended_negotiation`: optional, the answer to a peer's SOP Class Extended Negotiation
+  (e.g. relational queries for C-FIND);
 - :meth:`AddIn.start` / :meth:`AddIn.stop`: lifecycle, with :attr:`AddIn.base` giving the base services.
 
 The server owns dispatch: each (service, abstract syntax) pair has exactly one owner, and two enabled
@@ -114,6 +116,14 @@ class AddIn:
     def handlers(self) -> Mapping[str, Handler]:
         """DIMSE service name → handler, for every abstract syntax of :meth:`presentation_contexts`."""
         return {}
+
+    def extended_negotiation(self, sop_class_uid: str, info: bytes) -> bytes | None:
+        """Answer the peer's SOP Class Extended Negotiation item (PS3.7 D.3.3.5) for one of this add-in's
+        abstract syntaxes: ``info`` is the service-class application information the peer sent; return
+        the bytes to answer with, or ``None`` to send no item (the peer then assumes nothing was agreed).
+        Called while the association is negotiated; the agreed answer is in
+        ``request.assoc.extended_negotiation_response[sop_class_uid]`` for the handlers."""
+        return None
 
     async def start(self) -> None:
         """Called once the server is bound, before the first association. Open resources here."""

@@ -107,6 +107,7 @@ class Server:
         self._ae_titles = ae_titles
         self._dicom_request = dicom_request
         self._started_addins: list[AddIn] = []
+        self._negotiators: dict[str, AddIn] = {}  # abstract syntax -> add-in answering its extended negotiation
 
     # ------------------------------------------------------------------ start-up
 
@@ -140,6 +141,9 @@ class Server:
                 except DuplicateHandler as exc:
                     raise AddInError(f"add-ins claim the same presentation context: {exc}") from None
             claims.extend((name, ctx) for ctx in contexts)
+            if type(addin).extended_negotiation is not AddIn.extended_negotiation:
+                for ctx in contexts:
+                    self._negotiators.setdefault(ctx.abstract_syntax, addin)
             self.addins.append(addin)
             log.info("add-in %s loaded from %s (%d contexts)", name, found.origin, len(contexts))
         self.contexts = merge_contexts(claims)
@@ -181,7 +185,7 @@ class Server:
             self.services,
             config=config,
             bus=self.bus,
-            on_associate=self._check_calling_ae,
+            on_associate=self._on_associate,
         )
         try:
             await self.acceptor.start(settings.host, settings.port, reuse_port=self.worker)
@@ -201,6 +205,24 @@ class Server:
             self.acceptor.port,
             len(self.addins),
         )
+
+    def _on_associate(self, assoc: Association) -> Reject | None:
+        """Calling-AE rule, then the add-ins' answers to SOP Class Extended Negotiation."""
+        decision = self._check_calling_ae(assoc)
+        if decision is not None:
+            return decision
+        for uid, info in assoc.extended_negotiation.items():
+            addin = self._negotiators.get(uid)
+            if addin is None:
+                continue
+            try:
+                answer = addin.extended_negotiation(uid, info)
+            except Exception:
+                log.exception("add-in %s failed to answer extended negotiation for %s", addin.name, uid)
+                continue
+            if answer is not None:
+                assoc.extended_negotiation_response[uid] = answer
+        return None
 
     def _check_calling_ae(self, assoc: Association) -> Reject | None:
         """Bound to loopback: anyone. Elsewhere: registered AEs only, unless open mode is set."""

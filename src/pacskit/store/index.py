@@ -515,6 +515,7 @@ class Index:
                 accession_number=a.accession_number,
                 study_id=a.study_id,
                 referring_physician_name=a.referring_physician_name,
+                referring_physician_name_search=normalise_person_name(a.referring_physician_name),
                 study_description=a.study_description,
                 num_series=0,
                 num_instances=0,

@@ -156,6 +156,8 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(String(SH), index=True)
     study_id: Mapped[str | None] = mapped_column(String(SH))
     referring_physician_name: Mapped[str | None] = mapped_column(String(PN))
+    #: search form of the referring physician's name, like ``Patient.patient_name_search`` (migration 0002)
+    referring_physician_name_search: Mapped[str | None] = mapped_column(SEARCH_STRING)
     study_description: Mapped[str | None] = mapped_column(String(LO))
     #: distinct Modality of the study's series, sorted, joined with '\' (kept up to date)
     modalities_in_study: Mapped[str | None] = mapped_column(String(MODALITIES))
