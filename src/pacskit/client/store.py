@@ -401,7 +401,7 @@ def _convert(inst: Instance, transfer_syntax: str) -> bytes:
     ds = inst.dataset if inst.dataset is not None else dcmread(inst.path, force=True)
     source_ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else ""
     if source_ts and source_ts not in UNCOMPRESSED_TRANSFER_SYNTAXES and "PixelData" in ds:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
     return encode_dataset(ds, transfer_syntax)
 
 
