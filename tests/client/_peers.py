@@ -33,6 +33,8 @@ def dcmqrscp(
     ae_title: str = "QRSCP",
     hosts: Sequence[tuple[str, str, int]] = (),
     load: Sequence[Path] = (),
+    access: str = "RW",
+    quota: str = "1024mb",
 ) -> Iterator[Peer]:
     """Run DCMTK ``dcmqrscp`` with a configuration written here: one read/write storage area for
     ``ae_title``, ``hosts`` (AE, host, port) as known move destinations, then ``load`` sent into it
@@ -45,7 +47,7 @@ def dcmqrscp(
     for n, (aet, host, p) in enumerate(hosts):
         lines.append(f"peer{n} = ({aet}, {host}, {p})")
     lines += ["HostTable END", "", "VendorTable BEGIN", "VendorTable END", "", "AETable BEGIN"]
-    lines.append(f"{ae_title} {db} RW (1000, 1024mb) ANY")
+    lines.append(f"{ae_title} {db} {access} (1000, {quota}) ANY")
     lines += ["AETable END", ""]
     cfg = work / "dcmqrscp.cfg"
     cfg.write_text("\n".join(lines))

@@ -220,17 +220,20 @@ class StoreScu(Scu):
         for item in batch:
             queue.put_nowait(item)
         workers = min(self.associations, len(batch))
-        # Open all associations first: a refused connection or rejection raises before anything is sent.
-        assocs = await asyncio.gather(*(self.associate(contexts) for _ in range(workers)), return_exceptions=True)
-        errors = [a for a in assocs if isinstance(a, BaseException)]
-        if errors:
-            for a in assocs:
-                if isinstance(a, Association):
-                    a.abort()
+        # Each worker opens its own association and starts at once (a peer that serves one association
+        # at a time answers the others later, and they find the queue empty). An association that
+        # cannot be opened only matters if none could: then nothing was sent and the error is raised.
+        outcomes = await asyncio.gather(*(self._worker(contexts, queue, report) for _ in range(workers)), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if len(errors) == len(outcomes):
             raise errors[0]
-        await asyncio.gather(*(self._worker(a, queue, report) for a in assocs if isinstance(a, Association)))
+        for error in errors:
+            if not isinstance(error, NetError):
+                raise error
+        self._drain(queue, report, "not sent: no association could take it")
 
-    async def _worker(self, assoc: Association, queue: asyncio.Queue[tuple[int, Instance]], report: StoreReport) -> None:
+    async def _worker(self, contexts: list[RequestedContext], queue: asyncio.Queue[tuple[int, Instance]], report: StoreReport) -> None:
+        assoc = await self.associate(contexts)
         try:
             while not queue.empty():
                 index, inst = queue.get_nowait()
@@ -239,7 +242,7 @@ class StoreScu(Scu):
                 except NetError as exc:
                     report.results.append(InstanceResult(inst, None, message=str(exc)))
                     report.error = report.error or exc
-                    self._drain(queue, report, f"not sent: {exc}")
+                    self._drain(queue, report, str(exc))
                     assoc.abort()
                     return
                 report.results.append(result)
