@@ -203,9 +203,11 @@ def find(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*(rows[0] if rows else ["no matches"]))
+        # Columns nobody filled are left out: the table has to fit a terminal.
+        columns = [c for c in (rows[0] if rows else []) if any(r.get(c) not in (None, "") for r in rows)]
+        table = Table(*(columns or ["no matches"]))
         for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row.values()))
+            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
         Console().print(table)
     from pacskit.net import status_category
 
