@@ -52,6 +52,16 @@ def test_store_exit_codes(tmp_path):
     assert invoke("store", "X@127.0.0.1:104", tmp_path / "missing").exit_code == 2
 
 
+def test_store_timeout_exit_code(tmp_path):
+    """storescp sleeps 3 s while receiving; with --timeout 1 no C-STORE-RSP comes in time: exit 5."""
+    tool("storescp")
+    files = make_series(tmp_path / "in", 2)
+    with storescp(tmp_path / "out", extra_args=["--sleep-during", "3"]) as peer:
+        result = invoke("store", address(peer), *files, "--timeout", "1", "-q")
+    assert result.exit_code == 5, result.output
+    assert "no DIMSE response within 1.0 s" in result.output and "2 failed" in result.output
+
+
 def test_find_table_json_csv(qrscp):
     table = invoke("find", address(qrscp), "-k", "PatientName=DOE*", "-k", "InstitutionName")
     assert table.exit_code == 0, table.output

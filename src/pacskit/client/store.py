@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacskit.client._scu import Scu, run_sync
+from pacskit.client._scu import Scu, log, run_sync
 from pacskit.net import (
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     Association,
@@ -179,14 +179,15 @@ class StoreScu(Scu):
         report = StoreReport()
         instances = list(self._collect(sources, report))
         total_bytes = sum(i.size for i in instances)
-        self._progress = StoreProgress(0, len(instances), 0, total_bytes)
+        progress = StoreProgress(0, len(instances), 0, total_bytes)  # per call: one scu may run several
         index = 0
         for batch, contexts in _batches(instances):
+            if report.error is not None:  # an earlier association failed: the rest is reported, not sent
+                report.results.extend(InstanceResult(inst, None, message=str(report.error)) for inst in batch)
+                continue
             numbered = [(index + n, inst) for n, inst in enumerate(batch)]
             index += len(batch)
-            await self._send_batch(numbered, contexts, report)
-            if report.error is not None:
-                break
+            await self._send_batch(numbered, contexts, report, progress)
         return report
 
     def store_sync(self, sources: StoreSource | Iterable[StoreSource]) -> StoreReport:
@@ -215,7 +216,9 @@ class StoreScu(Scu):
 
     # ------------------------------------------------------------------ send
 
-    async def _send_batch(self, batch: list[tuple[int, Instance]], contexts: list[RequestedContext], report: StoreReport) -> None:
+    async def _send_batch(
+        self, batch: list[tuple[int, Instance]], contexts: list[RequestedContext], report: StoreReport, progress: StoreProgress
+    ) -> None:
         queue: asyncio.Queue[tuple[int, Instance]] = asyncio.Queue()
         for item in batch:
             queue.put_nowait(item)
@@ -223,16 +226,21 @@ class StoreScu(Scu):
         # Each worker opens its own association and starts at once (a peer that serves one association
         # at a time answers the others later, and they find the queue empty). An association that
         # cannot be opened only matters if none could: then nothing was sent and the error is raised.
-        outcomes = await asyncio.gather(*(self._worker(contexts, queue, report) for _ in range(workers)), return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._worker(contexts, queue, report, progress) for _ in range(workers)), return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if len(errors) == len(outcomes):
             raise errors[0]
         for error in errors:
             if not isinstance(error, NetError):
                 raise error
-        self._drain(queue, report, "not sent: no association could take it")
+            # This one could not be opened; the associations that were took its share of the queue.
+            log.warning("one of %d associations to %s could not be opened: %s", workers, self.remote.title, error)
+        # Left over when associations failed mid-way: reported with the failure that stopped them.
+        self._drain(queue, report, str(report.error) if report.error else "not sent")
 
-    async def _worker(self, contexts: list[RequestedContext], queue: asyncio.Queue[tuple[int, Instance]], report: StoreReport) -> None:
+    async def _worker(
+        self, contexts: list[RequestedContext], queue: asyncio.Queue[tuple[int, Instance]], report: StoreReport, p: StoreProgress
+    ) -> None:
         assoc = await self.associate(contexts)
         try:
             while not queue.empty():
@@ -242,11 +250,9 @@ class StoreScu(Scu):
                 except NetError as exc:
                     report.results.append(InstanceResult(inst, None, message=str(exc)))
                     report.error = report.error or exc
-                    self._drain(queue, report, str(exc))
-                    assoc.abort()
+                    assoc.abort()  # the other associations (if any) go on with the queue
                     return
                 report.results.append(result)
-                p = self._progress
                 p.done += 1
                 p.bytes_done += inst.size
                 if self.events.wants("progress"):
