@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -84,4 +83,87 @@ def wlmscpfs(folder: Path, *, ae_title: str = "WLM") -> Iterator[Peer]:
         yield peer
 
 
-__all__ = ["WORKLIST_EXAMPLES", "dcmqrscp", "shutil", "tool", "wlmscpfs", "worklist_db"]
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+MPPS = "1.2.840.10008.3.1.2.3.3"
+PRINTER = "1.2.840.10008.5.1.1.16"
+FILM_SESSION = "1.2.840.10008.5.1.1.1"
+MPPS_NOTIFICATION = "1.2.840.10008.3.1.2.3.5"
+
+
+@contextlib.contextmanager
+def pynetdicom_n_scp() -> Iterator[tuple[str, list]]:
+    """A pynetdicom AE (in a thread of this process) serving N-ACTION (storage commitment, with the
+    N-EVENT-REPORT back on the association), N-CREATE/N-SET (MPPS), N-GET (printer), N-DELETE (film
+    session) and N-EVENT-REPORT; yields its ``AET@host:port`` and the list of calls it saw."""
+    import threading
+
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+
+    calls: list[tuple[str, object]] = []
+    mpps: dict[str, Dataset] = {}
+    ae = AE("NSCP")
+    for uid in (STORAGE_COMMITMENT, MPPS, PRINTER, FILM_SESSION, MPPS_NOTIFICATION):
+        ae.add_supported_context(uid)
+
+    def on_action(event):
+        calls.append(("N-ACTION", event.action_type))
+        request = event.action_information
+        # Answer, then report the commitment result on the same association (PS3.4 J.3.3).
+        report = Dataset()
+        report.TransactionUID = request.TransactionUID
+        report.ReferencedSOPSequence = request.ReferencedSOPSequence
+
+        def send_report() -> None:
+            status = event.assoc.send_n_event_report(report, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
+            calls.append(("report-answered", status[0].Status if status[0] else None))
+
+        threading.Timer(0.05, send_report).start()
+        return 0x0000, None
+
+    def on_create(event):
+        ds = event.attribute_list
+        uid = event.request.AffectedSOPInstanceUID or generate_uid()
+        mpps[uid] = ds
+        calls.append(("N-CREATE", uid))
+        return 0x0000, ds
+
+    def on_set(event):
+        uid = event.request.RequestedSOPInstanceUID
+        if uid not in mpps:
+            return 0x0112, None  # No such SOP Instance
+        for elem in event.modification_list:
+            mpps[uid][elem.tag] = elem
+        calls.append(("N-SET", uid))
+        return 0x0000, mpps[uid]
+
+    def on_get(event):
+        ds = Dataset()
+        ds.PrinterStatus = "NORMAL"
+        ds.PrinterName = "PK-PRINTER"
+        calls.append(("N-GET", list(event.attribute_identifiers)))
+        return 0x0000, ds
+
+    def on_delete(event):
+        calls.append(("N-DELETE", event.request.RequestedSOPInstanceUID))
+        return 0x0000
+
+    def on_report(event):
+        calls.append(("N-EVENT-REPORT", event.event_type))
+        return 0x0000, None
+
+    handlers = [
+        (evt.EVT_N_ACTION, on_action), (evt.EVT_N_CREATE, on_create), (evt.EVT_N_SET, on_set),
+        (evt.EVT_N_GET, on_get), (evt.EVT_N_DELETE, on_delete), (evt.EVT_N_EVENT_REPORT, on_report),
+    ]
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        yield f"NSCP@127.0.0.1:{port}", calls
+    finally:
+        server.shutdown()
+
+
+__all__ = ["WORKLIST_EXAMPLES", "dcmqrscp", "pynetdicom_n_scp", "tool", "wlmscpfs", "worklist_db"]

@@ -54,13 +54,18 @@ def test_folder_recursive_one_association_with_skips_and_events(tmp_path, scp):
     assert all(e.result.status == 0 for e in seen["response"])
 
 
-def test_datasets_and_parallel_associations(tmp_path, scp):
+def test_datasets_and_parallel_associations(tmp_path):
+    """Datasets over 3 associations at once (storescp --fork serves them concurrently)."""
+    tool("storescp")
     datasets = [make_dataset(instance_number=n) for n in range(1, 9)]
-    scu = StoreScu(address(scp), associations=3)
-    report = asyncio.run(scu.store(datasets))
-    assert len(report.succeeded) == 8, report.summary()
-    assert set(_received(scp)) == {str(ds.SOPInstanceUID) for ds in datasets}
-    assert scp.log_text().count("Association Acknowledged") == 3
+    opened: list[AssociationRequest] = []
+    with storescp(tmp_path / "out", extra_args=["--fork", "-v"]) as peer:
+        scu = StoreScu(address(peer), associations=3)
+        scu.on("before-associate", opened.append)
+        report = asyncio.run(scu.store(datasets))
+        assert len(report.succeeded) == 8, report.summary()
+        assert set(_received(peer)) == {str(ds.SOPInstanceUID) for ds in datasets}
+    assert len(opened) == 3
 
 
 def test_converts_when_only_the_fallback_is_accepted(tmp_path):
