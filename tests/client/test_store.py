@@ -179,3 +179,35 @@ def test_store_to_orthanc_in_parallel(tmp_path):
         assert peer.instance_count() == 12
         again = StoreScu(f"ORTHANC@127.0.0.1:{peer.port}").store_sync(files[:1])  # duplicate: Orthanc accepts
         assert again.ok
+
+
+def test_big_file_is_streamed_not_loaded(tmp_path, scp):
+    """A 48 MB instance goes out in PDU-sized pieces: Python allocations stay far below its size."""
+    import tracemalloc
+
+    from pacskit.testing import make_large_instance
+
+    big = make_large_instance(tmp_path / "big.dcm", 48 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        report = StoreScu(address(scp)).store_sync(big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.ok, report.summary()
+    assert peak < 8 * 1024 * 1024, f"peak Python allocations {peak} bytes"
+    received = next(scp.out_dir.glob("*.dcm"))
+    assert received.stat().st_size >= big.stat().st_size - 1024
+
+
+def test_more_than_128_contexts_are_split_over_associations(tmp_path):
+    """70 SOP classes need 140 contexts: two consecutive associations, grouped by SOP class."""
+    tool("storescp")
+    datasets = [make_dataset(sop_class_uid=f"1.2.826.0.1.3680043.8.498.999.{n}", pixel_data=b"") for n in range(70)]
+    opened: list[AssociationRequest] = []
+    with storescp(tmp_path / "out", extra_args=["--promiscuous"]) as peer:
+        scu = StoreScu(address(peer))
+        scu.on("before-associate", opened.append)
+        report = scu.store_sync(datasets)
+    assert len(report.succeeded) == 70, [r.describe() for r in report.failed][:3]
+    assert [len(rq.contexts) for rq in opened] == [128, 12]
