@@ -89,7 +89,7 @@ def test_move_and_get(qrscp, receiver, studies, my_port, tmp_path):
     study = str(pydicom.dcmread(studies["mr"][0]).StudyInstanceUID)
     moved = invoke("move", address(qrscp), "-k", f"StudyInstanceUID={study}", "--dest", receiver.ae_title)
     assert moved.exit_code == 0 and "2 completed" in moved.output
-    to_us = invoke("move", address(qrscp), "-k", f"StudyInstanceUID={study}", "--into", tmp_path / "m", "--port", my_port, "-aet", ME)
+    to_us = invoke("move", address(qrscp), "-k", f"StudyInstanceUID={study}", "--into", tmp_path / "m", "--port", my_port, "--listen-host", "127.0.0.1", "-aet", ME)
     assert to_us.exit_code == 0, to_us.output
     assert len(list((tmp_path / "m").glob("*.dcm"))) == 2
     unknown = invoke("move", address(qrscp), "-k", f"StudyInstanceUID={study}", "--dest", "NOBODY")

@@ -5,6 +5,7 @@ worklist examples, and Orthanc: find at every level in both models, worklist, ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pydicom
@@ -101,6 +102,24 @@ def test_limit_sends_c_cancel(qrscp, studies):
         assert limited.cancelled and "MatchingTerminatedDueToCancelRequest" in qrscp.log_text()
 
 
+def test_breaking_out_of_iter_find_cancels_and_releases(qrscp):
+    """A caller that stops after the first match: C-CANCEL, the peer's final answer, A-RELEASE —
+    no abort (dcmqrscp logs 'Association Release')."""
+    scu = QueryRetrieveScu(address(qrscp))
+    released_before = qrscp.log_text().count("Association Release")
+
+    async def first():
+        async with contextlib.aclosing(scu.iter_find(level="STUDY")) as matches:
+            async for record in matches:
+                return record
+
+    record = asyncio.run(first())
+    assert isinstance(record, StudyRecord)
+    log = qrscp.log_text()
+    assert log.count("Association Release") == released_before + 1
+    assert "Abort" not in log[-2000:]
+
+
 def test_move_to_another_ae_and_to_an_unknown_one(qrscp, receiver, studies):
     scu = QueryRetrieveScu(address(qrscp))
     progress: list = []
@@ -116,7 +135,7 @@ def test_move_to_another_ae_and_to_an_unknown_one(qrscp, receiver, studies):
 
 
 def test_move_to_ourselves_with_a_temporary_scp(qrscp, studies, my_port, tmp_path):
-    scu = QueryRetrieveScu(address(qrscp), calling_ae=ME, receive_port=my_port)
+    scu = QueryRetrieveScu(address(qrscp), calling_ae=ME, receive_port=my_port, receive_host="127.0.0.1")
     study = uid(studies["ct"][0], "StudyInstanceUID")
     result = scu.move_sync({"StudyInstanceUID": study}, level="STUDY", into=tmp_path / "in")
     assert result.ok and result.completed == 5 and len(result.received) == 5
@@ -191,7 +210,7 @@ def test_orthanc_find_get_and_move_to_us(tmp_path, studies):
     port = free_port()
     with orthanc(tmp_path / "orthanc", modalities={"me": [ME, "127.0.0.1", port]}) as peer:
         assert StoreScu(address(peer)).store_sync(studies["ct"]).ok
-        scu = QueryRetrieveScu(address(peer), calling_ae=ME, receive_port=port)
+        scu = QueryRetrieveScu(address(peer), calling_ae=ME, receive_port=port, receive_host="127.0.0.1")
         found = scu.find_sync({"PatientID": "PK1"}, level="STUDY").records
         assert len(found) == 1
         study = found[0].study_instance_uid

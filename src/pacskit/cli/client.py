@@ -250,6 +250,7 @@ def move(
     dest: Annotated[Optional[str], typer.Option("--dest", help="the move destination AE (known to the peer)")] = None,
     into: Annotated[Optional[Path], typer.Option("--into", help="receive here ourselves (needs --port)")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="our Storage SCP port for --into (the peer must know it)")] = None,
+    listen_host: Annotated[str, typer.Option("--listen-host", help="address our Storage SCP binds for --into [all]")] = "",
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 60.0,
     quiet: QuietOpt = False,
@@ -267,7 +268,7 @@ def move(
         raise fail("--into needs --port: the port the peer has for our AE title", EXIT_USAGE)
     remote = resolve_target(target, data_dir, config)
     try:
-        scu = QueryRetrieveScu(remote, calling_ae=calling, model=model, receive_port=port, config=_config(timeout))
+        scu = QueryRetrieveScu(remote, calling_ae=calling, model=model, receive_port=port, receive_host=listen_host, config=_config(timeout))
         scu.identifier(key, level, "C-MOVE")
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None

@@ -118,21 +118,21 @@ class Scu:
             return lambda fn: self.events.on(kind, fn)
         return self.events.on(kind, handler)
 
-    def _request(self, contexts: Sequence[RequestedContext]) -> AssociationRequest:
-        return AssociationRequest(
+    async def associate(
+        self, contexts: Sequence[RequestedContext], *, services: Services | None = None, config: NetConfig | None = None
+    ) -> Association:
+        """Run ``before-associate`` handlers on the request, then connect. Raises the engine's
+        :class:`~pacskit.net.NetError` subclasses (ConnectionFailed, AssociationRejected, NetTimeout).
+        ``services`` answers what the peer sends on the association; ``config`` overrides ours."""
+        request = AssociationRequest(
             calling_ae=self.calling_ae,
             called_ae=self.remote.title,
             host=self.remote.host,
             port=self.remote.port,
             contexts=list(contexts),
             user_identity=self.user_identity,
-            config=self.config,
+            config=config or self.config,
         )
-
-    async def associate(self, contexts: Sequence[RequestedContext], *, services: Services | None = None) -> Association:
-        """Run ``before-associate`` handlers on the request, then connect. Raises the engine's
-        :class:`~pacskit.net.NetError` subclasses (ConnectionFailed, AssociationRejected, NetTimeout)."""
-        request = self._request(contexts)
         await self.events.intervene("before-associate", request)
         if self.remote.tls and self.ssl is None:
             raise ValueError(f"{self.remote.title} requires TLS: pass ssl=SSLContext")

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -316,7 +317,9 @@ class RetrieveResult:
         return self.status == 0xFE00
 
 
-ReceiveCallback = Callable[[ReceivedInstance], "int | None"]
+#: Gets each instance; returns the C-STORE status to answer (``None`` = Success). A plain function runs
+#: in a worker thread, an ``async def`` on the event loop.
+ReceiveCallback = Callable[[ReceivedInstance], Any]
 Destination = Union[str, "os.PathLike[str]", ReceiveCallback]
 
 
@@ -339,17 +342,21 @@ class _Receiver:
         self.result = result
         self.scu = scu
 
-    def handle(self, request: Request) -> int:
+    async def handle(self, request: Request) -> int:
+        """Runs on the event loop (events are delivered there); a plain callback runs in a thread."""
         received = request.received
         if received is None or received.path is None:
             return 0xC000
         inst = ReceivedInstance(request.sop_class_uid, request.sop_instance_uid, received.transfer_syntax, Path(received.path))
         status: int | None = 0
         if self.callback is not None:
-            status = self.callback(inst)
+            if inspect.iscoroutinefunction(self.callback):
+                status = await self.callback(inst)
+            else:
+                status = await asyncio.get_running_loop().run_in_executor(None, self.callback, inst)
         else:
             assert self.folder is not None
-            inst.path = Path(received.move_to(self.folder / _file_name(inst.sop_instance_uid)))
+            inst.path = Path(received.move_to(self.folder / _file_name(inst.sop_instance_uid)))  # a rename
             self.result.received.append(inst)
         if self.scu.events.wants("received"):
             self.scu.events.notify("received", inst)
@@ -376,13 +383,14 @@ def _storage_classes() -> list[str]:
 class QueryRetrieveScu(Scu):
     """Query/Retrieve and Modality Worklist SCU for one remote AE.
 
-    ``model``: ``"study"`` (default), ``"patient"`` or ``"worklist"``; ``receive_port``: where the
+    ``model``: ``"study"`` (default), ``"patient"`` or ``"worklist"``; ``receive_port`` and
+    ``receive_host`` (default: all interfaces, since the peer is usually another machine): where the
     temporary Storage SCP of a move-to-us listens (see the module docs).
     """
 
     EVENTS = ("before-associate", "before-find", "match", "progress", "received")
 
-    def __init__(self, remote: Any, *, model: str = "study", receive_port: int | None = None, receive_host: str = "0.0.0.0", **kwargs: Any) -> None:
+    def __init__(self, remote: Any, *, model: str = "study", receive_port: int | None = None, receive_host: str = "", **kwargs: Any) -> None:
         super().__init__(remote, **kwargs)
         if model not in FIND:
             raise ValueError(f"unknown information model {model!r}: patient, study or worklist")
@@ -422,7 +430,11 @@ class QueryRetrieveScu(Scu):
         self, keys: Keys = None, *, level: str | None = None, limit: int | None = None, cancel: asyncio.Event | None = None
     ) -> AsyncIterator[Record]:
         """Yield records as they arrive. Raises :class:`QueryFailed` on a Failure status; a cancelled
-        query (``limit`` / ``cancel``) just ends."""
+        query (``limit`` / ``cancel``) just ends.
+
+        To stop early, iterate inside ``async with contextlib.aclosing(scu.iter_find(...)) as it:``:
+        closing it sends C-CANCEL, waits for the peer's final answer and releases the association.
+        (An abandoned iterator is only finalised when the event loop shuts down, by an abort.)"""
         async for item in self._find(keys, level, limit, cancel):
             if isinstance(item, Record):
                 yield item
@@ -450,13 +462,20 @@ class QueryRetrieveScu(Scu):
         async with await self.associate([RequestedContext(sop_class)]) as assoc:
             ctx = assoc.find_context(sop_class)
             matches = 0
-            cancelled = False
+            finished = False
             async with _cancel_watch(assoc, ctx, cancel) as watch:
-                async for rsp, received in assoc.request(CommandField.C_FIND_RQ, sop_class, identifier, context=ctx, Priority=0):
-                    if rsp.status in (0xFF00, 0xFF01):
+                responses = assoc.request(CommandField.C_FIND_RQ, sop_class, identifier, context=ctx, Priority=0)
+                try:
+                    async for rsp, received in responses:
+                        if rsp.status not in (0xFF00, 0xFF01):
+                            finished = True
+                            if received is not None:
+                                received.discard()
+                            yield _Final(rsp.status, str(rsp.get("ErrorComment", "") or ""))
+                            return
                         if received is None:
                             continue
-                        if cancelled:
+                        if watch.sent:
                             received.discard()
                             continue  # answers still in flight after our C-CANCEL
                         record = record_type.from_dataset(received.decode())
@@ -464,13 +483,18 @@ class QueryRetrieveScu(Scu):
                         if self.events.wants("match"):
                             self.events.notify("match", record)
                         yield record
-                        if limit is not None and matches >= limit and not cancelled:
-                            cancelled = True
+                        if limit is not None and matches >= limit:
                             await watch.cancel_now()
-                    else:
-                        if received is not None:
-                            received.discard()
-                        yield _Final(rsp.status, str(rsp.get("ErrorComment", "") or ""))
+                finally:
+                    if not finished and assoc.is_established and not (assoc.is_aborted or assoc.is_released):
+                        # The caller stopped early (break out of iter_find): cancel, and let the
+                        # peer's final answer arrive before the association is released.
+                        with contextlib.suppress(NetError):
+                            await watch.cancel_now()
+                            async for rsp, received in responses:
+                                if received is not None:
+                                    received.discard()
+                    await responses.aclose()
 
     # ------------------------------------------------------------------ C-MOVE
 
@@ -543,12 +567,7 @@ class QueryRetrieveScu(Scu):
         contexts = [RequestedContext(sop_class)] + [
             RequestedContext(uid, transfer_syntaxes, scu_role=False, scp_role=True) for uid in storage
         ]
-        saved = self.config
-        self.config = receiver.config(saved)
-        try:
-            assoc = await self.associate(contexts, services=receiver.services())
-        finally:
-            self.config = saved
+        assoc = await self.associate(contexts, services=receiver.services(), config=receiver.config(self.config))
         async with assoc:
             ctx = assoc.find_context(sop_class)
             await self._retrieve(assoc, ctx, CommandField.C_GET_RQ, sop_class, identifier, result, cancel)
