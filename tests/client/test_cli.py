@@ -103,3 +103,24 @@ def test_move_and_get(qrscp, receiver, studies, my_port, tmp_path):
 @pytest.mark.parametrize("command", ["store", "find", "move", "get", "echo"])
 def test_help(command):
     assert invoke(command, "--help").exit_code == 0
+
+
+def test_progress_bars_on_a_terminal(qrscp, studies, tmp_path, receiver):
+    """With a terminal (forced with FORCE_COLOR) store and get draw a rich progress bar on stderr
+    that ends at n/n; stdout keeps the summary only."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FORCE_COLOR="1", COLUMNS="120")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pacskit", *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+
+    stored = run("store", address(receiver), *studies["mr"])
+    assert stored.returncode == 0, stored.stderr
+    assert "2/2" in stored.stderr and "━" in stored.stderr and "2 succeeded" in stored.stdout
+    study = str(pydicom.dcmread(studies["ct"][0]).StudyInstanceUID)
+    got = run("get", address(qrscp), "-k", f"StudyInstanceUID={study}", "--into", tmp_path / "g")
+    assert got.returncode == 0, got.stderr
+    assert "5/5" in got.stderr and "5 received" in got.stdout

@@ -16,7 +16,8 @@ How one call goes:
    into ``succeeded``, ``warnings`` and ``failed``.
 
 Events (``scu.on(kind, handler)``): ``before-associate`` (:class:`AssociationRequest`, editable),
-``sent`` (:class:`StoreEvent`, as the C-STORE-RQ goes out), ``response`` (:class:`StoreEvent` with
+``sent`` (:class:`StoreEvent`, when the instance is handed to the association, just before its
+C-STORE-RQ is written), ``response`` (:class:`StoreEvent` with
 its ``result``), ``progress`` (:class:`StoreProgress`, after each response).
 """
 
@@ -331,7 +332,7 @@ def _file_instance(path: Path, report: StoreReport) -> Instance | None:
     try:
         info = read_part10_header(path)
     except (ValueError, OSError) as exc:
-        report.skipped.append((path, str(exc)))
+        report.skipped.append((path, str(exc).removeprefix(f"{path}: ")))
         return None
     reason = _NOT_STORABLE.get(info.sop_class_uid)
     if reason:
