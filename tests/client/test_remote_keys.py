@@ -37,3 +37,49 @@ def test_keys():
     for bad in ("NoSuchKeyword=1", "PatientName[0].X=1", "zzzz,0010=1"):
         with pytest.raises(KeyError_):
             apply_keys(Dataset(), [bad])
+
+
+def test_public_api_is_pinned():
+    import pacskit.client as client
+
+    assert sorted(client.__all__) == sorted([
+        "AssociationRequest", "ClientEvents", "EchoScu", "EventReport", "FindRequest", "FindResult", "Instance",
+        "InstanceRecord", "InstanceResult", "KeyError_", "Keys", "NResult", "NServiceScu", "PatientRecord",
+        "QueryFailed", "QueryRetrieveScu", "ReceivedInstance", "Record", "RemoteAE", "RemoteSpec", "RetrieveProgress",
+        "RetrieveResult", "Scu", "SeriesRecord", "StoreEvent", "StoreProgress", "StoreReport", "StoreScu",
+        "StudyRecord", "UnknownRemote", "WorklistRecord", "apply_keys", "parse_key", "resolve_remote", "run_sync",
+        "user_identity",
+    ])
+    for name in client.__all__:
+        assert getattr(client, name) is not None
+
+
+def test_proposed_contexts_follow_the_data():
+    from pydicom.uid import ExplicitVRLittleEndian as EX, ImplicitVRLittleEndian as IM, JPEGBaseline8Bit as JPEG
+
+    from pacskit.client.store import Instance, proposed_contexts
+
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    contexts = proposed_contexts([Instance(ct, "1", JPEG), Instance(ct, "2", EX), Instance(mr, "3", IM), Instance(ct, "4", JPEG)])
+    assert [(c.abstract_syntax, list(c.transfer_syntaxes)) for c in contexts] == [
+        (ct, [JPEG]), (ct, [EX]), (ct, [IM]),   # own syntaxes, then the fallback minus what is already there
+        (mr, [IM]), (mr, [EX]),
+    ]
+
+
+def test_events_kinds_and_isolation(caplog):
+    from pacskit.client import ClientEvents
+
+    events = ClientEvents(["before-x", "seen"])
+    with pytest.raises(ValueError, match="unknown event"):
+        events.on("nope", print)
+    got = []
+    events.on("seen", lambda e: 1 / 0)
+    events.on("seen", got.append)
+    events.notify("seen", "e")            # a failing observer is logged, the next still runs
+    assert got == ["e"] and "failed (ignored)" in caplog.text
+    events.on("before-x", lambda e: 1 / 0)
+    import asyncio
+
+    with pytest.raises(ZeroDivisionError):  # interventions propagate
+        asyncio.run(events.intervene("before-x", "e"))

@@ -31,7 +31,7 @@ from pacskit.client.query import (
     WorklistRecord,
 )
 from pacskit.client.remote import RemoteAE, RemoteSpec, UnknownRemote, parse_address, resolve_remote
-from pacskit.client.store import InstanceResult, StoreEvent, StoreProgress, StoreReport, StoreScu
+from pacskit.client.store import Instance, InstanceResult, StoreEvent, StoreProgress, StoreReport, StoreScu
 
 __all__ = [
     "AssociationRequest",
@@ -40,6 +40,7 @@ __all__ = [
     "EventReport",
     "FindRequest",
     "FindResult",
+    "Instance",
     "InstanceRecord",
     "InstanceResult",
     "KeyError_",

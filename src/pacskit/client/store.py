@@ -49,7 +49,7 @@ from pacskit.net.sinks import read_part10_header
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["InstanceResult", "StoreEvent", "StoreProgress", "StoreReport", "StoreScu", "StoreSource"]
+__all__ = ["Instance", "InstanceResult", "StoreEvent", "StoreProgress", "StoreReport", "StoreScu", "StoreSource", "proposed_contexts"]
 
 StoreSource = Union[str, "os.PathLike[str]", "Dataset"]
 
