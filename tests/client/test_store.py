@@ -211,3 +211,22 @@ def test_more_than_128_contexts_are_split_over_associations(tmp_path):
         report = scu.store_sync(datasets)
     assert len(report.succeeded) == 70, [r.describe() for r in report.failed][:3]
     assert [len(rq.contexts) for rq in opened] == [128, 12]
+
+
+def test_tls_to_storescp(tmp_path):
+    """DCMTK storescp +tls with pynetdicom's test certificate; we verify it (CA file, host name)."""
+    import ssl
+    from pathlib import Path
+
+    import pynetdicom
+
+    tool("storescp")
+    certs = Path(pynetdicom.__file__).parent / "tests" / "cert_files"
+    path = make_instance(tmp_path / "x.dcm")
+    context = ssl.create_default_context(cafile=str(certs / "server.crt"))
+    with storescp(tmp_path / "out", extra_args=["+tls", str(certs / "server.key"), str(certs / "server.crt"), "-ic"]) as peer:
+        report = StoreScu(address(peer), ssl=context, server_hostname="pynetdicom.test").store_sync(path)
+        assert report.ok
+        with pytest.raises(ConnectionFailed):  # the certificate is not for 127.0.0.1
+            StoreScu(address(peer), ssl=context).store_sync(path)
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 1

@@ -89,6 +89,8 @@ class Scu:
     """Base of the SCUs: one remote AE, our identity, timeouts, and how associations are opened.
 
     ``remote`` is a :class:`RemoteAE`, ``"AET@host:port"`` or a title looked up in ``registry``.
+    ``ssl`` turns on TLS (required for registry entries marked ``tls``); the peer's certificate is
+    checked against ``server_hostname`` (default: the host) when the context checks host names.
     """
 
     EVENTS: tuple[str, ...] = ("before-associate",)
@@ -102,6 +104,7 @@ class Scu:
         config: NetConfig | None = None,
         user_identity: UserIdentityRQ | None = None,
         ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
         bus: EventBus | None = None,
     ) -> None:
         self.remote: RemoteAE = resolve_remote(remote, registry)
@@ -109,6 +112,7 @@ class Scu:
         self.config = config or NetConfig()
         self.user_identity = user_identity
         self.ssl = ssl
+        self.server_hostname = server_hostname
         self.bus = bus
         self.events = ClientEvents(self.EVENTS)
 
@@ -144,6 +148,7 @@ class Scu:
             contexts=request.contexts,
             config=request.config,
             ssl=self.ssl,
+            server_hostname=self.server_hostname or request.host,
             services=services,
             bus=self.bus,
             user_identity=request.user_identity,
