@@ -124,3 +124,22 @@ def test_progress_bars_on_a_terminal(qrscp, studies, tmp_path, receiver):
     got = run("get", address(qrscp), "-k", f"StudyInstanceUID={study}", "--into", tmp_path / "g")
     assert got.returncode == 0, got.stderr
     assert "5/5" in got.stderr and "5 received" in got.stdout
+
+
+def test_tls_options(tmp_path):
+    """echo and store over TLS to DCMTK storescp (+tls, pynetdicom's test certificate)."""
+    from pathlib import Path
+
+    import pynetdicom
+
+    tool("storescp")
+    certs = Path(pynetdicom.__file__).parent / "tests" / "cert_files"
+    files = make_series(tmp_path / "in", 2)
+    tls = ["--tls-ca", certs / "server.crt", "--tls-name", "pynetdicom.test"]
+    with storescp(tmp_path / "out", extra_args=["+tls", str(certs / "server.key"), str(certs / "server.crt"), "-ic"]) as peer:
+        assert invoke("echo", address(peer), *tls).exit_code == 0
+        stored = invoke("store", address(peer), *files, *tls, "-q")
+        assert stored.exit_code == 0 and "2 succeeded" in stored.output
+        wrong_name = invoke("echo", address(peer), "--tls-ca", certs / "server.crt")
+        assert wrong_name.exit_code == 3 and "certificate" in wrong_name.output.lower()
+        assert invoke("echo", address(peer), "--tls-ca", tmp_path / "missing.pem").exit_code == 2

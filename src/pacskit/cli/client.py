@@ -43,6 +43,10 @@ KeysOpt = Annotated[
 LevelOpt = Annotated[str, typer.Option("--level", "-L", help="PATIENT, STUDY, SERIES or IMAGE")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="study (Study Root), patient (Patient Root) or worklist")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+TlsCaOpt = Annotated[Optional[Path], typer.Option("--tls-ca", help="TLS: verify the peer with this CA file (turns TLS on)")]
+TlsCertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="TLS: our certificate (PEM), with --tls-key")]
+TlsKeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", help="TLS: our private key (PEM)")]
+TlsNameOpt = Annotated[Optional[str], typer.Option("--tls-name", help="TLS: the name the peer's certificate must carry [its host]")]
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -81,6 +85,24 @@ def _config(timeout: float) -> NetConfig:
     return NetConfig(acse_timeout=timeout, dimse_timeout=timeout)
 
 
+def _scu_options(remote: Any, calling: str, timeout: float, ca: Path | None, cert: Path | None, key: Path | None, name: str | None) -> dict[str, Any]:
+    """Keyword arguments every SCU takes: identity, timeouts and TLS (on with --tls-ca, or when the
+    registry marks the AE ``tls``: then the system's CA store verifies it)."""
+    options: dict[str, Any] = {"calling_ae": calling, "config": _config(timeout)}
+    if ca is None and cert is None and not remote.tls:
+        return options
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        if cert is not None:
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise fail(f"TLS set-up failed: {exc}", EXIT_USAGE) from None
+    options.update(ssl=context, server_hostname=name)
+    return options
+
+
 def _progress(quiet: bool) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -106,6 +128,10 @@ def store(
     verbose: VerboseOpt = 0,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
 ) -> None:
     """C-STORE files and folders to a peer. Exit 1 if any instance failed (warnings are not failures)."""
     from pacskit.client import StoreScu
@@ -115,7 +141,7 @@ def store(
         if not path.exists():
             raise fail(f"{path} does not exist", EXIT_USAGE)
     remote = resolve_target(target, data_dir, config)
-    scu = StoreScu(remote, calling_ae=calling, associations=associations, config=_config(timeout))
+    scu = StoreScu(remote, associations=associations, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
 
     async def go() -> Any:
         with _progress(quiet) as progress:
@@ -176,6 +202,10 @@ def find(
     verbose: VerboseOpt = 0,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
 ) -> None:
     """C-FIND (Study Root, Patient Root or Modality Worklist); prints a table, JSON or CSV."""
     from pacskit.client import QueryRetrieveScu
@@ -185,7 +215,7 @@ def find(
         raise fail("--json and --csv exclude each other", EXIT_USAGE)
     remote = resolve_target(target, data_dir, config)
     try:
-        scu = QueryRetrieveScu(remote, calling_ae=calling, model=model, config=_config(timeout))
+        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
         scu.identifier(key, level)  # validate level and keys before connecting
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -257,6 +287,10 @@ def move(
     verbose: VerboseOpt = 0,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
 ) -> None:
     """C-MOVE to another AE (--dest), or to ourselves (--into DIR --port P, our AE title is --calling)."""
     from pacskit.client import QueryRetrieveScu
@@ -268,7 +302,9 @@ def move(
         raise fail("--into needs --port: the port the peer has for our AE title", EXIT_USAGE)
     remote = resolve_target(target, data_dir, config)
     try:
-        scu = QueryRetrieveScu(remote, calling_ae=calling, model=model, receive_port=port, receive_host=listen_host, config=_config(timeout))
+        scu = QueryRetrieveScu(
+            remote, model=model, receive_port=port, receive_host=listen_host, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name)
+        )
         scu.identifier(key, level, "C-MOVE")
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -299,6 +335,10 @@ def get(
     verbose: VerboseOpt = 0,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
 ) -> None:
     """C-GET: the instances come back on the same association into --into."""
     from pacskit.client import QueryRetrieveScu
@@ -306,7 +346,7 @@ def get(
     _setup_logging(verbose)
     remote = resolve_target(target, data_dir, config)
     try:
-        scu = QueryRetrieveScu(remote, calling_ae=calling, model=model, config=_config(timeout))
+        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
         scu.identifier(key, level, "C-GET")
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -332,13 +372,17 @@ def echo(
     verbose: VerboseOpt = 0,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
 ) -> None:
     """Send C-ECHO (Verification) to a peer and report the outcome."""
     from pacskit.client import EchoScu
 
     _setup_logging(verbose)
     remote = resolve_target(target, data_dir, config)
-    status = run(EchoScu(remote, calling_ae=calling, config=_config(timeout)).echo(repeat))
+    status = run(EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name)).echo(repeat))
     if status:
         raise fail(f"C-ECHO to {target} answered status 0x{status:04X}", EXIT_FAILURE_STATUS)
     typer.echo(f"C-ECHO to {target}: Success")
