@@ -435,20 +435,22 @@ class QueryRetrieveScu(Scu):
         To stop early, iterate inside ``async with contextlib.aclosing(scu.iter_find(...)) as it:``:
         closing it sends C-CANCEL, waits for the peer's final answer and releases the association.
         (An abandoned iterator is only finalised when the event loop shuts down, by an abort.)"""
-        async for item in self._find(keys, level, limit, cancel):
-            if isinstance(item, Record):
-                yield item
-            elif status_category(item.status) == "Failure":
-                raise QueryFailed("C-FIND", item.status, item.error_comment)
+        async with contextlib.aclosing(self._find(keys, level, limit, cancel)) as items:  # closed with us
+            async for item in items:
+                if isinstance(item, Record):
+                    yield item
+                elif status_category(item.status) == "Failure":
+                    raise QueryFailed("C-FIND", item.status, item.error_comment)
 
     async def find(self, keys: Keys = None, *, level: str | None = None, limit: int | None = None, cancel: asyncio.Event | None = None) -> FindResult:
         """All matches and the final status (a Failure status is returned, not raised)."""
         result = FindResult()
-        async for item in self._find(keys, level, limit, cancel):
-            if isinstance(item, Record):
-                result.records.append(item)
-            else:
-                result.status, result.error_comment = item.status, item.error_comment
+        async with contextlib.aclosing(self._find(keys, level, limit, cancel)) as items:
+            async for item in items:
+                if isinstance(item, Record):
+                    result.records.append(item)
+                else:
+                    result.status, result.error_comment = item.status, item.error_comment
         return result
 
     def find_sync(self, keys: Keys = None, *, level: str | None = None, limit: int | None = None) -> FindResult:
