@@ -161,6 +161,15 @@ def test_connection_refused_and_rejected(tmp_path):
     assert "rejected" in str(info.value)
 
 
+def test_named_files_that_cannot_be_sent_are_failures(tmp_path, scp):
+    good = make_instance(tmp_path / "good.dcm")
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    report = StoreScu(address(scp)).store_sync([good, tmp_path / "notes.txt", tmp_path / "typo.dcm"])
+    assert len(report.succeeded) == 1 and not report.skipped and not report.ok
+    assert sorted(r.instance.path.name for r in report.failed) == ["notes.txt", "typo.dcm"]
+    assert all(r.status is None and r.message for r in report.failed)
+
+
 def test_sync_wrapper_refuses_a_running_loop(tmp_path, scp):
     async def inside() -> None:
         StoreScu(address(scp)).store_sync(tmp_path)

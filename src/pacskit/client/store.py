@@ -4,7 +4,8 @@ How one call goes:
 
 1. **Collect.** Paths are walked (folders recursively, sorted); each file's File Meta Information is
    read with :func:`~pacskit.net.sinks.read_part10_header` (no pydicom, pixel data never touched).
-   Files that are not Part 10, or are not storable (DICOMDIR), are *skipped* and listed in the report.
+   Files found in folders that are not Part 10, or are not storable (DICOMDIR), are *skipped* and
+   listed in the report; such a file named explicitly is a failure.
 2. **Propose.** Per SOP class: one presentation context per transfer syntax the instances are encoded
    in (so they can go as stored), plus an uncompressed fallback (Explicit / Implicit VR Little Endian).
    More than 128 contexts are split over consecutive associations, grouped by SOP class.
@@ -211,7 +212,7 @@ class StoreScu(Scu):
                     if inst is not None:
                         yield inst
             else:
-                inst = _file_instance(path, report)
+                inst = _file_instance(path, report, named=True)
                 if inst is not None:
                     yield inst
 
@@ -328,15 +329,20 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def _file_instance(path: Path, report: StoreReport) -> Instance | None:
+def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Instance | None:
+    """A file found in a folder that cannot be sent is *skipped* (folders hold READMEs and DICOMDIRs);
+    a file the caller named is a *failure* (a typo must not pass as success)."""
+    reason = ""
     try:
         info = read_part10_header(path)
+        reason = _NOT_STORABLE.get(info.sop_class_uid, "")
     except (ValueError, OSError) as exc:
-        report.skipped.append((path, str(exc).removeprefix(f"{path}: ")))
-        return None
-    reason = _NOT_STORABLE.get(info.sop_class_uid)
+        reason = str(exc).removeprefix(f"{path}: ")
     if reason:
-        report.skipped.append((path, reason))
+        if named:
+            report.results.append(InstanceResult(Instance("", "", "", path=path), None, message=reason))
+        else:
+            report.skipped.append((path, reason))
         return None
     return Instance(
         info.sop_class_uid, info.sop_instance_uid, info.transfer_syntax, path=path,
