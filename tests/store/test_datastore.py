@@ -475,3 +475,80 @@ def test_get_instance_usable_after_session(store: DataStore) -> None:
     assert store.count() == 1 and store.count("patients") == 1
     assert isinstance(store.blobs, FilesystemBlobStore)
     assert store.instance_path(r.sop_instance_uid) == store.blobs.path(r.blob_key)
+
+
+def test_group_commit_shares_one_transaction_and_isolates_failures(store: DataStore) -> None:
+    """Callers queued behind a running transaction run together, each in its own SAVEPOINT."""
+    import threading
+
+    from sqlalchemy import text
+
+    from pacskit.store.index import Index
+
+    index = Index(store.index.engine, group_commit=True)
+    release, leading = threading.Event(), threading.Event()
+    sessions: dict[str, int] = {}
+
+    def slow(s: Any) -> str:
+        leading.set()
+        release.wait(10)
+        return "first"
+
+    def writer(name: str, fail: bool = False):
+        def work(s: Any) -> str:
+            sessions[name] = id(s)
+            s.execute(text("UPDATE patients SET patient_sex = :n WHERE patient_id = 'GC'"), {"n": name})
+            if fail:
+                raise ValueError(name)
+            return name
+        return work
+
+    store.ingest(make_instance(store.temp_dir, PatientID="GC"), source_ae="A")
+    results: dict[str, Any] = {}
+
+    def run(name: str, work: Any) -> None:
+        try:
+            results[name] = index.run_write_shared(work)
+        except Exception as exc:
+            results[name] = exc
+
+    first = threading.Thread(target=run, args=("first", slow))
+    first.start()
+    assert leading.wait(10)
+    others = [threading.Thread(target=run, args=(n, writer(n, fail=(n == "B")))) for n in ("A", "B", "C")]
+    for t in others:
+        t.start()
+    while len(index._group._queue) < 3:  # type: ignore[union-attr]
+        threading.Event().wait(0.01)
+    release.set()
+    for t in (first, *others):
+        t.join(10)
+    assert results["first"] == "first" and results["A"] == "A" and results["C"] == "C"
+    assert isinstance(results["B"], ValueError)
+    assert sessions["A"] == sessions["B"] == sessions["C"]  # one shared transaction
+    with store.index.reading() as s:  # A and C committed, B's change undone: the last writer is C
+        assert s.execute(text("SELECT patient_sex FROM patients WHERE patient_id = 'GC'")).scalar() in ("A", "C")
+
+
+def test_fast_path_survives_deleted_and_reused_series(store: DataStore) -> None:
+    """A cached series that was pruned (and whose row id another series took) is not appended to."""
+    study, gone, other = new_uid(), new_uid(), new_uid()
+    first = store.ingest(make_instance(store.temp_dir, StudyInstanceUID=study, SeriesInstanceUID=gone),
+                         source_ae="A")
+    store.ingest(make_instance(store.temp_dir, StudyInstanceUID=study, SeriesInstanceUID=gone), source_ae="A")
+    for uid in [first.sop_instance_uid] + [
+        u for (u,) in store.index.engine.connect().execute(select(Instance.sop_instance_uid))
+        if u != first.sop_instance_uid
+    ]:
+        assert store.delete_instance(uid)
+    assert store.counts().series == 0
+    store.ingest(make_instance(store.temp_dir, StudyInstanceUID=study, SeriesInstanceUID=other), source_ae="A")
+    again = store.ingest(make_instance(store.temp_dir, StudyInstanceUID=study, SeriesInstanceUID=gone),
+                         source_ae="A")
+    assert again.status == IngestStatus.STORED
+    inst = store.get_instance(again.sop_instance_uid)
+    assert inst is not None and inst.series.series_instance_uid == gone
+    counts = store.counts()
+    assert (counts.studies, counts.series, counts.instances) == (1, 2, 2)
+    report = store.check()
+    assert report.ok, str(report)

@@ -65,3 +65,47 @@ def test_ingest_refuses_deep_nesting_and_stores_nothing(tmp_path: Path) -> None:
         assert store.check().ok
     finally:
         store.close()
+
+
+def _nested_raw(path: Path, depth: int) -> Path:
+    """Explicit VR LE, undefined lengths, written byte by byte (pydicom's writer recurses and crashes
+    the interpreter long before 300 levels): ContentSequence > item > ConceptNameCodeSequence > ..."""
+    import struct
+
+    make_instance(path, transfer_syntax="1.2.840.10008.1.2.1")
+    raw = path.read_bytes()
+    pixels = raw.index(b"\xe0\x7f\x10\x00OB") if b"\xe0\x7f\x10\x00OB" in raw else raw.index(b"\xe0\x7f\x10\x00OW")
+    seq = lambda tag: struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, b"SQ", 0, 0xFFFFFFFF)  # noqa: E731
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    close = struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    body = seq(0x0040A730) + item + (seq(0x0040A043) + item) * (depth - 1)
+    body += struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 2) + b"X "
+    path.write_bytes(raw[:pixels] + body + close * depth + raw[pixels:])
+    return path
+
+
+def test_depth_300_refused_cleanly_through_the_server(tmp_path: Path) -> None:
+    """No RecursionError anywhere: the walk refuses it, pydicom never sees it, the server goes on."""
+    import asyncio
+
+    from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext, connect
+    from pacskit.server.server import Server
+    from pacskit.server.settings import load_settings
+
+    deep = _nested_raw(tmp_path / "deep300.dcm", 300)
+    info = read_part10_header(deep)
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    (folder / "server.toml").write_text('ae_title = "DEEPPACS"\nport = 0\ndata_dir = "data"\n')
+
+    async def run() -> tuple[int, str, int, int]:
+        async with Server(load_settings(folder)) as server:
+            contexts = [RequestedContext(info.sop_class_uid, (info.transfer_syntax,)),
+                        RequestedContext(VERIFICATION_SOP_CLASS)]
+            async with await connect("127.0.0.1", server.port, called_ae="DEEPPACS", contexts=contexts) as assoc:
+                rsp = await assoc.store(deep)
+                return rsp.status, rsp.get("ErrorComment", ""), await assoc.echo(), server.store.count()
+
+    status, comment, echo, count = asyncio.run(run())
+    assert (status, echo, count) == (0xC000, 0x0000, 0)
+    assert "nesting deeper than 64" in comment

@@ -10,7 +10,8 @@ Statuses (PS3.4 B.2.3, PS3.7 C):
 ========  ==================================================================================
 0x0000    stored (or a duplicate kept as first received, with ``duplicate_policy = "keep-first"``)
 0x0111    duplicate SOP Instance refused (``duplicate_policy = "reject"``)
-0xA700    out of resources (disk full, dataset above the size cap)
+0xA700    out of resources (disk full, dataset above the size cap, deflated dataset inflating
+          beyond 256 MiB)
 0xA900    dataset does not match the command (SOP Class / Instance UID differ)
 0xC000    cannot understand (unparseable header, missing or invalid UIDs, nesting too deep)
 ========  ==================================================================================
@@ -59,7 +60,7 @@ class StorageAddIn(AddIn):
         return {"C-STORE": self.on_store}
 
     def on_store(self, request: Request) -> Response:
-        from pacskit.store import IngestStatus, InstanceMismatch, InvalidInstance
+        from pacskit.store import IngestStatus, InstanceMismatch, InstanceTooLarge, InvalidInstance
 
         store = self.base.store
         received = request.received
@@ -74,7 +75,8 @@ class StorageAddIn(AddIn):
                 duplicate_policy=self.options.duplicate_policy,
             )
         except InvalidInstance as exc:
-            status = 0xA900 if isinstance(exc, InstanceMismatch) else 0xC000
+            status = (0xA900 if isinstance(exc, InstanceMismatch)
+                      else 0xA700 if isinstance(exc, InstanceTooLarge) else 0xC000)
             self.base.log.warning(
                 "C-STORE %s from %s refused (0x%04X): %s",
                 request.sop_instance_uid,

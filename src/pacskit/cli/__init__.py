@@ -115,11 +115,15 @@ def serve(
     open_mode: Annotated[
         Optional[bool], typer.Option("--open/--registered-only", help="accept any calling AE even off loopback")
     ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(help="processes serving the port, each a full server [1]", min=1, max=64)
+    ] = None,
 ) -> None:
     """Run the PACS server with its add-ins (Verification, Storage, and any installed ones)."""
     from pacskit.server.server import run_server
 
-    settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode)
+    settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode,
+                                workers=workers)
     raise typer.Exit(run_server(settings))
 
 

@@ -24,6 +24,9 @@ class NetConfig:
       of a message once its first fragment arrived.
     - ``network_timeout``: an established association with no incoming traffic for this long is aborted.
     - ``handler_threads``: threads for plain-function handlers, so a slow handler never blocks the loop.
+    - ``spare_temp_files``: empty temp files kept ready in ``temp_dir`` by a helper thread, so
+      receiving a dataset never waits on file creation on the event loop (which a journalling file
+      system delays while another thread's fsync commits). 0: created on demand. The server uses 8.
     """
 
     max_pdu_length: int = 262_144
@@ -42,6 +45,7 @@ class NetConfig:
     transfer_syntax_preference: Sequence[str] | None = None
     unlimited_pdu_send_size: int = 1024 * 1024
     fsync_received: bool = False
+    spare_temp_files: int = 0
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
 

@@ -192,7 +192,8 @@ class Services:
                 assoc.remote_ae_title,
             )
             return Part10FileSink(
-                config.temp_dir, header, context.transfer_syntax, config.max_dataset_size, config.fsync_received
+                config.temp_dir, header, context.transfer_syntax, config.max_dataset_size, config.fsync_received,
+                config.spare_temp_files,
             )
         return MemorySink(context.transfer_syntax, config.max_memory_dataset)
 

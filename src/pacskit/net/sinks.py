@@ -13,14 +13,17 @@ nothing half-received is ever left behind.
 
 from __future__ import annotations
 
+import atexit
+import collections
 import io
 import itertools
 import os
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
@@ -82,9 +85,9 @@ class ReceivedDataset:
             return dcmread(self.path, stop_before_pixels=stop_before_pixels, force=True)
         raw = self.data or b""
         if self.transfer_syntax == DeflatedExplicitVRLittleEndian:
-            import zlib
-
-            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+            inflated = io.BytesIO()
+            inflate(raw, inflated.write, MAX_INFLATED_IN_MEMORY)
+            raw = inflated.getvalue()
         ds = read_dataset(
             io.BytesIO(raw),
             is_implicit_VR=self.transfer_syntax == ImplicitVRLittleEndian,
@@ -173,6 +176,95 @@ def encode_file_meta(
     return bytes(128) + b"DICM" + elem(0x0000, b"UL", struct.pack("<L", len(group)), b"") + group
 
 
+def _create_temp(folder: str) -> tuple[int, str]:
+    """A new empty temp file in ``folder``, named from the process id and a counter (never a UID)."""
+    while True:
+        path = f"{folder}/rx-{_PID}-{next(_COUNTER)}.part"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:  # a stale file from an earlier process with the same pid
+            continue
+
+
+class TempFiles:
+    """Empty temp files created ahead of need by a helper thread, so the event loop never waits.
+
+    Creating a file is a metadata change: on a journalling file system it waits while another
+    thread's fsync commits the journal, which, on the event loop, would stall every association.
+    :meth:`take` hands out a spare (or, if none is left, creates one on the spot). Spares left at
+    exit are deleted; a crash leaves empty ``.part`` files, which the server purges at start-up.
+    """
+
+    def __init__(self, folder: str, spare: int = 8) -> None:
+        self.folder = folder
+        self.spare = spare
+        self._spare: collections.deque[tuple[int, str]] = collections.deque()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[int, str]:
+        while True:
+            try:
+                item = self._spare.popleft()
+            except IndexError:
+                item = _create_temp(self.folder)
+                break
+            if os.fstat(item[0]).st_nlink:
+                break
+            os.close(item[0])  # purged meanwhile (a server started on this folder): not usable
+        if self._thread is None:
+            self._start()
+        self._wake.set()
+        return item
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._fill, name="pacskit-tempfiles", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+
+    def _fill(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._thread is None:
+                return
+            try:
+                while len(self._spare) < self.spare:
+                    self._spare.append(_create_temp(self.folder))
+            except OSError:  # disk full, folder gone: take() creates (and reports) on its own
+                pass
+
+    def spare_paths(self) -> set[str]:
+        """Paths of the spare (empty, unused) files right now."""
+        return {path for _, path in list(self._spare)}
+
+    def close(self) -> None:
+        """Delete the spare files and stop the helper thread."""
+        self._thread = None
+        self._wake.set()
+        while self._spare:
+            fd, path = self._spare.popleft()
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+_TEMP_FILES: dict[str, TempFiles] = {}
+
+
+def temp_files(folder: str, spare: int = 8) -> TempFiles:
+    """The :class:`TempFiles` of ``folder`` (one per folder and process; the first call sets ``spare``)."""
+    pool = _TEMP_FILES.get(folder)
+    if pool is None:
+        pool = _TEMP_FILES.setdefault(folder, TempFiles(folder, spare))
+    return pool
+
+
 class Part10FileSink:
     """Streams a dataset into a temporary Part 10 file in ``directory``.
 
@@ -192,16 +284,10 @@ class Part10FileSink:
         transfer_syntax: str,
         max_size: int = 0,
         fsync: bool = False,
+        spare: int = 0,
     ) -> None:
         folder = os.fspath(directory) if directory is not None else tempfile.gettempdir()
-        while True:
-            path = f"{folder}/rx-{_PID}-{next(_COUNTER)}.part"
-            try:
-                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                break
-            except FileExistsError:  # a stale file from an earlier process with the same pid
-                continue
-        self._path = path
+        self._fd, self._path = temp_files(folder, spare).take() if spare else _create_temp(folder)
         self._header_len = len(header)
         self._size = 0
         self._max = max_size
@@ -239,6 +325,49 @@ class Part10FileSink:
             pass
 
 
+#: What a deflated dataset may inflate to when decoded in memory (a deflate bomb inflates ~1000:1).
+MAX_INFLATED_IN_MEMORY = 64 * 1024 * 1024
+_INFLATE_PIECE = 1 << 20
+
+
+class InflationLimit(ValueError):
+    """A deflated dataset inflates beyond the allowed size (a deflate bomb, or simply too big)."""
+
+
+def inflate(source: BinaryIO | bytes, write: Any, limit: int) -> int:
+    """Inflate the raw deflate stream ``source`` (PS3.5 A.5: Deflated Explicit VR Little Endian) into
+    ``write``, a piece of at most 1 MiB at a time; returns the inflated size.
+
+    Raises :class:`InflationLimit` as soon as more than ``limit`` bytes would come out, so neither
+    memory nor disk ever holds more than that, whatever the compression ratio. Raises ``zlib.error``
+    for a corrupt stream.
+    """
+    import zlib
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    view = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    while True:
+        data = view.read(_INFLATE_PIECE)
+        if not data:
+            break
+        while data:
+            piece = inflater.decompress(data, _INFLATE_PIECE)
+            total += len(piece)
+            if total > limit:
+                raise InflationLimit(f"deflated dataset inflates beyond {limit:,} bytes")
+            write(piece)
+            data = inflater.unconsumed_tail
+        if inflater.eof:
+            break
+    rest = inflater.flush()
+    total += len(rest)
+    if total > limit:
+        raise InflationLimit(f"deflated dataset inflates beyond {limit:,} bytes")
+    write(rest)
+    return total
+
+
 @dataclass(slots=True)
 class Part10Info:
     """What :func:`read_part10_header` found: the File Meta values and where the dataset starts."""
@@ -248,6 +377,7 @@ class Part10Info:
     transfer_syntax: str
     dataset_offset: int
     file_size: int
+    source_ae: str | None = None  # (0002,0016) Source Application Entity Title, if present
 
 
 def read_part10_header(path: str | os.PathLike[str]) -> Part10Info:
@@ -281,7 +411,7 @@ def read_part10_header(path: str | os.PathLike[str]) -> Part10Info:
             pos += header_len + length
         size = os.fstat(fh.fileno()).st_size
     try:
-        return Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size)
+        return Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size, values.get(0x0016) or None)
     except KeyError as exc:
         raise ValueError(f"{path}: file meta information lacks (0002,{exc.args[0]:04X})") from exc
 

@@ -57,17 +57,23 @@ def merge_contexts(claims: Sequence[tuple[str, SupportedContext]]) -> list[Suppo
     return list(merged.values())
 
 
-def open_store(settings: ServerSettings) -> Any:
-    """The default ``store`` base service: the SQL index at ``database.url`` + files under ``storage.path``."""
+def open_store(settings: ServerSettings, *, recover: bool = True) -> Any:
+    """The default ``store`` base service: the SQL index at ``database.url`` + files under ``storage.path``.
+
+    ``recover`` (the default) first cleans up after a crash — temp files and journalled blobs that
+    were never acknowledged. It must only run while no other process writes to the store: worker
+    processes pass ``False`` (their parent recovered before starting them).
+    """
     from pacskit.store import DataStore, FilesystemBlobStore
 
     settings.data_path.mkdir(parents=True, exist_ok=True)
     blobs = FilesystemBlobStore(settings.storage_path)
-    # Temp files left by a crash were never acknowledged: drop them before accepting associations.
-    removed = blobs.purge_temp()
-    if removed:
-        log.warning("removed %d incomplete temp files left by an earlier run", removed)
-    return DataStore.open(settings.database_url, blobs=blobs)
+    if recover:
+        # Temp files left by a crash were never acknowledged: drop them before accepting associations.
+        removed = blobs.purge_temp()
+        if removed:
+            log.warning("removed %d incomplete temp files left by an earlier run", removed)
+    return DataStore.open(settings.database_url, blobs=blobs, recover=recover)
 
 
 class Server:
@@ -86,8 +92,10 @@ class Server:
         store: Any = None,
         ae_titles: AeTitles | None = None,
         dicom_request: DicomRequest | None = None,
+        worker: bool = False,
     ) -> None:
         self.settings = settings
+        self.worker = worker  # one of several processes sharing the port and the store
         self.bus = EventBus()
         self.services = Services()
         self.manager = AddInManager()
@@ -105,7 +113,7 @@ class Server:
     def _open_store(self) -> Any:
         if self._store is not None:
             return self._store
-        return open_store(self.settings)
+        return open_store(self.settings, recover=not self.worker)
 
     def _load_addins(self, base_for: Any) -> None:
         if self._addin_classes is not None:
@@ -145,7 +153,7 @@ class Server:
         outgoing_config = config = settings.net_config()
         temp_dir = getattr(store, "temp_dir", None)
         if temp_dir is not None:
-            config = dataclasses.replace(config, temp_dir=str(temp_dir))
+            config = dataclasses.replace(config, temp_dir=str(temp_dir), spare_temp_files=8)
         dicom_request = self._dicom_request or DicomRequest(settings.ae_title, ae_titles, outgoing_config, self.bus)
         self.ae_titles = ae_titles
 
@@ -176,7 +184,7 @@ class Server:
             on_associate=self._check_calling_ae,
         )
         try:
-            await self.acceptor.start(settings.host, settings.port)
+            await self.acceptor.start(settings.host, settings.port, reuse_port=self.worker)
         except OSError as exc:
             self._close_store()
             reason = exc.strerror or str(exc)
@@ -233,11 +241,15 @@ class Server:
         await self.stop()
 
 
-def configure_logging(settings: ServerSettings) -> None:
-    """Console and rotating-file logging as the settings say (idempotent per process)."""
+def configure_logging(settings: ServerSettings, *, worker: bool = False) -> None:
+    """Console and rotating-file logging as the settings say (idempotent per process).
+
+    Worker processes (and their parent) tag each line with the process id.
+    """
     root = logging.getLogger()
     root.setLevel(settings.logging.level)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tag = " [%(process)d]" if worker or settings.workers > 1 else ""
+    fmt = logging.Formatter(f"%(asctime)s{tag} %(levelname)s %(name)s: %(message)s")
     for handler in list(root.handlers):
         if getattr(handler, "_pacskit", False):
             root.removeHandler(handler)
@@ -255,11 +267,20 @@ def configure_logging(settings: ServerSettings) -> None:
         root.addHandler(handler)
 
 
-def run_server(settings: ServerSettings) -> int:
-    """Run until SIGINT/SIGTERM; returns the process exit code (1 with one line on start-up errors)."""
+def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit code (1 with one line on start-up errors).
+
+    With ``settings.workers > 1`` this process becomes the parent of that many worker processes
+    (see :mod:`pacskit.server.workers`); ``worker`` is how such a worker runs itself.
+    """
+    if settings.workers > 1 and not worker:
+        from pacskit.server.workers import run_workers
+
+        configure_logging(settings)
+        return run_workers(settings)
 
     async def run() -> int:
-        server = Server(settings)
+        server = Server(settings, worker=worker)
         try:
             await server.start()
         except (ServerError, AddInError) as exc:
@@ -279,5 +300,5 @@ def run_server(settings: ServerSettings) -> int:
         await server.stop()
         return 0
 
-    configure_logging(settings)
+    configure_logging(settings, worker=worker)
     return asyncio.run(run())

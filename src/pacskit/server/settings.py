@@ -10,6 +10,7 @@ Example::
     host = "127.0.0.1"
     port = 11112
     max_associations = 100
+    workers = 1                 # processes serving the port (SO_REUSEPORT), each with its add-ins
 
     [timeouts]
     acse = 30
@@ -100,6 +101,7 @@ class ServerSettings(_Strict):
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
     handler_threads: int = Field(8, ge=1)
+    workers: int = Field(1, ge=1, le=64)
     timeouts: Timeouts = Timeouts()
     database: DatabaseSettings = DatabaseSettings()
     storage: StorageSettings = StorageSettings()

@@ -22,6 +22,7 @@ from pacskit.store.engine import make_engine, make_url
 from pacskit.store.extract import (
     InstanceAttributes,
     InstanceMismatch,
+    InstanceTooLarge,
     InvalidInstance,
     is_valid_uid,
     read_index_attributes,
@@ -46,6 +47,7 @@ __all__ = [
     "Instance",
     "InstanceAttributes",
     "InstanceMismatch",
+    "InstanceTooLarge",
     "InvalidBlobKey",
     "InvalidInstance",
     "MemoryBlobStore",

@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -49,8 +50,16 @@ def validate_key(key: str) -> str:
 
 
 def new_key() -> str:
-    """A fresh random key (128 bits, 32 hex digits)."""
-    return secrets.token_hex(16)
+    """A fresh key: 32 hex digits, the first 4 the minute of creation (modulo 2^16, about 45 days), the
+    other 112 bits random.
+
+    The filesystem store fans out on the first four digits, so the blobs of one minute share a
+    directory: a young store creates (and syncs) one directory a minute instead of two per blob, and
+    a burst of ingests keeps touching the same directory. Over 45 days every directory is reused; the
+    random part keeps keys unique and unguessable.
+    """
+    minute = (int(time.time()) // 60) & 0xFFFF
+    return f"{minute:04x}{secrets.token_hex(14)}"
 
 
 @runtime_checkable

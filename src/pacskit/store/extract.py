@@ -17,13 +17,18 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.charset import python_encoding
+from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.tag import BaseTag
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from pacskit.store import models as m
+from pacskit.net.sinks import InflationLimit, inflate
+from pacskit.store.nesting import check_nesting
 from pacskit.store.models import normalise_person_name
 
 #: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
@@ -77,6 +82,15 @@ class InvalidInstance(ValueError):
 
 class InstanceMismatch(InvalidInstance):
     """The dataset's SOP Class / Instance UID differs from the C-STORE command's (status 0xA900)."""
+
+
+class InstanceTooLarge(InvalidInstance):
+    """The dataset is beyond a size limit (a deflated dataset inflating too far): status 0xA700."""
+
+
+#: What a stored deflated dataset may inflate to (PS3.5 A.5). A deflate bomb inflates about 1000:1;
+#: this bounds the disk and memory one received instance can make us spend.
+MAX_INFLATED = 256 * 1024 * 1024
 
 
 def format_tag(tag: int) -> str:
@@ -221,6 +235,94 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax_uid: str | None = None,
     )
 
 
+_TAG_FIELD: dict[int, tuple[str, str, int]] = {}  # tag -> (field, kind, limit); kind: uid/text/int
+for _kw, _field in _UID_FIELDS.items():
+    _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "uid", UID_MAX)  # type: ignore[index]
+for _kw, (_field, _limit) in _TEXT_FIELDS.items():
+    _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "text", _limit)  # type: ignore[index]
+for _kw, _field in _INT_FIELDS.items():
+    _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "int", 0)  # type: ignore[index]
+_CHARSET_TAG = 0x00080005
+_PN_TAGS = frozenset({0x00100010, 0x00080090})  # PatientName, ReferringPhysicianName
+#: Tags the ingest walk collects (:func:`pacskit.store.nesting.check_nesting` ``collect``).
+WALK_TAGS = frozenset(INDEX_TAGS)
+_EXPECTED_VR: dict[int, bytes] = {t: dictionary_VR(t).encode() for t in WALK_TAGS}
+# Character sets whose bytes never contain 0x5C (backslash) or 0x3D (=) inside a character, so values
+# split and decode like ASCII: single-byte sets without code extensions, and UTF-8. Anything else
+# (ISO 2022 escapes, GB18030, GBK, Shift JIS) is decoded by pydicom.
+_SIMPLE_CHARSETS = {
+    name: codec for name, codec in python_encoding.items()
+    if not name.startswith("ISO 2022") and name not in ("ISO_IR 13", "GB18030", "GBK")
+}
+
+
+def attributes_from_walk(values: dict[int, tuple[bytes | None, bytes]], transfer_syntax_uid: str,
+                         source_ae: str | None = None, *, little_endian: bool = True,
+                         implicit_vr: bool = False) -> InstanceAttributes:
+    """:class:`InstanceAttributes` from the raw top-level values of an ingest walk.
+
+    The same values :func:`attributes_from_dataset` gives for the same file (tests compare the two
+    over pydicom's corpus). Values whose VR is not the dictionary's, or whose character set needs code
+    extensions, are handed to pydicom. Raises :class:`InvalidInstance`.
+    """
+    charset_raw = values.get(_CHARSET_TAG)
+    charset_text = charset_raw[1].decode("ascii", "replace").strip(" \x00") if charset_raw else ""
+    terms = [t.strip() for t in charset_text.split("\\")] if charset_text else [""]
+    codec = _SIMPLE_CHARSETS.get(terms[0]) if len(terms) == 1 else None
+    if codec is None or any(vr is not None and vr != _EXPECTED_VR[t] for t, (vr, _) in values.items()):
+        return attributes_from_dataset(_raw_dataset(values, little_endian, implicit_vr), transfer_syntax_uid,
+                                       source_ae)
+    fields: dict[str, Any] = {}
+    for tag, (field, kind, limit) in _TAG_FIELD.items():
+        item = values.get(tag)
+        if kind == "uid":
+            raw = item[1].decode("ascii", "replace").rstrip(" \x00") if item else None
+            if raw is not None and "\\" in raw:
+                fields[field] = check_uid(raw.split("\\"), tag)
+            else:
+                fields[field] = check_uid(raw, tag)
+            continue
+        if item is None:
+            fields[field] = None
+            continue
+        try:
+            text = item[1].decode(codec)
+        except UnicodeDecodeError:
+            return attributes_from_dataset(_raw_dataset(values, little_endian, implicit_vr), transfer_syntax_uid,
+                                           source_ae)
+        parts = [v.rstrip(" \x00") for v in text.split("\\")]
+        if tag in _PN_TAGS:  # as pydicom's PersonName: trailing empty component groups dropped
+            parts = [v.rstrip("=") for v in parts]
+        if kind == "int":
+            fields[field] = _int(parts[0].strip()) if parts and parts[0].strip() else None
+            continue
+        value = _text(parts if len(parts) > 1 else parts[0], limit)
+        if field in _DATE_FIELDS:
+            value = _date(value)
+        elif field == "study_time" and value is not None:
+            value = value.replace(":", "") or None
+        fields[field] = value
+    return InstanceAttributes(
+        transfer_syntax_uid=_text(transfer_syntax_uid, m.UI),
+        specific_character_set=charset_text[: m.CHARSET] or None,
+        source_ae=_text(source_ae, m.AE),
+        **fields,
+    )
+
+
+def _raw_dataset(values: dict[int, tuple[bytes | None, bytes]], little_endian: bool, implicit_vr: bool) -> Dataset:
+    """A pydicom Dataset of undecoded elements (decoded lazily by pydicom, with the character set)."""
+    ds = Dataset()
+    ds.set_original_encoding(implicit_vr, little_endian)
+    for tag in sorted(values):
+        vr, value = values[tag]
+        ds[tag] = RawDataElement(  # type: ignore[assignment]
+            BaseTag(tag), vr.decode("ascii") if vr is not None else None, len(value), value, 0,
+            implicit_vr, little_endian,
+        )
+    return ds
+
+
 def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated) for a transfer syntax; unknown ones are explicit LE."""
     uid = UID(transfer_syntax)
@@ -228,6 +330,49 @@ def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
         return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
     except ValueError:
         return False, True, False
+
+
+def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_syntax_uid: str,
+                  source_ae: str | None = None) -> InstanceAttributes:
+    """Guard the nesting depth and read the indexed attributes in one pass over the file.
+
+    What ingest runs on every received instance: :func:`pacskit.store.nesting.check_nesting` walks
+    the element headers (raising :class:`~pacskit.store.nesting.TooDeep`) and collects the raw values
+    of :data:`WALK_TAGS` on the way; :func:`attributes_from_walk` decodes them. Deflated datasets,
+    and files the walk could not finish (truncated, odd), are read by pydicom instead, so their error
+    is reported precisely. Raises :class:`InvalidInstance`.
+    """
+    implicit, little, deflated = _flags(transfer_syntax_uid)
+    if deflated:  # walk the inflated dataset (explicit VR little endian), never more than MAX_INFLATED
+        inflated = f"{os.fspath(path)}.inflated"
+        try:
+            with open(path, "rb") as src, open(inflated, "wb") as out:
+                src.seek(dataset_offset)
+                _inflate_or_refuse(src, out.write)
+            walked = check_nesting(inflated, 0, _EXPLICIT_LE, collect=WALK_TAGS)
+        finally:
+            try:
+                os.unlink(inflated)
+            except FileNotFoundError:
+                pass
+    else:
+        walked = check_nesting(path, dataset_offset, transfer_syntax_uid, collect=WALK_TAGS)
+    if not walked.complete:
+        return read_index_attributes(path, dataset_offset)
+    return attributes_from_walk(walked.values, transfer_syntax_uid, source_ae,
+                                little_endian=little, implicit_vr=implicit)
+
+
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _inflate_or_refuse(source: BinaryIO, write: Any) -> None:
+    try:
+        inflate(source, write, MAX_INFLATED)
+    except InflationLimit as exc:
+        raise InstanceTooLarge(str(exc)) from None
+    except zlib.error as exc:
+        raise InvalidInstance(f"corrupt deflated dataset: {exc}") from None
 
 
 def read_index_attributes(path: str | os.PathLike[str] | BinaryIO,
@@ -267,7 +412,10 @@ def _read_from_offset(path: str | os.PathLike[str], offset: int) -> tuple[Datase
         fh.seek(offset)
         source: BinaryIO = fh
         if deflated:
-            source = io.BytesIO(zlib.decompress(fh.read(), -zlib.MAX_WBITS))
+            inflated = io.BytesIO()
+            _inflate_or_refuse(fh, inflated.write)
+            inflated.seek(0)
+            source = inflated
         ds = read_dataset(
             source, implicit, little,
             stop_when=lambda tag, vr, length: tag >= _PIXEL_DATA,

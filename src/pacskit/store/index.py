@@ -25,7 +25,7 @@ from enum import Enum
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Engine, delete, func, inspect, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
@@ -75,6 +75,86 @@ class Recorded:
 
 
 @dataclass(frozen=True, slots=True)
+class _SeriesRef:
+    """What the ingest fast path needs to know of a series it has seen committed."""
+
+    series_pk: int
+    series_uid: str
+    study_pk: int
+    study_uid: str
+    patient: tuple[str | None, str]  # (PatientID, issuer) of the study's patient
+
+
+class _Prepared:
+    """One statement compiled once for a dialect and run on the DBAPI cursor.
+
+    The ingest fast path runs a handful of tiny statements per instance; SQLAlchemy's per-execution
+    machinery (events, execution contexts, result objects) costs several times what SQLite itself
+    spends on them. Compiling once per dialect keeps SQLAlchemy as the author of the SQL (paramstyle,
+    quoting, ``RETURNING`` on PostgreSQL) while the hot path only formats parameters.
+    """
+
+    __slots__ = ("sql", "names", "defaults", "returning")
+
+    def __init__(self, stmt: Any, dialect: Any) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.names: tuple[str, ...] | None = tuple(compiled.positiontup) if compiled.positional else None
+        # values of the statement's own literals (``num_instances + 1``): anonymous bind parameters
+        self.defaults = {name: bind.value for bind, name in compiled.bind_names.items()
+                         if not bind.required and bind.value is not None}
+        self.returning = bool(getattr(compiled, "returning", None))
+
+    def _args(self, values: dict[str, Any]) -> Any:
+        if self.defaults:
+            values = {**self.defaults, **values}
+        return tuple(values[n] for n in self.names) if self.names is not None else values
+
+    def first(self, cursor: Any, values: dict[str, Any]) -> Any:
+        cursor.execute(self.sql, self._args(values))
+        return cursor.fetchone()
+
+    def rowcount(self, cursor: Any, values: dict[str, Any]) -> int:
+        cursor.execute(self.sql, self._args(values))
+        return int(cursor.rowcount)
+
+    def insert(self, cursor: Any, values: dict[str, Any]) -> int:
+        cursor.execute(self.sql, self._args(values))
+        return int(cursor.fetchone()[0] if self.returning else cursor.lastrowid)
+
+
+class _FastPathStatements:
+    """The ingest fast path's statements, compiled for one dialect."""
+
+    def __init__(self, dialect: Any) -> None:
+        inst, study, series = Instance.__table__, Study.__table__, Series.__table__
+        self.instance_exists = _Prepared(
+            select(inst.c.pk).where(inst.c.sop_instance_uid == bindparam("uid")).with_for_update(), dialect)
+        self.count_in_study = _Prepared(
+            update(study)
+            .where(study.c.pk == bindparam("row"), study.c.study_instance_uid == bindparam("uid"))
+            .values(num_instances=study.c.num_instances + bindparam("delta")), dialect)
+        self.count_in_series = _Prepared(
+            update(series)
+            .where(series.c.pk == bindparam("row"), series.c.series_instance_uid == bindparam("uid"),
+                   series.c.study_fk == bindparam("study"))
+            .values(num_instances=series.c.num_instances + 1), dialect)
+        columns = ("series_fk", "sop_instance_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid",
+                   "specific_character_set", "size", "sha256", "blob_key", "received_at", "source_ae")
+        insert_stmt = insert(inst).values({c: bindparam(c) for c in columns})
+        if dialect.name == "postgresql":
+            insert_stmt = insert_stmt.returning(inst.c.pk)
+        self.insert_instance = _Prepared(insert_stmt, dialect)
+        self.find_instance = _Prepared(
+            select(inst.c.pk, inst.c.blob_key, inst.c.sha256).where(inst.c.sop_instance_uid == bindparam("uid")),
+            dialect)
+
+
+_SERIES_CACHE_SIZE = 4096
+_CACHE_KEY = "pacskit_series_refs"  # Session.info: refs learnt by this transaction, kept once committed
+
+
+@dataclass(frozen=True, slots=True)
 class Counts:
     patients: int
     studies: int
@@ -106,10 +186,21 @@ def _is_retryable(exc: BaseException) -> bool:
 class Index:
     """The index database. ``Index.open(url)`` or ``Index(engine)``; call :meth:`migrate` once."""
 
-    def __init__(self, engine: Engine, *, write_attempts: int = 8) -> None:
+    def __init__(self, engine: Engine, *, write_attempts: int = 8, group_commit: bool | None = None) -> None:
         self.engine = engine
         self.backend = backend_name(engine.url)
         self.write_attempts = write_attempts
+        # Series the ingest fast path may append to without the ORM (see record_instance). Entries
+        # are added only after their transaction committed, and every use re-checks the UIDs in SQL,
+        # so a stale entry (a series deleted by another process, a reused row id) costs the slow
+        # path, never a wrong row.
+        self._fast = _FastPathStatements(engine.dialect)
+        self._series_refs: dict[str, _SeriesRef] = {}
+        self._refs_lock = threading.Lock()
+        # Group commit: concurrent ingests share one transaction (one WAL fsync) instead of queueing
+        # for the write lock one commit at a time. On by default where writes are serialised anyway.
+        self._group = _GroupCommit(self) if (group_commit if group_commit is not None
+                                             else self.backend == "sqlite") else None
         if self.backend == "sqlite":
             write_engine = engine.execution_options(**{WRITE_OPTION: True})
             self._write_lock: Any = threading.Lock()
@@ -179,14 +270,51 @@ class Index:
         tries = attempts or self.write_attempts
         for attempt in range(1, tries + 1):
             try:
-                with self._write_lock, self._write_sessions() as session, session.begin():
-                    return work(session)
+                with self._write_lock, self._write_sessions() as session:
+                    with session.begin():
+                        result = work(session)
+                    self._learn(session.info.get(_CACHE_KEY))
+                    return result
             except (IntegrityError, OperationalError, DBAPIError) as exc:
                 if attempt >= tries or not _is_retryable(exc):
                     raise
                 log.debug("write transaction retried (%d/%d): %s", attempt, tries, exc.orig)
                 time.sleep(random.uniform(0.0, 0.005 * attempt))
         raise AssertionError("unreachable")
+
+    def run_write_shared(self, work: Callable[[Session], T]) -> T:
+        """Like :meth:`run_write`, but the transaction may be shared with concurrent callers.
+
+        Concurrent callers' ``work`` run one after another in one transaction, each inside its own
+        SAVEPOINT (an exception undoes only that caller's changes and is raised to that caller), and
+        one commit makes them all durable: under N parallel ingests, one WAL fsync instead of N. A
+        lone caller gets a plain transaction. ``work`` must be repeatable, as for :meth:`run_write`.
+        """
+        if self._group is None:
+            return self.run_write(work)
+        return self._group.run(work)
+
+    # the ingest fast path's cache --------------------------------------------------------------------
+
+    @staticmethod
+    def _remember(s: Session, ref: _SeriesRef) -> None:
+        s.info.setdefault(_CACHE_KEY, []).append(ref)
+
+    def _learn(self, refs: list[_SeriesRef] | None) -> None:
+        if not refs:
+            return
+        with self._refs_lock:
+            if len(self._series_refs) + len(refs) > _SERIES_CACHE_SIZE:
+                self._series_refs.clear()
+            for ref in refs:
+                self._series_refs[ref.series_uid] = ref
+
+    def _forget(self, series_uid: str | None = None) -> None:
+        with self._refs_lock:
+            if series_uid is None:
+                self._series_refs.clear()
+            else:
+                self._series_refs.pop(series_uid, None)
 
     # the steps of an ingest, inside a write transaction ---------------------------------------------
 
@@ -202,7 +330,19 @@ class Index:
         source_ae: str | None,
         policy: DuplicatePolicy,
     ) -> Recorded:
-        """Add the instance (and its parents as needed), or apply ``policy`` if it exists already."""
+        """Add the instance (and its parents as needed), or apply ``policy`` if it exists already.
+
+        An instance of a series this index has seen committed takes a fast path: four statements
+        compiled once and run on the DBAPI cursor (is the instance new, count it in its study and
+        series, insert it). Anything else — a new series, a duplicate, a stale cache entry — takes the
+        general path through the ORM.
+        """
+        ref = self._series_refs.get(a.series_instance_uid)
+        if ref is not None and ref.study_uid == a.study_instance_uid:
+            rec = self._append_to_series(s, ref, a, blob_key=blob_key, size=size, sha256=sha256,
+                                         received_at=received_at, source_ae=source_ae)
+            if rec is not None:
+                return rec
         existing = s.scalars(
             select(Instance).where(Instance.sop_instance_uid == a.sop_instance_uid).with_for_update()
         ).one_or_none()
@@ -216,6 +356,14 @@ class Index:
             return self._overwrite(s, existing, a, blob_key=blob_key, size=size, sha256=sha256,
                                    received_at=received_at, source_ae=source_ae)
         series = self._attach_parents(s, a)
+        if ref is None:
+            patient = s.execute(
+                select(Patient.patient_id, Patient.issuer_of_patient_id)
+                .join(Study, Study.patient_fk == Patient.pk)
+                .where(Study.pk == series.study_fk)
+            ).one()
+            self._remember(s, _SeriesRef(series.pk, a.series_instance_uid, series.study_fk,
+                                         a.study_instance_uid, (patient[0], patient[1])))
         inst = Instance(
             series_fk=series.pk,
             sop_instance_uid=a.sop_instance_uid,
@@ -233,6 +381,58 @@ class Index:
         s.flush()
         self._add_to_counts(s, series, +1)
         return Recorded(IngestStatus.STORED, inst.pk, blob_key, sha256)
+
+    def _append_to_series(
+        self,
+        s: Session,
+        ref: _SeriesRef,
+        a: InstanceAttributes,
+        *,
+        blob_key: str,
+        size: int,
+        sha256: str,
+        received_at: dt.datetime,
+        source_ae: str | None,
+    ) -> Recorded | None:
+        """The fast path of :meth:`record_instance`; None when the general path must decide.
+
+        Same locking order as the general path: the instance row, then the study row (the UPDATE
+        locks it), then the series. Every statement re-checks the UIDs, so a cache entry whose rows
+        were deleted or whose row ids were reused matches nothing and falls back.
+        """
+        fast = self._fast
+        cursor = s.connection().connection.cursor()  # the DBAPI cursor, inside the session's transaction
+        try:
+            if fast.instance_exists.first(cursor, {"uid": a.sop_instance_uid}) is not None:
+                return None  # a duplicate: the policy is applied by the general path
+            study_keys = {"row": ref.study_pk, "uid": ref.study_uid}
+            if fast.count_in_study.rowcount(cursor, {**study_keys, "delta": 1}) != 1:
+                self._forget(ref.series_uid)
+                return None
+            if fast.count_in_series.rowcount(
+                cursor, {"row": ref.series_pk, "uid": ref.series_uid, "study": ref.study_pk}
+            ) != 1:
+                fast.count_in_study.rowcount(cursor, {**study_keys, "delta": -1})
+                self._forget(ref.series_uid)
+                return None
+            if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
+                _warn_other_patient(a, ref.patient[0])
+            pk = fast.insert_instance.insert(cursor, {
+                "series_fk": ref.series_pk,
+                "sop_instance_uid": a.sop_instance_uid,
+                "sop_class_uid": a.sop_class_uid,
+                "instance_number": a.instance_number,
+                "transfer_syntax_uid": a.transfer_syntax_uid,
+                "specific_character_set": a.specific_character_set,
+                "size": size,
+                "sha256": sha256,
+                "blob_key": blob_key,
+                "received_at": received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
+                "source_ae": source_ae,
+            })
+        finally:
+            cursor.close()
+        return Recorded(IngestStatus.STORED, int(pk), blob_key, sha256)
 
     def _add_to_counts(self, s: Session, series: Series | int, delta: int) -> None:
         series_pk = series if isinstance(series, int) else series.pk
@@ -375,10 +575,7 @@ class Index:
             select(Patient.patient_id, Patient.issuer_of_patient_id).where(Patient.pk == study.patient_fk)
         ).one()
         if (row[0], row[1]) != (a.patient_id, a.issuer_of_patient_id or ""):
-            log.warning(
-                "instance %s names patient %r but its study %s belongs to patient %r: kept in the study",
-                a.sop_instance_uid, a.patient_id, a.study_instance_uid, row[0],
-            )
+            _warn_other_patient(a, row[0])
 
     def _refresh_modalities(self, s: Session, study_pk: int) -> None:
         rows = s.scalars(
@@ -434,6 +631,7 @@ class Index:
 
     def clear(self, s: Session) -> None:
         """Delete every row (children first)."""
+        self._forget()
         for model in (Instance, Series, Study, Patient):
             s.execute(delete(model))
 
@@ -449,14 +647,17 @@ class Index:
             ).one_or_none()
 
     def find_instance(self, sop_instance_uid: str) -> tuple[int, str, str] | None:
-        """(row id, blob key, sha256) of an instance, or None."""
-        with self.reading() as s:
-            row = s.execute(
-                select(Instance.pk, Instance.blob_key, Instance.sha256).where(
-                    Instance.sop_instance_uid == sop_instance_uid
-                )
-            ).one_or_none()
-            return (row[0], row[1], row[2]) if row is not None else None
+        """(row id, blob key, sha256) of an instance, or None. Core, no session: ingest asks this."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                row = self._fast.find_instance.first(cursor, {"uid": sop_instance_uid})
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+        return (row[0], row[1], row[2]) if row is not None else None
 
     def is_blob_referenced(self, key: str) -> bool:
         with self.reading() as s:
@@ -469,3 +670,107 @@ class Index:
 
     def count(self, level: Literal["patients", "studies", "series", "instances"] = "instances") -> int:
         return getattr(self.counts(), level)
+
+
+def _warn_other_patient(a: InstanceAttributes, study_patient_id: str | None) -> None:
+    log.warning(
+        "instance %s names patient %r but its study %s belongs to patient %r: kept in the study",
+        a.sop_instance_uid, a.patient_id, a.study_instance_uid, study_patient_id,
+    )
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    work: Callable[[Session], Any]
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+class _GroupCommit:
+    """Leader/follower group commit for :meth:`Index.run_write_shared`.
+
+    The first caller to find no transaction running becomes the leader: it takes every queued
+    request, runs them in one transaction (a SAVEPOINT each when there are several), commits, and
+    hands each caller its result. Callers arriving meanwhile queue for the next batch, which one of
+    them leads. A lone caller never waits for another thread; there is no background thread.
+    """
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._leading = False
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        me = _Pending(work)
+        with self._cond:
+            self._queue.append(me)
+            while not me.done and self._leading:
+                self._cond.wait()
+            lead = not me.done
+            if lead:
+                self._leading = True  # every waiting caller (at most one per writing thread)
+                batch, self._queue = self._queue, []
+        if lead:
+            try:
+                self._execute(batch)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        if me.error is not None:
+            raise me.error
+        return me.result  # type: ignore[no-any-return]
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        """Give every request of ``batch`` a result or an error, whatever happens."""
+        pending = batch
+        try:
+            if len(batch) > 1:
+                try:
+                    pending = self._shared_transaction(batch)
+                except Exception as exc:  # BEGIN or COMMIT failed: nothing of it holds; each alone
+                    log.debug("group commit of %d failed, retrying one by one: %s", len(batch), exc)
+                    pending = batch
+            for p in pending:
+                try:
+                    p.result, p.error = self._index.run_write(p.work), None
+                except Exception as exc:
+                    p.result, p.error = None, exc
+                p.done = True
+        except BaseException as exc:  # interrupted: whoever has no answer gets this one
+            for p in batch:
+                if not p.done:
+                    p.error = exc
+            raise
+        finally:
+            for p in batch:
+                p.done = True
+
+    def _shared_transaction(self, batch: list[_Pending]) -> list[_Pending]:
+        """Run ``batch`` in one transaction; returns those to run again alone (retryable errors)."""
+        index = self._index
+        again: list[_Pending] = []
+        answered: list[tuple[_Pending, Any, BaseException | None]] = []
+        with index._write_lock, index._write_sessions() as session:
+            with session.begin():
+                for p in batch:
+                    learnt = session.info.setdefault(_CACHE_KEY, [])
+                    mark = len(learnt)
+                    try:
+                        with session.begin_nested():
+                            answered.append((p, p.work(session), None))
+                    except (IntegrityError, OperationalError, DBAPIError) as exc:
+                        del learnt[mark:]
+                        if _is_retryable(exc):
+                            again.append(p)
+                        else:
+                            answered.append((p, None, exc))
+                    except Exception as exc:
+                        del learnt[mark:]
+                        answered.append((p, None, exc))
+            index._learn(session.info.get(_CACHE_KEY))
+        for p, result, error in answered:  # only now: the commit made them true
+            p.result, p.error, p.done = result, error, True
+        return again

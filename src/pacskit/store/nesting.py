@@ -3,12 +3,16 @@
 DCMTK refuses datasets nested deeper than 64 sequence levels; so do we. This walks element headers
 only (tags, VRs, lengths), seeking over values and encapsulated pixel data, so it costs a few
 microseconds per element and never recurses, whatever the input.
+
+The same walk can hand back the raw values of chosen top-level elements (``collect``): ingest gets
+the attributes it indexes from this one pass instead of a second parse by pydicom.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pydicom.datadict import dictionary_VR
@@ -36,23 +40,55 @@ def _is_sequence(tag: int) -> bool:
         return False
 
 
-def check_nesting(path: str | os.PathLike[str], offset: int, transfer_syntax: str, limit: int = MAX_SEQUENCE_DEPTH) -> None:
+#: Top-level values longer than this are not collected (the index wants short text values).
+MAX_COLLECTED = 1 << 16
+
+
+@dataclass(slots=True)
+class Walked:
+    """What a walk saw: the collected top-level values and whether the dataset ended cleanly."""
+
+    values: dict[int, tuple[bytes | None, bytes]] = field(default_factory=dict)  # tag -> (VR, value)
+    complete: bool = True  # False: truncated or odd input stopped the walk early
+
+
+def is_walkable(transfer_syntax: str) -> bool:
+    """The walk reads the dataset as stored: not for deflated transfer syntaxes."""
+    return transfer_syntax not in _DEFLATED
+
+
+def check_nesting(
+    path: str | os.PathLike[str],
+    offset: int,
+    transfer_syntax: str,
+    limit: int = MAX_SEQUENCE_DEPTH,
+    collect: frozenset[int] | set[int] = frozenset(),
+) -> Walked:
     """Raise :class:`TooDeep` if the dataset at ``offset`` nests sequences deeper than ``limit``.
 
-    Deflated datasets are not walked (their inflated size is capped elsewhere). Truncated or odd input
-    ends the walk silently: decoding will report it with a precise reason.
+    Returns the raw values of the top-level elements whose tags are in ``collect`` (VR is None for
+    implicit VR). Deflated datasets are not walked here: nothing is collected
+    (:func:`pacskit.store.extract.scan_instance` inflates them, capped, and walks the result). Truncated or odd input ends the walk (``complete`` False): decoding will report it
+    with a precise reason.
     """
-    if transfer_syntax in _DEFLATED:
-        return
+    walked = Walked()
+    if not is_walkable(transfer_syntax):
+        walked.complete = False
+        return walked
     implicit = transfer_syntax == _IMPLICIT
     endian = ">" if transfer_syntax == _BIG_ENDIAN else "<"
     hdr = struct.Struct(endian + "HH")
     u16, u32 = struct.Struct(endian + "H"), struct.Struct(endian + "L")
-    with open(path, "rb") as fh:
-        _walk(fh, offset, implicit, hdr, u16, u32, limit)
+    with open(path, "rb", buffering=_BUFFER) as fh:
+        walked.complete = _walk(fh, offset, implicit, hdr, u16, u32, limit, collect, walked.values)
+    return walked
 
 
-def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struct.Struct, u32: struct.Struct, limit: int) -> None:
+_BUFFER = 1 << 16
+
+
+def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struct.Struct, u32: struct.Struct,
+          limit: int, collect: frozenset[int] | set[int], values: dict[int, tuple[bytes | None, bytes]]) -> bool:
     size = os.fstat(fh.fileno()).st_size
     stack: list[tuple[bool, int | None]] = []  # (is_sequence, end offset or None for undefined length)
     depth = 0
@@ -63,7 +99,7 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
                 depth -= 1
         head = fh.read(8)
         if len(head) < 8:
-            return
+            return False
         group, elem = hdr.unpack_from(head)
         tag = (group << 16) | elem
         if group == 0xFFFE:
@@ -80,6 +116,7 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
                     if is_seq == want_sequence:
                         break
             continue
+        vr: bytes | None = None
         if implicit:
             (length,) = u32.unpack_from(head, 4)
             sequence = length == UNDEFINED or _is_sequence(tag)
@@ -89,7 +126,7 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
             if vr in _LONG_VRS:
                 extra = fh.read(4)
                 if len(extra) < 4:
-                    return
+                    return False
                 (length,) = u32.unpack(extra)
                 pos += 12
             else:
@@ -100,7 +137,7 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
                 while True:
                     item = fh.read(8)
                     if len(item) < 8:
-                        return
+                        return False
                     _, ielem = hdr.unpack_from(item)
                     (ilen,) = u32.unpack_from(item, 4)
                     pos += 8
@@ -115,5 +152,13 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
                 raise TooDeep(limit, tag)
             stack.append((True, None if length == UNDEFINED else pos + length))
             continue
+        if not stack and tag in collect and length <= MAX_COLLECTED:
+            value = fh.read(length)
+            if len(value) < length:
+                return False
+            values[tag] = (vr, value)
+            pos += length
+            continue
         pos += length
         fh.seek(pos)
+    return pos == size

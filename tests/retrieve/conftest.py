@@ -1,0 +1,11 @@
+"""The store backend fixtures (SQLite, PostgreSQL, MariaDB) of tests/store, reused here."""
+
+from store.conftest import (  # noqa: F401 - fixtures
+    backend,
+    blobs,
+    db_url,
+    mariadb_server,
+    postgres_server,
+    session_databases,
+    store,
+)
