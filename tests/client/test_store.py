@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from pacskit.client import AssociationRequest, StoreScu, user_identity
 from pacskit.net import AssociationAborted, AssociationRejected, ConnectionFailed, NetConfig
@@ -75,20 +76,32 @@ def test_converts_when_only_the_fallback_is_accepted(tmp_path):
     explicit = make_instance(tmp_path / "in" / "explicit.dcm", transfer_syntax=ExplicitVRLittleEndian)
     rle = make_instance(tmp_path / "in" / "rle.dcm", transfer_syntax=RLELossless)
     implicit = make_instance(tmp_path / "in" / "implicit.dcm", transfer_syntax=ImplicitVRLittleEndian)
+    big_endian = make_instance(tmp_path / "in" / "big.dcm", transfer_syntax=ExplicitVRBigEndian)
     with storescp(tmp_path / "out", extra_args=["+xi"]) as peer:
         report = StoreScu(address(peer)).store_sync(tmp_path / "in")
         assert report.ok, [r.describe() for r in report.results]
         by_name = {r.instance.path.name: r for r in report.results}
-        assert by_name["explicit.dcm"].converted and by_name["rle.dcm"].converted
+        assert by_name["explicit.dcm"].converted and by_name["rle.dcm"].converted and by_name["big.dcm"].converted
         assert not by_name["implicit.dcm"].converted
         received = _received(peer)
-    for path in (explicit, rle, implicit):
+    for path in (explicit, rle, implicit, big_endian):
         original = pydicom.dcmread(path)
         got = received[str(original.SOPInstanceUID)]
         assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
-        if original.file_meta.TransferSyntaxUID == RLELossless:
-            original.decompress(generate_instance_uid=False)
-        assert got.PixelData == original.PixelData
+        assert (got.pixel_array == original.pixel_array).all(), path.name  # same pixel values
+    assert not list(Path(tempfile.gettempdir()).glob("pacskit-scu-*.dcm"))  # temporary files removed
+
+
+def test_compressed_dataset_is_decompressed_when_only_the_fallback_is_accepted(tmp_path):
+    tool("storescp")
+    ds = pydicom.dcmread(make_instance(tmp_path / "rle.dcm", transfer_syntax=RLELossless))
+    with storescp(tmp_path / "out", extra_args=["+xi"]) as peer:
+        report = StoreScu(address(peer)).store_sync(ds)
+        received = _received(peer)
+    assert report.ok and report.results[0].converted
+    assert ds.file_meta.TransferSyntaxUID == RLELossless  # the caller's dataset is untouched
+    got = received[str(ds.SOPInstanceUID)]
+    assert (got.pixel_array == ds.pixel_array).all()
 
 
 def test_compressed_instance_goes_as_stored_when_accepted(tmp_path, scp):

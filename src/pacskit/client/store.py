@@ -10,8 +10,10 @@ How one call goes:
    in (so they can go as stored), plus an uncompressed fallback (Explicit / Implicit VR Little Endian).
    More than 128 contexts are split over consecutive associations, grouped by SOP class.
 3. **Send.** An instance whose own transfer syntax was accepted is streamed from disk as stored. If only
-   the fallback was accepted it is decoded with pydicom (decompressing pixel data if needed: that needs
-   pydicom's pixel data plugins for the syntax) and re-encoded; this is the only case a file is loaded.
+   the fallback was accepted it is re-encoded by :func:`pacskit.store.transcode.transcode` (decoded with
+   pydicom, pixel data decompressed if needed, which needs pydicom's pixel data plugins for the syntax;
+   files above its 256 MiB cap are refused) into a temporary file that is streamed and deleted; this
+   is the only case a file is loaded.
    ``associations=N`` spreads the instances over N parallel associations.
 4. **Report.** :class:`StoreReport`: every instance with its status (or why it was not sent), split
    into ``succeeded``, ``warnings`` and ``failed``.
@@ -280,6 +282,7 @@ class StoreScu(Scu):
                 f"in {_uid_name(inst.transfer_syntax)} or an uncompressed transfer syntax"
             )
         data: Any
+        converted: str | None = None  # a temporary file holding the re-encoded instance
         if convert:
             try:
                 data = await asyncio.get_running_loop().run_in_executor(None, _convert, inst, ctx.transfer_syntax)
@@ -287,8 +290,10 @@ class StoreScu(Scu):
                 return InstanceResult(
                     inst, None,
                     message=f"cannot convert from {_uid_name(inst.transfer_syntax)} to "
-                    f"{_uid_name(ctx.transfer_syntax)}: {type(exc).__name__}: {exc}",
+                    f"{_uid_name(ctx.transfer_syntax)}: {exc}",
                 )
+            if isinstance(data, tuple):
+                converted = data[0]
         elif inst.path is not None:
             data = (inst.path, inst.offset, inst.size)
         else:
@@ -297,12 +302,16 @@ class StoreScu(Scu):
         if self.events.wants("sent"):
             self.events.notify("sent", StoreEvent(inst, index, ctx))
         rsp = None
-        async for rsp, received in assoc.request(
-            CommandField.C_STORE_RQ, inst.sop_class_uid, data, context=ctx,
-            AffectedSOPInstanceUID=inst.sop_instance_uid, Priority=self.priority,
-        ):
-            if received is not None:
-                received.discard()
+        try:
+            async for rsp, received in assoc.request(
+                CommandField.C_STORE_RQ, inst.sop_class_uid, data, context=ctx,
+                AffectedSOPInstanceUID=inst.sop_instance_uid, Priority=self.priority,
+            ):
+                if received is not None:
+                    received.discard()
+        finally:
+            if converted is not None:
+                os.unlink(converted)
         assert rsp is not None
         result = InstanceResult(
             inst, rsp.status, error_comment=str(rsp.get("ErrorComment", "") or ""),
@@ -410,14 +419,35 @@ def _choose_context(assoc: Association, inst: Instance) -> tuple[PresentationCon
     return fallback, fallback is not None
 
 
-def _convert(inst: Instance, transfer_syntax: str) -> bytes:
-    """Decode (decompressing pixel data when needed) and re-encode in ``transfer_syntax``."""
-    from pydicom import dcmread
+def _convert(inst: Instance, transfer_syntax: str) -> bytes | tuple[str, int, int]:
+    """Re-encode ``inst`` in ``transfer_syntax`` (off the event loop).
 
-    ds = inst.dataset if inst.dataset is not None else dcmread(inst.path, force=True)
-    source_ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else ""
-    if source_ts and source_ts not in UNCOMPRESSED_TRANSFER_SYNTAXES and "PixelData" in ds:
-        ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
+    Files go through :func:`pacskit.store.transcode.transcode` (the one conversion pacskit has: byte
+    order swaps, decompression keeping the SOP Instance UID, a size cap) into a temporary file that is
+    then streamed like any other and deleted; returns ``(path, offset, size)``. A Dataset with
+    compressed pixel data is decompressed and encoded in memory; returns the bytes.
+    """
+    if inst.dataset is None:
+        import tempfile
+
+        from pacskit.store.transcode import CannotConvert, transcode
+
+        assert inst.path is not None
+        fd, tmp = tempfile.mkstemp(prefix="pacskit-scu-", suffix=".dcm")
+        os.close(fd)
+        try:
+            transcode(inst.path, tmp, transfer_syntax)
+            info = read_part10_header(tmp)
+        except BaseException as exc:
+            os.unlink(tmp)
+            if isinstance(exc, CannotConvert):
+                raise ValueError(str(exc)) from exc
+            raise
+        return tmp, info.dataset_offset, info.file_size - info.dataset_offset
+    from copy import deepcopy
+
+    ds = deepcopy(inst.dataset)  # the caller's Dataset is left as it was
+    ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
     return encode_dataset(ds, transfer_syntax)
 
 
