@@ -15,7 +15,6 @@ Exit codes scripts can rely on (shared by every network command):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -27,12 +26,8 @@ from pacskit.net import (
     AssociationAborted,
     AssociationRejected,
     ConnectionFailed,
-    NetConfig,
     NetError,
     NetTimeout,
-    RequestedContext,
-    VERIFICATION_SOP_CLASS,
-    connect,
 )
 
 if TYPE_CHECKING:
@@ -52,19 +47,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="pacskit: an 
 
 def parse_address(text: str) -> tuple[str, str, int]:
     """Parse dcm4che's ``AET@host:port`` form; raises ``typer.BadParameter`` with the expected form."""
-    ae, sep, rest = text.partition("@")
-    host, colon, port_text = rest.rpartition(":")
-    if not sep or not colon or not ae or not host:
-        raise typer.BadParameter(f"{text!r} is not AET@host:port")
-    if len(ae) > 16:
-        raise typer.BadParameter(f"AE title {ae!r} is longer than 16 characters")
+    from pacskit.client.remote import parse_address as parse
+
     try:
-        port = int(port_text)
-    except ValueError:
-        raise typer.BadParameter(f"port {port_text!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise typer.BadParameter(f"port {port} is out of range")
-    return ae, host.strip("[]"), port
+        return parse(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def net_error_exit(exc: NetError) -> int:
@@ -86,49 +74,6 @@ def net_error_exit(exc: NetError) -> int:
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-@app.command()
-def echo(
-    target: Annotated[str, typer.Argument(help="the peer as AET@host:port")],
-    calling: Annotated[str, typer.Option("--calling", "-aet", help="our calling AE title")] = "PACSKIT",
-    timeout: Annotated[float, typer.Option(help="ACSE and DIMSE timeout in seconds")] = 30.0,
-    repeat: Annotated[int, typer.Option(help="C-ECHOs to send on the association")] = 1,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")] = 0,
-) -> None:
-    """Send C-ECHO (Verification) to a peer and report the outcome."""
-    _setup_logging(verbose)
-    try:
-        called, host, port = parse_address(target)
-    except typer.BadParameter as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-    config = NetConfig(acse_timeout=timeout, dimse_timeout=timeout)
-
-    async def run() -> int:
-        assoc = await connect(
-            host,
-            port,
-            called_ae=called,
-            calling_ae=calling,
-            contexts=[RequestedContext(VERIFICATION_SOP_CLASS)],
-            config=config,
-        )
-        async with assoc:
-            worst = 0
-            for _ in range(repeat):
-                status = await assoc.echo()
-                worst = status if status else worst
-            return worst
-
-    try:
-        status = asyncio.run(run())
-    except NetError as exc:
-        raise typer.Exit(net_error_exit(exc)) from None
-    if status:
-        typer.echo(f"C-ECHO to {target} answered status 0x{status:04X}", err=True)
-        raise typer.Exit(EXIT_FAILURE_STATUS)
-    typer.echo(f"C-ECHO to {target}: Success")
 
 
 def _server_settings(config: str | None, data_dir: str | None, **overrides: object) -> ServerSettings:
@@ -292,6 +237,10 @@ def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     for key in report.duplicates:
         typer.echo(f"left out {key}: same SOP Instance UID as an indexed file")
     raise typer.Exit(EXIT_OK if not report.skipped else EXIT_FAILURE_STATUS)
+
+
+# The client commands (echo, store, find, move, get) live in their own module; importing it registers them.
+from pacskit.cli import client as _client  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,388 @@
+"""``pacskit store | find | move | get`` (and the remote-AE resolution ``echo`` shares).
+
+The target is ``AET@host:port`` or an AE title registered with ``pacskit ae add`` (looked up in the
+server folder given by ``--data-dir`` / ``--config``, default ``./pacs-data``). Exit codes are the
+ones in :mod:`pacskit.cli`. Progress bars go to stderr (only on a terminal); results to stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from pacskit.cli import (
+    EXIT_FAILURE_STATUS,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigOpt,
+    DataDirOpt,
+    _server_settings,
+    _setup_logging,
+    app,
+    net_error_exit,
+)
+from pacskit.net import NetConfig, NetError
+
+T = TypeVar("T")
+
+TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, or an AE title from the registry")]
+CallingOpt = Annotated[str, typer.Option("--calling", "-aet", help="our calling AE title")]
+TimeoutOpt = Annotated[float, typer.Option(help="ACSE and DIMSE timeout in seconds")]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
+KeysOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--key", "-k", help="query key as in DCMTK: PatientName=DOE*, 0010,0020=ID, Seq[0].Modality=MR"),
+]
+LevelOpt = Annotated[str, typer.Option("--level", "-L", help="PATIENT, STUDY, SERIES or IMAGE")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="study (Study Root), patient (Patient Root) or worklist")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+TlsCaOpt = Annotated[Optional[Path], typer.Option("--tls-ca", help="TLS: verify the peer with this CA file (turns TLS on)")]
+TlsCertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="TLS: our certificate (PEM), with --tls-key")]
+TlsKeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", help="TLS: our private key (PEM)")]
+TlsNameOpt = Annotated[Optional[str], typer.Option("--tls-name", help="TLS: the name the peer's certificate must carry [its host]")]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def resolve_target(target: str, data_dir: str | None, config: str | None) -> Any:
+    """The :class:`RemoteAE` for ``target``; unknown names and bad addresses exit with 2."""
+    from pacskit.client import UnknownRemote, resolve_remote
+
+    registry = None
+    if "@" not in target:
+        from pacskit.server.aetitles import AE_FILE, FileAeRegistry
+
+        registry = FileAeRegistry(_server_settings(config, data_dir).folder / AE_FILE)
+    try:
+        return resolve_remote(target, registry)
+    except (UnknownRemote, ValueError) as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; engine errors become their exit code with one clear line."""
+    from pacskit.client import KeyError_
+
+    try:
+        return asyncio.run(coro)
+    except NetError as exc:
+        raise typer.Exit(net_error_exit(exc)) from None
+    except KeyError_ as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+
+
+def _config(timeout: float) -> NetConfig:
+    return NetConfig(acse_timeout=timeout, dimse_timeout=timeout)
+
+
+def _scu_options(remote: Any, calling: str, timeout: float, ca: Path | None, cert: Path | None, key: Path | None, name: str | None) -> dict[str, Any]:
+    """Keyword arguments every SCU takes: identity, timeouts and TLS (on with --tls-ca, or when the
+    registry marks the AE ``tls``: then the system's CA store verifies it)."""
+    options: dict[str, Any] = {"calling_ae": calling, "config": _config(timeout)}
+    if ca is None and cert is None and not remote.tls:
+        return options
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        if cert is not None:
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise fail(f"TLS set-up failed: {exc}", EXIT_USAGE) from None
+    options.update(ssl=context, server_hostname=name)
+    return options
+
+
+def _progress(quiet: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=quiet or not console.is_terminal, transient=False,
+    )
+
+
+# ---------------------------------------------------------------------- store
+
+
+@app.command()
+def store(
+    target: TargetArg,
+    paths: Annotated[list[Path], typer.Argument(help="files and folders (recursive)")],
+    calling: CallingOpt = "PACSKIT",
+    associations: Annotated[int, typer.Option("--associations", "-n", help="parallel associations")] = 1,
+    timeout: TimeoutOpt = 30.0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
+) -> None:
+    """C-STORE files and folders to a peer. Exit 1 if any instance failed (warnings are not failures)."""
+    from pacskit.client import StoreScu
+
+    _setup_logging(verbose)
+    for path in paths:
+        if not path.exists():
+            raise fail(f"{path} does not exist", EXIT_USAGE)
+    remote = resolve_target(target, data_dir, config)
+    scu = StoreScu(remote, associations=associations, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
+
+    async def go() -> Any:
+        with _progress(quiet) as progress:
+            task = progress.add_task("storing", total=None)
+            scu.on("progress", lambda p: progress.update(task, completed=p.done, total=p.total))
+            return await scu.store(paths)
+
+    report = run(go())
+    for path, reason in report.skipped:
+        typer.echo(f"skipped {path}: {reason}", err=True)
+    for result in report.failed:
+        typer.echo(f"failed {result.describe()}", err=True)
+    for result in report.warnings:
+        typer.echo(f"warning {result.describe()}", err=True)
+    typer.echo(f"C-STORE to {remote.title}: {report.summary()}")
+    if report.error is not None:
+        raise typer.Exit(net_error_exit(report.error))
+    raise typer.Exit(EXIT_FAILURE_STATUS if report.failed else EXIT_OK)
+
+
+# ---------------------------------------------------------------------- find
+
+
+def _rows(records: list[Any], keys: list[str] | None) -> list[dict[str, Any]]:
+    """Typed fields, plus any attribute asked for with -k that the record type has no field for."""
+    from pacskit.client import parse_key
+    from pydicom.datadict import keyword_for_tag
+
+    extra: list[tuple[str, int]] = []
+    for text in keys or []:
+        steps, _ = parse_key(text)
+        if len(steps) == 1:
+            tag = steps[0][0]
+            extra.append((keyword_for_tag(tag) or f"{tag >> 16:04X},{tag & 0xFFFF:04X}", tag))
+    rows = []
+    for record in records:
+        row = record.as_dict()
+        for name, tag in extra:
+            elem = record.dataset.get(tag)
+            if elem is not None and elem.VR != "SQ":
+                value = elem.value
+                row.setdefault(name, "\\".join(map(str, value)) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else ("" if value is None else str(value)))
+        rows.append(row)
+    return rows
+
+
+@app.command()
+def find(
+    target: TargetArg,
+    key: KeysOpt = None,
+    level: LevelOpt = "STUDY",
+    model: ModelOpt = "study",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (one array of objects)")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print CSV with a header line")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="C-CANCEL after this many matches")] = None,
+    calling: CallingOpt = "PACSKIT",
+    timeout: TimeoutOpt = 30.0,
+    verbose: VerboseOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
+) -> None:
+    """C-FIND (Study Root, Patient Root or Modality Worklist); prints a table, JSON or CSV."""
+    from pacskit.client import QueryRetrieveScu
+
+    _setup_logging(verbose)
+    if as_json and as_csv:
+        raise fail("--json and --csv exclude each other", EXIT_USAGE)
+    remote = resolve_target(target, data_dir, config)
+    try:
+        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
+        scu.identifier(key, level)  # validate level and keys before connecting
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    result = run(scu.find(key, level=level, limit=limit))
+    rows = _rows(result.records, key)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif as_csv:
+        columns = list(rows[0]) if rows else []
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        if columns:
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        # Columns nobody filled are left out: the table has to fit a terminal.
+        columns = [c for c in (rows[0] if rows else []) if any(r.get(c) not in (None, "") for r in rows)]
+        table = Table(*(columns or ["no matches"]))
+        for row in rows:
+            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        Console().print(table)
+    from pacskit.net import status_category
+
+    if status_category(result.status) == "Failure":
+        raise fail(f"C-FIND failed with status 0x{result.status:04X}" + (f": {result.error_comment}" if result.error_comment else ""), EXIT_FAILURE_STATUS)
+    typer.echo(f"{len(rows)} match(es)" + (" (cancelled after --limit)" if result.cancelled else ""), err=True)
+
+
+# ---------------------------------------------------------------------- move / get
+
+
+def _retrieve_exit(service: str, result: Any) -> None:
+    from pacskit.net import status_category
+
+    text = f"{service}: status 0x{result.status:04X} ({status_category(result.status)}), {result.completed} completed, {result.failed} failed, {result.warning} warning"
+    if result.received:
+        text += f", {len(result.received)} received"
+    if result.error_comment:
+        text += f": {result.error_comment}"
+    typer.echo(text)
+    for uid in result.failed_instances:
+        typer.echo(f"failed instance {uid}", err=True)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILURE_STATUS)
+
+
+def _progress_handler(progress: Any, task: Any) -> Any:
+    def update(p: Any) -> None:
+        done = p.completed + p.failed + p.warning
+        progress.update(task, completed=done, total=done + p.remaining if p.remaining is not None else None)
+
+    return update
+
+
+@app.command()
+def move(
+    target: TargetArg,
+    key: KeysOpt = None,
+    level: LevelOpt = "STUDY",
+    model: ModelOpt = "study",
+    dest: Annotated[Optional[str], typer.Option("--dest", help="the move destination AE (known to the peer)")] = None,
+    into: Annotated[Optional[Path], typer.Option("--into", help="receive here ourselves (needs --port)")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="our Storage SCP port for --into (the peer must know it)")] = None,
+    listen_host: Annotated[str, typer.Option("--listen-host", help="address our Storage SCP binds for --into [all]")] = "",
+    calling: CallingOpt = "PACSKIT",
+    timeout: TimeoutOpt = 60.0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
+) -> None:
+    """C-MOVE to another AE (--dest), or to ourselves (--into DIR --port P, our AE title is --calling)."""
+    from pacskit.client import QueryRetrieveScu
+
+    _setup_logging(verbose)
+    if (dest is None) == (into is None):
+        raise fail("give either --dest AE or --into DIR (with --port)", EXIT_USAGE)
+    if into is not None and port is None:
+        raise fail("--into needs --port: the port the peer has for our AE title", EXIT_USAGE)
+    remote = resolve_target(target, data_dir, config)
+    try:
+        scu = QueryRetrieveScu(
+            remote, model=model, receive_port=port, receive_host=listen_host, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name)
+        )
+        scu.identifier(key, level, "C-MOVE")
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+
+    async def go() -> Any:
+        with _progress(quiet) as progress:
+            task = progress.add_task("moving", total=None)
+            scu.on("progress", _progress_handler(progress, task))
+            return await scu.move(key, level=level, destination=dest, into=into)
+
+    try:
+        result = run(go())
+    except OSError as exc:  # our receiving port
+        raise fail(f"cannot listen on port {port}: {exc.strerror or exc}", EXIT_USAGE) from None
+    _retrieve_exit("C-MOVE", result)
+
+
+@app.command()
+def get(
+    target: TargetArg,
+    into: Annotated[Path, typer.Option("--into", help="folder for the received instances")],
+    key: KeysOpt = None,
+    level: LevelOpt = "STUDY",
+    model: ModelOpt = "study",
+    calling: CallingOpt = "PACSKIT",
+    timeout: TimeoutOpt = 60.0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
+) -> None:
+    """C-GET: the instances come back on the same association into --into."""
+    from pacskit.client import QueryRetrieveScu
+
+    _setup_logging(verbose)
+    remote = resolve_target(target, data_dir, config)
+    try:
+        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
+        scu.identifier(key, level, "C-GET")
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+
+    async def go() -> Any:
+        with _progress(quiet) as progress:
+            task = progress.add_task("retrieving", total=None)
+            scu.on("progress", _progress_handler(progress, task))
+            return await scu.get(key, level=level, into=into)
+
+    _retrieve_exit("C-GET", run(go()))
+
+
+# ---------------------------------------------------------------------- echo
+
+
+@app.command()
+def echo(
+    target: TargetArg,
+    calling: CallingOpt = "PACSKIT",
+    timeout: TimeoutOpt = 30.0,
+    repeat: Annotated[int, typer.Option(help="C-ECHOs to send on the association")] = 1,
+    verbose: VerboseOpt = 0,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_name: TlsNameOpt = None,
+) -> None:
+    """Send C-ECHO (Verification) to a peer and report the outcome."""
+    from pacskit.client import EchoScu
+
+    _setup_logging(verbose)
+    remote = resolve_target(target, data_dir, config)
+    status = run(EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name)).echo(repeat))
+    if status:
+        raise fail(f"C-ECHO to {target} answered status 0x{status:04X}", EXIT_FAILURE_STATUS)
+    typer.echo(f"C-ECHO to {target}: Success")

@@ -1,0 +1,73 @@
+"""pacskit.client: ready-to-use service class users on the engine's requestor (:func:`pacskit.net.connect`).
+
+- :class:`EchoScu`: C-ECHO
+- :class:`StoreScu`: C-STORE of files, folders and datasets, with conversion and parallel associations
+- :class:`QueryRetrieveScu`: C-FIND (Patient Root, Study Root, Modality Worklist), C-MOVE, C-GET
+- :class:`NServiceScu`: N-EVENT-REPORT / N-GET / N-SET / N-ACTION / N-CREATE / N-DELETE plumbing
+
+Every SCU takes its peer as a :class:`RemoteAE`, ``"AET@host:port"`` or a title from the AE registry
+(:func:`resolve_remote`), offers ``async`` methods and a ``*_sync`` twin for plain scripts, and raises
+the engine's :class:`~pacskit.net.NetError` family for connection, association and timeout failures.
+See docs/client.md.
+"""
+
+from pacskit.client._scu import AssociationRequest, ClientEvents, Scu, run_sync, user_identity
+from pacskit.client.echo import EchoScu
+from pacskit.client.keys import KeyError_, Keys, apply_keys, parse_key
+from pacskit.client.nservices import EventReport, NResult, NServiceScu
+from pacskit.client.query import (
+    FindRequest,
+    FindResult,
+    InstanceRecord,
+    PatientRecord,
+    QueryFailed,
+    QueryRetrieveScu,
+    ReceivedInstance,
+    Record,
+    RetrieveProgress,
+    RetrieveResult,
+    SeriesRecord,
+    StudyRecord,
+    WorklistRecord,
+)
+from pacskit.client.remote import RemoteAE, RemoteSpec, UnknownRemote, parse_address, resolve_remote
+from pacskit.client.store import Instance, InstanceResult, StoreEvent, StoreProgress, StoreReport, StoreScu
+
+__all__ = [
+    "AssociationRequest",
+    "ClientEvents",
+    "EchoScu",
+    "EventReport",
+    "FindRequest",
+    "FindResult",
+    "Instance",
+    "InstanceRecord",
+    "InstanceResult",
+    "KeyError_",
+    "Keys",
+    "NResult",
+    "NServiceScu",
+    "PatientRecord",
+    "QueryFailed",
+    "QueryRetrieveScu",
+    "ReceivedInstance",
+    "Record",
+    "RemoteAE",
+    "RemoteSpec",
+    "RetrieveProgress",
+    "RetrieveResult",
+    "Scu",
+    "SeriesRecord",
+    "StoreEvent",
+    "StoreProgress",
+    "StoreReport",
+    "StoreScu",
+    "StudyRecord",
+    "UnknownRemote",
+    "WorklistRecord",
+    "apply_keys",
+    "parse_key",
+    "resolve_remote",
+    "run_sync",
+    "user_identity",
+]

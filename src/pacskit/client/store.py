@@ -1,0 +1,458 @@
+"""StoreScu: send files, folders and datasets to a Storage SCP (PS3.4 Annex B).
+
+How one call goes:
+
+1. **Collect.** Paths are walked (folders recursively, sorted); each file's File Meta Information is
+   read with :func:`~pacskit.net.sinks.read_part10_header` (no pydicom, pixel data never touched).
+   Files found in folders that are not Part 10, or are not storable (DICOMDIR), are *skipped* and
+   listed in the report; such a file named explicitly is a failure.
+2. **Propose.** Per SOP class: one presentation context per transfer syntax the instances are encoded
+   in (so they can go as stored), plus an uncompressed fallback (Explicit / Implicit VR Little Endian).
+   More than 128 contexts are split over consecutive associations, grouped by SOP class.
+3. **Send.** An instance whose own transfer syntax was accepted is streamed from disk as stored. If only
+   the fallback was accepted it is re-encoded by :func:`pacskit.store.transcode.transcode` (decoded with
+   pydicom, pixel data decompressed if needed, which needs pydicom's pixel data plugins for the syntax;
+   files above its 256 MiB cap are refused) into a temporary file that is streamed and deleted; this
+   is the only case a file is loaded.
+   ``associations=N`` spreads the instances over N parallel associations.
+4. **Report.** :class:`StoreReport`: every instance with its status (or why it was not sent), split
+   into ``succeeded``, ``warnings`` and ``failed``.
+
+Events (``scu.on(kind, handler)``): ``before-associate`` (:class:`AssociationRequest`, editable),
+``sent`` (:class:`StoreEvent`, when the instance is handed to the association, just before its
+C-STORE-RQ is written), ``response`` (:class:`StoreEvent` with
+its ``result``), ``progress`` (:class:`StoreProgress`, after each response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from pacskit.client._scu import Scu, log, run_sync
+from pacskit.net import (
+    UNCOMPRESSED_TRANSFER_SYNTAXES,
+    Association,
+    CommandField,
+    NetError,
+    PresentationContext,
+    RequestedContext,
+    encode_dataset,
+    status_category,
+)
+from pacskit.net.dimse import PRIORITY_MEDIUM
+from pacskit.net.sinks import read_part10_header
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = ["Instance", "InstanceResult", "StoreEvent", "StoreProgress", "StoreReport", "StoreScu", "StoreSource", "proposed_contexts"]
+
+StoreSource = Union[str, "os.PathLike[str]", "Dataset"]
+
+_FALLBACK = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_NOT_STORABLE = {"1.2.840.10008.1.3.10": "a DICOMDIR (Media Storage Directory) is not stored over the network"}
+_MAX_CONTEXTS = 128
+
+
+@dataclass(slots=True)
+class Instance:
+    """One thing to send: a file (streamed) or a pydicom Dataset."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path | None = None
+    dataset: Dataset | None = None
+    offset: int = 0
+    size: int = 0
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else f"dataset {self.sop_instance_uid}"
+
+
+@dataclass(slots=True)
+class InstanceResult:
+    """The outcome for one instance. ``status`` is ``None`` when no C-STORE-RSP came (see ``message``)."""
+
+    instance: Instance
+    status: int | None
+    error_comment: str = ""
+    message: str = ""
+    sent_transfer_syntax: str = ""
+
+    @property
+    def category(self) -> str:
+        """``Success``, ``Warning`` or ``Failure`` (not sent counts as Failure)."""
+        return "Failure" if self.status is None else status_category(self.status)
+
+    @property
+    def converted(self) -> bool:
+        return bool(self.sent_transfer_syntax) and self.sent_transfer_syntax != self.instance.transfer_syntax
+
+    def describe(self) -> str:
+        what = f"0x{self.status:04X} {self.category}" if self.status is not None else "not sent"
+        extra = "; ".join(x for x in (self.error_comment, self.message) if x)
+        return f"{self.instance.label}: {what}" + (f" ({extra})" if extra else "")
+
+
+@dataclass
+class StoreReport:
+    """Every instance's outcome, plus the files that were skipped and the error that ended a transfer."""
+
+    results: list[InstanceResult] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    error: NetError | None = None  # the association failure that stopped (part of) the transfer
+
+    @property
+    def succeeded(self) -> list[InstanceResult]:
+        return [r for r in self.results if r.category == "Success"]
+
+    @property
+    def warnings(self) -> list[InstanceResult]:
+        return [r for r in self.results if r.category == "Warning"]
+
+    @property
+    def failed(self) -> list[InstanceResult]:
+        return [r for r in self.results if r.category not in ("Success", "Warning")]
+
+    @property
+    def ok(self) -> bool:
+        """Everything was sent and acknowledged with Success or Warning."""
+        return not self.failed and self.error is None
+
+    def summary(self) -> str:
+        text = f"{len(self.succeeded)} succeeded, {len(self.warnings)} with warnings, {len(self.failed)} failed"
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped (not DICOM)"
+        return text
+
+
+@dataclass(slots=True)
+class StoreEvent:
+    """``sent`` / ``response``: the instance, its index in this call, the context it uses."""
+
+    instance: Instance
+    index: int
+    context: PresentationContext | None
+    result: InstanceResult | None = None
+
+
+@dataclass(slots=True)
+class StoreProgress:
+    """``progress``: instances answered so far and bytes sent (file sizes; converted ones as encoded)."""
+
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int
+
+
+class StoreScu(Scu):
+    """Storage SCU. Example::
+
+        scu = StoreScu("STORESCP@127.0.0.1:11112")
+        report = scu.store_sync(["study/"])          # or: await scu.store([...])
+        print(report.summary())
+
+    ``associations``: how many parallel associations one call uses (default 1).
+    """
+
+    EVENTS = ("before-associate", "sent", "response", "progress")
+
+    def __init__(self, remote: Any, *, associations: int = 1, priority: int = PRIORITY_MEDIUM, **kwargs: Any) -> None:
+        super().__init__(remote, **kwargs)
+        if associations < 1:
+            raise ValueError("associations must be at least 1")
+        self.associations = associations
+        self.priority = priority
+
+    # ------------------------------------------------------------------ public API
+
+    async def store(self, sources: StoreSource | Iterable[StoreSource]) -> StoreReport:
+        """Send every instance in ``sources`` (files, folders, Datasets). Raises the engine's
+        ``ConnectionFailed`` / ``AssociationRejected`` / ``NetTimeout`` if an association cannot be
+        opened; failures after that are recorded in the report (``report.error``)."""
+        report = StoreReport()
+        instances = list(self._collect(sources, report))
+        total_bytes = sum(i.size for i in instances)
+        progress = StoreProgress(0, len(instances), 0, total_bytes)  # per call: one scu may run several
+        index = 0
+        for batch, contexts in _batches(instances):
+            if report.error is not None:  # an earlier association failed: the rest is reported, not sent
+                report.results.extend(InstanceResult(inst, None, message=str(report.error)) for inst in batch)
+                continue
+            numbered = [(index + n, inst) for n, inst in enumerate(batch)]
+            index += len(batch)
+            await self._send_batch(numbered, contexts, report, progress)
+        return report
+
+    def store_sync(self, sources: StoreSource | Iterable[StoreSource]) -> StoreReport:
+        """:meth:`store` for plain scripts (not inside a running event loop)."""
+        return run_sync(self.store(sources))
+
+    # ------------------------------------------------------------------ collect and propose
+
+    def _collect(self, sources: StoreSource | Iterable[StoreSource], report: StoreReport) -> Iterator[Instance]:
+        if isinstance(sources, (str, os.PathLike)) or _is_dataset(sources):
+            sources = [sources]  # type: ignore[list-item]
+        for source in sources:  # type: ignore[union-attr]
+            if _is_dataset(source):
+                yield _dataset_instance(source)  # type: ignore[arg-type]
+                continue
+            path = Path(source)  # type: ignore[arg-type]
+            if path.is_dir():
+                for file in _walk(path):
+                    inst = _file_instance(file, report)
+                    if inst is not None:
+                        yield inst
+            else:
+                inst = _file_instance(path, report, named=True)
+                if inst is not None:
+                    yield inst
+
+    # ------------------------------------------------------------------ send
+
+    async def _send_batch(
+        self, batch: list[tuple[int, Instance]], contexts: list[RequestedContext], report: StoreReport, progress: StoreProgress
+    ) -> None:
+        queue: asyncio.Queue[tuple[int, Instance]] = asyncio.Queue()
+        for item in batch:
+            queue.put_nowait(item)
+        workers = min(self.associations, len(batch))
+        # Each worker opens its own association and starts at once (a peer that serves one association
+        # at a time answers the others later, and they find the queue empty). An association that
+        # cannot be opened only matters if none could: then nothing was sent and the error is raised.
+        outcomes = await asyncio.gather(*(self._worker(contexts, queue, report, progress) for _ in range(workers)), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if len(errors) == len(outcomes):
+            raise errors[0]
+        for error in errors:
+            if not isinstance(error, NetError):
+                raise error
+            # This one could not be opened; the associations that were took its share of the queue.
+            log.warning("one of %d associations to %s could not be opened: %s", workers, self.remote.title, error)
+        # Left over when associations failed mid-way: reported with the failure that stopped them.
+        self._drain(queue, report, str(report.error) if report.error else "not sent")
+
+    async def _worker(
+        self, contexts: list[RequestedContext], queue: asyncio.Queue[tuple[int, Instance]], report: StoreReport, p: StoreProgress
+    ) -> None:
+        assoc = await self.associate(contexts)
+        try:
+            while not queue.empty():
+                index, inst = queue.get_nowait()
+                try:
+                    result = await self._send_one(assoc, index, inst)
+                except NetError as exc:
+                    report.results.append(InstanceResult(inst, None, message=str(exc)))
+                    report.error = report.error or exc
+                    assoc.abort()  # the other associations (if any) go on with the queue
+                    return
+                report.results.append(result)
+                p.done += 1
+                p.bytes_done += inst.size
+                if self.events.wants("progress"):
+                    self.events.notify("progress", StoreProgress(p.done, p.total, p.bytes_done, p.bytes_total))
+            await assoc.release()
+        except NetError as exc:  # release failed: every instance was answered already
+            report.error = report.error or exc
+        finally:
+            if not (assoc.is_released or assoc.is_aborted):
+                assoc.abort()
+
+    @staticmethod
+    def _drain(queue: asyncio.Queue[tuple[int, Instance]], report: StoreReport, message: str) -> None:
+        while not queue.empty():
+            _, inst = queue.get_nowait()
+            report.results.append(InstanceResult(inst, None, message=message))
+
+    async def _send_one(self, assoc: Association, index: int, inst: Instance) -> InstanceResult:
+        ctx, convert = _choose_context(assoc, inst)
+        if ctx is None:
+            return InstanceResult(
+                inst, None, message=f"the peer accepted no presentation context for {_uid_name(inst.sop_class_uid)} "
+                f"in {_uid_name(inst.transfer_syntax)} or an uncompressed transfer syntax"
+            )
+        data: Any
+        converted: str | None = None  # a temporary file holding the re-encoded instance
+        if convert:
+            try:
+                data = await asyncio.get_running_loop().run_in_executor(None, _convert, inst, ctx.transfer_syntax)
+            except Exception as exc:
+                return InstanceResult(
+                    inst, None,
+                    message=f"cannot convert from {_uid_name(inst.transfer_syntax)} to "
+                    f"{_uid_name(ctx.transfer_syntax)}: {exc}",
+                )
+            if isinstance(data, tuple):
+                converted = data[0]
+        elif inst.path is not None:
+            data = (inst.path, inst.offset, inst.size)
+        else:
+            assert inst.dataset is not None
+            data = encode_dataset(inst.dataset, ctx.transfer_syntax)
+        if self.events.wants("sent"):
+            self.events.notify("sent", StoreEvent(inst, index, ctx))
+        rsp = None
+        try:
+            async for rsp, received in assoc.request(
+                CommandField.C_STORE_RQ, inst.sop_class_uid, data, context=ctx,
+                AffectedSOPInstanceUID=inst.sop_instance_uid, Priority=self.priority,
+            ):
+                if received is not None:
+                    received.discard()
+        finally:
+            if converted is not None:
+                os.unlink(converted)
+        assert rsp is not None
+        result = InstanceResult(
+            inst, rsp.status, error_comment=str(rsp.get("ErrorComment", "") or ""),
+            message="converted" if convert else "", sent_transfer_syntax=ctx.transfer_syntax,
+        )
+        if self.events.wants("response"):
+            self.events.notify("response", StoreEvent(inst, index, ctx, result))
+        return result
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _is_dataset(obj: Any) -> bool:
+    from pydicom.dataset import Dataset
+
+    return isinstance(obj, Dataset)
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(root) / name
+
+
+def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Instance | None:
+    """A file found in a folder that cannot be sent is *skipped* (folders hold READMEs and DICOMDIRs);
+    a file the caller named is a *failure* (a typo must not pass as success)."""
+    reason = ""
+    try:
+        info = read_part10_header(path)
+        reason = _NOT_STORABLE.get(info.sop_class_uid, "")
+    except (ValueError, OSError) as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+    if reason:
+        if named:
+            report.results.append(InstanceResult(Instance("", "", "", path=path), None, message=reason))
+        else:
+            report.skipped.append((path, reason))
+        return None
+    return Instance(
+        info.sop_class_uid, info.sop_instance_uid, info.transfer_syntax, path=path,
+        offset=info.dataset_offset, size=info.file_size - info.dataset_offset,
+    )
+
+
+def _dataset_instance(ds: Dataset) -> Instance:
+    meta = getattr(ds, "file_meta", None)
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or ExplicitVRLittleEndian) if meta is not None else ExplicitVRLittleEndian
+    if ts in UNCOMPRESSED_TRANSFER_SYNTAXES:
+        ts = ExplicitVRLittleEndian  # we encode it ourselves: any uncompressed syntax will do
+    return Instance(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, dataset=ds)
+
+
+def proposed_contexts(instances: Sequence[Instance]) -> list[RequestedContext]:
+    """The contexts :class:`StoreScu` proposes for ``instances``: per SOP class, one per transfer
+    syntax in use (exact match, no conversion), then the uncompressed fallback."""
+    by_class: dict[str, list[str]] = {}
+    for inst in instances:
+        syntaxes = by_class.setdefault(inst.sop_class_uid, [])
+        if inst.transfer_syntax not in syntaxes:
+            syntaxes.append(inst.transfer_syntax)
+    out: list[RequestedContext] = []
+    for sop_class, syntaxes in by_class.items():
+        out.extend(RequestedContext(sop_class, [ts]) for ts in syntaxes)
+        fallback = [ts for ts in _FALLBACK if ts not in syntaxes]
+        if fallback:
+            out.append(RequestedContext(sop_class, fallback))
+    return out
+
+
+def _batches(instances: list[Instance]) -> Iterator[tuple[list[Instance], list[RequestedContext]]]:
+    """Split by SOP class so that no association proposes more than 128 contexts."""
+    if not instances:
+        return
+    groups: dict[str, list[Instance]] = {}
+    for inst in instances:
+        groups.setdefault(inst.sop_class_uid, []).append(inst)
+    batch: list[Instance] = []
+    contexts: list[RequestedContext] = []
+    for members in groups.values():
+        ctx = proposed_contexts(members)
+        if contexts and len(contexts) + len(ctx) > _MAX_CONTEXTS:
+            yield batch, contexts
+            batch, contexts = [], []
+        batch.extend(members)
+        contexts.extend(ctx)
+    yield batch, contexts
+
+
+def _choose_context(assoc: Association, inst: Instance) -> tuple[PresentationContext | None, bool]:
+    fallback: PresentationContext | None = None
+    for pc in assoc.contexts.values():
+        if not pc.accepted or pc.abstract_syntax != inst.sop_class_uid or not pc.as_scu:
+            continue
+        if pc.transfer_syntax == inst.transfer_syntax:
+            return pc, False
+        if pc.transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES and (
+            fallback is None or pc.transfer_syntax == ExplicitVRLittleEndian
+        ):
+            fallback = pc
+    if fallback is not None and inst.dataset is not None and inst.transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES:
+        return fallback, False  # a Dataset we encode anyway: no conversion involved
+    return fallback, fallback is not None
+
+
+def _convert(inst: Instance, transfer_syntax: str) -> bytes | tuple[str, int, int]:
+    """Re-encode ``inst`` in ``transfer_syntax`` (off the event loop).
+
+    Files go through :func:`pacskit.store.transcode.transcode` (the one conversion pacskit has: byte
+    order swaps, decompression keeping the SOP Instance UID, a size cap) into a temporary file that is
+    then streamed like any other and deleted; returns ``(path, offset, size)``. A Dataset with
+    compressed pixel data is decompressed and encoded in memory; returns the bytes.
+    """
+    if inst.dataset is None:
+        import tempfile
+
+        from pacskit.store.transcode import CannotConvert, transcode
+
+        assert inst.path is not None
+        fd, tmp = tempfile.mkstemp(prefix="pacskit-scu-", suffix=".dcm")
+        os.close(fd)
+        try:
+            transcode(inst.path, tmp, transfer_syntax)
+            info = read_part10_header(tmp)
+        except BaseException as exc:
+            os.unlink(tmp)
+            if isinstance(exc, CannotConvert):
+                raise ValueError(str(exc)) from exc
+            raise
+        return tmp, info.dataset_offset, info.file_size - info.dataset_offset
+    from copy import deepcopy
+
+    ds = deepcopy(inst.dataset)  # the caller's Dataset is left as it was
+    ds.decompress(generate_instance_uid=False)  # the same instance, only re-encoded
+    return encode_dataset(ds, transfer_syntax)
+
+
+def _uid_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return name if name != uid else uid
