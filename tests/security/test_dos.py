@@ -103,21 +103,25 @@ def test_eleventh_association_over_a_limit_of_ten_is_rejected(tmp_path: Path) ->
     assert status == 0x0000
 
 
+def _read_until_closed(sock: socket.socket, got: bytes = b"", timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
 def _raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send ``data``, then read until the server closes; returns what it sent."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        got = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            got += chunk
-        return got
+        return _read_until_closed(sock, timeout=timeout)
 
 
 def _endless_command(port: int) -> bytes:
@@ -130,15 +134,7 @@ def _endless_command(port: int) -> bytes:
                 sock.sendall(p_data(1, 0x01, b"\x00" * 16000))
         except (BrokenPipeError, ConnectionResetError):
             pass
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            got += chunk
-        return got
+        return _read_until_closed(sock, got)
 
 
 def test_absurd_pdu_length_and_endless_command_fragments_abort_only_that_connection(tmp_path: Path) -> None:
