@@ -13,7 +13,8 @@ development VM, mostly pydicom + numpy and pydantic) are in the wall-clock figur
 that embeds StoreScu pays them once. The median of
 ``--repeat`` runs is reported, with other processes' CPU use flagged as in engine_store.py.
 
-(a) ``python benchmarks/store_scu.py pacskit-send`` = ``StoreScu(...).store_sync(folder)``
+(a) ``python benchmarks/_pacskit_store_scu.py`` = ``StoreScu(...).store_sync(files)``, a script that
+    imports only pacskit's client (not this harness)
 (b) ``storescu files...``      (c) ``python -m pynetdicom storescu files...`` (the same file list for all)
 
     .venv/bin/python benchmarks/store_scu.py [--small N] [--ct N] [--repeat R]
@@ -36,6 +37,7 @@ from _common import PYTHON, count_files, dcmtk_env, dcmtk_tool, ensure_series, r
 from engine_store import BUSY, busy_seconds, default_out_root  # noqa: E402
 
 SENDERS = ("pacskit", "storescu", "pynetdicom")
+SENDER = Path(__file__).resolve().parent / "_pacskit_store_scu.py"  # alone in its process, like storescu
 LABELS = {"pacskit": "(a) pacskit StoreScu", "storescu": "(b) DCMTK storescu", "pynetdicom": "(c) pynetdicom storescu"}
 TARGETS = (("pacskit", "storescu", 0.7), ("pacskit", "pynetdicom", 3.0))
 
@@ -43,27 +45,12 @@ TARGETS = (("pacskit", "storescu", 0.7), ("pacskit", "pynetdicom", 3.0))
 def sender_argv(kind: str, names: list[str], ae: str, port: int) -> tuple[list[str], dict[str, str]]:
     """Every sender gets the same explicit list of file names (relative to the data folder, its cwd)."""
     if kind == "pacskit":
-        return [PYTHON, __file__, "pacskit-send", ae, str(port), *names], dict(os.environ)
+        return [PYTHON, str(SENDER), ae, str(port), *names], dict(os.environ)
     if kind == "storescu":
         return [dcmtk_tool("storescu"), "-aet", "BENCHSCU", "-aec", ae, "127.0.0.1", str(port), *names], dcmtk_env()
     if kind == "pynetdicom":
         return [PYTHON, "-m", "pynetdicom", "storescu", "-aet", "BENCHSCU", "-aec", ae, "127.0.0.1", str(port), *names], dict(os.environ)
     raise ValueError(kind)
-
-
-def pacskit_send(argv: list[str]) -> int:
-    from pacskit.client import StoreScu
-
-    ae, port, *names = argv
-    start = time.perf_counter()
-    report = StoreScu(f"{ae}@127.0.0.1:{port}", calling_ae="BENCHSCU").store_sync(names)
-    # For the report: the time inside store_sync(), i.e. without starting Python and importing pacskit
-    # (~1 s here, mostly pydicom + numpy and pydantic), which an application embedding StoreScu pays once.
-    print(f"in-process {time.perf_counter() - start:.3f}")
-    if not report.ok:
-        print(report.summary(), file=sys.stderr)
-        return 1
-    return 0
 
 
 def one_run(kind: str, files: list[Path], out: Path) -> tuple[float | None, str, float]:
@@ -138,6 +125,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "pacskit-send":
-        sys.exit(pacskit_send(sys.argv[2:]))
     sys.exit(main())
