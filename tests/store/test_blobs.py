@@ -124,3 +124,50 @@ def test_hostile_keys_are_refused(store: BlobStore, tmp_path: Path, key: str) ->
 def test_non_string_key_refused(store: BlobStore) -> None:
     with pytest.raises(InvalidBlobKey):
         store.exists(None)  # type: ignore[arg-type]
+
+
+def test_shared_directory_sync_covers_concurrent_callers(tmp_path, monkeypatch):
+    """Each caller returns only after an fsync that started after its call; concurrent callers share.
+
+    The first fsync is held until all eight callers have asked, so the sharing does not depend on
+    timing: the first one covers nobody who asked after it started, the second covers everybody.
+    """
+    import threading
+
+    from pacskit.store import blobs as blobs_module
+
+    log: list[str] = []
+    asked = threading.Semaphore(0)
+    lock = threading.Lock()
+
+    def recording_fsync(path: str) -> None:
+        with lock:
+            first = not log
+            log.append("start")
+        if first:
+            for _ in range(8):
+                assert asked.acquire(timeout=10)
+        with lock:
+            log.append("end")
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", recording_fsync)
+    shared = blobs_module.SharedDirectorySync()
+    order: list[tuple[int, int]] = []  # (fsyncs started when asked, fsyncs ended when returned)
+
+    def caller() -> None:
+        with lock:
+            started = log.count("start")
+        asked.release()
+        shared.sync(str(tmp_path))
+        with lock:
+            order.append((started, log.count("end")))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(order) == 8
+    assert log == ["start", "end", "start", "end"]  # eight callers, two fsyncs
+    for started, ended in order:
+        assert ended > started  # an fsync that started after the call had ended before the return

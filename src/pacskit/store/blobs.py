@@ -102,6 +102,47 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class SharedDirectorySync:
+    """``fsync`` of a directory, shared by the threads that need one at the same time.
+
+    A rename is durable once its directory has been fsynced *after* it. Under N parallel ingests
+    into one bucket directory every caller would issue its own fsync, each forcing a journal commit
+    of the file system, during which other threads' file creations and writes wait. Here a caller
+    that finds an fsync of its directory running waits for it, then for the next one, which it runs
+    itself or joins: one fsync covers every rename made before it started. A lone caller just
+    fsyncs. An fsync that fails is not counted; its waiters try again themselves.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._state: dict[str, list[int]] = {}  # path -> [fsyncs started, last finished, running]
+
+    def sync(self, path: str) -> None:
+        with self._cond:
+            state = self._state.setdefault(path, [0, 0, 0])
+            needed = state[0] + 1  # the first fsync that starts after this call
+            while state[1] < needed:
+                if state[2]:
+                    self._cond.wait()
+                    continue
+                state[2] = 1
+                state[0] += 1
+                ticket = state[0]
+                self._cond.release()
+                try:
+                    _fsync_dir(path)
+                    done = True
+                except BaseException:
+                    done = False
+                    raise
+                finally:
+                    self._cond.acquire()
+                    state[2] = 0
+                    if done:
+                        state[1] = ticket  # one runs at a time, so they finish in order
+                    self._cond.notify_all()
+
+
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -123,6 +164,7 @@ class FilesystemBlobStore:
         os.makedirs(self._temp, exist_ok=True)
         self._known_dirs: set[str] = set()
         self._dir_lock = threading.Lock()
+        self._dir_syncs = SharedDirectorySync()
 
     def __repr__(self) -> str:
         return f"FilesystemBlobStore({self.root!r})"
@@ -181,7 +223,7 @@ class FilesystemBlobStore:
                 raise
             self._copy_in(src, dest)
             os.unlink(src)
-        _fsync_dir(folder)  # the rename itself on stable storage
+        self._dir_syncs.sync(folder)  # the rename itself on stable storage (shared with concurrent puts)
         return key
 
     def _copy_in(self, src: str, dest: str) -> None:
