@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import logging.handlers
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,9 @@ def configure_logging(settings: ServerSettings, *, worker: bool = False) -> None
         root.addHandler(handler)
 
 
+SWITCH_INTERVAL = 0.0005  # seconds; see run_server
+
+
 def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code (1 with one line on start-up errors).
 
@@ -323,4 +327,9 @@ def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
         return 0
 
     configure_logging(settings, worker=worker)
+    # The event loop thread releases the GIL at every system call; handler threads doing CPU work
+    # (header walk, SQL, hashing) then keep it for up to the switch interval before handing it
+    # back, and every association waits. Measured with 8 parallel storescu into one server:
+    # 6.9 s at CPython's default of 5 ms, 6.4 s at 0.5 ms (two runs each).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     return asyncio.run(run())
