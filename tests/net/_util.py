@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pacskit.testing.peers import PeerError, count_store_successes, dcmtk_env, dcmtk_tool
+from pacskit.testing.synth import dataset_bytes  # noqa: F401  (the net tests import it from here)
 from pacskit.net import (
     ALL_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
@@ -118,14 +119,6 @@ def sample_file(name: str) -> str:
     if path is None:
         pytest.skip(f"pydicom test file {name} not available offline")
     return str(path)
-
-
-def dataset_bytes(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a Part 10 file after its File Meta Information group."""
-    info = read_part10_header(path)
-    with open(path, "rb") as fh:
-        fh.seek(info.dataset_offset)
-        return fh.read()
 
 
 def storage_sop_classes() -> list[str]:

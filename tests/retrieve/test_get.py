@@ -15,9 +15,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pacskit.net import CommandField, RequestedContext, Services, connect
-from pacskit.net.sinks import read_part10_header
 from pacskit.server.server import Server
 from pacskit.testing.peers import have_dcmtk
+from pacskit.testing.synth import dataset_bytes
 
 from ._util import (
     CT,
@@ -41,12 +41,6 @@ def _need_dcmtk() -> None:
     if not have_dcmtk():
         pytest.skip("DCMTK is not installed")
 
-
-def _dataset_bytes(path: str | Path) -> bytes:
-    info = read_part10_header(path)
-    with open(path, "rb") as fh:
-        fh.seek(info.dataset_offset)
-        return fh.read()
 
 
 def _by_uid(folder: Path) -> dict[str, Path]:
@@ -80,7 +74,7 @@ def test_getscu_at_every_level(tmp_path: Path) -> None:
                 got = _by_uid(out_dir)
                 assert set(got) == expected, (keys, out)
                 for uid, path in got.items():
-                    assert _dataset_bytes(path) == _dataset_bytes(archive.files[uid])
+                    assert dataset_bytes(path) == dataset_bytes(archive.files[uid])
             assert c  # study C is only fetched through patient P2
 
     asyncio.run(run())
@@ -108,7 +102,7 @@ def test_getscu_gets_compressed_instances_decompressed(tmp_path: Path) -> None:
                 assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
                 source = rle_ds if uid == rle_ds.SOPInstanceUID else dcmread(archive.files[uid])
                 if source is not rle_ds:
-                    assert _dataset_bytes(path) == _dataset_bytes(archive.files[uid])
+                    assert dataset_bytes(path) == dataset_bytes(archive.files[uid])
                 assert np.array_equal(ds.pixel_array, source.pixel_array)
 
     asyncio.run(run())

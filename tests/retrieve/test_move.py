@@ -19,6 +19,7 @@ from pacskit.net.association import REJECT_CONGESTION
 from pacskit.net.sinks import read_part10_header
 from pacskit.server.server import Server
 from pacskit.testing.peers import free_port, have_dcmtk, have_orthanc, orthanc, storescp
+from pacskit.testing.synth import dataset_bytes
 
 from ._util import (
     CT,
@@ -49,12 +50,6 @@ def _need_dcmtk() -> None:
 def _received_uids(folder: Path) -> set[str]:
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in folder.glob("*.dcm")}
 
-
-def _dataset_bytes(path: str | Path) -> bytes:
-    info = read_part10_header(path)
-    with open(path, "rb") as fh:
-        fh.seek(info.dataset_offset)
-        return fh.read()
 
 
 def test_movescu_to_storescp_at_every_level(tmp_path: Path) -> None:
@@ -92,7 +87,7 @@ def test_movescu_to_storescp_at_every_level(tmp_path: Path) -> None:
                     assert len(received) == len(expected)
                     for f in received:
                         uid = str(dcmread(f, stop_before_pixels=True).SOPInstanceUID)
-                        assert _dataset_bytes(f) == _dataset_bytes(archive.files[uid])
+                        assert dataset_bytes(f) == dataset_bytes(archive.files[uid])
 
     asyncio.run(run())
 
@@ -135,7 +130,7 @@ def test_sub_operations_carry_move_originator_and_pending_counts(tmp_path: Path)
                 assert cmd["MoveOriginatorApplicationEntityTitle"].strip() == "MOVESCU"
                 assert cmd["MoveOriginatorMessageID"] == 1
             for uid, f in dest.files.items():
-                assert _dataset_bytes(f) == _dataset_bytes(archive.files[uid])
+                assert dataset_bytes(f) == dataset_bytes(archive.files[uid])
 
             # With a long interval there is no Pending at all (the retrieve takes far less).
             server_addin = next(x for x in server.addins if x.name == "retrieve")
@@ -237,7 +232,7 @@ def test_compressed_instance_sent_as_stored_when_accepted(tmp_path: Path) -> Non
                 assert "Received Final Move Response (Success)" in out, out
                 (got,) = list(Path(scp.out_dir).glob("*.dcm"))
                 assert read_part10_header(got).transfer_syntax == read_part10_header(jpeg).transfer_syntax
-                assert _dataset_bytes(got) == _dataset_bytes(jpeg)
+                assert dataset_bytes(got) == dataset_bytes(jpeg)
 
     asyncio.run(run())
 

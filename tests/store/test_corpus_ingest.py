@@ -26,6 +26,7 @@ from pacskit.net.sinks import read_part10_header
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.store.extract import is_valid_uid
+from pacskit.testing.synth import dataset_bytes
 
 _STORAGE = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
 _ROOT = Path(pydicom.data.__file__).parent / "test_files"
@@ -45,12 +46,6 @@ def _corpus() -> dict[str, Path]:
 
 CORPUS = _corpus()
 
-
-def _dataset_bytes(path: str | Path) -> bytes:
-    info = read_part10_header(path)
-    with open(path, "rb") as fh:
-        fh.seek(info.dataset_offset)
-        return fh.read()
 
 
 def _expected_status(path: Path) -> int:
@@ -97,7 +92,7 @@ def test_every_corpus_instance_stored_byte_identical(tmp_path: Path, db_url: URL
                 assert row.source_ae == "MOD"
                 stored = store.instance_path(uid)
                 assert stored is not None
-                assert _dataset_bytes(stored) == _dataset_bytes(path), path.name
+                assert dataset_bytes(stored) == dataset_bytes(path), path.name
                 assert row.sha256 == hashlib.sha256(Path(stored).read_bytes()).hexdigest()
             report = store.check()
             assert report.ok, str(report)

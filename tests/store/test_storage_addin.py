@@ -24,6 +24,7 @@ from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool, have_dcmtk
 from pacskit.testing.synth import make_instance
+from pacskit.testing.synth import dataset_bytes
 
 pytestmark = pytest.mark.dcmtk
 
@@ -41,12 +42,6 @@ FILES = {
     "rtplan.dcm": "-xi",
 }
 
-
-def _dataset_bytes(path: str) -> bytes:
-    info = read_part10_header(path)
-    with open(path, "rb") as fh:
-        fh.seek(info.dataset_offset)
-        return fh.read()
 
 
 def _settings(tmp_path: Path, db_url: URL | str, **storage: object):
@@ -90,7 +85,7 @@ def test_storescu_files_stored_byte_identical_and_indexed(tmp_path: Path, db_url
                 assert row.series.series_instance_uid == ds.SeriesInstanceUID
                 assert row.series.study.study_instance_uid == ds.StudyInstanceUID
                 stored = store.instance_path(ds.SOPInstanceUID)
-                assert _dataset_bytes(stored) == _dataset_bytes(path), name
+                assert dataset_bytes(stored) == dataset_bytes(path), name
                 assert row.sha256 == hashlib.sha256(Path(stored).read_bytes()).hexdigest()
             report = store.check()
             assert report.ok, str(report)

@@ -23,6 +23,7 @@ from pacskit.testing.peers import (
     wait_for_port,
 )
 from pacskit.testing.synth import (
+    dataset_bytes,
     make_dataset,
     make_instance,
     make_large_instance,
@@ -35,6 +36,7 @@ __all__ = [
     "Peer",
     "PeerError",
     "count_store_successes",
+    "dataset_bytes",
     "dcmtk_env",
     "dcmtk_tool",
     "free_port",

@@ -45,6 +45,7 @@ __all__ = [
     "make_series",
     "make_large_instance",
     "pixel_bytes",
+    "dataset_bytes",
 ]
 
 DEFAULT_PATIENT_ID = "PKT000001"
@@ -387,3 +388,17 @@ def make_large_instance(
             f.write(chunk if n == len(chunk) else chunk[:n])
             remaining -= n
     return path
+
+
+def dataset_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The dataset of a Part 10 file, without preamble and File Meta: what went over the network.
+
+    Tests compare stored and sent files with it ("byte-identical" means the dataset bytes; the File
+    Meta of a stored file is written by the receiver).
+    """
+    from pacskit.net.sinks import read_part10_header
+
+    info = read_part10_header(path)
+    with open(path, "rb") as fh:
+        fh.seek(info.dataset_offset)
+        return fh.read()
