@@ -16,7 +16,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pacskit.net import CommandField, RequestedContext, Services, connect
 from pacskit.server.server import Server
-from pacskit.testing.peers import have_dcmtk
 from pacskit.testing.synth import dataset_bytes
 
 from ._util import (
@@ -33,13 +32,7 @@ from ._util import (
     study_of,
 )
 
-pytestmark = pytest.mark.dcmtk
-
-
-@pytest.fixture(autouse=True)
-def _need_dcmtk() -> None:
-    if not have_dcmtk():
-        pytest.skip("DCMTK is not installed")
+pytestmark = [pytest.mark.dcmtk, pytest.mark.usefixtures("need_dcmtk")]
 
 
 

@@ -18,7 +18,7 @@ from pacskit.net import CommandField
 from pacskit.net.association import REJECT_CONGESTION
 from pacskit.net.sinks import read_part10_header
 from pacskit.server.server import Server
-from pacskit.testing.peers import free_port, have_dcmtk, have_orthanc, orthanc, storescp
+from pacskit.testing.peers import free_port, have_orthanc, orthanc, storescp
 from pacskit.testing.synth import dataset_bytes
 
 from ._util import (
@@ -38,13 +38,7 @@ from ._util import (
     study_of,
 )
 
-pytestmark = pytest.mark.dcmtk
-
-
-@pytest.fixture(autouse=True)
-def _need_dcmtk() -> None:
-    if not have_dcmtk():
-        pytest.skip("DCMTK is not installed")
+pytestmark = [pytest.mark.dcmtk, pytest.mark.usefixtures("need_dcmtk")]
 
 
 def _received_uids(folder: Path) -> set[str]:
