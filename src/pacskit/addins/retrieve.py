@@ -196,11 +196,8 @@ class RetrieveAddIn(AddIn):
             yield Response(0xA801, elements={"ErrorComment": f"move destination {destination[:16]!r} unknown"})
             return
         selection = await self._select(request)
-        if isinstance(selection, Response):
+        if isinstance(selection, Response):  # refused, or nothing to send
             yield selection
-            return
-        if selection.count == 0:
-            yield Response(0x0000, elements=_Tally(0).elements(remaining=False))
             return
         originator = (peer, request.message_id)
         deadline = started + self.options.retrieve_timeout
@@ -238,11 +235,8 @@ class RetrieveAddIn(AddIn):
     async def on_get(self, request: Request) -> AsyncIterator[Response]:
         started = time.monotonic()
         selection = await self._select(request)
-        if isinstance(selection, Response):
+        if isinstance(selection, Response):  # refused, or nothing to send
             yield selection
-            return
-        if selection.count == 0:
-            yield Response(0x0000, elements=_Tally(0).elements(remaining=False))
             return
         deadline = started + self.options.retrieve_timeout
         async for response in self._run(request, selection, request.assoc, None, deadline):
@@ -254,6 +248,7 @@ class RetrieveAddIn(AddIn):
     # ------------------------------------------------------------------ steps
 
     async def _select(self, request: Request) -> RetrieveSelection | Response:
+        """The instances to send, or the final response when there is nothing to send."""
         store = self.base.store
         if store is None:
             return Response(0xA702, elements={"ErrorComment": "no data store configured"})
@@ -280,6 +275,8 @@ class RetrieveAddIn(AddIn):
         self.base.log.info(
             "%s from %s: %s level, %d instances", request.service, request.assoc.remote_ae_title, keys.level, selection.count
         )
+        if selection.count == 0:  # nothing matched: a final Success with zero counts
+            return Response(0x0000, elements=_Tally(0).elements(remaining=False))
         return selection
 
     async def _connect(self, destination: str, contexts: list[RequestedContext], deadline: float, request: Request) -> Any:
