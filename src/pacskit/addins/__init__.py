@@ -13,7 +13,9 @@ An add-in is a class deriving from :class:`AddIn`. It declares
   and the allowed statuses);
 - :meth:`AddIn.extended_negotiation`: optional, the answer to a peer's SOP Class Extended Negotiation
   (e.g. relational queries for C-FIND);
-- :meth:`AddIn.start` / :meth:`AddIn.stop`: lifecycle, with :attr:`AddIn.base` giving the base services.
+- :meth:`AddIn.start` / :meth:`AddIn.stop`: lifecycle, with :attr:`AddIn.base` giving the base services;
+- :meth:`AddIn.admin_router`: optional, HTTP endpoints of the add-in, mounted by the server's admin API
+  under ``/addins/<name>/`` (e.g. the worklist add-in's management of scheduled procedure steps).
 
 The server owns dispatch: each (service, abstract syntax) pair has exactly one owner, and two enabled
 add-ins claiming the same one is a start-up error naming both. When a handler does not answer within
@@ -123,6 +125,15 @@ class AddIn:
         the bytes to answer with, or ``None`` to send no item (the peer then assumes nothing was agreed).
         Called while the association is negotiated; the agreed answer is in
         ``request.assoc.extended_negotiation_response[sop_class_uid]`` for the handlers."""
+        return None
+
+    def admin_router(self) -> Any | None:
+        """A :class:`fastapi.APIRouter` with this add-in's own admin endpoints, or ``None``.
+
+        The admin API mounts it under ``/addins/<name>/`` beside the server's own endpoints, behind the
+        same authentication, so an add-in never opens a port of its own. Routes run in the server's
+        process and may use :attr:`base`; keep them quick or make them ``async``. Called once, after
+        ``start``."""
         return None
 
     async def start(self) -> None:
