@@ -111,6 +111,9 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
     return data
 
 
+# responses that carry no Affected SOP Instance UID (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2)
+_NO_INSTANCE_IN_RESPONSE = frozenset({CommandField.C_FIND_RQ, CommandField.C_MOVE_RQ, CommandField.C_GET_RQ})
+
 class Association:
     """One DICOM association, acceptor or requestor side. Create requestors with :func:`connect`."""
 
@@ -176,6 +179,9 @@ class Association:
         self._worker: asyncio.Task[None] | None = None
         self._handling = False
         self._cancels: dict[int, asyncio.Event] = {}
+        # the last Pending response sent: (request command, status, response command, its encoding)
+        self._pending_rsp: tuple[Command, int, Command, bytes] | None = None
+        self._last_command: tuple[bytes, Command] | None = None  # the last command set received, decoded
         self._waiters: dict[int, asyncio.Queue[Any]] = {}
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()
@@ -456,10 +462,15 @@ class Association:
             data = b"".join(self._cmd_parts)
             self._cmd_parts = []
             self._cmd_len = 0
-            try:
-                command = Command.decode(data)
-            except DimseError as exc:
-                raise PduError(f"invalid command set: {exc}", 6) from exc
+            last = self._last_command
+            if last is not None and last[0] == data:
+                command = Command(last[1])  # a stream of Pending answers repeats one command set
+            else:
+                try:
+                    command = Command.decode(data)
+                except DimseError as exc:
+                    raise PduError(f"invalid command set: {exc}", 6) from exc
+                self._last_command = (data, Command(command))
             ctx = self.contexts[self._cmd_context]
             if not command.has_dataset:
                 self._message_complete(ctx, command, None, None)
@@ -608,14 +619,26 @@ class Association:
             raise DimseError("handler returned no status")
         if hasattr(result, "__anext__"):
             aiter: AsyncIterator[Any] = result
-            while True:
-                try:
-                    item = await (asyncio.wait_for(aiter.__anext__(), timeout) if timeout else aiter.__anext__())
-                except StopAsyncIteration:
-                    break
-                if await self._send_item(request, item):
-                    await aiter.aclose() if hasattr(aiter, "aclose") else None
-                    return
+            # One timeout scope for the whole stream (asyncio.wait_for per item would create a task
+            # per response, most of the cost of a many-match C-FIND). Its deadline moves forward at
+            # most once a second, so a handler gets between timeout - 1 and timeout seconds for each
+            # item; it is disarmed while a slow peer holds up sending (that is not the handler's time).
+            async with asyncio.timeout(None) as scope:
+                while True:
+                    if timeout:
+                        deadline = self._loop.time() + timeout
+                        when = scope.when()
+                        if when is None or deadline - when > 1.0:
+                            scope.reschedule(deadline)
+                    try:
+                        item = await aiter.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    if timeout and not self.dul.can_write:
+                        scope.reschedule(None)
+                    if await self._send_item(request, item):
+                        await aiter.aclose() if hasattr(aiter, "aclose") else None
+                        return
         elif hasattr(result, "__next__"):
             sentinel = object()
             while True:
@@ -642,14 +665,22 @@ class Association:
         data: bytes | None = None
         if response.dataset is not None:
             data = response.dataset if isinstance(response.dataset, bytes) else encode_dataset(response.dataset, ctx.transfer_syntax)
+        status = response.status
+        if (status == 0xFF00 or status == 0xFF01) and data is not None and not response.elements:
+            # A stream of Pending answers (C-FIND matches) repeats one command set: encode it once.
+            cached = self._pending_rsp
+            if cached is None or cached[0] is not request or cached[1] != status:
+                cmd = dimse.response_command(request, status, has_dataset=True)
+                if request.command_field in _NO_INSTANCE_IN_RESPONSE:
+                    cmd.pop("AffectedSOPInstanceUID", None)
+                cached = self._pending_rsp = (request, status, cmd, cmd.encode())
+            await self.send_message(ctx.id, cached[2], data, encoded_command=cached[3])
+            return
         elements = dict(response.elements)
         if "ErrorComment" in elements and elements["ErrorComment"]:
             elements["ErrorComment"] = str(elements["ErrorComment"])[:64]
         cmd = dimse.response_command(request, response.status, has_dataset=data is not None, **elements)
-        if request.command_field == CommandField.C_FIND_RQ or request.command_field in (
-            CommandField.C_MOVE_RQ,
-            CommandField.C_GET_RQ,
-        ):
+        if request.command_field in _NO_INSTANCE_IN_RESPONSE:
             cmd.pop("AffectedSOPInstanceUID", None)
         await self.send_message(ctx.id, cmd, data)
 
@@ -663,14 +694,17 @@ class Association:
         context_id: int,
         command: Command,
         dataset: bytes | tuple[str | os.PathLike[str], int, int] | None = None,
+        *,
+        encoded_command: bytes | None = None,
     ) -> None:
         """Send one DIMSE message. ``dataset`` is encoded bytes, or ``(path, offset, size)`` to stream a
-        file from ``offset`` in PDU-sized pieces (never loading it whole). Raises
+        file from ``offset`` in PDU-sized pieces (never loading it whole). ``encoded_command`` is
+        ``command`` already encoded, when the caller sends the same one many times. Raises
         :class:`AssociationAborted` when the association can no longer carry data."""
         if self.bus.wants(ev.DIMSE_SENT):
             self.bus.emit(ev.DIMSE_SENT, self, command=command, context_id=context_id)
         max_data = self._max_pdv_data()
-        pieces = _fragments(command.encode(), context_id, max_data, command=True)
+        pieces = _fragments(encoded_command or command.encode(), context_id, max_data, command=True)
         if dataset is None or isinstance(dataset, bytes):
             if dataset is not None:
                 pieces += _fragments(dataset, context_id, max_data, command=False)
@@ -758,10 +792,14 @@ class Association:
             await self.send_message(ctx.id, command, data)
             timeout = self.config.dimse_timeout
             while True:
-                try:
-                    item = await (asyncio.wait_for(queue.get(), timeout) if timeout else queue.get())
-                except TimeoutError:
-                    raise NetTimeout(f"no DIMSE response within {timeout} s") from None
+                if not queue.empty():  # responses that arrived together: no timer, no task
+                    item = queue.get_nowait()
+                else:
+                    try:
+                        async with asyncio.timeout(timeout or None):
+                            item = await queue.get()
+                    except TimeoutError:
+                        raise NetTimeout(f"no DIMSE response within {timeout} s") from None
                 if isinstance(item, BaseException):
                     raise item
                 yield item

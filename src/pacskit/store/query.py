@@ -760,6 +760,9 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 #: VRs with a 4-byte length in Explicit VR (PS3.5 7.1.2)
+_TAG_PREFIX = struct.Struct("<HH").pack
+_UL_LEN = struct.Struct("<I").pack
+_US_LEN = struct.Struct("<H").pack
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 #: VRs whose text is in the Specific Character Set (the others are ASCII)
 _CHARSET_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
@@ -773,6 +776,8 @@ class _FastEncoder:
     def __init__(self, query: FindQuery, explicit: bool, fixed: dict[int, str]) -> None:
         self.query = query
         self.explicit = explicit
+        self._positions: list[int] | None = None
+        self._empty: dict[int, bytes] = {}  # tag -> encoded empty element
         # (tag, vr, where the value comes from)
         self.plan: list[tuple[int, str, str, Any]] = []
         for rk in query.returns:
@@ -798,43 +803,53 @@ class _FastEncoder:
                 return None  # pydicom's sequence encoding (undefined length), ambiguous VRs
         return cls(query, transfer_syntax == _EXPLICIT_LE, fixed)
 
+    def _element_header(self, tag: int, vr: str, length: int) -> bytes:
+        head = _TAG_PREFIX(tag >> 16, tag & 0xFFFF)
+        if not self.explicit:
+            return head + _UL_LEN(length)
+        if vr in _LONG_VRS:
+            return head + vr.encode("ascii") + b"\x00\x00" + _UL_LEN(length)
+        return head + vr.encode("ascii") + _US_LEN(length)
+
     def encode(self, row: Any) -> bytes:
-        mapping = row._mapping
+        positions = self._positions
+        if positions is None:  # the row's column order, once per query
+            index = {name: i for i, name in enumerate(row._fields)}
+            positions = self._positions = [index[ref[0]] if source == "column" else -1 for _, _, source, ref in self.plan]
         values: list[tuple[int, str, str | None]] = []
         non_ascii: list[str] = []
-        for tag, vr, source, ref in self.plan:
-            if source == "column":
-                label, kind = ref
-                raw = mapping[label]
-                text = None if raw is None else (str(int(raw)) if kind in ("int", "count") else str(raw))
+        for (tag, vr, source, ref), pos in zip(self.plan, positions):
+            if pos >= 0:
+                raw = row[pos]
+                text = None if raw is None else (str(int(raw)) if ref[1] in ("int", "count") else str(raw))
             else:
                 text = ref
             if text is not None and not text.isascii():
                 non_ascii.append(text)
             values.append((tag, vr, text))
         codec = "ascii"
-        charset = _choose_charset(non_ascii, self.query.charset)
-        if charset is not None:
-            codec = _SINGLE_BYTE[charset]
-            values.append((_CHARSET, "CS", charset))
-            values.sort(key=lambda v: v[0])
-        out = bytearray()
+        if non_ascii:
+            charset = _choose_charset(non_ascii, self.query.charset)
+            if charset is not None:
+                codec = _SINGLE_BYTE[charset]
+                values.append((_CHARSET, "CS", charset))
+                values.sort(key=lambda v: v[0])
+        out: list[bytes] = []
+        header = self._element_header
+        empty = self._empty
         for tag, vr, text in values:
             if text is None or text == "":
-                data = b""
-            else:
-                data = text.encode(codec if vr in _CHARSET_VRS else "ascii", errors="replace")
-                if len(data) % 2:
-                    data += b"\x00" if vr == "UI" else b" "
-            out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
-            if not self.explicit:
-                out += struct.pack("<I", len(data))
-            elif vr in _LONG_VRS:
-                out += vr.encode("ascii") + b"\x00\x00" + struct.pack("<I", len(data))
-            else:
-                out += vr.encode("ascii") + struct.pack("<H", len(data))
-            out += data
-        return bytes(out)
+                cached = empty.get(tag)
+                if cached is None:
+                    cached = empty[tag] = header(tag, vr, 0)
+                out.append(cached)
+                continue
+            data = text.encode(codec if vr in _CHARSET_VRS else "ascii", errors="replace")
+            if len(data) % 2:
+                data += b"\x00" if vr == "UI" else b" "
+            out.append(header(tag, vr, len(data)))
+            out.append(data)
+        return b"".join(out)
 
 
 def build_response(store: DataStore, query: FindQuery, row: Any) -> Dataset:
