@@ -71,14 +71,17 @@ def resolve_target(target: str, data_dir: str | None, config: str | None) -> Any
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; engine errors become their exit code with one clear line."""
-    from pacskit.client import KeyError_
-
     try:
         return asyncio.run(coro)
     except NetError as exc:
         raise typer.Exit(net_error_exit(exc)) from None
-    except KeyError_ as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    except ValueError as exc:
+        # imported only here: pacskit.client.keys needs pydicom, which `pacskit store` never loads
+        from pacskit.client.keys import KeyError_
+
+        if isinstance(exc, KeyError_):
+            raise fail(str(exc), EXIT_USAGE) from None
+        raise
 
 
 def _config(timeout: float) -> NetConfig:

@@ -41,7 +41,8 @@ from pacskit.net.errors import (
 from pacskit.net.events import EventBus, SpyEvent
 from pacskit.net.pdu import UserIdentityRQ
 from pacskit.net.presentation import (
-    ALL_TRANSFER_SYNTAXES,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
     PresentationContext,
@@ -53,6 +54,8 @@ from pacskit.net.sinks import ReceivedDataset
 
 __all__ = [
     "ALL_TRANSFER_SYNTAXES",
+    "EXPLICIT_VR_LITTLE_ENDIAN",
+    "IMPLICIT_VR_LITTLE_ENDIAN",
     "Acceptor",
     "AssociateHook",
     "Association",
@@ -92,3 +95,12 @@ __all__ = [
     "encode_dataset",
     "status_category",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # made from pydicom's list on first use, so importing the engine does not import pydicom
+    if name == "ALL_TRANSFER_SYNTAXES":
+        from pacskit.net import presentation
+
+        return presentation.ALL_TRANSFER_SYNTAXES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

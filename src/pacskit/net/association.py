@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from pacskit.net import dimse, pdu
 from pacskit.net import events as ev
@@ -43,6 +42,9 @@ from pacskit.net.errors import (
 )
 from pacskit.net.fsm import State
 from pacskit.net.presentation import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     VERIFICATION_SOP_CLASS,
     PresentationContext,
     RequestedContext,
@@ -99,11 +101,11 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
     from pydicom.filewriter import write_dataset
 
     fp = DicomBytesIO()
-    fp.is_little_endian = transfer_syntax != ExplicitVRBigEndian
-    fp.is_implicit_VR = transfer_syntax == ImplicitVRLittleEndian
+    fp.is_little_endian = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
+    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
     write_dataset(fp, ds)
     data = fp.getvalue()
-    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = compressor.compress(data) + compressor.flush()
         if len(data) & 1:
