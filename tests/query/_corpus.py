@@ -103,6 +103,10 @@ def charset_file(name: str) -> str:
     return str(found[0])
 
 
+#: instance -> AcquisitionDateTime (DT matching at IMAGE level: an offset, a partial value)
+ACQUISITION_DATETIMES = {"A1.1.1": "20240105103000.5+0100", "A1.1.2": "2024010511"}
+
+
 def build(folder: Path) -> Corpus:
     corpus = Corpus()
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,6 +122,8 @@ def build(folder: Path) -> Corpus:
                 corpus.names["IMAGE"][uid(inst)] = inst
                 extra = {k: v for k, v in {**PATIENTS[patient], **attrs}.items() if k != "PatientName"}
                 extra.update(SeriesNumber=number, SeriesDescription=desc, BodyPartExamined=body)
+                if inst in ACQUISITION_DATETIMES:
+                    extra["AcquisitionDateTime"] = ACQUISITION_DATETIMES[inst]
                 path = make_instance(
                     folder / f"{inst}.dcm", rows=2, cols=2, patient_id=patient,
                     patient_name=PATIENTS[patient]["PatientName"], study_uid=uid(study), series_uid=uid(series),

@@ -23,6 +23,8 @@ A1 = uid("A1")
 OT_STUDIES = set(CHARSET_FILES) - {"JAPMULTI"}
 ALL_PATIENTS = {"PA", "PB", "PC", "PE"} | set(CHARSET_FILES)
 
+_A11 = {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1")}
+
 # (id, model, level, keys, expected names | status, relational)
 TABLE: list[tuple[str, str, str, dict[str, Any], set[str] | int, bool]] = [
     # universal matching
@@ -167,6 +169,20 @@ TABLE: list[tuple[str, str, str, dict[str, Any], set[str] | int, bool]] = [
     # IMAGE level, Study Root
     ("image-of-series", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1")}, {"A1.1.1", "A1.1.2"}, False),
     ("image-number", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1"), "InstanceNumber": "2"}, {"A1.1.2"}, False),
+    # DT range matching (AcquisitionDateTime; partial = earliest instant, UTC offsets ignored)
+    ("dt-universal", SR, "IMAGE", {**_A11, "AcquisitionDateTime": ""}, {"A1.1.1", "A1.1.2"}, False),
+    ("dt-single", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105103000.5"}, {"A1.1.1"}, False),
+    ("dt-single-partial", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105110000"}, {"A1.1.2"}, False),
+    ("dt-single-offset-ignored", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105103000.500-0500"}, {"A1.1.1"}, False),
+    ("dt-range", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105100000-20240105105959"}, {"A1.1.1"}, False),
+    ("dt-range-offsets", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "2024010510+0100-2024010512-0500"}, {"A1.1.1", "A1.1.2"}, False),
+    ("dt-open-lower", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "2024010511-"}, {"A1.1.2"}, False),
+    ("dt-open-lower-year", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "2025-"}, set(), False),
+    ("dt-open-upper", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "-20240105103000.5"}, {"A1.1.1"}, False),
+    ("dt-open-upper-partial", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "-2024010510"}, set(), False),
+    ("dt-invalid-month", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20241305"}, 0xC000, False),
+    ("dt-invalid-dashes", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "2024-01-05"}, 0xC000, False),
+    ("dt-invalid-fraction", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105.5-"}, 0xC000, False),
     ("image-sop-class", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1"), "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, {"A1.1.1", "A1.1.2"}, False),
     ("image-sop-class-other", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1"), "SOPClassUID": "1.2.840.10008.5.1.4.1.1.88.11"}, set(), False),
     ("image-uid-list", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1"), "SOPInstanceUID": [uid("A1.1.2"), uid("A1.2.1")]}, {"A1.1.2"}, False),

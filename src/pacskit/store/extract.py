@@ -29,7 +29,7 @@ from pydicom.uid import UID
 from pacskit.store import models as m
 from pacskit.net.sinks import InflationLimit, inflate
 from pacskit.store.nesting import check_nesting
-from pacskit.store.models import normalise_person_name
+from pacskit.store.models import datetime_key, normalise_person_name
 
 #: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
 UID_PATTERN = re.compile(r"\A(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\Z")
@@ -54,6 +54,7 @@ _TEXT_FIELDS: dict[str, tuple[str, int]] = {
     "Modality": ("modality", m.CS),
     "SeriesDescription": ("series_description", m.LO),
     "BodyPartExamined": ("body_part_examined", m.CS),
+    "AcquisitionDateTime": ("acquisition_datetime", m.DT),
 }
 _INT_FIELDS = {"SeriesNumber": "series_number", "InstanceNumber": "instance_number"}
 _UID_FIELDS = {
@@ -125,10 +126,15 @@ class InstanceAttributes:
     series_description: str | None = None
     body_part_examined: str | None = None
     instance_number: int | None = None
+    acquisition_datetime: str | None = None
 
     @property
     def patient_name_search(self) -> str | None:
         return normalise_person_name(self.patient_name)
+
+    @property
+    def acquisition_datetime_key(self) -> str | None:
+        return datetime_key(self.acquisition_datetime)
 
 
 def is_valid_uid(value: object) -> bool:

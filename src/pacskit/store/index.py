@@ -139,7 +139,8 @@ class _FastPathStatements:
             .where(series.c.pk == bindparam("row"), series.c.series_instance_uid == bindparam("uid"),
                    series.c.study_fk == bindparam("study"))
             .values(num_instances=series.c.num_instances + 1), dialect)
-        columns = ("series_fk", "sop_instance_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid",
+        columns = ("series_fk", "sop_instance_uid", "sop_class_uid", "instance_number", "acquisition_datetime",
+                   "acquisition_datetime_key", "transfer_syntax_uid",
                    "specific_character_set", "size", "sha256", "blob_key", "received_at", "source_ae")
         insert_stmt = insert(inst).values({c: bindparam(c) for c in columns})
         if dialect.name == "postgresql":
@@ -369,6 +370,8 @@ class Index:
             sop_instance_uid=a.sop_instance_uid,
             sop_class_uid=a.sop_class_uid,
             instance_number=a.instance_number,
+            acquisition_datetime=a.acquisition_datetime,
+            acquisition_datetime_key=a.acquisition_datetime_key,
             transfer_syntax_uid=a.transfer_syntax_uid,
             specific_character_set=a.specific_character_set,
             size=size,
@@ -422,6 +425,8 @@ class Index:
                 "sop_instance_uid": a.sop_instance_uid,
                 "sop_class_uid": a.sop_class_uid,
                 "instance_number": a.instance_number,
+                "acquisition_datetime": a.acquisition_datetime,
+                "acquisition_datetime_key": a.acquisition_datetime_key,
                 "transfer_syntax_uid": a.transfer_syntax_uid,
                 "specific_character_set": a.specific_character_set,
                 "size": size,
@@ -468,6 +473,8 @@ class Index:
             inst.series_fk = series.pk
         inst.sop_class_uid = a.sop_class_uid
         inst.instance_number = a.instance_number
+        inst.acquisition_datetime = a.acquisition_datetime
+        inst.acquisition_datetime_key = a.acquisition_datetime_key
         inst.transfer_syntax_uid = a.transfer_syntax_uid
         inst.specific_character_set = a.specific_character_set
         inst.size = size

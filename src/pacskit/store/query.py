@@ -41,6 +41,7 @@ data) and returned empty when the file does not have it. Such keys are not match
 from __future__ import annotations
 
 import datetime as dt
+import re
 import struct
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -71,7 +72,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.functions import FunctionElement
 
-from pacskit.store.models import Instance, Patient, Series, Study, normalise_person_name, starts_with
+from pacskit.store.models import Instance, Patient, Series, Study, datetime_key, normalise_person_name, starts_with
 
 if TYPE_CHECKING:
     from pacskit.store.datastore import DataStore
@@ -122,7 +123,7 @@ class TooManyMatches(Exception):
 class Key:
     """An attribute the index matches on and/or returns.
 
-    ``kind``: ``uid``, ``text``, ``pn``, ``date``, ``time``, ``int``, ``modalities`` (matched), or
+    ``kind``: ``uid``, ``text``, ``pn``, ``date``, ``time``, ``datetime``, ``int``, ``modalities`` (matched), or
     ``count`` / ``sop_classes`` (returned only). ``column`` is what is returned; ``search`` what is
     matched when it differs (the normalised person name).
     """
@@ -183,6 +184,7 @@ _KEY_LIST = [
     Key("SOPInstanceUID", "IMAGE", "uid", Instance.sop_instance_uid, unique=True),
     Key("SOPClassUID", "IMAGE", "uid", Instance.sop_class_uid),
     Key("InstanceNumber", "IMAGE", "int", Instance.instance_number),
+    Key("AcquisitionDateTime", "IMAGE", "datetime", Instance.acquisition_datetime, Instance.acquisition_datetime_key),
 ]
 #: keyword -> Key, for every attribute the index matches or returns
 KEYS: dict[str, Key] = {k.keyword: k for k in _KEY_LIST}
@@ -357,6 +359,33 @@ def time_range(elem: DataElement) -> tuple[str | None, str | None] | None:
         hi = parse_time(hi) if hi else None
     except ValueError as exc:
         raise _bad_value(elem, str(exc)) from None
+    return lo, hi
+
+
+_DT_VALUE = r"\d{4}(?:\d{2}){0,5}(?:\.\d{1,6})?(?:[+-]\d{4})?"
+_DT_RANGE = re.compile(rf"\A({_DT_VALUE})?-({_DT_VALUE})?\Z")
+
+
+def datetime_range(elem: DataElement) -> tuple[str | None, str | None] | None:
+    """(lower, upper) in the form :func:`~pacskit.store.models.datetime_key` gives, either open (None);
+    None for universal matching. A value that is one DT is a single value, so ``20240105-0500`` is 5
+    January at UTC-5, not a range; ``20240105-0500-20240106`` is a range."""
+    values = _values(elem)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _bad_value(elem, "one date-time or date-time range expected")
+    text = values[0]
+    single = datetime_key(text)
+    if single is not None:
+        return single, single
+    m = _DT_RANGE.match(text)
+    if m is None or not (m.group(1) or m.group(2)):
+        raise _bad_value(elem, f"not a date-time or date-time range: {text!r}")
+    lo = datetime_key(m.group(1)) if m.group(1) else None
+    hi = datetime_key(m.group(2)) if m.group(2) else None
+    if (m.group(1) and lo is None) or (m.group(2) and hi is None):
+        raise _bad_value(elem, f"not a date-time range: {text!r}")
     return lo, hi
 
 
@@ -652,6 +681,9 @@ def _condition(key: Key, elem: DataElement) -> ColumnElement[bool] | None:
     if key.kind == "time":
         rng = time_range(elem)
         return _time_condition(key.column, rng) if rng is not None else None
+    if key.kind == "datetime":
+        rng = datetime_range(elem)
+        return _date_condition(key.search, rng) if rng is not None else None
     values = _values(elem)
     if not values:
         return None
