@@ -86,11 +86,10 @@ def load_pacskit(folder: Path, shape: bulk.BulkShape, db_url: str | None) -> Pat
         bulk.bulk_load(store, shape)
         print(f"  bulk-loaded {shape.instances:,} instances ({shape.studies:,} studies) into "
               f"{store.index.backend} in {time.perf_counter() - t0:.1f} s", flush=True)
-        if store.index.backend == "postgresql":
-            with store.index.engine.connect() as conn:
-                conn.exec_driver_sql("ANALYZE")
-        elif store.index.backend == "sqlite":
-            with store.index.engine.connect() as conn:
+        if store.index.backend in ("postgresql", "sqlite"):
+            # planner statistics after a bulk load (committed: inside a rolled-back transaction
+            # PostgreSQL drops them, and then plans a hash join over every study for each query)
+            with store.index.engine.begin() as conn:
                 conn.exec_driver_sql("ANALYZE")
     finally:
         store.close()
