@@ -65,10 +65,16 @@ _UID_FIELDS = {
 }
 _DATE_FIELDS = {"patient_birth_date", "study_date"}
 
+#: Request Attributes Sequence (SERIES level): which request each series answers; its items'
+#: AccessionNumber, RequestedProcedureID and ScheduledProcedureStepID are indexed (sequence matching)
+REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
+REQUEST_KEYS = ("AccessionNumber", "RequestedProcedureID", "ScheduledProcedureStepID")
+MAX_REQUEST_ITEMS = 16  # items indexed per series; more is not a request list but noise
+
 #: The tags read from each instance (plus Specific Character Set, which pydicom always adds).
 INDEX_TAGS: list[int] = sorted(
-    tag_for_keyword(k)  # type: ignore[misc]
-    for k in ["SpecificCharacterSet", *_TEXT_FIELDS, *_INT_FIELDS, *_UID_FIELDS]
+    [tag_for_keyword(k)  # type: ignore[misc]
+     for k in ["SpecificCharacterSet", *_TEXT_FIELDS, *_INT_FIELDS, *_UID_FIELDS]] + [REQUEST_ATTRIBUTES_SEQUENCE]
 )
 
 
@@ -127,6 +133,8 @@ class InstanceAttributes:
     body_part_examined: str | None = None
     instance_number: int | None = None
     acquisition_datetime: str | None = None
+    #: (AccessionNumber, RequestedProcedureID, ScheduledProcedureStepID) of each Request Attributes item
+    request_attributes: tuple[tuple[str | None, str | None, str | None], ...] = ()
 
     @property
     def patient_name_search(self) -> str | None:
@@ -233,6 +241,7 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax_uid: str | None = None,
         except Exception:
             raw = None
         values[field] = _int(raw)
+    values["request_attributes"] = _request_attributes(ds)
     return InstanceAttributes(
         transfer_syntax_uid=_text(transfer_syntax_uid, m.UI),
         specific_character_set=_charset(ds),
@@ -308,12 +317,36 @@ def attributes_from_walk(values: dict[int, tuple[bytes | None, bytes]], transfer
         elif field == "study_time" and value is not None:
             value = value.replace(":", "") or None
         fields[field] = value
+    if REQUEST_ATTRIBUTES_SEQUENCE in values:  # rare and nested: decoded by pydicom
+        subset = {t: values[t] for t in (_CHARSET_TAG, REQUEST_ATTRIBUTES_SEQUENCE) if t in values}
+        fields["request_attributes"] = _request_attributes(_raw_dataset(subset, little_endian, implicit_vr))
     return InstanceAttributes(
         transfer_syntax_uid=_text(transfer_syntax_uid, m.UI),
         specific_character_set=charset_text[: m.CHARSET] or None,
         source_ae=_text(source_ae, m.AE),
         **fields,
     )
+
+
+def _request_attributes(ds: Dataset) -> tuple[tuple[str | None, str | None, str | None], ...]:
+    """The indexed keys of each Request Attributes Sequence item (items with none of them skipped)."""
+    try:
+        elem = ds.get(REQUEST_ATTRIBUTES_SEQUENCE)
+        items = list(elem.value) if elem is not None and elem.value else []
+    except Exception:  # a malformed optional sequence is not a reason to refuse the instance
+        return ()
+    out: list[tuple[str | None, str | None, str | None]] = []
+    for item in items[:MAX_REQUEST_ITEMS]:
+        row: list[str | None] = []
+        for keyword in REQUEST_KEYS:
+            try:
+                raw = item[keyword].value if keyword in item else None
+            except Exception:
+                raw = None
+            row.append(_text(raw, m.SH))
+        if any(v is not None for v in row):
+            out.append((row[0], row[1], row[2]))
+    return tuple(out)
 
 
 def _raw_dataset(values: dict[int, tuple[bytes | None, bytes]], little_endian: bool, implicit_vr: bool) -> Dataset:

@@ -38,6 +38,7 @@ from pacskit.store.models import (
     Instance,
     Patient,
     Series,
+    SeriesRequest,
     Study,
     normalise_person_name,
 )
@@ -549,6 +550,9 @@ class Index:
             )
             s.add(series)
             s.flush()
+            for accession, requested, step in a.request_attributes:
+                s.add(SeriesRequest(series_fk=series.pk, accession_number=accession,
+                                    requested_procedure_id=requested, scheduled_procedure_step_id=step))
             s.execute(update(Study).where(Study.pk == study.pk).values(num_series=Study.num_series + 1))
             self._refresh_modalities(s, study.pk)
         elif series.study_fk != study.pk:  # created meanwhile by a concurrent transaction
@@ -607,6 +611,7 @@ class Index:
         study = self._lock_study(s, study_fk)
         if s.scalar(select(func.count()).select_from(Instance).where(Instance.series_fk == series_pk)):
             return
+        s.execute(delete(SeriesRequest).where(SeriesRequest.series_fk == series_pk))
         s.execute(delete(Series).where(Series.pk == series_pk))
         s.execute(update(Study).where(Study.pk == study_fk).values(num_series=Study.num_series - 1))
         if s.scalar(select(func.count()).select_from(Series).where(Series.study_fk == study_fk)):
@@ -640,7 +645,7 @@ class Index:
     def clear(self, s: Session) -> None:
         """Delete every row (children first)."""
         self._forget()
-        for model in (Instance, Series, Study, Patient):
+        for model in (Instance, SeriesRequest, Series, Study, Patient):
             s.execute(delete(model))
 
     # queries ----------------------------------------------------------------------------------------

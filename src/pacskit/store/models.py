@@ -196,6 +196,23 @@ class Series(Base):
         return f"Series(pk={self.pk}, uid={self.series_instance_uid!r})"
 
 
+class SeriesRequest(Base):
+    """One item of a series' Request Attributes Sequence (0040,0275): the request it answers.
+
+    The indexed keys of the sequence, one row per item, so C-FIND sequence matching is one EXISTS
+    over this table (PS3.4 C.2.2.2.6: a series matches when one of its items matches every key)."""
+
+    __tablename__ = "series_requests"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    series_fk: Mapped[int] = mapped_column(PK, ForeignKey("series.pk"), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(SH))
+    requested_procedure_id: Mapped[str | None] = mapped_column(String(SH))
+    scheduled_procedure_step_id: Mapped[str | None] = mapped_column(String(SH))
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
 class Instance(Base):
     __tablename__ = "instances"
 

@@ -72,7 +72,16 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.functions import FunctionElement
 
-from pacskit.store.models import Instance, Patient, Series, Study, datetime_key, normalise_person_name, starts_with
+from pacskit.store.models import (
+    Instance,
+    Patient,
+    Series,
+    SeriesRequest,
+    Study,
+    datetime_key,
+    normalise_person_name,
+    starts_with,
+)
 
 if TYPE_CHECKING:
     from pacskit.store.datastore import DataStore
@@ -180,6 +189,7 @@ _KEY_LIST = [
     Key("SeriesDescription", "SERIES", "text", Series.series_description),
     Key("BodyPartExamined", "SERIES", "text", Series.body_part_examined),
     Key("NumberOfSeriesRelatedInstances", "SERIES", "count", Series.num_instances),
+    Key("RequestAttributesSequence", "SERIES", "sequence"),  # matched on series_requests, returned from files
     # IMAGE
     Key("SOPInstanceUID", "IMAGE", "uid", Instance.sop_instance_uid, unique=True),
     Key("SOPClassUID", "IMAGE", "uid", Instance.sop_class_uid),
@@ -583,7 +593,11 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
         key = _KEYS_BY_TAG.get(tag)
         if key is not None and LEVEL_ORDER[key_level(key, model)] <= depth:
             seen_keys[key.keyword] = elem
-            if key.kind != "sop_classes":
+            if key.kind == "sequence":
+                returns.append(ReturnKey(tag, vr, "header"))
+                header_tags.append(tag)
+                unsupported |= _sequence_keys_unmatched(elem)
+            elif key.kind != "sop_classes":
                 label = f"k{len(columns)}"
                 columns.append(key.column.label(label))
                 returns.append(ReturnKey(tag, vr, "column", label, key.kind))
@@ -640,6 +654,50 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
                      unsupported)
 
 
+#: Request Attributes Sequence item keys -> their series_requests column (sequence matching)
+_REQUEST_COLUMNS = {
+    "AccessionNumber": SeriesRequest.accession_number,
+    "RequestedProcedureID": SeriesRequest.requested_procedure_id,
+    "ScheduledProcedureStepID": SeriesRequest.scheduled_procedure_step_id,
+}
+
+
+def _query_item(elem: DataElement) -> Dataset | None:
+    """The one item of a sequence key (PS3.4 C.2.2.2.6), or None: an empty sequence is universal."""
+    items = list(elem.value or [])
+    if len(items) > 1:
+        raise _bad_value(elem, "a sequence key has at most one item")
+    return items[0] if items else None
+
+
+def _sequence_keys_unmatched(elem: DataElement) -> bool:
+    """Whether the item asks to match keys the index does not hold (answered Pending 0xFF01)."""
+    item = _query_item(elem)
+    if item is None:
+        return False
+    return any(e.keyword not in _REQUEST_COLUMNS and e.VR != "SQ" and _values(e) for e in item)
+
+
+def _request_condition(elem: DataElement) -> ColumnElement[bool] | None:
+    """Sequence matching on the Request Attributes Sequence: a series matches when one of its items
+    matches every key of the query item (single value, wildcard, universal; PS3.4 C.2.2.2.6)."""
+    item = _query_item(elem)
+    if item is None:
+        return None
+    parts = []
+    for keyword, column in _REQUEST_COLUMNS.items():
+        if keyword not in item:
+            continue
+        values = _values(item[keyword])
+        if not values or any(v.strip("*") == "" for v in values):
+            continue  # universal
+        options = [wildcard_match(column, v) for v in values]
+        parts.append(or_(*options) if len(options) > 1 else options[0])
+    if not parts:
+        return None
+    return exists().where(SeriesRequest.series_fk == Series.pk, *parts).correlate(Series)
+
+
 def _joined(level: str) -> Any:
     """The FROM clause of a level: its table joined to the tables of every level above."""
     joined: Any = Patient
@@ -675,6 +733,8 @@ def _condition(key: Key, elem: DataElement) -> ColumnElement[bool] | None:
     """The WHERE condition for one key, or None for universal matching / return-only keys."""
     if key.kind in ("count", "sop_classes"):
         return None  # return keys only
+    if key.kind == "sequence":
+        return _request_condition(elem)
     if key.kind == "date":
         rng = date_range(elem)
         return _date_condition(key.column, rng) if rng is not None else None
