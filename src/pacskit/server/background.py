@@ -9,6 +9,10 @@ drops does not become a flood of log lines). One thread takes up to ``batch_size
 and hands them to ``write`` (one database transaction per batch). A failing ``write`` is logged; its
 batch is counted in :attr:`BatchWriter.failed` and the writer goes on.
 
+``linger`` is how long the writer waits for more records after the first of a batch: fewer, larger
+transactions (on SQLite each is an fsync competing with the ingest's own) at the price of that
+much latency.
+
 ``idle`` is called by the writer thread at least every ``idle_interval`` seconds (retention purges,
 spool retries), never concurrently with ``write``.
 """
@@ -40,6 +44,7 @@ class BatchWriter(Generic[T]):
         batch_size: int = 500,
         idle: Callable[[], Any] | None = None,
         idle_interval: float = 60.0,
+        linger: float = 0.0,
         drop_log_interval: float = 10.0,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -51,6 +56,7 @@ class BatchWriter(Generic[T]):
         self._idle_interval = idle_interval
         self._queue: queue.Queue[Any] = queue.Queue(queue_size)
         self._batch_size = batch_size
+        self._linger = linger
         self._thread: threading.Thread | None = None
         self._log = logger or log
         self._drop_log_interval = drop_log_interval
@@ -139,9 +145,11 @@ class BatchWriter(Generic[T]):
             except queue.Empty:
                 continue
             batch: list[Any] = [first]
-            while len(batch) < self._batch_size:
+            until = time.monotonic() + self._linger
+            while len(batch) < self._batch_size and first is not _STOP and batch[-1] is not _STOP:
                 try:
-                    batch.append(q.get_nowait())
+                    left = until - time.monotonic()
+                    batch.append(q.get(timeout=left) if left > 0 else q.get_nowait())
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)
