@@ -13,7 +13,7 @@ inserts the batch in one transaction:
 
 * C-STORE: study and patient come from the index (one query per batch, for the stored instances);
 * C-FIND / C-MOVE / C-GET: from the identifier (PatientID, StudyInstanceUID, SOPInstanceUID keys
-  when they hold a single value);
+  when they hold a single value); a study without PatientID gets its patient from the index;
 * N-services: the SOP instance of the command.
 
 When the queue is full (the database is slower than the operations for longer than the queue lasts)
@@ -212,10 +212,13 @@ class TransactionLog:
         from pacskit.store.models import Instance, Patient, Series, Study
 
         wanted = {r["sop_instance_uid"] for r in rows if r["service"] == "C-STORE" and r["sop_instance_uid"]}
-        if not wanted:
+        studies = {r["study_instance_uid"] for r in rows if r["study_instance_uid"] and not r["patient_id"]}
+        if not wanted and not studies:
             return
         found: dict[str, tuple[str, str | None]] = {}
+        patients: dict[str, str | None] = {}
         uids = sorted(wanted)
+        study_uids = sorted(studies)
         try:
             with self.engine.connect() as conn:
                 for start in range(0, len(uids), 500):
@@ -228,6 +231,14 @@ class TransactionLog:
                     )
                     for sop, study, patient in conn.execute(stmt):
                         found[sop] = (study, patient)
+                for start in range(0, len(study_uids), 500):
+                    stmt = (
+                        select(Study.study_instance_uid, Patient.patient_id)
+                        .join(Patient, Study.patient_fk == Patient.pk)
+                        .where(Study.study_instance_uid.in_(study_uids[start : start + 500]))
+                    )
+                    for study, patient in conn.execute(stmt):
+                        patients[study] = patient
         except Exception:  # a log database without the index tables: UIDs stay unknown
             log.debug("transaction log: study/patient lookup failed", exc_info=True)
             return
@@ -235,6 +246,8 @@ class TransactionLog:
             hit = found.get(row["sop_instance_uid"]) if row["service"] == "C-STORE" else None
             if hit is not None:
                 row["study_instance_uid"], row["patient_id"] = hit[0], _text(hit[1], 64)
+            elif row["study_instance_uid"] and not row["patient_id"]:
+                row["patient_id"] = _text(patients.get(row["study_instance_uid"]), 64)
 
 
 def _address(peer: Any) -> str | None:
