@@ -148,6 +148,7 @@ class QueuedHandler(logging.Handler):
 
     def __init__(self, name: str, write: Any, level: int, queue_size: int) -> None:
         super().__init__(level)
+        self._sink = write
         self.writer: BatchWriter[dict[str, Any]] = BatchWriter(name, write, queue_size=queue_size,
                                                                 logger=logging.getLogger("pacskit.logging"))
         self.writer.start()
@@ -164,6 +165,9 @@ class QueuedHandler(logging.Handler):
 
     def close(self) -> None:
         self.writer.close()
+        close = getattr(self._sink, "close", None)
+        if close is not None:
+            close()
         super().close()
 
 
@@ -193,6 +197,9 @@ class SyslogWriter:
             )
             self.sender.send(message)
 
+    def close(self) -> None:
+        self.sender.close()
+
 
 class DatabaseWriter:
     """Inserts queued records into ``log_records``, one transaction per batch.
@@ -202,9 +209,14 @@ class DatabaseWriter:
     """
 
     def __init__(self, url: str) -> None:
-        from pacskit.store.engine import make_engine
+        from pacskit.store.engine import WRITE_OPTION, backend_name, make_engine
 
-        self.engine = make_engine(url, pool_size=1)
+        if backend_name(url) == "sqlite":
+            # like the transaction log: no fsync of its own, BEGIN IMMEDIATE (see docs/addins/txlog.md)
+            self.engine = make_engine(url, pool_size=1, sqlite_synchronous="NORMAL").execution_options(
+                **{WRITE_OPTION: True})
+        else:
+            self.engine = make_engine(url, pool_size=1)
 
     def __call__(self, batch: Sequence[dict[str, Any]]) -> None:
         from pacskit.store.records import LogRecord
