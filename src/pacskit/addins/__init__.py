@@ -84,7 +84,8 @@ class BaseServices:
     - ``dicom_request``: issue C-ECHO, C-STORE, C-FIND, C-MOVE, N-EVENT-REPORT… to other AEs
     - ``ae_titles``: the registry of remote AEs (title, host, port, TLS, allowed services)
     - ``store``: the data access layer (index + blob storage); ``None`` if the server runs without one
-    - ``log``: a logger named after the add-in
+    - ``log``: a logger named after the add-in (``pacskit.addin.<name>``); its records carry the add-in,
+      association and calling AE of the operation being handled (docs/logging.md)
     - ``events``: the spy event bus of the server (subscribe to association/DIMSE/PDU notifications)
     - ``settings``: the server's settings (read-only by convention)
     - ``data_dir``: the server's data folder (add-ins keep their own files in a sub-folder)

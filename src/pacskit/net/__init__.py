@@ -49,7 +49,7 @@ from pacskit.net.presentation import (
     RequestedContext,
     SupportedContext,
 )
-from pacskit.net.services import Handler, Request, Response, Services
+from pacskit.net.services import Handler, OperationContext, Request, Response, Services, current_operation
 from pacskit.net.sinks import ReceivedDataset
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "NetError",
     "NetTimeout",
     "NoAcceptableContext",
+    "OperationContext",
     "PduError",
     "PresentationContext",
     "REJECT_CALLED_AE",
@@ -92,6 +93,7 @@ __all__ = [
     "UserIdentityRQ",
     "VERIFICATION_SOP_CLASS",
     "connect",
+    "current_operation",
     "encode_dataset",
     "status_category",
 ]

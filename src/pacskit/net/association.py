@@ -16,10 +16,13 @@ behind running requests → A-RELEASE-RP → peer closes (or ARTIM closes) → c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import inspect
+import itertools
 import logging
 import os
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
@@ -53,7 +56,7 @@ from pacskit.net.presentation import (
     build_requested,
     negotiate_as_acceptor,
 )
-from pacskit.net.services import Request, Response, Services, failure_status
+from pacskit.net.services import OperationContext, Request, Response, Services, current_operation, failure_status
 from pacskit.net.sinks import DatasetSink, DatasetTooLarge, MemorySink, ReceivedDataset, iter_file_chunks, read_part10_header
 
 if TYPE_CHECKING:
@@ -66,6 +69,7 @@ log = logging.getLogger("pacskit.net")
 _MULTI_RESPONSE = frozenset({"C-FIND", "C-GET", "C-MOVE"})
 _SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step
 _RELEASE = object()
+_association_ids = itertools.count(1)
 
 
 class Reject(NamedTuple):
@@ -134,6 +138,10 @@ class Association:
         require_called_ae: bool = True,
     ) -> None:
         self.is_requestor = is_requestor
+        #: process-unique number of this association (log lines, transaction log, audit records)
+        self.id = next(_association_ids)
+        #: dataset bytes sent on this association so far (C-FIND matches, C-STORE data, responses)
+        self.dataset_bytes_sent = 0
         self.local_ae_title = local_ae_title
         self.remote_ae_title = ""
         self.peer_address: Any = None
@@ -187,6 +195,7 @@ class Association:
         self._waiters: dict[int, asyncio.Queue[Any]] = {}
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()
+        self._final_response: Response | None = None
 
     # ------------------------------------------------------------------ identity / helpers
 
@@ -561,6 +570,45 @@ class Association:
     async def _handle(
         self, ctx: PresentationContext, command: Command, received: ReceivedDataset | None, error: BaseException | None
     ) -> None:
+        """Dispatch one request with the operation context set (log lines of the handler carry it), and
+        tell ``operation-completed`` observers how it ended (only built when someone listens)."""
+        try:
+            service = CommandField(command.command_field).service
+        except ValueError:
+            service = f"0x{command.command_field:04X}"
+        token = current_operation.set(
+            OperationContext(self.id, self.remote_ae_title, self.local_ae_title, _addr(self.peer_address), service,
+                             int(command.get("MessageID", 0)))
+        )
+        self._final_response = None
+        started_wall = time.time()
+        started = time.monotonic()
+        sent_before = self.dataset_bytes_sent
+        try:
+            await self._dispatch(ctx, command, received, error)
+        finally:
+            current_operation.reset(token)
+            if self.bus.wants(ev.OPERATION_COMPLETED):
+                final = self._final_response
+                self.bus.emit(
+                    ev.OPERATION_COMPLETED,
+                    self,
+                    service=service,
+                    command=command,
+                    abstract_syntax=ctx.abstract_syntax,
+                    transfer_syntax=ctx.transfer_syntax,
+                    status=final.status if final is not None else None,
+                    final_elements=dict(final.elements) if final is not None else {},
+                    started=started_wall,
+                    duration=time.monotonic() - started,
+                    bytes_received=received.size if received is not None else 0,
+                    bytes_sent=self.dataset_bytes_sent - sent_before,
+                    identifier=received.data if received is not None else None,
+                )
+
+    async def _dispatch(
+        self, ctx: PresentationContext, command: Command, received: ReceivedDataset | None, error: BaseException | None
+    ) -> None:
         field = command.command_field
         try:
             service = CommandField(field).service
@@ -606,7 +654,8 @@ class Association:
             return await (asyncio.wait_for(coro, timeout) if timeout else coro)
         if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
             return handler(request)
-        future = self._loop.run_in_executor(self.executor, handler, request)
+        # the handler's thread sees the operation context (contextvars do not cross run_in_executor)
+        future = self._loop.run_in_executor(self.executor, contextvars.copy_context().run, handler, request)
         result = await (asyncio.wait_for(future, timeout) if timeout else future)
         if inspect.isawaitable(result):
             result = await (asyncio.wait_for(result, timeout) if timeout else result)
@@ -643,8 +692,9 @@ class Association:
                         return
         elif hasattr(result, "__next__"):
             sentinel = object()
+            step_context = contextvars.copy_context()
             while True:
-                future = self._loop.run_in_executor(self.executor, next, result, sentinel)
+                future = self._loop.run_in_executor(self.executor, step_context.run, next, result, sentinel)
                 item = await (asyncio.wait_for(future, timeout) if timeout else future)
                 if item is sentinel:
                     break
@@ -682,6 +732,8 @@ class Association:
         if "ErrorComment" in elements and elements["ErrorComment"]:
             elements["ErrorComment"] = str(elements["ErrorComment"])[:64]
         cmd = dimse.response_command(request, response.status, has_dataset=data is not None, **elements)
+        if response.status not in (0xFF00, 0xFF01):
+            self._final_response = response
         if request.command_field in _NO_INSTANCE_IN_RESPONSE:
             cmd.pop("AffectedSOPInstanceUID", None)
         await self.send_message(ctx.id, cmd, data)
@@ -705,6 +757,8 @@ class Association:
         :class:`AssociationAborted` when the association can no longer carry data."""
         if self.bus.wants(ev.DIMSE_SENT):
             self.bus.emit(ev.DIMSE_SENT, self, command=command, context_id=context_id)
+        if dataset is not None:
+            self.dataset_bytes_sent += len(dataset) if isinstance(dataset, bytes) else dataset[2]
         max_data = self._max_pdv_data()
         pieces = _fragments(encoded_command or command.encode(), context_id, max_data, command=True)
         if dataset is None or isinstance(dataset, bytes):

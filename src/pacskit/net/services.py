@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -52,6 +53,27 @@ class Response:
     status: int
     dataset: Dataset | bytes | None = None
     elements: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OperationContext:
+    """The DIMSE operation being handled, as :data:`current_operation` gives it to code it calls.
+
+    Set by the engine around every handler invocation (also inside the handler thread of a plain
+    function handler), so log records, audit events and the transaction log can say which association
+    and which calling AE they belong to without the handler passing anything on.
+    """
+
+    association_id: int
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    service: str
+    message_id: int
+
+
+#: The operation the current code runs for, or ``None`` outside any handler.
+current_operation: ContextVar[OperationContext | None] = ContextVar("pacskit_current_operation", default=None)
 
 
 HandlerResult = Union[int, Response, Iterator[Any], AsyncIterator[Any], None]

@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import logging.handlers
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pacskit.addins import AddIn, BaseServices
@@ -27,6 +25,7 @@ from pacskit.net.services import DuplicateHandler
 from pacskit.server.addin_manager import AddInError, AddInManager
 from pacskit.server.aetitles import AE_FILE, AeTitles, FileAeRegistry
 from pacskit.server.dicom_request import DicomRequest
+from pacskit.server.logconfig import addin_logger
 from pacskit.server.settings import ServerSettings
 
 log = logging.getLogger("pacskit.server")
@@ -167,7 +166,7 @@ class Server:
                 dicom_request=dicom_request,
                 ae_titles=ae_titles,
                 store=store,
-                log=logging.getLogger(f"pacskit.addin.{name}"),
+                log=addin_logger(name),
                 events=self.bus,
                 settings=settings,
                 data_dir=settings.data_path,
@@ -265,29 +264,10 @@ class Server:
 
 
 def configure_logging(settings: ServerSettings, *, worker: bool = False) -> None:
-    """Console and rotating-file logging as the settings say (idempotent per process).
+    """Install the logging destinations of ``settings`` (see :mod:`pacskit.server.logconfig`)."""
+    from pacskit.server.logconfig import configure_logging as configure
 
-    Worker processes (and their parent) tag each line with the process id.
-    """
-    root = logging.getLogger()
-    root.setLevel(settings.logging.level)
-    tag = " [%(process)d]" if worker or settings.workers > 1 else ""
-    fmt = logging.Formatter(f"%(asctime)s{tag} %(levelname)s %(name)s: %(message)s")
-    for handler in list(root.handlers):
-        if getattr(handler, "_pacskit", False):
-            root.removeHandler(handler)
-    handlers: list[logging.Handler] = []
-    if settings.logging.console:
-        handlers.append(logging.StreamHandler())
-    if settings.logging.file:
-        path = Path(settings.logging.file)
-        path = path if path.is_absolute() else settings.data_path / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(path, maxBytes=20 * 1024 * 1024, backupCount=5))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler._pacskit = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    configure(settings, worker=worker)
 
 
 SWITCH_INTERVAL = 0.0005  # seconds; see run_server

@@ -1,7 +1,7 @@
 """instances.acquisition_datetime (DT range matching) and series_requests (sequence matching).
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0005
 Create Date: 2026-12-01
 
 AcquisitionDateTime (0008,002A) is kept as received, and without its UTC offset in
@@ -21,7 +21,7 @@ from alembic import op
 from pacskit.store.models import MYSQL_TABLE_ARGS, PK
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
