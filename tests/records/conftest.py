@@ -1,5 +1,5 @@
 """Fixtures of the record-keeping tests: real syslog collectors (UDP, TLS with a test certificate), the
-store backends of tests/store, and ``need_dcmtk``."""
+store backends of tests/store (``need_dcmtk`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from pacskit.testing.peers import have_dcmtk
-
 from store.conftest import (  # noqa: F401 - fixtures
     backend,
     blobs,
@@ -25,12 +23,6 @@ from store.conftest import (  # noqa: F401 - fixtures
     session_databases,
     store,
 )
-
-
-@pytest.fixture
-def need_dcmtk() -> None:
-    if not have_dcmtk():
-        pytest.skip("DCMTK is not installed")
 
 
 def make_certificate(folder: Path, common_name: str = "127.0.0.1") -> tuple[Path, Path]:
