@@ -241,6 +241,9 @@ def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
 
 # The client commands (echo, store, find, move, get) live in their own module; importing it registers them.
 from pacskit.cli import client as _client  # noqa: E402,F401
+from pacskit.cli.certs import certs_app  # noqa: E402
+
+app.add_typer(certs_app, name="certs")
 
 
 def main() -> None:

@@ -175,9 +175,10 @@ class _TlsHandshake(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         loop = asyncio.get_running_loop()
         dul = acceptor._make_association()
+        held = _Held()  # what arrives between the end of the handshake and the DUL taking over
         try:
             tls = await loop.start_tls(
-                transport, dul, acceptor.ssl, server_side=True,  # type: ignore[arg-type]
+                transport, held, acceptor.ssl, server_side=True,  # type: ignore[arg-type]
                 ssl_handshake_timeout=acceptor.config.artim_timeout,
             )
         except (OSError, TimeoutError, ConnectionError) as exc:
@@ -189,10 +190,35 @@ class _TlsHandshake(asyncio.Protocol):
             transport.abort()
             _forget(dul)
             return
+        tls.set_protocol(dul)
         dul.connection_made(tls)
+        # With TLS 1.3 the client's first PDU comes with its Finished message, and asyncio delivers it
+        # before start_tls returns: hand it on in order.
+        for chunk in held.data:
+            dul.data_received(chunk)
+        if held.lost:
+            dul.connection_lost(held.error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass  # start_tls owns the transport from the first moment; failures surface in _upgrade
+
+
+class _Held(asyncio.Protocol):
+    """Holds what a TLS connection delivers before the DUL is its protocol."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.lost = False
+        self.error: Exception | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(bytes(data))
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost, self.error = True, exc
 
 
 def _forget(dul: Any) -> None:

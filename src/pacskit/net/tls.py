@@ -26,6 +26,7 @@ instead of a server that silently negotiates something else.
 from __future__ import annotations
 
 import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -102,8 +103,10 @@ def _apply_profile(context: ssl.SSLContext, profile: TlsProfile) -> None:
     except ssl.SSLError as exc:
         raise TlsConfigError(f"TLS profile {profile.name}: this OpenSSL ({ssl.OPENSSL_VERSION}) has none of its cipher suites") from exc
     try:
-        context.minimum_version = profile.minimum
-        context.maximum_version = profile.maximum
+        with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: the legacy profiles say so in their docs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = profile.minimum
+            context.maximum_version = profile.maximum
     except ValueError as exc:
         raise TlsConfigError(f"TLS profile {profile.name}: {exc}") from exc
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
