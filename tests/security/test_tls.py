@@ -60,8 +60,28 @@ def dcmtk_tls(pki: Pki, name: str | None, ca: Path | None = None) -> list[str]:
         opts = ["+tla"]
     else:
         cert, key = pki.pair(name)
-        opts = ["+tls", str(key), str(cert)]
-    return opts + ["-pw", "+cf", str(ca or pki.ca)]
+        opts = ["+tls", str(key), str(cert), "-pw"]
+    return opts + ["+cf", str(ca or pki.ca)]
+
+
+REASON = {  # what the server logs for each refused client certificate (OpenSSL's verify messages)
+    "expired": "certificate has expired",
+    "revoked": "certificate revoked",
+    "selfsigned": "self-signed certificate",
+    "foreign": "unable to get local issuer certificate",
+    None: "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+}
+
+
+def server_logged(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> bool:
+    """The server (in its own thread) logged ``text`` within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if any(text in r.getMessage() for r in caplog.records):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def echo_ok(result: subprocess.CompletedProcess[str]) -> bool:
@@ -77,10 +97,16 @@ def test_dcmtk_echoscu_with_a_trusted_certificate_passes(need_dcmtk: None, pki: 
 
 
 @pytest.mark.parametrize("name", ["expired", "revoked", "selfsigned", "foreign", "wrongkey", "corrupt", None])
-def test_dcmtk_echoscu_with_a_bad_or_missing_certificate_fails(need_dcmtk: None, pki: Pki, tls_server, name: str | None) -> None:  # type: ignore[no-untyped-def]
+def test_dcmtk_echoscu_with_a_bad_or_missing_certificate_fails(need_dcmtk: None, pki: Pki, tls_server, name: str | None,
+                                                               caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("WARNING", logger="pacskit.net")
     result = run_echoscu("127.0.0.1", tls_server.tls_port, AET, "MODALITY1", dcmtk_tls(pki, name), timeout=60)
     assert not echo_ok(result), result.stdout
     assert result.returncode != 0
+    if name in REASON:  # refused by the server for the right reason (the others fail in echoscu itself)
+        assert server_logged(caplog, REASON[name]), [r.getMessage() for r in caplog.records]
+    else:
+        assert "private key" in result.stdout.lower() or "certificate" in result.stdout.lower(), result.stdout
 
 
 def test_dcmtk_echoscu_refuses_a_server_it_does_not_trust(need_dcmtk: None, pki: Pki, tls_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -129,16 +155,21 @@ def _echo(port: int, calling: str = "PACSCU", **ssl_args: object) -> int:
     return EchoScu(f"{AET}@127.0.0.1:{port}", calling_ae=calling, ssl=context).echo_sync()
 
 
-def test_pacskit_scu_matrix(pki: Pki, tls_server) -> None:  # type: ignore[no-untyped-def]
+def test_pacskit_scu_matrix(pki: Pki, tls_server, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("WARNING", logger="pacskit.net")
     port = tls_server.tls_port
     cert, key = pki.pair("good")
     assert _echo(port, ca_file=pki.ca, certificate=cert, private_key=key) == 0
     for bad in ("expired", "revoked", "selfsigned", "foreign"):
         cert, key = pki.pair(bad)
+        caplog.clear()
         with pytest.raises(NetError):
             _echo(port, ca_file=pki.ca, certificate=cert, private_key=key)
+        assert server_logged(caplog, REASON[bad]), (bad, [r.getMessage() for r in caplog.records])
+    caplog.clear()
     with pytest.raises(NetError):  # no client certificate, server requires one
         _echo(port, ca_file=pki.ca)
+    assert server_logged(caplog, REASON[None]), [r.getMessage() for r in caplog.records]
     for broken in ("wrongkey", "corrupt"):  # refused before connecting, with the file named
         cert, key = pki.pair(broken)
         with pytest.raises(TlsConfigError):
