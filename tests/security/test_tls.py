@@ -313,3 +313,35 @@ def test_outgoing_tls_for_c_move_to_a_dcmtk_storescp_with_tls(need_dcmtk: None, 
         scp.terminate()
         scp.wait(10)
     assert len(list(out.iterdir())) == 2
+
+
+def test_pacskit_certs_and_cli_tls_flags(tmp_path: Path) -> None:
+    """``pacskit certs init`` makes a working lab PKI; ``pacskit echo --tls-*`` uses it; ``revoke`` works."""
+    from typer.testing import CliRunner
+
+    from pacskit.cli import app
+
+    runner = CliRunner()
+    pki = tmp_path / "pki"
+    made = runner.invoke(app, ["certs", "init", str(pki), "--client", "MODALITY1", "--client", "LATE"])
+    assert made.exit_code == 0, made.output
+    assert (pki / "server.key").stat().st_mode & 0o077 == 0  # private keys are not readable by others
+    again = runner.invoke(app, ["certs", "init", str(pki)])
+    assert again.exit_code == 2 and "exists" in again.output
+    folder = server_folder(tmp_path, ae_title=AET, open_mode=None, tls={
+        "certificate": str(pki / "server.pem"), "private_key": str(pki / "server.key"), "ca_file": str(pki / "ca.pem"),
+        "crl_file": str(pki / "crl.pem"), "plain_port": False})
+    revoked = runner.invoke(app, ["certs", "revoke", str(pki), str(pki / "LATE.pem")])
+    assert revoked.exit_code == 0, revoked.output
+    with running_server(folder) as server:
+        assert server.server.acceptor is None  # TLS only
+        target = f"{AET}@127.0.0.1:{server.tls_port}"
+        tls = ["--tls-ca", str(pki / "ca.pem")]
+        ok = runner.invoke(app, ["echo", target, *tls, "--tls-cert", str(pki / "MODALITY1.pem"), "--tls-key", str(pki / "MODALITY1.key")])
+        assert ok.exit_code == 0 and "Success" in ok.output, ok.output
+        no_cert = runner.invoke(app, ["echo", target, *tls])
+        assert no_cert.exit_code in (3, 6), no_cert.output  # connection failed / aborted
+        late = runner.invoke(app, ["echo", target, *tls, "--tls-cert", str(pki / "LATE.pem"), "--tls-key", str(pki / "LATE.key")])
+        assert late.exit_code in (3, 6), late.output  # revoked
+        bad_profile = runner.invoke(app, ["echo", target, "--tls", "--tls-profile", "nonsense"])
+        assert bad_profile.exit_code == 2 and "unknown TLS profile" in bad_profile.output, bad_profile.output
