@@ -308,7 +308,8 @@ def test_outgoing_tls_for_c_move_to_a_dcmtk_storescp_with_tls(need_dcmtk: None, 
             assert len(report.succeeded) == 2
             scu = QueryRetrieveScu(f"{AET}@127.0.0.1:{server.port}", calling_ae="PACSCU")
             result = asyncio.run(scu.move(["StudyInstanceUID=1.2.826.0.1.3680043.10.1.7"], level="STUDY", destination="TLSDEST"))
-            assert result.ok and result.completed == 2, result
+            alive = scp.poll() is None
+            assert result.ok and result.completed == 2, (result, alive, "" if alive else scp.stdout.read())  # type: ignore[union-attr]
     finally:
         scp.terminate()
         scp.wait(10)
