@@ -114,13 +114,13 @@ class ServerThread:
 
 
 def server_folder(tmp: Path, *, ae_title: str = "SECPACS", tls: dict[str, Any] | None = None,
-                  open_mode: bool | None = False, entries: Sequence[RemoteAE] = ()) -> Path:
+                  open_mode: bool | None = False, entries: Sequence[RemoteAE] = (), artim: float = 5) -> Path:
     """A server folder: settings (``tls`` is the ``[addins.tls]`` section) and AE registry ``entries``."""
     import tomli_w
 
     folder = tmp / "srv"
     folder.mkdir(parents=True, exist_ok=True)
-    settings: dict[str, Any] = {"ae_title": ae_title, "port": 0, "data_dir": "data", "timeouts": {"artim": 5, "acse": 10}}
+    settings: dict[str, Any] = {"ae_title": ae_title, "port": 0, "data_dir": "data", "timeouts": {"artim": artim, "acse": 10}}
     if open_mode is not None:
         settings["open_mode"] = open_mode
     if tls is not None:

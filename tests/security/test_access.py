@@ -301,3 +301,36 @@ def test_passwords_are_stored_hashed_never_plain(tmp_path: Path) -> None:
     assert again is not None and again.move_destinations == {"A", "B"} and again.source_hosts == ["192.168.0.0/16", "modality.example"]
     with pytest.raises(ValidationError):
         RemoteAE(title="X", host="h", port=1, source_hosts=["not a host!"])
+
+
+def test_ae_add_with_access_rules_from_the_command_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pacskit.cli import app
+    from pacskit.server.aetitles import FileAeRegistry
+
+    runner = CliRunner()
+    folder = tmp_path / "srv"
+    key = tmp_path / "idp.pem"
+    key.write_text(RSA_PUBLIC)
+    added = runner.invoke(app, ["ae", "add", "VIEWER", "--host", "10.0.1.5", "--port", "11112", "--data-dir", str(folder),
+                                "--user-identity", "password", "--username", "alice", "--password-stdin",
+                                "--source", "10.0.1.0/24", "--move-dest", "VIEWER", "--services", "echo,find,move"],
+                          input="s3cret\n")
+    assert added.exit_code == 0, added.output
+    jwt_added = runner.invoke(app, ["ae", "add", "PORTAL", "--host", "h", "--port", "104", "--data-dir", str(folder),
+                                    "--user-identity", "jwt", "--jwt-key-file", str(key), "--tls-subject", "PORTAL"])
+    assert jwt_added.exit_code == 0, jwt_added.output
+    registry = FileAeRegistry(folder / "ae-titles.toml")
+    viewer, portal = registry.get("VIEWER"), registry.get("PORTAL")
+    assert viewer is not None and portal is not None
+    assert viewer.password_hash is not None and verify_password("s3cret", viewer.password_hash)
+    assert "s3cret" not in (folder / "ae-titles.toml").read_text()
+    assert viewer.source_hosts == ["10.0.1.0/24"] and viewer.move_destinations == {"VIEWER"}
+    assert viewer.allowed_services == {"echo", "find", "move"}
+    assert portal.jwt_key == RSA_PUBLIC.strip() and portal.requires_tls
+    incomplete = runner.invoke(app, ["ae", "add", "BAD", "--host", "h", "--port", "104", "--data-dir", str(folder),
+                                     "--user-identity", "password", "--username", "bob"])
+    assert incomplete.exit_code == 2 and "password_hash" in incomplete.output, incomplete.output
+    listed = runner.invoke(app, ["ae", "list", "--data-dir", str(folder)])
+    assert listed.exit_code == 0 and "VIEWER" in listed.output and "password" in listed.output

@@ -179,8 +179,12 @@ def test_pacskit_scu_matrix(pki: Pki, tls_server, caplog: pytest.LogCaptureFixtu
         _echo(port, ca_file=pki.folder / "foreign-ca.pem", certificate=cert, private_key=key)
     with pytest.raises(NetError):  # TLS to the plain port
         _echo(tls_server.port, ca_file=pki.ca, certificate=cert, private_key=key)
-    # the server keeps serving after all of that
+    # the server keeps serving after all of that, and no failed handshake left an association behind
     assert _echo(port, ca_file=pki.ca, certificate=cert, private_key=key) == 0
+    deadline = time.monotonic() + 5
+    while tls_server.server.tls_acceptor.associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not tls_server.server.tls_acceptor.associations
 
 
 def test_pacskit_store_scu_over_tls(pki: Pki, tls_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -346,3 +350,17 @@ def test_pacskit_certs_and_cli_tls_flags(tmp_path: Path) -> None:
         assert late.exit_code in (3, 6), late.output  # revoked
         bad_profile = runner.invoke(app, ["echo", target, "--tls", "--tls-profile", "nonsense"])
         assert bad_profile.exit_code == 2 and "unknown TLS profile" in bad_profile.output, bad_profile.output
+
+
+def test_a_silent_connection_to_the_tls_port_is_closed_by_artim(pki: Pki, tmp_path: Path) -> None:
+    """Slow-loris on the TLS port: a connection that never sends a ClientHello is closed within ARTIM."""
+    folder = server_folder(tmp_path, ae_title=AET, open_mode=None, artim=1.0, tls={
+        "certificate": str(pki.server_cert), "private_key": str(pki.server_key), "ca_file": str(pki.ca)})
+    with running_server(folder) as server:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.tls_port), timeout=10) as silent:
+            assert silent.recv(1) == b""  # closed by the server
+        assert time.monotonic() - started < 2 * 1.0 + 1.0
+        assert not server.server.tls_acceptor.associations
+        cert, key = pki.pair("good")
+        assert _echo(server.tls_port, ca_file=pki.ca, certificate=cert, private_key=key) == 0

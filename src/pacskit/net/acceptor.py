@@ -66,6 +66,7 @@ class Acceptor:
         self.associations: set[Association] = set()
         self._executor = ThreadPoolExecutor(self.config.handler_threads, thread_name_prefix=f"pacskit-{ae_title}")
         self._server: asyncio.Server | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()  # TLS connections still in their handshake
 
     def count_others(self, assoc: Association) -> int:
         """Associations other than ``assoc`` that are negotiating or established (for the limit)."""
@@ -131,6 +132,8 @@ class Acceptor:
         """Stop listening; let running requests finish for up to ``grace`` seconds, then abort the rest."""
         if self._server is not None:
             self._server.close()
+        for task in list(self._handshakes):
+            task.cancel()
         deadline = asyncio.get_running_loop().time() + grace
         while any(a.busy for a in self.associations) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -168,7 +171,9 @@ class _TlsHandshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()  # the ClientHello is for the TLS layer start_tls puts in between
-        self.task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        self.task = task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        self.acceptor._handshakes.add(task)
+        task.add_done_callback(self.acceptor._handshakes.discard)
 
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         acceptor = self.acceptor
@@ -186,6 +191,10 @@ class _TlsHandshake(asyncio.Protocol):
             _forget(dul)
             acceptor._tls_failed(peer, exc)
             return
+        except asyncio.CancelledError:  # the acceptor is closing
+            transport.abort()
+            _forget(dul)
+            raise
         if tls is None:  # closed during the handshake
             transport.abort()
             _forget(dul)
