@@ -94,8 +94,8 @@ class Acceptor:
 
     def _tls_failed(self, peer: Any, exc: BaseException) -> None:
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
-        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or type(exc).__name__
-        log.warning("%s: TLS handshake from %s failed: %s", self.ae_title, where, reason or exc)
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        log.warning("%s: TLS handshake from %s failed: %s", self.ae_title, where, reason)
         if self.on_tls_failure is not None:
             try:
                 self.on_tls_failure(peer, exc)

@@ -336,7 +336,7 @@ class AccessControl:
     @staticmethod
     def tls_failure(peer: Any, exc: BaseException) -> None:
         """For the TLS acceptor's ``on_tls_failure``: a failed handshake is a node authentication alert."""
-        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or type(exc).__name__
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         audit_point("Security Alert", "TLS handshake failed", peer=_host(peer), why=str(reason))
 
 
