@@ -367,3 +367,32 @@ def test_a_silent_connection_to_the_tls_port_is_closed_by_artim(pki: Pki, tmp_pa
         assert not server.server.tls_acceptor.associations
         cert, key = pki.pair("good")
         assert _echo(server.tls_port, ca_file=pki.ca, certificate=cert, private_key=key) == 0
+
+
+@pytest.mark.parametrize(("profile", "dcmtk_profile"), [
+    ("bcp195-nd", "+py"), ("bcp195", "+px"), ("bcp195-rfc8996", "+py"), ("bcp195-ex", "+pz"), ("aes", "+pa"),
+])
+def test_each_profile_interoperates_with_dcmtk(need_dcmtk: None, pki: Pki, tmp_path: Path, profile: str, dcmtk_profile: str) -> None:
+    folder = server_folder(tmp_path, ae_title=AET, open_mode=None, tls={
+        "certificate": str(pki.server_cert), "private_key": str(pki.server_key), "ca_file": str(pki.ca), "profile": profile})
+    with running_server(folder) as server:
+        result = run_echoscu("127.0.0.1", server.tls_port, AET, "MODALITY1", dcmtk_tls(pki, "good") + [dcmtk_profile, "-d"])
+    assert echo_ok(result), result.stdout
+    protocol = next(line for line in result.stdout.splitlines() if "Protocol    :" in line)
+    if profile == "aes":
+        assert "TLSv1.3" not in protocol  # AES-CBC suites exist up to TLS 1.2 only
+    else:
+        assert "TLSv1.2" in protocol or "TLSv1.3" in protocol
+
+
+def test_the_retired_basic_profile_is_refused_clearly_where_openssl_lacks_3des(pki: Pki) -> None:
+    from pacskit.net.tls import server_context
+
+    try:
+        context = server_context(pki.server_cert, pki.server_key, profile="basic", ca_file=pki.ca)
+    except TlsConfigError as exc:
+        assert "TLS profile basic" in str(exc) and "cipher suites" in str(exc)
+    else:  # an OpenSSL that still has 3DES: then the context offers it and nothing stronger
+        assert {c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"} <= {"DES-CBC3-SHA"}
+    with pytest.raises(TlsConfigError, match="unknown TLS profile"):
+        server_context(pki.server_cert, pki.server_key, profile="bcp195-typo", ca_file=pki.ca)
