@@ -334,3 +334,18 @@ def test_ae_add_with_access_rules_from_the_command_line(tmp_path: Path) -> None:
     assert incomplete.exit_code == 2 and "password_hash" in incomplete.output, incomplete.output
     listed = runner.invoke(app, ["ae", "list", "--data-dir", str(folder)])
     assert listed.exit_code == 0 and "VIEWER" in listed.output and "password" in listed.output
+
+
+def test_registry_service_names() -> None:
+    from pacskit.server.access import registry_service
+
+    assert registry_service("C-ECHO", "1.2.840.10008.1.1") == "echo"
+    assert registry_service("C-STORE", "1.2.840.10008.5.1.4.1.1.2") == "store"
+    assert registry_service("C-FIND", "1.2.840.10008.5.1.4.1.2.2.1") == "find"
+    assert registry_service("C-FIND", "1.2.840.10008.5.1.4.31") == "worklist"
+    assert registry_service("C-MOVE", "1.2.840.10008.5.1.4.1.2.2.2") == "move"
+    assert registry_service("C-GET", "1.2.840.10008.5.1.4.1.2.2.3") == "get"
+    assert registry_service("N-ACTION", "1.2.840.10008.1.20.1") == "commit"
+    assert registry_service("N-CREATE", "1.2.840.10008.3.1.2.3.3") == "mpps"
+    assert registry_service("N-SET", "1.2.840.10008.3.1.2.3.3") == "mpps"
+    assert registry_service("N-GET", "1.2.3.4.5") is None  # left to the add-in serving it
