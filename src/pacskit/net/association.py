@@ -207,6 +207,22 @@ class Association:
         return f"{self.remote_ae_title or '?'}->{self.local_ae_title}"
 
     @property
+    def is_tls(self) -> bool:
+        """The connection runs over TLS."""
+        transport = self.dul.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's TLS certificate as :meth:`ssl.SSLSocket.getpeercert` gives it (subject, issuer,
+        validity…), or ``None`` without TLS or when the peer sent none. Only verified certificates
+        are reported (the listener's context must ask for client certificates)."""
+        transport = self.dul.transport
+        if transport is None:
+            return None
+        return transport.get_extra_info("peercert") or None
+
+    @property
     def busy(self) -> bool:
         return self._handling or bool(self._waiters) or not self._requests.empty()
 
@@ -629,9 +645,19 @@ class Association:
         handler, timeout = entry
         cancelled = asyncio.Event()
         message_id = int(command.get("MessageID", 0))
+        request = Request(self, ctx, command, received, cancelled)
+        authorizer = self.services.authorizer
+        if authorizer is not None:
+            try:
+                refusal = authorizer(request)
+            except Exception:
+                log.exception("%s: request authorizer failed; refusing %s", self.label, service)
+                refusal = Response(failure_status(service), elements={"ErrorComment": "authorization failed"})
+            if refusal is not None:
+                await self._respond(ctx, command, refusal)
+                return
         if service in _MULTI_RESPONSE:
             self._cancels[message_id] = cancelled
-        request = Request(self, ctx, command, received, cancelled)
         try:
             result = await self._call(handler, request, timeout)
             await self._send_results(request, result, timeout, service)

@@ -79,6 +79,11 @@ current_operation: ContextVar[OperationContext | None] = ContextVar("pacskit_cur
 HandlerResult = Union[int, Response, Iterator[Any], AsyncIterator[Any], None]
 Handler = Callable[["Request"], Union[HandlerResult, Awaitable[HandlerResult]]]
 
+#: Called on the event loop for every incoming request that has a handler, before the handler: return
+#: ``None`` to let it run, or the (final) :class:`Response` to answer instead, e.g. 0x0124 Refused: Not
+#: Authorized. Must be quick and must not block (it runs on the event loop).
+Authorizer = Callable[["Request"], Union["Response", None]]
+
 
 class Request:
     """A DIMSE request as a handler sees it. Values are decoded lazily; nothing is parsed unless asked.
@@ -161,10 +166,15 @@ class Services:
     Registration is per service name and abstract syntax; ``abstract_syntaxes=None`` registers a
     fallback for every abstract syntax of that service. Exactly one handler owns each pair: a second
     registration raises :class:`DuplicateHandler` naming both owners.
+
+    ``authorizer`` (an :data:`Authorizer`, default none) sees every request before its handler and may
+    answer it instead: the one place where "may this peer do this?" is decided, so handlers never
+    repeat it.
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str | None], _Entry] = {}
+        self.authorizer: Authorizer | None = None
 
     def register(
         self,

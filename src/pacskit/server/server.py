@@ -19,9 +19,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pacskit.addins import AddIn, BaseServices
-from pacskit.net import REJECT_CALLING_AE, Acceptor, Association, EventBus, Reject, Services, SupportedContext
+from pacskit.addins import AddIn, BaseServices, TlsSetup
+from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
+from pacskit.server.access import AccessControl, is_open
 from pacskit.server.addin_manager import AddInError, AddInManager
 from pacskit.server.aetitles import AE_FILE, AeTitles, FileAeRegistry
 from pacskit.server.dicom_request import DicomRequest
@@ -100,7 +101,9 @@ class Server:
         self.services = Services()
         self.manager = AddInManager()
         self.addins: list[AddIn] = []
-        self.acceptor: Acceptor | None = None
+        self.acceptor: Acceptor | None = None  # the plain listener (None when TLS-only)
+        self.tls_acceptor: Acceptor | None = None  # the TLS listener a security add-in asked for
+        self.tls: TlsSetup | None = None
         self._addin_classes = addin_classes
         self._use_entry_points = use_entry_points
         self._store = store
@@ -141,12 +144,24 @@ class Server:
                 except DuplicateHandler as exc:
                     raise AddInError(f"add-ins claim the same presentation context: {exc}") from None
             claims.extend((name, ctx) for ctx in contexts)
+            self._take_tls(name, addin)
             if type(addin).extended_negotiation is not AddIn.extended_negotiation:
                 for ctx in contexts:
                     self._negotiators.setdefault(ctx.abstract_syntax, addin)
             self.addins.append(addin)
             log.info("add-in %s loaded from %s (%d contexts)", name, found.origin, len(contexts))
         self.contexts = merge_contexts(claims)
+
+    def _take_tls(self, name: str, addin: AddIn) -> None:
+        try:
+            setup = addin.tls_setup()
+        except ValueError as exc:
+            raise AddInError(str(exc)) from exc
+        if setup is None:
+            return
+        if self.tls is not None:
+            raise AddInError(f"two add-ins supply TLS: {self._tls_owner!r} and {name!r}")
+        self.tls, self._tls_owner = setup, name
 
     async def start(self) -> None:
         """Load add-ins, bind, start add-ins. Raises :class:`ServerError` / :class:`AddInError`."""
@@ -179,36 +194,58 @@ class Server:
             raise
         if not settings.is_loopback and settings.open_mode:
             log.warning("open mode: any calling AE may associate on %s (not only registered AEs)", settings.host)
-        self.acceptor = Acceptor(
+        self.access = AccessControl(ae_titles, open_to_unknown=is_open(settings))
+        self.access.watch(self.bus)
+        self.services.authorizer = self.access.authorize
+        tls = self.tls
+        if tls is not None and tls.outgoing is not None and hasattr(dicom_request, "use_tls"):
+            dicom_request.use_tls(tls.outgoing)
+        listeners: list[tuple[str, int]] = []
+        if tls is None or tls.keep_plain:
+            self.acceptor = self._acceptor(config)
+            listeners.append(("acceptor", settings.port))
+        if tls is not None:
+            self.tls_acceptor = self._acceptor(config, tls)
+            listeners.append(("tls_acceptor", tls.port))
+        for attr, port in listeners:
+            try:
+                await getattr(self, attr).start(settings.host, port, reuse_port=self.worker)
+            except OSError as exc:
+                await self._close_acceptors()
+                self._close_store()
+                reason = exc.strerror or str(exc)
+                if "address already in use" in str(exc).lower():
+                    reason = "address already in use"
+                raise ServerError(f"cannot listen on {settings.host}:{port}: {reason}") from exc
+        for addin in self.addins:
+            await addin.start()
+            self._started_addins.append(addin)
+        log.info(
+            "server %s listening on %s, port %s with %d add-ins",
             settings.ae_title,
+            settings.host,
+            " and ".join(f"{p} ({'TLS' if a is self.tls_acceptor else 'plain'})" for a, p in self._ports()),
+            len(self.addins),
+        )
+
+    def _acceptor(self, config: Any, tls: TlsSetup | None = None) -> Acceptor:
+        return Acceptor(
+            self.settings.ae_title,
             self.contexts,
             self.services,
             config=config,
             bus=self.bus,
             on_associate=self._on_associate,
-        )
-        try:
-            await self.acceptor.start(settings.host, settings.port, reuse_port=self.worker)
-        except OSError as exc:
-            self._close_store()
-            reason = exc.strerror or str(exc)
-            if "address already in use" in str(exc).lower():
-                reason = "address already in use"
-            raise ServerError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from exc
-        for addin in self.addins:
-            await addin.start()
-            self._started_addins.append(addin)
-        log.info(
-            "server %s listening on %s:%d with %d add-ins",
-            settings.ae_title,
-            settings.host,
-            self.acceptor.port,
-            len(self.addins),
+            ssl=tls.listen if tls is not None else None,
+            on_tls_failure=self.access.tls_failure if tls is not None else None,
         )
 
-    def _on_associate(self, assoc: Association) -> Reject | None:
-        """Calling-AE rule, then the add-ins' answers to SOP Class Extended Negotiation."""
-        decision = self._check_calling_ae(assoc)
+    def _ports(self) -> list[tuple[Acceptor, int]]:
+        return [(a, a.port) for a in (self.acceptor, self.tls_acceptor) if a is not None and a.addresses]
+
+    async def _on_associate(self, assoc: Association) -> Reject | None:
+        """Access control, then the add-ins' answers to SOP Class Extended Negotiation."""
+        decision = await self._check_calling_ae(assoc)
         if decision is not None:
             return decision
         for uid, info in assoc.extended_negotiation.items():
@@ -224,24 +261,31 @@ class Server:
                 assoc.extended_negotiation_response[uid] = answer
         return None
 
-    def _check_calling_ae(self, assoc: Association) -> Reject | None:
-        """Bound to loopback: anyone. Elsewhere: registered AEs only, unless open mode is set."""
-        if self.settings.is_loopback or self.settings.open_mode:
-            return None
-        if self.ae_titles.get(assoc.remote_ae_title) is None:
-            return REJECT_CALLING_AE
-        return None
+    async def _check_calling_ae(self, assoc: Association) -> Reject | None:
+        """Who may associate (:mod:`pacskit.server.access`): registered AEs by their rules (source
+        hosts, TLS, certificate subject, user identity); unregistered ones only on an open server."""
+        return await self.access.check_association(assoc)
 
     @property
     def port(self) -> int:
-        assert self.acceptor is not None
-        return self.acceptor.port
+        """The plain port (the TLS port when the server listens on TLS only)."""
+        acceptor = self.acceptor or self.tls_acceptor
+        assert acceptor is not None
+        return acceptor.port
+
+    @property
+    def tls_port(self) -> int | None:
+        return self.tls_acceptor.port if self.tls_acceptor is not None else None
 
     # ------------------------------------------------------------------ shutdown
 
+    async def _close_acceptors(self, grace: float = 0.0) -> None:
+        for acceptor in (self.acceptor, self.tls_acceptor):
+            if acceptor is not None:
+                await acceptor.close(grace)
+
     async def stop(self, grace: float = 10.0) -> None:
-        if self.acceptor is not None:
-            await self.acceptor.close(grace)
+        await self._close_acceptors(grace)
         for addin in reversed(self._started_addins):
             try:
                 await addin.stop()
@@ -296,8 +340,9 @@ def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        ports = " and ".join(f"{p}{' (TLS)' if a is server.tls_acceptor else ''}" for a, p in server._ports())
         print(
-            f"pacskit {settings.ae_title} listening on {settings.host}:{server.port}, "
+            f"pacskit {settings.ae_title} listening on {settings.host}:{ports}, "
             f"data in {settings.data_path.resolve()}",
             flush=True,
         )

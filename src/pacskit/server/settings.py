@@ -140,7 +140,7 @@ class ServerSettings(_Strict):
     port: int = Field(11112, ge=0, le=65535)
     max_associations: int = Field(100, ge=1)
     max_pdu_length: int = Field(262_144, ge=0)
-    open_mode: bool = False
+    open_mode: bool | None = None  # unregistered callers may associate; unset: only on loopback
     data_dir: str = "."
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
