@@ -1,0 +1,77 @@
+"""Helpers for the storage commitment tests: a pacskit server with the commitment add-in and data."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from pacskit.client.commitment import SopReference
+from pacskit.server.aetitles import AE_FILE, FileAeRegistry, RemoteAE
+from pacskit.server.settings import ServerSettings, load_settings
+from pacskit.store import DataStore
+from pacskit.testing.synth import make_instance
+
+PACS_AE = "CMTPACS"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def server_settings(tmp_path: Path, **commitment: Any) -> ServerSettings:
+    """A server folder (SQLite index) with the given options of the commitment add-in."""
+    folder = tmp_path / "srv"
+    folder.mkdir(exist_ok=True)
+    head = f'ae_title = "{PACS_AE}"\nport = 0\ndata_dir = "data"\n'
+    (folder / "server.toml").write_text(head + tomli_w.dumps({"addins": {"commitment": dict(commitment)}}))
+    return load_settings(folder)
+
+
+def register(settings: ServerSettings, title: str, port: int, host: str = "127.0.0.1", **kw: Any) -> None:
+    FileAeRegistry(settings.folder / AE_FILE).add(RemoteAE(title=title, host=host, port=port, **kw), replace=True)
+
+
+def store_files(store: DataStore, folder: Path, n: int, *, prefix: str = "img") -> list[tuple[Path, SopReference]]:
+    """Make ``n`` CT instances under ``folder`` and ingest copies of them; returns (file, reference)."""
+    out = []
+    study, series = generate_uid(), generate_uid()
+    for i in range(n):
+        path = make_instance(folder / f"{prefix}{i}.dcm", study_uid=study, series_uid=series, instance_number=i + 1)
+        staged = Path(store.temp_dir) / f"stage-{generate_uid()[-12:]}.dcm"
+        shutil.copyfile(path, staged)
+        store.ingest(str(staged), source_ae="TEST")
+        ds = dcmread(path, stop_before_pixels=True)
+        out.append((path, SopReference(str(ds.SOPClassUID), str(ds.SOPInstanceUID))))
+    return out
+
+
+def blob_path(store: DataStore, sop_instance_uid: str) -> Path:
+    path = store.instance_path(sop_instance_uid)
+    assert path is not None
+    return Path(path)
+
+
+def corrupt(path: Path) -> None:
+    """Change bytes in the middle of a stored file, keeping its size (only the hash can tell)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+def request_rows(store: DataStore) -> list[Any]:
+    from sqlalchemy import select
+
+    from pacskit.store import CommitmentRequest
+
+    with store.index.reading() as s:
+        return list(s.scalars(select(CommitmentRequest).order_by(CommitmentRequest.pk)))
+
+
+def reasons(failed: Sequence[Any]) -> dict[str, int]:
+    return {f.reference.sop_instance_uid: f.reason for f in failed}
