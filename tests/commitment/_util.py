@@ -75,3 +75,40 @@ def request_rows(store: DataStore) -> list[Any]:
 
 def reasons(failed: Sequence[Any]) -> dict[str, int]:
     return {f.reference.sop_instance_uid: f.reason for f in failed}
+
+
+def hold_checks_until_released(server: Any) -> None:
+    """Make the add-in's store check wait until an association of the server was released.
+
+    A requester that releases right after the N-ACTION-RSP races the report: the SCP may find its
+    association still open and report there. Tests of "the requester closed its association" hold the
+    check (which comes before the report) until the release happened, so they see the new-association
+    path every time, not by timing luck.
+    """
+    import threading
+
+    from pacskit.net import events as ev
+
+    released = threading.Event()
+    server.bus.subscribe(ev.ASSOCIATION_RELEASED, lambda event: released.set())
+    verify = server.store.verify_instances
+
+    def after_release(uids: Any) -> Any:
+        assert released.wait(30), "the requester never released its association"
+        return verify(uids)
+
+    server.store.verify_instances = after_release
+
+
+async def wait_for_states(store: DataStore, *states: str, timeout: float = 20.0) -> list[Any]:
+    """The request rows once their states are ``states`` (the add-in records a report after the
+    requester answered it, so a test that got the report may look a moment too early)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        rows = request_rows(store)
+        if [r.state for r in rows] == list(states) or loop.time() > deadline:
+            return rows
+        await asyncio.sleep(0.02)

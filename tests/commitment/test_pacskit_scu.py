@@ -19,7 +19,20 @@ from pacskit.client.commitment import (
 from pacskit.server.server import Server
 from pacskit.testing.peers import free_port
 
-from ._util import CT, MR, PACS_AE, blob_path, corrupt, reasons, register, request_rows, server_settings, store_files
+from ._util import (
+    CT,
+    MR,
+    PACS_AE,
+    blob_path,
+    corrupt,
+    hold_checks_until_released,
+    reasons,
+    register,
+    request_rows,
+    server_settings,
+    store_files,
+    wait_for_states,
+)
 
 
 def _scu(port: int, **kw: object) -> StorageCommitmentScu:
@@ -38,7 +51,7 @@ def test_report_on_the_same_association(tmp_path: Path) -> None:
             assert result.event_type_id == 1
             assert set(result.committed) == {ref for _, ref in stored}
             assert result.failed == [] and result.ok
-            rows = request_rows(server.store)
+            rows = await wait_for_states(server.store, "reported")
             assert [(r.state, r.requester_ae, r.transaction_uid) for r in rows] == [
                 ("reported", "MODALITY", result.transaction_uid)]
 
@@ -53,6 +66,7 @@ def test_report_on_a_new_association_after_release(tmp_path: Path) -> None:
     async def run() -> None:
         async with Server(settings) as server:
             stored = store_files(server.store, tmp_path / "src", 2)
+            hold_checks_until_released(server)
             scu = _scu(server.port, receive_port=receive, receive_host="127.0.0.1", release_after_request=True)
             result = await scu.commit([ref for _, ref in stored])
             assert result.reported and result.same_association is False
