@@ -22,12 +22,18 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
 
-def server_settings(tmp_path: Path, **commitment: Any) -> ServerSettings:
-    """A server folder (SQLite index) with the given options of the commitment add-in."""
+def server_settings(tmp_path: Path, db_url: Any = None, **commitment: Any) -> ServerSettings:
+    """A server folder with the given options of the commitment add-in; its index is SQLite in the
+    data folder unless ``db_url`` (a URL or string) says otherwise."""
+    from sqlalchemy.engine import URL
+
     folder = tmp_path / "srv"
     folder.mkdir(exist_ok=True)
     head = f'ae_title = "{PACS_AE}"\nport = 0\ndata_dir = "data"\n'
-    (folder / "server.toml").write_text(head + tomli_w.dumps({"addins": {"commitment": dict(commitment)}}))
+    config: dict[str, Any] = {"addins": {"commitment": dict(commitment)}}
+    if db_url is not None:
+        config["database"] = {"url": db_url.render_as_string(hide_password=False) if isinstance(db_url, URL) else str(db_url)}
+    (folder / "server.toml").write_text(head + tomli_w.dumps(config))
     return load_settings(folder)
 
 

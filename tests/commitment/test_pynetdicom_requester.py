@@ -154,10 +154,10 @@ def test_pynetdicom_released_gets_the_report_on_a_new_association(tmp_path: Path
     asyncio.run(run())
 
 
-def test_a_pending_request_survives_a_restart(tmp_path: Path) -> None:
+def test_a_pending_request_survives_a_restart(tmp_path: Path, fresh_db_url: Any) -> None:
     """The first server never gets to report (delay of an hour); the second resumes the request from
-    the database at start-up and reports on a new association."""
-    settings = server_settings(tmp_path, delay=3600)
+    the database at start-up and reports on a new association. On SQLite, PostgreSQL and MariaDB."""
+    settings = server_settings(tmp_path, fresh_db_url, delay=3600)
     port = free_port()
     register(settings, REQUESTER, port)
 
