@@ -179,3 +179,27 @@ def test_requester_registered_without_commit_is_refused(tmp_path: Path) -> None:
             assert result.action_status == 0x0124
 
     asyncio.run(run())
+
+
+def test_a_failed_check_is_retried(tmp_path: Path) -> None:
+    """The store check fails once (an I/O error reading the index or a file): it is tried again and
+    the report still comes."""
+    settings = server_settings(tmp_path, retry_interval=0.0)
+
+    async def run() -> None:
+        async with Server(settings) as server:
+            stored = store_files(server.store, tmp_path / "src", 1)
+            verify = server.store.verify_instances
+            calls: list[int] = []
+
+            def flaky(uids: object) -> object:
+                calls.append(1)
+                if len(calls) == 1:
+                    raise OSError(5, "Input/output error")
+                return verify(uids)
+
+            server.store.verify_instances = flaky
+            result = await _scu(server.port).commit([stored[0][1]])
+            assert result.ok and len(calls) == 2
+
+    asyncio.run(run())

@@ -339,7 +339,7 @@ class StorageCommitmentAddIn(AddIn):
         try:
             if delay:
                 await asyncio.sleep(delay)
-            report = await asyncio.to_thread(self._check, pk)
+            report = await self._checked(pk)
             if report is None:
                 return
             event_type, info = event_information(
@@ -379,6 +379,19 @@ class StorageCommitmentAddIn(AddIn):
             raise
         except Exception:
             log.exception("storage commitment request %d: report failed; retried at the next start", pk)
+
+    async def _checked(self, pk: int) -> _Report | None:
+        """:meth:`_check` in a thread; a failure (the database or the disk) is retried like a report,
+        and after ``attempts`` failures the request is left pending for the next start."""
+        for attempt in range(1, self.options.attempts + 1):
+            try:
+                return await asyncio.to_thread(self._check, pk)
+            except Exception:
+                self.base.log.exception("storage commitment request %d: checking the store failed (try %d of %d)",
+                                        pk, attempt, self.options.attempts)
+                if attempt < self.options.attempts:
+                    await asyncio.sleep(self.options.retry_interval * self.options.retry_backoff ** (attempt - 1))
+        return None
 
     async def _send(self, assoc: Association, context: PresentationContext, event_type: int, info: Dataset) -> str | None:
         """Send the report on ``assoc``; ``None`` when the requester answered Success, else why not."""
