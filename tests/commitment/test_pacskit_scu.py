@@ -203,3 +203,18 @@ def test_a_failed_check_is_retried(tmp_path: Path) -> None:
             assert result.ok and len(calls) == 2
 
     asyncio.run(run())
+
+
+def test_no_report_within_the_timeout(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path, delay=3600)  # the server will not report within the test
+
+    async def run() -> None:
+        async with Server(settings) as server:
+            stored = store_files(server.store, tmp_path / "src", 1)
+            scu = StorageCommitmentScu(f"{PACS_AE}@127.0.0.1:{server.port}", calling_ae="MODALITY", report_timeout=0.3)
+            result = await scu.commit([stored[0][1]])
+            assert result.action_status == 0 and not result.reported and not result.ok
+            assert result.missing == [stored[0][1]]
+            assert [r.state for r in request_rows(server.store)] == ["pending"]
+
+    asyncio.run(run())

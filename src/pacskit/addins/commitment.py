@@ -152,7 +152,8 @@ class StorageCommitmentAddIn(AddIn):
     async def on_action(self, request: Request) -> Response:
         peer = request.assoc.remote_ae_title
         try:
-            transaction, references = self._parse(request)
+            # decoding a long Referenced SOP Sequence takes a while: not on the event loop
+            transaction, references = await asyncio.to_thread(self._parse, request)
             registered = self.base.ae_titles.get(peer)
             if registered is not None and not registered.may("commit"):
                 raise _Refused(0x0124, f"{peer} may not request storage commitment")

@@ -289,7 +289,10 @@ class StorageCommitmentScu(NServiceScu):
     async def commit(self, instances: Iterable[ReferenceSpec], *, transaction_uid: str | None = None) -> CommitmentResult:
         """Request storage commitment of ``instances`` (files, :class:`SopReference` or ``(class,
         instance)`` tuples) and wait for the report. A Failure status of the N-ACTION is returned in
-        ``action_status``, not raised; network errors raise :class:`~pacskit.net.NetError`."""
+        ``action_status``, not raised; network errors raise :class:`~pacskit.net.NetError`.
+
+        Opens (and releases) its own association: call it outside ``async with scu``, one call at a
+        time per object (another object for concurrent requests)."""
         references = [_as_reference(spec) for spec in instances]
         if not references:
             raise ValueError("nothing to commit: no instances given")
@@ -316,7 +319,7 @@ class StorageCommitmentScu(NServiceScu):
                     return result
                 if not self.release_after_request:
                     await self._wait(done)
-            if not done.done():
+            if self.release_after_request:
                 await self._wait(done)
             return result
         finally:
