@@ -221,6 +221,8 @@ class StorageCommitmentAddIn(AddIn):
     # ------------------------------------------------------------------ database (run in threads)
 
     def _save(self, transaction: str, requester: str, references: list[SopReference]) -> int:
+        from sqlalchemy import insert
+
         from pacskit.store import CommitmentItem, CommitmentRequest
         from pacskit.store.commitment_models import STATE_PENDING
 
@@ -235,9 +237,12 @@ class StorageCommitmentAddIn(AddIn):
                 received_at=dt.datetime.now(dt.UTC),
                 attempts=0,
             )
-            row.items = [CommitmentItem(sop_class_uid=r.sop_class_uid, sop_instance_uid=r.sop_instance_uid) for r in references]
             s.add(row)
             s.flush()
+            s.execute(insert(CommitmentItem), [  # one executemany, not an ORM object per instance
+                {"request_fk": row.pk, "sop_class_uid": r.sop_class_uid, "sop_instance_uid": r.sop_instance_uid}
+                for r in references
+            ])
             return int(row.pk)
 
         return store.index.run_write(work)
@@ -285,8 +290,8 @@ class StorageCommitmentAddIn(AddIn):
             def record(s: Any) -> None:
                 now = dt.datetime.now(dt.UTC)
                 s.execute(update(CommitmentRequest).where(CommitmentRequest.pk == pk).values(checked_at=now))
-                for item_pk, reason in reasons.items():
-                    s.execute(update(CommitmentItem).where(CommitmentItem.pk == item_pk).values(failure_reason=reason))
+                if reasons:  # one executemany (ORM bulk UPDATE by primary key)
+                    s.execute(update(CommitmentItem), [{"pk": k, "failure_reason": v} for k, v in reasons.items()])
 
             store.index.run_write(record)
         else:
