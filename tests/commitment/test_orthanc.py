@@ -86,7 +86,7 @@ def test_orthanc_requests_and_gets_the_report_on_a_new_association(tmp_path: Pat
 
 def test_orthanc_requester_unknown_to_pacskit_gets_no_report(tmp_path: Path) -> None:
     """Without an AE registry entry there is nowhere to report: the request ends ``failed``."""
-    settings = server_settings(tmp_path, attempts=1)
+    settings = server_settings(tmp_path, report_attempts=1)
 
     async def run() -> None:
         async with Server(settings) as server:

@@ -184,7 +184,7 @@ def test_requester_registered_without_commit_is_refused(tmp_path: Path) -> None:
 def test_a_failed_check_is_retried(tmp_path: Path) -> None:
     """The store check fails once (an I/O error reading the index or a file): it is tried again and
     the report still comes."""
-    settings = server_settings(tmp_path, retry_interval=0.0)
+    settings = server_settings(tmp_path, retry_backoff=0.0)
 
     async def run() -> None:
         async with Server(settings) as server:

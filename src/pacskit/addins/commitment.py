@@ -33,9 +33,10 @@ answered at once; the commitment itself is decided afterwards and sent as an N-E
    request back on it: :meth:`pacskit.net.Association.n_request` with the request's context);
    otherwise — or when that fails — on a new association to the requester's AE title as registered
    in the AE registry (``pacskit ae add``), proposing the SCP role (PS3.4 J.3.3). A report the
-   requester does not take (refused, unreachable, a failure status) is tried again up to ``attempts``
-   times, waiting ``retry_interval`` seconds before the second try and ``retry_backoff`` times longer
-   before each next one; then the request is marked ``failed`` (kept in the database, logged).
+   requester does not take (refused, unreachable, a failure status) is tried up to ``report_attempts``
+   times, waiting ``retry_backoff`` seconds before the second try and twice as long before each next
+   one (as the Retrieve add-in's ``connect_attempts`` / ``retry_backoff``); then the request is
+   marked ``failed`` (kept in the database, logged).
 
 Requests still pending when the server stops are resumed at start-up, at once (``delay`` is not
 applied again) and on a new association. With ``workers > 1``, every worker process resumes every
@@ -78,9 +79,10 @@ class CommitmentOptions(AddInOptions):
         0.0, ge=0, description="seconds between the N-ACTION and the check of the store (e.g. to let "
         "C-STOREs still in flight arrive)"
     )
-    attempts: int = Field(5, ge=1, description="tries to deliver a report on a new association")
-    retry_interval: float = Field(10.0, ge=0, description="seconds before the 2nd try on a new association")
-    retry_backoff: float = Field(2.0, ge=1, description="factor by which each further wait grows")
+    report_attempts: int = Field(5, ge=1, description="tries to deliver a report on a new association")
+    retry_backoff: float = Field(
+        10.0, ge=0, description="seconds before the 2nd try on a new association; doubled for each next one"
+    )
     max_references: int = Field(10000, ge=1, description="most instances accepted in one request")
 
 
@@ -362,9 +364,9 @@ class StorageCommitmentAddIn(AddIn):
                 log.warning("storage commitment %s: report on the requester's association failed (%s); "
                             "trying a new association", report.transaction_uid, error)
             attempts = report.attempts
-            while attempts < self.options.attempts:
+            while attempts < self.options.report_attempts:
                 if attempts > 0:
-                    await asyncio.sleep(self.options.retry_interval * self.options.retry_backoff ** (attempts - 1))
+                    await asyncio.sleep(self.options.retry_backoff * 2 ** (attempts - 1))
                 attempts += 1
                 error = await self._send_new(report.requester_ae, event_type, info)
                 if error is None:
@@ -372,7 +374,7 @@ class StorageCommitmentAddIn(AddIn):
                     log.info("storage commitment %s reported to %s on a new association (%s)",
                              report.transaction_uid, report.requester_ae, summary)
                     return
-                final = attempts >= self.options.attempts
+                final = attempts >= self.options.report_attempts
                 await asyncio.to_thread(self._record, pk, error=error, attempted=True,
                                         state=STATE_FAILED if final else None)
                 if final:
@@ -380,7 +382,7 @@ class StorageCommitmentAddIn(AddIn):
                               report.transaction_uid, report.requester_ae, attempts, error)
                 else:
                     log.warning("storage commitment %s: report to %s failed (try %d of %d): %s",
-                                report.transaction_uid, report.requester_ae, attempts, self.options.attempts, error)
+                                report.transaction_uid, report.requester_ae, attempts, self.options.report_attempts, error)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -388,15 +390,15 @@ class StorageCommitmentAddIn(AddIn):
 
     async def _checked(self, pk: int) -> _Report | None:
         """:meth:`_check` in a thread; a failure (the database or the disk) is retried like a report,
-        and after ``attempts`` failures the request is left pending for the next start."""
-        for attempt in range(1, self.options.attempts + 1):
+        and after ``report_attempts`` failures the request is left pending for the next start."""
+        for attempt in range(1, self.options.report_attempts + 1):
             try:
                 return await asyncio.to_thread(self._check, pk)
             except Exception:
                 self.base.log.exception("storage commitment request %d: checking the store failed (try %d of %d)",
-                                        pk, attempt, self.options.attempts)
-                if attempt < self.options.attempts:
-                    await asyncio.sleep(self.options.retry_interval * self.options.retry_backoff ** (attempt - 1))
+                                        pk, attempt, self.options.report_attempts)
+                if attempt < self.options.report_attempts:
+                    await asyncio.sleep(self.options.retry_backoff * 2 ** (attempt - 1))
         return None
 
     async def _send(self, assoc: Association, context: PresentationContext, event_type: int, info: Dataset) -> str | None:
