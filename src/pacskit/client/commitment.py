@@ -29,15 +29,17 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
-
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import generate_uid
+from typing import TYPE_CHECKING, Any, Union
 
 from pacskit.client._scu import run_sync
 from pacskit.client.nservices import EventReport, NServiceScu
 from pacskit.net import Acceptor, Request, Response, Services, SupportedContext, VERIFICATION_SOP_CLASS
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom is imported where datasets are built or read, not with this module: ``import pacskit.client``
+# must not pull it in (storing files only moves bytes).
 
 __all__ = [
     "ACTION_REQUEST_STORAGE_COMMITMENT",
@@ -159,6 +161,9 @@ def _as_reference(spec: ReferenceSpec) -> SopReference:
 
 def action_information(transaction_uid: str, references: Sequence[SopReference]) -> Dataset:
     """The N-ACTION Action Information of a commitment request (PS3.4 Table J.3-1)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
     ds = Dataset()
     ds.TransactionUID = transaction_uid
     ds.ReferencedSOPSequence = DicomSequence([_item(r) for r in references])
@@ -175,6 +180,9 @@ def event_information(
     """The Event Type ID and Event Information of a report (PS3.4 Table J.3-2): Referenced SOP
     Sequence when something was committed, Failed SOP Sequence (with Failure Reason) when something
     was not; Event Type 1 without failures, 2 with."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
     ds = Dataset()
     ds.TransactionUID = transaction_uid
     if retrieve_ae_title:
@@ -204,6 +212,8 @@ def parse_event_information(ds: Dataset | None) -> tuple[str, list[SopReference]
 
 
 def _item(ref: SopReference) -> Dataset:
+    from pydicom.dataset import Dataset
+
     item = Dataset()
     item.ReferencedSOPClassUID = ref.sop_class_uid
     item.ReferencedSOPInstanceUID = ref.sop_instance_uid
@@ -298,6 +308,8 @@ class StorageCommitmentScu(NServiceScu):
             raise ValueError("nothing to commit: no instances given")
         if self.release_after_request and self.receive_port is None:
             raise ValueError("release_after_request needs receive_port= (the report then comes on a new association)")
+        from pydicom.uid import generate_uid
+
         transaction = transaction_uid or generate_uid(prefix=None)
         result = CommitmentResult(transaction, references)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
