@@ -279,6 +279,7 @@ from pacskit.cli import log as _log  # noqa: E402,F401
 from pacskit.cli.certs import certs_app  # noqa: E402
 
 app.add_typer(certs_app, name="certs")
+from pacskit.cli import commit as _commit  # noqa: E402,F401 - pacskit commit (storage commitment)
 
 
 def main() -> None:
