@@ -27,6 +27,8 @@ from pacskit.cli.client import (
     TlsCertOpt,
     TlsKeyOpt,
     TlsNameOpt,
+    TlsOpt,
+    TlsProfileOpt,
     VerboseOpt,
     _scu_options,
     fail,
@@ -56,6 +58,8 @@ def commit(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_name: TlsNameOpt = None,
+    tls: TlsOpt = False,
+    tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
     """Storage commitment: ask a peer whether it keeps FILES; prints committed / failed with reasons."""
     from rich.console import Console
@@ -81,7 +85,7 @@ def commit(
         receive_host=host,
         report_timeout=report_timeout,
         release_after_request=release,
-        **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name),
+        **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile),
     )
     result = run(scu.commit(references))
     console = Console(highlight=False)
