@@ -99,7 +99,7 @@ def load_pacskit(folder: Path, shape: bulk.BulkShape, db_url: str | None) -> Pat
 def synthetic_files(shape: bulk.BulkShape) -> Path:
     """Part 10 files with the bulk rows' values (cached): what Orthanc is loaded with."""
     folder = BENCH_DATA / f"query-files-{shape.instances}"
-    done = folder / ".complete"
+    done = folder.with_name(folder.name + ".complete")  # not inside: storescu +sd would send it and halt
     if done.exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
