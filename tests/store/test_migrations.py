@@ -20,10 +20,10 @@ def test_migrate_twice_is_idempotent(fresh_db_url: Any) -> None:
         assert index.current_revision() is None
         assert not TABLES & set(index.table_names())
         index.migrate()
-        assert index.current_revision() == index.head_revision() == "0002"
+        assert index.current_revision() == index.head_revision() == "0003"
         assert TABLES <= set(index.table_names())
         index.migrate()  # already at head: nothing happens
-        assert index.current_revision() == "0002"
+        assert index.current_revision() == "0003"
         with index.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM pacskit_store_version")).scalar() == 1
     finally:
@@ -123,7 +123,7 @@ def test_0002_fills_the_referring_physician_search_form(fresh_db_url: Any) -> No
                 "INSERT INTO studies (pk, patient_fk, study_instance_uid, referring_physician_name, num_series, "
                 "num_instances) VALUES (1, 1, '1.2.3', :name, 0, 0), (2, 1, '1.2.4', NULL, 0, 0)"),
                 {"name": "Müller^Anna^^^"})
-        index.migrate()
+        index.migrate("0002")
         assert index.current_revision() == "0002"
         with index.engine.connect() as conn:
             rows = conn.execute(text("SELECT pk, referring_physician_name_search FROM studies ORDER BY pk")).all()

@@ -30,6 +30,12 @@ from pacskit.store.extract import (
 )
 from pacskit.store.index import Counts, DuplicatePolicy, Index, IngestStatus
 from pacskit.store.models import Base, Instance, Patient, Series, Study, normalise_person_name, starts_with
+from pacskit.store.workflow_models import (  # registered on Base.metadata with the index tables
+    PerformedProcedureStep,
+    PerformedStepLink,
+    WorklistItem,
+    WorklistStationAE,
+)
 
 __all__ = [
     "KEY_PATTERN",
@@ -52,6 +58,8 @@ __all__ = [
     "InvalidInstance",
     "MemoryBlobStore",
     "Patient",
+    "PerformedProcedureStep",
+    "PerformedStepLink",
     "Problem",
     "ReindexReport",
     "Series",
@@ -64,4 +72,6 @@ __all__ = [
     "sha256_file",
     "starts_with",
     "validate_key",
+    "WorklistItem",
+    "WorklistStationAE",
 ]
