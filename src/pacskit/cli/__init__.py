@@ -241,6 +241,7 @@ def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
 
 # The client commands (echo, store, find, move, get) live in their own module; importing it registers them.
 from pacskit.cli import client as _client  # noqa: E402,F401
+from pacskit.cli import worklist as _worklist  # noqa: E402,F401  (pacskit worklist ...)
 
 
 def main() -> None:
