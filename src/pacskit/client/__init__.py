@@ -4,6 +4,7 @@
 - :class:`StoreScu`: C-STORE of files, folders and datasets, with conversion and parallel associations
 - :class:`QueryRetrieveScu`: C-FIND (Patient Root, Study Root, Modality Worklist), C-MOVE, C-GET
 - :class:`NServiceScu`: N-EVENT-REPORT / N-GET / N-SET / N-ACTION / N-CREATE / N-DELETE plumbing
+- :class:`MppsScu`: Modality Performed Procedure Step N-CREATE / N-SET (on :class:`NServiceScu`)
 
 Every SCU takes its peer as a :class:`RemoteAE`, ``"AET@host:port"`` or a title from the AE registry
 (:func:`resolve_remote`), offers ``async`` methods and a ``*_sync`` twin for plain scripts, and raises
@@ -14,6 +15,7 @@ See docs/client.md.
 from pacskit.client._scu import AssociationRequest, ClientEvents, Scu, run_sync, user_identity
 from pacskit.client.echo import EchoScu
 from pacskit.client.keys import KeyError_, Keys, apply_keys, parse_key
+from pacskit.client.mpps import MppsScu, in_progress_attributes, performed_series_item
 from pacskit.client.nservices import EventReport, NResult, NServiceScu
 from pacskit.client.query import (
     FindRequest,
@@ -44,6 +46,7 @@ __all__ = [
     "InstanceRecord",
     "InstanceResult",
     "KeyError_",
+    "MppsScu",
     "Keys",
     "NResult",
     "NServiceScu",
@@ -66,6 +69,8 @@ __all__ = [
     "UnknownRemote",
     "WorklistRecord",
     "apply_keys",
+    "in_progress_attributes",
+    "performed_series_item",
     "parse_key",
     "resolve_remote",
     "run_sync",

@@ -352,14 +352,15 @@ def _column_text(ds: Dataset, keyword: str, column: str) -> str | None:
     return text[:length] if length else text
 
 
-def _clean(entry: Dataset) -> Dataset:
-    """A copy without file meta, group lengths, the Specific Character Set (values are Unicode now)."""
+def decoded_copy(entry: Dataset) -> Dataset:
+    """A copy of a dataset as the workflow tables store it: values decoded to Unicode (so ready for
+    DICOM JSON), without file meta, group lengths and the Specific Character Set."""
     out = Dataset()
     for elem in entry:
         if elem.tag.group in (0x0000, 0x0002) or elem.tag.element == 0 or int(elem.tag) == _CHARSET:
             continue
         if elem.VR == "SQ":
-            out.add(DataElement(elem.tag, "SQ", DicomSequence([_clean(item) for item in elem.value or []])))
+            out.add(DataElement(elem.tag, "SQ", DicomSequence([decoded_copy(item) for item in elem.value or []])))
         else:
             out.add(DataElement(elem.tag, elem.VR, copy.deepcopy(elem.value), validation_mode=_NO_VALIDATION))
     return out
@@ -369,7 +370,7 @@ def split_steps(entry: Dataset) -> list[Dataset]:
     """One dataset per item of the Scheduled Procedure Step Sequence (the entry itself if it has none);
     values decoded with the entry's character set."""
     try:
-        base = _clean(entry)
+        base = decoded_copy(entry)
     except Exception as exc:  # an undecodable value
         raise InvalidEntry(f"cannot decode the entry: {exc}") from None
     if SPS_SEQUENCE in base and base[SPS_SEQUENCE].VR != "SQ":
@@ -504,7 +505,7 @@ class WorklistStore:
             if row is None:
                 return None
             step = Dataset.from_json(row.dataset)
-            _merge(step, _clean(changes))
+            _merge(step, decoded_copy(changes))
             if SPS_SEQUENCE in step and len(step[SPS_SEQUENCE].value or []) > 1:
                 raise InvalidEntry("a stored step has one Scheduled Procedure Step Sequence item")
             self._write(s, step, row)
@@ -685,6 +686,7 @@ __all__ = [
     "WorklistStore",
     "build_answer",
     "compile_worklist_find",
+    "decoded_copy",
     "entries_from_json",
     "entry_from_json",
     "read_entries",
