@@ -33,6 +33,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
+from fastapi import Request as HttpRequest  # at module level: FastAPI resolves the route annotations here
 from pydantic import Field
 from pydicom.dataset import Dataset
 
@@ -170,7 +171,6 @@ def worklist_router(worklist: WorklistStore) -> Any:
     import io
 
     from fastapi import APIRouter, Body, HTTPException, Query
-    from fastapi import Request as HttpRequest
     from pydicom import dcmread
 
     router = APIRouter(tags=["worklist"])

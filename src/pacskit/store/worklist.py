@@ -375,6 +375,8 @@ def split_steps(entry: Dataset) -> list[Dataset]:
         raise InvalidEntry(f"cannot decode the entry: {exc}") from None
     if SPS_SEQUENCE in base and base[SPS_SEQUENCE].VR != "SQ":
         raise InvalidEntry("ScheduledProcedureStepSequence is not a sequence")
+    if SPS_SEQUENCE not in base and not any(tag in base for tag in _TOP_KEYS):
+        raise InvalidEntry("not a worklist entry: no patient, request or scheduled step attributes")
     items = list(base[SPS_SEQUENCE].value) if SPS_SEQUENCE in base else []
     if len(items) <= 1:
         return [base]
