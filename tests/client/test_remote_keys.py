@@ -44,11 +44,11 @@ def test_public_api_is_pinned():
 
     assert sorted(client.__all__) == sorted([
         "AssociationRequest", "ClientEvents", "EchoScu", "EventReport", "FindRequest", "FindResult", "Instance",
-        "InstanceRecord", "InstanceResult", "KeyError_", "Keys", "NResult", "NServiceScu", "PatientRecord",
+        "InstanceRecord", "InstanceResult", "KeyError_", "Keys", "MppsScu", "NResult", "NServiceScu", "PatientRecord",
         "QueryFailed", "QueryRetrieveScu", "ReceivedInstance", "Record", "RemoteAE", "RemoteSpec", "RetrieveProgress",
         "RetrieveResult", "Scu", "SeriesRecord", "StoreEvent", "StoreProgress", "StoreReport", "StoreScu",
-        "StudyRecord", "UnknownRemote", "WorklistRecord", "apply_keys", "parse_key", "resolve_remote", "run_sync",
-        "user_identity",
+        "StudyRecord", "UnknownRemote", "WorklistRecord", "apply_keys", "in_progress_attributes", "parse_key",
+        "performed_series_item", "resolve_remote", "run_sync", "user_identity",
     ])
     for name in client.__all__:
         assert getattr(client, name) is not None

@@ -4,7 +4,6 @@ endpoints (admin_router, mounted in a FastAPI app of the test's own) and CLI."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,7 +156,9 @@ def test_cli(tmp_path: Path, worklist_examples: Path) -> None:
     entry.write_text(json.dumps({"PatientID": "C2", SPS: [{"Modality": "MR"}]}))
     assert runner.invoke(cli, ["worklist", "add", "--json", str(entry), *data]).output.strip() == "added 2"
     assert runner.invoke(cli, ["worklist", "update", "1", "-k", f"{SPS}[0].ScheduledStationAETitle=CT9", *data]).exit_code == 0
-    listed = json.loads(runner.invoke(cli, ["worklist", "list", "--json", *data]).output)
+    result = runner.invoke(cli, ["worklist", "list", "--json", *data])
+    assert result.exit_code == 0, (result.output, result.exception)
+    listed = json.loads(result.stdout)
     assert [(e["patient_id"], e["station_ae_title"], e["modality"]) for e in listed] == [("C1", "CT9", "CT"), ("C2", "", "MR")]
     table = runner.invoke(cli, ["worklist", "list", *data], env={"COLUMNS": "300"})
     assert "Cli^Test" in table.output and "C1S" in table.output
@@ -173,4 +174,4 @@ def test_cli(tmp_path: Path, worklist_examples: Path) -> None:
     bad.write_bytes(b"garbage")
     result = runner.invoke(cli, ["worklist", "import", str(bad), *data])
     assert result.exit_code == 2, result.output
-    assert len(json.loads(runner.invoke(cli, ["worklist", "list", "--json", *data]).output)) == 11
+    assert len(json.loads(runner.invoke(cli, ["worklist", "list", "--json", *data]).stdout)) == 11

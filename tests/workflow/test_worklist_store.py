@@ -147,7 +147,7 @@ def test_answers_in_the_right_character_set(worklist: WorklistStore) -> None:
 
 
 def test_write_operations(worklist: WorklistStore) -> None:
-    first = worklist.list()[0]
+    first = worklist.entries()[0]
     updated = worklist.update(first.id, entry(PatientName="Müller^Anna^Maria", SPS_Modality="MR"))
     assert updated is not None
     assert str(updated.dataset.PatientName) == "Müller^Anna^Maria"
@@ -157,7 +157,7 @@ def test_write_operations(worklist: WorklistStore) -> None:
     # replace: the same accession + requested procedure + SPS ID is one step
     again = worklist.add(entry(PatientID="P2", AccessionNumber="A2", SPS_ScheduledProcedureStepID="S2",
                                SPS_Modality="US"), replace=True)
-    assert len(worklist.list()) == 3 and ids(worklist, **{f"{SPS}[0].Modality": "US"}) == ["S2"]
+    assert len(worklist.entries()) == 3 and ids(worklist, **{f"{SPS}[0].Modality": "US"}) == ["S2"]
     assert worklist.remove(again[0]) and not worklist.remove(again[0])
     two = worklist.add(entry_from_json({"PatientID": "P5", SPS: [{"ScheduledProcedureStepID": "S5a"},
                                                                 {"ScheduledProcedureStepID": "S5b"}]}))
@@ -173,7 +173,7 @@ def test_write_operations(worklist: WorklistStore) -> None:
 
 def test_mpps_state_rules_move_the_worklist(worklist: WorklistStore) -> None:
     mpps = MppsStore(worklist.index)
-    s1 = next(e for e in worklist.list() if e.step.ScheduledProcedureStepID == "S1")
+    s1 = next(e for e in worklist.entries() if e.step.ScheduledProcedureStepID == "S1")
     create = entry_from_json({
         "PatientID": "P1", "Modality": "CT", "PerformedStationAETitle": "CT1", "PerformedProcedureStepID": "PPS1",
         "PerformedProcedureStepStartDate": "20261201", "PerformedProcedureStepStartTime": "0901",
@@ -200,4 +200,4 @@ def test_mpps_state_rules_move_the_worklist(worklist: WorklistStore) -> None:
     assert (final.value.status, final.value.error_id) == (0x0110, ERROR_ID_NO_LONGER_UPDATABLE)
     hidden = compile_worklist_find(Dataset(), hide_statuses=["COMPLETED"])
     assert len(list(worklist.find(hidden))) == 2
-    assert [p.sop_instance_uid for p in mpps.list(status="COMPLETED")] == ["1.2.826.0.1.1"]
+    assert [p.sop_instance_uid for p in mpps.steps(status="COMPLETED")] == ["1.2.826.0.1.1"]

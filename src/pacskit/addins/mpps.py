@@ -202,7 +202,7 @@ def mpps_router(mpps: MppsStore) -> Any:
     @router.get("/performed")
     def list_performed(status: str | None = None, limit: int = Query(100, ge=1, le=10000),
                        offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
-        return [p.to_json() for p in mpps.list(status=status, limit=limit, offset=offset)]
+        return [p.to_json() for p in mpps.steps(status=status, limit=limit, offset=offset)]
 
     @router.get("/performed/{sop_instance_uid}")
     def get_performed(sop_instance_uid: str) -> dict[str, Any]:

@@ -188,7 +188,7 @@ def worklist_router(worklist: WorklistStore) -> Any:
     def list_entries(status: str | None = None, limit: int = Query(100, ge=1, le=10000),
                      offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
         """Scheduled steps in the order they were added."""
-        return [e.to_json() for e in worklist.list(status=status, limit=limit, offset=offset)]
+        return [e.to_json() for e in worklist.entries(status=status, limit=limit, offset=offset)]
 
     @router.post("/entries", status_code=201)
     def add_entry(body: dict[str, Any] = Body(...), replace: bool = False) -> dict[str, Any]:

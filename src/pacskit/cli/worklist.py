@@ -108,7 +108,7 @@ def worklist_list(
 ) -> None:
     """List the scheduled steps."""
     with _worklist(config, data_dir) as worklist:
-        entries = worklist.list(status=status)
+        entries = worklist.entries(status=status)
     if as_json:
         typer.echo(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
         return

@@ -286,7 +286,7 @@ class MppsStore:
                 PerformedProcedureStep.sop_instance_uid == sop_instance_uid)).scalar_one_or_none()
             return _snapshot(row) if row is not None else None
 
-    def list(self, *, status: str | None = None, limit: int | None = None, offset: int = 0) -> list[PerformedStep]:
+    def steps(self, *, status: str | None = None, limit: int | None = None, offset: int = 0) -> list[PerformedStep]:
         stmt = select(PerformedProcedureStep).order_by(PerformedProcedureStep.pk).offset(offset)
         if status is not None:
             stmt = stmt.where(PerformedProcedureStep.status == status)

@@ -42,7 +42,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
@@ -73,7 +73,6 @@ SPS_SEQUENCE = 0x00400100
 SPS_STATUS = 0x00400020
 _CHARSET = 0x00080005
 _QR_LEVEL = 0x00080052
-_STATION_AE = 0x00400001
 _SPS_DATE = 0x00400002
 _SPS_TIME = 0x00400003
 _NO_VALIDATION = pydicom_config.IGNORE
@@ -560,7 +559,7 @@ class WorklistStore:
             row = s.get(C, entry_id)
             return _entry(row) if row is not None else None
 
-    def list(self, *, status: str | None = None, limit: int | None = None, offset: int = 0) -> list[WorklistEntry]:
+    def entries(self, *, status: str | None = None, limit: int | None = None, offset: int = 0) -> list[WorklistEntry]:
         """Stored steps in the order they were added (``status``: only those with that status)."""
         stmt = select(C).order_by(C.pk).offset(offset)
         if status is not None:
