@@ -30,6 +30,7 @@ stored item is returned with the item's keys only.
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
 import json
@@ -256,19 +257,51 @@ def _sps_conditions(elements: Sequence[DataElement]) -> tuple[list[ColumnElement
 # --- answers ------------------------------------------------------------------------------------------
 
 
-def _filtered(nodes: Sequence[ReturnNode], stored: Dataset) -> Dataset:
+def _json_value(obj: Mapping[str, Any]) -> Any:
+    """The value of one DICOM JSON element (PS3.18 F.2) as pydicom takes it (None when empty)."""
+    vr = obj.get("vr", "UN")
+    if "InlineBinary" in obj:
+        return base64.b64decode(obj["InlineBinary"])
+    values = obj.get("Value")
+    if not values:
+        return None
+    if vr == "PN":
+        values = ["=".join(g for g in (v.get("Alphabetic", ""), v.get("Ideographic", ""), v.get("Phonetic", "")))
+                  .rstrip("=") if isinstance(v, Mapping) else str(v) for v in values]
+    elif vr == "AT":
+        values = [int(v, 16) for v in values]
+    elif vr in ("IS", "DS"):
+        values = [str(v) for v in values]
+    return values[0] if len(values) == 1 else values
+
+
+def _json_dataset(stored: Mapping[str, Any]) -> Dataset:
+    """A whole stored item (a sequence asked for with an empty item)."""
+    out = Dataset()
+    for key, obj in stored.items():
+        tag = int(key, 16)
+        if obj.get("vr") == "SQ":
+            out.add(DataElement(tag, "SQ", DicomSequence([_json_dataset(i) for i in obj.get("Value") or []])))
+        else:
+            out.add(DataElement(tag, obj.get("vr", "UN"), _json_value(obj), validation_mode=_NO_VALIDATION))
+    return out
+
+
+def _filtered_json(nodes: Sequence[ReturnNode], stored: Mapping[str, Any]) -> Dataset:
+    """The requested keys of a stored step, straight from its DICOM JSON (no pydicom parsing of the
+    whole entry: most of the cost of an answer otherwise)."""
     out = Dataset()
     for node in nodes:
-        have = stored.get(node.tag) if node.tag in stored else None
+        obj = stored.get(f"{node.tag:08X}")
         if node.vr == "SQ":
-            items = list(have.value or []) if have is not None and have.VR == "SQ" else []
+            items = (obj.get("Value") or []) if obj is not None and obj.get("vr") == "SQ" else []
             if node.children is None:
-                value = DicomSequence([copy.deepcopy(item) for item in items])
+                value = DicomSequence([_json_dataset(item) for item in items])
             else:
-                value = DicomSequence([_filtered(node.children, item) for item in items])
+                value = DicomSequence([_filtered_json(node.children, item) for item in items])
             out.add(DataElement(node.tag, "SQ", value))
-        elif have is not None and have.VR != "SQ":
-            out.add(DataElement(node.tag, have.VR, have.value, validation_mode=_NO_VALIDATION))
+        elif obj is not None and obj.get("vr") != "SQ":
+            out.add(DataElement(node.tag, obj.get("vr", node.vr), _json_value(obj), validation_mode=_NO_VALIDATION))
         else:
             out.add(DataElement(node.tag, node.vr, None, validation_mode=_NO_VALIDATION))
     return out
@@ -278,7 +311,7 @@ def build_answer(query: WorklistQuery, stored_json: str) -> Dataset:
     """The answer for one stored step: every requested key, filled or empty; the Specific Character
     Set added when a value is not ASCII (the identifier's own set when it can hold the values, else
     ISO_IR 192)."""
-    answer = _filtered(query.returns, Dataset.from_json(stored_json))
+    answer = _filtered_json(query.returns, json.loads(stored_json))
     return set_answer_charset(answer, query.charset)
 
 
@@ -336,8 +369,12 @@ def _str(ds: Dataset, keyword: str) -> str:
     return str(value)
 
 
+_TAG_OF = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in (*_TOP, *_SPS)}
+
+
 def _column_text(ds: Dataset, keyword: str, column: str) -> str | None:
-    elem = ds[keyword] if keyword in ds else None
+    tag = _TAG_OF[keyword]
+    elem = ds[tag] if tag in ds else None
     if elem is None or elem.VR == "SQ":
         return None
     value = elem.value
@@ -361,7 +398,10 @@ def decoded_copy(entry: Dataset) -> Dataset:
         if elem.VR == "SQ":
             out.add(DataElement(elem.tag, "SQ", DicomSequence([decoded_copy(item) for item in elem.value or []])))
         else:
-            out.add(DataElement(elem.tag, elem.VR, copy.deepcopy(elem.value), validation_mode=_NO_VALIDATION))
+            value = elem.value  # str, PersonName, bytes, numbers: not changed in place; lists are copied
+            if isinstance(value, (list, MultiValue)):
+                value = list(value)
+            out.add(DataElement(elem.tag, elem.VR, value, validation_mode=_NO_VALIDATION))
     return out
 
 
@@ -423,6 +463,19 @@ def _to_json(step: Dataset) -> str:
         raise InvalidEntry(f"cannot store the entry: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What one step writes: its column values, its DICOM JSON, its station AE titles."""
+
+    columns: dict[str, Any]
+    document: str
+    station_aes: list[str]
+
+    @classmethod
+    def of(cls, step: Dataset) -> _Prepared:
+        return cls(_columns(step), _to_json(step), _station_aes(step))
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -450,24 +503,25 @@ class WorklistStore:
     # writing ---------------------------------------------------------------------------------------
 
     @staticmethod
-    def _write(s: Session, step: Dataset, row: WorklistItem | None = None) -> WorklistItem:
+    def _write(s: Session, step: _Prepared, row: WorklistItem | None = None, *, flush: bool = True) -> WorklistItem:
         now = _now()
         if row is None:
             row = WorklistItem(created_at=now, dataset="")
             s.add(row)
-        for column, value in _columns(step).items():
+        for column, value in step.columns.items():
             setattr(row, column, value)
-        row.dataset = _to_json(step)
+        row.dataset = step.document
         row.updated_at = now
-        row.station_aes = [WorklistStationAE(ae_title=ae) for ae in _station_aes(step)]
-        s.flush()
+        row.station_aes = [WorklistStationAE(ae_title=ae) for ae in step.station_aes]
+        if flush:
+            s.flush()
         return row
 
     @staticmethod
-    def _same_step(s: Session, step: Dataset) -> WorklistItem | None:
+    def _same_step(s: Session, step: _Prepared) -> WorklistItem | None:
         """The stored step with the same AccessionNumber, RequestedProcedureID and SPS ID (an import of
         the same entry again), or None; steps without an SPS ID are never the same."""
-        values = _columns(step)
+        values = step.columns
         if not values.get("sps_id"):
             return None
         conditions = [C.sps_id == values["sps_id"]]
@@ -485,16 +539,13 @@ class WorklistStore:
     def add_many(self, entries: Iterable[Dataset], *, replace: bool = False) -> list[int]:
         """:meth:`add` for several entries in one transaction: all are stored, or none (an
         :class:`InvalidEntry` names the first that cannot be)."""
-        steps = [step for entry in entries for step in split_steps(entry)]
-        for step in steps:
-            _to_json(step)  # fail before the transaction on values that cannot be stored
+        # everything that can fail on the values is done before the transaction, once
+        steps = [_Prepared.of(step) for entry in entries for step in split_steps(entry)]
 
         def work(s: Session) -> list[int]:
-            ids = []
-            for step in steps:
-                row = self._same_step(s, step) if replace else None
-                ids.append(self._write(s, step, row).pk)
-            return ids
+            rows = [self._write(s, step, self._same_step(s, step) if replace else None, flush=False) for step in steps]
+            s.flush()
+            return [row.pk for row in rows]
 
         return self.index.run_write(work)
 
@@ -509,7 +560,7 @@ class WorklistStore:
             _merge(step, decoded_copy(changes))
             if SPS_SEQUENCE in step and len(step[SPS_SEQUENCE].value or []) > 1:
                 raise InvalidEntry("a stored step has one Scheduled Procedure Step Sequence item")
-            self._write(s, step, row)
+            self._write(s, _Prepared.of(step), row)
             return _entry(row)
 
         return self.index.run_write(work)
@@ -529,7 +580,7 @@ class WorklistStore:
             step.ScheduledProcedureStepSequence = DicomSequence([Dataset()])
             seq = step.ScheduledProcedureStepSequence
         seq[0].ScheduledProcedureStepStatus = status
-        self._write(s, step, row)
+        self._write(s, _Prepared.of(step), row)
         return True
 
     def remove(self, entry_id: int) -> bool:
