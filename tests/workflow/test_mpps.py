@@ -218,5 +218,5 @@ def test_forwarding_to_another_ae(tmp_path: Path) -> None:
             deadline = time.monotonic() + 20
             while len(addin.forwarded) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
-        assert addin.forwarded == [("NSCP", "N-CREATE", uid, 0x0000), ("NSCP", "N-SET", uid, 0x0000)]
+        assert list(addin.forwarded) == [("NSCP", "N-CREATE", uid, 0x0000), ("NSCP", "N-SET", uid, 0x0000)]
         assert ("N-CREATE", uid) in calls and ("N-SET", uid) in calls

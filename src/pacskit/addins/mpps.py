@@ -30,6 +30,7 @@ it. The queue is in memory: messages not yet forwarded when the server stops are
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -67,8 +68,8 @@ class MppsAddIn(AddIn):
         self.mpps: MppsStore | None = None
         self._queues: dict[str, asyncio.Queue[tuple[str, str, Dataset]]] = {}
         self._forwarders: list[asyncio.Task[None]] = []
-        #: (destination, service, SOP instance UID, status) of each forwarded message, for tests and the admin API
-        self.forwarded: list[tuple[str, str, str, int | None]] = []
+        #: (destination, service, SOP instance UID, status or None if not sent) of the last 1000 forwarded messages
+        self.forwarded: collections.deque[tuple[str, str, str, int | None]] = collections.deque(maxlen=1000)
 
     def presentation_contexts(self) -> Sequence[SupportedContext]:
         return [SupportedContext(MPPS_SOP_CLASS)]
