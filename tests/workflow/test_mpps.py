@@ -161,6 +161,7 @@ async def _violations(port: int) -> dict[str, Any]:
         seen["completed without series"] = await mpps.complete(uid, [])
         seen["still in progress"] = await mpps.update(uid, Dataset())
         seen["discontinued"] = await mpps.discontinue(uid)
+        seen["scp chooses the UID"] = await mpps.n_create(MPPS, in_progress_attributes(None, station_ae="CT2"))
         seen["after final"] = await mpps.complete(uid, [performed_series_item(generate_uid(), [])])
     after = await QueryRetrieveScu(remote, model="worklist").find({"PatientID": "MP2", f"{SPS}[0].ScheduledProcedureStepStatus": ""})
     seen["worklist status"] = after.records[0].dataset[SPS][0].ScheduledProcedureStepStatus
@@ -184,8 +185,12 @@ def test_state_rules(server: Server) -> None:
         "completed without series": 0x0121,
         "still in progress": 0x0000,
         "discontinued": 0x0000,
+        "scp chooses the UID": 0x0000,
         "after final": 0x0110,
     }
+    chosen = seen["scp chooses the UID"].affected_sop_instance_uid
+    assert chosen and chosen != seen["started"].affected_sop_instance_uid
+    assert server.addins and next(a for a in server.addins if a.name == "mpps").mpps.get(chosen).status == "IN PROGRESS"
     final = seen["after final"]
     assert final.command.get("ErrorID") == 0xA710
     assert final.error_comment == "Performed Procedure Step Object may no longer be updated"
