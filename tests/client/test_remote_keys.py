@@ -43,12 +43,13 @@ def test_public_api_is_pinned():
     import pacskit.client as client
 
     assert sorted(client.__all__) == sorted([
-        "AssociationRequest", "ClientEvents", "CommitmentFailure", "CommitmentResult", "EchoScu", "EventReport", "FindRequest", "FindResult", "Instance",
-        "InstanceRecord", "InstanceResult", "KeyError_", "Keys", "NResult", "NServiceScu", "PatientRecord",
-        "QueryFailed", "QueryRetrieveScu", "ReceivedInstance", "Record", "RemoteAE", "RemoteSpec", "RetrieveProgress",
-        "RetrieveResult", "Scu", "SeriesRecord", "SopReference", "StorageCommitmentScu", "StoreEvent", "StoreProgress", "StoreReport", "StoreScu",
-        "StudyRecord", "UnknownRemote", "WorklistRecord", "apply_keys", "parse_key", "resolve_remote", "run_sync",
-        "user_identity",
+        "AssociationRequest", "ClientEvents", "CommitmentFailure", "CommitmentResult", "EchoScu", "EventReport",
+        "FindRequest", "FindResult", "Instance", "InstanceRecord", "InstanceResult", "KeyError_", "Keys",
+        "MppsScu", "NResult", "NServiceScu", "PatientRecord", "QueryFailed", "QueryRetrieveScu",
+        "ReceivedInstance", "Record", "RemoteAE", "RemoteSpec", "RetrieveProgress", "RetrieveResult", "Scu",
+        "SeriesRecord", "SopReference", "StorageCommitmentScu", "StoreEvent", "StoreProgress", "StoreReport",
+        "StoreScu", "StudyRecord", "UnknownRemote", "WorklistRecord", "apply_keys", "in_progress_attributes",
+        "parse_key", "performed_series_item", "resolve_remote", "run_sync", "user_identity",
     ])
     for name in client.__all__:
         assert getattr(client, name) is not None

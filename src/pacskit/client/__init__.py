@@ -5,6 +5,7 @@
 - :class:`QueryRetrieveScu`: C-FIND (Patient Root, Study Root, Modality Worklist), C-MOVE, C-GET
 - :class:`NServiceScu`: N-EVENT-REPORT / N-GET / N-SET / N-ACTION / N-CREATE / N-DELETE plumbing
 - :class:`StorageCommitmentScu`: Storage Commitment Push Model (N-ACTION, report on either association)
+- :class:`MppsScu`: Modality Performed Procedure Step N-CREATE / N-SET (on :class:`NServiceScu`)
 
 Every SCU takes its peer as a :class:`RemoteAE`, ``"AET@host:port"`` or a title from the AE registry
 (:func:`resolve_remote`), offers ``async`` methods and a ``*_sync`` twin for plain scripts, and raises
@@ -29,10 +30,12 @@ _LAZY = {
     "QueryFailed": "query", "QueryRetrieveScu": "query", "ReceivedInstance": "query", "Record": "query",
     "RetrieveProgress": "query", "RetrieveResult": "query", "SeriesRecord": "query", "StudyRecord": "query",
     "WorklistRecord": "query",
+    "MppsScu": "mpps", "in_progress_attributes": "mpps", "performed_series_item": "mpps",
 }
 
 if TYPE_CHECKING:
     from pacskit.client.keys import KeyError_, Keys, apply_keys, parse_key
+    from pacskit.client.mpps import MppsScu, in_progress_attributes, performed_series_item
     from pacskit.client.nservices import EventReport, NResult, NServiceScu
     from pacskit.client.query import (
         FindRequest,
@@ -75,6 +78,7 @@ __all__ = [
     "InstanceRecord",
     "InstanceResult",
     "KeyError_",
+    "MppsScu",
     "Keys",
     "NResult",
     "NServiceScu",
@@ -99,6 +103,8 @@ __all__ = [
     "UnknownRemote",
     "WorklistRecord",
     "apply_keys",
+    "in_progress_attributes",
+    "performed_series_item",
     "parse_key",
     "resolve_remote",
     "run_sync",

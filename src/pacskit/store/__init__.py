@@ -32,6 +32,12 @@ from pacskit.store.index import Counts, DuplicatePolicy, Index, IngestStatus
 from pacskit.store.models import Base, Instance, Patient, Series, Study, normalise_person_name, starts_with
 from pacskit.store.records import AuditRecord, LogRecord, TransactionLogEntry
 from pacskit.store.commitment_models import CommitmentItem, CommitmentRequest  # noqa: E402 - tables on Base
+from pacskit.store.workflow_models import (  # registered on Base.metadata with the index tables
+    PerformedProcedureStep,
+    PerformedStepLink,
+    WorklistItem,
+    WorklistStationAE,
+)
 
 __all__ = [
     "KEY_PATTERN",
@@ -57,6 +63,8 @@ __all__ = [
     "InvalidInstance",
     "MemoryBlobStore",
     "Patient",
+    "PerformedProcedureStep",
+    "PerformedStepLink",
     "Problem",
     "ReindexReport",
     "Series",
@@ -72,4 +80,6 @@ __all__ = [
     "VerifiedCopy",
     "CommitmentItem",
     "CommitmentRequest",
+    "WorklistItem",
+    "WorklistStationAE",
 ]

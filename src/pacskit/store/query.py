@@ -533,15 +533,17 @@ _TEXT_VRS_DECODED = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN",
                      "UR", "UT"}
 
 
-def _decoded_elements(identifier: Dataset) -> list[DataElement]:
-    """The identifier's elements in tag order, text decoded with its Specific Character Set.
+def _decoded_elements(identifier: Dataset, charset: list[str] | None = None) -> list[DataElement]:
+    """The identifier's elements in tag order, text decoded with its Specific Character Set (or with
+    ``charset``: a sequence item has the character set of the dataset it is in).
 
     Raw (received) text elements are decoded here without pydicom's value validation: query values
     such as ``C*`` or ``20240101-`` are valid C-FIND values but not valid CS / DA values, and pydicom
     would log a warning for each. Other elements (sequences, binary VRs) are converted by pydicom.
     Values that are already ``str`` (a dataset built in Python) are used as they are.
     """
-    charset = _charset_of(identifier)
+    if charset is None:
+        charset = _charset_of(identifier)
     elements = []
     for tag in sorted(identifier.keys()):  # answers are encoded in this (ascending tag) order
         try:

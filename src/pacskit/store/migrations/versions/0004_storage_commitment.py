@@ -1,7 +1,7 @@
 """storage_commitment_requests / storage_commitment_items: pending storage commitment reports.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01
 
 The Storage Commitment add-in writes each N-ACTION here before answering it, and resumes the requests
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
