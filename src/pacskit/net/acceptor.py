@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pacskit.net import events as ev
@@ -21,6 +24,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacskit.net")
 
 
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One open connection of an acceptor, as administrators see it.
+
+    ``id`` is unique for the life of the acceptor (never reused), so an operator's
+    "disconnect 12" cannot hit a newer connection; ``since`` is wall-clock time (``time.time()``).
+    """
+
+    id: int
+    association: Association
+    since: float
+
+
 class Acceptor:
     """A DICOM acceptor for one AE title.
 
@@ -28,6 +44,10 @@ class Acceptor:
     ``services`` holds the handlers; ``on_associate`` may refuse an association after the built-in
     checks (protocol version, application context, called AE title when ``require_called_ae``,
     ``max_associations``). ``ssl`` turns on TLS for every connection of this listener.
+
+    ``contexts`` and ``services`` may be replaced while serving (a server reload): each association
+    keeps the ones it was created with, new connections get the new ones. :meth:`connections` and
+    :meth:`abort_connection` are the administrative view of what is open.
 
     Example::
 
@@ -59,6 +79,8 @@ class Acceptor:
         self.on_associate = on_associate
         self.require_called_ae = require_called_ae
         self.associations: set[Association] = set()
+        self._connections: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
         self._executor = ThreadPoolExecutor(self.config.handler_threads, thread_name_prefix=f"pacskit-{ae_title}")
         self._server: asyncio.Server | None = None
 
@@ -80,8 +102,34 @@ class Acceptor:
             require_called_ae=self.require_called_ae,
         )
         self.associations.add(assoc)
-        assoc.dul.closed.add_done_callback(lambda _: self.associations.discard(assoc))
+        connection = Connection(next(self._ids), assoc, time.time())
+        self._connections[connection.id] = connection
+
+        def closed(_: object) -> None:
+            self.associations.discard(assoc)
+            self._connections.pop(connection.id, None)
+
+        assoc.dul.closed.add_done_callback(closed)
         return assoc.dul
+
+    def connections(self) -> list[Connection]:
+        """The open connections, oldest first (negotiating, established or closing)."""
+        return list(self._connections.values())
+
+    def connection_of(self, assoc: Association) -> Connection | None:
+        for connection in self._connections.values():
+            if connection.association is assoc:
+                return connection
+        return None
+
+    def abort_connection(self, connection_id: int) -> bool:
+        """Send A-ABORT (service-user source) on one connection; ``False`` if no such connection is open."""
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            return False
+        log.warning("%s: aborted by the administrator", connection.association.label)
+        connection.association.abort()
+        return True
 
     async def start(self, host: str = "127.0.0.1", port: int = 11112, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         """Bind and start accepting. Raises ``OSError`` (e.g. address in use) with the OS message."""
