@@ -648,8 +648,8 @@ def create_app(service: AdminService) -> FastAPI:
         kinds: str | None = Query(None, description="comma-separated: connection, operation, error, admin"),
     ) -> StreamingResponse:
         """Server-Sent Events; each ``data:`` line is one JSON object with an ``event`` key."""
-        wanted = {k.strip() for k in kinds.split(",")} if kinds else None
-        queue = service.notifications.subscribe()
+        wanted = frozenset(k.strip() for k in kinds.split(",")) if kinds else None
+        queue = service.notifications.subscribe(wanted)
 
         async def stream() -> Any:
             try:
@@ -662,8 +662,6 @@ def create_app(service: AdminService) -> FastAPI:
                         continue
                     if item is None:
                         return
-                    if wanted is not None and item["event"] not in wanted:
-                        continue
                     yield f"event: {item['event']}\ndata: {json.dumps(item, default=str)}\n\n"
             finally:
                 service.notifications.unsubscribe(queue)

@@ -118,7 +118,7 @@ class Notifications:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, queue_size: int = 1000) -> None:
         self._loop = loop
         self._queue_size = queue_size
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._subscribers: dict[asyncio.Queue[dict[str, Any] | None], frozenset[str] | None] = {}
         self.dropped = 0
         self.published = 0
 
@@ -126,13 +126,14 @@ class Notifications:
     def wanted(self) -> bool:
         return bool(self._subscribers)
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+    def subscribe(self, kinds: frozenset[str] | None = None) -> asyncio.Queue[dict[str, Any] | None]:
+        """A queue receiving the events of ``kinds`` (all when ``None``); ``None`` in it ends the stream."""
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self._queue_size)
-        self._subscribers.add(queue)
+        self._subscribers[queue] = kinds
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        self._subscribers.discard(queue)
+        self._subscribers.pop(queue, None)
 
     def publish(self, kind: str, **data: Any) -> None:
         if not self._subscribers:
@@ -147,9 +148,11 @@ class Notifications:
         elif not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._deliver, event)
 
-    def _deliver(self, event: dict[str, Any] | None) -> None:
+    def _deliver(self, event: dict[str, Any]) -> None:
         self.published += 1
-        for queue in list(self._subscribers):
+        for queue, kinds in list(self._subscribers.items()):
+            if kinds is not None and event["event"] not in kinds:
+                continue
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:

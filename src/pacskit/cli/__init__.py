@@ -127,7 +127,11 @@ def serve(
     raise typer.Exit(run_server(settings))
 
 
-ae_app = typer.Typer(help="Manage the registry of remote AEs (no running server needed).", no_args_is_help=True)
+ae_app = typer.Typer(
+    help="Manage the registry of remote AEs: through the admin API when the server runs (effective at once), "
+    "else in its ae-titles.toml.",
+    no_args_is_help=True,
+)
 app.add_typer(ae_app, name="ae")
 
 
@@ -136,6 +140,20 @@ def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
 
     settings = _server_settings(config, data_dir)
     return FileAeRegistry(settings.folder / AE_FILE)
+
+
+def _running_api(config: str | None, data_dir: str | None) -> object | None:
+    """An admin API client when the server of that folder is running, else ``None`` (edit the file)."""
+    from pacskit.admin.manager import admin_client, api_reachable
+
+    folder = _server_settings(config, data_dir).folder
+    return admin_client(folder) if api_reachable(folder) else None
+
+
+def _api_result(response: object) -> object:
+    from pacskit.cli.server import check
+
+    return check(response)
 
 
 @ae_app.command("add")
@@ -166,7 +184,16 @@ def ae_add(
             description=description,
             allowed_services=set(services.split(",")) if services else set(ALL_SERVICES),
         )
-        _registry(config, data_dir).add(entry, replace=replace)
+        client = _running_api(config, data_dir)
+        if client is not None:
+            with client:  # type: ignore[attr-defined]
+                body = entry.model_dump(mode="json")
+                if replace and client.get(f"/ae-titles/{entry.title}").status_code == 200:  # type: ignore[attr-defined]
+                    _api_result(client.put(f"/ae-titles/{entry.title}", json=body))  # type: ignore[attr-defined]
+                else:
+                    _api_result(client.post("/ae-titles", json=body))  # type: ignore[attr-defined]
+        else:
+            _registry(config, data_dir).add(entry, replace=replace)
     except (ValidationError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -179,8 +206,16 @@ def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from pacskit.server.aetitles import RemoteAE
+
     table = Table("AE title", "host", "port", "TLS", "services", "description")
-    for entry in _registry(config, data_dir).all():
+    client = _running_api(config, data_dir)
+    if client is not None:
+        with client:  # type: ignore[attr-defined]
+            entries = [RemoteAE.model_validate(e) for e in _api_result(client.get("/ae-titles"))]  # type: ignore[attr-defined,union-attr]
+    else:
+        entries = _registry(config, data_dir).all()
+    for entry in entries:
         table.add_row(
             entry.title, entry.host, str(entry.port), "yes" if entry.tls else "no",
             ",".join(sorted(entry.allowed_services)), entry.description,
@@ -195,7 +230,11 @@ def ae_remove(
     config: ConfigOpt = None,
 ) -> None:
     """Remove a registered AE."""
-    if not _registry(config, data_dir).remove(name):
+    client = _running_api(config, data_dir)
+    if client is not None:
+        with client:  # type: ignore[attr-defined]
+            _api_result(client.delete(f"/ae-titles/{name}"))  # type: ignore[attr-defined]
+    elif not _registry(config, data_dir).remove(name):
         typer.echo(f"error: {name} is not registered", err=True)
         raise typer.Exit(EXIT_FAILURE_STATUS)
     typer.echo(f"removed {name}")
@@ -241,6 +280,7 @@ def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
 
 # The client commands (echo, store, find, move, get) live in their own module; importing it registers them.
 from pacskit.cli import client as _client  # noqa: E402,F401
+from pacskit.cli import server as _server  # noqa: E402,F401  (server …, status, clients, addins, reload, events)
 
 
 def main() -> None:
