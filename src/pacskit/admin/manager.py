@@ -383,6 +383,8 @@ def systemd_unit(
     for path in (folder, *writable, Path(python)):
         if any(c in str(path) for c in "\n\"'\\%$`") or not path.is_absolute():
             raise ManagerError(f"{path} cannot go into a unit file (absolute, no quotes, %, $ or backslashes)")
+    # A private /tmp would hide a server folder that lives under /tmp (tests, trials): keep it shared then.
+    in_tmp = any(p.is_relative_to(t) for p in writable for t in (Path("/tmp"), Path("/var/tmp")))
     low_port = 0 < settings.port < 1024
     caps = "CAP_NET_BIND_SERVICE" if low_port else ""
     exec_start = " ".join(shlex.quote(str(x)) for x in (python, "-m", "pacskit", "serve", "--config", str(folder)))
@@ -411,7 +413,7 @@ def systemd_unit(
         "ProtectSystem=strict",
         "ProtectHome=read-only",
         *[f"ReadWritePaths={p}" for p in writable],
-        "PrivateTmp=yes",
+        "PrivateTmp=no" if in_tmp else "PrivateTmp=yes",
         "PrivateDevices=yes",
         "ProtectKernelTunables=yes",
         "ProtectKernelModules=yes",
