@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import uvicorn
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
@@ -100,9 +101,16 @@ class AdminService:
 
     # ------------------------------------------------------------------ life cycle
 
+    def collect(self) -> None:
+        """Start the statistics (unless ``[admin] statistics = false``) and the error notifications."""
+        if self.settings.admin.statistics:
+            self.statistics.start()
+        logging.getLogger("pacskit").addHandler(self._error_notifier)
+
     async def start(self) -> None:
-        """Start collecting and listening. Raises :class:`AdminError` with one line."""
+        """Start listening (and collecting, if :meth:`collect` was not called). Raises :class:`AdminError`."""
         admin = self.settings.admin
+        self.collect()
         unix_sock = self._bind_unix(self.socket_path)
         tcp_sock = None
         try:
@@ -110,9 +118,6 @@ class AdminService:
             if admin.tcp_port is not None:
                 token = self._read_token(self.settings.folder_path(admin.token_file or ""))
                 tcp_sock = self._bind_tcp(admin.tcp_host or "127.0.0.1", admin.tcp_port)
-            if admin.statistics:
-                self.statistics.start()
-            logging.getLogger("pacskit").addHandler(self._error_notifier)
             self.mount_addin_routers()
             await self._serve(self.app, unix_sock)
             if tcp_sock is not None:
@@ -190,8 +195,6 @@ class AdminService:
         return token
 
     async def _serve(self, app: Any, sock: socket.socket, **ssl: str) -> None:
-        import uvicorn
-
         config = uvicorn.Config(
             app,
             lifespan="off",

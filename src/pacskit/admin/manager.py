@@ -303,10 +303,14 @@ class ServiceManager:
         folder = self.existing(name)
         pid = self.pid(folder)
         info: dict[str, Any] = {"name": name, "folder": str(folder), "running": pid is not None, "pid": pid}
-        if pid is not None:
+        if pid is None and api_reachable(folder):
+            # started by someone else (systemd, `pacskit serve` by hand): no pid file, but it answers
+            info.update(running=True, managed_by="another supervisor")
+        if info["running"]:
             try:
                 with admin_client(folder, timeout=5.0) as client:
                     info["server"] = client.get("/status").raise_for_status().json()
+                    info["pid"] = info["pid"] or info["server"]["pid"]
             except Exception as exc:  # the process runs but the API does not answer: say so
                 info["api_error"] = f"{type(exc).__name__}: {exc}"
         return info

@@ -229,6 +229,13 @@ class Server:
             raise
         if not settings.is_loopback and settings.open_mode:
             log.warning("open mode: any calling AE may associate on %s (not only registered AEs)", settings.host)
+        if settings.admin.enabled and not self.worker:
+            # Before binding: importing the web stack takes a moment, and statistics must see the
+            # first association. The API listens once the add-ins have started (below).
+            from pacskit.admin.api import AdminError, AdminService
+
+            self.admin = AdminService(self)
+            self.admin.collect()
         self.acceptor = Acceptor(
             settings.ae_title,
             self.contexts,
@@ -240,6 +247,9 @@ class Server:
         try:
             await self.acceptor.start(settings.host, settings.port, reuse_port=self.worker)
         except OSError as exc:
+            if self.admin is not None:
+                await self.admin.stop()
+                self.admin = None
             self._close_store()
             reason = exc.strerror or str(exc)
             if "address already in use" in str(exc).lower():
@@ -248,14 +258,10 @@ class Server:
         for addin in self.addins:
             await addin.start()
             self._started_addins.append(addin)
-        if settings.admin.enabled and not self.worker:
-            from pacskit.admin.api import AdminError, AdminService
-
+        if self.admin is not None:
             try:
-                self.admin = AdminService(self)
                 await self.admin.start()
             except AdminError as exc:
-                self.admin = None
                 await self.stop(grace=0)
                 raise ServerError(str(exc)) from exc
         log.info(
