@@ -259,7 +259,10 @@ class AdminService:
         server, settings = self.server, self.settings
         acceptor = server.acceptor
         connections = acceptor.connections() if acceptor is not None else []
-        established = sum(1 for c in connections if c.association.is_established and not c.association.is_aborted)
+        established = sum(
+            1 for c in connections
+            if c.association.is_established and not (c.association.is_aborted or c.association.is_released)
+        )
         pending = 0
         for c in connections:
             activity = self.statistics.activity(c.association)

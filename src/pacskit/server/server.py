@@ -2,9 +2,11 @@
 
 Start-up, in order: load settings → discover and instantiate add-ins (bad options or two add-ins
 claiming the same service on the same abstract syntax stop here, naming both) → bind (address in use:
-:class:`ServerError` with one clear line) → register base services → start add-ins → serve. Shutdown
-(SIGINT/SIGTERM through :func:`run_server`): stop listening, let running operations finish for a grace
-period, abort what is left, stop add-ins, close the store.
+:class:`ServerError` with one clear line) → register base services → start add-ins → the admin API
+(:mod:`pacskit.admin.api`, unless ``[admin] enabled = false``) → serve. Shutdown (SIGINT/SIGTERM through
+:func:`run_server`): close the admin API, stop listening, let running operations finish for a grace
+period, abort what is left, stop add-ins, close the store. :meth:`Server.reload` rebuilds the add-ins
+without dropping open associations.
 
 The core only negotiates, dispatches and watches; every DICOM service is an add-in.
 """
@@ -27,7 +29,7 @@ from pacskit.net.services import DuplicateHandler
 from pacskit.server.addin_manager import AddInError, AddInManager
 from pacskit.server.aetitles import AE_FILE, AeTitles, FileAeRegistry
 from pacskit.server.dicom_request import DicomRequest
-from pacskit.server.settings import ServerSettings, SettingsError, load_settings
+from pacskit.server.settings import ServerSettings, load_settings
 
 log = logging.getLogger("pacskit.server")
 
@@ -232,7 +234,7 @@ class Server:
         if settings.admin.enabled and not self.worker:
             # Before binding: importing the web stack takes a moment, and statistics must see the
             # first association. The API listens once the add-ins have started (below).
-            from pacskit.admin.api import AdminError, AdminService
+            from pacskit.admin.api import AdminService
 
             self.admin = AdminService(self)
             self.admin.collect()
@@ -259,6 +261,8 @@ class Server:
             await addin.start()
             self._started_addins.append(addin)
         if self.admin is not None:
+            from pacskit.admin.api import AdminError
+
             try:
                 await self.admin.start()
             except AdminError as exc:
