@@ -21,6 +21,7 @@ import asyncio
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from pacskit.net.dimse import CommandField, status_category
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 _PENDING = (0xFF00, 0xFF01)
+# command field -> service name ("C-STORE"...), computed once: the enum lookup costs more than the rest
+_SERVICE_OF: dict[int, str] = {int(f): f.service for f in CommandField}
 
 
 class Histogram:
@@ -46,12 +49,7 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if value <= bound:
-                self.counts[i] += 1
-                break
-        else:
-            self.counts[-1] += 1
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1  # the first bound >= value, or +Inf
         self.sum += value
         self.count += 1
 
@@ -373,12 +371,9 @@ class Statistics:
         field_ = command.command_field
         if field_ & 0x8000 or field_ == CommandField.C_CANCEL_RQ:
             return  # a response to a request we sent (C-GET sub-operation), or a cancel
-        try:
-            service = CommandField(field_).service
-        except ValueError:
-            service = f"0x{field_:04X}"
-        activity = self._get(assoc)
-        activity.running[int(command.get("MessageID", 0))] = (service, self._clock())
+        service = _SERVICE_OF.get(field_) or f"0x{field_:04X}"
+        activity = self._activity.get(id(assoc)) or self._get(assoc)
+        activity.running[command.get("MessageID", 0)] = (service, self._clock())
 
     def _on_dimse_sent(self, event: ev.SpyEvent) -> None:
         assoc = event.assoc
@@ -387,13 +382,13 @@ class Statistics:
         command = event.detail["command"]
         if not command.command_field & 0x8000:
             return  # a request we send (C-GET sub-operation)
-        status = int(command.get("Status", 0))
+        status = command.get("Status", 0)
         if status in _PENDING:
             return
         activity = self._activity.get(id(assoc))
         if activity is None:
             return
-        started = activity.running.pop(int(command.get("MessageIDBeingRespondedTo", -1)), None)
+        started = activity.running.pop(command.get("MessageIDBeingRespondedTo", -1), None)
         if started is None:
             return
         service, t0 = started
@@ -404,7 +399,8 @@ class Statistics:
             if op is None:
                 op = self.operations[service] = OperationStats()
             op.count += 1
-            op.statuses[status] += 1
+            statuses = op.statuses
+            statuses[status] = statuses.get(status, 0) + 1
             op.latency.observe(elapsed)
         if self.notifications is not None and self.notifications.wanted:
             category = status_category(status)
