@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -432,5 +433,6 @@ def events(
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         typer.echo(line[6:])
+                        sys.stdout.flush()  # one event per line, as it happens, also into a pipe
         except httpx.HTTPError as exc:
             raise _fail(f"event stream ended: {exc}", EXIT_CONNECTION) from None
