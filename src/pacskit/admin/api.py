@@ -95,9 +95,19 @@ class AdminService:
         self.app: FastAPI = create_app(self)
 
     def _connection_id(self, assoc: Any) -> int | None:
-        acceptor = self.server.acceptor
-        connection = acceptor.connection_of(assoc) if acceptor is not None else None
-        return connection.id if connection is not None else None
+        for acceptor in self.server.acceptors:
+            connection = acceptor.connection_of(assoc)
+            if connection is not None:
+                return connection.id
+        return None
+
+    def connections(self) -> list[Any]:
+        """Open connections of every listener of the server, oldest first."""
+        out = [c for acceptor in self.server.acceptors for c in acceptor.connections()]
+        return sorted(out, key=lambda c: c.id)
+
+    def abort_connection(self, connection_id: int) -> bool:
+        return any(acceptor.abort_connection(connection_id) for acceptor in self.server.acceptors)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -258,7 +268,7 @@ class AdminService:
     def status(self) -> dict[str, Any]:
         server, settings = self.server, self.settings
         acceptor = server.acceptor
-        connections = acceptor.connections() if acceptor is not None else []
+        connections = self.connections()
         established = sum(
             1 for c in connections
             if c.association.is_established and not (c.association.is_aborted or c.association.is_released)
@@ -294,12 +304,9 @@ class AdminService:
         }
 
     def clients(self) -> list[dict[str, Any]]:
-        acceptor = self.server.acceptor
-        if acceptor is None:
-            return []
         now = self.statistics._clock()
         out = []
-        for connection in acceptor.connections():
+        for connection in self.connections():
             assoc = connection.association
             activity = self.statistics.activity(assoc)
             if assoc.is_aborted:
@@ -569,8 +576,7 @@ def create_app(service: AdminService) -> FastAPI:
     @app.delete("/clients/{client_id}", tags=["clients"], status_code=204)
     async def disconnect_client(client_id: int) -> None:
         """Abort the association (the peer receives an A-ABORT)."""
-        acceptor = server.acceptor
-        if acceptor is None or not acceptor.abort_connection(client_id):
+        if not service.abort_connection(client_id):
             raise HTTPException(404, f"no open connection {client_id}")
         service.notifications.publish("admin", action="client-disconnected", id=client_id)
 

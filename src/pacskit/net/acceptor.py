@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pacskit.net")
 
+_connection_ids = itertools.count(1)  # process-wide: ids stay unique across several listeners
+
 
 @dataclass(frozen=True, slots=True)
 class Connection:
     """One open connection of an acceptor, as administrators see it.
 
-    ``id`` is unique for the life of the acceptor (never reused), so an operator's
+    ``id`` is unique in the process (never reused, shared by all acceptors), so an operator's
     "disconnect 12" cannot hit a newer connection; ``since`` is wall-clock time (``time.time()``).
     """
 
@@ -80,7 +82,6 @@ class Acceptor:
         self.require_called_ae = require_called_ae
         self.associations: set[Association] = set()
         self._connections: dict[int, Connection] = {}
-        self._ids = itertools.count(1)
         self._executor = ThreadPoolExecutor(self.config.handler_threads, thread_name_prefix=f"pacskit-{ae_title}")
         self._server: asyncio.Server | None = None
 
@@ -102,7 +103,7 @@ class Acceptor:
             require_called_ae=self.require_called_ae,
         )
         self.associations.add(assoc)
-        connection = Connection(next(self._ids), assoc, time.time())
+        connection = Connection(next(_connection_ids), assoc, time.time())
         self._connections[connection.id] = connection
 
         def closed(_: object) -> None:

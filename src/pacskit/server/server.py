@@ -194,9 +194,14 @@ class Server:
         self.contexts = generation.contexts
         self._negotiators = generation.negotiators
         self._generations[id(generation.services)] = generation
-        if self.acceptor is not None:
-            self.acceptor.services = generation.services
-            self.acceptor.contexts = generation.contexts
+        for acceptor in self.acceptors:
+            acceptor.services = generation.services
+            acceptor.contexts = generation.contexts
+
+    @property
+    def acceptors(self) -> list[Acceptor]:
+        """The listeners of this server (the administrative view iterates them all)."""
+        return [a for a in (self.acceptor,) if a is not None]
 
     async def start(self) -> None:
         """Load add-ins, bind, start add-ins. Raises :class:`ServerError` / :class:`AddInError`."""
@@ -345,7 +350,7 @@ class Server:
             self.settings.addins = fresh.addins
             self._use_generation(generation)
             self._started_addins.extend(started)
-            previous = [c.association for c in self.acceptor.connections()] if self.acceptor else []
+            previous = [c.association for acceptor in self.acceptors for c in acceptor.connections()]
             previous = [a for a in previous if old is not None and a.services is old.services]
             if old is not None:
                 task = asyncio.get_running_loop().create_task(self._retire(old, previous))
