@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -142,7 +142,7 @@ def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
     return FileAeRegistry(settings.folder / AE_FILE)
 
 
-def _running_api(config: str | None, data_dir: str | None) -> object | None:
+def _running_api(config: str | None, data_dir: str | None) -> Any | None:
     """An admin API client when the server of that folder is running, else ``None`` (edit the file)."""
     from pacskit.admin.manager import admin_client, api_reachable
 
@@ -150,7 +150,7 @@ def _running_api(config: str | None, data_dir: str | None) -> object | None:
     return admin_client(folder) if api_reachable(folder) else None
 
 
-def _api_result(response: object) -> object:
+def _api_result(response: Any) -> Any:
     from pacskit.cli.server import check
 
     return check(response)
@@ -186,12 +186,12 @@ def ae_add(
         )
         client = _running_api(config, data_dir)
         if client is not None:
-            with client:  # type: ignore[attr-defined]
+            with client:
                 body = entry.model_dump(mode="json")
-                if replace and client.get(f"/ae-titles/{entry.title}").status_code == 200:  # type: ignore[attr-defined]
-                    _api_result(client.put(f"/ae-titles/{entry.title}", json=body))  # type: ignore[attr-defined]
+                if replace and client.get(f"/ae-titles/{entry.title}").status_code == 200:
+                    _api_result(client.put(f"/ae-titles/{entry.title}", json=body))
                 else:
-                    _api_result(client.post("/ae-titles", json=body))  # type: ignore[attr-defined]
+                    _api_result(client.post("/ae-titles", json=body))
         else:
             _registry(config, data_dir).add(entry, replace=replace)
     except (ValidationError, ValueError) as exc:
@@ -211,8 +211,8 @@ def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     table = Table("AE title", "host", "port", "TLS", "services", "description")
     client = _running_api(config, data_dir)
     if client is not None:
-        with client:  # type: ignore[attr-defined]
-            entries = [RemoteAE.model_validate(e) for e in _api_result(client.get("/ae-titles"))]  # type: ignore[attr-defined,union-attr]
+        with client:
+            entries = [RemoteAE.model_validate(e) for e in _api_result(client.get("/ae-titles"))]
     else:
         entries = _registry(config, data_dir).all()
     for entry in entries:
@@ -232,8 +232,8 @@ def ae_remove(
     """Remove a registered AE."""
     client = _running_api(config, data_dir)
     if client is not None:
-        with client:  # type: ignore[attr-defined]
-            _api_result(client.delete(f"/ae-titles/{name}"))  # type: ignore[attr-defined]
+        with client:
+            _api_result(client.delete(f"/ae-titles/{name}"))
     elif not _registry(config, data_dir).remove(name):
         typer.echo(f"error: {name} is not registered", err=True)
         raise typer.Exit(EXIT_FAILURE_STATUS)
