@@ -3,7 +3,8 @@
 * In CI (env ``CI`` is ``true``/``1``/``yes``) every skipped test or module makes the
   run fail: a skip there means a missing dependency (DCMTK, Orthanc, a database
   server, ...) silently hid a test. ``xfail`` does not count as a skip.
-* Fixtures: ``free_port`` (a TCP port free on 127.0.0.1).
+* Fixtures: ``free_port`` (a TCP port free on 127.0.0.1), ``need_dcmtk`` (skips where DCMTK is not
+  installed; use with ``pytest.mark.usefixtures("need_dcmtk")``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import pytest
 
 from pacskit.testing.peers import free_port as _free_port
+from pacskit.testing.peers import have_dcmtk
 
 
 def _in_ci() -> bool:
@@ -71,3 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 (and on all interfaces) right now."""
     return _free_port()
+
+
+@pytest.fixture
+def need_dcmtk() -> None:
+    if not have_dcmtk():
+        pytest.skip("DCMTK is not installed")

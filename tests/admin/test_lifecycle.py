@@ -98,8 +98,8 @@ def test_two_servers_life_cycle(servers_root: Path, tmp_path: Path) -> None:
     for folder in (folder_a, folder_b):
         assert (folder / "server.toml").is_file() and (folder / "addins").is_dir()
         assert (folder / "data").is_dir() and (folder / "logs").is_dir()
-    # A enforces its registry even on loopback; B is the default (anyone on loopback).
-    cli("server", "edit", "STORE_A", "--set", "require_registered_ae=true")
+    # A enforces its registry even on loopback (open_mode = false); B is the default (anyone on loopback).
+    cli("server", "edit", "STORE_A", "--set", "open_mode=false")
 
     cli("server", "start", "STORE_A")
     cli("server", "start", "STORE_B")

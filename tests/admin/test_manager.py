@@ -29,7 +29,7 @@ def test_edit_validates_and_keeps_the_file_on_error(servers_root: Path) -> None:
     folder = manager.create("EDITME", port=11120, database_url="sqlite:///{data_dir}/other.db")
     before = (folder / "server.toml").read_text()
     assert 'url = "sqlite:///{data_dir}/other.db"' in before
-    for bad in (["port=70000"], ["no_such_key=1"], ["ae_title=A\\B"], ["open_mode=true", "require_registered_ae=true"],
+    for bad in (["port=70000"], ["no_such_key=1"], ["ae_title=A\\B"], ["open_mode=maybe"],
                 ["admin.tcp_port=8443", "admin.tcp_host=0.0.0.0"]):
         with pytest.raises(ManagerError):
             manager.edit("EDITME", bad)

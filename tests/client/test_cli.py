@@ -143,3 +143,20 @@ def test_tls_options(tmp_path):
         wrong_name = invoke("echo", address(peer), "--tls-ca", certs / "server.crt")
         assert wrong_name.exit_code == 3 and "certificate" in wrong_name.output.lower()
         assert invoke("echo", address(peer), "--tls-ca", tmp_path / "missing.pem").exit_code == 2
+
+
+def test_storing_files_does_not_import_pydicom(tmp_path):
+    """`pacskit store` only moves bytes: importing pydicom (~0.4 s) would be most of a short run's time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import pacskit.cli.client, pacskit.client, pacskit.net\n"
+        "from pacskit.client import StoreScu, EchoScu\n"
+        "from pacskit.client.store import _is_dataset\n"
+        "assert not _is_dataset('x')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydicom', 'numpy')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

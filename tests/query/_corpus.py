@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.data import get_charset_files
 
 from pacskit.store import DataStore
@@ -103,6 +105,31 @@ def charset_file(name: str) -> str:
     return str(found[0])
 
 
+#: instance -> AcquisitionDateTime (DT matching at IMAGE level: an offset, a partial value)
+ACQUISITION_DATETIMES = {"A1.1.1": "20240105103000.5+0100", "A1.1.2": "2024010511"}
+
+
+#: series -> Request Attributes Sequence items as (AccessionNumber, RequestedProcedureID,
+#: ScheduledProcedureStepID); None leaves the attribute out of the item (sequence matching)
+REQUESTS = {
+    "A1.1": [("ACC%1", "RP1", "SPS1"), ("ACC9", "RP2", None)],
+    "A2.1": [("ACC_2", "RP3", "SPS3")],
+    "B1.1": [(None, None, "SPS4")],
+}
+
+
+def request_sequence(items: list[tuple[str | None, str | None, str | None]]) -> Sequence:
+    out = Sequence()
+    for accession, requested, step in items:
+        item = Dataset()
+        for keyword, value in (("AccessionNumber", accession), ("RequestedProcedureID", requested),
+                               ("ScheduledProcedureStepID", step)):
+            if value is not None:
+                setattr(item, keyword, value)
+        out.append(item)
+    return out
+
+
 def build(folder: Path) -> Corpus:
     corpus = Corpus()
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,6 +145,10 @@ def build(folder: Path) -> Corpus:
                 corpus.names["IMAGE"][uid(inst)] = inst
                 extra = {k: v for k, v in {**PATIENTS[patient], **attrs}.items() if k != "PatientName"}
                 extra.update(SeriesNumber=number, SeriesDescription=desc, BodyPartExamined=body)
+                if inst in ACQUISITION_DATETIMES:
+                    extra["AcquisitionDateTime"] = ACQUISITION_DATETIMES[inst]
+                if series in REQUESTS:
+                    extra["RequestAttributesSequence"] = request_sequence(REQUESTS[series])
                 path = make_instance(
                     folder / f"{inst}.dcm", rows=2, cols=2, patient_id=patient,
                     patient_name=PATIENTS[patient]["PatientName"], study_uid=uid(study), series_uid=uid(series),

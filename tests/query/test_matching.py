@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 
 from pacskit.store import DataStore
 from pacskit.store.query import PATIENT_ROOT, STUDY_ROOT, InvalidQuery
@@ -22,6 +23,16 @@ PR, SR = PATIENT_ROOT, STUDY_ROOT
 A1 = uid("A1")
 OT_STUDIES = set(CHARSET_FILES) - {"JAPMULTI"}
 ALL_PATIENTS = {"PA", "PB", "PC", "PE"} | set(CHARSET_FILES)
+
+_A11 = {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1")}
+
+
+def _item(**keys: str) -> Dataset:
+    """A query item of a sequence key."""
+    item = Dataset()
+    for keyword, value in keys.items():
+        setattr(item, keyword, value)
+    return item
 
 # (id, model, level, keys, expected names | status, relational)
 TABLE: list[tuple[str, str, str, dict[str, Any], set[str] | int, bool]] = [
@@ -167,6 +178,31 @@ TABLE: list[tuple[str, str, str, dict[str, Any], set[str] | int, bool]] = [
     # IMAGE level, Study Root
     ("image-of-series", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1")}, {"A1.1.1", "A1.1.2"}, False),
     ("image-number", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1"), "InstanceNumber": "2"}, {"A1.1.2"}, False),
+    # DT range matching (AcquisitionDateTime; partial = earliest instant, UTC offsets ignored)
+    ("dt-universal", SR, "IMAGE", {**_A11, "AcquisitionDateTime": ""}, {"A1.1.1", "A1.1.2"}, False),
+    ("dt-single", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105103000.5"}, {"A1.1.1"}, False),
+    ("dt-single-partial", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105110000"}, {"A1.1.2"}, False),
+    ("dt-single-offset-ignored", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105103000.500-0500"}, {"A1.1.1"}, False),
+    ("dt-range", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105100000-20240105105959"}, {"A1.1.1"}, False),
+    ("dt-range-offsets", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "2024010510+0100-2024010512-0500"}, {"A1.1.1", "A1.1.2"}, False),
+    ("dt-open-lower", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "2024010511-"}, {"A1.1.2"}, False),
+    ("dt-open-lower-year", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "2025-"}, set(), False),
+    ("dt-open-upper", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "-20240105103000.5"}, {"A1.1.1"}, False),
+    ("dt-open-upper-partial", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "-2024010510"}, set(), False),
+    ("dt-invalid-month", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20241305"}, 0xC000, False),
+    ("dt-invalid-dashes", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "2024-01-05"}, 0xC000, False),
+    ("dt-invalid-fraction", SR, "IMAGE", {**_A11, "AcquisitionDateTime": "20240105.5-"}, 0xC000, False),
+    # sequence matching (Request Attributes Sequence, SERIES level): one item must match every key
+    ("seq-universal", SR, "SERIES", {"StudyInstanceUID": A1, "RequestAttributesSequence": []}, {"A1.1", "A1.2"}, False),
+    ("seq-empty-item", SR, "SERIES", {"StudyInstanceUID": A1, "RequestAttributesSequence": [_item()]}, {"A1.1", "A1.2"}, False),
+    ("seq-single", SR, "SERIES", {"StudyInstanceUID": A1, "RequestAttributesSequence": [_item(RequestedProcedureID="RP2")]}, {"A1.1"}, False),
+    ("seq-same-item", SR, "SERIES", {"StudyInstanceUID": A1, "RequestAttributesSequence": [_item(AccessionNumber="ACC%1", RequestedProcedureID="RP1")]}, {"A1.1"}, False),
+    ("seq-not-across-items", SR, "SERIES", {"StudyInstanceUID": A1, "RequestAttributesSequence": [_item(AccessionNumber="ACC%1", RequestedProcedureID="RP2")]}, set(), False),
+    ("seq-universal-key", SR, "SERIES", {"StudyInstanceUID": A1, "RequestAttributesSequence": [_item(AccessionNumber="*", RequestedProcedureID="RP1")]}, {"A1.1"}, False),
+    ("seq-wildcard-relational", SR, "SERIES", {"RequestAttributesSequence": [_item(ScheduledProcedureStepID="SPS*")]}, {"A1.1", "A2.1", "B1.1"}, True),
+    ("seq-underscore-literal", SR, "SERIES", {"RequestAttributesSequence": [_item(AccessionNumber="ACC_*")]}, {"A2.1"}, True),
+    ("seq-no-match", SR, "SERIES", {"StudyInstanceUID": A1, "RequestAttributesSequence": [_item(ScheduledProcedureStepID="SPS4")]}, set(), False),
+    ("seq-two-items-refused", SR, "SERIES", {"StudyInstanceUID": A1, "RequestAttributesSequence": [_item(), _item()]}, 0xC000, False),
     ("image-sop-class", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1"), "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, {"A1.1.1", "A1.1.2"}, False),
     ("image-sop-class-other", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1"), "SOPClassUID": "1.2.840.10008.5.1.4.1.1.88.11"}, set(), False),
     ("image-uid-list", SR, "IMAGE", {"StudyInstanceUID": A1, "SeriesInstanceUID": uid("A1.1"), "SOPInstanceUID": [uid("A1.1.2"), uid("A1.2.1")]}, {"A1.1.2"}, False),

@@ -1,9 +1,6 @@
-"""The store backend fixtures (SQLite, PostgreSQL, MariaDB) of tests/store, reused here, and
-``need_dcmtk`` for the modules that drive DCMTK tools (``pytest.mark.usefixtures("need_dcmtk")``)."""
+"""The store backend fixtures (SQLite, PostgreSQL, MariaDB) of tests/store, reused here (``need_dcmtk`` is in tests/conftest.py)."""
 
 import pytest
-
-from pacskit.testing.peers import have_dcmtk
 
 from store.conftest import (  # noqa: F401 - fixtures
     backend,
@@ -14,9 +11,3 @@ from store.conftest import (  # noqa: F401 - fixtures
     session_databases,
     store,
 )
-
-
-@pytest.fixture
-def need_dcmtk() -> None:
-    if not have_dcmtk():
-        pytest.skip("DCMTK is not installed")

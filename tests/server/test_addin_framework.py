@@ -237,23 +237,29 @@ def test_port_in_use_gives_one_clear_line_and_nonzero_exit(tmp_path: Path) -> No
 
 def test_registered_only_mode_off_loopback_refuses_unknown_callers(tmp_path: Path) -> None:
     """Access rule: off loopback only registered AEs may associate (checked via the decision hook)."""
+    import asyncio
+
     from pacskit.net import REJECT_CALLING_AE
-    from pacskit.server.aetitles import RemoteAE
+    from pacskit.server.access import AccessControl, is_open
+    from pacskit.server.aetitles import FileAeRegistry, RemoteAE
 
     settings = _settings(tmp_path / "srv")
     settings.host = "0.0.0.0"  # not started: we only exercise the rule
-
-    server = Server(settings, use_entry_points=False)
-    from pacskit.server.aetitles import FileAeRegistry
-
-    server.ae_titles = FileAeRegistry(tmp_path / "srv" / "ae-titles.toml")
+    registry = FileAeRegistry(tmp_path / "srv" / "ae-titles.toml")
 
     class FakeAssoc:
         remote_ae_title = "STRANGER"
+        peer_address = ("10.0.0.1", 40000)
+        is_tls = False
+        peer_certificate = None
+        user_identity = None
 
-    assert server._check_calling_ae(FakeAssoc()) == REJECT_CALLING_AE  # type: ignore[arg-type]
-    server.ae_titles.add(RemoteAE(title="STRANGER", host="10.0.0.1", port=104))
-    assert server._check_calling_ae(FakeAssoc()) is None  # type: ignore[arg-type]
+    def check() -> object:
+        return asyncio.run(AccessControl(registry, open_to_unknown=is_open(settings)).check_association(FakeAssoc()))  # type: ignore[arg-type]
+
+    assert check() == REJECT_CALLING_AE
+    registry.add(RemoteAE(title="STRANGER", host="10.0.0.1", port=104))
+    assert check() is None
     settings.open_mode = True
     FakeAssoc.remote_ae_title = "ANYONE"
-    assert server._check_calling_ae(FakeAssoc()) is None  # type: ignore[arg-type]
+    assert check() is None

@@ -64,7 +64,7 @@ def test_unicode_names() -> None:
 
 def test_only_index_tags_are_read() -> None:
     assert 0x7FE00010 not in INDEX_TAGS
-    assert len(INDEX_TAGS) == 21  # charset + 14 text + 2 numbers + 4 UIDs
+    assert len(INDEX_TAGS) == 23  # charset + 15 text + 2 numbers + 4 UIDs + Request Attributes Sequence
 
 
 def test_normalised_person_name() -> None:

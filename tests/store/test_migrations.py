@@ -11,7 +11,11 @@ from sqlalchemy import inspect, text
 from pacskit.store import Base, Index, MemoryBlobStore
 from pacskit.store.datastore import DataStore
 
-TABLES = {"patients", "studies", "series", "instances", "pacskit_store_version"}
+TABLES = {"patients", "studies", "series", "instances", "transaction_log", "log_records", "audit_records",
+          "pacskit_store_version"}
+
+#: the newest revision in src/pacskit/store/migrations/versions (update with every migration)
+HEAD = "0006"
 
 
 def test_migrate_twice_is_idempotent(fresh_db_url: Any) -> None:
@@ -20,10 +24,10 @@ def test_migrate_twice_is_idempotent(fresh_db_url: Any) -> None:
         assert index.current_revision() is None
         assert not TABLES & set(index.table_names())
         index.migrate()
-        assert index.current_revision() == index.head_revision() == "0002"
+        assert index.current_revision() == index.head_revision() == HEAD
         assert TABLES <= set(index.table_names())
         index.migrate()  # already at head: nothing happens
-        assert index.current_revision() == "0002"
+        assert index.current_revision() == HEAD
         with index.engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM pacskit_store_version")).scalar() == 1
     finally:
@@ -124,7 +128,7 @@ def test_0002_fills_the_referring_physician_search_form(fresh_db_url: Any) -> No
                 "num_instances) VALUES (1, 1, '1.2.3', :name, 0, 0), (2, 1, '1.2.4', NULL, 0, 0)"),
                 {"name": "Müller^Anna^^^"})
         index.migrate()
-        assert index.current_revision() == "0002"
+        assert index.current_revision() == HEAD
         with index.engine.connect() as conn:
             rows = conn.execute(text("SELECT pk, referring_physician_name_search FROM studies ORDER BY pk")).all()
         assert [tuple(r) for r in rows] == [(1, "MÜLLER^ANNA"), (2, None)]

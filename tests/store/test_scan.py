@@ -53,3 +53,52 @@ def test_walk_indexes_what_pydicom_reads(path: Path) -> None:
         return
     got = scan_instance(path, header.dataset_offset, header.transfer_syntax, expected.source_ae)
     assert got == expected
+
+
+@pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+@pytest.mark.parametrize("undefined_length", [True, False])
+def test_walk_collects_the_request_attributes_sequence(tmp_path: Path, transfer_syntax: str,
+                                                       undefined_length: bool) -> None:
+    """The walk hands back a top-level sequence's items, however its length is encoded and whatever
+    follows or nests in it; ingest then indexes the same items pydicom reads."""
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from pacskit.testing.synth import make_instance
+
+    def item(accession: str | None, requested: str, step: str | None) -> Dataset:
+        ds = Dataset()
+        if accession is not None:
+            ds.AccessionNumber = accession
+        ds.RequestedProcedureID = requested
+        if step is not None:
+            ds.ScheduledProcedureStepID = step
+        code = Dataset()  # a nested sequence the walk must step through
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "X1", "99TEST", "test"
+        ds.RequestedProcedureCodeSequence = Sequence([code])
+        return ds
+
+    path = make_instance(tmp_path / "req.dcm", rows=4, cols=4, transfer_syntax=transfer_syntax, attrs={
+        "RequestAttributesSequence": Sequence([item("ACC1", "RP1", "SPS1"), item(None, "RP2", None)]),
+        "AcquisitionDateTime": "20240105103000",
+    })
+    ds = dcmread(path)
+    for elem in (ds["RequestAttributesSequence"], *(i["RequestedProcedureCodeSequence"] for i in ds.RequestAttributesSequence)):
+        elem.is_undefined_length = undefined_length
+    for it in ds.RequestAttributesSequence:
+        it.is_undefined_length_sequence_item = undefined_length
+    ds.save_as(path, enforce_file_format=True)
+
+    header = read_part10_header(path)
+    from pacskit.store.extract import REQUEST_ATTRIBUTES_SEQUENCE, WALK_TAGS
+    from pacskit.store.nesting import check_nesting
+
+    walk = check_nesting(path, header.dataset_offset, header.transfer_syntax, collect=WALK_TAGS)
+    assert walk.complete and REQUEST_ATTRIBUTES_SEQUENCE in walk.values  # the walk itself, not pydicom's fallback
+    walked = scan_instance(path, header.dataset_offset, header.transfer_syntax)
+    expected = (("ACC1", "RP1", "SPS1"), (None, "RP2", None))
+    assert walked.request_attributes == expected
+    assert read_index_attributes(path).request_attributes == expected
+    assert walked == read_index_attributes(path)  # and nothing after the sequence was lost
+    assert walked.acquisition_datetime == "20240105103000"

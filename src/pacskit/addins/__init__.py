@@ -15,7 +15,11 @@ An add-in is a class deriving from :class:`AddIn`. It declares
   (e.g. relational queries for C-FIND);
 - :meth:`AddIn.start` / :meth:`AddIn.stop`: lifecycle, with :attr:`AddIn.base` giving the base services;
 - :meth:`AddIn.admin_router`: optional, HTTP endpoints of the add-in, mounted by the server's admin API
-  under ``/addins/<name>/`` (e.g. the worklist add-in's management of scheduled procedure steps).
+  under ``/addins/<name>/`` (e.g. the worklist add-in's management of scheduled procedure steps);
+- :meth:`AddIn.tls_setup`: optional, for a security add-in: the TLS listener's ``ssl.SSLContext``, its
+  port, and the contexts of outgoing associations to AEs the registry marks ``tls`` (a
+  :class:`TlsSetup`; the built-in one is :mod:`pacskit.addins.tls`). At most one enabled add-in may
+  supply it.
 
 The server owns dispatch: each (service, abstract syntax) pair has exactly one owner, and two enabled
 add-ins claiming the same one is a start-up error naming both. When a handler does not answer within
@@ -52,7 +56,7 @@ Example — a complete add-in::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -62,7 +66,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from pacskit.net import EventBus, Handler, Request, Response, Status, SupportedContext
 
 if TYPE_CHECKING:
-    from pacskit.server.aetitles import AeTitles
+    import ssl
+
+    from pacskit.server.aetitles import AeTitles, RemoteAE
     from pacskit.server.dicom_request import DicomRequest
     from pacskit.server.settings import ServerSettings
     from pacskit.store import DataStore
@@ -84,7 +90,8 @@ class BaseServices:
     - ``dicom_request``: issue C-ECHO, C-STORE, C-FIND, C-MOVE, N-EVENT-REPORT… to other AEs
     - ``ae_titles``: the registry of remote AEs (title, host, port, TLS, allowed services)
     - ``store``: the data access layer (index + blob storage); ``None`` if the server runs without one
-    - ``log``: a logger named after the add-in
+    - ``log``: a logger named after the add-in (``pacskit.addin.<name>``); its records carry the add-in,
+      association and calling AE of the operation being handled (docs/logging.md)
     - ``events``: the spy event bus of the server (subscribe to association/DIMSE/PDU notifications)
     - ``settings``: the server's settings (read-only by convention)
     - ``data_dir``: the server's data folder (add-ins keep their own files in a sub-folder)
@@ -98,6 +105,27 @@ class BaseServices:
     settings: ServerSettings
     data_dir: Path
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TlsSetup:
+    """How the server speaks TLS; what a security add-in returns from :meth:`AddIn.tls_setup`.
+
+    - ``listen``: the context of the TLS listener (certificate, key, protocol versions and cipher
+      suites, client-certificate verification); every connection on ``port`` does the TLS handshake
+      with it before the first PDU. A failed handshake closes the connection; no association exists.
+    - ``port``: the TLS port (2762 is the registered ``dicom-tls``; 0 binds any free port), on the
+      server's ``host``;
+    - ``keep_plain``: also keep the plain listener on the settings' ``port`` (``False``: TLS only);
+    - ``outgoing``: the context for an association the server opens (``dicom_request``: C-MOVE
+      sub-operations, storage commitment reports…) to a registry entry marked ``tls``, or ``None`` when
+      this add-in does not do outgoing TLS (such AEs are then unreachable, with one clear error).
+    """
+
+    listen: ssl.SSLContext
+    port: int = 2762
+    keep_plain: bool = True
+    outgoing: Callable[[RemoteAE], ssl.SSLContext] | None = None
 
 
 class AddIn:
@@ -136,6 +164,15 @@ class AddIn:
         ``start``."""
         return None
 
+    def tls_setup(self) -> TlsSetup | None:
+        """The server's TLS, for a security add-in; ``None`` (the default) for every other add-in.
+
+        Called once after construction, before the server binds (so the TLS port exists before the
+        first association). Raise ``ValueError`` with one clear line for an unusable configuration
+        (missing certificate, wrong key): the server does not start. Two enabled add-ins returning a
+        setup is a start-up error naming both."""
+        return None
+
     async def start(self) -> None:
         """Called once the server is bound, before the first association. Open resources here."""
 
@@ -157,4 +194,5 @@ __all__ = [
     "Response",
     "Status",
     "SupportedContext",
+    "TlsSetup",
 ]

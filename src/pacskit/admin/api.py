@@ -48,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 
 import pacskit
 from pacskit.admin.stats import ErrorNotifier, Notifications, Statistics
+from pacskit.server.access import is_open
 from pacskit.server.addin_manager import AddInError
 from pacskit.server.aetitles import RemoteAE
 from pacskit.server.settings import SettingsError
@@ -293,7 +294,7 @@ class AdminService:
             "access": {
                 "open_mode": settings.open_mode,
                 "loopback": settings.is_loopback,
-                "require_registered_ae": settings.require_registered_ae,
+                "unregistered_aes_accepted": is_open(settings),
             },
             "admin": {
                 "socket": str(self.socket_path),

@@ -161,21 +161,43 @@ def ae_add(
     name: Annotated[str, typer.Argument(help="the remote AE title")],
     host: Annotated[str, typer.Option(help="its host name or address")],
     port: Annotated[int, typer.Option(help="its port")],
-    tls: Annotated[bool, typer.Option(help="require TLS to reach it")] = False,
+    tls: Annotated[bool, typer.Option(help="require TLS, both ways")] = False,
     description: Annotated[str, typer.Option(help="free text")] = "",
     services: Annotated[
         Optional[str], typer.Option(help="comma-separated services it may use (echo,store,find,move,get,...)")
     ] = None,
+    source: Annotated[
+        Optional[list[str]], typer.Option("--source", help="address, CIDR network or host name it may associate from (repeatable)")
+    ] = None,
+    tls_subject: Annotated[Optional[str], typer.Option(help="CN its TLS client certificate must carry")] = None,
+    move_dest: Annotated[
+        Optional[list[str]], typer.Option("--move-dest", help="a C-MOVE destination it may use (repeatable; default: any)")
+    ] = None,
+    user_identity: Annotated[str, typer.Option(help="none, password or jwt: the User Identity it must send")] = "none",
+    username: Annotated[Optional[str], typer.Option(help="user name (password), or the 'sub' its JWTs must carry")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin (stored hashed)")] = False,
+    jwt_algorithm: Annotated[str, typer.Option(help="HS256 or RS256")] = "RS256",
+    jwt_key_file: Annotated[Optional[Path], typer.Option(help="JWT key: HS256 secret or RS256 PEM public key")] = None,
+    jwt_audience: Annotated[Optional[str], typer.Option(help="the 'aud' its JWTs must carry")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="overwrite an existing entry")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Register a remote AE."""
+    """Register a remote AE and its access rules (docs/security.md)."""
     from pydantic import ValidationError
 
+    from pacskit.server.access import hash_password
     from pacskit.server.aetitles import ALL_SERVICES, RemoteAE
 
+    password_hash = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            typer.echo("error: --password-stdin: no password on stdin", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        password_hash = hash_password(password)
     try:
+        jwt_key = jwt_key_file.read_text(encoding="utf-8").strip() if jwt_key_file is not None else None
         entry = RemoteAE(
             title=name,
             host=host,
@@ -183,6 +205,15 @@ def ae_add(
             tls=tls,
             description=description,
             allowed_services=set(services.split(",")) if services else set(ALL_SERVICES),
+            source_hosts=list(source or []),
+            tls_subject=tls_subject,
+            move_destinations=set(move_dest) if move_dest else None,
+            user_identity=user_identity,  # type: ignore[arg-type]
+            username=username,
+            password_hash=password_hash,
+            jwt_algorithm=jwt_algorithm,  # type: ignore[arg-type]
+            jwt_key=jwt_key,
+            jwt_audience=jwt_audience,
         )
         client = _running_api(config, data_dir)
         if client is not None:
@@ -194,7 +225,7 @@ def ae_add(
                     _api_result(client.post("/ae-titles", json=body))
         else:
             _registry(config, data_dir).add(entry, replace=replace)
-    except (ValidationError, ValueError) as exc:
+    except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     typer.echo(f"added {entry.title} at {entry.host}:{entry.port}")
@@ -208,7 +239,7 @@ def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
 
     from pacskit.server.aetitles import RemoteAE
 
-    table = Table("AE title", "host", "port", "TLS", "services", "description")
+    table = Table("AE title", "host", "port", "TLS", "services", "from", "identity", "description")
     client = _running_api(config, data_dir)
     if client is not None:
         with client:
@@ -216,9 +247,12 @@ def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     else:
         entries = _registry(config, data_dir).all()
     for entry in entries:
+        tls = "yes" if entry.requires_tls else "no"
+        if entry.tls_subject:
+            tls += f" (CN={entry.tls_subject})"
         table.add_row(
-            entry.title, entry.host, str(entry.port), "yes" if entry.tls else "no",
-            ",".join(sorted(entry.allowed_services)), entry.description,
+            entry.title, entry.host, str(entry.port), tls, ",".join(sorted(entry.allowed_services)),
+            ",".join(entry.source_hosts) or "anywhere", entry.user_identity, entry.description,
         )
     Console().print(table)
 
@@ -280,7 +314,11 @@ def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
 
 # The client commands (echo, store, find, move, get) live in their own module; importing it registers them.
 from pacskit.cli import client as _client  # noqa: E402,F401
+from pacskit.cli import log as _log  # noqa: E402,F401
 from pacskit.cli import server as _server  # noqa: E402,F401  (server …, status, clients, addins, reload, events)
+from pacskit.cli.certs import certs_app  # noqa: E402
+
+app.add_typer(certs_app, name="certs")
 
 
 def main() -> None:

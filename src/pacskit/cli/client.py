@@ -47,6 +47,8 @@ TlsCaOpt = Annotated[Optional[Path], typer.Option("--tls-ca", help="TLS: verify 
 TlsCertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="TLS: our certificate (PEM), with --tls-key")]
 TlsKeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", help="TLS: our private key (PEM)")]
 TlsNameOpt = Annotated[Optional[str], typer.Option("--tls-name", help="TLS: the name the peer's certificate must carry [its host]")]
+TlsOpt = Annotated[bool, typer.Option("--tls", help="use TLS (verified with --tls-ca, else the system's CAs); implied by the other --tls-* options")]
+TlsProfileOpt = Annotated[str, typer.Option("--tls-profile", help="TLS: PS3.15 profile (bcp195-nd, bcp195, bcp195-rfc8996, bcp195-ex, aes, basic)")]
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -71,33 +73,36 @@ def resolve_target(target: str, data_dir: str | None, config: str | None) -> Any
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; engine errors become their exit code with one clear line."""
-    from pacskit.client import KeyError_
-
     try:
         return asyncio.run(coro)
     except NetError as exc:
         raise typer.Exit(net_error_exit(exc)) from None
-    except KeyError_ as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    except ValueError as exc:
+        # imported only here: pacskit.client.keys needs pydicom, which `pacskit store` never loads
+        from pacskit.client.keys import KeyError_
+
+        if isinstance(exc, KeyError_):
+            raise fail(str(exc), EXIT_USAGE) from None
+        raise
 
 
 def _config(timeout: float) -> NetConfig:
     return NetConfig(acse_timeout=timeout, dimse_timeout=timeout)
 
 
-def _scu_options(remote: Any, calling: str, timeout: float, ca: Path | None, cert: Path | None, key: Path | None, name: str | None) -> dict[str, Any]:
-    """Keyword arguments every SCU takes: identity, timeouts and TLS (on with --tls-ca, or when the
-    registry marks the AE ``tls``: then the system's CA store verifies it)."""
+def _scu_options(remote: Any, calling: str, timeout: float, ca: Path | None, cert: Path | None, key: Path | None,
+                 name: str | None, tls: bool = False, profile: str = "bcp195-nd") -> dict[str, Any]:
+    """Keyword arguments every SCU takes: identity, timeouts and TLS (on with --tls or any --tls-*
+    option, or when the registry marks the AE ``tls``; without --tls-ca the system's CA store verifies
+    the peer), in the PS3.15 profile ``profile``."""
     options: dict[str, Any] = {"calling_ae": calling, "config": _config(timeout)}
-    if ca is None and cert is None and not remote.tls:
+    if not tls and ca is None and cert is None and not remote.tls:
         return options
-    import ssl
+    from pacskit.net.tls import TlsConfigError, client_context
 
     try:
-        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-        if cert is not None:
-            context.load_cert_chain(str(cert), str(key) if key is not None else None)
-    except (OSError, ssl.SSLError) as exc:
+        context = client_context(profile=profile, ca_file=ca, certificate=cert, private_key=key)
+    except TlsConfigError as exc:
         raise fail(f"TLS set-up failed: {exc}", EXIT_USAGE) from None
     options.update(ssl=context, server_hostname=name)
     return options
@@ -132,6 +137,8 @@ def store(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_name: TlsNameOpt = None,
+    tls: TlsOpt = False,
+    tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
     """C-STORE files and folders to a peer. Exit 1 if any instance failed (warnings are not failures)."""
     from pacskit.client import StoreScu
@@ -141,7 +148,7 @@ def store(
         if not path.exists():
             raise fail(f"{path} does not exist", EXIT_USAGE)
     remote = resolve_target(target, data_dir, config)
-    scu = StoreScu(remote, associations=associations, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
+    scu = StoreScu(remote, associations=associations, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
 
     async def go() -> Any:
         with _progress(quiet) as progress:
@@ -206,6 +213,8 @@ def find(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_name: TlsNameOpt = None,
+    tls: TlsOpt = False,
+    tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
     """C-FIND (Study Root, Patient Root or Modality Worklist); prints a table, JSON or CSV."""
     from pacskit.client import QueryRetrieveScu
@@ -215,7 +224,7 @@ def find(
         raise fail("--json and --csv exclude each other", EXIT_USAGE)
     remote = resolve_target(target, data_dir, config)
     try:
-        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
+        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
         scu.identifier(key, level)  # validate level and keys before connecting
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -291,6 +300,8 @@ def move(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_name: TlsNameOpt = None,
+    tls: TlsOpt = False,
+    tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
     """C-MOVE to another AE (--dest), or to ourselves (--into DIR --port P, our AE title is --calling)."""
     from pacskit.client import QueryRetrieveScu
@@ -303,7 +314,7 @@ def move(
     remote = resolve_target(target, data_dir, config)
     try:
         scu = QueryRetrieveScu(
-            remote, model=model, receive_port=port, receive_host=listen_host, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name)
+            remote, model=model, receive_port=port, receive_host=listen_host, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile)
         )
         scu.identifier(key, level, "C-MOVE")
     except ValueError as exc:
@@ -339,6 +350,8 @@ def get(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_name: TlsNameOpt = None,
+    tls: TlsOpt = False,
+    tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
     """C-GET: the instances come back on the same association into --into."""
     from pacskit.client import QueryRetrieveScu
@@ -346,7 +359,7 @@ def get(
     _setup_logging(verbose)
     remote = resolve_target(target, data_dir, config)
     try:
-        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name))
+        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
         scu.identifier(key, level, "C-GET")
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -376,13 +389,15 @@ def echo(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_name: TlsNameOpt = None,
+    tls: TlsOpt = False,
+    tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
     """Send C-ECHO (Verification) to a peer and report the outcome."""
     from pacskit.client import EchoScu
 
     _setup_logging(verbose)
     remote = resolve_target(target, data_dir, config)
-    status = run(EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name)).echo(repeat))
+    status = run(EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile)).echo(repeat))
     if status:
         raise fail(f"C-ECHO to {target} answered status 0x{status:04X}", EXIT_FAILURE_STATUS)
     typer.echo(f"C-ECHO to {target}: Success")

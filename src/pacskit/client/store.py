@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
 from pacskit.client._scu import Scu, log, run_sync
 from pacskit.net import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     Association,
     CommandField,
@@ -56,7 +57,7 @@ __all__ = ["Instance", "InstanceResult", "StoreEvent", "StoreProgress", "StoreRe
 
 StoreSource = Union[str, "os.PathLike[str]", "Dataset"]
 
-_FALLBACK = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 _NOT_STORABLE = {"1.2.840.10008.1.3.10": "a DICOMDIR (Media Storage Directory) is not stored over the network"}
 _MAX_CONTEXTS = 128
 
@@ -326,9 +327,8 @@ class StoreScu(Scu):
 
 
 def _is_dataset(obj: Any) -> bool:
-    from pydicom.dataset import Dataset
-
-    return isinstance(obj, Dataset)
+    pydicom_dataset = sys.modules.get("pydicom.dataset")  # no Dataset can exist before pydicom is imported
+    return pydicom_dataset is not None and isinstance(obj, pydicom_dataset.Dataset)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -361,9 +361,9 @@ def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Inst
 
 def _dataset_instance(ds: Dataset) -> Instance:
     meta = getattr(ds, "file_meta", None)
-    ts = str(getattr(meta, "TransferSyntaxUID", "") or ExplicitVRLittleEndian) if meta is not None else ExplicitVRLittleEndian
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or EXPLICIT_VR_LITTLE_ENDIAN) if meta is not None else EXPLICIT_VR_LITTLE_ENDIAN
     if ts in UNCOMPRESSED_TRANSFER_SYNTAXES:
-        ts = ExplicitVRLittleEndian  # we encode it ourselves: any uncompressed syntax will do
+        ts = EXPLICIT_VR_LITTLE_ENDIAN  # we encode it ourselves: any uncompressed syntax will do
     return Instance(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, dataset=ds)
 
 
@@ -411,7 +411,7 @@ def _choose_context(assoc: Association, inst: Instance) -> tuple[PresentationCon
         if pc.transfer_syntax == inst.transfer_syntax:
             return pc, False
         if pc.transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES and (
-            fallback is None or pc.transfer_syntax == ExplicitVRLittleEndian
+            fallback is None or pc.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
         ):
             fallback = pc
     if fallback is not None and inst.dataset is not None and inst.transfer_syntax in UNCOMPRESSED_TRANSFER_SYNTAXES:

@@ -41,18 +41,21 @@ from pacskit.net.errors import (
 from pacskit.net.events import EventBus, SpyEvent
 from pacskit.net.pdu import UserIdentityRQ
 from pacskit.net.presentation import (
-    ALL_TRANSFER_SYNTAXES,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
     PresentationContext,
     RequestedContext,
     SupportedContext,
 )
-from pacskit.net.services import Handler, Request, Response, Services
+from pacskit.net.services import Handler, OperationContext, Request, Response, Services, current_operation
 from pacskit.net.sinks import ReceivedDataset
 
 __all__ = [
     "ALL_TRANSFER_SYNTAXES",
+    "EXPLICIT_VR_LITTLE_ENDIAN",
+    "IMPLICIT_VR_LITTLE_ENDIAN",
     "Acceptor",
     "AssociateHook",
     "Association",
@@ -70,6 +73,7 @@ __all__ = [
     "NetError",
     "NetTimeout",
     "NoAcceptableContext",
+    "OperationContext",
     "PduError",
     "PresentationContext",
     "REJECT_CALLED_AE",
@@ -89,6 +93,16 @@ __all__ = [
     "UserIdentityRQ",
     "VERIFICATION_SOP_CLASS",
     "connect",
+    "current_operation",
     "encode_dataset",
     "status_category",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # made from pydicom's list on first use, so importing the engine does not import pydicom
+    if name == "ALL_TRANSFER_SYNTAXES":
+        from pacskit.net import presentation
+
+        return presentation.ALL_TRANSFER_SYNTAXES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

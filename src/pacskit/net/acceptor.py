@@ -7,10 +7,10 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pacskit.net import events as ev
 from pacskit.net.association import Association, AssociateHook
@@ -45,7 +45,10 @@ class Acceptor:
     ``contexts`` lists what we accept (abstract syntax → transfer syntaxes in our preference order);
     ``services`` holds the handlers; ``on_associate`` may refuse an association after the built-in
     checks (protocol version, application context, called AE title when ``require_called_ae``,
-    ``max_associations``). ``ssl`` turns on TLS for every connection of this listener.
+    ``max_associations``). ``ssl`` turns on TLS for every connection of this listener: the handshake
+    runs first (bounded by the ARTIM timeout), and only a connection that completed it gets an
+    :class:`Association`; a failed handshake is logged with the peer's address and reason, closed, and
+    reported to ``on_tls_failure(peer, error)`` when given.
 
     ``contexts`` and ``services`` may be replaced while serving (a server reload): each association
     keeps the ones it was created with, new connections get the new ones. :meth:`connections` and
@@ -71,6 +74,7 @@ class Acceptor:
         ssl: _ssl.SSLContext | None = None,
         on_associate: AssociateHook | None = None,
         require_called_ae: bool = True,
+        on_tls_failure: Callable[[Any, BaseException], None] | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.contexts = list(contexts)
@@ -80,10 +84,12 @@ class Acceptor:
         self.ssl = ssl
         self.on_associate = on_associate
         self.require_called_ae = require_called_ae
+        self.on_tls_failure = on_tls_failure
         self.associations: set[Association] = set()
         self._connections: dict[int, Connection] = {}
         self._executor = ThreadPoolExecutor(self.config.handler_threads, thread_name_prefix=f"pacskit-{ae_title}")
         self._server: asyncio.Server | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()  # TLS connections still in their handshake
 
     def count_others(self, assoc: Association) -> int:
         """Associations other than ``assoc`` that are negotiating or established (for the limit)."""
@@ -132,14 +138,27 @@ class Acceptor:
         connection.association.abort()
         return True
 
+    def _make_protocol(self) -> asyncio.Protocol:
+        return self._make_association() if self.ssl is None else _TlsHandshake(self)
+
+    def _tls_failed(self, peer: Any, exc: BaseException) -> None:
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        log.warning("%s: TLS handshake from %s failed: %s", self.ae_title, where, reason)
+        if self.on_tls_failure is not None:
+            try:
+                self.on_tls_failure(peer, exc)
+            except Exception:
+                log.exception("on_tls_failure observer failed")
+
     async def start(self, host: str = "127.0.0.1", port: int = 11112, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         """Bind and start accepting. Raises ``OSError`` (e.g. address in use) with the OS message."""
         loop = asyncio.get_running_loop()
         if sock is not None:
-            self._server = await loop.create_server(self._make_association, sock=sock, ssl=self.ssl, backlog=128)
+            self._server = await loop.create_server(self._make_protocol, sock=sock, backlog=128)
         else:
             self._server = await loop.create_server(
-                self._make_association, host, port, ssl=self.ssl, reuse_address=True, reuse_port=reuse_port, backlog=128
+                self._make_protocol, host, port, reuse_address=True, reuse_port=reuse_port, backlog=128
             )
         log.info("%s listening on %s", self.ae_title, ", ".join(f"{h}:{p}" for h, p, *_ in self.addresses))
 
@@ -162,6 +181,8 @@ class Acceptor:
         """Stop listening; let running requests finish for up to ``grace`` seconds, then abort the rest."""
         if self._server is not None:
             self._server.close()
+        for task in list(self._handshakes):
+            task.cancel()
         deadline = asyncio.get_running_loop().time() + grace
         while any(a.busy for a in self.associations) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -182,3 +203,83 @@ class Acceptor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _TlsHandshake(asyncio.Protocol):
+    """A TLS connection until its handshake is done; then the DUL of a new association takes over.
+
+    asyncio's own ``create_server(ssl=...)`` hands the protocol over before the handshake and drops
+    handshake failures silently; doing the handshake here (``loop.start_tls``) gives every failure a
+    log line with the peer's address, and creates no association for a peer that never completed it.
+    """
+
+    def __init__(self, acceptor: Acceptor) -> None:
+        self.acceptor = acceptor
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello is for the TLS layer start_tls puts in between
+        self.task = task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        self.acceptor._handshakes.add(task)
+        task.add_done_callback(self.acceptor._handshakes.discard)
+
+    async def _upgrade(self, transport: asyncio.Transport) -> None:
+        acceptor = self.acceptor
+        peer = transport.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        dul = acceptor._make_association()
+        held = _Held()  # what arrives between the end of the handshake and the DUL taking over
+        try:
+            tls = await loop.start_tls(
+                transport, held, acceptor.ssl, server_side=True,  # type: ignore[arg-type]
+                ssl_handshake_timeout=acceptor.config.artim_timeout,
+            )
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            transport.abort()
+            _forget(dul)
+            acceptor._tls_failed(peer, exc)
+            return
+        except asyncio.CancelledError:  # the acceptor is closing
+            transport.abort()
+            _forget(dul)
+            raise
+        if tls is None:  # closed during the handshake
+            transport.abort()
+            _forget(dul)
+            return
+        tls.set_protocol(dul)
+        dul.connection_made(tls)
+        # With TLS 1.3 the client's first PDU comes with its Finished message, and asyncio delivers it
+        # before start_tls returns: hand it on in order.
+        for chunk in held.data:
+            dul.data_received(chunk)
+        if held.lost:
+            dul.connection_lost(held.error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # start_tls owns the transport from the first moment; failures surface in _upgrade
+
+
+class _Held(asyncio.Protocol):
+    """Holds what a TLS connection delivers before the DUL is its protocol."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.lost = False
+        self.error: Exception | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(bytes(data))
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost, self.error = True, exc
+
+
+def _forget(dul: Any) -> None:
+    """An association whose connection never got past TLS: mark it closed so the acceptor drops it."""
+    if not dul.closed.done():
+        dul.closed.set_result(None)

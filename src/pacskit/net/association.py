@@ -16,16 +16,18 @@ behind running requests → A-RELEASE-RP → peer closes (or ARTIM closes) → c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import inspect
+import itertools
 import logging
 import os
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from pacskit.net import dimse, pdu
 from pacskit.net import events as ev
@@ -43,6 +45,9 @@ from pacskit.net.errors import (
 )
 from pacskit.net.fsm import State
 from pacskit.net.presentation import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
     VERIFICATION_SOP_CLASS,
     PresentationContext,
     RequestedContext,
@@ -51,7 +56,7 @@ from pacskit.net.presentation import (
     build_requested,
     negotiate_as_acceptor,
 )
-from pacskit.net.services import Request, Response, Services, failure_status
+from pacskit.net.services import OperationContext, Request, Response, Services, current_operation, failure_status
 from pacskit.net.sinks import DatasetSink, DatasetTooLarge, MemorySink, ReceivedDataset, iter_file_chunks, read_part10_header
 
 if TYPE_CHECKING:
@@ -64,6 +69,7 @@ log = logging.getLogger("pacskit.net")
 _MULTI_RESPONSE = frozenset({"C-FIND", "C-GET", "C-MOVE"})
 _SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step
 _RELEASE = object()
+_association_ids = itertools.count(1)
 
 
 class Reject(NamedTuple):
@@ -99,17 +105,20 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
     from pydicom.filewriter import write_dataset
 
     fp = DicomBytesIO()
-    fp.is_little_endian = transfer_syntax != ExplicitVRBigEndian
-    fp.is_implicit_VR = transfer_syntax == ImplicitVRLittleEndian
+    fp.is_little_endian = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
+    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
     write_dataset(fp, ds)
     data = fp.getvalue()
-    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = compressor.compress(data) + compressor.flush()
         if len(data) & 1:
             data += b"\x00"
     return data
 
+
+# responses that carry no Affected SOP Instance UID (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2)
+_NO_INSTANCE_IN_RESPONSE = frozenset({CommandField.C_FIND_RQ, CommandField.C_MOVE_RQ, CommandField.C_GET_RQ})
 
 class Association:
     """One DICOM association, acceptor or requestor side. Create requestors with :func:`connect`."""
@@ -129,6 +138,10 @@ class Association:
         require_called_ae: bool = True,
     ) -> None:
         self.is_requestor = is_requestor
+        #: process-unique number of this association (log lines, transaction log, audit records)
+        self.id = next(_association_ids)
+        #: dataset bytes sent on this association so far (C-FIND matches, C-STORE data, responses)
+        self.dataset_bytes_sent = 0
         self.local_ae_title = local_ae_title
         self.remote_ae_title = ""
         self.peer_address: Any = None
@@ -176,9 +189,13 @@ class Association:
         self._worker: asyncio.Task[None] | None = None
         self._handling = False
         self._cancels: dict[int, asyncio.Event] = {}
+        # the last Pending response sent: (request command, status, response command, its encoding)
+        self._pending_rsp: tuple[Command, int, Command, bytes] | None = None
+        self._last_command: tuple[bytes, Command] | None = None  # the last command set received, decoded
         self._waiters: dict[int, asyncio.Queue[Any]] = {}
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()
+        self._final_response: Response | None = None
 
     # ------------------------------------------------------------------ identity / helpers
 
@@ -188,6 +205,22 @@ class Association:
         if self.is_requestor:
             return f"{self.local_ae_title}->{self.remote_ae_title}"
         return f"{self.remote_ae_title or '?'}->{self.local_ae_title}"
+
+    @property
+    def is_tls(self) -> bool:
+        """The connection runs over TLS."""
+        transport = self.dul.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's TLS certificate as :meth:`ssl.SSLSocket.getpeercert` gives it (subject, issuer,
+        validity…), or ``None`` without TLS or when the peer sent none. Only verified certificates
+        are reported (the listener's context must ask for client certificates)."""
+        transport = self.dul.transport
+        if transport is None:
+            return None
+        return transport.get_extra_info("peercert") or None
 
     @property
     def busy(self) -> bool:
@@ -456,10 +489,15 @@ class Association:
             data = b"".join(self._cmd_parts)
             self._cmd_parts = []
             self._cmd_len = 0
-            try:
-                command = Command.decode(data)
-            except DimseError as exc:
-                raise PduError(f"invalid command set: {exc}", 6) from exc
+            last = self._last_command
+            if last is not None and last[0] == data:
+                command = Command(last[1])  # a stream of Pending answers repeats one command set
+            else:
+                try:
+                    command = Command.decode(data)
+                except DimseError as exc:
+                    raise PduError(f"invalid command set: {exc}", 6) from exc
+                self._last_command = (data, Command(command))
             ctx = self.contexts[self._cmd_context]
             if not command.has_dataset:
                 self._message_complete(ctx, command, None, None)
@@ -548,6 +586,45 @@ class Association:
     async def _handle(
         self, ctx: PresentationContext, command: Command, received: ReceivedDataset | None, error: BaseException | None
     ) -> None:
+        """Dispatch one request with the operation context set (log lines of the handler carry it), and
+        tell ``operation-completed`` observers how it ended (only built when someone listens)."""
+        try:
+            service = CommandField(command.command_field).service
+        except ValueError:
+            service = f"0x{command.command_field:04X}"
+        token = current_operation.set(
+            OperationContext(self.id, self.remote_ae_title, self.local_ae_title, _addr(self.peer_address), service,
+                             int(command.get("MessageID", 0)))
+        )
+        self._final_response = None
+        started_wall = time.time()
+        started = time.monotonic()
+        sent_before = self.dataset_bytes_sent
+        try:
+            await self._dispatch(ctx, command, received, error)
+        finally:
+            current_operation.reset(token)
+            if self.bus.wants(ev.OPERATION_COMPLETED):
+                final = self._final_response
+                self.bus.emit(
+                    ev.OPERATION_COMPLETED,
+                    self,
+                    service=service,
+                    command=command,
+                    abstract_syntax=ctx.abstract_syntax,
+                    transfer_syntax=ctx.transfer_syntax,
+                    status=final.status if final is not None else None,
+                    final_elements=dict(final.elements) if final is not None else {},
+                    started=started_wall,
+                    duration=time.monotonic() - started,
+                    bytes_received=received.size if received is not None else 0,
+                    bytes_sent=self.dataset_bytes_sent - sent_before,
+                    identifier=received.data if received is not None else None,
+                )
+
+    async def _dispatch(
+        self, ctx: PresentationContext, command: Command, received: ReceivedDataset | None, error: BaseException | None
+    ) -> None:
         field = command.command_field
         try:
             service = CommandField(field).service
@@ -568,9 +645,19 @@ class Association:
         handler, timeout = entry
         cancelled = asyncio.Event()
         message_id = int(command.get("MessageID", 0))
+        request = Request(self, ctx, command, received, cancelled)
+        authorizer = self.services.authorizer
+        if authorizer is not None:
+            try:
+                refusal = authorizer(request)
+            except Exception:
+                log.exception("%s: request authorizer failed; refusing %s", self.label, service)
+                refusal = Response(failure_status(service), elements={"ErrorComment": "authorization failed"})
+            if refusal is not None:
+                await self._respond(ctx, command, refusal)
+                return
         if service in _MULTI_RESPONSE:
             self._cancels[message_id] = cancelled
-        request = Request(self, ctx, command, received, cancelled)
         try:
             result = await self._call(handler, request, timeout)
             await self._send_results(request, result, timeout, service)
@@ -593,7 +680,8 @@ class Association:
             return await (asyncio.wait_for(coro, timeout) if timeout else coro)
         if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
             return handler(request)
-        future = self._loop.run_in_executor(self.executor, handler, request)
+        # the handler's thread sees the operation context (contextvars do not cross run_in_executor)
+        future = self._loop.run_in_executor(self.executor, contextvars.copy_context().run, handler, request)
         result = await (asyncio.wait_for(future, timeout) if timeout else future)
         if inspect.isawaitable(result):
             result = await (asyncio.wait_for(result, timeout) if timeout else result)
@@ -608,18 +696,31 @@ class Association:
             raise DimseError("handler returned no status")
         if hasattr(result, "__anext__"):
             aiter: AsyncIterator[Any] = result
-            while True:
-                try:
-                    item = await (asyncio.wait_for(aiter.__anext__(), timeout) if timeout else aiter.__anext__())
-                except StopAsyncIteration:
-                    break
-                if await self._send_item(request, item):
-                    await aiter.aclose() if hasattr(aiter, "aclose") else None
-                    return
+            # One timeout scope for the whole stream (asyncio.wait_for per item would create a task
+            # per response, most of the cost of a many-match C-FIND). Its deadline moves forward at
+            # most once a second, so a handler gets between timeout - 1 and timeout seconds for each
+            # item; it is disarmed while a slow peer holds up sending (that is not the handler's time).
+            async with asyncio.timeout(None) as scope:
+                while True:
+                    if timeout:
+                        deadline = self._loop.time() + timeout
+                        when = scope.when()
+                        if when is None or deadline - when > 1.0:
+                            scope.reschedule(deadline)
+                    try:
+                        item = await aiter.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    if timeout and not self.dul.can_write:
+                        scope.reschedule(None)
+                    if await self._send_item(request, item):
+                        await aiter.aclose() if hasattr(aiter, "aclose") else None
+                        return
         elif hasattr(result, "__next__"):
             sentinel = object()
+            step_context = contextvars.copy_context()
             while True:
-                future = self._loop.run_in_executor(self.executor, next, result, sentinel)
+                future = self._loop.run_in_executor(self.executor, step_context.run, next, result, sentinel)
                 item = await (asyncio.wait_for(future, timeout) if timeout else future)
                 if item is sentinel:
                     break
@@ -642,14 +743,24 @@ class Association:
         data: bytes | None = None
         if response.dataset is not None:
             data = response.dataset if isinstance(response.dataset, bytes) else encode_dataset(response.dataset, ctx.transfer_syntax)
+        status = response.status
+        if (status == 0xFF00 or status == 0xFF01) and data is not None and not response.elements:
+            # A stream of Pending answers (C-FIND matches) repeats one command set: encode it once.
+            cached = self._pending_rsp
+            if cached is None or cached[0] is not request or cached[1] != status:
+                cmd = dimse.response_command(request, status, has_dataset=True)
+                if request.command_field in _NO_INSTANCE_IN_RESPONSE:
+                    cmd.pop("AffectedSOPInstanceUID", None)
+                cached = self._pending_rsp = (request, status, cmd, cmd.encode())
+            await self.send_message(ctx.id, cached[2], data, encoded_command=cached[3])
+            return
         elements = dict(response.elements)
         if "ErrorComment" in elements and elements["ErrorComment"]:
             elements["ErrorComment"] = str(elements["ErrorComment"])[:64]
         cmd = dimse.response_command(request, response.status, has_dataset=data is not None, **elements)
-        if request.command_field == CommandField.C_FIND_RQ or request.command_field in (
-            CommandField.C_MOVE_RQ,
-            CommandField.C_GET_RQ,
-        ):
+        if response.status not in (0xFF00, 0xFF01):
+            self._final_response = response
+        if request.command_field in _NO_INSTANCE_IN_RESPONSE:
             cmd.pop("AffectedSOPInstanceUID", None)
         await self.send_message(ctx.id, cmd, data)
 
@@ -663,14 +774,19 @@ class Association:
         context_id: int,
         command: Command,
         dataset: bytes | tuple[str | os.PathLike[str], int, int] | None = None,
+        *,
+        encoded_command: bytes | None = None,
     ) -> None:
         """Send one DIMSE message. ``dataset`` is encoded bytes, or ``(path, offset, size)`` to stream a
-        file from ``offset`` in PDU-sized pieces (never loading it whole). Raises
+        file from ``offset`` in PDU-sized pieces (never loading it whole). ``encoded_command`` is
+        ``command`` already encoded, when the caller sends the same one many times. Raises
         :class:`AssociationAborted` when the association can no longer carry data."""
         if self.bus.wants(ev.DIMSE_SENT):
             self.bus.emit(ev.DIMSE_SENT, self, command=command, context_id=context_id)
+        if dataset is not None:
+            self.dataset_bytes_sent += len(dataset) if isinstance(dataset, bytes) else dataset[2]
         max_data = self._max_pdv_data()
-        pieces = _fragments(command.encode(), context_id, max_data, command=True)
+        pieces = _fragments(encoded_command or command.encode(), context_id, max_data, command=True)
         if dataset is None or isinstance(dataset, bytes):
             if dataset is not None:
                 pieces += _fragments(dataset, context_id, max_data, command=False)
@@ -758,10 +874,14 @@ class Association:
             await self.send_message(ctx.id, command, data)
             timeout = self.config.dimse_timeout
             while True:
-                try:
-                    item = await (asyncio.wait_for(queue.get(), timeout) if timeout else queue.get())
-                except TimeoutError:
-                    raise NetTimeout(f"no DIMSE response within {timeout} s") from None
+                if not queue.empty():  # responses that arrived together: no timer, no task
+                    item = queue.get_nowait()
+                else:
+                    try:
+                        async with asyncio.timeout(timeout or None):
+                            item = await queue.get()
+                    except TimeoutError:
+                        raise NetTimeout(f"no DIMSE response within {timeout} s") from None
                 if isinstance(item, BaseException):
                     raise item
                 yield item

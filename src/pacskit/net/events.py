@@ -33,6 +33,7 @@ DIMSE_RECEIVED = "dimse-received"
 DIMSE_SENT = "dimse-sent"
 PDU_RECEIVED = "pdu-received"
 PDU_SENT = "pdu-sent"
+OPERATION_COMPLETED = "operation-completed"
 
 ALL_EVENTS = (
     CONNECTION_OPENED,
@@ -46,6 +47,7 @@ ALL_EVENTS = (
     DIMSE_SENT,
     PDU_RECEIVED,
     PDU_SENT,
+    OPERATION_COMPLETED,
 )
 
 
@@ -62,6 +64,16 @@ class SpyEvent:
     - dimse-received/sent: ``command`` (a :class:`~pacskit.net.dimse.Command`), ``context_id``,
       ``dataset_bytes``
     - pdu-received/sent: ``pdu_type``, ``length``, and ``pdu`` (raw bytes) for non-P-DATA PDUs
+    - operation-completed (acceptor side: one per DIMSE request the association answered, whatever
+      the outcome, after its final response was sent or the attempt failed): ``service``
+      (``"C-STORE"``...), ``command`` (the request :class:`~pacskit.net.dimse.Command`),
+      ``abstract_syntax``, ``status`` (the final status sent; ``None`` when the association broke
+      first), ``started`` (``time.time()`` when handling began), ``duration`` (seconds, monotonic),
+      ``bytes_received`` (the request's dataset), ``bytes_sent`` (datasets sent on this association
+      while handling it: C-FIND matches, C-GET sub-operations), ``identifier`` (the request dataset as
+      encoded bytes when it arrived in memory — C-FIND/C-MOVE/C-GET identifiers, N-service datasets —
+      else ``None``), ``transfer_syntax`` (of the context), ``final_elements`` (the extra command
+      elements of the final response, e.g. sub-operation counts)
     """
 
     kind: str

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -54,8 +55,34 @@ class Response:
     elements: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class OperationContext:
+    """The DIMSE operation being handled, as :data:`current_operation` gives it to code it calls.
+
+    Set by the engine around every handler invocation (also inside the handler thread of a plain
+    function handler), so log records, audit events and the transaction log can say which association
+    and which calling AE they belong to without the handler passing anything on.
+    """
+
+    association_id: int
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    service: str
+    message_id: int
+
+
+#: The operation the current code runs for, or ``None`` outside any handler.
+current_operation: ContextVar[OperationContext | None] = ContextVar("pacskit_current_operation", default=None)
+
+
 HandlerResult = Union[int, Response, Iterator[Any], AsyncIterator[Any], None]
 Handler = Callable[["Request"], Union[HandlerResult, Awaitable[HandlerResult]]]
+
+#: Called on the event loop for every incoming request that has a handler, before the handler: return
+#: ``None`` to let it run, or the (final) :class:`Response` to answer instead, e.g. 0x0124 Refused: Not
+#: Authorized. Must be quick and must not block (it runs on the event loop).
+Authorizer = Callable[["Request"], Union["Response", None]]
 
 
 class Request:
@@ -139,10 +166,15 @@ class Services:
     Registration is per service name and abstract syntax; ``abstract_syntaxes=None`` registers a
     fallback for every abstract syntax of that service. Exactly one handler owns each pair: a second
     registration raises :class:`DuplicateHandler` naming both owners.
+
+    ``authorizer`` (an :data:`Authorizer`, default none) sees every request before its handler and may
+    answer it instead: the one place where "may this peer do this?" is decided, so handlers never
+    repeat it.
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str | None], _Entry] = {}
+        self.authorizer: Authorizer | None = None
 
     def register(
         self,

@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from pacskit.net.errors import DimseError
+from pacskit.net.presentation import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -84,14 +84,14 @@ class ReceivedDataset:
         if self.path is not None:
             return dcmread(self.path, stop_before_pixels=stop_before_pixels, force=True)
         raw = self.data or b""
-        if self.transfer_syntax == DeflatedExplicitVRLittleEndian:
+        if self.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
             inflated = io.BytesIO()
             inflate(raw, inflated.write, MAX_INFLATED_IN_MEMORY)
             raw = inflated.getvalue()
         ds = read_dataset(
             io.BytesIO(raw),
-            is_implicit_VR=self.transfer_syntax == ImplicitVRLittleEndian,
-            is_little_endian=self.transfer_syntax != ExplicitVRBigEndian,
+            is_implicit_VR=self.transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN,
+            is_little_endian=self.transfer_syntax != EXPLICIT_VR_BIG_ENDIAN,
             stop_when=(lambda tag, vr, length: tag == 0x7FE00010) if stop_before_pixels else None,
         )
         return ds

@@ -1,4 +1,10 @@
-"""The registry of remote AEs: who they are, where they listen, what they may do.
+"""The registry of remote AEs: who they are, where they listen, who may associate as them, what they may do.
+
+Access control fields (enforced by :mod:`pacskit.server.access`; see docs/security.md): ``source_hosts``
+(addresses, CIDR networks or host names the association must come from), ``tls`` (TLS required),
+``tls_subject`` (the CN of the TLS client certificate), ``user_identity`` with ``username`` /
+``password_hash`` (never the password itself) or ``jwt_key``, ``allowed_services`` and
+``move_destinations``.
 
 Kept in ``ae-titles.toml`` in the server folder so ``pacskit ae add`` works without a running server;
 a running server re-reads the file when it changes. Writes are atomic (temp file + rename).
@@ -6,19 +12,22 @@ a running server re-reads the file when it changes. Writes are atomic (temp file
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pacskit.server.settings import SettingsError, validate_ae_title
 
 AE_FILE = "ae-titles.toml"
 ALL_SERVICES = frozenset({"echo", "store", "find", "move", "get", "commit", "mpps", "worklist"})
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
 class RemoteAE(BaseModel):
@@ -32,6 +41,16 @@ class RemoteAE(BaseModel):
     tls: bool = False
     description: str = ""
     allowed_services: set[str] = Field(default_factory=lambda: set(ALL_SERVICES))
+    # --- access control (pacskit.server.access)
+    source_hosts: list[str] = Field(default_factory=list, description="addresses, CIDR networks or host names it may associate from; empty: anywhere")
+    tls_subject: str | None = Field(None, description="CN its TLS client certificate must carry (implies TLS)")
+    user_identity: Literal["none", "password", "jwt"] = Field("none", description="User Identity Negotiation it must send")
+    username: str | None = Field(None, description="its user name (password), or the JWT 'sub' it must carry")
+    password_hash: str | None = Field(None, description="hash_password() output; never the password")
+    jwt_algorithm: Literal["HS256", "RS256"] = "RS256"
+    jwt_key: str | None = Field(None, description="HS256: the shared secret; RS256: the PEM public key")
+    jwt_audience: str | None = Field(None, description="the 'aud' claim its tokens must carry")
+    move_destinations: set[str] | None = Field(None, description="C-MOVE destinations it may name; None: any registered AE")
 
     @field_validator("title")
     @classmethod
@@ -46,8 +65,49 @@ class RemoteAE(BaseModel):
             raise ValueError(f"unknown services {sorted(unknown)}; known: {sorted(ALL_SERVICES)}")
         return value
 
+    @field_validator("source_hosts")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not _HOSTNAME_RE.match(entry):
+                    raise ValueError(f"source host {entry!r} is not an IP address, CIDR network or host name") from None
+        return value
+
+    @field_validator("move_destinations")
+    @classmethod
+    def _destinations(cls, value: set[str] | None) -> set[str] | None:
+        return None if value is None else {validate_ae_title(v) for v in value}
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, value: str | None) -> str | None:
+        from pacskit.server.access import is_password_hash
+
+        if value is not None and not is_password_hash(value):
+            raise ValueError("password_hash must be the output of pacskit.server.access.hash_password (never a plain password)")
+        return value
+
+    @model_validator(mode="after")
+    def _identity(self) -> RemoteAE:
+        if self.user_identity == "password" and (not self.username or not self.password_hash):
+            raise ValueError("user_identity 'password' needs username and password_hash")
+        if self.user_identity == "jwt" and not self.jwt_key:
+            raise ValueError("user_identity 'jwt' needs jwt_key")
+        return self
+
+    @property
+    def requires_tls(self) -> bool:
+        """Associations as this AE must arrive over TLS (``tls`` or a ``tls_subject`` is set)."""
+        return self.tls or self.tls_subject is not None
+
     def may(self, service: str) -> bool:
         return service in self.allowed_services
+
+    def may_move_to(self, destination: str) -> bool:
+        return self.move_destinations is None or destination in self.move_destinations
 
 
 class AeTitles(Protocol):
@@ -93,8 +153,10 @@ class FileAeRegistry:
         tmp = self.path.with_suffix(".tmp")
         entries = []
         for ae in sorted(self._items.values(), key=lambda a: a.title):
-            entry = ae.model_dump()
+            entry = ae.model_dump(exclude_none=True)
             entry["allowed_services"] = sorted(ae.allowed_services)
+            if ae.move_destinations is not None:
+                entry["move_destinations"] = sorted(ae.move_destinations)
             entries.append(entry)
         tmp.write_text(tomli_w.dumps({"ae": entries}), encoding="utf-8")
         os.replace(tmp, self.path)

@@ -8,11 +8,12 @@ with the same methods when the server is built.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pacskit.net import (
     Association,
+    ConnectionFailed,
     EventBus,
     NetConfig,
     RequestedContext,
@@ -22,6 +23,8 @@ from pacskit.net import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     from pacskit.server.aetitles import AeTitles, RemoteAE
 
 
@@ -30,13 +33,23 @@ class UnknownAE(LookupError):
 
 
 class DicomRequest:
-    """Open associations to registered (or explicit) remote AEs."""
+    """Open associations to registered (or explicit) remote AEs.
+
+    An AE the registry marks ``tls`` is reached over TLS with the context the server's security add-in
+    supplies (:meth:`use_tls`, called by the server at start-up); without one, such an AE is refused
+    with :class:`~pacskit.net.ConnectionFailed` rather than reached in the clear.
+    """
 
     def __init__(self, calling_ae: str, ae_titles: AeTitles, config: NetConfig, bus: EventBus) -> None:
         self.calling_ae = calling_ae
         self.ae_titles = ae_titles
         self.config = config
         self.bus = bus
+        self._tls: Callable[[RemoteAE], ssl.SSLContext] | None = None
+
+    def use_tls(self, context_for: Callable[[RemoteAE], ssl.SSLContext]) -> None:
+        """Reach AEs marked ``tls`` with ``context_for(ae)`` (see :class:`pacskit.addins.TlsSetup`)."""
+        self._tls = context_for
 
     def resolve(self, title: str) -> RemoteAE:
         ae = self.ae_titles.get(title)
@@ -58,9 +71,14 @@ class DicomRequest:
         Use as ``async with await base.dicom_request.associate("ORTHANC", contexts) as assoc:``.
         ``services`` answers what the peer sends back on it (C-GET C-STOREs, N-EVENT-REPORTs).
         """
+        context = None
         if host is None or port is None:
             ae = self.resolve(title)
             host, port = ae.host, ae.port
+            if ae.tls:
+                if self._tls is None:
+                    raise ConnectionFailed(f"{title} requires TLS and no TLS add-in is enabled")
+                context = self._tls(ae)
         return await connect(
             host,
             port,
@@ -70,6 +88,7 @@ class DicomRequest:
             config=self.config,
             services=services,
             bus=self.bus,
+            ssl=context,
         )
 
     async def echo(self, title: str) -> int:

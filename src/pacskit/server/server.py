@@ -16,19 +16,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import logging.handlers
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from pacskit.addins import AddIn, BaseServices
-from pacskit.net import REJECT_CALLING_AE, Acceptor, Association, EventBus, Reject, Services, SupportedContext
+from pacskit.addins import AddIn, BaseServices, TlsSetup
+from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
+from pacskit.server.access import AccessControl, is_open
 from pacskit.server.addin_manager import AddInError, AddInManager
 from pacskit.server.aetitles import AE_FILE, AeTitles, FileAeRegistry
 from pacskit.server.dicom_request import DicomRequest
+from pacskit.server.logconfig import addin_logger
 from pacskit.server.settings import ServerSettings, load_settings
 
 log = logging.getLogger("pacskit.server")
@@ -130,7 +130,9 @@ class Server:
         self.services = Services()
         self.manager = AddInManager()
         self.addins: list[AddIn] = []
-        self.acceptor: Acceptor | None = None
+        self.acceptor: Acceptor | None = None  # the plain listener (None when TLS-only)
+        self.tls_acceptor: Acceptor | None = None  # the TLS listener a security add-in asked for
+        self.tls: TlsSetup | None = None
         self._addin_classes = addin_classes
         self._use_entry_points = use_entry_points
         self._store = store
@@ -156,7 +158,10 @@ class Server:
                 self.manager.add_class(cls, f"class {cls.__module__}.{cls.__qualname__}")
         else:
             self.manager.discover(self.settings.folder / "addins", use_entry_points=self._use_entry_points)
-        self._use_generation(self._build_generation(self.settings, base_for))
+        generation = self._build_generation(self.settings, base_for)
+        for addin in generation.addins:
+            self._take_tls(addin.name, addin)  # once: a reload does not re-key the TLS listener
+        self._use_generation(generation)
 
     def _build_generation(self, settings: ServerSettings, base_for: Any) -> AddInGeneration:
         """Instantiate the discovered add-ins with ``settings``' sections into a fresh service table."""
@@ -189,6 +194,9 @@ class Server:
         return generation
 
     def _use_generation(self, generation: AddInGeneration) -> None:
+        access = getattr(self, "access", None)
+        if access is not None:  # a reload: the new service table checks requests like the old one
+            generation.services.authorizer = access.authorize
         self.services = generation.services
         self.addins = generation.addins
         self.contexts = generation.contexts
@@ -201,7 +209,18 @@ class Server:
     @property
     def acceptors(self) -> list[Acceptor]:
         """The listeners of this server (the administrative view iterates them all)."""
-        return [a for a in (self.acceptor,) if a is not None]
+        return [a for a in (self.acceptor, self.tls_acceptor) if a is not None]
+
+    def _take_tls(self, name: str, addin: AddIn) -> None:
+        try:
+            setup = addin.tls_setup()
+        except ValueError as exc:
+            raise AddInError(str(exc)) from exc
+        if setup is None:
+            return
+        if self.tls is not None:
+            raise AddInError(f"two add-ins supply TLS: {self._tls_owner!r} and {name!r}")
+        self.tls, self._tls_owner = setup, name
 
     async def start(self) -> None:
         """Load add-ins, bind, start add-ins. Raises :class:`ServerError` / :class:`AddInError`."""
@@ -222,7 +241,7 @@ class Server:
                 dicom_request=dicom_request,
                 ae_titles=ae_titles,
                 store=store,
-                log=logging.getLogger(f"pacskit.addin.{name}"),
+                log=addin_logger(name),
                 events=self.bus,
                 settings=settings,
                 data_dir=settings.data_path,
@@ -236,6 +255,12 @@ class Server:
             raise
         if not settings.is_loopback and settings.open_mode:
             log.warning("open mode: any calling AE may associate on %s (not only registered AEs)", settings.host)
+        self.access = AccessControl(ae_titles, open_to_unknown=is_open(settings))
+        self.access.watch(self.bus)
+        self.services.authorizer = self.access.authorize
+        tls = self.tls
+        if tls is not None and tls.outgoing is not None and hasattr(dicom_request, "use_tls"):
+            dicom_request.use_tls(tls.outgoing)
         if settings.admin.enabled and not self.worker:
             # Before binding: importing the web stack takes a moment, and statistics must see the
             # first association. The API listens once the add-ins have started (below).
@@ -243,25 +268,26 @@ class Server:
 
             self.admin = AdminService(self)
             self.admin.collect()
-        self.acceptor = Acceptor(
-            settings.ae_title,
-            self.contexts,
-            self.services,
-            config=config,
-            bus=self.bus,
-            on_associate=self._on_associate,
-        )
-        try:
-            await self.acceptor.start(settings.host, settings.port, reuse_port=self.worker)
-        except OSError as exc:
-            if self.admin is not None:
-                await self.admin.stop()
-                self.admin = None
-            self._close_store()
-            reason = exc.strerror or str(exc)
-            if "address already in use" in str(exc).lower():
-                reason = "address already in use"
-            raise ServerError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from exc
+        listeners: list[tuple[str, int]] = []
+        if tls is None or tls.keep_plain:
+            self.acceptor = self._acceptor(config)
+            listeners.append(("acceptor", settings.port))
+        if tls is not None:
+            self.tls_acceptor = self._acceptor(config, tls)
+            listeners.append(("tls_acceptor", tls.port))
+        for attr, port in listeners:
+            try:
+                await getattr(self, attr).start(settings.host, port, reuse_port=self.worker)
+            except OSError as exc:
+                await self._close_acceptors()
+                if self.admin is not None:
+                    await self.admin.stop()
+                    self.admin = None
+                self._close_store()
+                reason = exc.strerror or str(exc)
+                if "address already in use" in str(exc).lower():
+                    reason = "address already in use"
+                raise ServerError(f"cannot listen on {settings.host}:{port}: {reason}") from exc
         for addin in self.addins:
             await addin.start()
             self._started_addins.append(addin)
@@ -274,16 +300,31 @@ class Server:
                 await self.stop(grace=0)
                 raise ServerError(str(exc)) from exc
         log.info(
-            "server %s listening on %s:%d with %d add-ins",
+            "server %s listening on %s, port %s with %d add-ins",
             settings.ae_title,
             settings.host,
-            self.acceptor.port,
+            " and ".join(f"{p} ({'TLS' if a is self.tls_acceptor else 'plain'})" for a, p in self._ports()),
             len(self.addins),
         )
 
-    def _on_associate(self, assoc: Association) -> Reject | None:
-        """Calling-AE rule, then the add-ins' answers to SOP Class Extended Negotiation."""
-        decision = self._check_calling_ae(assoc)
+    def _acceptor(self, config: Any, tls: TlsSetup | None = None) -> Acceptor:
+        return Acceptor(
+            self.settings.ae_title,
+            self.contexts,
+            self.services,
+            config=config,
+            bus=self.bus,
+            on_associate=self._on_associate,
+            ssl=tls.listen if tls is not None else None,
+            on_tls_failure=self.access.tls_failure if tls is not None else None,
+        )
+
+    def _ports(self) -> list[tuple[Acceptor, int]]:
+        return [(a, a.port) for a in (self.acceptor, self.tls_acceptor) if a is not None and a.addresses]
+
+    async def _on_associate(self, assoc: Association) -> Reject | None:
+        """Access control, then the add-ins' answers to SOP Class Extended Negotiation."""
+        decision = await self._check_calling_ae(assoc)
         if decision is not None:
             return decision
         generation = self._generations.get(id(assoc.services))
@@ -301,19 +342,21 @@ class Server:
                 assoc.extended_negotiation_response[uid] = answer
         return None
 
-    def _check_calling_ae(self, assoc: Association) -> Reject | None:
-        """Bound to loopback: anyone (unless ``require_registered_ae``). Elsewhere: registered AEs only,
-        unless open mode is set."""
-        if self.settings.open_mode or (self.settings.is_loopback and not self.settings.require_registered_ae):
-            return None
-        if self.ae_titles.get(assoc.remote_ae_title) is None:
-            return REJECT_CALLING_AE
-        return None
+    async def _check_calling_ae(self, assoc: Association) -> Reject | None:
+        """Who may associate (:mod:`pacskit.server.access`): registered AEs by their rules (source
+        hosts, TLS, certificate subject, user identity); unregistered ones only on an open server."""
+        return await self.access.check_association(assoc)
 
     @property
     def port(self) -> int:
-        assert self.acceptor is not None
-        return self.acceptor.port
+        """The plain port (the TLS port when the server listens on TLS only)."""
+        acceptor = self.acceptor or self.tls_acceptor
+        assert acceptor is not None
+        return acceptor.port
+
+    @property
+    def tls_port(self) -> int | None:
+        return self.tls_acceptor.port if self.tls_acceptor is not None else None
 
     # ------------------------------------------------------------------ reload
 
@@ -335,6 +378,9 @@ class Server:
             current = self.settings.model_dump()
             changed = fresh.model_dump()
             restart_needed = sorted(k for k in changed if k not in RELOADABLE_SETTINGS and changed[k] != current[k])
+            tls_owner = getattr(self, "_tls_owner", None)
+            if tls_owner is not None and fresh.addin_section(tls_owner) != self.settings.addin_section(tls_owner):
+                restart_needed.append(f"addins.{tls_owner} (the TLS listener)")
             old = self._generations.get(id(self.services))
             settings = self.settings.model_copy(update={"addins": fresh.addins})
             generation = self._build_generation(settings, self._base_for)
@@ -384,12 +430,16 @@ class Server:
 
     # ------------------------------------------------------------------ shutdown
 
+    async def _close_acceptors(self, grace: float = 0.0) -> None:
+        for acceptor in (self.acceptor, self.tls_acceptor):
+            if acceptor is not None:
+                await acceptor.close(grace)
+
     async def stop(self, grace: float = 10.0) -> None:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
-        if self.acceptor is not None:
-            await self.acceptor.close(grace)
+        await self._close_acceptors(grace)
         for task in list(self._retiring):
             task.cancel()
         for addin in reversed(self._started_addins):
@@ -414,29 +464,10 @@ class Server:
 
 
 def configure_logging(settings: ServerSettings, *, worker: bool = False) -> None:
-    """Console and rotating-file logging as the settings say (idempotent per process).
+    """Install the logging destinations of ``settings`` (see :mod:`pacskit.server.logconfig`)."""
+    from pacskit.server.logconfig import configure_logging as configure
 
-    Worker processes (and their parent) tag each line with the process id.
-    """
-    root = logging.getLogger()
-    root.setLevel(settings.logging.level)
-    tag = " [%(process)d]" if worker or settings.workers > 1 else ""
-    fmt = logging.Formatter(f"%(asctime)s{tag} %(levelname)s %(name)s: %(message)s")
-    for handler in list(root.handlers):
-        if getattr(handler, "_pacskit", False):
-            root.removeHandler(handler)
-    handlers: list[logging.Handler] = []
-    if settings.logging.console:
-        handlers.append(logging.StreamHandler())
-    if settings.logging.file:
-        path = Path(settings.logging.file)
-        path = path if path.is_absolute() else settings.data_path / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(path, maxBytes=20 * 1024 * 1024, backupCount=5))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        handler._pacskit = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    configure(settings, worker=worker)
 
 
 SWITCH_INTERVAL = 0.0005  # seconds; see run_server
@@ -465,8 +496,9 @@ def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        ports = " and ".join(f"{p}{' (TLS)' if a is server.tls_acceptor else ''}" for a, p in server._ports())
         print(
-            f"pacskit {settings.ae_title} listening on {settings.host}:{server.port}, "
+            f"pacskit {settings.ae_title} listening on {settings.host}:{ports}, "
             f"data in {settings.data_path.resolve()}",
             flush=True,
         )

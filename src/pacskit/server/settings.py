@@ -90,11 +90,55 @@ class StorageSettings(_Strict):
     path: str = "files"
 
 
+Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class SyslogDestination(_Strict):
+    """RFC 5424 syslog to one collector (see :mod:`pacskit.server.syslog`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(514, ge=1, le=65535)
+    protocol: Literal["udp", "tcp", "tls"] = "udp"
+    level: Level = "WARNING"
+    facility: str = "daemon"
+    app_name: str = "pacskit"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    queue_size: int = Field(10_000, ge=1)
+
+    @field_validator("facility")
+    @classmethod
+    def _facility(cls, value: str) -> str:
+        from pacskit.server.syslog import FACILITIES
+
+        if value not in FACILITIES:
+            raise ValueError(f"unknown syslog facility {value!r}; one of {', '.join(FACILITIES)}")
+        return value
+
+
 class LoggingSettings(_Strict):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Where log records go (docs/logging.md). ``level`` is the default level of the destinations;
+    each may set its own (``console_level``...). Paths are relative to the data folder."""
+
+    level: Level = "INFO"
     console: bool = True
+    console_level: Level | None = None
     file: str | None = "logs/server.log"
+    file_level: Level | None = None
+    file_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    file_backups: int = Field(5, ge=0)
+    #: also write one JSON object per line to ``json_file``
     json_lines: bool = False
+    json_file: str = "logs/server.jsonl"
+    json_level: Level | None = None
+    syslog: SyslogDestination | None = None
+    #: also write records to the ``log_records`` table of the server's database (through a bounded queue)
+    database: bool = False
+    database_level: Level = "WARNING"
+    database_queue_size: int = Field(10_000, ge=1)
+    #: allow patient data (names, IDs, query keys) in log lines; off by default
+    phi: bool = False
 
 
 _SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$")
@@ -151,8 +195,7 @@ class ServerSettings(_Strict):
     port: int = Field(11112, ge=0, le=65535)
     max_associations: int = Field(100, ge=1)
     max_pdu_length: int = Field(262_144, ge=0)
-    open_mode: bool = False
-    require_registered_ae: bool = False
+    open_mode: bool | None = None  # unregistered callers may associate; unset: only on loopback
     data_dir: str = "."
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
@@ -192,12 +235,6 @@ class ServerSettings(_Strict):
         if not value:
             raise ValueError("host must not be empty")
         return value
-
-    @model_validator(mode="after")
-    def _access_rule(self) -> ServerSettings:
-        if self.open_mode and self.require_registered_ae:
-            raise ValueError("open_mode and require_registered_ae contradict each other")
-        return self
 
     @property
     def folder(self) -> Path:

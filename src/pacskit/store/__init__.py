@@ -30,9 +30,13 @@ from pacskit.store.extract import (
 )
 from pacskit.store.index import Counts, DuplicatePolicy, Index, IngestStatus
 from pacskit.store.models import Base, Instance, Patient, Series, Study, normalise_person_name, starts_with
+from pacskit.store.records import AuditRecord, LogRecord, TransactionLogEntry
 
 __all__ = [
     "KEY_PATTERN",
+    "AuditRecord",
+    "LogRecord",
+    "TransactionLogEntry",
     "Base",
     "BlobNotFound",
     "BlobStore",

@@ -29,7 +29,7 @@ from pydicom.uid import UID
 from pacskit.store import models as m
 from pacskit.net.sinks import InflationLimit, inflate
 from pacskit.store.nesting import check_nesting
-from pacskit.store.models import normalise_person_name
+from pacskit.store.models import datetime_key, normalise_person_name
 
 #: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
 UID_PATTERN = re.compile(r"\A(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\Z")
@@ -54,6 +54,7 @@ _TEXT_FIELDS: dict[str, tuple[str, int]] = {
     "Modality": ("modality", m.CS),
     "SeriesDescription": ("series_description", m.LO),
     "BodyPartExamined": ("body_part_examined", m.CS),
+    "AcquisitionDateTime": ("acquisition_datetime", m.DT),
 }
 _INT_FIELDS = {"SeriesNumber": "series_number", "InstanceNumber": "instance_number"}
 _UID_FIELDS = {
@@ -64,10 +65,16 @@ _UID_FIELDS = {
 }
 _DATE_FIELDS = {"patient_birth_date", "study_date"}
 
+#: Request Attributes Sequence (SERIES level): which request each series answers; its items'
+#: AccessionNumber, RequestedProcedureID and ScheduledProcedureStepID are indexed (sequence matching)
+REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
+REQUEST_KEYS = ("AccessionNumber", "RequestedProcedureID", "ScheduledProcedureStepID")
+MAX_REQUEST_ITEMS = 16  # items indexed per series; more is not a request list but noise
+
 #: The tags read from each instance (plus Specific Character Set, which pydicom always adds).
 INDEX_TAGS: list[int] = sorted(
-    tag_for_keyword(k)  # type: ignore[misc]
-    for k in ["SpecificCharacterSet", *_TEXT_FIELDS, *_INT_FIELDS, *_UID_FIELDS]
+    [tag_for_keyword(k)  # type: ignore[misc]
+     for k in ["SpecificCharacterSet", *_TEXT_FIELDS, *_INT_FIELDS, *_UID_FIELDS]] + [REQUEST_ATTRIBUTES_SEQUENCE]
 )
 
 
@@ -125,10 +132,17 @@ class InstanceAttributes:
     series_description: str | None = None
     body_part_examined: str | None = None
     instance_number: int | None = None
+    acquisition_datetime: str | None = None
+    #: (AccessionNumber, RequestedProcedureID, ScheduledProcedureStepID) of each Request Attributes item
+    request_attributes: tuple[tuple[str | None, str | None, str | None], ...] = ()
 
     @property
     def patient_name_search(self) -> str | None:
         return normalise_person_name(self.patient_name)
+
+    @property
+    def acquisition_datetime_key(self) -> str | None:
+        return datetime_key(self.acquisition_datetime)
 
 
 def is_valid_uid(value: object) -> bool:
@@ -227,6 +241,7 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax_uid: str | None = None,
         except Exception:
             raw = None
         values[field] = _int(raw)
+    values["request_attributes"] = _request_attributes(ds)
     return InstanceAttributes(
         transfer_syntax_uid=_text(transfer_syntax_uid, m.UI),
         specific_character_set=_charset(ds),
@@ -302,12 +317,36 @@ def attributes_from_walk(values: dict[int, tuple[bytes | None, bytes]], transfer
         elif field == "study_time" and value is not None:
             value = value.replace(":", "") or None
         fields[field] = value
+    if REQUEST_ATTRIBUTES_SEQUENCE in values:  # rare and nested: decoded by pydicom
+        subset = {t: values[t] for t in (_CHARSET_TAG, REQUEST_ATTRIBUTES_SEQUENCE) if t in values}
+        fields["request_attributes"] = _request_attributes(_raw_dataset(subset, little_endian, implicit_vr))
     return InstanceAttributes(
         transfer_syntax_uid=_text(transfer_syntax_uid, m.UI),
         specific_character_set=charset_text[: m.CHARSET] or None,
         source_ae=_text(source_ae, m.AE),
         **fields,
     )
+
+
+def _request_attributes(ds: Dataset) -> tuple[tuple[str | None, str | None, str | None], ...]:
+    """The indexed keys of each Request Attributes Sequence item (items with none of them skipped)."""
+    try:
+        elem = ds.get(REQUEST_ATTRIBUTES_SEQUENCE)
+        items = list(elem.value) if elem is not None and elem.value else []
+    except Exception:  # a malformed optional sequence is not a reason to refuse the instance
+        return ()
+    out: list[tuple[str | None, str | None, str | None]] = []
+    for item in items[:MAX_REQUEST_ITEMS]:
+        row: list[str | None] = []
+        for keyword in REQUEST_KEYS:
+            try:
+                raw = item[keyword].value if keyword in item else None
+            except Exception:
+                raw = None
+            row.append(_text(raw, m.SH))
+        if any(v is not None for v in row):
+            out.append((row[0], row[1], row[2]))
+    return tuple(out)
 
 
 def _raw_dataset(values: dict[int, tuple[bytes | None, bytes]], little_endian: bool, implicit_vr: bool) -> Dataset:

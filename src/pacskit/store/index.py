@@ -38,6 +38,7 @@ from pacskit.store.models import (
     Instance,
     Patient,
     Series,
+    SeriesRequest,
     Study,
     normalise_person_name,
 )
@@ -139,7 +140,8 @@ class _FastPathStatements:
             .where(series.c.pk == bindparam("row"), series.c.series_instance_uid == bindparam("uid"),
                    series.c.study_fk == bindparam("study"))
             .values(num_instances=series.c.num_instances + 1), dialect)
-        columns = ("series_fk", "sop_instance_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid",
+        columns = ("series_fk", "sop_instance_uid", "sop_class_uid", "instance_number", "acquisition_datetime",
+                   "acquisition_datetime_key", "transfer_syntax_uid",
                    "specific_character_set", "size", "sha256", "blob_key", "received_at", "source_ae")
         insert_stmt = insert(inst).values({c: bindparam(c) for c in columns})
         if dialect.name == "postgresql":
@@ -369,6 +371,8 @@ class Index:
             sop_instance_uid=a.sop_instance_uid,
             sop_class_uid=a.sop_class_uid,
             instance_number=a.instance_number,
+            acquisition_datetime=a.acquisition_datetime,
+            acquisition_datetime_key=a.acquisition_datetime_key,
             transfer_syntax_uid=a.transfer_syntax_uid,
             specific_character_set=a.specific_character_set,
             size=size,
@@ -422,6 +426,8 @@ class Index:
                 "sop_instance_uid": a.sop_instance_uid,
                 "sop_class_uid": a.sop_class_uid,
                 "instance_number": a.instance_number,
+                "acquisition_datetime": a.acquisition_datetime,
+                "acquisition_datetime_key": a.acquisition_datetime_key,
                 "transfer_syntax_uid": a.transfer_syntax_uid,
                 "specific_character_set": a.specific_character_set,
                 "size": size,
@@ -468,6 +474,8 @@ class Index:
             inst.series_fk = series.pk
         inst.sop_class_uid = a.sop_class_uid
         inst.instance_number = a.instance_number
+        inst.acquisition_datetime = a.acquisition_datetime
+        inst.acquisition_datetime_key = a.acquisition_datetime_key
         inst.transfer_syntax_uid = a.transfer_syntax_uid
         inst.specific_character_set = a.specific_character_set
         inst.size = size
@@ -542,6 +550,9 @@ class Index:
             )
             s.add(series)
             s.flush()
+            for accession, requested, step in a.request_attributes:
+                s.add(SeriesRequest(series_fk=series.pk, accession_number=accession,
+                                    requested_procedure_id=requested, scheduled_procedure_step_id=step))
             s.execute(update(Study).where(Study.pk == study.pk).values(num_series=Study.num_series + 1))
             self._refresh_modalities(s, study.pk)
         elif series.study_fk != study.pk:  # created meanwhile by a concurrent transaction
@@ -600,6 +611,7 @@ class Index:
         study = self._lock_study(s, study_fk)
         if s.scalar(select(func.count()).select_from(Instance).where(Instance.series_fk == series_pk)):
             return
+        s.execute(delete(SeriesRequest).where(SeriesRequest.series_fk == series_pk))
         s.execute(delete(Series).where(Series.pk == series_pk))
         s.execute(update(Study).where(Study.pk == study_fk).values(num_series=Study.num_series - 1))
         if s.scalar(select(func.count()).select_from(Series).where(Series.study_fk == study_fk)):
@@ -633,7 +645,7 @@ class Index:
     def clear(self, s: Session) -> None:
         """Delete every row (children first)."""
         self._forget()
-        for model in (Instance, Series, Study, Patient):
+        for model in (Instance, SeriesRequest, Series, Study, Patient):
             s.execute(delete(model))
 
     # queries ----------------------------------------------------------------------------------------

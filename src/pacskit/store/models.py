@@ -25,6 +25,7 @@ Portability (SQLite, PostgreSQL, MariaDB/MySQL):
 from __future__ import annotations
 
 import datetime as dt
+import re
 import unicodedata
 from typing import Any
 
@@ -54,6 +55,7 @@ CS = 16
 AE = 16
 DA = 8
 TM = 16
+DT = 26
 CHARSET = 64  # Specific Character Set, raw, up to four CS values joined with '\'
 MODALITIES = 255  # ModalitiesInStudy, derived: distinct series modalities joined with '\'
 BLOB_KEY = 64
@@ -194,6 +196,23 @@ class Series(Base):
         return f"Series(pk={self.pk}, uid={self.series_instance_uid!r})"
 
 
+class SeriesRequest(Base):
+    """One item of a series' Request Attributes Sequence (0040,0275): the request it answers.
+
+    The indexed keys of the sequence, one row per item, so C-FIND sequence matching is one EXISTS
+    over this table (PS3.4 C.2.2.2.6: a series matches when one of its items matches every key)."""
+
+    __tablename__ = "series_requests"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    series_fk: Mapped[int] = mapped_column(PK, ForeignKey("series.pk"), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(SH))
+    requested_procedure_id: Mapped[str | None] = mapped_column(String(SH))
+    scheduled_procedure_step_id: Mapped[str | None] = mapped_column(String(SH))
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
 class Instance(Base):
     __tablename__ = "instances"
 
@@ -202,6 +221,9 @@ class Instance(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(UI), unique=True)
     sop_class_uid: Mapped[str] = mapped_column(String(UI))
     instance_number: Mapped[int | None] = mapped_column(Integer)
+    acquisition_datetime: Mapped[str | None] = mapped_column(String(DT))
+    #: AcquisitionDateTime without its UTC offset: what DT range matching compares (see datetime_key)
+    acquisition_datetime_key: Mapped[str | None] = mapped_column(String(DT))
     transfer_syntax_uid: Mapped[str | None] = mapped_column(String(UI))
     specific_character_set: Mapped[str | None] = mapped_column(String(CHARSET))
     size: Mapped[int] = mapped_column(BigInteger)
@@ -216,6 +238,35 @@ class Instance(Base):
 
     def __repr__(self) -> str:
         return f"Instance(pk={self.pk}, uid={self.sop_instance_uid!r}, blob={self.blob_key!r})"
+
+
+_DT_PATTERN = re.compile(r"\A(\d{4}(?:\d{2}){0,5})(?:\.(\d{1,6}))?([+-]\d{4})?\Z")
+_DT_EARLIEST = "0101000000"  # what a partial DT leaves out, at its earliest: month, day, hours, minutes, seconds
+
+
+def datetime_key(value: str | None) -> str | None:
+    """The form of a DT value that matching compares, or ``None`` when ``value`` is not a valid DT.
+
+    The value's earliest instant written in full, ``YYYYMMDDHHMMSS.FFFFFF``, without its UTC offset:
+    ``2024`` -> ``20240101000000.000000``, ``20240105103000.5+0100`` -> ``20240105103000.500000``. A
+    partial value stands for its earliest instant, as partial times do (PS3.4 C.2.2.2.5), and keys of
+    one width compare as strings, in SQL as here. No time zone adjustment is done (the extended
+    negotiation byte for it is answered 0): values are compared as written."""
+    if not value:
+        return None
+    m = _DT_PATTERN.match(value.strip())
+    if m is None:
+        return None
+    whole, frac = m.group(1), m.group(2)
+    if frac is not None and len(whole) != 14:
+        return None  # a fraction only after the seconds
+    full = whole + _DT_EARLIEST[len(whole) - 4:]
+    try:
+        dt.datetime(int(full[:4]), int(full[4:6]), int(full[6:8]), int(full[8:10]), int(full[10:12]),
+                    min(int(full[12:14]), 59))  # a leap second (60) is a valid DT second
+    except ValueError:
+        return None
+    return f"{full}.{(frac or '').ljust(6, '0')}"
 
 
 def normalise_person_name(value: str | None) -> str | None:

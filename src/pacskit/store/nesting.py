@@ -5,7 +5,9 @@ only (tags, VRs, lengths), seeking over values and encapsulated pixel data, so i
 microseconds per element and never recurses, whatever the input.
 
 The same walk can hand back the raw values of chosen top-level elements (``collect``): ingest gets
-the attributes it indexes from this one pass instead of a second parse by pydicom.
+the attributes it indexes from this one pass instead of a second parse by pydicom. A collected
+sequence comes back as its encoded items (without a sequence delimiter), whatever length encoding
+it was sent with.
 """
 
 from __future__ import annotations
@@ -90,13 +92,17 @@ _BUFFER = 1 << 16
 def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struct.Struct, u32: struct.Struct,
           limit: int, collect: frozenset[int] | set[int], values: dict[int, tuple[bytes | None, bytes]]) -> bool:
     size = os.fstat(fh.fileno()).st_size
-    stack: list[tuple[bool, int | None]] = []  # (is_sequence, end offset or None for undefined length)
+    # (is_sequence, end offset or None for undefined length, collected top-level sequence or None)
+    stack: list[tuple[bool, int | None, _Collecting | None]] = []
     depth = 0
     fh.seek(pos)
     while pos < size:
         while stack and stack[-1][1] is not None and pos >= stack[-1][1]:  # type: ignore[operator]
-            if stack.pop()[0]:
+            is_seq, end, collecting = stack.pop()
+            if is_seq:
                 depth -= 1
+            if collecting is not None:
+                _keep_sequence(fh, collecting, end, pos, values)  # type: ignore[arg-type]
         head = fh.read(8)
         if len(head) < 8:
             return False
@@ -106,13 +112,15 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
             (length,) = u32.unpack_from(head, 4)
             pos += 8
             if elem == 0xE000:
-                stack.append((False, None if length == UNDEFINED else pos + length))
+                stack.append((False, None if length == UNDEFINED else pos + length, None))
             elif stack:  # item / sequence delimiter: close the innermost matching container
                 want_sequence = elem == 0xE0DD
                 while stack:
-                    is_seq, _ = stack.pop()
+                    is_seq, _, collecting = stack.pop()
                     if is_seq:
                         depth -= 1
+                    if collecting is not None:
+                        _keep_sequence(fh, collecting, pos - 8, pos, values)
                     if is_seq == want_sequence:
                         break
             continue
@@ -150,7 +158,8 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
             depth += 1
             if depth > limit:
                 raise TooDeep(limit, tag)
-            stack.append((True, None if length == UNDEFINED else pos + length))
+            collecting = _Collecting(tag, vr, pos) if not stack and tag in collect else None
+            stack.append((True, None if length == UNDEFINED else pos + length, collecting))
             continue
         if not stack and tag in collect and length <= MAX_COLLECTED:
             value = fh.read(length)
@@ -161,4 +170,27 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
             continue
         pos += length
         fh.seek(pos)
+    while stack and stack[-1][1] is not None and pos >= stack[-1][1]:  # sequences ending with the dataset
+        _, end, collecting = stack.pop()
+        if collecting is not None:
+            _keep_sequence(fh, collecting, end, pos, values)  # type: ignore[arg-type]
     return pos == size
+
+
+@dataclass(slots=True)
+class _Collecting:
+    """A top-level sequence in ``collect`` being walked: its items are kept once it closes."""
+
+    tag: int
+    vr: bytes | None
+    start: int  # offset of its first item
+
+
+def _keep_sequence(fh: BinaryIO, seq: _Collecting, end: int, resume: int,
+                   values: dict[int, tuple[bytes | None, bytes]]) -> None:
+    """Keep the encoded items of ``seq`` (``start`` to ``end``, no sequence delimiter) as its value,
+    then put the file back at ``resume``."""
+    if end - seq.start <= MAX_COLLECTED:
+        fh.seek(seq.start)
+        values[seq.tag] = (seq.vr, fh.read(end - seq.start))
+    fh.seek(resume)

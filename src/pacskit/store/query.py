@@ -41,6 +41,7 @@ data) and returned empty when the file does not have it. Such keys are not match
 from __future__ import annotations
 
 import datetime as dt
+import re
 import struct
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -71,7 +72,16 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.functions import FunctionElement
 
-from pacskit.store.models import Instance, Patient, Series, Study, normalise_person_name, starts_with
+from pacskit.store.models import (
+    Instance,
+    Patient,
+    Series,
+    SeriesRequest,
+    Study,
+    datetime_key,
+    normalise_person_name,
+    starts_with,
+)
 
 if TYPE_CHECKING:
     from pacskit.store.datastore import DataStore
@@ -122,7 +132,7 @@ class TooManyMatches(Exception):
 class Key:
     """An attribute the index matches on and/or returns.
 
-    ``kind``: ``uid``, ``text``, ``pn``, ``date``, ``time``, ``int``, ``modalities`` (matched), or
+    ``kind``: ``uid``, ``text``, ``pn``, ``date``, ``time``, ``datetime``, ``int``, ``modalities`` (matched), or
     ``count`` / ``sop_classes`` (returned only). ``column`` is what is returned; ``search`` what is
     matched when it differs (the normalised person name).
     """
@@ -179,10 +189,12 @@ _KEY_LIST = [
     Key("SeriesDescription", "SERIES", "text", Series.series_description),
     Key("BodyPartExamined", "SERIES", "text", Series.body_part_examined),
     Key("NumberOfSeriesRelatedInstances", "SERIES", "count", Series.num_instances),
+    Key("RequestAttributesSequence", "SERIES", "sequence"),  # matched on series_requests, returned from files
     # IMAGE
     Key("SOPInstanceUID", "IMAGE", "uid", Instance.sop_instance_uid, unique=True),
     Key("SOPClassUID", "IMAGE", "uid", Instance.sop_class_uid),
     Key("InstanceNumber", "IMAGE", "int", Instance.instance_number),
+    Key("AcquisitionDateTime", "IMAGE", "datetime", Instance.acquisition_datetime, Instance.acquisition_datetime_key),
 ]
 #: keyword -> Key, for every attribute the index matches or returns
 KEYS: dict[str, Key] = {k.keyword: k for k in _KEY_LIST}
@@ -357,6 +369,33 @@ def time_range(elem: DataElement) -> tuple[str | None, str | None] | None:
         hi = parse_time(hi) if hi else None
     except ValueError as exc:
         raise _bad_value(elem, str(exc)) from None
+    return lo, hi
+
+
+_DT_VALUE = r"\d{4}(?:\d{2}){0,5}(?:\.\d{1,6})?(?:[+-]\d{4})?"
+_DT_RANGE = re.compile(rf"\A({_DT_VALUE})?-({_DT_VALUE})?\Z")
+
+
+def datetime_range(elem: DataElement) -> tuple[str | None, str | None] | None:
+    """(lower, upper) in the form :func:`~pacskit.store.models.datetime_key` gives, either open (None);
+    None for universal matching. A value that is one DT is a single value, so ``20240105-0500`` is 5
+    January at UTC-5, not a range; ``20240105-0500-20240106`` is a range."""
+    values = _values(elem)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _bad_value(elem, "one date-time or date-time range expected")
+    text = values[0]
+    single = datetime_key(text)
+    if single is not None:
+        return single, single
+    m = _DT_RANGE.match(text)
+    if m is None or not (m.group(1) or m.group(2)):
+        raise _bad_value(elem, f"not a date-time or date-time range: {text!r}")
+    lo = datetime_key(m.group(1)) if m.group(1) else None
+    hi = datetime_key(m.group(2)) if m.group(2) else None
+    if (m.group(1) and lo is None) or (m.group(2) and hi is None):
+        raise _bad_value(elem, f"not a date-time range: {text!r}")
     return lo, hi
 
 
@@ -554,7 +593,11 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
         key = _KEYS_BY_TAG.get(tag)
         if key is not None and LEVEL_ORDER[key_level(key, model)] <= depth:
             seen_keys[key.keyword] = elem
-            if key.kind != "sop_classes":
+            if key.kind == "sequence":
+                returns.append(ReturnKey(tag, vr, "header"))
+                header_tags.append(tag)
+                unsupported |= _sequence_keys_unmatched(elem)
+            elif key.kind != "sop_classes":
                 label = f"k{len(columns)}"
                 columns.append(key.column.label(label))
                 returns.append(ReturnKey(tag, vr, "column", label, key.kind))
@@ -611,6 +654,50 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
                      unsupported)
 
 
+#: Request Attributes Sequence item keys -> their series_requests column (sequence matching)
+_REQUEST_COLUMNS = {
+    "AccessionNumber": SeriesRequest.accession_number,
+    "RequestedProcedureID": SeriesRequest.requested_procedure_id,
+    "ScheduledProcedureStepID": SeriesRequest.scheduled_procedure_step_id,
+}
+
+
+def _query_item(elem: DataElement) -> Dataset | None:
+    """The one item of a sequence key (PS3.4 C.2.2.2.6), or None: an empty sequence is universal."""
+    items = list(elem.value or [])
+    if len(items) > 1:
+        raise _bad_value(elem, "a sequence key has at most one item")
+    return items[0] if items else None
+
+
+def _sequence_keys_unmatched(elem: DataElement) -> bool:
+    """Whether the item asks to match keys the index does not hold (answered Pending 0xFF01)."""
+    item = _query_item(elem)
+    if item is None:
+        return False
+    return any(e.keyword not in _REQUEST_COLUMNS and e.VR != "SQ" and _values(e) for e in item)
+
+
+def _request_condition(elem: DataElement) -> ColumnElement[bool] | None:
+    """Sequence matching on the Request Attributes Sequence: a series matches when one of its items
+    matches every key of the query item (single value, wildcard, universal; PS3.4 C.2.2.2.6)."""
+    item = _query_item(elem)
+    if item is None:
+        return None
+    parts = []
+    for keyword, column in _REQUEST_COLUMNS.items():
+        if keyword not in item:
+            continue
+        values = _values(item[keyword])
+        if not values or any(v.strip("*") == "" for v in values):
+            continue  # universal
+        options = [wildcard_match(column, v) for v in values]
+        parts.append(or_(*options) if len(options) > 1 else options[0])
+    if not parts:
+        return None
+    return exists().where(SeriesRequest.series_fk == Series.pk, *parts).correlate(Series)
+
+
 def _joined(level: str) -> Any:
     """The FROM clause of a level: its table joined to the tables of every level above."""
     joined: Any = Patient
@@ -646,12 +733,17 @@ def _condition(key: Key, elem: DataElement) -> ColumnElement[bool] | None:
     """The WHERE condition for one key, or None for universal matching / return-only keys."""
     if key.kind in ("count", "sop_classes"):
         return None  # return keys only
+    if key.kind == "sequence":
+        return _request_condition(elem)
     if key.kind == "date":
         rng = date_range(elem)
         return _date_condition(key.column, rng) if rng is not None else None
     if key.kind == "time":
         rng = time_range(elem)
         return _time_condition(key.column, rng) if rng is not None else None
+    if key.kind == "datetime":
+        rng = datetime_range(elem)
+        return _date_condition(key.search, rng) if rng is not None else None
     values = _values(elem)
     if not values:
         return None
@@ -760,6 +852,9 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 #: VRs with a 4-byte length in Explicit VR (PS3.5 7.1.2)
+_TAG_PREFIX = struct.Struct("<HH").pack
+_UL_LEN = struct.Struct("<I").pack
+_US_LEN = struct.Struct("<H").pack
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 #: VRs whose text is in the Specific Character Set (the others are ASCII)
 _CHARSET_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
@@ -773,6 +868,8 @@ class _FastEncoder:
     def __init__(self, query: FindQuery, explicit: bool, fixed: dict[int, str]) -> None:
         self.query = query
         self.explicit = explicit
+        self._positions: list[int] | None = None
+        self._empty: dict[int, bytes] = {}  # tag -> encoded empty element
         # (tag, vr, where the value comes from)
         self.plan: list[tuple[int, str, str, Any]] = []
         for rk in query.returns:
@@ -798,43 +895,53 @@ class _FastEncoder:
                 return None  # pydicom's sequence encoding (undefined length), ambiguous VRs
         return cls(query, transfer_syntax == _EXPLICIT_LE, fixed)
 
+    def _element_header(self, tag: int, vr: str, length: int) -> bytes:
+        head = _TAG_PREFIX(tag >> 16, tag & 0xFFFF)
+        if not self.explicit:
+            return head + _UL_LEN(length)
+        if vr in _LONG_VRS:
+            return head + vr.encode("ascii") + b"\x00\x00" + _UL_LEN(length)
+        return head + vr.encode("ascii") + _US_LEN(length)
+
     def encode(self, row: Any) -> bytes:
-        mapping = row._mapping
+        positions = self._positions
+        if positions is None:  # the row's column order, once per query
+            index = {name: i for i, name in enumerate(row._fields)}
+            positions = self._positions = [index[ref[0]] if source == "column" else -1 for _, _, source, ref in self.plan]
         values: list[tuple[int, str, str | None]] = []
         non_ascii: list[str] = []
-        for tag, vr, source, ref in self.plan:
-            if source == "column":
-                label, kind = ref
-                raw = mapping[label]
-                text = None if raw is None else (str(int(raw)) if kind in ("int", "count") else str(raw))
+        for (tag, vr, source, ref), pos in zip(self.plan, positions):
+            if pos >= 0:
+                raw = row[pos]
+                text = None if raw is None else (str(int(raw)) if ref[1] in ("int", "count") else str(raw))
             else:
                 text = ref
             if text is not None and not text.isascii():
                 non_ascii.append(text)
             values.append((tag, vr, text))
         codec = "ascii"
-        charset = _choose_charset(non_ascii, self.query.charset)
-        if charset is not None:
-            codec = _SINGLE_BYTE[charset]
-            values.append((_CHARSET, "CS", charset))
-            values.sort(key=lambda v: v[0])
-        out = bytearray()
+        if non_ascii:
+            charset = _choose_charset(non_ascii, self.query.charset)
+            if charset is not None:
+                codec = _SINGLE_BYTE[charset]
+                values.append((_CHARSET, "CS", charset))
+                values.sort(key=lambda v: v[0])
+        out: list[bytes] = []
+        header = self._element_header
+        empty = self._empty
         for tag, vr, text in values:
             if text is None or text == "":
-                data = b""
-            else:
-                data = text.encode(codec if vr in _CHARSET_VRS else "ascii", errors="replace")
-                if len(data) % 2:
-                    data += b"\x00" if vr == "UI" else b" "
-            out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
-            if not self.explicit:
-                out += struct.pack("<I", len(data))
-            elif vr in _LONG_VRS:
-                out += vr.encode("ascii") + b"\x00\x00" + struct.pack("<I", len(data))
-            else:
-                out += vr.encode("ascii") + struct.pack("<H", len(data))
-            out += data
-        return bytes(out)
+                cached = empty.get(tag)
+                if cached is None:
+                    cached = empty[tag] = header(tag, vr, 0)
+                out.append(cached)
+                continue
+            data = text.encode(codec if vr in _CHARSET_VRS else "ascii", errors="replace")
+            if len(data) % 2:
+                data += b"\x00" if vr == "UI" else b" "
+            out.append(header(tag, vr, len(data)))
+            out.append(data)
+        return b"".join(out)
 
 
 def build_response(store: DataStore, query: FindQuery, row: Any) -> Dataset:

@@ -1,0 +1,381 @@
+"""Access control: who may associate, and what each caller may do.
+
+Two decisions, both taken by the server core (never by the add-ins, which therefore cannot forget one):
+
+1. **At A-ASSOCIATE-RQ** (:meth:`AccessControl.check_association`), in this order:
+
+   ==================================================  ==================================================
+   what is wrong                                       A-ASSOCIATE-RJ (result, source, reason; PS3.8 9.3.4)
+   ==================================================  ==================================================
+   called AE title is not ours                         rejected-permanent, service-user, 7 (engine check)
+   calling AE title not registered (registered-only)   rejected-permanent, service-user, 3
+   source address not in the entry's ``source_hosts``  rejected-permanent, service-user, 3
+   entry requires TLS, association is plain            rejected-permanent, service-user, 1
+   TLS client certificate CN is not ``tls_subject``    rejected-permanent, service-user, 1
+   User Identity missing, of another type, or wrong    rejected-permanent, service-user, 1
+   ==================================================  ==================================================
+
+   Reason 1 (no-reason-given) for failed authentication is deliberate: PS3.8 has no reason code for
+   it, and telling a guessing peer *which* credential was wrong helps it. The server's log line says
+   exactly why (without the credential).
+
+   A calling AE that is not registered is let in when the server is *open*: ``open_mode = true``, or
+   bound to loopback with ``open_mode`` unset. ``open_mode = false`` makes even a loopback server
+   registered-only. A registered AE's rules apply in every mode.
+
+2. **At each DIMSE request** (:meth:`AccessControl.authorize`, the engine's
+   :attr:`~pacskit.net.Services.authorizer`): the service, named as in the registry's
+   ``allowed_services`` (:func:`registry_service`), must be allowed, else the request is answered with
+   0x0124 *Refused: Not Authorized* without reaching its add-in. A C-MOVE whose Move Destination is
+   not in the caller's ``move_destinations`` (when that list is set) is answered 0x0124 as well: the
+   destination may well be known to the server (0xA801 *Move Destination unknown* stays the Retrieve
+   add-in's answer for unregistered destinations), this caller is just not allowed to send there.
+
+Passwords are stored as salted scrypt hashes (:func:`hash_password`; PBKDF2-SHA256 hashes are
+verified too). JWTs (User Identity type 5) are verified with PyJWT: signature (HS256 with a shared
+secret or RS256 with a PEM public key), ``exp`` required and in the future, ``nbf``/``iat`` honoured,
+``aud`` when the entry sets ``jwt_audience``, ``sub`` equal to ``username`` when the entry sets one.
+
+Every decision is logged on ``pacskit.security``; the places where an audit record (PS3.15 A.5) is
+due call :func:`audit_point`, which for now only logs (the audit trail is wired in there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import socket
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from pacskit.net import REJECT_CALLING_AE, REJECT_NO_REASON, Reject, Request, Response
+from pacskit.net import events as ev
+from pacskit.net.tls import peer_common_name
+
+if TYPE_CHECKING:
+    from pacskit.net import Association, EventBus
+    from pacskit.server.aetitles import AeTitles, RemoteAE
+
+log = logging.getLogger("pacskit.security")
+
+NOT_AUTHORIZED = 0x0124  # PS3.7 general status "Refused: Not Authorized"
+
+USER_IDENTITY_USERNAME = 1
+USER_IDENTITY_PASSWORD = 2
+USER_IDENTITY_JWT = 5
+
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+# ---------------------------------------------------------------------- audit
+
+
+def audit_point(event: str, outcome: str, **details: Any) -> None:
+    """A security decision, logged on ``pacskit.security`` (never a credential). The audit records
+    (PS3.15 A.5) for these decisions come from the audit add-in: rejected associations and user
+    authentication from the engine's events, refused services and failed TLS handshakes from
+    :meth:`AccessControl._deny` and :meth:`AccessControl.tls_failure` through :mod:`pacskit.audit`."""
+    text = " ".join(f"{k}={v!r}" for k, v in details.items())
+    log.info("security [%s] outcome=%s %s", event, outcome, text)
+
+
+# ---------------------------------------------------------------------- passwords
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str) -> str:
+    """A salted scrypt hash of ``password`` for the registry's ``password_hash``:
+    ``scrypt$N$r$p$salt$hash`` (base64)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def is_password_hash(value: str) -> bool:
+    """``value`` has the form :func:`hash_password` (or a ``pbkdf2_sha256$iterations$salt$hash``) makes."""
+    parts = value.split("$")
+    try:
+        if parts[0] == "scrypt" and len(parts) == 6:
+            int(parts[1]), int(parts[2]), int(parts[3])
+            base64.b64decode(parts[4], validate=True), base64.b64decode(parts[5], validate=True)
+            return True
+        if parts[0] == "pbkdf2_sha256" and len(parts) == 4:
+            int(parts[1])
+            base64.b64decode(parts[2], validate=True), base64.b64decode(parts[3], validate=True)
+            return True
+    except ValueError:
+        return False
+    return False
+
+
+def verify_password(password: bytes | str, encoded: str) -> bool:
+    """Constant-time check of ``password`` against a :func:`hash_password` value."""
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    parts = encoded.split("$")
+    try:
+        if parts[0] == "scrypt":
+            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+            salt, expected = base64.b64decode(parts[4]), base64.b64decode(parts[5])
+            digest = hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=len(expected), maxmem=256 * 1024 * 1024)
+        elif parts[0] == "pbkdf2_sha256":
+            iterations, salt, expected = int(parts[1]), base64.b64decode(parts[2]), base64.b64decode(parts[3])
+            digest = hashlib.pbkdf2_hmac("sha256", password, salt, iterations, dklen=len(expected))
+        else:
+            return False
+    except (ValueError, IndexError):
+        return False
+    return hmac.compare_digest(digest, expected)
+
+
+# ---------------------------------------------------------------------- JWT
+
+
+def verify_jwt(token: bytes, ae: RemoteAE) -> str | None:
+    """``None`` when ``token`` is a valid JWT for ``ae``, else why not (for the log; never the token)."""
+    import jwt
+
+    try:
+        text = token.decode("ascii")
+    except UnicodeDecodeError:
+        return "token is not ASCII"
+    options: dict[str, Any] = {"require": ["exp"], "verify_aud": ae.jwt_audience is not None}
+    try:
+        claims = jwt.decode(
+            text,
+            key=ae.jwt_key or "",
+            algorithms=[ae.jwt_algorithm],
+            audience=ae.jwt_audience,
+            options=options,
+            leeway=0,
+        )
+    except jwt.ExpiredSignatureError:
+        return "token expired"
+    except jwt.InvalidSignatureError:
+        return "token signature invalid"
+    except jwt.PyJWTError as exc:
+        return f"token invalid: {type(exc).__name__}: {exc}"
+    if ae.username is not None and claims.get("sub") != ae.username:
+        return f"token subject {str(claims.get('sub'))[:64]!r} is not {ae.username!r}"
+    return None
+
+
+# ---------------------------------------------------------------------- services
+
+
+def registry_service(service: str, sop_class_uid: str) -> str | None:
+    """The registry's name (``allowed_services``) for a DIMSE service on an abstract syntax, or
+    ``None`` for services the registry does not name (governed by the add-in serving them)."""
+    if service == "C-ECHO":
+        return "echo"
+    if service == "C-STORE":
+        return "store"
+    if service == "C-FIND":
+        return "worklist" if sop_class_uid == MODALITY_WORKLIST_FIND else "find"
+    if service == "C-MOVE":
+        return "move"
+    if service == "C-GET":
+        return "get"
+    if sop_class_uid == STORAGE_COMMITMENT_PUSH:
+        return "commit"
+    if sop_class_uid == MPPS_SOP_CLASS:
+        return "mpps"
+    return None
+
+
+# ---------------------------------------------------------------------- the decisions
+
+
+def _address_in(address: str, entries: list[str], resolved: dict[str, set[str]]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for entry in entries:
+        try:
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            if str(ip) in resolved.get(entry, set()):
+                return True
+    return False
+
+
+def is_open(settings: Any) -> bool:
+    """Unregistered calling AEs may associate: ``open_mode``, or when unset, a loopback-bound server."""
+    return bool(settings.open_mode) if settings.open_mode is not None else bool(settings.is_loopback)
+
+
+class AccessControl:
+    """The server's access decisions over an :class:`~pacskit.server.aetitles.AeTitles` registry.
+
+    ``open_to_unknown``: calling AEs that are not registered may associate (with every service).
+    """
+
+    def __init__(self, ae_titles: AeTitles, *, open_to_unknown: bool) -> None:
+        self.ae_titles = ae_titles
+        self.open_to_unknown = open_to_unknown
+        self._granted: weakref.WeakKeyDictionary[Association, RemoteAE] = weakref.WeakKeyDictionary()
+        self._why: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
+        self._bus: EventBus | None = None
+
+    def watch(self, bus: EventBus) -> None:
+        """Log every rejection, including those the engine decides (called AE, association limit), and
+        send refusals to the server's audit trail (when the audit add-in runs)."""
+        self._bus = bus
+        bus.subscribe(ev.ASSOCIATION_REJECTED, self._on_rejected)
+
+    def _on_rejected(self, event: Any) -> None:
+        assoc = event.assoc
+        why = self._why.pop(assoc, None) if assoc is not None else None
+        audit_point(
+            "Security Alert",
+            "association rejected",
+            calling_ae=assoc.remote_ae_title if assoc is not None else "",
+            called_ae=assoc.requested.called_ae_title if assoc is not None and assoc.requested is not None else "",
+            peer=_host(assoc.peer_address) if assoc is not None else "",
+            reject=event.detail.get("description"),
+            why=why or "engine check (called AE, protocol, association limit)",
+        )
+
+    def remote_ae(self, assoc: Association) -> RemoteAE | None:
+        """The registry entry ``assoc`` was admitted as (``None``: an unregistered caller of an open server)."""
+        return self._granted.get(assoc)
+
+    async def check_association(self, assoc: Association) -> Reject | None:
+        """Decide an A-ASSOCIATE-RQ (see the module docstring); ``None`` admits it."""
+        calling = assoc.remote_ae_title
+        peer = _host(assoc.peer_address)
+        ae = self.ae_titles.get(calling)
+        if ae is None:
+            if self.open_to_unknown:
+                log.debug("association from unregistered %s@%s admitted (open server)", calling, peer)
+                return None
+            return self._refuse(assoc, REJECT_CALLING_AE, f"calling AE {calling!r} is not registered")
+        if ae.source_hosts:
+            names = [e for e in ae.source_hosts if not _is_network(e)]
+            resolved = await _resolve(names) if names else {}
+            if not _address_in(peer, ae.source_hosts, resolved):
+                return self._refuse(assoc, REJECT_CALLING_AE, f"{calling} may not associate from {peer}")
+        if ae.requires_tls and not assoc.is_tls:
+            return self._refuse(assoc, REJECT_NO_REASON, f"{calling} must use TLS")
+        if ae.tls_subject is not None:
+            cn = peer_common_name(assoc.peer_certificate)
+            if cn != ae.tls_subject:
+                return self._refuse(assoc, REJECT_NO_REASON, f"{calling}: TLS client certificate CN {cn!r} is not {ae.tls_subject!r}")
+        if ae.user_identity != "none":
+            problem = await self._check_user(assoc, ae)
+            if problem is not None:
+                audit_point("User Authentication", "failure", calling_ae=calling, peer=peer, why=problem)
+                return self._refuse(assoc, REJECT_NO_REASON, f"{calling}: user identity refused: {problem}")
+            audit_point("User Authentication", "success", calling_ae=calling, peer=peer, user=ae.username or "")
+        self._granted[assoc] = ae
+        log.info("association from %s@%s admitted as registered AE%s", calling, peer, " over TLS" if assoc.is_tls else "")
+        return None
+
+    async def _check_user(self, assoc: Association, ae: RemoteAE) -> str | None:
+        ui = assoc.user_identity
+        if ui is None:
+            return "no User Identity item sent"
+        if ae.user_identity == "password":
+            if ui.type != USER_IDENTITY_PASSWORD:
+                return f"User Identity type {ui.type}, expected 2 (username and passcode)"
+            if ui.primary != (ae.username or "").encode("utf-8"):
+                return "unknown user name"
+            assert ae.password_hash is not None
+            # scrypt takes tens of milliseconds: off the event loop.
+            if not await asyncio.to_thread(verify_password, ui.secondary, ae.password_hash):
+                return "wrong password"
+        else:
+            if ui.type != USER_IDENTITY_JWT:
+                return f"User Identity type {ui.type}, expected 5 (JSON Web Token)"
+            problem = await asyncio.to_thread(verify_jwt, ui.primary, ae)
+            if problem is not None:
+                return problem
+        if ui.positive_response_requested:
+            assoc.user_identity_response = b""  # accepted; we have no server token to return
+        return None
+
+    def _refuse(self, assoc: Association, decision: Reject, why: str) -> Reject:
+        """Log why; the audit point follows from the engine's association-rejected event."""
+        log.warning("association from %s@%s refused (%s): %s", assoc.remote_ae_title, _host(assoc.peer_address), decision.describe(), why)
+        self._why[assoc] = why
+        return decision
+
+    def authorize(self, request: Request) -> Response | None:
+        """The engine's request authorizer (see the module docstring)."""
+        ae = self._granted.get(request.assoc)
+        if ae is None:
+            return None  # unregistered caller of an open server
+        service = request.service
+        name = registry_service(service, request.context.abstract_syntax)
+        if name is not None and not ae.may(name):
+            return self._deny(request, f"{ae.title} may not use {name}")
+        if service == "C-MOVE":
+            destination = str(request.command.get("MoveDestination") or "").strip()
+            if not ae.may_move_to(destination):
+                return self._deny(request, f"{ae.title} may not move to {destination[:16]!r}")
+        return None
+
+    def _deny(self, request: Request, why: str) -> Response:
+        log.warning("%s: %s refused (0x%04X Not Authorized): %s", request.assoc.label, request.service, NOT_AUTHORIZED, why)
+        caller, host = request.assoc.remote_ae_title, _host(request.assoc.peer_address)
+        audit_point("Security Alert", "refused", calling_ae=caller, peer=host, service=request.service, why=why)
+        if self._bus is not None:
+            from pacskit import audit
+
+            audit.security_alert(self._bus, "use-of-restricted-function", f"{caller}@{host}",
+                                 description=f"{request.service} refused: {why}", peer_ae=caller, peer_address=host)
+        return Response(NOT_AUTHORIZED, elements={"ErrorComment": why[:64]})
+
+    def tls_failure(self, peer: Any, exc: BaseException) -> None:
+        """For the TLS acceptor's ``on_tls_failure``: a failed handshake is a node authentication alert."""
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        host = _host(peer)
+        audit_point("Security Alert", "TLS handshake failed", peer=host, why=str(reason))
+        if self._bus is not None:
+            from pacskit import audit
+
+            audit.security_alert(self._bus, "node-authentication", host or "?",
+                                 description=f"TLS handshake failed: {reason}", peer_address=host)
+
+
+def _is_network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return True
+    except ValueError:
+        return False
+
+
+async def _resolve(names: list[str]) -> dict[str, set[str]]:
+    loop = asyncio.get_running_loop()
+    out: dict[str, set[str]] = {}
+    for name in names:
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_STREAM), 5.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("source host %s cannot be resolved: %s", name, exc)
+            continue
+        out[name] = {str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos}
+    return out
+
+
+def _host(peer: Any) -> str:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "?")
