@@ -43,10 +43,10 @@ def test_public_api_is_pinned():
     import pacskit.client as client
 
     assert sorted(client.__all__) == sorted([
-        "AssociationRequest", "ClientEvents", "EchoScu", "EventReport", "FindRequest", "FindResult", "Instance",
+        "AssociationRequest", "ClientEvents", "CommitmentFailure", "CommitmentResult", "EchoScu", "EventReport", "FindRequest", "FindResult", "Instance",
         "InstanceRecord", "InstanceResult", "KeyError_", "Keys", "NResult", "NServiceScu", "PatientRecord",
         "QueryFailed", "QueryRetrieveScu", "ReceivedInstance", "Record", "RemoteAE", "RemoteSpec", "RetrieveProgress",
-        "RetrieveResult", "Scu", "SeriesRecord", "StoreEvent", "StoreProgress", "StoreReport", "StoreScu",
+        "RetrieveResult", "Scu", "SeriesRecord", "SopReference", "StorageCommitmentScu", "StoreEvent", "StoreProgress", "StoreReport", "StoreScu",
         "StudyRecord", "UnknownRemote", "WorklistRecord", "apply_keys", "parse_key", "resolve_remote", "run_sync",
         "user_identity",
     ])

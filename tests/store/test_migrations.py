@@ -11,8 +11,8 @@ from sqlalchemy import inspect, text
 from pacskit.store import Base, Index, MemoryBlobStore
 from pacskit.store.datastore import DataStore
 
-TABLES = {"patients", "studies", "series", "instances", "transaction_log", "log_records", "audit_records",
-          "pacskit_store_version"}
+TABLES = {"patients", "studies", "series", "series_requests", "instances", "transaction_log", "log_records",
+          "audit_records", "storage_commitment_requests", "storage_commitment_items", "pacskit_store_version"}
 
 #: the newest revision in src/pacskit/store/migrations/versions (update with every migration)
 HEAD = "0006"

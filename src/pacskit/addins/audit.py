@@ -324,35 +324,18 @@ class AuditAddIn(AddIn):
         ]
 
     def _locate(self, sop_uids: list[str]) -> dict[str, tuple[str, str | None]]:
-        from sqlalchemy import select
+        from pacskit.store.locate import instances_to_studies
 
-        from pacskit.store.models import Instance, Patient, Series, Study
-
-        found: dict[str, tuple[str, str | None]] = {}
         if not sop_uids:
-            return found
+            return {}
         with self._engine.connect() as conn:
-            for start in range(0, len(sop_uids), 500):
-                stmt = (
-                    select(Instance.sop_instance_uid, Study.study_instance_uid, Patient.patient_id)
-                    .join(Series, Instance.series_fk == Series.pk)
-                    .join(Study, Series.study_fk == Study.pk)
-                    .join(Patient, Study.patient_fk == Patient.pk)
-                    .where(Instance.sop_instance_uid.in_(sop_uids[start : start + 500]))
-                )
-                for sop, study, patient in conn.execute(stmt):
-                    found[sop] = (study, patient)
-        return found
+            return instances_to_studies(conn, sop_uids)
 
     def _patient_of_study(self, study_uid: str) -> str | None:
-        from sqlalchemy import select
-
-        from pacskit.store.models import Patient, Study
+        from pacskit.store.locate import studies_to_patients
 
         with self._engine.connect() as conn:
-            row = conn.execute(select(Patient.patient_id).join(Study, Study.patient_fk == Patient.pk)
-                               .where(Study.study_instance_uid == study_uid)).first()
-        return row[0] if row else None
+            return studies_to_patients(conn, [study_uid]).get(study_uid)
 
 
 def _outcome(status: int | None) -> tuple[int, str | None]:

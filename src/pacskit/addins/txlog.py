@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete
 
 from pacskit.addins import AddIn, AddInOptions
 from pacskit.net import SpyEvent
@@ -209,36 +209,16 @@ class TransactionLog:
 
     def _fill_from_index(self, rows: list[dict[str, Any]]) -> None:
         """Study and patient of stored instances, from the index (if this database holds one)."""
-        from pacskit.store.models import Instance, Patient, Series, Study
+        from pacskit.store.locate import instances_to_studies, studies_to_patients
 
         wanted = {r["sop_instance_uid"] for r in rows if r["service"] == "C-STORE" and r["sop_instance_uid"]}
         studies = {r["study_instance_uid"] for r in rows if r["study_instance_uid"] and not r["patient_id"]}
         if not wanted and not studies:
             return
-        found: dict[str, tuple[str, str | None]] = {}
-        patients: dict[str, str | None] = {}
-        uids = sorted(wanted)
-        study_uids = sorted(studies)
         try:
             with self.engine.connect() as conn:
-                for start in range(0, len(uids), 500):
-                    stmt = (
-                        select(Instance.sop_instance_uid, Study.study_instance_uid, Patient.patient_id)
-                        .join(Series, Instance.series_fk == Series.pk)
-                        .join(Study, Series.study_fk == Study.pk)
-                        .join(Patient, Study.patient_fk == Patient.pk)
-                        .where(Instance.sop_instance_uid.in_(uids[start : start + 500]))
-                    )
-                    for sop, study, patient in conn.execute(stmt):
-                        found[sop] = (study, patient)
-                for start in range(0, len(study_uids), 500):
-                    stmt = (
-                        select(Study.study_instance_uid, Patient.patient_id)
-                        .join(Patient, Study.patient_fk == Patient.pk)
-                        .where(Study.study_instance_uid.in_(study_uids[start : start + 500]))
-                    )
-                    for study, patient in conn.execute(stmt):
-                        patients[study] = patient
+                found = instances_to_studies(conn, wanted)
+                patients = studies_to_patients(conn, studies)
         except Exception:  # a log database without the index tables: UIDs stay unknown
             log.debug("transaction log: study/patient lookup failed", exc_info=True)
             return

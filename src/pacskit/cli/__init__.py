@@ -319,6 +319,7 @@ from pacskit.cli import server as _server  # noqa: E402,F401  (server …, statu
 from pacskit.cli.certs import certs_app  # noqa: E402
 
 app.add_typer(certs_app, name="certs")
+from pacskit.cli import commit as _commit  # noqa: E402,F401 - pacskit commit (storage commitment)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
 - :class:`StoreScu`: C-STORE of files, folders and datasets, with conversion and parallel associations
 - :class:`QueryRetrieveScu`: C-FIND (Patient Root, Study Root, Modality Worklist), C-MOVE, C-GET
 - :class:`NServiceScu`: N-EVENT-REPORT / N-GET / N-SET / N-ACTION / N-CREATE / N-DELETE plumbing
+- :class:`StorageCommitmentScu`: Storage Commitment Push Model (N-ACTION, report on either association)
 
 Every SCU takes its peer as a :class:`RemoteAE`, ``"AET@host:port"`` or a title from the AE registry
 (:func:`resolve_remote`), offers ``async`` methods and a ``*_sync`` twin for plain scripts, and raises
@@ -14,6 +15,7 @@ See docs/client.md.
 from typing import TYPE_CHECKING
 
 from pacskit.client._scu import AssociationRequest, ClientEvents, Scu, run_sync, user_identity
+from pacskit.client.commitment import CommitmentFailure, CommitmentResult, SopReference, StorageCommitmentScu
 from pacskit.client.echo import EchoScu
 from pacskit.client.remote import RemoteAE, RemoteSpec, UnknownRemote, parse_address, resolve_remote
 from pacskit.client.store import Instance, InstanceResult, StoreEvent, StoreProgress, StoreReport, StoreScu
@@ -63,6 +65,8 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AssociationRequest",
     "ClientEvents",
+    "CommitmentFailure",
+    "CommitmentResult",
     "EchoScu",
     "EventReport",
     "FindRequest",
@@ -85,6 +89,8 @@ __all__ = [
     "RetrieveResult",
     "Scu",
     "SeriesRecord",
+    "SopReference",
+    "StorageCommitmentScu",
     "StoreEvent",
     "StoreProgress",
     "StoreReport",

@@ -227,6 +227,13 @@ class Association:
         return self._handling or bool(self._waiters) or not self._requests.empty()
 
     @property
+    def is_open(self) -> bool:
+        """Established and ready for data transfer: neither released, aborted, nor asked by either side to
+        release. Only then may a new request (e.g. an SCP's N-EVENT-REPORT back to the requestor, see
+        :meth:`n_request`) be sent on it."""
+        return self.is_established and not (self.is_released or self.is_aborted) and self.dul.state == State.STA6
+
+    @property
     def accepted_contexts(self) -> list[PresentationContext]:
         return [pc for pc in self.contexts.values() if pc.accepted]
 
@@ -965,13 +972,27 @@ class Association:
         return self._next_message_id
 
     async def n_request(
-        self, command_field: CommandField, sop_class_uid: str, dataset: Dataset | bytes | None = None, **elements: Any
+        self,
+        command_field: CommandField,
+        sop_class_uid: str,
+        dataset: Dataset | bytes | None = None,
+        *,
+        context: PresentationContext | None = None,
+        **elements: Any,
     ) -> tuple[Command, Dataset | None]:
         """Any DIMSE-N request (N-EVENT-REPORT, N-GET, N-SET, N-ACTION, N-CREATE, N-DELETE); returns the
         response command set and its decoded dataset. Pass ``AffectedSOPInstanceUID`` /
         ``RequestedSOPInstanceUID``, ``EventTypeID``, ``ActionTypeID``, ``AttributeIdentifierList`` as
-        keyword arguments."""
-        rsp, received = await self._single(command_field, sop_class_uid, dataset, **elements)
+        keyword arguments.
+
+        ``context``: the presentation context to send on. By default, an accepted context for
+        ``sop_class_uid`` on which this side may act as SCU. An SCP that sends a request back to its
+        requestor on the association the requestor opened — a storage commitment SCP's N-EVENT-REPORT
+        (PS3.4 J.3.3), which needs no role negotiation — passes the context the original request
+        arrived on (``request.context``). This works on both sides of an association: responses are
+        matched by message ID, and requests the peer sends meanwhile are still served. Check
+        :attr:`is_open` first: after the peer asked for release, nothing new may be sent."""
+        rsp, received = await self._single(command_field, sop_class_uid, dataset, context=context, **elements)
         return rsp, received.decode() if received is not None else None
 
     async def release(self) -> None:

@@ -17,7 +17,7 @@ from pacskit.store.blobs import (
     MemoryBlobStore,
     validate_key,
 )
-from pacskit.store.datastore import CheckReport, DataStore, IngestResult, Problem, ReindexReport
+from pacskit.store.datastore import CheckReport, DataStore, IngestResult, Problem, ReindexReport, VerifiedCopy
 from pacskit.store.engine import make_engine, make_url
 from pacskit.store.extract import (
     InstanceAttributes,
@@ -31,6 +31,7 @@ from pacskit.store.extract import (
 from pacskit.store.index import Counts, DuplicatePolicy, Index, IngestStatus
 from pacskit.store.models import Base, Instance, Patient, Series, Study, normalise_person_name, starts_with
 from pacskit.store.records import AuditRecord, LogRecord, TransactionLogEntry
+from pacskit.store.commitment_models import CommitmentItem, CommitmentRequest  # noqa: E402 - tables on Base
 
 __all__ = [
     "KEY_PATTERN",
@@ -68,4 +69,7 @@ __all__ = [
     "sha256_file",
     "starts_with",
     "validate_key",
+    "VerifiedCopy",
+    "CommitmentItem",
+    "CommitmentRequest",
 ]

@@ -1,7 +1,7 @@
 """Record-keeping tables: transaction_log, log_records, audit_records (pacskit.store.records).
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-01
 
 No foreign keys to the index tables: records outlive the instances they name.
@@ -14,7 +14,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
