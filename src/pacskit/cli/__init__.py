@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -127,7 +127,11 @@ def serve(
     raise typer.Exit(run_server(settings))
 
 
-ae_app = typer.Typer(help="Manage the registry of remote AEs (no running server needed).", no_args_is_help=True)
+ae_app = typer.Typer(
+    help="Manage the registry of remote AEs: through the admin API when the server runs (effective at once), "
+    "else in its ae-titles.toml.",
+    no_args_is_help=True,
+)
 app.add_typer(ae_app, name="ae")
 
 
@@ -136,6 +140,20 @@ def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
 
     settings = _server_settings(config, data_dir)
     return FileAeRegistry(settings.folder / AE_FILE)
+
+
+def _running_api(config: str | None, data_dir: str | None) -> Any | None:
+    """An admin API client when the server of that folder is running, else ``None`` (edit the file)."""
+    from pacskit.admin.manager import admin_client, api_reachable
+
+    folder = _server_settings(config, data_dir).folder
+    return admin_client(folder) if api_reachable(folder) else None
+
+
+def _api_result(response: Any) -> Any:
+    from pacskit.cli.server import check
+
+    return check(response)
 
 
 @ae_app.command("add")
@@ -197,7 +215,16 @@ def ae_add(
             jwt_key=jwt_key,
             jwt_audience=jwt_audience,
         )
-        _registry(config, data_dir).add(entry, replace=replace)
+        client = _running_api(config, data_dir)
+        if client is not None:
+            with client:
+                body = entry.model_dump(mode="json")
+                if replace and client.get(f"/ae-titles/{entry.title}").status_code == 200:
+                    _api_result(client.put(f"/ae-titles/{entry.title}", json=body))
+                else:
+                    _api_result(client.post("/ae-titles", json=body))
+        else:
+            _registry(config, data_dir).add(entry, replace=replace)
     except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -210,8 +237,16 @@ def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from pacskit.server.aetitles import RemoteAE
+
     table = Table("AE title", "host", "port", "TLS", "services", "from", "identity", "description")
-    for entry in _registry(config, data_dir).all():
+    client = _running_api(config, data_dir)
+    if client is not None:
+        with client:
+            entries = [RemoteAE.model_validate(e) for e in _api_result(client.get("/ae-titles"))]
+    else:
+        entries = _registry(config, data_dir).all()
+    for entry in entries:
         tls = "yes" if entry.requires_tls else "no"
         if entry.tls_subject:
             tls += f" (CN={entry.tls_subject})"
@@ -229,7 +264,11 @@ def ae_remove(
     config: ConfigOpt = None,
 ) -> None:
     """Remove a registered AE."""
-    if not _registry(config, data_dir).remove(name):
+    client = _running_api(config, data_dir)
+    if client is not None:
+        with client:
+            _api_result(client.delete(f"/ae-titles/{name}"))
+    elif not _registry(config, data_dir).remove(name):
         typer.echo(f"error: {name} is not registered", err=True)
         raise typer.Exit(EXIT_FAILURE_STATUS)
     typer.echo(f"removed {name}")
@@ -276,6 +315,7 @@ def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
 # The client commands (echo, store, find, move, get) live in their own module; importing it registers them.
 from pacskit.cli import client as _client  # noqa: E402,F401
 from pacskit.cli import log as _log  # noqa: E402,F401
+from pacskit.cli import server as _server  # noqa: E402,F401  (server …, status, clients, addins, reload, events)
 from pacskit.cli.certs import certs_app  # noqa: E402
 
 app.add_typer(certs_app, name="certs")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pacskit.net import events as ev
@@ -20,6 +23,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pacskit.net")
 
+_connection_ids = itertools.count(1)  # process-wide: ids stay unique across several listeners
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One open connection of an acceptor, as administrators see it.
+
+    ``id`` is unique in the process (never reused, shared by all acceptors), so an operator's
+    "disconnect 12" cannot hit a newer connection; ``since`` is wall-clock time (``time.time()``).
+    """
+
+    id: int
+    association: Association
+    since: float
+
 
 class Acceptor:
     """A DICOM acceptor for one AE title.
@@ -31,6 +49,10 @@ class Acceptor:
     runs first (bounded by the ARTIM timeout), and only a connection that completed it gets an
     :class:`Association`; a failed handshake is logged with the peer's address and reason, closed, and
     reported to ``on_tls_failure(peer, error)`` when given.
+
+    ``contexts`` and ``services`` may be replaced while serving (a server reload): each association
+    keeps the ones it was created with, new connections get the new ones. :meth:`connections` and
+    :meth:`abort_connection` are the administrative view of what is open.
 
     Example::
 
@@ -64,6 +86,7 @@ class Acceptor:
         self.require_called_ae = require_called_ae
         self.on_tls_failure = on_tls_failure
         self.associations: set[Association] = set()
+        self._connections: dict[int, Connection] = {}
         self._executor = ThreadPoolExecutor(self.config.handler_threads, thread_name_prefix=f"pacskit-{ae_title}")
         self._server: asyncio.Server | None = None
         self._handshakes: set[asyncio.Task[None]] = set()  # TLS connections still in their handshake
@@ -86,8 +109,34 @@ class Acceptor:
             require_called_ae=self.require_called_ae,
         )
         self.associations.add(assoc)
-        assoc.dul.closed.add_done_callback(lambda _: self.associations.discard(assoc))
+        connection = Connection(next(_connection_ids), assoc, time.time())
+        self._connections[connection.id] = connection
+
+        def closed(_: object) -> None:
+            self.associations.discard(assoc)
+            self._connections.pop(connection.id, None)
+
+        assoc.dul.closed.add_done_callback(closed)
         return assoc.dul
+
+    def connections(self) -> list[Connection]:
+        """The open connections, oldest first (negotiating, established or closing)."""
+        return list(self._connections.values())
+
+    def connection_of(self, assoc: Association) -> Connection | None:
+        for connection in self._connections.values():
+            if connection.association is assoc:
+                return connection
+        return None
+
+    def abort_connection(self, connection_id: int) -> bool:
+        """Send A-ABORT (service-user source) on one connection; ``False`` if no such connection is open."""
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            return False
+        log.warning("%s: aborted by the administrator", connection.association.label)
+        connection.association.abort()
+        return True
 
     def _make_protocol(self) -> asyncio.Protocol:
         return self._make_association() if self.ssl is None else _TlsHandshake(self)

@@ -2,9 +2,11 @@
 
 Start-up, in order: load settings → discover and instantiate add-ins (bad options or two add-ins
 claiming the same service on the same abstract syntax stop here, naming both) → bind (address in use:
-:class:`ServerError` with one clear line) → register base services → start add-ins → serve. Shutdown
-(SIGINT/SIGTERM through :func:`run_server`): stop listening, let running operations finish for a grace
-period, abort what is left, stop add-ins, close the store.
+:class:`ServerError` with one clear line) → register base services → start add-ins → the admin API
+(:mod:`pacskit.admin.api`, unless ``[admin] enabled = false``) → serve. Shutdown (SIGINT/SIGTERM through
+:func:`run_server`): close the admin API, stop listening, let running operations finish for a grace
+period, abort what is left, stop add-ins, close the store. :meth:`Server.reload` rebuilds the add-ins
+without dropping open associations.
 
 The core only negotiates, dispatches and watches; every DICOM service is an add-in.
 """
@@ -27,9 +29,36 @@ from pacskit.server.addin_manager import AddInError, AddInManager
 from pacskit.server.aetitles import AE_FILE, AeTitles, FileAeRegistry
 from pacskit.server.dicom_request import DicomRequest
 from pacskit.server.logconfig import addin_logger
-from pacskit.server.settings import ServerSettings
+from pacskit.server.settings import ServerSettings, load_settings
 
 log = logging.getLogger("pacskit.server")
+
+# Settings a reload applies; any other change needs a restart (the reload says which).
+RELOADABLE_SETTINGS = frozenset({"addins"})
+
+
+@dataclasses.dataclass(slots=True)
+class AddInGeneration:
+    """The add-in instances built from one reading of the settings, and the service table they fill.
+
+    An association keeps the generation it was accepted with (its ``services``) to its end; a reload
+    builds a new generation for new associations and stops the old add-ins once the last association
+    of their generation has closed.
+    """
+
+    services: Services
+    addins: list[AddIn] = dataclasses.field(default_factory=list)
+    contexts: list[SupportedContext] = dataclasses.field(default_factory=list)
+    negotiators: dict[str, AddIn] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True)
+class ReloadReport:
+    """What :meth:`Server.reload` did: the add-ins now loaded, and settings that need a restart."""
+
+    addins: list[str]
+    restart_needed: list[str]
+    previous_associations: int
 
 
 class ServerError(RuntimeError):
@@ -111,6 +140,10 @@ class Server:
         self._dicom_request = dicom_request
         self._started_addins: list[AddIn] = []
         self._negotiators: dict[str, AddIn] = {}  # abstract syntax -> add-in answering its extended negotiation
+        self._generations: dict[int, AddInGeneration] = {}  # id(services) -> generation still in use
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
+        self.admin: Any = None  # pacskit.admin.api.AdminService once started
 
     # ------------------------------------------------------------------ start-up
 
@@ -125,12 +158,20 @@ class Server:
                 self.manager.add_class(cls, f"class {cls.__module__}.{cls.__qualname__}")
         else:
             self.manager.discover(self.settings.folder / "addins", use_entry_points=self._use_entry_points)
-        unknown = set(self.settings.addins) - set(self.manager.found)
+        generation = self._build_generation(self.settings, base_for)
+        for addin in generation.addins:
+            self._take_tls(addin.name, addin)  # once: a reload does not re-key the TLS listener
+        self._use_generation(generation)
+
+    def _build_generation(self, settings: ServerSettings, base_for: Any) -> AddInGeneration:
+        """Instantiate the discovered add-ins with ``settings``' sections into a fresh service table."""
+        unknown = set(settings.addins) - set(self.manager.found)
         for name in sorted(unknown):
             log.warning("settings configure add-in %r, which is not installed", name)
+        generation = AddInGeneration(Services())
         claims: list[tuple[str, SupportedContext]] = []
         for name, found in sorted(self.manager.found.items()):
-            options = self.manager.options_for(name, self.settings.addin_section(name))
+            options = self.manager.options_for(name, settings.addin_section(name))
             if not options.enabled:
                 log.info("add-in %s is disabled", name)
                 continue
@@ -140,17 +181,35 @@ class Server:
             syntaxes = [ctx.abstract_syntax for ctx in contexts]
             for service, handler in handlers.items():
                 try:
-                    self.services.register(service, handler, syntaxes, timeout=options.timeout, owner=name)
+                    generation.services.register(service, handler, syntaxes, timeout=options.timeout, owner=name)
                 except DuplicateHandler as exc:
                     raise AddInError(f"add-ins claim the same presentation context: {exc}") from None
             claims.extend((name, ctx) for ctx in contexts)
-            self._take_tls(name, addin)
             if type(addin).extended_negotiation is not AddIn.extended_negotiation:
                 for ctx in contexts:
-                    self._negotiators.setdefault(ctx.abstract_syntax, addin)
-            self.addins.append(addin)
+                    generation.negotiators.setdefault(ctx.abstract_syntax, addin)
+            generation.addins.append(addin)
             log.info("add-in %s loaded from %s (%d contexts)", name, found.origin, len(contexts))
-        self.contexts = merge_contexts(claims)
+        generation.contexts = merge_contexts(claims)
+        return generation
+
+    def _use_generation(self, generation: AddInGeneration) -> None:
+        access = getattr(self, "access", None)
+        if access is not None:  # a reload: the new service table checks requests like the old one
+            generation.services.authorizer = access.authorize
+        self.services = generation.services
+        self.addins = generation.addins
+        self.contexts = generation.contexts
+        self._negotiators = generation.negotiators
+        self._generations[id(generation.services)] = generation
+        for acceptor in self.acceptors:
+            acceptor.services = generation.services
+            acceptor.contexts = generation.contexts
+
+    @property
+    def acceptors(self) -> list[Acceptor]:
+        """The listeners of this server (the administrative view iterates them all)."""
+        return [a for a in (self.acceptor, self.tls_acceptor) if a is not None]
 
     def _take_tls(self, name: str, addin: AddIn) -> None:
         try:
@@ -175,6 +234,7 @@ class Server:
             config = dataclasses.replace(config, temp_dir=str(temp_dir), spare_temp_files=8)
         dicom_request = self._dicom_request or DicomRequest(settings.ae_title, ae_titles, outgoing_config, self.bus)
         self.ae_titles = ae_titles
+        self.dicom_request = dicom_request
 
         def base_for(name: str) -> BaseServices:
             return BaseServices(
@@ -187,6 +247,7 @@ class Server:
                 data_dir=settings.data_path,
             )
 
+        self._base_for = base_for
         try:
             self._load_addins(base_for)
         except Exception:
@@ -200,6 +261,13 @@ class Server:
         tls = self.tls
         if tls is not None and tls.outgoing is not None and hasattr(dicom_request, "use_tls"):
             dicom_request.use_tls(tls.outgoing)
+        if settings.admin.enabled and not self.worker:
+            # Before binding: importing the web stack takes a moment, and statistics must see the
+            # first association. The API listens once the add-ins have started (below).
+            from pacskit.admin.api import AdminService
+
+            self.admin = AdminService(self)
+            self.admin.collect()
         listeners: list[tuple[str, int]] = []
         if tls is None or tls.keep_plain:
             self.acceptor = self._acceptor(config)
@@ -212,6 +280,9 @@ class Server:
                 await getattr(self, attr).start(settings.host, port, reuse_port=self.worker)
             except OSError as exc:
                 await self._close_acceptors()
+                if self.admin is not None:
+                    await self.admin.stop()
+                    self.admin = None
                 self._close_store()
                 reason = exc.strerror or str(exc)
                 if "address already in use" in str(exc).lower():
@@ -220,6 +291,14 @@ class Server:
         for addin in self.addins:
             await addin.start()
             self._started_addins.append(addin)
+        if self.admin is not None:
+            from pacskit.admin.api import AdminError
+
+            try:
+                await self.admin.start()
+            except AdminError as exc:
+                await self.stop(grace=0)
+                raise ServerError(str(exc)) from exc
         log.info(
             "server %s listening on %s, port %s with %d add-ins",
             settings.ae_title,
@@ -248,8 +327,10 @@ class Server:
         decision = await self._check_calling_ae(assoc)
         if decision is not None:
             return decision
+        generation = self._generations.get(id(assoc.services))
+        negotiators = generation.negotiators if generation is not None else self._negotiators
         for uid, info in assoc.extended_negotiation.items():
-            addin = self._negotiators.get(uid)
+            addin = negotiators.get(uid)
             if addin is None:
                 continue
             try:
@@ -277,6 +358,76 @@ class Server:
     def tls_port(self) -> int | None:
         return self.tls_acceptor.port if self.tls_acceptor is not None else None
 
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> ReloadReport:
+        """Re-read ``server.toml`` and rebuild the add-ins with their new options, without dropping anyone.
+
+        The new generation of add-ins is built and started first; if that fails (bad options, a
+        ``start`` that raises) the error is raised and the running generation stays as it was. Then
+        the acceptor's service table and contexts are swapped, so the next association uses the new
+        add-ins, while every open association keeps the handlers it was accepted with. The old
+        add-ins are stopped once the last of those associations has ended. Old and new instances of
+        an add-in therefore run side by side for a while; they share the base services (store, AE
+        registry, event bus). Only ``[addins.*]`` is applied; other changed settings are listed in
+        :attr:`ReloadReport.restart_needed`. Add-in code is not re-imported (new code: restart).
+        Raises :class:`SettingsError` or :class:`AddInError`.
+        """
+        async with self._reload_lock:
+            fresh = load_settings(self.settings.folder)
+            current = self.settings.model_dump()
+            changed = fresh.model_dump()
+            restart_needed = sorted(k for k in changed if k not in RELOADABLE_SETTINGS and changed[k] != current[k])
+            tls_owner = getattr(self, "_tls_owner", None)
+            if tls_owner is not None and fresh.addin_section(tls_owner) != self.settings.addin_section(tls_owner):
+                restart_needed.append(f"addins.{tls_owner} (the TLS listener)")
+            old = self._generations.get(id(self.services))
+            settings = self.settings.model_copy(update={"addins": fresh.addins})
+            generation = self._build_generation(settings, self._base_for)
+            started: list[AddIn] = []
+            try:
+                for addin in generation.addins:
+                    await addin.start()
+                    started.append(addin)
+            except Exception as exc:
+                for addin in reversed(started):
+                    await self._stop_addin(addin)
+                raise AddInError(f"reload failed, the running add-ins stay: {type(exc).__name__}: {exc}") from exc
+            self.settings.addins = fresh.addins
+            self._use_generation(generation)
+            self._started_addins.extend(started)
+            previous = [c.association for acceptor in self.acceptors for c in acceptor.connections()]
+            previous = [a for a in previous if old is not None and a.services is old.services]
+            if old is not None:
+                task = asyncio.get_running_loop().create_task(self._retire(old, previous))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            log.info(
+                "reloaded: %d add-ins (%s); %d open associations keep the previous ones",
+                len(generation.addins), ", ".join(a.name for a in generation.addins), len(previous),
+            )
+            if restart_needed:
+                log.warning("reload did not apply %s: restart the server for that", ", ".join(restart_needed))
+            return ReloadReport([a.name for a in generation.addins], restart_needed, len(previous))
+
+    async def _retire(self, generation: AddInGeneration, associations: list[Association]) -> None:
+        """Stop a replaced generation's add-ins once its last association has closed."""
+        pending = [a.dul.closed for a in associations if not a.dul.closed.done()]
+        if pending:
+            await asyncio.wait(pending)
+        self._generations.pop(id(generation.services), None)
+        for addin in reversed(generation.addins):
+            if addin in self._started_addins:
+                self._started_addins.remove(addin)
+                await self._stop_addin(addin)
+        log.info("previous add-ins stopped (%s)", ", ".join(a.name for a in generation.addins) or "none")
+
+    async def _stop_addin(self, addin: AddIn) -> None:
+        try:
+            await addin.stop()
+        except Exception:
+            log.exception("add-in %s failed to stop", addin.name)
+
     # ------------------------------------------------------------------ shutdown
 
     async def _close_acceptors(self, grace: float = 0.0) -> None:
@@ -285,7 +436,12 @@ class Server:
                 await acceptor.close(grace)
 
     async def stop(self, grace: float = 10.0) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
         await self._close_acceptors(grace)
+        for task in list(self._retiring):
+            task.cancel()
         for addin in reversed(self._started_addins):
             try:
                 await addin.stop()

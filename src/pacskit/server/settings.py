@@ -26,6 +26,15 @@ Example::
 
     [addins.my-addin]
     enabled = false
+
+    [admin]                     # the admin API (docs/admin.md)
+    enabled = true
+    socket = "STORE.sock"       # default: <folder>/<AE title>.sock
+    tcp_host = "0.0.0.0"        # optional TCP listener: needs TLS and a bearer token
+    tcp_port = 8443
+    tls_cert = "admin-cert.pem"
+    tls_key = "admin-key.pem"
+    token_file = "admin-token"
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pacskit.net.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetConfig
 
@@ -132,6 +141,52 @@ class LoggingSettings(_Strict):
     phi: bool = False
 
 
+_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$")
+
+
+def safe_file_name(ae_title: str) -> str:
+    """The AE title itself when it can name a file or folder safely, else ``ValueError``.
+
+    AE titles may contain ``/``, spaces and other characters a path must not; servers are named after
+    their AE title only when it is letters, digits, ``_``, ``.`` and ``-`` and does not start with a
+    dot or dash (so never ``..``, never hidden, never an option)."""
+    if not _SAFE_NAME_RE.match(ae_title):
+        raise ValueError(
+            f"AE title {ae_title!r} cannot name a server folder: use letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit"
+        )
+    return ae_title
+
+
+class AdminSettings(_Strict):
+    """The admin API (:mod:`pacskit.admin.api`), served inside the server process.
+
+    It always listens on a Unix domain socket (``socket``, relative to the server folder; default
+    ``<AE title>.sock``, or ``admin.sock`` when the AE title cannot name a file), created with mode
+    0600: whoever may open it is the server's own user (or root). A TCP listener is optional; it
+    requires TLS (``tls_cert``/``tls_key``) and a bearer token read from ``token_file``.
+    ``statistics = false`` subscribes nothing to the event bus (status and clients still work, without
+    counters or histograms).
+    """
+
+    enabled: bool = True
+    socket: str | None = None
+    tcp_host: str | None = None
+    tcp_port: int | None = Field(None, ge=0, le=65535)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token_file: str | None = None
+    statistics: bool = True
+
+    @model_validator(mode="after")
+    def _tcp_needs_tls_and_token(self) -> AdminSettings:
+        if (self.tcp_host is None) != (self.tcp_port is None):
+            raise ValueError("admin.tcp_host and admin.tcp_port go together")
+        if self.tcp_port is not None and not (self.tls_cert and self.tls_key and self.token_file):
+            raise ValueError("the admin API on TCP needs tls_cert, tls_key and token_file")
+        return self
+
+
 class ServerSettings(_Strict):
     """Everything a server needs; ``folder`` is where it was loaded from (not stored in the file)."""
 
@@ -150,6 +205,7 @@ class ServerSettings(_Strict):
     database: DatabaseSettings = DatabaseSettings()
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
+    admin: AdminSettings = AdminSettings()
     addins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     _folder: Path = Path(".")
@@ -183,6 +239,23 @@ class ServerSettings(_Strict):
     @property
     def folder(self) -> Path:
         return self._folder
+
+    @property
+    def admin_socket_path(self) -> Path:
+        """Where the admin API's Unix socket is (see :class:`AdminSettings`)."""
+        if self.admin.socket:
+            path = Path(self.admin.socket)
+            return path if path.is_absolute() else self._folder / path
+        try:
+            name = safe_file_name(self.ae_title)
+        except ValueError:
+            name = "admin"
+        return self._folder / f"{name}.sock"
+
+    def folder_path(self, value: str) -> Path:
+        """``value`` as a path, relative ones inside the server folder."""
+        path = Path(value)
+        return path if path.is_absolute() else self._folder / path
 
     @property
     def data_path(self) -> Path:
