@@ -1,5 +1,6 @@
 """MPPS add-in: a whole modality workflow scripted with pynetdicom as the modality (worklist query,
-N-CREATE, C-STORE into the storage add-in, N-SET COMPLETED, the worklist entry shows COMPLETED), the
+N-CREATE, C-STORE into the storage add-in, N-SET COMPLETED, storage commitment of the images answered
+on the same association, the worklist entry shows COMPLETED), the
 state rules answered with their statuses (through pacskit's MppsScu), and forwarding to another AE."""
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ SPS = "ScheduledProcedureStepSequence"
 MPPS = "1.2.840.10008.3.1.2.3.3"
 WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 runner = CliRunner()
 SCHEDULED = [
     {"PatientName": "Doe^John", "PatientID": "MP1", "AccessionNumber": "ACC1", "StudyInstanceUID": "1.2.826.0.1.3680043.10.1",
@@ -72,13 +75,26 @@ def admin(server: Server) -> TestClient:
 
 
 def test_modality_workflow_with_pynetdicom(server: Server, tmp_path: Path) -> None:
+    import threading
+
     from pynetdicom import AE as PynetdicomAE
+    from pynetdicom import evt
+
+    reports: list[tuple[int, Dataset]] = []
+    reported = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append((int(event.request.EventTypeID), event.event_information))
+        reported.set()
+        return 0x0000, None
 
     modality = PynetdicomAE(ae_title="CT1")
     modality.add_requested_context(WORKLIST_FIND)
     modality.add_requested_context(MPPS)
     modality.add_requested_context(CT_IMAGE, ExplicitVRLittleEndian)
-    assoc = modality.associate("127.0.0.1", server.port, ae_title=AE)
+    modality.add_requested_context(STORAGE_COMMITMENT)
+    assoc = modality.associate("127.0.0.1", server.port, ae_title=AE,
+                               evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
     assert assoc.is_established
     try:
         # 1. what is scheduled for this station?
@@ -111,7 +127,22 @@ def test_modality_workflow_with_pynetdicom(server: Server, tmp_path: Path) -> No
         done.PerformedSeriesSequence = [performed_series_item(series_uid, instances, retrieve_ae_title=AE)]
         status, _ = assoc.send_n_set(done, MPPS, mpps_uid)
         assert status.Status == 0x0000
-        # 5. the worklist entry shows it
+        # 5. storage commitment of the images: the report comes back on this association
+        request = Dataset()
+        request.TransactionUID = generate_uid()
+        request.ReferencedSOPSequence = []
+        for sop_class, sop_instance in instances:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = sop_class, sop_instance
+            request.ReferencedSOPSequence.append(ref)
+        status, _ = assoc.send_n_action(request, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
+        assert status.Status == 0x0000
+        assert reported.wait(20), "no storage commitment report"
+        event_type, report = reports[0]
+        assert event_type == 1 and report.TransactionUID == request.TransactionUID  # all committed
+        assert sorted(r.ReferencedSOPInstanceUID for r in report.ReferencedSOPSequence) == sorted(i for _, i in instances)
+        assert "FailedSOPSequence" not in report
+        # 6. the worklist entry shows it
         after = [ds for status, ds in assoc.send_c_find(query, WORKLIST_FIND) if status and status.Status in (0xFF00, 0xFF01)]
         assert after[0][SPS][0].ScheduledProcedureStepStatus == "COMPLETED"
     finally:
