@@ -22,7 +22,9 @@ import importlib.util
 import io
 import re
 import shutil
+import struct
 import sys
+import traceback
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +46,7 @@ from pacskit.store.query import STUDY_ROOT, compile_find, find
 from pacskit.testing.synth import make_instance
 
 FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
-SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 
 # --------------------------------------------------------------------------- strategies: PDUs
 
@@ -268,8 +270,8 @@ def _case_flipped(draw: st.DrawFn, value: str) -> str:
 
 
 @st.composite
-def text_key(draw: st.DrawFn, stored: list[str], *, pn: bool = False) -> str | list[str] | None:
-    """None (key absent), '' or '*' (universal), a stored value, a pattern, a random pattern, or a list."""
+def text_key(draw: st.DrawFn, stored: list[str], *, pn: bool = False) -> str | list[str]:
+    """'' or '*' (universal), a stored value, a pattern, a random pattern, or a list."""
     chars = _PN_CHARS if pn else _QUERY_CHARS
     present = [v for v in stored if v]
 
@@ -283,9 +285,7 @@ def text_key(draw: st.DrawFn, stored: list[str], *, pn: bool = False) -> str | l
             value = draw(st.text(st.sampled_from(chars + ("^" if pn else "")), min_size=1, max_size=5))
         return _case_flipped(draw, value) if pn and draw(st.booleans()) else value
 
-    kind = draw(st.sampled_from(("absent", "empty", "star", "one", "one", "one", "list")))
-    if kind == "absent":
-        return None
+    kind = draw(st.sampled_from(("empty", "star", "one", "one", "one", "one", "list")))
     if kind == "empty":
         return ""
     if kind == "star":
@@ -296,8 +296,8 @@ def text_key(draw: st.DrawFn, stored: list[str], *, pn: bool = False) -> str | l
 
 
 @st.composite
-def date_key(draw: st.DrawFn) -> str | None:
-    kind = draw(st.sampled_from(("absent", "empty", "single", "range", "from", "until")))
+def date_key(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(("empty", "single", "range", "range", "from", "until")))
     a, b = sorted(draw(st.lists(st.sampled_from(_DATES), min_size=2, max_size=2)))
     return {"absent": None, "empty": "", "single": a, "range": f"{a}-{b}", "from": f"{a}-", "until": f"-{b}"}[kind]
 
@@ -317,14 +317,15 @@ def reference_match(query: str | list[str] | None, stored: str, *, pn: bool = Fa
     if query is None:
         return True
     values = [v.strip() for v in (query if isinstance(query, list) else [query])]
+    if pn:  # compared on the search form: '^' is an empty name, i.e. universal
+        values = [_pn_search_form(v) for v in values]
     if all(v == "" for v in values) or any(v.strip("*") == "" and v for v in values):
         return True  # '' or only '*': universal, empty values included
     if not stored:
         return False
     subject = _pn_search_form(stored) if pn else stored
     for value in values:
-        pattern = _pn_search_form(value) if pn else value
-        if _wildcard_regex(pattern).fullmatch(subject):
+        if _wildcard_regex(value).fullmatch(subject):
             return True
     return False
 
@@ -338,6 +339,15 @@ def reference_date_match(query: str | None, stored: str) -> bool:
         return stored == query
     low, high = query.split("-")
     return (not low or stored >= low) and (not high or stored <= high)
+
+
+KEY_STRATEGIES: dict[str, Any] = {
+    "PatientID": lambda stored: text_key(stored["PatientID"]),
+    "PatientName": lambda stored: text_key(stored["PatientName"], pn=True),
+    "AccessionNumber": lambda stored: text_key(stored["AccessionNumber"]),
+    "StudyDescription": lambda stored: text_key(stored["StudyDescription"]),
+    "StudyDate": lambda stored: date_key(),
+}
 
 
 def _encoded(ds: Dataset) -> Dataset:
@@ -375,7 +385,7 @@ def _load(folder: Path, template: Path, index: dict[str, Any]) -> tuple[DataStor
     return store, study_uids
 
 
-@settings(deadline=None, max_examples=25, suppress_health_check=list(HealthCheck))
+@settings(deadline=None, max_examples=20, suppress_health_check=list(HealthCheck))
 @given(index=indexes(), data=st.data())
 def test_find_matches_reference_model(template_index: Path, tmp_path_factory: pytest.TempPathFactory,
                                       index: dict[str, Any], data: st.DataObject) -> None:
@@ -389,13 +399,11 @@ def test_find_matches_reference_model(template_index: Path, tmp_path_factory: py
             "StudyDescription": [s["StudyDescription"] for s in studies],
         }
         for _ in range(12):  # several identifiers per index: loading it is the expensive part
-            keys: dict[str, Any] = {
-                "PatientID": data.draw(text_key(stored["PatientID"]), "PatientID"),
-                "PatientName": data.draw(text_key(stored["PatientName"], pn=True), "PatientName"),
-                "AccessionNumber": data.draw(text_key(stored["AccessionNumber"]), "AccessionNumber"),
-                "StudyDescription": data.draw(text_key(stored["StudyDescription"]), "StudyDescription"),
-                "StudyDate": data.draw(date_key(), "StudyDate"),
-            }
+            # one to three matching keys (a conjunction of five random keys almost never matches)
+            chosen = data.draw(st.sets(st.sampled_from(sorted(KEY_STRATEGIES)), min_size=1, max_size=3), "keys")
+            keys: dict[str, Any] = dict.fromkeys(KEY_STRATEGIES)
+            for keyword in sorted(chosen):
+                keys[keyword] = data.draw(KEY_STRATEGIES[keyword](stored), keyword)
             identifier = Dataset()
             identifier.QueryRetrieveLevel = "STUDY"
             identifier.StudyInstanceUID = ""
@@ -426,7 +434,7 @@ def test_reference_model_itself() -> None:
     assert not reference_match("ab", "AB") and reference_match("ab", "AB", pn=True)
     assert reference_match("*", "") and reference_match("", "") and not reference_match("?*", "")
     assert reference_match(["X", "[1]"], "[1]") and not reference_match(["X", "[1]"], "1")
-    assert reference_match("doe^", "Doe", pn=True)
+    assert reference_match("doe^", "Doe", pn=True) and reference_match("^", "Doe", pn=True)
     assert reference_date_match("20240101-", "20240215") and not reference_date_match("-20231231", "20240101")
     assert not reference_date_match("20240101", "")
 
@@ -451,24 +459,47 @@ def harness(request: pytest.FixtureRequest) -> Iterator[tuple[Any, list[bytes]]]
     yield module, module.seeds()
 
 
+#: Findings of the harnesses not fixed yet: (exception type, function it was raised in). Each has a
+#: strict-xfail reproducer below; the smoke test tolerates exactly these and nothing else.
+KNOWN_FINDINGS = [
+    ((UnicodeEncodeError, ValueError), "encode_ae_title"),  # test_finding_bad_calling_ae_title
+    ((struct.error,), "read_part10_header"),  # test_finding_truncated_file_meta
+]
+
+
+def _known_finding(exc: BaseException) -> bool:
+    while exc.__cause__ is not None and isinstance(exc, RuntimeError):
+        exc = exc.__cause__  # the PDU harness wraps what the engine logged
+    frames = [f.name for f in traceback.extract_tb(exc.__traceback__)]
+    return any(isinstance(exc, types) and frames and frames[-1] == where for types, where in KNOWN_FINDINGS)
+
+
 def test_harness_seeds_and_mutations(harness: tuple[Any, list[bytes]]) -> None:
     """Each harness accepts its own seeds, every truncation of them, and random mutations."""
     module, seeds = harness
     assert seeds
-    for seed in seeds:
-        module.one_input(seed)
-        for cut in range(0, len(seed), max(1, len(seed) // 40)):
-            module.one_input(seed[:cut])
 
-    @settings(deadline=None, max_examples=60, suppress_health_check=list(HealthCheck), database=None)
+    def one(data: bytes) -> None:
+        try:
+            module.one_input(data)
+        except Exception as exc:
+            if not _known_finding(exc):
+                raise
+
+    for seed in seeds:
+        one(seed)
+        for cut in range(0, len(seed), max(1, len(seed) // 40)):
+            one(seed[:cut])
+
+    @settings(deadline=None, max_examples=50, suppress_health_check=list(HealthCheck), database=None)
     @given(mutated(st.sampled_from(seeds)))
     def run(data: bytes) -> None:
-        module.one_input(data)
+        one(data)
 
     run()
 
 
-@pytest.mark.xfail(strict=True, reason="finding of fuzz/fuzz_pdu.py: a calling AE title that is empty (all spaces) "
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="finding of fuzz/fuzz_pdu.py: a calling AE title that is empty (all spaces) "
                    "or not ASCII makes the acceptor's A-ASSOCIATE-AC encoding raise (ValueError / UnicodeEncodeError "
                    "in pdu.encode_ae_title): the association task fails and no AC, RJ or A-ABORT is sent; remove "
                    "this marker when the acceptor refuses such a title cleanly")
@@ -479,3 +510,16 @@ def test_finding_bad_calling_ae_title(calling: bytes) -> None:
     assert rq[0] == pdu.A_ASSOCIATE_RQ
     rq[6 + 20 : 6 + 36] = calling.ljust(16, b" ")  # calling AE title: bytes 20-35 of the body
     module.one_input(b"\x00" + bytes(rq))
+
+
+@pytest.mark.xfail(strict=True, raises=struct.error, reason="finding of fuzz/fuzz_header.py: "
+                   "pacskit.net.sinks.read_part10_header raises struct.error (documented: ValueError) when the "
+                   "file ends inside the 4-byte length of a long-VR file meta element (DataStore.ingest, "
+                   "pacskit import, StoreScu read it); remove this marker when it raises ValueError")
+def test_finding_truncated_file_meta(tmp_path: Path) -> None:
+    from pacskit.net.sinks import read_part10_header
+
+    path = tmp_path / "truncated.dcm"
+    path.write_bytes(bytes(128) + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\xcc\x00\x00\x00" + b"\x02\x00\x01\x00OB\x00\x00")
+    with pytest.raises(ValueError):
+        read_part10_header(path)
