@@ -36,7 +36,13 @@ def main(name: str, one_input: Callable[[bytes], None], seeds: Callable[[], list
     ``PACSKIT_FUZZ_CORPUS`` names the corpus folder to grow (default: a temp folder); the generated
     seeds are always added to it first.
     """
+    import logging
+    import warnings
+
     import atheris  # the `fuzz` extra: pip install -e .[fuzz]
+
+    warnings.simplefilter("ignore")  # pydicom warns about every odd value the mutator makes
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
     corpus = write_corpus(name, seeds(), os.environ.get("PACSKIT_FUZZ_CORPUS"))
     atheris.instrument_all()
