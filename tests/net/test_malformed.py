@@ -234,3 +234,28 @@ def test_many_garbage_connections_do_not_accumulate():
     assert all(a[:9] == ABORT_PROVIDER for a in answers), answers
     assert gone
     assert ok, out
+
+
+@pytest.mark.parametrize(("field", "title", "reason"), [
+    ("calling", b" " * 16, 3), ("calling", "\u00e9".encode("latin-1") * 2 + b"SCU", 3),
+    ("called", b" " * 16, 7), ("called", b"\xff" * 4, 7),
+])
+def test_unusable_ae_title_in_rq_is_rejected(field, title, reason):
+    """An empty or non-ASCII AE title cannot be echoed in an A-ASSOCIATE-AC: the acceptor answers
+    A-ASSOCIATE-RJ (permanent, service user, calling/called AE not recognized) instead of failing
+    silently with the connection left open (a finding of fuzz/fuzz_pdu.py)."""
+    rq = bytearray(associate_rq())
+    at = 6 + 4 if field == "called" else 6 + 20  # called AE: body bytes 4-19, calling AE: 20-35
+    rq[at : at + 16] = title.ljust(16, b" ")
+
+    async def main():
+        log = StoreLog()
+        async with serving(log.services(), config=NetConfig(artim_timeout=3)) as acceptor:
+            answer = await _send_and_read(acceptor.port, bytes(rq))
+            ok, out = await _echo_ok(acceptor.port)
+        return answer, ok, out
+
+    answer, ok, out = asyncio.run(main())
+    assert answer[:1] == bytes((pdu.A_ASSOCIATE_RJ,)), answer[:16]
+    assert answer[7:10] == bytes((pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, reason)), answer[:16]
+    assert ok, out

@@ -459,20 +459,10 @@ def harness(request: pytest.FixtureRequest) -> Iterator[tuple[Any, list[bytes]]]
     yield module, module.seeds()
 
 
-#: Findings of the harnesses not fixed yet: (exception type, function it was raised in). Each has a
-#: strict-xfail reproducer below; the smoke test tolerates exactly these and nothing else.
-KNOWN_FINDINGS = [
-    ((UnicodeEncodeError, ValueError), "encode_ae_title"),  # test_finding_bad_calling_ae_title
-    ((struct.error,), "read_part10_header"),  # test_finding_truncated_file_meta
-    ((UnicodeDecodeError,), "_raw_dataset"),  # test_finding_non_ascii_vr
-]
-
-
 def _known_finding(exc: BaseException) -> bool:
-    while exc.__cause__ is not None and isinstance(exc, RuntimeError):
-        exc = exc.__cause__  # the PDU harness wraps what the engine logged
-    frames = [f.name for f in traceback.extract_tb(exc.__traceback__)]
-    return any(isinstance(exc, types) and frames and frames[-1] == where for types, where in KNOWN_FINDINGS)
+    """Findings of the harnesses not fixed yet (none now: the three found were fixed, each with its
+    reproducer below); list (exception type, function) pairs here to tolerate one while it is open."""
+    return False
 
 
 def test_harness_seeds_and_mutations(harness: tuple[Any, list[bytes]]) -> None:
@@ -500,10 +490,6 @@ def test_harness_seeds_and_mutations(harness: tuple[Any, list[bytes]]) -> None:
     run()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="finding of fuzz/fuzz_pdu.py: a calling AE title that is empty (all spaces) "
-                   "or not ASCII makes the acceptor's A-ASSOCIATE-AC encoding raise (ValueError / UnicodeEncodeError "
-                   "in pdu.encode_ae_title): the association task fails and no AC, RJ or A-ABORT is sent; remove "
-                   "this marker when the acceptor refuses such a title cleanly")
 @pytest.mark.parametrize("calling", [b" " * 16, "\u00e9".encode("latin-1") * 2 + b"SCU"], ids=["empty", "non-ascii"])
 def test_finding_bad_calling_ae_title(calling: bytes) -> None:
     module = _harness("fuzz_pdu")
@@ -513,10 +499,6 @@ def test_finding_bad_calling_ae_title(calling: bytes) -> None:
     module.one_input(b"\x00" + bytes(rq))
 
 
-@pytest.mark.xfail(strict=True, raises=struct.error, reason="finding of fuzz/fuzz_header.py: "
-                   "pacskit.net.sinks.read_part10_header raises struct.error (documented: ValueError) when the "
-                   "file ends inside the 4-byte length of a long-VR file meta element (DataStore.ingest, "
-                   "pacskit import, StoreScu read it); remove this marker when it raises ValueError")
 def test_finding_truncated_file_meta(tmp_path: Path) -> None:
     from pacskit.net.sinks import read_part10_header
 
@@ -526,11 +508,6 @@ def test_finding_truncated_file_meta(tmp_path: Path) -> None:
         read_part10_header(path)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason="finding of fuzz/fuzz_header.py: "
-                   "pacskit.store.extract.scan_instance (every ingest, so every received C-STORE) raises "
-                   "UnicodeDecodeError (documented: InvalidInstance) when an indexed top-level element has a "
-                   "VR that is not ASCII (extract._raw_dataset decodes it); remove this marker when it raises "
-                   "InvalidInstance")
 def test_finding_non_ascii_vr(tmp_path: Path) -> None:
     from pacskit.net.sinks import read_part10_header
     from pacskit.store.extract import InvalidInstance, scan_instance

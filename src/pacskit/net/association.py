@@ -315,8 +315,12 @@ class Association:
             return REJECT_PROTOCOL_VERSION
         if rq.application_context != pdu.APPLICATION_CONTEXT_NAME:
             return REJECT_APPLICATION_CONTEXT
-        if self._require_called_ae and rq.called_ae_title != self.local_ae_title:
+        if not pdu.is_valid_ae_title(rq.called_ae_title) or (
+            self._require_called_ae and rq.called_ae_title != self.local_ae_title
+        ):
             return REJECT_CALLED_AE
+        if not pdu.is_valid_ae_title(rq.calling_ae_title):  # empty or not ASCII: cannot be echoed in an AC
+            return REJECT_CALLING_AE
         if len(rq.contexts) > self.config.max_presentation_contexts:
             return REJECT_NO_REASON
         if self._acceptor is not None and self._acceptor.count_others(self) >= self.config.max_associations:

@@ -111,6 +111,13 @@ def encode_ae_title(title: str) -> bytes:
     return raw.ljust(16, b" ")
 
 
+def is_valid_ae_title(title: str) -> bool:
+    """``title`` as decoded by :func:`decode_ae_title` is a usable AE title: 1-16 characters of the
+    default repertoire (ASCII), not only spaces. A title a peer sent that fails this is refused, never
+    echoed back."""
+    return title.isascii() and 0 < len(title.strip()) <= 16
+
+
 def decode_ae_title(raw: bytes) -> str:
     """Decode a wire AE title; leading and trailing spaces (and NULs) are not significant."""
     return raw.decode("ascii", "replace").strip(" \x00")

@@ -399,7 +399,10 @@ def read_part10_header(path: str | os.PathLike[str]) -> Part10Info:
             if group != 0x0002:
                 break
             if vr in _EXPLICIT_LONG_VRS:
-                (length,) = struct.unpack("<L", fh.read(4))
+                extra = fh.read(4)
+                if len(extra) < 4:
+                    raise ValueError(f"{path}: truncated file meta information")
+                (length,) = struct.unpack("<L", extra)
                 header_len = 12
             else:
                 (length,) = struct.unpack("<H", hdr[6:8])

@@ -355,6 +355,8 @@ def _raw_dataset(values: dict[int, tuple[bytes | None, bytes]], little_endian: b
     ds.set_original_encoding(implicit_vr, little_endian)
     for tag in sorted(values):
         vr, value = values[tag]
+        if vr is not None and not vr.isalpha():  # bytes.isalpha: ASCII letters only
+            raise InvalidInstance(f"invalid VR {vr!r}", tag)
         ds[tag] = RawDataElement(  # type: ignore[assignment]
             BaseTag(tag), vr.decode("ascii") if vr is not None else None, len(value), value, 0,
             implicit_vr, little_endian,
