@@ -166,8 +166,14 @@ class Engine:
         if self.findings.records:
             record = self.findings.records[0]
             self.findings.records.clear()
-            raise RuntimeError(f"pacskit logged a traceback: {record.getMessage()}") from (
-                record.exc_info[1] if record.exc_info else None)
+            cause = record.exc_info[1] if record.exc_info else None
+            where = ""
+            if cause is not None:
+                import traceback
+
+                frames = traceback.extract_tb(cause.__traceback__)
+                where = f" ({type(cause).__name__}: {cause} at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+            raise RuntimeError(f"pacskit logged a traceback: {record.getMessage()}{where}") from cause
 
     async def _feed(self, data: bytes) -> None:
         chunk = data[0] if data else 0

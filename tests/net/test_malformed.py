@@ -259,3 +259,18 @@ def test_unusable_ae_title_in_rq_is_rejected(field, title, reason):
     assert answer[:1] == bytes((pdu.A_ASSOCIATE_RJ,)), answer[:16]
     assert answer[7:10] == bytes((pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, reason)), answer[:16]
     assert ok, out
+
+
+def test_response_to_a_command_with_an_undecodable_uid_is_still_sent():
+    """A request whose Affected SOP Class UID holds non-ASCII bytes is answered (the echoed UID is
+    encoded with '?'), not dropped with a traceback (a finding of fuzz/fuzz_pdu.py)."""
+    from pacskit.net.dimse import Command
+
+    request = Command.decode(Command({"CommandField": 0x0030, "MessageID": 1, "AffectedSOPClassUID": "1.2.840.10008.1.1",
+                                      "CommandDataSetType": 0x0101}).encode().replace(b"1.2.840.10008.1.1",
+                                                                                     b"1.2.840.10008.\xff.1"))
+    from pacskit.net import dimse
+
+    response = dimse.response_command(request, 0x0000)
+    decoded = Command.decode(response.encode())
+    assert decoded["AffectedSOPClassUID"] == "1.2.840.10008.?.1"

@@ -130,7 +130,9 @@ class Command(dict[str, Any]):
             elif vr == "UL":
                 raw = _UL.pack(value)
             elif vr == "UI":
-                raw = value.encode("ascii")
+                # "replace": a response echoes the request's UIDs, and a peer's undecodable UID must not
+                # make the answer itself fail to encode (a finding of fuzz/fuzz_pdu.py)
+                raw = value.encode("ascii", "replace")
                 if len(raw) & 1:
                     raw += b"\x00"
             elif vr in ("AE", "LO"):
