@@ -29,7 +29,9 @@ for name in "${harnesses[@]}"; do
     name="${name%.py}"
     echo "fuzz: $name for ${SECONDS_EACH}s" >&2
     log="fuzz/artifacts/$name.log"
-    if "$PY" "fuzz/$name.py" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
+    # A fixed seed and run count make a run repeatable (CI sees what a developer saw); the time still caps it.
+    if "$PY" "fuzz/$name.py" -seed="${PACSKIT_FUZZ_SEED:-1}" -runs="${PACSKIT_FUZZ_RUNS:-20000}" \
+            -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
             -artifact_prefix="fuzz/artifacts/$name-" -print_final_stats=1 >"$log" 2>&1; then
         echo "fuzz: $name ok ($(grep -m1 -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || echo '?') inputs)" >&2
     else
