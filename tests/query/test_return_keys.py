@@ -236,3 +236,26 @@ def test_received_query_values_decode_without_pydicom_warnings(loaded: DataStore
         answers = list(find(loaded, compile_find(received, STUDY_ROOT)))
     assert [str(w.message) for w in caught] == []
     assert names(corpus, "STUDY", answers) == {"A1", "B1"}  # CT/CR from 5 January 09:30 on
+
+
+@pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+def test_indexed_key_sent_with_a_wrong_vr_is_answered_in_its_own_vr(loaded: DataStore, transfer_syntax: str) -> None:
+    """Explicit VR lets a peer send ModalitiesInStudy as IS (a fuzz finding): the answer is built from
+    the index, so it is encoded in the key's dictionary VR (CS), not the caller's (IS "CT" would not encode)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from pacskit.net import encode_dataset
+    from pacskit.store.query import find_encoded
+
+    q = identifier("STUDY", {"StudyInstanceUID": A1})
+    q[0x00080061] = RawDataElement(Tag(0x00080061), "IS", 0, b"", 0, False, True)  # ModalitiesInStudy as IS
+    q[0x00200010] = RawDataElement(Tag(0x00200010), "DS", 2, b"1 ", 0, False, True)  # StudyID (SH) as DS
+    query = compile_find(encoded(q), STUDY_ROOT)
+    (ds,) = list(find(loaded, query))
+    assert (ds["ModalitiesInStudy"].VR, list(ds.ModalitiesInStudy)) == ("CS", ["CT", "SR"])
+    assert (ds["StudyID"].VR, ds.StudyID) == ("SH", "1")
+    (data,) = find_encoded(loaded, query, transfer_syntax)
+    assert data == encode_dataset(set_answer_charset(ds, query.charset), transfer_syntax)
+    back = read_dataset(io.BytesIO(data), is_implicit_VR=transfer_syntax.endswith(".2"), is_little_endian=True)
+    assert list(back.ModalitiesInStudy) == ["CT", "SR"]

@@ -594,6 +594,9 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
         vr = elem.VR
         key = _KEYS_BY_TAG.get(tag)
         if key is not None and LEVEL_ORDER[key_level(key, model)] <= depth:
+            # the answer is built from the index in the key's own VR, whatever VR the caller sent
+            # (explicit VR: ModalitiesInStudy sent as IS must not be answered as IS "CT")
+            vr = dictionary_VR(tag)
             seen_keys[key.keyword] = elem
             if key.kind == "sequence":
                 returns.append(ReturnKey(tag, vr, "header"))
