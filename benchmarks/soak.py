@@ -21,12 +21,17 @@ Figures: server RSS and open file descriptors (``/proc/<pid>/status``, ``/proc/<
 (after start-up and a warm-up round of the same concurrency), peak (sampled every 0.25 s) and after the clients
 finished; associations, aborts, kills, acknowledged instances, lost instances.
 
-    .venv/bin/python benchmarks/soak.py [--duration 60] [--clients 64] [--settle 15]
+    .venv/bin/python benchmarks/soak.py [--duration 60] [--rounds 3] [--clients 64] [--settle 15]
 
 Exit status 0 only when nothing acknowledged was lost, the store checks clean, the server answered to
 the end, and every kind of descriptor (sockets, pipes, spare temp files, other files) is back to its
 baseline count; the index's SQLite connections may stay up to the pool's bound (pool_size +
 max_overflow = 20 connections, 2 fds each), because SQLAlchemy keeps what it opened at the peak.
+
+RSS is reported after each of ``--rounds`` rounds, not judged: glibc keeps freed memory for reuse and
+each SQLite connection's page cache (2 MiB by default) fills as the index grows, so RSS rises for a
+while without any leak. ``--trace-heap`` runs the server under tracemalloc and also requires the
+Python heap to be flat (under 2 MiB growth from the baseline to the last round).
 """
 
 from __future__ import annotations
@@ -59,6 +64,24 @@ AE = "SOAK"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 CONTEXTS = [RequestedContext(VERIFICATION_SOP_CLASS), RequestedContext(CT_IMAGE_STORAGE)]
 CONFIG = NetConfig(acse_timeout=30, dimse_timeout=60, network_timeout=120)
+
+#: ``--trace-heap``: the server runs under tracemalloc and, on SIGUSR1, appends the bytes Python has
+#: allocated (after a full collection) to the file named by PACSKIT_SOAK_HEAP. RSS alone cannot tell a
+#: leak from memory the C allocator keeps for reuse or SQLite's page caches filling up; a flat Python
+#: heap across rounds can.
+HEAP_GROWTH_BOUND = 2 << 20
+HEAP_BOOTSTRAP = """
+import gc, os, signal, sys, tracemalloc
+tracemalloc.start(1)
+def _heap(*_):
+    gc.collect()
+    with open(os.environ["PACSKIT_SOAK_HEAP"], "a") as f:
+        f.write(f"{tracemalloc.get_traced_memory()[0]}\\n")
+signal.signal(signal.SIGUSR1, _heap)
+sys.argv[0] = "pacskit"
+from pacskit.cli import main
+main()
+"""
 
 
 # --------------------------------------------------------------------------- process figures
@@ -108,9 +131,25 @@ class Figures:
         self.peak_rss = max(self.peak_rss, rss_bytes(pid))
         self.peak_fds = max(self.peak_fds, open_fds(pid))
 
+    heap: list[int] = field(default_factory=list)
+    heap_file: Path | None = None
+
     def mark(self, name: str, pid: int) -> None:
         self.rss[name], self.fds[name] = rss_bytes(pid), open_fds(pid)
         self.kinds[name] = fd_kinds(pid)
+
+    async def mark_heap(self, pid: int) -> None:
+        """Ask a ``--trace-heap`` server for its traced Python heap (it answers in the heap file)."""
+        if self.heap_file is None:
+            return
+        os.kill(pid, signal.SIGUSR1)
+        for _ in range(200):
+            await asyncio.sleep(0.1)
+            lines = self.heap_file.read_text().split() if self.heap_file.exists() else []
+            if len(lines) > len(self.heap):
+                self.heap.append(int(lines[-1]))
+                return
+        raise TimeoutError("the server did not report its heap")
 
 
 # --------------------------------------------------------------------------- clients
@@ -246,6 +285,7 @@ async def run(args: argparse.Namespace, port: int, server: subprocess.Popen[byte
                            for i in range(args.clients)))
     await asyncio.sleep(3)
     figures.mark("baseline", pid)
+    await figures.mark_heap(pid)
     figures.sample(pid)
 
     stop = asyncio.Event()
@@ -257,15 +297,22 @@ async def run(args: argparse.Namespace, port: int, server: subprocess.Popen[byte
             await asyncio.sleep(0.25)
 
     sampling = asyncio.ensure_future(sampler())
-    deadline = time.monotonic() + args.duration
-    await asyncio.gather(*(slot(port, deadline, instances, tally, seed) for seed in range(args.clients)))
-    figures.mark("clients-done", pid)
-    tally.server_answering = await echo_ok(port)  # type: ignore[attr-defined]
-    # settle: the server closes what the killed clients left (their sockets are closed by the kernel)
-    settle_end = time.monotonic() + args.settle
-    while time.monotonic() < settle_end and open_fds(pid) > figures.fds["baseline"]:
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(1)
+    for round_no in range(1, args.rounds + 1):
+        deadline = time.monotonic() + args.duration
+        await asyncio.gather(*(slot(port, deadline, instances, tally, seed + 1000 * round_no)
+                               for seed in range(args.clients)))
+        if round_no == 1:
+            figures.mark("clients-done", pid)
+            tally.server_answering = await echo_ok(port)  # type: ignore[attr-defined]
+        else:
+            tally.server_answering = tally.server_answering and await echo_ok(port)  # type: ignore[attr-defined]
+        # settle: the server closes what the killed clients left (their sockets are closed by the kernel)
+        settle_end = time.monotonic() + args.settle
+        while time.monotonic() < settle_end and open_fds(pid) > figures.fds["baseline"]:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1)
+        figures.mark(f"after round {round_no}", pid)
+        await figures.mark_heap(pid)
     figures.mark("after", pid)
     stop.set()
     await sampling
@@ -293,9 +340,15 @@ def mib(n: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of storing (default 60)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of storing per round (default 60)")
     parser.add_argument("--clients", type=int, default=64, help="concurrent client slots (default 64)")
     parser.add_argument("--settle", type=float, default=15.0, help="max seconds for the server to settle after")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="soak rounds of --duration s, each followed by a settle (default 3): memory retained "
+                             "by the allocator shows once, a leak grows with every round")
+    parser.add_argument("--trace-heap", action="store_true",
+                        help="run the server under tracemalloc and report its Python heap after each round "
+                             "(slower start-up and throughput; the figures that tell a leak from allocator reuse)")
     parser.add_argument("--keep", action="store_true", help="keep the server folder")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -312,13 +365,18 @@ def main() -> int:
     port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with open(log_path, "wb") as log:
+        figures = Figures()
+        env = dict(os.environ)
+        start = [PYTHON, "-m", "pacskit"]
+        if args.trace_heap:
+            figures.heap_file = data_dir.parent / f"{data_dir.name}.heap"
+            env["PACSKIT_SOAK_HEAP"] = str(figures.heap_file)
+            start = [PYTHON, "-c", HEAP_BOOTSTRAP]
         server = subprocess.Popen(
-            [PYTHON, "-m", "pacskit", "serve", "--data-dir", str(data_dir), "--port", str(port), "--ae", AE,
-             "--host", LOCALHOST],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    figures = Figures()
+            [*start, "serve", "--data-dir", str(data_dir), "--port", str(port), "--ae", AE, "--host", LOCALHOST],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
-        wait_for_port(LOCALHOST, port, 60, proc=server)
+        wait_for_port(LOCALHOST, port, 600 if args.trace_heap else 60, proc=server)
         started = time.monotonic()
         tally = asyncio.run(run(args, port, server, figures))
         elapsed = time.monotonic() - started
@@ -334,7 +392,7 @@ def main() -> int:
                    for kind, n in figures.kinds["after"].items() if kind != index_kind)
     fds_back = fds_back and figures.kinds["after"].get(index_kind, 0) <= figures.kinds["start-up"].get(index_kind, 0) + 2 * 20
 
-    print(f"soak: {args.clients} client slots for {args.duration:.0f} s (wall {elapsed:.0f} s incl. warm-up and settle), "
+    print(f"soak: {args.clients} client slots, {args.rounds} rounds of {args.duration:.0f} s (wall {elapsed:.0f} s incl. warm-up and settle), "
           f"loopback, server pid {server.pid}")
     print(f"  associations {tally.associations}, A-ABORTs {tally.aborts}, SIGKILLed clients {tally.kills}, "
           f"unexpected client errors {len(tally.failures)}, non-success statuses {tally.refused}")
@@ -343,6 +401,13 @@ def main() -> int:
     print(f"  server answered C-ECHO after the clients: {'yes' if answering else 'NO'}")
     print(f"  server RSS: start-up {mib(figures.rss['start-up'])}, baseline {mib(figures.rss['baseline'])}, peak {mib(figures.peak_rss)}, "
           f"clients done {mib(figures.rss['clients-done'])}, after settle {mib(figures.rss['after'])}")
+    rounds = [figures.rss[f"after round {r}"] for r in range(1, args.rounds + 1)]
+    print("  server RSS after each round: " + ", ".join(mib(n) for n in rounds)
+          + (f"; growth from round 1 to {args.rounds}: {mib(rounds[-1] - rounds[0])}" if len(rounds) > 1 else ""))
+    if figures.heap:
+        print("  server Python heap (tracemalloc): baseline " + mib(figures.heap[0]) + ", after each round "
+              + ", ".join(mib(n) for n in figures.heap[1:])
+              + f"; growth from baseline to the last round: {mib(figures.heap[-1] - figures.heap[0])}")
     print(f"  server open fds: start-up {figures.fds['start-up']}, baseline {figures.fds['baseline']}, peak {figures.peak_fds}, "
           f"clients done {figures.fds['clients-done']}, after settle {figures.fds['after']}")
     print(f"  fds back to baseline (index connections within the pool bound): {'yes' if fds_back else 'NO'}")
@@ -364,7 +429,11 @@ def main() -> int:
 
         shutil.rmtree(data_dir, ignore_errors=True)
         log_path.unlink(missing_ok=True)
-    ok = bool(tally.acknowledged) and not missing and check_ok and answering and fds_back
+        if figures.heap_file is not None:
+            figures.heap_file.unlink(missing_ok=True)
+    # the index's bounded series cache (pacskit.store.index) may fill a little: a leak grows per round
+    heap_flat = not figures.heap or figures.heap[-1] - figures.heap[0] < HEAP_GROWTH_BOUND
+    ok = bool(tally.acknowledged) and not missing and check_ok and answering and fds_back and heap_flat
     return 0 if ok else 1
 
 
