@@ -10,7 +10,7 @@ blob under a new key and deletes the old one afterwards).
 
 * :class:`FilesystemBlobStore` keeps ``root/ab/cd/<key>.dcm``; :meth:`~FilesystemBlobStore.put_file`
   takes ownership of a complete temp file on the same filesystem (the network engine writes into
-  :attr:`~FilesystemBlobStore.temp_dir`): fsync the file, ``os.replace`` it into place, fsync the
+  :attr:`~FilesystemBlobStore.temp_dir`): ``os.replace`` it into place, fsync the file, fsync the
   directory. When it returns, the blob survives a power failure.
 * :class:`MemoryBlobStore` is the in-memory twin for unit tests.
 """
@@ -215,7 +215,6 @@ class FilesystemBlobStore:
         folder = self._ensure_dir(key)
         if key_hint is not None and os.path.exists(dest):
             raise FileExistsError(f"blob {key} already exists")
-        _fsync_file(src)  # data on stable storage before the rename makes it visible
         try:
             os.replace(src, dest)
         except OSError as exc:
@@ -223,6 +222,13 @@ class FilesystemBlobStore:
                 raise
             self._copy_in(src, dest)
             os.unlink(src)
+        else:
+            # Rename first, then fsync: the file's fsync commits the file system journal with the
+            # rename in it, so the directory's fsync that follows finds (almost) nothing left to do;
+            # fsync-then-rename costs two journal commits per blob. The blob is visible before its
+            # data is durable, which nobody can observe: no index row refers to it yet, and a crash
+            # in between leaves a journalled blob without a row that recovery deletes.
+            _fsync_file(dest)
         self._dir_syncs.sync(folder)  # the rename itself on stable storage (shared with concurrent puts)
         return key
 

@@ -44,6 +44,7 @@ from pacskit.store.extract import (
     sha256_file,
     sha256_stream,
 )
+from pacskit.store.journal import IngestJournal, journal_files, recorded_keys
 from pacskit.store.index import (
     DUPLICATE_POLICIES,
     Counts,
@@ -193,6 +194,8 @@ class DataStore:
         self.index = index
         self.blobs = blobs
         self._gate = _Gate()
+        self._journal: IngestJournal | None = None  # created by the first ingest
+        self._journal_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -229,6 +232,8 @@ class DataStore:
 
     def close(self) -> None:
         self.index.close()
+        if self._journal is not None:
+            self._journal.close()
 
     def __enter__(self) -> DataStore:
         return self
@@ -273,7 +278,7 @@ class DataStore:
     def _ingest(self, path: str, source_ae: str | None, expected_sop_instance_uid: str | None,
                 expected_sop_class_uid: str | None, duplicate_policy: DuplicatePolicy,
                 offset: int | None) -> IngestResult:
-        marker: str | None = None
+        slot: int | None = None
         try:
             header = read_part10_header(path)
             try:  # one walk: nesting guarded before pydicom sees anything, indexed values collected
@@ -292,11 +297,11 @@ class DataStore:
                               else IngestStatus.DUPLICATE_REJECTED)
                     return IngestResult(status, known[0], attrs.sop_instance_uid, sha, size, known[1], known[2])
             key = new_key()
-            marker = self._journal_begin(key)
+            slot = self._journal_begin(key)
             key = self.blobs.put_file(path, key_hint=key)
         except BaseException:
             _unlink(path)
-            self._journal_end(marker)
+            self._journal_end(slot)
             raise
         ae = (source_ae or attrs.source_ae or "").strip()[:AE] or None
         received_at = dt.datetime.now(dt.UTC)
@@ -311,7 +316,7 @@ class DataStore:
             self._discard_new_blob(key)
             raise
         finally:
-            self._journal_end(marker)
+            self._journal_end(slot)
         if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED):
             self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
         elif rec.replaced_blob_key is not None:
@@ -319,49 +324,43 @@ class DataStore:
         return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
                             rec.blob_key, rec.sha256)
 
-    # crash journal ----------------------------------------------------------------------------------
-    # A blob becomes visible (durably renamed into place) before its index row commits. A crash in
-    # between would leave a complete, never acknowledged blob without a row. So ingest first records the
-    # new key in ``journal_dir`` and removes the record once the transaction has ended; :meth:`recover`
-    # (run at open) deletes every journalled blob that has no row, instead of a full scan of the blob
-    # store at start-up.
-    #
-    # The marker is not fsynced: it must survive a crash of the process (kill -9, OOM killer: the
-    # kernel keeps it), and it does. After a power failure the marker may be lost while the blob
-    # survives; that blob was never acknowledged, is complete and valid, and is reported by check()
-    # as an orphan (reindex() adopts it). Acknowledged instances never depend on the marker. Syncing
-    # the journal directory cost more than any other step of an ingest (measured with py-spy: it
-    # forces a journal commit of the file system per instance), for a case that loses nothing.
+    # crash journal (pacskit.store.journal) ---------------------------------------------------------
 
-    def _journal_begin(self, key: str) -> str | None:
-        folder = getattr(self.blobs, "journal_dir", None)
-        if folder is None:
-            return None
-        marker = os.path.join(folder, key)
-        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        return marker
+    def _journal_begin(self, key: str) -> int | None:
+        journal = self._journal
+        if journal is None:
+            folder = getattr(self.blobs, "journal_dir", None)
+            if folder is None:
+                return None
+            with self._journal_lock:
+                if self._journal is None:
+                    self._journal = IngestJournal(folder)
+                journal = self._journal
+        return journal.begin(key)
 
-    @staticmethod
-    def _journal_end(marker: str | None) -> None:
-        if marker is not None:
-            _unlink(marker)
+    def _journal_end(self, slot: int | None) -> None:
+        if slot is not None and self._journal is not None:
+            self._journal.end(slot)
 
     def recover(self) -> int:
-        """Delete blobs an interrupted ingest left without an index row; returns how many."""
+        """Delete blobs an interrupted ingest left without an index row; returns how many.
+
+        Only while nobody else writes to the store (see :mod:`pacskit.store.journal`)."""
         folder = getattr(self.blobs, "journal_dir", None)
         if folder is None:
             return 0
         removed = 0
-        for key in os.listdir(folder):
-            try:
-                validate_key(key)
-            except Exception:
-                _unlink(os.path.join(folder, key))
-                continue
-            if self.blobs.exists(key) and not self.index.is_blob_referenced(key):
-                self.blobs.delete(key)
-                removed += 1
-            _unlink(os.path.join(folder, key))
+        own = self._journal.path if self._journal is not None else None
+        for path in journal_files(folder, skip=own):
+            for key in recorded_keys(path):
+                try:
+                    validate_key(key)
+                except Exception:
+                    continue
+                if self.blobs.exists(key) and not self.index.is_blob_referenced(key):
+                    self.blobs.delete(key)
+                    removed += 1
+            _unlink(path)  # every key in it is resolved (a slot file of a process that is gone)
         if removed:
             log.warning("removed %d blobs of interrupted ingests (never acknowledged)", removed)
         return removed
