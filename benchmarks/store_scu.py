@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PYTHON, count_files, dcmtk_env, dcmtk_tool, ensure_series, receiver, warm  # noqa: E402
+from _common import PYTHON, compile_pacskit, count_files, dcmtk_env, dcmtk_tool, ensure_series, receiver, warm  # noqa: E402
 from engine_store import BUSY, busy_seconds, default_out_root  # noqa: E402
 
 SENDERS = ("pacskit", "storescu", "pynetdicom")
@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("--senders", default=",".join(SENDERS))
     args = parser.parse_args()
     kinds = [k for k in args.senders.split(",") if k]
+    compile_pacskit()
     datasets = []
     if args.small:
         datasets.append(("small", ensure_series("small-64x64", args.small, 64, 64)))

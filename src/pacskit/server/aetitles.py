@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pacskit.server.settings import SettingsError, validate_ae_title
+from pacskit.server.validation import SettingsError, validate_ae_title
 
 AE_FILE = "ae-titles.toml"
 ALL_SERVICES = frozenset({"echo", "store", "find", "move", "get", "commit", "mpps", "worklist"})

@@ -47,22 +47,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pacskit.server.validation import SettingsError, validate_ae_title
 from pacskit.net.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetConfig
 
 SETTINGS_FILE = "server.toml"
-_AE_RE = re.compile(r"^[\x20-\x5B\x5D-\x7E]{1,16}$")  # PS3.5 AE: default repertoire, no backslash
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-class SettingsError(ValueError):
-    """A settings file is missing, unreadable or invalid; the message says where and why."""
-
-
-def validate_ae_title(value: str) -> str:
-    """Validate an AE title (1-16 characters of the default repertoire, not all spaces, no backslash)."""
-    if not _AE_RE.match(value) or not value.strip():
-        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)")
-    return value.strip()
 
 
 class _Strict(BaseModel):
