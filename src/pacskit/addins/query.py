@@ -53,8 +53,8 @@ _MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 _RETRIEVE_AE_TITLE = 0x00080054
 _INSTANCE_AVAILABILITY = 0x00080056
 _OUR_KEYS = (_RETRIEVE_AE_TITLE, _INSTANCE_AVAILABILITY)
-_FIRST_BATCH = 8
-_MAX_BATCH = 256
+_FIRST_BATCH = 32
+_MAX_BATCH = 1024
 
 
 class QueryOptions(AddInOptions):
@@ -96,9 +96,12 @@ class QueryAddIn(AddIn):
         return self.options.relational and agreed[:1] == b"\x01"
 
     async def on_find(self, request: Request) -> AsyncIterator[Response]:
-        """Compile and fetch in the thread pool, in growing batches (8, 16, … up to 256 matches per hop),
-        and yield the encoded answers on the event loop; C-CANCEL is checked before every match. A query
-        with fewer than 8 matches costs one hop to the thread pool."""
+        """Compile and fetch in the thread pool, 32 matches in the first hop and up to 1,024 in each
+        after, and yield the encoded answers on the event loop; C-CANCEL is checked before every match.
+        A query with fewer than 32 matches costs one hop to the thread pool. Each hop costs a thread
+        hand-off and the GIL going back and forth (py-spy: ~0.3 ms on this VM), so few large hops beat
+        a doubling series (8, 16, … 256 took six hops for 266 matches); the first hop stays small so
+        the first answers leave early."""
         loop = asyncio.get_running_loop()
         executor = request.assoc.executor
         batch = _FIRST_BATCH
@@ -125,7 +128,7 @@ class QueryAddIn(AddIn):
                     break
                 if request.cancelled.is_set():
                     break
-                batch = min(batch * 2, _MAX_BATCH)
+                batch = _MAX_BATCH
                 page = await loop.run_in_executor(executor, self._next_batch, stream, query, request, batch)
         finally:
             if not exhausted:
