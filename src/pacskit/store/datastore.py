@@ -6,7 +6,8 @@ recovered by :meth:`reindex`), never with a row whose file is missing:
 
 1. read and validate the indexed attributes (UIDs; the dataset's SOP Instance/Class UIDs must equal
    the C-STORE command's), hash the file (SHA-256, streamed);
-2. put the blob: fsync the file, rename it into place, fsync the directory;
+2. put the blob: rename it into place, fsync the file, fsync the directory (the key is recorded in
+   the crash journal first, :mod:`pacskit.store.journal`);
 3. one database transaction adds or updates patient / study / series / instance and the counts;
 4. if that transaction fails, the new blob is deleted (unless the commit may have succeeded: then it
    is kept, and is at worst an orphan);
