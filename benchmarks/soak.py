@@ -297,15 +297,14 @@ async def run(args: argparse.Namespace, port: int, server: subprocess.Popen[byte
             await asyncio.sleep(0.25)
 
     sampling = asyncio.ensure_future(sampler())
+    tally.server_answering = True  # type: ignore[attr-defined]
     for round_no in range(1, args.rounds + 1):
         deadline = time.monotonic() + args.duration
         await asyncio.gather(*(slot(port, deadline, instances, tally, seed + 1000 * round_no)
                                for seed in range(args.clients)))
         if round_no == 1:
             figures.mark("clients-done", pid)
-            tally.server_answering = await echo_ok(port)  # type: ignore[attr-defined]
-        else:
-            tally.server_answering = tally.server_answering and await echo_ok(port)  # type: ignore[attr-defined]
+        tally.server_answering &= await echo_ok(port)  # type: ignore[attr-defined]
         # settle: the server closes what the killed clients left (their sockets are closed by the kernel)
         settle_end = time.monotonic() + args.settle
         while time.monotonic() < settle_end and open_fds(pid) > figures.fds["baseline"]:

@@ -171,3 +171,23 @@ def test_shared_directory_sync_covers_concurrent_callers(tmp_path, monkeypatch):
     assert log == ["start", "end", "start", "end"]  # eight callers, two fsyncs
     for started, ended in order:
         assert ended > started  # an fsync that started after the call had ended before the return
+
+
+@pytest.mark.parametrize("failing", ["_fsync_file", "_fsync_dir"])
+def test_a_failed_fsync_leaves_no_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """The blob is renamed into place before its fsyncs: if one fails, put_file raises and the
+    renamed file is removed again (no blob that was never durable stays in the store)."""
+    import pacskit.store.blobs as blobs_module
+
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    earlier = "ab" * 15 + "cd"  # same directory: it exists, so only the fsyncs after the rename run
+    store.put_file(_temp(tmp_path, b"earlier", store), key_hint=earlier)
+
+    def fail(path: str) -> None:
+        raise OSError(errno.EIO, "simulated I/O error", path)
+
+    monkeypatch.setattr(blobs_module, failing, fail)
+    with pytest.raises(OSError, match="simulated"):
+        store.put_file(_temp(tmp_path, b"payload", store), key_hint="ab" * 16)
+    assert not store.exists("ab" * 16)
+    assert [p.name for p in (tmp_path / "blobs").rglob("*.dcm")] == [earlier + ".dcm"]

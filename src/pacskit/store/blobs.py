@@ -222,14 +222,20 @@ class FilesystemBlobStore:
                 raise
             self._copy_in(src, dest)
             os.unlink(src)
-        else:
+        try:
             # Rename first, then fsync: the file's fsync commits the file system journal with the
             # rename in it, so the directory's fsync that follows finds (almost) nothing left to do;
             # fsync-then-rename costs two journal commits per blob. The blob is visible before its
             # data is durable, which nobody can observe: no index row refers to it yet, and a crash
             # in between leaves a journalled blob without a row that recovery deletes.
             _fsync_file(dest)
-        self._dir_syncs.sync(folder)  # the rename itself on stable storage (shared with concurrent puts)
+            self._dir_syncs.sync(folder)  # the rename on stable storage (shared with concurrent puts)
+        except BaseException:
+            try:  # not durable: the caller gets the error, and no blob is left behind
+                os.unlink(dest)
+            except FileNotFoundError:
+                pass
+            raise
         return key
 
     def _copy_in(self, src: str, dest: str) -> None:

@@ -38,7 +38,6 @@ class IngestJournal:
     """This process's slot file. Thread-safe; :meth:`close` removes the file (nothing is in flight)."""
 
     def __init__(self, folder: str) -> None:
-        self.folder = folder
         self.path = os.path.join(folder, f"{SLOT_FILE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._lock = threading.Lock()
