@@ -252,7 +252,7 @@ def test_statistics_off_subscribes_nothing(tmp_path: Path) -> None:
         await srv.start()
         try:
             assert srv.bus.wants(ev.DIMSE_SENT)
-            assert len(_statistics_observers(srv)) == 10
+            assert len(_statistics_observers(srv)) == 8
         finally:
             await srv.stop()
         assert _statistics_observers(srv) == []

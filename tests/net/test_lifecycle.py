@@ -194,3 +194,32 @@ def test_release_with_storelog_acceptor_counts():
     echoes, gone = asyncio.run(main())
     assert echoes == 20
     assert gone
+
+
+def test_byte_counters_match_the_pdus_on_the_wire():
+    """``bytes_sent`` / ``bytes_received`` (what the statistics read) count every PDU once: each side's
+    sent bytes are the PDU_SENT lengths plus headers, and what one side sent is what the other received."""
+    bus = EventBus()
+    sent: dict[bool, int] = {True: 0, False: 0}
+
+    def on_sent(e: ev.SpyEvent) -> None:
+        sent[e.assoc.is_requestor] += e.detail["length"] + 6
+
+    bus.subscribe(ev.PDU_SENT, on_sent)
+
+    async def main():
+        async with serving(echo_services(), bus=bus) as acceptor:
+            client = await connect(LOCALHOST, acceptor.port, called_ae=AE, contexts=ECHO_ONLY, bus=bus)
+            for _ in range(3):
+                assert await client.echo() == 0
+            [server] = list(acceptor.associations)
+            await client.release()
+            await client.wait_closed()
+            await asyncio.wait_for(server.wait_closed(), 10)
+        return client, server
+
+    client, server = asyncio.run(main())
+    assert client.bytes_sent == sent[True] > 0
+    assert server.bytes_sent == sent[False] > 0
+    assert server.bytes_received == client.bytes_sent
+    assert client.bytes_received == server.bytes_sent

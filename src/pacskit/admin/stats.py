@@ -1,9 +1,10 @@
 """Statistics and notifications of one server, built from its spy event bus.
 
-:class:`Statistics` subscribes to the server's :class:`~pacskit.net.EventBus` (association, DIMSE and
-PDU notifications) and keeps counters: associations (active, total, rejected, aborted), operations
-served per DIMSE service with their statuses and a latency histogram, bytes in and out, and per
-connection what the clients view shows (bytes, operations, the operation running now). Nothing is
+:class:`Statistics` subscribes to the server's :class:`~pacskit.net.EventBus` (association and DIMSE
+notifications) and keeps counters: associations (active, total, rejected, aborted), operations
+served per DIMSE service with their statuses and a latency histogram, bytes in and out (read from
+each association's own PDU byte counters, so no event per PDU), and per connection what the clients
+view shows (bytes, operations, the operation running now). Nothing is
 subscribed until :meth:`Statistics.start`; ``[admin] statistics = false`` never starts it, and the
 engine then pays nothing (the bus is free when unobserved).
 
@@ -94,11 +95,19 @@ class OperationStats:
 class Activity:
     """What one association did so far (kept while it is open)."""
 
-    bytes_in: int = 0
-    bytes_out: int = 0
+    assoc: Any = None
     operations: int = 0
     running: dict[int, tuple[str, float]] = field(default_factory=dict)  # message id -> (service, started)
     connection_id: int | None = None
+
+    @property
+    def bytes_in(self) -> int:
+        """PDU bytes received (the association's own counter: no event per PDU)."""
+        return getattr(self.assoc, "bytes_received", 0)
+
+    @property
+    def bytes_out(self) -> int:
+        return getattr(self.assoc, "bytes_sent", 0)
 
     def current_operation(self, now: float) -> dict[str, Any] | None:
         if not self.running:
@@ -194,8 +203,6 @@ _SUBSCRIBED = (
     ev.ASSOCIATION_ABORTED,
     ev.DIMSE_RECEIVED,
     ev.DIMSE_SENT,
-    ev.PDU_RECEIVED,
-    ev.PDU_SENT,
 )
 
 
@@ -226,8 +233,8 @@ class Statistics:
         self.associations_aborted = 0
         self.associations_released = 0
         self.outgoing_associations_total = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self._closed_bytes_in = 0  # of associations no longer open
+        self._closed_bytes_out = 0
         self.operations: dict[str, OperationStats] = {}
         self._activity: dict[int, Activity] = {}  # id(assoc) -> activity, while open
         self._handlers: dict[str, Callable[[ev.SpyEvent], None]] = {
@@ -239,8 +246,6 @@ class Statistics:
             ev.ASSOCIATION_ABORTED: self._on_aborted,
             ev.DIMSE_RECEIVED: self._on_dimse_received,
             ev.DIMSE_SENT: self._on_dimse_sent,
-            ev.PDU_RECEIVED: self._on_pdu_received,
-            ev.PDU_SENT: self._on_pdu_sent,
         }
         self._running = False
 
@@ -263,6 +268,15 @@ class Statistics:
         return self._running
 
     # ------------------------------------------------------------------ views
+
+    @property
+    def bytes_in(self) -> int:
+        """PDU bytes received since the start, on every association (open ones included)."""
+        return self._closed_bytes_in + sum(a.bytes_in for a in list(self._activity.values()))
+
+    @property
+    def bytes_out(self) -> int:
+        return self._closed_bytes_out + sum(a.bytes_out for a in list(self._activity.values()))
 
     def activity(self, assoc: Any) -> Activity | None:
         return self._activity.get(id(assoc))
@@ -291,7 +305,7 @@ class Statistics:
     def _get(self, assoc: Any) -> Activity:
         activity = self._activity.get(id(assoc))
         if activity is None:
-            activity = self._activity[id(assoc)] = Activity()
+            activity = self._activity[id(assoc)] = Activity(assoc)
         return activity
 
     def _cid(self, assoc: Any, activity: Activity) -> int | None:
@@ -313,6 +327,9 @@ class Statistics:
 
     def _on_closed(self, event: ev.SpyEvent) -> None:
         activity = self._activity.pop(id(event.assoc), None)
+        if activity is not None:
+            self._closed_bytes_in += activity.bytes_in
+            self._closed_bytes_out += activity.bytes_out
         assoc = event.assoc
         if assoc is None or assoc.is_requestor or activity is None:
             return
@@ -411,16 +428,6 @@ class Statistics:
             self.notifications.publish("operation", **data)
             if category == "Failure":
                 self.notifications.publish("error", source="operation", **data)
-
-    def _on_pdu_received(self, event: ev.SpyEvent) -> None:
-        n = event.detail["length"] + 6
-        self.bytes_in += n
-        self._get(event.assoc).bytes_in += n
-
-    def _on_pdu_sent(self, event: ev.SpyEvent) -> None:
-        n = event.detail["length"] + 6
-        self.bytes_out += n
-        self._get(event.assoc).bytes_out += n
 
 
 def _address(peer: Any) -> str:

@@ -223,6 +223,16 @@ class Association:
         return transport.get_extra_info("peercert") or None
 
     @property
+    def bytes_received(self) -> int:
+        """Bytes of PDUs received on this association so far."""
+        return self.dul.bytes_received
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of PDUs handed to the transport so far (corked P-DATA counts once it leaves)."""
+        return self.dul.bytes_sent
+
+    @property
     def busy(self) -> bool:
         return self._handling or bool(self._waiters) or not self._requests.empty()
 

@@ -72,6 +72,10 @@ class UpperLayer(asyncio.Protocol):
         # P-DATA written during one turn of the event loop leaves in one system call (see send_p_data)
         self._corked: list[bytes] = []
         self._corked_size = 0
+        #: bytes of PDUs received and sent so far (TLS records excluded): the statistics read these
+        #: rather than counting PDU events, which would cost an event per PDU on every busy association
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     # ------------------------------------------------------------------ transport callbacks
 
@@ -126,6 +130,7 @@ class UpperLayer(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:  # noqa: C901 - the hot path, kept flat on purpose
         self._last_rx = time.monotonic()
+        self.bytes_received += len(data)
         view = memoryview(data)
         pos, end = 0, len(data)
         user = self.user
@@ -274,6 +279,7 @@ class UpperLayer(asyncio.Protocol):
         self.flush()  # P-DATA sent before this PDU goes first
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+            self.bytes_sent += len(data)
         if self.bus.wants(ev.PDU_SENT):
             self.bus.emit(ev.PDU_SENT, self.user, pdu_type=pdu_type, length=len(data) - 6, pdu=data[6:])
 
@@ -361,10 +367,11 @@ class UpperLayer(asyncio.Protocol):
         """Hand corked P-DATA to the transport now (normally done at the end of the loop turn)."""
         if not self._corked:
             return
-        corked, self._corked, self._corked_size = self._corked, [], 0
+        corked, size, self._corked, self._corked_size = self._corked, self._corked_size, [], 0
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.writelines(corked)
+            self.bytes_sent += size
 
     def release_request(self) -> bool:
         return self._event(Event.EVT11)

@@ -113,7 +113,7 @@ class EventBus:
         for observer in list(observers):
             try:
                 result = observer(event)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
                     task.add_done_callback(_log_task_failure)
             except Exception:  # observers never break an association

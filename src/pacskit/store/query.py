@@ -59,6 +59,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from sqlalchemy import (
     Boolean,
     ColumnElement,
+    Engine,
     Select,
     and_,
     exists,
@@ -832,17 +833,31 @@ def find_encoded(
 
 
 def _rows(store: DataStore, query: FindQuery, page_size: int, max_results: int | None) -> Iterator[Any]:
-    engine = store.index.engine
+    return matching_rows(store.index.engine, query.statement, page_size=page_size, max_results=max_results)
+
+
+def matching_rows(engine: Engine, statement: Select[Any], *, page_size: int = 500,
+                  max_results: int | None = None) -> Iterator[Any]:
+    """The rows of a matching query, memory bounded either way; :class:`TooManyMatches` before the
+    first row when there are more than ``max_results``.
+
+    With a cap, the statement runs with ``LIMIT max_results + 1`` in one client-side result, so what
+    is held is bounded by the cap, the connection goes back to the pool before the first row is
+    used, and PostgreSQL answers in one round trip (its server-side cursor costs BEGIN, DECLARE,
+    describe, FETCH… and CLOSE: about 5 ms of an 8 ms name query at 1M instances). Without a cap,
+    rows stream from a server-side cursor ``page_size`` at a time and the connection is held until
+    the generator ends; close it to stop early (C-CANCEL).
+    """
+    if max_results is not None:
+        with engine.connect() as conn:
+            rows = conn.execute(statement.limit(max_results + 1)).fetchall()
+        if len(rows) > max_results:
+            raise TooManyMatches(max_results)
+        yield from rows
+        return
     with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=page_size).execute(query.statement)
+        result = conn.execution_options(stream_results=True, yield_per=page_size).execute(statement)
         try:
-            ahead: list[Any] = []
-            if max_results is not None:
-                ahead = result.fetchmany(max_results + 1)
-                if len(ahead) > max_results:
-                    raise TooManyMatches(max_results)
-            yield from ahead
-            del ahead
             yield from result
         finally:
             result.close()
@@ -1081,6 +1096,7 @@ __all__ = [
     "InvalidQuery",
     "Key",
     "TooManyMatches",
+    "matching_rows",
     "answer_charset",
     "compile_find",
     "find",

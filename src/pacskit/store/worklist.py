@@ -56,13 +56,13 @@ from pacskit.store.query import (
     STATUS_IDENTIFIER_MISMATCH,
     InvalidQuery,
     Key,
-    TooManyMatches,
     _charset_of,
     _condition,
     _decoded_elements,
     _values,
     combined_datetime_condition,
     date_range,
+    matching_rows,
     set_answer_charset,
     time_range,
     wildcard_match,
@@ -634,23 +634,11 @@ class WorklistStore:
         return list(s.execute(select(C.pk).where(*conditions).order_by(C.pk)).scalars())
 
     def find(self, query: WorklistQuery, *, page_size: int = 200, max_results: int | None = None) -> Iterator[Dataset]:
-        """One answer per matching step, streamed from a cursor; :class:`TooManyMatches` (before the
-        first answer) when there are more than ``max_results``. Close the generator to stop early."""
-        with self.index.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=page_size).execute(query.statement)
-            try:
-                ahead: list[Any] = []
-                if max_results is not None:
-                    ahead = result.fetchmany(max_results + 1)
-                    if len(ahead) > max_results:
-                        raise TooManyMatches(max_results)
-                for row in ahead:
-                    yield build_answer(query, row.dataset)
-                del ahead
-                for row in result:
-                    yield build_answer(query, row.dataset)
-            finally:
-                result.close()
+        """One answer per matching step (:func:`~pacskit.store.query.matching_rows`: bounded by the cap,
+        or streamed from a cursor); :class:`TooManyMatches` (before the first answer) when there are
+        more than ``max_results``. Close the generator to stop early."""
+        for row in matching_rows(self.index.engine, query.statement, page_size=page_size, max_results=max_results):
+            yield build_answer(query, row.dataset)
 
 
 # --- import -------------------------------------------------------------------------------------------
