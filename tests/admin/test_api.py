@@ -251,7 +251,7 @@ def test_statistics_off_subscribes_nothing(tmp_path: Path) -> None:
         srv = _server(tmp_path / "srv2")
         await srv.start()
         try:
-            assert srv.bus.wants(ev.DIMSE_SENT)
+            assert srv.bus.wants(ev.OPERATION_COMPLETED)
             assert len(_statistics_observers(srv)) == 8
         finally:
             await srv.stop()

@@ -34,7 +34,6 @@ from pacskit.net.dimse import CommandField, status_category
 # Seconds; the upper bounds of the latency histogram's buckets (plus +Inf).
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
-_PENDING = (0xFF00, 0xFF01)
 # command field -> service name ("C-STORE"...), computed once: the enum lookup costs more than the rest
 _SERVICE_OF: dict[int, str] = {int(f): f.service for f in CommandField}
 
@@ -202,7 +201,7 @@ _SUBSCRIBED = (
     ev.ASSOCIATION_RELEASED,
     ev.ASSOCIATION_ABORTED,
     ev.DIMSE_RECEIVED,
-    ev.DIMSE_SENT,
+    ev.OPERATION_COMPLETED,
 )
 
 
@@ -245,7 +244,7 @@ class Statistics:
             ev.ASSOCIATION_RELEASED: self._on_released,
             ev.ASSOCIATION_ABORTED: self._on_aborted,
             ev.DIMSE_RECEIVED: self._on_dimse_received,
-            ev.DIMSE_SENT: self._on_dimse_sent,
+            ev.OPERATION_COMPLETED: self._on_operation_completed,
         }
         self._running = False
 
@@ -392,22 +391,19 @@ class Statistics:
         activity = self._activity.get(id(assoc)) or self._get(assoc)
         activity.running[command.get("MessageID", 0)] = (service, self._clock())
 
-    def _on_dimse_sent(self, event: ev.SpyEvent) -> None:
+    def _on_operation_completed(self, event: ev.SpyEvent) -> None:
+        """One request answered (its final response sent): count it. Subscribing to this rather than
+        to every DIMSE message sent keeps a C-FIND's Pending answers free of statistics work."""
         assoc = event.assoc
         if assoc is None or assoc.is_requestor:
-            return
-        command = event.detail["command"]
-        if not command.command_field & 0x8000:
-            return  # a request we send (C-GET sub-operation)
-        status = command.get("Status", 0)
-        if status in _PENDING:
             return
         activity = self._activity.get(id(assoc))
         if activity is None:
             return
-        started = activity.running.pop(command.get("MessageIDBeingRespondedTo", -1), None)
-        if started is None:
-            return
+        started = activity.running.pop(event.detail["command"].get("MessageID", 0), None)
+        status = event.detail["status"]
+        if started is None or status is None:
+            return  # not seen arriving, or the association broke before a final response
         service, t0 = started
         elapsed = self._clock() - t0
         activity.operations += 1

@@ -503,6 +503,34 @@ class Association:
                 self._sink = None
                 sink.abort()
 
+    def on_pdv(self, context_id: int, control: int, payload: memoryview) -> None:
+        """A whole PDV: what :meth:`on_pdv_start`, :meth:`on_pdv_data` and :meth:`on_pdv_end` do, in one
+        call for the common cases (the DUL calls this when the PDV arrived in one read)."""
+        if control == 3 and not self._cmd_parts:  # a command set in one fragment
+            if self._msg_command is not None:
+                raise PduError("command fragment received while a dataset was expected", 5)
+            ctx = self.contexts.get(context_id)
+            if ctx is None or not ctx.accepted:
+                raise PduError(f"PDV on presentation context {context_id}, which was not accepted", 6)
+            if len(payload) > self.config.max_command_length:
+                raise PduError(f"command set larger than {self.config.max_command_length} bytes", 6)
+            self._cmd_context = context_id
+            self._command_complete(bytes(payload))
+            return
+        if control == 2:  # the last (often the only) fragment of a dataset
+            ctx = self._msg_context
+            if self._msg_command is None or ctx is None or ctx.id != context_id:
+                raise PduError(f"dataset fragment on context {context_id} without its command", 5)
+            self._pdv_is_command = False
+            if payload:
+                self.on_pdv_data(payload)
+            self._dataset_complete()
+            return
+        self.on_pdv_start(context_id, control)
+        if payload:
+            self.on_pdv_data(payload)
+        self.on_pdv_end()
+
     def on_pdv_end(self) -> None:
         if not self._pdv_last:
             return
@@ -510,31 +538,37 @@ class Association:
             data = b"".join(self._cmd_parts)
             self._cmd_parts = []
             self._cmd_len = 0
-            last = self._last_command
-            if last is not None and last[0] == data:
-                command = Command(last[1])  # a stream of Pending answers repeats one command set
-            else:
-                try:
-                    command = Command.decode(data)
-                except DimseError as exc:
-                    raise PduError(f"invalid command set: {exc}", 6) from exc
-                self._last_command = (data, Command(command))
-            ctx = self.contexts[self._cmd_context]
-            if not command.has_dataset:
-                self._message_complete(ctx, command, None, None)
-                return
-            self._msg_command = command
-            self._msg_context = ctx
-            self._sink_error = None
+            self._command_complete(data)
+        else:
+            self._dataset_complete()
+
+    def _command_complete(self, data: bytes) -> None:
+        last = self._last_command
+        if last is not None and last[0] == data:
+            command = Command(last[1])  # a stream of Pending answers repeats one command set
+        else:
             try:
-                if command.command_field & 0x8000:
-                    self._sink = MemorySink(ctx.transfer_syntax, self.config.max_memory_dataset)
-                else:
-                    self._sink = self.services.open_sink(self, ctx, command)
-            except Exception as exc:
-                self._sink = None
-                self._sink_error = exc
+                command = Command.decode(data)
+            except DimseError as exc:
+                raise PduError(f"invalid command set: {exc}", 6) from exc
+            self._last_command = (data, Command(command))
+        ctx = self.contexts[self._cmd_context]
+        if not command.has_dataset:
+            self._message_complete(ctx, command, None, None)
             return
+        self._msg_command = command
+        self._msg_context = ctx
+        self._sink_error = None
+        try:
+            if command.command_field & 0x8000:
+                self._sink = MemorySink(ctx.transfer_syntax, self.config.max_memory_dataset)
+            else:
+                self._sink = self.services.open_sink(self, ctx, command)
+        except Exception as exc:
+            self._sink = None
+            self._sink_error = exc
+
+    def _dataset_complete(self) -> None:
         command, ctx = self._msg_command, self._msg_context
         assert command is not None and ctx is not None
         self._msg_command = self._msg_context = None
@@ -772,8 +806,9 @@ class Association:
                 cmd = dimse.response_command(request, status, has_dataset=True)
                 if request.command_field in _NO_INSTANCE_IN_RESPONSE:
                     cmd.pop("AffectedSOPInstanceUID", None)
-                cached = self._pending_rsp = (request, status, cmd, cmd.encode())
-            await self.send_message(ctx.id, cached[2], data, encoded_command=cached[3])
+                pdus = _fragments(cmd.encode(), ctx.id, self._max_pdv_data(), command=True)
+                cached = self._pending_rsp = (request, status, cmd, pdus)
+            await self.send_message(ctx.id, cached[2], data, command_pdus=cached[3])
             return
         elements = dict(response.elements)
         if "ErrorComment" in elements and elements["ErrorComment"]:
@@ -796,18 +831,19 @@ class Association:
         command: Command,
         dataset: bytes | tuple[str | os.PathLike[str], int, int] | None = None,
         *,
-        encoded_command: bytes | None = None,
+        command_pdus: list[bytes] | None = None,
     ) -> None:
         """Send one DIMSE message. ``dataset`` is encoded bytes, or ``(path, offset, size)`` to stream a
-        file from ``offset`` in PDU-sized pieces (never loading it whole). ``encoded_command`` is
-        ``command`` already encoded, when the caller sends the same one many times. Raises
+        file from ``offset`` in PDU-sized pieces (never loading it whole). ``command_pdus`` is
+        ``command`` already encoded into its P-DATA pieces (header, fragment…) for this context, when
+        the caller sends the same one many times. Raises
         :class:`AssociationAborted` when the association can no longer carry data."""
         if self.bus.wants(ev.DIMSE_SENT):
             self.bus.emit(ev.DIMSE_SENT, self, command=command, context_id=context_id)
         if dataset is not None:
             self.dataset_bytes_sent += len(dataset) if isinstance(dataset, bytes) else dataset[2]
         max_data = self._max_pdv_data()
-        pieces = _fragments(encoded_command or command.encode(), context_id, max_data, command=True)
+        pieces = list(command_pdus) if command_pdus else _fragments(command.encode(), context_id, max_data, command=True)
         if dataset is None or isinstance(dataset, bytes):
             if dataset is not None:
                 pieces += _fragments(dataset, context_id, max_data, command=False)

@@ -5,7 +5,8 @@ arrive, so there is no polling thread and an idle association costs nothing. PDU
 are collected whole (capped by ``NetConfig.max_associate_pdu_length``) and decoded into
 :mod:`pacskit.net.pdu` objects. P-DATA-TF is never collected: its PDV items are parsed as they arrive and
 their payload is handed on in slices (``on_pdv_start`` / ``on_pdv_data`` / ``on_pdv_end``), which is what
-lets a 2 GB dataset stream to disk through a 256 KB buffer.
+lets a 2 GB dataset stream to disk through a 256 KB buffer; a PDV that is whole in one read (a command
+set, a C-FIND answer, a small dataset) goes in one ``on_pdv`` call.
 
 The service user (:class:`pacskit.net.association.Association`) sees indications and confirmations as
 method calls, and asks for requests and responses through ``send_*`` methods; every one of these goes
@@ -155,6 +156,31 @@ class UpperLayer(asyncio.Protocol):
                 continue
             if mode == _MODE_DISCARD:
                 return
+            if not self._buf and end - pos >= 6:
+                # The header is all in this read (the usual case): parsed in place, no copy.
+                if mode == _MODE_HEADER:
+                    pdu_type, _, length = _PDU_HEADER.unpack_from(data, pos)
+                    pos += 6
+                    self._on_pdu_header(pdu_type, length)
+                    continue
+                if mode == _MODE_PDV_HEADER:
+                    length, context_id, control = _PDV_HEADER.unpack_from(data, pos)
+                    if length >= 2 and length + 4 <= self._pdu_left and end - pos >= length + 4:
+                        # A whole PDV in this read (every C-FIND answer, every small dataset):
+                        # handed on in one call instead of start / data / end.
+                        self._pdu_left -= length + 4
+                        try:
+                            user.on_pdv(context_id, control, view[pos + 6 : pos + 4 + length])
+                        except PduError as exc:
+                            self._invalid_pdu(str(exc), exc.abort_reason)
+                            return
+                        pos += length + 4
+                        if not self._pdu_left:
+                            self._mode = _MODE_HEADER
+                        continue
+                    pos += 6
+                    self._on_pdv_header(length, context_id, control)
+                    continue
             want = self._need - len(self._buf)
             if not self._buf and end - pos >= want:
                 chunk = bytes(view[pos : pos + want])
@@ -168,15 +194,15 @@ class UpperLayer(asyncio.Protocol):
                 chunk = bytes(self._buf)
                 self._buf.clear()
             if mode == _MODE_HEADER:
-                self._on_pdu_header(chunk)
+                pdu_type, _, length = _PDU_HEADER.unpack(chunk)
+                self._on_pdu_header(pdu_type, length)
             elif mode == _MODE_BODY:
                 self._mode, self._need = _MODE_HEADER, 6
                 self._on_pdu_body(self._pdu_type, chunk)
             else:
-                self._on_pdv_header(chunk)
+                self._on_pdv_header(*_PDV_HEADER.unpack(chunk))
 
-    def _on_pdu_header(self, header: bytes) -> None:
-        pdu_type, _, length = _PDU_HEADER.unpack(header)
+    def _on_pdu_header(self, pdu_type: int, length: int) -> None:
         event = PDU_EVENTS.get(pdu_type)
         if event is None:
             self._invalid_pdu(f"unrecognized PDU type 0x{pdu_type:02X}", pdu.ABORT_REASON_UNRECOGNIZED_PDU)
@@ -215,8 +241,7 @@ class UpperLayer(asyncio.Protocol):
         else:
             self._mode, self._need = _MODE_BODY, length
 
-    def _on_pdv_header(self, header: bytes) -> None:
-        length, context_id, control = _PDV_HEADER.unpack(header)
+    def _on_pdv_header(self, length: int, context_id: int, control: int) -> None:
         if length < 2 or length + 4 > self._pdu_left:
             self._invalid_pdu(
                 f"PDV item length {length} does not fit the {self._pdu_left} bytes left in its P-DATA-TF",
@@ -342,7 +367,7 @@ class UpperLayer(asyncio.Protocol):
             self._loop.call_soon(self.flush)
         if isinstance(data, list):
             corked.extend(data)
-            self._corked_size += sum(len(piece) for piece in data)
+            self._corked_size += sum(map(len, data))
         else:
             corked.append(data)
             self._corked_size += len(data)
