@@ -148,3 +148,21 @@ def test_a_failing_write_is_counted_and_the_writer_goes_on() -> None:
         assert batches == [[1], [2]] and writer.failed == 1 and writer.written == 2
     finally:
         writer.close()
+
+
+def test_flush_cuts_a_lingering_batch_short() -> None:
+    """A writer that lingers 30 s to fill its batch still writes what it holds when flushed (the audit
+    trail's and transaction log's ``flush`` must not wait out the linger)."""
+    batches: list[list[int]] = []
+    writer: BatchWriter[int] = BatchWriter("t", lambda batch: batches.append(list(batch)), linger=30.0)
+    writer.start()
+    try:
+        for n in (1, 2, 3):
+            writer.submit(n)
+        assert writer.flush(timeout=10)
+        assert batches == [[1, 2, 3]] and writer.written == 3
+        writer.submit(4)  # the next batch lingers again, and is cut short again
+        assert writer.flush(timeout=10)
+        assert batches == [[1, 2, 3], [4]]
+    finally:
+        writer.close()

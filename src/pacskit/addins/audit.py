@@ -72,6 +72,10 @@ class AuditOptions(AddInOptions):
     max_spool: int = Field(100_000, ge=1)
     retry_interval: float = Field(10.0, gt=0, description="seconds between attempts to send the spool")
     queue_size: int = Field(10_000, ge=1)
+    database_linger: float = Field(
+        1.0, ge=0, le=10,
+        description="seconds the database writer waits to fill a batch (one transaction per batch, not per message)",
+    )
 
 
 @dataclass
@@ -120,6 +124,7 @@ class AuditAddIn(AddIn):
             queue_size=opts.queue_size,
             retry_interval=opts.retry_interval,
             max_spool=opts.max_spool,
+            database_linger=opts.database_linger,
         )
         self._associations: dict[int, _AssociationAudit] = defaultdict(_AssociationAudit)
         self._events: BatchWriter[tuple[str, SpyEvent]] = BatchWriter(

@@ -4,7 +4,8 @@ collector, spooling on disk while the collector is unreachable.
 Nothing here runs on the DIMSE path. :meth:`AuditTrail.emit` queues a built message for two writer
 threads (:class:`~pacskit.server.background.BatchWriter`):
 
-* **database**: inserts into ``audit_records`` (one transaction per batch);
+* **database**: inserts into ``audit_records`` (one transaction per batch; ``database_linger`` seconds
+  to fill a batch, so a busy server does not commit once per query);
 * **syslog** (when configured): RFC 5424 (``MSGID`` ``IHE+RFC-3881``, facility authpriv, severity
   notice, as IHE ATNA ITI-20 asks) over TLS (RFC 5425) or UDP (RFC 5426). A message that cannot be
   sent (connection refused, TLS failure, timeout) is written to the spool folder, one file per
@@ -53,6 +54,7 @@ class AuditTrail:
         queue_size: int = 10_000,
         retry_interval: float = 10.0,
         max_spool: int = 100_000,
+        database_linger: float = 0.0,
         app_name: str = "pacskit",
         start: bool = True,
     ) -> None:
@@ -75,7 +77,9 @@ class AuditTrail:
         self._unreachable_logged = False
         self.sent = 0
         self._db: BatchWriter[AuditMessage] | None = (
-            BatchWriter("audit-db", self._store, queue_size=queue_size, logger=log) if engine is not None else None
+            BatchWriter("audit-db", self._store, queue_size=queue_size, linger=database_linger, logger=log)
+            if engine is not None
+            else None
         )
         self._syslog: BatchWriter[bytes] | None = None
         if sender is not None:

@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 _STOP = object()
+_FLUSH = object()  # ends a lingering batch now (flush)
 log = logging.getLogger("pacskit.server.background")
 
 
@@ -111,6 +112,11 @@ class BatchWriter(Generic[T]):
         if not self.running:
             return self._queue.unfinished_tasks == 0
         deadline = time.monotonic() + timeout
+        if self._linger and self._queue.unfinished_tasks:
+            try:
+                self._queue.put_nowait(_FLUSH)  # the writer need not wait out its linger
+            except queue.Full:
+                pass
         while self._queue.unfinished_tasks:
             if time.monotonic() > deadline:
                 return False
@@ -146,14 +152,14 @@ class BatchWriter(Generic[T]):
                 continue
             batch: list[Any] = [first]
             until = time.monotonic() + self._linger
-            while len(batch) < self._batch_size and first is not _STOP and batch[-1] is not _STOP:
+            while len(batch) < self._batch_size and batch[-1] is not _STOP and batch[-1] is not _FLUSH:
                 try:
                     left = until - time.monotonic()
                     batch.append(q.get(timeout=left) if left > 0 else q.get_nowait())
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)
-            items = [item for item in batch if item is not _STOP]
+            items = [item for item in batch if item is not _STOP and item is not _FLUSH]
             if items:
                 try:
                     self._write(items)
