@@ -889,6 +889,8 @@ class _FastEncoder:
         self.query = query
         self.explicit = explicit
         self._positions: list[int] | None = None
+        self._steps: list[tuple[int, bytes, Any, bytes, bool, bytes]] | None = None
+        self._general = False  # a constant is not ASCII: every answer through _encode_with_charset
         self._empty: dict[int, bytes] = {}  # tag -> encoded empty element
         # (tag, vr, where the value comes from)
         self.plan: list[tuple[int, str, str, Any]] = []
@@ -916,14 +918,76 @@ class _FastEncoder:
         return cls(query, transfer_syntax == _EXPLICIT_LE, fixed)
 
     def _element_header(self, tag: int, vr: str, length: int) -> bytes:
+        prefix, pack = self._prefix(tag, vr)
+        return prefix + pack(length)
+
+    def _prefix(self, tag: int, vr: str) -> tuple[bytes, Any]:
+        """The bytes before an element's length, and the packer of its length."""
         head = _TAG_PREFIX(tag >> 16, tag & 0xFFFF)
         if not self.explicit:
-            return head + _UL_LEN(length)
+            return head, _UL_LEN
         if vr in _LONG_VRS:
-            return head + vr.encode("ascii") + b"\x00\x00" + _UL_LEN(length)
-        return head + vr.encode("ascii") + _US_LEN(length)
+            return head + vr.encode("ascii") + b"\x00\x00", _UL_LEN
+        return head + vr.encode("ascii"), _US_LEN
+
+    def _compile_steps(self, row: Any) -> list[tuple[int, bytes, Any, bytes, bool, bytes]] | None:
+        """Per returned key, once per query: (row position or -1, prefix, length packer, padding,
+        numeric, the whole element when it is constant); ``None`` when a constant is not ASCII (then
+        every answer takes the general path)."""
+        index = {name: i for i, name in enumerate(row._fields)}
+        steps = []
+        for tag, vr, source, ref in self.plan:
+            prefix, pack = self._prefix(tag, vr)
+            pad = b"\x00" if vr == "UI" else b" "
+            if source == "column":
+                steps.append((index[ref[0]], prefix, pack, pad, ref[1] in ("int", "count"), prefix + pack(0)))
+                continue
+            text = ref or ""
+            if not text.isascii():
+                return None
+            data = text.encode("ascii")
+            if len(data) % 2:
+                data += pad
+            steps.append((-1, prefix, pack, pad, False, prefix + pack(len(data)) + data))
+        return steps
 
     def encode(self, row: Any) -> bytes:
+        """One answer. Rows whose values are all ASCII (nearly all) are encoded from steps prepared once
+        per query; a row with other text goes through :meth:`_encode_with_charset`, which picks the
+        Specific Character Set."""
+        steps = self._steps
+        if steps is None:
+            if self._general:
+                return self._encode_with_charset(row)
+            steps = self._steps = self._compile_steps(row)
+            if steps is None:
+                self._general = True
+                return self._encode_with_charset(row)
+        out: list[bytes] = []
+        append = out.append
+        for pos, prefix, pack, pad, numeric, whole in steps:
+            if pos < 0:
+                append(whole)
+                continue
+            raw = row[pos]
+            if raw is None:
+                append(whole)  # the empty element
+                continue
+            text = str(int(raw)) if numeric else raw if type(raw) is str else str(raw)
+            if not text:
+                append(whole)
+                continue
+            if not text.isascii():
+                return self._encode_with_charset(row)
+            data = text.encode("ascii")
+            if len(data) % 2:
+                data += pad
+            append(prefix)
+            append(pack(len(data)))
+            append(data)
+        return b"".join(out)
+
+    def _encode_with_charset(self, row: Any) -> bytes:
         positions = self._positions
         if positions is None:  # the row's column order, once per query
             index = {name: i for i, name in enumerate(row._fields)}
