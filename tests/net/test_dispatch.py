@@ -446,3 +446,37 @@ def test_c_get_sub_operations_on_the_same_association_and_deflated_find(tmp_path
 
     assert received == [dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
     assert finds == [(0xFF00, "echo-42"), (0x0000, None)]
+
+
+def test_a_handler_may_yield_lists_of_responses(caplog):
+    """Lists are sent in order: Pending answers with encoded bytes (one write), a Pending Dataset, and a
+    final response in a list ends the operation (what follows it in the list is dropped, with a warning)."""
+    from pacskit.net import encode_dataset
+
+    explicit = "1.2.840.10008.1.2.1"
+
+    async def on_find(req):
+        if req.sop_class_uid == STUDY_ROOT_FIND:
+            yield [Response(0xFF00, encode_dataset(match(n), explicit)) for n in range(3)]
+            yield [Response(0xFF01, match(3)), Response(0xFF00, encode_dataset(match(4), explicit))]
+            yield [Response(0xFF00, encode_dataset(match(5), explicit)), Response(0xA700), Response(0xFF00, match(6))]
+            yield Response(0xFF00, match(7))  # never asked for: the stream ended at 0xA700
+        else:
+            yield [Response(0xFF00, encode_dataset(match(n), explicit)) for n in range(2)]
+
+    services = Services()
+    services.register("C-FIND", on_find)
+
+    async def main():
+        async with serving(services, CONTEXTS) as acceptor:
+            contexts = [RequestedContext(PATIENT_ROOT_FIND, [explicit]), RequestedContext(STUDY_ROOT_FIND, [explicit])]
+            async with await connect(LOCALHOST, acceptor.port, called_ae=AE, contexts=contexts) as assoc:
+                first = [(s, ds.PatientID if ds is not None else None) async for s, ds in assoc.find(STUDY_ROOT_FIND, query())]
+                second = [(s, ds.PatientID if ds is not None else None) async for s, ds in assoc.find(PATIENT_ROOT_FIND, query())]
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first == [(0xFF00, "P0000"), (0xFF00, "P0001"), (0xFF00, "P0002"), (0xFF01, "P0003"),
+                     (0xFF00, "P0004"), (0xFF00, "P0005"), (0xA700, None)]
+    assert second == [(0xFF00, "P0000"), (0xFF00, "P0001"), (0x0000, None)]
+    assert any("1 responses after a final one ignored" in r.getMessage() for r in caplog.records)

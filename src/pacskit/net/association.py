@@ -189,8 +189,8 @@ class Association:
         self._worker: asyncio.Task[None] | None = None
         self._handling = False
         self._cancels: dict[int, asyncio.Event] = {}
-        # the last Pending response sent: (request command, status, response command, its encoding)
-        self._pending_rsp: tuple[Command, int, Command, bytes] | None = None
+        # the last Pending response sent: (request command, status, response command, its P-DATA pieces)
+        self._pending_rsp: tuple[Command, int, Command, list[bytes]] | None = None
         self._last_command: tuple[bytes, Command] | None = None  # the last command set received, decoded
         self._waiters: dict[int, asyncio.Queue[Any]] = {}
         self._next_message_id = 0
@@ -789,10 +789,56 @@ class Association:
         await self._respond(ctx, command, Response(final))
 
     async def _send_item(self, request: Request, item: Any) -> bool:
-        """Send one yielded response; ``True`` when it was final (not Pending)."""
+        """Send one yielded response, or a list of them; ``True`` when one was final (not Pending)."""
+        if type(item) is list:
+            return await self._send_many(request, item)
         response = item if isinstance(item, Response) else Response(int(item))
         await self._respond(request.context, request.command, response)
         return response.status not in (0xFF00, 0xFF01)
+
+    async def _send_many(self, request: Request, items: list[Any]) -> bool:
+        """Responses yielded as one list (a page of C-FIND matches): the Pending ones with encoded
+        datasets leave in one write, without a coroutine per answer; anything else is sent the usual
+        way, in order. Items after a final response are ignored."""
+        ctx, command = request.context, request.command
+        max_data = self._max_pdv_data()
+        spy = self.bus.wants(ev.DIMSE_SENT)
+        pieces: list[bytes] = []
+        for n, item in enumerate(items):
+            response = item if isinstance(item, Response) else Response(int(item))
+            data = response.dataset
+            status = response.status
+            if (status == 0xFF00 or status == 0xFF01) and type(data) is bytes and not response.elements:
+                cmd, cmd_pdus = self._pending_command(ctx, command, status)
+                if spy:
+                    self.bus.emit(ev.DIMSE_SENT, self, command=cmd, context_id=ctx.id)
+                self.dataset_bytes_sent += len(data)
+                pieces += cmd_pdus
+                pieces += _fragments(data, ctx.id, max_data, command=False)
+                continue
+            if pieces:
+                await self._send_pieces(pieces)
+                pieces = []
+            await self._respond(ctx, command, response)
+            if status not in (0xFF00, 0xFF01):
+                if n + 1 < len(items):
+                    log.warning("%s: %d responses after a final one ignored", self.label, len(items) - n - 1)
+                return True
+        if pieces:
+            await self._send_pieces(pieces)
+        return False
+
+    def _pending_command(self, ctx: PresentationContext, request: Command, status: int) -> tuple[Command, list[bytes]]:
+        """The Pending response command of ``request`` and its P-DATA pieces, built once per request:
+        a stream of Pending answers (C-FIND matches) repeats one command set."""
+        cached = self._pending_rsp
+        if cached is None or cached[0] is not request or cached[1] != status:
+            cmd = dimse.response_command(request, status, has_dataset=True)
+            if request.command_field in _NO_INSTANCE_IN_RESPONSE:
+                cmd.pop("AffectedSOPInstanceUID", None)
+            pdus = _fragments(cmd.encode(), ctx.id, self._max_pdv_data(), command=True)
+            cached = self._pending_rsp = (request, status, cmd, pdus)
+        return cached[2], cached[3]
 
     async def _respond(self, ctx: PresentationContext, request: Command, response: Response) -> None:
         data: bytes | None = None
@@ -800,15 +846,8 @@ class Association:
             data = response.dataset if isinstance(response.dataset, bytes) else encode_dataset(response.dataset, ctx.transfer_syntax)
         status = response.status
         if (status == 0xFF00 or status == 0xFF01) and data is not None and not response.elements:
-            # A stream of Pending answers (C-FIND matches) repeats one command set: encode it once.
-            cached = self._pending_rsp
-            if cached is None or cached[0] is not request or cached[1] != status:
-                cmd = dimse.response_command(request, status, has_dataset=True)
-                if request.command_field in _NO_INSTANCE_IN_RESPONSE:
-                    cmd.pop("AffectedSOPInstanceUID", None)
-                pdus = _fragments(cmd.encode(), ctx.id, self._max_pdv_data(), command=True)
-                cached = self._pending_rsp = (request, status, cmd, pdus)
-            await self.send_message(ctx.id, cached[2], data, command_pdus=cached[3])
+            cmd, pdus = self._pending_command(ctx, request, status)
+            await self.send_message(ctx.id, cmd, data, command_pdus=pdus)
             return
         elements = dict(response.elements)
         if "ErrorComment" in elements and elements["ErrorComment"]:
@@ -847,12 +886,7 @@ class Association:
         if dataset is None or isinstance(dataset, bytes):
             if dataset is not None:
                 pieces += _fragments(dataset, context_id, max_data, command=False)
-            if self._send_lock.locked():
-                async with self._send_lock:
-                    self._send_now(pieces)
-            else:
-                self._send_now(pieces)
-            await self.dul.drain()
+            await self._send_pieces(pieces)
             return
         path, offset, size = dataset
         # The file is read in blocks of whole PDVs (~256 KiB) and each block leaves in one write, with
@@ -880,6 +914,15 @@ class Association:
             if remaining > 0:
                 self.abort()
                 raise AssociationAborted(f"{path} shrank while being sent")
+
+    async def _send_pieces(self, pieces: list[bytes]) -> None:
+        """Whole messages' P-DATA pieces, in one write unless a streamed file holds the send lock."""
+        if self._send_lock.locked():
+            async with self._send_lock:
+                self._send_now(pieces)
+        else:
+            self._send_now(pieces)
+        await self.dul.drain()
 
     def _send_now(self, pieces: list[bytes]) -> None:
         if not self.dul.send_p_data(pieces):

@@ -11,7 +11,10 @@ handler returns                   engine sends
 :class:`Response`                 one final response (status, optional dataset, extra elements)
 an iterator / async iterator of   one response per item (Pending for C-FIND, C-GET, C-MOVE), then a
 ``Response`` or ``int``           final Success unless the last item was final, or Cancel (0xFE00)
-                                  when the peer sent C-CANCEL and the handler stopped
+                                  when the peer sent C-CANCEL and the handler stopped. An item may
+                                  also be a *list* of responses: they are sent in order, and Pending
+                                  ones with encoded ``bytes`` datasets leave in one write (a page of
+                                  C-FIND matches costs one send, not one coroutine step per match)
 ================================  ===============================================================
 
 A handler may be ``async def`` (runs on the event loop: must not block) or a plain function (runs in the
