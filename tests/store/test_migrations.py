@@ -71,12 +71,14 @@ def test_sqlite_pragmas(tmp_path: Any) -> None:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == 1024 ** 3
     finally:
         index.close()
-    normal = Index.open(f"sqlite:///{tmp_path}/n.db", sqlite_synchronous="NORMAL")
+    normal = Index.open(f"sqlite:///{tmp_path}/n.db", sqlite_synchronous="NORMAL", sqlite_mmap_size=0)
     try:
         with normal.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == 0
     finally:
         normal.close()
 

@@ -19,6 +19,10 @@ SQLite, per connection (``connect`` event):
   (reported by ``DataStore.check`` as an orphan and recovered by ``DataStore.reindex``), never a
   row without its blob.
 * ``foreign_keys=ON`` (off by default in SQLite), ``busy_timeout`` 30 s.
+* ``mmap_size`` 1 GiB (``sqlite_mmap_size``; 0 turns it off): pages are read through a memory map
+  instead of one ``pread`` each, about a third of a 300-match name query at 1M instances. Writes still
+  go through the journal as usual. Mapped pages are the OS page cache, shared by every connection
+  (a bigger ``cache_size`` would be per connection), and count in the process's RSS as file pages.
 * The driver's own transaction handling is switched off and SQLAlchemy emits ``BEGIN`` itself:
   ``BEGIN IMMEDIATE`` for write transactions (connections with the ``pacskit_write`` execution
   option), so a writer takes the write lock up front instead of failing to upgrade a read lock with
@@ -66,6 +70,7 @@ def make_engine(
     url: str | URL,
     *,
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL",
+    sqlite_mmap_size: int = 1024 * 1024 * 1024,
     pool_size: int = 10,
     echo: bool = False,
     **kwargs: Any,
@@ -81,7 +86,7 @@ def make_engine(
         if u.database in (None, "", ":memory:"):  # one shared connection, or each would be empty
             kwargs.setdefault("poolclass", StaticPool)
         engine = create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
-        _setup_sqlite(engine, sqlite_synchronous)
+        _setup_sqlite(engine, sqlite_synchronous, int(sqlite_mmap_size))
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", pool_size)
@@ -96,7 +101,7 @@ def make_engine(
     return create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
 
 
-def _setup_sqlite(engine: Engine, synchronous: str) -> None:
+def _setup_sqlite(engine: Engine, synchronous: str, mmap_size: int) -> None:
     memory = engine.url.database in (None, "", ":memory:")
 
     @event.listens_for(engine, "connect")
@@ -106,6 +111,7 @@ def _setup_sqlite(engine: Engine, synchronous: str) -> None:
         try:
             if not memory:
                 cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute(f"PRAGMA mmap_size={max(0, mmap_size)}")
             cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
