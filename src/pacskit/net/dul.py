@@ -40,6 +40,8 @@ _MODE_PDV_DATA = 3
 _MODE_DISCARD = 4
 
 _PDU_HEADER = pdu.PDU_HEADER
+_P_DATA_TF = pdu.P_DATA_TF
+_STA6 = State.STA6
 _CORK_LIMIT = 64 * 1024  # bytes of corked P-DATA that are written at once rather than at the end of the loop turn
 _PDV_HEADER = pdu.PDV_HEADER
 
@@ -161,6 +163,13 @@ class UpperLayer(asyncio.Protocol):
                 if mode == _MODE_HEADER:
                     pdu_type, _, length = _PDU_HEADER.unpack_from(data, pos)
                     pos += 6
+                    if (pdu_type == _P_DATA_TF and self.state is _STA6 and length >= 6
+                            and (not self._max_p_data or length <= self._max_p_data) and not self.bus.wants(ev.PDU_RECEIVED)):
+                        # P-DATA during data transfer (two per C-FIND answer): what _on_pdu_header
+                        # would decide (DT-2), without the table lookups
+                        self._pdu_left = length
+                        self._mode = _MODE_PDV_HEADER
+                        continue
                     self._on_pdu_header(pdu_type, length)
                     continue
                 if mode == _MODE_PDV_HEADER:
