@@ -6,8 +6,8 @@ to Orthanc's size. Orthanc can only be loaded through DICOM: ``--orthanc-instanc
 synthetic 2x2-pixel files with the *same* attribute values are written once (cached under
 ``.bench-data/query-files-<n>``) and sent with one DCMTK storescu; its count is checked over REST.
 
-Each server runs as its own process (``python -m pacskit serve`` with default Query add-in options
-but no result cap; Orthanc 1.10 from Debian with default settings) and is driven the same way: one
+Each server runs as its own process (``python -m pacskit serve`` with default settings except the Query
+add-in's result cap, raised to 1,000,000; Orthanc 1.10 from Debian with default settings) and is driven the same way: one
 association from pacskit's client in this process, ``--queries`` (50) queries of each kind, each timed
 from sending the C-FIND-RQ to receiving the final response (so network and encoding are included,
 client start-up is not). Answers are received whole but not decoded into pydicom datasets: that is
