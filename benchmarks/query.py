@@ -86,10 +86,15 @@ def load_pacskit(folder: Path, shape: bulk.BulkShape, db_url: str | None) -> Pat
         bulk.bulk_load(store, shape)
         print(f"  bulk-loaded {shape.instances:,} instances ({shape.studies:,} studies) into "
               f"{store.index.backend} in {time.perf_counter() - t0:.1f} s", flush=True)
-        if store.index.backend in ("postgresql", "sqlite"):
-            # planner statistics after a bulk load (committed: inside a rolled-back transaction
-            # PostgreSQL drops them, and then plans a hash join over every study for each query)
-            with store.index.engine.begin() as conn:
+        if store.index.backend == "postgresql":
+            # What a DBA runs after a bulk load (PostgreSQL docs, "Populating a Database"): planner
+            # statistics (without them it plans a hash join over every study for each query), and
+            # VACUUM so the visibility map and hint bits are set, as autovacuum leaves them in
+            # service; without it the first reads of every row write hint bits.
+            with store.index.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE")
+        elif store.index.backend == "sqlite":
+            with store.index.engine.begin() as conn:  # committed, like any statistics
                 conn.exec_driver_sql("ANALYZE")
     finally:
         store.close()
