@@ -57,7 +57,7 @@ from pacskit.net.presentation import (
     negotiate_as_acceptor,
 )
 from pacskit.net.services import OperationContext, Request, Response, Services, current_operation, failure_status
-from pacskit.net.sinks import DatasetSink, DatasetTooLarge, MemorySink, ReceivedDataset, iter_file_chunks, read_part10_header
+from pacskit.net.sinks import DatasetSink, DatasetTooLarge, MemorySink, ReceivedDataset, iter_file_chunks, read_part10
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -1019,9 +1019,10 @@ class Association:
             extra["MoveOriginatorApplicationEntityTitle"] = move_originator[0]
             extra["MoveOriginatorMessageID"] = move_originator[1]
         if isinstance(source, (str, os.PathLike)):
-            info = read_part10_header(source)
+            # a small file is read whole, once; a bigger one is streamed from disk in blocks
+            info, whole = read_part10(source, whole_below=_SEND_BLOCK)
             ctx = self.find_context(info.sop_class_uid, info.transfer_syntax)
-            data: Any = (source, info.dataset_offset, info.file_size - info.dataset_offset)
+            data: Any = whole if whole is not None else (source, info.dataset_offset, info.file_size - info.dataset_offset)
             sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
         else:
             sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)

@@ -385,38 +385,75 @@ def read_part10_header(path: str | os.PathLike[str]) -> Part10Info:
 
     Raises ``ValueError`` when the file is not Part 10 or lacks the UIDs a C-STORE needs.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(132)
-        if len(head) < 132 or head[128:132] != b"DICM":
-            raise ValueError(f"{path}: not a DICOM Part 10 file (no DICM prefix)")
-        values: dict[int, str] = {}
-        pos = 132
-        while True:
-            hdr = fh.read(8)
-            if len(hdr) < 8:
-                break
-            group, elem, vr = struct.unpack("<HH2s", hdr[:6])
-            if group != 0x0002:
-                break
-            if vr in _EXPLICIT_LONG_VRS:
-                extra = fh.read(4)
-                if len(extra) < 4:
-                    raise ValueError(f"{path}: truncated file meta information")
-                (length,) = struct.unpack("<L", extra)
-                header_len = 12
-            else:
-                (length,) = struct.unpack("<H", hdr[6:8])
-                header_len = 8
-            value = fh.read(length)
-            if len(value) < length:
-                raise ValueError(f"{path}: truncated file meta information")
-            values[elem] = value.decode("ascii", "replace").rstrip("\x00 ")
-            pos += header_len + length
+    return read_part10(path)[0]
+
+
+_META_PROBE = 16384  # bytes read to find the File Meta Information (read again, larger, if it is longer)
+
+
+def read_part10(path: str | os.PathLike[str], *, whole_below: int = 0) -> tuple[Part10Info, bytes | None]:
+    """The File Meta Information of a Part 10 file and, when the file is at most ``whole_below`` bytes,
+    its dataset bytes as well: one open and one read for a small instance (a C-STORE of it then needs
+    no second open), the meta alone for a big one (which is then streamed with
+    :func:`iter_file_chunks`). Raises ``ValueError`` when the file is not Part 10 or lacks the UIDs
+    a C-STORE needs."""
+    with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
+        whole = size <= whole_below
+        buf = _read_up_to(fh, size if whole else min(size, _META_PROBE))
+        while (parsed := _parse_file_meta(buf, path, complete=len(buf) >= size)) is None:
+            buf += _read_up_to(fh, min(size, len(buf) * 4) - len(buf))
+    values, pos = parsed
     try:
-        return Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size, values.get(0x0016) or None)
+        info = Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size, values.get(0x0016) or None)
     except KeyError as exc:
         raise ValueError(f"{path}: file meta information lacks (0002,{exc.args[0]:04X})") from exc
+    return info, (buf[pos:] if whole else None)
+
+
+def _read_up_to(fh: Any, n: int) -> bytes:
+    parts = []
+    while n > 0:
+        chunk = fh.read(n)
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _parse_file_meta(buf: bytes, path: Any, *, complete: bool) -> tuple[dict[int, str], int] | None:
+    """The group 0002 values (element -> text) and where the dataset starts, from the first bytes of
+    a file (``complete``: all of it); ``None`` when ``buf`` ends inside the group (read more)."""
+    end = len(buf)
+    if end < 132 and not complete:
+        return None
+    if end < 132 or buf[128:132] != b"DICM":
+        raise ValueError(f"{path}: not a DICOM Part 10 file (no DICM prefix)")
+    values: dict[int, str] = {}
+    pos = 132
+    while True:
+        if pos + 8 > end:
+            return (values, pos) if complete else None  # the file ends with its meta: no dataset
+        group, elem, vr = struct.unpack_from("<HH2s", buf, pos)
+        if group != 0x0002:
+            return values, pos
+        if vr in _EXPLICIT_LONG_VRS:
+            if pos + 12 > end:
+                break
+            (length,) = struct.unpack_from("<L", buf, pos + 8)
+            header_len = 12
+        else:
+            (length,) = struct.unpack_from("<H", buf, pos + 6)
+            header_len = 8
+        start = pos + header_len
+        if start + length > end:
+            break
+        values[elem] = buf[start : start + length].decode("ascii", "replace").rstrip("\x00 ")
+        pos = start + length
+    if complete:
+        raise ValueError(f"{path}: truncated file meta information")
+    return None
 
 
 def iter_file_chunks(path: str | os.PathLike[str], offset: int, chunk_size: int) -> Iterator[bytes]:
