@@ -397,12 +397,15 @@ def read_part10(path: str | os.PathLike[str], *, whole_below: int = 0) -> tuple[
     no second open), the meta alone for a big one (which is then streamed with
     :func:`iter_file_chunks`). Raises ``ValueError`` when the file is not Part 10 or lacks the UIDs
     a C-STORE needs."""
-    with open(path, "rb", buffering=0) as fh:
-        size = os.fstat(fh.fileno()).st_size
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))  # no io object: a third of the cost
+    try:
+        size = os.fstat(fd).st_size
         whole = size <= whole_below
-        buf = _read_up_to(fh, size if whole else min(size, _META_PROBE))
+        buf = _read_up_to(fd, size if whole else min(size, _META_PROBE))
         while (parsed := _parse_file_meta(buf, path, complete=len(buf) >= size)) is None:
-            buf += _read_up_to(fh, min(size, len(buf) * 4) - len(buf))
+            buf += _read_up_to(fd, min(size, len(buf) * 4) - len(buf))
+    finally:
+        os.close(fd)
     values, pos = parsed
     try:
         info = Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size, values.get(0x0016) or None)
@@ -411,10 +414,10 @@ def read_part10(path: str | os.PathLike[str], *, whole_below: int = 0) -> tuple[
     return info, (buf[pos:] if whole else None)
 
 
-def _read_up_to(fh: Any, n: int) -> bytes:
+def _read_up_to(fd: int, n: int) -> bytes:
     parts = []
     while n > 0:
-        chunk = fh.read(n)
+        chunk = os.read(fd, n)
         if not chunk:
             break
         parts.append(chunk)
