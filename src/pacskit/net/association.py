@@ -858,6 +858,8 @@ class Association:
         if request.command_field in _NO_INSTANCE_IN_RESPONSE:
             cmd.pop("AffectedSOPInstanceUID", None)
         await self.send_message(ctx.id, cmd, data)
+        if response.status not in (0xFF00, 0xFF01):
+            self.dul.flush()  # a final answer: the peer waits for it, nothing more will be gathered
 
     # ------------------------------------------------------------------ DIMSE send
 
@@ -972,6 +974,7 @@ class Association:
         self._waiters[message_id] = queue
         try:
             await self.send_message(ctx.id, command, data)
+            self.dul.flush()  # nothing to gather before the answer comes: leave now, not next loop turn
             timeout = self.config.dimse_timeout
             while True:
                 if not queue.empty():  # responses that arrived together: no timer, no task
