@@ -18,7 +18,8 @@ Datasets come from the shared cache (``.bench-data/``): ``small`` = 64x64 16-bit
     .venv/bin/python benchmarks/retrieve.py [--small N] [--ct N] [--ignore]
 
 Targets (issue 4): pacskit >= 1.2x Orthanc's inst/s on CT-sized, >= 1.0x on small; peak RSS flat
-whatever the study size (compare runs with different N).
+whatever the study size (compare runs with different N: the "growth" column, what the move added on
+top of the server's RSS before it, is the one to compare; the RSS before includes what loading left).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Result:
     nbytes: int
     seconds: float | None = None
     peak_rss_kib: int | None = None
+    start_rss_kib: int | None = None  # VmRSS just before the move: peak - start is what the move added
     rss_scope: str = "move"
     failure: str = ""
 
@@ -70,11 +72,11 @@ def _reset_peak(pid: int) -> bool:
         return False
 
 
-def _peak_rss(pid: int) -> int | None:
+def _peak_rss(pid: int, field: str = "VmHWM") -> int | None:
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
@@ -134,6 +136,7 @@ def one_run(kind: str, files: list[Path], work: Path, ignore: bool) -> Result:
             os.sync()
             if not _reset_peak(pid):
                 res.rss_scope = "since start"
+            res.start_rss_kib = _peak_rss(pid, "VmRSS")
             seconds, out = _movescu(ae, port, study_uid)
             res.peak_rss_kib = _peak_rss(pid)
         received = len(list(scp_dir.glob("*.dcm")))
@@ -190,15 +193,19 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     print()
-    header = f"{'server':<8} {'dataset':<7} {'instances':>9} {'seconds':>8} {'inst/s':>9} {'MB/s':>8} {'peak RSS MiB':>13}"
+    header = (f"{'server':<8} {'dataset':<7} {'instances':>9} {'seconds':>8} {'inst/s':>9} {'MB/s':>8} {'peak RSS MiB':>13}"
+              f" {'growth MiB':>11}")
     print(header)
     print("-" * len(header))
     for r in results:
         mbps = r.nbytes / 1e6 / r.seconds if r.seconds else None
         rss = (r.peak_rss_kib / 1024) if r.peak_rss_kib else None
+        growth = (r.peak_rss_kib - r.start_rss_kib) / 1024 if r.peak_rss_kib and r.start_rss_kib else None
         print(f"{r.server:<8} {r.dataset:<7} {r.instances:>9,} {fmt(r.seconds, 3):>8} {fmt(r.inst_per_s):>9} {fmt(mbps):>8}"
-              f" {fmt(rss):>13}{'' if r.rss_scope == 'move' else ' (since start)'}{'  FAILED' if r.failure else ''}")
-    print("(seconds: wall clock of movescu, one run each; peak RSS: VmHWM of the server during the move)")
+              f" {fmt(rss):>13} {fmt(growth):>11}{'' if r.rss_scope == 'move' else ' (since start)'}"
+              f"{'  FAILED' if r.failure else ''}")
+    print("(seconds: wall clock of movescu, one run each; peak RSS: VmHWM of the server during the move;")
+    print(" growth: peak minus VmRSS just before the move, i.e. what the move itself added)")
     print()
     print("pacskit / Orthanc (inst/s):")
     status = 0
