@@ -5,9 +5,10 @@
 (b) Debian's Orthanc via :func:`pacskit.testing.peers.orthanc` (default SQLite index, storage without
     compression), STORESCP in its DicomModalities.
 
-Each server is loaded with the study by DCMTK storescu first (not timed), then one ``movescu -S -aem
-STORESCP`` for the study is timed (wall clock from spawning movescu to its exit). A run counts only if
-movescu reports a final Success and storescp wrote exactly as many files as the study has.
+Each server is loaded with the study by DCMTK storescu first (not timed), then ``--repeat`` (3)
+``movescu -S -aem STORESCP`` for the study are timed (wall clock from spawning movescu to its exit;
+the median is reported). A move counts only if movescu reports a final Success and storescp wrote
+exactly as many files as the study has.
 storescp writes into ``--work-root`` (a disk, like the servers' data) unless ``--ignore`` is given
 (storescp ``--ignore``: receive, do not store). Peak RSS is the server's VmHWM over the move only
 (reset through ``/proc/<pid>/clear_refs`` just before; not every kernel allows it: then "since start").
@@ -28,12 +29,13 @@ import argparse
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +58,7 @@ class Result:
     peak_rss_kib: int | None = None
     start_rss_kib: int | None = None  # VmRSS just before the move: peak - start is what the move added
     rss_scope: str = "move"
+    all_seconds: list[float] = field(default_factory=list)
     failure: str = ""
 
     @property
@@ -123,12 +126,15 @@ def orthanc_server(work: Path, scp_port: int) -> Iterator[tuple[str, int, int]]:
         yield peer.ae_title, peer.dicom_port, peer.proc.pid
 
 
-def one_run(kind: str, files: list[Path], work: Path, ignore: bool) -> Result:
+def one_run(kind: str, files: list[Path], work: Path, ignore: bool, repeat: int = 1) -> Result:
+    """Load the study once, then time ``repeat`` moves of it (the median is reported: one move of a
+    small study takes well under a second, and single runs on a shared VM vary by a third)."""
     from pydicom import dcmread
 
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     res = Result(kind, "", len(files), sum(p.stat().st_size for p in files))
     scp_dir = work / "storescp"
+    times: list[float] = []
     with storescp(scp_dir, extra_args=["--ignore"] if ignore else ()) as scp:
         cm = pacskit_server(work / "data", scp.port) if kind == "pacskit" else orthanc_server(work / "orthanc", scp.port)
         with cm as (ae, port, pid):
@@ -137,15 +143,22 @@ def one_run(kind: str, files: list[Path], work: Path, ignore: bool) -> Result:
             if not _reset_peak(pid):
                 res.rss_scope = "since start"
             res.start_rss_kib = _peak_rss(pid, "VmRSS")
-            seconds, out = _movescu(ae, port, study_uid)
+            for _ in range(repeat):
+                for old in scp_dir.glob("*.dcm"):
+                    old.unlink()
+                seconds, out = _movescu(ae, port, study_uid)
+                received = len(list(scp_dir.glob("*.dcm")))
+                if "Received Final Move Response (Success)" not in out:
+                    res.failure = "movescu: " + " | ".join(out.strip().splitlines()[-3:])
+                    break
+                if not ignore and received != len(files):
+                    res.failure = f"storescp wrote {received} files, {len(files)} expected"
+                    break
+                times.append(seconds)
             res.peak_rss_kib = _peak_rss(pid)
-        received = len(list(scp_dir.glob("*.dcm")))
-    if "Received Final Move Response (Success)" not in out:
-        res.failure = "movescu: " + " | ".join(out.strip().splitlines()[-3:])
-    elif not ignore and received != len(files):
-        res.failure = f"storescp wrote {received} files, {len(files)} expected"
-    else:
-        res.seconds = seconds
+    if not res.failure:
+        res.seconds = statistics.median(times)
+        res.all_seconds = times
     return res
 
 
@@ -158,6 +171,7 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=1000, metavar="N", help="64x64 instances in the study (0 skips)")
     parser.add_argument("--ct", type=int, default=1000, metavar="N", help="512x512 instances in the study (0 skips)")
     parser.add_argument("--ignore", action="store_true", help="storescp receives but does not write files")
+    parser.add_argument("--repeat", type=int, default=3, metavar="N", help="moves timed per server and dataset (median)")
     parser.add_argument("--work-root", type=Path, default=BENCH_DATA / "retrieve", help="where servers and storescp write")
     args = parser.parse_args()
 
@@ -177,7 +191,7 @@ def main() -> int:
                 work = root / f"{kind}-{name}"
                 work.mkdir()
                 try:
-                    res = one_run(kind, files, work, args.ignore)
+                    res = one_run(kind, files, work, args.ignore, args.repeat)
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other runs
                     res = Result(kind, name, len(files), 0, failure=f"{type(exc).__name__}: {exc}")
                 finally:
@@ -187,8 +201,9 @@ def main() -> int:
                 if res.seconds is None:
                     print(f"  {kind:<8} {name:<5}: FAILED: {res.failure}", flush=True)
                 else:
+                    runs = ", ".join(f"{t:.3f}" for t in res.all_seconds)
                     print(f"  {kind:<8} {name:<5}: {res.seconds:8.3f} s  {res.inst_per_s:9.1f} inst/s  "
-                          f"peak RSS {fmt((res.peak_rss_kib or 0) / 1024)} MiB", flush=True)
+                          f"peak RSS {fmt((res.peak_rss_kib or 0) / 1024)} MiB  (runs: {runs} s)", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -204,8 +219,8 @@ def main() -> int:
         print(f"{r.server:<8} {r.dataset:<7} {r.instances:>9,} {fmt(r.seconds, 3):>8} {fmt(r.inst_per_s):>9} {fmt(mbps):>8}"
               f" {fmt(rss):>13} {fmt(growth):>11}{'' if r.rss_scope == 'move' else ' (since start)'}"
               f"{'  FAILED' if r.failure else ''}")
-    print("(seconds: wall clock of movescu, one run each; peak RSS: VmHWM of the server during the move;")
-    print(" growth: peak minus VmRSS just before the move, i.e. what the move itself added)")
+    print("(seconds: wall clock of movescu, median of --repeat moves of the loaded study; peak RSS: VmHWM of")
+    print(" the server during the moves; growth: peak minus VmRSS just before them, what the moves added)")
     print()
     print("pacskit / Orthanc (inst/s):")
     status = 0
