@@ -16,6 +16,7 @@ behind running requests → A-RELEASE-RP → peer closes (or ARTIM closes) → c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import errno
 import inspect
@@ -70,6 +71,40 @@ _MULTI_RESPONSE = frozenset({"C-FIND", "C-GET", "C-MOVE"})
 _SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step
 _RELEASE = object()
 _association_ids = itertools.count(1)
+
+
+class _Responses:
+    """The responses to one request as they arrive: what :class:`asyncio.Queue` does for one consumer
+    (no task accounting, no event), a few microseconds less on every C-STORE sub-operation and on
+    every C-FIND answer received."""
+
+    __slots__ = ("_items", "_getter", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._getter: asyncio.Future[None] | None = None
+        self._loop = loop
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> Any:
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._getter = self._loop.create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        return self._items.popleft()
 
 
 class Reject(NamedTuple):
@@ -192,7 +227,7 @@ class Association:
         # the last Pending response sent: (request command, status, response command, its P-DATA pieces)
         self._pending_rsp: tuple[Command, int, Command, list[bytes]] | None = None
         self._last_command: tuple[bytes, Command] | None = None  # the last command set received, decoded
-        self._waiters: dict[int, asyncio.Queue[Any]] = {}
+        self._waiters: dict[int, _Responses] = {}
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()
         self._final_response: Response | None = None
@@ -970,7 +1005,7 @@ class Association:
         if dataset is not None and not isinstance(dataset, (bytes, tuple)):
             data = encode_dataset(dataset, ctx.transfer_syntax)
         command = dimse.request_command(command_field, message_id, sop_class_uid, has_dataset=data is not None, **elements)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue = _Responses(self._loop)
         self._waiters[message_id] = queue
         try:
             await self.send_message(ctx.id, command, data)
