@@ -70,6 +70,8 @@ from pacskit.net import (
     RequestedContext,
     status_category,
 )
+from pacskit.net.association import WHOLE_FILE_LIMIT
+from pacskit.net.sinks import Part10Info, read_part10
 from pacskit.store.retrieve import InvalidIdentifier, RetrieveItem, RetrieveSelection, parse_identifier
 from pacskit.store.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 
@@ -326,8 +328,14 @@ class RetrieveAddIn(AddIn):
         broken: str | None = None
         cancelled = False
         plans: dict[tuple[str, str], str | None] = {}
+        loop = asyncio.get_running_loop()
+        ready: dict[int, tuple[Part10Info, bytes]] = {}
         items = self._items(selection)
-        async for item in items:
+        ahead = _lookahead(items)
+        async for item, following in ahead:
+            if following is not None and broken is None:
+                # runs when the loop is idle, i.e. while this item's C-STORE waits for its answer
+                loop.call_soon(self._preread, following, ready)
             if broken is not None:
                 tally.fail(item.sop_instance_uid, broken)
                 continue
@@ -340,12 +348,13 @@ class RetrieveAddIn(AddIn):
                 tally.fail(item.sop_instance_uid, broken)
                 continue
             try:
-                status = await self._send(assoc, item, originator, plans)
+                status = await self._send(assoc, item, originator, plans, ready.pop(item.pk, None))
             except (AssociationAborted, NetTimeout) as exc:
                 broken = f"association to {assoc.remote_ae_title} lost"
                 self.base.log.error("%s from %s: %s: %s", request.service, request.assoc.remote_ae_title, broken, exc)
                 tally.fail(item.sop_instance_uid, broken)
                 if assoc is request.assoc:
+                    await ahead.aclose()
                     await items.aclose()
                     return  # the C-GET association itself is gone: nobody to answer
                 assoc.abort()
@@ -365,6 +374,7 @@ class RetrieveAddIn(AddIn):
             if tally.remaining and now - last_pending >= interval:
                 last_pending = now
                 yield Response(0xFF00, elements=tally.elements(remaining=True, pending=True))
+        await ahead.aclose()
         await items.aclose()
         if not cancelled:
             # Rows deleted while we sent are neither sent nor failed: the counts describe what was done.
@@ -392,8 +402,25 @@ class RetrieveAddIn(AddIn):
 
     # ------------------------------------------------------------------ one sub-operation
 
+    def _preread(self, item: RetrieveItem, ready: dict[int, tuple[Part10Info, bytes]]) -> None:
+        """Read a small stored file ahead (a loop callback: it runs while a C-STORE waits for its
+        answer); anything unusual is left for the send itself to meet and report."""
+        store = self.base.store
+        if store is None or item.size > WHOLE_FILE_LIMIT:
+            return
+        try:
+            path = store.blobs.path(item.blob_key)
+            if path is None:
+                return
+            info, data = read_part10(path, whole_below=WHOLE_FILE_LIMIT)
+        except Exception:  # noqa: BLE001 - the send reads it again and reports what is wrong
+            return
+        if data is not None and info.sop_instance_uid == item.sop_instance_uid:
+            ready[item.pk] = (info, data)
+
     async def _send(self, assoc: Any, item: RetrieveItem, originator: tuple[str, int] | None,
-                    plans: dict[tuple[str, str], str | None]) -> int:
+                    plans: dict[tuple[str, str], str | None],
+                    preread: tuple[Part10Info, bytes] | None = None) -> int:
         """One C-STORE sub-operation; returns the peer's status. Raises :class:`_SubFailure` when the
         instance cannot be sent (no suitable context, cannot convert, file missing).
 
@@ -411,7 +438,7 @@ class RetrieveAddIn(AddIn):
             )
         with self._local_file(item) as path:
             if target == item.transfer_syntax_uid:
-                return await self._store(assoc, path, originator)
+                return await self._store(assoc, path, originator, preread)
             fd, converted = tempfile.mkstemp(prefix="tx-", suffix=".dcm", dir=self._temp_dir())
             os.close(fd)
             try:
@@ -432,9 +459,10 @@ class RetrieveAddIn(AddIn):
         return next((ts for ts in NATIVE_SYNTAXES if ts in accepted and can_convert(stored, ts)), None)
 
     @staticmethod
-    async def _store(assoc: Any, path: str, originator: tuple[str, int] | None) -> int:
+    async def _store(assoc: Any, path: str, originator: tuple[str, int] | None,
+                     preread: tuple[Part10Info, bytes] | None = None) -> int:
         try:
-            rsp = await assoc.store(path, move_originator=originator)
+            rsp = await assoc.store(path, move_originator=originator, preread=preread)
         except NoAcceptableContext as exc:
             raise _SubFailure(str(exc), "no acceptable presentation context") from exc
         except FileNotFoundError as exc:
@@ -469,6 +497,15 @@ class RetrieveAddIn(AddIn):
                     os.unlink(tmp)
         except (BlobNotFound, InvalidBlobKey) as exc:
             raise _SubFailure(f"stored file of {item.sop_instance_uid}: {exc}", "stored file missing") from exc
+
+
+async def _lookahead(items: AsyncIterator[RetrieveItem]) -> AsyncIterator[tuple[RetrieveItem, RetrieveItem | None]]:
+    """Each item with the one after it (``None`` for the last)."""
+    current = await anext(items, None)
+    while current is not None:
+        following = await anext(items, None)
+        yield current, following
+        current = following
 
 
 class _SubFailure(Exception):

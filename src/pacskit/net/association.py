@@ -58,7 +58,15 @@ from pacskit.net.presentation import (
     negotiate_as_acceptor,
 )
 from pacskit.net.services import OperationContext, Request, Response, Services, current_operation, failure_status
-from pacskit.net.sinks import DatasetSink, DatasetTooLarge, MemorySink, ReceivedDataset, iter_file_chunks, read_part10
+from pacskit.net.sinks import (
+    DatasetSink,
+    DatasetTooLarge,
+    MemorySink,
+    Part10Info,
+    ReceivedDataset,
+    iter_file_chunks,
+    read_part10,
+)
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -68,7 +76,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacskit.net")
 
 _MULTI_RESPONSE = frozenset({"C-FIND", "C-GET", "C-MOVE"})
-_SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step
+_SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step; smaller files are read whole
+WHOLE_FILE_LIMIT = _SEND_BLOCK
 _RELEASE = object()
 _association_ids = itertools.count(1)
 
@@ -1046,11 +1055,14 @@ class Association:
         *,
         priority: int = dimse.PRIORITY_MEDIUM,
         move_originator: tuple[str, int] | None = None,
+        preread: tuple[Part10Info, bytes] | None = None,
     ) -> Command:
         """C-STORE a Part 10 file (streamed from disk in PDU-sized pieces) or a pydicom Dataset.
 
         The file is sent as stored: an accepted context must have its SOP class and transfer syntax
-        (conversion belongs to the client framework). Returns the C-STORE-RSP command set.
+        (conversion belongs to the client framework). ``preread`` is what
+        :func:`~pacskit.net.sinks.read_part10` returned for this file with its dataset (a caller that
+        read it while the previous C-STORE was in flight). Returns the C-STORE-RSP command set.
         """
         extra: dict[str, Any] = {"Priority": priority}
         if move_originator is not None:
@@ -1058,7 +1070,7 @@ class Association:
             extra["MoveOriginatorMessageID"] = move_originator[1]
         if isinstance(source, (str, os.PathLike)):
             # a small file is read whole, once; a bigger one is streamed from disk in blocks
-            info, whole = read_part10(source, whole_below=_SEND_BLOCK)
+            info, whole = preread if preread is not None else read_part10(source, whole_below=_SEND_BLOCK)
             ctx = self.find_context(info.sop_class_uid, info.transfer_syntax)
             data: Any = whole if whole is not None else (source, info.dataset_offset, info.file_size - info.dataset_offset)
             sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
