@@ -61,17 +61,18 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.net import (
+    WHOLE_FILE_LIMIT,
     AssociationAborted,
     AssociationRejected,
     ConnectionFailed,
     NetError,
     NetTimeout,
     NoAcceptableContext,
+    Part10Info,
     RequestedContext,
+    read_part10,
     status_category,
 )
-from pacskit.net.association import WHOLE_FILE_LIMIT
-from pacskit.net.sinks import Part10Info, read_part10
 from pacskit.store.retrieve import InvalidIdentifier, RetrieveItem, RetrieveSelection, parse_identifier
 from pacskit.store.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 

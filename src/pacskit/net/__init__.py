@@ -20,6 +20,7 @@ from pacskit.net.association import (
     REJECT_CALLING_AE,
     REJECT_LOCAL_LIMIT,
     REJECT_NO_REASON,
+    WHOLE_FILE_LIMIT,
     AssociateHook,
     Association,
     Reject,
@@ -50,7 +51,7 @@ from pacskit.net.presentation import (
     SupportedContext,
 )
 from pacskit.net.services import Handler, OperationContext, Request, Response, Services, current_operation
-from pacskit.net.sinks import ReceivedDataset
+from pacskit.net.sinks import Part10Info, ReceivedDataset, read_part10
 
 __all__ = [
     "ALL_TRANSFER_SYNTAXES",
@@ -74,6 +75,7 @@ __all__ = [
     "NetTimeout",
     "NoAcceptableContext",
     "OperationContext",
+    "Part10Info",
     "PduError",
     "PresentationContext",
     "REJECT_CALLED_AE",
@@ -92,9 +94,11 @@ __all__ = [
     "UNCOMPRESSED_TRANSFER_SYNTAXES",
     "UserIdentityRQ",
     "VERIFICATION_SOP_CLASS",
+    "WHOLE_FILE_LIMIT",
     "connect",
     "current_operation",
     "encode_dataset",
+    "read_part10",
     "status_category",
 ]
 

@@ -30,7 +30,7 @@ from pacskit.net.errors import DimseError
 from pacskit.net.presentation import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
 
 
 _PID = os.getpid()
