@@ -76,7 +76,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacskit.net")
 
 _MULTI_RESPONSE = frozenset({"C-FIND", "C-GET", "C-MOVE"})
-_SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step; smaller files are read whole
+_SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step
+#: files up to this size are read whole (meta and dataset in one read) for a C-STORE, not streamed
 WHOLE_FILE_LIMIT = _SEND_BLOCK
 _RELEASE = object()
 _association_ids = itertools.count(1)
@@ -518,18 +519,26 @@ class Association:
         self._pdv_last = bool(control & 2)
         self._pdv_is_command = is_command
         if is_command:
-            if self._msg_command is not None:
-                raise PduError("command fragment received while a dataset was expected", 5)
-            if self._cmd_parts and context_id != self._cmd_context:
-                raise PduError("command fragments on different presentation contexts", 6)
-            ctx = self.contexts.get(context_id)
-            if ctx is None or not ctx.accepted:
-                raise PduError(f"PDV on presentation context {context_id}, which was not accepted", 6)
-            self._cmd_context = context_id
+            self._take_command_pdv(context_id)
         else:
-            ctx = self._msg_context
-            if self._msg_command is None or ctx is None or ctx.id != context_id:
-                raise PduError(f"dataset fragment on context {context_id} without its command", 5)
+            self._check_dataset_pdv(context_id)
+
+    def _take_command_pdv(self, context_id: int) -> None:
+        """A command fragment may come now, on this context (PduError if not); it is noted as the
+        command's context."""
+        if self._msg_command is not None:
+            raise PduError("command fragment received while a dataset was expected", 5)
+        if self._cmd_parts and context_id != self._cmd_context:
+            raise PduError("command fragments on different presentation contexts", 6)
+        ctx = self.contexts.get(context_id)
+        if ctx is None or not ctx.accepted:
+            raise PduError(f"PDV on presentation context {context_id}, which was not accepted", 6)
+        self._cmd_context = context_id
+
+    def _check_dataset_pdv(self, context_id: int) -> None:
+        ctx = self._msg_context
+        if self._msg_command is None or ctx is None or ctx.id != context_id:
+            raise PduError(f"dataset fragment on context {context_id} without its command", 5)
 
     def on_pdv_data(self, chunk: memoryview) -> None:
         if self._pdv_is_command:
@@ -551,20 +560,13 @@ class Association:
         """A whole PDV: what :meth:`on_pdv_start`, :meth:`on_pdv_data` and :meth:`on_pdv_end` do, in one
         call for the common cases (the DUL calls this when the PDV arrived in one read)."""
         if control == 3 and not self._cmd_parts:  # a command set in one fragment
-            if self._msg_command is not None:
-                raise PduError("command fragment received while a dataset was expected", 5)
-            ctx = self.contexts.get(context_id)
-            if ctx is None or not ctx.accepted:
-                raise PduError(f"PDV on presentation context {context_id}, which was not accepted", 6)
+            self._take_command_pdv(context_id)
             if len(payload) > self.config.max_command_length:
                 raise PduError(f"command set larger than {self.config.max_command_length} bytes", 6)
-            self._cmd_context = context_id
             self._command_complete(bytes(payload))
             return
         if control == 2:  # the last (often the only) fragment of a dataset
-            ctx = self._msg_context
-            if self._msg_command is None or ctx is None or ctx.id != context_id:
-                raise PduError(f"dataset fragment on context {context_id} without its command", 5)
+            self._check_dataset_pdv(context_id)
             self._pdv_is_command = False
             if payload:
                 self.on_pdv_data(payload)
@@ -846,7 +848,6 @@ class Association:
         way, in order. Items after a final response are ignored."""
         ctx, command = request.context, request.command
         max_data = self._max_pdv_data()
-        spy = self.bus.wants(ev.DIMSE_SENT)
         pieces: list[bytes] = []
         for n, item in enumerate(items):
             response = item if isinstance(item, Response) else Response(int(item))
@@ -854,10 +855,7 @@ class Association:
             status = response.status
             if (status == 0xFF00 or status == 0xFF01) and type(data) is bytes and not response.elements:
                 cmd, cmd_pdus = self._pending_command(ctx, command, status)
-                if spy:
-                    self.bus.emit(ev.DIMSE_SENT, self, command=cmd, context_id=ctx.id)
-                self.dataset_bytes_sent += len(data)
-                pieces += cmd_pdus
+                pieces += self._message_start(ctx.id, cmd, len(data), cmd_pdus)
                 pieces += _fragments(data, ctx.id, max_data, command=False)
                 continue
             if pieces:
@@ -923,12 +921,9 @@ class Association:
         ``command`` already encoded into its P-DATA pieces (header, fragment…) for this context, when
         the caller sends the same one many times. Raises
         :class:`AssociationAborted` when the association can no longer carry data."""
-        if self.bus.wants(ev.DIMSE_SENT):
-            self.bus.emit(ev.DIMSE_SENT, self, command=command, context_id=context_id)
-        if dataset is not None:
-            self.dataset_bytes_sent += len(dataset) if isinstance(dataset, bytes) else dataset[2]
+        size = 0 if dataset is None else len(dataset) if isinstance(dataset, bytes) else dataset[2]
+        pieces = self._message_start(context_id, command, size, command_pdus)
         max_data = self._max_pdv_data()
-        pieces = list(command_pdus) if command_pdus else _fragments(command.encode(), context_id, max_data, command=True)
         if dataset is None or isinstance(dataset, bytes):
             if dataset is not None:
                 pieces += _fragments(dataset, context_id, max_data, command=False)
@@ -960,6 +955,17 @@ class Association:
             if remaining > 0:
                 self.abort()
                 raise AssociationAborted(f"{path} shrank while being sent")
+
+    def _message_start(self, context_id: int, command: Command, dataset_size: int,
+                       command_pdus: list[bytes] | None) -> list[bytes]:
+        """What every message sent begins with: the dimse-sent spy event, the dataset byte count, and
+        the command's P-DATA pieces (``command_pdus`` when already made)."""
+        if self.bus.wants(ev.DIMSE_SENT):
+            self.bus.emit(ev.DIMSE_SENT, self, command=command, context_id=context_id)
+        self.dataset_bytes_sent += dataset_size
+        if command_pdus:
+            return list(command_pdus)
+        return _fragments(command.encode(), context_id, self._max_pdv_data(), command=True)
 
     async def _send_pieces(self, pieces: list[bytes]) -> None:
         """Whole messages' P-DATA pieces, in one write unless a streamed file holds the send lock."""
@@ -1070,7 +1076,7 @@ class Association:
             extra["MoveOriginatorMessageID"] = move_originator[1]
         if isinstance(source, (str, os.PathLike)):
             # a small file is read whole, once; a bigger one is streamed from disk in blocks
-            info, whole = preread if preread is not None else read_part10(source, whole_below=_SEND_BLOCK)
+            info, whole = preread if preread is not None else read_part10(source, whole_below=WHOLE_FILE_LIMIT)
             ctx = self.find_context(info.sop_class_uid, info.transfer_syntax)
             data: Any = whole if whole is not None else (source, info.dataset_offset, info.file_size - info.dataset_offset)
             sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
