@@ -25,15 +25,8 @@ import sys
 async def serve(args: argparse.Namespace) -> None:
     from pynetdicom import AllStoragePresentationContexts
 
-    from pacskit.net import (
-        ALL_TRANSFER_SYNTAXES,
-        VERIFICATION_SOP_CLASS,
-        Acceptor,
-        NetConfig,
-        Request,
-        Services,
-        SupportedContext,
-    )
+    from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
+    from pacskit.net import Acceptor, NetConfig, Request, Services, SupportedContext
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)

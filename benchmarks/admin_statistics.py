@@ -7,7 +7,8 @@ observers is as large a share of the total as it gets). Runs alternate; medians 
 
 import asyncio, shutil, statistics as st, sys, tempfile, time
 from pathlib import Path
-from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext, connect
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import RequestedContext, connect
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.addins.verification import VerificationAddIn

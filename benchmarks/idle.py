@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import cpu_seconds, receiver, thread_cpu_ns  # noqa: E402
 
-from pacskit.net import VERIFICATION_SOP_CLASS, Association, NetConfig, RequestedContext, connect  # noqa: E402
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS  # noqa: E402
+from pacskit.net import Association, NetConfig, RequestedContext, connect
 
 TARGET_PERCENT = 1.0
 

@@ -56,7 +56,8 @@ from _common import PYTHON, free_port, stop_process, wait_for_port  # noqa: E402
 
 from pydicom.uid import generate_uid  # noqa: E402
 
-from pacskit.net import VERIFICATION_SOP_CLASS, NetConfig, RequestedContext, connect  # noqa: E402
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS  # noqa: E402
+from pacskit.net import NetConfig, RequestedContext, connect
 from pacskit.testing.synth import make_dataset  # noqa: E402
 
 LOCALHOST = "127.0.0.1"

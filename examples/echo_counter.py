@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 
 from pacskit.addins import AddIn, AddInOptions, Request, SupportedContext
-from pacskit.net import VERIFICATION_SOP_CLASS
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 
 
 class EchoCounterOptions(AddInOptions):

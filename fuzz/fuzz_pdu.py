@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import main  # noqa: E402
 
-from pacskit.net import VERIFICATION_SOP_CLASS, Acceptor, NetConfig, Services, SupportedContext  # noqa: E402
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS  # noqa: E402
+from pacskit.net import Acceptor, NetConfig, Services, SupportedContext
 from pacskit.net import pdu  # noqa: E402
 from pacskit.net.dimse import CommandField, Command, request_command  # noqa: E402
 from pacskit.net.errors import DimseError, PduError  # noqa: E402

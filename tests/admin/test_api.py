@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from pacskit.addins import AddIn, AddInOptions, SupportedContext
-from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext, connect
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import RequestedContext, connect
 from pacskit.net import events as ev
 from pacskit.server.server import Server, ServerError
 from pacskit.server.settings import SettingsError, load_settings

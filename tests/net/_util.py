@@ -18,17 +18,10 @@ import pytest
 
 from pacskit.testing.peers import PeerError, count_store_successes, dcmtk_env, dcmtk_tool
 from pacskit.testing.synth import dataset_bytes  # noqa: F401  (the net tests import it from here)
-from pacskit.net import (
-    ALL_TRANSFER_SYNTAXES,
-    VERIFICATION_SOP_CLASS,
-    Acceptor,
-    NetConfig,
-    Request,
-    Services,
-    SupportedContext,
-)
+from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
+from pacskit.net import Acceptor, NetConfig, Request, Services, SupportedContext
 from pacskit.net import pdu
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 
 HERE = Path(__file__).resolve().parent
 LOCALHOST = "127.0.0.1"

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pacskit.net import (
-    VERIFICATION_SOP_CLASS,
-    AssociationAborted,
-    CommandField,
-    NetConfig,
-    RequestedContext,
-    connect,
-)
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import AssociationAborted, CommandField, NetConfig, RequestedContext, connect
 from pacskit.net import pdu
 from pacskit.net.dimse import request_command
 

@@ -13,13 +13,13 @@ from pacskit.net import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     REJECT_CALLING_AE,
-    VERIFICATION_SOP_CLASS,
     AssociationRejected,
     NetConfig,
     RequestedContext,
     Services,
     connect,
 )
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import pdu
 
 from ._util import AE, LOCALHOST, associate_rq, serving, wait_until

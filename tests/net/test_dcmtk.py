@@ -9,15 +9,9 @@ import struct
 import pytest
 from pydicom import dcmread
 
-from pacskit.net import (
-    VERIFICATION_SOP_CLASS,
-    AssociationRejected,
-    NetConfig,
-    RequestedContext,
-    SupportedContext,
-    connect,
-)
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import AssociationRejected, NetConfig, RequestedContext, SupportedContext, connect
+from pacskit.dicom.part10 import read_part10_header
 
 from ._util import (
     AE,

@@ -9,15 +9,8 @@ import threading
 import pytest
 from pydicom.dataset import Dataset
 
-from pacskit.net import (
-    VERIFICATION_SOP_CLASS,
-    NetConfig,
-    RequestedContext,
-    Response,
-    Services,
-    SupportedContext,
-    connect,
-)
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import NetConfig, RequestedContext, Response, Services, SupportedContext, connect
 from pacskit.net.dimse import CommandField
 
 from ._util import AE, LOCALHOST, SECONDARY_CAPTURE, make_instance, serving, wait_until
@@ -451,7 +444,7 @@ def test_c_get_sub_operations_on_the_same_association_and_deflated_find(tmp_path
 def test_a_handler_may_yield_lists_of_responses(caplog):
     """Lists are sent in order: Pending answers with encoded bytes (one write), a Pending Dataset, and a
     final response in a list ends the operation (what follows it in the list is dropped, with a warning)."""
-    from pacskit.net import encode_dataset
+    from pacskit.dicom.codec import encode_dataset
 
     explicit = "1.2.840.10008.1.2.1"
 

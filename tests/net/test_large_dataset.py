@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pacskit.net import RequestedContext, connect
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 
 from ._util import (
     AE,

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import (
-    VERIFICATION_SOP_CLASS,
     AssociationAborted,
     AssociationRejected,
     EventBus,

@@ -9,7 +9,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 
-from pacskit.net.sinks import read_part10, read_part10_header
+from pacskit.dicom.part10 import read_part10, read_part10_header
 from pacskit.testing.synth import make_instance
 
 

@@ -18,8 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES as PND_ALL_TS, _config as pnd_config, evt
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation, UserIdentityNegotiation
 
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import (
-    VERIFICATION_SOP_CLASS,
     AssociationRejected,
     CommandField,
     EventBus,
@@ -30,7 +30,7 @@ from pacskit.net import (
 )
 from pacskit.net import events as ev
 from pacskit.net import pdu
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 
 from ._util import (
     AE as PACSKIT_AE,

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import (
-    VERIFICATION_SOP_CLASS,
     AssociationAborted,
     ConnectionFailed,
     NetConfig,

@@ -196,7 +196,7 @@ FAST_QUERIES = [
 @pytest.mark.parametrize(("model", "level", "keys", "charset"), FAST_QUERIES)
 def test_direct_encoding_is_byte_identical_to_pydicom(loaded: DataStore, model: str, level: str,
                                                       keys: dict[str, str], charset: Any, transfer_syntax: str) -> None:
-    from pacskit.net import encode_dataset
+    from pacskit.dicom.codec import encode_dataset
     from pacskit.store.query import _FastEncoder, find_encoded
 
     q = identifier(level, keys, charset=charset)
@@ -245,7 +245,7 @@ def test_indexed_key_sent_with_a_wrong_vr_is_answered_in_its_own_vr(loaded: Data
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    from pacskit.net import encode_dataset
+    from pacskit.dicom.codec import encode_dataset
     from pacskit.store.query import find_encoded
 
     q = identifier("STUDY", {"StudyInstanceUID": A1})

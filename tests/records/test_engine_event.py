@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import (
-    VERIFICATION_SOP_CLASS,
     Acceptor,
     EventBus,
     RequestedContext,

@@ -62,7 +62,7 @@ def test_full_queue_drops_and_counts(index: Index) -> None:
 def test_rows_hold_what_the_event_says(index: Index) -> None:
     from pydicom.dataset import Dataset
 
-    from pacskit.net import encode_dataset
+    from pacskit.dicom.codec import encode_dataset
 
     ident = Dataset()
     ident.QueryRetrieveLevel = "STUDY"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext, connect
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import RequestedContext, connect
 from pacskit.net.sinks import temp_files
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings

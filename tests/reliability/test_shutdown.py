@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool, free_port, have_dcmtk, wait_for_port
 from pacskit.testing.synth import make_series
 

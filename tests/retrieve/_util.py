@@ -132,7 +132,7 @@ class CapturingDestination:
 
     def __init__(self, out_dir: Path, *, ae_title: str = "CAPTURE", transfer_syntaxes: Sequence[str] | None = None,
                  sop_classes: Sequence[str] = ("1.2.840.10008.5.1.4.1.1.2",), on_associate: Any = None) -> None:
-        from pacskit.net import UNCOMPRESSED_TRANSFER_SYNTAXES
+        from pacskit.dicom.uids import UNCOMPRESSED_TRANSFER_SYNTAXES
 
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLo
 
 from pacskit.net import CommandField
 from pacskit.net.association import REJECT_CONGESTION
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 from pacskit.server.server import Server
 from pacskit.testing.peers import free_port, have_orthanc, orthanc, storescp
 from pacskit.testing.synth import dataset_bytes

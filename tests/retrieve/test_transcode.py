@@ -1,4 +1,4 @@
-"""pacskit.store.transcode: every uncompressed syntax to every other, pydicom's compressed test files
+"""pacskit.dicom.transcode: every uncompressed syntax to every other, pydicom's compressed test files
 decompressed (pixels equal for the lossless ones), the SOP Instance UID kept, and the refusals."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
-from pacskit.store.transcode import NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
+from pacskit.dicom.transcode import NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 
 SOURCES = {
     "CT_small.dcm": True,  # explicit LE, 16 bit

@@ -23,7 +23,8 @@ from pynetdicom import evt
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
 from pacskit.client import EchoScu, QueryRetrieveScu, StoreScu
-from pacskit.net import VERIFICATION_SOP_CLASS, AssociationRejected
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import AssociationRejected
 from pacskit.server.access import NOT_AUTHORIZED, hash_password, verify_password
 from pacskit.server.aetitles import RemoteAE
 from pacskit.testing.peers import count_store_successes, have_dcmtk, run_echoscu, run_storescu

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pacskit.net import VERIFICATION_SOP_CLASS, AssociationRejected, RequestedContext, connect
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import AssociationRejected, RequestedContext, connect
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool, have_dcmtk

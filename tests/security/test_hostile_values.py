@@ -17,7 +17,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext, connect
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import RequestedContext, connect
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.testing.synth import make_instance

@@ -500,7 +500,7 @@ def test_finding_bad_calling_ae_title(calling: bytes) -> None:
 
 
 def test_finding_truncated_file_meta(tmp_path: Path) -> None:
-    from pacskit.net.sinks import read_part10_header
+    from pacskit.dicom.part10 import read_part10_header
 
     path = tmp_path / "truncated.dcm"
     path.write_bytes(bytes(128) + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\xcc\x00\x00\x00" + b"\x02\x00\x01\x00OB\x00\x00")
@@ -509,7 +509,7 @@ def test_finding_truncated_file_meta(tmp_path: Path) -> None:
 
 
 def test_finding_non_ascii_vr(tmp_path: Path) -> None:
-    from pacskit.net.sinks import read_part10_header
+    from pacskit.dicom.part10 import read_part10_header
     from pacskit.store.extract import InvalidInstance, scan_instance
 
     path = make_instance(tmp_path / "a.dcm", rows=1, cols=1, patient_id="PID1")  # explicit VR little endian

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pacskit.addins import AddIn, AddInOptions, SupportedContext
-from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext, connect
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import RequestedContext, connect
 from pacskit.server.addin_manager import AddInError
 from pacskit.server.server import Server, ServerError
 from pacskit.server.settings import load_settings

@@ -22,7 +22,7 @@ from pynetdicom import AllStoragePresentationContexts
 from sqlalchemy.engine import URL
 
 from pacskit.net import RequestedContext, connect
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.store.extract import is_valid_uid

@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from pacskit.net.sinks import InflationLimit, encode_file_meta, inflate, read_part10_header
+from pacskit.dicom.part10 import InflationLimit, encode_file_meta, inflate, read_part10_header
 from pacskit.store import DataStore, FilesystemBlobStore, InstanceTooLarge, InvalidInstance
 from pacskit.store.extract import read_index_attributes, scan_instance
 
@@ -113,7 +113,8 @@ def test_corrupt_deflate_stream_is_cannot_understand(tmp_path: Path) -> None:
 def test_server_answers_a_deflate_bomb_with_out_of_resources(tmp_path: Path) -> None:
     import asyncio
 
-    from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext, connect
+    from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+    from pacskit.net import RequestedContext, connect
     from pacskit.server.server import Server
     from pacskit.server.settings import load_settings
 

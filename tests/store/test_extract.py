@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 from pacskit.store import InvalidInstance, is_valid_uid, normalise_person_name, read_index_attributes, sha256_file
 from pacskit.store.extract import INDEX_TAGS
 

@@ -10,9 +10,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 from pacskit.store import DataStore, FilesystemBlobStore, InvalidInstance
-from pacskit.store.nesting import TooDeep, check_nesting
+from pacskit.dicom.walker import TooDeep, check_nesting
 from pacskit.testing.synth import make_instance
 
 SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"]
@@ -88,7 +88,8 @@ def test_depth_300_refused_cleanly_through_the_server(tmp_path: Path) -> None:
     """No RecursionError anywhere: the walk refuses it, pydicom never sees it, the server goes on."""
     import asyncio
 
-    from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext, connect
+    from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+    from pacskit.net import RequestedContext, connect
     from pacskit.server.server import Server
     from pacskit.server.settings import load_settings
 

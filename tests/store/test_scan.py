@@ -11,9 +11,9 @@ from pathlib import Path
 import pydicom.data
 import pytest
 
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 from pacskit.store.extract import InvalidInstance, read_index_attributes, scan_instance
-from pacskit.store.nesting import TooDeep
+from pacskit.dicom.walker import TooDeep
 
 _ROOT = Path(pydicom.data.__file__).parent
 _CORPUS = sorted(p for p in [*(_ROOT / "test_files").rglob("*"), *(_ROOT / "charset_files").rglob("*")]
@@ -92,7 +92,7 @@ def test_walk_collects_the_request_attributes_sequence(tmp_path: Path, transfer_
 
     header = read_part10_header(path)
     from pacskit.store.extract import REQUEST_ATTRIBUTES_SEQUENCE, WALK_TAGS
-    from pacskit.store.nesting import check_nesting
+    from pacskit.dicom.walker import check_nesting
 
     walk = check_nesting(path, header.dataset_offset, header.transfer_syntax, collect=WALK_TAGS)
     assert walk.complete and REQUEST_ATTRIBUTES_SEQUENCE in walk.values  # the walk itself, not pydicom's fallback

@@ -19,7 +19,8 @@ from pydicom.data import get_testdata_file
 from sqlalchemy.engine import URL
 
 from pacskit.net import RequestedContext, connect
-from pacskit.net.sinks import read_part10_header, temp_files
+from pacskit.dicom.part10 import read_part10_header
+from pacskit.net.sinks import temp_files
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool, have_dcmtk

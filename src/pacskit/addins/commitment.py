@@ -125,7 +125,7 @@ class StorageCommitmentAddIn(AddIn):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        from pacskit.addins.storage import STORAGE_SOP_CLASSES
+        from pacskit.dicom.uids import STORAGE_SOP_CLASSES
 
         self._storage_classes = frozenset(STORAGE_SOP_CLASSES)
         if self.base.store is None:

@@ -18,7 +18,7 @@ sub-operation:
 
 Each instance is sent as stored (streamed from its file in PDU-sized pieces) when the peer accepted
 its transfer syntax; otherwise it is converted to an uncompressed syntax the peer accepted
-(:mod:`pacskit.store.transcode`: between uncompressed syntaxes, or decompressed with pydicom's pixel
+(:mod:`pacskit.dicom.transcode`: between uncompressed syntaxes, or decompressed with pydicom's pixel
 data handlers and pylibjpeg). Conversion decodes the instance in memory and is refused above
 ``max_convert_size``; that sub-operation then fails, the retrieve goes on.
 
@@ -60,21 +60,19 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, read_part10
 from pacskit.net import (
-    WHOLE_FILE_LIMIT,
     AssociationAborted,
     AssociationRejected,
     ConnectionFailed,
     NetError,
     NetTimeout,
     NoAcceptableContext,
-    Part10Info,
     RequestedContext,
-    read_part10,
     status_category,
 )
 from pacskit.store.retrieve import InvalidIdentifier, RetrieveItem, RetrieveSelection, parse_identifier
-from pacskit.store.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
+from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
 PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"

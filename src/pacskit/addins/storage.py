@@ -1,6 +1,6 @@
 """Storage add-in: the C-STORE SCP of the PACS (PS3.4 Annex B).
 
-Every storage SOP class pynetdicom knows (170+, including retired ones peers still send), or any
+Every storage SOP class pydicom knows (200+, including retired ones peers still send), or any
 abstract syntax with ``accept_any_sop_class``; every common transfer syntax, stored exactly as received.
 The handler runs in the server's thread pool: the data store validates the header, hashes, moves the
 file durably into blob storage and commits the index row *before* Success is returned.
@@ -24,12 +24,9 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import Field
-from pynetdicom import AllStoragePresentationContexts
 
 from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
-from pacskit.net import ALL_TRANSFER_SYNTAXES
-
-STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 
 
 class StorageOptions(AddInOptions):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from pacskit.addins import AddIn, Handler, Request, SupportedContext
-from pacskit.net import VERIFICATION_SOP_CLASS
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 
 
 class VerificationAddIn(AddIn):

@@ -38,7 +38,7 @@ from pydantic import Field
 from pydicom.dataset import Dataset
 
 from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
-from pacskit.net import encode_dataset
+from pacskit.dicom.codec import encode_dataset
 from pacskit.store.query import STATUS_OUT_OF_RESOURCES, STATUS_UNABLE_TO_PROCESS, InvalidQuery, TooManyMatches
 from pacskit.store.worklist import (
     MODALITY_WORKLIST_FIND,

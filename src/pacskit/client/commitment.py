@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 from pacskit.client._scu import run_sync
 from pacskit.client.nservices import EventReport, NServiceScu
-from pacskit.net import Acceptor, Request, Response, Services, SupportedContext, VERIFICATION_SOP_CLASS
+from pacskit.net import Acceptor, Request, Response, Services, SupportedContext
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -137,7 +138,7 @@ ReferenceSpec = Union[SopReference, tuple[str, str], str, os.PathLike[str]]
 def references_from_files(paths: Iterable[str | os.PathLike[str]]) -> list[SopReference]:
     """The SOP Class / Instance UIDs of Part 10 files (only their meta header is read). Raises
     ``ValueError`` naming a file that is not DICOM Part 10."""
-    from pacskit.net.sinks import read_part10_header
+    from pacskit.dicom.part10 import read_part10_header
 
     out: list[SopReference] = []
     for path in paths:

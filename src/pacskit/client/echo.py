@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pacskit.client._scu import Scu, run_sync
-from pacskit.net import VERIFICATION_SOP_CLASS, RequestedContext
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.net import RequestedContext
 
 __all__ = ["EchoScu"]
 

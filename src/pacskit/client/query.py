@@ -41,9 +41,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacskit.client._scu import Scu, run_sync
 from pacskit.client.keys import Keys, apply_keys
+from pacskit.dicom.uids import COMMON_STORAGE_SOP_CLASSES
+from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
 from pacskit.net import (
-    ALL_TRANSFER_SYNTAXES,
-    VERIFICATION_SOP_CLASS,
     Acceptor,
     Association,
     Command,
@@ -374,12 +374,6 @@ class _Receiver:
         return base
 
 
-def _storage_classes() -> list[str]:
-    from pynetdicom.presentation import StoragePresentationContexts
-
-    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
-
-
 class QueryRetrieveScu(Scu):
     """Query/Retrieve and Modality Worklist SCU for one remote AE.
 
@@ -565,7 +559,7 @@ class QueryRetrieveScu(Scu):
         identifier = await self._prepared("C-GET", keys, level)
         result = RetrieveResult()
         receiver = _Receiver(into, result, self)
-        storage = (sop_classes or _storage_classes())[:127]
+        storage = list(sop_classes or COMMON_STORAGE_SOP_CLASSES)[:127]
         contexts = [RequestedContext(sop_class)] + [
             RequestedContext(uid, transfer_syntaxes, scu_role=False, scp_role=True) for uid in storage
         ]

@@ -3,14 +3,14 @@
 How one call goes:
 
 1. **Collect.** Paths are walked (folders recursively, sorted); each file's File Meta Information is
-   read with :func:`~pacskit.net.sinks.read_part10_header` (no pydicom, pixel data never touched).
+   read with :func:`~pacskit.dicom.part10.read_part10_header` (no pydicom, pixel data never touched).
    Files found in folders that are not Part 10, or are not storable (DICOMDIR), are *skipped* and
    listed in the report; such a file named explicitly is a failure.
 2. **Propose.** Per SOP class: one presentation context per transfer syntax the instances are encoded
    in (so they can go as stored), plus an uncompressed fallback (Explicit / Implicit VR Little Endian).
    More than 128 contexts are split over consecutive associations, grouped by SOP class.
 3. **Send.** An instance whose own transfer syntax was accepted is streamed from disk as stored. If only
-   the fallback was accepted it is re-encoded by :func:`pacskit.store.transcode.transcode` (decoded with
+   the fallback was accepted it is re-encoded by :func:`pacskit.dicom.transcode.transcode` (decoded with
    pydicom, pixel data decompressed if needed, which needs pydicom's pixel data plugins for the syntax;
    files above its 256 MiB cap are refused) into a temporary file that is streamed and deleted; this
    is the only case a file is loaded.
@@ -35,20 +35,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from pacskit.client._scu import Scu, log, run_sync
-from pacskit.net import (
+from pacskit.dicom.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
+)
+from pacskit.net import (
     Association,
     CommandField,
     NetError,
     PresentationContext,
     RequestedContext,
-    encode_dataset,
     status_category,
 )
+from pacskit.dicom.codec import encode_dataset
 from pacskit.net.dimse import PRIORITY_MEDIUM
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -422,7 +424,7 @@ def _choose_context(assoc: Association, inst: Instance) -> tuple[PresentationCon
 def _convert(inst: Instance, transfer_syntax: str) -> bytes | tuple[str, int, int]:
     """Re-encode ``inst`` in ``transfer_syntax`` (off the event loop).
 
-    Files go through :func:`pacskit.store.transcode.transcode` (the one conversion pacskit has: byte
+    Files go through :func:`pacskit.dicom.transcode.transcode` (the one conversion pacskit has: byte
     order swaps, decompression keeping the SOP Instance UID, a size cap) into a temporary file that is
     then streamed like any other and deleted; returns ``(path, offset, size)``. A Dataset with
     compressed pixel data is decompressed and encoded in memory; returns the bytes.
@@ -430,7 +432,7 @@ def _convert(inst: Instance, transfer_syntax: str) -> bytes | tuple[str, int, in
     if inst.dataset is None:
         import tempfile
 
-        from pacskit.store.transcode import CannotConvert, transcode
+        from pacskit.dicom.transcode import CannotConvert, transcode
 
         assert inst.path is not None
         fd, tmp = tempfile.mkstemp(prefix="pacskit-scu-", suffix=".dcm")

@@ -24,12 +24,14 @@ import itertools
 import logging
 import os
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 
+from pacskit.dicom.codec import encode_dataset
+from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, iter_file_chunks, read_part10
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import dimse, pdu
 from pacskit.net import events as ev
 from pacskit.net.config import NetConfig
@@ -46,10 +48,6 @@ from pacskit.net.errors import (
 )
 from pacskit.net.fsm import State
 from pacskit.net.presentation import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    VERIFICATION_SOP_CLASS,
     PresentationContext,
     RequestedContext,
     SupportedContext,
@@ -58,15 +56,7 @@ from pacskit.net.presentation import (
     negotiate_as_acceptor,
 )
 from pacskit.net.services import OperationContext, Request, Response, Services, current_operation, failure_status
-from pacskit.net.sinks import (
-    DatasetSink,
-    DatasetTooLarge,
-    MemorySink,
-    Part10Info,
-    ReceivedDataset,
-    iter_file_chunks,
-    read_part10,
-)
+from pacskit.net.sinks import DatasetSink, DatasetTooLarge, MemorySink, ReceivedDataset
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -76,9 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacskit.net")
 
 _MULTI_RESPONSE = frozenset({"C-FIND", "C-GET", "C-MOVE"})
-_SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step
-#: files up to this size are read whole (meta and dataset in one read) for a C-STORE, not streamed
-WHOLE_FILE_LIMIT = _SEND_BLOCK
+_SEND_BLOCK = WHOLE_FILE_LIMIT  # bytes of a streamed file read and written per step
 _RELEASE = object()
 _association_ids = itertools.count(1)
 
@@ -142,24 +130,6 @@ REJECT_CONGESTION = Reject(pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, 1)
 AssociateHook = Callable[["Association"], Union[Reject, None, Awaitable[Union[Reject, None]]]]
 
 DatasetSource = Union[str, os.PathLike[str], "Dataset"]
-
-
-def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
-    """Encode a pydicom dataset (without file meta) in ``transfer_syntax``; off the hot path."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    fp = DicomBytesIO()
-    fp.is_little_endian = transfer_syntax != EXPLICIT_VR_BIG_ENDIAN
-    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
-    write_dataset(fp, ds)
-    data = fp.getvalue()
-    if transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = compressor.compress(data) + compressor.flush()
-        if len(data) & 1:
-            data += b"\x00"
-    return data
 
 
 # responses that carry no Affected SOP Instance UID (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2)
@@ -1067,7 +1037,7 @@ class Association:
 
         The file is sent as stored: an accepted context must have its SOP class and transfer syntax
         (conversion belongs to the client framework). ``preread`` is what
-        :func:`~pacskit.net.sinks.read_part10` returned for this file with its dataset (a caller that
+        :func:`~pacskit.dicom.part10.read_part10` returned for this file with its dataset (a caller that
         read it while the previous C-STORE was in flight). Returns the C-STORE-RSP command set.
         """
         extra: dict[str, Any] = {"Priority": priority}
@@ -1299,7 +1269,6 @@ __all__ = [
     "AssociateHook",
     "Reject",
     "connect",
-    "encode_dataset",
     "REJECT_CALLED_AE",
     "REJECT_CALLING_AE",
     "REJECT_NO_REASON",

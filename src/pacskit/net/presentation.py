@@ -13,45 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from pacskit.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, UNCOMPRESSED_TRANSFER_SYNTAXES
 from pacskit.net import pdu
-
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
-
-# The uncompressed transfer syntaxes (PS3.5 A.1, A.2, A.3, A.5) as plain strings: the engine uses them
-# on every association, and spelling them here spares a process that only moves bytes (a storescu-like
-# client) the import of pydicom, which costs ~0.4 s before the first PDU.
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
-
-#: Uncompressed transfer syntaxes, in the order an acceptor prefers them by default.
-UNCOMPRESSED_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
-)
-
-
-def __getattr__(name: str) -> object:
-    # ALL_TRANSFER_SYNTAXES comes from pydicom's list, so it is made on first use (PEP 562)
-    if name == "ALL_TRANSFER_SYNTAXES":
-        global ALL_TRANSFER_SYNTAXES
-        ALL_TRANSFER_SYNTAXES = _all_transfer_syntaxes()
-        return ALL_TRANSFER_SYNTAXES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _all_transfer_syntaxes() -> tuple[str, ...]:
-    """Everything a store-as-received Storage SCP can accept (``ALL_TRANSFER_SYNTAXES``): uncompressed
-    first, then the compressed syntaxes pydicom knows (JPEG family, JPEG-LS, JPEG 2000, HTJ2K, RLE,
-    MPEG/HEVC, deflated image frames)."""
-    from pydicom.uid import AllTransferSyntaxes
-
-    return UNCOMPRESSED_TRANSFER_SYNTAXES + tuple(
-        str(ts) for ts in AllTransferSyntaxes if str(ts) not in UNCOMPRESSED_TRANSFER_SYNTAXES
-    )
 
 
 @dataclass(slots=True)

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
 from pacskit.net import dimse
-from pacskit.net.sinks import DatasetSink, MemorySink, Part10FileSink, ReceivedDataset, encode_file_meta
+from pacskit.dicom.part10 import encode_file_meta
+from pacskit.net.sinks import DatasetSink, MemorySink, Part10FileSink, ReceivedDataset
 
 if TYPE_CHECKING:
     import asyncio

@@ -1,4 +1,4 @@
-"""Where incoming datasets go while they arrive, and how outgoing files are read.
+"""Where incoming datasets go while they arrive (reading and writing Part 10 files is :mod:`pacskit.dicom.part10`).
 
 An incoming dataset is handed to a :class:`DatasetSink` fragment by fragment as the bytes come off the
 socket, so a multi-GB instance never sits in memory. The engine picks a sink per message through
@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import atexit
 import collections
-import io
 import itertools
 import os
-import struct
 import tempfile
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-
+from pacskit.dicom.codec import decode_dataset
 from pacskit.net.errors import DimseError
-from pacskit.net.presentation import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -79,22 +75,10 @@ class ReceivedDataset:
     def decode(self, stop_before_pixels: bool = False) -> Dataset:
         """Decode with pydicom (off the hot path: handlers call this only when they need values)."""
         from pydicom import dcmread
-        from pydicom.filereader import read_dataset
 
         if self.path is not None:
             return dcmread(self.path, stop_before_pixels=stop_before_pixels, force=True)
-        raw = self.data or b""
-        if self.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-            inflated = io.BytesIO()
-            inflate(raw, inflated.write, MAX_INFLATED_IN_MEMORY)
-            raw = inflated.getvalue()
-        ds = read_dataset(
-            io.BytesIO(raw),
-            is_implicit_VR=self.transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN,
-            is_little_endian=self.transfer_syntax != EXPLICIT_VR_BIG_ENDIAN,
-            stop_when=(lambda tag, vr, length: tag == 0x7FE00010) if stop_before_pixels else None,
-        )
-        return ds
+        return decode_dataset(self.data or b"", self.transfer_syntax, stop_before_pixels=stop_before_pixels)
 
     def move_to(self, destination: str | os.PathLike[str]) -> str:
         """Atomically move the received Part 10 file to ``destination`` (same filesystem)."""
@@ -139,41 +123,6 @@ class MemorySink:
 
     def abort(self) -> None:
         self._parts = []
-
-
-_EXPLICIT_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-
-
-def encode_file_meta(
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    transfer_syntax: str,
-    implementation_class_uid: str,
-    implementation_version_name: str = "",
-    source_ae_title: str = "",
-) -> bytes:
-    """Preamble, ``DICM`` and a File Meta Information group (PS3.10 7.1), Explicit VR Little Endian."""
-
-    def elem(tag_elem: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
-        if len(value) & 1:
-            value += pad
-        if vr in _EXPLICIT_LONG_VRS:
-            return struct.pack("<HH2sHL", 0x0002, tag_elem, vr, 0, len(value)) + value
-        return struct.pack("<HH2sH", 0x0002, tag_elem, vr, len(value)) + value
-
-    body = [
-        elem(0x0001, b"OB", b"\x00\x01", b"\x00"),
-        elem(0x0002, b"UI", sop_class_uid.encode("ascii"), b"\x00"),
-        elem(0x0003, b"UI", sop_instance_uid.encode("ascii"), b"\x00"),
-        elem(0x0010, b"UI", transfer_syntax.encode("ascii"), b"\x00"),
-        elem(0x0012, b"UI", implementation_class_uid.encode("ascii"), b"\x00"),
-    ]
-    if implementation_version_name:
-        body.append(elem(0x0013, b"SH", implementation_version_name.encode("ascii"), b" "))
-    if source_ae_title:
-        body.append(elem(0x0016, b"AE", source_ae_title.encode("ascii"), b" "))
-    group = b"".join(body)
-    return bytes(128) + b"DICM" + elem(0x0000, b"UL", struct.pack("<L", len(group)), b"") + group
 
 
 def _create_temp(folder: str) -> tuple[int, str]:
@@ -325,146 +274,3 @@ class Part10FileSink:
             pass
 
 
-#: What a deflated dataset may inflate to when decoded in memory (a deflate bomb inflates ~1000:1).
-MAX_INFLATED_IN_MEMORY = 64 * 1024 * 1024
-_INFLATE_PIECE = 1 << 20
-
-
-class InflationLimit(ValueError):
-    """A deflated dataset inflates beyond the allowed size (a deflate bomb, or simply too big)."""
-
-
-def inflate(source: BinaryIO | bytes, write: Any, limit: int) -> int:
-    """Inflate the raw deflate stream ``source`` (PS3.5 A.5: Deflated Explicit VR Little Endian) into
-    ``write``, a piece of at most 1 MiB at a time; returns the inflated size.
-
-    Raises :class:`InflationLimit` as soon as more than ``limit`` bytes would come out, so neither
-    memory nor disk ever holds more than that, whatever the compression ratio. Raises ``zlib.error``
-    for a corrupt stream.
-    """
-    import zlib
-
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    total = 0
-    view = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    while True:
-        data = view.read(_INFLATE_PIECE)
-        if not data:
-            break
-        while data:
-            piece = inflater.decompress(data, _INFLATE_PIECE)
-            total += len(piece)
-            if total > limit:
-                raise InflationLimit(f"deflated dataset inflates beyond {limit:,} bytes")
-            write(piece)
-            data = inflater.unconsumed_tail
-        if inflater.eof:
-            break
-    rest = inflater.flush()
-    total += len(rest)
-    if total > limit:
-        raise InflationLimit(f"deflated dataset inflates beyond {limit:,} bytes")
-    write(rest)
-    return total
-
-
-@dataclass(slots=True)
-class Part10Info:
-    """What :func:`read_part10_header` found: the File Meta values and where the dataset starts."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    dataset_offset: int
-    file_size: int
-    source_ae: str | None = None  # (0002,0016) Source Application Entity Title, if present
-
-
-def read_part10_header(path: str | os.PathLike[str]) -> Part10Info:
-    """Read only the File Meta Information of a Part 10 file (no pydicom, no pixel data touched).
-
-    Raises ``ValueError`` when the file is not Part 10 or lacks the UIDs a C-STORE needs.
-    """
-    return read_part10(path)[0]
-
-
-_META_PROBE = 16384  # bytes read to find the File Meta Information (read again, larger, if it is longer)
-
-
-def read_part10(path: str | os.PathLike[str], *, whole_below: int = 0) -> tuple[Part10Info, bytes | None]:
-    """The File Meta Information of a Part 10 file and, when the file is at most ``whole_below`` bytes,
-    its dataset bytes as well: one open and one read for a small instance (a C-STORE of it then needs
-    no second open), the meta alone for a big one (which is then streamed with
-    :func:`iter_file_chunks`). Raises ``ValueError`` when the file is not Part 10 or lacks the UIDs
-    a C-STORE needs."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))  # no io object: a third of the cost
-    try:
-        size = os.fstat(fd).st_size
-        whole = size <= whole_below
-        buf = _read_up_to(fd, size if whole else min(size, _META_PROBE))
-        while (parsed := _parse_file_meta(buf, path, complete=len(buf) >= size)) is None:
-            buf += _read_up_to(fd, min(size, len(buf) * 4) - len(buf))
-    finally:
-        os.close(fd)
-    values, pos = parsed
-    try:
-        info = Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size, values.get(0x0016) or None)
-    except KeyError as exc:
-        raise ValueError(f"{path}: file meta information lacks (0002,{exc.args[0]:04X})") from exc
-    return info, (buf[pos:] if whole else None)
-
-
-def _read_up_to(fd: int, n: int) -> bytes:
-    parts = []
-    while n > 0:
-        chunk = os.read(fd, n)
-        if not chunk:
-            break
-        parts.append(chunk)
-        n -= len(chunk)
-    return b"".join(parts)
-
-
-def _parse_file_meta(buf: bytes, path: Any, *, complete: bool) -> tuple[dict[int, str], int] | None:
-    """The group 0002 values (element -> text) and where the dataset starts, from the first bytes of
-    a file (``complete``: all of it); ``None`` when ``buf`` ends inside the group (read more)."""
-    end = len(buf)
-    if end < 132 and not complete:
-        return None
-    if end < 132 or buf[128:132] != b"DICM":
-        raise ValueError(f"{path}: not a DICOM Part 10 file (no DICM prefix)")
-    values: dict[int, str] = {}
-    pos = 132
-    while True:
-        if pos + 8 > end:
-            return (values, pos) if complete else None  # the file ends with its meta: no dataset
-        group, elem, vr = struct.unpack_from("<HH2s", buf, pos)
-        if group != 0x0002:
-            return values, pos
-        if vr in _EXPLICIT_LONG_VRS:
-            if pos + 12 > end:
-                break
-            (length,) = struct.unpack_from("<L", buf, pos + 8)
-            header_len = 12
-        else:
-            (length,) = struct.unpack_from("<H", buf, pos + 6)
-            header_len = 8
-        start = pos + header_len
-        if start + length > end:
-            break
-        values[elem] = buf[start : start + length].decode("ascii", "replace").rstrip("\x00 ")
-        pos = start + length
-    if complete:
-        raise ValueError(f"{path}: truncated file meta information")
-    return None
-
-
-def iter_file_chunks(path: str | os.PathLike[str], offset: int, chunk_size: int) -> Iterator[bytes]:
-    """Read ``path`` from ``offset`` in pieces of ``chunk_size`` bytes (the PDV payload size)."""
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(offset)
-        while True:
-            chunk = fh.read(chunk_size)
-            if not chunk:
-                return
-            yield chunk

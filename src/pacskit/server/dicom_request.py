@@ -18,9 +18,9 @@ from pacskit.net import (
     NetConfig,
     RequestedContext,
     Services,
-    VERIFICATION_SOP_CLASS,
     connect,
 )
+from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 
 if TYPE_CHECKING:
     import ssl

@@ -33,9 +33,9 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import URL
 
 from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, new_key, validate_key
-from pacskit.net.sinks import read_part10_header
+from pacskit.dicom.part10 import read_part10_header
 from pacskit.store.engine import make_url
-from pacskit.store.nesting import TooDeep
+from pacskit.dicom.walker import TooDeep
 from pacskit.store.extract import (
     InstanceAttributes,
     InstanceMismatch,

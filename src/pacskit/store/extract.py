@@ -26,9 +26,10 @@ from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from pacskit.dicom.part10 import InflationLimit, inflate
+from pacskit.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from pacskit.dicom.walker import check_nesting
 from pacskit.store import models as m
-from pacskit.net.sinks import InflationLimit, inflate
-from pacskit.store.nesting import check_nesting
 from pacskit.store.models import datetime_key, normalise_person_name
 
 #: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
@@ -259,7 +260,7 @@ for _kw, _field in _INT_FIELDS.items():
     _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "int", 0)  # type: ignore[index]
 _CHARSET_TAG = 0x00080005
 _PN_TAGS = frozenset({0x00100010, 0x00080090})  # PatientName, ReferringPhysicianName
-#: Tags the ingest walk collects (:func:`pacskit.store.nesting.check_nesting` ``collect``).
+#: Tags the ingest walk collects (:func:`pacskit.dicom.walker.check_nesting` ``collect``).
 WALK_TAGS = frozenset(INDEX_TAGS)
 _EXPECTED_VR: dict[int, bytes] = {t: dictionary_VR(t).encode() for t in WALK_TAGS}
 # Character sets whose bytes never contain 0x5C (backslash) or 0x3D (=) inside a character, so values
@@ -377,8 +378,8 @@ def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_sy
                   source_ae: str | None = None) -> InstanceAttributes:
     """Guard the nesting depth and read the indexed attributes in one pass over the file.
 
-    What ingest runs on every received instance: :func:`pacskit.store.nesting.check_nesting` walks
-    the element headers (raising :class:`~pacskit.store.nesting.TooDeep`) and collects the raw values
+    What ingest runs on every received instance: :func:`pacskit.dicom.walker.check_nesting` walks
+    the element headers (raising :class:`~pacskit.dicom.walker.TooDeep`) and collects the raw values
     of :data:`WALK_TAGS` on the way; :func:`attributes_from_walk` decodes them. Deflated datasets,
     and files the walk could not finish (truncated, odd), are read by pydicom instead, so their error
     is reported precisely. Raises :class:`InvalidInstance`.
@@ -390,7 +391,7 @@ def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_sy
             with open(path, "rb") as src, open(inflated, "wb") as out:
                 src.seek(dataset_offset)
                 _inflate_or_refuse(src, out.write)
-            walked = check_nesting(inflated, 0, _EXPLICIT_LE, collect=WALK_TAGS)
+            walked = check_nesting(inflated, 0, EXPLICIT_VR_LITTLE_ENDIAN, collect=WALK_TAGS)
         finally:
             try:
                 os.unlink(inflated)
@@ -402,9 +403,6 @@ def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_sy
         return read_index_attributes(path, dataset_offset)
     return attributes_from_walk(walked.values, transfer_syntax_uid, source_ae,
                                 little_endian=little, implicit_vr=implicit)
-
-
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def _inflate_or_refuse(source: BinaryIO, write: Any) -> None:

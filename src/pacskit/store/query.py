@@ -73,6 +73,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.functions import FunctionElement
 
+from pacskit.dicom.codec import encode_dataset
+from pacskit.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from pacskit.dicom.vr import CHARSET_VRS, LONG_VR_NAMES, TEXT_VRS
 from pacskit.store.models import (
     Instance,
     Patient,
@@ -530,8 +533,6 @@ def _charset_of(identifier: Dataset) -> list[str]:
     return terms if any(terms) else []
 
 
-_TEXT_VRS_DECODED = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
-                     "UR", "UT"}
 
 
 def _decoded_elements(identifier: Dataset, charset: list[str] | None = None) -> list[DataElement]:
@@ -550,7 +551,7 @@ def _decoded_elements(identifier: Dataset, charset: list[str] | None = None) -> 
         try:
             raw = identifier.get_item(tag)
             vr = getattr(raw, "VR", None) or (dictionary_VR(tag) if keyword_for_tag(tag) else None)
-            if isinstance(raw, RawDataElement) and vr in _TEXT_VRS_DECODED:
+            if isinstance(raw, RawDataElement) and vr in TEXT_VRS:
                 elem = DataElement(tag, vr, raw.value, validation_mode=_NO_VALIDATION)
                 decode_element(elem, charset or ["ISO_IR 6"])
                 if isinstance(elem.value, bytes):  # decode_element leaves empty values as b""
@@ -864,22 +865,9 @@ def matching_rows(engine: Engine, statement: Select[Any], *, page_size: int = 50
             result.close()
 
 
-def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
-    from pacskit.net import encode_dataset as encode
-
-    return encode(ds, transfer_syntax)
-
-
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-#: VRs with a 4-byte length in Explicit VR (PS3.5 7.1.2)
 _TAG_PREFIX = struct.Struct("<HH").pack
 _UL_LEN = struct.Struct("<I").pack
 _US_LEN = struct.Struct("<H").pack
-_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-#: VRs whose text is in the Specific Character Set (the others are ASCII)
-_CHARSET_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
-_TEXT_VRS = _CHARSET_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
 
 
 class _FastEncoder:
@@ -907,16 +895,16 @@ class _FastEncoder:
 
     @classmethod
     def make(cls, query: FindQuery, transfer_syntax: str, fixed: dict[int, str]) -> _FastEncoder | None:
-        if transfer_syntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
+        if transfer_syntax not in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN):
             return None
         for rk in query.returns:
             if rk.tag in fixed:
                 continue
-            if rk.source in ("header", "sop_classes") or (rk.source == "column" and rk.vr not in _TEXT_VRS):
+            if rk.source in ("header", "sop_classes") or (rk.source == "column" and rk.vr not in TEXT_VRS):
                 return None
             if rk.vr == "SQ" or len(rk.vr) != 2:
                 return None  # pydicom's sequence encoding (undefined length), ambiguous VRs
-        return cls(query, transfer_syntax == _EXPLICIT_LE, fixed)
+        return cls(query, transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN, fixed)
 
     def _element_header(self, tag: int, vr: str, length: int) -> bytes:
         prefix, pack = self._prefix(tag, vr)
@@ -927,7 +915,7 @@ class _FastEncoder:
         head = _TAG_PREFIX(tag >> 16, tag & 0xFFFF)
         if not self.explicit:
             return head, _UL_LEN
-        if vr in _LONG_VRS:
+        if vr in LONG_VR_NAMES:
             return head + vr.encode("ascii") + b"\x00\x00", _UL_LEN
         return head + vr.encode("ascii"), _US_LEN
 
@@ -1021,7 +1009,7 @@ class _FastEncoder:
                     cached = empty[tag] = header(tag, vr, 0)
                 out.append(cached)
                 continue
-            data = text.encode(codec if vr in _CHARSET_VRS else "ascii", errors="replace")
+            data = text.encode(codec if vr in CHARSET_VRS else "ascii", errors="replace")
             if len(data) % 2:
                 data += b"\x00" if vr == "UI" else b" "
             out.append(header(tag, vr, len(data)))

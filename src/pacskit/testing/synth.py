@@ -396,7 +396,7 @@ def dataset_bytes(path: str | os.PathLike[str]) -> bytes:
     Tests compare stored and sent files with it ("byte-identical" means the dataset bytes; the File
     Meta of a stored file is written by the receiver).
     """
-    from pacskit.net.sinks import read_part10_header
+    from pacskit.dicom.part10 import read_part10_header
 
     info = read_part10_header(path)
     with open(path, "rb") as fh:

@@ -28,6 +28,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from pacskit.dicom.vr import WORD_SIZE
+
 #: Syntaxes :func:`transcode` can write.
 NATIVE_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian,
@@ -37,8 +39,6 @@ NATIVE_SYNTAXES: tuple[str, ...] = (
 )
 #: Default cap on the size of a file :func:`transcode` will decode in memory.
 DEFAULT_MAX_SIZE = 256 * 1024 * 1024
-
-_WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 class CannotConvert(Exception):
@@ -67,7 +67,7 @@ def _swap_words(ds: Any) -> None:
             for item in elem.value or ():
                 _swap_words(item)
             continue
-        width = _WORD_SIZE.get(elem.VR)
+        width = WORD_SIZE.get(elem.VR)
         value = elem.value
         if width and isinstance(value, (bytes, bytearray)) and value and len(value) % width == 0:
             elem.value = np.frombuffer(value, dtype=f"u{width}").byteswap().tobytes()

@@ -19,12 +19,17 @@ from typing import BinaryIO
 
 from pydicom.datadict import dictionary_VR
 
+from pacskit.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    DEFLATED_IMAGE_FRAME_COMPRESSION,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
+from pacskit.dicom.vr import LONG_VRS
+
 MAX_SEQUENCE_DEPTH = 64
 UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_IMPLICIT = "1.2.840.10008.1.2"
-_BIG_ENDIAN = "1.2.840.10008.1.2.2"
-_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+_DEFLATED = (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_IMAGE_FRAME_COMPRESSION)
 
 
 class TooDeep(ValueError):
@@ -77,8 +82,8 @@ def check_nesting(
     if not is_walkable(transfer_syntax):
         walked.complete = False
         return walked
-    implicit = transfer_syntax == _IMPLICIT
-    endian = ">" if transfer_syntax == _BIG_ENDIAN else "<"
+    implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    endian = ">" if transfer_syntax == EXPLICIT_VR_BIG_ENDIAN else "<"
     hdr = struct.Struct(endian + "HH")
     u16, u32 = struct.Struct(endian + "H"), struct.Struct(endian + "L")
     with open(path, "rb", buffering=_BUFFER) as fh:
@@ -131,7 +136,7 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
             pos += 8
         else:
             vr = head[4:6]
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 extra = fh.read(4)
                 if len(extra) < 4:
                     return False
