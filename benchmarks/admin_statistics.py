@@ -10,7 +10,7 @@ from pathlib import Path
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import RequestedContext, connect
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.addins.verification import VerificationAddIn
 import logging; logging.disable(logging.WARNING)
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 3000

@@ -322,7 +322,7 @@ async def run(args: argparse.Namespace, port: int, server: subprocess.Popen[byte
 def verify(data_dir: Path, acknowledged: set[str]) -> tuple[list[str], bool, str]:
     """(acknowledged instances missing from the index, `pacskit check` passed, its report)."""
     from pacskit.server.server import open_store
-    from pacskit.server.settings import load_settings
+    from pacskit.config.settings import load_settings
 
     store = open_store(load_settings(data_dir), recover=False)
     try:

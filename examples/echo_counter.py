@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pacskit.addins import AddIn, AddInOptions, Request, SupportedContext
+from pacskit.services import AddIn, AddInOptions, Request, SupportedContext
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 
 

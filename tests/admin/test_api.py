@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from pacskit.addins import AddIn, AddInOptions, SupportedContext
+from pacskit.services import AddIn, AddInOptions, SupportedContext
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import RequestedContext, connect
 from pacskit.net import events as ev
 from pacskit.server.server import Server, ServerError
-from pacskit.server.settings import SettingsError, load_settings
+from pacskit.config.settings import SettingsError, load_settings
 
 ECHO = [RequestedContext(VERIFICATION_SOP_CLASS)]
 JOURNAL: list[str] = []
@@ -230,7 +230,7 @@ def _check_prometheus(text: str) -> None:
 
 def _statistics_observers(server: Server) -> list[object]:
     """Observers on the server's bus that belong to the admin statistics (other parts subscribe too)."""
-    from pacskit.admin.stats import Statistics
+    from pacskit.server.stats import Statistics
 
     return [
         o for observers in server.bus._subs.values() for o in observers

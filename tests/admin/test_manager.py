@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pacskit.admin.manager import ManagerError, ServiceManager, parse_assignment, update_settings_file
+from pacskit.admin.manager import ManagerError, ServiceManager, parse_assignment
+from pacskit.config.settings import update_settings_file
 from pacskit.cli import app
-from pacskit.server.settings import SettingsError, load_settings
+from pacskit.config.settings import SettingsError, load_settings
 
 
 def test_parse_assignment() -> None:

@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from pacskit.client import KeyError_, RemoteAE, UnknownRemote, apply_keys, parse_key, resolve_remote
-from pacskit.server.aetitles import FileAeRegistry
+from pacskit.config.aetitles import FileAeRegistry
 
 
 def test_resolve_address_registry_and_errors(tmp_path):

@@ -12,8 +12,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from pacskit.client.commitment import SopReference
-from pacskit.server.aetitles import AE_FILE, FileAeRegistry, RemoteAE
-from pacskit.server.settings import ServerSettings, load_settings
+from pacskit.config.aetitles import AE_FILE, FileAeRegistry, RemoteAE
+from pacskit.config.settings import ServerSettings, load_settings
 from pacskit.store import DataStore
 from pacskit.testing.synth import make_instance
 

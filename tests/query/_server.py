@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.engine import URL
 
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool
 
 AE = "QRPACS"

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pacskit.net import RequestedContext, connect
 from pacskit.net.dimse import CommandField
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.store import DataStore, FilesystemBlobStore
 from pacskit.store.query import STUDY_ROOT_FIND
 from pacskit.testing.bulk import BulkShape, bulk_load

@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from pacskit import audit
-from pacskit.addins import AddIn, BaseServices
+from pacskit.services import AddIn, BaseServices
 from pacskit.audit import messages as m
 from pacskit.audit.trail import AuditTrail
 from pacskit.net import SupportedContext
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
-from pacskit.server.syslog import SyslogSender
+from pacskit.config.settings import load_settings
+from pacskit.records.syslog import SyslogSender
 from pacskit.testing.peers import free_port, run_echoscu
 
 from .conftest import TlsCollector, UdpCollector, parse_syslog

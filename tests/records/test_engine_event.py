@@ -17,7 +17,7 @@ from pacskit.net import (
     current_operation,
 )
 from pacskit.net import events as ev
-from pacskit.server.syslog import format_message, frame_octet_counting
+from pacskit.records.syslog import format_message, frame_octet_counting
 
 
 async def _echo_twice(bus: EventBus, handler: Any) -> list[int]:

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from pacskit.addins import AddIn
+from pacskit.services import AddIn
 from pacskit.net import SupportedContext
 from pacskit.server import logconfig
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.testing.peers import run_echoscu
 
 from .conftest import UdpCollector, parse_syslog
@@ -122,7 +122,7 @@ def test_phi_only_when_asked(restore_logging: Any) -> None:
 
 
 def test_bad_logging_settings_name_the_key(tmp_path: Path) -> None:
-    from pacskit.server.settings import SettingsError
+    from pacskit.config.settings import SettingsError
 
     (tmp_path / "server.toml").write_text('[logging.syslog]\nfacility = "nowhere"\n')
     with pytest.raises(SettingsError, match="logging.syslog.facility"):

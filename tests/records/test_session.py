@@ -22,9 +22,9 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from pacskit.cli import app
-from pacskit.server.aetitles import AE_FILE, FileAeRegistry, RemoteAE
+from pacskit.config.aetitles import AE_FILE, FileAeRegistry, RemoteAE
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool, storescp
 from pacskit.testing.synth import make_series
 

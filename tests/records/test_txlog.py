@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from pacskit.addins.txlog import TransactionLog
 from pacskit.net import Command, SpyEvent
 from pacskit.net import events as ev
-from pacskit.server.background import BatchWriter
+from pacskit.records.background import BatchWriter
 from pacskit.store import Index, TransactionLogEntry
 
 

@@ -95,7 +95,7 @@ def test_kill_9_during_parallel_ingest_loses_nothing_acknowledged(tmp_path: Path
 
     # every acknowledged instance: indexed, file present, SHA-256 right; nothing partial visible
     from pacskit.server.server import open_store
-    from pacskit.server.settings import load_settings
+    from pacskit.config.settings import load_settings
 
     store = open_store(load_settings(data))
     try:

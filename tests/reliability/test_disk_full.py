@@ -22,7 +22,7 @@ from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import RequestedContext, connect
 from pacskit.net.sinks import temp_files
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.testing.synth import make_series
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -60,7 +60,7 @@ def test_sigterm_under_load_exits_cleanly_and_keeps_everything_acknowledged(tmp_
     assert sorted(p.name for p in temp.iterdir()) == []  # clean exit: nothing half-written, no spares
 
     from pacskit.server.server import open_store
-    from pacskit.server.settings import load_settings
+    from pacskit.config.settings import load_settings
 
     store = open_store(load_settings(data))
     try:

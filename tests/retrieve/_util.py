@@ -15,8 +15,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy.engine import URL
 
 from pacskit.net import Acceptor, Services, SupportedContext
-from pacskit.server.aetitles import AE_FILE, FileAeRegistry, RemoteAE
-from pacskit.server.settings import ServerSettings, load_settings
+from pacskit.config.aetitles import AE_FILE, FileAeRegistry, RemoteAE
+from pacskit.config.settings import ServerSettings, load_settings
 from pacskit.store import DataStore
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool
 from pacskit.testing.synth import make_instance, make_series

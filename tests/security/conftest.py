@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from pacskit.cli.certs import issue_certificate, make_ca, make_crl, new_key, write_key, write_pem
-from pacskit.server.aetitles import FileAeRegistry, RemoteAE
+from pacskit.config.aetitles import FileAeRegistry, RemoteAE
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 
 
 @dataclass

@@ -25,8 +25,9 @@ from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pacskit.client import EchoScu, QueryRetrieveScu, StoreScu
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import AssociationRejected
-from pacskit.server.access import NOT_AUTHORIZED, hash_password, verify_password
-from pacskit.server.aetitles import RemoteAE
+from pacskit.server.access import NOT_AUTHORIZED
+from pacskit.config.passwords import hash_password, verify_password
+from pacskit.config.aetitles import RemoteAE
 from pacskit.testing.peers import count_store_successes, have_dcmtk, run_echoscu, run_storescu
 from pacskit.testing.synth import make_instance
 
@@ -302,7 +303,7 @@ def test_user_identity_jwt(acl_server, caplog: pytest.LogCaptureFixture) -> None
 def test_passwords_are_stored_hashed_never_plain(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from pacskit.server.aetitles import FileAeRegistry
+    from pacskit.config.aetitles import FileAeRegistry
 
     encoded = hash_password("s3cret")
     assert encoded.startswith("scrypt$") and "s3cret" not in encoded
@@ -325,7 +326,7 @@ def test_ae_add_with_access_rules_from_the_command_line(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from pacskit.cli import app
-    from pacskit.server.aetitles import FileAeRegistry
+    from pacskit.config.aetitles import FileAeRegistry
 
     runner = CliRunner()
     folder = tmp_path / "srv"

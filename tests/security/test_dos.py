@@ -22,7 +22,7 @@ import pytest
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import AssociationRejected, RequestedContext, connect
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool, have_dcmtk
 
 from pacskit.net import pdu

@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import RequestedContext, connect
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.testing.synth import make_instance
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

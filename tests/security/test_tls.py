@@ -22,7 +22,7 @@ import pytest
 from pacskit.client import EchoScu, StoreScu
 from pacskit.net import NetError
 from pacskit.net.tls import TlsConfigError, client_context
-from pacskit.server.aetitles import RemoteAE
+from pacskit.config.aetitles import RemoteAE
 from pacskit.testing.peers import count_store_successes, dcmtk_env, dcmtk_tool, have_dcmtk, run_echoscu, run_storescu
 from pacskit.testing.synth import make_instance
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pacskit.addins import AddIn, AddInOptions, SupportedContext
+from pacskit.services import AddIn, AddInOptions, SupportedContext
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import RequestedContext, connect
 from pacskit.server.addin_manager import AddInError
 from pacskit.server.server import Server, ServerError
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 ECHO = [RequestedContext(VERIFICATION_SOP_CLASS)]
@@ -189,7 +189,7 @@ def test_entry_point_addin_receives_traffic(tmp_path: Path) -> None:
         f"""
         import asyncio, sys
         from pacskit.server.server import Server
-        from pacskit.server.settings import load_settings
+        from pacskit.config.settings import load_settings
         from pacskit.net import connect, RequestedContext, VERIFICATION_SOP_CLASS
 
         async def main():
@@ -242,7 +242,7 @@ def test_registered_only_mode_off_loopback_refuses_unknown_callers(tmp_path: Pat
 
     from pacskit.net import REJECT_CALLING_AE
     from pacskit.server.access import AccessControl, is_open
-    from pacskit.server.aetitles import FileAeRegistry, RemoteAE
+    from pacskit.config.aetitles import FileAeRegistry, RemoteAE
 
     settings = _settings(tmp_path / "srv")
     settings.host = "0.0.0.0"  # not started: we only exercise the rule

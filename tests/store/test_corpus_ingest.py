@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL
 from pacskit.net import RequestedContext, connect
 from pacskit.dicom.part10 import read_part10_header
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.store.extract import is_valid_uid
 from pacskit.testing.synth import dataset_bytes
 

@@ -116,7 +116,7 @@ def test_server_answers_a_deflate_bomb_with_out_of_resources(tmp_path: Path) -> 
     from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
     from pacskit.net import RequestedContext, connect
     from pacskit.server.server import Server
-    from pacskit.server.settings import load_settings
+    from pacskit.config.settings import load_settings
 
     bomb = _bomb(tmp_path / "bomb.dcm", 300 << 20)
     folder = tmp_path / "srv"

@@ -91,7 +91,7 @@ def test_depth_300_refused_cleanly_through_the_server(tmp_path: Path) -> None:
     from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
     from pacskit.net import RequestedContext, connect
     from pacskit.server.server import Server
-    from pacskit.server.settings import load_settings
+    from pacskit.config.settings import load_settings
 
     deep = _nested_raw(tmp_path / "deep300.dcm", 300)
     info = read_part10_header(deep)

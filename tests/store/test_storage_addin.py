@@ -22,7 +22,7 @@ from pacskit.net import RequestedContext, connect
 from pacskit.dicom.part10 import read_part10_header
 from pacskit.net.sinks import temp_files
 from pacskit.server.server import Server
-from pacskit.server.settings import load_settings
+from pacskit.config.settings import load_settings
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool, have_dcmtk
 from pacskit.testing.synth import make_instance
 from pacskit.testing.synth import dataset_bytes

@@ -42,13 +42,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pacskit.addins import AddIn, AddInOptions
+from pacskit.services import AddIn, AddInOptions
 from pacskit.audit import messages as m
 from pacskit.audit.trail import AuditTrail, register
 from pacskit.net import SpyEvent
 from pacskit.net import events as ev
 from pacskit.net.dimse import status_category
-from pacskit.server.background import BatchWriter
+from pacskit.records.background import BatchWriter
 
 log = logging.getLogger("pacskit.addin.audit")
 
@@ -110,7 +110,7 @@ class AuditAddIn(AddIn):
         sender = None
         spool = None
         if opts.syslog_host:
-            from pacskit.server.syslog import SyslogSender
+            from pacskit.records.syslog import SyslogSender
 
             sender = SyslogSender(opts.syslog_host, opts.syslog_port, opts.syslog_protocol, ca_file=opts.ca_file,
                                   cert_file=opts.cert_file, key_file=opts.key_file, server_name=opts.server_name)

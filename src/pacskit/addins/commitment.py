@@ -54,7 +54,7 @@ from typing import Any
 from pydantic import Field
 from pydicom.dataset import Dataset
 
-from pacskit.addins import AddIn, AddInOptions, BaseServices, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, BaseServices, Handler, Request, Response, SupportedContext
 from pacskit.client.commitment import (
     ACTION_REQUEST_STORAGE_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
@@ -420,7 +420,7 @@ class StorageCommitmentAddIn(AddIn):
         return None
 
     async def _send_new(self, requester: str, event_type: int, info: Dataset) -> str | None:
-        from pacskit.server.dicom_request import UnknownAE
+        from pacskit.services.dicom_request import UnknownAE
 
         # The reporting SCP proposes the SCP role for the SOP class (PS3.4 J.3.3); a peer that
         # ignores role selection still takes the report on the accepted context.

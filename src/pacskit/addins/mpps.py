@@ -39,7 +39,7 @@ from pydantic import Field
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.net import CommandField, RequestedContext
 from pacskit.store.mpps import MPPS_SOP_CLASS, MppsRefused, MppsStore
 

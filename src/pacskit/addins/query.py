@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 
 from pydantic import Field
 
-from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.store.query import (
     PATIENT_ROOT_FIND,
     STATUS_IDENTIFIER_MISMATCH,

@@ -59,7 +59,7 @@ from pydantic import Field
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, read_part10
 from pacskit.net import (
     AssociationAborted,

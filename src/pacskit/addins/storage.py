@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 
 

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from pacskit.addins import AddIn, AddInOptions, TlsSetup
+from pacskit.services import AddIn, AddInOptions, TlsSetup
 from pacskit.net.tls import DEFAULT_PROFILE, PROFILES, ProfileName, TlsConfigError, client_context, server_context
 
 if TYPE_CHECKING:
-    from pacskit.server.aetitles import RemoteAE
+    from pacskit.config.aetitles import RemoteAE
 
 
 class TlsOptions(AddInOptions):

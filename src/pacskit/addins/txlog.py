@@ -44,10 +44,10 @@ from typing import Any
 from pydantic import Field
 from sqlalchemy import Engine, delete
 
-from pacskit.addins import AddIn, AddInOptions
+from pacskit.services import AddIn, AddInOptions
 from pacskit.net import SpyEvent
 from pacskit.net import events as ev
-from pacskit.server.background import BatchWriter
+from pacskit.records.background import BatchWriter
 from pacskit.store.engine import WRITE_OPTION
 
 log = logging.getLogger("pacskit.addin.txlog")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pacskit.addins import AddIn, Handler, Request, SupportedContext
+from pacskit.services import AddIn, Handler, Request, SupportedContext
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 
 

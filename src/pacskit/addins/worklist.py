@@ -37,7 +37,7 @@ from fastapi import Request as HttpRequest  # at module level: FastAPI resolves 
 from pydantic import Field
 from pydicom.dataset import Dataset
 
-from pacskit.addins import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.dicom.codec import encode_dataset
 from pacskit.store.query import STATUS_OUT_OF_RESOURCES, STATUS_UNABLE_TO_PROCESS, InvalidQuery, TooManyMatches
 from pacskit.store.worklist import (

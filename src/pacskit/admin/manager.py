@@ -1,9 +1,9 @@
 """The service manager: server folders under a servers root, run as background processes.
 
 A *server folder* is named after its AE title (validated by
-:func:`pacskit.server.settings.safe_file_name`: never a path from an unchecked name) and holds::
+:func:`pacskit.config.settings.safe_file_name`: never a path from an unchecked name) and holds::
 
-    <root>/<AE>/server.toml      settings (pacskit.server.settings)
+    <root>/<AE>/server.toml      settings (pacskit.config.settings)
                 ae-titles.toml   the AE registry, once an AE is registered
                 addins/          local add-ins (*.py, packages)
                 data/            index database, stored files, the server's own log (data/logs/)
@@ -31,19 +31,19 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from pacskit.server.settings import (
+from pacskit.config.settings import (
     SETTINGS_FILE,
     ServerSettings,
     SettingsError,
     load_settings,
     safe_file_name,
+    update_settings_file,
     validate_ae_title,
 )
 
@@ -60,32 +60,6 @@ class ManagerError(RuntimeError):
 def servers_root(root: str | Path | None = None) -> Path:
     """``root``, else ``$PACSKIT_SERVERS``, else ``./servers``."""
     return Path(root or os.environ.get(SERVERS_ENV) or "servers")
-
-
-def update_settings_file(folder: str | Path, mutate: Callable[[dict[str, Any]], None]) -> ServerSettings:
-    """Change ``<folder>/server.toml`` in place: ``mutate`` edits the parsed TOML, the result is validated
-    as a whole and written atomically (comments in the file are not kept). Raises :class:`SettingsError`
-    and leaves the file untouched when the result is invalid; exceptions of ``mutate`` propagate."""
-    import tomli_w
-
-    folder = Path(folder)
-    path = folder / SETTINGS_FILE
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"{path}: cannot read: {exc}") from exc
-    mutate(data)
-    try:
-        ServerSettings.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
-        raise SettingsError(f"{path}: {problems}") from exc
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
-    if path.exists():
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
-    return load_settings(folder)
 
 
 def parse_assignment(text: str) -> tuple[list[str], Any]:
@@ -175,7 +149,7 @@ class ServiceManager:
         for sub in ("addins", "data", "logs"):
             (folder / sub).mkdir(mode=0o750)
         header = (
-            f"# pacskit server {ae_title}: settings (see docs/admin.md; every key in pacskit.server.settings)\n"
+            f"# pacskit server {ae_title}: settings (see docs/admin.md; every key in pacskit.config.settings)\n"
             "# Change with `pacskit server edit` or the admin API; a running server applies [addins.*] on reload.\n\n"
         )
         (folder / SETTINGS_FILE).write_text(header + tomli_w.dumps(data), encoding="utf-8")

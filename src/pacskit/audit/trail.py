@@ -2,7 +2,7 @@
 collector, spooling on disk while the collector is unreachable.
 
 Nothing here runs on the DIMSE path. :meth:`AuditTrail.emit` queues a built message for two writer
-threads (:class:`~pacskit.server.background.BatchWriter`):
+threads (:class:`~pacskit.records.background.BatchWriter`):
 
 * **database**: inserts into ``audit_records`` (one transaction per batch; ``database_linger`` seconds
   to fill a batch, so a busy server does not commit once per query);
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from pacskit.audit.messages import AuditMessage, AuditSource
-from pacskit.server.background import BatchWriter
-from pacskit.server.syslog import FACILITIES, SEVERITIES, SyslogSender, format_message
+from pacskit.records.background import BatchWriter
+from pacskit.records.syslog import FACILITIES, SEVERITIES, SyslogSender, format_message
 
 log = logging.getLogger("pacskit.audit")
 

@@ -31,8 +31,8 @@ from pacskit.net import (
 )
 
 if TYPE_CHECKING:
-    from pacskit.server.aetitles import FileAeRegistry
-    from pacskit.server.settings import ServerSettings
+    from pacskit.config.aetitles import FileAeRegistry
+    from pacskit.config.settings import ServerSettings
 
 EXIT_OK = 0
 EXIT_FAILURE_STATUS = 1
@@ -78,7 +78,7 @@ def _setup_logging(verbose: int) -> None:
 
 def _server_settings(config: str | None, data_dir: str | None, **overrides: object) -> ServerSettings:
     """Settings from ``--config`` (a server.toml or its folder) or ``--data-dir``, then CLI flags."""
-    from pacskit.server.settings import SettingsError, load_settings
+    from pacskit.config.settings import SettingsError, load_settings
 
     if config is not None:
         path = Path(config)
@@ -136,7 +136,7 @@ app.add_typer(ae_app, name="ae")
 
 
 def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
-    from pacskit.server.aetitles import AE_FILE, FileAeRegistry
+    from pacskit.config.aetitles import AE_FILE, FileAeRegistry
 
     settings = _server_settings(config, data_dir)
     return FileAeRegistry(settings.folder / AE_FILE)
@@ -186,8 +186,8 @@ def ae_add(
     """Register a remote AE and its access rules (docs/security.md)."""
     from pydantic import ValidationError
 
-    from pacskit.server.access import hash_password
-    from pacskit.server.aetitles import ALL_SERVICES, RemoteAE
+    from pacskit.config.passwords import hash_password
+    from pacskit.config.aetitles import ALL_SERVICES, RemoteAE
 
     password_hash = None
     if password_stdin:
@@ -237,7 +237,7 @@ def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pacskit.server.aetitles import RemoteAE
+    from pacskit.config.aetitles import RemoteAE
 
     table = Table("AE title", "host", "port", "TLS", "services", "from", "identity", "description")
     client = _running_api(config, data_dir)

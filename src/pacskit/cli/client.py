@@ -62,7 +62,7 @@ def resolve_target(target: str, data_dir: str | None, config: str | None) -> Any
 
     registry = None
     if "@" not in target:
-        from pacskit.server.aetitles import AE_FILE, FileAeRegistry
+        from pacskit.config.aetitles import AE_FILE, FileAeRegistry
 
         registry = FileAeRegistry(_server_settings(config, data_dir).folder / AE_FILE)
     try:

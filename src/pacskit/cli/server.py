@@ -193,7 +193,7 @@ def server_edit(
 ) -> None:
     """Change server.toml (validated before it is written); without --set, open it in $EDITOR."""
     from pacskit.admin.manager import ManagerError
-    from pacskit.server.settings import SETTINGS_FILE, SettingsError, load_settings
+    from pacskit.config.settings import SETTINGS_FILE, SettingsError, load_settings
 
     manager = _manager(root)
     try:
@@ -247,7 +247,7 @@ def server_install_service(
 def resolve_server(server: str | None, root: str | None = None) -> Path:
     """The folder of the server named by ``--server`` (see the module docstring)."""
     from pacskit.admin.manager import ManagerError
-    from pacskit.server.settings import SETTINGS_FILE
+    from pacskit.config.settings import SETTINGS_FILE
 
     server = server or os.environ.get("PACSKIT_SERVER")
     if server:

@@ -24,7 +24,7 @@ from pacskit.net import Association, EventBus, NetConfig, RequestedContext, Serv
 if TYPE_CHECKING:
     import ssl as _ssl
 
-    from pacskit.server.aetitles import AeTitles
+    from pacskit.config.aetitles import AeTitles
 
 log = logging.getLogger("pacskit.client")
 

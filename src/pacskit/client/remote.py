@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
-from pacskit.server.aetitles import RemoteAE
+from pacskit.config.aetitles import RemoteAE
 
 if TYPE_CHECKING:
-    from pacskit.server.aetitles import AeTitles
+    from pacskit.config.aetitles import AeTitles
 
 __all__ = ["RemoteAE", "RemoteSpec", "UnknownRemote", "parse_address", "resolve_remote"]
 

@@ -31,7 +31,7 @@ Two decisions, both taken by the server core (never by the add-ins, which theref
    destination may well be known to the server (0xA801 *Move Destination unknown* stays the Retrieve
    add-in's answer for unregistered destinations), this caller is just not allowed to send there.
 
-Passwords are stored as salted scrypt hashes (:func:`hash_password`; PBKDF2-SHA256 hashes are
+Passwords are stored as salted scrypt hashes (:func:`pacskit.config.passwords.hash_password`; PBKDF2-SHA256 hashes are
 verified too). JWTs (User Identity type 5) are verified with PyJWT: signature (HS256 with a shared
 secret or RS256 with a PEM public key), ``exp`` required and in the future, ``nbf``/``iat`` honoured,
 ``aud`` when the entry sets ``jwt_audience``, ``sub`` equal to ``username`` when the entry sets one.
@@ -43,23 +43,20 @@ due call :func:`audit_point`, which for now only logs (the audit trail is wired 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import ipaddress
 import logging
-import secrets
 import socket
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from pacskit.config.passwords import verify_password
 from pacskit.net import REJECT_CALLING_AE, REJECT_NO_REASON, Reject, Request, Response
 from pacskit.net import events as ev
 from pacskit.net.tls import peer_common_name
 
 if TYPE_CHECKING:
     from pacskit.net import Association, EventBus
-    from pacskit.server.aetitles import AeTitles, RemoteAE
+    from pacskit.config.aetitles import AeTitles, RemoteAE
 
 log = logging.getLogger("pacskit.security")
 
@@ -73,7 +70,6 @@ MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
 MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
 
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 
 
 # ---------------------------------------------------------------------- audit
@@ -86,58 +82,6 @@ def audit_point(event: str, outcome: str, **details: Any) -> None:
     :meth:`AccessControl._deny` and :meth:`AccessControl.tls_failure` through :mod:`pacskit.audit`."""
     text = " ".join(f"{k}={v!r}" for k, v in details.items())
     log.info("security [%s] outcome=%s %s", event, outcome, text)
-
-
-# ---------------------------------------------------------------------- passwords
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def hash_password(password: str) -> str:
-    """A salted scrypt hash of ``password`` for the registry's ``password_hash``:
-    ``scrypt$N$r$p$salt$hash`` (base64)."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
-
-
-def is_password_hash(value: str) -> bool:
-    """``value`` has the form :func:`hash_password` (or a ``pbkdf2_sha256$iterations$salt$hash``) makes."""
-    parts = value.split("$")
-    try:
-        if parts[0] == "scrypt" and len(parts) == 6:
-            int(parts[1]), int(parts[2]), int(parts[3])
-            base64.b64decode(parts[4], validate=True), base64.b64decode(parts[5], validate=True)
-            return True
-        if parts[0] == "pbkdf2_sha256" and len(parts) == 4:
-            int(parts[1])
-            base64.b64decode(parts[2], validate=True), base64.b64decode(parts[3], validate=True)
-            return True
-    except ValueError:
-        return False
-    return False
-
-
-def verify_password(password: bytes | str, encoded: str) -> bool:
-    """Constant-time check of ``password`` against a :func:`hash_password` value."""
-    if isinstance(password, str):
-        password = password.encode("utf-8")
-    parts = encoded.split("$")
-    try:
-        if parts[0] == "scrypt":
-            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-            salt, expected = base64.b64decode(parts[4]), base64.b64decode(parts[5])
-            digest = hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=len(expected), maxmem=256 * 1024 * 1024)
-        elif parts[0] == "pbkdf2_sha256":
-            iterations, salt, expected = int(parts[1]), base64.b64decode(parts[2]), base64.b64decode(parts[3])
-            digest = hashlib.pbkdf2_hmac("sha256", password, salt, iterations, dklen=len(expected))
-        else:
-            return False
-    except (ValueError, IndexError):
-        return False
-    return hmac.compare_digest(digest, expected)
 
 
 # ---------------------------------------------------------------------- JWT
@@ -221,7 +165,7 @@ def is_open(settings: Any) -> bool:
 
 
 class AccessControl:
-    """The server's access decisions over an :class:`~pacskit.server.aetitles.AeTitles` registry.
+    """The server's access decisions over an :class:`~pacskit.config.aetitles.AeTitles` registry.
 
     ``open_to_unknown``: calling AEs that are not registered may associate (with every service).
     """

@@ -20,7 +20,7 @@ from types import ModuleType
 
 from pydantic import ValidationError
 
-from pacskit.addins import AddIn, AddInOptions
+from pacskit.services import AddIn, AddInOptions
 
 log = logging.getLogger("pacskit.addins")
 

@@ -5,11 +5,11 @@ Destinations (``[logging]``, docs/logging.md), each with its own level (default:
 * ``console`` — stderr, text;
 * ``file`` — a rotating text file (``file_max_bytes``, ``file_backups``);
 * ``json_lines`` — one JSON object per line in ``json_file`` (rotating like ``file``);
-* ``[logging.syslog]`` — RFC 5424 over UDP, TCP or TLS (:mod:`pacskit.server.syslog`);
+* ``[logging.syslog]`` — RFC 5424 over UDP, TCP or TLS (:mod:`pacskit.records.syslog`);
 * ``database`` — the ``log_records`` table of the server's database.
 
 Syslog and database never run on the thread that logs: records go through a bounded queue to one
-writer thread (:class:`~pacskit.server.background.BatchWriter`); a full queue drops and counts
+writer thread (:class:`~pacskit.records.background.BatchWriter`); a full queue drops and counts
 (``DESTINATIONS[...].writer.dropped``), it never blocks the DIMSE path.
 
 Every record gets the attributes ``addin`` (the add-in whose logger logged it, ``pacskit.addin.<name>``),
@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pacskit.net.services import current_operation
-from pacskit.server.background import BatchWriter
-from pacskit.server.syslog import FACILITIES, LEVEL_SEVERITY, SD_ENTERPRISE, SyslogSender, format_message
+from pacskit.records.background import BatchWriter
+from pacskit.records.syslog import FACILITIES, LEVEL_SEVERITY, SD_ENTERPRISE, SyslogSender, format_message
 
 if TYPE_CHECKING:
-    from pacskit.server.settings import ServerSettings
+    from pacskit.config.settings import ServerSettings
 
 ADDIN_LOGGER_PREFIX = "pacskit.addin."
 _PHI_ALLOWED = False

@@ -3,7 +3,7 @@
 Start-up, in order: load settings → discover and instantiate add-ins (bad options or two add-ins
 claiming the same service on the same abstract syntax stop here, naming both) → bind (address in use:
 :class:`ServerError` with one clear line) → register base services → start add-ins → the admin API
-(:mod:`pacskit.admin.api`, unless ``[admin] enabled = false``) → serve. Shutdown (SIGINT/SIGTERM through
+(:mod:`pacskit.server.admin_api`, unless ``[admin] enabled = false``) → serve. Shutdown (SIGINT/SIGTERM through
 :func:`run_server`): close the admin API, stop listening, let running operations finish for a grace
 period, abort what is left, stop add-ins, close the store. :meth:`Server.reload` rebuilds the add-ins
 without dropping open associations.
@@ -21,15 +21,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pacskit.addins import AddIn, BaseServices, TlsSetup
+from pacskit.services import AddIn, BaseServices, TlsSetup
 from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
 from pacskit.server.access import AccessControl, is_open
 from pacskit.server.addin_manager import AddInError, AddInManager
-from pacskit.server.aetitles import AE_FILE, AeTitles, FileAeRegistry
-from pacskit.server.dicom_request import DicomRequest
+from pacskit.config.aetitles import AE_FILE, AeTitles, FileAeRegistry
+from pacskit.services.dicom_request import DicomRequest
 from pacskit.server.logconfig import addin_logger
-from pacskit.server.settings import ServerSettings, load_settings
+from pacskit.config.settings import ServerSettings, load_settings
 
 log = logging.getLogger("pacskit.server")
 
@@ -143,7 +143,7 @@ class Server:
         self._generations: dict[int, AddInGeneration] = {}  # id(services) -> generation still in use
         self._retiring: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
-        self.admin: Any = None  # pacskit.admin.api.AdminService once started
+        self.admin: Any = None  # pacskit.server.admin_api.AdminService once started
 
     # ------------------------------------------------------------------ start-up
 
@@ -264,7 +264,7 @@ class Server:
         if settings.admin.enabled and not self.worker:
             # Before binding: importing the web stack takes a moment, and statistics must see the
             # first association. The API listens once the add-ins have started (below).
-            from pacskit.admin.api import AdminService
+            from pacskit.server.admin_api import AdminService
 
             self.admin = AdminService(self)
             self.admin.collect()
@@ -292,7 +292,7 @@ class Server:
             await addin.start()
             self._started_addins.append(addin)
         if self.admin is not None:
-            from pacskit.admin.api import AdminError
+            from pacskit.server.admin_api import AdminError
 
             try:
                 await self.admin.start()

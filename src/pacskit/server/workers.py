@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from pacskit.server.settings import ServerSettings
+from pacskit.config.settings import ServerSettings
 
 log = logging.getLogger("pacskit.server")
 

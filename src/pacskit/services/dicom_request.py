@@ -25,7 +25,7 @@ from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 if TYPE_CHECKING:
     import ssl
 
-    from pacskit.server.aetitles import AeTitles, RemoteAE
+    from pacskit.config.aetitles import AeTitles, RemoteAE
 
 
 class UnknownAE(LookupError):

@@ -40,14 +40,16 @@ Example::
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pacskit.server.validation import SettingsError, validate_ae_title
+from pacskit.config.validation import SettingsError, validate_ae_title
 from pacskit.net.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetConfig
 
 SETTINGS_FILE = "server.toml"
@@ -83,7 +85,7 @@ Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class SyslogDestination(_Strict):
-    """RFC 5424 syslog to one collector (see :mod:`pacskit.server.syslog`)."""
+    """RFC 5424 syslog to one collector (see :mod:`pacskit.records.syslog`)."""
 
     host: str = "127.0.0.1"
     port: int = Field(514, ge=1, le=65535)
@@ -99,7 +101,7 @@ class SyslogDestination(_Strict):
     @field_validator("facility")
     @classmethod
     def _facility(cls, value: str) -> str:
-        from pacskit.server.syslog import FACILITIES
+        from pacskit.records.syslog import FACILITIES
 
         if value not in FACILITIES:
             raise ValueError(f"unknown syslog facility {value!r}; one of {', '.join(FACILITIES)}")
@@ -148,7 +150,7 @@ def safe_file_name(ae_title: str) -> str:
 
 
 class AdminSettings(_Strict):
-    """The admin API (:mod:`pacskit.admin.api`), served inside the server process.
+    """The admin API (:mod:`pacskit.server.admin_api`), served inside the server process.
 
     It always listens on a Unix domain socket (``socket``, relative to the server folder; default
     ``<AE title>.sock``, or ``admin.sock`` when the AE title cannot name a file), created with mode
@@ -326,3 +328,29 @@ def write_settings(settings: ServerSettings, folder: str | Path) -> Path:
     tmp.write_text(tomli_w.dumps(settings.model_dump(exclude_none=True)), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def update_settings_file(folder: str | Path, mutate: Callable[[dict[str, Any]], None]) -> ServerSettings:
+    """Change ``<folder>/server.toml`` in place: ``mutate`` edits the parsed TOML, the result is validated
+    as a whole and written atomically (comments in the file are not kept). Raises :class:`SettingsError`
+    and leaves the file untouched when the result is invalid; exceptions of ``mutate`` propagate."""
+    import tomli_w
+
+    folder = Path(folder)
+    path = folder / SETTINGS_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read: {exc}") from exc
+    mutate(data)
+    try:
+        ServerSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"{path}: {problems}") from exc
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+    if path.exists():
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+    os.replace(tmp, path)
+    return load_settings(folder)

@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 _STOP = object()
 _FLUSH = object()  # ends a lingering batch now (flush)
-log = logging.getLogger("pacskit.server.background")
+log = logging.getLogger("pacskit.records.background")
 
 
 class BatchWriter(Generic[T]):

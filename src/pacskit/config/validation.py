@@ -1,6 +1,6 @@
 """Checks shared by the server settings and the AE registry.
 
-Kept apart from :mod:`pacskit.server.settings` so that the AE registry (and with it every client SCU,
+Kept apart from :mod:`pacskit.config.settings` so that the AE registry (and with it every client SCU,
 which resolves its peers through it) does not build the server's settings models at import: a
 command-line client pays for its imports on every run.
 """

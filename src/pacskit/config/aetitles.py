@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pacskit.server.validation import SettingsError, validate_ae_title
+from pacskit.config.validation import SettingsError, validate_ae_title
 
 AE_FILE = "ae-titles.toml"
 ALL_SERVICES = frozenset({"echo", "store", "find", "move", "get", "commit", "mpps", "worklist"})
@@ -84,10 +84,10 @@ class RemoteAE(BaseModel):
     @field_validator("password_hash")
     @classmethod
     def _hash(cls, value: str | None) -> str | None:
-        from pacskit.server.access import is_password_hash
+        from pacskit.config.passwords import is_password_hash
 
         if value is not None and not is_password_hash(value):
-            raise ValueError("password_hash must be the output of pacskit.server.access.hash_password (never a plain password)")
+            raise ValueError("password_hash must be the output of pacskit.config.passwords.hash_password (never a plain password)")
         return value
 
     @model_validator(mode="after")

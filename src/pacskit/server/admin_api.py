@@ -47,11 +47,11 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 import pacskit
-from pacskit.admin.stats import ErrorNotifier, Notifications, Statistics
+from pacskit.server.stats import ErrorNotifier, Notifications, Statistics
 from pacskit.server.access import is_open
 from pacskit.server.addin_manager import AddInError
-from pacskit.server.aetitles import RemoteAE
-from pacskit.server.settings import SettingsError
+from pacskit.config.aetitles import RemoteAE
+from pacskit.config.settings import SettingsError
 
 if TYPE_CHECKING:
     from pacskit.server.server import Server
@@ -481,7 +481,7 @@ class ReloadResult(BaseModel):
 
 def create_app(service: AdminService) -> FastAPI:
     """The FastAPI application of one server's admin API (see the module docstring)."""
-    from pacskit.admin.manager import update_settings_file
+    from pacskit.config.settings import update_settings_file
 
     server = service.server
     app = FastAPI(

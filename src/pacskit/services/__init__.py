@@ -1,0 +1,198 @@
+"""The add-in API: everything a DICOM service needs to plug into a pacskit server.
+
+An add-in is a class deriving from :class:`AddIn`. It declares
+
+- ``name``: unique, used for its settings section ``[addins.<name>]``;
+- ``Options``: a pydantic model of its options (defaults + validation; the JSON schema is what the
+  service manager shows and edits). Every add-in inherits ``enabled`` and ``timeout``;
+- :meth:`AddIn.presentation_contexts`: the abstract syntaxes it serves, with transfer syntaxes in
+  preference order and the SCP/SCU roles it agrees to;
+- :meth:`AddIn.handlers`: which DIMSE services (``"C-STORE"``, ``"C-FIND"``, ``"N-ACTION"``…) it answers on
+  those contexts — a handler gets a :class:`~pacskit.net.Request` and returns a status, a
+  :class:`~pacskit.net.Response` or an iterator of them (see :mod:`pacskit.net.services` for the contract
+  and the allowed statuses);
+- :meth:`AddIn.extended_negotiation`: optional, the answer to a peer's SOP Class Extended Negotiation
+  (e.g. relational queries for C-FIND);
+- :meth:`AddIn.start` / :meth:`AddIn.stop`: lifecycle, with :attr:`AddIn.base` giving the base services;
+- :meth:`AddIn.admin_router`: optional, HTTP endpoints of the add-in, mounted by the server's admin API
+  under ``/addins/<name>/`` (e.g. the worklist add-in's management of scheduled procedure steps);
+- :meth:`AddIn.tls_setup`: optional, for a security add-in: the TLS listener's ``ssl.SSLContext``, its
+  port, and the contexts of outgoing associations to AEs the registry marks ``tls`` (a
+  :class:`TlsSetup`; the built-in one is :mod:`pacskit.addins.tls`). At most one enabled add-in may
+  supply it.
+
+The server owns dispatch: each (service, abstract syntax) pair has exactly one owner, and two enabled
+add-ins claiming the same one is a start-up error naming both. When a handler does not answer within
+``timeout`` seconds, the server answers the service's failure status, logs it, and the association goes
+on.
+
+Add-ins are found through the entry point group ``pacskit.addins`` (``pip install``-able packages; the
+built-ins register themselves the same way) and as ``.py`` files or packages in the server folder's
+``addins/``.
+
+Example — a complete add-in::
+
+    from pacskit.addins import AddIn, AddInOptions
+    from pacskit.net import SupportedContext
+
+    class EchoCounterOptions(AddInOptions):
+        greeting: str = "hello"
+
+    class EchoCounter(AddIn):
+        name = "echo-counter"
+        Options = EchoCounterOptions
+
+        def presentation_contexts(self):
+            return [SupportedContext("1.2.840.10008.1.1")]
+
+        def handlers(self):
+            return {"C-ECHO": self.on_echo}
+
+        async def on_echo(self, request):
+            self.base.log.info("%s from %s", self.options.greeting, request.assoc.remote_ae_title)
+            return 0x0000
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pacskit.net import EventBus, Handler, Request, Response, Status, SupportedContext
+
+if TYPE_CHECKING:
+    import ssl
+
+    from pacskit.config.aetitles import AeTitles, RemoteAE
+    from pacskit.services.dicom_request import DicomRequest
+    from pacskit.config.settings import ServerSettings
+    from pacskit.store import DataStore
+
+
+class AddInOptions(BaseModel):
+    """Options every add-in has; subclass to add your own (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    timeout: float | None = Field(30.0, gt=0, description="seconds a handler may take before the server answers a failure status")
+
+
+@dataclass(slots=True)
+class BaseServices:
+    """Services every add-in can use; each one is replaceable when the server is built.
+
+    - ``dicom_request``: issue C-ECHO, C-STORE, C-FIND, C-MOVE, N-EVENT-REPORT… to other AEs
+    - ``ae_titles``: the registry of remote AEs (title, host, port, TLS, allowed services)
+    - ``store``: the data access layer (index + blob storage); ``None`` if the server runs without one
+    - ``log``: a logger named after the add-in (``pacskit.addin.<name>``); its records carry the add-in,
+      association and calling AE of the operation being handled (docs/logging.md)
+    - ``events``: the spy event bus of the server (subscribe to association/DIMSE/PDU notifications)
+    - ``settings``: the server's settings (read-only by convention)
+    - ``data_dir``: the server's data folder (add-ins keep their own files in a sub-folder)
+    """
+
+    dicom_request: DicomRequest
+    ae_titles: AeTitles
+    store: DataStore | None
+    log: logging.Logger
+    events: EventBus
+    settings: ServerSettings
+    data_dir: Path
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TlsSetup:
+    """How the server speaks TLS; what a security add-in returns from :meth:`AddIn.tls_setup`.
+
+    - ``listen``: the context of the TLS listener (certificate, key, protocol versions and cipher
+      suites, client-certificate verification); every connection on ``port`` does the TLS handshake
+      with it before the first PDU. A failed handshake closes the connection; no association exists.
+    - ``port``: the TLS port (2762 is the registered ``dicom-tls``; 0 binds any free port), on the
+      server's ``host``;
+    - ``keep_plain``: also keep the plain listener on the settings' ``port`` (``False``: TLS only);
+    - ``outgoing``: the context for an association the server opens (``dicom_request``: C-MOVE
+      sub-operations, storage commitment reports…) to a registry entry marked ``tls``, or ``None`` when
+      this add-in does not do outgoing TLS (such AEs are then unreachable, with one clear error).
+    """
+
+    listen: ssl.SSLContext
+    port: int = 2762
+    keep_plain: bool = True
+    outgoing: Callable[[RemoteAE], ssl.SSLContext] | None = None
+
+
+class AddIn:
+    """Base class of add-ins (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[AddInOptions]] = AddInOptions
+
+    def __init__(self, options: AddInOptions, base: BaseServices) -> None:
+        self.options = options
+        self.base = base
+
+    def presentation_contexts(self) -> Sequence[SupportedContext]:
+        """The contexts this add-in serves. Called once after construction, before ``start``."""
+        return []
+
+    def handlers(self) -> Mapping[str, Handler]:
+        """DIMSE service name → handler, for every abstract syntax of :meth:`presentation_contexts`."""
+        return {}
+
+    def extended_negotiation(self, sop_class_uid: str, info: bytes) -> bytes | None:
+        """Answer the peer's SOP Class Extended Negotiation item (PS3.7 D.3.3.5) for one of this add-in's
+        abstract syntaxes: ``info`` is the service-class application information the peer sent; return
+        the bytes to answer with, or ``None`` to send no item (the peer then assumes nothing was agreed).
+        Called while the association is negotiated; the agreed answer is in
+        ``request.assoc.extended_negotiation_response[sop_class_uid]`` for the handlers."""
+        return None
+
+    def admin_router(self) -> Any | None:
+        """A :class:`fastapi.APIRouter` with this add-in's own admin endpoints, or ``None``.
+
+        The admin API mounts it under ``/addins/<name>/`` beside the server's own endpoints, behind the
+        same authentication, so an add-in never opens a port of its own. Routes run in the server's
+        process and may use :attr:`base`; keep them quick or make them ``async``. Called once, after
+        ``start``."""
+        return None
+
+    def tls_setup(self) -> TlsSetup | None:
+        """The server's TLS, for a security add-in; ``None`` (the default) for every other add-in.
+
+        Called once after construction, before the server binds (so the TLS port exists before the
+        first association). Raise ``ValueError`` with one clear line for an unusable configuration
+        (missing certificate, wrong key): the server does not start. Two enabled add-ins returning a
+        setup is a start-up error naming both."""
+        return None
+
+    async def start(self) -> None:
+        """Called once the server is bound, before the first association. Open resources here."""
+
+    async def stop(self) -> None:
+        """Called at shutdown after associations ended (or were aborted). Release resources here."""
+
+    @classmethod
+    def options_schema(cls) -> dict[str, Any]:
+        """JSON schema of the options (what the service manager shows and edits)."""
+        return cls.Options.model_json_schema()
+
+
+__all__ = [
+    "AddIn",
+    "AddInOptions",
+    "BaseServices",
+    "Handler",
+    "Request",
+    "Response",
+    "Status",
+    "SupportedContext",
+    "TlsSetup",
+]
