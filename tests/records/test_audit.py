@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from pacskit import audit
 from pacskit.services import AddIn, BaseServices
 from pacskit.audit import messages as m
 from pacskit.audit.trail import AuditTrail
@@ -309,9 +308,9 @@ class _Guard(AddIn):
         return {"C-ECHO": self.on_echo}
 
     def on_echo(self, request: Any) -> int:
-        ok = audit.security_alert(self.base, "use-of-restricted-function", request.assoc.remote_ae_title,
-                                  description="C-ECHO is not allowed", peer_ae=request.assoc.remote_ae_title,
-                                  peer_address=request.assoc.peer_address[0])
+        ok = self.base.audit.security_alert("use-of-restricted-function", request.assoc.remote_ae_title,
+                                            description="C-ECHO is not allowed", peer_ae=request.assoc.remote_ae_title,
+                                            peer_address=request.assoc.peer_address[0])
         return 0x0000 if ok else 0x0110
 
 
@@ -333,7 +332,7 @@ def test_other_addins_emit_through_the_public_api(tmp_path: Path) -> None:
 
 def test_the_api_without_an_audit_addin_does_nothing() -> None:
     base = BaseServices(None, None, None, None, object(), None, Path("."))  # type: ignore[arg-type]
-    assert audit.security_alert(base, "node-authentication", "X") is False
-    assert audit.user_authentication(base, "bob") is False
-    assert audit.study_deleted(base, "1.2.3", "P", user="admin") is False
-    assert audit.instances_accessed(base, "1.2.3", "P", user="admin") is False
+    assert base.audit.security_alert("node-authentication", "X") is False
+    assert base.audit.user_authentication("bob") is False
+    assert base.audit.study_deleted("1.2.3", "P", user="admin") is False
+    assert base.audit.instances_accessed("1.2.3", "P", user="admin") is False

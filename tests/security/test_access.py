@@ -356,7 +356,14 @@ def test_ae_add_with_access_rules_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_registry_service_names() -> None:
-    from pacskit.server.access import registry_service
+    from pacskit.addins.commitment import StorageCommitmentAddIn
+    from pacskit.addins.mpps import MppsAddIn
+    from pacskit.addins.worklist import WorklistAddIn
+    from pacskit.server.access import ServiceNames
+
+    # the core names the DIMSE services; the add-ins serving worklist, commitment and MPPS declare theirs
+    declared = [p for cls in (WorklistAddIn, StorageCommitmentAddIn, MppsAddIn) for p in cls.permissions]
+    registry_service = ServiceNames(declared).name_for
 
     assert registry_service("C-ECHO", "1.2.840.10008.1.1") == "echo"
     assert registry_service("C-STORE", "1.2.840.10008.5.1.4.1.1.2") == "store"

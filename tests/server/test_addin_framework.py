@@ -161,8 +161,8 @@ def test_entry_point_addin_receives_traffic(tmp_path: Path) -> None:
     (site / "ep_addin" / "__init__.py").write_text(
         textwrap.dedent(
             """
-            from pacskit.addins import AddIn, SupportedContext
-            from pacskit.net import VERIFICATION_SOP_CLASS
+            from pacskit.services import AddIn, SupportedContext
+            from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 
             class EntryPointEcho(AddIn):
                 name = "ep-echo"
@@ -190,7 +190,8 @@ def test_entry_point_addin_receives_traffic(tmp_path: Path) -> None:
         import asyncio, sys
         from pacskit.server.server import Server
         from pacskit.config.settings import load_settings
-        from pacskit.net import connect, RequestedContext, VERIFICATION_SOP_CLASS
+        from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+        from pacskit.net import connect, RequestedContext
 
         async def main():
             async with Server(load_settings({str(folder)!r})) as server:

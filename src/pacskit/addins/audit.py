@@ -17,7 +17,7 @@ C-MOVE / C-GET                         Begin Transferring (110102) + DICOM Insta
 =====================================  ===========================================================
 
 Other add-ins add their own (Security Alert, User Authentication, Study Deleted, Instances Accessed)
-through :mod:`pacskit.audit` — the trail of this add-in is registered for the server.
+through ``self.base.audit`` — this add-in attaches its trail to that base service.
 
 Every message is stored in ``audit_records``; with ``syslog_host`` set it is also sent as RFC 5424
 syslog over TLS (``syslog_protocol = "tls"``, RFC 5425, the ATNA default port 6514) or UDP (RFC
@@ -44,7 +44,7 @@ from pydantic import Field
 
 from pacskit.services import AddIn, AddInOptions
 from pacskit.audit import messages as m
-from pacskit.audit.trail import AuditTrail, register
+from pacskit.audit.trail import AuditTrail
 from pacskit.net import SpyEvent
 from pacskit.net import events as ev
 from pacskit.net.dimse import status_category
@@ -130,7 +130,7 @@ class AuditAddIn(AddIn):
         self._events: BatchWriter[tuple[str, SpyEvent]] = BatchWriter(
             "audit-events", self._process, queue_size=opts.queue_size, logger=log)
         self._events.start()
-        register(self.base.events, self.trail)
+        self.base.audit.attach(self.trail, self.name)
         launcher = m.Participant(_os_user(), True, m.ROLE_APPLICATION_LAUNCHER)
         self.trail.emit(m.application_activity(self.source, self._me(m.ROLE_APPLICATION), start=True, launcher=launcher))
         self._subscriptions = [
@@ -164,7 +164,7 @@ class AuditAddIn(AddIn):
         self._events.close()
         launcher = m.Participant(_os_user(), True, m.ROLE_APPLICATION_LAUNCHER)
         self.trail.emit(m.application_activity(self.source, self._me(m.ROLE_APPLICATION), start=False, launcher=launcher))
-        register(self.base.events, None)
+        self.base.audit.detach(self.trail)
         self.trail.close()
         if self.trail.dropped:
             self.base.log.warning("audit: %d messages were lost (queue or spool full)", self.trail.dropped)

@@ -54,7 +54,7 @@ from typing import Any
 from pydantic import Field
 from pydicom.dataset import Dataset
 
-from pacskit.services import AddIn, AddInOptions, BaseServices, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, BaseServices, Handler, Permission, Request, Response, SupportedContext
 from pacskit.client.commitment import (
     ACTION_REQUEST_STORAGE_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
@@ -109,6 +109,7 @@ class StorageCommitmentAddIn(AddIn):
     name = "commitment"
     description = "Storage Commitment Push Model SCP (N-ACTION, N-EVENT-REPORT)"
     Options = CommitmentOptions
+    permissions = (Permission("commit", STORAGE_COMMITMENT_PUSH_MODEL),)
     options: CommitmentOptions
 
     def __init__(self, options: AddInOptions, base: BaseServices) -> None:

@@ -39,7 +39,7 @@ from pydantic import Field
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, Handler, Permission, Request, Response, SupportedContext
 from pacskit.net import CommandField, RequestedContext
 from pacskit.store.mpps import MPPS_SOP_CLASS, MppsRefused, MppsStore
 
@@ -61,6 +61,7 @@ class MppsAddIn(AddIn):
     name = "mpps"
     description = "Modality Performed Procedure Step SCP (N-CREATE, N-SET), linked to the worklist"
     Options = MppsOptions
+    permissions = (Permission("mpps", MPPS_SOP_CLASS),)
     options: MppsOptions
 
     def __init__(self, options: AddInOptions, base: Any) -> None:

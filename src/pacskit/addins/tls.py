@@ -1,7 +1,7 @@
 """TLS add-in: DICOM over TLS (PS3.15 Annex B secure transport profiles), replaceable like any add-in.
 
 Disabled until configured: ``[addins.tls] enabled = true`` with a certificate and key. It then gives
-the server (through :meth:`~pacskit.addins.AddIn.tls_setup`) a TLS listener on ``port`` (2762, the
+the server (through :meth:`~pacskit.services.AddIn.tls_setup`) a TLS listener on ``port`` (2762, the
 registered ``dicom-tls``) beside the plain one, or instead of it with ``plain_port = false``, and the
 context for outgoing associations to registry entries marked ``tls``.
 

@@ -37,7 +37,7 @@ from fastapi import Request as HttpRequest  # at module level: FastAPI resolves 
 from pydantic import Field
 from pydicom.dataset import Dataset
 
-from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, Handler, Permission, Request, Response, SupportedContext
 from pacskit.dicom.codec import encode_dataset
 from pacskit.store.query import STATUS_OUT_OF_RESOURCES, STATUS_UNABLE_TO_PROCESS, InvalidQuery, TooManyMatches
 from pacskit.store.worklist import (
@@ -70,6 +70,7 @@ class WorklistAddIn(AddIn):
     name = "worklist"
     description = "Modality Worklist SCP (C-FIND) over scheduled procedure steps in the database"
     Options = WorklistOptions
+    permissions = (Permission("worklist", MODALITY_WORKLIST_FIND, "C-FIND"),)
     options: WorklistOptions
 
     def __init__(self, options: AddInOptions, base: Any) -> None:

@@ -27,7 +27,6 @@ import logging
 import os
 import socket
 import threading
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -227,26 +226,3 @@ class AuditTrail:
             self._unreachable_logged = False
             log.info("audit collector reachable again: %d spooled messages sent", sent)
         return sent
-
-
-# ---------------------------------------------------------------------------------- registry
-
-_trails: weakref.WeakKeyDictionary[Any, AuditTrail] = weakref.WeakKeyDictionary()
-
-
-def register(bus: Any, trail: AuditTrail | None) -> None:
-    """Make ``trail`` the audit trail of the server whose event bus is ``bus`` (``None`` removes it)."""
-    if trail is None:
-        _trails.pop(bus, None)
-    else:
-        _trails[bus] = trail
-
-
-def audit_trail_for(base_or_bus: Any) -> AuditTrail | None:
-    """The audit trail of a server, from an add-in's ``base`` (or the server's event bus); ``None``
-    when the audit add-in is not enabled there."""
-    bus = getattr(base_or_bus, "events", base_or_bus)
-    try:
-        return _trails.get(bus)
-    except TypeError:
-        return None

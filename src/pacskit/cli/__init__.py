@@ -187,7 +187,7 @@ def ae_add(
     from pydantic import ValidationError
 
     from pacskit.config.passwords import hash_password
-    from pacskit.config.aetitles import ALL_SERVICES, RemoteAE
+    from pacskit.config.aetitles import RemoteAE
 
     password_hash = None
     if password_stdin:
@@ -204,7 +204,7 @@ def ae_add(
             port=port,
             tls=tls,
             description=description,
-            allowed_services=set(services.split(",")) if services else set(ALL_SERVICES),
+            allowed_services=set(services.split(",")) if services else None,
             source_hosts=list(source or []),
             tls_subject=tls_subject,
             move_destinations=set(move_dest) if move_dest else None,
@@ -251,7 +251,8 @@ def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
         if entry.tls_subject:
             tls += f" (CN={entry.tls_subject})"
         table.add_row(
-            entry.title, entry.host, str(entry.port), tls, ",".join(sorted(entry.allowed_services)),
+            entry.title, entry.host, str(entry.port), tls,
+            ",".join(sorted(entry.allowed_services)) if entry.allowed_services is not None else "all",
             ",".join(entry.source_hosts) or "anywhere", entry.user_identity, entry.description,
         )
     Console().print(table)

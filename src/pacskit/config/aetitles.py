@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pacskit.config.validation import SettingsError, validate_ae_title
 
 AE_FILE = "ae-titles.toml"
-ALL_SERVICES = frozenset({"echo", "store", "find", "move", "get", "commit", "mpps", "worklist"})
+#: A service name of ``allowed_services``: the core's (echo, store, find, move, get) or one an add-in declares.
+_SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
@@ -40,7 +41,8 @@ class RemoteAE(BaseModel):
     port: int = Field(ge=1, le=65535)
     tls: bool = False
     description: str = ""
-    allowed_services: set[str] = Field(default_factory=lambda: set(ALL_SERVICES))
+    allowed_services: set[str] | None = Field(
+        None, description="the services it may use, by registry name (echo, store, find, move, get, and those add-ins declare: worklist, commit, mpps...); None: all")
     # --- access control (pacskit.server.access)
     source_hosts: list[str] = Field(default_factory=list, description="addresses, CIDR networks or host names it may associate from; empty: anywhere")
     tls_subject: str | None = Field(None, description="CN its TLS client certificate must carry (implies TLS)")
@@ -59,10 +61,10 @@ class RemoteAE(BaseModel):
 
     @field_validator("allowed_services")
     @classmethod
-    def _services(cls, value: set[str]) -> set[str]:
-        unknown = value - ALL_SERVICES
-        if unknown:
-            raise ValueError(f"unknown services {sorted(unknown)}; known: {sorted(ALL_SERVICES)}")
+    def _services(cls, value: set[str] | None) -> set[str] | None:
+        bad = sorted(name for name in value or () if not _SERVICE_NAME_RE.match(name))
+        if bad:
+            raise ValueError(f"not service names: {bad} (lower-case names such as echo, store, find, move, get)")
         return value
 
     @field_validator("source_hosts")
@@ -104,7 +106,7 @@ class RemoteAE(BaseModel):
         return self.tls or self.tls_subject is not None
 
     def may(self, service: str) -> bool:
-        return service in self.allowed_services
+        return self.allowed_services is None or service in self.allowed_services
 
     def may_move_to(self, destination: str) -> bool:
         return self.move_destinations is None or destination in self.move_destinations
@@ -154,7 +156,8 @@ class FileAeRegistry:
         entries = []
         for ae in sorted(self._items.values(), key=lambda a: a.title):
             entry = ae.model_dump(exclude_none=True)
-            entry["allowed_services"] = sorted(ae.allowed_services)
+            if ae.allowed_services is not None:
+                entry["allowed_services"] = sorted(ae.allowed_services)
             if ae.move_destinations is not None:
                 entry["move_destinations"] = sorted(ae.move_destinations)
             entries.append(entry)

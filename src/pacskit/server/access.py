@@ -25,7 +25,7 @@ Two decisions, both taken by the server core (never by the add-ins, which theref
 
 2. **At each DIMSE request** (:meth:`AccessControl.authorize`, the engine's
    :attr:`~pacskit.net.Services.authorizer`): the service, named as in the registry's
-   ``allowed_services`` (:func:`registry_service`), must be allowed, else the request is answered with
+   ``allowed_services`` (:class:`ServiceNames`: the core names and those the add-ins declare), must be allowed, else the request is answered with
    0x0124 *Refused: Not Authorized* without reaching its add-in. A C-MOVE whose Move Destination is
    not in the caller's ``move_destinations`` (when that list is set) is answered 0x0124 as well: the
    destination may well be known to the server (0xA801 *Move Destination unknown* stays the Retrieve
@@ -47,16 +47,19 @@ import ipaddress
 import logging
 import socket
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from pacskit.audit.service import Audit
 from pacskit.config.passwords import verify_password
 from pacskit.net import REJECT_CALLING_AE, REJECT_NO_REASON, Reject, Request, Response
 from pacskit.net import events as ev
 from pacskit.net.tls import peer_common_name
 
 if TYPE_CHECKING:
-    from pacskit.net import Association, EventBus
     from pacskit.config.aetitles import AeTitles, RemoteAE
+    from pacskit.net import Association, EventBus
+    from pacskit.services import Permission
 
 log = logging.getLogger("pacskit.security")
 
@@ -66,9 +69,6 @@ USER_IDENTITY_USERNAME = 1
 USER_IDENTITY_PASSWORD = 2
 USER_IDENTITY_JWT = 5
 
-MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
-STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
-MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
 
 
 
@@ -119,24 +119,32 @@ def verify_jwt(token: bytes, ae: RemoteAE) -> str | None:
 # ---------------------------------------------------------------------- services
 
 
-def registry_service(service: str, sop_class_uid: str) -> str | None:
-    """The registry's name (``allowed_services``) for a DIMSE service on an abstract syntax, or
-    ``None`` for services the registry does not name (governed by the add-in serving them)."""
-    if service == "C-ECHO":
-        return "echo"
-    if service == "C-STORE":
-        return "store"
-    if service == "C-FIND":
-        return "worklist" if sop_class_uid == MODALITY_WORKLIST_FIND else "find"
-    if service == "C-MOVE":
-        return "move"
-    if service == "C-GET":
-        return "get"
-    if sop_class_uid == STORAGE_COMMITMENT_PUSH:
-        return "commit"
-    if sop_class_uid == MPPS_SOP_CLASS:
-        return "mpps"
-    return None
+#: The registry's names for the core DIMSE services, whatever the abstract syntax.
+CORE_SERVICE_NAMES: dict[str, str] = {"C-ECHO": "echo", "C-STORE": "store", "C-FIND": "find", "C-MOVE": "move", "C-GET": "get"}
+
+
+class ServiceNames:
+    """The registry's names (``allowed_services``) of a server's services: :data:`CORE_SERVICE_NAMES`
+    by DIMSE service, overridden per abstract syntax by what the add-ins declare
+    (:attr:`pacskit.services.AddIn.permissions`)."""
+
+    def __init__(self, declared: Iterable[Permission] = ()) -> None:
+        #: (service or "*", abstract syntax) -> name
+        self.declared: dict[tuple[str, str], str] = {(p.service, p.abstract_syntax): p.name for p in declared}
+
+    def name_for(self, service: str, sop_class_uid: str) -> str | None:
+        """The name for a DIMSE service on an abstract syntax, or ``None`` for services the registry
+        does not name (governed by the add-in serving them)."""
+        declared = self.declared
+        if declared:
+            name = declared.get((service, sop_class_uid)) or declared.get(("*", sop_class_uid))
+            if name is not None:
+                return name
+        return CORE_SERVICE_NAMES.get(service)
+
+    def names(self) -> set[str]:
+        """Every name the server's services answer to."""
+        return set(CORE_SERVICE_NAMES.values()) | set(self.declared.values())
 
 
 # ---------------------------------------------------------------------- the decisions
@@ -170,17 +178,19 @@ class AccessControl:
     ``open_to_unknown``: calling AEs that are not registered may associate (with every service).
     """
 
-    def __init__(self, ae_titles: AeTitles, *, open_to_unknown: bool) -> None:
+    def __init__(self, ae_titles: AeTitles, *, open_to_unknown: bool, audit: Audit | None = None,
+                 service_names: ServiceNames | None = None) -> None:
         self.ae_titles = ae_titles
         self.open_to_unknown = open_to_unknown
+        self.audit = audit if audit is not None else Audit()
+        #: replaced by the server with each generation of add-ins (their declared permissions)
+        self.service_names = service_names if service_names is not None else ServiceNames()
         self._granted: weakref.WeakKeyDictionary[Association, RemoteAE] = weakref.WeakKeyDictionary()
         self._why: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
-        self._bus: EventBus | None = None
 
     def watch(self, bus: EventBus) -> None:
         """Log every rejection, including those the engine decides (called AE, association limit), and
         send refusals to the server's audit trail (when the audit add-in runs)."""
-        self._bus = bus
         bus.subscribe(ev.ASSOCIATION_REJECTED, self._on_rejected)
 
     def _on_rejected(self, event: Any) -> None:
@@ -266,7 +276,7 @@ class AccessControl:
         if ae is None:
             return None  # unregistered caller of an open server
         service = request.service
-        name = registry_service(service, request.context.abstract_syntax)
+        name = self.service_names.name_for(service, request.context.abstract_syntax)
         if name is not None and not ae.may(name):
             return self._deny(request, f"{ae.title} may not use {name}")
         if service == "C-MOVE":
@@ -279,11 +289,8 @@ class AccessControl:
         log.warning("%s: %s refused (0x%04X Not Authorized): %s", request.assoc.label, request.service, NOT_AUTHORIZED, why)
         caller, host = request.assoc.remote_ae_title, _host(request.assoc.peer_address)
         audit_point("Security Alert", "refused", calling_ae=caller, peer=host, service=request.service, why=why)
-        if self._bus is not None:
-            from pacskit import audit
-
-            audit.security_alert(self._bus, "use-of-restricted-function", f"{caller}@{host}",
-                                 description=f"{request.service} refused: {why}", peer_ae=caller, peer_address=host)
+        self.audit.security_alert("use-of-restricted-function", f"{caller}@{host}",
+                                  description=f"{request.service} refused: {why}", peer_ae=caller, peer_address=host)
         return Response(NOT_AUTHORIZED, elements={"ErrorComment": why[:64]})
 
     def tls_failure(self, peer: Any, exc: BaseException) -> None:
@@ -291,11 +298,8 @@ class AccessControl:
         reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         host = _host(peer)
         audit_point("Security Alert", "TLS handshake failed", peer=host, why=str(reason))
-        if self._bus is not None:
-            from pacskit import audit
-
-            audit.security_alert(self._bus, "node-authentication", host or "?",
-                                 description=f"TLS handshake failed: {reason}", peer_address=host)
+        self.audit.security_alert("node-authentication", host or "?",
+                                  description=f"TLS handshake failed: {reason}", peer_address=host)
 
 
 def _is_network(entry: str) -> bool:

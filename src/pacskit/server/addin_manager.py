@@ -4,7 +4,8 @@ Sources, in order: the entry point group ``pacskit.addins`` (installed packages,
 built-ins), then ``.py`` files and packages in the server folder's ``addins/``. A source that fails to
 import, or a class that is not a valid add-in, is reported with one clear log line (and kept in
 :attr:`AddInManager.broken`) and skipped: one broken add-in never stops the server. Two add-ins with the
-same name is an error naming both origins.
+same name is an error naming both origins. A class with a misspelled hook (a method named almost like
+one of :data:`pacskit.services.HOOKS`) is reported and skipped too: the hook would never be called.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from types import ModuleType
 
 from pydantic import ValidationError
 
-from pacskit.services import AddIn, AddInOptions
+from pacskit.services import AddIn, AddInOptions, misspelled_hooks
 
 log = logging.getLogger("pacskit.addins")
 
@@ -93,13 +94,17 @@ class AddInManager:
     def add_class(self, obj: object, origin: str) -> None:
         """Register one add-in class found by any means (discovery, or given directly by the caller)."""
         if not (inspect.isclass(obj) and issubclass(obj, AddIn)):
-            self._broken(origin, TypeError(f"{obj!r} is not a subclass of pacskit.addins.AddIn"))
+            self._broken(origin, TypeError(f"{obj!r} is not a subclass of pacskit.services.AddIn"))
             return
         if not obj.name:
             self._broken(origin, TypeError(f"{obj.__qualname__} has no 'name'"))
             return
         if not (inspect.isclass(obj.Options) and issubclass(obj.Options, AddInOptions)):
             self._broken(origin, TypeError(f"{obj.__qualname__}.Options must derive from AddInOptions"))
+            return
+        misspelled = misspelled_hooks(obj)
+        if misspelled:
+            self._broken(origin, TypeError("; ".join(misspelled)))
             return
         existing = self.found.get(obj.name)
         if existing is not None and existing.cls is not obj:

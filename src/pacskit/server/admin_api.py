@@ -23,7 +23,7 @@ Endpoints (the OpenAPI document is at ``/openapi.json``, interactive docs at ``/
 ``PATCH /addins/{name}``    change options (written to server.toml; applied by a reload)
 ``POST /reload``            re-read server.toml, rebuild the add-ins (open associations keep working)
 ``GET /events``             Server-Sent Events: connection, operation, error, admin
-``/addins/{name}/...``      the add-in's own routes (:meth:`pacskit.addins.AddIn.admin_router`)
+``/addins/{name}/...``      the add-in's own routes (:meth:`pacskit.services.AddIn.admin_router`)
 ==========================  ============================================================================
 """
 
@@ -244,7 +244,7 @@ class AdminService:
     # ------------------------------------------------------------------ add-in routes
 
     def mount_addin_routers(self) -> None:
-        """(Re)mount each loaded add-in's :meth:`~pacskit.addins.AddIn.admin_router` under
+        """(Re)mount each loaded add-in's :meth:`~pacskit.services.AddIn.admin_router` under
         ``/addins/<name>/``; after a reload, the new instances' routers replace the old ones."""
         routes = self.app.router.routes
         for route in self._addin_routes:
@@ -519,7 +519,8 @@ def create_app(service: AdminService) -> FastAPI:
 
     def _ae_json(entry: RemoteAE) -> dict[str, Any]:
         data = entry.model_dump(mode="json")
-        data["allowed_services"] = sorted(entry.allowed_services)
+        if entry.allowed_services is not None:
+            data["allowed_services"] = sorted(entry.allowed_services)
         return data
 
     @app.get("/ae-titles", tags=["AE titles"])

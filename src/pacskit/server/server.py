@@ -24,7 +24,8 @@ from typing import Any
 from pacskit.services import AddIn, BaseServices, TlsSetup
 from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
-from pacskit.server.access import AccessControl, is_open
+from pacskit.audit.service import Audit
+from pacskit.server.access import AccessControl, ServiceNames, is_open
 from pacskit.server.addin_manager import AddInError, AddInManager
 from pacskit.config.aetitles import AE_FILE, AeTitles, FileAeRegistry
 from pacskit.services.dicom_request import DicomRequest
@@ -144,6 +145,9 @@ class Server:
         self._retiring: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
         self.admin: Any = None  # pacskit.server.admin_api.AdminService once started
+        self.http: Any = None  # pacskit.server.http.PublicHttp once an add-in serves HTTP
+        #: the audit trail base service, shared by every add-in (the audit add-in attaches its trail)
+        self.audit = Audit()
 
     # ------------------------------------------------------------------ start-up
 
@@ -197,6 +201,7 @@ class Server:
         access = getattr(self, "access", None)
         if access is not None:  # a reload: the new service table checks requests like the old one
             generation.services.authorizer = access.authorize
+            access.service_names = self._service_names(generation.addins)
         self.services = generation.services
         self.addins = generation.addins
         self.contexts = generation.contexts
@@ -205,6 +210,19 @@ class Server:
         for acceptor in self.acceptors:
             acceptor.services = generation.services
             acceptor.contexts = generation.contexts
+
+    def _service_names(self, addins: Sequence[AddIn]) -> ServiceNames:
+        """The registry's service names: the core's, and those the loaded add-ins declare. A name in
+        the AE registry that nothing answers to is most likely a typo: logged."""
+        names = ServiceNames(p for addin in addins for p in type(addin).permissions)
+        known = names.names()
+        registry = getattr(self, "ae_titles", None)
+        for ae in registry.all() if registry is not None else ():
+            unknown = sorted(set(ae.allowed_services or ()) - known)
+            if unknown:
+                log.warning("ae-titles.toml: %s allows %s, which no loaded service answers to (known: %s)",
+                            ae.title, ", ".join(unknown), ", ".join(sorted(known)))
+        return names
 
     @property
     def acceptors(self) -> list[Acceptor]:
@@ -245,6 +263,7 @@ class Server:
                 events=self.bus,
                 settings=settings,
                 data_dir=settings.data_path,
+                audit=self.audit,
             )
 
         self._base_for = base_for
@@ -255,7 +274,8 @@ class Server:
             raise
         if not settings.is_loopback and settings.open_mode:
             log.warning("open mode: any calling AE may associate on %s (not only registered AEs)", settings.host)
-        self.access = AccessControl(ae_titles, open_to_unknown=is_open(settings))
+        self.access = AccessControl(ae_titles, open_to_unknown=is_open(settings), audit=self.audit,
+                                    service_names=self._service_names(self.addins))
         self.access.watch(self.bus)
         self.services.authorizer = self.access.authorize
         tls = self.tls

@@ -1,4 +1,7 @@
-"""The add-in API: everything a DICOM service needs to plug into a pacskit server.
+"""pacskit.services: the add-in API, and the base services every add-in gets.
+
+Everything a DICOM service needs to plug into a pacskit server; the built-in add-ins
+(:mod:`pacskit.addins`) use nothing else.
 
 An add-in is a class deriving from :class:`AddIn`. It declares
 
@@ -16,10 +19,20 @@ An add-in is a class deriving from :class:`AddIn`. It declares
 - :meth:`AddIn.start` / :meth:`AddIn.stop`: lifecycle, with :attr:`AddIn.base` giving the base services;
 - :meth:`AddIn.admin_router`: optional, HTTP endpoints of the add-in, mounted by the server's admin API
   under ``/addins/<name>/`` (e.g. the worklist add-in's management of scheduled procedure steps);
+- :meth:`AddIn.http_service`: optional, what the add-in serves to the public on the server's HTTP
+  listener (:class:`HttpService`: a FastAPI ``APIRouter`` or any ASGI application under a path
+  prefix; DICOMweb is the intended user). The listener runs only when an add-in contributes one;
+- :attr:`AddIn.permissions`: the names the AE registry's ``allowed_services`` uses for this add-in's
+  services (:class:`Permission`), where the core's defaults (``echo``, ``store``, ``find``, ``move``,
+  ``get`` by DIMSE service) do not fit: the worklist add-in declares ``worklist`` for its C-FIND;
 - :meth:`AddIn.tls_setup`: optional, for a security add-in: the TLS listener's ``ssl.SSLContext``, its
   port, and the contexts of outgoing associations to AEs the registry marks ``tls`` (a
   :class:`TlsSetup`; the built-in one is :mod:`pacskit.addins.tls`). At most one enabled add-in may
   supply it.
+
+A method of a subclass whose name is close to a hook's but not equal (``admin_routers``,
+``presentation_context``) is reported when the add-in is registered, and the add-in is not loaded:
+a misspelled hook would otherwise be silently never called.
 
 The server owns dispatch: each (service, abstract syntax) pair has exactly one owner, and two enabled
 add-ins claiming the same one is a start-up error naming both. When a handler does not answer within
@@ -32,7 +45,7 @@ built-ins register themselves the same way) and as ``.py`` files or packages in 
 
 Example — a complete add-in::
 
-    from pacskit.addins import AddIn, AddInOptions
+    from pacskit.services import AddIn, AddInOptions
     from pacskit.net import SupportedContext
 
     class EchoCounterOptions(AddInOptions):
@@ -63,14 +76,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pacskit.audit.service import Audit
 from pacskit.net import EventBus, Handler, Request, Response, Status, SupportedContext
 
 if TYPE_CHECKING:
     import ssl
 
     from pacskit.config.aetitles import AeTitles, RemoteAE
-    from pacskit.services.dicom_request import DicomRequest
     from pacskit.config.settings import ServerSettings
+    from pacskit.services.dicom_request import DicomRequest
     from pacskit.store import DataStore
 
 
@@ -95,6 +109,8 @@ class BaseServices:
     - ``events``: the spy event bus of the server (subscribe to association/DIMSE/PDU notifications)
     - ``settings``: the server's settings (read-only by convention)
     - ``data_dir``: the server's data folder (add-ins keep their own files in a sub-folder)
+    - ``audit``: the server's audit trail (:class:`pacskit.audit.Audit`): report security-relevant
+      events with ``base.audit.security_alert(...)`` and the like; a no-op while no add-in keeps a trail
     """
 
     dicom_request: DicomRequest
@@ -104,7 +120,38 @@ class BaseServices:
     events: EventBus
     settings: ServerSettings
     data_dir: Path
-    extras: dict[str, Any] = field(default_factory=dict)
+    audit: Audit = field(default_factory=Audit)
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """A name of the AE registry's ``allowed_services`` (``ae-titles.toml``) for an add-in's service: a
+    caller whose registry entry does not list ``name`` is answered 0x0124 (Refused: Not Authorized)
+    for ``service`` (``"*"``: every DIMSE service) on ``abstract_syntax``, before the add-in sees the
+    request. Without a declaration the core's names apply: ``echo``, ``store``, ``find``, ``move``,
+    ``get`` for C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET whatever the abstract syntax; other services
+    are governed by the add-in serving them."""
+
+    name: str
+    abstract_syntax: str
+    service: str = "*"
+
+
+@dataclass(slots=True)
+class HttpService:
+    """What an add-in serves on the server's public HTTP listener (:meth:`AddIn.http_service`).
+
+    - ``app``: a :class:`fastapi.APIRouter` (included, so its routes share the listener's OpenAPI
+      document) or any ASGI application (mounted);
+    - ``prefix``: the path it is served under (``"/dicom-web"``); ``None``: ``/<add-in name>``.
+      Two add-ins with the same prefix is a start-up error naming both.
+
+    The listener (``[http]`` in ``server.toml``) is public: unlike the admin API it has no
+    authentication of its own, so an add-in that serves anything but public data checks its callers.
+    """
+
+    app: Any
+    prefix: str | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +181,8 @@ class AddIn:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Options: ClassVar[type[AddInOptions]] = AddInOptions
+    #: registry names for this add-in's services where the core's defaults do not fit (:class:`Permission`)
+    permissions: ClassVar[Sequence[Permission]] = ()
 
     def __init__(self, options: AddInOptions, base: BaseServices) -> None:
         self.options = options
@@ -164,6 +213,14 @@ class AddIn:
         ``start``."""
         return None
 
+    def http_service(self) -> HttpService | None:
+        """What this add-in serves on the server's public HTTP listener, or ``None`` (the default).
+
+        Called once, after ``start``; the server starts the listener (``[http]`` in ``server.toml``)
+        only when at least one enabled add-in returns a service. Routes run on the server's event
+        loop: make them ``async`` and run database work in a thread, as the DIMSE handlers do."""
+        return None
+
     def tls_setup(self) -> TlsSetup | None:
         """The server's TLS, for a security add-in; ``None`` (the default) for every other add-in.
 
@@ -185,14 +242,44 @@ class AddIn:
         return cls.Options.model_json_schema()
 
 
+#: The methods and attributes a subclass may override (the hooks), and what every add-in inherits.
+HOOKS: frozenset[str] = frozenset(
+    name for name in vars(AddIn) if not name.startswith("__") and name not in ("options_schema",)
+)
+
+
+def misspelled_hooks(cls: type[AddIn]) -> list[str]:
+    """One line per attribute of ``cls`` (or its own bases, below :class:`AddIn`) whose name is close
+    to a hook's but not one (``admin_routers``, ``presentation_context``): such a method would never
+    be called. The add-in manager refuses an add-in with any."""
+    import difflib
+
+    problems = []
+    for klass in cls.__mro__:
+        if klass is AddIn or not issubclass(klass, AddIn):
+            continue
+        for attr in vars(klass):
+            if attr.startswith("_") or attr in HOOKS:
+                continue
+            close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85)
+            if close:
+                problems.append(f"{klass.__qualname__}.{attr} is not an add-in hook (did you mean {close[0]!r}?)")
+    return problems
+
+
 __all__ = [
+    "HOOKS",
     "AddIn",
     "AddInOptions",
+    "Audit",
     "BaseServices",
     "Handler",
+    "HttpService",
+    "Permission",
     "Request",
     "Response",
     "Status",
     "SupportedContext",
     "TlsSetup",
+    "misspelled_hooks",
 ]

@@ -48,7 +48,7 @@ class DicomRequest:
         self._tls: Callable[[RemoteAE], ssl.SSLContext] | None = None
 
     def use_tls(self, context_for: Callable[[RemoteAE], ssl.SSLContext]) -> None:
-        """Reach AEs marked ``tls`` with ``context_for(ae)`` (see :class:`pacskit.addins.TlsSetup`)."""
+        """Reach AEs marked ``tls`` with ``context_for(ae)`` (see :class:`pacskit.services.TlsSetup`)."""
         self._tls = context_for
 
     def resolve(self, title: str) -> RemoteAE:
