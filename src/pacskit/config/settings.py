@@ -35,6 +35,9 @@ Example::
     tls_cert = "admin-cert.pem"
     tls_key = "admin-key.pem"
     token_file = "admin-token"
+
+    [http]                      # public HTTP for add-ins that serve it (DICOMweb); only if one does
+    port = 8080
 """
 
 from __future__ import annotations
@@ -178,6 +181,24 @@ class AdminSettings(_Strict):
         return self
 
 
+class HttpSettings(_Strict):
+    """The public HTTP listener, where add-ins serve HTTP (:meth:`pacskit.services.AddIn.http_service`,
+    e.g. DICOMweb). It is started only when an enabled add-in contributes a service. ``host``
+    defaults to the server's; ``tls_cert`` and ``tls_key`` (paths relative to the server folder) make
+    it HTTPS."""
+
+    host: str | None = None
+    port: int = Field(8080, ge=0, le=65535)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> HttpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("http.tls_cert and http.tls_key go together")
+        return self
+
+
 class ServerSettings(_Strict):
     """Everything a server needs; ``folder`` is where it was loaded from (not stored in the file)."""
 
@@ -197,6 +218,7 @@ class ServerSettings(_Strict):
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
     admin: AdminSettings = AdminSettings()
+    http: HttpSettings = HttpSettings()
     addins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     _folder: Path = Path(".")

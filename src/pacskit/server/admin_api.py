@@ -41,12 +41,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 import pacskit
+from pacskit.server.asgi import AsgiServers, bind_tcp
 from pacskit.server.stats import ErrorNotifier, Notifications, Statistics
 from pacskit.server.access import is_open
 from pacskit.server.addin_manager import AddInError
@@ -89,7 +89,7 @@ class AdminService:
             server.bus, notifications=self.notifications, connection_id=self._connection_id
         )
         self._error_notifier = ErrorNotifier(self.notifications)
-        self._uvicorns: list[tuple[Any, list[socket.socket], asyncio.Task[None]]] = []
+        self._uvicorns = AsgiServers("pacskit-admin")
         self._addin_routes: list[Any] = []
         self.socket_path: Path = self.settings.admin_socket_path
         self.tcp_address: tuple[str, int] | None = None
@@ -182,16 +182,9 @@ class AdminService:
 
     def _bind_tcp(self, host: str, port: int) -> socket.socket:
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, _, _, _, address = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(64)
+            return bind_tcp(host, port)
         except OSError as exc:
             raise AdminError(f"admin API cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        sock.setblocking(False)
-        return sock
 
     @staticmethod
     def _read_token(path: Path) -> str:
@@ -206,33 +199,15 @@ class AdminService:
         return token
 
     async def _serve(self, app: Any, sock: socket.socket, **ssl: str) -> None:
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-            **ssl,
-        )
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
         try:
-            await server.startup(sockets=[sock])
+            await self._uvicorns.serve(app, sock, **ssl)
         except Exception as exc:
             raise AdminError(f"admin API cannot start: {type(exc).__name__}: {exc}") from exc
-        task = self.loop.create_task(server.main_loop(), name="pacskit-admin")
-        self._uvicorns.append((server, [sock], task))
 
     async def stop(self) -> None:
         """End the event streams, close the listeners, stop collecting."""
         self.notifications.close()
-        for server, sockets, task in self._uvicorns:
-            server.should_exit = True
-            await task
-            await server.shutdown(sockets=sockets)
-        self._uvicorns.clear()
+        await self._uvicorns.stop()
         self.statistics.stop()
         logging.getLogger("pacskit").removeHandler(self._error_notifier)
         try:

@@ -3,8 +3,9 @@
 Start-up, in order: load settings → discover and instantiate add-ins (bad options or two add-ins
 claiming the same service on the same abstract syntax stop here, naming both) → bind (address in use:
 :class:`ServerError` with one clear line) → register base services → start add-ins → the admin API
-(:mod:`pacskit.server.admin_api`, unless ``[admin] enabled = false``) → serve. Shutdown (SIGINT/SIGTERM through
-:func:`run_server`): close the admin API, stop listening, let running operations finish for a grace
+(:mod:`pacskit.server.admin_api`, unless ``[admin] enabled = false``) → the public HTTP listener, when
+an add-in serves HTTP (:mod:`pacskit.server.http`) → serve. Shutdown (SIGINT/SIGTERM through
+:func:`run_server`): close the admin API and the HTTP listener, stop listening, let running operations finish for a grace
 period, abort what is left, stop add-ins, close the store. :meth:`Server.reload` rebuilds the add-ins
 without dropping open associations.
 
@@ -27,6 +28,7 @@ from pacskit.net.services import DuplicateHandler
 from pacskit.audit.service import Audit
 from pacskit.server.access import AccessControl, ServiceNames, is_open
 from pacskit.server.addin_manager import AddInError, AddInManager
+from pacskit.server.http import HttpServiceError, PublicHttp, http_services
 from pacskit.config.aetitles import AE_FILE, AeTitles, FileAeRegistry
 from pacskit.services.dicom_request import DicomRequest
 from pacskit.server.logconfig import addin_logger
@@ -319,6 +321,11 @@ class Server:
             except AdminError as exc:
                 await self.stop(grace=0)
                 raise ServerError(str(exc)) from exc
+        try:
+            await self._serve_http(self.addins)
+        except HttpServiceError as exc:
+            await self.stop(grace=0)
+            raise ServerError(str(exc)) from exc
         log.info(
             "server %s listening on %s, port %s with %d add-ins",
             settings.ae_title,
@@ -326,6 +333,17 @@ class Server:
             " and ".join(f"{p} ({'TLS' if a is self.tls_acceptor else 'plain'})" for a, p in self._ports()),
             len(self.addins),
         )
+
+    async def _serve_http(self, addins: Sequence[AddIn]) -> None:
+        """Serve the add-ins' HTTP services (:mod:`pacskit.server.http`): start the public listener
+        when the first one appears, else swap the application. Raises :class:`HttpServiceError`."""
+        services = http_services(addins)
+        if self.http is not None:
+            self.http.replace(services)
+        elif services:
+            http = PublicHttp(self.settings, services, reuse_port=self.worker)
+            await http.start()
+            self.http = http
 
     def _acceptor(self, config: Any, tls: TlsSetup | None = None) -> Acceptor:
         return Acceptor(
@@ -409,6 +427,7 @@ class Server:
                 for addin in generation.addins:
                     await addin.start()
                     started.append(addin)
+                await self._serve_http(generation.addins)
             except Exception as exc:
                 for addin in reversed(started):
                     await self._stop_addin(addin)
@@ -459,6 +478,9 @@ class Server:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         await self._close_acceptors(grace)
         for task in list(self._retiring):
             task.cancel()

@@ -142,7 +142,7 @@ class HttpService:
     """What an add-in serves on the server's public HTTP listener (:meth:`AddIn.http_service`).
 
     - ``app``: a :class:`fastapi.APIRouter` (included, so its routes share the listener's OpenAPI
-      document) or any ASGI application (mounted);
+      document) or any ASGI application (mounted: it gets the prefix as the ASGI ``root_path``);
     - ``prefix``: the path it is served under (``"/dicom-web"``); ``None``: ``/<add-in name>``.
       Two add-ins with the same prefix is a start-up error naming both.
 
@@ -248,22 +248,39 @@ HOOKS: frozenset[str] = frozenset(
 )
 
 
-def misspelled_hooks(cls: type[AddIn]) -> list[str]:
-    """One line per attribute of ``cls`` (or its own bases, below :class:`AddIn`) whose name is close
-    to a hook's but not one (``admin_routers``, ``presentation_context``): such a method would never
-    be called. The add-in manager refuses an add-in with any."""
-    import difflib
+def _distance(a: str, b: str) -> int:
+    """Optimal string alignment distance (Levenshtein plus adjacent transpositions)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
 
+
+def misspelled_hooks(cls: type[AddIn]) -> list[str]:
+    """One line per attribute of ``cls`` (or its own bases, below :class:`AddIn`) named like a hook
+    but not one: one typo away (``admin_routers``, ``presentation_context``, ``tls_set_up``), two
+    for the long hook names. Such a method would never be called; the add-in manager refuses the
+    add-in. Short hooks (``name``, ``start``, ``stop``) are not guessed at: too many helpers look like
+    them."""
     problems = []
     for klass in cls.__mro__:
         if klass is AddIn or not issubclass(klass, AddIn):
             continue
         for attr in vars(klass):
-            if attr.startswith("_") or attr in HOOKS:
+            if attr.startswith("_") or attr in HOOKS or attr in ("options", "base"):  # instance attributes
                 continue
-            close = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.85)
-            if close:
-                problems.append(f"{klass.__qualname__}.{attr} is not an add-in hook (did you mean {close[0]!r}?)")
+            for hook in sorted(HOOKS):
+                if len(hook) < 6 or abs(len(hook) - len(attr)) > 2:
+                    continue
+                if _distance(attr, hook) <= (2 if len(hook) >= 12 else 1):
+                    problems.append(f"{klass.__qualname__}.{attr} is not an add-in hook (did you mean {hook!r}?)")
+                    break
     return problems
 
 
