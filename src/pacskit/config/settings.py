@@ -79,9 +79,14 @@ class DatabaseSettings(_Strict):
 
 
 class StorageSettings(_Strict):
-    """Where instance files live (relative paths are inside the data folder)."""
+    """Where instance files live (relative paths are inside the data folder), and in what kind of blob
+    store: ``backend`` is ``"filesystem"`` (the default), ``"memory"`` (tests only), the name of an
+    installed blob store (entry point group ``pacskit.blobstores``) or ``"module:factory"``;
+    ``options`` are passed to its factory (see :func:`pacskit.store.open_blob_store`)."""
 
     path: str = "files"
+    backend: str = "filesystem"
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]

@@ -97,10 +97,13 @@ def open_store(settings: ServerSettings, *, recover: bool = True) -> Any:
     were never acknowledged. It must only run while no other process writes to the store: worker
     processes pass ``False`` (their parent recovered before starting them).
     """
-    from pacskit.store import DataStore, FilesystemBlobStore
+    from pacskit.store import DataStore, open_blob_store
 
     settings.data_path.mkdir(parents=True, exist_ok=True)
-    blobs = FilesystemBlobStore(settings.storage_path)
+    try:
+        blobs = open_blob_store(settings.storage.backend, settings.storage_path, settings.storage.options)
+    except ValueError as exc:
+        raise ServerError(f"[storage] {exc}") from exc
     if recover:
         # Temp files left by a crash were never acknowledged: drop them before accepting associations.
         removed = blobs.purge_temp()

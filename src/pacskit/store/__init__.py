@@ -11,10 +11,12 @@ See docs/store.md.
 from pacskit.store.blobs import (
     KEY_PATTERN,
     BlobNotFound,
+    BLOB_STORE_GROUP,
     BlobStore,
     FilesystemBlobStore,
     InvalidBlobKey,
     MemoryBlobStore,
+    open_blob_store,
     validate_key,
 )
 from pacskit.store.datastore import CheckReport, DataStore, IngestResult, Problem, ReindexReport, VerifiedCopy
@@ -46,6 +48,7 @@ __all__ = [
     "TransactionLogEntry",
     "Base",
     "BlobNotFound",
+    "BLOB_STORE_GROUP",
     "BlobStore",
     "CheckReport",
     "Counts",
@@ -62,6 +65,7 @@ __all__ = [
     "InvalidBlobKey",
     "InvalidInstance",
     "MemoryBlobStore",
+    "open_blob_store",
     "Patient",
     "PerformedProcedureStep",
     "PerformedStepLink",

@@ -24,8 +24,9 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from typing import BinaryIO, Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 #: A key: 32 (random id) or 64 (SHA-256) lower-case hex digits. Nothing else is ever a key.
 KEY_PATTERN = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{64})\Z")
@@ -92,6 +93,68 @@ class BlobStore(Protocol):
     def iter_keys(self) -> Iterator[str]:
         """Every stored key, in no particular order."""
         ...
+
+    # Optional capabilities. Every store has these members; one without the capability answers
+    # ``None`` (or 0), and the data store then does without it.
+
+    @property
+    def temp_dir(self) -> str | None:
+        """A folder on the blobs' own filesystem where received files may be written, so that
+        :meth:`put_file` is a rename; ``None``: the system's temp folder (``put_file`` then copies)."""
+        ...
+
+    @property
+    def journal_dir(self) -> str | None:
+        """Where the ingest journal lives (crash recovery of blobs written but never indexed,
+        :mod:`pacskit.store.journal`); ``None``: no journal, no such recovery."""
+        ...
+
+    def size(self, key: str) -> int | None:
+        """The blob's size without reading it, or ``None`` when that is not cheap (it is then read)."""
+        ...
+
+    def purge_temp(self) -> int:
+        """Delete incomplete files an earlier run left in :attr:`temp_dir` (at start-up, before any
+        association); returns how many. 0 for a store without a temp folder."""
+        ...
+
+
+#: Entry point group of third-party blob stores: ``name = "package.module:factory"``, where
+#: ``factory(root=Path, **options)`` returns a :class:`BlobStore` (``[storage] backend = "name"``).
+BLOB_STORE_GROUP = "pacskit.blobstores"
+
+
+def open_blob_store(backend: str, root: str | os.PathLike[str], options: Mapping[str, Any] | None = None) -> BlobStore:
+    """The blob store ``backend`` names (``[storage] backend`` in ``server.toml``): ``"filesystem"``
+    (the default: :class:`FilesystemBlobStore` under ``root``), ``"memory"`` (:class:`MemoryBlobStore`,
+    for tests: nothing survives the process), the name of an entry point in :data:`BLOB_STORE_GROUP`,
+    or ``"module:attribute"``. The factory is called as ``factory(root=root, **options)``.
+    Raises ``ValueError`` with one clear line for an unknown backend or options it does not take."""
+    options = dict(options or {})
+    if backend in ("filesystem", "memory"):
+        if options:
+            raise ValueError(f"blob store {backend!r} takes no options (got {', '.join(sorted(options))})")
+        return FilesystemBlobStore(root) if backend == "filesystem" else MemoryBlobStore()
+    if ":" in backend:
+        import importlib
+
+        module_name, _, attribute = backend.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"blob store {backend!r} cannot be loaded: {exc}") from exc
+    else:
+        from importlib.metadata import entry_points
+
+        found = {ep.name: ep for ep in entry_points(group=BLOB_STORE_GROUP)}
+        if backend not in found:
+            known = ", ".join(sorted({"filesystem", "memory", *found}))
+            raise ValueError(f"unknown blob store {backend!r} (known: {known}; or module:attribute)")
+        factory = found[backend].load()
+    try:
+        return factory(root=Path(root), **options)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise ValueError(f"blob store {backend!r}: {exc}") from exc
 
 
 def _fsync_dir(path: str) -> None:
@@ -365,6 +428,17 @@ class MemoryBlobStore:
             return len(self._blobs[key])
         except KeyError:
             raise BlobNotFound(key) from None
+
+    @property
+    def temp_dir(self) -> None:
+        return None
+
+    @property
+    def journal_dir(self) -> None:
+        return None
+
+    def purge_temp(self) -> int:
+        return 0
 
     def iter_keys(self) -> Iterator[str]:
         with self._lock:

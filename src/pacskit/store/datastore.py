@@ -248,7 +248,7 @@ class DataStore:
     @property
     def temp_dir(self) -> str:
         """Where incoming files should be written: on the blob store's filesystem when it has one."""
-        return getattr(self.blobs, "temp_dir", None) or tempfile.gettempdir()
+        return self.blobs.temp_dir or tempfile.gettempdir()
 
     # ingest -----------------------------------------------------------------------------------------
 
@@ -330,7 +330,7 @@ class DataStore:
     def _journal_begin(self, key: str) -> int | None:
         journal = self._journal
         if journal is None:
-            folder = getattr(self.blobs, "journal_dir", None)
+            folder = self.blobs.journal_dir
             if folder is None:
                 return None
             with self._journal_lock:
@@ -347,7 +347,7 @@ class DataStore:
         """Delete blobs an interrupted ingest left without an index row; returns how many.
 
         Only while nobody else writes to the store (see :mod:`pacskit.store.journal`)."""
-        folder = getattr(self.blobs, "journal_dir", None)
+        folder = self.blobs.journal_dir
         if folder is None:
             return 0
         removed = 0
@@ -454,8 +454,9 @@ class DataStore:
             last = rows[-1][0]
 
     def _blob_digest(self, key: str, verify_hash: bool) -> tuple[str | None, int]:
-        if not verify_hash and hasattr(self.blobs, "size"):
-            return None, self.blobs.size(key)  # type: ignore[attr-defined]
+        size = None if verify_hash else self.blobs.size(key)
+        if size is not None:
+            return None, size
         path = self.blobs.path(key)
         if path is not None:
             with open(path, "rb", buffering=0) as fh:
