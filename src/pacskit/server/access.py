@@ -89,7 +89,10 @@ def audit_point(event: str, outcome: str, **details: Any) -> None:
 
 def verify_jwt(token: bytes, ae: RemoteAE) -> str | None:
     """``None`` when ``token`` is a valid JWT for ``ae``, else why not (for the log; never the token)."""
-    import jwt
+    try:
+        import jwt
+    except ImportError:
+        return "JWT user identity needs PyJWT on the server: pip install 'pacskit[jwt]'"
 
     try:
         text = token.decode("ascii")
