@@ -63,7 +63,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def new_key() -> rsa.RSAPrivateKey:

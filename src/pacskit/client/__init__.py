@@ -105,6 +105,7 @@ __all__ = [
     "apply_keys",
     "in_progress_attributes",
     "performed_series_item",
+    "parse_address",
     "parse_key",
     "resolve_remote",
     "run_sync",
