@@ -650,5 +650,3 @@ async def _cancel_watch(assoc: Association, ctx: PresentationContext, event: asy
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-
-RECORD_TYPES = _RECORD_TYPES
