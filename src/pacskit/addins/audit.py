@@ -47,7 +47,7 @@ from pacskit.audit import messages as m
 from pacskit.audit.trail import AuditTrail
 from pacskit.net import SpyEvent
 from pacskit.net import events as ev
-from pacskit.net.dimse import status_category
+from pacskit.dicom.status import status_category
 from pacskit.records.background import BatchWriter
 
 log = logging.getLogger("pacskit.addin.audit")

@@ -49,6 +49,7 @@ from pacskit.store.worklist import (
     entries_from_json,
     entry_from_json,
 )
+from pacskit.dicom.status import PENDING_STATUSES, Status
 
 _FIRST_BATCH = 8
 _MAX_BATCH = 256
@@ -107,7 +108,7 @@ class WorklistAddIn(AddIn):
                     if request.cancelled.is_set():
                         break
                     yield item
-                    if item.status not in (0xFF00, 0xFF01):
+                    if item.status not in PENDING_STATUSES:
                         return
                     sent += 1
                 if len(page) < batch:
@@ -125,7 +126,7 @@ class WorklistAddIn(AddIn):
         if self.worklist is None:
             return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
         if request.received is None:
-            return Response(0xA900, elements={"ErrorComment": "no identifier"})
+            return Response(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, elements={"ErrorComment": "no identifier"})
         try:
             identifier = request.dataset
             assert identifier is not None
@@ -144,7 +145,7 @@ class WorklistAddIn(AddIn):
         return stream, query
 
     def _next_batch(self, stream: Iterator[Dataset], query: WorklistQuery, request: Request, size: int) -> list[Response]:
-        pending = 0xFF01 if query.unsupported else 0xFF00
+        pending = Status.PENDING_WARNING if query.unsupported else Status.PENDING
         syntax = request.context.transfer_syntax
         out: list[Response] = []
         try:
