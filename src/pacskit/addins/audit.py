@@ -329,7 +329,7 @@ class AuditAddIn(AddIn):
         ]
 
     def _locate(self, sop_uids: list[str]) -> dict[str, tuple[str, str | None]]:
-        from pacskit.store.locate import instances_to_studies
+        from pacskit.store.index.locate import instances_to_studies
 
         if not sop_uids:
             return {}
@@ -337,7 +337,7 @@ class AuditAddIn(AddIn):
             return instances_to_studies(conn, sop_uids)
 
     def _patient_of_study(self, study_uid: str) -> str | None:
-        from pacskit.store.locate import studies_to_patients
+        from pacskit.store.index.locate import studies_to_patients
 
         with self._engine.connect() as conn:
             return studies_to_patients(conn, [study_uid]).get(study_uid)

@@ -224,7 +224,7 @@ class StorageCommitmentAddIn(AddIn):
         from sqlalchemy import insert
 
         from pacskit.store import CommitmentItem, CommitmentRequest
-        from pacskit.store.commitment_models import STATE_PENDING
+        from pacskit.store.workflow.commitment_models import STATE_PENDING
 
         store = self.base.store
         assert store is not None
@@ -251,7 +251,7 @@ class StorageCommitmentAddIn(AddIn):
         from sqlalchemy import select
 
         from pacskit.store import CommitmentRequest
-        from pacskit.store.commitment_models import STATE_PENDING
+        from pacskit.store.workflow.commitment_models import STATE_PENDING
 
         store = self.base.store
         assert store is not None
@@ -266,7 +266,7 @@ class StorageCommitmentAddIn(AddIn):
         from sqlalchemy.orm import selectinload
 
         from pacskit.store import CommitmentItem, CommitmentRequest
-        from pacskit.store.commitment_models import STATE_PENDING
+        from pacskit.store.workflow.commitment_models import STATE_PENDING
 
         store = self.base.store
         assert store is not None
@@ -315,7 +315,7 @@ class StorageCommitmentAddIn(AddIn):
 
     def _record(self, pk: int, *, state: str | None = None, error: str | None = None, attempted: bool = False) -> None:
         from pacskit.store import CommitmentRequest
-        from pacskit.store.commitment_models import ERROR_TEXT, STATE_REPORTED
+        from pacskit.store.workflow.commitment_models import ERROR_TEXT, STATE_REPORTED
 
         store = self.base.store
         assert store is not None
@@ -339,7 +339,7 @@ class StorageCommitmentAddIn(AddIn):
     # ------------------------------------------------------------------ the report
 
     async def _deliver(self, pk: int, assoc: Association | None, context: PresentationContext | None, delay: float) -> None:
-        from pacskit.store.commitment_models import STATE_FAILED, STATE_REPORTED
+        from pacskit.store.workflow.commitment_models import STATE_FAILED, STATE_REPORTED
 
         log = self.base.log
         try:

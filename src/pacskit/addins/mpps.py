@@ -1,7 +1,7 @@
 """MPPS add-in: the Modality Performed Procedure Step SOP class SCP (PS3.4 F.7), N-CREATE and N-SET.
 
 A modality N-CREATEs the step when it starts (IN PROGRESS) and N-SETs it when done (COMPLETED or
-DISCONTINUED); the steps are kept in the server's database (:mod:`pacskit.store.mpps`) and linked to
+DISCONTINUED); the steps are kept in the server's database (:mod:`pacskit.store.workflow.mpps`) and linked to
 the worklist entries their Scheduled Step Attributes Sequence names, whose Scheduled Procedure Step
 Status follows (STARTED, COMPLETED, DISCONTINUED) in the same transaction.
 
@@ -41,7 +41,7 @@ from pydicom.uid import generate_uid
 
 from pacskit.services import AddIn, AddInOptions, Handler, Permission, Request, Response, SupportedContext
 from pacskit.net import CommandField, RequestedContext
-from pacskit.store.mpps import MPPS_SOP_CLASS, MppsRefused, MppsStore
+from pacskit.store.workflow.mpps import MPPS_SOP_CLASS, MppsRefused, MppsStore
 from pacskit.dicom.status import Status
 
 _STOP_DRAIN_SECONDS = 5.0

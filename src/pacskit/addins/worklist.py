@@ -1,7 +1,7 @@
 """Modality Worklist add-in: the C-FIND SCP of the Modality Worklist Information Model (PS3.4 K.6),
 and the management of the scheduled procedure steps it serves.
 
-The steps live in the server's database (:mod:`pacskit.store.worklist`, where the matching rules are
+The steps live in the server's database (:mod:`pacskit.store.workflow.worklist`, where the matching rules are
 documented); every identifier becomes one SQL statement, and the matches are streamed as Pending
 responses from the database cursor, a batch at a time from the server's thread pool, with C-CANCEL
 checked before each match is sent (then the cursor is closed and Cancel, 0xFE00, answered).
@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 from pacskit.services import AddIn, AddInOptions, Handler, Permission, Request, Response, SupportedContext
 from pacskit.dicom.codec import encode_dataset
 from pacskit.store.query import STATUS_OUT_OF_RESOURCES, STATUS_UNABLE_TO_PROCESS, InvalidQuery, TooManyMatches
-from pacskit.store.worklist import (
+from pacskit.store.workflow.worklist import (
     MODALITY_WORKLIST_FIND,
     InvalidEntry,
     WorklistQuery,
@@ -162,7 +162,7 @@ class WorklistAddIn(AddIn):
     def admin_router(self) -> Any | None:
         """``/entries`` (GET list, POST add), ``/entries/{id}`` (GET, PATCH update, DELETE) and
         ``/import`` (POST a JSON list of entries, or DICOM files as ``application/dicom``). Entries are
-        JSON: the DICOM JSON model or keywords (see :func:`pacskit.store.worklist.entry_from_json`)."""
+        JSON: the DICOM JSON model or keywords (see :func:`pacskit.store.workflow.worklist.entry_from_json`)."""
         if self.worklist is None:
             return None
         return worklist_router(self.worklist)

@@ -33,9 +33,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from sqlalchemy import Select, and_, func, select
 
-from pacskit.store.extract import is_valid_uid
-from pacskit.store.index import Index
-from pacskit.store.models import Instance, Patient, Series, Study
+from pacskit.store.index.extract import is_valid_uid
+from pacskit.store.index.database import Index
+from pacskit.store.index.models import Instance, Patient, Series, Study
 from pacskit.dicom.status import Status
 
 Model = Literal["PATIENT", "STUDY"]

@@ -1,6 +1,6 @@
 """Modality Performed Procedure Step instances in the database, with the state rules of PS3.4 F.7.
 
-:class:`MppsStore` keeps what modalities N-CREATE and N-SET (:class:`~pacskit.store.workflow_models.
+:class:`MppsStore` keeps what modalities N-CREATE and N-SET (:class:`~pacskit.store.workflow.models.
 PerformedProcedureStep`), links each instance to the scheduled steps of the worklist its Scheduled Step
 Attributes Sequence names, and moves those steps along: IN PROGRESS sets their Scheduled Procedure Step
 Status to STARTED, COMPLETED to COMPLETED, DISCONTINUED to DISCONTINUED — in the transaction that stores
@@ -26,10 +26,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pacskit.dicom.status import Status
-from pacskit.store.extract import is_valid_uid
-from pacskit.store.index import Index
-from pacskit.store.workflow_models import PerformedProcedureStep, PerformedStepLink
-from pacskit.store.worklist import WorklistStore, decoded_copy
+from pacskit.store.index.extract import is_valid_uid
+from pacskit.store.index.database import Index
+from pacskit.store.workflow.models import PerformedProcedureStep, PerformedStepLink
+from pacskit.store.workflow.worklist import WorklistStore, decoded_copy
 
 MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
 
