@@ -10,10 +10,11 @@ import contextvars
 import errno
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TYPE_CHECKING, cast
 
 from pacskit.dicom.codec import encode_dataset
+from pacskit.dicom.status import PENDING_STATUSES, Status
 from pacskit.net import dimse
 from pacskit.net import events as ev
 from pacskit.net.assembly import fragments
@@ -26,6 +27,36 @@ from pacskit.net.sinks import DatasetTooLarge, ReceivedDataset
 
 if TYPE_CHECKING:
     from pacskit.net.association import Association
+
+#: answers a plain generator handler is asked for in the first hop to the thread pool, in each later
+#: one, and per write; a hop also ends after BATCH_SECONDS (see Dispatch._send_from_thread)
+FIRST_BATCH = 32
+MAX_BATCH = 1024
+SEND_EVERY = 32
+BATCH_SECONDS = 0.02
+
+
+def _pull(items: Iterator[Any], size: int, cancelled: asyncio.Event) -> tuple[list[Any], bool]:
+    """Up to ``size`` responses from ``items`` (in the thread pool; lists are flattened): stops early
+    after a final response, after :data:`BATCH_SECONDS`, or once the request was cancelled. Returns
+    the responses and whether the generator ended (exhausted, or a final response)."""
+    out: list[Any] = []
+    deadline = time.monotonic() + BATCH_SECONDS
+    while len(out) < size:
+        try:
+            item = next(items)
+        except StopIteration:
+            return out, True
+        batch = item if type(item) is list else [item]
+        out += batch
+        for response in batch:
+            status = response.status if isinstance(response, Response) else int(response)
+            if status not in PENDING_STATUSES:
+                return out, True
+        if cancelled.is_set() or time.monotonic() > deadline:
+            break
+    return out, False
+
 
 # responses that carry no Affected SOP Instance UID (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2)
 _NO_INSTANCE_IN_RESPONSE = frozenset({CommandField.C_FIND_RQ, CommandField.C_MOVE_RQ, CommandField.C_GET_RQ})
@@ -111,17 +142,17 @@ class Dispatch(AssociationBase):
             service = CommandField(field).service
         except ValueError:
             log.warning("%s: unknown command field 0x%04X", self.label, field)
-            await self._respond(ctx, command, Response(0x0211, elements={"ErrorComment": "unrecognized operation"}))
+            await self._respond(ctx, command, Response(Status.UNRECOGNIZED_OPERATION, elements={"ErrorComment": "unrecognized operation"}))
             return
         if error is not None:
-            status = 0xA700 if _is_resource_error(error) else failure_status(service)
+            status = Status.OUT_OF_RESOURCES if _is_resource_error(error) else failure_status(service)
             log.error("%s: %s %s could not be received: %s", self.label, service, command.get("AffectedSOPInstanceUID", ""), error)
             await self._respond(ctx, command, Response(status, elements={"ErrorComment": _comment(error)}))
             return
         entry = self.services.lookup(service, ctx.abstract_syntax)
         if entry is None or (service.startswith("C-") and not ctx.as_scp):
             log.warning("%s: no handler for %s on %s", self.label, service, ctx)
-            await self._respond(ctx, command, Response(0x0211, elements={"ErrorComment": f"{service} not served here"}))
+            await self._respond(ctx, command, Response(Status.UNRECOGNIZED_OPERATION, elements={"ErrorComment": f"{service} not served here"}))
             return
         handler, timeout = entry
         cancelled = asyncio.Event()
@@ -198,21 +229,41 @@ class Dispatch(AssociationBase):
                         await aiter.aclose() if hasattr(aiter, "aclose") else None
                         return
         elif hasattr(result, "__next__"):
-            sentinel = object()
-            step_context = contextvars.copy_context()
-            while True:
-                future = self._loop.run_in_executor(self.executor, step_context.run, next, result, sentinel)  # type: ignore[arg-type]
-                item = await (asyncio.wait_for(future, timeout) if timeout else future)
-                if item is sentinel:
-                    break
-                if await self._send_item(request, item):
-                    if hasattr(result, "close"):
-                        result.close()
-                    return
+            if await self._send_from_thread(request, result, timeout):
+                return
         else:
             raise DimseError(f"handler returned {type(result).__name__}, not a status, Response or iterator")
-        final = 0xFE00 if request.cancelled.is_set() and service in MULTI_RESPONSE else 0x0000
+        final = Status.CANCEL if request.cancelled.is_set() and service in MULTI_RESPONSE else Status.SUCCESS
         await self._respond(ctx, command, Response(final))
+
+    async def _send_from_thread(self, request: Request, items: Iterator[Any], timeout: float | None) -> bool:
+        """Send what a plain generator handler yields (C-FIND matches read from a database cursor):
+        the generator runs in the thread pool, a batch per hop (:data:`FIRST_BATCH` answers first,
+        so the first ones leave early, then up to :data:`MAX_BATCH`; a hop also ends after
+        :data:`BATCH_SECONDS`, so a slow generator's answers are not held back), and each batch is
+        written :data:`SEND_EVERY` answers at a time with a turn of the event loop in between, where
+        a C-CANCEL is read: no more is pulled once it has arrived. ``True`` when a final response
+        was sent (the generator is then closed)."""
+        step_context = contextvars.copy_context()  # the handler's log lines carry the operation
+        cancelled = request.cancelled
+        size = FIRST_BATCH
+        ended = False
+        try:
+            while not ended and not cancelled.is_set():
+                future = self._loop.run_in_executor(self.executor, step_context.run, _pull, items, size, cancelled)
+                batch, ended = await (asyncio.wait_for(future, timeout) if timeout else future)
+                size = MAX_BATCH
+                for start in range(0, len(batch), SEND_EVERY):
+                    if cancelled.is_set():
+                        break
+                    if await self._send_many(request, batch[start : start + SEND_EVERY]):
+                        return True
+                    await asyncio.sleep(0)  # the answers leave, and a C-CANCEL that arrived is read
+            return False
+        finally:
+            if not ended and hasattr(items, "close"):
+                # runs the generator's clean-up (closing a cursor) where it ran, off the event loop
+                await self._loop.run_in_executor(self.executor, step_context.run, items.close)
 
     async def _send_item(self, request: Request, item: Any) -> bool:
         """Send one yielded response, or a list of them; ``True`` when one was final (not Pending)."""
@@ -220,7 +271,7 @@ class Dispatch(AssociationBase):
             return await self._send_many(request, item)
         response = item if isinstance(item, Response) else Response(int(item))
         await self._respond(request.context, request.command, response)
-        return response.status not in (0xFF00, 0xFF01)
+        return response.status not in PENDING_STATUSES
 
     async def _send_many(self, request: Request, items: list[Any]) -> bool:
         """Responses yielded as one list (a page of C-FIND matches): the Pending ones with encoded
@@ -233,7 +284,7 @@ class Dispatch(AssociationBase):
             response = item if isinstance(item, Response) else Response(int(item))
             data = response.dataset
             status = response.status
-            if (status == 0xFF00 or status == 0xFF01) and type(data) is bytes and not response.elements:
+            if status in PENDING_STATUSES and type(data) is bytes and not response.elements:
                 cmd, cmd_pdus = self._pending_command(ctx, command, status)
                 pieces += self._message_start(ctx.id, cmd, len(data), cmd_pdus)
                 pieces += fragments(data, ctx.id, max_data, command=False)
@@ -242,7 +293,7 @@ class Dispatch(AssociationBase):
                 await self._send_pieces(pieces)
                 pieces = []
             await self._respond(ctx, command, response)
-            if status not in (0xFF00, 0xFF01):
+            if status not in PENDING_STATUSES:
                 if n + 1 < len(items):
                     log.warning("%s: %d responses after a final one ignored", self.label, len(items) - n - 1)
                 return True
@@ -267,7 +318,7 @@ class Dispatch(AssociationBase):
         if response.dataset is not None:
             data = response.dataset if isinstance(response.dataset, bytes) else encode_dataset(response.dataset, ctx.transfer_syntax)
         status = response.status
-        if (status == 0xFF00 or status == 0xFF01) and data is not None and not response.elements:
+        if status in PENDING_STATUSES and data is not None and not response.elements:
             cmd, pdus = self._pending_command(ctx, request, status)
             await self.send_message(ctx.id, cmd, data, command_pdus=pdus)
             return
@@ -275,12 +326,12 @@ class Dispatch(AssociationBase):
         if "ErrorComment" in elements and elements["ErrorComment"]:
             elements["ErrorComment"] = str(elements["ErrorComment"])[:64]
         cmd = dimse.response_command(request, response.status, has_dataset=data is not None, **elements)
-        if response.status not in (0xFF00, 0xFF01):
+        if response.status not in PENDING_STATUSES:
             self._final_response = response
         if request.command_field in _NO_INSTANCE_IN_RESPONSE:
             cmd.pop("AffectedSOPInstanceUID", None)
         await self.send_message(ctx.id, cmd, data)
-        if response.status not in (0xFF00, 0xFF01):
+        if response.status not in PENDING_STATUSES:
             self.dul.flush()  # a final answer: the peer waits for it, nothing more will be gathered
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Self, Union
 from pacskit.dicom.codec import encode_dataset
 from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, read_part10
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.dicom.status import PENDING_STATUSES
 from pacskit.net import dimse, pdu
 from pacskit.net import events as ev
 from pacskit.net.base import AssociationBase
@@ -131,7 +132,7 @@ class Requestor(AssociationBase):
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-                if item[0].status not in (0xFF00, 0xFF01):
+                if item[0].status not in PENDING_STATUSES:
                     return
         finally:
             self._waiters.pop(message_id, None)
