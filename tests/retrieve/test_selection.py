@@ -1,4 +1,4 @@
-"""The retrieve selection (pacskit.store.retrieve) on SQLite, PostgreSQL and MariaDB: which instances
+"""The retrieve selection (pacskit.store.query.retrieve) on SQLite, PostgreSQL and MariaDB: which instances
 an identifier's unique keys select, paging, a frozen selection, and identifier checks."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from pacskit.store import DataStore
-from pacskit.store.retrieve import InvalidIdentifier, RetrieveSelection, parse_identifier
+from pacskit.store.query.retrieve import InvalidIdentifier, RetrieveSelection, parse_identifier
 from pacskit.testing.synth import make_instance
 
 from ._util import ingest, populate, study_of

@@ -52,18 +52,15 @@ from sqlalchemy.orm import Session
 
 from pacskit.store.index.database import Index
 from pacskit.store.index.models import normalise_person_name
-from pacskit.store.query import (
-    STATUS_IDENTIFIER_MISMATCH,
+from pacskit.dicom.status import Status
+from pacskit.store.query.compile import Key, _charset_of, _condition, _decoded_elements
+from pacskit.store.query.encode import set_answer_charset
+from pacskit.store.query.execute import matching_rows
+from pacskit.store.query.matching import (
     InvalidQuery,
-    Key,
-    _charset_of,
-    _condition,
-    _decoded_elements,
     _values,
     combined_datetime_condition,
     date_range,
-    matching_rows,
-    set_answer_charset,
     time_range,
     wildcard_match,
 )
@@ -205,10 +202,10 @@ def compile_worklist_find(identifier: Dataset, *, hide_statuses: Sequence[str] =
             continue
         if tag == SPS_SEQUENCE:
             if elem.VR != "SQ":
-                raise InvalidQuery(STATUS_IDENTIFIER_MISMATCH, "ScheduledProcedureStepSequence is not a sequence", tag)
+                raise InvalidQuery(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "ScheduledProcedureStepSequence is not a sequence", tag)
             items = list(elem.value or [])
             if len(items) > 1:
-                raise InvalidQuery(STATUS_IDENTIFIER_MISMATCH,
+                raise InvalidQuery(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                                    "ScheduledProcedureStepSequence: one item expected", tag)
             if items:
                 conds, extra = _sps_conditions(_decoded_elements(items[0], charset))
