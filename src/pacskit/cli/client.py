@@ -340,6 +340,10 @@ def get(
     key: KeysOpt = None,
     level: LevelOpt = "STUDY",
     model: ModelOpt = "study",
+    uncompressed: Annotated[
+        bool,
+        typer.Option("--uncompressed", help="propose uncompressed transfer syntaxes only (the peer must transcode)"),
+    ] = False,
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 60.0,
     quiet: QuietOpt = False,
@@ -353,7 +357,8 @@ def get(
     tls: TlsOpt = False,
     tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
-    """C-GET: the instances come back on the same association into --into."""
+    """C-GET: the instances come back on the same association into --into, stored as received
+    (compressed syntaxes are proposed too unless --uncompressed)."""
     from pacskit.client import QueryRetrieveScu
 
     _setup_logging(verbose)
@@ -368,7 +373,7 @@ def get(
         with _progress(quiet) as progress:
             task = progress.add_task("retrieving", total=None)
             scu.on("progress", _progress_handler(progress, task))
-            return await scu.get(key, level=level, into=into)
+            return await scu.get(key, level=level, into=into, require_uncompressed=uncompressed)
 
     _retrieve_exit("C-GET", run(go()))
 

@@ -237,6 +237,7 @@ class Association:
         # the last Pending response sent: (request command, status, response command, its P-DATA pieces)
         self._pending_rsp: tuple[Command, int, Command, list[bytes]] | None = None
         self._last_command: tuple[bytes, Command] | None = None  # the last command set received, decoded
+        self._foreign_reported: set[tuple[int, tuple[int, ...]]] = set()  # warned of: (field, foreign tags)
         self._waiters: dict[int, _Responses] = {}
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()
@@ -598,6 +599,18 @@ class Association:
             except DimseError as exc:
                 raise PduError(f"invalid command set: {exc}", 6) from exc
             self._last_command = (data, Command(command))
+            foreign = command.foreign_elements
+            if foreign:  # be liberal (DCMTK and Orthanc answer such requests): keep, report, go on
+                seen = (command.command_field, tuple(foreign))
+                if seen not in self._foreign_reported:  # once per association, not per Pending answer
+                    self._foreign_reported.add(seen)
+                    log.warning(
+                        "%s: %s command set carries elements outside group 0000 (%s), against PS3.7 6.3.1;"
+                        " accepted, not used",
+                        self.label,
+                        _field_name(command.command_field),
+                        ", ".join(f"({t >> 16:04X},{t & 0xFFFF:04X})" for t in foreign),
+                    )
         ctx = self.contexts[self._cmd_context]
         if not command.has_dataset:
             self._message_complete(ctx, command, None, None)
@@ -1198,6 +1211,14 @@ def _fragments(data: bytes, context_id: int, max_data: int, *, command: bool) ->
         pieces.append(pdu.p_data_header(len(chunk), context_id, base | (0x02 if last else 0)))
         pieces.append(bytes(chunk))
     return pieces
+
+
+def _field_name(command_field: int) -> str:
+    """``C-GET-RSP``… for log lines, or the hex value of an unknown command field."""
+    try:
+        return CommandField(command_field).name.replace("_", "-")
+    except ValueError:
+        return f"0x{command_field:04X}"
 
 
 def _is_resource_error(exc: BaseException) -> bool:
