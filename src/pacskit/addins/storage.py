@@ -37,6 +37,11 @@ class StorageOptions(AddInOptions):
         "keep-first", description="what to do when a SOP Instance UID is already stored"
     )
     accept_any_sop_class: bool = Field(False, description="accept C-STORE of SOP classes not in the storage list")
+    strict_uids: bool = Field(
+        False,
+        description="refuse (0xC000) UIDs that break PS3.5 9.1 (a leading zero, a letter, over 64 characters); "
+        "by default they are stored with a warning, as Orthanc and DCMTK do",
+    )
     transfer_syntaxes: list[str] = Field(
         default_factory=lambda: list(ALL_TRANSFER_SYNTAXES),
         description="accepted transfer syntaxes, most preferred first",
@@ -73,6 +78,7 @@ class StorageAddIn(AddIn):
                 expected_sop_instance_uid=request.sop_instance_uid,
                 expected_sop_class_uid=request.sop_class_uid,
                 duplicate_policy=self.options.duplicate_policy,
+                strict_uids=self.options.strict_uids,
             )
         except InvalidInstance as exc:
             status = (0xA900 if isinstance(exc, InstanceMismatch)

@@ -44,6 +44,7 @@ from pacskit.store.extract import (
     scan_instance,
     sha256_file,
     sha256_stream,
+    uid_deviation,
 )
 from pacskit.store.journal import IngestJournal, journal_files, recorded_keys
 from pacskit.store.index import (
@@ -181,6 +182,23 @@ class _Gate:
                 self._cond.notify_all()
 
 
+_UID_TAGS = (("sop_class_uid", 0x00080016), ("sop_instance_uid", 0x00080018),
+             ("study_instance_uid", 0x0020000D), ("series_instance_uid", 0x0020000E))
+
+
+def _check_uid_conformance(attrs: InstanceAttributes, strict: bool, source_ae: str | None) -> None:
+    """Warn of (or, ``strict``, refuse) UIDs that break PS3.5 9.1 but were safe enough to accept."""
+    for field, tag in _UID_TAGS:
+        value = getattr(attrs, field)
+        deviation = uid_deviation(value)
+        if deviation is None:
+            continue
+        if strict:
+            raise InvalidInstance(f"not a valid UID (PS3.5 9.1: {deviation})", tag)
+        log.warning("instance %s from %s: %s %s breaks PS3.5 9.1 (%s); accepted (strict_uids refuses it)",
+                    attrs.sop_instance_uid, source_ae or "?", field, value, deviation)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -261,8 +279,13 @@ class DataStore:
         expected_sop_class_uid: str | None = None,
         duplicate_policy: DuplicatePolicy = "keep-first",
         offset: int | None = None,
+        strict_uids: bool = False,
     ) -> IngestResult:
         """Store the complete Part 10 file ``temp_path`` and index it. See the module docstring.
+
+        UIDs that break PS3.5 9.1 harmlessly (a leading zero, a letter, up to 128 characters) are
+        accepted with a warning, or refused (:class:`InvalidInstance`) with ``strict_uids``; see
+        :func:`~pacskit.store.extract.check_uid` for what is always refused.
 
         The file is consumed: kept as the blob, or deleted (duplicate ignored/rejected, invalid
         instance, failure). ``expected_*`` are the UIDs of the C-STORE command; ``offset`` is where
@@ -274,11 +297,11 @@ class DataStore:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}, not {duplicate_policy!r}")
         with self._gate.shared():  # a running reindex() finishes first
             return self._ingest(os.fspath(temp_path), source_ae, expected_sop_instance_uid,
-                                expected_sop_class_uid, duplicate_policy, offset)
+                                expected_sop_class_uid, duplicate_policy, offset, strict_uids)
 
     def _ingest(self, path: str, source_ae: str | None, expected_sop_instance_uid: str | None,
                 expected_sop_class_uid: str | None, duplicate_policy: DuplicatePolicy,
-                offset: int | None) -> IngestResult:
+                offset: int | None, strict_uids: bool = False) -> IngestResult:
         slot: int | None = None
         try:
             header = read_part10_header(path)
@@ -288,6 +311,7 @@ class DataStore:
             except TooDeep as exc:
                 raise InvalidInstance(str(exc), exc.tag) from None
             self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
+            _check_uid_conformance(attrs, strict_uids, source_ae)
             with open(path, "rb", buffering=0) as fh:
                 sha, size = sha256_stream(fh)  # type: ignore[arg-type]
             if duplicate_policy != "overwrite":  # cheap early answer; the transaction re-checks

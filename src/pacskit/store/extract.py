@@ -34,6 +34,12 @@ from pacskit.store.models import datetime_key, normalise_person_name
 #: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
 UID_PATTERN = re.compile(r"\A(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\Z")
 UID_MAX = 64
+#: The longest UID accepted from a peer. PS3.5 9.1 allows 64 characters, but legacy modalities send
+#: longer ones, and Orthanc and DCMTK store them; beyond this a value is not a UID but garbage.
+UID_LIMIT = m.UID_COLUMN
+# never accepted in a UID, even leniently: anything but digits, dots and ASCII letters (spaces,
+# control and non-ASCII characters, path separators, the value separator, wildcards, quotes, %, _)
+_UNUSABLE_UID = re.compile(r"[^0-9A-Za-z.]")
 HASH_CHUNK = 1 << 20
 
 _PIXEL_DATA = 0x7FE00010
@@ -146,19 +152,48 @@ class InstanceAttributes:
 
 
 def is_valid_uid(value: object) -> bool:
+    """``value`` is a UID as PS3.5 9.1 defines it (what we create and what strict checks demand)."""
     return isinstance(value, str) and len(value) <= UID_MAX and UID_PATTERN.match(value) is not None
 
 
-def check_uid(value: object, tag: int) -> str:
-    """``value`` as a UID string, or :class:`InvalidInstance` saying what is wrong with it."""
+def is_usable_uid(value: object) -> bool:
+    """``value`` is safe to store and look up as a UID, though maybe not PS3.5 9.1 (see :func:`check_uid`)."""
+    return isinstance(value, str) and 0 < len(value) <= UID_LIMIT and _UNUSABLE_UID.search(value) is None
+
+
+def uid_deviation(text: str) -> str | None:
+    """Why ``text`` is not a PS3.5 9.1 UID (``None`` when it is): a component with a leading zero,
+    a character other than digits and dots, an empty component, more than 64 characters."""
+    if len(text) > UID_MAX:
+        return f"longer than {UID_MAX} characters ({len(text)})"
+    if UID_PATTERN.match(text) is not None:
+        return None
+    components = text.split(".")
+    if any(not c for c in components):
+        return "an empty component"
+    if any(not c.isdigit() for c in components):
+        return "a character other than digits and dots"
+    return "a component with a leading zero"
+
+
+def check_uid(value: object, tag: int, *, strict: bool = False) -> str:
+    """``value`` as a UID string, or :class:`InvalidInstance` saying what is wrong with it.
+
+    Be liberal where it is safe: a UID that breaks PS3.5 9.1 harmlessly (a component with a leading
+    zero, a letter, up to :data:`UID_LIMIT` characters), as legacy modalities send and Orthanc and
+    DCMTK store, is accepted (the caller warns, :func:`uid_deviation`); with ``strict`` it is refused.
+    Always refused: an empty or multi-valued value, any character but digits, dots and ASCII letters
+    (spaces, control characters, path separators, wildcards, quotes...), more than :data:`UID_LIMIT`
+    characters. (Blob paths never come from UIDs; SQL takes them as bound parameters.)
+    """
     if value is None or value == "":
         raise InvalidInstance("missing", tag)
     if isinstance(value, (list, MultiValue)):
         raise InvalidInstance("multi-valued UID", tag)
     text = str(value)
-    if len(text) > UID_MAX:
-        raise InvalidInstance(f"UID longer than {UID_MAX} characters ({len(text)})", tag)
-    if UID_PATTERN.match(text) is None:
+    if len(text) > (UID_MAX if strict else UID_LIMIT):
+        raise InvalidInstance(f"UID longer than {UID_MAX if strict else UID_LIMIT} characters ({len(text)})", tag)
+    if _UNUSABLE_UID.search(text) is not None or (strict and UID_PATTERN.match(text) is None):
         raise InvalidInstance(f"not a valid UID {text!r}", tag)
     return text
 
@@ -252,7 +287,7 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax_uid: str | None = None,
 
 _TAG_FIELD: dict[int, tuple[str, str, int]] = {}  # tag -> (field, kind, limit); kind: uid/text/int
 for _kw, _field in _UID_FIELDS.items():
-    _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "uid", UID_MAX)  # type: ignore[index]
+    _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "uid", UID_LIMIT)  # type: ignore[index]
 for _kw, (_field, _limit) in _TEXT_FIELDS.items():
     _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "text", _limit)  # type: ignore[index]
 for _kw, _field in _INT_FIELDS.items():

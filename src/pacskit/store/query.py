@@ -77,6 +77,7 @@ from pacskit.store.models import (
     Instance,
     Patient,
     Series,
+    UID_COLUMN,
     SeriesRequest,
     Study,
     datetime_key,
@@ -757,8 +758,8 @@ def _condition(key: Key, elem: DataElement) -> ColumnElement[bool] | None:
         for v in values:
             if has_wildcards(v):
                 raise _bad_value(elem, "wildcards are not allowed in UIDs")
-            if len(v) > 64:
-                raise _bad_value(elem, "UID longer than 64 characters")
+            if len(v) > UID_COLUMN:  # 64 in PS3.5 9.1; longer legacy UIDs are stored (extract.check_uid)
+                raise _bad_value(elem, f"UID longer than {UID_COLUMN} characters")
         return key.column == values[0] if len(values) == 1 else key.column.in_(values)
     if key.kind == "int":
         numbers = []

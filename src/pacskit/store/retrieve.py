@@ -16,7 +16,9 @@ Rules, and the status a violation gets (the add-in answers it with an Error Comm
   PatientName, a wildcard...) -> 0xA900; empty attributes are ignored, since they constrain nothing
   and some SCUs send a return-key template out of habit;
 * more than one value where one is required (PatientID; UID keys above the retrieve level) -> 0xA900;
-* a UID that is not a valid UID (PS3.5 9.1) or a list longer than :data:`MAX_UIDS` -> 0xC000.
+* a UID that cannot be one (:func:`~pacskit.store.extract.is_usable_uid`: empty, spaces, wildcards,
+  path separators, over 128 characters; harmless PS3.5 9.1 deviations such as a leading zero are
+  stored, so they are retrieved) or a list longer than :data:`MAX_UIDS` -> 0xC000.
 
 Keys above the retrieve level are optional (they only narrow the selection), which is what relational
 retrieve allows and costs nothing for a hierarchical one. PatientID matches every patient with that
@@ -33,7 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from sqlalchemy import Select, and_, func, select
 
-from pacskit.store.extract import is_valid_uid
+from pacskit.store.extract import is_usable_uid
 from pacskit.store.index import Index
 from pacskit.store.models import Instance, Patient, Series, Study
 
@@ -144,7 +146,7 @@ def parse_identifier(ds: Dataset, model: Model, *, patient_level_in_study_root: 
         if len(values) > MAX_UIDS:
             raise InvalidIdentifier(f"more than {MAX_UIDS} UIDs in {keyword}", 0xC000, tag)
         for v in values:
-            if not is_valid_uid(v):
+            if not is_usable_uid(v):
                 raise InvalidIdentifier(f"invalid UID in {keyword}", 0xC000, tag)
         return tuple(dict.fromkeys(values))  # drop repeats, keep order
 
