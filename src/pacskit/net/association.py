@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacskit.net")
 
 _MULTI_RESPONSE = frozenset({"C-FIND", "C-GET", "C-MOVE"})
+_CANCELLABLE = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
 _SEND_BLOCK = 256 * 1024  # bytes of a streamed file read and written per step
 #: files up to this size are read whole (meta and dataset in one read) for a C-STORE, not streamed
 WHOLE_FILE_LIMIT = _SEND_BLOCK
@@ -234,6 +235,10 @@ class Association:
         self._worker: asyncio.Task[None] | None = None
         self._handling = False
         self._cancels: dict[int, asyncio.Event] = {}
+        # C-FIND / C-MOVE / C-GET requests received but not started: message ID -> how many. A C-CANCEL
+        # for one of them (sent right behind its request) is remembered in _early_cancels until it starts.
+        self._queued_ids: collections.Counter[int] = collections.Counter()
+        self._early_cancels: set[int] = set()
         # the last Pending response sent: (request command, status, response command, its P-DATA pieces)
         self._pending_rsp: tuple[Command, int, Command, list[bytes]] | None = None
         self._last_command: tuple[bytes, Command] | None = None  # the last command set received, decoded
@@ -661,10 +666,17 @@ class Association:
             else:
                 waiter.put_nowait((command, received))
         elif field == CommandField.C_CANCEL_RQ:
-            cancelled = self._cancels.get(command.get("MessageIDBeingRespondedTo", -1))
+            message_id = command.get("MessageIDBeingRespondedTo", -1)
+            cancelled = self._cancels.get(message_id)
             if cancelled is not None:
                 cancelled.set()
+            elif self._queued_ids[message_id]:  # its request waits to start: honoured when it does
+                self._early_cancels.add(message_id)
+            else:
+                log.info("%s: C-CANCEL for message ID %s, which is not outstanding; ignored", self.label, message_id)
         else:
+            if field in _CANCELLABLE:
+                self._queued_ids[int(command.get("MessageID", 0))] += 1
             self._requests.put_nowait((ctx, command, received, error))
 
     # ------------------------------------------------------------------ request dispatch
@@ -685,6 +697,11 @@ class Association:
                     self._finish_release()
                 return
             ctx, command, received, error = item
+            if command.command_field in _CANCELLABLE:
+                message_id = int(command.get("MessageID", 0))
+                self._queued_ids[message_id] -= 1
+                if self._queued_ids[message_id] <= 0:
+                    del self._queued_ids[message_id]
             self._handling = True
             try:
                 await self._handle(ctx, command, received, error)
@@ -717,6 +734,8 @@ class Association:
         try:
             await self._dispatch(ctx, command, received, error)
         finally:
+            if self._early_cancels:  # not honoured (refused before the handler ran): forget it
+                self._early_cancels.discard(int(command.get("MessageID", 0)))
             current_operation.reset(token)
             if self.bus.wants(ev.OPERATION_COMPLETED):
                 final = self._final_response
@@ -772,6 +791,9 @@ class Association:
                 return
         if service in _MULTI_RESPONSE:
             self._cancels[message_id] = cancelled
+            if message_id in self._early_cancels:  # C-CANCEL came while the request waited (PS3.7 9.3.2.3)
+                self._early_cancels.discard(message_id)
+                cancelled.set()
         try:
             result = await self._call(handler, request, timeout)
             await self._send_results(request, result, timeout, service)

@@ -17,8 +17,10 @@ Matching (PS3.4 C.2.2.2), on the attributes the index keeps (:data:`KEYS`):
 * list of UIDs: ``UID1\\UID2\\...`` matches any of them (wildcards are not allowed in UIDs);
 * range, DA and TM: ``A-B``, ``A-``, ``-B``; DA also accepts the ACR-NEMA form ``YYYY.MM.DD`` and TM
   ``HH:MM:SS.frac``. A partial time is the earliest instant it names (``-12`` includes ``120000`` but
-  not ``120000.000001``, like DCMTK). When both StudyDate and StudyTime have values they are matched as
-  one date-time (``20240105-20240107`` + ``1000-1800``: from 5 January 10:00 to 7 January 18:00);
+  not ``120000.000001``, like DCMTK). StudyDate and StudyTime are matched each on its own (the time
+  range within each day of the date range, PS3.4 C.2.2.2.5.1), unless combined date-time matching was
+  negotiated (``combined_datetime``): then both are one date-time (``20240105-20240107`` +
+  ``1000-1800``: from 5 January 10:00 to 7 January 18:00);
 * PN: case-insensitive, on the normalised search form (:func:`pacskit.store.models.normalise_person_name`:
   NFC, upper-case, trailing empty components dropped). A value without ``=`` is matched against the whole
   name and against each component group (so ``Yamada^Tarou`` and ``山田^太郎`` both find
@@ -566,8 +568,13 @@ def _decoded_elements(identifier: Dataset, charset: list[str] | None = None) -> 
     return elements
 
 
-def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -> FindQuery:
+def compile_find(identifier: Dataset, model: str, *, relational: bool = False,
+                 combined_datetime: bool = False) -> FindQuery:
     """Compile a C-FIND identifier for ``model`` (:data:`PATIENT_ROOT` / :data:`STUDY_ROOT`).
+
+    ``relational`` and ``combined_datetime`` are what SOP Class Extended Negotiation agreed (PS3.4
+    C.5.1.1.1): relational queries, and StudyDate + StudyTime matched as one date-time range
+    (otherwise, PS3.4 C.2.2.2.5.1, each is matched on its own: the time range within each day).
 
     Raises :class:`InvalidQuery` (0xA900: wrong structure, e.g. no level or a missing unique key of a
     higher level in a hierarchical query; 0xC000: a value that is not valid for its VR).
@@ -637,7 +644,7 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
 
     combined = False
     date_elem, time_elem = seen_keys.get("StudyDate"), seen_keys.get("StudyTime")
-    if date_elem is not None and time_elem is not None:
+    if combined_datetime and date_elem is not None and time_elem is not None:
         dates, times = date_range(date_elem), time_range(time_elem)
         if dates is not None and times is not None:
             conditions.append(combined_datetime_condition(Study.study_date, Study.study_time, dates, times))
