@@ -22,8 +22,9 @@ from pydicom.dataset import Dataset
 
 from pacskit.net import CommandField, EventBus, RequestedContext, connect, dimse, encode_dataset
 from pacskit.net import events as ev
+from pacskit.server.aetitles import AE_FILE, FileAeRegistry, RemoteAE
 from pacskit.server.server import Server
-from pacskit.testing.peers import count_store_successes, have_dcmtk, run_storescu
+from pacskit.testing.peers import Peer, count_store_successes, have_dcmtk, run_storescu, storescp
 from pacskit.testing.synth import make_instance
 
 from ._server import AE, findscu, running_server, write_settings
@@ -32,6 +33,7 @@ from .test_differential import QRSCP, dcmqrscp
 pytestmark = pytest.mark.dcmtk
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 ROOT = "1.2.826.0.1.3680043.9.7778."
 #: name -> (StudyDate, StudyTime)
 STUDIES = {
@@ -65,12 +67,21 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def peers(files: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, int]]:
-    """pacskit and dcmqrscp holding the same instances (stored with DCMTK storescu)."""
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
+    """A DCMTK storescp: the C-MOVE destination DEST of the pacskit server."""
     if not have_dcmtk():
         pytest.skip("DCMTK is not installed")
+    with storescp(tmp_path_factory.mktemp("dest"), ae_title="DEST") as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+def peers(files: list[Path], receiver: Peer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, int]]:
+    """pacskit and dcmqrscp holding the same instances (stored with DCMTK storescu)."""
     folder = tmp_path_factory.mktemp("peers")
-    with running_server(write_settings(folder / "pacskit")) as server, dcmqrscp(folder / "dcmqrscp") as qr:
+    settings = write_settings(folder / "pacskit")
+    FileAeRegistry(settings / AE_FILE).add(RemoteAE(title="DEST", host="127.0.0.1", port=receiver.port))
+    with running_server(settings) as server, dcmqrscp(folder / "dcmqrscp") as qr:
         for port, called in ((server.port, AE), (qr, QRSCP)):
             out = run_storescu("127.0.0.1", port, files, called=called, calling="MODALITY")
             assert count_store_successes(out) == len(files), out.stdout[-3000:]
@@ -174,3 +185,49 @@ def test_c_cancel_right_behind_its_c_find_is_honoured_as_dcmqrscp(peers: tuple[S
     assert theirs[-1][0] == 0xFE00, theirs
     assert ours[-1][0] == 0xFE00, ours
     assert len(ours) - 1 < CANCEL_STUDIES  # not every match delivered
+
+
+async def _move_then_cancel(port: int, called: str, studies: list[str]) -> list[dimse.Command]:
+    """C-MOVE of every CX* study to DEST and its C-CANCEL in one write; the response command sets."""
+    bus = EventBus()
+    responses: list[dimse.Command] = []
+    final = asyncio.Event()
+
+    def on_received(event: ev.SpyEvent) -> None:
+        command = event.detail["command"]
+        if command.command_field == CommandField.C_MOVE_RSP:
+            responses.append(command)
+            if command.status not in (0xFF00, 0xFF01):
+                final.set()
+
+    bus.subscribe(ev.DIMSE_RECEIVED, on_received)
+    assoc = await connect("127.0.0.1", port, called_ae=called, calling_ae="CANCELSCU",
+                          contexts=[RequestedContext(STUDY_ROOT_MOVE)], bus=bus)
+    async with assoc:
+        ctx = assoc.find_context(STUDY_ROOT_MOVE)
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = studies
+        request = dimse.request_command(CommandField.C_MOVE_RQ, 9, STUDY_ROOT_MOVE, has_dataset=True, Priority=0,
+                                        MoveDestination="DEST")
+        await assoc.send_message(ctx.id, request, encode_dataset(identifier, ctx.transfer_syntax))
+        await assoc.cancel(9, ctx)
+        await asyncio.wait_for(final.wait(), 60)
+    return responses
+
+
+def test_c_cancel_right_behind_its_c_move_is_honoured(peers: tuple[Server, int], receiver: Peer,
+                                                      tmp_path: Path) -> None:
+    """Nothing is moved, the final status is Cancel with every sub-operation remaining."""
+    server, _ = peers
+    answers, _ = findscu(server.port, "-S", ["QueryRetrieveLevel=STUDY", "PatientID=CX*", "StudyInstanceUID"],
+                         tmp_path / "find")
+    studies = [str(ds.StudyInstanceUID) for ds in answers]
+    assert len(studies) == CANCEL_STUDIES
+    before = len(list(receiver.out_dir.glob("*.dcm")))  # type: ignore[union-attr]
+    responses = asyncio.run(_move_then_cancel(server.port, AE, studies))
+    final = responses[-1]
+    assert final.status == 0xFE00, final
+    assert final.get("NumberOfCompletedSuboperations", 0) == 0
+    assert final.get("NumberOfRemainingSuboperations") == CANCEL_STUDIES
+    assert len(list(receiver.out_dir.glob("*.dcm"))) == before  # type: ignore[union-attr]
