@@ -411,18 +411,7 @@ def read_part10(path: str | os.PathLike[str], *, whole_below: int = 0) -> tuple[
         info = Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size, values.get(0x0016) or None)
     except KeyError as exc:
         raise ValueError(f"{path}: file meta information lacks (0002,{exc.args[0]:04X})") from exc
-    for elem, name in _REQUIRED_META.items():
-        if not values[elem]:  # sent as is, an empty abstract syntax makes peers (Orthanc) abort the association
-            raise ValueError(f"{path}: file meta information has an empty {name} (0002,{elem:04X})")
     return info, (buf[pos:] if whole else None)
-
-
-# the File Meta elements a C-STORE of the file needs, by element number
-_REQUIRED_META = {
-    0x0002: "Media Storage SOP Class UID",
-    0x0003: "Media Storage SOP Instance UID",
-    0x0010: "Transfer Syntax UID",
-}
 
 
 def _read_up_to(fd: int, n: int) -> bytes:
