@@ -15,6 +15,11 @@ Statuses (PS3.4 B.2.3, PS3.7 C):
 0xA900    dataset does not match the command (SOP Class / Instance UID differ)
 0xC000    cannot understand (unparseable header, missing or invalid UIDs, nesting too deep)
 ========  ==================================================================================
+
+UIDs that break PS3.5 9.1 harmlessly (a component with a leading zero, a letter, 65 to 128
+characters), as legacy modalities send, are stored with a warning in the log, as Orthanc and DCMTK do;
+``strict_uids = true`` refuses them with 0xC000. Unsafe values (empty, anything but digits, dots and
+letters, over 128 characters) are always refused (docs/store.md).
 """
 
 from __future__ import annotations
