@@ -13,18 +13,30 @@ sent with a final Success.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
 
-from pacskit.net import CommandField, EventBus, RequestedContext, connect, dimse, encode_dataset
+from pacskit.net import (
+    CommandField,
+    EventBus,
+    RequestedContext,
+    connect,
+    dimse,
+    encode_dataset,
+)
 from pacskit.net import events as ev
 from pacskit.server.aetitles import AE_FILE, FileAeRegistry, RemoteAE
 from pacskit.server.server import Server
-from pacskit.testing.peers import Peer, count_store_successes, have_dcmtk, run_storescu, storescp
+from pacskit.testing.peers import (
+    Peer,
+    count_store_successes,
+    have_dcmtk,
+    run_storescu,
+    storescp,
+)
 from pacskit.testing.synth import make_instance
 
 from ._server import AE, findscu, running_server, write_settings

@@ -26,7 +26,12 @@ from pacskit.net.sinks import temp_files
 from pacskit.server.server import Server
 from pacskit.server.settings import load_settings
 from pacskit.store import InvalidInstance
-from pacskit.testing.peers import count_store_successes, dcmtk_env, dcmtk_tool, have_dcmtk
+from pacskit.testing.peers import (
+    count_store_successes,
+    dcmtk_env,
+    dcmtk_tool,
+    have_dcmtk,
+)
 from pacskit.testing.synth import dataset_bytes, make_instance
 
 AE = "UIDPACS"

@@ -60,11 +60,11 @@ if TYPE_CHECKING:
     from pacskit.net import PresentationContext
 
 __all__ = [
-    "FindRequest",
-    "FindResult",
     "GET_COMPRESSED",
     "GET_COMPRESSED_CLASSES",
     "GET_UNCOMPRESSED",
+    "FindRequest",
+    "FindResult",
     "InstanceRecord",
     "PatientRecord",
     "QueryFailed",

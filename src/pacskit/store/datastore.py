@@ -188,15 +188,15 @@ _UID_TAGS = (("sop_class_uid", 0x00080016), ("sop_instance_uid", 0x00080018),
 
 def _check_uid_conformance(attrs: InstanceAttributes, strict: bool, source_ae: str | None) -> None:
     """Warn of (or, ``strict``, refuse) UIDs that break PS3.5 9.1 but were safe enough to accept."""
-    for field, tag in _UID_TAGS:
-        value = getattr(attrs, field)
+    for name, tag in _UID_TAGS:
+        value = getattr(attrs, name)
         deviation = uid_deviation(value)
         if deviation is None:
             continue
         if strict:
             raise InvalidInstance(f"not a valid UID (PS3.5 9.1: {deviation})", tag)
         log.warning("instance %s from %s: %s %s breaks PS3.5 9.1 (%s); accepted (strict_uids refuses it)",
-                    attrs.sop_instance_uid, source_ae or "?", field, value, deviation)
+                    attrs.sop_instance_uid, source_ae or "?", name, value, deviation)
 
 
 def _unlink(path: str) -> None:
