@@ -109,7 +109,7 @@ DataDirOpt = Annotated[
 def serve(
     ae: Annotated[Optional[str], typer.Option("--ae", help="our AE title [PACSKIT]")] = None,
     host: Annotated[Optional[str], typer.Option(help="address to bind [127.0.0.1]")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port to listen on [11112]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port to listen on [11112]", min=0, max=65535)] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     open_mode: Annotated[
@@ -119,9 +119,25 @@ def serve(
         Optional[int], typer.Option(help="processes serving the port, each a full server [1]", min=1, max=64)
     ] = None,
 ) -> None:
-    """Run the PACS server with its add-ins (Verification, Storage, Query, and any installed ones)."""
+    """Run the PACS server with its add-ins (Verification, Storage, Query, and any installed ones).
+
+    The server folder (--data-dir, default ./pacs-data in the current folder) gets a server.toml with
+    the defaults and this first start's flags when it has none; flags given later apply to that run only."""
     from pacskit.server.server import run_server
 
+    if config is None:
+        from pacskit.admin.manager import DEFAULT_SERVER_FOLDER, init_server_folder
+        from pacskit.server.settings import SettingsError
+
+        first = {"ae_title": ae, "host": host, "port": port, "open_mode": open_mode, "workers": workers}
+        try:
+            init_server_folder(Path(data_dir or DEFAULT_SERVER_FOLDER), first)
+        except SettingsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except OSError as exc:
+            typer.echo(f"error: cannot make the server folder {data_dir or DEFAULT_SERVER_FOLDER}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
     settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode,
                                 workers=workers)
     raise typer.Exit(run_server(settings))

@@ -376,12 +376,37 @@ def get(
 # ---------------------------------------------------------------------- echo
 
 
+async def _echo_when_listening(scu: Any, repeat: int, wait: float) -> int:
+    """``scu.echo(repeat)``; while the connection is refused, try again until ``wait`` seconds passed.
+
+    ``./run serve &`` returns at once, and the server listens only after ``.venv`` is built and the
+    add-ins are loaded: ``echo --wait 120`` is how a script waits for it to be ready."""
+    from pacskit.net import ConnectionFailed
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    delay = 0.05
+    while True:
+        try:
+            return await scu.echo(repeat)
+        except ConnectionFailed:
+            if loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)  # polling a port that is not open yet: nothing to wait on
+        delay = min(delay * 2, 0.5)
+
+
 @app.command()
 def echo(
     target: TargetArg,
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 30.0,
     repeat: Annotated[int, typer.Option(help="C-ECHOs to send on the association")] = 1,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", metavar="SECONDS", min=0,
+                     help="retry for up to this long while the connection is refused (a server still starting)"),
+    ] = 0.0,
     verbose: VerboseOpt = 0,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -397,7 +422,8 @@ def echo(
 
     _setup_logging(verbose)
     remote = resolve_target(target, data_dir, config)
-    status = run(EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile)).echo(repeat))
+    scu = EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
+    status = run(_echo_when_listening(scu, repeat, wait))
     if status:
         raise fail(f"C-ECHO to {target} answered status 0x{status:04X}", EXIT_FAILURE_STATUS)
     typer.echo(f"C-ECHO to {target}: Success")

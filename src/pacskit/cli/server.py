@@ -3,7 +3,8 @@
 
 A running server is named with ``--server``: a server folder (holding server.toml) or the name of a
 server under the servers root (``--root``, ``$PACSKIT_SERVERS``, ``./servers``); without it,
-``$PACSKIT_SERVER``, else the only server under the root. The API is reached over the Unix socket in
+``$PACSKIT_SERVER``, else the only server there is: under the root, or ``./pacs-data`` (the folder
+``pacskit serve`` uses by default). The API is reached over the Unix socket in
 the server folder (httpx), so these commands run on the server's machine, as its user or root.
 """
 
@@ -99,19 +100,28 @@ def server_start(
 
 @server_app.command("stop")
 def server_stop(
-    name: Annotated[str, typer.Argument(help="server name")],
+    name: Annotated[
+        Optional[str], typer.Argument(help="server name or folder [the only server: under the root, or ./pacs-data]")
+    ] = None,
     root: RootOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for it to exit")] = 60.0,
     force: Annotated[bool, typer.Option("--force", help="SIGKILL when it has not exited in time")] = False,
 ) -> None:
-    """Stop a server (SIGTERM: running operations finish first) and wait until it exited."""
+    """Stop a server (SIGTERM: running operations finish first) and wait until it exited.
+
+    Exit 1 with a line when it was not running."""
     from pacskit.admin.manager import ManagerError
 
+    manager = _manager(root)
     try:
-        stopped = _manager(root).stop(name, timeout=timeout, force=force)
+        folder = resolve_server(name, root)
+        label = name or str(folder)
+        stopped = manager.stop_folder(folder, timeout=timeout, force=force)
     except ManagerError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"stopped {name}" if stopped else f"{name} was not running")
+    if not stopped:
+        raise _fail(f"{label} is not running")
+    typer.echo(f"stopped {label}")
 
 
 @server_app.command("restart")
@@ -260,12 +270,24 @@ def resolve_server(server: str | None, root: str | None = None) -> Path:
             return _manager(root).existing(server)
         except ManagerError as exc:
             raise _fail(f"{server} is neither a server folder nor a server name ({exc})", EXIT_USAGE) from None
-    names = _manager(root).names()
-    if len(names) == 1:
-        return _manager(root).existing(names[0])
+    from pacskit.admin.manager import DEFAULT_SERVER_FOLDER
+
+    manager = _manager(root)
+    candidates = [manager.existing(n) for n in manager.names()]
+    default = Path(DEFAULT_SERVER_FOLDER)
+    if (default / SETTINGS_FILE).is_file() and not any(c.resolve() == default.resolve() for c in candidates):
+        candidates.append(default)
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise _fail(
+            f"name the server with --server (a folder or a name): {len(candidates)} servers "
+            f"({', '.join(str(c) for c in candidates)})",
+            EXIT_USAGE,
+        )
     raise _fail(
-        "name the server with --server (a folder or a name): "
-        + (f"{len(names)} servers under {_manager(root).root}" if names else f"no server under {_manager(root).root}"),
+        f"no server here: ./{DEFAULT_SERVER_FOLDER} has no {SETTINGS_FILE} (start one with `pacskit serve`) and "
+        f"there is no server under {manager.root}; or name one with --server FOLDER",
         EXIT_USAGE,
     )
 
