@@ -71,6 +71,19 @@ def net_error_exit(exc: NetError) -> int:
     return code
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the operator: a pydantic ``ValidationError`` as
+    ``field: problem; field: problem`` (its own text spans lines and links to pydantic's docs)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(value)'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+    return " ".join(str(exc).split())
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -176,7 +189,7 @@ def _api_result(response: Any) -> Any:
 def ae_add(
     name: Annotated[str, typer.Argument(help="the remote AE title")],
     host: Annotated[str, typer.Option(help="its host name or address")],
-    port: Annotated[int, typer.Option(help="its port")],
+    port: Annotated[int, typer.Option(help="its port", min=1, max=65535)],
     tls: Annotated[bool, typer.Option(help="require TLS, both ways")] = False,
     description: Annotated[str, typer.Option(help="free text")] = "",
     services: Annotated[
@@ -242,7 +255,7 @@ def ae_add(
         else:
             _registry(config, data_dir).add(entry, replace=replace)
     except (ValidationError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(exc)}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     typer.echo(f"added {entry.title} at {entry.host}:{entry.port}")
 

@@ -35,7 +35,9 @@ T = TypeVar("T")
 TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, or an AE title from the registry")]
 CallingOpt = Annotated[str, typer.Option("--calling", "-aet", help="our calling AE title")]
 TimeoutOpt = Annotated[float, typer.Option(help="ACSE and DIMSE timeout in seconds")]
-VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
+VerboseOpt = Annotated[
+    int, typer.Option("--verbose", "-v", count=True, metavar="", help="more logging: -v INFO, -vv DEBUG (a flag, repeated)")
+]
 KeysOpt = Annotated[
     Optional[list[str]],
     typer.Option("--key", "-k", help="query key as in DCMTK: PatientName=DOE*, 0010,0020=ID, Seq[0].Modality=MR"),
@@ -288,7 +290,7 @@ def move(
     model: ModelOpt = "study",
     dest: Annotated[Optional[str], typer.Option("--dest", help="the move destination AE (known to the peer)")] = None,
     into: Annotated[Optional[Path], typer.Option("--into", help="receive here ourselves (needs --port)")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="our Storage SCP port for --into (the peer must know it)")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="our Storage SCP port for --into (the peer must know it)", min=1, max=65535)] = None,
     listen_host: Annotated[str, typer.Option("--listen-host", help="address our Storage SCP binds for --into [all]")] = "",
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 60.0,

@@ -57,7 +57,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
 @server_app.command("create")
 def server_create(
     ae: Annotated[str, typer.Option("--ae", help="the server's AE title; also names its folder")],
-    port: Annotated[int, typer.Option(help="DICOM port")],
+    port: Annotated[int, typer.Option(help="DICOM port", min=0, max=65535)],
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     db: Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL of the index [SQLite in data/]")] = None,
     root: RootOpt = None,

@@ -173,12 +173,23 @@ def worklist_import(
     config: ConfigOpt = None,
 ) -> None:
     """Import worklist entries, all or none (an unreadable file stops the import and names the file)."""
-    from pacskit.store.worklist import InvalidEntry, read_entries
+    from pacskit.store.worklist import InvalidEntry, check_entry_values, read_entries, split_steps
 
-    try:
-        entries = [entry for _, entry in read_entries(paths)]
-    except (InvalidEntry, OSError) as exc:
-        raise _fail(str(exc)) from None
+    entries = []
+    for path in paths:
+        if not path.exists():
+            raise _fail(f"{path} does not exist")
+        try:
+            for file, entry in read_entries([path]):
+                try:
+                    check_entry_values(entry)
+                    split_steps(entry)
+                except InvalidEntry as exc:
+                    raise InvalidEntry(f"{file}: {exc}") from None
+                entries.append(entry)
+        except (InvalidEntry, OSError) as exc:
+            text = str(exc)
+            raise _fail(text if str(path) in text else f"{path}: {text}") from None
     with _worklist(config, data_dir) as worklist:
         try:
             ids = worklist.add_many(entries, replace=replace)
