@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -116,6 +118,7 @@ ConfigOpt = Annotated[
 DataDirOpt = Annotated[
     Optional[str], typer.Option("--data-dir", help="server folder: settings, index and files [./pacs-data]")
 ]
+from pacskit.cli.output import CsvOpt, JsonOpt  # noqa: E402  (listing commands share --json / --csv)
 
 
 @app.command()
@@ -261,29 +264,29 @@ def ae_add(
 
 
 @ae_app.command("list")
-def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
     """List the registered AEs."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from pacskit.cli.output import output_format, print_rows
     from pacskit.server.aetitles import RemoteAE
 
-    table = Table("AE title", "host", "port", "TLS", "services", "from", "identity", "description")
+    fmt = output_format(as_json, as_csv)
     client = _running_api(config, data_dir)
     if client is not None:
         with client:
             entries = [RemoteAE.model_validate(e) for e in _api_result(client.get("/ae-titles"))]
     else:
         entries = _registry(config, data_dir).all()
+    rows = []
     for entry in entries:
         tls = "yes" if entry.requires_tls else "no"
         if entry.tls_subject:
             tls += f" (CN={entry.tls_subject})"
-        table.add_row(
-            entry.title, entry.host, str(entry.port), tls, ",".join(sorted(entry.allowed_services)),
+        rows.append([
+            entry.title, entry.host, entry.port, tls, ",".join(sorted(entry.allowed_services)),
             ",".join(entry.source_hosts) or "anywhere", entry.user_identity, entry.description,
-        )
-    Console().print(table)
+        ])
+    print_rows(["AE title", "host", "port", "TLS", "services", "from", "identity", "description"], rows, fmt,
+               keys=["title", "host", "port", "tls", "services", "from", "identity", "description"])
 
 
 @ae_app.command("remove")
@@ -303,11 +306,28 @@ def ae_remove(
     typer.echo(f"removed {name}")
 
 
+@contextmanager
+def _progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr (only on a terminal, and not with --quiet); yields the
+    ``progress(done, total)`` callback that long store operations (check, reindex) call."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=quiet or not console.is_terminal, transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 @app.command()
 def check(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     no_hash: Annotated[bool, typer.Option("--no-hash", help="compare sizes only (faster)")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts)."""
     from pacskit.server.server import open_store
@@ -315,7 +335,8 @@ def check(
     settings = _server_settings(config, data_dir)
     store = open_store(settings)
     try:
-        report = store.check(verify_hash=not no_hash)
+        with _progress_bar("checking", quiet) as advance:
+            report = store.check(verify_hash=not no_hash, progress=advance)
     finally:
         store.close()
     typer.echo(str(report))
@@ -323,14 +344,19 @@ def check(
 
 
 @app.command()
-def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+def reindex(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
     """Rebuild the index from the stored files (run with the server stopped)."""
     from pacskit.server.server import open_store
 
     settings = _server_settings(config, data_dir)
     store = open_store(settings)
     try:
-        report = store.reindex()
+        with _progress_bar("indexing", quiet) as advance:
+            report = store.reindex(progress=advance)
     finally:
         store.close()
     typer.echo(f"indexed {report.indexed} instances")

@@ -174,6 +174,19 @@ def store(
 # ---------------------------------------------------------------------- find
 
 
+# The attributes each record type already shows as a typed field (pacskit.client.query): a -k key for one
+# of them adds no second column.
+_TYPED_KEYWORDS: dict[str, frozenset[str]] = {
+    "PATIENT": frozenset({"PatientID", "PatientName", "PatientBirthDate", "PatientSex"}),
+    "STUDY": frozenset({"StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+                        "StudyDescription", "PatientID", "PatientName", "ModalitiesInStudy"}),
+    "SERIES": frozenset({"SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"}),
+    "IMAGE": frozenset({"SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "InstanceNumber"}),
+    "WORKLIST": frozenset({"PatientID", "PatientName", "AccessionNumber", "RequestedProcedureID",
+                           "RequestedProcedureDescription"}),
+}
+
+
 def _rows(records: list[Any], keys: list[str] | None) -> list[dict[str, Any]]:
     """Typed fields, plus any attribute asked for with -k that the record type has no field for."""
     from pacskit.client import parse_key
@@ -184,11 +197,16 @@ def _rows(records: list[Any], keys: list[str] | None) -> list[dict[str, Any]]:
         steps, _ = parse_key(text)
         if len(steps) == 1:
             tag = steps[0][0]
-            extra.append((keyword_for_tag(tag) or f"{tag >> 16:04X},{tag & 0xFFFF:04X}", tag))
+            name = keyword_for_tag(tag) or f"{tag >> 16:04X},{tag & 0xFFFF:04X}"
+            if name not in [n for n, _ in extra]:
+                extra.append((name, tag))
     rows = []
     for record in records:
         row = record.as_dict()
+        typed = _TYPED_KEYWORDS.get(type(record).level, frozenset())
         for name, tag in extra:
+            if name in typed:
+                continue
             elem = record.dataset.get(tag)
             if elem is not None and elem.VR != "SQ":
                 value = elem.value
@@ -241,15 +259,11 @@ def find(
             writer.writeheader()
             writer.writerows(rows)
     else:
-        from rich.console import Console
-        from rich.table import Table
+        from pacskit.cli.output import print_records
 
         # Columns nobody filled are left out: the table has to fit a terminal.
         columns = [c for c in (rows[0] if rows else []) if any(r.get(c) not in (None, "") for r in rows)]
-        table = Table(*(columns or ["no matches"]))
-        for row in rows:
-            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-        Console().print(table)
+        print_records(rows, columns=columns, empty="no matches")
     from pacskit.net import status_category
 
     if status_category(result.status) == "Failure":
@@ -275,9 +289,19 @@ def _retrieve_exit(service: str, result: Any) -> None:
 
 
 def _progress_handler(progress: Any, task: Any) -> Any:
+    """Feeds a C-MOVE / C-GET progress bar from the responses' sub-operation counts: a Pending response
+    gives the total (done + remaining); the final one says that what was done is all there is (its
+    remaining count is absent, and a fast retrieve may have had no Pending response at all)."""
+
     def update(p: Any) -> None:
         done = p.completed + p.failed + p.warning
-        progress.update(task, completed=done, total=done + p.remaining if p.remaining is not None else None)
+        if p.remaining is not None:
+            total: int | None = done + p.remaining
+        elif p.status not in (0xFF00, 0xFF01):
+            total = done
+        else:
+            total = None  # a Pending response without the remaining count: the total stays unknown
+        progress.update(task, completed=done, total=total)
 
     return update
 

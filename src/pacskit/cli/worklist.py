@@ -103,25 +103,26 @@ def worklist_add(
 def worklist_list(
     status: Annotated[Optional[str], typer.Option(help="only steps with this status (SCHEDULED, COMPLETED...)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (with the whole entries)")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print CSV (the table's columns) with a header line")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """List the scheduled steps."""
+    from pacskit.cli.output import output_format, print_rows
+
+    fmt = output_format(as_json, as_csv)
     with _worklist(config, data_dir) as worklist:
         entries = worklist.entries(status=status)
-    if as_json:
+    if fmt == "json":
         typer.echo(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     columns = ("id", "patient_id", "patient_name", "accession_number", "modality", "station_ae_title",
                "start_date", "start_time", "step_id", "step_description", "status")
-    table = Table(*columns)
+    rows = []
     for entry in entries:
         summary: dict[str, Any] = entry.summary()
-        table.add_row(*(str(summary[c]) for c in columns))
-    Console().print(table)
+        rows.append([summary[c] for c in columns])
+    print_rows(columns, rows, fmt)
 
 
 @worklist_app.command("update")
