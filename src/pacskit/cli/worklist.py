@@ -64,13 +64,18 @@ def _entry(keys: list[str] | None, json_source: str | None, *, need: bool = True
     from pacskit.client.keys import KeyError_, apply_keys
     from pacskit.store.worklist import InvalidEntry, entry_from_json
 
+    from pydicom.config import disable_value_validation
+
     ds = Dataset()
     try:
-        if json_source is not None:
-            text = sys.stdin.read() if json_source == "-" else Path(json_source).read_text(encoding="utf-8")
-            ds = entry_from_json(json.loads(text))
-        if keys:
-            apply_keys(ds, keys)
+        # pydicom would print its own multi-line warning for a bad value: the store checks the values
+        # and says in one line which attribute is wrong (check_entry_values)
+        with disable_value_validation():
+            if json_source is not None:
+                text = sys.stdin.read() if json_source == "-" else Path(json_source).read_text(encoding="utf-8")
+                ds = entry_from_json(json.loads(text))
+            if keys:
+                apply_keys(ds, keys)
     except (KeyError_, InvalidEntry, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
     if need and len(ds) == 0:
@@ -174,6 +179,22 @@ def worklist_import(
     config: ConfigOpt = None,
 ) -> None:
     """Import worklist entries, all or none (an unreadable file stops the import and names the file)."""
+    from pydicom.config import disable_value_validation
+
+    from pacskit.store.worklist import InvalidEntry
+
+    with disable_value_validation():  # one line per problem (ours), not pydicom's warnings
+        entries = _read_for_import(paths)
+    with _worklist(config, data_dir) as worklist:
+        try:
+            ids = worklist.add_many(entries, replace=replace)
+        except InvalidEntry as exc:
+            raise _fail(str(exc)) from None
+    typer.echo(f"imported {len(entries)} entries as {len(ids)} scheduled steps")
+
+
+def _read_for_import(paths: list[Path]) -> list[Dataset]:
+    """Every entry of ``paths``, each checked; the first problem exits 2 naming its file."""
     from pacskit.store.worklist import InvalidEntry, check_entry_values, read_entries, split_steps
 
     entries = []
@@ -191,9 +212,4 @@ def worklist_import(
         except (InvalidEntry, OSError) as exc:
             text = str(exc)
             raise _fail(text if str(path) in text else f"{path}: {text}") from None
-    with _worklist(config, data_dir) as worklist:
-        try:
-            ids = worklist.add_many(entries, replace=replace)
-        except InvalidEntry as exc:
-            raise _fail(str(exc)) from None
-    typer.echo(f"imported {len(entries)} entries as {len(ids)} scheduled steps")
+    return entries
