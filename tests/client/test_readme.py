@@ -98,3 +98,22 @@ def test_readme_try_it_on_a_fresh_copy(tmp_path):
     # The default server is a full server folder, in the folder the commands ran in.
     assert (clone / "pacs-data" / "server.toml").is_file()
     assert (clone / "pacs-data" / "index.db").is_file()
+
+
+def test_run_keeps_the_callers_folder_for_relative_paths(tmp_path):
+    """``./run`` used to change into the repository: ``./run certs init tls`` wrote the lab CA's key
+    into the repository (issue 15, item 16). Relative paths now mean the folder the user is in."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("the suite does not run in a virtual environment that ./run could reuse")
+    clone = fresh_copy(tmp_path / "pacskit")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PACSKIT_VENV": sys.prefix}
+    for name in ("PYTHONPATH", "PACSKIT_SERVER", "PACSKIT_SERVERS"):
+        env.pop(name, None)
+    for args in (["certs", "init", "tls"], ["ae", "add", "PEER", "--host", "127.0.0.1", "--port", "104"]):
+        proc = subprocess.run([str(clone / "run"), *args], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (work / "tls" / "ca.key").is_file() and (work / "pacs-data" / "ae-titles.toml").is_file()
+    assert not (clone / "tls").exists() and not (clone / "pacs-data").exists()
