@@ -96,6 +96,17 @@ def test_server_toml_is_written_once_with_the_first_flags_and_then_kept(in_tmp):
     assert tomllib.loads(path.read_text())["ae_title"] == "EDITED"
 
 
+def test_a_flag_for_one_run_does_not_hide_the_server_from_admin_commands(in_tmp):
+    Serving(in_tmp, "--port", "0").stop()  # the first start writes server.toml (AE PACSKIT)
+    server = Serving(in_tmp, "--ae", "ONCE")
+    try:
+        status = invoke("status", "--json")
+        assert status.exit_code == 0, status.output
+        assert json.loads(status.output)["status"]["ae_title"] == "ONCE"
+    finally:
+        server.stop()
+
+
 def test_no_server_anywhere_says_how_to_start_one(in_tmp):
     result = invoke("status")
     assert result.exit_code == 2

@@ -134,3 +134,15 @@ def test_check_and_reindex_report_progress(tmp_path):
         assert seen[-1] == (3, 3) and all(t == 3 for _, t in seen)
     finally:
         store.close()
+
+
+def test_a_narrow_terminal_wraps_long_values_instead_of_cutting_them(in_tmp):  # noqa: F811
+    uid = "1.2.826.0.1.3680043.8.498.84195926952968648250667104754228103334"
+    assert invoke("ae", "add", "PEER", "--host", "127.0.0.1", "--port", 104, "--description", uid).exit_code == 0
+    # FORCE_COLOR makes rich treat the output as a terminal of COLUMNS columns
+    result = runner.invoke(app, ["ae", "list"], env={"COLUMNS": "80", "FORCE_COLOR": "1", "TERM": "xterm"})
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "…" not in text
+    cells = [line.split("│")[-2].strip() for line in text.splitlines() if line.count("│") > 2]
+    assert uid in "".join(cells), text

@@ -156,6 +156,11 @@ def serve(
             raise typer.Exit(EXIT_USAGE) from None
     settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode,
                                 workers=workers)
+    on_file = _server_settings(config, data_dir)
+    if settings.ae_title != on_file.ae_title and not settings.admin.socket:
+        # The admin socket is named after the AE title in server.toml, where `status` & co. look for it:
+        # an --ae for this run only must not move it.
+        settings.admin.socket = on_file.admin_socket_path.name
     raise typer.Exit(run_server(settings))
 
 
