@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 def try_it_block() -> str:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Try it") :]
-    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
     assert match, "README.md: no ```sh block under '## Try it'"
     return match.group(1)
 
@@ -85,7 +85,7 @@ def test_readme_try_it_on_a_fresh_copy(tmp_path):
     for name in ("PYTHONPATH", "PACSKIT_SERVER", "PACSKIT_SERVERS"):
         env.pop(name, None)
     proc = subprocess.run(
-        ["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=240,
+        ["bash", "-c", script], check=False, cwd=clone, env=env, capture_output=True, text=True, timeout=240,
         stdin=subprocess.DEVNULL,
     )
     out = proc.stdout + proc.stderr
@@ -112,7 +112,7 @@ def test_run_keeps_the_callers_folder_for_relative_paths(tmp_path):
     for name in ("PYTHONPATH", "PACSKIT_SERVER", "PACSKIT_SERVERS"):
         env.pop(name, None)
     for args in (["certs", "init", "tls"], ["ae", "add", "PEER", "--host", "127.0.0.1", "--port", "104"]):
-        proc = subprocess.run([str(clone / "run"), *args], cwd=work, env=env, capture_output=True, text=True,
+        proc = subprocess.run([str(clone / "run"), *args], check=False, cwd=work, env=env, capture_output=True, text=True,
                               timeout=120, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (work / "tls" / "ca.key").is_file() and (work / "pacs-data" / "ae-titles.toml").is_file()

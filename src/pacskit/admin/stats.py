@@ -22,11 +22,11 @@ import asyncio
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pacskit.net import events as ev

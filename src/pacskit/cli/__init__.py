@@ -118,7 +118,7 @@ ConfigOpt = Annotated[
 DataDirOpt = Annotated[
     Optional[str], typer.Option("--data-dir", help="server folder: settings, index and files [./pacs-data]")
 ]
-from pacskit.cli.output import CsvOpt, JsonOpt  # noqa: E402  (listing commands share --json / --csv)
+from pacskit.cli.output import CsvOpt, JsonOpt  # listing commands share --json / --csv
 
 
 @app.command()
@@ -381,7 +381,7 @@ from pacskit.cli.certs import certs_app  # noqa: E402
 app.add_typer(certs_app, name="certs")
 from pacskit.cli import commit as _commit  # noqa: E402,F401 - pacskit commit (storage commitment)
 from pacskit.cli import worklist as _worklist  # noqa: E402,F401  (pacskit worklist ...)
-from pacskit.cli import browse as _browse  # noqa: E402,F401  (pacskit dump | ls | stats)
+from pacskit.cli import browse as _browse  # noqa: F401  (pacskit dump | ls | stats)
 
 
 def main() -> None:

@@ -116,7 +116,7 @@ _LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "U
 
 def _lengths(ds: Dataset) -> Iterator[tuple[Any, Any, int | None]]:
     """(element, raw element, value length on the wire or None when undefined) for each element."""
-    for tag in ds.keys():
+    for tag in list(ds.keys()):  # tags first: ds[tag] converts the raw element in place
         raw = ds.get_item(tag)  # as read: its length on the wire (a RawDataElement until converted)
         elem = ds[tag]
         length = getattr(raw, "length", None)

@@ -156,9 +156,8 @@ def log_command(
 def _print_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    from pacskit.net import status_category
-
     from pacskit.cli.output import console
+    from pacskit.net import status_category
 
     table = Table(show_edge=False, pad_edge=False)
     for title in ("time (UTC)", "assoc", "calling", "called", "from", "operation", "status", "ms", "bytes", "UIDs"):

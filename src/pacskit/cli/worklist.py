@@ -59,12 +59,11 @@ def _worklist(config: str | None, data_dir: str | None) -> Iterator[WorklistStor
 
 
 def _entry(keys: list[str] | None, json_source: str | None, *, need: bool = True) -> Dataset:
+    from pydicom.config import disable_value_validation
     from pydicom.dataset import Dataset
 
     from pacskit.client.keys import KeyError_, apply_keys
     from pacskit.store.worklist import InvalidEntry, entry_from_json
-
-    from pydicom.config import disable_value_validation
 
     ds = Dataset()
     try:
