@@ -12,6 +12,7 @@ running server. The data folder is ``--data-dir`` / ``--config`` (default ``./pa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,14 +75,13 @@ def _dump_value(elem: Any) -> str:
     if vr in _BINARY_VRS or isinstance(value, (bytes, bytearray)):
         raw = bytes(value) if isinstance(value, (bytes, bytearray)) else b""
         if elem.tag == 0x7FE00010 and elem.is_undefined_length:
-            return "(PixelSequence, encapsulated)"
+            return f"(PixelSequence #={len(_fragments(raw))})"
         if vr == "OW":  # 16-bit words, little endian, as dcmdump shows them
             words = [int.from_bytes(raw[i:i + 2], "little") for i in range(0, min(len(raw), 2 * _SHOWN_BYTES) - 1, 2)]
             shown = "\\".join(f"{w:04x}" for w in words)
             more = len(raw) > 2 * _SHOWN_BYTES
         else:
-            shown = "\\".join(f"{b:02x}" for b in raw[:_SHOWN_BYTES])
-            more = len(raw) > _SHOWN_BYTES
+            return _hex(raw)
         return shown + ("..." if more else "") if shown else "(no value available)"
     values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
     if vr == "UI":
@@ -96,13 +96,42 @@ def _dump_value(elem: Any) -> str:
     return "[" + "\\".join(str(v) for v in values) + "]"
 
 
+def _fragments(value: bytes) -> list[bytes]:
+    """The items of encapsulated pixel data (the Basic Offset Table first); [] when they do not parse."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        return list(generate_fragments(value))
+    except Exception:  # noqa: BLE001 - a dump shows what it can
+        return []
+
+
+def _hex(raw: bytes) -> str:
+    shown = "\\".join(f"{b:02x}" for b in raw[:_SHOWN_BYTES])
+    return shown + ("..." if len(raw) > _SHOWN_BYTES else "") if shown else "(no value available)"
+
+
+def _keyword(elem: Any) -> str:
+    """dcmdump's last column: the keyword; for private elements their dictionary name, or Unknown."""
+    if elem.keyword:
+        from pydicom.datadict import dictionary_is_retired
+
+        return ("RETIRED_" if dictionary_is_retired(elem.tag) else "") + str(elem.keyword)
+    if elem.tag.is_private_creator:
+        return "PrivateCreator"
+    name = str(elem.name)
+    return re.sub(r"[^A-Za-z0-9]", "", name) if name.startswith("[") else "Unknown"
+
+
 def _encoded_length(elem: Any) -> int:
     """The value length of an element that was not read from a file (or read without its length)."""
     value = elem.value
+    if value is None:
+        return 0
     if isinstance(value, (bytes, bytearray)):
         return len(value)
     if elem.VR == "SQ":
-        return 0
+        return sum(8 + _item_length(item) for item in value or [])
     values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
     fixed = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8}.get(elem.VR)
     if fixed:
@@ -150,7 +179,13 @@ def _dump_lines(ds: Dataset, depth: int = 0) -> Iterator[str]:
     for elem, _raw, length in _lengths(ds):
         vm = elem.VM if elem.VR != "SQ" else 1
         text = f"{indent}({elem.tag.group:04x},{elem.tag.element:04x}) {elem.VR} {_dump_value(elem)}"
-        yield line(text, f"{'u/l' if length is None else length:>3}, {vm} {elem.keyword or elem.name}")
+        yield line(text, f"{'u/l' if length is None else length:>3},{vm:>2} {_keyword(elem)}")
+        if elem.tag == 0x7FE00010 and length is None and isinstance(elem.value, (bytes, bytearray)):
+            inner = "  " * (depth + 1)
+            for fragment in _fragments(bytes(elem.value)):
+                head = f"{inner}(fffe,e000) pi {_hex(fragment)}"
+                yield f"{head:<{width + 2}} # {len(fragment):>3}, 1 Item"
+            yield line(f"{indent}(fffe,e0dd) na (SequenceDelimitationItem)", "  0, 0 SequenceDelimitationItem")
         if elem.VR == "SQ":
             inner = "  " * (depth + 1)
             for item in elem.value:
