@@ -280,6 +280,7 @@ def _local_rows(settings: ServerSettings, level: str, patient: str | None, study
 
     from pacskit.store.models import Patient, Series, Study
 
+    q: Any
     with _index(settings) as index, index.reading() as s:
         if level == "patients":
             q = select(Patient.patient_id, Patient.patient_name, Patient.patient_birth_date, Patient.patient_sex,
@@ -338,7 +339,7 @@ def _peer_rows(target: str, level: str, patient: str | None, study: str | None, 
     rows = []
     for record in result.records:
         ds = record.dataset
-        row = []
+        row: list[Any] = []
         for k in keys:
             value = ds.get(k)
             if value is None or value == "":
