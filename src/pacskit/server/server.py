@@ -173,7 +173,7 @@ class Server:
         for name, found in sorted(self.manager.found.items()):
             options = self.manager.options_for(name, settings.addin_section(name))
             if not options.enabled:
-                log.info("add-in %s is disabled", name)
+                log.debug("add-in %s is disabled", name)
                 continue
             addin = found.cls(options, base_for(name))
             contexts = list(addin.presentation_contexts())
@@ -189,7 +189,7 @@ class Server:
                 for ctx in contexts:
                     generation.negotiators.setdefault(ctx.abstract_syntax, addin)
             generation.addins.append(addin)
-            log.info("add-in %s loaded from %s (%d contexts)", name, found.origin, len(contexts))
+            log.debug("add-in %s loaded from %s (%d contexts)", name, found.origin, len(contexts))
         generation.contexts = merge_contexts(claims)
         return generation
 
@@ -299,12 +299,17 @@ class Server:
             except AdminError as exc:
                 await self.stop(grace=0)
                 raise ServerError(str(exc)) from exc
+        # What an operator needs at start, in two lines (the details are at DEBUG): the address is the
+        # line run_server prints; the add-ins, and where the admin API answers.
+        loaded = {a.name for a in self.addins}
+        off = sorted(set(self.manager.found) - loaded)
         log.info(
-            "server %s listening on %s, port %s with %d add-ins",
+            "server %s listening on %s, port %s; add-ins: %s%s",
             settings.ae_title,
             settings.host,
             " and ".join(f"{p} ({'TLS' if a is self.tls_acceptor else 'plain'})" for a, p in self._ports()),
-            len(self.addins),
+            ", ".join(sorted(loaded)) or "none",
+            f" (off: {', '.join(off)})" if off else "",
         )
 
     def _acceptor(self, config: Any, tls: TlsSetup | None = None) -> Acceptor:

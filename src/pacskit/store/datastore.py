@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
@@ -523,7 +523,7 @@ class DataStore:
                 out[uid] = VerifiedCopy(uid, sop_class, self._verify_copy(uid, key, size, sha, True))
         return out
 
-    def check(self, *, verify_hash: bool = True) -> CheckReport:
+    def check(self, *, verify_hash: bool = True, progress: Callable[[int, int], None] | None = None) -> CheckReport:
         """Compare the index and the blobs; report every difference (nothing is changed).
 
         Every row must have its blob with the recorded size and (``verify_hash``) SHA-256; every blob
@@ -532,8 +532,11 @@ class DataStore:
         """
         report = CheckReport()
         referenced: set[str] = set()
+        total = self.index.count("instances") if progress is not None else 0  # ``progress(done, total)``: rows
         for _pk, uid, key, size, sha, _at, _ae in self._iter_rows():
             report.instances_checked += 1
+            if progress is not None:
+                progress(report.instances_checked, max(total, report.instances_checked))
             referenced.add(key)
             problem = self._verify_copy(uid, key, size, sha, verify_hash)
             if problem is not None:
@@ -592,7 +595,7 @@ class DataStore:
                     "count-mismatch", f"patient {pid!r}: {n} studies recorded, {patient_studies.get(pk, 0)} found"))
         return problems
 
-    def reindex(self) -> ReindexReport:
+    def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> ReindexReport:
         """Rebuild the whole index from the blobs, in one transaction (readers see old or new).
 
         Blobs are indexed in the order they were received (as the old index recorded, else file
@@ -618,6 +621,8 @@ class DataStore:
             report = ReindexReport()
             self.index.clear(s)
             for n, (when, key) in enumerate(order):
+                if progress is not None:  # ``progress(done, total)``: blobs read
+                    progress(n, len(order))
                 try:
                     attrs, sha, size = self._read_blob(key)
                 except (InvalidInstance, OSError, BlobNotFound) as exc:
@@ -648,6 +653,8 @@ class DataStore:
                 if n % 500 == 499:
                     s.flush()
                     s.expunge_all()
+            if progress is not None:
+                progress(len(order), len(order))
             return report
 
         with self._gate.exclusive():
