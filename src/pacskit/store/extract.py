@@ -27,6 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from pacskit.store import models as m
+from pacskit.net.presentation import DEFLATED_IMAGE_FRAME_COMPRESSION
 from pacskit.net.sinks import InflationLimit, inflate
 from pacskit.store.nesting import Malformed, check_nesting
 from pacskit.store.models import datetime_key, normalise_person_name
@@ -383,14 +384,9 @@ def _raw_dataset(values: dict[int, tuple[bytes | None, bytes]], little_endian: b
     return ds
 
 
-#: Deflated Image Frame Compression (PS3.5 A.4.11): an Explicit VR Little Endian dataset whose
-#: encapsulated frames are deflated. Not a deflated dataset (that is 1.2.840.10008.1.2.1.99).
-DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
-
-
 def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated dataset) for a transfer syntax; unknown ones are explicit LE."""
-    if transfer_syntax == DEFLATED_IMAGE_FRAME_COMPRESSION:
+    if transfer_syntax == DEFLATED_IMAGE_FRAME_COMPRESSION:  # deflated frames, not a deflated dataset
         return False, True, False
     uid = UID(transfer_syntax)
     try:
