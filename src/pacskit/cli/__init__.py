@@ -97,6 +97,18 @@ def _server_settings(config: str | None, data_dir: str | None, **overrides: obje
         raise typer.Exit(EXIT_USAGE) from None
 
 
+def _existing_server_settings(config: str | None, data_dir: str | None) -> ServerSettings:
+    """Settings of a server folder that must already exist, for every command that reads or repairs
+    one (``check``, ``reindex``, ``ae``, ``log``, ``worklist``): a mistyped ``--data-dir`` gets one
+    line and exit code 2, never a new empty folder reported as clean. Only ``serve`` creates folders."""
+    settings = _server_settings(config, data_dir)
+    for what, path in (("server folder", settings.folder), ("data folder", settings.data_path)):
+        if not path.is_dir():
+            typer.echo(f"error: {what} {path} does not exist (see --data-dir / --config)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+    return settings
+
+
 ConfigOpt = Annotated[
     Optional[str], typer.Option("--config", help="server.toml (or the server folder holding it)")
 ]
@@ -138,7 +150,7 @@ app.add_typer(ae_app, name="ae")
 def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
     from pacskit.server.aetitles import AE_FILE, FileAeRegistry
 
-    settings = _server_settings(config, data_dir)
+    settings = _existing_server_settings(config, data_dir)
     return FileAeRegistry(settings.folder / AE_FILE)
 
 
@@ -146,7 +158,7 @@ def _running_api(config: str | None, data_dir: str | None) -> Any | None:
     """An admin API client when the server of that folder is running, else ``None`` (edit the file)."""
     from pacskit.admin.manager import admin_client, api_reachable
 
-    folder = _server_settings(config, data_dir).folder
+    folder = _existing_server_settings(config, data_dir).folder
     return admin_client(folder) if api_reachable(folder) else None
 
 
@@ -280,11 +292,13 @@ def check(
     config: ConfigOpt = None,
     no_hash: Annotated[bool, typer.Option("--no-hash", help="compare sizes only (faster)")] = False,
 ) -> None:
-    """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts)."""
+    """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts).
+
+    Only inspects: safe while the server runs (no recovery, no temp file or journal touched)."""
     from pacskit.server.server import open_store
 
-    settings = _server_settings(config, data_dir)
-    store = open_store(settings)
+    settings = _existing_server_settings(config, data_dir)
+    store = open_store(settings, recover=False)
     try:
         report = store.check(verify_hash=not no_hash)
     finally:
@@ -295,15 +309,22 @@ def check(
 
 @app.command()
 def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """Rebuild the index from the stored files (run with the server stopped)."""
+    """Rebuild the index from the stored files (refused while a server holds the data folder)."""
+    from pacskit.server.datalock import DataFolderBusy, lock_data_folder
     from pacskit.server.server import open_store
 
-    settings = _server_settings(config, data_dir)
-    store = open_store(settings)
+    settings = _existing_server_settings(config, data_dir)
     try:
-        report = store.reindex()
-    finally:
-        store.close()
+        lock = lock_data_folder(settings.data_path, "pacskit reindex")
+    except DataFolderBusy as exc:
+        typer.echo(f"error: {exc}: stop it before reindex", err=True)
+        raise typer.Exit(EXIT_FAILURE_STATUS) from None
+    with lock:
+        store = open_store(settings)
+        try:
+            report = store.reindex()
+        finally:
+            store.close()
     typer.echo(f"indexed {report.indexed} instances")
     for key, reason in report.skipped:
         typer.echo(f"skipped {key}: {reason}")

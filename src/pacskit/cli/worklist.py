@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, _server_settings, app
+from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, _existing_server_settings, app
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -48,8 +48,7 @@ def _worklist(config: str | None, data_dir: str | None) -> Iterator[WorklistStor
     from pacskit.store import Index
     from pacskit.store.worklist import WorklistStore
 
-    settings = _server_settings(config, data_dir)
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    settings = _existing_server_settings(config, data_dir)
     index = Index.open(settings.database_url)
     try:
         index.migrate()
