@@ -97,11 +97,15 @@ def _server_settings(config: str | None, data_dir: str | None, **overrides: obje
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _existing_server_settings(config: str | None, data_dir: str | None) -> ServerSettings:
+def _existing_server_settings(config: str | None, data_dir: str | None, *, create: bool = False) -> ServerSettings:
     """Settings of a server folder that must already exist, for every command that reads or repairs
-    one (``check``, ``reindex``, ``ae``, ``log``, ``worklist``): a mistyped ``--data-dir`` gets one
-    line and exit code 2, never a new empty folder reported as clean. Only ``serve`` creates folders."""
+    one (``check``, ``reindex``, ``log``, ``ae list|remove``, ``worklist list|update|remove``): a
+    mistyped ``--data-dir`` gets one line and exit code 2, never a new empty folder reported as clean.
+    ``create``: the command adds to the folder (``ae add``, ``worklist add|import``) and may create it,
+    as ``serve`` does."""
     settings = _server_settings(config, data_dir)
+    if create:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
     for what, path in (("server folder", settings.folder), ("data folder", settings.data_path)):
         if not path.is_dir():
             typer.echo(f"error: {what} {path} does not exist (see --data-dir / --config)", err=True)
@@ -147,18 +151,18 @@ ae_app = typer.Typer(
 app.add_typer(ae_app, name="ae")
 
 
-def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
+def _registry(config: str | None, data_dir: str | None, *, create: bool = False) -> FileAeRegistry:
     from pacskit.server.aetitles import AE_FILE, FileAeRegistry
 
-    settings = _existing_server_settings(config, data_dir)
+    settings = _existing_server_settings(config, data_dir, create=create)
     return FileAeRegistry(settings.folder / AE_FILE)
 
 
-def _running_api(config: str | None, data_dir: str | None) -> Any | None:
+def _running_api(config: str | None, data_dir: str | None, *, create: bool = False) -> Any | None:
     """An admin API client when the server of that folder is running, else ``None`` (edit the file)."""
     from pacskit.admin.manager import admin_client, api_reachable
 
-    folder = _existing_server_settings(config, data_dir).folder
+    folder = _existing_server_settings(config, data_dir, create=create).folder
     return admin_client(folder) if api_reachable(folder) else None
 
 
@@ -227,7 +231,7 @@ def ae_add(
             jwt_key=jwt_key,
             jwt_audience=jwt_audience,
         )
-        client = _running_api(config, data_dir)
+        client = _running_api(config, data_dir, create=True)
         if client is not None:
             with client:
                 body = entry.model_dump(mode="json")
@@ -236,7 +240,7 @@ def ae_add(
                 else:
                     _api_result(client.post("/ae-titles", json=body))
         else:
-            _registry(config, data_dir).add(entry, replace=replace)
+            _registry(config, data_dir, create=True).add(entry, replace=replace)
     except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None

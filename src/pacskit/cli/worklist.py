@@ -42,13 +42,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 @contextmanager
-def _worklist(config: str | None, data_dir: str | None) -> Iterator[WorklistStore]:
+def _worklist(config: str | None, data_dir: str | None, *, create: bool = False) -> Iterator[WorklistStore]:
     """The folder's worklist: its index database, migrated (only the index: no recovery of blobs, so
     this is safe while the server runs)."""
     from pacskit.store import Index
     from pacskit.store.worklist import WorklistStore
 
-    settings = _existing_server_settings(config, data_dir)
+    settings = _existing_server_settings(config, data_dir, create=create)  # create: add and import
     index = Index.open(settings.database_url)
     try:
         index.migrate()
@@ -90,7 +90,7 @@ def worklist_add(
     from pacskit.store.worklist import InvalidEntry
 
     entry = _entry(key, json_source)
-    with _worklist(config, data_dir) as worklist:
+    with _worklist(config, data_dir, create=True) as worklist:
         try:
             ids = worklist.add(entry, replace=replace)
         except InvalidEntry as exc:
@@ -178,7 +178,7 @@ def worklist_import(
         entries = [entry for _, entry in read_entries(paths)]
     except (InvalidEntry, OSError) as exc:
         raise _fail(str(exc)) from None
-    with _worklist(config, data_dir) as worklist:
+    with _worklist(config, data_dir, create=True) as worklist:
         try:
             ids = worklist.add_many(entries, replace=replace)
         except InvalidEntry as exc:
