@@ -26,12 +26,12 @@ import pytest
 from pacskit.admin.manager import api_reachable
 from pacskit.server.settings import load_settings
 from pacskit.store.journal import IngestJournal, recorded_keys
-from pacskit.testing.peers import run_echoscu, have_dcmtk
+from pacskit.testing.peers import have_dcmtk, run_echoscu
 
 
 def _pacskit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pacskit", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Self
 
 LOCK_FILE = "pacskit.lock"
 
@@ -49,7 +50,7 @@ class DataFolderLock:
             os.close(self.fd)  # closing the last descriptor of the open file releases the flock
             self.fd = -1
 
-    def __enter__(self) -> DataFolderLock:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
