@@ -333,7 +333,7 @@ def _good_copies(folder: Path, n: int) -> list[Path]:
 @pytest.mark.pynetdicom
 @pytest.mark.usefixtures("need_dcmtk")
 def test_unparseable_c_store_is_refused_the_association_goes_on_and_the_study_moves(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path) -> None:
     """pynetdicom sends MR_truncated.dcm (cut inside Pixel Data) and SC_rgb_jpeg.dcm (Implicit VR bytes on a
     JPEG Baseline context) exactly as they are on disk, between two good instances of the first one's study,
     on one association (DCMTK's storescu refuses to send either file). Each bad one gets 0xC000 with an
@@ -396,8 +396,17 @@ def test_unparseable_c_store_is_refused_the_association_goes_on_and_the_study_mo
 
     async def run() -> None:
         async with Server(settings) as server:
-            with caplog.at_level(logging.WARNING):
+            records: list[logging.LogRecord] = []
+            handler = logging.Handler(logging.WARNING)
+            handler.emit = records.append  # type: ignore[method-assign]
+            addin_log = logging.getLogger("pacskit.addin.storage")  # the add-in's own logger (base.log)
+            addin_log.addHandler(handler)
+            level, addin_log.level = addin_log.level, logging.WARNING  # whatever earlier tests configured
+            try:
                 answers = await asyncio.to_thread(send, server.port)
+            finally:
+                addin_log.removeHandler(handler)
+                addin_log.level = level
             assert answers == [
                 ("good0", 0x0000, ""),
                 ("truncated", 0xC000, "dataset truncated in (7FE0,0010) PixelData"),
@@ -405,7 +414,7 @@ def test_unparseable_c_store_is_refused_the_association_goes_on_and_the_study_mo
                 ("echo", 0x0000, ""),
                 ("good1", 0x0000, ""),
             ]
-            logged = [r.getMessage() for r in caplog.records if "refused (0xC000)" in r.getMessage()]
+            logged = [r.getMessage() for r in records if "refused (0xC000)" in r.getMessage()]
             assert len(logged) == 2
             assert "8192 bytes, 8130 left" in logged[0] and "byte 1154 of the dataset" in logged[0]
             assert "does not parse as JPEG Baseline" in logged[1]
