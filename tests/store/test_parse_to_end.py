@@ -34,7 +34,7 @@ from pacskit.store import (
 )
 from pacskit.store.extract import scan_instance
 from pacskit.store.nesting import TooDeep, check_nesting
-from pacskit.testing.peers import dcmtk_tool
+from pacskit.testing.peers import dcmtk_tool, have_dcmtk
 from pacskit.testing.synth import make_dataset
 
 _ROOT = Path(pydicom.data.__file__).parent
@@ -215,8 +215,9 @@ def _item(length: int = 0xFFFFFFFF, elem: int = 0xE000) -> bytes:
     (_seq(0x00081110, 8 + 12) + _item(16) + _element(0x00081150, b"UI", b"1.2\x00") + _element(0x00204000, b"LT", b"ok"),
      "length overruns"),
     (_seq(0x00081110, 8) + _element(0x00081150, b"UI", b"1.2\x00"), "no item in sequence"),
-    (_item(0, 0xE00D), "unexpected delimiter"),  # an item delimiter at the top level
-    (_item(0, 0xE0DD), "unexpected delimiter"),
+    (_item(0, 0xE0DD), "unexpected delimiter"),  # a sequence delimiter at the top level (DCMTK refuses it too)
+    (_seq(0x00081110, 20) + _item(12) + _element(0x00081150, b"UI", b"1.2\x00") + _item(0, 0xE0DD),
+     "unexpected delimiter"),  # one after a defined-length sequence (DCMTK refuses it too)
     (struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF) + _item(0) + _item(100) + b"\x00" * 8
      + _item(0, 0xE0DD), "dataset truncated"),  # a fragment longer than what is left
     (struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF) + _item(0) + _item(4) + b"\x00" * 4,
@@ -229,6 +230,28 @@ def test_structure_errors_are_refused(tmp_path: Path, body: bytes, reason: str) 
     path = _part10(tmp_path / "bad.dcm", ds, EXPLICIT_LE, head + body)
     walked = check_nesting(path, read_part10_header(path).dataset_offset, EXPLICIT_LE)
     assert walked.problem is not None and walked.problem.reason.startswith(reason), walked.problem
+
+
+@pytest.mark.parametrize("body", [
+    _item(0, 0xE00D),  # an item delimiter with no item to close
+    _seq(0x00081110, 28) + _item(20) + _element(0x00081150, b"UI", b"1.2\x00") + _item(0, 0xE00D),  # in a defined item
+    b"\x00" * 8,  # NUL padding after the last element
+    b"\x00" * 32,
+    _element(0x00104000, b"LT", b"abc")[:-1] + b"c",  # an odd value length (3)
+    struct.pack("<HH2sHL", 0x0009, 0x1010, b"XX", 0, 2) + b"ab",  # an unknown VR: 32-bit length, as DCMTK
+], ids=["stray-item-delimiter", "item-delimiter-in-defined-item", "nul-padding", "odd-nul-padding",
+        "odd-length", "unknown-vr"])
+def test_sloppy_but_harmless_datasets_are_accepted(tmp_path: Path, body: bytes) -> None:
+    """What DCMTK reads too (checked when it is installed). Fewer than 8 NUL bytes after the last element
+    are refused (a header cut short, as DCMTK says too)."""
+    ds = make_dataset(rows=2, cols=2)
+    head, _ = _encode(ds, EXPLICIT_LE)
+    path = _part10(tmp_path / "sloppy.dcm", ds, EXPLICIT_LE, head + body)
+    walked = check_nesting(path, read_part10_header(path).dataset_offset, EXPLICIT_LE)
+    assert walked.complete, walked.problem
+    if have_dcmtk():
+        assert subprocess.run([dcmtk_tool("dcmdump"), "-q", str(path)], capture_output=True, timeout=60,
+                              check=False).returncode == 0
 
 
 @pytest.mark.parametrize("transfer_syntax", [EXPLICIT_LE, EXPLICIT_BE])

@@ -19,8 +19,10 @@ refuses such a dataset (status 0xC000) rather than archive bytes nobody can read
 the same datasets: ``dcmdump`` over pydicom's corpus agrees with the walk (tests/store/test_parse_to_end.py)
 but for a DICOMDIR whose last item claims 24 bytes more than the file holds, which DCMTK's file reader
 lets pass and the walk refuses. What is
-sloppy but harmless is accepted: odd value lengths, unknown (well-formed) VRs, elements out of order,
-non-zero lengths on delimiters.
+sloppy but harmless is accepted, as DCMTK accepts it: odd value lengths, unknown (well-formed) VRs
+(read with a 32-bit length, like the VRs added lately: UC, UR, OD, OL, OV, SV, UV; DCMTK does too),
+elements out of order, an item delimiter with no item to close, 8 or more NUL bytes after the
+last element.
 
 A value of VR UN with undefined length is a sequence encoded in Implicit VR Little Endian, whatever
 the transfer syntax (PS3.5 6.2.2): its items are walked as such.
@@ -252,6 +254,8 @@ def _walk(fh: BinaryIO, start: int, implicit_ts: bool, big_ts: bool, limit: int,
                 close(stack.pop(), at)
                 changed = True
                 continue
+            if elem == _ITEM_END and u32.unpack_from(head, 4)[0] == 0:
+                continue  # a stray item delimiter (no item to close): nothing to lose, DCMTK skips it too
             raise fail(DELIMITER, f"(FFFE,{elem:04X}) where an element was expected", top.tag if top else None, at)
         vr: bytes | None = None
         if implicit:
@@ -264,8 +268,12 @@ def _walk(fh: BinaryIO, start: int, implicit_ts: bool, big_ts: bool, limit: int,
         else:
             vr = head[4:6]
             if vr not in _KNOWN_VRS and not (vr.isalpha() and vr.isupper()):  # bytes: ASCII letters
+                if tag == 0 and top is None and _zeros_to_end(fh, at, size):
+                    # NUL padding after the last element (DCMTK reads past it too). At least a whole
+                    # header of NULs, (0000,0000), which no dataset holds: never a header cut short.
+                    return
                 raise fail(BAD_VR, f"invalid VR bytes 0x{vr.hex().upper()}", tag, at)
-            if vr in _LONG_VRS:
+            if vr in _LONG_VRS or vr not in _KNOWN_VRS:  # a VR newer than us: 32-bit length (PS3.5 7.1.2)
                 if pos + 4 > bound:
                     raise short("an element header", tag, at, bound)
                 extra = fh.read(4)
@@ -325,6 +333,17 @@ def _walk(fh: BinaryIO, start: int, implicit_ts: bool, big_ts: bool, limit: int,
             continue
         pos += length
         fh.seek(pos)
+
+
+def _zeros_to_end(fh: BinaryIO, pos: int, size: int) -> bool:
+    """Whether the data from ``pos`` to the end is all NUL bytes (padding some writers leave)."""
+    fh.seek(pos)
+    while pos < size:
+        chunk = fh.read(min(size - pos, _BUFFER))
+        if not chunk or chunk.count(0) != len(chunk):
+            return False
+        pos += len(chunk)
+    return True
 
 
 # Malformed.reason: short, followed by " in <tag>" in an Error Comment (64 characters in all)
