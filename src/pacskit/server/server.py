@@ -27,6 +27,7 @@ from pacskit.net.services import DuplicateHandler
 from pacskit.server.access import AccessControl, is_open
 from pacskit.server.addin_manager import AddInError, AddInManager
 from pacskit.server.aetitles import AE_FILE, AeTitles, FileAeRegistry
+from pacskit.server.datalock import DataFolderBusy, DataFolderLock, lock_data_folder
 from pacskit.server.dicom_request import DicomRequest
 from pacskit.server.logconfig import addin_logger
 from pacskit.server.settings import ServerSettings, load_settings
@@ -111,6 +112,9 @@ class Server:
 
     ``addin_classes`` replaces discovery (tests, embedding); otherwise add-ins come from entry points and
     ``<folder>/addins/``. ``store``, ``ae_titles`` and ``dicom_request`` replace the default base services.
+    A server that opens its own store (no ``store``, not a worker) holds its data folder's lock
+    (:mod:`pacskit.server.datalock`) from :meth:`start` to :meth:`stop`: ``data_lock`` if the caller
+    took it first, else it takes it (:class:`ServerError` naming the holder when another process has it).
     """
 
     def __init__(
@@ -123,7 +127,7 @@ class Server:
         ae_titles: AeTitles | None = None,
         dicom_request: DicomRequest | None = None,
         worker: bool = False,
-        data_lock: Any = None,
+        data_lock: DataFolderLock | None = None,
     ) -> None:
         self.settings = settings
         self.worker = worker  # one of several processes sharing the port and the store
@@ -157,8 +161,6 @@ class Server:
             return self._store
         if self._data_lock is None and not self.worker:
             # One server per data folder, before recovery touches anything (DataFolderBusy: nothing done)
-            from pacskit.server.datalock import DataFolderBusy, lock_data_folder
-
             self.settings.data_path.mkdir(parents=True, exist_ok=True)
             try:
                 self._data_lock = lock_data_folder(self.settings.data_path, "pacskit server")
@@ -509,8 +511,6 @@ def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
         return _run_server(settings, worker=True, data_lock=None)
     # One server per data folder: the lock before anything else (logging files, recovery, sockets),
     # held until this process ends; a refused start touches nothing.
-    from pacskit.server.datalock import DataFolderBusy, lock_data_folder
-
     try:
         settings.data_path.mkdir(parents=True, exist_ok=True)
         data_lock = lock_data_folder(settings.data_path, "pacskit serve")
@@ -529,7 +529,7 @@ def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
         return _run_server(settings, worker=False, data_lock=data_lock)
 
 
-def _run_server(settings: ServerSettings, *, worker: bool, data_lock: Any) -> int:
+def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolderLock | None) -> int:
     async def run() -> int:
         server = Server(settings, worker=worker, data_lock=data_lock)
         try:
