@@ -165,3 +165,26 @@ def test_a_missing_data_folder_is_one_line_and_stays_missing(tmp_path: Path, com
     ], result.stderr
     assert result.stdout == ""
     assert not missing.exists()
+
+
+def test_an_embedded_second_server_is_refused_too(tmp_path: Path) -> None:
+    """``Server`` used from Python takes the same lock (ServerError naming our pid), and gives it back at stop."""
+    import asyncio
+
+    from pacskit.server.server import Server, ServerError
+
+    folder = tmp_path / "pacs"
+    folder.mkdir()
+    (folder / "server.toml").write_text('ae_title = "LOCKPACS"\nport = 0\n')
+    settings = load_settings(folder)
+
+    async def run() -> None:
+        async with Server(settings):
+            receiving, blob, journal = _in_flight(folder)
+            with pytest.raises(ServerError, match=f"in use by pid {os.getpid()} \\(pacskit server\\)"):
+                await Server(load_settings(folder)).start()
+            assert receiving.exists() and blob.exists() and key_recorded(journal)
+        async with Server(load_settings(folder)):  # stopped: the folder is free again
+            pass
+
+    asyncio.run(run())
