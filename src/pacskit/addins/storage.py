@@ -13,7 +13,10 @@ Statuses (PS3.4 B.2.3, PS3.7 C):
 0xA700    out of resources (disk full, dataset above the size cap, deflated dataset inflating
           beyond 256 MiB)
 0xA900    dataset does not match the command (SOP Class / Instance UID differ)
-0xC000    cannot understand (unparseable header, missing or invalid UIDs, nesting too deep)
+0xC000    cannot understand: the dataset does not parse to its last byte in the negotiated transfer
+          syntax (cut short, e.g. inside Pixel Data; Implicit VR bytes on an Explicit VR context;
+          an item or sequence left open), unparseable header, missing or invalid UIDs, nesting
+          too deep. Nothing is kept; the association goes on.
 ========  ==================================================================================
 
 UIDs that break PS3.5 9.1 harmlessly (a component with a leading zero, a letter, 65 to 128
@@ -93,7 +96,7 @@ class StorageAddIn(AddIn):
                 request.sop_instance_uid,
                 request.assoc.remote_ae_title,
                 status,
-                exc,
+                getattr(exc, "detail", None) or exc,  # UnparseableDataset: where and what, in bytes
             )
             # Error Comment is an LO (64 characters): say the essential first; the log has the details.
             comment = "dataset UID differs from the C-STORE command" if status == 0xA900 else str(exc)

@@ -112,6 +112,22 @@ def _server_settings(config: str | None, data_dir: str | None, **overrides: obje
         raise typer.Exit(EXIT_USAGE) from None
 
 
+def _existing_server_settings(config: str | None, data_dir: str | None, *, create: bool = False) -> ServerSettings:
+    """Settings of a server folder that must already exist, for every command that reads or repairs
+    one (``check``, ``reindex``, ``log``, ``ae list|remove``, ``worklist list|update|remove``): a
+    mistyped ``--data-dir`` gets one line and exit code 2, never a new empty folder reported as clean.
+    ``create``: the command adds to the folder (``ae add``, ``worklist add|import``) and may create it,
+    as ``serve`` does."""
+    settings = _server_settings(config, data_dir)
+    if create:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+    for what, path in (("server folder", settings.folder), ("data folder", settings.data_path)):
+        if not path.is_dir():
+            typer.echo(f"error: {what} {path} does not exist (see --data-dir / --config)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+    return settings
+
+
 ConfigOpt = Annotated[
     Optional[str], typer.Option("--config", help="server.toml (or the server folder holding it)")
 ]
@@ -172,18 +188,18 @@ ae_app = typer.Typer(
 app.add_typer(ae_app, name="ae")
 
 
-def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
+def _registry(config: str | None, data_dir: str | None, *, create: bool = False) -> FileAeRegistry:
     from pacskit.server.aetitles import AE_FILE, FileAeRegistry
 
-    settings = _server_settings(config, data_dir)
+    settings = _existing_server_settings(config, data_dir, create=create)
     return FileAeRegistry(settings.folder / AE_FILE)
 
 
-def _running_api(config: str | None, data_dir: str | None) -> Any | None:
+def _running_api(config: str | None, data_dir: str | None, *, create: bool = False) -> Any | None:
     """An admin API client when the server of that folder is running, else ``None`` (edit the file)."""
     from pacskit.admin.manager import admin_client, api_reachable
 
-    folder = _server_settings(config, data_dir).folder
+    folder = _existing_server_settings(config, data_dir, create=create).folder
     return admin_client(folder) if api_reachable(folder) else None
 
 
@@ -252,7 +268,7 @@ def ae_add(
             jwt_key=jwt_key,
             jwt_audience=jwt_audience,
         )
-        client = _running_api(config, data_dir)
+        client = _running_api(config, data_dir, create=True)
         if client is not None:
             with client:
                 body = entry.model_dump(mode="json")
@@ -261,7 +277,7 @@ def ae_add(
                 else:
                     _api_result(client.post("/ae-titles", json=body))
         else:
-            _registry(config, data_dir).add(entry, replace=replace)
+            _registry(config, data_dir, create=True).add(entry, replace=replace)
     except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"error: {one_line(exc)}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -334,11 +350,13 @@ def check(
     no_hash: Annotated[bool, typer.Option("--no-hash", help="compare sizes only (faster)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts)."""
+    """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts).
+
+    Only inspects: safe while the server runs (no recovery, no temp file or journal touched)."""
     from pacskit.server.server import open_store
 
-    settings = _server_settings(config, data_dir)
-    store = open_store(settings)
+    settings = _existing_server_settings(config, data_dir)
+    store = open_store(settings, recover=False)
     try:
         with _progress_bar("checking", quiet) as advance:
             report = store.check(verify_hash=not no_hash, progress=advance)
@@ -354,16 +372,23 @@ def reindex(
     config: ConfigOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Rebuild the index from the stored files (run with the server stopped)."""
+    """Rebuild the index from the stored files (refused while a server holds the data folder)."""
+    from pacskit.server.datalock import DataFolderBusy, lock_data_folder
     from pacskit.server.server import open_store
 
-    settings = _server_settings(config, data_dir)
-    store = open_store(settings)
+    settings = _existing_server_settings(config, data_dir)
     try:
-        with _progress_bar("indexing", quiet) as advance:
-            report = store.reindex(progress=advance)
-    finally:
-        store.close()
+        lock = lock_data_folder(settings.data_path, "pacskit reindex")
+    except DataFolderBusy as exc:
+        typer.echo(f"error: {exc}: stop it before reindex", err=True)
+        raise typer.Exit(EXIT_FAILURE_STATUS) from None
+    with lock:
+        store = open_store(settings)
+        try:
+            with _progress_bar("indexing", quiet) as advance:
+                report = store.reindex(progress=advance)
+        finally:
+            store.close()
     typer.echo(f"indexed {report.indexed} instances")
     for key, reason in report.skipped:
         typer.echo(f"skipped {key}: {reason}")

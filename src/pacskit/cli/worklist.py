@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, _server_settings, app
+from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, _existing_server_settings, app
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -42,14 +42,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 @contextmanager
-def _worklist(config: str | None, data_dir: str | None) -> Iterator[WorklistStore]:
+def _worklist(config: str | None, data_dir: str | None, *, create: bool = False) -> Iterator[WorklistStore]:
     """The folder's worklist: its index database, migrated (only the index: no recovery of blobs, so
     this is safe while the server runs)."""
     from pacskit.store import Index
     from pacskit.store.worklist import WorklistStore
 
-    settings = _server_settings(config, data_dir)
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    settings = _existing_server_settings(config, data_dir, create=create)  # create: add and import
     index = Index.open(settings.database_url)
     try:
         index.migrate()
@@ -95,7 +94,7 @@ def worklist_add(
     from pacskit.store.worklist import InvalidEntry
 
     entry = _entry(key, json_source)
-    with _worklist(config, data_dir) as worklist:
+    with _worklist(config, data_dir, create=True) as worklist:
         try:
             ids = worklist.add(entry, replace=replace)
         except InvalidEntry as exc:
@@ -184,7 +183,7 @@ def worklist_import(
 
     with disable_value_validation():  # one line per problem (ours), not pydicom's warnings
         entries = _read_for_import(paths)
-    with _worklist(config, data_dir) as worklist:
+    with _worklist(config, data_dir, create=True) as worklist:
         try:
             ids = worklist.add_many(entries, replace=replace)
         except InvalidEntry as exc:

@@ -24,6 +24,9 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+#: PS3.5 A.4.11: an Explicit VR Little Endian dataset whose encapsulated frames are each deflated (not a
+#: deflated dataset, unlike 1.2.840.10008.1.2.1.99). pydicom 3.0 does not list it.
+DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
 
 #: Uncompressed transfer syntaxes, in the order an acceptor prefers them by default.
 UNCOMPRESSED_TRANSFER_SYNTAXES: tuple[str, ...] = (
@@ -49,9 +52,10 @@ def _all_transfer_syntaxes() -> tuple[str, ...]:
     MPEG/HEVC, deflated image frames)."""
     from pydicom.uid import AllTransferSyntaxes
 
-    return UNCOMPRESSED_TRANSFER_SYNTAXES + tuple(
-        str(ts) for ts in AllTransferSyntaxes if str(ts) not in UNCOMPRESSED_TRANSFER_SYNTAXES
-    )
+    compressed = [str(ts) for ts in AllTransferSyntaxes if str(ts) not in UNCOMPRESSED_TRANSFER_SYNTAXES]
+    if DEFLATED_IMAGE_FRAME_COMPRESSION not in compressed:
+        compressed.append(DEFLATED_IMAGE_FRAME_COMPRESSION)
+    return UNCOMPRESSED_TRANSFER_SYNTAXES + tuple(compressed)
 
 
 @dataclass(slots=True)

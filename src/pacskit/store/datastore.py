@@ -122,6 +122,7 @@ class CheckReport:
     instances_checked: int = 0
     blobs_seen: int = 0
     problems: list[Problem] = field(default_factory=list)
+    in_flight: int = 0  # blobs of ingests in flight (or interrupted: start-up recovery removes them)
 
     @property
     def ok(self) -> bool:
@@ -131,7 +132,8 @@ class CheckReport:
         return [p for p in self.problems if p.kind == kind]
 
     def __str__(self) -> str:
-        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs: "
+        flight = f" ({self.in_flight} of ingests in flight)" if self.in_flight else ""
+        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs{flight}: "
         if self.ok:
             return head + "no problem"
         return head + f"{len(self.problems)} problems\n" + "\n".join(
@@ -527,8 +529,10 @@ class DataStore:
         """Compare the index and the blobs; report every difference (nothing is changed).
 
         Every row must have its blob with the recorded size and (``verify_hash``) SHA-256; every blob
-        must have a row; the per-level counts and ModalitiesInStudy must match the rows. Meant for a
-        quiet archive: a blob being ingested while the check runs can show up as an orphan.
+        must have a row; the per-level counts and ModalitiesInStudy must match the rows. Only reads:
+        safe while a server ingests. A blob without a row that an ingest journal records is counted in
+        ``in_flight``, not reported: its ingest is in flight (or a crash interrupted it, and start-up
+        recovery removes it; it was never acknowledged).
         """
         report = CheckReport()
         referenced: set[str] = set()
@@ -546,11 +550,31 @@ class DataStore:
             report.blobs_seen += 1
             if key not in referenced:
                 candidates.append(key)
+        # Read after the listing: an ingest journals its key before its blob appears, and ends the
+        # record only once its row is committed (referenced, below) or its blob deleted (gone, below).
+        in_flight = self._journalled_keys() if candidates else set()
         for key in candidates:  # re-check: rows committed while we were listing are not orphans
-            if not self.index.is_blob_referenced(key):
+            if self.index.is_blob_referenced(key):
+                continue
+            if key in in_flight:
+                # an ingest in flight (its row is not committed yet), or one a crash interrupted: never
+                # acknowledged, and start-up recovery deletes it. Not an orphan.
+                report.in_flight += 1
+                continue
+            if self.blobs.exists(key):  # an ingest that failed meanwhile deleted it
                 report.problems.append(Problem("orphan-blob", f"blob {key} has no index row", key))
         report.problems.extend(self._check_counts())
         return report
+
+    def _journalled_keys(self) -> set[str]:
+        """Blob keys the ingest journals (every process's) record as in flight right now."""
+        folder = getattr(self.blobs, "journal_dir", None)
+        if folder is None:
+            return set()
+        keys: set[str] = set()
+        for path in journal_files(folder):
+            keys.update(recorded_keys(path))
+        return keys
 
     def _check_counts(self) -> list[Problem]:
         from sqlalchemy import func

@@ -27,8 +27,9 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from pacskit.store import models as m
+from pacskit.net.presentation import DEFLATED_IMAGE_FRAME_COMPRESSION
 from pacskit.net.sinks import InflationLimit, inflate
-from pacskit.store.nesting import check_nesting
+from pacskit.store.nesting import Malformed, check_nesting
 from pacskit.store.models import datetime_key, normalise_person_name
 
 #: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
@@ -95,6 +96,25 @@ class InvalidInstance(ValueError):
 
 class InstanceMismatch(InvalidInstance):
     """The dataset's SOP Class / Instance UID differs from the C-STORE command's (status 0xA900)."""
+
+
+class UnparseableDataset(InvalidInstance):
+    """The dataset does not parse to its end in its transfer syntax (truncated, or encoded in another
+    one, e.g. Implicit VR bytes on an Explicit VR context): status 0xC000, nothing is kept.
+
+    ``str()`` is short enough for an Error Comment; ``detail`` says what was found and where (byte
+    offset in the dataset, transfer syntax), for the log.
+    """
+
+    def __init__(self, problem: Malformed, transfer_syntax: str) -> None:
+        super().__init__(problem.reason + (" in" if problem.tag is not None else ""), problem.tag)
+        self.offset = problem.offset
+        self.detail = f"does not parse as {_syntax_name(transfer_syntax)}: {problem}"
+
+
+def _syntax_name(transfer_syntax: str) -> str:
+    name = UID(transfer_syntax).name
+    return name if name and name != transfer_syntax else transfer_syntax
 
 
 class InstanceTooLarge(InvalidInstance):
@@ -400,7 +420,9 @@ def _raw_dataset(values: dict[int, tuple[bytes | None, bytes]], little_endian: b
 
 
 def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
-    """(implicit VR, little endian, deflated) for a transfer syntax; unknown ones are explicit LE."""
+    """(implicit VR, little endian, deflated dataset) for a transfer syntax; unknown ones are explicit LE."""
+    if transfer_syntax == DEFLATED_IMAGE_FRAME_COMPRESSION:  # deflated frames, not a deflated dataset
+        return False, True, False
     uid = UID(transfer_syntax)
     try:
         return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
@@ -410,13 +432,14 @@ def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
 
 def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_syntax_uid: str,
                   source_ae: str | None = None) -> InstanceAttributes:
-    """Guard the nesting depth and read the indexed attributes in one pass over the file.
+    """Prove the dataset parses, guard the nesting depth and read the indexed attributes, in one pass.
 
     What ingest runs on every received instance: :func:`pacskit.store.nesting.check_nesting` walks
-    the element headers (raising :class:`~pacskit.store.nesting.TooDeep`) and collects the raw values
-    of :data:`WALK_TAGS` on the way; :func:`attributes_from_walk` decodes them. Deflated datasets,
-    and files the walk could not finish (truncated, odd), are read by pydicom instead, so their error
-    is reported precisely. Raises :class:`InvalidInstance`.
+    the element headers to the last byte (raising :class:`~pacskit.store.nesting.TooDeep`) and
+    collects the raw values of :data:`WALK_TAGS` on the way; :func:`attributes_from_walk` decodes
+    them. A deflated dataset is inflated (never beyond :data:`MAX_INFLATED`, the stream must end) and
+    the result walked. Raises :class:`UnparseableDataset` when the dataset does not parse to its end
+    (truncated, not in its transfer syntax), :class:`InvalidInstance` for the rest.
     """
     implicit, little, deflated = _flags(transfer_syntax_uid)
     if deflated:  # walk the inflated dataset (explicit VR little endian), never more than MAX_INFLATED
@@ -433,7 +456,9 @@ def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_sy
                 pass
     else:
         walked = check_nesting(path, dataset_offset, transfer_syntax_uid, collect=WALK_TAGS)
-    if not walked.complete:
+    if walked.problem is not None:
+        raise UnparseableDataset(walked.problem, transfer_syntax_uid)
+    if not walked.complete:  # not walked (cannot happen for what ingest hands in): pydicom reads it
         return read_index_attributes(path, dataset_offset)
     return attributes_from_walk(walked.values, transfer_syntax_uid, source_ae,
                                 little_endian=little, implicit_vr=implicit)
