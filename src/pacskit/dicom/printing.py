@@ -232,7 +232,7 @@ def prepare_print_image(
     samples); a colour image printed in grayscale is reduced to its luminance (ITU-R BT.601).
     """
     import numpy as np
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
+    from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
 
     if bits not in (8, 12):
         raise ValueError("bits must be 8 or 12")
@@ -283,7 +283,7 @@ def prepare_print_image(
         scaled = out_max - scaled
     pixels = np.clip(np.round(scaled), 0, out_max).astype(np.uint8 if bits == 8 else np.uint16)
     if color:
-        return PrintImage(np.repeat((pixels if bits == 8 else (pixels >> 4)).astype(np.uint8)[..., None], 3, axis=2), 8)
+        return PrintImage(np.repeat((pixels if bits == 8 else np.right_shift(pixels, 4)).astype(np.uint8)[..., None], 3, axis=2), 8)
     return PrintImage(pixels, bits)
 
 
