@@ -44,7 +44,8 @@ from pacskit.dicom.printing import (
     parse_display_format,
     prepare_print_image,
 )
-from pacskit.net import CommandField, status_category
+from pacskit.dicom.status import status_category
+from pacskit.net import CommandField
 
 __all__ = ["FilmBoxRef", "PrintFailed", "PrintResult", "PrintScu", "PrinterInfo", "display_format"]
 
@@ -53,14 +54,28 @@ class PrintFailed(Exception):
     """The printer refused a step of a print: ``step`` (e.g. "Film Box N-CREATE"), ``status``, the
     attribute at fault if the printer named it, and its Error Comment."""
 
-    def __init__(self, step: str, status: int, comment: str = "", attribute: str = "") -> None:
+    def __init__(self, step: str, status: int, comment: str = "", attribute: str = "", requested: str = "") -> None:
         self.step, self.status, self.comment, self.attribute = step, status, comment, attribute
-        text = f"{step} refused with 0x{status:04X}"
+        self.requested = requested
+        text = f"{step} refused with 0x{status:04X} ({_STATUS_TEXT.get(status, 'failure')})"
         if attribute:
-            text += f" ({attribute})"
+            text += f", attribute {attribute}"
         if comment:
             text += f": {comment}"
+        if requested:
+            text += f"; we asked for {requested}"
         super().__init__(text)
+
+
+_STATUS_TEXT = {
+    0x0105: "no such attribute", 0x0106: "invalid attribute value", 0x0110: "processing failure",
+    0x0112: "no such object instance", 0x0116: "attribute value out of range", 0x0118: "no such SOP class",
+    0x0120: "missing attribute", 0x0121: "missing attribute value", 0x0122: "SOP class not supported",
+    0x0123: "no such action", 0x0124: "not authorized", 0x0211: "unrecognized operation",
+    0x0213: "resource limitation", 0xC600: "film session has no film boxes", 0xC601: "print queue full",
+    0xC602: "print queue full", 0xC603: "image larger than the image box", 0xC605: "insufficient printer memory",
+    0xC613: "combined print image larger than the image box", 0xC616: "previous film box not printed",
+}
 
 
 @dataclass(slots=True)
@@ -307,7 +322,8 @@ class PrintScu(NServiceScu):
                 raise PrintFailed("Printer N-GET", 0, f"the printer reports FAILURE: {printer.info}")
         session = await self.create_session(copies=copies, priority=priority, medium=medium, destination=destination,
                                             label=label)
-        self._check("Film Session N-CREATE", session, result)
+        self._check("Film Session N-CREATE", session, result, {"NumberOfCopies": copies, "PrintPriority": priority,
+                                                                "MediumType": medium, "FilmDestination": destination})
         session_uid = session.affected_sop_instance_uid or (session.dataset or Dataset()).get("SOPInstanceUID", "")
         if not session_uid:
             raise PrintFailed("Film Session N-CREATE", session.status, "the printer did not say the film session's UID")
@@ -318,7 +334,10 @@ class PrintScu(NServiceScu):
                     session_uid, layout_text, orientation=orientation, film_size=film_size, magnification=magnification,
                     border_density=border_density, empty_image_density=empty_image_density, trim=trim,
                     annotation_format="TITLE" if annotations else None)
-                self._check("Film Box N-CREATE", film.result, result)
+                asked = {"ImageDisplayFormat": layout_text, "FilmSizeID": film_size, "FilmOrientation": orientation,
+                         "MagnificationType": magnification, "BorderDensity": border_density,
+                         "EmptyImageDensity": empty_image_density, "Trim": trim}
+                self._check("Film Box N-CREATE", film.result, result, asked)
                 if len(film.image_boxes) < len(chunk):
                     raise PrintFailed("Film Box N-CREATE", film.result.status,
                                       f"the printer made {len(film.image_boxes)} image boxes for {layout_text}")
@@ -342,9 +361,17 @@ class PrintScu(NServiceScu):
         return result
 
     @staticmethod
-    def _check(step: str, answer: NResult, result: PrintResult) -> None:
+    def _check(step: str, answer: NResult, result: PrintResult, asked: dict[str, Any] | None = None) -> None:
+        """Record a warning; raise :class:`PrintFailed` for a failure, with the values we asked for
+        (the attribute the printer named first, or all of them when it named none: DCMTK's
+        dcmprscp answers 0x0106 without saying which)."""
         category = status_category(answer.status)
         if category == "Warning":
             result.warnings.append((step, answer.status, answer.error_comment))
         elif category != "Success":
-            raise PrintFailed(step, answer.status, answer.error_comment, _attribute_names(answer))
+            named = _attribute_names(answer)
+            values = {k: v for k, v in (asked or {}).items() if v is not None}
+            if named and any(n in values for n in named.split(", ")):
+                values = {k: v for k, v in values.items() if k in named.split(", ")}
+            requested = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise PrintFailed(step, answer.status, answer.error_comment, named, requested)
