@@ -15,7 +15,10 @@ numpy is imported where pixels are touched (the ``codecs`` or ``print`` extra), 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
+
+from pacskit.dicom.status import Status
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,6 +42,7 @@ __all__ = [
     "DisplayFormat",
     "PrintError",
     "PrintImage",
+    "PrintStatus",
     "decode_image_box_item",
     "film_size_mm",
     "image_box_item",
@@ -74,6 +78,26 @@ FILM_SIZES: dict[str, tuple[float, float]] = {
     "A4": (210.0, 297.0),
     "A3": (297.0, 420.0),
 }
+
+
+class PrintStatus(IntEnum):
+    """The Print Management statuses of PS3.4 H.4 (the general ones are :class:`pacskit.dicom.status.Status`)."""
+
+    MEMORY_ALLOCATION_NOT_SUPPORTED = 0xB600
+    COLLATION_NOT_SUPPORTED = 0xB601
+    SESSION_EMPTY_PAGE = 0xB602  # film session: no image box has an image
+    FILM_BOX_EMPTY_PAGE = 0xB603  # film box: no image box has an image
+    IMAGE_DEMAGNIFIED = 0xB604
+    DENSITY_OUT_OF_RANGE = 0xB605  # Min/Max Density outside the printer's range: its own used
+    IMAGE_CROPPED = 0xB609
+    IMAGE_DECIMATED = 0xB60A
+    NO_FILM_BOXES = 0xC600  # film session N-ACTION without film boxes
+    SESSION_QUEUE_FULL = 0xC601  # film session N-ACTION: no print job could be made
+    FILM_BOX_QUEUE_FULL = 0xC602  # film box N-ACTION: no print job could be made
+    IMAGE_TOO_LARGE = 0xC603
+    INSUFFICIENT_MEMORY = 0xC605
+    COMBINED_IMAGE_TOO_LARGE = 0xC613
+    FILM_BOX_NOT_PRINTED = 0xC616
 
 
 class PrintError(Exception):
@@ -331,7 +355,7 @@ def decode_image_box_item(item: Dataset, *, color: bool, max_pixels: int) -> npt
     def need(keyword: str, tag: int) -> Any:
         value = item.get(keyword)
         if value is None or value == "":
-            raise PrintError(0x0120, f"image box item without {keyword}", tag)
+            raise PrintError(Status.MISSING_ATTRIBUTE, f"image box item without {keyword}", tag)
         return value
 
     rows = int(need("Rows", 0x00280010))
@@ -341,29 +365,29 @@ def decode_image_box_item(item: Dataset, *, color: bool, max_pixels: int) -> npt
     allocated = int(need("BitsAllocated", 0x00280100))
     stored = int(item.get("BitsStored", allocated) or allocated)
     if rows < 1 or columns < 1:
-        raise PrintError(0x0106, f"image box item of {rows} x {columns} pixels", 0x00280010)
+        raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, f"image box item of {rows} x {columns} pixels", 0x00280010)
     if rows * columns > max_pixels:
-        raise PrintError(0xC605, f"image of {rows} x {columns} pixels is more than the {max_pixels} this printer takes")
+        raise PrintError(PrintStatus.INSUFFICIENT_MEMORY, f"image of {rows} x {columns} pixels is more than the {max_pixels} this printer takes")
     if int(item.get("PixelRepresentation", 0) or 0) != 0:
-        raise PrintError(0x0106, "signed image box pixels (Pixel Representation must be 0)", 0x00280103)
+        raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, "signed image box pixels (Pixel Representation must be 0)", 0x00280103)
     if color:
         if samples != 3 or photometric != "RGB":
-            raise PrintError(0x0106, f"a color image box takes RGB with 3 samples, not {photometric} with {samples}", 0x00280004)
+            raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, f"a color image box takes RGB with 3 samples, not {photometric} with {samples}", 0x00280004)
         if allocated != 8 or stored != 8:
-            raise PrintError(0x0106, f"color image box pixels must be 8 bits, not {stored} in {allocated}", 0x00280100)
+            raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, f"color image box pixels must be 8 bits, not {stored} in {allocated}", 0x00280100)
     else:
         if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            raise PrintError(0x0106, f"a grayscale image box takes MONOCHROME1/2 with 1 sample, not {photometric} with {samples}", 0x00280004)
+            raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, f"a grayscale image box takes MONOCHROME1/2 with 1 sample, not {photometric} with {samples}", 0x00280004)
         if (allocated, stored) not in ((8, 8), (16, 12), (16, 16)):
-            raise PrintError(0x0106, f"grayscale image box pixels must be 8 bits in 8 or 12 in 16, not {stored} in {allocated}", 0x00280101)
+            raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, f"grayscale image box pixels must be 8 bits in 8 or 12 in 16, not {stored} in {allocated}", 0x00280101)
     raw = item.get("PixelData")
     if raw is None:
-        raise PrintError(0x0120, "image box item without Pixel Data", _PIXEL_DATA)
+        raise PrintError(Status.MISSING_ATTRIBUTE, "image box item without Pixel Data", _PIXEL_DATA)
     data = bytes(raw)
     expected = rows * columns * samples * (allocated // 8)
     # an odd length is padded to even on the wire
     if len(data) not in (expected, expected + (expected & 1)):
-        raise PrintError(0x0106, f"Pixel Data has {len(data)} bytes; {rows} x {columns} x {samples} samples of "
+        raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, f"Pixel Data has {len(data)} bytes; {rows} x {columns} x {samples} samples of "
                                  f"{allocated} bits need {expected}", _PIXEL_DATA)
     if color:
         planar = int(item.get("PlanarConfiguration", 1) or 0)

@@ -51,7 +51,9 @@ from pacskit.dicom.printing import (
     PRINTER,
     PRINTER_INSTANCE,
     PrintError,
+    PrintStatus,
 )
+from pacskit.dicom.status import Status
 from pacskit.net import CommandField, PresentationContext
 from pacskit.net import events as ev
 from pacskit.services import AddIn, AddInOptions, BaseServices, Handler, Permission, Request, Response, SupportedContext
@@ -69,15 +71,14 @@ from .session import (
 
 __all__ = ["PrintAddIn", "PrintJob", "PrintOptions"]
 
-NO_SUCH_ACTION = 0x0123
-NO_SUCH_SOP_CLASS = 0x0118
-NO_SUCH_INSTANCE = 0x0112
-PROCESSING_FAILURE = 0x0110
-NO_FILM_BOXES = 0xC600
-SESSION_QUEUE_FULL = 0xC601
-FILM_BOX_QUEUE_FULL = 0xC602
-SESSION_EMPTY_PAGE = 0xB602
-FILM_BOX_EMPTY_PAGE = 0xB603
+NO_SUCH_ACTION = Status.NO_SUCH_ACTION_TYPE
+NO_SUCH_SOP_CLASS = Status.NO_SUCH_SOP_CLASS
+NO_SUCH_INSTANCE = Status.NO_SUCH_SOP_INSTANCE
+NO_FILM_BOXES = PrintStatus.NO_FILM_BOXES
+SESSION_QUEUE_FULL = PrintStatus.SESSION_QUEUE_FULL
+FILM_BOX_QUEUE_FULL = PrintStatus.FILM_BOX_QUEUE_FULL
+SESSION_EMPTY_PAGE = PrintStatus.SESSION_EMPTY_PAGE
+FILM_BOX_EMPTY_PAGE = PrintStatus.FILM_BOX_EMPTY_PAGE
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
@@ -286,7 +287,7 @@ class PrintAddIn(AddIn):
             sop_class = self._allowed(request, _SET)
             ds = request.dataset
             if ds is None:
-                raise PrintError(0x0120, "N-SET without a modification list")
+                raise PrintError(Status.MISSING_ATTRIBUTE, "N-SET without a modification list")
             uid = request.sop_instance_uid
             state = entry.state
             if sop_class == BASIC_FILM_SESSION:
@@ -297,7 +298,7 @@ class PrintAddIn(AddIn):
                 return Response(warning)
             if sop_class == BASIC_ANNOTATION_BOX:
                 state.set_annotation_box(uid, ds)
-                return Response(0)
+                return Response(Status.SUCCESS)
             box, warning = state.set_image_box(uid, sop_class, ds)
             if box.pixels is not None:
                 self.base.log.debug("image box %s at %d: %s", uid, box.position, box.pixels.shape)
@@ -322,7 +323,7 @@ class PrintAddIn(AddIn):
                 ds = self.job_dataset(job)
             if wanted:
                 ds = _only(ds, wanted)
-            return Response(0, ds)
+            return Response(Status.SUCCESS, ds)
 
         return await self._run(request, body)
 
@@ -341,15 +342,15 @@ class PrintAddIn(AddIn):
         return ds
 
     def _check_printer(self) -> tuple[str, str]:
-        """FAILURE while the spool folder cannot be written (the last print failed on it), WARNING
-        when it has less than 100 MB free, else NORMAL."""
+        """FAILURE / PRINTER DOWN while the spool folder cannot be written (the last print failed on
+        it), WARNING / SUPPLY LOW when it has less than 100 MB free, else NORMAL."""
         status, info = self.printer_status
         if status == "FAILURE":
             return status, info
         try:
             free = shutil.disk_usage(self.spool_dir).free
-        except OSError as exc:
-            return "FAILURE", f"spool folder: {exc.strerror or exc}"[:64]
+        except OSError:
+            return "FAILURE", "PRINTER DOWN"
         if free < 100 * 2**20:
             return "WARNING", "SUPPLY LOW"
         return "NORMAL", "NORMAL"
@@ -423,7 +424,8 @@ class PrintAddIn(AddIn):
                               title=job.label or f"print job {job.uid}", author=job.calling_ae,
                               copies=int(session_attrs.get("NumberOfCopies", 1)))
         except OSError as exc:
-            job.status, job.info = "FAILURE", f"spool: {exc.strerror or exc}"[:64]
+            # Printer Status Info / Execution Status Info are CS defined terms (PS3.3 C.13.9.1)
+            job.status, job.info = "FAILURE", "PRINTER DOWN"
             self._remember(job)
             self.base.log.error("print job %s from %s failed: %s", job.uid, job.calling_ae, exc)
             self._set_printer_status("FAILURE", job.info)
@@ -471,7 +473,7 @@ class PrintAddIn(AddIn):
                 entry.state.delete_session(request.sop_instance_uid)
             else:
                 entry.state.delete_film_box(request.sop_instance_uid)
-            return Response(0)
+            return Response(Status.SUCCESS)
 
         return await self._run(request, body)
 

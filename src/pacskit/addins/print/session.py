@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
+from pacskit.dicom.status import Status
 from pacskit.dicom.printing import (
     BASIC_ANNOTATION_BOX,
     BASIC_COLOR_IMAGE_BOX,
@@ -24,6 +25,7 @@ from pacskit.dicom.printing import (
     Cell,
     DisplayFormat,
     PrintError,
+    PrintStatus,
     decode_image_box_item,
     parse_display_format,
 )
@@ -32,18 +34,18 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-INVALID_ATTRIBUTE_VALUE = 0x0106
-MISSING_ATTRIBUTE = 0x0120
-NO_SUCH_INSTANCE = 0x0112
-RESOURCE_LIMITATION = 0x0213
-DUPLICATE_INSTANCE = 0x0111
-MEMORY_ALLOCATION_NOT_SUPPORTED = 0xB600
-DENSITY_OUT_OF_RANGE = 0xB605
-IMAGE_DEMAGNIFIED = 0xB604
-IMAGE_CROPPED = 0xB609
-IMAGE_DECIMATED = 0xB60A
-IMAGE_TOO_LARGE = 0xC603
-INSUFFICIENT_MEMORY = 0xC605
+INVALID_ATTRIBUTE_VALUE = Status.INVALID_ATTRIBUTE_VALUE
+MISSING_ATTRIBUTE = Status.MISSING_ATTRIBUTE
+NO_SUCH_INSTANCE = Status.NO_SUCH_SOP_INSTANCE
+RESOURCE_LIMITATION = Status.RESOURCE_LIMITATION
+DUPLICATE_INSTANCE = Status.DUPLICATE_SOP_INSTANCE
+MEMORY_ALLOCATION_NOT_SUPPORTED = PrintStatus.MEMORY_ALLOCATION_NOT_SUPPORTED
+DENSITY_OUT_OF_RANGE = PrintStatus.DENSITY_OUT_OF_RANGE
+IMAGE_DEMAGNIFIED = PrintStatus.IMAGE_DEMAGNIFIED
+IMAGE_CROPPED = PrintStatus.IMAGE_CROPPED
+IMAGE_DECIMATED = PrintStatus.IMAGE_DECIMATED
+IMAGE_TOO_LARGE = PrintStatus.IMAGE_TOO_LARGE
+INSUFFICIENT_MEMORY = PrintStatus.INSUFFICIENT_MEMORY
 
 PRIORITIES = ("HIGH", "MED", "LOW")
 ORIENTATIONS = ("PORTRAIT", "LANDSCAPE")
@@ -324,7 +326,7 @@ class PrintState:
         leaves the box as it was."""
         film_box, box = self.find_image_box(uid)
         if sop_class != box.sop_class:
-            raise PrintError(0x0122, f"image box {uid} is a {'color' if box.sop_class == BASIC_COLOR_IMAGE_BOX else 'grayscale'}"
+            raise PrintError(Status.SOP_CLASS_NOT_SUPPORTED, f"image box {uid} is a {'color' if box.sop_class == BASIC_COLOR_IMAGE_BOX else 'grayscale'}"
                                      " image box")
         if "ImageBoxPosition" in ds and ds.ImageBoxPosition not in (None, "") and int(ds.ImageBoxPosition) != box.position:
             raise PrintError(INVALID_ATTRIBUTE_VALUE, f"Image Box Position {int(ds.ImageBoxPosition)}: this box is at "
