@@ -19,6 +19,7 @@ AE = "PRINTSCP"
 
 def write_settings(folder: Path, **print_options: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    print_options.setdefault("enabled", True)
     lines = [f'ae_title = "{AE}"', "port = 0", 'data_dir = "data"', "[addins.verification]", "[addins.print]"]
     for key, value in print_options.items():
         if isinstance(value, bool):

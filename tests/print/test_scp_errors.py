@@ -195,7 +195,18 @@ def test_session_rules(server: Any) -> None:
 
 
 def test_memory_is_released_when_the_association_ends(server: Any) -> None:
+    import threading
+
+    from pacskit.net import events as ev
+
     addin = print_addin(server)
+    closed = threading.Event()
+
+    def on_closed(event: Any) -> None:  # runs after the add-in's observer (subscribed before)
+        if event.assoc is not None and event.assoc.remote_ae_title == "MEMSCU":
+            closed.set()
+
+    server.bus.subscribe(ev.CONNECTION_CLOSED, on_closed)
 
     async def go() -> None:
         async with PrintScu(f"{AE}@127.0.0.1:{server.port}", calling_ae="MEMSCU") as scu:
@@ -206,7 +217,11 @@ def test_memory_is_released_when_the_association_ends(server: Any) -> None:
             assert addin.budget.used >= 100 * 100
             # released without deleting the session: the association ends
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+        assert closed.wait(30)
+    finally:
+        server.bus.unsubscribe(ev.CONNECTION_CLOSED, on_closed)
     assert addin.budget.used == 0
 
 
@@ -215,7 +230,13 @@ def test_printer_failure_and_recovery_are_reported(tmp_path: Path) -> None:
         addin = print_addin(server)
 
         async def go() -> None:
-            async with PrintScu(f"{AE}@127.0.0.1:{server.port}", calling_ae="EVTSCU") as scu:
+            printer_events = {1: asyncio.Event(), 3: asyncio.Event()}
+
+            def on_report(report: Any) -> None:
+                if report.sop_class_uid == PRINTER and report.event_type_id in printer_events:
+                    printer_events[report.event_type_id].set()
+
+            async with PrintScu(f"{AE}@127.0.0.1:{server.port}", calling_ae="EVTSCU", on_event_report=on_report) as scu:
                 assert (await scu.printer()).status == "NORMAL"
                 uid = await _session(scu)
                 film = await scu.create_film_box(uid, "STANDARD\\1,1")
@@ -227,13 +248,11 @@ def test_printer_failure_and_recovery_are_reported(tmp_path: Path) -> None:
                 assert failed.status == 0xC602
                 printer = await scu.printer()
                 assert printer.status == "FAILURE" and printer.info == "PRINTER DOWN"
-                while not any(r.sop_class_uid == PRINTER and r.event_type_id == 3 for r in scu.reports):
-                    await asyncio.sleep(0.01)
+                await asyncio.wait_for(printer_events[3].wait(), 30)  # FAILURE reported
                 addin.spool_dir.unlink()
                 addin.spool_dir.mkdir()
                 assert (await scu.print_film_box(film.uid)).status == 0
-                while not any(r.sop_class_uid == PRINTER and r.event_type_id == 1 for r in scu.reports):
-                    await asyncio.sleep(0.01)
+                await asyncio.wait_for(printer_events[1].wait(), 30)  # NORMAL again
                 assert (await scu.printer()).status == "NORMAL"
                 assert not [p for p in addin.spool_dir.iterdir() if p.suffix != ".pdf"]  # no partial file left
 

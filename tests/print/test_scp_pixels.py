@@ -171,7 +171,13 @@ def test_session_print_several_film_boxes_and_job_reports(server: Any) -> None:
     before = set(print_addin(server).spool_dir.glob("*.pdf"))
 
     async def go() -> tuple[Any, Any, Any]:
-        async with PrintScu(f"{AE}@127.0.0.1:{server.port}", calling_ae="PRINTSCU") as scu:
+        job_reported = asyncio.Event()
+
+        def on_report(report: Any) -> None:
+            if report.sop_class_uid == PRINT_JOB:
+                job_reported.set()
+
+        async with PrintScu(f"{AE}@127.0.0.1:{server.port}", calling_ae="PRINTSCU", on_event_report=on_report) as scu:
             session = await scu.create_session(copies=2, label="two films", medium="PAPER")
             assert session.status == 0 and session.dataset.NumberOfCopies == 2
             uid = session.affected_sop_instance_uid
@@ -184,8 +190,7 @@ def test_session_print_several_film_boxes_and_job_reports(server: Any) -> None:
             printed = await scu.print_session(uid)
             job_uid = str(printed.dataset.ReferencedPrintJobSequence[0].ReferencedSOPInstanceUID)
             job = await scu.print_job(job_uid)
-            while not any(r.sop_class_uid == PRINT_JOB for r in scu.reports):
-                await asyncio.sleep(0.01)  # the report follows the N-ACTION response on the association
+            await asyncio.wait_for(job_reported.wait(), 30)  # it follows the N-ACTION response
             deleted = await scu.delete_session(uid)
             return printed, job, (deleted, list(scu.reports), job_uid)
 

@@ -84,6 +84,7 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
 
 class PrintOptions(AddInOptions):
+    enabled: bool = Field(False, description="a PACS is not a printer until asked: enable in [addins.print]")
     spool_dir: str = Field("print-spool", description="folder of the PDFs (relative: inside the server's data folder)")
     printer_name: str = Field("pacskit", description="Printer Name (2110,0030) given by Printer N-GET and in job reports")
     color: bool = Field(True, description="also accept the Basic Color Print Management Meta SOP Class")
@@ -162,6 +163,11 @@ class PrintAddIn(AddIn):
 
     def __init__(self, options: AddInOptions, base: BaseServices) -> None:
         super().__init__(options, base)
+        import importlib.util
+
+        missing = [m for m in ("reportlab", "numpy", "PIL") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ValueError(f"the print add-in needs {', '.join(missing)}: pip install 'pacskit[print]'")
         o = self.options
         if o.default_film_size.upper() not in o.film_sizes:
             raise ValueError(f"default_film_size {o.default_film_size!r} is not in film_sizes")
