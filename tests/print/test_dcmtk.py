@@ -176,6 +176,7 @@ def test_dcmprscu_against_our_scp(tmp_path: Path) -> None:
         cell = (5 * px + i * area_w / 2, 5 * px, area_w / 2, area_h)
         expected = expected_gray(ds)
         printed, up, dx, dy = find_image(page, expected, *fitted(cell, 100, 125))
-        # DCMTK's VOI into 12 bits, ours to 8 bits on paper: within a grey level or two
-        assert outside_neighbourhood(printed, up, tolerance=2) < 0.002
+        # DCMTK's VOI into 12 bits, then 8 bits on paper: pydicom's VOI within a grey level (measured:
+        # no pixel outside; the allowance is for pdftoppm's blending, see _pdf.render)
+        assert outside_neighbourhood(printed, up, tolerance=1) < 0.002
         assert abs(dx) <= 1 and abs(dy) <= 1

@@ -122,7 +122,7 @@ def test_grayscale_layouts(server: Any, layout: str, film: str, orientation: str
         if strict:  # replication: every printer pixel is one of the image's pixels (up to rounding)
             assert outside < 0.002 and mean < 1.5, (layout, mean, p99, worst, outside)
             printed, up, _, _ = find_image(exact, expected, *fitted(cell, *shape))
-            assert outside_neighbourhood(printed, up) == 0, layout  # pdftocairo: no blending at all
+            assert outside_neighbourhood(printed, up, tolerance=0) == 0, layout  # pdftocairo: exact values
         else:  # interpolated: between neighbouring image pixels (CUBIC may overshoot a little)
             outside = outside_source_range(printed, expected)
             assert outside < 0.01 and mean < 3.0, (layout, mean, p99, worst, outside)
