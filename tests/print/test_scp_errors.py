@@ -293,3 +293,19 @@ def test_archive_as_encapsulated_pdf(tmp_path: Path) -> None:
         assert ds.MIMETypeOfEncapsulatedDocument == "application/pdf" and ds.DocumentTitle == "knee films"
         pdf = Path(job.path).read_bytes()
         assert bytes(ds.EncapsulatedDocument)[: len(pdf)] == pdf and int(ds.EncapsulatedDocumentLength) == len(pdf)
+
+
+def test_printer_configuration_names_what_the_printer_takes(server: Any) -> None:
+    """Printer Configuration Retrieval N-GET; PrintScu adds it to a refusal (the Error Comment alone is
+    cut at 64 characters)."""
+    from pacskit.client.print import PrintFailed
+
+    async def test(scu: PrintScu) -> None:
+        config = await scu.configuration()
+        assert config == {"FilmSizeID": ["A4", "14INX17IN"], "MediumType": ["PAPER", "CLEAR FILM", "BLUE FILM"],
+                          "MagnificationType": ["BILINEAR", "REPLICATE", "CUBIC", "NONE"]}
+        with pytest.raises(PrintFailed) as caught:
+            await scu.print_images([ct_image(32, 32)], layout="1,1", film_size="24CMX30CM", check_printer=False)
+        assert "FilmSizeID: A4, 14INX17IN" in str(caught.value) and "24CMX30CM" in str(caught.value)
+
+    on_printer(server, test)

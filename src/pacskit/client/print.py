@@ -38,6 +38,8 @@ from pacskit.dicom.printing import (
     BASIC_GRAYSCALE_PRINT_META,
     PRINT_JOB,
     PRINTER,
+    PRINTER_CONFIGURATION,
+    PRINTER_CONFIGURATION_INSTANCE,
     PRINTER_INSTANCE,
     PrintImage,
     image_box_item,
@@ -131,7 +133,9 @@ def _attribute_names(result: NResult) -> str:
 class PrintScu(NServiceScu):
     """One association with a printer (``async with``); ``color`` chooses the Basic Color Print
     Management Meta SOP Class instead of the grayscale one. ``print_job``: also propose the Print Job
-    SOP class (N-GET of jobs, their N-EVENT-REPORTs); ``annotation``: the Basic Annotation Box."""
+    SOP class (N-GET of jobs, their N-EVENT-REPORTs); ``annotation``: the Basic Annotation Box;
+    ``configuration``: Printer Configuration Retrieval (to say what a printer takes when it refuses a
+    film size or medium; most printers do not have it, which costs nothing)."""
 
     def __init__(
         self,
@@ -140,6 +144,7 @@ class PrintScu(NServiceScu):
         color: bool = False,
         print_job: bool = True,
         annotation: bool = False,
+        configuration: bool = True,
         on_event_report: Callable[[EventReport], int | None] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -149,6 +154,7 @@ class PrintScu(NServiceScu):
         self.reports: list[EventReport] = []
         self._user_events = on_event_report
         classes = [self.meta] + ([PRINT_JOB] if print_job else []) + ([BASIC_ANNOTATION_BOX] if annotation else [])
+        classes += [PRINTER_CONFIGURATION] if configuration else []
         super().__init__(remote, classes, on_event_report=self._event, **kwargs)
 
     def _event(self, report: EventReport) -> int | None:
@@ -184,6 +190,28 @@ class PrintScu(NServiceScu):
         ds = result.dataset or Dataset()
         return PrinterInfo(str(ds.get("PrinterStatus", "") or ""), str(ds.get("PrinterStatusInfo", "") or ""),
                            str(ds.get("PrinterName", "") or ""), ds)
+
+    async def configuration(self) -> dict[str, list[str]] | None:
+        """Printer Configuration Retrieval N-GET: ``{"FilmSizeID": [...], "MediumType": [...],
+        "MagnificationType": [...]}`` of what the printer takes, or ``None`` when it does not say."""
+        if not self.has_context(PRINTER_CONFIGURATION):
+            return None
+        result = await self.n_get(PRINTER_CONFIGURATION, PRINTER_CONFIGURATION_INSTANCE)
+        if not result.ok or result.dataset is None or not result.dataset.get("PrinterConfigurationSequence"):
+            return None
+        out: dict[str, list[str]] = {"FilmSizeID": [], "MediumType": [], "MagnificationType": []}
+        for item in result.dataset.PrinterConfigurationSequence:
+            for medium in item.get("MediaInstalledSequence", []):
+                for keyword in ("FilmSizeID", "MediumType"):
+                    value = str(medium.get(keyword, "") or "")
+                    if value and value not in out[keyword]:
+                        out[keyword].append(value)
+            for keyword in ("DefaultMagnificationType", "OtherMagnificationTypesAvailable"):
+                value = item.get(keyword)
+                for v in ([value] if isinstance(value, str) else list(value or [])):
+                    if v and v not in out["MagnificationType"]:
+                        out["MagnificationType"].append(str(v))
+        return out
 
     async def create_session(self, *, copies: int | None = None, priority: str | None = None, medium: str | None = None,
                              destination: str | None = None, label: str | None = None, owner: str | None = None,
@@ -322,6 +350,7 @@ class PrintScu(NServiceScu):
                 raise PrintFailed("Printer N-GET", 0, f"the printer reports FAILURE: {printer.info}")
         session = await self.create_session(copies=copies, priority=priority, medium=medium, destination=destination,
                                             label=label)
+        await self._explain(session)
         self._check("Film Session N-CREATE", session, result, {"NumberOfCopies": copies, "PrintPriority": priority,
                                                                 "MediumType": medium, "FilmDestination": destination})
         session_uid = session.affected_sop_instance_uid or (session.dataset or Dataset()).get("SOPInstanceUID", "")
@@ -337,6 +366,7 @@ class PrintScu(NServiceScu):
                 asked = {"ImageDisplayFormat": layout_text, "FilmSizeID": film_size, "FilmOrientation": orientation,
                          "MagnificationType": magnification, "BorderDensity": border_density,
                          "EmptyImageDensity": empty_image_density, "Trim": trim}
+                await self._explain(film.result)
                 self._check("Film Box N-CREATE", film.result, result, asked)
                 if len(film.image_boxes) < len(chunk):
                     raise PrintFailed("Film Box N-CREATE", film.result.status,
@@ -359,6 +389,21 @@ class PrintScu(NServiceScu):
                 await self.delete_session(session_uid)
         result.events = list(self.reports)
         return result
+
+    async def _explain(self, answer: NResult) -> None:
+        """A refused N-CREATE: add what the printer takes (Printer Configuration Retrieval, when it has
+        it) to the answer's Error Comment, for :class:`PrintFailed`."""
+        if status_category(answer.status) in ("Success", "Warning"):
+            return
+        try:
+            config = await self.configuration()
+        except Exception:  # an explanation must not hide the refusal
+            return
+        if not config:
+            return
+        have = "; ".join(f"{k}: {', '.join(v)}" for k, v in config.items() if v)
+        comment = answer.error_comment
+        answer.command["ErrorComment"] = f"{comment}; the printer takes {have}" if comment else f"the printer takes {have}"
 
     @staticmethod
     def _check(step: str, answer: NResult, result: PrintResult, asked: dict[str, Any] | None = None) -> None:

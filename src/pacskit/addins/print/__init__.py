@@ -10,7 +10,9 @@ SOP classes (docs/addins/print.md has the conformance statement):
 - Print Job (1.2.840.10008.5.1.1.14): N-GET, and an N-EVENT-REPORT (DONE or FAILURE) for each job on
   that context when the SCU negotiated it;
 - Basic Annotation Box (1.2.840.10008.5.1.1.15): N-SET of the text of the annotation boxes a film box
-  gets when its N-CREATE has an Annotation Display Format ID.
+  gets when its N-CREATE has an Annotation Display Format ID;
+- Printer Configuration Retrieval (1.2.840.10008.5.1.1.16.376): N-GET of what the printer takes (media
+  and film sizes, magnification types, bit depths), so an SCU can say what a refused value could be.
 
 A film session lives as long as its association (one per association); images are kept in memory
 until their session ends, within ``max_session_bytes`` per session and ``max_memory_bytes`` for all.
@@ -49,6 +51,8 @@ from pacskit.dicom.printing import (
     FILM_SIZES,
     PRINT_JOB,
     PRINTER,
+    PRINTER_CONFIGURATION,
+    PRINTER_CONFIGURATION_INSTANCE,
     PRINTER_INSTANCE,
     PrintError,
     PrintStatus,
@@ -103,7 +107,7 @@ class PrintOptions(AddInOptions):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="pixels per image (more: 0xC605)")
     max_session_bytes: int = Field(256 * 2**20, ge=1, description="image memory per film session (more: 0xC605)")
     max_memory_bytes: int = Field(1024 * 2**20, ge=1, description="image memory of all film sessions (more: 0xC605)")
-    dpi: int = Field(150, ge=36, le=1200, description="printer resolution of the PDF pages' images")
+    dpi: int = Field(150, ge=36, le=600, description="printer resolution of the PDF pages' images (memory: a 14INX17IN film at 600 dpi is 86 Mpixels)")
     margin_mm: float = Field(5.0, ge=0, le=50, description="unprinted margin round the film")
     min_density: int = Field(20, ge=0, description="Min Density (hundredths of OD): white")
     max_density: int = Field(320, ge=1, description="Max Density (hundredths of OD): black")
@@ -158,6 +162,7 @@ class PrintAddIn(AddIn):
         Permission("print", BASIC_COLOR_PRINT_META),
         Permission("print", PRINT_JOB),
         Permission("print", BASIC_ANNOTATION_BOX),
+        Permission("print", PRINTER_CONFIGURATION),
     )
     options: PrintOptions
 
@@ -192,7 +197,7 @@ class PrintAddIn(AddIn):
 
     def presentation_contexts(self) -> Sequence[SupportedContext]:
         metas = [BASIC_GRAYSCALE_PRINT_META] + ([BASIC_COLOR_PRINT_META] if self.options.color else [])
-        return [SupportedContext(uid) for uid in [*metas, PRINT_JOB, BASIC_ANNOTATION_BOX]]
+        return [SupportedContext(uid) for uid in [*metas, PRINT_JOB, BASIC_ANNOTATION_BOX, PRINTER_CONFIGURATION]]
 
     def handlers(self) -> Mapping[str, Handler]:
         return {"N-CREATE": self.on_create, "N-SET": self.on_set, "N-GET": self.on_get, "N-ACTION": self.on_action,
@@ -322,6 +327,10 @@ class PrintAddIn(AddIn):
                 if request.sop_instance_uid != PRINTER_INSTANCE:
                     raise PrintError(NO_SUCH_INSTANCE, f"the printer is {PRINTER_INSTANCE}")
                 ds = self.printer_dataset()
+            elif sop_class == PRINTER_CONFIGURATION:
+                if request.sop_instance_uid != PRINTER_CONFIGURATION_INSTANCE:
+                    raise PrintError(NO_SUCH_INSTANCE, f"the printer configuration is {PRINTER_CONFIGURATION_INSTANCE}")
+                ds = self.configuration_dataset()
             else:
                 job = self.jobs.get(request.sop_instance_uid)
                 if job is None:
@@ -345,6 +354,36 @@ class PrintAddIn(AddIn):
         ds.SoftwareVersions = _version()
         ds.DateOfLastCalibration = ""
         ds.TimeOfLastCalibration = ""
+        return ds
+
+    def configuration_dataset(self) -> Dataset:
+        """Printer Configuration Retrieval N-GET (PS3.3 C.13.x Printer Configuration Module): one item
+        with the SOP classes served, memory, bit depths, the media installed (every medium type with
+        every film size) and the magnification types."""
+        o = self.options
+        item = Dataset()
+        metas = [BASIC_GRAYSCALE_PRINT_META] + ([BASIC_COLOR_PRINT_META] if o.color else [])
+        item.SOPClassesSupported = [*metas, PRINT_JOB, BASIC_ANNOTATION_BOX]
+        item.MaximumMemoryAllocation = min(o.max_session_bytes // 1024, 2**32 - 1)
+        item.MemoryBitDepth = 16
+        item.PrintingBitDepth = 8
+        media = []
+        for medium in o.medium_types:
+            for size in o.film_sizes:
+                entry = Dataset()
+                entry.ItemNumber = len(media) + 1
+                entry.MediumType = medium
+                entry.FilmSizeID = size
+                entry.MinDensity = o.min_density
+                entry.MaxDensity = o.max_density
+                media.append(entry)
+        item.MediaInstalledSequence = DicomSequence(media)
+        item.DefaultMagnificationType = "BILINEAR"
+        item.OtherMagnificationTypesAvailable = ["REPLICATE", "CUBIC", "NONE"]
+        item.DefaultPrinterResolutionID = "STANDARD"
+        item.MaximumCollatedFilms = o.max_film_boxes
+        ds = Dataset()
+        ds.PrinterConfigurationSequence = DicomSequence([item])
         return ds
 
     def _check_printer(self) -> tuple[str, str]:
@@ -537,7 +576,8 @@ class PrintAddIn(AddIn):
 
 _META_NAMES = {BASIC_GRAYSCALE_PRINT_META: "Basic Grayscale Print Management Meta",
                BASIC_COLOR_PRINT_META: "Basic Color Print Management Meta",
-               PRINT_JOB: "Print Job", BASIC_ANNOTATION_BOX: "Basic Annotation Box"}
+               PRINT_JOB: "Print Job", BASIC_ANNOTATION_BOX: "Basic Annotation Box",
+               PRINTER_CONFIGURATION: "Printer Configuration Retrieval"}
 _CLASS_NAMES = {BASIC_FILM_SESSION: "Film Session", BASIC_FILM_BOX: "Film Box",
                 BASIC_GRAYSCALE_IMAGE_BOX: "Grayscale Image Box", BASIC_COLOR_IMAGE_BOX: "Color Image Box",
                 PRINTER: "Printer", PRINT_JOB: "Print Job", BASIC_ANNOTATION_BOX: "Annotation Box"}
@@ -546,7 +586,7 @@ _CREATE = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX}, _COLOR: {BASIC_FILM_SESS
 _SET = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX, BASIC_GRAYSCALE_IMAGE_BOX},
         _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX, BASIC_COLOR_IMAGE_BOX},
         BASIC_ANNOTATION_BOX: {BASIC_ANNOTATION_BOX}}
-_GET = {_GRAY: {PRINTER}, _COLOR: {PRINTER}, PRINT_JOB: {PRINT_JOB}}
+_GET = {_GRAY: {PRINTER}, _COLOR: {PRINTER}, PRINT_JOB: {PRINT_JOB}, PRINTER_CONFIGURATION: {PRINTER_CONFIGURATION}}
 _ACTION = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX}, _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX}}
 _DELETE = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX}, _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX}}
 
