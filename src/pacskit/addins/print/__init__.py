@@ -367,7 +367,7 @@ class PrintAddIn(AddIn):
         item.MaximumMemoryAllocation = min(o.max_session_bytes // 1024, 2**32 - 1)
         item.MemoryBitDepth = 16
         item.PrintingBitDepth = 8
-        media = []
+        media: list[Dataset] = []
         for medium in o.medium_types:
             for size in o.film_sizes:
                 entry = Dataset()
@@ -432,8 +432,7 @@ class PrintAddIn(AddIn):
                 queue_full = SESSION_QUEUE_FULL
             else:
                 film_boxes = [state.film_box(uid)]
-                session = state.session
-                assert session is not None
+                session = state.get_session(state.session.uid if state.session is not None else "")
                 warning = FILM_BOX_EMPTY_PAGE if film_boxes[0].empty else 0
                 queue_full = FILM_BOX_QUEUE_FULL
             job = self._print(request, session.attrs, film_boxes, queue_full)
@@ -539,7 +538,7 @@ class PrintAddIn(AddIn):
 
     def _set_printer_status(self, status: str, info: str) -> None:
         """Change the printer's status and tell every association with a print context (Printer
-        N-EVENT-REPORT: 1 NORMAL, 2 WARNING, 3 FAILURE)."""
+        N-EVENT-REPORT: 1 NORMAL, 3 FAILURE; WARNING (SUPPLY LOW) is only computed for N-GET)."""
         if self.printer_status == (status, info):
             return
         self.printer_status = (status, info)
