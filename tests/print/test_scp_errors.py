@@ -162,6 +162,12 @@ def test_image_larger_than_its_box(server: Any) -> None:
         decimate = await scu.set_image_box(film.image_boxes[1], wide, position=2, decimate_crop="DECIMATE")
         assert decimate.status == 0xB60A
         assert (await scu.print_film_box(film.uid)).status == 0
+        small = prepare_print_image(ct_image(20, 20))
+        too_wide = await scu.set_image_box(film.image_boxes[0], small, position=1, requested_size_mm=500.0)
+        assert too_wide.status == 0xB604  # printed as wide as the box
+        refused = await scu.set_image_box(film.image_boxes[0], small, position=1, requested_size_mm=500.0,
+                                          decimate_crop="FAIL")
+        assert refused.status == 0xC603
         assert (await scu.delete_session(uid)).status == 0
 
     on_printer(server, test)

@@ -20,6 +20,7 @@ Images are embedded losslessly (Flate).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -170,21 +171,7 @@ def render_pdf(film_boxes: Sequence[FilmBox], path: str | os.PathLike[str], *, d
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return len(data)
-
-
-def _suppress() -> Any:
-    import contextlib
-
-    return contextlib.suppress(OSError)
-
-
-def render_bytes(film_boxes: Sequence[FilmBox], *, dpi: int, margin_mm: float) -> bytes:
-    """The PDF in memory (for archiving without a spool file)."""
-    with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder) / "film.pdf"
-        render_pdf(film_boxes, target, dpi=dpi, margin_mm=margin_mm)
-        return target.read_bytes()
