@@ -202,3 +202,43 @@ def test_session_print_several_film_boxes_and_job_reports(server: Any) -> None:
     (pdf,) = _new_pdfs(server, before)
     assert page_count(pdf) == 2
     assert print_addin(server).jobs[job_uid].path == str(pdf)
+
+
+def test_border_density_and_trim(server: Any) -> None:
+    """A numeric Border Density is grey between Min Density (white) and Max Density (black); Trim YES
+    frames each image: the only difference from the same film without trim is a line on the image's
+    edges."""
+    from pacskit.dicom.printing import film_size_mm
+
+    ds = ct_image(100, 125, seed=9)
+    pages = {}
+    for trim in ("NO", "YES"):
+        pdfs, _ = _print(server, [ds], layout="STANDARD\\1,1", film_size="A4", magnification="REPLICATE",
+                         border_density="170", trim=trim)
+        (pages[trim],) = render(pdfs[0], DPI)
+    page = pages["NO"]
+    assert abs(int(page[2, 2]) - round(255 * (320 - 170) / (320 - 20))) <= 1
+    (cell,) = cells("STANDARD\\1,1", film_size_mm("A4"))
+    left, top, w, h = fitted(cell, 100, 125)
+    changed = np.argwhere(pages["YES"] != pages["NO"])
+    assert len(changed) > w + h  # a frame (invisible where the image is as light as the line)
+    near_edge = (np.minimum(np.abs(changed[:, 0] - top), np.abs(changed[:, 0] - (top + h))) <= 2) | (
+        np.minimum(np.abs(changed[:, 1] - left), np.abs(changed[:, 1] - (left + w))) <= 2)
+    assert near_edge.all()
+
+
+def test_two_printers_at_once(server: Any) -> None:
+    """Two associations printing at the same time keep their own film sessions."""
+    before = set(print_addin(server).spool_dir.glob("*.pdf"))
+
+    async def one(layout: str, count: int, ae: str) -> Any:
+        async with PrintScu(f"{AE}@127.0.0.1:{server.port}", calling_ae=ae) as scu:
+            return await scu.print_images([ct_image(64, 64, seed=i) for i in range(count)], layout=layout)
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(one("STANDARD\\2,2", 8, "LEFT"), one("ROW\\3", 3, "RIGHT")))
+
+    left, right = run(both())
+    assert (left.film_boxes, left.images) == (2, 8) and (right.film_boxes, right.images) == (1, 3)
+    pdfs = _new_pdfs(server, before)
+    assert sorted(p.name.split("-")[2] for p in pdfs) == ["LEFT", "LEFT", "RIGHT"]
