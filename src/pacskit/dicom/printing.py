@@ -260,7 +260,7 @@ def prepare_print_image(
     samples); a colour image printed in grayscale is reduced to its luminance (ITU-R BT.601).
     """
     import numpy as np
-    from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
+    from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     if bits not in (8, 12):
         raise ValueError("bits must be 8 or 12")
@@ -281,9 +281,7 @@ def prepare_print_image(
             if bits_in > 8:
                 rgb = np.round(rgb.astype(np.float64) * 255 / (2**bits_in - 1))
         else:
-            rgb = arr
-            if photometric.startswith("YBR") and photometric not in ("YBR_ICT", "YBR_RCT"):
-                rgb = convert_color_space(arr, photometric, "RGB")
+            rgb = arr  # pydicom 3 already gives YBR_FULL / YBR_FULL_422 / JPEG YBR as RGB (as_rgb)
             stored = int(ds.get("BitsStored", 8) or 8)
             if stored > 8:
                 rgb = np.round(rgb.astype(np.float64) * 255 / (2**stored - 1))
@@ -301,7 +299,8 @@ def prepare_print_image(
     elif "WindowCenter" in ds and "WindowWidth" in ds and ds.WindowCenter is not None and ds.WindowWidth is not None:
         scaled = voi_linear(values, _first(ds.WindowCenter), _first(ds.WindowWidth), out_max)
     elif "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        lut_out = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
+        # the LUT is indexed by whole numbers: the Modality LUT's output, rounded (pydicom warns on floats)
+        lut_out = apply_voi_lut(np.round(values).astype(np.int64), ds, prefer_lut=True).astype(np.float64)
         depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         scaled = lut_out * out_max / (2**depth - 1)
     else:
