@@ -72,3 +72,20 @@ def test_print_a_study_of_the_local_store(tmp_path: Path) -> None:
         unknown = runner.invoke(cli, ["print", target, "1.2.3.999", "--data-dir", str(local)])
         assert unknown.exit_code == 2 and "no study or series" in unknown.output
     shutil.rmtree(local)
+
+
+def test_all_frames_of_a_multi_frame_image(tmp_path: Path) -> None:
+    import numpy as np
+
+    ds = ct_image(30, 30, window=None)
+    frames = np.stack([np.full((30, 30), 100 * (i + 1), np.uint16) for i in range(3)])
+    frames[:, 0, 0] = 0  # each frame's range starts at 0: full-range VOI maps the frame to a known grey
+    ds.NumberOfFrames = 3
+    ds.PixelData = frames.tobytes()
+    path = save(ds, tmp_path / "mf.dcm")
+    with print_server(tmp_path / "srv") as server:
+        target = f"{AE}@127.0.0.1:{server.port}"
+        first = runner.invoke(cli, ["print", target, str(path)])
+        assert first.exit_code == 0 and "printed 1 image(s)" in first.output
+        every = runner.invoke(cli, ["print", target, str(path), "--all-frames", "--layout", "3,1"])
+        assert every.exit_code == 0 and "printed 3 image(s) on 1 film(s)" in every.output, every.output

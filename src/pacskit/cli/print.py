@@ -4,7 +4,8 @@
 
 SOURCE is a file, a folder (its DICOM files, recursively), or a Study / Series Instance UID of the
 local server folder's store (``--data-dir`` / ``--config``). Images are printed in order (series
-number, instance number for a UID; name for files), their first frame each, with their VOI window (or
+number, instance number for a UID; name for files), their first frame each (``--all-frames``: every
+frame), with their VOI window (or
 ``--window C,W``), on as many films of the layout as they need. A refusal is one line naming the
 step, the status, the attribute and the values asked for; exit codes as in :mod:`pacskit.cli`.
 """
@@ -117,6 +118,7 @@ def print_(
     bits: Annotated[int, typer.Option("--bits", help="8 or 12 bits per grayscale pixel")] = 8,
     window: Annotated[Optional[str], typer.Option("--window", help="VOI window CENTER,WIDTH [the image's first]")] = None,
     annotation: Annotated[Optional[list[str]], typer.Option("--annotation", "-a", help="annotation box text (repeat)")] = None,
+    all_frames: Annotated[bool, typer.Option("--all-frames", help="every frame of multi-frame images [the first]")] = False,
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 60.0,
     tls: TlsOpt = False,
@@ -169,7 +171,7 @@ def print_(
                 datasets, layout=layout_text, film_size=film, orientation=orientation, copies=copies,
                 priority=priority, medium=medium, destination=destination, label=label,
                 magnification=magnification, border_density=border, bits=bits, window=voi,
-                annotations=annotation or ())
+                annotations=annotation or (), all_frames=all_frames)
 
     try:
         result = run(go())

@@ -334,14 +334,19 @@ class PrintScu(NServiceScu):
         polarity: str | None = None,
         annotations: Sequence[str] = (),
         check_printer: bool = True,
+        all_frames: bool = False,
     ) -> PrintResult:
-        """Print ``datasets`` (each its first frame) on as many films of ``layout`` as they need: one
+        """Print ``datasets`` (each its first frame, or every frame with ``all_frames``) on as many films of ``layout`` as they need: one
         film session, a film box per film printed as soon as it is full (N-ACTION on the film box),
         then the session deleted. Image pixels are prepared with
         :func:`~pacskit.dicom.printing.prepare_print_image` (``bits`` 8 or 12, ``window``).
         Raises :class:`PrintFailed` at the first refusal (the session is deleted first) and when the
         printer reports FAILURE (``check_printer``)."""
         result = PrintResult()
+        images: list[tuple[Dataset, int]] = []
+        for ds in datasets:
+            frames = int(ds.get("NumberOfFrames", 1) or 1) if all_frames else 1
+            images.extend((ds, frame) for frame in range(frames))
         layout_text = display_format(layout)
         per_film = parse_display_format(layout_text).image_boxes
         if check_printer:
@@ -357,8 +362,8 @@ class PrintScu(NServiceScu):
         if not session_uid:
             raise PrintFailed("Film Session N-CREATE", session.status, "the printer did not say the film session's UID")
         try:
-            for start in range(0, max(1, len(datasets)), per_film):
-                chunk = datasets[start:start + per_film]
+            for start in range(0, max(1, len(images)), per_film):
+                chunk = images[start:start + per_film]
                 film = await self.create_film_box(
                     session_uid, layout_text, orientation=orientation, film_size=film_size, magnification=magnification,
                     border_density=border_density, empty_image_density=empty_image_density, trim=trim,
@@ -371,8 +376,8 @@ class PrintScu(NServiceScu):
                 if len(film.image_boxes) < len(chunk):
                     raise PrintFailed("Film Box N-CREATE", film.result.status,
                                       f"the printer made {len(film.image_boxes)} image boxes for {layout_text}")
-                for position, (box_uid, ds) in enumerate(zip(film.image_boxes, chunk), start=1):
-                    image = prepare_print_image(ds, bits=bits, color=self.color, window=window)
+                for position, (box_uid, (ds, frame)) in enumerate(zip(film.image_boxes, chunk), start=1):
+                    image = prepare_print_image(ds, bits=bits, color=self.color, window=window, frame=frame)
                     answer = await self.set_image_box(box_uid, image, position=position, polarity=polarity)
                     self._check(f"Image Box N-SET (position {position})", answer, result)
                     result.images += 1
