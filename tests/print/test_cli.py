@@ -23,7 +23,7 @@ def test_print_files_and_folders(tmp_path: Path) -> None:
     with print_server(tmp_path / "srv") as server:
         target = f"{AE}@127.0.0.1:{server.port}"
         result = runner.invoke(cli, ["print", target, str(files[0]), str(tmp_path / "images"), "--layout", "2,2",
-                                     "--film", "14INX17IN", "--copies", "2", "--label", "cli"])
+                                     "--film", "14INX17IN", "--copies", "2", "--label", "cli", "--lut", "lin od"])
         assert result.exit_code == 0, result.output
         assert "printed 6 image(s) on 2 film(s) of STANDARD\\2,2" in result.output
         assert len(list(print_addin(server).spool_dir.glob("*.pdf"))) == 2

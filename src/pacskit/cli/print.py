@@ -118,6 +118,7 @@ def print_(
     bits: Annotated[int, typer.Option("--bits", help="8 or 12 bits per grayscale pixel")] = 8,
     window: Annotated[Optional[str], typer.Option("--window", help="VOI window CENTER,WIDTH [the image's first]")] = None,
     annotation: Annotated[Optional[list[str]], typer.Option("--annotation", "-a", help="annotation box text (repeat)")] = None,
+    lut: Annotated[Optional[str], typer.Option("--lut", help="Presentation LUT shape: IDENTITY or 'LIN OD'")] = None,
     all_frames: Annotated[bool, typer.Option("--all-frames", help="every frame of multi-frame images [the first]")] = False,
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 60.0,
@@ -137,6 +138,9 @@ def print_(
         from pacskit.client.print import PrintFailed, PrintScu, display_format
     except ImportError as exc:  # numpy and friends: the [print] extra
         raise fail(f"printing needs the print extra (pip install 'pacskit[print]'): {exc}", EXIT_USAGE) from None
+    if lut is not None and lut.upper() not in ("IDENTITY", "LIN OD"):
+        raise fail("--lut must be IDENTITY or 'LIN OD'", EXIT_USAGE)
+    lut = lut.upper() if lut is not None else None
     if bits not in (8, 12):
         raise fail("--bits must be 8 or 12", EXIT_USAGE)
     try:
@@ -166,12 +170,13 @@ def print_(
     options = _scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile)
 
     async def go() -> Any:
-        async with PrintScu(remote, color=color, annotation=bool(annotation), **options) as scu:
+        async with PrintScu(remote, color=color, annotation=bool(annotation), presentation_lut=lut is not None,
+                            **options) as scu:
             return await scu.print_images(
                 datasets, layout=layout_text, film_size=film, orientation=orientation, copies=copies,
                 priority=priority, medium=medium, destination=destination, label=label,
                 magnification=magnification, border_density=border, bits=bits, window=voi,
-                annotations=annotation or (), all_frames=all_frames)
+                annotations=annotation or (), all_frames=all_frames, lut_shape=lut)
 
     try:
         result = run(go())

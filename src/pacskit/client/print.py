@@ -36,6 +36,7 @@ from pacskit.dicom.printing import (
     BASIC_FILM_SESSION,
     BASIC_GRAYSCALE_IMAGE_BOX,
     BASIC_GRAYSCALE_PRINT_META,
+    PRESENTATION_LUT,
     PRINT_JOB,
     PRINTER,
     PRINTER_CONFIGURATION,
@@ -49,7 +50,7 @@ from pacskit.dicom.printing import (
 from pacskit.dicom.status import status_category
 from pacskit.net import CommandField
 
-__all__ = ["FilmBoxRef", "PrintFailed", "PrintResult", "PrintScu", "PrinterInfo", "display_format"]
+__all__ = ["FilmBoxRef", "PrintFailed", "PrintResult", "PrintScu", "PrinterInfo", "display_format", "lut_reference"]
 
 
 class PrintFailed(Exception):
@@ -112,6 +113,14 @@ class PrintResult:
     events: list[EventReport] = field(default_factory=list)
 
 
+def lut_reference(uid: str) -> DicomSequence:
+    """A Referenced Presentation LUT Sequence naming ``uid``."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = PRESENTATION_LUT
+    item.ReferencedSOPInstanceUID = uid
+    return DicomSequence([item])
+
+
 def display_format(layout: str) -> str:
     """``"2,2"`` -> ``"STANDARD\\2,2"``; anything with a backslash is taken as it is (``ROW\\2,3``)."""
     text = layout.strip()
@@ -135,7 +144,8 @@ class PrintScu(NServiceScu):
     Management Meta SOP Class instead of the grayscale one. ``print_job``: also propose the Print Job
     SOP class (N-GET of jobs, their N-EVENT-REPORTs); ``annotation``: the Basic Annotation Box;
     ``configuration``: Printer Configuration Retrieval (to say what a printer takes when it refuses a
-    film size or medium; most printers do not have it, which costs nothing)."""
+    film size or medium; most printers do not have it, which costs nothing); ``presentation_lut``: the
+    Presentation LUT SOP class (:meth:`create_presentation_lut`)."""
 
     def __init__(
         self,
@@ -145,6 +155,7 @@ class PrintScu(NServiceScu):
         print_job: bool = True,
         annotation: bool = False,
         configuration: bool = True,
+        presentation_lut: bool = False,
         on_event_report: Callable[[EventReport], int | None] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -155,6 +166,7 @@ class PrintScu(NServiceScu):
         self._user_events = on_event_report
         classes = [self.meta] + ([PRINT_JOB] if print_job else []) + ([BASIC_ANNOTATION_BOX] if annotation else [])
         classes += [PRINTER_CONFIGURATION] if configuration else []
+        classes += [PRESENTATION_LUT] if presentation_lut else []
         super().__init__(remote, classes, on_event_report=self._event, **kwargs)
 
     def _event(self, report: EventReport) -> int | None:
@@ -212,6 +224,22 @@ class PrintScu(NServiceScu):
                     if v and v not in out["MagnificationType"]:
                         out["MagnificationType"].append(str(v))
         return out
+
+    async def create_presentation_lut(self, shape: str | None = "IDENTITY", *, table: Sequence[int] | None = None,
+                                      first: int = 0, bits: int = 12) -> NResult:
+        """Presentation LUT N-CREATE: a ``shape`` (IDENTITY, LIN OD) or a ``table`` (output values of
+        ``bits`` bits for the inputs ``first``, ``first + 1``…); reference the result's
+        ``affected_sop_instance_uid`` from a film session, film box or image box
+        (``ReferencedPresentationLUTSequence``, :func:`lut_reference`)."""
+        ds = Dataset()
+        if table is not None:
+            item = Dataset()
+            item.LUTDescriptor = [len(table) if len(table) < 65536 else 0, first, bits]
+            item.add_new(0x00283006, "US", [int(v) for v in table])  # LUT Data: US (OW is ambiguous)
+            ds.PresentationLUTSequence = DicomSequence([item])
+        else:
+            ds.PresentationLUTShape = shape
+        return await self.n_create(PRESENTATION_LUT, ds)
 
     async def create_session(self, *, copies: int | None = None, priority: str | None = None, medium: str | None = None,
                              destination: str | None = None, label: str | None = None, owner: str | None = None,
@@ -284,6 +312,15 @@ class PrintScu(NServiceScu):
             setattr(ds, keyword, DicomSequence([item]))
         return await self._meta(CommandField.N_SET_RQ, self.image_box_class, ds, RequestedSOPInstanceUID=image_box_uid)
 
+    async def n_set_meta_image_box(self, image_box_uid: str, dataset: Dataset) -> NResult:
+        """Image Box N-SET of a dataset the caller built (any attribute, e.g. a Referenced Presentation
+        LUT Sequence)."""
+        return await self._meta(CommandField.N_SET_RQ, self.image_box_class, dataset, RequestedSOPInstanceUID=image_box_uid)
+
+    async def n_delete_lut(self, lut_uid: str) -> NResult:
+        """Presentation LUT N-DELETE."""
+        return await self.n_delete(PRESENTATION_LUT, lut_uid)
+
     async def set_annotation(self, annotation_box_uid: str, position: int, text: str) -> NResult:
         """Basic Annotation Box N-SET (needs ``annotation=True`` and a printer that accepts it)."""
         ds = Dataset()
@@ -335,13 +372,15 @@ class PrintScu(NServiceScu):
         annotations: Sequence[str] = (),
         check_printer: bool = True,
         all_frames: bool = False,
+        lut_shape: str | None = None,
     ) -> PrintResult:
         """Print ``datasets`` (each its first frame, or every frame with ``all_frames``) on as many films of ``layout`` as they need: one
         film session, a film box per film printed as soon as it is full (N-ACTION on the film box),
         then the session deleted. Image pixels are prepared with
         :func:`~pacskit.dicom.printing.prepare_print_image` (``bits`` 8 or 12, ``window``).
-        Raises :class:`PrintFailed` at the first refusal (the session is deleted first) and when the
-        printer reports FAILURE (``check_printer``)."""
+        ``lut_shape`` (IDENTITY, LIN OD; needs ``presentation_lut=True``) creates a Presentation LUT the
+        film boxes reference. Raises :class:`PrintFailed` at the first refusal (the session is deleted
+        first) and when the printer reports FAILURE (``check_printer``)."""
         result = PrintResult()
         images: list[tuple[Dataset, int]] = []
         for ds in datasets:
@@ -359,15 +398,25 @@ class PrintScu(NServiceScu):
         self._check("Film Session N-CREATE", session, result, {"NumberOfCopies": copies, "PrintPriority": priority,
                                                                 "MediumType": medium, "FilmDestination": destination})
         session_uid = session.affected_sop_instance_uid or (session.dataset or Dataset()).get("SOPInstanceUID", "")
+        lut_uid = ""
+        if lut_shape is not None:
+            if not self.has_context(PRESENTATION_LUT):
+                raise PrintFailed("Presentation LUT N-CREATE", 0x0122, "the printer does not accept Presentation LUTs")
+            made = await self.create_presentation_lut(lut_shape)
+            self._check("Presentation LUT N-CREATE", made, result, {"PresentationLUTShape": lut_shape})
+            lut_uid = made.affected_sop_instance_uid
         if not session_uid:
             raise PrintFailed("Film Session N-CREATE", session.status, "the printer did not say the film session's UID")
         try:
             for start in range(0, max(1, len(images)), per_film):
                 chunk = images[start:start + per_film]
+                film_extra: dict[str, Any] = {}
+                if lut_uid:
+                    film_extra["ReferencedPresentationLUTSequence"] = lut_reference(lut_uid)
                 film = await self.create_film_box(
                     session_uid, layout_text, orientation=orientation, film_size=film_size, magnification=magnification,
                     border_density=border_density, empty_image_density=empty_image_density, trim=trim,
-                    annotation_format="TITLE" if annotations else None)
+                    annotation_format="TITLE" if annotations else None, **film_extra)
                 asked = {"ImageDisplayFormat": layout_text, "FilmSizeID": film_size, "FilmOrientation": orientation,
                          "MagnificationType": magnification, "BorderDensity": border_density,
                          "EmptyImageDensity": empty_image_density, "Trim": trim}

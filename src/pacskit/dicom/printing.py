@@ -45,7 +45,11 @@ __all__ = [
     "PrintError",
     "PrintImage",
     "PrintStatus",
+    "PresentationLut",
     "decode_image_box_item",
+    "decode_image_box_values",
+    "p_values_to_gray",
+    "parse_presentation_lut",
     "film_size_mm",
     "image_box_item",
     "parse_display_format",
@@ -350,9 +354,20 @@ _PIXEL_DATA = 0x7FE00010
 
 def decode_image_box_item(item: Dataset, *, color: bool, max_pixels: int) -> npt.NDArray[np.uint8]:
     """The pixels of an Image Box sequence item as 8-bit MONOCHROME2 (rows, columns) or RGB
-    (rows, columns, 3), for printing. Raises :class:`PrintError` with the PS3.4 H / PS3.7 status:
-    0x0120 a missing attribute, 0x0106 an invalid value (photometric interpretation, bits, a Pixel Data
-    length that does not match Rows x Columns x samples), 0xC605 more than ``max_pixels`` pixels."""
+    (rows, columns, 3), for printing with the identity Presentation LUT (see
+    :func:`decode_image_box_values` for the checks and statuses)."""
+    values, bits = decode_image_box_values(item, color=color, max_pixels=max_pixels)
+    if color:
+        return values.astype("uint8")
+    return p_values_to_gray(values, bits)
+
+
+def decode_image_box_values(item: Dataset, *, color: bool, max_pixels: int) -> tuple[npt.NDArray[Any], int]:
+    """The P-values of an Image Box sequence item and their bit depth: (rows, columns) uint8 or uint16,
+    MONOCHROME1 turned into MONOCHROME2 (max - value), or (rows, columns, 3) uint8 RGB with 8.
+    Raises :class:`PrintError` with the PS3.4 H / PS3.7 status: 0x0120 a missing attribute, 0x0106 an
+    invalid value (photometric interpretation, bits, a Pixel Data length that does not match Rows x
+    Columns x samples), 0xC605 more than ``max_pixels`` pixels."""
     import numpy as np
 
     def need(keyword: str, tag: int) -> Any:
@@ -396,16 +411,75 @@ def decode_image_box_item(item: Dataset, *, color: bool, max_pixels: int) -> npt
         planar = int(item.get("PlanarConfiguration", 1) or 0)
         flat = np.frombuffer(data, dtype=np.uint8, count=expected)
         if planar == 1:
-            return np.ascontiguousarray(np.moveaxis(flat.reshape(3, rows, columns), 0, 2))
-        return flat.reshape(rows, columns, 3).copy()  # colour-by-pixel: tolerated (some SCUs send it)
+            return np.ascontiguousarray(np.moveaxis(flat.reshape(3, rows, columns), 0, 2)), 8
+        return flat.reshape(rows, columns, 3).copy(), 8  # colour-by-pixel: tolerated (some SCUs send it)
+    values: npt.NDArray[Any]
     if allocated == 8:
-        pixels = np.frombuffer(data, dtype=np.uint8, count=expected).reshape(rows, columns).astype(np.float64)
-        top = 255.0
+        values = np.frombuffer(data, dtype=np.uint8, count=expected).reshape(rows, columns).copy()
     else:
         mask = 2**stored - 1  # bits above High Bit are not pixel data
-        pixels = (np.frombuffer(data, dtype="<u2", count=rows * columns).reshape(rows, columns) & mask).astype(np.float64)
-        top = float(mask)
-    out = np.round(pixels * 255.0 / top)
+        values = (np.frombuffer(data, dtype="<u2", count=rows * columns).reshape(rows, columns) & mask).astype(np.uint16)
     if photometric == "MONOCHROME1":
-        out = 255.0 - out
-    return out.astype(np.uint8)
+        values = (2**stored - 1 - values).astype(values.dtype)
+    return values, stored
+
+
+@dataclass(frozen=True, slots=True)
+class PresentationLut:
+    """A Presentation LUT (PS3.3 C.11.4): ``shape`` IDENTITY or LIN OD, or a table (``lut`` with
+    ``first`` the first input value mapped and ``lut_bits`` the output depth)."""
+
+    shape: str = "IDENTITY"
+    lut: Any = None
+    first: int = 0
+    lut_bits: int = 8
+
+
+def parse_presentation_lut(ds: Dataset) -> PresentationLut:
+    """Presentation LUT N-CREATE attributes -> :class:`PresentationLut`; :class:`PrintError` 0x0106 for
+    an unknown shape or a malformed table, 0x0120 when neither is there."""
+    import numpy as np
+
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    seq = ds.get("PresentationLUTSequence")
+    if shape and seq:
+        raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, "Presentation LUT Shape and Sequence both given", 0x20500020)
+    if shape:
+        if shape not in ("IDENTITY", "LIN OD"):
+            raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, f"Presentation LUT Shape {shape!r}: IDENTITY or LIN OD", 0x20500020)
+        return PresentationLut(shape)
+    if not seq:
+        raise PrintError(Status.MISSING_ATTRIBUTE, "Presentation LUT without Shape or Sequence", 0x20500020)
+    item = seq[0]
+    try:
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        data = item.LUTData
+        table = np.asarray(data if not isinstance(data, bytes) else np.frombuffer(data, "<u2"), dtype=np.int64)
+    except (AttributeError, TypeError, ValueError):
+        raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, "Presentation LUT Sequence without a valid LUT", 0x20500010) from None
+    entries = entries or 65536
+    if len(table) != entries or not 8 <= bits <= 16 or table.min() < 0 or table.max() >= 2**bits:
+        raise PrintError(Status.INVALID_ATTRIBUTE_VALUE, "Presentation LUT Descriptor does not match its LUT Data", 0x20500010)
+    return PresentationLut("TABLE", table, first, bits)
+
+
+def p_values_to_gray(values: npt.NDArray[Any], bits: int, lut: PresentationLut | None = None,
+                     min_density: int = 20, max_density: int = 320) -> npt.NDArray[np.uint8]:
+    """Grayscale P-values (0..2**bits-1) to 8-bit grey on paper (0 black, 255 white) through the
+    Presentation LUT: IDENTITY (and none) linear; a table first (its output linear); LIN OD linear in
+    optical density between Min Density (white) and Max Density (black), hundredths of OD, so the grey
+    (reflectance) is 255 * 10 ** (-(D - Dmin))."""
+    import numpy as np
+
+    top = float(2**bits - 1)
+    p = values.astype(np.float64)
+    if lut is not None and lut.shape == "TABLE":
+        index = np.clip(values.astype(np.int64) - lut.first, 0, len(lut.lut) - 1)
+        p = lut.lut[index].astype(np.float64)
+        top = float(2**lut.lut_bits - 1)
+    if lut is not None and lut.shape == "LIN OD":
+        span = max(0, max_density - min_density) / 100.0
+        out = 255.0 * np.power(10.0, -span * p / top)
+    else:
+        out = p * 255.0 / top
+    return np.asarray(np.clip(np.round(out), 0, 255), dtype=np.uint8)

@@ -11,6 +11,8 @@ SOP classes (docs/addins/print.md has the conformance statement):
   that context when the SCU negotiated it;
 - Basic Annotation Box (1.2.840.10008.5.1.1.15): N-SET of the text of the annotation boxes a film box
   gets when its N-CREATE has an Annotation Display Format ID;
+- Presentation LUT (1.2.840.10008.5.1.1.23): N-CREATE (IDENTITY, LIN OD or a table) and N-DELETE; film
+  sessions, film boxes and image boxes reference it;
 - Printer Configuration Retrieval (1.2.840.10008.5.1.1.16.376): N-GET of what the printer takes (media
   and film sizes, magnification types, bit depths), so an SCU can say what a refused value could be.
 
@@ -49,6 +51,7 @@ from pacskit.dicom.printing import (
     BASIC_GRAYSCALE_IMAGE_BOX,
     BASIC_GRAYSCALE_PRINT_META,
     FILM_SIZES,
+    PRESENTATION_LUT,
     PRINT_JOB,
     PRINTER,
     PRINTER_CONFIGURATION,
@@ -163,6 +166,7 @@ class PrintAddIn(AddIn):
         Permission("print", PRINT_JOB),
         Permission("print", BASIC_ANNOTATION_BOX),
         Permission("print", PRINTER_CONFIGURATION),
+        Permission("print", PRESENTATION_LUT),
     )
     options: PrintOptions
 
@@ -197,7 +201,8 @@ class PrintAddIn(AddIn):
 
     def presentation_contexts(self) -> Sequence[SupportedContext]:
         metas = [BASIC_GRAYSCALE_PRINT_META] + ([BASIC_COLOR_PRINT_META] if self.options.color else [])
-        return [SupportedContext(uid) for uid in [*metas, PRINT_JOB, BASIC_ANNOTATION_BOX, PRINTER_CONFIGURATION]]
+        extra = [PRINT_JOB, BASIC_ANNOTATION_BOX, PRINTER_CONFIGURATION, PRESENTATION_LUT]
+        return [SupportedContext(uid) for uid in [*metas, *extra]]
 
     def handlers(self) -> Mapping[str, Handler]:
         return {"N-CREATE": self.on_create, "N-SET": self.on_set, "N-GET": self.on_get, "N-ACTION": self.on_action,
@@ -278,6 +283,10 @@ class PrintAddIn(AddIn):
             ds = request.dataset or Dataset()
             uid = request.sop_instance_uid or None
             state = entry.state
+            if sop_class == PRESENTATION_LUT:
+                lut_uid, lut = state.create_lut(uid, ds)
+                self.base.log.info("presentation LUT %s: %s", lut_uid, lut.shape)
+                return Response(Status.SUCCESS, ds, {"AffectedSOPInstanceUID": lut_uid})
             if sop_class == BASIC_FILM_SESSION:
                 session, warning = state.create_session(uid, ds, color=request.context.abstract_syntax == BASIC_COLOR_PRINT_META)
                 self.base.log.info("film session %s created by %s (%s)", session.uid, request.assoc.remote_ae_title,
@@ -435,7 +444,7 @@ class PrintAddIn(AddIn):
                 session = state.get_session(state.session.uid if state.session is not None else "")
                 warning = FILM_BOX_EMPTY_PAGE if film_boxes[0].empty else 0
                 queue_full = FILM_BOX_QUEUE_FULL
-            job = self._print(request, session.attrs, film_boxes, queue_full)
+            job = self._print(request, session.attrs, film_boxes, queue_full, session.lut)
             job_holder.append(job)
             for film_box in film_boxes:
                 film_box.printed = True
@@ -457,7 +466,7 @@ class PrintAddIn(AddIn):
         return response
 
     def _print(self, request: Request, session_attrs: Mapping[str, Any], film_boxes: list[FilmBox],
-               queue_full: int) -> PrintJob:
+               queue_full: int, session_lut: Any = None) -> PrintJob:
         now = dt.datetime.now()
         job = PrintJob(generate_uid(), request.assoc.remote_ae_title, str(session_attrs.get("FilmSessionLabel", "")),
                        str(session_attrs.get("PrintPriority", "MED")), now, len(film_boxes), status="PRINTING")
@@ -466,7 +475,7 @@ class PrintAddIn(AddIn):
         try:
             size = render_pdf(film_boxes, target, dpi=self.options.dpi, margin_mm=self.options.margin_mm,
                               title=job.label or f"print job {job.uid}", author=job.calling_ae,
-                              copies=int(session_attrs.get("NumberOfCopies", 1)))
+                              copies=int(session_attrs.get("NumberOfCopies", 1)), session_lut=session_lut)
         except OSError as exc:
             # Printer Status Info / Execution Status Info are CS defined terms (PS3.3 C.13.9.1)
             job.status, job.info = "FAILURE", "PRINTER DOWN"
@@ -513,7 +522,9 @@ class PrintAddIn(AddIn):
     async def on_delete(self, request: Request) -> Response:
         def body(entry: _Association) -> Response:
             sop_class = self._allowed(request, _DELETE)
-            if sop_class == BASIC_FILM_SESSION:
+            if sop_class == PRESENTATION_LUT:
+                entry.state.delete_lut(request.sop_instance_uid)
+            elif sop_class == BASIC_FILM_SESSION:
                 entry.state.delete_session(request.sop_instance_uid)
             else:
                 entry.state.delete_film_box(request.sop_instance_uid)
@@ -576,18 +587,20 @@ class PrintAddIn(AddIn):
 _META_NAMES = {BASIC_GRAYSCALE_PRINT_META: "Basic Grayscale Print Management Meta",
                BASIC_COLOR_PRINT_META: "Basic Color Print Management Meta",
                PRINT_JOB: "Print Job", BASIC_ANNOTATION_BOX: "Basic Annotation Box",
-               PRINTER_CONFIGURATION: "Printer Configuration Retrieval"}
+               PRINTER_CONFIGURATION: "Printer Configuration Retrieval", PRESENTATION_LUT: "Presentation LUT"}
 _CLASS_NAMES = {BASIC_FILM_SESSION: "Film Session", BASIC_FILM_BOX: "Film Box",
                 BASIC_GRAYSCALE_IMAGE_BOX: "Grayscale Image Box", BASIC_COLOR_IMAGE_BOX: "Color Image Box",
                 PRINTER: "Printer", PRINT_JOB: "Print Job", BASIC_ANNOTATION_BOX: "Annotation Box"}
 _GRAY, _COLOR = BASIC_GRAYSCALE_PRINT_META, BASIC_COLOR_PRINT_META
-_CREATE = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX}, _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX}}
+_CREATE = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX}, _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX},
+           PRESENTATION_LUT: {PRESENTATION_LUT}}
 _SET = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX, BASIC_GRAYSCALE_IMAGE_BOX},
         _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX, BASIC_COLOR_IMAGE_BOX},
         BASIC_ANNOTATION_BOX: {BASIC_ANNOTATION_BOX}}
 _GET = {_GRAY: {PRINTER}, _COLOR: {PRINTER}, PRINT_JOB: {PRINT_JOB}, PRINTER_CONFIGURATION: {PRINTER_CONFIGURATION}}
 _ACTION = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX}, _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX}}
-_DELETE = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX}, _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX}}
+_DELETE = {_GRAY: {BASIC_FILM_SESSION, BASIC_FILM_BOX}, _COLOR: {BASIC_FILM_SESSION, BASIC_FILM_BOX},
+           PRESENTATION_LUT: {PRESENTATION_LUT}}
 
 
 def _class_name(uid: str) -> str:

@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pacskit.dicom.printing import film_size_mm
+from pacskit.dicom.printing import PresentationLut, film_size_mm, p_values_to_gray
 
 from .session import FilmBox, ImageBox, annotation_band_mm
 
 if TYPE_CHECKING:
-    import numpy as np
     import numpy.typing as npt
 
 MM = 72.0 / 25.4  # PDF points per millimetre
@@ -92,7 +91,7 @@ def placement(film_box: FilmBox, box: ImageBox, image_shape: Sequence[int], dpi:
     return Placement(c_left + (cw - w) // 2, c_top + (ch - h) // 2, w, h), (c_left, c_top, cw, ch)
 
 
-def _resample(pixels: npt.NDArray[np.uint8], width: int, height: int, magnification: str) -> Any:
+def _resample(pixels: npt.NDArray[Any], width: int, height: int, magnification: str) -> Any:
     from PIL import Image
 
     image = Image.fromarray(pixels, "RGB" if pixels.ndim == 3 else "L")
@@ -106,9 +105,11 @@ def _resample(pixels: npt.NDArray[np.uint8], width: int, height: int, magnificat
 
 
 def render_pdf(film_boxes: Sequence[FilmBox], path: str | os.PathLike[str], *, dpi: int, margin_mm: float,
-               title: str = "", author: str = "", copies: int = 1) -> int:
+               title: str = "", author: str = "", copies: int = 1, session_lut: PresentationLut | None = None) -> int:
     """Write one page per film box to ``path`` atomically (a temp file in the same folder, then
-    renamed: no partial PDF is ever visible). Returns the file's size."""
+    renamed: no partial PDF is ever visible). Returns the file's size. Grayscale P-values go through
+    the Presentation LUT of the image box, else of its film box, else ``session_lut`` (the film
+    session's), else the identity."""
     import numpy as np
     from reportlab.lib.utils import ImageReader
     from reportlab.pdfgen import canvas
@@ -137,6 +138,9 @@ def render_pdf(film_boxes: Sequence[FilmBox], path: str | os.PathLike[str], *, d
                 pdf.rect(left * pt, (page_h - top - ch) * pt, cw * pt, ch * pt, stroke=0, fill=1)
                 continue
             pixels = box.pixels
+            if pixels.ndim == 2:
+                lut = box.lut or film_box.lut or session_lut
+                pixels = p_values_to_gray(pixels, box.bits, lut, min_d, max_d)
             if box.polarity == "REVERSE":
                 pixels = (255 - pixels).astype(np.uint8)
             where, _ = placement(film_box, box, pixels.shape, dpi, margin_mm, mag)

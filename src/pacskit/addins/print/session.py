@@ -24,14 +24,15 @@ from pacskit.dicom.printing import (
     FILM_SIZES,
     Cell,
     DisplayFormat,
+    PresentationLut,
     PrintError,
     PrintStatus,
-    decode_image_box_item,
+    decode_image_box_values,
     parse_display_format,
+    parse_presentation_lut,
 )
 
 if TYPE_CHECKING:
-    import numpy as np
     import numpy.typing as npt
 
 INVALID_ATTRIBUTE_VALUE = Status.INVALID_ATTRIBUTE_VALUE
@@ -79,7 +80,10 @@ class ImageBox:
     uid: str
     position: int
     sop_class: str
-    pixels: npt.NDArray[np.uint8] | None = None
+    #: grayscale P-values (uint8/uint16, MONOCHROME2) of ``bits`` bits, or uint8 RGB
+    pixels: npt.NDArray[Any] | None = None
+    bits: int = 8
+    lut: PresentationLut | None = None
     polarity: str = "NORMAL"
     magnification: str = ""
     smoothing: str = ""
@@ -106,6 +110,7 @@ class FilmBox:
     image_boxes: dict[str, ImageBox] = field(default_factory=dict)
     annotation_boxes: dict[str, AnnotationBox] = field(default_factory=dict)
     printed: bool = False
+    lut: PresentationLut | None = None
 
     @property
     def orientation(self) -> str:
@@ -132,6 +137,7 @@ class FilmSession:
     color: bool
     attrs: dict[str, Any]
     film_boxes: dict[str, FilmBox] = field(default_factory=dict)
+    lut: PresentationLut | None = None
 
     def nbytes(self) -> int:
         return sum(fb.nbytes() for fb in self.film_boxes.values())
@@ -173,6 +179,36 @@ class PrintState:
         self.limits = limits
         self.budget = budget
         self.session: FilmSession | None = None
+        #: Presentation LUTs created on this association
+        self.luts: dict[str, PresentationLut] = {}
+
+    # ---------------------------------------------------------------- presentation LUT
+
+    def create_lut(self, uid: str | None, ds: Dataset) -> tuple[str, PresentationLut]:
+        lut = parse_presentation_lut(ds)
+        uid = uid or generate_uid()
+        if uid in self.luts:
+            raise PrintError(DUPLICATE_INSTANCE, f"Presentation LUT {uid} exists")
+        self.luts[uid] = lut
+        return uid, lut
+
+    def delete_lut(self, uid: str) -> None:
+        """Objects that reference it keep it (they were given it by reference at N-CREATE/N-SET)."""
+        if self.luts.pop(uid, None) is None:
+            raise PrintError(NO_SUCH_INSTANCE, f"no Presentation LUT {uid} on this association")
+
+    def _lut_ref(self, ds: Dataset, current: PresentationLut | None) -> PresentationLut | None:
+        """Referenced Presentation LUT Sequence: absent keeps ``current``, empty removes it."""
+        if "ReferencedPresentationLUTSequence" not in ds:
+            return current
+        seq = ds.ReferencedPresentationLUTSequence
+        if not seq:
+            return None
+        uid = str(seq[0].get("ReferencedSOPInstanceUID", ""))
+        if uid not in self.luts:
+            raise PrintError(INVALID_ATTRIBUTE_VALUE, f"no Presentation LUT {uid} on this association",
+                             _tag("ReferencedPresentationLUTSequence"))
+        return self.luts[uid]
 
     # ---------------------------------------------------------------- film session
 
@@ -201,7 +237,8 @@ class PrintState:
         defaults = {"NumberOfCopies": 1, "PrintPriority": "MED", "MediumType": self.limits.medium_types[0],
                     "FilmDestination": self.limits.film_destinations[0], "FilmSessionLabel": "", "OwnerID": ""}
         attrs, warning = self._session_attrs(ds, defaults)
-        self.session = FilmSession(uid or generate_uid(), color, attrs)
+        lut = self._lut_ref(ds, None)
+        self.session = FilmSession(uid or generate_uid(), color, attrs, lut=lut)
         return self.session, warning
 
     def get_session(self, uid: str) -> FilmSession:
@@ -212,6 +249,7 @@ class PrintState:
     def set_session(self, uid: str, ds: Dataset) -> tuple[FilmSession, int]:
         session = self.get_session(uid)
         attrs, warning = self._session_attrs(ds, session.attrs)
+        session.lut = self._lut_ref(ds, session.lut)
         session.attrs = attrs
         return session, warning
 
@@ -285,7 +323,7 @@ class PrintState:
         if uid in session.film_boxes:
             raise PrintError(DUPLICATE_INSTANCE, f"film box {uid} exists")
         box_class = BASIC_COLOR_IMAGE_BOX if session.color else BASIC_GRAYSCALE_IMAGE_BOX
-        film_box = FilmBox(uid, display, attrs)
+        film_box = FilmBox(uid, display, attrs, lut=self._lut_ref(ds, None))
         for cell in display.cells:
             image_uid = generate_uid()
             film_box.image_boxes[image_uid] = ImageBox(image_uid, cell.position, box_class)
@@ -303,7 +341,9 @@ class PrintState:
 
     def set_film_box(self, uid: str, ds: Dataset) -> tuple[FilmBox, int]:
         box = self.film_box(uid)
-        box.attrs, warning = self._film_box_attrs(ds, box.attrs)
+        attrs, warning = self._film_box_attrs(ds, box.attrs)
+        box.lut = self._lut_ref(ds, box.lut)
+        box.attrs = attrs
         return box, warning
 
     def delete_film_box(self, uid: str) -> None:
@@ -345,22 +385,23 @@ class PrintState:
         if other in ds:
             raise PrintError(INVALID_ATTRIBUTE_VALUE, f"{other} in an N-SET of a {'color' if color else 'grayscale'} image box",
                              _tag(other))
-        pixels = box.pixels
+        pixels, bits = box.pixels, box.bits
+        lut = self._lut_ref(ds, box.lut)
         warning = 0
         if seq_keyword in ds:
             seq = ds[seq_keyword].value
             if not seq:
                 pixels = None  # an empty sequence empties the box
             else:
-                pixels = decode_image_box_item(seq[0], color=color, max_pixels=self.limits.max_image_pixels)
+                pixels, bits = decode_image_box_values(seq[0], color=color, max_pixels=self.limits.max_image_pixels)
                 pixels, warning = self._fit(film_box, box, pixels, behaviour, requested, magnification)
         grow = (pixels.nbytes if pixels is not None else 0) - box.nbytes
         if grow > 0 and not self.budget.take(grow, self.limits.max_session_bytes, self._bytes()):
             raise PrintError(INSUFFICIENT_MEMORY, "not enough printer memory for this image")
         if grow < 0:
             self.budget.release(-grow)
-        box.pixels, box.polarity, box.magnification = pixels, polarity, magnification
-        box.behaviour, box.requested_size_mm = behaviour, requested
+        box.pixels, box.bits, box.polarity, box.magnification = pixels, bits, polarity, magnification
+        box.behaviour, box.requested_size_mm, box.lut = behaviour, requested, lut
         return box, warning
 
     def _bytes(self) -> int:
@@ -378,8 +419,8 @@ class PrintState:
         per_mm = self.limits.dpi / 25.4
         return max(1, int(cell.width * area_w * per_mm)), max(1, int(cell.height * area_h * per_mm))
 
-    def _fit(self, film_box: FilmBox, box: ImageBox, pixels: npt.NDArray[np.uint8], behaviour: str,
-             requested: float | None, magnification: str) -> tuple[npt.NDArray[np.uint8], int]:
+    def _fit(self, film_box: FilmBox, box: ImageBox, pixels: npt.NDArray[Any], behaviour: str,
+             requested: float | None, magnification: str) -> tuple[npt.NDArray[Any], int]:
         """Does the image fit its box at the printer's resolution (with magnification NONE, pixel for
         pixel)? Bigger: DECIMATE shrinks it (0xB60A), CROP keeps the middle (0xB609), FAIL refuses (0xC603)."""
         cols, rows = self.cell_pixels(film_box, box)
@@ -426,6 +467,7 @@ class PrintState:
         if self.session is not None:
             self.budget.release(self.session.nbytes())
             self.session = None
+        self.luts.clear()
 
 
 def annotation_band_mm(film_box: FilmBox) -> float:
