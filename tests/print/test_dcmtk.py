@@ -90,7 +90,11 @@ def dcmprscp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         yield port, tmp_path / "db"
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)
         log.close()
 
 
