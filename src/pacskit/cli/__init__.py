@@ -301,6 +301,7 @@ app.add_typer(certs_app, name="certs")
 from pacskit.cli import commit as _commit  # noqa: E402,F401  (pacskit commit: storage commitment)
 from pacskit.cli import worklist as _worklist  # noqa: E402,F401  (pacskit worklist ...)
 from pacskit.cli import browse as _browse  # noqa: E402,F401  (pacskit dump | ls | stats)
+from pacskit.cli import print as _print  # noqa: E402,F401  (pacskit print)
 
 
 def main() -> None:
