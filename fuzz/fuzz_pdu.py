@@ -159,7 +159,7 @@ class Engine:
 
     def feed(self, data: bytes) -> None:
         self.loop.run_until_complete(self._feed(data))
-        problems = [c for c in self.loop_errors]
+        problems = list(self.loop_errors)
         self.loop_errors.clear()
         if problems:
             context = problems[0]

@@ -218,7 +218,7 @@ def _check_prometheus(text: str) -> None:
     sample = re.compile(r'^[a-z_]+\{(?:[a-z_]+="(?:[^"\\]|\\.)*",?)+\} -?[0-9.e+-]+$')
     buckets: dict[str, list[int]] = {}
     for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+        if line.startswith(("# HELP ", "# TYPE ")):
             continue
         assert sample.match(line), line
         m = re.match(r'pacskit_operation_duration_seconds_bucket\{.*service="([^"]+)",le="([^"]+)"\} (\d+)', line)

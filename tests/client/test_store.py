@@ -4,7 +4,6 @@ events, statuses and failures."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import tempfile
 from pathlib import Path
 

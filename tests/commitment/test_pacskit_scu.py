@@ -124,7 +124,6 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(tmp_path: Path) ->
     settings = server_settings(tmp_path)
 
     async def run() -> None:
-        from pydicom.dataset import Dataset
 
         async with Server(settings) as server:
             stored = store_files(server.store, tmp_path / "src", 1)

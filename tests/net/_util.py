@@ -21,7 +21,6 @@ from pacskit.testing.synth import dataset_bytes  # noqa: F401  (the net tests im
 from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
 from pacskit.net import Acceptor, NetConfig, Request, Services, SupportedContext
 from pacskit.net import pdu
-from pacskit.dicom.part10 import read_part10_header
 
 HERE = Path(__file__).resolve().parent
 LOCALHOST = "127.0.0.1"

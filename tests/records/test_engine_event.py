@@ -77,8 +77,8 @@ def test_rfc5424_format_and_framing() -> None:
     msg = format_message("héllo", facility=10, severity=5, timestamp=dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC),
                          hostname="pacs host", app_name="pacskit", procid="7", msgid="IHE+RFC-3881",
                          structured_data={"x@32473": {"a": 'q"u]o\\te'}})
-    assert msg == ('<85>1 2026-12-01T10:00:00.000000Z pacs_host pacskit 7 IHE+RFC-3881 '
-                   '[x@32473 a="q\\"u\\]o\\\\te"] ').encode() + b"\xef\xbb\xbf" + "héllo".encode()
+    assert msg == (b'<85>1 2026-12-01T10:00:00.000000Z pacs_host pacskit 7 IHE+RFC-3881 '
+                   b'[x@32473 a="q\\"u\\]o\\\\te"] ') + b"\xef\xbb\xbf" + "héllo".encode()
     assert frame_octet_counting(b"abc") == b"3 abc"
     nil = format_message(b"raw", hostname="", procid="", msgid=None)
     assert b" - - - " in nil and nil.endswith(b"- raw")

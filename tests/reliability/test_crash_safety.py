@@ -107,7 +107,7 @@ def test_kill_9_during_parallel_ingest_loses_nothing_acknowledged(tmp_path: Path
         report = store.check()
         assert report.ok, str(report)
         assert store.count("instances") == 1000
-        leftovers = [p for p in Path(store.temp_dir).iterdir()]
+        leftovers = list(Path(store.temp_dir).iterdir())
         assert leftovers == [], leftovers
         visible = [p for p in (data / "files").rglob("*") if p.is_file() and not p.name.endswith(".dcm")]
         assert visible == [], visible

@@ -1,6 +1,5 @@
 """The store backend fixtures (SQLite, PostgreSQL, MariaDB) of tests/store, reused here (``need_dcmtk`` is in tests/conftest.py)."""
 
-import pytest
 
 from store.conftest import (  # noqa: F401 - fixtures
     backend,

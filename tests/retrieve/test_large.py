@@ -13,7 +13,7 @@ import pytest
 from pydicom import dcmread
 
 from net._util import proc_status, reset_peak_rss
-from pacskit.testing.peers import dcmtk_tool, free_port, have_dcmtk, run_storescu, storescp, wait_for_port
+from pacskit.testing.peers import free_port, have_dcmtk, run_storescu, storescp, wait_for_port
 from pacskit.testing.synth import make_large_instance
 
 from ._util import getscu, movescu

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
+from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless
 
 from pacskit.net import CommandField
 from pacskit.net.association import REJECT_CONGESTION
@@ -152,7 +152,7 @@ def test_failures_and_warnings_are_counted_and_listed(tmp_path: Path) -> None:
             assert failed_list(ds) == [uids[0]]
             assert "0xA700" in final["ErrorComment"]
 
-            dest.statuses = {u: 0xC000 for u in uids}
+            dest.statuses = dict.fromkeys(uids, 49152)
             rsps = await scu_move(server.port, dest.ae_title, identifier("STUDY", StudyInstanceUID=a))
             final, ds = rsps[-1]
             assert final.status == 0xA702

@@ -46,7 +46,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     issue_certificate(ca, "OTHER").save(folder, "other")
     revoked = issue_certificate(ca, "REVOKED")
     revoked.save(folder, "revoked")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     issue_certificate(ca, "MODALITY1", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)).save(folder, "expired")
     issue_certificate(None, "MODALITY1").save(folder, "selfsigned")
     foreign_ca = make_ca("some other CA")

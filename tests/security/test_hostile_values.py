@@ -13,7 +13,6 @@ import asyncio
 import os
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 

@@ -22,9 +22,7 @@ import importlib.util
 import io
 import re
 import shutil
-import struct
 import sys
-import traceback
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pacskit.services import AddIn, AddInOptions, SupportedContext
+from pacskit.services import AddIn, SupportedContext
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
 from pacskit.net import RequestedContext, connect
 from pacskit.server.addin_manager import AddInError

@@ -16,7 +16,6 @@ import hashlib
 from pathlib import Path
 
 import pydicom.data
-import pytest
 from pydicom import dcmread
 from pynetdicom import AllStoragePresentationContexts
 from sqlalchemy.engine import URL

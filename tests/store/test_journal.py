@@ -12,11 +12,11 @@ from pacskit.store import DataStore, FilesystemBlobStore
 from pacskit.store.blobs import new_key
 from pacskit.store.journal import SLOT_SIZE, SLOTS_PER_EXTENT, IngestJournal, journal_files, recorded_keys
 
+from ._util import stage
+
 
 def recorded(folder: str) -> list[str]:
     return sorted(k for path in journal_files(folder) for k in recorded_keys(path))
-
-from ._util import stage
 
 
 def test_slots_are_recorded_cleared_and_reused(tmp_path: Path) -> None:

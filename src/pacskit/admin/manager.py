@@ -123,7 +123,7 @@ class ServiceManager:
         settings: dict[str, Any] | None = None,
     ) -> Path:
         """Make ``<root>/<AE>/`` with server.toml, addins/, data/ and logs/. Raises :class:`ManagerError`."""
-        import tomli_w
+        import tomlkit
 
         try:
             ae_title = validate_ae_title(ae_title)
@@ -152,7 +152,7 @@ class ServiceManager:
             f"# pacskit server {ae_title}: settings (see docs/admin.md; every key in pacskit.config.settings)\n"
             "# Change with `pacskit server edit` or the admin API; a running server applies [addins.*] on reload.\n\n"
         )
-        (folder / SETTINGS_FILE).write_text(header + tomli_w.dumps(data), encoding="utf-8")
+        (folder / SETTINGS_FILE).write_text(header + tomlkit.dumps(data), encoding="utf-8")
         os.chmod(folder / SETTINGS_FILE, 0o640)
         return folder
 

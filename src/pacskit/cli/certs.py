@@ -27,10 +27,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+try:  # the `tls` extra; without it the commands say how to install it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+except ImportError:  # pragma: no cover - exercised only without the extra
+    HAVE_CRYPTOGRAPHY = False
+else:
+    HAVE_CRYPTOGRAPHY = True
 
 __all__ = ["Issued", "issue_certificate", "make_ca", "make_crl", "write_key", "write_pem"]
 
@@ -57,7 +63,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def new_key() -> rsa.RSAPrivateKey:
@@ -194,6 +200,12 @@ def _stem(name: str) -> str:
     return name
 
 
+def _need_cryptography() -> None:
+    if not HAVE_CRYPTOGRAPHY:
+        typer.echo("error: pacskit certs needs the cryptography package: pip install 'pacskit[tls]'", err=True)
+        raise typer.Exit(2)
+
+
 @certs_app.command("init")
 def init(
     folder: Annotated[Path, typer.Argument(help="where to write the CA, server and client files")],
@@ -204,6 +216,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing CA")] = False,
 ) -> None:
     """Make a CA, a server certificate, client certificates and an empty CRL."""
+    _need_cryptography()
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / "ca.key").exists() and not force:
         typer.echo(f"error: {folder / 'ca.key'} exists (use --force to replace the CA)", err=True)
@@ -232,6 +245,7 @@ def client_cert(
     days: Annotated[int, typer.Option(help="validity in days")] = 825,
 ) -> None:
     """Issue one more client certificate from the lab CA."""
+    _need_cryptography()
     ca = _load_ca(folder)
     cert_path, key_path = issue_certificate(ca, cn, days=days).save(folder, _stem(cn))
     typer.echo(f"wrote {cert_path} and {key_path}")
@@ -243,6 +257,7 @@ def revoke(
     certificate: Annotated[Path, typer.Argument(help="the certificate (PEM) to revoke")],
 ) -> None:
     """Revoke a certificate: it is added to crl.pem (restart the server to load the new CRL)."""
+    _need_cryptography()
     ca = _load_ca(folder)
     try:
         cert = x509.load_pem_x509_certificate(certificate.read_bytes())

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pacskit.client._scu import AssociationRequest, ClientEvents, Scu, run_sync, user_identity
 from pacskit.client.commitment import CommitmentFailure, CommitmentResult, SopReference, StorageCommitmentScu
 from pacskit.client.echo import EchoScu
-from pacskit.client.remote import RemoteAE, RemoteSpec, UnknownRemote, parse_address, resolve_remote
+from pacskit.client.remote import RemoteAE, RemoteSpec, UnknownRemote, resolve_remote
 from pacskit.client.store import Instance, InstanceResult, StoreEvent, StoreProgress, StoreReport, StoreScu
 
 # Modules that need pydicom are imported on first use (PEP 562): storing files, like DCMTK's storescu,

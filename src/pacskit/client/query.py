@@ -407,7 +407,7 @@ class QueryRetrieveScu(Scu):
             apply_keys(ds, {"PatientID": ""})
         ds.QueryRetrieveLevel = level
         if service == "C-FIND":
-            apply_keys(ds, {k: "" for k in DEFAULT_RETURN_KEYS[level]})
+            apply_keys(ds, dict.fromkeys(DEFAULT_RETURN_KEYS[level], ""))
         apply_keys(ds, keys)
         ds.QueryRetrieveLevel = level
         return ds
@@ -650,5 +650,3 @@ async def _cancel_watch(assoc: Association, ctx: PresentationContext, event: asy
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-
-RECORD_TYPES = _RECORD_TYPES

@@ -149,7 +149,7 @@ class FileAeRegistry:
         self._items, self._mtime = items, mtime
 
     def _save(self) -> None:
-        import tomli_w
+        import tomlkit
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -161,7 +161,7 @@ class FileAeRegistry:
             if ae.move_destinations is not None:
                 entry["move_destinations"] = sorted(ae.move_destinations)
             entries.append(entry)
-        tmp.write_text(tomli_w.dumps({"ae": entries}), encoding="utf-8")
+        tmp.write_text(tomlkit.dumps({"ae": entries}), encoding="utf-8")
         os.replace(tmp, self.path)
         self._mtime = self.path.stat().st_mtime
 

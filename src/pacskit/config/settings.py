@@ -344,39 +344,40 @@ def load_settings(folder: str | Path, overrides: dict[str, Any] | None = None) -
 
 def write_settings(settings: ServerSettings, folder: str | Path) -> Path:
     """Write ``server.toml`` atomically (used by the service manager and tests)."""
-    import os
-
-    import tomli_w
+    import tomlkit
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SETTINGS_FILE
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(settings.model_dump(exclude_none=True)), encoding="utf-8")
+    tmp.write_text(tomlkit.dumps(settings.model_dump(exclude_none=True)), encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
 def update_settings_file(folder: str | Path, mutate: Callable[[dict[str, Any]], None]) -> ServerSettings:
-    """Change ``<folder>/server.toml`` in place: ``mutate`` edits the parsed TOML, the result is validated
-    as a whole and written atomically (comments in the file are not kept). Raises :class:`SettingsError`
-    and leaves the file untouched when the result is invalid; exceptions of ``mutate`` propagate."""
-    import tomli_w
+    """Change ``<folder>/server.toml`` in place: ``mutate`` edits the parsed TOML document (a mapping;
+    edit tables in place rather than replacing them, and the comments and layout around what it
+    changes stay as the operator wrote them), the result is validated as a whole and written
+    atomically. Raises :class:`SettingsError` and leaves the file untouched when the result is
+    invalid; exceptions of ``mutate`` propagate."""
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
 
     folder = Path(folder)
     path = folder / SETTINGS_FILE
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data: Any = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
+    except (OSError, UnicodeDecodeError, TOMLKitError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}") from exc
     mutate(data)
     try:
-        ServerSettings.model_validate(data)
+        ServerSettings.model_validate(data.unwrap())
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"{path}: {problems}") from exc
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+    tmp.write_text(tomlkit.dumps(data), encoding="utf-8")
     if path.exists():
         os.chmod(tmp, path.stat().st_mode & 0o777)
     os.replace(tmp, path)

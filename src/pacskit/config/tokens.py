@@ -18,7 +18,10 @@ def verify_jwt(token: bytes, ae: RemoteAE) -> str | None:
     Signature (HS256 with a shared secret or RS256 with a PEM public key), ``exp`` required and in
     the future, ``nbf``/``iat`` honoured, ``aud`` when the entry sets ``jwt_audience``, ``sub`` equal
     to ``username`` when the entry sets one."""
-    import jwt
+    try:
+        import jwt
+    except ImportError:
+        return "JWT user identity needs PyJWT on the server: pip install 'pacskit[jwt]'"
 
     try:
         text = token.decode("ascii")

@@ -17,6 +17,7 @@ risk the server's memory. Sending *without* conversion streams the file and has 
 
 from __future__ import annotations
 
+import array
 import os
 from typing import Any
 
@@ -58,10 +59,11 @@ def can_convert(source: str, target: str) -> bool:
         return False
 
 
+_ARRAY_CODES = {2: "H", 4: "I" if array.array("I").itemsize == 4 else "L", 8: "Q"}
+
+
 def _swap_words(ds: Any) -> None:
     """Swap the byte order of the fixed-width binary values of ``ds`` (recursively)."""
-    import numpy as np
-
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value or ():
@@ -70,7 +72,9 @@ def _swap_words(ds: Any) -> None:
         width = WORD_SIZE.get(elem.VR)
         value = elem.value
         if width and isinstance(value, (bytes, bytearray)) and value and len(value) % width == 0:
-            elem.value = np.frombuffer(value, dtype=f"u{width}").byteswap().tobytes()
+            words = array.array(_ARRAY_CODES[width], value)
+            words.byteswap()
+            elem.value = words.tobytes()
 
 
 def transcode(source: str | os.PathLike[str], dest: str | os.PathLike[str], target: str,

@@ -85,7 +85,7 @@ def _all_transfer_syntaxes() -> tuple[str, ...]:
 
 
 def _storage_sop_classes() -> tuple[str, ...]:
-    from pydicom.uid import UID_dictionary
+    from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]  # pydicom's table, imported there
 
     found = [
         uid

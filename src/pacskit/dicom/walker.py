@@ -102,7 +102,7 @@ def _walk(fh: BinaryIO, pos: int, implicit: bool, hdr: struct.Struct, u16: struc
     depth = 0
     fh.seek(pos)
     while pos < size:
-        while stack and stack[-1][1] is not None and pos >= stack[-1][1]:  # type: ignore[operator]
+        while stack and stack[-1][1] is not None and pos >= stack[-1][1]:
             is_seq, end, collecting = stack.pop()
             if is_seq:
                 depth -= 1

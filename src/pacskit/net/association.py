@@ -791,7 +791,7 @@ class Association:
             sentinel = object()
             step_context = contextvars.copy_context()
             while True:
-                future = self._loop.run_in_executor(self.executor, step_context.run, next, result, sentinel)
+                future = self._loop.run_in_executor(self.executor, step_context.run, next, result, sentinel)  # type: ignore[arg-type]
                 item = await (asyncio.wait_for(future, timeout) if timeout else future)
                 if item is sentinel:
                     break

@@ -106,7 +106,7 @@ class Command(dict[str, Any]):
 
     @property
     def has_dataset(self) -> bool:
-        return self.get("CommandDataSetType", NO_DATASET) != NO_DATASET
+        return bool(self.get("CommandDataSetType", NO_DATASET) != NO_DATASET)
 
     @property
     def status(self) -> int:

@@ -81,14 +81,6 @@ PC_NO_REASON = 2
 PC_ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
 PC_TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
 
-PC_RESULT_TEXT = {
-    0: "acceptance",
-    1: "user-rejection",
-    2: "no-reason (provider rejection)",
-    3: "abstract-syntax-not-supported (provider rejection)",
-    4: "transfer-syntaxes-not-supported (provider rejection)",
-}
-
 # User identity types (PS3.7 Table D.3-14)
 USER_IDENTITY_USERNAME = 1
 USER_IDENTITY_USERNAME_PASSWORD = 2

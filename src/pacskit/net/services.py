@@ -26,7 +26,6 @@ C.4.2.1.5 (C-MOVE), C.4.3.1.4 (C-GET), A.4.2 (C-ECHO), PS3.7 10.1 (N-services).
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -134,7 +133,7 @@ class Request:
         return str(self.command.get("AffectedSOPInstanceUID") or self.command.get("RequestedSOPInstanceUID") or "")
 
     @property
-    def dataset_path(self) -> os.PathLike[str] | None:
+    def dataset_path(self) -> str | None:
         """The received Part 10 file (C-STORE), for handlers that move or hash it without decoding."""
         return self.received.path if self.received is not None else None
 

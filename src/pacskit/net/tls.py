@@ -29,7 +29,7 @@ import ssl
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -208,7 +208,7 @@ def client_context(
     return context
 
 
-def peer_common_name(peercert: dict | None) -> str | None:
+def peer_common_name(peercert: dict[str, Any] | None) -> str | None:
     """The subject CN of a verified peer certificate as :meth:`ssl.SSLSocket.getpeercert` returns it."""
     if not peercert:
         return None

@@ -594,7 +594,12 @@ def create_app(service: AdminService) -> FastAPI:
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                 raise HTTPException(422, f"options of add-in {name!r} are invalid: {problems}") from None
-            data.setdefault("addins", {})[name] = section
+            target = data.setdefault("addins", {}).setdefault(name, {})  # in place: comments stay
+            for key, value in changes.items():
+                if value is None:
+                    target.pop(key, None)
+                else:
+                    target[key] = value
 
         try:
             await asyncio.to_thread(update_settings_file, server.settings.folder, mutate)

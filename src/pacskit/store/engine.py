@@ -98,7 +98,13 @@ def make_engine(
     elif backend == "mysql":
         connect_args.setdefault("connect_timeout", 10)
         kwargs.setdefault("pool_recycle", 3600)  # MariaDB drops idle connections (wait_timeout)
-    return create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
+    try:
+        return create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
+    except ModuleNotFoundError as exc:  # the driver is an extra: say which
+        extra = {"postgresql": "postgresql", "mysql": "mysql"}.get(backend, backend)
+        raise ModuleNotFoundError(
+            f"the {backend} driver ({exc.name}) is not installed: pip install 'pacskit[{extra}]'", name=exc.name
+        ) from exc
 
 
 def _setup_sqlite(engine: Engine, synchronous: str, mmap_size: int) -> None:

@@ -34,7 +34,6 @@ from pacskit.store.engine import WRITE_OPTION, backend_name, make_engine
 from pacskit.store.extract import InstanceAttributes, InvalidInstance
 from pacskit.store.models import (
     MODALITIES,
-    Base,
     Instance,
     Patient,
     Series,

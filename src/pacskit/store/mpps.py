@@ -135,7 +135,7 @@ def _tag(keyword: str) -> int:
 
 def _snapshot(row: PerformedProcedureStep) -> PerformedStep:
     return PerformedStep(row.sop_instance_uid, row.status, Dataset.from_json(row.dataset), row.calling_ae,
-                         row.created_at, row.updated_at, sorted(l.worklist_fk for l in row.links if l.worklist_fk))
+                         row.created_at, row.updated_at, sorted(link.worklist_fk for link in row.links if link.worklist_fk))
 
 
 class MppsStore:

@@ -71,7 +71,6 @@ from pacskit.store.workflow_models import WorklistItem, WorklistStationAE
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 SPS_SEQUENCE = 0x00400100
-SPS_STATUS = 0x00400020
 _CHARSET = 0x00080005
 _QR_LEVEL = 0x00080052
 _SPS_DATE = 0x00400002

@@ -100,8 +100,11 @@ def _first(value: Any) -> float | None:
 
 def render(store: DataStore, item: RetrieveItem, frame: int, params: RenderParams) -> bytes:
     """The encoded image of ``frame`` (1-based) of a stored instance (thread pool)."""
-    import numpy as np
-    from PIL import Image
+    try:
+        import numpy as np
+        from PIL import Image
+    except ImportError:
+        raise DicomWebError(406, "rendered images need numpy and Pillow on the server: pip install 'pacskit[render]'") from None
     from pydicom import dcmread
     from pydicom.pixels import pixel_array
 
