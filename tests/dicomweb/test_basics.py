@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import json
 from pathlib import Path
 
 import httpx
@@ -255,3 +254,10 @@ def test_capabilities_list_the_routes(pacs: Running) -> None:
                      "studies/{study}/metadata", "wado"):
             assert f'path="{path}"'.encode() in r.content
         assert c.options("/").status_code == 200
+
+
+def test_urls_keep_the_port_when_the_host_header_has_none(pacs: Running, data: dict) -> None:
+    """dicomweb-client sends ``Host: 127.0.0.1`` without the port: the links must still work."""
+    with httpx.Client(base_url=pacs.url) as c:
+        r = c.get("/studies", params={"PatientID": "PB"}, headers={"Host": "127.0.0.1"})
+        assert r.json()[0]["00081190"]["Value"] == [f"{pacs.url}/studies/{STUDY_B}"]

@@ -26,7 +26,6 @@ import binascii
 import ipaddress
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -190,7 +189,13 @@ def base_url(addin: DicomWebAddIn, request: Any) -> str:
     if addin.options.public_url:
         return addin.options.public_url.rstrip("/")
     root = request.scope.get("root_path", "")
-    return f"{request.url.scheme}://{request.url.netloc}{root}".rstrip("/")
+    netloc = request.url.netloc
+    server = request.scope.get("server")
+    default = 443 if request.url.scheme == "https" else 80
+    if request.url.port is None and server and server[1] and server[1] != default and not netloc.endswith("]"):
+        # a Host header without the port (dicomweb-client sends one): the port we were reached on
+        netloc = f"{netloc}:{server[1]}"
+    return f"{request.url.scheme}://{netloc}{root}".rstrip("/")
 
 
 def build_app(addin: DicomWebAddIn) -> Any:
@@ -358,7 +363,7 @@ def build_app(addin: DicomWebAddIn) -> Any:
                 want_native = True
             elif kind == OCTET_STREAM:
                 want_native = True
-            elif kind.startswith("image/") or kind.startswith("video/"):
+            elif kind.startswith(("image/", "video/")):
                 ts = r.params.get("transfer-syntax")
                 compressed += [ts] if ts else [t for t, m in wado.FRAME_MEDIA_TYPES.items() if m == kind or kind == "image/*"]
         if not want_native and not compressed:

@@ -50,7 +50,7 @@ def wadl(app: Any, base: str) -> bytes:
     for route in app.routes:
         path = getattr(route, "path", None)
         methods = sorted(getattr(route, "methods", None) or ())
-        if not path or not methods or path.startswith("/openapi") or path.startswith("/docs"):
+        if not path or not methods or path.startswith(("/openapi", "/docs")):
             continue
         lines.append(f"<resource path={quoteattr(path.lstrip('/').replace(':path', ''))}>")
         for method in methods:

@@ -167,7 +167,7 @@ def parse_search(resource: str, params: Sequence[tuple[str, str]], path_keys: di
         warnings.append('299 pacskit "The fuzzymatching parameter is not supported. Only literal matching has been performed."')
 
     # matching keys: the path's UIDs, then the query parameters
-    matches: list[tuple[str, str]] = [(k, v) for k, v in path_keys.items()]
+    matches: list[tuple[str, str]] = list(path_keys.items())
     for key, value in params:
         if key in _RESERVED:
             continue

@@ -52,7 +52,7 @@ async def handle(addin: DicomWebAddIn, request: Any, caller: Caller) -> Any:
                 fh = await asyncio.to_thread(open, path, "rb")
                 os.unlink(path)  # the open file stays readable
 
-            async def body() -> Any:
+            async def body(fh: Any = fh) -> Any:
                 try:
                     while chunk := await asyncio.to_thread(fh.read, wado.CHUNK):
                         yield chunk
