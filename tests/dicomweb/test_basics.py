@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 from pathlib import Path
 
 import httpx
@@ -12,7 +10,7 @@ from pydicom import dcmread
 
 from pacskit.testing.synth import make_series
 
-from pacskit.testing.dicomweb import Running, keep_copies
+from pacskit.testing.dicomweb import Running, keep_copies, multipart_parts
 
 STUDY_A = "1.2.826.0.1.3680043.8.498.100"
 STUDY_B = "1.2.826.0.1.3680043.8.498.200"
@@ -22,12 +20,7 @@ SERIES_B1 = "1.2.826.0.1.3680043.8.498.201"
 
 
 def parts_of(response: httpx.Response) -> list[tuple[str, bytes]]:
-    """(content type, body) of each part of a multipart/related answer (the stdlib's MIME parser)."""
-    head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + response.content)
-    assert msg.is_multipart()
-    return [(p.get_content_type() + "".join(f"; {k}={v}" for k, v in p.get_params()[1:]), p.get_payload(decode=True))
-            for p in msg.iter_parts()]
+    return multipart_parts(response.headers["content-type"], response.content)
 
 
 @pytest.fixture

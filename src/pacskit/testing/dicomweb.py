@@ -98,3 +98,47 @@ def start_server(folder: Path) -> Iterator[Running]:
         loop.close()
 
 
+
+
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def have_orthanc_dicomweb() -> bool:
+    """Orthanc and its DICOMweb plugin (Debian ``orthanc-dicomweb``) are installed."""
+    from pacskit.testing.peers import have_orthanc
+
+    return have_orthanc() and Path(ORTHANC_DICOMWEB_PLUGIN).exists()
+
+
+@contextlib.contextmanager
+def orthanc_dicomweb(work_dir: Path, servers: dict[str, str] | None = None, **kwargs: Any) -> Iterator[Any]:
+    """An Orthanc with its DICOMweb plugin (server at ``/dicom-web/``; ``servers``: name -> base URL of
+    DICOMweb servers it may call as a client, ``/dicom-web/servers/<name>/...``)."""
+    from pacskit.testing.peers import orthanc
+
+    config = {
+        "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
+                     "Servers": {name: [url.rstrip("/") + "/"] for name, url in (servers or {}).items()}},
+    }
+    extra = dict(kwargs.pop("extra_config", {}) or {})
+    config.update(extra)
+    with orthanc(work_dir, extra_config=config, **kwargs) as peer:
+        yield peer
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
+    """(content type with parameters, body) of each part of a multipart/related answer, parsed with
+    the standard library's MIME parser (not pacskit's code)."""
+    import email.parser
+    import email.policy
+
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not msg.is_multipart():
+        raise ValueError(f"not a multipart body: {content_type}")
+    out = []
+    for part in msg.iter_parts():
+        params = "".join(f"; {k}={v}" for k, v in part.get_params()[1:])
+        out.append((part.get_content_type() + params, part.get_payload(decode=True)))
+    return out
