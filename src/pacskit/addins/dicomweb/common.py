@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pacskit.store.extract import is_valid_uid
+from pacskit.store import is_valid_uid
 
 #: Media types of PS3.18 used here
 DICOM = "application/dicom"

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from pacskit.addins.dicomweb.common import DicomWebError
 from pacskit.addins.dicomweb.model import to_json
-from pacskit.store.models import Instance, Series, Study
+from pacskit.store import Instance, Series, Study
 from pacskit.store.query import (
     KEYS,
     LEVEL_ORDER,

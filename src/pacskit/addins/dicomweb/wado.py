@@ -258,7 +258,7 @@ def series_uids(store: DataStore, selection: RetrieveSelection) -> dict[int, str
     """Instance row id -> its SeriesInstanceUID, for the URLs of a study's metadata."""
     from sqlalchemy import select as sql_select
 
-    from pacskit.store.models import Instance, Series, Study
+    from pacskit.store import Instance, Series, Study
 
     study_uids = selection.keys.study_uids
     stmt = (sql_select(Instance.pk, Series.series_instance_uid)
