@@ -118,12 +118,22 @@ def serve(
     workers: Annotated[
         Optional[int], typer.Option(help="processes serving the port, each a full server [1]", min=1, max=64)
     ] = None,
+    http_port: Annotated[
+        Optional[int], typer.Option("--http-port", help="port of the HTTP listener (DICOMweb) [http] port", min=0, max=65535)
+    ] = None,
+    dicomweb: Annotated[
+        Optional[bool], typer.Option("--dicomweb/--no-dicomweb", help="serve DICOMweb at /dicom-web on the HTTP listener")
+    ] = None,
 ) -> None:
     """Run the PACS server with its add-ins (Verification, Storage, Query, and any installed ones)."""
     from pacskit.server.server import run_server
 
     settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode,
                                 workers=workers)
+    if http_port is not None:
+        settings.http = settings.http.model_copy(update={"port": http_port})
+    if dicomweb is not None:
+        settings.addins.setdefault("dicomweb", {})["enabled"] = dicomweb
     raise typer.Exit(run_server(settings))
 
 

@@ -28,11 +28,12 @@ from pacskit.cli import (
     app,
     net_error_exit,
 )
+from pacskit.client.dicomweb import is_dicomweb_url
 from pacskit.net import NetConfig, NetError
 
 T = TypeVar("T")
 
-TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, or an AE title from the registry")]
+TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, an AE title from the registry, or http(s)://host:port/dicom-web")]
 CallingOpt = Annotated[str, typer.Option("--calling", "-aet", help="our calling AE title")]
 TimeoutOpt = Annotated[float, typer.Option(help="ACSE and DIMSE timeout in seconds")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
@@ -140,10 +141,15 @@ def store(
     tls: TlsOpt = False,
     tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
-    """C-STORE files and folders to a peer. Exit 1 if any instance failed (warnings are not failures)."""
+    """C-STORE files and folders to a peer (STOW-RS to an http(s)://.../dicom-web peer). Exit 1 if any
+    instance failed (warnings are not failures)."""
     from pacskit.client import StoreScu
 
     _setup_logging(verbose)
+    if is_dicomweb_url(target):
+        from pacskit.cli.dicomweb import web_store
+
+        return web_store(target, paths, tls_ca, timeout)
     for path in paths:
         if not path.exists():
             raise fail(f"{path} does not exist", EXIT_USAGE)
@@ -216,10 +222,15 @@ def find(
     tls: TlsOpt = False,
     tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
-    """C-FIND (Study Root, Patient Root or Modality Worklist); prints a table, JSON or CSV."""
+    """C-FIND (Study Root, Patient Root or Modality Worklist), or QIDO-RS to an http(s)://.../dicom-web
+    peer; prints a table, JSON or CSV."""
     from pacskit.client import QueryRetrieveScu
 
     _setup_logging(verbose)
+    if is_dicomweb_url(target):
+        from pacskit.cli.dicomweb import web_find
+
+        return web_find(target, key, level, as_json, limit, tls_ca, timeout)
     if as_json and as_csv:
         raise fail("--json and --csv exclude each other", EXIT_USAGE)
     remote = resolve_target(target, data_dir, config)
@@ -353,10 +364,15 @@ def get(
     tls: TlsOpt = False,
     tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
-    """C-GET: the instances come back on the same association into --into."""
+    """C-GET: the instances come back on the same association into --into (WADO-RS from an
+    http(s)://.../dicom-web peer)."""
     from pacskit.client import QueryRetrieveScu
 
     _setup_logging(verbose)
+    if is_dicomweb_url(target):
+        from pacskit.cli.dicomweb import web_get
+
+        return web_get(target, key, into, tls_ca, timeout)
     remote = resolve_target(target, data_dir, config)
     try:
         scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
