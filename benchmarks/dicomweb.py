@@ -106,13 +106,27 @@ class PacskitProcess:
 # --------------------------------------------------------------------------- measurements
 
 
-def retrieve_mbps(url: str, study: str, repeat: int, pid: int | None = None) -> tuple[float, int, int | None]:
-    """(median MB/s, bytes, RSS growth in bytes of process ``pid`` during the runs)."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 without a pid)."""
+    if not pid:
+        return 0.0
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def retrieve_mbps(url: str, study: str, repeat: int, pid: int | None = None, *, rss: bool = True
+                  ) -> tuple[float, int, int | None, float]:
+    """(median MB/s, bytes, RSS growth in bytes of process ``pid`` during the runs, the server's CPU
+    seconds per GB sent: what the retrieve costs whatever else the machine is doing)."""
     accept = 'multipart/related; type="application/dicom"'
     speeds, nbytes, growth = [], 0, None
+    cpu0 = cpu_seconds(pid)
+    total = 0
     with httpx.Client(timeout=600) as c:
         for _ in range(repeat):
-            sampler = RssSampler(pid) if pid else None
+            sampler = RssSampler(pid) if pid and rss else None
             t0 = time.perf_counter()
             nbytes = 0
             with c.stream("GET", f"{url}/studies/{study}", headers={"Accept": accept}) as r:
@@ -120,10 +134,12 @@ def retrieve_mbps(url: str, study: str, repeat: int, pid: int | None = None) -> 
                 for chunk in r.iter_raw(1 << 20):
                     nbytes += len(chunk)
             speeds.append(nbytes / (time.perf_counter() - t0) / 1e6)
+            total += nbytes
             if sampler is not None:
                 g = sampler.stop()
                 growth = g if growth is None else max(growth, g)
-    return statistics.median(speeds), nbytes, growth
+    cpu_per_gb = (cpu_seconds(pid) - cpu0) / (total / 1e9) if pid and total else 0.0
+    return statistics.median(speeds), nbytes, growth, cpu_per_gb
 
 
 class RssSampler:
@@ -270,11 +286,12 @@ def main() -> int:
         with PacskitProcess(folder) as pacs:
             assert pacs.proc is not None
             retrieve_mbps(pacs.url, ct_study, 1)  # warm the page cache and the server
-            mbps, nbytes, growth = retrieve_mbps(pacs.url, ct_study, args.repeat, pacs.proc.pid)
-            results["pacskit"]["wado"] = (mbps, nbytes, growth)
-            print(f"pacskit WADO-RS: {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), RSS growth {growth / 2**20:.1f} MiB", flush=True)
+            mbps, nbytes, growth, cpu = retrieve_mbps(pacs.url, ct_study, args.repeat, pacs.proc.pid)
+            results["pacskit"]["wado"] = (mbps, nbytes, growth, cpu)
+            print(f"pacskit WADO-RS: {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), {cpu:.2f} CPU s/GB, "
+                  f"RSS growth {growth / 2**20:.1f} MiB", flush=True)
             if big_study is not None:
-                bmbps, bbytes, bgrowth = retrieve_mbps(pacs.url, big_study, 1, pacs.proc.pid)
+                bmbps, bbytes, bgrowth, _ = retrieve_mbps(pacs.url, big_study, 1, pacs.proc.pid)
                 results["pacskit"]["big"] = (bmbps, bbytes, bgrowth)
                 print(f"pacskit WADO-RS big study: {bmbps:.0f} MB/s ({bbytes / 2**30:.2f} GiB), "
                       f"RSS growth {bgrowth / 2**20:.1f} MiB", flush=True)
@@ -300,9 +317,9 @@ def main() -> int:
                 print(f"Orthanc: {count_store_successes(out):,} QIDO instances stored", flush=True)
             print(f"Orthanc loaded in {time.perf_counter() - t0:.0f} s", flush=True)
             retrieve_mbps(url, ct_study, 1)
-            mbps, nbytes, _ = retrieve_mbps(url, ct_study, args.repeat)
-            results["orthanc"]["wado"] = (mbps, nbytes, None)
-            print(f"Orthanc WADO-RS: {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB)", flush=True)
+            mbps, nbytes, _, cpu = retrieve_mbps(url, ct_study, args.repeat, orthanc.proc.pid, rss=False)
+            results["orthanc"]["wado"] = (mbps, nbytes, None, cpu)
+            print(f"Orthanc WADO-RS: {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), {cpu:.2f} CPU s/GB", flush=True)
             for kind, paths in plan.items():
                 latencies(url, paths[:5], "application/dicom+json")
                 results["orthanc"][kind] = p50_p95(latencies(url, paths, "application/dicom+json"))
@@ -317,7 +334,8 @@ def main() -> int:
     p, o = results["pacskit"], results["orthanc"]
     print("\nresults (pacskit vs Orthanc + DICOMweb plugin)")
     print(f"  WADO-RS {args.ct} CT instances: {p['wado'][0]:.0f} vs {o['wado'][0]:.0f} MB/s "
-          f"-> {p['wado'][0] / o['wado'][0]:.2f}x (target >= 1.5)")
+          f"-> {p['wado'][0] / o['wado'][0]:.2f}x (target >= 1.5); server CPU {p['wado'][3]:.2f} vs "
+          f"{o['wado'][3]:.2f} s/GB")
     print(f"  pacskit RSS growth during the retrieve: {p['wado'][2] / 2**20:.1f} MiB")
     if "big" in p:
         print(f"  pacskit {p['big'][1] / 2**30:.2f} GiB study: {p['big'][0]:.0f} MB/s, RSS growth "

@@ -21,7 +21,7 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -102,16 +102,38 @@ class _Piece:
     syntax: str
 
 
-def _read_small(store: DataStore, items: Sequence[_Piece], boundary: str) -> bytes:
-    """Part headers and bodies of small stored files, as one buffer (one thread hop)."""
-    out = []
-    for piece in items:
+def plan(selection: RetrieveSelection, accepted: Sequence[str], boundary: str) -> tuple[list[_Piece], int | None]:
+    """Every selected instance with the syntax it is sent in (thread pool), and the length of the
+    whole body when nothing is converted (then it is sent with a Content-Length, which saves a copy
+    of every chunk in the HTTP layer)."""
+    pieces = [_Piece(item, choose_syntax(item.transfer_syntax_uid, accepted) or accepted[0]) for item in selection]
+    if any(p.syntax != p.item.transfer_syntax_uid for p in pieces):
+        return pieces, None
+    total = len(closing(boundary))
+    for p in pieces:
+        total += len(_header(boundary, p.syntax)) + p.item.size + 2
+    return pieces, total
+
+
+def _header(boundary: str, syntax: str) -> bytes:
+    return part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
+
+
+class SizeChanged(RuntimeError):
+    """A stored file is not the size the index recorded: the body already announced cannot be sent."""
+
+
+def _read_batch(store: DataStore, batch: Sequence[_Piece], boundary: str) -> list[bytes]:
+    """Part headers and bodies of stored files (one thread hop for the batch), not joined: each piece
+    goes to the socket as it is."""
+    out: list[bytes] = []
+    for piece in batch:
         with store.blobs.open(piece.item.blob_key) as fh:
             data = fh.read()
-        out.append(part_header(boundary, f"application/dicom; transfer-syntax={piece.syntax}"))
-        out.append(data)
-        out.append(b"\r\n")
-    return b"".join(out)
+        if len(data) != piece.item.size:
+            raise SizeChanged(f"{piece.item.sop_instance_uid}: {len(data)} bytes stored, {piece.item.size} indexed")
+        out += (_header(boundary, piece.syntax), data, b"\r\n")
+    return out
 
 
 def _converted(store: DataStore, item: RetrieveItem, target: str) -> str:
@@ -137,38 +159,64 @@ def _converted(store: DataStore, item: RetrieveItem, target: str) -> str:
     return dest
 
 
-async def stream_instances(store: DataStore, selection: RetrieveSelection, accepted: Sequence[str],
-                           boundary: str, log: Any) -> AsyncIterator[bytes]:
-    """The multipart body of every selected instance, read a batch at a time in the thread pool."""
-    last = 0
+async def _batches(store: DataStore, pieces: Sequence[_Piece], boundary: str, log: Any) -> AsyncIterator[list[bytes]]:
+    """Lists of body pieces: small stored files a batch of up to 4 MiB per thread hop, big or
+    converted files 1 MiB at a time."""
     batch: list[_Piece] = []
     size = 0
-    while True:
-        page = await asyncio.to_thread(selection.page, last)
-        if not page:
-            break
-        last = page[-1].pk
-        for item in page:
-            syntax = choose_syntax(item.transfer_syntax_uid, accepted) or accepted[0]
-            if syntax == item.transfer_syntax_uid and item.size <= BATCH_BYTES:
-                batch.append(_Piece(item, syntax))
-                size += item.size
-                if size >= BATCH_BYTES:
-                    yield await asyncio.to_thread(_read_small, store, batch, boundary)
-                    batch, size = [], 0
-                continue
-            if batch:
-                yield await asyncio.to_thread(_read_small, store, batch, boundary)
+    for piece in pieces:
+        item = piece.item
+        if piece.syntax == item.transfer_syntax_uid and item.size <= BATCH_BYTES:
+            batch.append(piece)
+            size += item.size
+            if size >= BATCH_BYTES:
+                yield await asyncio.to_thread(_read_batch, store, batch, boundary)
                 batch, size = [], 0
-            async for chunk in _stream_one(store, item, syntax, boundary, log):
-                yield chunk
+            continue
+        if batch:
+            yield await asyncio.to_thread(_read_batch, store, batch, boundary)
+            batch, size = [], 0
+        async for chunk in _stream_one(store, piece, boundary, log):
+            yield [chunk]
     if batch:
-        yield await asyncio.to_thread(_read_small, store, batch, boundary)
-    yield closing(boundary)
+        yield await asyncio.to_thread(_read_batch, store, batch, boundary)
+    yield [closing(boundary)]
 
 
-async def _stream_one(store: DataStore, item: RetrieveItem, syntax: str, boundary: str, log: Any) -> AsyncIterator[bytes]:
+async def stream_instances(store: DataStore, pieces: Sequence[_Piece], boundary: str, log: Any) -> AsyncIterator[bytes]:
+    """The multipart body of ``pieces``. The next batch is read while the current one is being sent
+    (a queue of two batches: at most ~12 MiB in memory whatever the study's size)."""
+    queue: asyncio.Queue[list[bytes] | BaseException | None] = asyncio.Queue(maxsize=2)
+
+    async def produce() -> None:
+        try:
+            async for chunk in _batches(store, pieces, boundary, log):
+                await queue.put(chunk)
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            await queue.put(exc)
+
+    task = asyncio.get_running_loop().create_task(produce())
+    try:
+        while (got := await queue.get()) is not None:
+            if isinstance(got, BaseException):
+                log.error("WADO-RS body aborted: %s", got)
+                raise got
+            for chunk in got:
+                yield chunk
+    finally:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - already reported
+            pass
+
+
+async def _stream_one(store: DataStore, piece: _Piece, boundary: str, log: Any) -> AsyncIterator[bytes]:
     """One big or converted instance, 1 MiB at a time."""
+    item, syntax = piece.item, piece.syntax
     temp = None
     if syntax != item.transfer_syntax_uid:
         try:
@@ -179,9 +227,13 @@ async def _stream_one(store: DataStore, item: RetrieveItem, syntax: str, boundar
             raise
     fh: BinaryIO = await asyncio.to_thread(open, temp, "rb") if temp else await asyncio.to_thread(store.blobs.open, item.blob_key)
     try:
-        yield part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
+        yield _header(boundary, syntax)
+        sent = 0
         while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            sent += len(chunk)
             yield chunk
+        if temp is None and sent != item.size:
+            raise SizeChanged(f"{item.sop_instance_uid}: {sent} bytes stored, {item.size} indexed")
         yield b"\r\n"
     finally:
         fh.close()
@@ -379,7 +431,3 @@ def frame_list(text: str) -> list[int]:
     if not numbers or any(n < 1 for n in numbers) or len(numbers) > 10000:
         raise DicomWebError(400, "frame numbers start at 1")
     return numbers
-
-
-def iter_bytes(parts: Iterator[bytes]) -> Iterator[bytes]:
-    yield from parts
