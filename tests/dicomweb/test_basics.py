@@ -254,3 +254,17 @@ def test_urls_keep_the_port_when_the_host_header_has_none(pacs: Running, data: d
     with httpx.Client(base_url=pacs.url) as c:
         r = c.get("/studies", params={"PatientID": "PB"}, headers={"Host": "127.0.0.1"})
         assert r.json()[0]["00081190"]["Value"] == [f"{pacs.url}/studies/{STUDY_B}"]
+
+
+def test_a_damaged_stored_file_aborts_the_body_instead_of_sending_wrong_data(pacs: Running, data: dict) -> None:
+    """The body's length is announced from the index: a stored file whose size changed behind the
+    store's back ends the response early (the client sees an incomplete body, never a wrong one)."""
+    uid = dcmread(data["b1"][1], stop_before_pixels=True).SOPInstanceUID
+    path = pacs.server.store.instance_path(uid)
+    assert path is not None
+    with open(path, "r+b") as fh:
+        fh.truncate(200)
+    with httpx.Client(base_url=pacs.url) as c, pytest.raises(httpx.RemoteProtocolError):
+        c.get(f"/studies/{STUDY_B}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    with httpx.Client(base_url=pacs.url) as c:  # the server goes on serving
+        assert c.get(f"/studies/{STUDY_A}/series/{SERIES_A1}/instances").status_code == 200
