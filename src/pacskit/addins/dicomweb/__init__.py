@@ -319,14 +319,11 @@ def build_app(addin: DicomWebAddIn) -> Any:
         store = addin.store()
         selection = await asyncio.to_thread(wado.select, store, study, series, instance)
         addin.audit_access(caller, study)
-        if series is not None:
-            def series_of(item: Any, s: str = series) -> str:
-                return s
-        else:
-            mapping = await asyncio.to_thread(wado.series_uids, store, selection)
+        mapping = {} if series is not None else await asyncio.to_thread(wado.series_uids, store, selection)
 
-            def series_of(item: Any) -> str:
-                return mapping.get(item.pk, "")
+        def series_of(item: Any) -> str:
+            return series if series is not None else mapping.get(item.pk, "")
+
         body = wado.stream_metadata(store, selection, base_url(addin, request), study, series_of,
                                     addin.options.bulk_data_threshold)
         return StreamingResponse(body, media_type=DICOM_JSON)

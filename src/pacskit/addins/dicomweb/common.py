@@ -93,7 +93,9 @@ def parse_media_type(text: str) -> MediaRange:
 
 def _split_header(header: str) -> list[str]:
     """Split an Accept header at the commas outside quoted strings."""
-    parts, buf, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = escaped = False
     for ch in header:
         if escaped:
             escaped = False

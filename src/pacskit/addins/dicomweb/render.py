@@ -106,7 +106,7 @@ def render(store: DataStore, item: RetrieveItem, frame: int, params: RenderParam
     except ImportError:
         raise DicomWebError(406, "rendered images need numpy and Pillow on the server: pip install 'pacskit[render]'") from None
     from pydicom import dcmread
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels.utils import pixel_array
 
     with store.blobs.open(item.blob_key) as fh:
         ds = dcmread(fh, stop_before_pixels=True, force=True)

@@ -17,13 +17,15 @@ from pacskit.addins.dicomweb import render, wado
 from pacskit.addins.dicomweb.common import DICOM, DicomWebError, MediaRange, check_uid
 
 if TYPE_CHECKING:
+    from fastapi import Response
+
     from pacskit.addins.dicomweb import Caller, DicomWebAddIn
 
 _UNSUPPORTED = ("anonymize", "annotation", "region", "presentationUID", "presentationSeriesUID")
 
 
-async def handle(addin: DicomWebAddIn, request: Any, caller: Caller) -> Any:
-    from fastapi.responses import Response, StreamingResponse
+async def handle(addin: DicomWebAddIn, request: Any, caller: Caller) -> Response:
+    from fastapi.responses import Response, StreamingResponse  # noqa: F811 - the runtime import
 
     q = request.query_params
     if q.get("requestType") != "WADO":

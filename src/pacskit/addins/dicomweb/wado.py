@@ -392,7 +392,7 @@ def read_frames(store: DataStore, item: RetrieveItem, numbers: Sequence[int], wa
 
 
 def _decoded_frame(fh: BinaryIO, number: int) -> bytes:
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels.utils import pixel_array
 
     try:
         arr = pixel_array(fh, index=number - 1)
