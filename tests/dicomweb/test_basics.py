@@ -190,6 +190,8 @@ def test_stow_stores_through_the_ingest(pacs: Running, tmp_path: Path) -> None:
         assert r.status_code == 200, r.text
         answer = r.json()
         assert len(answer["00081199"]["Value"]) == 3 and "00081198" not in answer
+        for item in answer["00081199"]["Value"]:  # each RetrieveURL is the instance's WADO-RS resource
+            assert c.get(item["00081190"]["Value"][0]).status_code == 200
         assert pacs.server.store.count("instances") == 3
         # the same again: the storage add-in's policy (keep-first) answers success, nothing new stored
         assert c.post("/studies", content=body, headers={"Content-Type": ctype}).status_code == 200

@@ -200,18 +200,19 @@ class Outcome:
     sop_class_uid: str
     sop_instance_uid: str
     study_instance_uid: str
+    series_instance_uid: str = ""
     failure: int | None = None  # the FailureReason, None when stored
     comment: str = ""
 
 
-def _uids(path: str) -> tuple[str, str, str]:
+def _uids(path: str) -> tuple[str, str, str, str]:
     try:
         ds = dcmread(path, stop_before_pixels=True, force=True,
-                     specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
-        return (str(ds.get("SOPClassUID", "") or ""), str(ds.get("SOPInstanceUID", "") or ""),
-                str(ds.get("StudyInstanceUID", "") or ""))
+                     specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+        return tuple(str(ds.get(k, "") or "") for k in  # type: ignore[return-value]
+                     ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"))
     except Exception:  # noqa: BLE001 - not DICOM at all: ingest says why
-        return "", "", ""
+        return "", "", "", ""
 
 
 def ingest_part(store: DataStore, part: ReceivedPart, study: str | None, duplicate_policy: str,
@@ -219,27 +220,27 @@ def ingest_part(store: DataStore, part: ReceivedPart, study: str | None, duplica
     """One part through the durable ingest (thread pool); the file is consumed either way."""
     from pacskit.store import IngestStatus, InstanceMismatch, InstanceTooLarge, InvalidInstance
 
-    sop_class, sop_instance, study_uid = _uids(part.path)
+    sop_class, sop_instance, study_uid, series_uid = _uids(part.path)
     if study is not None and study_uid != study:
         os.unlink(part.path)
-        return Outcome(sop_class, sop_instance, study_uid, 0xA900, "Study Instance UID differs from the request's")
+        return Outcome(sop_class, sop_instance, study_uid, series_uid, 0xA900, "Study Instance UID differs from the request's")
     try:
         result = store.ingest(part.path, source_ae=None, duplicate_policy=duplicate_policy)  # type: ignore[arg-type]
     except InvalidInstance as exc:
         status = 0xA900 if isinstance(exc, InstanceMismatch) else 0xA700 if isinstance(exc, InstanceTooLarge) else 0xC000
         log.warning("STOW-RS %s refused (0x%04X): %s", sop_instance or "?", status, exc)
-        return Outcome(sop_class, sop_instance, study_uid, status, str(exc))
+        return Outcome(sop_class, sop_instance, study_uid, series_uid, status, str(exc))
     except ValueError as exc:  # not a Part 10 file
         log.warning("STOW-RS part refused (0xC000): %s", exc)
-        return Outcome(sop_class, sop_instance, study_uid, 0xC000, str(exc))
+        return Outcome(sop_class, sop_instance, study_uid, series_uid, 0xC000, str(exc))
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             log.error("STOW-RS %s refused: disk full", sop_instance)
-            return Outcome(sop_class, sop_instance, study_uid, 0xA700, "out of resources: disk full")
+            return Outcome(sop_class, sop_instance, study_uid, series_uid, 0xA700, "out of resources: disk full")
         raise
     if result.status == IngestStatus.DUPLICATE_REJECTED:
-        return Outcome(sop_class, sop_instance, study_uid, 0x0111, "duplicate SOP Instance UID refused")
-    return Outcome(sop_class, result.sop_instance_uid, study_uid)
+        return Outcome(sop_class, sop_instance, study_uid, series_uid, 0x0111, "duplicate SOP Instance UID refused")
+    return Outcome(sop_class, result.sop_instance_uid, study_uid, series_uid)
 
 
 def response(outcomes: list[Outcome], base: str, study: str | None) -> tuple[int, dict[str, Any]]:
@@ -257,7 +258,7 @@ def response(outcomes: list[Outcome], base: str, study: str | None) -> tuple[int
     if ok:
         body["00081199"] = {"vr": "SQ", "Value": [
             {"00081150": _ui(o.sop_class_uid), "00081155": _ui(o.sop_instance_uid),
-             "00081190": {"vr": "UR", "Value": [f"{base}/studies/{o.study_instance_uid}/instances/{o.sop_instance_uid}"]}}
+             "00081190": {"vr": "UR", "Value": [f"{base}/studies/{o.study_instance_uid}/series/{o.series_instance_uid}/instances/{o.sop_instance_uid}"]}}
             for o in ok]}
     status = 200 if not failed else 409 if not ok else 202
     return status, body
