@@ -270,3 +270,17 @@ def test_a_damaged_stored_file_aborts_the_body_instead_of_sending_wrong_data(pac
         c.get(f"/studies/{STUDY_B}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     with httpx.Client(base_url=pacs.url) as c:  # the server goes on serving
         assert c.get(f"/studies/{STUDY_A}/series/{SERIES_A1}/instances").status_code == 200
+
+
+def test_stow_part_above_the_limit_is_413_and_stores_nothing(tmp_path: Path) -> None:
+    from pacskit.testing.dicomweb import start_server, write_folder
+
+    folder = write_folder(tmp_path, "max_part_size = 4096\n")
+    small = make_series(tmp_path / "small", 1, 8, 8)
+    big = make_series(tmp_path / "big", 1, 64, 64)  # 8 KiB of pixels
+    body, ctype = _multipart([small[0].read_bytes(), big[0].read_bytes()])
+    with start_server(folder) as running, httpx.Client(base_url=running.url) as c:
+        r = c.post("/studies", content=body, headers={"Content-Type": ctype})
+        assert r.status_code == 413 and "4096" in r.text
+        assert running.server.store.count("instances") == 0
+        assert not list(Path(running.server.store.temp_dir).glob("*.stow"))
