@@ -27,16 +27,9 @@ from sqlalchemy import func, select
 from pacskit.addins.dicomweb.common import DicomWebError
 from pacskit.addins.dicomweb.model import to_json
 from pacskit.store import Instance, Series, Study
-from pacskit.store.query import (
-    KEYS,
-    LEVEL_ORDER,
-    STUDY_ROOT,
-    InvalidQuery,
-    build_response,
-    compile_find,
-    key_level,
-    matching_rows,
-)
+from pacskit.store.query import KEYS, STUDY_ROOT, InvalidQuery, compile_find, matching_rows
+from pacskit.store.query.compile import LEVEL_ORDER, key_level
+from pacskit.store.query.encode import build_response
 
 if TYPE_CHECKING:
     from pacskit.store import DataStore

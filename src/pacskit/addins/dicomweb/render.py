@@ -23,7 +23,7 @@ from pacskit.addins.dicomweb.common import DicomWebError, MediaRange
 
 if TYPE_CHECKING:
     from pacskit.store import DataStore
-    from pacskit.store.retrieve import RetrieveItem
+    from pacskit.store.query.retrieve import RetrieveItem
 
 RENDERED_TYPES = ("image/jpeg", "image/png")
 

@@ -35,7 +35,7 @@ from pacskit.addins.dicomweb.common import (
 )
 from pacskit.addins.dicomweb.model import PIXEL_DATA, to_json
 from pacskit.dicom.transcode import CannotConvert, can_convert, transcode
-from pacskit.store.retrieve import RetrieveItem, RetrieveKeys, RetrieveSelection
+from pacskit.store.query.retrieve import RetrieveItem, RetrieveKeys, RetrieveSelection
 
 if TYPE_CHECKING:
     from pacskit.store import DataStore
