@@ -284,3 +284,21 @@ def test_stow_part_above_the_limit_is_413_and_stores_nothing(tmp_path: Path) -> 
         assert r.status_code == 413 and "4096" in r.text
         assert running.server.store.count("instances") == 0
         assert not list(Path(running.server.store.temp_dir).glob("*.stow"))
+
+
+def test_answers_written_from_the_row_equal_those_through_pydicom(pacs: Running, data: dict, tmp_path: Path) -> None:
+    from pacskit.addins.dicomweb import qido
+
+    extra = make_series(tmp_path / "pn", 1, 8, 8, patient_id="PN1", patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう",
+                        attrs={"SpecificCharacterSet": "ISO_IR 192", "ReferringPhysicianName": "",
+                               "StudyDescription": "A\\B"})
+    pacs.ingest(keep_copies(tmp_path, extra))
+    store = pacs.server.store
+    searches = [("studies", [], {}), ("studies", [("includefield", "all")], {}), ("series", [], {}),
+                ("series", [("includefield", "all")], {}), ("instances", [("includefield", "all")], {}),
+                ("instances", [], {"StudyInstanceUID": STUDY_A}), ("studies", [("PatientID", "PN1")], {})]
+    for resource, params, path in searches:
+        search = qido.parse_search(resource, params, path, max_results=100)
+        fast = qido.run_search(store, search, "http://x/dicom-web")
+        slow = qido.run_search(store, search, "http://x/dicom-web", fast=False)
+        assert fast.items == slow.items, (resource, params)

@@ -222,8 +222,13 @@ class SearchResult:
     remaining: int  # matches after the answered ones (0: none)
 
 
-def run_search(store: DataStore, search: Search, base_url: str, *, page_size: int = 500) -> SearchResult:
-    """Compile and run ``search`` (in a worker thread); the DICOM JSON objects of the answer."""
+def run_search(store: DataStore, search: Search, base_url: str, *, page_size: int = 500,
+               fast: bool = True) -> SearchResult:
+    """Compile and run ``search`` (in a worker thread); the DICOM JSON objects of the answer.
+
+    Answers made only of index values are written as DICOM JSON straight from the row (``fast``; the
+    same objects as through a pydicom dataset, tested); answers with attributes from the files go
+    through pydicom."""
     try:
         query = compile_find(search.identifier, STUDY_ROOT, relational=True)
     except InvalidQuery as exc:
@@ -241,15 +246,64 @@ def run_search(store: DataStore, search: Search, base_url: str, *, page_size: in
     if rows is not None and search.limit is not None and len(rows) > search.limit:
         rows = rows[: search.limit]
         with engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(statement.subquery())).scalar_one()
+            # only the row ids: the answer's columns (some are correlated subqueries) are not needed
+            ids = statement.with_only_columns(_PK[search.level], maintain_column_froms=True).order_by(None)
+            total = conn.execute(select(func.count()).select_from(ids.subquery())).scalar_one()
         remaining = int(total) - search.offset - len(rows)
     wanted = set(search.returned)
+    direct = fast and not query.header_tags and all(rk.source != "sop_classes" for rk in query.returns)
     items = []
     for row in rows if rows is not None else matching_rows(engine, limited, page_size=page_size):
+        if direct:
+            items.append(_row_json(query.returns, row._mapping, search.level, base_url, wanted))
+            continue
         ds = build_response(store, query, row)
         _complete(ds, search, base_url, wanted)
         items.append(to_json(ds, None))
     return SearchResult(items, remaining)
+
+
+_NOT_SPLIT = {"LT", "ST", "UT", "UR"}  # text VRs whose backslash is not a value separator
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _json_value(value: Any, kind: str, vr: str) -> dict[str, Any]:
+    if value is None or value == "":
+        return {"vr": vr}
+    if kind == "modalities":
+        values: list[Any] = [v for v in str(value).split("\\") if v]
+    elif kind in ("int", "count"):
+        values = [int(value)]
+    elif vr == "PN":
+        values = []
+        for name in str(value).split("\\"):
+            groups = name.split("=")
+            values.append({g: text for g, text in zip(_PN_GROUPS, groups) if text} if name else None)
+    elif vr in _NOT_SPLIT:
+        values = [str(value)]
+    else:
+        values = list(str(value).split("\\"))
+    return {"vr": vr, "Value": values} if values else {"vr": vr}
+
+
+def _row_json(returns: Sequence[Any], mapping: Any, level: str, base: str, wanted: set[int]) -> dict[str, Any]:
+    """The DICOM JSON object of one row of an index-only answer (see :func:`run_search`)."""
+    out: dict[int, dict[str, Any]] = {}
+    for rk in returns:
+        if rk.tag not in wanted:
+            continue
+        if rk.source == "column":
+            out[rk.tag] = _json_value(mapping[rk.label], rk.kind, rk.vr)
+        else:  # requested, not known: present and empty
+            out[rk.tag] = {"vr": rk.vr}
+    if _AVAILABILITY in wanted:
+        out[_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
+    if _RETRIEVE_URL in wanted:
+        def uid(tag: int) -> str:
+            v = out.get(tag, {}).get("Value")
+            return str(v[0]) if v else ""
+        out[_RETRIEVE_URL] = {"vr": "UR", "Value": [retrieve_url(base, level, uid(_STUDY_UID), uid(_SERIES_UID), uid(_SOP_UID))]}
+    return {f"{tag:08X}": out[tag] for tag in sorted(out)}
 
 
 _RETRIEVE_URL = 0x00081190
