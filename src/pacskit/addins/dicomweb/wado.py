@@ -124,15 +124,19 @@ class SizeChanged(RuntimeError):
 
 
 def _read_batch(store: DataStore, batch: Sequence[_Piece], boundary: str) -> list[bytes]:
-    """Part headers and bodies of stored files (one thread hop for the batch), not joined: each piece
-    goes to the socket as it is."""
+    """Part headers and bodies of stored files (one thread hop for the batch). The file data is not
+    joined (a copy of every byte costs more than the extra trip through the HTTP stack: measured 1.33
+    vs 1.10 CPU s/GB), but each CRLF goes with the next part's header: two pieces per instance."""
     out: list[bytes] = []
+    trailer = b""
     for piece in batch:
         with store.blobs.open(piece.item.blob_key) as fh:
             data = fh.read()
         if len(data) != piece.item.size:
             raise SizeChanged(f"{piece.item.sop_instance_uid}: {len(data)} bytes stored, {piece.item.size} indexed")
-        out += (_header(boundary, piece.syntax), data, b"\r\n")
+        out += (trailer + _header(boundary, piece.syntax), data)
+        trailer = b"\r\n"
+    out.append(trailer)
     return out
 
 
