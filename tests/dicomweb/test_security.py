@@ -110,10 +110,12 @@ def test_accesses_and_refusals_are_audited(secured: Running) -> None:
         assert c.get(f"/studies/{STUDY}", headers={"Authorization": f"Basic {good}"}).status_code == 200
         assert c.get("/studies").status_code == 401
         assert c.get(f"/studies/{STUDY}", headers={"Authorization": f"Bearer {_token()}"}).status_code == 403
+        assert c.get("/studies", params={"PatientID": "X"}, headers={"Authorization": f"Bearer {_token()}"}).status_code == 200
     kinds = [(m.event_id.meaning, m.study_instance_uid, m.requestor) for m in sink.messages]
     assert any(k[0] == "DICOM Instances Accessed" and k[1] == STUDY and k[2] == "UPLOADER" for k in kinds), kinds
     assert any(k[0] == "User Authentication" for k in kinds), kinds
     assert any(k[0] == "Security Alert" for k in kinds), kinds
+    assert any(k[0] == "Query" and k[2] == "VIEWER" for k in kinds), kinds
 
 
 def test_plain_http_off_loopback_is_refused(tmp_path: Path) -> None:

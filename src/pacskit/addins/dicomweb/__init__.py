@@ -240,6 +240,9 @@ def build_app(addin: DicomWebAddIn) -> Any:
             raise DicomWebError(406, "search results are application/dicom+json or multipart/related; type=\"application/dicom+xml\"")
         parsed = qido.parse_search(resource, params_of(request), path_keys, max_results=addin.options.max_results)
         store = addin.store()
+        if addin.base.audit.active:
+            addin.base.audit.query(qido.STUDY_ROOT_FIND, qido.encoded(parsed), qido.EXPLICIT_VR_LITTLE_ENDIAN,
+                                   user=caller.user, address=caller.address)
         result = await asyncio.to_thread(qido.run_search, store, parsed, base_url(addin, request))
         warnings = list(parsed.warnings)
         if result.remaining > 0:

@@ -27,7 +27,9 @@ from sqlalchemy import func, select
 from pacskit.addins.dicomweb.common import DicomWebError
 from pacskit.addins.dicomweb.model import to_json
 from pacskit.store import Instance, Series, Study
-from pacskit.store.query import KEYS, STUDY_ROOT, InvalidQuery, compile_find, matching_rows
+from pacskit.dicom.codec import encode_dataset
+from pacskit.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from pacskit.store.query import KEYS, STUDY_ROOT, STUDY_ROOT_FIND, InvalidQuery, compile_find, matching_rows
 from pacskit.store.query.compile import LEVEL_ORDER, key_level
 from pacskit.store.query.encode import build_response
 
@@ -206,6 +208,17 @@ def parse_search(resource: str, params: Sequence[tuple[str, str]], path_keys: di
     if max_results is not None and (limit is None or limit > max_results):
         limit = max_results
     return Search(level, ds, returned, limit, offset, fuzzy, warnings)
+
+
+def encoded(search: Search) -> bytes:
+    """The search's identifier in Explicit VR Little Endian (for the audit trail's Query message)."""
+    try:
+        return encode_dataset(search.identifier, EXPLICIT_VR_LITTLE_ENDIAN)
+    except Exception:  # noqa: BLE001 - a value pydicom will not encode: the audit keeps an empty query
+        return b""
+
+
+__all__ = ["EXPLICIT_VR_LITTLE_ENDIAN", "STUDY_ROOT_FIND", "Search", "encoded", "parse_search", "run_search"]
 
 
 def _value(tag: int, text: str) -> str:
