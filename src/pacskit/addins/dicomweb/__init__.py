@@ -91,6 +91,11 @@ class DicomWebAddIn(AddIn):
     options: DicomWebOptions
 
     async def start(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # STOW-RS ingests in threads of their own: each waits on fsyncs and a commit, and the shared
+        # default pool is also what every other to_thread of the server waits for
+        self.ingest_pool = ThreadPoolExecutor(self.options.ingest_concurrency, thread_name_prefix="dicomweb-stow")
         settings = self.base.settings
         host = settings.http.host or settings.host
         tls = bool(settings.http.tls_cert)
@@ -98,6 +103,11 @@ class DicomWebAddIn(AddIn):
             raise ValueError(
                 f"DICOMweb on {host} over plain HTTP: configure [http] tls_cert/tls_key, or set "
                 "[addins.dicomweb] allow_insecure_http = true")
+
+    async def stop(self) -> None:
+        pool = getattr(self, "ingest_pool", None)
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True)
 
     def http_service(self) -> HttpService:
         return HttpService(build_app(self), prefix=self.options.prefix)
@@ -464,10 +474,12 @@ def build_app(addin: DicomWebAddIn) -> Any:
         gate = asyncio.Semaphore(addin.options.ingest_concurrency)
         policy = addin.duplicate_policy
 
+        loop = asyncio.get_running_loop()
+
         async def one(i: int, part: stow.ReceivedPart) -> stow.Outcome:
             async with gate:
                 try:
-                    return await asyncio.to_thread(stow.ingest_part, store, part, study, policy, log)
+                    return await loop.run_in_executor(addin.ingest_pool, stow.ingest_part, store, part, study, policy, log)
                 finally:
                     parts[i] = None  # type: ignore[call-overload]  # consumed by the ingest
         try:
@@ -475,6 +487,7 @@ def build_app(addin: DicomWebAddIn) -> Any:
         finally:
             reader.parts = [p for p in parts if p is not None]
             reader.discard()
+        await asyncio.to_thread(stow.locate, store, outcomes)
         base = base_url(addin, request)
         status, body = stow.response(outcomes, base, study)
         for s in {o.study_instance_uid for o in outcomes if o.failure is None}:

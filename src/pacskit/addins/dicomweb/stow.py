@@ -25,13 +25,14 @@ import errno
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 
 from pacskit.addins.dicomweb.common import DICOM, MULTIPART, DicomWebError, parse_media_type
+from pacskit.dicom.part10 import read_part10_header
 
 if TYPE_CHECKING:
     from pacskit.store import DataStore
@@ -220,7 +221,15 @@ def ingest_part(store: DataStore, part: ReceivedPart, study: str | None, duplica
     """One part through the durable ingest (thread pool); the file is consumed either way."""
     from pacskit.store import IngestStatus, InstanceMismatch, InstanceTooLarge, InvalidInstance
 
-    sop_class, sop_instance, study_uid, series_uid = _uids(part.path)
+    if study is not None:  # the dataset's Study Instance UID is needed before the ingest
+        sop_class, sop_instance, study_uid, series_uid = _uids(part.path)
+    else:  # the File Meta is enough for the answer; the study and series come from the index after
+        study_uid = series_uid = ""
+        try:
+            info = read_part10_header(part.path)
+            sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
+        except (ValueError, OSError):
+            sop_class = sop_instance = ""
     if study is not None and study_uid != study:
         os.unlink(part.path)
         return Outcome(sop_class, sop_instance, study_uid, series_uid, 0xA900, "Study Instance UID differs from the request's")
@@ -241,6 +250,25 @@ def ingest_part(store: DataStore, part: ReceivedPart, study: str | None, duplica
     if result.status == IngestStatus.DUPLICATE_REJECTED:
         return Outcome(sop_class, sop_instance, study_uid, series_uid, 0x0111, "duplicate SOP Instance UID refused")
     return Outcome(sop_class, result.sop_instance_uid, study_uid, series_uid)
+
+
+def locate(store: DataStore, outcomes: Sequence[Outcome]) -> None:
+    """Fill the Study and Series Instance UIDs of the stored outcomes from the index (one query per
+    1,000 instances; thread pool): what their RetrieveURLs need."""
+    from sqlalchemy import select as sql_select
+
+    from pacskit.store import Instance, Series, Study
+
+    missing = {o.sop_instance_uid: o for o in outcomes if o.failure is None and not o.series_instance_uid}
+    uids = list(missing)
+    for start in range(0, len(uids), 1000):
+        chunk = uids[start:start + 1000]
+        stmt = (sql_select(Instance.sop_instance_uid, Series.series_instance_uid, Study.study_instance_uid)
+                .join(Series, Series.pk == Instance.series_fk).join(Study, Study.pk == Series.study_fk)
+                .where(Instance.sop_instance_uid.in_(chunk)))
+        with store.index.reading() as session:
+            for sop, series, study in session.execute(stmt).all():
+                missing[sop].series_instance_uid, missing[sop].study_instance_uid = str(series), str(study)
 
 
 def response(outcomes: list[Outcome], base: str, study: str | None) -> tuple[int, dict[str, Any]]:
