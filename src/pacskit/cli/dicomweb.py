@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import typer
 
-from pacskit.cli import EXIT_CONNECTION, EXIT_FAILURE_STATUS, EXIT_OK, EXIT_USAGE
+from pacskit.cli.common import EXIT_CONNECTION, EXIT_FAILURE_STATUS, EXIT_OK, EXIT_USAGE
 
 _RESOURCES = {"STUDY": "studies", "SERIES": "series", "IMAGE": "instances"}
 _COLUMNS = {

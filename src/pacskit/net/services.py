@@ -229,7 +229,7 @@ class Services:
             )
             return Part10FileSink(
                 config.temp_dir, header, context.transfer_syntax, config.max_dataset_size, config.fsync_received,
-                config.spare_temp_files,
+                config.spare_temp_files, source_ae=assoc.remote_ae_title,
             )
         return MemorySink(context.transfer_syntax, config.max_memory_dataset)
 
