@@ -72,6 +72,8 @@ class DicomWebOptions(AddInOptions):
     duplicate_policy: Literal["reject", "keep-first", "overwrite"] | None = Field(
         None, description="STOW-RS duplicates; null: the storage add-in's duplicate_policy (as C-STORE)")
     ingest_concurrency: int = Field(16, ge=1, le=64, description="STOW-RS parts ingested at the same time")
+    tune_malloc: bool = Field(
+        True, description="glibc: keep freed large buffers for reuse (mallopt), a third less CPU per GB sent")
     thumbnail_size: int = Field(128, ge=16, le=1024, description="thumbnail viewport (pixels, square)")
 
 
@@ -96,6 +98,8 @@ class DicomWebAddIn(AddIn):
         # STOW-RS ingests in threads of their own: each waits on fsyncs and a commit, and the shared
         # default pool is also what every other to_thread of the server waits for
         self.ingest_pool = ThreadPoolExecutor(self.options.ingest_concurrency, thread_name_prefix="dicomweb-stow")
+        if self.options.tune_malloc:
+            _tune_malloc()
         settings = self.base.settings
         host = settings.http.host or settings.host
         tls = bool(settings.http.tls_cert)
@@ -184,6 +188,32 @@ class DicomWebAddIn(AddIn):
 
     def audit_access(self, caller: Caller, study: str, action: str = "R") -> None:
         self.base.audit.instances_accessed(study, None, user=caller.user, action=action, address=caller.address)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def _tune_malloc() -> None:
+    """Keep the WADO-RS file buffers (hundreds of KiB each, freed as soon as they are sent) in the heap.
+
+    By default glibc serves such allocations with a fresh mmap and unmaps them when freed, so every
+    stored file sent costs page faults and the kernel zeroing its pages: perf showed ~20% of the CPU
+    of a retrieve there, and with a 16 MiB mmap threshold (64 MiB kept on trim) the server's CPU per GB
+    sent went from 1.05-1.11 to 0.57-0.82 s (benchmarks/dicomweb.py). Process-wide: the memory kept
+    for reuse is bounded by the trim threshold. Nothing happens where glibc is not the allocator."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 16 * 1024 * 1024)
+    mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
 
 
 def _is_loopback(host: str) -> bool:
