@@ -17,22 +17,20 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_OK, EXIT_USAGE, ConfigOpt, DataDirOpt, _setup_logging, app
-from pacskit.cli.client import (
-    CallingOpt,
-    TargetArg,
-    TimeoutOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-    TlsNameOpt,
-    TlsOpt,
-    TlsProfileOpt,
-    VerboseOpt,
-    _scu_options,
+from pacskit.cli.client import TargetArg
+from pacskit.cli.common import (
+    EXIT_FAILURE_STATUS,
+    EXIT_OK,
+    EXIT_USAGE,
+    NetOptions,
+    app,
     fail,
+    network_options,
     resolve_target,
     run,
+    scu_options,
+    server_settings,
+    setup_logging,
 )
 
 
@@ -58,11 +56,10 @@ def _files(sources: list[str], data_dir: str | None, config: str | None) -> list
 def _stored_files(uids: list[str], data_dir: str | None, config: str | None) -> list[Path]:
     from sqlalchemy import select
 
-    from pacskit.cli import _server_settings
     from pacskit.server.server import open_store
     from pacskit.store.index.models import Instance, Series, Study
 
-    store = open_store(_server_settings(config, data_dir), recover=False)
+    store = open_store(server_settings(config, data_dir), recover=False)
     try:
         out: list[Path] = []
         with store.index.reading() as s:
@@ -101,6 +98,7 @@ def _window(text: str | None) -> tuple[float, float] | None:
 
 
 @app.command("print")
+@network_options(timeout=60.0)
 def print_(
     target: TargetArg,
     sources: Annotated[list[str], typer.Argument(help="files, folders, or study / series UIDs of the local store")],
@@ -120,20 +118,11 @@ def print_(
     annotation: Annotated[Optional[list[str]], typer.Option("--annotation", "-a", help="annotation box text (repeat)")] = None,
     lut: Annotated[Optional[str], typer.Option("--lut", help="Presentation LUT shape: IDENTITY or 'LIN OD'")] = None,
     all_frames: Annotated[bool, typer.Option("--all-frames", help="every frame of multi-frame images [the first]")] = False,
-    calling: CallingOpt = "PACSKIT",
-    timeout: TimeoutOpt = 60.0,
-    tls: TlsOpt = False,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    tls_name: TlsNameOpt = None,
-    tls_profile: TlsProfileOpt = "bcp195-nd",
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    verbose: VerboseOpt = 0,
+    *,
+    net: NetOptions,
 ) -> None:
     """Print images on a DICOM printer (film session, film boxes of LAYOUT, one N-ACTION per film)."""
-    _setup_logging(verbose)
+    setup_logging(net.verbose)
     try:
         from pacskit.client.print import PrintFailed, PrintScu, display_format
     except ImportError as exc:  # numpy and friends: the [print] extra
@@ -148,8 +137,8 @@ def print_(
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     voi = _window(window)
-    remote = resolve_target(target, data_dir, config)
-    files = _files(sources, data_dir, config)
+    remote = resolve_target(target, net)
+    files = _files(sources, net.data_dir, net.config)
     if not files:
         raise fail("nothing to print", EXIT_USAGE)
     from pydicom import dcmread
@@ -167,7 +156,7 @@ def print_(
         datasets.append(ds)
     if not datasets:
         raise fail("none of the files is an image", EXIT_USAGE)
-    options = _scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile)
+    options = scu_options(remote, net)
 
     async def go() -> Any:
         async with PrintScu(remote, color=color, annotation=bool(annotation), presentation_lut=lut is not None,
