@@ -4,7 +4,7 @@ Works against any DICOMweb server (pacskit's add-in, Orthanc, dcm4chee-arc, clou
 are streamed both ways: a retrieved study is written part by part to files as it arrives, a stored
 batch is read from the files as it is sent; memory does not depend on the size of the data.
 
->>> client = DicomWebClient("http://127.0.0.1:8080/dicom-web", token="eyJ...")
+>>> client = DicomWebClient("http://127.0.0.1:8042/dicom-web", token="eyJ...")
 >>> studies = client.search("studies", {"PatientName": "DOE*"})
 >>> paths = client.retrieve("1.2.3", into=Path("study"))
 >>> result = client.store([Path("a.dcm"), Path("b.dcm")])
@@ -60,7 +60,7 @@ def _first(obj: Mapping[str, Any], tag: str) -> Any:
 
 
 class DicomWebClient:
-    """One DICOMweb service at ``base_url`` (e.g. ``http://host:8080/dicom-web``).
+    """One DICOMweb service at ``base_url`` (e.g. ``http://host:8042/dicom-web``).
 
     ``token``: a bearer token (JWT); ``basic``: (user, password); ``verify``: ``True`` (system CAs),
     a CA file, or ``False``; ``timeout`` in seconds for connecting and between bytes.

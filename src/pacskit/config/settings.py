@@ -37,7 +37,7 @@ Example::
     token_file = "admin-token"
 
     [http]                      # public HTTP for add-ins that serve it (DICOMweb); only if one does
-    port = 8080
+    port = 8042                 # as Orthanc: base URL http://host:8042/dicom-web
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class HttpSettings(_Strict):
     it HTTPS."""
 
     host: str | None = None
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(8042, ge=0, le=65535)
     tls_cert: str | None = None
     tls_key: str | None = None
 
