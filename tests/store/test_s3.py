@@ -1,0 +1,211 @@
+"""The S3 blob store on a real S3-compatible object store (SeaweedFS, started by tests/store/conftest.py).
+
+The protocol conformance tests (tests/store/test_blobs.py) run on S3 too; here: what only S3 has
+(ranged reads, multipart uploads, server-side copy, listing under a prefix, the in-flight grace), the
+data store's crash flow on S3, and a whole ``pacskit serve`` on S3 driven by DCMTK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacskit.store import BlobNotFound, DataStore, open_blob_store
+from pacskit.store.blobs import new_key
+
+boto3 = pytest.importorskip("boto3", reason="the s3 extra (boto3) is not installed")
+
+from pacskit.store.s3 import S3BlobStore  # noqa: E402
+
+MB = 1 << 20
+
+
+def _file(folder: Path, data: bytes) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"in-{os.urandom(4).hex()}"
+    path.write_bytes(data)
+    return str(path)
+
+
+class Calls:
+    """The S3 operations a client sends (botocore's before-call events), with their parameters."""
+
+    def __init__(self, client: Any) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        client.meta.events.register("before-call.s3.*", self._note)
+
+    def _note(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        self.seen.append((model.name, params))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.seen]
+
+    def ranges(self) -> list[str]:
+        return [p.get("headers", {}).get("Range", "") for name, p in self.seen if name == "GetObject"]
+
+
+def test_the_s3_backend_is_built_in(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    store = open_blob_store("s3", tmp_path / "node", s3_options)
+    assert isinstance(store, S3BlobStore)
+    assert store.temp_dir == str(tmp_path / "node" / "tmp") and store.path(new_key()) is None
+    with pytest.raises(ValueError, match="blob store 's3': the s3 blob store needs options.bucket"):
+        open_blob_store("s3", tmp_path, {"bucket": ""})
+    with pytest.raises(ValueError, match="blob store 's3':.*unexpected keyword argument 'bukket'"):
+        open_blob_store("s3", tmp_path, {"bukket": "x"})
+    with pytest.raises(ValueError, match="give both access_key_id and secret_access_key"):
+        open_blob_store("s3", tmp_path, {"bucket": "x", "access_key_id": "a"})
+
+
+def test_layout_is_the_filesystem_stores_under_the_prefix(tmp_path: Path, s3_options: dict[str, Any], seaweed: Any) -> None:
+    store = S3BlobStore(tmp_path / "node", **s3_options)
+    key = store.put_file(_file(tmp_path, b"data"))
+    prefix = s3_options["prefix"]
+    client = seaweed.client()
+    listed = [o["Key"] for o in client.list_objects_v2(Bucket="pacskit-test", Prefix=prefix)["Contents"]]
+    assert listed == [f"{prefix}{key[:2]}/{key[2:4]}/{key}.dcm"]
+    # foreign and misplaced objects are not keys; neither are other prefixes' blobs
+    client.put_object(Bucket="pacskit-test", Key=f"{prefix}notes.txt", Body=b"x")
+    client.put_object(Bucket="pacskit-test", Key=f"{prefix}{key[:2]}/{key[2:4]}/{'f' * 32}.dcm", Body=b"x")
+    other = S3BlobStore(tmp_path / "other", **{**s3_options, "prefix": prefix.rstrip("/") + "-other"})
+    other.put_file(_file(tmp_path, b"elsewhere"))
+    assert list(store.iter_keys()) == [key]
+
+
+def test_ranged_reads_fetch_only_what_is_read(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    data = os.urandom(3 * MB + 123)
+    store = S3BlobStore(tmp_path / "node", **s3_options, read_block_kb=256)
+    key = store.put_file(_file(tmp_path, data))
+    calls = Calls(store.client)
+    with store.open(key) as fh:
+        fh.seek(2 * MB + 5)
+        assert fh.read(100) == data[2 * MB + 5 : 2 * MB + 105]  # a frame: one small ranged GET
+        assert calls.ranges() == [f"bytes={2 * MB + 5}-{2 * MB + 5 + 256 * 1024 - 1}"]
+        fh.seek(-10, os.SEEK_END)
+        assert fh.read() == data[-10:]
+        fh.seek(0)
+        assert fh.read() == data  # the rest in one streamed GET
+        assert fh.tell() == len(data) and fh.read(5) == b""
+    assert calls.ranges()[-1] == f"bytes=0-{len(data) - 1}"
+    store.delete(key)
+    with pytest.raises(BlobNotFound):
+        store.open(key)
+
+
+def test_large_files_go_up_in_parts(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    data = os.urandom(23 * MB)
+    store = S3BlobStore(tmp_path / "node", **s3_options, multipart_threshold_mb=5, part_size_mb=5)
+    calls = Calls(store.client)
+    src = _file(tmp_path, data)
+    key = store.put_file(src)
+    assert not os.path.exists(src)
+    names = calls.names()
+    assert names.count("CreateMultipartUpload") == 1 and names.count("UploadPart") == 5
+    assert names.count("CompleteMultipartUpload") == 1
+    assert store.size(key) == len(data)
+    with store.open(key) as fh:
+        assert hashlib.sha256(fh.read()).digest() == hashlib.sha256(data).digest()
+
+
+def test_a_failed_upload_leaves_nothing(tmp_path: Path, s3_options: dict[str, Any], seaweed: Any) -> None:
+    store = S3BlobStore(tmp_path / "node", **s3_options, multipart_threshold_mb=5, part_size_mb=5,
+                        max_concurrency=1, retries=1)
+    failing = {"n": 0}
+
+    def fail_third_part(params: dict[str, Any], **_: Any) -> None:
+        failing["n"] += 1
+        if failing["n"] == 3:
+            raise ConnectionResetError("the network went away")
+
+    store.client.meta.events.register("before-call.s3.UploadPart", fail_third_part)
+    src = _file(tmp_path, os.urandom(16 * MB))
+    with pytest.raises(Exception):
+        store.put_file(src)
+    assert list(store.iter_keys()) == []
+    uploads = seaweed.client().list_multipart_uploads(Bucket="pacskit-test", Prefix=s3_options["prefix"])
+    assert not uploads.get("Uploads"), "the multipart upload was aborted"
+
+
+def test_server_side_copy(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    store = S3BlobStore(tmp_path / "node", **s3_options)
+    key = store.put_file(_file(tmp_path, b"original bytes"))
+    calls = Calls(store.client)
+    copy = store.copy(key)
+    assert copy != key and "CopyObject" in calls.names() and "PutObject" not in calls.names()
+    with store.open(copy) as fh:
+        assert fh.read() == b"original bytes"
+    with pytest.raises(BlobNotFound):
+        store.copy(new_key())
+
+
+def test_recent_blobs_may_be_another_nodes_ingest(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    key = S3BlobStore(tmp_path / "a", **s3_options).put_file(_file(tmp_path, b"x"))
+    assert S3BlobStore(tmp_path / "b", **s3_options).maybe_in_flight(key)
+    assert not S3BlobStore(tmp_path / "b", **s3_options, in_flight_grace=0).maybe_in_flight(key)
+    assert not S3BlobStore(tmp_path / "b", **s3_options).maybe_in_flight(new_key())
+
+
+def test_purge_aborts_only_stale_multipart_uploads(tmp_path: Path, s3_options: dict[str, Any], seaweed: Any) -> None:
+    client = seaweed.client()
+    name = f"{s3_options['prefix']}ab/cd/{'ab' * 16}.dcm"
+    client.create_multipart_upload(Bucket="pacskit-test", Key=name)
+    young = S3BlobStore(tmp_path / "node", **s3_options)
+    assert young.purge_temp() == 0, "an upload younger than the grace may be another node's"
+    stale = S3BlobStore(tmp_path / "node", **s3_options, in_flight_grace=0)
+    assert stale.purge_temp() == 1
+    assert not client.list_multipart_uploads(Bucket="pacskit-test", Prefix=s3_options["prefix"]).get("Uploads")
+
+
+# --- the data store's crash flow on S3 ----------------------------------------------------------------
+
+CRASH = textwrap.dedent('''
+    import os, sys
+    from pacskit.store import DataStore
+    from pacskit.store.s3 import S3BlobStore
+    import json
+    options = json.loads(sys.argv[3])
+    store = DataStore.open(sys.argv[1], S3BlobStore(sys.argv[2], **options))
+    def crash(*args, **kwargs):
+        os._exit(9)  # killed after the upload was acknowledged, before the index commit
+    store.index.run_write_shared = crash
+    store.ingest(sys.argv[4])
+''')
+
+
+def test_a_crash_between_upload_and_commit_is_found_and_cleaned(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    import json
+
+    from pacskit.testing.synth import make_instance
+
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    node = tmp_path / "node"
+    instance = make_instance(tmp_path / "one.dcm", rows=8, cols=8)
+    proc = subprocess.run([sys.executable, "-c", CRASH, url, str(node), json.dumps(s3_options), str(instance)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 9, proc.stderr
+    (key,) = S3BlobStore(node, **s3_options).iter_keys()  # the object store acknowledged it
+
+    # this node's check: the key is in its journal, an ingest a crash interrupted (not an orphan)
+    with DataStore.open(url, S3BlobStore(node, **s3_options), recover=False) as store:
+        report = store.check()
+        assert report.ok and report.in_flight == 1, report
+    # another node (its own local folder, so not this journal): within the grace, maybe an ingest of
+    # the crashed node still committing (counted in flight); after it, an orphan
+    with DataStore.open(url, S3BlobStore(tmp_path / "b", **s3_options), recover=False) as store:
+        report = store.check()
+        assert report.ok and report.in_flight == 1, report
+    with DataStore.open(url, S3BlobStore(tmp_path / "b", **s3_options, in_flight_grace=0), recover=False) as store:
+        report = store.check()
+        assert [(p.kind, p.blob_key) for p in report.problems] == [("orphan-blob", key)]
+    # the crashed node starts again: recovery deletes the never-acknowledged object
+    with DataStore.open(url, S3BlobStore(node, **s3_options, in_flight_grace=0)) as store:
+        assert not store.blobs.exists(key)
+        report = store.check()
+        assert report.ok and report.in_flight == 0 and report.blobs_seen == 0, report
