@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 OPTIONAL = ["numpy", "pylibjpeg", "openjpeg", "libjpeg", "rle", "psycopg", "pymysql", "cryptography", "jwt",
-            "pynetdicom", "tomli_w"]
+            "pynetdicom", "tomli_w", "boto3", "botocore", "s3transfer"]
 
 SCRIPT = textwrap.dedent(
     """
@@ -58,6 +58,13 @@ SCRIPT = textwrap.dedent(
 
     asyncio.run(main())
     import pacskit.cli  # the whole CLI loads (pacskit certs says what to install when it is used)
+    from pacskit.store import open_blob_store
+    try:  # the s3 blob store says what to install
+        open_blob_store("s3", folder / "node", {"bucket": "pacs"})
+    except ValueError as exc:
+        assert "pip install 'pacskit[s3]'" in str(exc), exc
+    else:
+        raise AssertionError("the s3 store opened without boto3")
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not leaked, leaked
     print("core ok")

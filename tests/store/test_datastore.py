@@ -362,6 +362,10 @@ def test_check_detects_corruption_missing_and_orphan(store: DataStore, tmp_path:
     assert report.of_kind("missing-blob")[0].sop_instance_uid == results["MR_small.dcm"].sop_instance_uid
     quick = store.check(verify_hash=False)
     assert {p.kind for p in quick.problems} == {"missing-blob", "size-mismatch", "orphan-blob"}
+    # only orphans are deleted (the others need a person), each checked again first
+    assert store.delete_orphans(report) == [orphan]
+    assert not store.blobs.exists(orphan) and store.blobs.exists(corrupted)
+    assert {p.kind for p in store.check().problems} == {"hash-mismatch", "missing-blob", "size-mismatch"}
 
 
 def test_hostile_key_in_a_row_goes_nowhere(store: DataStore) -> None:

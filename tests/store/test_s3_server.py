@@ -1,6 +1,6 @@
 """A whole ``pacskit serve`` on the S3 blob store (SeaweedFS), driven by DCMTK: storescu stores (a
 100 MB instance among them, streamed to the object store with flat memory), findscu finds, movescu
-and getscu bring back the very bytes stored; ``pacskit check`` lists the bucket and finds an orphan."""
+and getscu bring back the very bytes stored; ``pacskit check`` lists the bucket, finds an orphan and (``--delete-orphans``) deletes it."""
 
 from __future__ import annotations
 
@@ -132,6 +132,11 @@ def test_a_server_on_s3_stores_finds_and_retrieves_the_same_bytes(tmp_path: Path
             assert checked.returncode == 1, checked.stdout + checked.stderr
             assert "4 instances, 5 blobs: 1 problems" in checked.stdout, checked.stdout
             assert f"orphan-blob: blob {orphan} has no index row" in checked.stdout, checked.stdout
+            cleaned = _pacskit("check", "--data-dir", str(srv), "--quiet", "--delete-orphans")
+            assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+            assert "deleted 1 orphan blobs" in cleaned.stdout, cleaned.stdout
+            checked = _pacskit("check", "--data-dir", str(srv), "--quiet")
+            assert checked.returncode == 0 and "4 instances, 4 blobs: no problem" in checked.stdout, checked.stdout
         finally:
             proc.terminate()
             proc.wait(30)

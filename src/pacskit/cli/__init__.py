@@ -252,10 +252,14 @@ def check(
     config: ConfigOpt = None,
     no_hash: Annotated[bool, typer.Option("--no-hash", help="compare sizes only (faster)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    delete_orphans: Annotated[bool, typer.Option(
+        "--delete-orphans", help="delete the stored files no index row refers to (never acknowledged)")] = False,
 ) -> None:
     """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts).
 
-    Only inspects: safe while the server runs (no recovery, no temp file or journal touched)."""
+    Only inspects (safe while the server runs: no recovery, no temp file or journal touched), unless
+    --delete-orphans: then the orphan files it found are deleted, each checked again first (still no
+    row, not an ingest in flight), which is safe while servers run too."""
     from pacskit.server.server import open_store
 
     settings = existing_server_settings(config, data_dir)
@@ -263,9 +267,13 @@ def check(
     try:
         with _progress_bar("checking", quiet) as advance:
             report = store.check(verify_hash=not no_hash, progress=advance)
+        typer.echo(str(report))
+        if delete_orphans:
+            deleted = set(store.delete_orphans(report))
+            typer.echo(f"deleted {len(deleted)} orphan blobs")
+            report.problems = [p for p in report.problems if not (p.kind == "orphan-blob" and p.blob_key in deleted)]
     finally:
         store.close()
-    typer.echo(str(report))
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE_STATUS)
 
 

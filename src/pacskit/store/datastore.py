@@ -594,6 +594,29 @@ class DataStore:
         report.problems.extend(self._check_counts())
         return report
 
+    def delete_orphans(self, report: CheckReport) -> list[str]:
+        """Delete the orphan blobs a :meth:`check` of this store reported; returns their keys.
+
+        An orphan was never acknowledged (a C-STORE is answered after its row commits) or lost its
+        row to a delete whose blob deletion failed: nothing refers to it. Each is checked again
+        first: still no row, not in an ingest journal, not possibly another node's ingest in flight
+        (:meth:`BlobStore.maybe_in_flight`). Safe while servers ingest."""
+        keys = [p.blob_key for p in report.problems if p.kind == "orphan-blob" and p.blob_key is not None]
+        if not keys:
+            return []
+        in_flight = self._journalled_keys()
+        maybe_in_flight = getattr(self.blobs, "maybe_in_flight", None)
+        deleted: list[str] = []
+        for key in keys:
+            if key in in_flight or self.index.is_blob_referenced(key):
+                continue
+            if maybe_in_flight is not None and maybe_in_flight(key):
+                continue
+            self.blobs.delete(key)
+            deleted.append(key)
+            log.warning("deleted orphan blob %s (no index row)", key)
+        return deleted
+
     def _journalled_keys(self) -> set[str]:
         """Blob keys the ingest journals (every process's) record as in flight right now."""
         folder = getattr(self.blobs, "journal_dir", None)
