@@ -211,3 +211,21 @@ def test_a_crash_between_upload_and_commit_is_found_and_cleaned(tmp_path: Path, 
         assert not store.blobs.exists(key)
         report = store.check()
         assert report.ok and report.in_flight == 0 and report.blobs_seen == 0, report
+
+
+def test_an_unreachable_object_store_fails_the_ingest_and_keeps_nothing(tmp_path: Path) -> None:
+    from pacskit.testing.peers import free_port
+    from pacskit.testing.synth import make_instance
+
+    closed = free_port()  # nothing listens there
+    blobs = S3BlobStore(tmp_path / "node", bucket="pacs", endpoint_url=f"http://127.0.0.1:{closed}",
+                        access_key_id="k", secret_access_key="s", region="us-east-1", addressing_style="path",
+                        retries=1, connect_timeout=2)
+    assert blobs.purge_temp() == 0, "start-up goes on (each store then fails with the reason)"
+    with DataStore.open(f"sqlite:///{tmp_path / 'index.db'}", blobs) as store:
+        received = Path(blobs.temp_dir) / "rx.part"
+        make_instance(received, rows=8, cols=8)
+        with pytest.raises(Exception, match="Could not connect to the endpoint URL"):
+            store.ingest(str(received))
+        assert not received.exists(), "the received file is consumed"
+        assert store.count("instances") == 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
 import os
 import re
 import threading
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pacskit.store.blobs import BlobNotFound, new_key, validate_key
+
+log = logging.getLogger("pacskit.store")
 
 _SUFFIX = ".dcm"
 _MIB = 1 << 20
@@ -192,13 +195,17 @@ class S3BlobStore:
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 pass
         now = dt.datetime.now(dt.UTC)
-        paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            for upload in page.get("Uploads", ()) or ():
-                if (now - upload["Initiated"]).total_seconds() < self.in_flight_grace:
-                    continue
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-                removed += 1
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", ()) or ():
+                    if (now - upload["Initiated"]).total_seconds() < self.in_flight_grace:
+                        continue
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    removed += 1
+        except Exception as exc:  # noqa: BLE001 - the store unreachable now: each C-STORE reports it
+            log.warning("%r: cannot list incomplete multipart uploads (left for later): %s", self, exc)
         return removed
 
     # BlobStore ---------------------------------------------------------------------------------------
