@@ -229,3 +229,18 @@ def test_an_unreachable_object_store_fails_the_ingest_and_keeps_nothing(tmp_path
             store.ingest(str(received))
         assert not received.exists(), "the received file is consumed"
         assert store.count("instances") == 0
+
+
+def test_reindex_rebuilds_the_index_from_the_bucket(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    from pacskit.testing.synth import make_instance
+
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    with DataStore.open(url, S3BlobStore(tmp_path / "node", **s3_options)) as store:
+        uids = {store.ingest(str(make_instance(tmp_path / "in" / f"{i}.dcm", rows=8, cols=8))).sop_instance_uid
+                for i in range(3)}
+        orphan = store.blobs.put_file(str(make_instance(tmp_path / "in" / "orphan.dcm", rows=8, cols=8)))
+        report = store.reindex()
+        assert report.indexed == 4 and not report.skipped, report
+        assert store.count("instances") == 4 and uids < {r[1] for r in store._iter_rows()}
+        assert store.index.is_blob_referenced(orphan), "the orphan was adopted"
+        assert store.check().ok

@@ -308,6 +308,11 @@ class _RangedReader(io.RawIOBase):
         self._client, self._bucket, self._name, self._key, self._size = client, bucket, name, key, size
         self._pos = 0
 
+    @property
+    def name(self) -> str:
+        """``s3://bucket/object`` (readers of file objects name them in messages)."""
+        return f"s3://{self._bucket}/{self._name}"
+
     def readable(self) -> bool:
         return True
 
