@@ -244,3 +244,31 @@ def test_reindex_rebuilds_the_index_from_the_bucket(tmp_path: Path, s3_options: 
         assert store.count("instances") == 4 and uids < {r[1] for r in store._iter_rows()}
         assert store.index.is_blob_referenced(orphan), "the orphan was adopted"
         assert store.check().ok
+
+
+def test_a_wado_frame_is_read_with_ranged_gets(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    """WADO-RS frames (pacskit.addins.dicomweb.wado.read_frames) seek in the blob: on S3 they fetch the
+    header and the frame, not the instance."""
+    from pydicom import dcmread
+
+    from pacskit.addins.dicomweb.wado import read_frames
+    from pacskit.store.query.retrieve import RetrieveItem
+    from pacskit.testing.synth import make_large_instance
+
+    source = make_large_instance(tmp_path / "in" / "multi.dcm", 20 * MB, rows=512, cols=512)
+    ds = dcmread(source)
+    frame_bytes = 512 * 512 * 2
+    expected = ds.PixelData[29 * frame_bytes : 30 * frame_bytes]
+    with DataStore.open(f"sqlite:///{tmp_path / 'index.db'}",
+                        S3BlobStore(tmp_path / "node", **s3_options, read_block_kb=256)) as store:
+        result = store.ingest(str(source))
+        item = RetrieveItem(result.instance_id, result.blob_key, ds.SOPClassUID, ds.SOPInstanceUID,
+                            ds.file_meta.TransferSyntaxUID, result.size)
+        calls = Calls(store.blobs.client)  # type: ignore[attr-defined]
+        frames = read_frames(store, item, [30], True, [])
+        assert frames.data == [expected]
+        fetched = 0
+        for spec in calls.ranges():
+            start, _, end = spec.removeprefix("bytes=").partition("-")
+            fetched += int(end) - int(start) + 1
+        assert fetched < 2 * MB, f"{fetched} bytes fetched for one {frame_bytes}-byte frame of a {result.size}-byte blob"
