@@ -22,7 +22,7 @@ from pacskit.store.blobs import new_key
 
 boto3 = pytest.importorskip("boto3", reason="the s3 extra (boto3) is not installed")
 
-from pacskit.store.s3 import S3BlobStore  # noqa: E402
+from pacskit.store.s3 import S3BlobStore, S3Error  # noqa: E402
 
 MB = 1 << 20
 
@@ -225,10 +225,12 @@ def test_an_unreachable_object_store_fails_the_ingest_and_keeps_nothing(tmp_path
     with DataStore.open(f"sqlite:///{tmp_path / 'index.db'}", blobs) as store:
         received = Path(blobs.temp_dir) / "rx.part"
         make_instance(received, rows=8, cols=8)
-        with pytest.raises(Exception, match="Could not connect to the endpoint URL"):
+        with pytest.raises(S3Error, match=r"s3://pacs/.*\.dcm: Could not connect to the endpoint URL"):
             store.ingest(str(received))
         assert not received.exists(), "the received file is consumed"
         assert store.count("instances") == 0
+        with pytest.raises(S3Error, match="listing s3://pacs/: Could not connect"):
+            store.check()
 
 
 def test_reindex_rebuilds_the_index_from_the_bucket(tmp_path: Path, s3_options: dict[str, Any]) -> None:
@@ -272,3 +274,22 @@ def test_a_wado_frame_is_read_with_ranged_gets(tmp_path: Path, s3_options: dict[
             start, _, end = spec.removeprefix("bytes=").partition("-")
             fetched += int(end) - int(start) + 1
         assert fetched < 2 * MB, f"{fetched} bytes fetched for one {frame_bytes}-byte frame of a {result.size}-byte blob"
+
+
+def test_check_on_an_unreachable_object_store_is_one_line(tmp_path: Path) -> None:
+    import tomli_w
+
+    from pacskit.testing.peers import free_port
+
+    srv = tmp_path / "srv"
+    (srv / "data").mkdir(parents=True)
+    options = {"bucket": "pacs", "endpoint_url": f"http://127.0.0.1:{free_port()}", "access_key_id": "k",
+               "secret_access_key": "s", "region": "us-east-1", "retries": 1, "connect_timeout": 2}
+    (srv / "server.toml").write_text(tomli_w.dumps({"ae_title": "S3PACS", "data_dir": "data",
+                                                    "storage": {"backend": "s3", "options": options}}))
+    proc = subprocess.run([sys.executable, "-m", "pacskit", "check", "--data-dir", str(srv), "--quiet"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: cannot check S3BlobStore(s3://pacs/ at http://127.0.0.1:"), proc.stderr
+    assert "Could not connect to the endpoint URL" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -266,7 +266,11 @@ def check(
     store = open_store(settings, recover=False)
     try:
         with _progress_bar("checking", quiet) as advance:
-            report = store.check(verify_hash=not no_hash, progress=advance)
+            try:
+                report = store.check(verify_hash=not no_hash, progress=advance)
+            except OSError as exc:  # the blob store cannot be listed (an object store unreachable, ...)
+                typer.echo(f"error: cannot check {store.blobs!r}: {exc}", err=True)
+                raise typer.Exit(EXIT_FAILURE_STATUS) from None
         typer.echo(str(report))
         if delete_orphans:
             deleted = set(store.delete_orphans(report))
