@@ -7,6 +7,7 @@ data store's crash flow on S3, and a whole ``pacskit serve`` on S3 driven by DCM
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -293,3 +294,38 @@ def test_check_on_an_unreachable_object_store_is_one_line(tmp_path: Path) -> Non
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.startswith("error: cannot check S3BlobStore(s3://pacs/ at http://127.0.0.1:"), proc.stderr
     assert "Could not connect to the endpoint URL" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_store_to_an_unreachable_object_store_fails_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    import tomli_w
+
+    from pacskit.addins.storage import StorageAddIn
+    from pacskit.addins.verification import VerificationAddIn
+    from pacskit.client import EchoScu, StoreScu
+    from pacskit.config.settings import load_settings
+    from pacskit.server.server import Server
+    from pacskit.testing.peers import free_port
+    from pacskit.testing.synth import make_instance
+
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    options = {"bucket": "pacs", "endpoint_url": f"http://127.0.0.1:{free_port()}", "access_key_id": "k",
+               "secret_access_key": "s", "region": "us-east-1", "retries": 1, "connect_timeout": 2}
+    (srv / "server.toml").write_text(tomli_w.dumps({
+        "ae_title": "S3PACS", "port": 0, "data_dir": "data", "admin": {"enabled": False},
+        "storage": {"backend": "s3", "options": options}}))
+    path = make_instance(tmp_path / "in" / "one.dcm", rows=8, cols=8)
+
+    async def run() -> None:
+        async with Server(load_settings(srv), addin_classes=[VerificationAddIn, StorageAddIn]) as server:
+            remote = f"S3PACS@127.0.0.1:{server.port}"
+            report = await StoreScu(remote).store([path])
+            assert not report.ok and not report.succeeded, report
+            (result,) = report.results  # a failure status that names the cause (the log has it whole)
+            assert result.status == 0xC000 and (result.error_comment or "").startswith("S3Error: s3://pacs/"), result
+            assert await EchoScu(remote).echo() == 0, "the server keeps serving"
+            assert server.store.count("instances") == 0
+        left = [p for p in (srv / "data" / "files" / "tmp").iterdir() if p.stat().st_size]
+        assert not left, "the received file was not kept"
+
+    asyncio.run(run())
