@@ -25,7 +25,7 @@ from enum import Enum
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Engine, bindparam, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
@@ -198,6 +198,24 @@ def _quiet_alembic() -> Iterator[None]:
             alembic_log.setLevel(logging.NOTSET)
 
 
+@contextmanager
+def _sqlite_foreign_keys_off(conn: Connection, backend: str) -> Iterator[None]:
+    """SQLite alters a column by rebuilding its table (alembic's batch mode: copy, drop, rename); with
+    foreign keys enforced, dropping a table that other rows reference fails, so an archive with data
+    could not be upgraded. SQLite's own procedure (ALTER TABLE, "making other kinds of table schema
+    changes") turns enforcement off around the transaction (the pragma is a no-op inside one) and
+    checks the references before commit (``PRAGMA foreign_key_check`` in :meth:`Index.migrate`)."""
+    if backend != "sqlite":
+        yield
+        return
+    raw = conn.connection.driver_connection
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
+
+
 class Index:
     """The index database. ``Index.open(url)`` or ``Index(engine)``; call :meth:`migrate` once."""
 
@@ -246,20 +264,25 @@ class Index:
             from alembic import command
             from alembic.runtime.migration import MigrationContext
 
-            with self._write_lock, self.engine.begin() as conn:
-                # Several processes may start at once against one server: migrate one at a time.
-                if self.backend == "postgresql":
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
-                elif self.backend == "mysql":
-                    conn.exec_driver_sql(f"SELECT GET_LOCK('{_MIGRATION_LOCK_NAME}', 300)")
-                try:
-                    opts = {"version_table": VERSION_TABLE}
-                    before = MigrationContext.configure(conn, opts=opts).get_current_revision()
-                    command.upgrade(alembic_config(conn), revision)
-                    after = MigrationContext.configure(conn, opts=opts).get_current_revision()
-                finally:
-                    if self.backend == "mysql":
-                        conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK_NAME}')")
+            with self._write_lock, self.engine.connect() as conn, _sqlite_foreign_keys_off(conn, self.backend):
+                with conn.begin():
+                    # Several processes may start at once against one server: migrate one at a time.
+                    if self.backend == "postgresql":
+                        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+                    elif self.backend == "mysql":
+                        conn.exec_driver_sql(f"SELECT GET_LOCK('{_MIGRATION_LOCK_NAME}', 300)")
+                    try:
+                        opts = {"version_table": VERSION_TABLE}
+                        before = MigrationContext.configure(conn, opts=opts).get_current_revision()
+                        command.upgrade(alembic_config(conn), revision)
+                        after = MigrationContext.configure(conn, opts=opts).get_current_revision()
+                        if self.backend == "sqlite":
+                            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                            if broken:  # the rebuilt tables must keep every reference: roll back
+                                raise RuntimeError(f"migration to {after} broke foreign keys: {broken[:5]}")
+                    finally:
+                        if self.backend == "mysql":
+                            conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK_NAME}')")
         if after != before:
             log.info("index %s: schema %s", self.engine.url.render_as_string(hide_password=True),
                      f"created (revision {after})" if before is None else f"upgraded from {before} to {after}")
