@@ -40,7 +40,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from pacskit.client import apply_keys  # noqa: E402
 from pacskit.net import NetConfig, RequestedContext, connect  # noqa: E402
 from pacskit.store import Index  # noqa: E402
-from pacskit.store.worklist import MODALITY_WORKLIST_FIND, WorklistStore, entry_from_json  # noqa: E402
+from pacskit.store.workflow.worklist import MODALITY_WORKLIST_FIND, WorklistStore, entry_from_json  # noqa: E402
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool  # noqa: E402
 
 SPS = "ScheduledProcedureStepSequence"

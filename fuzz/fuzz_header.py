@@ -5,7 +5,7 @@ the sequence-nesting walker and the one-pass attribute scan.
 Each input is written as a file and read exactly as :meth:`pacskit.store.DataStore.ingest` reads it:
 :func:`pacskit.dicom.part10.read_part10_header` (documented failure: ``ValueError``), then
 :func:`pacskit.dicom.walker.check_nesting` (``TooDeep``) and
-:func:`pacskit.store.extract.scan_instance` (``InvalidInstance``, ``TooDeep``; deflated datasets are
+:func:`pacskit.store.index.extract.scan_instance` (``InvalidInstance``, ``TooDeep``; deflated datasets are
 inflated with a cap). When the header cannot be read, the walk still runs on the bytes after the
 128-byte preamble with each transfer syntax, so the walker sees every input. Any other exception,
 a ``RecursionError`` included, is a finding.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import main  # noqa: E402
 
 from pacskit.dicom.part10 import read_part10_header  # noqa: E402
-from pacskit.store.extract import InvalidInstance, scan_instance  # noqa: E402
+from pacskit.store.index.extract import InvalidInstance, scan_instance  # noqa: E402
 from pacskit.dicom.walker import TooDeep, check_nesting  # noqa: E402
 
 IMPLICIT_LE = "1.2.840.10008.1.2"

@@ -39,3 +39,58 @@ def test_an_upward_import_breaks_the_layers(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "pacskit layers (docs/ARCHITECTURE.md) BROKEN" in proc.stdout
     assert "pacskit.net.sinks -> pacskit.store" in proc.stdout
+
+
+# ------------------------------------------------------------------ docs/ARCHITECTURE.md matches the code
+
+import importlib
+import importlib.util
+import re
+
+DOC = ROOT / "docs" / "ARCHITECTURE.md"
+PACKAGE_ROOT = ROOT / "src" / "pacskit"
+
+
+def _packages() -> set[str]:
+    return {
+        "pacskit." + ".".join(init.parent.relative_to(PACKAGE_ROOT).parts)
+        for init in PACKAGE_ROOT.rglob("__init__.py")
+        if init.parent != PACKAGE_ROOT and "versions" not in init.parent.parts
+    }
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            found = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            continue
+        obj: object = importlib.import_module(module_name)
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_every_package_is_in_the_architecture() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    named = set(re.findall(r"pacskit(?:\.[a-z_0-9]+)+", text))
+    missing = sorted(p for p in _packages() if p not in named)
+    assert not missing, f"docs/ARCHITECTURE.md does not name {missing}"
+
+
+def test_every_module_the_architecture_names_exists() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    dotted = set(re.findall(r"`(pacskit(?:\.\w+)+)(?:\(\))?`", text))
+    dotted |= set(re.findall(r"^\s*(pacskit(?:\.\w+)+)\s", text, flags=re.M))  # the module map
+    stale = sorted(name for name in dotted if not _resolves(name))
+    paths = set(re.findall(r"`((?:[a-z_]+/)+[a-z_0-9]+\.(?:py|md))`", text))
+    stale += sorted(p for p in paths if not (PACKAGE_ROOT / p).exists() and not (ROOT / p).exists())
+    assert not stale, f"docs/ARCHITECTURE.md names what does not exist: {stale}"
+    assert len(dotted) > 40  # the check reads the names it should

@@ -508,7 +508,7 @@ def test_finding_truncated_file_meta(tmp_path: Path) -> None:
 
 def test_finding_non_ascii_vr(tmp_path: Path) -> None:
     from pacskit.dicom.part10 import read_part10_header
-    from pacskit.store.extract import InvalidInstance, scan_instance
+    from pacskit.store.index.extract import InvalidInstance, scan_instance
 
     path = make_instance(tmp_path / "a.dcm", rows=1, cols=1, patient_id="PID1")  # explicit VR little endian
     data = bytearray(path.read_bytes())

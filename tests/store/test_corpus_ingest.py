@@ -24,7 +24,7 @@ from pacskit.net import RequestedContext, connect
 from pacskit.dicom.part10 import read_part10_header
 from pacskit.server.server import Server
 from pacskit.config.settings import load_settings
-from pacskit.store.extract import is_valid_uid
+from pacskit.store.index.extract import is_valid_uid
 from pacskit.testing.synth import dataset_bytes
 
 _STORAGE = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}

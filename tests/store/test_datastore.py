@@ -28,7 +28,7 @@ from pacskit.store import (
     normalise_person_name,
     starts_with,
 )
-from pacskit.store.models import Instance
+from pacskit.store.index.models import Instance
 
 from ._util import REAL_FILES, dicom_file, make_instance, new_uid, stage
 
@@ -483,7 +483,7 @@ def test_group_commit_shares_one_transaction_and_isolates_failures(store: DataSt
 
     from sqlalchemy import text
 
-    from pacskit.store.index import Index
+    from pacskit.store.index.database import Index
 
     index = Index(store.index.engine, group_commit=True)
     release, leading = threading.Event(), threading.Event()

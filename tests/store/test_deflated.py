@@ -20,7 +20,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 
 from pacskit.dicom.part10 import InflationLimit, encode_file_meta, inflate, read_part10_header
 from pacskit.store import DataStore, FilesystemBlobStore, InstanceTooLarge, InvalidInstance
-from pacskit.store.extract import read_index_attributes, scan_instance
+from pacskit.store.index.extract import read_index_attributes, scan_instance
 
 from .test_nesting import _nested
 

@@ -11,7 +11,7 @@ import pytest
 
 from pacskit.dicom.part10 import read_part10_header
 from pacskit.store import InvalidInstance, is_valid_uid, normalise_person_name, read_index_attributes, sha256_file
-from pacskit.store.extract import INDEX_TAGS
+from pacskit.store.index.extract import INDEX_TAGS
 
 from ._util import REAL_FILES, dicom_file, make_instance
 

@@ -12,7 +12,7 @@ import pydicom.data
 import pytest
 
 from pacskit.dicom.part10 import read_part10_header
-from pacskit.store.extract import InvalidInstance, read_index_attributes, scan_instance
+from pacskit.store.index.extract import InvalidInstance, read_index_attributes, scan_instance
 from pacskit.dicom.walker import TooDeep
 
 _ROOT = Path(pydicom.data.__file__).parent
@@ -91,7 +91,7 @@ def test_walk_collects_the_request_attributes_sequence(tmp_path: Path, transfer_
     ds.save_as(path, enforce_file_format=True)
 
     header = read_part10_header(path)
-    from pacskit.store.extract import REQUEST_ATTRIBUTES_SEQUENCE, WALK_TAGS
+    from pacskit.store.index.extract import REQUEST_ATTRIBUTES_SEQUENCE, WALK_TAGS
     from pacskit.dicom.walker import check_nesting
 
     walk = check_nesting(path, header.dataset_offset, header.transfer_syntax, collect=WALK_TAGS)

@@ -13,9 +13,14 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from pacskit.client import apply_keys
 from pacskit.store import Index
-from pacskit.store.mpps import ERROR_ID_NO_LONGER_UPDATABLE, MppsRefused, MppsStore
+from pacskit.store.workflow.mpps import ERROR_ID_NO_LONGER_UPDATABLE, MppsRefused, MppsStore
 from pacskit.store.query import InvalidQuery
-from pacskit.store.worklist import InvalidEntry, WorklistStore, compile_worklist_find, entry_from_json
+from pacskit.store.workflow.worklist import (
+    InvalidEntry,
+    WorklistStore,
+    compile_worklist_find,
+    entry_from_json,
+)
 from store.conftest import BACKENDS, mariadb_server, postgres_server  # noqa: F401 - fixtures
 
 SPS = "ScheduledProcedureStepSequence"

@@ -47,7 +47,7 @@ from pacskit.audit import messages as m
 from pacskit.audit.trail import AuditTrail
 from pacskit.net import SpyEvent
 from pacskit.net import events as ev
-from pacskit.net.dimse import status_category
+from pacskit.dicom.status import status_category
 from pacskit.records.background import BatchWriter
 
 log = logging.getLogger("pacskit.addin.audit")
@@ -329,7 +329,7 @@ class AuditAddIn(AddIn):
         ]
 
     def _locate(self, sop_uids: list[str]) -> dict[str, tuple[str, str | None]]:
-        from pacskit.store.locate import instances_to_studies
+        from pacskit.store.index.locate import instances_to_studies
 
         if not sop_uids:
             return {}
@@ -337,7 +337,7 @@ class AuditAddIn(AddIn):
             return instances_to_studies(conn, sop_uids)
 
     def _patient_of_study(self, study_uid: str) -> str | None:
-        from pacskit.store.locate import studies_to_patients
+        from pacskit.store.index.locate import studies_to_patients
 
         with self._engine.connect() as conn:
             return studies_to_patients(conn, [study_uid]).get(study_uid)

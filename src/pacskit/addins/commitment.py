@@ -64,11 +64,8 @@ from pacskit.client.commitment import (
     event_information,
 )
 from pacskit.net import Association, CommandField, NetError, PresentationContext, RequestedContext
+from pacskit.dicom.status import Status
 
-PROCESSING_FAILURE = 0x0110
-NO_SUCH_OBJECT_INSTANCE = 0x0112
-CLASS_INSTANCE_CONFLICT = 0x0119
-SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 class CommitmentOptions(AddInOptions):
@@ -159,9 +156,9 @@ class StorageCommitmentAddIn(AddIn):
             transaction, references = await asyncio.to_thread(self._parse, request)
             registered = self.base.ae_titles.get(peer)
             if registered is not None and not registered.may("commit"):
-                raise _Refused(0x0124, f"{peer} may not request storage commitment")
+                raise _Refused(Status.REFUSED_NOT_AUTHORIZED, f"{peer} may not request storage commitment")
             if self.base.store is None:
-                raise _Refused(PROCESSING_FAILURE, "no data store configured")
+                raise _Refused(Status.PROCESSING_FAILURE, "no data store configured")
         except _Refused as refused:
             self.base.log.warning(
                 "storage commitment request from %s refused (0x%04X): %s", peer, refused.status, refused.comment
@@ -171,44 +168,44 @@ class StorageCommitmentAddIn(AddIn):
             pk = await asyncio.to_thread(self._save, transaction, peer, references)
         except Exception:
             self.base.log.exception("storage commitment request %s from %s could not be recorded", transaction, peer)
-            return Response(PROCESSING_FAILURE, elements={"ErrorComment": "the request could not be recorded"})
+            return Response(Status.PROCESSING_FAILURE, elements={"ErrorComment": "the request could not be recorded"})
         self.base.log.info(
             "storage commitment request %s from %s: %d instances", transaction, peer, len(references)
         )
         # The task's first step (the check) runs in a thread, so this response is on the wire before
         # the report can be: the engine sends it as soon as the handler returns.
         self._spawn(pk, request.assoc, request.context, delay=self.options.delay)
-        return Response(0x0000, elements={"ActionTypeID": ACTION_REQUEST_STORAGE_COMMITMENT})
+        return Response(Status.SUCCESS, elements={"ActionTypeID": ACTION_REQUEST_STORAGE_COMMITMENT})
 
     def _parse(self, request: Request) -> tuple[str, list[SopReference]]:
         from pacskit.store import is_valid_uid
 
         instance = request.sop_instance_uid
         if not is_valid_uid(instance):
-            raise _Refused(0x0117, "Requested SOP Instance UID is not a valid UID")
+            raise _Refused(Status.INVALID_OBJECT_INSTANCE, "Requested SOP Instance UID is not a valid UID")
         if instance != STORAGE_COMMITMENT_INSTANCE:
-            raise _Refused(NO_SUCH_OBJECT_INSTANCE, f"not the well-known instance {STORAGE_COMMITMENT_INSTANCE}")
+            raise _Refused(Status.NO_SUCH_SOP_INSTANCE, f"not the well-known instance {STORAGE_COMMITMENT_INSTANCE}")
         action = request.command.get("ActionTypeID")
         if action != ACTION_REQUEST_STORAGE_COMMITMENT:
-            raise _Refused(0x0123, f"no such action type {action!r}: only 1 (Request Storage Commitment)")
+            raise _Refused(Status.NO_SUCH_ACTION_TYPE, f"no such action type {action!r}: only 1 (Request Storage Commitment)")
         if request.received is None:
-            raise _Refused(0x0115, "no Action Information (dataset) in the request")
+            raise _Refused(Status.INVALID_ARGUMENT_VALUE, "no Action Information (dataset) in the request")
         try:
             ds = request.dataset
             assert ds is not None
             transaction = ds.get("TransactionUID", None)
             items = ds.get("ReferencedSOPSequence", None)
         except Exception as exc:
-            raise _Refused(0x0115, f"Action Information cannot be decoded: {type(exc).__name__}") from None
+            raise _Refused(Status.INVALID_ARGUMENT_VALUE, f"Action Information cannot be decoded: {type(exc).__name__}") from None
         if transaction is None or str(transaction) == "":
-            raise _Refused(0x0115, "Transaction UID (0008,1195) missing")
+            raise _Refused(Status.INVALID_ARGUMENT_VALUE, "Transaction UID (0008,1195) missing")
         transaction = str(transaction)
         if not is_valid_uid(transaction):
-            raise _Refused(0x0115, "Transaction UID (0008,1195) is not a valid UID")
+            raise _Refused(Status.INVALID_ARGUMENT_VALUE, "Transaction UID (0008,1195) is not a valid UID")
         if not items:
-            raise _Refused(0x0115, "Referenced SOP Sequence (0008,1199) missing or empty")
+            raise _Refused(Status.INVALID_ARGUMENT_VALUE, "Referenced SOP Sequence (0008,1199) missing or empty")
         if len(items) > self.options.max_references:
-            raise _Refused(0x0213, f"more than {self.options.max_references} instances in one request")
+            raise _Refused(Status.RESOURCE_LIMITATION, f"more than {self.options.max_references} instances in one request")
         references: list[SopReference] = []
         for n, item in enumerate(items, 1):
             try:
@@ -217,7 +214,7 @@ class StorageCommitmentAddIn(AddIn):
             except Exception:
                 sop_class = sop_instance = ""
             if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
-                raise _Refused(0x0115, f"Referenced SOP Sequence item {n}: missing or invalid UIDs")
+                raise _Refused(Status.INVALID_ARGUMENT_VALUE, f"Referenced SOP Sequence item {n}: missing or invalid UIDs")
             references.append(SopReference(sop_class, sop_instance))
         return transaction, references
 
@@ -227,7 +224,7 @@ class StorageCommitmentAddIn(AddIn):
         from sqlalchemy import insert
 
         from pacskit.store import CommitmentItem, CommitmentRequest
-        from pacskit.store.commitment_models import STATE_PENDING
+        from pacskit.store.workflow.commitment_models import STATE_PENDING
 
         store = self.base.store
         assert store is not None
@@ -254,7 +251,7 @@ class StorageCommitmentAddIn(AddIn):
         from sqlalchemy import select
 
         from pacskit.store import CommitmentRequest
-        from pacskit.store.commitment_models import STATE_PENDING
+        from pacskit.store.workflow.commitment_models import STATE_PENDING
 
         store = self.base.store
         assert store is not None
@@ -269,7 +266,7 @@ class StorageCommitmentAddIn(AddIn):
         from sqlalchemy.orm import selectinload
 
         from pacskit.store import CommitmentItem, CommitmentRequest
-        from pacskit.store.commitment_models import STATE_PENDING
+        from pacskit.store.workflow.commitment_models import STATE_PENDING
 
         store = self.base.store
         assert store is not None
@@ -298,7 +295,7 @@ class StorageCommitmentAddIn(AddIn):
 
             store.index.run_write(record)
         else:
-            reasons = {item_pk: int(reason if reason is not None else PROCESSING_FAILURE) for item_pk, _, _, reason in items}
+            reasons = {item_pk: int(reason if reason is not None else Status.PROCESSING_FAILURE) for item_pk, _, _, reason in items}
         committed: list[SopReference] = []
         failed: list[CommitmentFailure] = []
         for item_pk, sop_class, uid, _ in items:
@@ -311,14 +308,14 @@ class StorageCommitmentAddIn(AddIn):
 
     def _reason(self, sop_class: str, copy: Any) -> int:
         if copy is None:
-            return NO_SUCH_OBJECT_INSTANCE if sop_class in self._storage_classes else SOP_CLASS_NOT_SUPPORTED
+            return Status.NO_SUCH_SOP_INSTANCE if sop_class in self._storage_classes else Status.SOP_CLASS_NOT_SUPPORTED
         if copy.sop_class_uid != sop_class:
-            return CLASS_INSTANCE_CONFLICT
-        return 0 if copy.ok else PROCESSING_FAILURE
+            return Status.CLASS_INSTANCE_CONFLICT
+        return 0 if copy.ok else Status.PROCESSING_FAILURE
 
     def _record(self, pk: int, *, state: str | None = None, error: str | None = None, attempted: bool = False) -> None:
         from pacskit.store import CommitmentRequest
-        from pacskit.store.commitment_models import ERROR_TEXT, STATE_REPORTED
+        from pacskit.store.workflow.commitment_models import ERROR_TEXT, STATE_REPORTED
 
         store = self.base.store
         assert store is not None
@@ -342,7 +339,7 @@ class StorageCommitmentAddIn(AddIn):
     # ------------------------------------------------------------------ the report
 
     async def _deliver(self, pk: int, assoc: Association | None, context: PresentationContext | None, delay: float) -> None:
-        from pacskit.store.commitment_models import STATE_FAILED, STATE_REPORTED
+        from pacskit.store.workflow.commitment_models import STATE_FAILED, STATE_REPORTED
 
         log = self.base.log
         try:
@@ -415,7 +412,7 @@ class StorageCommitmentAddIn(AddIn):
             )
         except NetError as exc:
             return f"{type(exc).__name__}: {exc}"
-        if rsp.status != 0x0000:
+        if rsp.status != Status.SUCCESS:
             comment = rsp.get("ErrorComment") or ""
             return f"N-EVENT-REPORT answered 0x{rsp.status:04X} {comment}".strip()
         return None

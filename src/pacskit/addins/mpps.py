@@ -1,7 +1,7 @@
 """MPPS add-in: the Modality Performed Procedure Step SOP class SCP (PS3.4 F.7), N-CREATE and N-SET.
 
 A modality N-CREATEs the step when it starts (IN PROGRESS) and N-SETs it when done (COMPLETED or
-DISCONTINUED); the steps are kept in the server's database (:mod:`pacskit.store.mpps`) and linked to
+DISCONTINUED); the steps are kept in the server's database (:mod:`pacskit.store.workflow.mpps`) and linked to
 the worklist entries their Scheduled Step Attributes Sequence names, whose Scheduled Procedure Step
 Status follows (STARTED, COMPLETED, DISCONTINUED) in the same transaction.
 
@@ -41,7 +41,8 @@ from pydicom.uid import generate_uid
 
 from pacskit.services import AddIn, AddInOptions, Handler, Permission, Request, Response, SupportedContext
 from pacskit.net import CommandField, RequestedContext
-from pacskit.store.mpps import MPPS_SOP_CLASS, MppsRefused, MppsStore
+from pacskit.store.workflow.mpps import MPPS_SOP_CLASS, MppsRefused, MppsStore
+from pacskit.dicom.status import Status
 
 _STOP_DRAIN_SECONDS = 5.0
 
@@ -113,13 +114,13 @@ class MppsAddIn(AddIn):
 
     async def on_create(self, request: Request) -> Response:
         if self.mpps is None:
-            return Response(0x0110, elements={"ErrorComment": "no data store configured"})
+            return Response(Status.PROCESSING_FAILURE, elements={"ErrorComment": "no data store configured"})
         uid = request.sop_instance_uid or generate_uid()
         loop = asyncio.get_running_loop()
         try:
             ds = await loop.run_in_executor(request.assoc.executor, lambda: request.dataset)
             if ds is None:
-                raise MppsRefused(0x0120, "N-CREATE without an attribute list")
+                raise MppsRefused(Status.MISSING_ATTRIBUTE, "N-CREATE without an attribute list")
             step = await loop.run_in_executor(request.assoc.executor, lambda: self.mpps.create(  # type: ignore[union-attr]
                 uid, ds, calling_ae=request.assoc.remote_ae_title))
         except MppsRefused as exc:
@@ -127,23 +128,23 @@ class MppsAddIn(AddIn):
         self.base.log.info("MPPS %s IN PROGRESS from %s (worklist steps %s)", uid, request.assoc.remote_ae_title,
                            step.worklist_ids or "none")
         self._enqueue("N-CREATE", uid, ds)
-        return Response(0x0000, elements={"AffectedSOPInstanceUID": uid})
+        return Response(Status.SUCCESS, elements={"AffectedSOPInstanceUID": uid})
 
     async def on_set(self, request: Request) -> Response:
         if self.mpps is None:
-            return Response(0x0110, elements={"ErrorComment": "no data store configured"})
+            return Response(Status.PROCESSING_FAILURE, elements={"ErrorComment": "no data store configured"})
         uid = request.sop_instance_uid
         loop = asyncio.get_running_loop()
         try:
             ds = await loop.run_in_executor(request.assoc.executor, lambda: request.dataset)
             if ds is None:
-                raise MppsRefused(0x0120, "N-SET without a modification list")
+                raise MppsRefused(Status.MISSING_ATTRIBUTE, "N-SET without a modification list")
             step = await loop.run_in_executor(request.assoc.executor, self.mpps.update, uid, ds)
         except MppsRefused as exc:
             return self._refused(request, exc)
         self.base.log.info("MPPS %s %s from %s", uid, step.status, request.assoc.remote_ae_title)
         self._enqueue("N-SET", uid, ds)
-        return Response(0x0000)
+        return Response(Status.SUCCESS)
 
     # ------------------------------------------------------------------ forwarding
 
@@ -172,7 +173,7 @@ class MppsAddIn(AddIn):
                         rsp, _ = await assoc.n_request(CommandField.N_SET_RQ, MPPS_SOP_CLASS, ds,
                                                        RequestedSOPInstanceUID=uid)
                 status = rsp.status
-                if status != 0x0000:
+                if status != Status.SUCCESS:
                     self.base.log.warning("MPPS %s %s forwarded to %s: status 0x%04X", service, uid, title, status)
                 return status
             except asyncio.CancelledError:

@@ -47,6 +47,7 @@ from pacskit.store.query import (
     compile_find,
     find_encoded,
 )
+from pacskit.dicom.status import PENDING_STATUSES, Status
 
 _MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 
@@ -117,7 +118,7 @@ class QueryAddIn(AddIn):
         exhausted = False
         try:
             while True:
-                if page and page[0].status not in (0xFF00, 0xFF01):
+                if page and page[0].status not in PENDING_STATUSES:
                     exhausted = True  # the cap: the stream raised and is closed
                     yield page[0]
                     return
@@ -191,7 +192,7 @@ class QueryAddIn(AddIn):
 
     def _next_batch(self, stream: Iterator[bytes], query: FindQuery, request: Request, size: int) -> list[Response]:
         """Up to ``size`` Pending responses, encoded (thread pool); a failure response if over the cap."""
-        pending = 0xFF01 if query.unsupported else 0xFF00
+        pending = Status.PENDING_WARNING if query.unsupported else Status.PENDING
         out: list[Response] = []
         try:
             for data in itertools.islice(stream, size):

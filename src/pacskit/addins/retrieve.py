@@ -69,8 +69,8 @@ from pacskit.net import (
     NetTimeout,
     NoAcceptableContext,
     RequestedContext,
-    status_category,
 )
+from pacskit.dicom.status import PENDING_STATUSES, Status, status_category
 from pacskit.store.retrieve import InvalidIdentifier, RetrieveItem, RetrieveSelection, parse_identifier
 from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 
@@ -194,7 +194,7 @@ class RetrieveAddIn(AddIn):
         peer = request.assoc.remote_ae_title
         if not destination or self.base.ae_titles.get(destination) is None:
             self.base.log.warning("C-MOVE from %s refused: destination %r is not registered", peer, destination)
-            yield Response(0xA801, elements={"ErrorComment": f"move destination {destination[:16]!r} unknown"})
+            yield Response(Status.MOVE_DESTINATION_UNKNOWN, elements={"ErrorComment": f"move destination {destination[:16]!r} unknown"})
             return
         selection = await self._select(request)
         if isinstance(selection, Response):  # refused, or nothing to send
@@ -213,7 +213,7 @@ class RetrieveAddIn(AddIn):
             return
         try:
             async for response in self._run(request, selection, sub, originator, deadline):
-                if response.status not in (0xFF00, 0xFF01):
+                if response.status not in PENDING_STATUSES:
                     # Like other archives, end the sub-association before the final response, so a
                     # requestor that is its own destination has everything when it sees the status.
                     await self._close(sub)
@@ -241,7 +241,7 @@ class RetrieveAddIn(AddIn):
             return
         deadline = started + self.options.retrieve_timeout
         async for response in self._run(request, selection, request.assoc, None, deadline):
-            if response.status not in (0xFF00, 0xFF01):
+            if response.status not in PENDING_STATUSES:
                 self.base.log.info("C-GET from %s: 0x%04X in %.1f s", request.assoc.remote_ae_title, response.status,
                                    time.monotonic() - started)
             yield response
@@ -252,14 +252,14 @@ class RetrieveAddIn(AddIn):
         """The instances to send, or the final response when there is nothing to send."""
         store = self.base.store
         if store is None:
-            return Response(0xA702, elements={"ErrorComment": "no data store configured"})
+            return Response(Status.OUT_OF_RESOURCES_SUBOPS, elements={"ErrorComment": "no data store configured"})
         try:
             identifier = request.dataset
         except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for bad bytes
             self.base.log.warning("%s from %s: unreadable identifier: %s", request.service, request.assoc.remote_ae_title, exc)
-            return Response(0xC000, elements={"ErrorComment": "identifier cannot be decoded"})
+            return Response(Status.UNABLE_TO_PROCESS, elements={"ErrorComment": "identifier cannot be decoded"})
         if identifier is None:
-            return Response(0xA900, elements={"ErrorComment": "no identifier"})
+            return Response(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, elements={"ErrorComment": "no identifier"})
         try:
             keys = parse_identifier(identifier, _MODEL[request.context.abstract_syntax],
                                     patient_level_in_study_root=self.options.patient_level_in_study_root)
@@ -271,13 +271,13 @@ class RetrieveAddIn(AddIn):
             return Response(exc.status, elements=elements)
         except Exception as exc:  # noqa: BLE001 - a value pydicom cannot decode
             self.base.log.warning("%s from %s: bad identifier: %s", request.service, request.assoc.remote_ae_title, exc)
-            return Response(0xC000, elements={"ErrorComment": "identifier cannot be decoded"})
+            return Response(Status.UNABLE_TO_PROCESS, elements={"ErrorComment": "identifier cannot be decoded"})
         selection = await asyncio.to_thread(RetrieveSelection, store.index, keys, page_size=self.options.page_size)
         self.base.log.info(
             "%s from %s: %s level, %d instances", request.service, request.assoc.remote_ae_title, keys.level, selection.count
         )
         if selection.count == 0:  # nothing matched: a final Success with zero counts
-            return Response(0x0000, elements=_Tally(0).elements(remaining=False))
+            return Response(Status.SUCCESS, elements=_Tally(0).elements(remaining=False))
         return selection
 
     async def _connect(self, destination: str, contexts: list[RequestedContext], deadline: float, request: Request) -> Any:
@@ -372,7 +372,7 @@ class RetrieveAddIn(AddIn):
             now = time.monotonic()
             if tally.remaining and now - last_pending >= interval:
                 last_pending = now
-                yield Response(0xFF00, elements=tally.elements(remaining=True, pending=True))
+                yield Response(Status.PENDING, elements=tally.elements(remaining=True, pending=True))
         await ahead.aclose()
         await items.aclose()
         if not cancelled:
@@ -382,19 +382,19 @@ class RetrieveAddIn(AddIn):
 
     def _final(self, tally: _Tally, *, cancelled: bool, comment: str | None = None) -> Response:
         if cancelled:
-            status = 0xFE00
+            status = Status.CANCEL
         elif tally.failed == 0 and tally.warning == 0:
-            status = 0x0000
+            status = Status.SUCCESS
         elif tally.completed == 0 and tally.warning == 0:
-            status = 0xA702
+            status = Status.OUT_OF_RESOURCES_SUBOPS
         else:
-            status = 0xB000
+            status = Status.SUBOPS_COMPLETE_WITH_FAILURES
         elements = tally.elements(remaining=cancelled)
         if tally.failed:
             reason, count = tally.reasons.most_common(1)[0]
             elements["ErrorComment"] = (comment or f"{tally.failed} failed, e.g. {count}: {reason}")[:64]
         dataset = None
-        if tally.failed_uids and status != 0x0000:
+        if tally.failed_uids and status != Status.SUCCESS:
             dataset = Dataset()
             dataset.FailedSOPInstanceUIDList = tally.failed_uids
         return Response(status, dataset=dataset, elements=elements)

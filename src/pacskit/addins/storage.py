@@ -27,6 +27,7 @@ from pydantic import Field
 
 from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
+from pacskit.dicom.status import Status
 
 
 class StorageOptions(AddInOptions):
@@ -62,7 +63,7 @@ class StorageAddIn(AddIn):
         store = self.base.store
         received = request.received
         if store is None or received is None or received.path is None:
-            return Response(0xA700, elements={"ErrorComment": "no data store configured"})
+            return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "no data store configured"})
         try:
             result = store.ingest(
                 received.path,
@@ -72,8 +73,8 @@ class StorageAddIn(AddIn):
                 duplicate_policy=self.options.duplicate_policy,
             )
         except InvalidInstance as exc:
-            status = (0xA900 if isinstance(exc, InstanceMismatch)
-                      else 0xA700 if isinstance(exc, InstanceTooLarge) else 0xC000)
+            status = (Status.DATASET_DOES_NOT_MATCH_SOP_CLASS if isinstance(exc, InstanceMismatch)
+                      else Status.OUT_OF_RESOURCES if isinstance(exc, InstanceTooLarge) else Status.CANNOT_UNDERSTAND)
             self.base.log.warning(
                 "C-STORE %s from %s refused (0x%04X): %s",
                 request.sop_instance_uid,
@@ -82,7 +83,7 @@ class StorageAddIn(AddIn):
                 exc,
             )
             # Error Comment is an LO (64 characters): say the essential first; the log has the details.
-            comment = "dataset UID differs from the C-STORE command" if status == 0xA900 else str(exc)
+            comment = "dataset UID differs from the C-STORE command" if status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS else str(exc)
             elements: dict[str, object] = {"ErrorComment": comment[:64]}
             if exc.tag is not None:
                 elements["OffendingElement"] = [exc.tag]
@@ -90,9 +91,9 @@ class StorageAddIn(AddIn):
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self.base.log.error("C-STORE %s refused: disk full", request.sop_instance_uid)
-                return Response(0xA700, elements={"ErrorComment": "out of resources: disk full"})
+                return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "out of resources: disk full"})
             raise
         received.claimed = True
         if result.status == IngestStatus.DUPLICATE_REJECTED:
-            return Response(0x0111, elements={"ErrorComment": "duplicate SOP Instance UID refused"})
-        return Response(0x0000)
+            return Response(Status.DUPLICATE_SOP_INSTANCE, elements={"ErrorComment": "duplicate SOP Instance UID refused"})
+        return Response(Status.SUCCESS)

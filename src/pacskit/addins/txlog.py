@@ -209,7 +209,7 @@ class TransactionLog:
 
     def _fill_from_index(self, rows: list[dict[str, Any]]) -> None:
         """Study and patient of stored instances, from the index (if this database holds one)."""
-        from pacskit.store.locate import instances_to_studies, studies_to_patients
+        from pacskit.store.index.locate import instances_to_studies, studies_to_patients
 
         wanted = {r["sop_instance_uid"] for r in rows if r["service"] == "C-STORE" and r["sop_instance_uid"]}
         studies = {r["study_instance_uid"] for r in rows if r["study_instance_uid"] and not r["patient_id"]}

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from pacskit.services import AddIn, Handler, Request, SupportedContext
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.dicom.status import Status
 
 
 class VerificationAddIn(AddIn):
@@ -21,4 +22,4 @@ class VerificationAddIn(AddIn):
         return {"C-ECHO": self.on_echo}
 
     async def on_echo(self, request: Request) -> int:
-        return 0x0000
+        return Status.SUCCESS

@@ -1,7 +1,7 @@
 """Modality Worklist add-in: the C-FIND SCP of the Modality Worklist Information Model (PS3.4 K.6),
 and the management of the scheduled procedure steps it serves.
 
-The steps live in the server's database (:mod:`pacskit.store.worklist`, where the matching rules are
+The steps live in the server's database (:mod:`pacskit.store.workflow.worklist`, where the matching rules are
 documented); every identifier becomes one SQL statement, and the matches are streamed as Pending
 responses from the database cursor, a batch at a time from the server's thread pool, with C-CANCEL
 checked before each match is sent (then the cursor is closed and Cancel, 0xFE00, answered).
@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 from pacskit.services import AddIn, AddInOptions, Handler, Permission, Request, Response, SupportedContext
 from pacskit.dicom.codec import encode_dataset
 from pacskit.store.query import STATUS_OUT_OF_RESOURCES, STATUS_UNABLE_TO_PROCESS, InvalidQuery, TooManyMatches
-from pacskit.store.worklist import (
+from pacskit.store.workflow.worklist import (
     MODALITY_WORKLIST_FIND,
     InvalidEntry,
     WorklistQuery,
@@ -49,6 +49,7 @@ from pacskit.store.worklist import (
     entries_from_json,
     entry_from_json,
 )
+from pacskit.dicom.status import PENDING_STATUSES, Status
 
 _FIRST_BATCH = 8
 _MAX_BATCH = 256
@@ -107,7 +108,7 @@ class WorklistAddIn(AddIn):
                     if request.cancelled.is_set():
                         break
                     yield item
-                    if item.status not in (0xFF00, 0xFF01):
+                    if item.status not in PENDING_STATUSES:
                         return
                     sent += 1
                 if len(page) < batch:
@@ -125,7 +126,7 @@ class WorklistAddIn(AddIn):
         if self.worklist is None:
             return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
         if request.received is None:
-            return Response(0xA900, elements={"ErrorComment": "no identifier"})
+            return Response(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, elements={"ErrorComment": "no identifier"})
         try:
             identifier = request.dataset
             assert identifier is not None
@@ -144,7 +145,7 @@ class WorklistAddIn(AddIn):
         return stream, query
 
     def _next_batch(self, stream: Iterator[Dataset], query: WorklistQuery, request: Request, size: int) -> list[Response]:
-        pending = 0xFF01 if query.unsupported else 0xFF00
+        pending = Status.PENDING_WARNING if query.unsupported else Status.PENDING
         syntax = request.context.transfer_syntax
         out: list[Response] = []
         try:
@@ -161,7 +162,7 @@ class WorklistAddIn(AddIn):
     def admin_router(self) -> Any | None:
         """``/entries`` (GET list, POST add), ``/entries/{id}`` (GET, PATCH update, DELETE) and
         ``/import`` (POST a JSON list of entries, or DICOM files as ``application/dicom``). Entries are
-        JSON: the DICOM JSON model or keywords (see :func:`pacskit.store.worklist.entry_from_json`)."""
+        JSON: the DICOM JSON model or keywords (see :func:`pacskit.store.workflow.worklist.entry_from_json`)."""
         if self.worklist is None:
             return None
         return worklist_router(self.worklist)

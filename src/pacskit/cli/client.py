@@ -248,7 +248,7 @@ def find(
         for row in rows:
             table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
         Console().print(table)
-    from pacskit.net import status_category
+    from pacskit.dicom.status import status_category
 
     if status_category(result.status) == "Failure":
         raise fail(f"C-FIND failed with status 0x{result.status:04X}" + (f": {result.error_comment}" if result.error_comment else ""), EXIT_FAILURE_STATUS)
@@ -259,7 +259,7 @@ def find(
 
 
 def _retrieve_exit(service: str, result: Any) -> None:
-    from pacskit.net import status_category
+    from pacskit.dicom.status import status_category
 
     text = f"{service}: status 0x{result.status:04X} ({status_category(result.status)}), {result.completed} completed, {result.failed} failed, {result.warning} warning"
     if result.received:

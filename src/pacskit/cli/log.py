@@ -150,7 +150,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pacskit.net import status_category
+    from pacskit.dicom.status import status_category
 
     table = Table(show_edge=False, pad_edge=False)
     for title in ("time (UTC)", "assoc", "calling", "called", "from", "operation", "status", "ms", "bytes", "UIDs"):

@@ -23,7 +23,7 @@ from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from pacskit.store.worklist import WorklistStore
+    from pacskit.store.workflow.worklist import WorklistStore
 
 worklist_app = typer.Typer(help="Manage the Modality Worklist of a server folder (no running server needed).",
                            no_args_is_help=True)
@@ -46,7 +46,7 @@ def _worklist(config: str | None, data_dir: str | None) -> Iterator[WorklistStor
     """The folder's worklist: its index database, migrated (only the index: no recovery of blobs, so
     this is safe while the server runs)."""
     from pacskit.store import Index
-    from pacskit.store.worklist import WorklistStore
+    from pacskit.store.workflow.worklist import WorklistStore
 
     settings = _server_settings(config, data_dir)
     settings.data_path.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def _entry(keys: list[str] | None, json_source: str | None, *, need: bool = True
     from pydicom.dataset import Dataset
 
     from pacskit.client.keys import KeyError_, apply_keys
-    from pacskit.store.worklist import InvalidEntry, entry_from_json
+    from pacskit.store.workflow.worklist import InvalidEntry, entry_from_json
 
     ds = Dataset()
     try:
@@ -88,7 +88,7 @@ def worklist_add(
     config: ConfigOpt = None,
 ) -> None:
     """Add a worklist entry (one scheduled step per Scheduled Procedure Step Sequence item)."""
-    from pacskit.store.worklist import InvalidEntry
+    from pacskit.store.workflow.worklist import InvalidEntry
 
     entry = _entry(key, json_source)
     with _worklist(config, data_dir) as worklist:
@@ -133,7 +133,7 @@ def worklist_update(
     config: ConfigOpt = None,
 ) -> None:
     """Change attributes of a scheduled step (inside its Scheduled Procedure Step Sequence item key by key)."""
-    from pacskit.store.worklist import InvalidEntry
+    from pacskit.store.workflow.worklist import InvalidEntry
 
     changes = _entry(key, json_source)
     with _worklist(config, data_dir) as worklist:
@@ -173,7 +173,7 @@ def worklist_import(
     config: ConfigOpt = None,
 ) -> None:
     """Import worklist entries, all or none (an unreadable file stops the import and names the file)."""
-    from pacskit.store.worklist import InvalidEntry, read_entries
+    from pacskit.store.workflow.worklist import InvalidEntry, read_entries
 
     try:
         entries = [entry for _, entry in read_entries(paths)]

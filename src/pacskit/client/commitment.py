@@ -35,6 +35,7 @@ from pacskit.client._scu import run_sync
 from pacskit.client.nservices import EventReport, NServiceScu
 from pacskit.net import Acceptor, Request, Response, Services, SupportedContext
 from pacskit.dicom.uids import VERIFICATION_SOP_CLASS
+from pacskit.dicom.status import Status
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -70,12 +71,12 @@ EVENT_FAILURES_EXIST = 2
 
 #: Failure Reason (0008,1197) values of the Failed SOP Sequence (PS3.3 C.14.1.1, PS3.4 J.3.3.1.1)
 FAILURE_REASONS: dict[int, str] = {
-    0x0110: "processing failure",
-    0x0112: "no such object instance",
-    0x0119: "class / instance conflict",
-    0x0122: "referenced SOP class not supported",
-    0x0131: "duplicate transaction UID",
-    0x0213: "resource limitation",
+    Status.PROCESSING_FAILURE: "processing failure",
+    Status.NO_SUCH_SOP_INSTANCE: "no such object instance",
+    Status.CLASS_INSTANCE_CONFLICT: "class / instance conflict",
+    Status.SOP_CLASS_NOT_SUPPORTED: "referenced SOP class not supported",
+    Status.DUPLICATE_TRANSACTION_UID: "duplicate transaction UID",
+    Status.RESOURCE_LIMITATION: "resource limitation",
 }
 
 
@@ -206,7 +207,7 @@ def parse_event_information(ds: Dataset | None) -> tuple[str, list[SopReference]
         return "", [], []
     committed = [_reference(item) for item in ds.get("ReferencedSOPSequence", None) or []]
     failed = [
-        CommitmentFailure(_reference(item), int(item.get("FailureReason", 0x0110) or 0x0110))
+        CommitmentFailure(_reference(item), int(item.get("FailureReason", Status.PROCESSING_FAILURE) or Status.PROCESSING_FAILURE))
         for item in ds.get("FailedSOPSequence", None) or []
     ]
     return str(ds.get("TransactionUID", "") or ""), committed, failed
@@ -258,24 +259,24 @@ class StorageCommitmentScu(NServiceScu):
         waiting = self._waiting.get(transaction)
         if waiting is None:
             log.warning("storage commitment report for unknown transaction %r ignored", transaction)
-            return 0x0110
+            return Status.PROCESSING_FAILURE
         result, done = waiting
         if done.done():
-            return 0x0000  # a repeated report: already taken
+            return Status.SUCCESS  # a repeated report: already taken
         result.reported = True
         result.event_type_id = report.event_type_id
         result.same_association = same_association
         result.committed = committed
         result.failed = failed
         done.set_result(None)
-        return 0x0000
+        return Status.SUCCESS
 
     def _on_same_association(self, report: EventReport) -> int:
         return self._take_report(report, True)
 
     async def _on_new_association(self, request: Request) -> Response:
         if request.sop_class_uid != STORAGE_COMMITMENT_PUSH_MODEL:
-            return Response(0x0118)
+            return Response(Status.NO_SUCH_SOP_CLASS)
         report = EventReport(
             request.sop_class_uid, request.sop_instance_uid, int(request.command.get("EventTypeID", 0) or 0), request.dataset
         )
@@ -285,7 +286,7 @@ class StorageCommitmentScu(NServiceScu):
     def _receiver(self) -> Acceptor:
         services = Services()
         services.register("N-EVENT-REPORT", self._on_new_association, [STORAGE_COMMITMENT_PUSH_MODEL])
-        services.register("C-ECHO", lambda request: 0x0000, [VERIFICATION_SOP_CLASS])
+        services.register("C-ECHO", lambda request: Status.SUCCESS, [VERIFICATION_SOP_CLASS])
         return Acceptor(
             self.calling_ae,
             # scp_role: the reporting SCP proposes the SCP role on its association (PS3.4 J.3.3)
@@ -328,7 +329,7 @@ class StorageCommitmentScu(NServiceScu):
                     action_information(transaction, references),
                 )
                 result.action_status, result.action_comment = answer.status, answer.error_comment
-                if answer.status != 0x0000:
+                if answer.status != Status.SUCCESS:
                     return result
                 if not self.release_after_request:
                     await self._wait(done)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pacskit.client._scu import Scu
-from pacskit.net import Association, Command, CommandField, Request, RequestedContext, Response, Services, status_category
+from pacskit.net import Association, Command, CommandField, Request, RequestedContext, Response, Services
+from pacskit.dicom.status import status_category
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

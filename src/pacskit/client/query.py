@@ -53,8 +53,8 @@ from pacskit.net import (
     RequestedContext,
     Services,
     SupportedContext,
-    status_category,
 )
+from pacskit.dicom.status import PENDING_STATUSES, Status, status_category
 
 if TYPE_CHECKING:
     from pacskit.net import PresentationContext
@@ -264,7 +264,7 @@ class FindResult:
 
     @property
     def cancelled(self) -> bool:
-        return self.status == 0xFE00
+        return self.status == Status.CANCEL
 
 
 @dataclass(slots=True)
@@ -314,7 +314,7 @@ class RetrieveResult:
 
     @property
     def cancelled(self) -> bool:
-        return self.status == 0xFE00
+        return self.status == Status.CANCEL
 
 
 #: Gets each instance; returns the C-STORE status to answer (``None`` = Success). A plain function runs
@@ -346,7 +346,7 @@ class _Receiver:
         """Runs on the event loop (events are delivered there); a plain callback runs in a thread."""
         received = request.received
         if received is None or received.path is None:
-            return 0xC000
+            return Status.UNABLE_TO_PROCESS
         inst = ReceivedInstance(request.sop_class_uid, request.sop_instance_uid, received.transfer_syntax, Path(received.path))
         status: int | None = 0
         if self.callback is not None:
@@ -463,7 +463,7 @@ class QueryRetrieveScu(Scu):
                 responses = assoc.request(CommandField.C_FIND_RQ, sop_class, identifier, context=ctx, Priority=0)
                 try:
                     async for rsp, received in responses:
-                        if rsp.status not in (0xFF00, 0xFF01):
+                        if rsp.status not in PENDING_STATUSES:
                             finished = True
                             if received is not None:
                                 received.discard()
@@ -583,7 +583,7 @@ class QueryRetrieveScu(Scu):
                 result.completed, result.failed, result.warning = counts[1], counts[2], counts[3]
                 if self.events.wants("progress"):
                     self.events.notify("progress", RetrieveProgress(rsp.status, *counts))
-                if rsp.status not in (0xFF00, 0xFF01):
+                if rsp.status not in PENDING_STATUSES:
                     result.status = rsp.status
                     result.error_comment = str(rsp.get("ErrorComment", "") or "")
                     if received is not None:

@@ -40,14 +40,8 @@ from pacskit.dicom.uids import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
 )
-from pacskit.net import (
-    Association,
-    CommandField,
-    NetError,
-    PresentationContext,
-    RequestedContext,
-    status_category,
-)
+from pacskit.net import Association, CommandField, NetError, PresentationContext, RequestedContext
+from pacskit.dicom.status import status_category
 from pacskit.dicom.codec import encode_dataset
 from pacskit.net.dimse import PRIORITY_MEDIUM
 from pacskit.dicom.part10 import read_part10_header

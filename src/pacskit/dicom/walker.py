@@ -75,7 +75,7 @@ def check_nesting(
 
     Returns the raw values of the top-level elements whose tags are in ``collect`` (VR is None for
     implicit VR). Deflated datasets are not walked here: nothing is collected
-    (:func:`pacskit.store.extract.scan_instance` inflates them, capped, and walks the result). Truncated or odd input ends the walk (``complete`` False): decoding will report it
+    (:func:`pacskit.store.index.extract.scan_instance` inflates them, capped, and walks the result). Truncated or odd input ends the walk (``complete`` False): decoding will report it
     with a precise reason.
     """
     walked = Walked()

@@ -27,7 +27,7 @@ from pacskit.net.association import (
     connect,
 )
 from pacskit.net.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetConfig
-from pacskit.net.dimse import Command, CommandField, Status, status_category
+from pacskit.net.dimse import Command, CommandField
 from pacskit.net.errors import (
     AssociationAborted,
     AssociationRejected,
@@ -76,11 +76,9 @@ __all__ = [
     "Response",
     "Services",
     "SpyEvent",
-    "Status",
     "SupportedContext",
     "UserIdentityRQ",
     "connect",
     "current_operation",
-    "status_category",
 ]
 

@@ -188,62 +188,6 @@ class Command(dict[str, Any]):
         return cmd
 
 
-class Status(IntEnum):
-    """Frequently used DIMSE status codes (PS3.7 Annex C and the service classes in PS3.4)."""
-
-    SUCCESS = 0x0000
-    PENDING = 0xFF00
-    PENDING_WARNING = 0xFF01  # C-FIND: optional keys not supported
-    CANCEL = 0xFE00
-    # C-STORE (PS3.4 B.2.3)
-    OUT_OF_RESOURCES = 0xA700
-    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-    COERCION_OF_DATA_ELEMENTS = 0xB000
-    ELEMENTS_DISCARDED = 0xB006
-    DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007
-    # C-MOVE / C-GET
-    OUT_OF_RESOURCES_MATCHES = 0xA701
-    OUT_OF_RESOURCES_SUBOPS = 0xA702
-    MOVE_DESTINATION_UNKNOWN = 0xA801
-    SUBOPS_COMPLETE_WITH_FAILURES = 0xB000
-    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    UNABLE_TO_PROCESS = 0xC000
-    # General (PS3.7 C)
-    REFUSED_NOT_AUTHORIZED = 0x0124
-    DUPLICATE_SOP_INSTANCE = 0x0111
-    NO_SUCH_SOP_CLASS = 0x0118
-    NO_SUCH_SOP_INSTANCE = 0x0112
-    INVALID_ARGUMENT_VALUE = 0x0115
-    INVALID_ATTRIBUTE_VALUE = 0x0106
-    INVALID_OBJECT_INSTANCE = 0x0117
-    MISSING_ATTRIBUTE = 0x0120
-    MISTYPED_ARGUMENT = 0x0114
-    NO_SUCH_ACTION_TYPE = 0x0123
-    NO_SUCH_EVENT_TYPE = 0x0113
-    NO_SUCH_ATTRIBUTE = 0x0105
-    PROCESSING_FAILURE = 0x0110
-    RESOURCE_LIMITATION = 0x0213
-    SOP_CLASS_NOT_SUPPORTED = 0x0122
-    UNRECOGNIZED_OPERATION = 0x0211
-    DUPLICATE_INVOCATION = 0x0210
-    MISTYPED_ARGUMENT_N = 0x0212
-    UNRECOGNIZED_OPERATION_N = 0x0211
-
-
-def status_category(status: int) -> str:
-    """``"Success"``, ``"Warning"``, ``"Failure"``, ``"Cancel"`` or ``"Pending"`` (PS3.7 C.1)."""
-    if status == 0x0000:
-        return "Success"
-    if status in (0xFF00, 0xFF01):
-        return "Pending"
-    if status == 0xFE00:
-        return "Cancel"
-    if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
-        return "Warning"
-    return "Failure"
-
-
 def request_command(
     command_field: CommandField,
     message_id: int,

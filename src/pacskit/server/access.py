@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacskit.audit.service import Audit
 from pacskit.config.passwords import verify_password
+from pacskit.dicom.status import Status
 from pacskit.net import REJECT_CALLING_AE, REJECT_NO_REASON, Reject, Request, Response
 from pacskit.net import events as ev
 from pacskit.net.tls import peer_common_name
@@ -63,7 +64,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pacskit.security")
 
-NOT_AUTHORIZED = 0x0124  # PS3.7 general status "Refused: Not Authorized"
+#: what a request access control refuses is answered with
+NOT_AUTHORIZED = Status.REFUSED_NOT_AUTHORIZED
 
 USER_IDENTITY_USERNAME = 1
 USER_IDENTITY_PASSWORD = 2

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pacskit.net import events as ev
-from pacskit.net.dimse import CommandField, status_category
+from pacskit.net.dimse import CommandField
+from pacskit.dicom.status import status_category
 
 # Seconds; the upper bounds of the latency histogram's buckets (plus +Inf).
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

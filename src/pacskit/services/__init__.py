@@ -77,7 +77,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from pacskit.audit.service import Audit
-from pacskit.net import EventBus, Handler, Request, Response, Status, SupportedContext
+from pacskit.dicom.status import Status
+from pacskit.net import EventBus, Handler, Request, Response, SupportedContext
 
 if TYPE_CHECKING:
     import ssl

@@ -21,7 +21,7 @@ from pacskit.store.blobs import (
 )
 from pacskit.store.datastore import CheckReport, DataStore, IngestResult, Problem, ReindexReport, VerifiedCopy
 from pacskit.store.engine import make_engine, make_url
-from pacskit.store.extract import (
+from pacskit.store.index.extract import (
     InstanceAttributes,
     InstanceMismatch,
     InstanceTooLarge,
@@ -30,11 +30,19 @@ from pacskit.store.extract import (
     read_index_attributes,
     sha256_file,
 )
-from pacskit.store.index import Counts, DuplicatePolicy, Index, IngestStatus
-from pacskit.store.models import Base, Instance, Patient, Series, Study, normalise_person_name, starts_with
+from pacskit.store.index.database import Counts, DuplicatePolicy, Index, IngestStatus
+from pacskit.store.index.models import (
+    Base,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    normalise_person_name,
+    starts_with,
+)
 from pacskit.store.records import AuditRecord, LogRecord, TransactionLogEntry
-from pacskit.store.commitment_models import CommitmentItem, CommitmentRequest  # noqa: E402 - tables on Base
-from pacskit.store.workflow_models import (  # registered on Base.metadata with the index tables
+from pacskit.store.workflow.commitment_models import CommitmentItem, CommitmentRequest  # noqa: E402 - tables on Base
+from pacskit.store.workflow.models import (
     PerformedProcedureStep,
     PerformedStepLink,
     WorklistItem,

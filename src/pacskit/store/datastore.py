@@ -36,7 +36,7 @@ from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, new_key
 from pacskit.dicom.part10 import read_part10_header
 from pacskit.store.engine import make_url
 from pacskit.dicom.walker import TooDeep
-from pacskit.store.extract import (
+from pacskit.store.index.extract import (
     InstanceAttributes,
     InstanceMismatch,
     InvalidInstance,
@@ -46,14 +46,8 @@ from pacskit.store.extract import (
     sha256_stream,
 )
 from pacskit.store.journal import IngestJournal, journal_files, recorded_keys
-from pacskit.store.index import (
-    DUPLICATE_POLICIES,
-    Counts,
-    DuplicatePolicy,
-    Index,
-    IngestStatus,
-)
-from pacskit.store.models import AE, Instance, Patient, Series, Study
+from pacskit.store.index.database import DUPLICATE_POLICIES, Counts, DuplicatePolicy, Index, IngestStatus
+from pacskit.store.index.models import AE, Instance, Patient, Series, Study
 
 log = logging.getLogger("pacskit.store")
 

@@ -19,7 +19,7 @@ Matching (PS3.4 C.2.2.2), on the attributes the index keeps (:data:`KEYS`):
   ``HH:MM:SS.frac``. A partial time is the earliest instant it names (``-12`` includes ``120000`` but
   not ``120000.000001``, like DCMTK). When both StudyDate and StudyTime have values they are matched as
   one date-time (``20240105-20240107`` + ``1000-1800``: from 5 January 10:00 to 7 January 18:00);
-* PN: case-insensitive, on the normalised search form (:func:`pacskit.store.models.normalise_person_name`:
+* PN: case-insensitive, on the normalised search form (:func:`pacskit.store.index.models.normalise_person_name`:
   NFC, upper-case, trailing empty components dropped). A value without ``=`` is matched against the whole
   name and against each component group (so ``Yamada^Tarou`` and ``山田^太郎`` both find
   ``Yamada^Tarou=山田^太郎=やまだ^たろう``); with wildcards, ``*`` may span a group separator. The same
@@ -76,7 +76,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from pacskit.dicom.codec import encode_dataset
 from pacskit.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from pacskit.dicom.vr import CHARSET_VRS, LONG_VR_NAMES, TEXT_VRS
-from pacskit.store.models import (
+from pacskit.store.index.models import (
     Instance,
     Patient,
     Series,
@@ -381,7 +381,7 @@ _DT_RANGE = re.compile(rf"\A({_DT_VALUE})?-({_DT_VALUE})?\Z")
 
 
 def datetime_range(elem: DataElement) -> tuple[str | None, str | None] | None:
-    """(lower, upper) in the form :func:`~pacskit.store.models.datetime_key` gives, either open (None);
+    """(lower, upper) in the form :func:`~pacskit.store.index.models.datetime_key` gives, either open (None);
     None for universal matching. A value that is one DT is a single value, so ``20240105-0500`` is 5
     January at UTC-5, not a range; ``20240105-0500-20240106`` is a range."""
     values = _values(elem)

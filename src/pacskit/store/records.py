@@ -11,7 +11,7 @@ deleted; its audit trail must stay).
 * :class:`AuditRecord` — PS3.15 A.5 audit messages (the audit add-in): the XML as sent, plus the
   columns an operator filters on.
 
-Timestamps are UTC (:class:`~pacskit.store.models.UTCDateTime`).
+Timestamps are UTC (:class:`~pacskit.store.index.models.UTCDateTime`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy import BigInteger, Float, Integer, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pacskit.store.models import AE, LO, MYSQL_TABLE_ARGS, PK, UI, Base, UTCDateTime
+from pacskit.store.index.models import AE, LO, MYSQL_TABLE_ARGS, PK, UI, Base, UTCDateTime
 
 #: long text: TEXT is 64 KiB on MariaDB, too small for an audit message with a large query
 LONG_TEXT = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")

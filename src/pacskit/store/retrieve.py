@@ -33,9 +33,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from sqlalchemy import Select, and_, func, select
 
-from pacskit.store.extract import is_valid_uid
-from pacskit.store.index import Index
-from pacskit.store.models import Instance, Patient, Series, Study
+from pacskit.store.index.extract import is_valid_uid
+from pacskit.store.index.database import Index
+from pacskit.store.index.models import Instance, Patient, Series, Study
+from pacskit.dicom.status import Status
 
 Model = Literal["PATIENT", "STUDY"]
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
@@ -63,7 +64,7 @@ _ALWAYS_ALLOWED = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 class InvalidIdentifier(ValueError):
     """The identifier cannot select instances; ``status`` is the DIMSE status to answer."""
 
-    def __init__(self, message: str, status: int = 0xA900, tag: int | None = None) -> None:
+    def __init__(self, message: str, status: int = Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, tag: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.tag = tag

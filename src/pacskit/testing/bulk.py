@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import insert, text
 
 from pacskit.store import DataStore
-from pacskit.store.models import Instance, Patient, Series, Study, normalise_person_name
+from pacskit.store.index.models import Instance, Patient, Series, Study, normalise_person_name
 
 SURNAMES = ["SMITH", "JOHNSON", "WILLIAMS", "BROWN", "JONES", "GARCIA", "MILLER", "DAVIS", "MARTIN", "MULLER",
             "SCHMIDT", "SCHNEIDER", "FISCHER", "WEBER", "MEYER", "WAGNER", "BECKER", "SCHULZ", "HOFFMANN", "KOCH",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from pacskit.store.models import Base
+from pacskit.store.index.models import Base
 
 VERSION_TABLE = "pacskit_store_version"
 

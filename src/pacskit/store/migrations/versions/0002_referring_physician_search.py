@@ -5,7 +5,7 @@ Revises: 0001
 Create Date: 2026-12-01
 
 C-FIND matches person names case-insensitively on their search form (NFC, upper case, trailing empty
-components dropped: ``pacskit.store.models.normalise_person_name``), like ``patients.patient_name_search``.
+components dropped: ``pacskit.store.index.models.normalise_person_name``), like ``patients.patient_name_search``.
 Existing rows are filled in here, a batch at a time. No index: queries by referring physician are
 filtered together with other keys.
 """
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from pacskit.store.models import normalise_person_name
+from pacskit.store.index.models import normalise_person_name
 
 revision = "0002"
 down_revision = "0001"

@@ -7,7 +7,7 @@ Create Date: 2026-12-01
 ``worklist_items`` (one row per scheduled procedure step, the matching keys of PS3.4 K.6 as columns and
 the whole entry as DICOM JSON), ``worklist_station_aes`` (the values of Scheduled Station AE Title),
 ``performed_procedure_steps`` (MPPS instances) and ``performed_step_links`` (which scheduled steps an
-MPPS performs). See ``pacskit.store.workflow_models``.
+MPPS performs). See ``pacskit.store.workflow.models``.
 """
 
 from __future__ import annotations

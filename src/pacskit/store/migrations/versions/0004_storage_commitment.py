@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-12-01
 
 The Storage Commitment add-in writes each N-ACTION here before answering it, and resumes the requests
-still ``pending`` at start-up (see pacskit.store.commitment_models).
+still ``pending`` at start-up (see pacskit.store.workflow.commitment_models).
 """
 
 from __future__ import annotations

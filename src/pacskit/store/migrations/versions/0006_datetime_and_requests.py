@@ -5,7 +5,7 @@ Revises: 0005
 Create Date: 2026-12-01
 
 AcquisitionDateTime (0008,002A) is kept as received, and without its UTC offset in
-``acquisition_datetime_key``, which C-FIND range matching compares (``pacskit.store.models.datetime_key``).
+``acquisition_datetime_key``, which C-FIND range matching compares (``pacskit.store.index.models.datetime_key``).
 ``series_requests`` holds the indexed keys of each item of a series' Request Attributes Sequence
 (AccessionNumber, RequestedProcedureID, ScheduledProcedureStepID), one row per item.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from pacskit.store.models import MYSQL_TABLE_ARGS, PK
+from pacskit.store.index.models import MYSQL_TABLE_ARGS, PK
 
 revision = "0006"
 down_revision = "0005"

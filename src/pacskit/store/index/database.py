@@ -31,8 +31,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from pacskit.store.engine import WRITE_OPTION, backend_name, make_engine
-from pacskit.store.extract import InstanceAttributes, InvalidInstance
-from pacskit.store.models import (
+from pacskit.store.index.extract import InstanceAttributes, InvalidInstance
+from pacskit.store.index.models import (
     MODALITIES,
     Instance,
     Patient,

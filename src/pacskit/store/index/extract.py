@@ -29,8 +29,8 @@ from pydicom.uid import UID
 from pacskit.dicom.part10 import InflationLimit, inflate
 from pacskit.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from pacskit.dicom.walker import check_nesting
-from pacskit.store import models as m
-from pacskit.store.models import datetime_key, normalise_person_name
+from pacskit.store.index import models as m
+from pacskit.store.index.models import datetime_key, normalise_person_name
 
 #: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
 UID_PATTERN = re.compile(r"\A(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\Z")

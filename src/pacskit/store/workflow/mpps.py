@@ -1,6 +1,6 @@
 """Modality Performed Procedure Step instances in the database, with the state rules of PS3.4 F.7.
 
-:class:`MppsStore` keeps what modalities N-CREATE and N-SET (:class:`~pacskit.store.workflow_models.
+:class:`MppsStore` keeps what modalities N-CREATE and N-SET (:class:`~pacskit.store.workflow.models.
 PerformedProcedureStep`), links each instance to the scheduled steps of the worklist its Scheduled Step
 Attributes Sequence names, and moves those steps along: IN PROGRESS sets their Scheduled Procedure Step
 Status to STARTED, COMPLETED to COMPLETED, DISCONTINUED to DISCONTINUED — in the transaction that stores
@@ -25,10 +25,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pacskit.store.extract import is_valid_uid
-from pacskit.store.index import Index
-from pacskit.store.workflow_models import PerformedProcedureStep, PerformedStepLink
-from pacskit.store.worklist import WorklistStore, decoded_copy
+from pacskit.dicom.status import Status
+from pacskit.store.index.extract import is_valid_uid
+from pacskit.store.index.database import Index
+from pacskit.store.workflow.models import PerformedProcedureStep, PerformedStepLink
+from pacskit.store.workflow.worklist import WorklistStore, decoded_copy
 
 MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
 
@@ -40,13 +41,6 @@ STATES = (IN_PROGRESS, COMPLETED, DISCONTINUED)
 #: MPPS state -> the Scheduled Procedure Step Status it gives the linked worklist steps
 SCHEDULED_STATUS = {IN_PROGRESS: "STARTED", COMPLETED: "COMPLETED", DISCONTINUED: "DISCONTINUED"}
 
-STATUS_PROCESSING_FAILURE = 0x0110
-STATUS_DUPLICATE_INSTANCE = 0x0111
-STATUS_NO_SUCH_INSTANCE = 0x0112
-STATUS_INVALID_INSTANCE = 0x0117
-STATUS_INVALID_VALUE = 0x0106
-STATUS_MISSING_ATTRIBUTE = 0x0120
-STATUS_MISSING_VALUE = 0x0121
 #: Error ID (0000,0903) of 0x0110 when the step is final (PS3.4 F.7.2.2.2)
 ERROR_ID_NO_LONGER_UPDATABLE = 0xA710
 
@@ -151,29 +145,29 @@ class MppsStore:
     def check_create(self, ds: Dataset) -> None:
         """The N-CREATE rules that need no database: status IN PROGRESS, Type 1 attributes present."""
         if "PerformedProcedureStepStatus" not in ds:
-            raise MppsRefused(STATUS_MISSING_ATTRIBUTE, "PerformedProcedureStepStatus missing", _STATUS_TAG)
+            raise MppsRefused(Status.MISSING_ATTRIBUTE, "PerformedProcedureStepStatus missing", _STATUS_TAG)
         if _status_of(ds) != IN_PROGRESS:
-            raise MppsRefused(STATUS_INVALID_VALUE, "N-CREATE needs PerformedProcedureStepStatus IN PROGRESS",
+            raise MppsRefused(Status.INVALID_ATTRIBUTE_VALUE, "N-CREATE needs PerformedProcedureStepStatus IN PROGRESS",
                               _STATUS_TAG)
         if self.require_type1:
             for keyword in CREATE_TYPE1:
                 if keyword not in ds:
-                    raise MppsRefused(STATUS_MISSING_ATTRIBUTE, f"{keyword} missing", _tag(keyword))
+                    raise MppsRefused(Status.MISSING_ATTRIBUTE, f"{keyword} missing", _tag(keyword))
                 if _empty(ds, keyword):
-                    raise MppsRefused(STATUS_MISSING_VALUE, f"{keyword} has no value", _tag(keyword))
+                    raise MppsRefused(Status.MISSING_ATTRIBUTE_VALUE, f"{keyword} has no value", _tag(keyword))
             for item in ds.ScheduledStepAttributesSequence:
                 if not str(item.get("StudyInstanceUID", "") or ""):
-                    raise MppsRefused(STATUS_MISSING_VALUE, "ScheduledStepAttributesSequence item without "
+                    raise MppsRefused(Status.MISSING_ATTRIBUTE_VALUE, "ScheduledStepAttributesSequence item without "
                                       "StudyInstanceUID", _SSAS)
 
     def create(self, sop_instance_uid: str, ds: Dataset, *, calling_ae: str | None = None) -> PerformedStep:
         """Store a new MPPS instance (N-CREATE) and start its scheduled steps."""
         if not is_valid_uid(sop_instance_uid):
-            raise MppsRefused(STATUS_INVALID_INSTANCE, "not a valid SOP Instance UID")
+            raise MppsRefused(Status.INVALID_OBJECT_INSTANCE, "not a valid SOP Instance UID")
         try:
             clean = decoded_copy(ds)
         except Exception as exc:
-            raise MppsRefused(STATUS_PROCESSING_FAILURE, f"cannot decode the attributes: {exc}") from None
+            raise MppsRefused(Status.PROCESSING_FAILURE, f"cannot decode the attributes: {exc}") from None
         self.check_create(clean)
         clean.PerformedProcedureStepStatus = IN_PROGRESS
         document = json.dumps(clean.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
@@ -181,7 +175,7 @@ class MppsStore:
         def work(s: Session) -> PerformedStep:
             if s.execute(select(PerformedProcedureStep.pk).where(
                     PerformedProcedureStep.sop_instance_uid == sop_instance_uid)).first() is not None:
-                raise MppsRefused(STATUS_DUPLICATE_INSTANCE, "an MPPS with this SOP Instance UID exists")
+                raise MppsRefused(Status.DUPLICATE_SOP_INSTANCE, "an MPPS with this SOP Instance UID exists")
             now = dt.datetime.now(dt.UTC)
             row = PerformedProcedureStep(sop_instance_uid=sop_instance_uid, status=IN_PROGRESS, calling_ae=calling_ae,
                                          dataset=document, created_at=now, updated_at=now)
@@ -197,7 +191,7 @@ class MppsStore:
         try:
             return self.index.run_write(work, attempts=3)
         except IntegrityError:  # a concurrent N-CREATE of the same UID won
-            raise MppsRefused(STATUS_DUPLICATE_INSTANCE, "an MPPS with this SOP Instance UID exists") from None
+            raise MppsRefused(Status.DUPLICATE_SOP_INSTANCE, "an MPPS with this SOP Instance UID exists") from None
 
     def _link(self, s: Session, row: PerformedProcedureStep, item: Dataset) -> None:
         sps_id = _text(item, "ScheduledProcedureStepID", 16)
@@ -240,33 +234,33 @@ class MppsStore:
         try:
             clean = decoded_copy(changes)
         except Exception as exc:
-            raise MppsRefused(STATUS_PROCESSING_FAILURE, f"cannot decode the attributes: {exc}") from None
+            raise MppsRefused(Status.PROCESSING_FAILURE, f"cannot decode the attributes: {exc}") from None
         new_status = _status_of(clean) if "PerformedProcedureStepStatus" in clean else None
         if new_status is not None and new_status not in STATES:
-            raise MppsRefused(STATUS_INVALID_VALUE, f"PerformedProcedureStepStatus {new_status!r} is not "
+            raise MppsRefused(Status.INVALID_ATTRIBUTE_VALUE, f"PerformedProcedureStepStatus {new_status!r} is not "
                               "IN PROGRESS, COMPLETED or DISCONTINUED", _STATUS_TAG)
 
         def work(s: Session) -> PerformedStep:
             row = s.execute(select(PerformedProcedureStep).where(
                 PerformedProcedureStep.sop_instance_uid == sop_instance_uid).with_for_update()).scalar_one_or_none()
             if row is None:
-                raise MppsRefused(STATUS_NO_SUCH_INSTANCE, "no such MPPS instance")
+                raise MppsRefused(Status.NO_SUCH_SOP_INSTANCE, "no such MPPS instance")
             if row.status in FINAL:
-                raise MppsRefused(STATUS_PROCESSING_FAILURE, "Performed Procedure Step Object may no longer be "
+                raise MppsRefused(Status.PROCESSING_FAILURE, "Performed Procedure Step Object may no longer be "
                                   "updated", error_id=ERROR_ID_NO_LONGER_UPDATABLE)
             stored = Dataset.from_json(row.dataset)
             for elem in clean:
                 keyword = keyword_for_tag(elem.tag)
                 if keyword in NOT_SETTABLE and keyword in stored and stored[keyword].value != elem.value:
-                    raise MppsRefused(STATUS_INVALID_VALUE, f"{keyword} may not be changed by N-SET", int(elem.tag))
+                    raise MppsRefused(Status.INVALID_ATTRIBUTE_VALUE, f"{keyword} may not be changed by N-SET", int(elem.tag))
                 stored[elem.tag] = copy.deepcopy(elem)
             state = _status_of(stored)
             if state in FINAL:
                 for keyword in FINAL_REQUIRED:
                     if keyword not in stored:
-                        raise MppsRefused(STATUS_MISSING_ATTRIBUTE, f"{state} needs {keyword}", _tag(keyword))
+                        raise MppsRefused(Status.MISSING_ATTRIBUTE, f"{state} needs {keyword}", _tag(keyword))
                     if _empty(stored, keyword) and not (state == DISCONTINUED and keyword == "PerformedSeriesSequence"):
-                        raise MppsRefused(STATUS_MISSING_VALUE, f"{state} needs a value for {keyword}", _tag(keyword))
+                        raise MppsRefused(Status.MISSING_ATTRIBUTE_VALUE, f"{state} needs a value for {keyword}", _tag(keyword))
             row.status = state
             row.dataset = json.dumps(stored.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
             row.updated_at = dt.datetime.now(dt.UTC)

@@ -7,7 +7,7 @@ becomes several rows (each answers a C-FIND on its own, as worklist SCPs usually
 
 The columns hold the matching keys of PS3.4 K.6 (decoded Unicode, like the index); ``dataset`` holds the
 whole entry in the DICOM JSON model (PS3.18 F.2), so that any return key is answered, not only the
-columns. The columns are derived from ``dataset`` whenever a row is written (:mod:`pacskit.store.worklist`),
+columns. The columns are derived from ``dataset`` whenever a row is written (:mod:`pacskit.store.workflow.worklist`),
 never edited on their own. Scheduled Station AE Title is multi-valued (``AA32\\AA33``): its values are
 rows of :class:`WorklistStationAE`, so that single-value and wildcard matching test each value.
 
@@ -15,7 +15,7 @@ rows of :class:`WorklistStationAE`, so that single-value and wildcard matching t
 the whole dataset as DICOM JSON); :class:`PerformedStepLink` links it to the scheduled steps it
 performs (from its Scheduled Step Attributes Sequence).
 
-The portability rules of :mod:`pacskit.store.models` apply (VR lengths, ``utf8mb4_bin`` on MariaDB,
+The portability rules of :mod:`pacskit.store.index.models` apply (VR lengths, ``utf8mb4_bin`` on MariaDB,
 ``C`` collation for the person-name search columns on PostgreSQL).
 """
 
@@ -27,7 +27,7 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from pacskit.store.models import (
+from pacskit.store.index.models import (
     AE,
     CS,
     DA,

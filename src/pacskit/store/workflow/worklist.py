@@ -1,6 +1,6 @@
 """The Modality Worklist store: scheduled procedure steps in the database, matched per PS3.4 K.6.
 
-:class:`WorklistStore` keeps worklist entries (:mod:`pacskit.store.workflow_models`) and answers
+:class:`WorklistStore` keeps worklist entries (:mod:`pacskit.store.workflow.models`) and answers
 Modality Worklist C-FINDs: :func:`compile_worklist_find` turns an identifier into one SQL ``SELECT``
 with bound parameters (the same statement on SQLite, PostgreSQL and MariaDB) and
 :meth:`WorklistStore.find` streams the answers.
@@ -50,8 +50,8 @@ from pydicom.sequence import Sequence as DicomSequence
 from sqlalchemy import ColumnElement, Select, exists, or_, select
 from sqlalchemy.orm import Session
 
-from pacskit.store.index import Index
-from pacskit.store.models import normalise_person_name
+from pacskit.store.index.database import Index
+from pacskit.store.index.models import normalise_person_name
 from pacskit.store.query import (
     STATUS_IDENTIFIER_MISMATCH,
     InvalidQuery,
@@ -67,7 +67,7 @@ from pacskit.store.query import (
     time_range,
     wildcard_match,
 )
-from pacskit.store.workflow_models import WorklistItem, WorklistStationAE
+from pacskit.store.workflow.models import WorklistItem, WorklistStationAE
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 SPS_SEQUENCE = 0x00400100

@@ -17,7 +17,7 @@ import datetime as dt
 from sqlalchemy import ForeignKey, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from pacskit.store.models import AE, MYSQL_TABLE_ARGS, PK, UI, Base, UTCDateTime
+from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UI, Base, UTCDateTime
 
 STATE_PENDING = "pending"
 STATE_REPORTED = "reported"

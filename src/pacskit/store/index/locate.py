@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Connection, select
 
-from pacskit.store.models import Instance, Patient, Series, Study
+from pacskit.store.index.models import Instance, Patient, Series, Study
 
 BATCH = 500  # UIDs per IN list (bound parameters; well under every backend's limit)
 
