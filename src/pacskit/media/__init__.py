@@ -14,7 +14,7 @@ See docs/media.md.
 
 from __future__ import annotations
 
-from pacskit.media.build import MediaOptions, MediaResult, build_media, select_sources
+from pacskit.media.build import MediaCancelled, MediaOptions, MediaResult, build_media, select_sources
 from pacskit.media.fileset import DoesNotFit, MediaError, MediaFile, SourceFile, UnusableInstance, Volume, plan_volumes
 from pacskit.media.output import FORMATS, volume_paths, write_folder, write_iso, write_volume, write_zip
 from pacskit.media.profiles import DEFAULT_PROFILE, PROFILES, Profile, UnknownProfile, get_profile
@@ -24,6 +24,7 @@ __all__ = [
     "FORMATS",
     "PROFILES",
     "DoesNotFit",
+    "MediaCancelled",
     "MediaError",
     "MediaFile",
     "MediaOptions",

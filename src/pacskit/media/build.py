@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacskit.media.fileset import MediaError, SourceFile, Volume, plan_volumes
+
+
+class MediaCancelled(MediaError):
+    """``should_stop`` answered true: the build stopped and removed what it had written."""
 from pacskit.media.output import FORMATS, volume_paths, write_volume
 from pacskit.media.profiles import DEFAULT_PROFILE, get_profile
 
@@ -51,6 +55,7 @@ class MediaOptions:
     fmt: str = "iso"
     label: str = ""
     fileset_id: str = ""
+    fileset_uid: str = ""
     lossless: bool = False
     allow_split: bool = True
     capacity: int | None = -1
@@ -64,6 +69,8 @@ class MediaResult:
     instances: int
     transcoded: int
     bytes: int
+    #: (File-set ID, File-set UID) of each volume
+    filesets: list[tuple[str, str]] = field(default_factory=list)
 
 
 def select_sources(store: DataStore, *, studies: Sequence[str] = (), series: Sequence[str] = (),
@@ -90,7 +97,7 @@ def select_sources(store: DataStore, *, studies: Sequence[str] = (), series: Seq
                     path = store.blobs.path(item.blob_key)
                     if path is None:
                         raise MediaError("the blob store has no local files; media creation needs a filesystem store")
-                    found[item.sop_instance_uid] = SourceFile(item.sop_instance_uid, path, item.size)
+                    found[item.sop_instance_uid] = SourceFile(item.sop_instance_uid, path, item.size, item.sop_class_uid)
     return list(found.values()), missing
 
 
@@ -129,9 +136,16 @@ def build_media(
     """Plan and write the media for ``sources`` at ``dest`` (one path per volume, see
     :func:`~pacskit.media.output.volume_paths`). ``work_dir``: where re-encoded files and DICOMDIRs
     are prepared (a temporary folder beside ``dest`` by default, removed at the end).
-    ``should_stop`` is asked between volumes: when it answers true, :class:`MediaError` is raised and
-    what was written so far is removed."""
+    ``should_stop`` is asked before every instance, file and written block: when it answers true,
+    :class:`MediaCancelled` is raised and what was written so far is removed."""
     options = options or MediaOptions()
+
+    def tick(stage: str = "", n: int = 0) -> None:
+        if should_stop is not None and should_stop():
+            raise MediaCancelled("cancelled")
+        if progress is not None and stage:
+            progress(stage, n)
+
     if options.fmt not in FORMATS:
         raise MediaError(f"unknown media format {options.fmt!r} (one of {', '.join(FORMATS)})")
     profile = get_profile(options.profile)
@@ -143,24 +157,23 @@ def build_media(
     try:
         reserved = sum(os.path.getsize(p) for p in options.extras.values()) + 16384
         volumes = plan_volumes(sources, profile, work, fileset_id=options.fileset_id or options.label or "PACSKIT",
+                               fileset_uid=options.fileset_uid or None,
                                lossless=options.lossless, allow_split=options.allow_split,
-                               capacity=options.capacity, reserved=reserved, progress=progress)
+                               capacity=options.capacity, reserved=reserved, progress=tick)
         paths = volume_paths(dest, len(volumes))
         for volume, path in zip(volumes, paths):
-            if should_stop is not None and should_stop():
-                raise MediaError("cancelled")
+            tick()
             volume.extras.update(options.extras)
             if options.include_readme:
                 readme = volume.root.parent / f"README{volume.number}.TXT"
                 readme.write_text(readme_text(volume, options), encoding="ascii", errors="replace")
                 volume.extras["README.TXT"] = str(readme)
-            write_volume(volume, path, options.fmt, label=options.label or volume.fileset_id)
             written.append(path)
-            if progress is not None:
-                progress("volume", volume.number)
+            write_volume(volume, path, options.fmt, label=options.label or volume.fileset_id, tick=tick)
+            tick("volume", volume.number)
         return MediaResult(written, sum(len(v.files) for v in volumes),
                            sum(1 for v in volumes for f in v.files if f.transcoded_from),
-                           sum(v.data_size for v in volumes))
+                           sum(v.data_size for v in volumes), [(v.fileset_id, v.fileset_uid) for v in volumes])
     except BaseException:
         for path in written:
             if path.is_dir():

@@ -65,6 +65,8 @@ class SourceFile:
     sop_instance_uid: str
     path: str
     size: int
+    #: as the archive's index has it ("" when unknown)
+    sop_class_uid: str = ""
 
 
 @dataclass(slots=True)
@@ -94,6 +96,7 @@ class Volume:
     files: list[MediaFile] = field(default_factory=list)
     #: non-DICOM files at the root: name on the media -> local path (README.TXT, the viewer...)
     extras: dict[str, str] = field(default_factory=dict)
+    fileset_uid: str = ""
 
     @property
     def dicomdir(self) -> Path:
@@ -256,13 +259,16 @@ def _fileset_id(base: str, number: int, total: int) -> str:
     return cleaned[:16]
 
 
-def _write_dicomdir(entries: Sequence[_Entry], root: Path, fileset_id: str) -> list[MediaFile]:
+def _write_dicomdir(entries: Sequence[_Entry], root: Path, fileset_id: str,
+                    fileset_uid: str | None = None) -> tuple[list[MediaFile], str]:
     """Write ``root/DICOMDIR`` for ``entries`` with pydicom's FileSet; returns the files with their
     File IDs. The FileSet is fed the headers only: the placeholder files it writes are removed."""
     from pydicom.fileset import FileSet
 
     fs = FileSet()
     fs.ID = fileset_id
+    if fileset_uid:
+        fs.UID = fileset_uid
     by_uid: dict[str, _Entry] = {}
     for e in entries:
         ds = _read_header(e.path)
@@ -283,7 +289,7 @@ def _write_dicomdir(entries: Sequence[_Entry], root: Path, fileset_id: str) -> l
     for sub in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
         shutil.rmtree(sub)
     files.sort(key=lambda f: f.file_id)
-    return files
+    return files, str(fs.UID)
 
 
 def plan_volumes(
@@ -292,6 +298,7 @@ def plan_volumes(
     work_dir: str | os.PathLike[str],
     *,
     fileset_id: str = "PACSKIT",
+    fileset_uid: str | None = None,
     lossless: bool = False,
     allow_split: bool = True,
     capacity: int | None = -1,
@@ -300,7 +307,7 @@ def plan_volumes(
 ) -> list[Volume]:
     """Plan the media for ``sources`` (see the module docstring). ``work_dir`` (created; emptied by the
     caller) receives the re-encoded files and each volume's DICOMDIR; it must live until the volumes
-    are written. ``capacity``: bytes per volume (``-1``: the profile's media; ``None``: no limit);
+    are written. ``fileset_uid``: the File-set UID of a single volume (each of several gets a new one). ``capacity``: bytes per volume (``-1``: the profile's media; ``None``: no limit);
     ``reserved``: bytes per volume kept for extra files (the viewer). Raises :class:`UnusableInstance`,
     :class:`DoesNotFit` (too big and ``allow_split`` is false), :class:`MediaError` (nothing to write).
     """
@@ -317,8 +324,8 @@ def plan_volumes(
     for number, group in enumerate(groups, 1):
         fid = _fileset_id(fileset_id, number, len(groups))
         root = work / f"volume{number}"
-        files = _write_dicomdir(group, root, fid)
-        volumes.append(Volume(number, len(groups), fid, root, files))
+        files, uid = _write_dicomdir(group, root, fid, fileset_uid if len(groups) == 1 else None)
+        volumes.append(Volume(number, len(groups), fid, root, files, fileset_uid=uid))
         if progress is not None:
             progress("dicomdir", number)
     return volumes

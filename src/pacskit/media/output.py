@@ -83,14 +83,17 @@ def _directories(volume: Volume) -> list[str]:
     return sorted(dirs, key=lambda d: (d.count("/"), d))
 
 
-def write_folder(volume: Volume, dest: str | os.PathLike[str]) -> Path:
-    """The volume as a plain folder ``dest`` (which must not exist, or is replaced)."""
+def write_folder(volume: Volume, dest: str | os.PathLike[str], *, tick: Callable[[], None] | None = None) -> Path:
+    """The volume as a plain folder ``dest`` (which must not exist, or is replaced). ``tick`` is called
+    before each file (it may raise to stop)."""
     dest = Path(dest)
     tmp = _partial(dest)
     _remove(tmp)
     with _cleaned_on_error(tmp):
         tmp.mkdir(parents=True)
         for rel, src in _entries(volume):
+            if tick is not None:
+                tick()
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, target)
@@ -121,8 +124,9 @@ def volume_label(text: str, number: int = 1, total: int = 1) -> str:
 
 
 def write_iso(volume: Volume, dest: str | os.PathLike[str], *, label: str = "DICOM",
-              progress: Callable[[int, int], None] | None = None) -> Path:
-    """The volume as an ISO 9660 image with Joliet and Rock Ridge at ``dest``."""
+              tick: Callable[[], None] | None = None) -> Path:
+    """The volume as an ISO 9660 image with Joliet and Rock Ridge at ``dest``. ``tick`` is called
+    for every block written (it may raise to stop)."""
     import pycdlib
 
     dest = Path(dest)
@@ -142,8 +146,8 @@ def write_iso(volume: Volume, dest: str | os.PathLike[str], *, label: str = "DIC
                 parts = rel.split("/")
                 iso_path = "/" + "/".join(_iso_name(p, i == len(parts) - 1) for i, p in enumerate(parts))
                 iso.add_file(src, iso_path=iso_path, rr_name=parts[-1], joliet_path="/" + rel)
-            if progress is not None:
-                iso.write(str(tmp), progress_cb=lambda done, total, _opaque: progress(done, total))
+            if tick is not None:
+                iso.write(str(tmp), blocksize=1 << 20, progress_cb=lambda _done, _total, _opaque: tick())
             else:
                 iso.write(str(tmp))
         finally:
@@ -154,7 +158,8 @@ def write_iso(volume: Volume, dest: str | os.PathLike[str], *, label: str = "DIC
     return dest
 
 
-def write_zip(volume: Volume, dest: str | os.PathLike[str], *, compress: bool = False) -> Path:
+def write_zip(volume: Volume, dest: str | os.PathLike[str], *, compress: bool = False,
+              tick: Callable[[], None] | None = None) -> Path:
     """The volume as a ZIP file (for USB sticks): the file-set at the root of the archive. Stored
     (not deflated) unless ``compress``: DICOM images deflate little and slowly."""
     dest = Path(dest)
@@ -164,6 +169,8 @@ def write_zip(volume: Volume, dest: str | os.PathLike[str], *, compress: bool = 
     with _cleaned_on_error(tmp):
         with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as zf:
             for rel, src in _entries(volume):
+                if tick is not None:
+                    tick()
                 zf.write(src, arcname=rel)
         _fsync_file(tmp)
     os.replace(tmp, dest)
@@ -171,14 +178,15 @@ def write_zip(volume: Volume, dest: str | os.PathLike[str], *, compress: bool = 
     return dest
 
 
-def write_volume(volume: Volume, dest: str | os.PathLike[str], fmt: str, *, label: str = "DICOM") -> Path:
+def write_volume(volume: Volume, dest: str | os.PathLike[str], fmt: str, *, label: str = "DICOM",
+                 tick: Callable[[], None] | None = None) -> Path:
     """Write ``volume`` as ``fmt`` (one of :data:`FORMATS`) at ``dest``."""
     if fmt == "iso":
-        return write_iso(volume, dest, label=label)
+        return write_iso(volume, dest, label=label, tick=tick)
     if fmt == "zip":
-        return write_zip(volume, dest)
+        return write_zip(volume, dest, tick=tick)
     if fmt == "folder":
-        return write_folder(volume, dest)
+        return write_folder(volume, dest, tick=tick)
     raise ValueError(f"unknown media format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
