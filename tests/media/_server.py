@@ -40,10 +40,11 @@ asyncio.run(main())
 
 def addin_classes() -> list[type]:
     from pacskit.addins.media import MediaCreationAddIn
+    from pacskit.addins.query import QueryAddIn
     from pacskit.addins.storage import StorageAddIn
     from pacskit.addins.verification import VerificationAddIn
 
-    return [VerificationAddIn, StorageAddIn, MediaCreationAddIn]
+    return [VerificationAddIn, StorageAddIn, QueryAddIn, MediaCreationAddIn]
 
 
 def write_settings(folder: Path, **media: Any) -> Path:
