@@ -6,7 +6,10 @@ fails here, so it fails CI (``./run test``).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,10 +45,6 @@ def test_an_upward_import_breaks_the_layers(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ docs/ARCHITECTURE.md matches the code
-
-import importlib
-import importlib.util
-import re
 
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 PACKAGE_ROOT = ROOT / "src" / "pacskit"

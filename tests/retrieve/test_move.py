@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless
 
 from pacskit.net import CommandField
-from pacskit.net.association import REJECT_CONGESTION
+from pacskit.net.negotiation import REJECT_CONGESTION
 from pacskit.dicom.part10 import read_part10_header
 from pacskit.server.server import Server
 from pacskit.testing.peers import free_port, have_orthanc, orthanc, storescp

@@ -2,11 +2,10 @@
 
 Every identifier becomes one SQL statement over the index (:mod:`pacskit.store.query`, where the matching
 rules are documented); matches are streamed as Pending responses from the database cursor, so neither
-memory nor the time to the first response depends on the number of matches. The handler is an async
-generator: the database work (compiling, fetching, building and encoding answers) runs in the server's
-thread pool a batch at a time, the answers are sent from the event loop, and a C-CANCEL from the peer
-(``request.cancelled``) is seen before the next match is sent, which ends the cursor and answers Cancel
-(0xFE00).
+memory nor the time to the first response depends on the number of matches. The handler is a plain
+generator of encoded answers: the engine runs it in the server's thread pool a batch at a time and sends
+the answers from the event loop; a C-CANCEL from the peer stops the pulling, closes the generator (and
+with it the cursor) and answers Cancel (0xFE00).
 
 Statuses (PS3.4 C.4.1.1.4):
 
@@ -28,18 +27,13 @@ date-time, and that byte of the negotiation is answered accordingly.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from pydantic import Field
 
 from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
 from pacskit.store.query import (
     PATIENT_ROOT_FIND,
-    STATUS_IDENTIFIER_MISMATCH,
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_UNABLE_TO_PROCESS,
     STUDY_ROOT_FIND,
     FindQuery,
     InvalidQuery,
@@ -47,16 +41,13 @@ from pacskit.store.query import (
     compile_find,
     find_encoded,
 )
-from pacskit.dicom.status import PENDING_STATUSES, Status
+from pacskit.dicom.status import Status
 
 _MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 
 _RETRIEVE_AE_TITLE = 0x00080054
 _INSTANCE_AVAILABILITY = 0x00080056
 _OUR_KEYS = (_RETRIEVE_AE_TITLE, _INSTANCE_AVAILABILITY)
-_FIRST_BATCH = 32
-_MAX_BATCH = 1024
-_YIELD_EVERY = 32  # answers yielded as one list (one write), and between two turns of the event loop
 
 
 class QueryOptions(AddInOptions):
@@ -97,61 +88,31 @@ class QueryAddIn(AddIn):
         agreed = request.assoc.extended_negotiation_response.get(request.sop_class_uid, b"")
         return self.options.relational and agreed[:1] == b"\x01"
 
-    async def on_find(self, request: Request) -> AsyncIterator[Response | list[Response]]:
-        """Compile and fetch in the thread pool, 32 matches in the first hop and up to 1,024 in each
-        after, and yield the encoded answers on the event loop in lists of 32 (the engine sends a list
-        in one write); C-CANCEL is checked before every list. A query with fewer than 32 matches costs
-        one hop to the thread pool; the event loop gets a turn after every list, so the answers leave
-        and a C-CANCEL is seen. Each hop costs a thread hand-off and the GIL going back and forth
-        (py-spy: ~0.3 ms on this VM), so few large hops beat a doubling series (8, 16, … 256 took six
-        hops for 266 matches); the first hop stays small so the first answers leave early."""
-        loop = asyncio.get_running_loop()
-        executor = request.assoc.executor
-        batch = _FIRST_BATCH
-        started = await loop.run_in_executor(executor, self._start, request, batch)
-        if isinstance(started, Response):
-            yield started
-            return
-        stream, query, page = started
-        peer = request.assoc.remote_ae_title
-        sent = 0
-        exhausted = False
-        try:
-            while True:
-                if page and page[0].status not in PENDING_STATUSES:
-                    exhausted = True  # the cap: the stream raised and is closed
-                    yield page[0]
-                    return
-                for start in range(0, len(page), _YIELD_EVERY):
-                    if request.cancelled.is_set():
-                        break
-                    chunk = page[start : start + _YIELD_EVERY]
-                    yield chunk  # sent back to back in one write
-                    sent += len(chunk)
-                    # one turn of the event loop: the answers so far leave, and a C-CANCEL that has
-                    # arrived is read (nothing else within a batch lets the loop read)
-                    await asyncio.sleep(0)
-                if len(page) < batch:
-                    exhausted = True  # islice saw StopIteration: the stream closed its cursor itself
-                    break
-                if request.cancelled.is_set():
-                    break
-                batch = _MAX_BATCH
-                page = await loop.run_in_executor(executor, self._next_batch, stream, query, request, batch)
-        finally:
-            if not exhausted:
-                await loop.run_in_executor(executor, stream.close)  # ends the cursor, returns the connection
-        if request.cancelled.is_set():
-            self.base.log.info("C-FIND from %s cancelled after %d matches", peer, sent)
-        else:
-            self.base.log.debug("C-FIND %s level from %s: %d matches", query.level, peer, sent)
-
-    def _start(self, request: Request, size: int) -> Response | tuple[Iterator[bytes], FindQuery, list[Response]]:
+    def on_find(self, request: Request) -> Iterator[Response]:
+        """A plain generator of the answers: the engine runs it in the thread pool, a batch of
+        answers per hop, and sends each batch in few writes (:mod:`pacskit.net.dispatch`); once a
+        C-CANCEL arrives it pulls no more and closes the generator, which closes the cursor."""
         prepared = self._prepare(request)
         if isinstance(prepared, Response):
-            return prepared
+            yield prepared
+            return
         stream, query = prepared
-        return stream, query, self._next_batch(stream, query, request, size)
+        pending = Status.PENDING_WARNING if query.unsupported else Status.PENDING
+        peer = request.assoc.remote_ae_title
+        sent = 0
+        try:
+            for data in stream:
+                yield Response(pending, data)
+                sent += 1
+        except TooManyMatches as exc:
+            self.base.log.warning("C-FIND from %s refused (0x%04X): %s", peer, Status.OUT_OF_RESOURCES, exc)
+            yield Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": str(exc)[:64]})
+            return
+        finally:
+            stream.close()  # a no-op when exhausted; ends the cursor when the engine stopped early
+            if request.cancelled.is_set():
+                self.base.log.info("C-FIND from %s cancelled after %d matches", peer, sent)
+        self.base.log.debug("C-FIND %s level from %s: %d matches", query.level, peer, sent)
 
     def _prepare(self, request: Request) -> Response | tuple[Iterator[bytes], FindQuery]:
         """Decode and compile the identifier (thread pool): a failure Response, or the match stream."""
@@ -159,10 +120,10 @@ class QueryAddIn(AddIn):
         peer = request.assoc.remote_ae_title
         store = self.base.store
         if store is None:
-            return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
+            return Response(Status.UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
         model = _MODELS.get(request.sop_class_uid)
         if model is None or request.received is None:
-            return Response(STATUS_IDENTIFIER_MISMATCH,
+            return Response(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                             elements={"ErrorComment": "no identifier" if model else "not a FIND SOP class"})
         try:
             identifier = request.dataset
@@ -176,7 +137,7 @@ class QueryAddIn(AddIn):
             return Response(exc.status, elements=elements)
         except Exception as exc:  # an identifier pydicom cannot decode
             log.warning("C-FIND from %s: undecodable identifier: %s", peer, exc)
-            return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": f"cannot decode identifier: {exc}"[:64]})
+            return Response(Status.UNABLE_TO_PROCESS, elements={"ErrorComment": f"cannot decode identifier: {exc}"[:64]})
         # keys we answer ourselves rather than from the files
         for rk in query.returns:
             if rk.tag in _OUR_KEYS:
@@ -189,16 +150,3 @@ class QueryAddIn(AddIn):
         stream = find_encoded(store, query, request.context.transfer_syntax, page_size=self.options.page_size,
                               max_results=self.options.max_results, fixed=fixed)
         return stream, query
-
-    def _next_batch(self, stream: Iterator[bytes], query: FindQuery, request: Request, size: int) -> list[Response]:
-        """Up to ``size`` Pending responses, encoded (thread pool); a failure response if over the cap."""
-        pending = Status.PENDING_WARNING if query.unsupported else Status.PENDING
-        out: list[Response] = []
-        try:
-            for data in itertools.islice(stream, size):
-                out.append(Response(pending, data))
-        except TooManyMatches as exc:
-            self.base.log.warning("C-FIND from %s refused (0x%04X): %s", request.assoc.remote_ae_title,
-                                  STATUS_OUT_OF_RESOURCES, exc)
-            return [Response(STATUS_OUT_OF_RESOURCES, elements={"ErrorComment": str(exc)[:64]})]
-        return out

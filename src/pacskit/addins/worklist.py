@@ -3,8 +3,8 @@ and the management of the scheduled procedure steps it serves.
 
 The steps live in the server's database (:mod:`pacskit.store.workflow.worklist`, where the matching rules are
 documented); every identifier becomes one SQL statement, and the matches are streamed as Pending
-responses from the database cursor, a batch at a time from the server's thread pool, with C-CANCEL
-checked before each match is sent (then the cursor is closed and Cancel, 0xFE00, answered).
+responses from the database cursor: the handler is a plain generator the engine runs in the thread
+pool a batch at a time; a C-CANCEL stops it (the cursor is closed and Cancel, 0xFE00, answered).
 
 Statuses (PS3.4 K.4.1.1.4 / C.4.1.1.4):
 
@@ -28,9 +28,8 @@ Management (no running association needed): :meth:`WorklistAddIn.admin_router` g
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request as HttpRequest  # at module level: FastAPI resolves the route annotations here
@@ -39,7 +38,7 @@ from pydicom.dataset import Dataset
 
 from pacskit.services import AddIn, AddInOptions, Handler, Permission, Request, Response, SupportedContext
 from pacskit.dicom.codec import encode_dataset
-from pacskit.store.query import STATUS_OUT_OF_RESOURCES, STATUS_UNABLE_TO_PROCESS, InvalidQuery, TooManyMatches
+from pacskit.store.query import InvalidQuery, TooManyMatches
 from pacskit.store.workflow.worklist import (
     MODALITY_WORKLIST_FIND,
     InvalidEntry,
@@ -49,10 +48,8 @@ from pacskit.store.workflow.worklist import (
     entries_from_json,
     entry_from_json,
 )
-from pacskit.dicom.status import PENDING_STATUSES, Status
+from pacskit.dicom.status import Status
 
-_FIRST_BATCH = 8
-_MAX_BATCH = 256
 
 
 class WorklistOptions(AddInOptions):
@@ -91,40 +88,36 @@ class WorklistAddIn(AddIn):
 
     # ------------------------------------------------------------------ C-FIND
 
-    async def on_find(self, request: Request) -> AsyncIterator[Response]:
-        loop = asyncio.get_running_loop()
-        executor = request.assoc.executor
-        started = await loop.run_in_executor(executor, self._prepare, request)
-        if isinstance(started, Response):
-            yield started
+    def on_find(self, request: Request) -> Iterator[Response]:
+        """A plain generator of the answers, run by the engine in the thread pool a batch at a time
+        (:mod:`pacskit.net.dispatch`); a C-CANCEL stops it and closes the cursor."""
+        prepared = self._prepare(request)
+        if isinstance(prepared, Response):
+            yield prepared
             return
-        stream, query = started
+        stream, query = prepared
+        pending = Status.PENDING_WARNING if query.unsupported else Status.PENDING
+        syntax = request.context.transfer_syntax
         peer = request.assoc.remote_ae_title
-        batch, sent = _FIRST_BATCH, 0
+        sent = 0
         try:
-            while not request.cancelled.is_set():
-                page = await loop.run_in_executor(executor, self._next_batch, stream, query, request, batch)
-                for item in page:
-                    if request.cancelled.is_set():
-                        break
-                    yield item
-                    if item.status not in PENDING_STATUSES:
-                        return
-                    sent += 1
-                if len(page) < batch:
-                    break
-                batch = min(batch * 2, _MAX_BATCH)
+            for answer in stream:
+                yield Response(pending, encode_dataset(answer, syntax))
+                sent += 1
+        except TooManyMatches as exc:
+            self.base.log.warning("worklist C-FIND from %s refused (0x%04X): %s", peer, Status.OUT_OF_RESOURCES, exc)
+            yield Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": str(exc)[:64]})
+            return
         finally:
-            await loop.run_in_executor(executor, stream.close)  # ends the cursor, returns the connection
-        if request.cancelled.is_set():
-            self.base.log.info("worklist C-FIND from %s cancelled after %d matches", peer, sent)
-        else:
-            self.base.log.debug("worklist C-FIND from %s: %d matches", peer, sent)
+            stream.close()  # ends the cursor, returns the connection
+            if request.cancelled.is_set():
+                self.base.log.info("worklist C-FIND from %s cancelled after %d matches", peer, sent)
+        self.base.log.debug("worklist C-FIND from %s: %d matches", peer, sent)
 
     def _prepare(self, request: Request) -> Response | tuple[Iterator[Dataset], WorklistQuery]:
         peer = request.assoc.remote_ae_title
         if self.worklist is None:
-            return Response(STATUS_UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
+            return Response(Status.UNABLE_TO_PROCESS, elements={"ErrorComment": "no data store configured"})
         if request.received is None:
             return Response(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, elements={"ErrorComment": "no identifier"})
         try:
@@ -139,23 +132,10 @@ class WorklistAddIn(AddIn):
             return Response(exc.status, elements=elements)
         except Exception as exc:  # an identifier pydicom cannot decode
             self.base.log.warning("worklist C-FIND from %s: undecodable identifier: %s", peer, exc)
-            return Response(STATUS_UNABLE_TO_PROCESS,
+            return Response(Status.UNABLE_TO_PROCESS,
                             elements={"ErrorComment": f"cannot decode identifier: {exc}"[:64]})
         stream = self.worklist.find(query, page_size=self.options.page_size, max_results=self.options.max_results)
         return stream, query
-
-    def _next_batch(self, stream: Iterator[Dataset], query: WorklistQuery, request: Request, size: int) -> list[Response]:
-        pending = Status.PENDING_WARNING if query.unsupported else Status.PENDING
-        syntax = request.context.transfer_syntax
-        out: list[Response] = []
-        try:
-            for answer in itertools.islice(stream, size):
-                out.append(Response(pending, encode_dataset(answer, syntax)))
-        except TooManyMatches as exc:
-            self.base.log.warning("worklist C-FIND from %s refused (0x%04X): %s", request.assoc.remote_ae_title,
-                                  STATUS_OUT_OF_RESOURCES, exc)
-            return [Response(STATUS_OUT_OF_RESOURCES, elements={"ErrorComment": str(exc)[:64]})]
-        return out
 
     # ------------------------------------------------------------------ management
 

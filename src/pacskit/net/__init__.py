@@ -9,23 +9,25 @@ which it does not re-export. Layers, bottom up (each module is named after the p
 - :mod:`~pacskit.net.presentation`: presentation context and role negotiation
 - :mod:`~pacskit.net.dimse`: command sets and status codes
 - :mod:`~pacskit.net.sinks`: where incoming datasets stream to
-- :mod:`~pacskit.net.association`: ACSE, DIMSE assembly and dispatch, the requestor API, :func:`connect`
+- :mod:`~pacskit.net.base`, :mod:`~pacskit.net.negotiation`, :mod:`~pacskit.net.assembly`,
+  :mod:`~pacskit.net.dispatch`, :mod:`~pacskit.net.requestor`: the parts of
+  :mod:`~pacskit.net.association` (ACSE, DIMSE assembly, dispatch, the requestor API and :func:`connect`)
 - :mod:`~pacskit.net.services`: handler registry, :class:`Request`, :class:`Response`
 - :mod:`~pacskit.net.acceptor`: the listener
 - :mod:`~pacskit.net.events`: spy notifications
 """
 
 from pacskit.net.acceptor import Acceptor
-from pacskit.net.association import (
+from pacskit.net.association import Association
+from pacskit.net.negotiation import (
     REJECT_CALLED_AE,
     REJECT_CALLING_AE,
     REJECT_LOCAL_LIMIT,
     REJECT_NO_REASON,
     AssociateHook,
-    Association,
     Reject,
-    connect,
 )
+from pacskit.net.requestor import connect
 from pacskit.net.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetConfig
 from pacskit.net.dimse import Command, CommandField
 from pacskit.net.errors import (

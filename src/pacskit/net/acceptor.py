@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pacskit.net import events as ev
-from pacskit.net.association import Association, AssociateHook
+from pacskit.net.association import Association
+from pacskit.net.negotiation import AssociateHook
 from pacskit.net.config import NetConfig
 from pacskit.net.presentation import SupportedContext
 from pacskit.net.services import Services

@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
+from pacskit.dicom.status import Status
 from pacskit.net import dimse
 from pacskit.dicom.part10 import encode_file_meta
 from pacskit.net.sinks import DatasetSink, MemorySink, Part10FileSink, ReceivedDataset
@@ -159,8 +160,8 @@ class DuplicateHandler(ValueError):
 def failure_status(service: str) -> int:
     """The generic failure status for ``service`` used when a handler fails or times out."""
     if service in ("C-STORE", "C-FIND", "C-MOVE", "C-GET"):
-        return 0xC000  # Error: cannot understand / unable to process
-    return 0x0110  # Processing failure (PS3.7 C.4.8)
+        return Status.UNABLE_TO_PROCESS  # Error: cannot understand / unable to process
+    return Status.PROCESSING_FAILURE  # Processing failure (PS3.7 C.4.8)
 
 
 class Services:
