@@ -75,29 +75,38 @@ class MediaResult:
 
 def select_sources(store: DataStore, *, studies: Sequence[str] = (), series: Sequence[str] = (),
                    instances: Sequence[str] = ()) -> tuple[list[SourceFile], list[str]]:
-    """The stored files of the given studies, series and instances (union, each once), and the UIDs
-    asked for that select nothing in the archive (unknown studies, series or instances)."""
-    from pacskit.store.retrieve import MAX_UIDS, RetrieveKeys, RetrieveSelection
+    """The stored files of the given studies, series and instances (union, each once, with the keys
+    the index has for them), and the UIDs asked for that select nothing in the archive."""
+    from sqlalchemy import select
 
+    from pacskit.store import Instance, Patient, Series, Study
+    from pacskit.store.retrieve import MAX_UIDS
+
+    columns = (Instance.sop_instance_uid, Instance.blob_key, Instance.size, Instance.sop_class_uid,
+               Instance.transfer_syntax_uid, Patient.patient_id, Study.study_instance_uid,
+               Series.series_instance_uid, Instance.instance_number)
     found: dict[str, SourceFile] = {}
     missing: list[str] = []
-    for level, uids, attr in (("STUDY", studies, "study_uids"), ("SERIES", series, "series_uids"),
-                              ("IMAGE", instances, "sop_uids")):
+    for level, (uids, column) in enumerate(((studies, Study.study_instance_uid), (series, Series.series_instance_uid),
+                                            (instances, Instance.sop_instance_uid))):
         for start in range(0, len(uids), MAX_UIDS):
-            chunk = tuple(uids[start:start + MAX_UIDS])
-            for uid in chunk:
-                keys = RetrieveKeys(level=level, **{attr: (uid,)})  # type: ignore[arg-type]
-                selection = RetrieveSelection(store.index, keys)
-                if selection.count == 0:
-                    missing.append(uid)
+            chunk = list(dict.fromkeys(uids[start:start + MAX_UIDS]))
+            stmt = (select(*columns).select_from(Instance).join(Series, Series.pk == Instance.series_fk)
+                    .join(Study, Study.pk == Series.study_fk).join(Patient, Patient.pk == Study.patient_fk)
+                    .where(column.in_(chunk)).order_by(Instance.pk))
+            seen: set[str] = set()
+            with store.index.reading() as s:
+                rows = s.execute(stmt).all()
+            for uid, key, size, cls, ts, pid, study, ser, number in rows:
+                seen.add((study, ser, uid)[level])
+                if uid in found:
                     continue
-                for item in selection:
-                    if item.sop_instance_uid in found:
-                        continue
-                    path = store.blobs.path(item.blob_key)
-                    if path is None:
-                        raise MediaError("the blob store has no local files; media creation needs a filesystem store")
-                    found[item.sop_instance_uid] = SourceFile(item.sop_instance_uid, path, item.size, item.sop_class_uid)
+                path = store.blobs.path(key)
+                if path is None:
+                    raise MediaError("the blob store has no local files; media creation needs a filesystem store")
+                found[uid] = SourceFile(uid, path, int(size), str(cls or ""), str(ts or ""), pid or "", str(study),
+                                        str(ser), number)
+            missing += [u for u in chunk if u not in seen]
     return list(found.values()), missing
 
 
