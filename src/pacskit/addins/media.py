@@ -155,6 +155,8 @@ class MediaCreationAddIn(AddIn):
         self._task = asyncio.create_task(self.queue.run(), name="media-creation-builder")
 
     async def stop(self) -> None:
+        if self.queue is not None:
+            self.queue.stop()  # a build in progress stops at its next check and is queued again
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

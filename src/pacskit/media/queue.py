@@ -148,8 +148,7 @@ class MediaQueue:
         self._cancel: set[str] = set()
         self._running: str | None = None
         self._lock_fd: int | None = None
-        #: set when a request reaches DONE or FAILURE (tests and the CLI wait on it)
-        self.finished_callbacks: list[Callable[[MediaRequest], None]] = []
+        self._stopping = False
 
     # ------------------------------------------------------------------ files
 
@@ -249,6 +248,12 @@ class MediaQueue:
 
     # ------------------------------------------------------------------ the builder
 
+    def stop(self) -> None:
+        """Ask the build in progress to stop at its next check (the server is stopping): the request
+        goes back to ``PENDING`` and is built again at the next start. Cancel the :meth:`run` task
+        afterwards."""
+        self._stopping = True
+
     def _notify(self) -> None:
         wake = self._wake
         if wake is not None:
@@ -320,17 +325,26 @@ class MediaQueue:
         work = self.folder / "work" / uid
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        cancelled = lambda: uid in self._cancel  # noqa: E731
+        cancelled = lambda: uid in self._cancel or self._stopping  # noqa: E731
         try:
             self.log.info("building media for request %s (%d instances, %s, %d copies)", uid, req.count,
                           req.profile, req.copies)
             outputs, volumes, count = self.executor(req, self.references(uid), work, cancelled)
         except (MediaCancelled, BurnCancelled):
             with self._lock:
-                self._delete(uid)
-                self._cancel.discard(uid)
                 self._running = None
-            self.log.info("media creation request %s cancelled", uid)
+                if uid in self._cancel:
+                    self._delete(uid)
+                    self._cancel.discard(uid)
+                    self.log.info("media creation request %s cancelled", uid)
+                    return
+                current = self.get(uid)
+                if current is not None and self._stopping:  # built again at the next start
+                    current.state, current.info = PENDING, "QUEUED"
+                    self._save(current)
+                    self.log.info("media creation request %s interrupted by shutdown; queued again", uid)
+                    return
+            self._finish(uid, FAILURE, "PROCESSING_FAILURE", failed=[], message="stopped without a cancel")
             return
         except FailedInstances as exc:
             self._finish(uid, FAILURE, exc.info, failed=exc.failed)
@@ -365,8 +379,6 @@ class MediaQueue:
             self.log.info("media creation request %s DONE: %s", uid, "; ".join(req.outputs))
         else:
             self.log.warning("media creation request %s FAILED (%s) %s", uid, info, message)
-        for cb in self.finished_callbacks:
-            cb(req)
 
 
 class FailedInstances(MediaError):
