@@ -107,6 +107,11 @@ def running_server(folder: Path) -> Iterator[Server]:
         thread.join(30)
 
 
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
+
+
 def start_process(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
     """The server as a process of its own; returns it and its port."""
     proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(folder)], stdout=subprocess.PIPE,
@@ -114,7 +119,6 @@ def start_process(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[s
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("PORT "):
-            out = proc.stdout
-            threading.Thread(target=lambda: [None for _ in out], daemon=True).start()  # keep the pipe drained
+            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()  # keep the pipe drained
             return proc, int(line.split()[1])
     raise AssertionError(f"server did not start (exit {proc.wait()})")

@@ -256,11 +256,11 @@ class MediaCreationAddIn(AddIn):
             if action == ACTION_INITIATE:
                 ds = await self._in_thread(request, lambda: request.dataset)
                 copies, priority = self._initiate_arguments(ds)
-                await self._in_thread(request, lambda: self.queue.initiate(uid, copies=copies, priority=priority))  # type: ignore[union-attr]
+                await self._in_thread(request, lambda: self.queue.initiate(uid, copies=copies, priority=priority))
                 self.base.log.info("media creation request %s initiated by %s", uid, request.assoc.remote_ae_title)
             elif action == ACTION_CANCEL:
                 wait = max(1.0, (self.options.timeout or 60.0) - 5.0)
-                await self._in_thread(request, lambda: self.queue.cancel(uid, wait=wait))  # type: ignore[union-attr]
+                await self._in_thread(request, lambda: self.queue.cancel(uid, wait=wait))
                 self.base.log.info("media creation request %s cancelled by %s", uid, request.assoc.remote_ae_title)
             else:
                 raise _Refused(0x0123, f"no action type {action}")

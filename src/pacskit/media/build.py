@@ -22,10 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacskit.media.fileset import MediaError, SourceFile, Volume, plan_volumes
-
-
-class MediaCancelled(MediaError):
-    """``should_stop`` answered true: the build stopped and removed what it had written."""
 from pacskit.media.output import FORMATS, volume_paths, write_volume
 from pacskit.media.profiles import DEFAULT_PROFILE, get_profile
 
@@ -33,6 +29,10 @@ if TYPE_CHECKING:
     from pacskit.store import DataStore
 
 __version__ = "1"
+
+
+class MediaCancelled(MediaError):
+    """``should_stop`` answered true: the build stopped and removed what it had written."""
 
 
 @dataclass(slots=True)

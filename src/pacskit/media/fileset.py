@@ -127,7 +127,7 @@ class _Entry:
     transcoded_from: str | None
 
 
-def _read_header(path: str) -> object:
+def _read_header(path: str) -> Any:
     from pydicom import dcmread
 
     return dcmread(path, stop_before_pixels=True)

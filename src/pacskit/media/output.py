@@ -68,8 +68,7 @@ def _remove(path: Path) -> None:
 def _entries(volume: Volume) -> Iterator[tuple[str, str]]:
     """(path on the media, local source) of every file of the volume, DICOMDIR first."""
     yield "DICOMDIR", str(volume.dicomdir)
-    for name, src in sorted(volume.extras.items()):
-        yield name, src
+    yield from sorted(volume.extras.items())
     for f in volume.files:
         yield f.relpath, f.source
 
