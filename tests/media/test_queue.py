@@ -45,11 +45,8 @@ def test_priority_order_and_states(tmp_path: Path) -> None:
         task = asyncio.create_task(queue.run())
         await asyncio.to_thread(done.wait, 30)
         queue.stop()
-        while queue.get("1.1").state != PENDING:  # type: ignore[union-attr]
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        # the builder ends by itself once stopping, without taking the interrupted request again
+        await asyncio.wait_for(task, 30)
 
     asyncio.run(go())
     assert order == ["1.2", "1.3", "1.1"]

@@ -197,7 +197,8 @@ FAST_QUERIES = [
 def test_direct_encoding_is_byte_identical_to_pydicom(loaded: DataStore, model: str, level: str,
                                                       keys: dict[str, str], charset: Any, transfer_syntax: str) -> None:
     from pacskit.dicom.codec import encode_dataset
-    from pacskit.store.query import _FastEncoder, find_encoded
+    from pacskit.store.query import find_encoded
+    from pacskit.store.query.encode import _FastEncoder
 
     q = identifier(level, keys, charset=charset)
     query = compile_find(encoded(q) if charset else q, model, relational=True)
@@ -214,7 +215,8 @@ def test_direct_encoding_is_byte_identical_to_pydicom(loaded: DataStore, model: 
 
 
 def test_header_keys_take_the_pydicom_path(loaded: DataStore) -> None:
-    from pacskit.store.query import _FastEncoder, find_encoded
+    from pacskit.store.query import find_encoded
+    from pacskit.store.query.encode import _FastEncoder
 
     query = compile_find(identifier("STUDY", {"StudyInstanceUID": A1, "InstitutionName": ""}), STUDY_ROOT)
     assert _FastEncoder.make(query, "1.2.840.10008.1.2.1", {}) is None

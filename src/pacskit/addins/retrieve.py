@@ -1,6 +1,6 @@
 """Retrieve add-in: the C-MOVE and C-GET SCP of the PACS (PS3.4 C.4.2, C.4.3), Patient Root and Study Root.
 
-The identifier is checked and resolved to stored instances by :mod:`pacskit.store.retrieve` (unique
+The identifier is checked and resolved to stored instances by :mod:`pacskit.store.query.retrieve` (unique
 keys only; no wildcard matching), a page at a time. Each instance is then sent with one C-STORE
 sub-operation:
 
@@ -36,7 +36,7 @@ Instance UID List in their identifier when a sub-operation failed:
 0xA702    every sub-operation failed, the destination could not be reached, or the retrieve
           timed out / the destination association broke before anything succeeded
 0xA801    C-MOVE destination unknown (not in the AE registry)
-0xA900    identifier does not match the SOP class (level, keys; see pacskit.store.retrieve)
+0xA900    identifier does not match the SOP class (level, keys; see pacskit.store.query.retrieve)
 0xC000    identifier cannot be parsed or carries an invalid UID
 0xFE00    cancelled (C-CANCEL); counts include the remaining sub-operations
 ========  ==================================================================================
@@ -71,7 +71,7 @@ from pacskit.net import (
     RequestedContext,
 )
 from pacskit.dicom.status import PENDING_STATUSES, Status, status_category
-from pacskit.store.retrieve import InvalidIdentifier, RetrieveItem, RetrieveSelection, parse_identifier
+from pacskit.store.query.retrieve import InvalidIdentifier, RetrieveItem, RetrieveSelection, parse_identifier
 from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from pacskit.store import DataStore
 
 __version__ = "1"
+#: UIDs in one ``IN`` list (within every database's limits)
+_UIDS_PER_QUERY = 1000
 
 
 class MediaCancelled(MediaError):
@@ -80,7 +82,6 @@ def select_sources(store: DataStore, *, studies: Sequence[str] = (), series: Seq
     from sqlalchemy import select
 
     from pacskit.store import Instance, Patient, Series, Study
-    from pacskit.store.retrieve import MAX_UIDS
 
     columns = (Instance.sop_instance_uid, Instance.blob_key, Instance.size, Instance.sop_class_uid,
                Instance.transfer_syntax_uid, Patient.patient_id, Study.study_instance_uid,
@@ -89,8 +90,8 @@ def select_sources(store: DataStore, *, studies: Sequence[str] = (), series: Seq
     missing: list[str] = []
     for level, (uids, column) in enumerate(((studies, Study.study_instance_uid), (series, Series.series_instance_uid),
                                             (instances, Instance.sop_instance_uid))):
-        for start in range(0, len(uids), MAX_UIDS):
-            chunk = list(dict.fromkeys(uids[start:start + MAX_UIDS]))
+        for start in range(0, len(uids), _UIDS_PER_QUERY):
+            chunk = list(dict.fromkeys(uids[start:start + _UIDS_PER_QUERY]))
             stmt = (select(*columns).select_from(Instance).join(Series, Series.pk == Instance.series_fk)
                     .join(Study, Study.pk == Series.study_fk).join(Patient, Patient.pk == Study.patient_fk)
                     .where(column.in_(chunk)).order_by(Instance.pk))

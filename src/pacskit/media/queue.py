@@ -291,17 +291,20 @@ class MediaQueue:
         return min(pending, key=lambda r: (PRIORITIES.get(r.priority, 1), r.initiated, r.uid))
 
     async def run(self) -> None:
-        """Build requests until cancelled. While another process holds the queue's lock this only
-        retries to take it every ``poll_interval`` seconds, so there is a builder while any process lives."""
+        """Build requests until cancelled or :meth:`stop` (then it returns after the build in progress
+        stopped). While another process holds the queue's lock this only retries to take it every
+        ``poll_interval`` seconds, so there is a builder while any process lives."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
             while not self._take_lock():
+                if self._stopping:
+                    return
                 await asyncio.sleep(self.poll_interval)
             waiting = await asyncio.to_thread(self.recover)
             if waiting:
                 self.log.info("%d media creation requests waiting", waiting)
-            while True:
+            while not self._stopping:
                 req = await asyncio.to_thread(self._next)
                 if req is None:
                     self._wake.clear()
@@ -317,7 +320,7 @@ class MediaQueue:
     def _execute(self, uid: str) -> None:
         with self._lock:
             req = self.get(uid)
-            if req is None or req.state != PENDING:
+            if req is None or req.state != PENDING or self._stopping:
                 return
             req.state, req.info = CREATING, "CREATING"
             self._save(req)
