@@ -111,7 +111,7 @@ def test_create_initiate_get_until_done(scp: Any, tmp_path: Path) -> None:
     uid = generate_uid()
     try:
         status, _ = scu.create(request([(c, i) for c, i, _ in instances], LabelText="MR knee",
-                                       StorageMediaFileSetID="KNEE"), uid)
+                                       StorageMediaFileSetID="KNEE", IncludeDisplayApplication="YES"), uid)
         assert status == 0
         assert scu.get(uid)[1].ExecutionStatus == "IDLE"
         init = Dataset()
@@ -132,6 +132,7 @@ def test_create_initiate_get_until_done(scp: Any, tmp_path: Path) -> None:
     run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(out)])
     records = image_records(out / "DICOMDIR")
     assert {r[3] for r in records} == set(archive)
+    assert (out / "index.html").is_file() and (out / "VIEWER" / "DATA.JS").is_file()  # Include Display Application
     server_store = server.addins  # the archive's bytes: the files we ingested were moved in
     assert server_store
     from pacskit.config.settings import load_settings
@@ -159,8 +160,8 @@ def test_invalid_requests_get_annex_s_statuses(scp: Any) -> None:
         assert scu.create(request(refs, profile="STD-XABC-CD"))[0] == 0x0106  # bad profile
         assert scu.create(request([("1.2.3", "not a uid")]))[0] == 0x0106
         assert scu.create(request(refs, AllowMediaSplitting="MAYBE"))[0] == 0x0106
-        warn, _ = scu.create(request(refs, IncludeDisplayApplication="YES"))
-        assert warn == 0x0001  # the viewer is not supported (yet): a warning, the request exists
+        warn, _ = scu.create(request(refs, IncludeNonDICOMObjects="FOR_RESEARCH"))
+        assert warn == 0x0001  # only the viewer can be put on the media: a warning, the request exists
         uid = generate_uid()
         assert scu.create(request(refs), uid)[0] == 0
         assert scu.create(request(refs), uid)[0] == 0x0111  # duplicate

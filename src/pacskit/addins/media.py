@@ -21,7 +21,7 @@ Statuses (PS3.4 S.3.2, PS3.7 C):
 ========  ==================================================================================
 0x0000    success
 0x0001    warning (N-CREATE): Requested optional Attributes are not supported — Include Non-DICOM
-          Objects or Include Display Application other than NO (no viewer is put on the media yet)
+          Objects other than NO, FOR_PATIENT, FOR_PHYSICIAN (the viewer is what the media get)
 0x0106    invalid attribute value (N-CREATE): a Requested Media Application Profile this SCP does not
           write, different profiles in one request, Allow Media Splitting not YES/NO, an item without
           valid Referenced SOP Class / Instance UIDs (Attribute Identifier List names the attribute)
@@ -220,7 +220,8 @@ class MediaCreationAddIn(AddIn):
             barcode_symbology=_text(ds, "BarcodeSymbology"), label_style=_text(ds, "LabelStyleSelection"),
             calling_ae=calling_ae,
         )
-        unsupported = non_dicom != "NO" or display_app != "NO"
+        # the web viewer is the display application and the non-DICOM rendering the media can carry
+        unsupported = non_dicom not in ("NO", "FOR_PATIENT", "FOR_PHYSICIAN")
         return req, refs, unsupported
 
     async def on_create(self, request: Request) -> Response:
@@ -242,7 +243,7 @@ class MediaCreationAddIn(AddIn):
                            len(refs), req.profile)
         if unsupported:
             return Response(0x0001, elements={"AffectedSOPInstanceUID": uid,
-                                              "ErrorComment": "non-DICOM objects / display application not supported"})
+                                              "ErrorComment": f"Include Non-DICOM Objects {req.include_non_dicom[:20]} not supported"})
         return Response(0x0000, elements={"AffectedSOPInstanceUID": uid})
 
     # ------------------------------------------------------------------ N-ACTION

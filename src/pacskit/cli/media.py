@@ -49,6 +49,7 @@ def build(
     instances: Annotated[Optional[list[str]], typer.Option("--instance", help="also this instance (repeatable)")] = None,
     lossless: Annotated[bool, typer.Option("--lossless", help="JPEG 2000 lossless where the profile allows it")] = False,
     split: Annotated[bool, typer.Option("--split/--no-split", help="several volumes when one is not enough")] = True,
+    viewer: Annotated[bool, typer.Option("--viewer", help="put the web viewer on the media (index.html)")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     verbose: VerboseOpt = 0,
@@ -73,7 +74,7 @@ def build(
             raise fail(f"not in the archive: {', '.join(missing)}", EXIT_USAGE)
         try:
             result = build_media(sources, out, MediaOptions(profile=profile, fmt=fmt, label=label, lossless=lossless,
-                                                            allow_split=split))
+                                                            allow_split=split, include_viewer=viewer))
         except MediaError as exc:
             raise fail(str(exc), EXIT_FAILURE_STATUS) from None
     finally:
@@ -118,6 +119,7 @@ def create(
     copies: Annotated[int, typer.Option("--copies", min=1, help="number of copies")] = 1,
     priority: Annotated[str, typer.Option("--priority", help="HIGH, MED or LOW")] = "MED",
     split: Annotated[bool, typer.Option("--split/--no-split", help="allow media splitting")] = True,
+    viewer: Annotated[bool, typer.Option("--viewer", help="ask for the display application on the media")] = False,
     initiate: Annotated[bool, typer.Option("--initiate/--no-initiate", help="start it at once")] = True,
     wait: Annotated[bool, typer.Option("--wait", help="N-GET until DONE or FAILURE")] = False,
     wait_timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 3600.0,
@@ -140,7 +142,8 @@ def create(
     async def go() -> int:
         refs = await _references(remote, options, studies)
         async with MediaCreationScu(remote, **options) as scu:
-            uid, created = await scu.create(refs, profile=profile, label=label, allow_split=split)
+            uid, created = await scu.create(refs, profile=profile, label=label, allow_split=split,
+                                            include_display_application="YES" if viewer else "NO")
             if not created.ok:
                 raise fail(f"N-CREATE refused with status 0x{created.status:04X}: {created.error_comment}",
                            EXIT_FAILURE_STATUS)

@@ -50,6 +50,8 @@ class MediaOptions:
     - ``allow_split``: several volumes when one is not enough (else :class:`DoesNotFit`);
     - ``capacity``: bytes per volume (``-1``: the profile's media, ``None``: unlimited);
     - ``include_readme``: a README.TXT at the root (IHE PDI);
+    - ``include_viewer``: the web viewer (``index.html``, ``VIEWER/DATA.JS``, ``AUTORUN.INF``;
+      :mod:`pacskit.media.viewer`);
     - ``extras``: more non-DICOM files at the root (name on the media -> local path).
     """
 
@@ -62,6 +64,7 @@ class MediaOptions:
     allow_split: bool = True
     capacity: int | None = -1
     include_readme: bool = True
+    include_viewer: bool = False
     extras: dict[str, str] = field(default_factory=dict)
 
 
@@ -128,8 +131,9 @@ def readme_text(volume: Volume, options: MediaOptions, patients: Iterable[str] =
     if volume.total > 1:
         lines += ["", f"The images of this request are spread over {volume.total} media; each one is a",
                   "complete File-set of its own."]
-    if "INDEX.HTM" in volume.extras or "index.html" in volume.extras:
-        lines += ["", "A viewer is included: open index.html in a web browser."]
+    if "index.html" in volume.extras:
+        lines += ["", "A viewer is included: open index.html in a web browser (Chromium, Chrome, Edge,",
+                  "Firefox), then open this disc's folder with the button at the top to see the images."]
     lines += ["", "These images are medical data: keep this medium in a safe place.", ""]
     return "\r\n".join(lines)
 
@@ -166,14 +170,24 @@ def build_media(
     written: list[Path] = []
     try:
         reserved = sum(os.path.getsize(p) for p in options.extras.values()) + 16384
+        if options.include_viewer:
+            from pacskit.media.viewer import TEMPLATE
+
+            reserved += TEMPLATE.stat().st_size + 8192
         volumes = plan_volumes(sources, profile, work, fileset_id=options.fileset_id or options.label or "PACSKIT",
                                fileset_uid=options.fileset_uid or None,
                                lossless=options.lossless, allow_split=options.allow_split,
-                               capacity=options.capacity, reserved=reserved, progress=tick)
+                               capacity=options.capacity, reserved=reserved,
+                               per_instance=256 if options.include_viewer else 0, progress=tick)
         paths = volume_paths(dest, len(volumes))
         for volume, path in zip(volumes, paths):
             tick()
             volume.extras.update(options.extras)
+            if options.include_viewer:
+                from pacskit.media.viewer import viewer_files
+
+                volume.extras.update(viewer_files(volume.dicomdir, volume.root.parent / f"viewer{volume.number}",
+                                                  options.label or volume.fileset_id))
             if options.include_readme:
                 readme = volume.root.parent / f"README{volume.number}.TXT"
                 readme.write_text(readme_text(volume, options), encoding="ascii", errors="replace")

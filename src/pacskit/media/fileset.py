@@ -214,11 +214,11 @@ def _scan(sources: Iterable[SourceFile], profile: Profile, stage: Path, lossless
     return entries
 
 
-def _cost(entry: _Entry) -> int:
-    return -(-entry.size // SECTOR) * SECTOR + DICOMDIR_PER_INSTANCE
+def _cost(entry: _Entry, extra: int = 0) -> int:
+    return -(-entry.size // SECTOR) * SECTOR + DICOMDIR_PER_INSTANCE + extra
 
 
-def _pack(entries: Sequence[_Entry], capacity: int | None, reserved: int) -> list[list[_Entry]]:
+def _pack(entries: Sequence[_Entry], capacity: int | None, reserved: int, extra: int = 0) -> list[list[_Entry]]:
     """Volumes of at most ``capacity`` bytes (minus ``reserved`` and the overhead), studies kept whole
     where they fit on one volume (first fit, in patient / study order)."""
     if capacity is None:
@@ -235,7 +235,7 @@ def _pack(entries: Sequence[_Entry], capacity: int | None, reserved: int) -> lis
     volumes: list[list[_Entry]] = []
     used: list[int] = []
     for study in studies:  # first fit: a study goes on the first volume with room for all of it
-        size = sum(_cost(e) for e in study)
+        size = sum(_cost(e, extra) for e in study)
         if size <= room:
             for i in range(len(volumes)):
                 if used[i] + size <= room:
@@ -249,7 +249,7 @@ def _pack(entries: Sequence[_Entry], capacity: int | None, reserved: int) -> lis
         volumes.append([])  # larger than a volume: split between instances, on volumes of its own
         used.append(0)
         for e in study:
-            c = _cost(e)
+            c = _cost(e, extra)
             if c > room:
                 raise DoesNotFit(f"instance {e.uid} ({e.size} bytes) is larger than a volume")
             if used[-1] + c > room:
@@ -355,19 +355,21 @@ def plan_volumes(
     allow_split: bool = True,
     capacity: int | None = -1,
     reserved: int = 0,
+    per_instance: int = 0,
     progress: Callable[[str, int], None] | None = None,
 ) -> list[Volume]:
     """Plan the media for ``sources`` (see the module docstring). ``work_dir`` (created; emptied by the
     caller) receives the re-encoded files and each volume's DICOMDIR; it must live until the volumes
     are written. ``fileset_uid``: the File-set UID of a single volume (each of several gets a new one). ``capacity``: bytes per volume (``-1``: the profile's media; ``None``: no limit);
-    ``reserved``: bytes per volume kept for extra files (the viewer). Raises :class:`UnusableInstance`,
+    ``reserved``: bytes per volume kept for extra files (the viewer), ``per_instance``: more bytes
+    counted per instance (the viewer's index). Raises :class:`UnusableInstance`,
     :class:`DoesNotFit` (too big and ``allow_split`` is false), :class:`MediaError` (nothing to write).
     """
     work = Path(work_dir)
     entries = _scan(sources, profile, work / "stage", lossless, progress)
     if not entries:
         raise MediaError("no instances to put on the media")
-    groups = _pack(entries, profile.capacity if capacity == -1 else capacity, reserved)
+    groups = _pack(entries, profile.capacity if capacity == -1 else capacity, reserved, per_instance)
     if len(groups) > 1 and not allow_split:
         need = sum(e.size for e in entries)
         raise DoesNotFit(f"{len(entries)} instances ({need} bytes) need {len(groups)} volumes of {profile.media_type} "

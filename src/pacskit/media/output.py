@@ -106,10 +106,13 @@ def write_folder(volume: Volume, dest: str | os.PathLike[str], *, tick: Callable
 
 
 def _iso_name(component: str, is_file: bool) -> str:
-    name = component.upper()
+    """The ISO 9660 level 1 name of a path component: upper case, 8.3 (``index.html`` ->
+    ``INDEX.HTM;1``; Joliet and Rock Ridge keep the real name), ``;1`` on files."""
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "._") else "_" for c in component.upper())
     if not is_file:
-        return name
+        return name.replace(".", "_")[:8]
     stem, dot, ext = name.partition(".")
+    stem, ext = stem.replace(".", "_")[:8], ext.replace(".", "_")[:3]
     return f"{stem}.{ext};1" if dot else f"{stem}.;1"
 
 

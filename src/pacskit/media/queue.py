@@ -421,7 +421,9 @@ def archive_executor(store: DataStore, burner: Any, fmt: str, log: logging.Logge
             raise FailedInstances("NO_SUCH_INSTANCE" if missing else "CLASS_INSTANCE_CONFLICT", failed)
         options = MediaOptions(profile=req.profile, fmt=fmt, label=req.label or req.fileset_id,
                                fileset_id=req.fileset_id or req.label, fileset_uid=req.fileset_uid,
-                               allow_split=req.allow_split)
+                               allow_split=req.allow_split,
+                               include_viewer=req.include_display_application == "YES"
+                               or req.include_non_dicom in ("FOR_PATIENT", "FOR_PHYSICIAN"))
         out = work / "out"
         ext = "" if fmt == "folder" else f".{fmt}"
         try:
