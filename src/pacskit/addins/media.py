@@ -40,10 +40,11 @@ Statuses (PS3.4 S.3.2, PS3.7 C):
 0x0110    processing failure: no data store
 ========  ==================================================================================
 
-The instances are taken from the local archive when the request runs: a referenced instance that is
-not there fails the request (Execution Status FAILURE, Execution Status Info ``NO_SUCH_INSTANCE``, the
-instance in the Failed SOP Sequence with Failure Reason 0x0112). Requests survive restarts; one that a
-crash interrupted is built again (docs/media.md).
+The instances are taken from the local archive when the request runs; those it lacks are first asked
+of the AEs of ``retrieve_from`` (C-FIND by SOP Instance UID, C-MOVE to this server). One still missing
+fails the request (Execution Status FAILURE, Execution Status Info ``NO_SUCH_INSTANCE``, the instance
+in the Failed SOP Sequence with Failure Reason 0x0112). Requests survive restarts; one that a crash
+interrupted is built again (docs/media.md).
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class MediaCreationOptions(AddInOptions):
     max_references: int = Field(100000, ge=1, description="most instances in one request")
     max_copies: int = Field(100, ge=1, description="most copies of one request")
     poll_interval: float = Field(5.0, gt=0, description="seconds between looks at the queue for requests other worker processes recorded")
+    retrieve_from: list[str] = Field(
+        default_factory=list, description="AE titles (registry) asked, in order, for referenced instances the "
+        "archive lacks: C-FIND at IMAGE level, then C-MOVE to this server")
+    retrieve_timeout: float = Field(600.0, gt=0, description="seconds the retrieval of one request may take")
 
 
 class _Refused(Exception):
@@ -149,7 +154,9 @@ class MediaCreationAddIn(AddIn):
         if self.base.store is None:
             self.base.log.warning("no data store: every media creation request will be refused")
             return
-        executor = archive_executor(self.base.store, self.burner, self.options.format, self.base.log)
+        fetch = self._fetch if self.options.retrieve_from else None
+        executor = archive_executor(self.base.store, self.burner, self.options.format, self.base.log, fetch)
+        self._loop = asyncio.get_running_loop()
         self.queue = MediaQueue(self._path(self.options.queue_dir), executor, log=self.base.log,
                                 poll_interval=self.options.poll_interval)
         self._task = asyncio.create_task(self.queue.run(), name="media-creation-builder")
@@ -162,6 +169,55 @@ class MediaCreationAddIn(AddIn):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    # ------------------------------------------------------------------ retrieval of missing instances
+
+    def _fetch(self, refs: list[Reference]) -> None:
+        """Runs in the builder's thread: the retrieval on the server's loop, waited for."""
+        future = asyncio.run_coroutine_threadsafe(self._retrieve(refs), self._loop)
+        future.result(self.options.retrieve_timeout)
+
+    async def _retrieve(self, refs: list[Reference]) -> None:
+        """Ask each ``retrieve_from`` AE in turn for the instances still missing: C-FIND (Study Root,
+        IMAGE level, by SOP Instance UID: the peer must accept a query without the upper keys, as
+        Orthanc and dcm4chee do) for their study and series, then one C-MOVE per series to us."""
+        from pacskit.net import RequestedContext
+
+        find, move = "1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.2"
+        wanted = {r.sop_instance_uid for r in refs}
+        for title in self.options.retrieve_from:
+            if not wanted:
+                return
+            try:
+                async with await self.base.dicom_request.associate(
+                        title, [RequestedContext(find), RequestedContext(move)]) as assoc:
+                    located: dict[tuple[str, str], list[str]] = {}
+                    for uid in sorted(wanted):
+                        query = Dataset()
+                        query.QueryRetrieveLevel = "IMAGE"
+                        query.SOPInstanceUID = uid
+                        query.StudyInstanceUID = ""
+                        query.SeriesInstanceUID = ""
+                        async for status, ident in assoc.find(find, query):
+                            if status in (0xFF00, 0xFF01) and ident is not None and ident.get("StudyInstanceUID"):
+                                key = (str(ident.StudyInstanceUID), str(ident.get("SeriesInstanceUID", "")))
+                                located.setdefault(key, []).append(uid)
+                    for (study, series), uids in located.items():
+                        ident = Dataset()
+                        ident.QueryRetrieveLevel = "IMAGE"
+                        ident.StudyInstanceUID = study
+                        ident.SeriesInstanceUID = series
+                        ident.SOPInstanceUID = uids
+                        final = None
+                        async for rsp in assoc.move(move, ident, self.base.settings.ae_title):
+                            final = rsp
+                        status = final.status if final is not None else None
+                        self.base.log.info("retrieved %d instances of series %s from %s (status %s)", len(uids),
+                                           series, title, f"0x{status:04X}" if status is not None else "none")
+                        if status == 0x0000:
+                            wanted.difference_update(uids)
+            except Exception as exc:  # noqa: BLE001 - the next AE may have them
+                self.base.log.warning("retrieving from %s failed: %s", title, exc)
 
     # ------------------------------------------------------------------ helpers
 

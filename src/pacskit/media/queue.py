@@ -406,13 +406,23 @@ def _info_of(exc: Exception) -> str:
     return "PROCESSING_FAILURE"
 
 
-def archive_executor(store: DataStore, burner: Any, fmt: str, log: logging.Logger) -> Executor:
-    """The executor building from the local archive (``store``) and handing the volumes to ``burner``."""
+def archive_executor(store: DataStore, burner: Any, fmt: str, log: logging.Logger,
+                     fetch: Callable[[list[Reference]], None] | None = None) -> Executor:
+    """The executor building from the local archive (``store``) and handing the volumes to ``burner``.
+    ``fetch`` (optional) is given the references the archive lacks, to retrieve them into it (it
+    returns when done; what is still missing afterwards fails the request)."""
 
     def execute(req: MediaRequest, refs: list[Reference], work: Path,
                 cancelled: Callable[[], bool]) -> tuple[list[str], list[list[str]], int]:
         sources, missing = select_sources(store, instances=[r.sop_instance_uid for r in refs])
         wanted = {r.sop_instance_uid: r.sop_class_uid for r in refs}
+        if missing and fetch is not None:
+            log.info("request %s: %d instances are not in the archive; retrieving them", req.uid, len(missing))
+            try:
+                fetch([Reference(wanted[uid], uid) for uid in missing])
+            except Exception as exc:  # noqa: BLE001 - a peer's failure leaves them missing (reported below)
+                log.warning("request %s: retrieval failed: %s", req.uid, exc)
+            sources, missing = select_sources(store, instances=[r.sop_instance_uid for r in refs])
         failed: list[list[Any]] = [[wanted[uid], uid, NO_SUCH_OBJECT_INSTANCE] for uid in missing]
         for s in sources:
             if s.sop_class_uid and wanted.get(s.sop_instance_uid) and s.sop_class_uid != wanted[s.sop_instance_uid]:
