@@ -94,3 +94,32 @@ def test_one_builder_per_folder(tmp_path: Path) -> None:
     b = MediaQueue(tmp_path, lambda *x: ([], [], 0))
     assert a._take_lock()
     assert not b._take_lock()
+
+
+def test_cancel_from_another_process_stops_the_build(tmp_path: Path) -> None:
+    """Another worker process answering the N-ACTION cancel (its own MediaQueue on the same folder)
+    stops the build the lock holder runs."""
+    started = threading.Event()
+
+    def executor(req, refs, work, cancelled):  # type: ignore[no-untyped-def]
+        started.set()
+        pause = threading.Event()
+        while not cancelled():
+            pause.wait(0.01)
+        raise MediaCancelled("cancelled")
+
+    builder = MediaQueue(tmp_path, executor, poll_interval=0.05)
+    other = MediaQueue(tmp_path, executor, poll_interval=0.05)
+    builder.create(MediaRequest("3.1", "STD-GEN-CD"), REFS)
+    builder.initiate("3.1")
+
+    async def go() -> None:
+        task = asyncio.create_task(builder.run())
+        await asyncio.to_thread(started.wait, 30)
+        await asyncio.to_thread(other.cancel, "3.1", wait=30)
+        builder.stop()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(go())
+    assert builder.get("3.1") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["queue.lock", "work"]

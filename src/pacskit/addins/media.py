@@ -211,10 +211,10 @@ class MediaCreationAddIn(AddIn):
                         final = None
                         async for rsp in assoc.move(move, ident, self.base.settings.ae_title):
                             final = rsp
-                        status = final.status if final is not None else None
+                        moved = final.status if final is not None else None
                         self.base.log.info("retrieved %d instances of series %s from %s (status %s)", len(uids),
-                                           series, title, f"0x{status:04X}" if status is not None else "none")
-                        if status == 0x0000:
+                                           series, title, f"0x{moved:04X}" if moved is not None else "none")
+                        if moved == 0x0000:
                             wanted.difference_update(uids)
             except Exception as exc:  # noqa: BLE001 - the next AE may have them
                 self.base.log.warning("retrieving from %s failed: %s", title, exc)

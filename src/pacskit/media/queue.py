@@ -229,19 +229,34 @@ class MediaQueue:
                 self._delete(uid)
                 return
             self._cancel.add(uid)
+            # the builder may be another worker process: it sees this file at its next check
+            self._cancel_marker(uid).touch()
         deadline = time.monotonic() + wait
         done = threading.Event()
         while not done.wait(0.05):  # the builder thread stops at its next check; no event crosses processes
             current = self.get(uid)
             if current is None:
                 return
+            if current.state in (DONE, FAILURE):  # it finished before it saw the cancel
+                self._cancel.discard(uid)
+                with contextlib.suppress(FileNotFoundError):
+                    self._cancel_marker(uid).unlink()
+                raise QueueError(QueueError.ALREADY_COMPLETED, f"request {uid} is already {current.state}")
             if time.monotonic() > deadline:
                 break
         self._cancel.discard(uid)
+        with contextlib.suppress(FileNotFoundError):
+            self._cancel_marker(uid).unlink()
         raise QueueError(QueueError.IN_PROGRESS, f"request {uid} is being written and cannot be interrupted")
 
+    def _cancel_marker(self, uid: str) -> Path:
+        return self.folder / f"{uid}.cancel"
+
+    def _cancelled(self, uid: str) -> bool:
+        return uid in self._cancel or self._cancel_marker(uid).exists()
+
     def _delete(self, uid: str) -> None:
-        for path in (self._state_path(uid), self._refs_path(uid)):
+        for path in (self._state_path(uid), self._refs_path(uid), self._cancel_marker(uid)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         shutil.rmtree(self.folder / "work" / uid, ignore_errors=True)
@@ -328,7 +343,7 @@ class MediaQueue:
         work = self.folder / "work" / uid
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        cancelled = lambda: uid in self._cancel or self._stopping  # noqa: E731
+        cancelled = lambda: self._stopping or self._cancelled(uid)  # noqa: E731
         try:
             self.log.info("building media for request %s (%d instances, %s, %d copies)", uid, req.count,
                           req.profile, req.copies)
@@ -336,7 +351,7 @@ class MediaQueue:
         except (MediaCancelled, BurnCancelled):
             with self._lock:
                 self._running = None
-                if uid in self._cancel:
+                if self._cancelled(uid):
                     self._delete(uid)
                     self._cancel.discard(uid)
                     self.log.info("media creation request %s cancelled", uid)
@@ -369,6 +384,8 @@ class MediaQueue:
         with self._lock:
             self._running = None
             self._cancel.discard(uid)
+            with contextlib.suppress(FileNotFoundError):
+                self._cancel_marker(uid).unlink()
             req = self.get(uid)
             if req is None:
                 return
