@@ -115,10 +115,12 @@ def test_cancel_from_another_process_stops_the_build(tmp_path: Path) -> None:
 
     async def go() -> None:
         task = asyncio.create_task(builder.run())
-        await asyncio.to_thread(started.wait, 30)
-        await asyncio.to_thread(other.cancel, "3.1", wait=30)
-        builder.stop()
-        await asyncio.wait_for(task, 30)
+        try:
+            await asyncio.to_thread(started.wait, 30)
+            await asyncio.to_thread(other.cancel, "3.1", wait=10)
+        finally:
+            builder.stop()
+            await asyncio.wait_for(task, 30)
 
     asyncio.run(go())
     assert builder.get("3.1") is None
