@@ -21,8 +21,24 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_OK, EXIT_USAGE, ConfigOpt, DataDirOpt, _server_settings, _setup_logging, app
-from pacskit.cli.client import CallingOpt, TargetArg, TimeoutOpt, VerboseOpt, _scu_options, fail, resolve_target, run
+from pacskit.cli.client import TargetArg
+from pacskit.cli.common import (
+    EXIT_FAILURE_STATUS,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigOpt,
+    DataDirOpt,
+    NetOptions,
+    VerboseOpt,
+    app,
+    fail,
+    network_options,
+    resolve_target,
+    run,
+    scu_options,
+    server_settings,
+    setup_logging,
+)
 
 media_app = typer.Typer(help="DICOM media (CD, DVD, USB): build from the archive, or ask a Media Creation "
                         "Management SCP.", no_args_is_help=True)
@@ -58,7 +74,7 @@ def build(
     from pacskit.media import MediaError, MediaOptions, UnknownProfile, build_media, get_profile, select_sources
     from pacskit.server.server import open_store
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     fmt = _format_of(out, fmt)
     if fmt not in ("iso", "zip", "folder"):
         raise fail(f"--format must be iso, zip or folder, not {fmt!r}", EXIT_USAGE)
@@ -66,7 +82,7 @@ def build(
         get_profile(profile)
     except UnknownProfile as exc:
         raise fail(str(exc), EXIT_USAGE) from None
-    settings = _server_settings(config, data_dir)
+    settings = server_settings(config, data_dir)
     store = open_store(settings, recover=False)  # read only: the server may be running
     try:
         sources, missing = select_sources(store, studies=studies, series=series or [], instances=instances or [])
@@ -111,6 +127,7 @@ def _print_status(status: Any) -> None:
 
 
 @media_app.command("create")
+@network_options(timeout=30.0)
 def create(
     target: TargetArg,
     studies: Annotated[list[str], typer.Argument(help="Study Instance UIDs the SCP holds")],
@@ -123,21 +140,18 @@ def create(
     initiate: Annotated[bool, typer.Option("--initiate/--no-initiate", help="start it at once")] = True,
     wait: Annotated[bool, typer.Option("--wait", help="N-GET until DONE or FAILURE")] = False,
     wait_timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 3600.0,
-    calling: CallingOpt = "PACSKIT",
-    timeout: TimeoutOpt = 30.0,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
+    *,
+    net: NetOptions,
 ) -> None:
     """Ask a Media Creation Management SCP for media of STUDY… (prints the request UID)."""
     from pacskit.client.media import MediaCreationScu
 
-    _setup_logging(verbose)
+    setup_logging(net.verbose)
     priority = priority.upper()
     if priority not in ("HIGH", "MED", "LOW"):
         raise fail("--priority must be HIGH, MED or LOW", EXIT_USAGE)
-    remote = resolve_target(target, data_dir, config)
-    options = _scu_options(remote, calling, timeout, None, None, None, None)
+    remote = resolve_target(target, net)
+    options = scu_options(remote, net)
 
     async def go() -> int:
         refs = await _references(remote, options, studies)
@@ -166,23 +180,21 @@ def create(
 
 
 @media_app.command("status")
+@network_options(timeout=30.0)
 def status(
     target: TargetArg,
     uid: Annotated[str, typer.Argument(help="the request's SOP Instance UID")],
-    calling: CallingOpt = "PACSKIT",
-    timeout: TimeoutOpt = 30.0,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
+    *,
+    net: NetOptions,
 ) -> None:
     """N-GET of a media creation request: its state, the media made, the instances that failed."""
     from pacskit.client.media import MediaCreationScu, MediaStatusError
 
-    _setup_logging(verbose)
-    remote = resolve_target(target, data_dir, config)
+    setup_logging(net.verbose)
+    remote = resolve_target(target, net)
 
     async def go() -> int:
-        async with MediaCreationScu(remote, **_scu_options(remote, calling, timeout, None, None, None, None)) as scu:
+        async with MediaCreationScu(remote, **scu_options(remote, net)) as scu:
             try:
                 current = await scu.status(uid)
             except MediaStatusError as exc:
@@ -194,23 +206,21 @@ def status(
 
 
 @media_app.command("cancel")
+@network_options(timeout=60.0)
 def cancel(
     target: TargetArg,
     uid: Annotated[str, typer.Argument(help="the request's SOP Instance UID")],
-    calling: CallingOpt = "PACSKIT",
-    timeout: TimeoutOpt = 60.0,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
+    *,
+    net: NetOptions,
 ) -> None:
     """Cancel (and delete) a media creation request that is not completed yet."""
     from pacskit.client.media import MediaCreationScu
 
-    _setup_logging(verbose)
-    remote = resolve_target(target, data_dir, config)
+    setup_logging(net.verbose)
+    remote = resolve_target(target, net)
 
     async def go() -> int:
-        async with MediaCreationScu(remote, **_scu_options(remote, calling, timeout, None, None, None, None)) as scu:
+        async with MediaCreationScu(remote, **scu_options(remote, net)) as scu:
             result = await scu.cancel(uid)
         if not result.ok:
             raise fail(f"cancel refused with status 0x{result.status:04X}: {result.error_comment}", EXIT_FAILURE_STATUS)

@@ -7,6 +7,7 @@
 - :class:`StorageCommitmentScu`: Storage Commitment Push Model (N-ACTION, report on either association)
 - :class:`MppsScu`: Modality Performed Procedure Step N-CREATE / N-SET (on :class:`NServiceScu`)
 - :class:`MediaCreationScu`: Media Creation Management (CDs, DVDs, USB images from a burning station)
+- :class:`PrintScu`: Basic Grayscale / Color Print Management (film session, film boxes, image boxes)
 
 Every SCU takes its peer as a :class:`RemoteAE`, ``"AET@host:port"`` or a title from the AE registry
 (:func:`resolve_remote`), offers ``async`` methods and a ``*_sync`` twin for plain scripts, and raises
@@ -33,6 +34,7 @@ _LAZY = {
     "WorklistRecord": "query",
     "MppsScu": "mpps", "in_progress_attributes": "mpps", "performed_series_item": "mpps",
     "MediaCreationScu": "media", "MediaStatus": "media", "MediaStatusError": "media",
+    "PrintScu": "print", "PrintFailed": "print", "PrintResult": "print",
 }
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from pacskit.client.media import MediaCreationScu, MediaStatus, MediaStatusError
     from pacskit.client.mpps import MppsScu, in_progress_attributes, performed_series_item
     from pacskit.client.nservices import EventReport, NResult, NServiceScu
+    from pacskit.client.print import PrintFailed, PrintResult, PrintScu
     from pacskit.client.query import (
         FindRequest,
         FindResult,
@@ -89,6 +92,9 @@ __all__ = [
     "NResult",
     "NServiceScu",
     "PatientRecord",
+    "PrintFailed",
+    "PrintResult",
+    "PrintScu",
     "QueryFailed",
     "QueryRetrieveScu",
     "ReceivedInstance",
