@@ -115,6 +115,7 @@ class CheckReport:
     instances_checked: int = 0
     blobs_seen: int = 0
     problems: list[Problem] = field(default_factory=list)
+    pending_deletion: int = 0  # blobs whose rows a deletion removed: it deletes them (pacskit.store.deletion)
 
     @property
     def ok(self) -> bool:
@@ -124,7 +125,8 @@ class CheckReport:
         return [p for p in self.problems if p.kind == kind]
 
     def __str__(self) -> str:
-        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs: "
+        pending = f" ({self.pending_deletion} being deleted)" if self.pending_deletion else ""
+        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs{pending}: "
         if self.ok:
             return head + "no problem"
         return head + f"{len(self.problems)} problems\n" + "\n".join(
@@ -358,7 +360,9 @@ class DataStore:
             _unlink(path)  # every key in it is resolved (a slot file of a process that is gone)
         if removed:
             log.warning("removed %d blobs of interrupted ingests (never acknowledged)", removed)
-        return removed
+        from pacskit.store.deletion import finish_interrupted
+
+        return removed + finish_interrupted(self)
 
     @staticmethod
     def _check_expected(a: InstanceAttributes, sop_instance_uid: str | None, sop_class_uid: str | None) -> None:
@@ -419,13 +423,17 @@ class DataStore:
     # deleting ---------------------------------------------------------------------------------------
 
     def delete_instance(self, sop_instance_uid: str) -> bool:
-        """Remove an instance (row first, then blob; empty series/study/patient rows go too)."""
+        """Remove an instance (empty series/study/patient rows go too), crash-safely: see
+        :mod:`pacskit.store.deletion`, which also deletes whole patients, studies and series."""
+        from pacskit.store.deletion import Deleter
+
+        return Deleter(self).delete("instance", [sop_instance_uid]).instances > 0
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold off :meth:`reindex` while changing rows and blobs together (as ingest does)."""
         with self._gate.shared():
-            key = self.index.run_write(lambda s: self.index.remove_instance(s, sop_instance_uid))
-        if key is None:
-            return False
-        self._delete_quietly(key)
-        return True
+            yield
 
     # maintenance ------------------------------------------------------------------------------------
 
@@ -514,8 +522,13 @@ class DataStore:
             report.blobs_seen += 1
             if key not in referenced:
                 candidates.append(key)
+        from pacskit.store.deletion import pending_keys
+
+        deleting = pending_keys(self) if candidates else set()
         for key in candidates:  # re-check: rows committed while we were listing are not orphans
-            if not self.index.is_blob_referenced(key):
+            if key in deleting:  # a deletion's committed intent: finished at the next start or delete
+                report.pending_deletion += 1
+            elif not self.index.is_blob_referenced(key):
                 report.problems.append(Problem("orphan-blob", f"blob {key} has no index row", key))
         report.problems.extend(self._check_counts())
         return report

@@ -1,0 +1,120 @@
+"""Archive management in the admin API: deleting patients, studies, series and instances.
+
+=====================================  ===========================================================
+``POST /store/delete``                 body ``{"level": "study", "uids": [...], "dry_run": false,
+                                       "reason": "...", "user": "..."}``: the deletion report
+                                       (:class:`pacskit.store.deletion.DeletionReport` as JSON)
+=====================================  ===========================================================
+
+The deletion runs in the server's process (the one that owns the data folder), in a thread, with
+the store's crash-safe protocol (:mod:`pacskit.store.deletion`), and each study removed is reported
+to the audit trail: *DICOM Study Deleted* (PS3.15 A.5.3.5) when the whole study went, *DICOM
+Instances Accessed* with action D when part of it did. ``pacskit delete`` calls this route when the
+server of the folder runs; otherwise it deletes itself, holding the data folder's lock
+(:func:`deleting_offline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from pacskit.audit.service import Audit
+from pacskit.store.deletion import Deleter, StudyDeletion
+
+if TYPE_CHECKING:
+    from pacskit.config.settings import ServerSettings
+    from pacskit.server.server import Server
+    from pacskit.store import DataStore
+
+log = logging.getLogger("pacskit.admin")
+
+
+class DeleteRequest(BaseModel):
+    level: Literal["patient", "study", "series", "instance"]
+    uids: list[str] = Field(min_length=1, description="Patient IDs (ID|ISSUER to name the issuer) or UIDs")
+    dry_run: bool = Field(False, description="say what would be deleted; change nothing")
+    reason: str = Field("", max_length=1024, description="why (logged with the deletion)")
+    user: str = Field("", max_length=256, description="who asked (the audit's active participant); empty: admin-api")
+
+
+def report_deleted(audit: Audit, part: StudyDeletion, *, user: str, address: str | None = None) -> bool:
+    """Audit one study's deletion: Study Deleted when the whole study went, else Instances Accessed (D)."""
+    if part.whole_study:
+        return audit.study_deleted(part.study_instance_uid, part.patient_id, user=user, address=address,
+                                   sop_classes=part.sop_classes)
+    return audit.instances_accessed(part.study_instance_uid, part.patient_id, user=user, action="D",
+                                    address=address, sop_classes=part.sop_classes)
+
+
+def delete(store: DataStore, audit: Audit, request: DeleteRequest, *, user: str) -> dict[str, Any]:
+    """Run one deletion (blocking) and return its report as JSON."""
+    def audited(part: StudyDeletion) -> None:
+        report_deleted(audit, part, user=user)
+
+    report = Deleter(store).delete(request.level, request.uids, dry_run=request.dry_run, on_study=audited,
+                                   reason=request.reason)
+    if not request.dry_run and report.studies:
+        log.warning("%s by %s%s", report.summary(), user, f" ({request.reason})" if request.reason else "")
+    return report.to_json()
+
+
+@contextmanager
+def offline_audit(settings: ServerSettings, store: DataStore) -> Iterator[Audit]:
+    """The audit trail for a command working on a stopped server's folder: the audit add-in's table in
+    the index database, when the add-in is enabled and keeps it (its syslog collector is not used:
+    its spool belongs to the server). Messages are written before this returns."""
+    from pacskit.audit import messages as m
+    from pacskit.audit.trail import AuditTrail
+
+    audit = Audit()
+    section = settings.addin_section("audit")
+    trail = None
+    if section.get("enabled", True) and section.get("store_in_database", True):
+        source = m.AuditSource(section.get("source_id") or settings.ae_title,
+                               section.get("enterprise_site_id") or None)
+        trail = AuditTrail(source, engine=store.index.engine)
+        audit.attach(trail, "audit")
+    try:
+        yield audit
+    finally:
+        if trail is not None:
+            trail.flush()
+            trail.close()
+
+
+def store_router(server: Server) -> APIRouter:
+    """The routes above, on ``server``'s store and audit trail."""
+    router = APIRouter(tags=["archive"])
+
+    @router.post("/store/delete")
+    async def delete_route(request: DeleteRequest) -> dict[str, Any]:
+        """Delete (or, ``dry_run``, list) patients, studies, series or instances with their files."""
+        store = server.store
+        if store is None:
+            raise HTTPException(409, "this server runs without a store")
+        try:
+            return await asyncio.to_thread(delete, store, server.audit, request,
+                                           user=request.user or "admin-api")
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    return router
+
+
+def local_user() -> str:
+    """The operator running a command (the audit's active participant)."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+__all__ = ["DeleteRequest", "delete", "local_user", "offline_audit", "report_deleted", "store_router"]
