@@ -151,9 +151,10 @@ def test_delete_through_the_running_server(tmp_path: Path) -> None:
         wait_for_port("127.0.0.1", port, timeout=30, proc=server)
         sent = run_storescu("127.0.0.1", port, src, called="DELPACS")
         assert count_store_successes(sent) == 11, sent.stdout
-        # Holding the folder's lock here: the command can only succeed through the server's admin API.
-        with lock_data_folder(folder, "test"):
-            proc = _pacskit("delete", "study", STUDIES[0], STUDIES[2], "--data-dir", str(folder), check=True)
+        # The server holds the folder's lock: the command can only succeed through its admin API.
+        with pytest.raises(Exception, match="in use by pid"):
+            lock_data_folder(folder, "test")
+        proc = _pacskit("delete", "study", STUDIES[0], STUDIES[2], "--data-dir", str(folder), check=True)
         assert "deleted 6 instances" in proc.stdout
         found = subprocess.run(
             [dcmtk_tool("findscu"), "-S", "-aec", "DELPACS", "-k", "QueryRetrieveLevel=STUDY",

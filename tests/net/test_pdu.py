@@ -411,7 +411,7 @@ def test_pydicom_command_decoded_by_us():
     "data",
     [
         b"\x00\x00\x00\x01\x02",  # truncated element header
-        struct.pack("<HHL", 0x0008, 0x0016, 2) + b"ab",  # not group 0000
+        struct.pack("<HHL", 0x0008, 0x0016, 20) + b"ab",  # outside group 0000 (kept), length beyond the data
         struct.pack("<HHL", 0x0000, 0x0100, 10) + b"\x01\x00",  # length beyond the data
         struct.pack("<HHL", 0x0000, 0x0110, 2) + b"\x01\x00",  # no command field
     ],

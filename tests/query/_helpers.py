@@ -52,9 +52,10 @@ def encoded(ds: Dataset) -> Dataset:
 
 
 def run(store: DataStore, model: str, level: str, keys: Mapping[str, Any] | Dataset, *,
-        relational: bool = False, **find_options: Any) -> list[Dataset]:
+        relational: bool = False, combined_datetime: bool = False, **find_options: Any) -> list[Dataset]:
     ds = keys if isinstance(keys, Dataset) else identifier(level, keys)
-    return list(find(store, compile_find(ds, model, relational=relational), **find_options))
+    query = compile_find(ds, model, relational=relational, combined_datetime=combined_datetime)
+    return list(find(store, query, **find_options))
 
 
 def names(corpus: Corpus, level: str, answers: list[Dataset]) -> set[str]:

@@ -94,10 +94,11 @@ TABLE: list[tuple[str, str, str, dict[str, Any], set[str] | int, bool]] = [
     ("time-single-partial", SR, "STUDY", {"StudyTime": "17"}, set(), False),
     ("time-colons", SR, "STUDY", {"StudyTime": "09:30:00"}, {"A1"}, False),
     ("time-invalid-hour", SR, "STUDY", {"StudyTime": "2500"}, 0xC000, False),
-    # combined date-time (PS3.4 C.2.2.2.5.1): not matchable as two independent ranges
-    ("datetime-combined", SR, "STUDY", {"StudyDate": "20240105-20240107", "StudyTime": "1000-0930"}, {"E1", "A2"}, False),
-    ("datetime-combined-open", SR, "STUDY", {"StudyDate": "20240106-", "StudyTime": "1500-"}, {"A2", "B1"}, False),
-    ("datetime-combined-upper", SR, "STUDY", {"StudyDate": "-20240105", "StudyTime": "-1100"}, {"A1", "C1", "JAPMULTI"}, False),
+    # date and time without combined matching negotiated (PS3.4 C.2.2.2.5.1): the time range within each
+    # day (test_combined_date_time below for the negotiated case)
+    ("datetime-each-day", SR, "STUDY", {"StudyDate": "20240105-20240107", "StudyTime": "1000-0930"}, set(), False),
+    ("datetime-each-day-open", SR, "STUDY", {"StudyDate": "20240106-", "StudyTime": "1500-"}, {"A2"}, False),
+    ("datetime-each-day-upper", SR, "STUDY", {"StudyDate": "-20240105", "StudyTime": "-1100"}, {"A1"}, False),
     # PN: case-insensitive on the normalised form, any component group
     ("pn-case", SR, "STUDY", {"PatientName": "doe^john"}, {"A1", "A2"}, False),
     ("pn-trailing-components", SR, "STUDY", {"PatientName": "Doe^John^^^"}, {"A1", "A2"}, False),
@@ -232,6 +233,17 @@ def test_matching_table(loaded: DataStore, corpus: Corpus, model: str, level: st
         assert err.value.status == expected, err.value.comment
         return
     assert names(corpus, query_level, run(loaded, model, query_level, ds, relational=relational)) == expected
+
+
+@pytest.mark.parametrize(("keys", "expected"), [
+    # one date-time range (PS3.4 C.2.2.2.5.1), only when combined matching was negotiated
+    ({"StudyDate": "20240105-20240107", "StudyTime": "1000-0930"}, {"E1", "A2"}),
+    ({"StudyDate": "20240106-", "StudyTime": "1500-"}, {"A2", "B1"}),
+    ({"StudyDate": "-20240105", "StudyTime": "-1100"}, {"A1", "C1", "JAPMULTI"}),
+], ids=["range", "open", "upper"])
+def test_combined_date_time(loaded: DataStore, corpus: Corpus, keys: dict[str, str], expected: set[str]) -> None:
+    answers = run(loaded, SR, "STUDY", keys, combined_datetime=True)
+    assert names(corpus, "STUDY", answers) == expected
 
 
 def test_missing_level_is_refused(loaded: DataStore) -> None:

@@ -50,7 +50,8 @@ def _names(corpus: Corpus, level: str, answers: list[Dataset]) -> set[str]:
 
 LEVEL_QUERIES = [
     ("-S", "STUDY", ["PatientName=doe*", "StudyInstanceUID", "NumberOfStudyRelatedInstances"], {"A1", "A2"}),
-    ("-S", "STUDY", ["StudyDate=20240105-20240107", "StudyTime=1000-0930", "StudyInstanceUID"], {"E1", "A2"}),
+    # the time range within each day (combined date-time matching is not negotiated by findscu)
+    ("-S", "STUDY", ["StudyDate=20240105-20240107", "StudyTime=0900-1100", "StudyInstanceUID"], {"A1", "B1"}),
     ("-S", "STUDY", ["AccessionNumber=ACC_*", "StudyInstanceUID"], {"A2"}),
     ("-S", "STUDY", ["ModalitiesInStudy=SR", "StudyInstanceUID"], {"A1"}),
     ("-P", "PATIENT", ["PatientID=P*", "PatientName", "NumberOfPatientRelatedStudies"], {"PA", "PB", "PC", "PE"}),

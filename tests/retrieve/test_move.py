@@ -310,7 +310,7 @@ def test_cancel_stops_after_the_current_sub_operation(tmp_path: Path) -> None:
     ("sop_class", "keys", "status"),
     [
         ("study", {"StudyInstanceUID": "1.2.3"}, 0xA900),  # no level
-        ("study", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.03"}, 0xC000),  # invalid UID
+        ("study", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3/4"}, 0xC000),  # unusable UID ("1.2.03" is stored, so retrievable)
         ("study", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3", "PatientName": "DOE*"}, 0xA900),
         ("study", {"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": "1.2.3"}, 0xA900),  # series key missing
         ("patient", {"QueryRetrieveLevel": "PATIENT", "PatientID": "P*"}, 0xA900),  # no wildcards

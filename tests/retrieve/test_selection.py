@@ -104,9 +104,9 @@ def test_patient_id_matches_every_issuer_and_is_case_sensitive(store: DataStore,
         ("STUDY", "STUDY", {"StudyInstanceUID": "1.2.3", "PatientID": "X"}, 0xA900, 0x00100020),  # not a Study Root key
         ("STUDY", "STUDY", {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.4"}, 0xA900, 0x0020000E),
         ("STUDY", "SERIES", {"StudyInstanceUID": ["1.2.3", "1.2.4"], "SeriesInstanceUID": "1.2.5"}, 0xA900, 0x0020000D),
-        ("STUDY", "STUDY", {"StudyInstanceUID": "1.2.03"}, 0xC000, 0x0020000D),
-        ("STUDY", "STUDY", {"StudyInstanceUID": "1.2.3.x"}, 0xC000, 0x0020000D),
-        ("STUDY", "IMAGE", {"SOPInstanceUID": ["1.2.3"] * 2 + ["9" * 65]}, 0xC000, 0x00080018),
+        ("STUDY", "STUDY", {"StudyInstanceUID": "1.2/03"}, 0xC000, 0x0020000D),  # "1.2.03" is stored, so retrievable
+        ("STUDY", "STUDY", {"StudyInstanceUID": "1.2.3.x*"}, 0xC000, 0x0020000D),  # a wildcard ("1.2.3.x" is stored)
+        ("STUDY", "IMAGE", {"SOPInstanceUID": ["1.2.3"] * 2 + ["9" * 129]}, 0xC000, 0x00080018),  # 65 is stored
         ("STUDY", "IMAGE", {"SOPInstanceUID": [f"1.2.{n}" for n in range(1001)]}, 0xC000, 0x00080018),
         ("STUDY", "STUDY", {"StudyInstanceUID": "1.2.3", "StudyDate": "20240101-"}, 0xA900, 0x00080020),
     ],

@@ -29,7 +29,7 @@ HOSTILE_TEXT = [
 ]
 HOSTILE_UIDS = [
     "1.2.3/../../x", "../../1.2.3", "/1.2.3", "1.2.3\\\\4", "1.2.3'; --", "1.2.3%", "1.2.3_4",
-    "1." + "2" * 70, "1.2.\x00.3",
+    "1." + "2" * 130, "1.2.\x00.3",  # (a letter, a leading zero, 65-128 characters are accepted: issue 15)
 ]
 UID_FIELDS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 

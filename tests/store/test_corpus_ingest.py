@@ -49,6 +49,10 @@ CORPUS = _corpus()
 
 def _expected_status(path: Path) -> int:
     """What the Storage add-in must answer: the C-STORE command carries the File Meta's UIDs."""
+    from .test_parse_to_end import UNPARSEABLE
+
+    if path.name in UNPARSEABLE:  # cut short, or Implicit VR sent as JPEG Baseline: cannot understand
+        return 0xC000
     ds = dcmread(path, stop_before_pixels=True)
     if not all(is_valid_uid(str(ds.get(k, ""))) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
         return 0xC000

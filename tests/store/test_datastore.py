@@ -267,9 +267,10 @@ def test_concurrent_copies_of_one_instance(store: DataStore) -> None:
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_invalid_uid_rejected_nothing_stored(store: DataStore) -> None:
+    """A leading zero is refused with ``strict_uids`` (accepted with a warning by default)."""
     path = make_instance(store.temp_dir, SOPInstanceUID="1.2.3.04")
     with pytest.raises(InvalidInstance) as info:
-        store.ingest(path, source_ae="A")
+        store.ingest(path, source_ae="A", strict_uids=True)
     assert info.value.tag == 0x00080018 and "not a valid UID" in info.value.reason
     assert not os.path.exists(path)
     assert list(store.blobs.iter_keys()) == [] and store.counts().instances == 0

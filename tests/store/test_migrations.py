@@ -16,7 +16,7 @@ TABLES = {"patients", "studies", "series", "series_requests", "instances", "tran
           "worklist_station_aes", "performed_procedure_steps", "performed_step_links", "pacskit_store_version"}
 
 #: the newest revision in src/pacskit/store/migrations/versions (update with every migration)
-HEAD = "0006"
+HEAD = "0007"
 
 
 def test_migrate_twice_is_idempotent(fresh_db_url: Any) -> None:

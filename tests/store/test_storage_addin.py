@@ -124,8 +124,8 @@ def test_bad_input_gets_the_right_status_and_keeps_stored_data(tmp_path: Path, d
     ds.save_as(changed, enforce_file_format=True)
     bad_uid = tmp_path / "bad_uid.dcm"
     ds2 = dcmread(good)
-    ds2.SOPInstanceUID = "1.2.3.4.05"  # leading zero: not a valid UID component
-    ds2.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.05"
+    ds2.SOPInstanceUID = "1.2.3.4/05"  # a path separator: never a usable UID (a leading zero would do)
+    ds2.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4/05"
     ds2.save_as(bad_uid, enforce_file_format=True)
     ct = "1.2.840.10008.5.1.4.1.1.2"
 

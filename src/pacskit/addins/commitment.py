@@ -179,6 +179,7 @@ class StorageCommitmentAddIn(AddIn):
 
     def _parse(self, request: Request) -> tuple[str, list[SopReference]]:
         from pacskit.store import is_valid_uid
+        from pacskit.store.index.extract import is_usable_uid
 
         instance = request.sop_instance_uid
         if not is_valid_uid(instance):
@@ -213,7 +214,8 @@ class StorageCommitmentAddIn(AddIn):
                 sop_instance = str(item.get("ReferencedSOPInstanceUID", "") or "")
             except Exception:
                 sop_class = sop_instance = ""
-            if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
+            # as leniently as the Storage add-in stores them: what we keep, we can commit
+            if not (is_usable_uid(sop_class) and is_usable_uid(sop_instance)):
                 raise _Refused(Status.INVALID_ARGUMENT_VALUE, f"Referenced SOP Sequence item {n}: missing or invalid UIDs")
             references.append(SopReference(sop_class, sop_instance))
         return transaction, references

@@ -21,8 +21,9 @@ Statuses (PS3.4 C.4.1.1.4):
 ========  ==================================================================================
 
 Relational queries (no unique keys of higher levels needed) are used when the peer asks for them with
-SOP Class Extended Negotiation and ``relational`` is on; StudyDate + StudyTime are always matched as one
-date-time, and that byte of the negotiation is answered accordingly.
+SOP Class Extended Negotiation and ``relational`` is on. StudyDate and StudyTime are matched each on its
+own (the time range within each day, PS3.4 C.2.2.2.5.1) unless the peer negotiated combined date-time
+matching (byte 2), which is agreed to: then they are one date-time range.
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ class QueryAddIn(AddIn):
         agreed = request.assoc.extended_negotiation_response.get(request.sop_class_uid, b"")
         return self.options.relational and agreed[:1] == b"\x01"
 
+    @staticmethod
+    def _combined_datetime(request: Request) -> bool:
+        """Combined date-time matching was agreed for this SOP class (extended negotiation byte 2)."""
+        agreed = request.assoc.extended_negotiation_response.get(request.sop_class_uid, b"")
+        return agreed[1:2] == b"\x01"
+
     def on_find(self, request: Request) -> Iterator[Response]:
         """A plain generator of the answers: the engine runs it in the thread pool, a batch of
         answers per hop, and sends each batch in few writes (:mod:`pacskit.net.dispatch`); once a
@@ -128,7 +135,8 @@ class QueryAddIn(AddIn):
         try:
             identifier = request.dataset
             assert identifier is not None
-            query = compile_find(identifier, model, relational=self._relational(request))
+            query = compile_find(identifier, model, relational=self._relational(request),
+                                 combined_datetime=self._combined_datetime(request))
         except InvalidQuery as exc:
             log.warning("C-FIND from %s refused (0x%04X): %s", peer, exc.status, exc.comment)
             elements: dict[str, object] = {"ErrorComment": exc.comment[:64]}

@@ -13,8 +13,16 @@ Statuses (PS3.4 B.2.3, PS3.7 C):
 0xA700    out of resources (disk full, dataset above the size cap, deflated dataset inflating
           beyond 256 MiB)
 0xA900    dataset does not match the command (SOP Class / Instance UID differ)
-0xC000    cannot understand (unparseable header, missing or invalid UIDs, nesting too deep)
+0xC000    cannot understand: the dataset does not parse to its last byte in the negotiated transfer
+          syntax (cut short, e.g. inside Pixel Data; Implicit VR bytes on an Explicit VR context;
+          an item or sequence left open), unparseable header, missing or invalid UIDs, nesting
+          too deep. Nothing is kept; the association goes on.
 ========  ==================================================================================
+
+UIDs that break PS3.5 9.1 harmlessly (a component with a leading zero, a letter, 65 to 128
+characters), as legacy modalities send, are stored with a warning in the log, as Orthanc and DCMTK do;
+``strict_uids = true`` refuses them with 0xC000. Unsafe values (empty, anything but digits, dots and
+letters, over 128 characters) are always refused (docs/store.md).
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ class StorageOptions(AddInOptions):
         "keep-first", description="what to do when a SOP Instance UID is already stored"
     )
     accept_any_sop_class: bool = Field(False, description="accept C-STORE of SOP classes not in the storage list")
+    strict_uids: bool = Field(
+        False,
+        description="refuse (0xC000) UIDs that break PS3.5 9.1 (a leading zero, a letter, over 64 characters); "
+        "by default they are stored with a warning, as Orthanc and DCMTK do",
+    )
     transfer_syntaxes: list[str] = Field(
         default_factory=lambda: list(ALL_TRANSFER_SYNTAXES),
         description="accepted transfer syntaxes, most preferred first",
@@ -71,6 +84,7 @@ class StorageAddIn(AddIn):
                 expected_sop_instance_uid=request.sop_instance_uid,
                 expected_sop_class_uid=request.sop_class_uid,
                 duplicate_policy=self.options.duplicate_policy,
+                strict_uids=self.options.strict_uids,
             )
         except InvalidInstance as exc:
             status = (Status.DATASET_DOES_NOT_MATCH_SOP_CLASS if isinstance(exc, InstanceMismatch)
@@ -80,7 +94,7 @@ class StorageAddIn(AddIn):
                 request.sop_instance_uid,
                 request.assoc.remote_ae_title,
                 status,
-                exc,
+                getattr(exc, "detail", None) or exc,  # UnparseableDataset: where and what, in bytes
             )
             # Error Comment is an LO (64 characters): say the essential first; the log has the details.
             comment = "dataset UID differs from the C-STORE command" if status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS else str(exc)

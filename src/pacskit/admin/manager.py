@@ -62,6 +62,49 @@ def servers_root(root: str | Path | None = None) -> Path:
     return Path(root or os.environ.get(SERVERS_ENV) or "servers")
 
 
+DEFAULT_SERVER_FOLDER = "pacs-data"
+
+
+def init_server_folder(folder: str | Path, values: dict[str, Any] | None = None) -> bool:
+    """Make ``folder`` a server folder if it is not one yet: write ``server.toml`` with the defaults
+    (and ``values``, e.g. the flags of the first ``pacskit serve``). Returns whether it wrote the file.
+
+    ``pacskit serve`` calls this on every start, so the default server (``./pacs-data``) is a server
+    folder like those ``server create`` makes: ``status``, ``clients``, ``addins``, ``events`` and
+    ``reload`` find it, and its settings can be edited in the file. An existing file is never changed.
+    Raises :class:`SettingsError` (nothing written) when ``values`` are invalid."""
+    import tomlkit
+
+    folder = Path(folder)
+    path = folder / SETTINGS_FILE
+    if path.exists():
+        return False
+    data = ServerSettings().model_dump(
+        exclude_none=True, exclude={"implementation_class_uid", "implementation_version_name", "addins"}
+    )
+    data.update({k: v for k, v in (values or {}).items() if v is not None})
+    try:
+        ServerSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(problems) from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# pacskit server settings, written with the defaults at the first `pacskit serve` (docs/admin.md;\n"
+        "# every key in pacskit.config.settings). Edit, then restart the server ([addins.*]: `pacskit reload`).\n"
+        "# Add-in options go into [addins.<name>] tables, e.g. [addins.storage] duplicate_policy = \"keep-first\".\n\n"
+    )
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(header + tomlkit.dumps(data), encoding="utf-8")
+    try:
+        os.link(tmp, path)  # never replaces a file another process wrote meanwhile
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 def parse_assignment(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` → (["a", "b"], value); the value is read as TOML (``11113``, ``true``, ``"x"``,
     ``[1, 2]``), and as a plain string when it is not valid TOML."""
@@ -251,8 +294,21 @@ class ServiceManager:
         """SIGTERM server ``name`` and wait until it exited; ``False`` if it was not running.
 
         After ``timeout`` seconds it is killed (SIGKILL) when ``force``, else :class:`ManagerError`."""
-        folder = self.existing(name)
+        return self.stop_folder(self.existing(name), timeout=timeout, force=force)
+
+    def stop_folder(self, folder: Path, *, timeout: float = 60.0, force: bool = False) -> bool:
+        """:meth:`stop` for the server of any server folder (``./pacs-data`` included).
+
+        A server started by ``start`` is found by its pid file; one started by hand (``pacskit serve``)
+        by its admin API, which answers on the folder's own socket with its pid."""
+        name = str(folder)
         pid = self.pid(folder)
+        if pid is None and api_reachable(folder):
+            try:
+                with admin_client(folder, timeout=5.0) as client:
+                    pid = int(client.get("/status").raise_for_status().json()["pid"])
+            except Exception as exc:
+                raise ManagerError(f"the server in {folder} answers but does not say its pid: {exc}") from None
         if pid is None:
             return False
         os.kill(pid, signal.SIGTERM)

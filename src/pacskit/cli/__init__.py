@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -71,6 +73,19 @@ def net_error_exit(exc: NetError) -> int:
     return code
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the operator: a pydantic ``ValidationError`` as
+    ``field: problem; field: problem`` (its own text spans lines and links to pydantic's docs)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(value)'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+    return " ".join(str(exc).split())
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -97,19 +112,36 @@ def _server_settings(config: str | None, data_dir: str | None, **overrides: obje
         raise typer.Exit(EXIT_USAGE) from None
 
 
+def _existing_server_settings(config: str | None, data_dir: str | None, *, create: bool = False) -> ServerSettings:
+    """Settings of a server folder that must already exist, for every command that reads or repairs
+    one (``check``, ``reindex``, ``log``, ``ae list|remove``, ``worklist list|update|remove``): a
+    mistyped ``--data-dir`` gets one line and exit code 2, never a new empty folder reported as clean.
+    ``create``: the command adds to the folder (``ae add``, ``worklist add|import``) and may create it,
+    as ``serve`` does."""
+    settings = _server_settings(config, data_dir)
+    if create:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+    for what, path in (("server folder", settings.folder), ("data folder", settings.data_path)):
+        if not path.is_dir():
+            typer.echo(f"error: {what} {path} does not exist (see --data-dir / --config)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+    return settings
+
+
 ConfigOpt = Annotated[
     Optional[str], typer.Option("--config", help="server.toml (or the server folder holding it)")
 ]
 DataDirOpt = Annotated[
     Optional[str], typer.Option("--data-dir", help="server folder: settings, index and files [./pacs-data]")
 ]
+from pacskit.cli.output import CsvOpt, JsonOpt  # noqa: E402  listing commands share --json / --csv
 
 
 @app.command()
 def serve(
     ae: Annotated[Optional[str], typer.Option("--ae", help="our AE title [PACSKIT]")] = None,
     host: Annotated[Optional[str], typer.Option(help="address to bind [127.0.0.1]")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port to listen on [11112]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port to listen on [11112]", min=0, max=65535)] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     open_mode: Annotated[
@@ -119,11 +151,32 @@ def serve(
         Optional[int], typer.Option(help="processes serving the port, each a full server [1]", min=1, max=64)
     ] = None,
 ) -> None:
-    """Run the PACS server with its add-ins (Verification, Storage, Query, and any installed ones)."""
+    """Run the PACS server with its add-ins (Verification, Storage, Query, and any installed ones).
+
+    The server folder (--data-dir, default ./pacs-data in the current folder) gets a server.toml with
+    the defaults and this first start's flags when it has none; flags given later apply to that run only."""
     from pacskit.server.server import run_server
 
+    if config is None:
+        from pacskit.admin.manager import DEFAULT_SERVER_FOLDER, init_server_folder
+        from pacskit.config.settings import SettingsError
+
+        first = {"ae_title": ae, "host": host, "port": port, "open_mode": open_mode, "workers": workers}
+        try:
+            init_server_folder(Path(data_dir or DEFAULT_SERVER_FOLDER), first)
+        except SettingsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except OSError as exc:
+            typer.echo(f"error: cannot make the server folder {data_dir or DEFAULT_SERVER_FOLDER}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
     settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode,
                                 workers=workers)
+    on_file = _server_settings(config, data_dir)
+    if settings.ae_title != on_file.ae_title and not settings.admin.socket:
+        # The admin socket is named after the AE title in server.toml, where `status` & co. look for it:
+        # an --ae for this run only must not move it.
+        settings.admin.socket = on_file.admin_socket_path.name
     raise typer.Exit(run_server(settings))
 
 
@@ -135,18 +188,18 @@ ae_app = typer.Typer(
 app.add_typer(ae_app, name="ae")
 
 
-def _registry(config: str | None, data_dir: str | None) -> FileAeRegistry:
+def _registry(config: str | None, data_dir: str | None, *, create: bool = False) -> FileAeRegistry:
     from pacskit.config.aetitles import AE_FILE, FileAeRegistry
 
-    settings = _server_settings(config, data_dir)
+    settings = _existing_server_settings(config, data_dir, create=create)
     return FileAeRegistry(settings.folder / AE_FILE)
 
 
-def _running_api(config: str | None, data_dir: str | None) -> Any | None:
+def _running_api(config: str | None, data_dir: str | None, *, create: bool = False) -> Any | None:
     """An admin API client when the server of that folder is running, else ``None`` (edit the file)."""
     from pacskit.admin.manager import admin_client, api_reachable
 
-    folder = _server_settings(config, data_dir).folder
+    folder = _existing_server_settings(config, data_dir, create=create).folder
     return admin_client(folder) if api_reachable(folder) else None
 
 
@@ -160,7 +213,7 @@ def _api_result(response: Any) -> Any:
 def ae_add(
     name: Annotated[str, typer.Argument(help="the remote AE title")],
     host: Annotated[str, typer.Option(help="its host name or address")],
-    port: Annotated[int, typer.Option(help="its port")],
+    port: Annotated[int, typer.Option(help="its port", min=1, max=65535)],
     tls: Annotated[bool, typer.Option(help="require TLS, both ways")] = False,
     description: Annotated[str, typer.Option(help="free text")] = "",
     services: Annotated[
@@ -215,7 +268,7 @@ def ae_add(
             jwt_key=jwt_key,
             jwt_audience=jwt_audience,
         )
-        client = _running_api(config, data_dir)
+        client = _running_api(config, data_dir, create=True)
         if client is not None:
             with client:
                 body = entry.model_dump(mode="json")
@@ -224,38 +277,38 @@ def ae_add(
                 else:
                     _api_result(client.post("/ae-titles", json=body))
         else:
-            _registry(config, data_dir).add(entry, replace=replace)
+            _registry(config, data_dir, create=True).add(entry, replace=replace)
     except (ValidationError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(exc)}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     typer.echo(f"added {entry.title} at {entry.host}:{entry.port}")
 
 
 @ae_app.command("list")
-def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+def ae_list(data_dir: DataDirOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
     """List the registered AEs."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from pacskit.cli.output import output_format, print_rows
     from pacskit.config.aetitles import RemoteAE
 
-    table = Table("AE title", "host", "port", "TLS", "services", "from", "identity", "description")
+    fmt = output_format(as_json, as_csv)
     client = _running_api(config, data_dir)
     if client is not None:
         with client:
             entries = [RemoteAE.model_validate(e) for e in _api_result(client.get("/ae-titles"))]
     else:
         entries = _registry(config, data_dir).all()
+    rows = []
     for entry in entries:
         tls = "yes" if entry.requires_tls else "no"
         if entry.tls_subject:
             tls += f" (CN={entry.tls_subject})"
-        table.add_row(
-            entry.title, entry.host, str(entry.port), tls,
+        rows.append([
+            entry.title, entry.host, entry.port, tls,
             ",".join(sorted(entry.allowed_services)) if entry.allowed_services is not None else "all",
             ",".join(entry.source_hosts) or "anywhere", entry.user_identity, entry.description,
-        )
-    Console().print(table)
+        ])
+    print_rows(["AE title", "host", "port", "TLS", "services", "from", "identity", "description"], rows, fmt,
+               keys=["title", "host", "port", "tls", "services", "from", "identity", "description"])
 
 
 @ae_app.command("remove")
@@ -275,19 +328,39 @@ def ae_remove(
     typer.echo(f"removed {name}")
 
 
+@contextmanager
+def _progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr (only on a terminal, and not with --quiet); yields the
+    ``progress(done, total)`` callback that long store operations (check, reindex) call."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=quiet or not console.is_terminal, transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 @app.command()
 def check(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     no_hash: Annotated[bool, typer.Option("--no-hash", help="compare sizes only (faster)")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts)."""
+    """Verify that the index and the stored files agree (sizes, SHA-256, orphans, counts).
+
+    Only inspects: safe while the server runs (no recovery, no temp file or journal touched)."""
     from pacskit.server.server import open_store
 
-    settings = _server_settings(config, data_dir)
-    store = open_store(settings)
+    settings = _existing_server_settings(config, data_dir)
+    store = open_store(settings, recover=False)
     try:
-        report = store.check(verify_hash=not no_hash)
+        with _progress_bar("checking", quiet) as advance:
+            report = store.check(verify_hash=not no_hash, progress=advance)
     finally:
         store.close()
     typer.echo(str(report))
@@ -295,16 +368,28 @@ def check(
 
 
 @app.command()
-def reindex(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """Rebuild the index from the stored files (run with the server stopped)."""
+def reindex(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Rebuild the index from the stored files (refused while a server holds the data folder)."""
+    from pacskit.server.datalock import DataFolderBusy, lock_data_folder
     from pacskit.server.server import open_store
 
-    settings = _server_settings(config, data_dir)
-    store = open_store(settings)
+    settings = _existing_server_settings(config, data_dir)
     try:
-        report = store.reindex()
-    finally:
-        store.close()
+        lock = lock_data_folder(settings.data_path, "pacskit reindex")
+    except DataFolderBusy as exc:
+        typer.echo(f"error: {exc}: stop it before reindex", err=True)
+        raise typer.Exit(EXIT_FAILURE_STATUS) from None
+    with lock:
+        store = open_store(settings)
+        try:
+            with _progress_bar("indexing", quiet) as advance:
+                report = store.reindex(progress=advance)
+        finally:
+            store.close()
     typer.echo(f"indexed {report.indexed} instances")
     for key, reason in report.skipped:
         typer.echo(f"skipped {key}: {reason}")
@@ -322,6 +407,7 @@ from pacskit.cli.certs import certs_app  # noqa: E402
 app.add_typer(certs_app, name="certs")
 from pacskit.cli import commit as _commit  # noqa: E402,F401 - pacskit commit (storage commitment)
 from pacskit.cli import worklist as _worklist  # noqa: E402,F401  (pacskit worklist ...)
+from pacskit.cli import browse as _browse  # noqa: E402,F401  (pacskit dump | ls | stats)
 from pacskit.cli import archive as _archive  # noqa: E402,F401  (pacskit delete)
 
 

@@ -35,7 +35,9 @@ T = TypeVar("T")
 TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, or an AE title from the registry")]
 CallingOpt = Annotated[str, typer.Option("--calling", "-aet", help="our calling AE title")]
 TimeoutOpt = Annotated[float, typer.Option(help="ACSE and DIMSE timeout in seconds")]
-VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")]
+VerboseOpt = Annotated[
+    int, typer.Option("--verbose", "-v", count=True, metavar="", help="more logging: -v INFO, -vv DEBUG (a flag, repeated)")
+]
 KeysOpt = Annotated[
     Optional[list[str]],
     typer.Option("--key", "-k", help="query key as in DCMTK: PatientName=DOE*, 0010,0020=ID, Seq[0].Modality=MR"),
@@ -172,6 +174,19 @@ def store(
 # ---------------------------------------------------------------------- find
 
 
+# The attributes each record type already shows as a typed field (pacskit.client.query): a -k key for one
+# of them adds no second column.
+_TYPED_KEYWORDS: dict[str, frozenset[str]] = {
+    "PATIENT": frozenset({"PatientID", "PatientName", "PatientBirthDate", "PatientSex"}),
+    "STUDY": frozenset({"StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+                        "StudyDescription", "PatientID", "PatientName", "ModalitiesInStudy"}),
+    "SERIES": frozenset({"SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesNumber", "SeriesDescription"}),
+    "IMAGE": frozenset({"SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "InstanceNumber"}),
+    "WORKLIST": frozenset({"PatientID", "PatientName", "AccessionNumber", "RequestedProcedureID",
+                           "RequestedProcedureDescription"}),
+}
+
+
 def _rows(records: list[Any], keys: list[str] | None) -> list[dict[str, Any]]:
     """Typed fields, plus any attribute asked for with -k that the record type has no field for."""
     from pacskit.client import parse_key
@@ -182,11 +197,16 @@ def _rows(records: list[Any], keys: list[str] | None) -> list[dict[str, Any]]:
         steps, _ = parse_key(text)
         if len(steps) == 1:
             tag = steps[0][0]
-            extra.append((keyword_for_tag(tag) or f"{tag >> 16:04X},{tag & 0xFFFF:04X}", tag))
+            name = keyword_for_tag(tag) or f"{tag >> 16:04X},{tag & 0xFFFF:04X}"
+            if name not in [n for n, _ in extra]:
+                extra.append((name, tag))
     rows = []
     for record in records:
         row = record.as_dict()
+        typed = _TYPED_KEYWORDS.get(type(record).level, frozenset())
         for name, tag in extra:
+            if name in typed:
+                continue
             elem = record.dataset.get(tag)
             if elem is not None and elem.VR != "SQ":
                 value = elem.value
@@ -239,15 +259,11 @@ def find(
             writer.writeheader()
             writer.writerows(rows)
     else:
-        from rich.console import Console
-        from rich.table import Table
+        from pacskit.cli.output import print_records
 
         # Columns nobody filled are left out: the table has to fit a terminal.
         columns = [c for c in (rows[0] if rows else []) if any(r.get(c) not in (None, "") for r in rows)]
-        table = Table(*(columns or ["no matches"]))
-        for row in rows:
-            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-        Console().print(table)
+        print_records(rows, columns=columns, empty="no matches")
     from pacskit.dicom.status import status_category
 
     if status_category(result.status) == "Failure":
@@ -273,9 +289,19 @@ def _retrieve_exit(service: str, result: Any) -> None:
 
 
 def _progress_handler(progress: Any, task: Any) -> Any:
+    """Feeds a C-MOVE / C-GET progress bar from the responses' sub-operation counts: a Pending response
+    gives the total (done + remaining); the final one says that what was done is all there is (its
+    remaining count is absent, and a fast retrieve may have had no Pending response at all)."""
+
     def update(p: Any) -> None:
         done = p.completed + p.failed + p.warning
-        progress.update(task, completed=done, total=done + p.remaining if p.remaining is not None else None)
+        if p.remaining is not None:
+            total: int | None = done + p.remaining
+        elif p.status not in (0xFF00, 0xFF01):
+            total = done
+        else:
+            total = None  # a Pending response without the remaining count: the total stays unknown
+        progress.update(task, completed=done, total=total)
 
     return update
 
@@ -288,7 +314,7 @@ def move(
     model: ModelOpt = "study",
     dest: Annotated[Optional[str], typer.Option("--dest", help="the move destination AE (known to the peer)")] = None,
     into: Annotated[Optional[Path], typer.Option("--into", help="receive here ourselves (needs --port)")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="our Storage SCP port for --into (the peer must know it)")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="our Storage SCP port for --into (the peer must know it)", min=1, max=65535)] = None,
     listen_host: Annotated[str, typer.Option("--listen-host", help="address our Storage SCP binds for --into [all]")] = "",
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 60.0,
@@ -340,6 +366,10 @@ def get(
     key: KeysOpt = None,
     level: LevelOpt = "STUDY",
     model: ModelOpt = "study",
+    uncompressed: Annotated[
+        bool,
+        typer.Option("--uncompressed", help="propose uncompressed transfer syntaxes only (the peer must transcode)"),
+    ] = False,
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 60.0,
     quiet: QuietOpt = False,
@@ -353,7 +383,8 @@ def get(
     tls: TlsOpt = False,
     tls_profile: TlsProfileOpt = "bcp195-nd",
 ) -> None:
-    """C-GET: the instances come back on the same association into --into."""
+    """C-GET: the instances come back on the same association into --into, stored as received
+    (compressed syntaxes are proposed too unless --uncompressed)."""
     from pacskit.client import QueryRetrieveScu
 
     _setup_logging(verbose)
@@ -368,12 +399,32 @@ def get(
         with _progress(quiet) as progress:
             task = progress.add_task("retrieving", total=None)
             scu.on("progress", _progress_handler(progress, task))
-            return await scu.get(key, level=level, into=into)
+            return await scu.get(key, level=level, into=into, require_uncompressed=uncompressed)
 
     _retrieve_exit("C-GET", run(go()))
 
 
 # ---------------------------------------------------------------------- echo
+
+
+async def _echo_when_listening(scu: Any, repeat: int, wait: float) -> int:
+    """``scu.echo(repeat)``; while the connection is refused, try again until ``wait`` seconds passed.
+
+    ``./run serve &`` returns at once, and the server listens only after ``.venv`` is built and the
+    add-ins are loaded: ``echo --wait 120`` is how a script waits for it to be ready."""
+    from pacskit.net import ConnectionFailed
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    delay = 0.05
+    while True:
+        try:
+            return await scu.echo(repeat)
+        except ConnectionFailed:
+            if loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)  # polling a port that is not open yet: nothing to wait on
+        delay = min(delay * 2, 0.5)
 
 
 @app.command()
@@ -382,6 +433,11 @@ def echo(
     calling: CallingOpt = "PACSKIT",
     timeout: TimeoutOpt = 30.0,
     repeat: Annotated[int, typer.Option(help="C-ECHOs to send on the association")] = 1,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", metavar="SECONDS", min=0,
+                     help="retry for up to this long while the connection is refused (a server still starting)"),
+    ] = 0.0,
     verbose: VerboseOpt = 0,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -397,7 +453,8 @@ def echo(
 
     _setup_logging(verbose)
     remote = resolve_target(target, data_dir, config)
-    status = run(EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile)).echo(repeat))
+    scu = EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
+    status = run(_echo_when_listening(scu, repeat, wait))
     if status:
         raise fail(f"C-ECHO to {target} answered status 0x{status:04X}", EXIT_FAILURE_STATUS)
     typer.echo(f"C-ECHO to {target}: Success")

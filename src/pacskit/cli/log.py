@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_OK, EXIT_USAGE, ConfigOpt, DataDirOpt, _server_settings, app
+from pacskit.cli import EXIT_OK, EXIT_USAGE, ConfigOpt, DataDirOpt, _existing_server_settings, app
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -116,13 +116,16 @@ def log_command(
     study: Annotated[Optional[str], typer.Option("--study", help="Study Instance UID")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="at most this many entries (0: all)")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON array instead of a table")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header line (the JSON's fields)")] = False,
 ) -> None:
     """Show the transaction log (every DIMSE operation the server answered), newest first."""
     from sqlalchemy import inspect
 
+    from pacskit.cli.output import output_format, print_rows
     from pacskit.store.engine import make_engine
 
-    settings = _server_settings(config, data_dir)
+    fmt = output_format(as_json, as_csv)
+    settings = _existing_server_settings(config, data_dir)
     wanted_status = parse_status(status) if status else None
     start = parse_time(since) if since else None
     end = parse_time(until) if until else None
@@ -137,24 +140,28 @@ def log_command(
                          patient=patient, study=study, limit=limit)
     finally:
         engine.dispose()
-    if as_json:
+    if fmt != "table":
         for row in rows:
             row["at"] = row["at"].isoformat()
-        typer.echo(json.dumps(rows, indent=1))
+        if fmt == "json":
+            typer.echo(json.dumps(rows, indent=1))
+        else:
+            columns = list(rows[0]) if rows else []
+            print_rows(columns, [[r[c] for c in columns] for r in rows], "csv")
         raise typer.Exit(EXIT_OK)
     _print_table(rows)
     raise typer.Exit(EXIT_OK)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from pacskit.cli.output import console
     from pacskit.dicom.status import status_category
 
     table = Table(show_edge=False, pad_edge=False)
     for title in ("time (UTC)", "assoc", "calling", "called", "from", "operation", "status", "ms", "bytes", "UIDs"):
-        table.add_column(title)
+        table.add_column(title, overflow="fold")
     for r in rows:
         status = r["status"]
         shown = "-" if status is None else f"0x{status:04X} {status_category(status)}"
@@ -168,5 +175,5 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             r["peer_address"] or "", r["service"], shown, f"{r['duration_ms']:.1f}",
             str(r["bytes_received"] + r["bytes_sent"]), uids,
         )
-    Console(width=200).print(table)
+    console().print(table)
     typer.echo(f"{len(rows)} entries")

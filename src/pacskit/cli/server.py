@@ -3,7 +3,8 @@
 
 A running server is named with ``--server``: a server folder (holding server.toml) or the name of a
 server under the servers root (``--root``, ``$PACSKIT_SERVERS``, ``./servers``); without it,
-``$PACSKIT_SERVER``, else the only server under the root. The API is reached over the Unix socket in
+``$PACSKIT_SERVER``, else the only server there is: under the root, or ``./pacs-data`` (the folder
+``pacskit serve`` uses by default). The API is reached over the Unix socket in
 the server folder (httpx), so these commands run on the server's machine, as its user or root.
 """
 
@@ -19,6 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pacskit.cli import EXIT_CONNECTION, EXIT_FAILURE_STATUS, EXIT_USAGE, app
+from pacskit.cli.output import CsvOpt, JsonOpt, output_format
 
 server_app = typer.Typer(help="Create, run and remove servers (folders under a servers root).", no_args_is_help=True)
 app.add_typer(server_app, name="server")
@@ -40,14 +42,10 @@ def _fail(message: str, code: int = EXIT_FAILURE_STATUS) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _table(headers: list[str], rows: list[list[Any]], fmt: str = "table", keys: list[str] | None = None) -> None:
+    from pacskit.cli.output import print_rows
 
-    table = Table(*headers)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console().print(table)
+    print_rows(headers, rows, fmt, keys=keys)
 
 
 # ---------------------------------------------------------------------- the service manager
@@ -56,7 +54,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
 @server_app.command("create")
 def server_create(
     ae: Annotated[str, typer.Option("--ae", help="the server's AE title; also names its folder")],
-    port: Annotated[int, typer.Option(help="DICOM port")],
+    port: Annotated[int, typer.Option(help="DICOM port", min=0, max=65535)],
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     db: Annotated[Optional[str], typer.Option("--db", help="SQLAlchemy URL of the index [SQLite in data/]")] = None,
     root: RootOpt = None,
@@ -72,13 +70,14 @@ def server_create(
 
 
 @server_app.command("list")
-def server_list(root: RootOpt = None) -> None:
+def server_list(root: RootOpt = None, as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
     """The servers under the root, running or not."""
+    fmt = output_format(as_json, as_csv)
     rows = [
         [i.name, i.ae_title, f"{i.host}:{i.port}", f"running (pid {i.pid})" if i.running else "stopped", i.error or ""]
         for i in _manager(root).list()
     ]
-    _table(["name", "AE title", "address", "state", "problem"], rows)
+    _table(["name", "AE title", "address", "state", "problem"], rows, fmt)
 
 
 @server_app.command("start")
@@ -99,19 +98,28 @@ def server_start(
 
 @server_app.command("stop")
 def server_stop(
-    name: Annotated[str, typer.Argument(help="server name")],
+    name: Annotated[
+        Optional[str], typer.Argument(help="server name or folder [the only server: under the root, or ./pacs-data]")
+    ] = None,
     root: RootOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for it to exit")] = 60.0,
     force: Annotated[bool, typer.Option("--force", help="SIGKILL when it has not exited in time")] = False,
 ) -> None:
-    """Stop a server (SIGTERM: running operations finish first) and wait until it exited."""
+    """Stop a server (SIGTERM: running operations finish first) and wait until it exited.
+
+    Exit 1 with a line when it was not running."""
     from pacskit.admin.manager import ManagerError
 
+    manager = _manager(root)
     try:
-        stopped = _manager(root).stop(name, timeout=timeout, force=force)
+        folder = resolve_server(name, root)
+        label = name or str(folder)
+        stopped = manager.stop_folder(folder, timeout=timeout, force=force)
     except ManagerError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"stopped {name}" if stopped else f"{name} was not running")
+    if not stopped:
+        raise _fail(f"{label} is not running")
+    typer.echo(f"stopped {label}")
 
 
 @server_app.command("restart")
@@ -134,11 +142,13 @@ def server_restart(
 def server_status(
     name: Annotated[Optional[str], typer.Argument(help="server name [all]")] = None,
     root: RootOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
 ) -> None:
     """Whether servers run, and what their admin API says."""
     from pacskit.admin.manager import ManagerError
 
+    fmt = output_format(as_json, as_csv)
     manager = _manager(root)
     try:
         infos = [manager.status(n) for n in ([name] if name else manager.names())]
@@ -160,7 +170,7 @@ def server_status(
                 info.get("api_error", ""),
             ]
         )
-    _table(["name", "state", "address", "associations", "uptime s", "problem"], rows)
+    _table(["name", "state", "address", "associations", "uptime s", "problem"], rows, fmt)
     if name and not infos[0]["running"]:
         raise typer.Exit(3)
 
@@ -260,12 +270,24 @@ def resolve_server(server: str | None, root: str | None = None) -> Path:
             return _manager(root).existing(server)
         except ManagerError as exc:
             raise _fail(f"{server} is neither a server folder nor a server name ({exc})", EXIT_USAGE) from None
-    names = _manager(root).names()
-    if len(names) == 1:
-        return _manager(root).existing(names[0])
+    from pacskit.admin.manager import DEFAULT_SERVER_FOLDER
+
+    manager = _manager(root)
+    candidates = [manager.existing(n) for n in manager.names()]
+    default = Path(DEFAULT_SERVER_FOLDER)
+    if (default / SETTINGS_FILE).is_file() and not any(c.resolve() == default.resolve() for c in candidates):
+        candidates.append(default)
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise _fail(
+            f"name the server with --server (a folder or a name): {len(candidates)} servers "
+            f"({', '.join(str(c) for c in candidates)})",
+            EXIT_USAGE,
+        )
     raise _fail(
-        "name the server with --server (a folder or a name): "
-        + (f"{len(names)} servers under {_manager(root).root}" if names else f"no server under {_manager(root).root}"),
+        f"no server here: ./{DEFAULT_SERVER_FOLDER} has no {SETTINGS_FILE} (start one with `pacskit serve`) and "
+        f"there is no server under {manager.root}; or name one with --server FOLDER",
         EXIT_USAGE,
     )
 
@@ -294,26 +316,28 @@ def check(response: Any) -> Any:
 
 
 @app.command("status")
-def status(server: ServerOpt = None, root: RootOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """A running server's status and statistics."""
+def status(server: ServerOpt = None, root: RootOpt = None, as_json: JsonOpt = False, as_csv: CsvOpt = False) -> None:
+    """A running server's status and statistics (--csv: the operations table)."""
+    fmt = output_format(as_json, as_csv)
     with api(server, root) as client:
         data = check(client.get("/status"))
         stats = check(client.get("/statistics"))
     if as_json:
         typer.echo(json.dumps({"status": data, "statistics": stats}, indent=2))
         return
-    typer.echo(
-        f"{data['ae_title']} on {data['host']}:{data['port']} (pid {data['pid']}), up {data['uptime_seconds']:.0f} s; "
-        f"{data['associations_active']} associations active, {stats['associations_total']} accepted, "
-        f"{stats['associations_rejected']} rejected; {stats['bytes_in']} bytes in, {stats['bytes_out']} out"
-    )
+    if fmt == "table":
+        typer.echo(
+            f"{data['ae_title']} on {data['host']}:{data['port']} (pid {data['pid']}), up {data['uptime_seconds']:.0f} s; "
+            f"{data['associations_active']} associations active, {stats['associations_total']} accepted, "
+            f"{stats['associations_rejected']} rejected; {stats['bytes_in']} bytes in, {stats['bytes_out']} out"
+        )
     rows = []
     for name, op in stats["operations"].items():
         lat = op["latency"]
         mean = lat["sum_seconds"] / lat["count"] if lat["count"] else 0.0
         rows.append([name, op["count"], ", ".join(f"{k} {v}" for k, v in op["statuses"].items()), f"{mean * 1000:.1f}"])
-    if rows:
-        _table(["operation", "count", "statuses", "mean ms"], rows)
+    if rows or fmt == "csv":
+        _table(["operation", "count", "statuses", "mean ms"], rows, fmt)
 
 
 clients_app = typer.Typer(help="Associations open on a running server.", invoke_without_command=True)
@@ -322,12 +346,13 @@ app.add_typer(clients_app, name="clients")
 
 @clients_app.callback()
 def clients(
-    ctx: typer.Context, server: ServerOpt = None, root: RootOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False
+    ctx: typer.Context, server: ServerOpt = None, root: RootOpt = None, as_json: JsonOpt = False, as_csv: CsvOpt = False
 ) -> None:
     """List connected clients (without a sub-command)."""
     ctx.obj = {"server": server, "root": root}
     if ctx.invoked_subcommand is not None:
         return
+    fmt = output_format(as_json, as_csv)
     with api(server, root) as client:
         data = check(client.get("/clients"))
     if as_json:
@@ -342,7 +367,7 @@ def clients(
                 c["bytes_in"], c["bytes_out"], c["operations"], op["service"] if op else "",
             ]
         )
-    _table(["id", "calling AE", "address", "since", "state", "contexts", "bytes in", "bytes out", "ops", "now"], rows)
+    _table(["id", "calling AE", "address", "since", "state", "contexts", "bytes in", "bytes out", "ops", "now"], rows, fmt)
 
 
 @clients_app.command("disconnect")
@@ -365,12 +390,13 @@ app.add_typer(addins_app, name="addins")
 
 @addins_app.callback()
 def addins(
-    ctx: typer.Context, server: ServerOpt = None, root: RootOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False
+    ctx: typer.Context, server: ServerOpt = None, root: RootOpt = None, as_json: JsonOpt = False, as_csv: CsvOpt = False
 ) -> None:
     """List add-ins with their options (without a sub-command)."""
     ctx.obj = {"server": server, "root": root}
     if ctx.invoked_subcommand is not None:
         return
+    fmt = output_format(as_json, as_csv)
     with api(server, root) as client:
         data = check(client.get("/addins"))
     if as_json:
@@ -380,7 +406,7 @@ def addins(
     for a in data:
         options = {k: v for k, v in (a.get("options") or {}).items() if not isinstance(v, list) or len(v) < 4}
         rows.append([a["name"], "loaded" if a["loaded"] else "off", json.dumps(options), a["origin"]])
-    _table(["add-in", "state", "options", "from"], rows)
+    _table(["add-in", "state", "options", "from"], rows, fmt)
 
 
 @addins_app.command("set")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, _server_settings, app
+from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, _existing_server_settings, app
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -42,14 +42,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 @contextmanager
-def _worklist(config: str | None, data_dir: str | None) -> Iterator[WorklistStore]:
+def _worklist(config: str | None, data_dir: str | None, *, create: bool = False) -> Iterator[WorklistStore]:
     """The folder's worklist: its index database, migrated (only the index: no recovery of blobs, so
     this is safe while the server runs)."""
     from pacskit.store import Index
     from pacskit.store.workflow.worklist import WorklistStore
 
-    settings = _server_settings(config, data_dir)
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    settings = _existing_server_settings(config, data_dir, create=create)  # create: add and import
     index = Index.open(settings.database_url)
     try:
         index.migrate()
@@ -59,6 +58,7 @@ def _worklist(config: str | None, data_dir: str | None) -> Iterator[WorklistStor
 
 
 def _entry(keys: list[str] | None, json_source: str | None, *, need: bool = True) -> Dataset:
+    from pydicom.config import disable_value_validation
     from pydicom.dataset import Dataset
 
     from pacskit.client.keys import KeyError_, apply_keys
@@ -66,11 +66,14 @@ def _entry(keys: list[str] | None, json_source: str | None, *, need: bool = True
 
     ds = Dataset()
     try:
-        if json_source is not None:
-            text = sys.stdin.read() if json_source == "-" else Path(json_source).read_text(encoding="utf-8")
-            ds = entry_from_json(json.loads(text))
-        if keys:
-            apply_keys(ds, keys)
+        # pydicom would print its own multi-line warning for a bad value: the store checks the values
+        # and says in one line which attribute is wrong (check_entry_values)
+        with disable_value_validation():
+            if json_source is not None:
+                text = sys.stdin.read() if json_source == "-" else Path(json_source).read_text(encoding="utf-8")
+                ds = entry_from_json(json.loads(text))
+            if keys:
+                apply_keys(ds, keys)
     except (KeyError_, InvalidEntry, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
     if need and len(ds) == 0:
@@ -91,7 +94,7 @@ def worklist_add(
     from pacskit.store.workflow.worklist import InvalidEntry
 
     entry = _entry(key, json_source)
-    with _worklist(config, data_dir) as worklist:
+    with _worklist(config, data_dir, create=True) as worklist:
         try:
             ids = worklist.add(entry, replace=replace)
         except InvalidEntry as exc:
@@ -103,25 +106,26 @@ def worklist_add(
 def worklist_list(
     status: Annotated[Optional[str], typer.Option(help="only steps with this status (SCHEDULED, COMPLETED...)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (with the whole entries)")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print CSV (the table's columns) with a header line")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """List the scheduled steps."""
+    from pacskit.cli.output import output_format, print_rows
+
+    fmt = output_format(as_json, as_csv)
     with _worklist(config, data_dir) as worklist:
         entries = worklist.entries(status=status)
-    if as_json:
+    if fmt == "json":
         typer.echo(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     columns = ("id", "patient_id", "patient_name", "accession_number", "modality", "station_ae_title",
                "start_date", "start_time", "step_id", "step_description", "status")
-    table = Table(*columns)
+    rows = []
     for entry in entries:
         summary: dict[str, Any] = entry.summary()
-        table.add_row(*(str(summary[c]) for c in columns))
-    Console().print(table)
+        rows.append([summary[c] for c in columns])
+    print_rows(columns, rows, fmt)
 
 
 @worklist_app.command("update")
@@ -173,15 +177,37 @@ def worklist_import(
     config: ConfigOpt = None,
 ) -> None:
     """Import worklist entries, all or none (an unreadable file stops the import and names the file)."""
-    from pacskit.store.workflow.worklist import InvalidEntry, read_entries
+    from pydicom.config import disable_value_validation
 
-    try:
-        entries = [entry for _, entry in read_entries(paths)]
-    except (InvalidEntry, OSError) as exc:
-        raise _fail(str(exc)) from None
-    with _worklist(config, data_dir) as worklist:
+    from pacskit.store.workflow.worklist import InvalidEntry
+
+    with disable_value_validation():  # one line per problem (ours), not pydicom's warnings
+        entries = _read_for_import(paths)
+    with _worklist(config, data_dir, create=True) as worklist:
         try:
             ids = worklist.add_many(entries, replace=replace)
         except InvalidEntry as exc:
             raise _fail(str(exc)) from None
     typer.echo(f"imported {len(entries)} entries as {len(ids)} scheduled steps")
+
+
+def _read_for_import(paths: list[Path]) -> list[Dataset]:
+    """Every entry of ``paths``, each checked; the first problem exits 2 naming its file."""
+    from pacskit.store.workflow.worklist import InvalidEntry, check_entry_values, read_entries, split_steps
+
+    entries = []
+    for path in paths:
+        if not path.exists():
+            raise _fail(f"{path} does not exist")
+        try:
+            for file, entry in read_entries([path]):
+                try:
+                    check_entry_values(entry)
+                    split_steps(entry)
+                except InvalidEntry as exc:
+                    raise InvalidEntry(f"{file}: {exc}") from None
+                entries.append(entry)
+        except (InvalidEntry, OSError) as exc:
+            text = str(exc)
+            raise _fail(text if str(path) in text else f"{path}: {text}") from None
+    return entries

@@ -60,6 +60,9 @@ if TYPE_CHECKING:
     from pacskit.net import PresentationContext
 
 __all__ = [
+    "GET_COMPRESSED",
+    "GET_COMPRESSED_CLASSES",
+    "GET_UNCOMPRESSED",
     "FindRequest",
     "FindResult",
     "InstanceRecord",
@@ -73,11 +76,13 @@ __all__ = [
     "SeriesRecord",
     "StudyRecord",
     "WorklistRecord",
+    "get_contexts",
 ]
 
 FIND = {"patient": "1.2.840.10008.5.1.4.1.2.1.1", "study": "1.2.840.10008.5.1.4.1.2.2.1", "worklist": "1.2.840.10008.5.1.4.31"}
 MOVE = {"patient": "1.2.840.10008.5.1.4.1.2.1.2", "study": "1.2.840.10008.5.1.4.1.2.2.2"}
 GET = {"patient": "1.2.840.10008.5.1.4.1.2.1.3", "study": "1.2.840.10008.5.1.4.1.2.2.3"}
+_FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 
 #: Return keys added (empty) to every query at that level unless the caller gives them.
@@ -374,6 +379,88 @@ class _Receiver:
         return base
 
 
+#: The uncompressed syntaxes a C-GET proposes for every storage SOP class, in one context each.
+GET_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: Compressed transfer syntaxes a C-GET proposes (store as received), most common first: an acceptor
+#: picks one transfer syntax per context, so each gets a context of its own.
+GET_COMPRESSED = (
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless, first-order prediction
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.5",  # RLE lossless
+    "1.2.840.10008.1.2.4.51",  # JPEG extended
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+)
+#: Image storage SOP classes that get the compressed contexts when the caller names no SOP classes.
+GET_COMPRESSED_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT
+    "1.2.840.10008.5.1.4.1.1.4",  # MR
+    "1.2.840.10008.5.1.4.1.1.1",  # CR
+    "1.2.840.10008.5.1.4.1.1.1.1",  # DX for presentation
+    "1.2.840.10008.5.1.4.1.1.6.1",  # US
+    "1.2.840.10008.5.1.4.1.1.3.1",  # US multi-frame
+    "1.2.840.10008.5.1.4.1.1.7",  # secondary capture
+    "1.2.840.10008.5.1.4.1.1.1.2",  # MG for presentation
+)
+#: Storage classes that come right after those when the 127 contexts cannot hold every common one.
+_GET_LIKELY_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",  # SR
+    "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.59", "1.2.840.10008.5.1.4.1.1.88.67",  # SR, KO, dose
+    "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.11.2", "1.2.840.10008.5.1.4.1.1.104.1",  # GSPS, CSPS, PDF
+    "1.2.840.10008.5.1.4.1.1.20", "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.12.1",  # NM, PET, XA
+    "1.2.840.10008.5.1.4.1.1.12.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4.1",  # RF, enh. CT, MR
+    "1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.3",  # DX, MG, IO
+    "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",  # MF SC
+    "1.2.840.10008.5.1.4.1.1.7.4", "1.2.840.10008.5.1.4.1.1.13.1.3", "1.2.840.10008.5.1.4.1.1.66",  # MF SC, tomo, raw
+    "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.481.1", "1.2.840.10008.5.1.4.1.1.481.2",  # SEG, RT
+    "1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.77.1.4",  # RT, VL photo
+    "1.2.840.10008.5.1.4.1.1.77.1.1", "1.2.840.10008.5.1.4.1.1.77.1.6", "1.2.840.10008.5.1.4.1.1.9.1.1",  # VL, WSI, ECG
+)
+_DEFAULT_COMPRESSED_PER_CLASS = 6  # of GET_COMPRESSED, for each of GET_COMPRESSED_CLASSES by default
+_MAX_STORAGE_CONTEXTS = 127  # 128 in an A-ASSOCIATE-RQ, one of them for the C-GET itself
+
+
+def get_contexts(
+    sop_classes: list[str] | None = None,
+    *,
+    require_uncompressed: bool = False,
+    transfer_syntaxes: tuple[str, ...] | None = None,
+) -> list[RequestedContext]:
+    """The storage contexts (we as SCP) a C-GET proposes, at most 127.
+
+    * ``transfer_syntaxes`` given: one context per SOP class with exactly these.
+    * ``require_uncompressed``: one context per SOP class with :data:`GET_UNCOMPRESSED`.
+    * otherwise (store as received): one uncompressed context per SOP class, then one context per
+      (SOP class, compressed syntax) of :data:`GET_COMPRESSED`. An acceptor picks one transfer
+      syntax per context, so this is the only way a peer that cannot transcode finds the syntax it
+      holds. With ``sop_classes`` given, every compressed syntax is proposed for each, as far as the
+      127 contexts go. Without, the first six compressed syntaxes are proposed for the image classes
+      of :data:`GET_COMPRESSED_CLASSES` and the uncompressed contexts fill the rest (79) with the common
+      storage classes, the likely ones (images, SR, KO, presentation states, PDF, RT, SEG) first: name
+      the SOP classes you expect (``sop_classes``) when that is not enough.
+    """
+    def scp(uid: str, syntaxes: tuple[str, ...]) -> RequestedContext:
+        return RequestedContext(uid, syntaxes, scu_role=False, scp_role=True)
+
+    if transfer_syntaxes is not None or require_uncompressed:
+        syntaxes = transfer_syntaxes if transfer_syntaxes is not None else GET_UNCOMPRESSED
+        return [scp(uid, syntaxes) for uid in (sop_classes or list(COMMON_STORAGE_SOP_CLASSES))[:_MAX_STORAGE_CONTEXTS]]
+    if sop_classes:
+        classes = list(dict.fromkeys(sop_classes))[:_MAX_STORAGE_CONTEXTS]
+        compressed = [(uid, ts) for ts in GET_COMPRESSED for uid in classes]
+    else:
+        compressed = [(uid, ts) for ts in GET_COMPRESSED[:_DEFAULT_COMPRESSED_PER_CLASS] for uid in GET_COMPRESSED_CLASSES]
+        room = _MAX_STORAGE_CONTEXTS - len(compressed)
+        classes = list(dict.fromkeys([*GET_COMPRESSED_CLASSES, *_GET_LIKELY_CLASSES, *COMMON_STORAGE_SOP_CLASSES]))[:room]
+    contexts = [scp(uid, GET_UNCOMPRESSED) for uid in classes]
+    contexts += [scp(uid, (ts,)) for uid, ts in compressed[: _MAX_STORAGE_CONTEXTS - len(contexts)]]
+    return contexts
+
+
 class QueryRetrieveScu(Scu):
     """Query/Retrieve and Modality Worklist SCU for one remote AE.
 
@@ -548,21 +635,28 @@ class QueryRetrieveScu(Scu):
         level: str | None = None,
         into: Destination,
         sop_classes: list[str] | None = None,
-        transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian),
+        transfer_syntaxes: tuple[str, ...] | None = None,
+        require_uncompressed: bool = False,
         cancel: asyncio.Event | None = None,
     ) -> RetrieveResult:
-        """C-GET the matches into ``into`` (folder or callback). We propose to be Storage SCP for
-        ``sop_classes`` (default: the common storage SOP classes) in ``transfer_syntaxes``."""
+        """C-GET the matches into ``into`` (folder or callback); they are stored as received.
+
+        We propose to be Storage SCP (the sub-operations' C-STOREs come to us) for ``sop_classes``
+        (default: the common storage SOP classes). By default the compressed transfer syntaxes are
+        proposed too, each in a context of its own, so a peer that holds JPEG 2000 and cannot
+        transcode still delivers it (see :func:`get_contexts` for what fits into the 127
+        contexts). ``require_uncompressed=True`` proposes Explicit and Implicit VR Little Endian
+        only: the peer must transcode or fail those sub-operations. ``transfer_syntaxes`` proposes
+        exactly these, in one context per SOP class (the acceptor picks one of them)."""
         if self.model == "worklist":
             raise ValueError("C-GET is not defined for the worklist model")
         sop_class = GET[self.model]
         identifier = await self._prepared("C-GET", keys, level)
         result = RetrieveResult()
         receiver = _Receiver(into, result, self)
-        storage = list(sop_classes or COMMON_STORAGE_SOP_CLASSES)[:127]
-        contexts = [RequestedContext(sop_class)] + [
-            RequestedContext(uid, transfer_syntaxes, scu_role=False, scp_role=True) for uid in storage
-        ]
+        contexts = [RequestedContext(sop_class)] + get_contexts(
+            sop_classes, require_uncompressed=require_uncompressed, transfer_syntaxes=transfer_syntaxes
+        )
         assoc = await self.associate(contexts, services=receiver.services(), config=receiver.config(self.config))
         async with assoc:
             ctx = assoc.find_context(sop_class)
@@ -590,6 +684,8 @@ class QueryRetrieveScu(Scu):
                         with contextlib.suppress(Exception):
                             ds = received.decode()
                             result.failed_instances = [str(u) for u in _as_list(ds.get("FailedSOPInstanceUIDList"))]
+                    if not result.failed_instances:  # Orthanc 1.10 puts the list into the command set
+                        result.failed_instances = rsp.foreign_uids(_FAILED_SOP_INSTANCE_UID_LIST)
                 if received is not None:
                     received.discard()
 

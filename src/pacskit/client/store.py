@@ -44,7 +44,7 @@ from pacskit.net import Association, CommandField, NetError, PresentationContext
 from pacskit.dicom.status import status_category
 from pacskit.dicom.codec import encode_dataset
 from pacskit.net.dimse import PRIORITY_MEDIUM
-from pacskit.dicom.part10 import read_part10_header
+from pacskit.dicom.part10 import Part10Info, read_part10_header
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -340,7 +340,7 @@ def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Inst
     reason = ""
     try:
         info = read_part10_header(path)
-        reason = _NOT_STORABLE.get(info.sop_class_uid, "")
+        reason = _NOT_STORABLE.get(info.sop_class_uid, "") or _empty_meta_uid(info)
     except (ValueError, OSError) as exc:
         reason = str(exc).removeprefix(f"{path}: ")
     if reason:
@@ -353,6 +353,18 @@ def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Inst
         info.sop_class_uid, info.sop_instance_uid, info.transfer_syntax, path=path,
         offset=info.dataset_offset, size=info.file_size - info.dataset_offset,
     )
+
+
+def _empty_meta_uid(info: Part10Info) -> str:
+    """Why a file cannot be proposed and sent (its File Meta has an empty UID), or ``""``. Proposed as
+    is, an empty abstract syntax makes a peer such as Orthanc abort the association, and with it the
+    rest of the batch."""
+    for value, name in ((info.sop_class_uid, "Media Storage SOP Class UID (0002,0002)"),
+                        (info.sop_instance_uid, "Media Storage SOP Instance UID (0002,0003)"),
+                        (info.transfer_syntax, "Transfer Syntax UID (0002,0010)")):
+        if not value.strip():
+            return f"file meta information has an empty {name}"
+    return ""
 
 
 def _dataset_instance(ds: Dataset) -> Instance:

@@ -68,7 +68,8 @@ def inflate(source: BinaryIO | bytes, write: Any, limit: int) -> int:
 
     Raises :class:`InflationLimit` as soon as more than ``limit`` bytes would come out, so neither
     memory nor disk ever holds more than that, whatever the compression ratio. Raises ``zlib.error``
-    for a corrupt stream.
+    for a corrupt stream, and for one cut short (no final block): what came out is then not the
+    whole dataset. Bytes after the final block (PS3.5 A.5 pads to an even length) are ignored.
     """
     import zlib
 
@@ -93,6 +94,8 @@ def inflate(source: BinaryIO | bytes, write: Any, limit: int) -> int:
     if total > limit:
         raise InflationLimit(f"deflated dataset inflates beyond {limit:,} bytes")
     write(rest)
+    if not inflater.eof:
+        raise zlib.error("the deflate stream is cut short (no final block)")
     return total
 
 

@@ -16,8 +16,8 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
-#: Deflated Image Frame Compression (PS3.5 A.4.11): the dataset itself is not deflated, but a walker
-#: reading raw bytes must not assume so for either deflate syntax.
+#: PS3.5 A.4.11: an Explicit VR Little Endian dataset whose encapsulated frames are each deflated (not a
+#: deflated dataset, unlike 1.2.840.10008.1.2.1.99). pydicom 3.0 does not list it.
 DEFLATED_IMAGE_FRAME_COMPRESSION = "1.2.840.10008.1.2.8.1"
 
 #: Uncompressed transfer syntaxes, in the order an acceptor prefers them by default.
@@ -79,9 +79,10 @@ def __getattr__(name: str) -> object:
 def _all_transfer_syntaxes() -> tuple[str, ...]:
     from pydicom.uid import AllTransferSyntaxes
 
-    return UNCOMPRESSED_TRANSFER_SYNTAXES + tuple(
-        str(ts) for ts in AllTransferSyntaxes if str(ts) not in UNCOMPRESSED_TRANSFER_SYNTAXES
-    )
+    compressed = [str(ts) for ts in AllTransferSyntaxes if str(ts) not in UNCOMPRESSED_TRANSFER_SYNTAXES]
+    if DEFLATED_IMAGE_FRAME_COMPRESSION not in compressed:
+        compressed.append(DEFLATED_IMAGE_FRAME_COMPRESSION)
+    return UNCOMPRESSED_TRANSFER_SYNTAXES + tuple(compressed)
 
 
 def _storage_sop_classes() -> tuple[str, ...]:

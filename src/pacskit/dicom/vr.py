@@ -14,6 +14,12 @@ LONG_VR_NAMES: frozenset[str] = frozenset(
 #: :data:`LONG_VR_NAMES` as the two bytes of an element header.
 LONG_VRS: frozenset[bytes] = frozenset(vr.encode("ascii") for vr in LONG_VR_NAMES)
 
+#: Every VR of PS3.5 Table 6.2-1, as the two bytes of an Explicit VR header.
+KNOWN_VRS: frozenset[bytes] = frozenset(
+    v.encode("ascii") for v in "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
+    "UR US UT UV".split()
+)
+
 #: Text VRs whose values are decoded with the Specific Character Set (PS3.5 6.1.2.3).
 CHARSET_VRS: frozenset[str] = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 #: VRs whose values are text (padded with a space, or NUL for UI).
@@ -22,4 +28,4 @@ TEXT_VRS: frozenset[str] = CHARSET_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "I
 #: Width of one word of the binary VRs whose byte order follows the transfer syntax.
 WORD_SIZE: dict[str, int] = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
-__all__ = ["CHARSET_VRS", "LONG_VRS", "LONG_VR_NAMES", "TEXT_VRS", "WORD_SIZE"]
+__all__ = ["CHARSET_VRS", "KNOWN_VRS", "LONG_VRS", "LONG_VR_NAMES", "TEXT_VRS", "WORD_SIZE"]

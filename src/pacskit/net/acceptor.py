@@ -161,7 +161,7 @@ class Acceptor:
             self._server = await loop.create_server(
                 self._make_protocol, host, port, reuse_address=True, reuse_port=reuse_port, backlog=128
             )
-        log.info("%s listening on %s", self.ae_title, ", ".join(f"{h}:{p}" for h, p, *_ in self.addresses))
+        log.debug("%s listening on %s", self.ae_title, ", ".join(f"{h}:{p}" for h, p, *_ in self.addresses))
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, cast
 from pacskit.dicom.part10 import iter_file_chunks
 from pacskit.net import events as ev
 from pacskit.net import pdu
-from pacskit.net.base import SEND_BLOCK, AssociationBase, log
+from pacskit.net.base import CANCELLABLE, SEND_BLOCK, AssociationBase, log
 from pacskit.net.dimse import Command, CommandField
 from pacskit.net.errors import AssociationAborted, DimseError, PduError
 from pacskit.net.presentation import PresentationContext
@@ -110,6 +110,18 @@ class Assembly(AssociationBase):
             except DimseError as exc:
                 raise PduError(f"invalid command set: {exc}", 6) from exc
             self._last_command = (data, Command(command))
+            foreign = command.foreign_elements
+            if foreign:  # be liberal (DCMTK and Orthanc answer such requests): keep, report, go on
+                seen = (command.command_field, tuple(foreign))
+                if seen not in self._foreign_reported:  # once per association, not per Pending answer
+                    self._foreign_reported.add(seen)
+                    log.warning(
+                        "%s: %s command set carries elements outside group 0000 (%s), against PS3.7 6.3.1;"
+                        " accepted, not used",
+                        self.label,
+                        _field_name(command.command_field),
+                        ", ".join(f"({t >> 16:04X},{t & 0xFFFF:04X})" for t in foreign),
+                    )
         ctx = self.contexts[self._cmd_context]
         if not command.has_dataset:
             self._message_complete(ctx, command, None, None)
@@ -160,10 +172,17 @@ class Assembly(AssociationBase):
             else:
                 waiter.put_nowait((command, received))
         elif field == CommandField.C_CANCEL_RQ:
-            cancelled = self._cancels.get(command.get("MessageIDBeingRespondedTo", -1))
+            message_id = command.get("MessageIDBeingRespondedTo", -1)
+            cancelled = self._cancels.get(message_id)
             if cancelled is not None:
                 cancelled.set()
+            elif self._queued_ids[message_id]:  # its request waits to start: honoured when it does
+                self._early_cancels.add(message_id)
+            else:
+                log.info("%s: C-CANCEL for message ID %s, which is not outstanding; ignored", self.label, message_id)
         else:
+            if field in CANCELLABLE:
+                self._queued_ids[int(command.get("MessageID", 0))] += 1
             self._requests.put_nowait((ctx, command, received, error))
 
     # ------------------------------------------------------------------ DIMSE send
@@ -260,3 +279,9 @@ def fragments(data: bytes, context_id: int, max_data: int, *, command: bool) -> 
     return pieces
 
 
+def _field_name(command_field: int) -> str:
+    """``C-GET-RSP``… for log lines, or the hex value of an unknown command field."""
+    try:
+        return CommandField(command_field).name.replace("_", "-")
+    except ValueError:
+        return f"0x{command_field:04X}"

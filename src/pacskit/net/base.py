@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ from pacskit.dicom.part10 import WHOLE_FILE_LIMIT
 from pacskit.net import events as ev
 from pacskit.net import pdu
 from pacskit.net.config import NetConfig
-from pacskit.net.dimse import Command
+from pacskit.net.dimse import Command, CommandField
 from pacskit.net.dul import UpperLayer
 from pacskit.net.fsm import State
 from pacskit.net.presentation import PresentationContext, SupportedContext
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacskit.net")
 
 MULTI_RESPONSE = frozenset({"C-FIND", "C-GET", "C-MOVE"})
+CANCELLABLE = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
 #: queued behind the requests received before an A-RELEASE-RQ: answer those first, then release
 RELEASE = object()
 #: bytes of a streamed file read and written per step (files up to this size are sent whole)
@@ -116,9 +118,14 @@ class AssociationBase:
         self._worker: asyncio.Task[None] | None = None
         self._handling = False
         self._cancels: dict[int, asyncio.Event] = {}
+        # C-FIND / C-MOVE / C-GET requests received but not started: message ID -> how many. A C-CANCEL
+        # for one of them (sent right behind its request) is remembered in _early_cancels until it starts.
+        self._queued_ids: collections.Counter[int] = collections.Counter()
+        self._early_cancels: set[int] = set()
         # the last Pending response sent: (request command, status, response command, its P-DATA pieces)
         self._pending_rsp: tuple[Command, int, Command, list[bytes]] | None = None
         self._last_command: tuple[bytes, Command] | None = None  # the last command set received, decoded
+        self._foreign_reported: set[tuple[int, tuple[int, ...]]] = set()  # warned of: (field, foreign tags)
         self._waiters: dict[int, _Responses] = {}
         self._next_message_id = 0
         self._send_lock = asyncio.Lock()

@@ -7,6 +7,11 @@ twice, and going through pydicom here would cost more than the rest of the data 
 A :class:`Command` is a plain ``dict`` keyed by DICOM keyword (``"MessageID"``, ``"AffectedSOPClassUID"``)
 so handlers read it like a pydicom dataset; unknown elements survive decoding under a ``"(0000,xxxx)"`` key
 and are re-encoded verbatim.
+
+Elements outside group 0000 do not belong in a command set (PS3.7 6.3.1), but real peers send them:
+Orthanc 1.10 puts the Failed SOP Instance UID List (0008,0058) into a failed C-GET response. Like DCMTK
+and Orthanc we are liberal: such elements are kept raw under a ``"(gggg,eeee)"`` key (see
+:attr:`Command.foreign_elements`), never re-encoded, and the association logs a warning naming them.
 """
 
 from __future__ import annotations
@@ -112,13 +117,28 @@ class Command(dict[str, Any]):
     def status(self) -> int:
         return int(self.get("Status", 0xFFFF))
 
+    @property
+    def foreign_elements(self) -> dict[int, bytes]:
+        """Elements outside group 0000 the peer put into this command set, as tag -> raw value bytes
+        (Implicit VR Little Endian). They are reported, not used, and never sent on."""
+        return {_key_tag(kw): value for kw, value in self.items() if kw[:1] == "(" and not kw.startswith("(0000,")}
+
+    def foreign_uids(self, tag: int) -> list[str]:
+        """The UI values of foreign element ``tag`` (e.g. 0x00080058, Failed SOP Instance UID List),
+        or ``[]`` if the command set has none."""
+        raw = self.foreign_elements.get(tag)
+        if not raw:
+            return []
+        text = raw.decode("ascii", "replace").strip(" \x00")
+        return [uid.strip(" \x00") for uid in text.split("\\") if uid.strip(" \x00")]
+
     def encode(self) -> bytes:
         """Encode as Implicit VR Little Endian, with a correct Command Group Length first."""
         chunks: list[bytes] = []
         elements = sorted(
             (_ORDER.get(kw) if kw in _ORDER else int(kw[6:10], 16), kw)
             for kw in self
-            if kw != "CommandGroupLength"
+            if kw != "CommandGroupLength" and (kw in _ORDER or kw.startswith("(0000,"))  # foreign: not sent
         )
         for elem, kw in elements:
             value = self[kw]
@@ -157,12 +177,13 @@ class Command(dict[str, Any]):
                 raise DimseError("truncated command set element header")
             group, elem, length = _ELEM_HDR.unpack_from(data, pos)
             pos += 8
-            if group != 0x0000:
-                raise DimseError(f"command set element ({group:04X},{elem:04X}) is outside group 0000")
             if length == 0xFFFFFFFF or pos + length > end:
-                raise DimseError(f"command set element (0000,{elem:04X}) has an invalid length {length}")
+                raise DimseError(f"command set element ({group:04X},{elem:04X}) has an invalid length {length}")
             raw = data[pos : pos + length]
             pos += length
+            if group != 0x0000:  # not allowed by PS3.7 6.3.1, sent by real peers: kept raw, reported
+                cmd[f"({group:04X},{elem:04X})"] = bytes(raw)
+                continue
             known = _BY_ELEMENT.get(elem)
             if known is None:
                 cmd[f"(0000,{elem:04X})"] = bytes(raw)
@@ -186,6 +207,11 @@ class Command(dict[str, Any]):
         if "CommandField" not in cmd:
             raise DimseError("command set has no Command Field (0000,0100)")
         return cmd
+
+
+def _key_tag(key: str) -> int:
+    """``"(0008,0058)"`` -> 0x00080058."""
+    return (int(key[1:5], 16) << 16) | int(key[6:10], 16)
 
 
 def request_command(

@@ -18,7 +18,7 @@ from pacskit.dicom.status import PENDING_STATUSES, Status
 from pacskit.net import dimse
 from pacskit.net import events as ev
 from pacskit.net.assembly import fragments
-from pacskit.net.base import MULTI_RESPONSE, RELEASE, AssociationBase, address_text, log
+from pacskit.net.base import CANCELLABLE, MULTI_RESPONSE, RELEASE, AssociationBase, address_text, log
 from pacskit.net.dimse import Command, CommandField
 from pacskit.net.errors import AssociationAborted, DimseError
 from pacskit.net.presentation import PresentationContext
@@ -83,6 +83,11 @@ class Dispatch(AssociationBase):
                     self._finish_release()
                 return
             ctx, command, received, error = item
+            if command.command_field in CANCELLABLE:
+                message_id = int(command.get("MessageID", 0))
+                self._queued_ids[message_id] -= 1
+                if self._queued_ids[message_id] <= 0:
+                    del self._queued_ids[message_id]
             self._handling = True
             try:
                 await self._handle(ctx, command, received, error)
@@ -115,6 +120,8 @@ class Dispatch(AssociationBase):
         try:
             await self._dispatch(ctx, command, received, error)
         finally:
+            if self._early_cancels:  # not honoured (refused before the handler ran): forget it
+                self._early_cancels.discard(int(command.get("MessageID", 0)))
             current_operation.reset(token)
             if self.bus.wants(ev.OPERATION_COMPLETED):
                 final = self._final_response
@@ -170,6 +177,9 @@ class Dispatch(AssociationBase):
                 return
         if service in MULTI_RESPONSE:
             self._cancels[message_id] = cancelled
+            if message_id in self._early_cancels:  # C-CANCEL came while the request waited (PS3.7 9.3.2.3)
+                self._early_cancels.discard(message_id)
+                cancelled.set()
         try:
             result = await self._call(handler, request, timeout)
             await self._send_results(request, result, timeout, service)

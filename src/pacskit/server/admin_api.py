@@ -93,6 +93,7 @@ class AdminService:
         self._uvicorns = AsgiServers("pacskit-admin")
         self._addin_routes: list[Any] = []
         self.socket_path: Path = self.settings.admin_socket_path
+        self._socket_inode: tuple[int, int] | None = None  # the socket file this service created
         self.tcp_address: tuple[str, int] | None = None
         self.app: FastAPI = create_app(self)
 
@@ -175,6 +176,8 @@ class AdminService:
             sock.bind(str(path))
             os.chmod(path, 0o600)
             sock.listen(64)
+            st = path.lstat()
+            self._socket_inode = (st.st_dev, st.st_ino)
         except OSError as exc:
             sock.close()
             raise AdminError(f"cannot create the admin socket {path}: {exc.strerror or exc}") from exc
@@ -211,11 +214,13 @@ class AdminService:
         await self._uvicorns.stop()
         self.statistics.stop()
         logging.getLogger("pacskit").removeHandler(self._error_notifier)
-        try:
-            if stat.S_ISSOCK(self.socket_path.lstat().st_mode):
+        try:  # only the socket file we created: never another server's (or a refused start's)
+            st = self.socket_path.lstat()
+            if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == self._socket_inode:
                 self.socket_path.unlink()
         except FileNotFoundError:
             pass
+        self._socket_inode = None
 
     # ------------------------------------------------------------------ add-in routes
 

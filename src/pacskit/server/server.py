@@ -28,8 +28,9 @@ from pacskit.net.services import DuplicateHandler
 from pacskit.audit.service import Audit
 from pacskit.server.access import AccessControl, ServiceNames, is_open
 from pacskit.server.addin_manager import AddInError, AddInManager
-from pacskit.server.http import HttpServiceError, PublicHttp, http_services
 from pacskit.config.aetitles import AE_FILE, AeTitles, FileAeRegistry
+from pacskit.server.datalock import DataFolderBusy, DataFolderLock, lock_data_folder
+from pacskit.server.http import HttpServiceError, PublicHttp, http_services
 from pacskit.services.dicom_request import DicomRequest
 from pacskit.server.logconfig import addin_logger
 from pacskit.config.settings import ServerSettings, load_settings
@@ -117,6 +118,9 @@ class Server:
 
     ``addin_classes`` replaces discovery (tests, embedding); otherwise add-ins come from entry points and
     ``<folder>/addins/``. ``store``, ``ae_titles`` and ``dicom_request`` replace the default base services.
+    A server that opens its own store (no ``store``, not a worker) holds its data folder's lock
+    (:mod:`pacskit.server.datalock`) from :meth:`start` to :meth:`stop`: ``data_lock`` if the caller
+    took it first, else it takes it (:class:`ServerError` naming the holder when another process has it).
     """
 
     def __init__(
@@ -129,9 +133,14 @@ class Server:
         ae_titles: AeTitles | None = None,
         dicom_request: DicomRequest | None = None,
         worker: bool = False,
+        data_lock: DataFolderLock | None = None,
     ) -> None:
         self.settings = settings
         self.worker = worker  # one of several processes sharing the port and the store
+        # The data folder's lock (pacskit.server.datalock): given by run_server, which took it first;
+        # otherwise taken by start() when the server opens its own store (not as a worker).
+        self._data_lock = data_lock
+        self._own_lock = False
         self.bus = EventBus()
         self.services = Services()
         self.manager = AddInManager()
@@ -159,7 +168,19 @@ class Server:
     def _open_store(self) -> Any:
         if self._store is not None:
             return self._store
-        return open_store(self.settings, recover=not self.worker)
+        if self._data_lock is None and not self.worker:
+            # One server per data folder, before recovery touches anything (DataFolderBusy: nothing done)
+            self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            try:
+                self._data_lock = lock_data_folder(self.settings.data_path, "pacskit server")
+            except DataFolderBusy as exc:
+                raise ServerError(f"{exc}: one server per data folder") from None
+            self._own_lock = True
+        try:
+            return open_store(self.settings, recover=not self.worker)
+        except BaseException:
+            self._release_lock()
+            raise
 
     def _load_addins(self, base_for: Any) -> None:
         if self._addin_classes is not None:
@@ -182,7 +203,7 @@ class Server:
         for name, found in sorted(self.manager.found.items()):
             options = self.manager.options_for(name, settings.addin_section(name))
             if not options.enabled:
-                log.info("add-in %s is disabled", name)
+                log.debug("add-in %s is disabled", name)
                 continue
             addin = found.cls(options, base_for(name))
             contexts = list(addin.presentation_contexts())
@@ -198,7 +219,7 @@ class Server:
                 for ctx in contexts:
                     generation.negotiators.setdefault(ctx.abstract_syntax, addin)
             generation.addins.append(addin)
-            log.info("add-in %s loaded from %s (%d contexts)", name, found.origin, len(contexts))
+            log.debug("add-in %s loaded from %s (%d contexts)", name, found.origin, len(contexts))
         generation.contexts = merge_contexts(claims)
         return generation
 
@@ -329,12 +350,17 @@ class Server:
         except HttpServiceError as exc:
             await self.stop(grace=0)
             raise ServerError(str(exc)) from exc
+        # What an operator needs at start, in two lines (the details are at DEBUG): the address is the
+        # line run_server prints; the add-ins, and where the admin API answers.
+        loaded = {a.name for a in self.addins}
+        off = sorted(set(self.manager.found) - loaded)
         log.info(
-            "server %s listening on %s, port %s with %d add-ins",
+            "server %s listening on %s, port %s; add-ins: %s%s",
             settings.ae_title,
             settings.host,
             " and ".join(f"{p} ({'TLS' if a is self.tls_acceptor else 'plain'})" for a, p in self._ports()),
-            len(self.addins),
+            ", ".join(sorted(loaded)) or "none",
+            f" (off: {', '.join(off)})" if off else "",
         )
 
     async def _serve_http(self, addins: Sequence[AddIn]) -> None:
@@ -499,6 +525,13 @@ class Server:
         store = getattr(self, "store", None) or self._store
         if store is not None and hasattr(store, "close"):
             store.close()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._own_lock and self._data_lock is not None:
+            self._data_lock.release()
+            self._data_lock = None
+            self._own_lock = False
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -524,14 +557,31 @@ def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
     With ``settings.workers > 1`` this process becomes the parent of that many worker processes
     (see :mod:`pacskit.server.workers`); ``worker`` is how such a worker runs itself.
     """
-    if settings.workers > 1 and not worker:
-        from pacskit.server.workers import run_workers
+    if worker:
+        return _run_server(settings, worker=True, data_lock=None)
+    # One server per data folder: the lock before anything else (logging files, recovery, sockets),
+    # held until this process ends; a refused start touches nothing.
+    try:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        data_lock = lock_data_folder(settings.data_path, "pacskit serve")
+    except DataFolderBusy as exc:
+        print(f"error: {exc}: one server per data folder", flush=True)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot lock the data folder {settings.data_path}: {exc.strerror or exc}", flush=True)
+        return 1
+    with data_lock:
+        if settings.workers > 1:
+            from pacskit.server.workers import run_workers
 
-        configure_logging(settings)
-        return run_workers(settings)
+            configure_logging(settings)
+            return run_workers(settings, data_lock)
+        return _run_server(settings, worker=False, data_lock=data_lock)
 
+
+def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolderLock | None) -> int:
     async def run() -> int:
-        server = Server(settings, worker=worker)
+        server = Server(settings, worker=worker, data_lock=data_lock)
         try:
             await server.start()
         except (ServerError, AddInError) as exc:

@@ -26,6 +26,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pacskit.net import events as ev
@@ -145,7 +146,8 @@ class Notifications:
     def publish(self, kind: str, **data: Any) -> None:
         if not self._subscribers:
             return
-        event = {"event": kind, "time": time.time(), **data}
+        # UTC ISO 8601 with milliseconds, as every time the admin API gives (docs/admin.md)
+        event = {"event": kind, "time": datetime.now(UTC).isoformat(timespec="milliseconds"), **data}
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

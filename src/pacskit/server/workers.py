@@ -4,8 +4,9 @@ Python runs one thread of Python code at a time per process, so one server proce
 core of DIMSE decoding, header walking and SQL. With ``workers > 1`` the process started by
 ``pacskit serve`` becomes a small parent:
 
-1. it opens the store once and recovers it (stale temp files, blobs of interrupted ingests) — the
-   only moment nobody else writes to it;
+1. holding the data folder's lock (:mod:`pacskit.server.datalock`, taken by ``run_server`` before
+   anything else and inherited by every worker), it opens the store once and recovers it (stale temp
+   files, blobs of interrupted ingests) — the only moment nobody else writes to it;
 2. it reserves the port with a bound, non-listening ``SO_REUSEPORT`` socket (so "address in use" is
    reported once, with exit code 1, and port 0 picks one port for everybody);
 3. it starts N workers: ``python -m pacskit.server.workers`` with the validated settings in the
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 from pacskit.config.settings import ServerSettings
+from pacskit.server.datalock import DataFolderLock
 
 log = logging.getLogger("pacskit.server")
 
@@ -63,7 +65,7 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _spawn(worker_settings: ServerSettings, folder: Path) -> subprocess.Popen[str]:
+def _spawn(worker_settings: ServerSettings, folder: Path, data_lock: DataFolderLock | None) -> subprocess.Popen[str]:
     env = dict(os.environ)
     env[SETTINGS_ENV] = worker_settings.model_dump_json()
     env[FOLDER_ENV] = str(folder)
@@ -72,6 +74,8 @@ def _spawn(worker_settings: ServerSettings, folder: Path) -> subprocess.Popen[st
         env=env,
         stdout=subprocess.PIPE,
         text=True,
+        # the worker inherits the data folder's lock: the folder stays locked while any worker lives
+        pass_fds=(data_lock.fileno(),) if data_lock is not None else (),
     )
 
 
@@ -85,8 +89,11 @@ def _await_ready(proc: subprocess.Popen[str]) -> str | None:
     return line or f"worker exited with code {proc.returncode}"
 
 
-def run_workers(settings: ServerSettings) -> int:
-    """Parent of ``settings.workers`` worker processes; returns the exit code (see the module docstring)."""
+def run_workers(settings: ServerSettings, data_lock: DataFolderLock | None = None) -> int:
+    """Parent of ``settings.workers`` worker processes; returns the exit code (see the module docstring).
+
+    ``data_lock`` is the data folder's lock the caller took (:mod:`pacskit.server.datalock`); each
+    worker inherits it."""
     from pacskit.server.server import open_store
 
     count = settings.workers
@@ -114,7 +121,7 @@ def run_workers(settings: ServerSettings) -> int:
     workers: dict[int, tuple[subprocess.Popen[str], float]] = {}
     try:
         for _ in range(count):
-            proc = _spawn(worker_settings, folder)
+            proc = _spawn(worker_settings, folder, data_lock)
             problem = _await_ready(proc)
             if problem is not None:
                 print(f"error: {problem}", flush=True)
@@ -141,7 +148,7 @@ def run_workers(settings: ServerSettings) -> int:
                 log.error("workers keep failing at start-up: stopping")
                 _stop_all(workers, settings)
                 return 1
-            replacement = _spawn(worker_settings, folder)
+            replacement = _spawn(worker_settings, folder, data_lock)
             problem = _await_ready(replacement)
             if problem is not None:
                 log.error("replacement worker failed: %s", problem)

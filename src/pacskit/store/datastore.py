@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
@@ -44,6 +44,7 @@ from pacskit.store.index.extract import (
     scan_instance,
     sha256_file,
     sha256_stream,
+    uid_deviation,
 )
 from pacskit.store.journal import IngestJournal, journal_files, recorded_keys
 from pacskit.store.index.database import DUPLICATE_POLICIES, Counts, DuplicatePolicy, Index, IngestStatus
@@ -115,6 +116,7 @@ class CheckReport:
     instances_checked: int = 0
     blobs_seen: int = 0
     problems: list[Problem] = field(default_factory=list)
+    in_flight: int = 0  # blobs of ingests in flight (or interrupted: start-up recovery removes them)
     pending_deletion: int = 0  # blobs whose rows a deletion removed: it deletes them (pacskit.store.deletion)
 
     @property
@@ -125,8 +127,9 @@ class CheckReport:
         return [p for p in self.problems if p.kind == kind]
 
     def __str__(self) -> str:
+        flight = f" ({self.in_flight} of ingests in flight)" if self.in_flight else ""
         pending = f" ({self.pending_deletion} being deleted)" if self.pending_deletion else ""
-        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs{pending}: "
+        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs{flight}{pending}: "
         if self.ok:
             return head + "no problem"
         return head + f"{len(self.problems)} problems\n" + "\n".join(
@@ -175,6 +178,23 @@ class _Gate:
             with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
+
+
+_UID_TAGS = (("sop_class_uid", 0x00080016), ("sop_instance_uid", 0x00080018),
+             ("study_instance_uid", 0x0020000D), ("series_instance_uid", 0x0020000E))
+
+
+def _check_uid_conformance(attrs: InstanceAttributes, strict: bool, source_ae: str | None) -> None:
+    """Warn of (or, ``strict``, refuse) UIDs that break PS3.5 9.1 but were safe enough to accept."""
+    for name, tag in _UID_TAGS:
+        value = getattr(attrs, name)
+        deviation = uid_deviation(value)
+        if deviation is None:
+            continue
+        if strict:
+            raise InvalidInstance(f"not a valid UID (PS3.5 9.1: {deviation})", tag)
+        log.warning("instance %s from %s: %s %s breaks PS3.5 9.1 (%s); accepted (strict_uids refuses it)",
+                    attrs.sop_instance_uid, source_ae or "?", name, value, deviation)
 
 
 def _unlink(path: str) -> None:
@@ -257,8 +277,13 @@ class DataStore:
         expected_sop_class_uid: str | None = None,
         duplicate_policy: DuplicatePolicy = "keep-first",
         offset: int | None = None,
+        strict_uids: bool = False,
     ) -> IngestResult:
         """Store the complete Part 10 file ``temp_path`` and index it. See the module docstring.
+
+        UIDs that break PS3.5 9.1 harmlessly (a leading zero, a letter, up to 128 characters) are
+        accepted with a warning, or refused (:class:`InvalidInstance`) with ``strict_uids``; see
+        :func:`~pacskit.store.index.extract.check_uid` for what is always refused.
 
         The file is consumed: kept as the blob, or deleted (duplicate ignored/rejected, invalid
         instance, failure). ``expected_*`` are the UIDs of the C-STORE command; ``offset`` is where
@@ -270,11 +295,11 @@ class DataStore:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}, not {duplicate_policy!r}")
         with self._gate.shared():  # a running reindex() finishes first
             return self._ingest(os.fspath(temp_path), source_ae, expected_sop_instance_uid,
-                                expected_sop_class_uid, duplicate_policy, offset)
+                                expected_sop_class_uid, duplicate_policy, offset, strict_uids)
 
     def _ingest(self, path: str, source_ae: str | None, expected_sop_instance_uid: str | None,
                 expected_sop_class_uid: str | None, duplicate_policy: DuplicatePolicy,
-                offset: int | None) -> IngestResult:
+                offset: int | None, strict_uids: bool = False) -> IngestResult:
         slot: int | None = None
         try:
             header = read_part10_header(path)
@@ -284,6 +309,7 @@ class DataStore:
             except TooDeep as exc:
                 raise InvalidInstance(str(exc), exc.tag) from None
             self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
+            _check_uid_conformance(attrs, strict_uids, source_ae)
             with open(path, "rb", buffering=0) as fh:
                 sha, size = sha256_stream(fh)  # type: ignore[arg-type]
             if duplicate_policy != "overwrite":  # cheap early answer; the transaction re-checks
@@ -502,17 +528,22 @@ class DataStore:
                 out[uid] = VerifiedCopy(uid, sop_class, self._verify_copy(uid, key, size, sha, True))
         return out
 
-    def check(self, *, verify_hash: bool = True) -> CheckReport:
+    def check(self, *, verify_hash: bool = True, progress: Callable[[int, int], None] | None = None) -> CheckReport:
         """Compare the index and the blobs; report every difference (nothing is changed).
 
         Every row must have its blob with the recorded size and (``verify_hash``) SHA-256; every blob
-        must have a row; the per-level counts and ModalitiesInStudy must match the rows. Meant for a
-        quiet archive: a blob being ingested while the check runs can show up as an orphan.
+        must have a row; the per-level counts and ModalitiesInStudy must match the rows. Only reads:
+        safe while a server ingests. A blob without a row that an ingest journal records is counted in
+        ``in_flight``, not reported: its ingest is in flight (or a crash interrupted it, and start-up
+        recovery removes it; it was never acknowledged).
         """
         report = CheckReport()
         referenced: set[str] = set()
+        total = self.index.count("instances") if progress is not None else 0  # ``progress(done, total)``: rows
         for _pk, uid, key, size, sha, _at, _ae in self._iter_rows():
             report.instances_checked += 1
+            if progress is not None:
+                progress(report.instances_checked, max(total, report.instances_checked))
             referenced.add(key)
             problem = self._verify_copy(uid, key, size, sha, verify_hash)
             if problem is not None:
@@ -522,16 +553,38 @@ class DataStore:
             report.blobs_seen += 1
             if key not in referenced:
                 candidates.append(key)
+        # Read after the listing: an ingest journals its key before its blob appears, and ends the
+        # record only once its row is committed (referenced, below) or its blob deleted (gone, below).
+        # A deletion lists its keys before it removes their rows (pacskit.store.deletion).
         from pacskit.store.deletion import pending_keys
 
+        in_flight = self._journalled_keys() if candidates else set()
         deleting = pending_keys(self) if candidates else set()
         for key in candidates:  # re-check: rows committed while we were listing are not orphans
+            if self.index.is_blob_referenced(key):
+                continue
+            if key in in_flight:
+                # an ingest in flight (its row is not committed yet), or one a crash interrupted: never
+                # acknowledged, and start-up recovery deletes it. Not an orphan.
+                report.in_flight += 1
+                continue
             if key in deleting:  # a deletion's committed intent: finished at the next start or delete
                 report.pending_deletion += 1
-            elif not self.index.is_blob_referenced(key):
+                continue
+            if self.blobs.exists(key):  # an ingest that failed meanwhile deleted it
                 report.problems.append(Problem("orphan-blob", f"blob {key} has no index row", key))
         report.problems.extend(self._check_counts())
         return report
+
+    def _journalled_keys(self) -> set[str]:
+        """Blob keys the ingest journals (every process's) record as in flight right now."""
+        folder = getattr(self.blobs, "journal_dir", None)
+        if folder is None:
+            return set()
+        keys: set[str] = set()
+        for path in journal_files(folder):
+            keys.update(recorded_keys(path))
+        return keys
 
     def _check_counts(self) -> list[Problem]:
         from sqlalchemy import func
@@ -576,7 +629,7 @@ class DataStore:
                     "count-mismatch", f"patient {pid!r}: {n} studies recorded, {patient_studies.get(pk, 0)} found"))
         return problems
 
-    def reindex(self) -> ReindexReport:
+    def reindex(self, *, progress: Callable[[int, int], None] | None = None) -> ReindexReport:
         """Rebuild the whole index from the blobs, in one transaction (readers see old or new).
 
         Blobs are indexed in the order they were received (as the old index recorded, else file
@@ -602,6 +655,8 @@ class DataStore:
             report = ReindexReport()
             self.index.clear(s)
             for n, (when, key) in enumerate(order):
+                if progress is not None:  # ``progress(done, total)``: blobs read
+                    progress(n, len(order))
                 try:
                     attrs, sha, size = self._read_blob(key)
                 except (InvalidInstance, OSError, BlobNotFound) as exc:
@@ -632,6 +687,8 @@ class DataStore:
                 if n % 500 == 499:
                     s.flush()
                     s.expunge_all()
+            if progress is not None:
+                progress(len(order), len(order))
             return report
 
         with self._gate.exclusive():

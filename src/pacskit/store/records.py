@@ -22,7 +22,7 @@ from sqlalchemy import BigInteger, Float, Integer, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pacskit.store.index.models import AE, LO, MYSQL_TABLE_ARGS, PK, UI, Base, UTCDateTime
+from pacskit.store.index.models import AE, LO, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, UTCDateTime
 
 #: long text: TEXT is 64 KiB on MariaDB, too small for an audit message with a large query
 LONG_TEXT = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -45,9 +45,9 @@ class TransactionLogEntry(Base):
     peer_address: Mapped[str | None] = mapped_column(String(ADDRESS))
     service: Mapped[str] = mapped_column(String(SERVICE), index=True)
     message_id: Mapped[int] = mapped_column(Integer)
-    sop_class_uid: Mapped[str | None] = mapped_column(String(UI))
-    sop_instance_uid: Mapped[str | None] = mapped_column(String(UI))
-    study_instance_uid: Mapped[str | None] = mapped_column(String(UI), index=True)
+    sop_class_uid: Mapped[str | None] = mapped_column(String(UID_COLUMN))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_COLUMN))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_COLUMN), index=True)
     patient_id: Mapped[str | None] = mapped_column(String(LO), index=True)
     move_destination: Mapped[str | None] = mapped_column(String(AE))
     #: the final DIMSE status sent; NULL when the association broke before one was sent
@@ -100,7 +100,7 @@ class AuditRecord(Base):
     #: the requesting participant's UserID (a calling AE title, a user name...)
     requestor: Mapped[str | None] = mapped_column(String(128))
     patient_id: Mapped[str | None] = mapped_column(String(LO))
-    study_instance_uid: Mapped[str | None] = mapped_column(String(UI))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_COLUMN))
     xml: Mapped[str] = mapped_column(LONG_TEXT)
 
     __table_args__ = (MYSQL_TABLE_ARGS,)

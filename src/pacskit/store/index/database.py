@@ -184,6 +184,20 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """alembic logs at INFO what it sets up and runs; show it only when pacskit.store logs DEBUG."""
+    alembic_log = logging.getLogger("alembic")
+    quiet = alembic_log.level == logging.NOTSET and not log.isEnabledFor(logging.DEBUG)
+    if quiet:
+        alembic_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        if quiet:
+            alembic_log.setLevel(logging.NOTSET)
+
+
 class Index:
     """The index database. ``Index.open(url)`` or ``Index(engine)``; call :meth:`migrate` once."""
 
@@ -224,20 +238,31 @@ class Index:
     # schema ----------------------------------------------------------------------------------------
 
     def migrate(self, revision: str = "head") -> None:
-        """``alembic upgrade head`` on this database; a no-op when already up to date."""
-        from alembic import command
+        """``alembic upgrade head`` on this database; a no-op when already up to date.
 
-        with self._write_lock, self.engine.begin() as conn:
-            # Several processes may start at once against one server: migrate one at a time.
-            if self.backend == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
-            elif self.backend == "mysql":
-                conn.exec_driver_sql(f"SELECT GET_LOCK('{_MIGRATION_LOCK_NAME}', 300)")
-            try:
-                command.upgrade(alembic_config(conn), revision)
-            finally:
-                if self.backend == "mysql":
-                    conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK_NAME}')")
+        alembic's own INFO lines (plugins, context, each step) are kept at DEBUG level of pacskit: one
+        INFO line says when the schema was created or upgraded."""
+        with _quiet_alembic():
+            from alembic import command
+            from alembic.runtime.migration import MigrationContext
+
+            with self._write_lock, self.engine.begin() as conn:
+                # Several processes may start at once against one server: migrate one at a time.
+                if self.backend == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+                elif self.backend == "mysql":
+                    conn.exec_driver_sql(f"SELECT GET_LOCK('{_MIGRATION_LOCK_NAME}', 300)")
+                try:
+                    opts = {"version_table": VERSION_TABLE}
+                    before = MigrationContext.configure(conn, opts=opts).get_current_revision()
+                    command.upgrade(alembic_config(conn), revision)
+                    after = MigrationContext.configure(conn, opts=opts).get_current_revision()
+                finally:
+                    if self.backend == "mysql":
+                        conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK_NAME}')")
+        if after != before:
+            log.info("index %s: schema %s", self.engine.url.render_as_string(hide_password=True),
+                     f"created (revision {after})" if before is None else f"upgraded from {before} to {after}")
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext

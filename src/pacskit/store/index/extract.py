@@ -27,14 +27,20 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from pacskit.dicom.part10 import InflationLimit, inflate
-from pacskit.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
-from pacskit.dicom.walker import check_nesting
+from pacskit.dicom.uids import DEFLATED_IMAGE_FRAME_COMPRESSION, EXPLICIT_VR_LITTLE_ENDIAN
+from pacskit.dicom.walker import Malformed, check_nesting
 from pacskit.store.index import models as m
 from pacskit.store.index.models import datetime_key, normalise_person_name
 
 #: PS3.5 9.1: components of digits, no leading zeros, separated by dots.
 UID_PATTERN = re.compile(r"\A(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\Z")
 UID_MAX = 64
+#: The longest UID accepted from a peer. PS3.5 9.1 allows 64 characters, but legacy modalities send
+#: longer ones, and Orthanc and DCMTK store them; beyond this a value is not a UID but garbage.
+UID_LIMIT = m.UID_COLUMN
+# never accepted in a UID, even leniently: anything but digits, dots and ASCII letters (spaces,
+# control and non-ASCII characters, path separators, the value separator, wildcards, quotes, %, _)
+_UNUSABLE_UID = re.compile(r"[^0-9A-Za-z.]")
 HASH_CHUNK = 1 << 20
 
 _PIXEL_DATA = 0x7FE00010
@@ -92,6 +98,25 @@ class InstanceMismatch(InvalidInstance):
     """The dataset's SOP Class / Instance UID differs from the C-STORE command's (status 0xA900)."""
 
 
+class UnparseableDataset(InvalidInstance):
+    """The dataset does not parse to its end in its transfer syntax (truncated, or encoded in another
+    one, e.g. Implicit VR bytes on an Explicit VR context): status 0xC000, nothing is kept.
+
+    ``str()`` is short enough for an Error Comment; ``detail`` says what was found and where (byte
+    offset in the dataset, transfer syntax), for the log.
+    """
+
+    def __init__(self, problem: Malformed, transfer_syntax: str) -> None:
+        super().__init__(problem.reason + (" in" if problem.tag is not None else ""), problem.tag)
+        self.offset = problem.offset
+        self.detail = f"does not parse as {_syntax_name(transfer_syntax)}: {problem}"
+
+
+def _syntax_name(transfer_syntax: str) -> str:
+    name = UID(transfer_syntax).name
+    return name if name and name != transfer_syntax else transfer_syntax
+
+
 class InstanceTooLarge(InvalidInstance):
     """The dataset is beyond a size limit (a deflated dataset inflating too far): status 0xA700."""
 
@@ -147,19 +172,48 @@ class InstanceAttributes:
 
 
 def is_valid_uid(value: object) -> bool:
+    """``value`` is a UID as PS3.5 9.1 defines it (what we create and what strict checks demand)."""
     return isinstance(value, str) and len(value) <= UID_MAX and UID_PATTERN.match(value) is not None
 
 
-def check_uid(value: object, tag: int) -> str:
-    """``value`` as a UID string, or :class:`InvalidInstance` saying what is wrong with it."""
+def is_usable_uid(value: object) -> bool:
+    """``value`` is safe to store and look up as a UID, though maybe not PS3.5 9.1 (see :func:`check_uid`)."""
+    return isinstance(value, str) and 0 < len(value) <= UID_LIMIT and _UNUSABLE_UID.search(value) is None
+
+
+def uid_deviation(text: str) -> str | None:
+    """Why ``text`` is not a PS3.5 9.1 UID (``None`` when it is): a component with a leading zero,
+    a character other than digits and dots, an empty component, more than 64 characters."""
+    if len(text) > UID_MAX:
+        return f"longer than {UID_MAX} characters ({len(text)})"
+    if UID_PATTERN.match(text) is not None:
+        return None
+    components = text.split(".")
+    if any(not c for c in components):
+        return "an empty component"
+    if any(not c.isdigit() for c in components):
+        return "a character other than digits and dots"
+    return "a component with a leading zero"
+
+
+def check_uid(value: object, tag: int, *, strict: bool = False) -> str:
+    """``value`` as a UID string, or :class:`InvalidInstance` saying what is wrong with it.
+
+    Be liberal where it is safe: a UID that breaks PS3.5 9.1 harmlessly (a component with a leading
+    zero, a letter, up to :data:`UID_LIMIT` characters), as legacy modalities send and Orthanc and
+    DCMTK store, is accepted (the caller warns, :func:`uid_deviation`); with ``strict`` it is refused.
+    Always refused: an empty or multi-valued value, any character but digits, dots and ASCII letters
+    (spaces, control characters, path separators, wildcards, quotes...), more than :data:`UID_LIMIT`
+    characters. (Blob paths never come from UIDs; SQL takes them as bound parameters.)
+    """
     if value is None or value == "":
         raise InvalidInstance("missing", tag)
     if isinstance(value, (list, MultiValue)):
         raise InvalidInstance("multi-valued UID", tag)
     text = str(value)
-    if len(text) > UID_MAX:
-        raise InvalidInstance(f"UID longer than {UID_MAX} characters ({len(text)})", tag)
-    if UID_PATTERN.match(text) is None:
+    if len(text) > (UID_MAX if strict else UID_LIMIT):
+        raise InvalidInstance(f"UID longer than {UID_MAX if strict else UID_LIMIT} characters ({len(text)})", tag)
+    if _UNUSABLE_UID.search(text) is not None or (strict and UID_PATTERN.match(text) is None):
         raise InvalidInstance(f"not a valid UID {text!r}", tag)
     return text
 
@@ -253,7 +307,7 @@ def attributes_from_dataset(ds: Dataset, transfer_syntax_uid: str | None = None,
 
 _TAG_FIELD: dict[int, tuple[str, str, int]] = {}  # tag -> (field, kind, limit); kind: uid/text/int
 for _kw, _field in _UID_FIELDS.items():
-    _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "uid", UID_MAX)  # type: ignore[index]
+    _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "uid", UID_LIMIT)  # type: ignore[index]
 for _kw, (_field, _limit) in _TEXT_FIELDS.items():
     _TAG_FIELD[tag_for_keyword(_kw)] = (_field, "text", _limit)  # type: ignore[index]
 for _kw, _field in _INT_FIELDS.items():
@@ -366,7 +420,9 @@ def _raw_dataset(values: dict[int, tuple[bytes | None, bytes]], little_endian: b
 
 
 def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
-    """(implicit VR, little endian, deflated) for a transfer syntax; unknown ones are explicit LE."""
+    """(implicit VR, little endian, deflated dataset) for a transfer syntax; unknown ones are explicit LE."""
+    if transfer_syntax == DEFLATED_IMAGE_FRAME_COMPRESSION:  # deflated frames, not a deflated dataset
+        return False, True, False
     uid = UID(transfer_syntax)
     try:
         return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
@@ -376,13 +432,14 @@ def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
 
 def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_syntax_uid: str,
                   source_ae: str | None = None) -> InstanceAttributes:
-    """Guard the nesting depth and read the indexed attributes in one pass over the file.
+    """Prove the dataset parses, guard the nesting depth and read the indexed attributes, in one pass.
 
     What ingest runs on every received instance: :func:`pacskit.dicom.walker.check_nesting` walks
-    the element headers (raising :class:`~pacskit.dicom.walker.TooDeep`) and collects the raw values
-    of :data:`WALK_TAGS` on the way; :func:`attributes_from_walk` decodes them. Deflated datasets,
-    and files the walk could not finish (truncated, odd), are read by pydicom instead, so their error
-    is reported precisely. Raises :class:`InvalidInstance`.
+    the element headers to the last byte (raising :class:`~pacskit.dicom.walker.TooDeep`) and
+    collects the raw values of :data:`WALK_TAGS` on the way; :func:`attributes_from_walk` decodes
+    them. A deflated dataset is inflated (never beyond :data:`MAX_INFLATED`, the stream must end) and
+    the result walked. Raises :class:`UnparseableDataset` when the dataset does not parse to its end
+    (truncated, not in its transfer syntax), :class:`InvalidInstance` for the rest.
     """
     implicit, little, deflated = _flags(transfer_syntax_uid)
     if deflated:  # walk the inflated dataset (explicit VR little endian), never more than MAX_INFLATED
@@ -399,7 +456,9 @@ def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_sy
                 pass
     else:
         walked = check_nesting(path, dataset_offset, transfer_syntax_uid, collect=WALK_TAGS)
-    if not walked.complete:
+    if walked.problem is not None:
+        raise UnparseableDataset(walked.problem, transfer_syntax_uid)
+    if not walked.complete:  # not walked (cannot happen for what ingest hands in): pydicom reads it
         return read_index_attributes(path, dataset_offset)
     return attributes_from_walk(walked.values, transfer_syntax_uid, source_ae,
                                 little_endian=little, implicit_vr=implicit)

@@ -48,6 +48,8 @@ from sqlalchemy.types import TypeDecorator
 
 # VR maximum lengths (characters), PS3.5 table 6.2-1.
 UI = 64
+#: UID columns: PS3.5 allows 64 characters, but UIDs up to 128 from legacy devices are stored (migration 0007)
+UID_COLUMN = 128
 LO = 64
 PN = 324
 SH = 16
@@ -152,7 +154,7 @@ class Study(Base):
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     patient_fk: Mapped[int] = mapped_column(PK, ForeignKey("patients.pk"), index=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(UI), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_COLUMN), unique=True)
     study_date: Mapped[str | None] = mapped_column(String(DA), index=True)
     study_time: Mapped[str | None] = mapped_column(String(TM))
     accession_number: Mapped[str | None] = mapped_column(String(SH), index=True)
@@ -180,7 +182,7 @@ class Series(Base):
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     study_fk: Mapped[int] = mapped_column(PK, ForeignKey("studies.pk"), index=True)
-    series_instance_uid: Mapped[str] = mapped_column(String(UI), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_COLUMN), unique=True)
     series_number: Mapped[int | None] = mapped_column(Integer)
     modality: Mapped[str | None] = mapped_column(String(CS))
     series_description: Mapped[str | None] = mapped_column(String(LO))
@@ -218,13 +220,13 @@ class Instance(Base):
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     series_fk: Mapped[int] = mapped_column(PK, ForeignKey("series.pk"), index=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(UI), unique=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(UI))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_COLUMN), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_COLUMN))
     instance_number: Mapped[int | None] = mapped_column(Integer)
     acquisition_datetime: Mapped[str | None] = mapped_column(String(DT))
     #: AcquisitionDateTime without its UTC offset: what DT range matching compares (see datetime_key)
     acquisition_datetime_key: Mapped[str | None] = mapped_column(String(DT))
-    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(UI))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(UID_COLUMN))
     specific_character_set: Mapped[str | None] = mapped_column(String(CHARSET))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(SHA256_HEX))

@@ -17,8 +17,10 @@ Matching (PS3.4 C.2.2.2), on the attributes the index keeps (:data:`KEYS`):
 * list of UIDs: ``UID1\\UID2\\...`` matches any of them (wildcards are not allowed in UIDs);
 * range, DA and TM: ``A-B``, ``A-``, ``-B``; DA also accepts the ACR-NEMA form ``YYYY.MM.DD`` and TM
   ``HH:MM:SS.frac``. A partial time is the earliest instant it names (``-12`` includes ``120000`` but
-  not ``120000.000001``, like DCMTK). When both StudyDate and StudyTime have values they are matched as
-  one date-time (``20240105-20240107`` + ``1000-1800``: from 5 January 10:00 to 7 January 18:00);
+  not ``120000.000001``, like DCMTK). StudyDate and StudyTime are matched each on its own (the time
+  range within each day of the date range, PS3.4 C.2.2.2.5.1), unless combined date-time matching was
+  negotiated (``combined_datetime``): then both are one date-time (``20240105-20240107`` +
+  ``1000-1800``: from 5 January 10:00 to 7 January 18:00);
 * PN: case-insensitive, on the normalised search form (:func:`pacskit.store.index.models.normalise_person_name`:
   NFC, upper-case, trailing empty components dropped). A value without ``=`` is matched against the whole
   name and against each component group (so ``Yamada^Tarou`` and ``山田^太郎`` both find

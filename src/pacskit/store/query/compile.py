@@ -32,6 +32,7 @@ from pacskit.store.index.models import (
     Series,
     SeriesRequest,
     Study,
+    UID_COLUMN,
 )
 
 if TYPE_CHECKING:
@@ -248,8 +249,13 @@ def _decoded_elements(identifier: Dataset, charset: list[str] | None = None) -> 
     return elements
 
 
-def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -> FindQuery:
+def compile_find(identifier: Dataset, model: str, *, relational: bool = False,
+                 combined_datetime: bool = False) -> FindQuery:
     """Compile a C-FIND identifier for ``model`` (:data:`PATIENT_ROOT` / :data:`STUDY_ROOT`).
+
+    ``relational`` and ``combined_datetime`` are what SOP Class Extended Negotiation agreed (PS3.4
+    C.5.1.1.1): relational queries, and StudyDate + StudyTime matched as one date-time range
+    (otherwise, PS3.4 C.2.2.2.5.1, each is matched on its own: the time range within each day).
 
     Raises :class:`InvalidQuery` (0xA900: wrong structure, e.g. no level or a missing unique key of a
     higher level in a hierarchical query; 0xC000: a value that is not valid for its VR).
@@ -319,7 +325,7 @@ def compile_find(identifier: Dataset, model: str, *, relational: bool = False) -
 
     combined = False
     date_elem, time_elem = seen_keys.get("StudyDate"), seen_keys.get("StudyTime")
-    if date_elem is not None and time_elem is not None:
+    if combined_datetime and date_elem is not None and time_elem is not None:
         dates, times = date_range(date_elem), time_range(time_elem)
         if dates is not None and times is not None:
             conditions.append(combined_datetime_condition(Study.study_date, Study.study_time, dates, times))
@@ -440,8 +446,8 @@ def _condition(key: Key, elem: DataElement) -> ColumnElement[bool] | None:
         for v in values:
             if has_wildcards(v):
                 raise _bad_value(elem, "wildcards are not allowed in UIDs")
-            if len(v) > 64:
-                raise _bad_value(elem, "UID longer than 64 characters")
+            if len(v) > UID_COLUMN:  # 64 in PS3.5 9.1; longer legacy UIDs are stored (extract.check_uid)
+                raise _bad_value(elem, f"UID longer than {UID_COLUMN} characters")
         return key.column == values[0] if len(values) == 1 else key.column.in_(values)
     if key.kind == "int":
         numbers = []

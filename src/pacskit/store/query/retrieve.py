@@ -16,7 +16,9 @@ Rules, and the status a violation gets (the add-in answers it with an Error Comm
   PatientName, a wildcard...) -> 0xA900; empty attributes are ignored, since they constrain nothing
   and some SCUs send a return-key template out of habit;
 * more than one value where one is required (PatientID; UID keys above the retrieve level) -> 0xA900;
-* a UID that is not a valid UID (PS3.5 9.1) or a list longer than :data:`MAX_UIDS` -> 0xC000.
+* a UID that cannot be one (:func:`~pacskit.store.index.extract.is_usable_uid`: empty, spaces, wildcards,
+  path separators, over 128 characters; harmless PS3.5 9.1 deviations such as a leading zero are
+  stored, so they are retrieved) or a list longer than :data:`MAX_UIDS` -> 0xC000.
 
 Keys above the retrieve level are optional (they only narrow the selection), which is what relational
 retrieve allows and costs nothing for a hierarchical one. PatientID matches every patient with that
@@ -33,10 +35,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from sqlalchemy import Select, and_, func, select
 
-from pacskit.store.index.extract import is_valid_uid
-from pacskit.store.index.database import Index
-from pacskit.store.index.models import Instance, Patient, Series, Study
 from pacskit.dicom.status import Status
+from pacskit.store.index.database import Index
+from pacskit.store.index.extract import is_usable_uid
+from pacskit.store.index.models import Instance, Patient, Series, Study
 
 Model = Literal["PATIENT", "STUDY"]
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
@@ -143,10 +145,10 @@ def parse_identifier(ds: Dataset, model: Model, *, patient_level_in_study_root: 
         if len(values) > 1 and not many:
             raise InvalidIdentifier(f"{keyword} above the retrieve level must be one UID", tag=tag)
         if len(values) > MAX_UIDS:
-            raise InvalidIdentifier(f"more than {MAX_UIDS} UIDs in {keyword}", 0xC000, tag)
+            raise InvalidIdentifier(f"more than {MAX_UIDS} UIDs in {keyword}", Status.UNABLE_TO_PROCESS, tag)
         for v in values:
-            if not is_valid_uid(v):
-                raise InvalidIdentifier(f"invalid UID in {keyword}", 0xC000, tag)
+            if not is_usable_uid(v):
+                raise InvalidIdentifier(f"invalid UID in {keyword}", Status.UNABLE_TO_PROCESS, tag)
         return tuple(dict.fromkeys(values))  # drop repeats, keep order
 
     patient_id: str | None = None

@@ -17,7 +17,7 @@ import datetime as dt
 from sqlalchemy import ForeignKey, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UI, Base, UTCDateTime
+from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, UTCDateTime
 
 STATE_PENDING = "pending"
 STATE_REPORTED = "reported"
@@ -31,7 +31,7 @@ class CommitmentRequest(Base):
     __tablename__ = "storage_commitment_requests"
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
-    transaction_uid: Mapped[str] = mapped_column(String(UI), index=True)
+    transaction_uid: Mapped[str] = mapped_column(String(UID_COLUMN), index=True)
     #: calling AE title of the requester: where a report on a new association goes (AE registry)
     requester_ae: Mapped[str] = mapped_column(String(AE))
     state: Mapped[str] = mapped_column(String(16), index=True)
@@ -60,8 +60,8 @@ class CommitmentItem(Base):
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     request_fk: Mapped[int] = mapped_column(PK, ForeignKey("storage_commitment_requests.pk", name="fk_storage_commitment_items_request_fk"), index=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(UI))
-    sop_instance_uid: Mapped[str] = mapped_column(String(UI))
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_COLUMN))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_COLUMN))
     #: None: not checked yet; 0: committed; else the Failure Reason (0008,1197) reported
     failure_reason: Mapped[int | None] = mapped_column(Integer, nullable=True)
 

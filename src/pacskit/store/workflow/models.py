@@ -39,7 +39,7 @@ from pacskit.store.index.models import (
     SEARCH_STRING,
     SH,
     TM,
-    UI,
+    UID_COLUMN,
     Base,
     UTCDateTime,
 )
@@ -67,7 +67,7 @@ class WorklistItem(Base):
     referring_physician_name_search: Mapped[str | None] = mapped_column(SEARCH_STRING)
     requesting_physician: Mapped[str | None] = mapped_column(String(PN))
     requesting_physician_search: Mapped[str | None] = mapped_column(SEARCH_STRING)
-    study_instance_uid: Mapped[str | None] = mapped_column(String(UI))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_COLUMN))
     requested_procedure_id: Mapped[str | None] = mapped_column(String(SH))
     requested_procedure_description: Mapped[str | None] = mapped_column(String(LO))
     requested_procedure_priority: Mapped[str | None] = mapped_column(String(CS))
@@ -125,7 +125,7 @@ class PerformedProcedureStep(Base):
     __tablename__ = "performed_procedure_steps"
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(UI), unique=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_COLUMN), unique=True)
     #: IN PROGRESS, COMPLETED or DISCONTINUED
     status: Mapped[str] = mapped_column(String(CS), index=True)
     calling_ae: Mapped[str | None] = mapped_column(String(AE))
@@ -168,7 +168,7 @@ class PerformedStepLink(Base):
     accession_number: Mapped[str | None] = mapped_column(String(SH))
     requested_procedure_id: Mapped[str | None] = mapped_column(String(SH))
     sps_id: Mapped[str | None] = mapped_column(String(SH))
-    study_instance_uid: Mapped[str | None] = mapped_column(String(UI))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(UID_COLUMN))
 
     performed: Mapped[PerformedProcedureStep] = relationship(back_populates="links")
 

@@ -401,6 +401,65 @@ def decoded_copy(entry: Dataset) -> Dataset:
     return out
 
 
+_DA_RE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")  # YYYYMMDD, or ACR-NEMA YYYY.MM.DD
+_TM_RE = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.\d{1,6})?)?)?$")  # HH[MM[SS[.F]]], legacy colons
+_DT_RE = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
+_UI_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _value_problem(vr: str, text: str) -> str | None:
+    """Why ``text`` is not a valid value of ``vr`` (DA, TM, DT, PN, UI, CS), or None."""
+    if vr == "DA":
+        m = _DA_RE.match(text)
+        if not m:
+            return "is not a date (DA: YYYYMMDD)"
+        try:
+            dt.date(int(m[1]), int(m[2]), int(m[3]))
+        except ValueError:
+            return "is not a date of the calendar (DA: YYYYMMDD)"
+    elif vr == "TM":
+        m = _TM_RE.match(text)
+        if not m or int(m[1]) > 23 or int(m[2] or 0) > 59 or int(m[3] or 0) > 60:
+            return "is not a time (TM: HHMMSS.FFFFFF)"
+    elif vr == "DT":
+        if not _DT_RE.match(text) or len(text) > 26:
+            return "is not a date-time (DT: YYYYMMDDHHMMSS.FFFFFF&ZZXX)"
+    elif vr == "PN":
+        groups = text.split("=")
+        if len(groups) > 3 or any(len(g) > 64 or g.count("^") > 4 for g in groups):
+            return "is not a person name (PN: at most 3 groups of 5 '^'-separated components, 64 characters each)"
+    elif vr == "UI":
+        if len(text) > 64 or not _UI_RE.match(text):
+            return "is not a UID (UI: digits and dots, at most 64 characters)"
+    elif vr == "CS":
+        if len(text) > 16 or any(ord(c) < 0x20 for c in text):
+            return "is not a code string (CS: at most 16 characters)"
+    return None
+
+
+def check_entry_values(entry: Dataset, where: str = "") -> None:
+    """Raise :class:`InvalidEntry` naming the attribute when a DA, TM, DT, PN, UI or CS value of
+    ``entry`` (sequences included) is malformed: a worklist hands its values to modalities, which
+    may fail on a date ``baddate``. Empty values are fine (unknown); ACR-NEMA dates (``YYYY.MM.DD``)
+    and times with colons are accepted, as the matching reads them."""
+    for elem in entry:
+        name = f"{where}{elem.keyword or elem.tag}"
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                check_entry_values(item, f"{name}[{i}].")
+            continue
+        if elem.VR not in ("DA", "TM", "DT", "PN", "UI", "CS") or elem.value is None:
+            continue
+        values = list(elem.value) if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+        for value in values:
+            text = str(value).strip(" \0") if value is not None else ""
+            if not text:
+                continue
+            problem = _value_problem(elem.VR, text)
+            if problem:
+                raise InvalidEntry(f"{name}: {text!r} {problem}")
+
+
 def split_steps(entry: Dataset) -> list[Dataset]:
     """One dataset per item of the Scheduled Procedure Step Sequence (the entry itself if it has none);
     values decoded with the entry's character set."""
@@ -536,6 +595,9 @@ class WorklistStore:
         """:meth:`add` for several entries in one transaction: all are stored, or none (an
         :class:`InvalidEntry` names the first that cannot be)."""
         # everything that can fail on the values is done before the transaction, once
+        entries = list(entries)
+        for entry in entries:
+            check_entry_values(entry)
         steps = [_Prepared.of(step) for entry in entries for step in split_steps(entry)]
 
         def work(s: Session) -> list[int]:
@@ -554,6 +616,7 @@ class WorklistStore:
                 return None
             step = Dataset.from_json(row.dataset)
             _merge(step, decoded_copy(changes))
+            check_entry_values(step)
             if SPS_SEQUENCE in step and len(step[SPS_SEQUENCE].value or []) > 1:
                 raise InvalidEntry("a stored step has one Scheduled Procedure Step Sequence item")
             self._write(s, _Prepared.of(step), row)
@@ -705,7 +768,11 @@ def read_entries(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Dataset]]:
                     data = json.loads(file.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as exc:
                     raise InvalidEntry(f"{file}: {exc}") from None
-                for entry in entries_from_json(data):
+                try:
+                    found = list(entries_from_json(data))
+                except InvalidEntry as exc:
+                    raise InvalidEntry(f"{file}: {exc}") from None
+                for entry in found:
                     yield file, entry
             else:
                 yield file, read_entry_file(file)
@@ -721,6 +788,7 @@ __all__ = [
     "WorklistQuery",
     "WorklistStore",
     "build_answer",
+    "check_entry_values",
     "compile_worklist_find",
     "decoded_copy",
     "entries_from_json",
