@@ -1,0 +1,386 @@
+"""De-identification: PS3.15 Annex E, the Basic Application Level Confidentiality Profile and options.
+
+Table E.1-1 (:mod:`pacskit.dicom.deid_table`) is applied to every attribute, at every nesting level:
+
+========  ==================================================================================
+``X``     removed
+``Z``     emptied (Patient ID and Patient's Name get a pseudonym instead: see below)
+``D``     replaced by a dummy value valid for the VR (a sequence: its items de-identified)
+``K``     kept (an option says so)
+``U``     a UID replaced by ``2.25.<128 bits of HMAC-SHA-256(key, UID)>``: the same input UID gives
+          the same output UID for one key, so a study set exported in several runs stays
+          consistent (study, series, frame of reference, references between instances)
+``C``     only for the modified-dates option (dates shifted by a per-patient number of days);
+          the clean options (descriptors, structured content, graphics) are not offered: without
+          them, their attributes get the Basic Profile's action (removed or emptied)
+========  ==================================================================================
+
+Where the action depends on the attribute's type in the IOD, the choice keeps every IOD valid
+without looking the type up: ``X/Z`` -> ``Z``; ``X/D``, ``Z/D``, ``X/Z/D`` -> ``D``; ``X/Z/U*`` -> the
+sequence kept with its UIDs replaced. Every private attribute is removed (the Retain Safe Private
+option is not offered), and so is every curve (``50xx``) and overlay (``60xx`` group: the Basic Profile
+removes Overlay Data, and an overlay without its data would be invalid).
+
+Patient ID and Patient's Name are replaced by pseudonyms derived from the key and the original Patient
+ID (``Options.patient_prefix`` + 10 hex digits), so one patient's studies stay together and nothing
+can be traced back without the key. The attributes of E.1.1 are added: Patient Identity Removed
+``YES``, De-identification Method (and its code sequence, CID 7050, naming the options used), and
+Longitudinal Temporal Information Modified.
+
+**Burned-in annotation**: an instance whose Burned In Annotation is ``YES`` is refused
+(:class:`BurnedInAnnotation`) unless ``Options.allow_burned_in`` (pixel data cannot be cleaned here);
+one without the attribute is reported ``"unknown"`` in :class:`Result` for the caller to flag
+(ultrasound, secondary capture and endoscopy images often carry burned-in text).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from pacskit.dicom.deid_table import E1_1
+
+#: PS3.16 CID 7050 De-identification Method codes, by option
+_METHOD_CODES = {
+    "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "uids": ("113110", "Retain UIDs Option"),
+    "device_identity": ("113109", "Retain Device Identity Option"),
+    "institution_identity": ("113112", "Retain Institution Identity Option"),
+    "patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "full_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+}
+
+_PATIENT_ID = 0x00100020
+_PATIENT_NAME = 0x00100010
+_BURNED_IN = 0x00280301
+_SOP_INSTANCE_UID = 0x00080018
+
+_TEXT_DUMMY = "ANONYMIZED"
+_MAX_LEN = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240, "UT": 10240, "UC": 10240}
+
+
+class AnonymizeError(ValueError):
+    """The instance cannot be de-identified as asked (one line for the operator)."""
+
+
+class BurnedInAnnotation(AnonymizeError):
+    """The instance has burned-in annotation (Burned In Annotation = YES) and it was not allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The options of PS3.15 E.3 this implementation offers, and the pseudonym prefix."""
+
+    retain_uids: bool = False
+    retain_device_identity: bool = False
+    retain_institution_identity: bool = False
+    retain_patient_characteristics: bool = False
+    retain_full_dates: bool = False
+    retain_modified_dates: bool = False  # dates shifted by a per-patient offset (1 to 3650 days back)
+    allow_burned_in: bool = False
+    patient_prefix: str = "ANON"
+
+    def enabled(self) -> list[str]:
+        names = {"uids": self.retain_uids, "device_identity": self.retain_device_identity,
+                 "institution_identity": self.retain_institution_identity,
+                 "patient_characteristics": self.retain_patient_characteristics,
+                 "full_dates": self.retain_full_dates, "modified_dates": self.retain_modified_dates}
+        return [name for name, on in names.items() if on]
+
+
+@dataclass(slots=True)
+class Result:
+    """What :meth:`Anonymizer.anonymize` did to one instance."""
+
+    sop_instance_uid: str  # the new one
+    original_sop_instance_uid: str
+    burned_in: str  # "YES" (allowed), "NO", or "unknown" (the attribute is absent)
+    removed: int = 0
+    replaced: int = 0
+    uids: int = 0
+    private_removed: int = 0
+
+
+def _resolve(action: str, opts: dict[str, str], enabled: Iterable[str]) -> str:
+    for name in enabled:
+        option_action = opts.get(name)
+        if option_action == "K":
+            return "K"
+        if option_action == "C" and name == "modified_dates":
+            return "C"
+    if action in ("X/Z",):
+        return "Z"
+    if action in ("X/D", "Z/D", "X/Z/D"):
+        return "D"
+    if action == "X/Z/U*":
+        return "U*"
+    return action
+
+
+@dataclass(slots=True)
+class _Run:
+    result: Result
+    patient_id: str
+    offset: dt.timedelta | None = None
+    new_uids: dict[str, str] = field(default_factory=dict)
+
+
+class Anonymizer:
+    """De-identifies datasets with one project ``key`` (bytes or text; keep it secret and keep it:
+    the same key maps the same UIDs and patients to the same values in every run)."""
+
+    def __init__(self, key: bytes | str, options: Options | None = None) -> None:
+        if not key:
+            raise ValueError("an anonymization key is required (the same key keeps UIDs consistent)")
+        self.key = key.encode() if isinstance(key, str) else bytes(key)
+        self.options = options or Options()
+        enabled = self.options.enabled()
+        self.exact: dict[int, str] = {}
+        self.masked: list[tuple[int, int, str]] = []  # (mask, value, action) for repeating groups
+        for tag, action, opts, _name in E1_1:
+            if tag.startswith("GGGG"):  # private attributes: every odd group is removed (_walk)
+                continue
+            effective = _resolve(action, opts, enabled)
+            if "X" in tag[:4] and tag[4:] == "XXXX" or tag[:2] in ("50", "60"):
+                continue  # curves and overlays: whole groups, below
+            if "X" in tag:
+                mask = int("".join("0" if c == "X" else "F" for c in tag), 16)
+                value = int(tag.replace("X", "0"), 16)
+                self.masked.append((mask, value, effective))
+            else:
+                self.exact[int(tag, 16)] = effective
+        self.exact.pop(0x00020003, None)  # file meta: rewritten whole
+        self.exact.pop(_SOP_INSTANCE_UID, None)
+        self.exact[_SOP_INSTANCE_UID] = "K" if self.options.retain_uids else "U"
+
+    # ------------------------------------------------------------------ derived values
+
+    def _digest(self, kind: bytes, value: str) -> bytes:
+        return hmac.new(self.key, kind + b"\0" + value.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+
+    def uid(self, uid: str) -> str:
+        """The replacement of ``uid`` (the same for the same key)."""
+        uid = uid.strip().rstrip("\0")
+        if not uid:
+            return uid
+        return "2.25." + str(int.from_bytes(self._digest(b"uid", uid)[:16], "big"))
+
+    def pseudonym(self, patient_id: str) -> str:
+        """The Patient ID (and Patient's Name) that replaces ``patient_id``."""
+        return f"{self.options.patient_prefix}{self._digest(b'patient', patient_id.strip()).hex()[:10].upper()}"
+
+    def date_offset(self, patient_id: str) -> dt.timedelta:
+        """How far back the modified-dates option moves one patient's dates (1 to 3650 days)."""
+        return dt.timedelta(days=1 + int.from_bytes(self._digest(b"dates", patient_id.strip())[:4], "big") % 3650)
+
+    # ------------------------------------------------------------------ datasets
+
+    def anonymize(self, ds: Dataset) -> Result:
+        """De-identify ``ds`` in place (file meta included when present); see the module docstring."""
+        burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+        if burned == "YES" and not self.options.allow_burned_in:
+            raise BurnedInAnnotation("the instance has burned-in annotation (Burned In Annotation = YES): "
+                                     "its pixels may identify the patient; allow it explicitly to export")
+        original_uid = str(ds.get("SOPInstanceUID", ""))
+        patient_id = str(ds.get("PatientID", "") or "")
+        run = _Run(Result("", original_uid, burned or "unknown"), patient_id)
+        if self.options.retain_modified_dates:
+            run.offset = self.date_offset(patient_id)
+        self._walk(ds, run, top=True)
+        pseudonym = self.pseudonym(patient_id)
+        ds.PatientID = pseudonym
+        ds.PatientName = pseudonym
+        ds.PatientIdentityRemoved = "YES"
+        enabled = self.options.enabled()
+        method = "PS3.15 E.1 Basic Profile" + ("; " + ", ".join(enabled) if enabled else "") + "; pacskit"
+        ds.DeidentificationMethod = method[:64]
+        codes = Sequence()
+        for name in ["basic", *enabled]:
+            item = Dataset()
+            item.CodeValue, item.CodeMeaning = _METHOD_CODES[name]
+            item.CodingSchemeDesignator = "DCM"
+            codes.append(item)
+        ds.DeidentificationMethodCodeSequence = codes
+        ds.LongitudinalTemporalInformationModified = (
+            "UNMODIFIED" if self.options.retain_full_dates else "MODIFIED" if self.options.retain_modified_dates
+            else "REMOVED")
+        run.result.sop_instance_uid = str(ds.get("SOPInstanceUID", ""))
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+            meta.MediaStorageSOPInstanceUID = run.result.sop_instance_uid
+            for tag in list(meta.keys()):
+                if tag in (0x00020016, 0x00020017, 0x00020018):  # Source / Sending / Receiving AE Title
+                    del meta[tag]
+        return run.result
+
+    def _action(self, tag: int) -> str | None:
+        action = self.exact.get(tag)
+        if action is not None:
+            return action
+        for mask, value, masked_action in self.masked:
+            if tag & mask == value:
+                return masked_action
+        return None
+
+    def _walk(self, ds: Dataset, run: _Run, top: bool = False) -> None:
+        result = run.result
+        for tag in list(ds.keys()):
+            group = tag >> 16
+            if group & 1:  # private (and private creators)
+                del ds[tag]
+                result.private_removed += 1
+                continue
+            if group & 0xFF00 in (0x5000, 0x6000):  # curves, overlays
+                del ds[tag]
+                result.removed += 1
+                continue
+            if top and tag in (_PATIENT_ID, _PATIENT_NAME):
+                continue  # pseudonyms, set by the caller
+            action = self._action(tag)
+            raw = ds._dict[BaseTag(tag)]  # noqa: SLF001 - the VR without decoding the value
+            vr = raw.VR or _dictionary_vr(tag)
+            if action is None or action == "K":
+                if vr == "SQ":
+                    for item in ds[tag].value or ():
+                        self._walk(item, run)
+                continue
+            if action == "X":
+                del ds[tag]
+                result.removed += 1
+            elif action == "Z":
+                self._empty(ds, tag, vr)
+                result.replaced += 1
+            elif action == "D":
+                self._dummy(ds, tag, vr, run)
+                result.replaced += 1
+            elif action in ("U", "U*"):
+                self._uids(ds, tag, vr, run)
+            elif action == "C":  # modified dates
+                self._shift(ds, tag, vr, run)
+                result.replaced += 1
+            else:  # an action of an option not offered ("C" of clean options): the safe one
+                del ds[tag]
+                result.removed += 1
+
+    @staticmethod
+    def _empty(ds: Dataset, tag: int, vr: str) -> None:
+        ds[tag] = DataElement(tag, vr, Sequence() if vr == "SQ" else None)
+
+    def _dummy(self, ds: Dataset, tag: int, vr: str, run: _Run) -> None:
+        if vr == "SQ":
+            for item in ds[tag].value or ():
+                self._walk(item, run)
+            return
+        if vr == "UI":
+            self._uids(ds, tag, vr, run)
+            return
+        if run.offset is not None and vr in ("DA", "DT"):
+            self._shift(ds, tag, vr, run)
+            return
+        ds[tag] = DataElement(tag, vr, _dummy_value(vr))
+
+    def _uids(self, ds: Dataset, tag: int, vr: str, run: _Run) -> None:
+        if vr == "SQ":
+            for item in ds[tag].value or ():
+                self._walk(item, run)
+            return
+        elem = ds[tag]
+        if elem.VM == 0:
+            return
+        values = elem.value if elem.VM > 1 else [elem.value]
+        new = [self.uid(str(v)) for v in values]
+        elem.value = new if elem.VM > 1 else new[0]
+        run.result.uids += len(new)
+
+    def _shift(self, ds: Dataset, tag: int, vr: str, run: _Run) -> None:
+        elem = ds[tag]
+        if run.offset is None or vr not in ("DA", "DT") or not elem.value:
+            if vr == "SQ":
+                for item in elem.value or ():
+                    self._walk(item, run)
+            return  # times are kept: the shift is by whole days
+        values = list(elem.value) if elem.VM > 1 else [elem.value]
+        shifted = [_shift_value(str(v), vr, run.offset) for v in values]
+        elem.value = shifted if elem.VM > 1 else shifted[0]
+
+    # ------------------------------------------------------------------ files
+
+    def anonymize_file(self, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Result:
+        """Read the Part 10 file ``src``, de-identify it, write ``dst`` (same transfer syntax, pixel data
+        untouched). Raises :class:`AnonymizeError` (nothing written) or pydicom's read errors."""
+        ds = dcmread(src, force=True)  # a bare dataset (no preamble / file meta) is accepted too
+        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            raise AnonymizeError(f"{src}: not a DICOM instance (no SOP Class / Instance UID)")
+        meta = FileMetaDataset()
+        for elem in getattr(ds, "file_meta", None) or ():
+            meta.add(elem)
+        if "TransferSyntaxUID" not in meta:
+            implicit, little = ds.original_encoding
+            meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta = meta
+        result = self.anonymize(ds)
+        meta.MediaStorageSOPInstanceUID = result.sop_instance_uid
+        ds.file_meta = meta
+        tmp = f"{os.fspath(dst)}.part"
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, dst)
+        return result
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0]
+
+
+def _dummy_value(vr: str) -> Any:
+    if vr in ("PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE"):
+        return _TEXT_DUMMY[: _MAX_LEN.get(vr, 64)]
+    if vr == "CS":
+        return "ANONYMIZED"
+    if vr == "DA":
+        return "19000101"
+    if vr == "TM":
+        return "000000"
+    if vr == "DT":
+        return "19000101000000"
+    if vr == "AS":
+        return "000Y"
+    if vr in ("IS", "DS"):
+        return "0"
+    if vr in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"):
+        return 0
+    if vr == "UR":
+        return ""
+    return b"\0\0"
+
+
+def _shift_value(value: str, vr: str, offset: dt.timedelta) -> str:
+    value = value.strip()
+    head = value[:8]
+    try:
+        day = dt.datetime.strptime(head, "%Y%m%d").date()
+    except ValueError:
+        return "19000101" if vr == "DA" else "19000101000000"  # not a full date: a dummy one
+    return (day - offset).strftime("%Y%m%d") + value[8:]
+
+
+__all__ = ["AnonymizeError", "Anonymizer", "BurnedInAnnotation", "Options", "Result"]
