@@ -164,3 +164,41 @@ def test_burned_in_annotation_is_refused_unless_allowed(tmp_path: Path) -> None:
     assert not (tmp_path / "out.dcm").exists()
     result = Anonymizer("k", Options(allow_burned_in=True)).anonymize_file(tmp_path / "burned.dcm", tmp_path / "out.dcm")
     assert result.burned_in == "YES"
+
+
+def test_cli_exports_a_study_from_the_archive_with_the_project_key(tmp_path: Path) -> None:
+    import sys
+
+    from pacskit.config.settings import load_settings
+    from pacskit.server.server import open_store
+
+    folder = tmp_path / "pacs"
+    folder.mkdir()
+    store = open_store(load_settings(folder))
+    uids = []
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), tmp_path / name)
+        uids.append(store.ingest(tmp_path / name, source_ae="MOD").sop_instance_uid)
+    study = store.get_instance(uids[0]).series.study.study_instance_uid
+    store.close()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pacskit", "anonymize", *args, "--data-dir", str(folder)],
+                              capture_output=True, text=True, timeout=120)
+
+    first = run("study", study, "--out", str(tmp_path / "one"), "--project", "trial-7")
+    assert first.returncode == 0, first.stderr
+    assert "wrote 1 de-identified instances" in first.stdout
+    key = (folder / "anonymize" / "trial-7.key")
+    assert key.stat().st_mode & 0o777 == 0o600
+    [out] = list((tmp_path / "one").iterdir())
+    ds = pydicom.dcmread(out)
+    assert ds.SOPInstanceUID == Anonymizer(key.read_bytes().strip()).uid(uids[0]) and out.name == f"{ds.SOPInstanceUID}.dcm"
+    second = run("study", study, "--out", str(tmp_path / "two"), "--project", "trial-7")
+    assert [p.name for p in (tmp_path / "two").iterdir()] == [out.name]  # same project: same UIDs
+    other = run("study", study, "--out", str(tmp_path / "three"), "--project", "trial-8")
+    assert [p.name for p in (tmp_path / "three").iterdir()] != [out.name]
+    missing = run("study", "9.9.9", "--out", str(tmp_path / "four"))
+    assert missing.returncode == 1 and "not found: 9.9.9" in missing.stderr
+    files = run("files", str(tmp_path / "one"), "--out", str(tmp_path / "five"), "--retain-uids")
+    assert files.returncode == 0 and (tmp_path / "five" / out.name).exists()

@@ -91,3 +91,124 @@ def _delete_offline(settings: Any, body: dict[str, Any]) -> dict[str, Any]:
                     raise typer.Exit(EXIT_USAGE) from None
         finally:
             store.close()
+
+
+def _project_key(folder: Any, project: str, key_file: str | None) -> bytes:
+    """The project's secret: ``--key-file``, else ``<folder>/anonymize/<project>.key`` (created once,
+    mode 0600: keep it, the same key maps the same UIDs and patients to the same values)."""
+    import os
+    import re
+    import secrets
+    from pathlib import Path
+
+    if key_file is not None:
+        data = Path(key_file).read_bytes().strip()
+        if not data:
+            raise ValueError(f"key file {key_file} is empty")
+        return data
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", project):
+        raise ValueError(f"project name {project!r}: letters, digits, '.', '_', '-' only")
+    path = Path(folder) / "anonymize" / f"{project}.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+    return path.read_bytes().strip()
+
+
+@app.command("anonymize")
+def anonymize_command(
+    level: Annotated[str, typer.Argument(help="patient, study, series, instance (from the archive) or files")],
+    identifiers: Annotated[list[str], typer.Argument(help="Patient IDs, UIDs, or (files) paths of files and folders")],
+    out: Annotated[str, typer.Option("--out", "-o", help="folder the de-identified files are written to")],
+    project: Annotated[str, typer.Option("--project", help="project whose key maps UIDs and patients")] = "default",
+    key_file: Annotated[Optional[str], typer.Option("--key-file", help="the secret, instead of the project's")] = None,
+    retain_uids: Annotated[bool, typer.Option("--retain-uids")] = False,
+    retain_device_identity: Annotated[bool, typer.Option("--retain-device-identity")] = False,
+    retain_institution_identity: Annotated[bool, typer.Option("--retain-institution-identity")] = False,
+    retain_patient_characteristics: Annotated[bool, typer.Option("--retain-patient-characteristics")] = False,
+    retain_full_dates: Annotated[bool, typer.Option("--retain-full-dates")] = False,
+    retain_modified_dates: Annotated[bool, typer.Option("--retain-modified-dates",
+                                                        help="dates shifted by a per-patient offset")] = False,
+    allow_burned_in: Annotated[bool, typer.Option("--allow-burned-in",
+                                                  help="export instances with Burned In Annotation = YES")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export de-identified copies (PS3.15 E.1 Basic Profile and options): see docs/admin-guide.md.
+
+    Only reads the archive (safe while the server runs). Exit code 1 when an instance was refused
+    (burned-in annotation) or could not be read; the others are written."""
+    from pathlib import Path
+
+    from pacskit.dicom.anonymize import AnonymizeError, Anonymizer, Options
+    from pacskit.store.deletion import LEVELS
+
+    if level not in (*LEVELS, "files"):
+        typer.echo(f"error: level must be one of {', '.join(LEVELS)}, files; not {level!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    settings = _server_settings(config, data_dir)
+    try:
+        key = _project_key(settings.folder, project, key_file)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    anonymizer = Anonymizer(key, Options(
+        retain_uids=retain_uids, retain_device_identity=retain_device_identity,
+        retain_institution_identity=retain_institution_identity,
+        retain_patient_characteristics=retain_patient_characteristics, retain_full_dates=retain_full_dates,
+        retain_modified_dates=retain_modified_dates, allow_burned_in=allow_burned_in))
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    written = 0
+    failed: list[str] = []
+    unknown_burned_in = 0
+
+    def one(path: str, label: str) -> None:
+        nonlocal written, unknown_burned_in
+        try:
+            result = anonymizer.anonymize_file(path, target / "tmp.dcm")
+        except (AnonymizeError, OSError, ValueError) as exc:
+            failed.append(f"{label}: {exc}")
+            return
+        except Exception as exc:  # pydicom's read errors
+            failed.append(f"{label}: not readable as DICOM ({type(exc).__name__}: {exc})")
+            return
+        (target / "tmp.dcm").replace(target / f"{result.sop_instance_uid}.dcm")
+        written += 1
+        unknown_burned_in += result.burned_in == "unknown"
+
+    if level == "files":
+        for name in identifiers:
+            p = Path(name)
+            paths = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+            for q in paths:
+                one(str(q), str(q))
+    else:
+        from pacskit.server.server import open_store
+        from pacskit.store.deletion import Deleter
+
+        if not settings.folder.is_dir():
+            typer.echo(f"error: data folder {settings.folder} does not exist", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        store = open_store(settings, recover=False)  # only reads
+        try:
+            _studies, rows, not_found = Deleter(store).select(level, identifiers)  # type: ignore[arg-type]
+            for study_rows in rows.values():
+                for row in study_rows:
+                    path = store.blobs.path(row.blob_key)
+                    if path is None:
+                        failed.append(f"instance of blob {row.blob_key}: the blob store has no local files")
+                        continue
+                    one(path, f"blob {row.blob_key}")
+            failed.extend(f"not found: {uid}" for uid in not_found)
+        finally:
+            store.close()
+    for line in failed:
+        typer.echo(f"not exported: {line}", err=True)
+    typer.echo(f"wrote {written} de-identified instances to {target} (project {project if key_file is None else key_file})")
+    if unknown_burned_in:
+        typer.echo(f"check {unknown_burned_in} instances for burned-in annotation: they do not say "
+                   "(Burned In Annotation absent)")
+    raise typer.Exit(EXIT_FAILURE_STATUS if failed else EXIT_OK)

@@ -321,8 +321,16 @@ class Anonymizer:
 
     def anonymize_file(self, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Result:
         """Read the Part 10 file ``src``, de-identify it, write ``dst`` (same transfer syntax, pixel data
-        untouched). Raises :class:`AnonymizeError` (nothing written) or pydicom's read errors."""
-        ds = dcmread(src, force=True)  # a bare dataset (no preamble / file meta) is accepted too
+        untouched). Raises :class:`AnonymizeError` (nothing written) or pydicom's read errors.
+
+        The header is parsed and rewritten; the Pixel Data element is copied byte for byte from ``src``
+        without being parsed (little-endian transfer syntaxes, Pixel Data last: the usual case; any
+        other file goes through pydicom whole)."""
+        with open(src, "rb") as fh:
+            ds = dcmread(fh, stop_before_pixels=True, force=True)  # a bare dataset is accepted too
+            pixels = _pixel_span(fh, ds)
+        if pixels is None and _has_pixels_or_more(src, ds):
+            ds = dcmread(src, force=True)
         if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
             raise AnonymizeError(f"{src}: not a DICOM instance (no SOP Class / Instance UID)")
         meta = FileMetaDataset()
@@ -335,12 +343,82 @@ class Anonymizer:
             meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta = meta
         result = self.anonymize(ds)
-        meta.MediaStorageSOPInstanceUID = result.sop_instance_uid
-        ds.file_meta = meta
         tmp = f"{os.fspath(dst)}.part"
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, dst)
+        try:
+            with open(tmp, "wb") as out:
+                ds.save_as(out, enforce_file_format=True)
+                if pixels is not None:
+                    start, stop = pixels
+                    with open(src, "rb") as fh:
+                        fh.seek(start)
+                        remaining = stop - start
+                        while remaining:
+                            chunk = fh.read(min(remaining, 1 << 20))
+                            if not chunk:
+                                raise AnonymizeError(f"{src}: truncated Pixel Data")
+                            out.write(chunk)
+                            remaining -= len(chunk)
+            os.replace(tmp, dst)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return result
+
+
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+
+
+def _pixel_span(fh: Any, ds: Dataset) -> tuple[int, int] | None:
+    """``(start, end)`` of a last, top-level Pixel Data element in a little-endian file, else None.
+
+    ``fh`` is positioned where ``dcmread(stop_before_pixels=True)`` stopped (the element's start)."""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if ts in ("", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):  # unknown, big endian, deflated
+        return None
+    implicit = ts == "1.2.840.10008.1.2"
+    start = fh.tell()
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(12)
+    if len(head) < 8:
+        return None
+    group, element = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
+    if (group, element) not in _PIXEL_TAGS:
+        return None
+    if implicit:
+        length, header = int.from_bytes(head[4:8], "little"), 8
+    elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"UN", b"OL", b"OV"):
+        length, header = int.from_bytes(head[8:12], "little"), 12
+    else:
+        length, header = int.from_bytes(head[6:8], "little"), 8
+    if length != 0xFFFFFFFF:
+        end = start + header + length
+    else:  # encapsulated: items up to the sequence delimiter
+        pos = start + header
+        while True:
+            fh.seek(pos)
+            item = fh.read(8)
+            if len(item) < 8:
+                return None
+            tag = (int.from_bytes(item[0:2], "little"), int.from_bytes(item[2:4], "little"))
+            item_length = int.from_bytes(item[4:8], "little")
+            pos += 8
+            if tag == (0xFFFE, 0xE0DD):
+                break
+            if tag != (0xFFFE, 0xE000) or item_length == 0xFFFFFFFF:
+                return None
+            pos += item_length
+        end = pos
+    return (start, end) if end == size else None  # anything after Pixel Data: the whole-file path
+
+
+def _has_pixels_or_more(src: str | os.PathLike[str], ds: Dataset) -> bool:
+    """Whether ``dcmread(stop_before_pixels=True)`` left something unread."""
+    with open(src, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        dcmread(fh, stop_before_pixels=True, force=True)
+        return fh.tell() < size
 
 
 def _dictionary_vr(tag: int) -> str:
