@@ -181,6 +181,7 @@ def test_worklist_add_accepts_good_and_legacy_values(in_tmp):
 
 
 def test_worklist_import_names_the_bad_file(in_tmp):
+    (in_tmp / "pacs-data").mkdir()  # an existing data folder: `worklist list` refuses a missing one
     folder = in_tmp / "wl"
     folder.mkdir()
     (folder / "a.json").write_text(json.dumps({"PatientID": "P1", "ScheduledProcedureStepSequence": [{"Modality": "MR"}]}))
