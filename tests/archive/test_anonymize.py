@@ -17,9 +17,11 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from pacskit.dicom.anonymize import Anonymizer, BurnedInAnnotation, Options
+from pacskit.dicom.deid_raw import NotHandled
 from pacskit.dicom.deid_table import E1_1
 
-SAMPLE = ["CT_small.dcm", "MR_small.dcm", "examples_ybr_color.dcm", "test-SR.dcm", "rtstruct.dcm"]
+SAMPLE = ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "examples_ybr_color.dcm", "test-SR.dcm",
+          "rtstruct.dcm"]
 BASIC = {int(tag, 16): action for tag, action, _opts, _name in E1_1 if re.fullmatch(r"[0-9A-F]{8}", tag)}
 #: what the standard allows for each Basic Profile action (E.3: Z may be a dummy value too; the
 #: compound actions depend on the attribute's type in the IOD)
@@ -82,10 +84,21 @@ def _dciodvfy_errors(path: Path | str) -> set[str]:
             if line.startswith("Error")}
 
 
+@pytest.mark.parametrize("path", ["bytes", "dataset"])
 @pytest.mark.parametrize("name", SAMPLE)
-def test_basic_profile_attribute_by_attribute_and_dciodvfy(tmp_path: Path, name: str) -> None:
+def test_basic_profile_attribute_by_attribute_and_dciodvfy(tmp_path: Path, name: str, path: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both paths of anonymize_file: the byte-level rewrite (every Part 10 little-endian file here;
+    rtstruct.dcm has no file meta and always takes the other) and the pydicom dataset path."""
     src = get_testdata_file(name)
     anonymizer = Anonymizer("project secret")
+    if path == "dataset":
+        def not_handled(self: Anonymizer, src: Any) -> Any:
+            raise NotHandled("test: the dataset path")
+
+        monkeypatch.setattr(Anonymizer, "_rewrite_file", not_handled)
+    elif name != "rtstruct.dcm":
+        anonymizer._rewrite_file(src)  # raises NotHandled if the byte path would not take it
     dst = tmp_path / name
     result = anonymizer.anonymize_file(src, dst)
     orig = pydicom.dcmread(src, force=True)

@@ -49,9 +49,13 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from pacskit.dicom.deid_raw import NotHandled, Rewriter, first_values
+from pacskit.dicom.deid_raw import encode as raw_encode
+from pacskit.dicom.deid_raw import header as raw_header
 from pacskit.dicom.deid_table import E1_1
+from pacskit.dicom.part10 import encode_file_meta, read_part10_header
 
 #: PS3.16 CID 7050 De-identification Method codes, by option
 _METHOD_CODES = {
@@ -143,7 +147,11 @@ class Anonymizer:
     """De-identifies datasets with one project ``key`` (bytes or text; keep it secret and keep it:
     the same key maps the same UIDs and patients to the same values in every run)."""
 
-    def __init__(self, key: bytes | str, options: Options | None = None) -> None:
+    def __init__(self, key: bytes | str, options: Options | None = None, *,
+                 implementation_class_uid: str = PYDICOM_IMPLEMENTATION_UID,
+                 implementation_version_name: str = "") -> None:
+        self.implementation_class_uid = implementation_class_uid  # of the files written (file meta)
+        self.implementation_version_name = implementation_version_name
         if not key:
             raise ValueError("an anonymization key is required (the same key keeps UIDs consistent)")
         self.key = key.encode() if isinstance(key, str) else bytes(key)
@@ -326,6 +334,22 @@ class Anonymizer:
         The header is parsed and rewritten; the Pixel Data element is copied byte for byte from ``src``
         without being parsed (little-endian transfer syntaxes, Pixel Data last: the usual case; any
         other file goes through pydicom whole)."""
+        try:
+            chunks, result = self._rewrite_file(src)
+        except NotHandled:
+            pass
+        else:
+            tmp = f"{os.fspath(dst)}.part"
+            try:
+                with open(tmp, "wb", buffering=0) as out:
+                    for start in range(0, len(chunks), 512):  # IOV_MAX is 1024
+                        _write_all(out.fileno(), chunks[start:start + 512])
+                os.replace(tmp, dst)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            return result
         with open(src, "rb") as fh:
             ds = dcmread(fh, stop_before_pixels=True, force=True)  # a bare dataset is accepted too
             pixels = _pixel_span(fh, ds)
@@ -366,6 +390,83 @@ class Anonymizer:
         return result
 
 
+    def _rewrite_file(self, src: str | os.PathLike[str]) -> tuple[list[bytes | memoryview], Result]:
+        """The byte-level path (:mod:`pacskit.dicom.deid_raw`): the new file's bytes and the result."""
+        try:
+            info = read_part10_header(src)
+        except (ValueError, OSError) as exc:
+            raise NotHandled(str(exc)) from None
+        ts = info.transfer_syntax
+        if ts in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99") or info.file_size > _RAW_LIMIT:
+            raise NotHandled("big endian, deflated or large")
+        with open(src, "rb") as fh:
+            buf = fh.read()
+        implicit = ts == "1.2.840.10008.1.2"
+        pos = info.dataset_offset
+        values = first_values(buf, pos, implicit, {_SOP_INSTANCE_UID, _PATIENT_ID, _BURNED_IN})
+        patient_id = values.get(_PATIENT_ID, "")
+        if "\ufffd" in patient_id:
+            raise NotHandled("a Patient ID that is not ASCII: decoded with its character set")
+        burned = values.get(_BURNED_IN, "").upper()
+        if burned == "YES" and not self.options.allow_burned_in:
+            raise BurnedInAnnotation("the instance has burned-in annotation (Burned In Annotation = YES): "
+                                     "its pixels may identify the patient; allow it explicitly to export")
+        original_uid = values.get(_SOP_INSTANCE_UID, info.sop_instance_uid)
+        run = _Run(Result("", original_uid, burned or "unknown"), patient_id)
+        if self.options.retain_modified_dates:
+            run.offset = self.date_offset(patient_id)
+        elements = Rewriter(self, run, buf, _dummy_value, _shift_value).dataset(pos, len(buf), implicit, top=True)
+        added = self._identity(patient_id, implicit)
+        kept = [(tag, chunk) for tag, chunk in elements if tag not in added]
+        kept.extend(added.items())
+        kept.sort(key=lambda pair: pair[0])
+        new_uid = original_uid if self.options.retain_uids else self.uid(original_uid)
+        run.result.sop_instance_uid = new_uid
+        meta = encode_file_meta(info.sop_class_uid, new_uid, ts, self.implementation_class_uid,
+                                self.implementation_version_name)
+        return [meta, *(chunk for _tag, chunk in kept)], run.result
+
+    def _identity(self, patient_id: str, implicit: bool) -> dict[int, bytes]:
+        """The encoded pseudonyms and E.1.1 attributes (the dataset path sets the same)."""
+        pseudonym = self.pseudonym(patient_id).encode("ascii")
+        enabled = self.options.enabled()
+        method = ("PS3.15 E.1 Basic Profile" + ("; " + ", ".join(enabled) if enabled else "") + "; pacskit")[:64]
+        items = []
+        for name in ["basic", *enabled]:
+            code, meaning = _METHOD_CODES[name]
+            items.append(b"".join([raw_encode(0x00080100, b"SH", code.encode(), implicit),
+                                   raw_encode(0x00080102, b"SH", b"DCM", implicit),
+                                   raw_encode(0x00080104, b"LO", meaning.encode(), implicit)]))
+        codes = raw_header(0x00120064, b"SQ", 0xFFFFFFFF, implicit) + b"".join(
+            _ITEM_OPEN + item + _ITEM_CLOSE for item in items) + _SEQ_CLOSE
+        temporal = ("UNMODIFIED" if self.options.retain_full_dates else "MODIFIED" if self.options.retain_modified_dates
+                    else "REMOVED")
+        return {
+            _PATIENT_NAME: raw_encode(_PATIENT_NAME, b"PN", pseudonym, implicit),
+            _PATIENT_ID: raw_encode(_PATIENT_ID, b"LO", pseudonym, implicit),
+            0x00120062: raw_encode(0x00120062, b"CS", b"YES", implicit),
+            0x00120063: raw_encode(0x00120063, b"LO", method.encode(), implicit),
+            0x00120064: codes,
+            0x00280303: raw_encode(0x00280303, b"CS", temporal.encode(), implicit),
+        }
+
+
+def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
+    """``os.writev`` until every byte of ``chunks`` is written."""
+    views = [memoryview(c) for c in chunks if len(c)]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+_RAW_LIMIT = 256 << 20  # larger files: the dataset path (the byte path holds the file in memory)
+_ITEM_OPEN = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+_ITEM_CLOSE = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+_SEQ_CLOSE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 
 
