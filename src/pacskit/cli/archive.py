@@ -94,27 +94,17 @@ def _delete_offline(settings: Any, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _project_key(folder: Any, project: str, key_file: str | None) -> bytes:
-    """The project's secret: ``--key-file``, else ``<folder>/anonymize/<project>.key`` (created once,
-    mode 0600: keep it, the same key maps the same UIDs and patients to the same values)."""
-    import os
-    import re
-    import secrets
+    """``--key-file``, else the project's key in the server folder (:func:`pacskit.dicom.anonymize.project_key`)."""
     from pathlib import Path
+
+    from pacskit.dicom.anonymize import project_key
 
     if key_file is not None:
         data = Path(key_file).read_bytes().strip()
         if not data:
             raise ValueError(f"key file {key_file} is empty")
         return data
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", project):
-        raise ValueError(f"project name {project!r}: letters, digits, '.', '_', '-' only")
-    path = Path(folder) / "anonymize" / f"{project}.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-    return path.read_bytes().strip()
+    return project_key(folder, project)
 
 
 @app.command("anonymize")
@@ -212,3 +202,85 @@ def anonymize_command(
         typer.echo(f"check {unknown_burned_in} instances for burned-in annotation: they do not say "
                    "(Burned In Annotation absent)")
     raise typer.Exit(EXIT_FAILURE_STATUS if failed else EXIT_OK)
+
+
+route_app = typer.Typer(help="The routing add-in's forward queue: list, retry, purge (docs/addins/routing.md).",
+                        no_args_is_help=True)
+app.add_typer(route_app, name="route")
+
+
+def _route_call(data_dir: str | None, config: str | None, method: str, path: str, body: dict[str, Any] | None,
+                offline: Any) -> Any:
+    """Through the running server's admin API, else on the queue file (the server is stopped)."""
+    from pacskit.admin.manager import admin_client, api_reachable
+
+    settings = _server_settings(config, data_dir)
+    if api_reachable(settings.folder):
+        from pacskit.cli.server import check
+
+        with admin_client(settings.folder) as client:
+            return check(client.request(method, f"/addins/routing{path}", json=body))
+    from pathlib import Path
+
+    from pacskit.addins.routing.queue import ForwardQueue
+
+    section = settings.addin_section("routing")
+    file = Path(section.get("queue_file", "routing/queue.db"))
+    file = file if file.is_absolute() else settings.data_path / file
+    if not file.exists():
+        typer.echo(f"error: no routing queue at {file} (is the routing add-in enabled?)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    queue = ForwardQueue(file)
+    try:
+        return offline(queue)
+    finally:
+        queue.close()
+
+
+@route_app.command("list")
+def route_list(
+    state: Annotated[Optional[str], typer.Option(help="queued or failed")] = None,
+    destination: Annotated[Optional[str], typer.Option(help="an AE title")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The jobs waiting (or failed), oldest first."""
+    params = "&".join(f"{k}={v}" for k, v in (("state", state), ("destination", destination)) if v)
+    jobs = _route_call(data_dir, config, "GET", "/queue" + (f"?{params}" if params else ""), None,
+                       lambda q: [j.to_json() for j in q.list(state=state, destination=destination)])
+    if as_json:
+        typer.echo(json.dumps(jobs, indent=2))
+        return
+    for job in jobs:
+        typer.echo(f"{job['id']:>8} {job['state']:<7} {job['destination']:<16} {job['sop_instance_uid']} "
+                   f"attempts {job['attempts']}{': ' + job['last_error'] if job['last_error'] else ''}")
+    typer.echo(f"{len(jobs)} jobs")
+
+
+@route_app.command("retry")
+def route_retry(
+    ids: Annotated[Optional[list[int]], typer.Argument(help="job ids (default: every failed job)")] = None,
+    destination: Annotated[Optional[str], typer.Option(help="only this AE title's jobs")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Send failed (or postponed) jobs again now."""
+    body = {"destination": destination, "ids": ids or None}
+    result = _route_call(data_dir, config, "POST", "/retry", body,
+                         lambda q: {"retried": q.retry(destination=destination, ids=ids)})
+    typer.echo(f"retried {result['retried']} jobs")
+
+
+@route_app.command("purge")
+def route_purge(
+    destination: Annotated[Optional[str], typer.Option(help="only this AE title's jobs")] = None,
+    state: Annotated[Optional[str], typer.Option(help="only queued or failed jobs")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Remove jobs from the queue (they are not sent)."""
+    body = {"destination": destination, "state": state}
+    result = _route_call(data_dir, config, "POST", "/purge", body,
+                         lambda q: {"purged": q.purge(destination=destination, state=state)})
+    typer.echo(f"purged {result['purged']} jobs")

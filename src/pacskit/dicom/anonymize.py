@@ -522,6 +522,33 @@ def _has_pixels_or_more(src: str | os.PathLike[str], ds: Dataset) -> bool:
         return fh.tell() < size
 
 
+def project_key(folder: str | os.PathLike[str], project: str) -> bytes:
+    """The secret of ``project``, kept in ``<folder>/anonymize/<project>.key`` (created once, mode
+    0600). Keep it: the same key maps the same UIDs and patients to the same values in every export."""
+    import re
+    import secrets
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", project):
+        raise ValueError(f"project name {project!r}: letters, digits, '.', '_', '-' only")
+    path = os.path.join(os.fspath(folder), "anonymize", f"{project}.key")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # created meanwhile
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+    with open(path, "rb") as fh:
+        key = fh.read().strip()
+    if not key:
+        raise ValueError(f"project key {path} is empty")
+    return key
+
+
 def _dictionary_vr(tag: int) -> str:
     try:
         vr = dictionary_VR(tag)
@@ -562,4 +589,4 @@ def _shift_value(value: str, vr: str, offset: dt.timedelta) -> str:
     return (day - offset).strftime("%Y%m%d") + value[8:]
 
 
-__all__ = ["AnonymizeError", "Anonymizer", "BurnedInAnnotation", "Options", "Result"]
+__all__ = ["AnonymizeError", "Anonymizer", "BurnedInAnnotation", "Options", "Result", "project_key"]
