@@ -74,9 +74,10 @@ def _orthanc_sop_uids(peer) -> set[str]:  # type: ignore[no-untyped-def]
     return {httpx.get(f"{base}/instances/{i}/simplified-tags", timeout=10).json()["SOPInstanceUID"] for i in ids}
 
 
-def _received_order(out_dir: Path) -> list[str]:
-    files = sorted(out_dir.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns)
-    return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+def _received_order(scp) -> list[str]:  # type: ignore[no-untyped-def]
+    """SOP Instance UIDs in the order storescp stored them (its verbose log; mtimes are too coarse)."""
+    paths = re.findall(r"storing DICOM file: (.+)$", scp.log_text(), flags=re.M)
+    return [str(pydicom.dcmread(p.strip(), stop_before_pixels=True).SOPInstanceUID) for p in paths]
 
 
 def test_forward_to_storescp_and_orthanc_with_one_down_and_a_kill_9(tmp_path: Path) -> None:
@@ -107,10 +108,10 @@ def test_forward_to_storescp_and_orthanc_with_one_down_and_a_kill_9(tmp_path: Pa
             server.wait(30)
         server = _start(folder, port)
         try:
-            with storescp(tmp_path / "scp", port=scp_port, extra_args=["--sort-on-study-uid", "st"]) as scp:
+            with storescp(tmp_path / "scp", port=scp_port, extra_args=["-v"]) as scp:
                 _wait(lambda: len(_orthanc_sop_uids(orth)) == 40, "Orthanc to have the study")
-                _wait(lambda: len({*_received_order(scp.out_dir)}) == 40, "storescp to have the study")
-                order = list(dict.fromkeys(_received_order(scp.out_dir)))  # first copies (resends after the kill)
+                _wait(lambda: len({*_received_order(scp)}) == 40, "storescp to have the study")
+                order = list(dict.fromkeys(_received_order(scp)))  # first copies (resends after the kill)
                 assert order == sent_order
             with httpx.Client(transport=httpx.HTTPTransport(uds=str(folder / "ROUTER.sock")),
                               base_url="http://x") as api:
