@@ -238,17 +238,18 @@ class RoutingAddIn(AddIn):
         queue, store = self.queue, self.base.store
         assert queue is not None and store is not None
         items: list[tuple[Job, str, str, str]] = []  # job, path, sop class, transfer syntax
+        uids = [job.sop_instance_uid for job in jobs]
+        with store.index.reading() as s:
+            stored = {row.sop_instance_uid: row for row in s.execute(
+                select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid,
+                       Instance.blob_key).where(Instance.sop_instance_uid.in_(uids)))}
         for job in jobs:
-            found = store.index.find_instance(job.sop_instance_uid)
-            path = store.blobs.path(found[1]) if found is not None else None
-            if path is None:
+            row = stored.get(job.sop_instance_uid)
+            path = store.blobs.path(row.blob_key) if row is not None else None
+            if row is None or path is None:
                 await asyncio.to_thread(queue.fail, job.id, "the instance is no longer in the archive")
                 continue
-            inst = await asyncio.to_thread(store.get_instance, job.sop_instance_uid)
-            if inst is None:
-                await asyncio.to_thread(queue.fail, job.id, "the instance is no longer in the archive")
-                continue
-            items.append((job, path, inst.sop_class_uid, inst.transfer_syntax_uid or _FALLBACK[0]))
+            items.append((job, path, row.sop_class_uid, row.transfer_syntax_uid or _FALLBACK[0]))
         if not items:
             return
         contexts: list[RequestedContext] = []
@@ -267,6 +268,7 @@ class RoutingAddIn(AddIn):
                         len(jobs), self._backoff(head.attempts))
             await asyncio.to_thread(queue.postpone, head.id, str(exc), time.time() + self._backoff(head.attempts))
             return
+        answered: list[int] = []  # removed from the queue together (one commit per 64, and at the end)
         try:
             async with assoc:
                 for job, path, sop_class, ts in items:
@@ -276,11 +278,16 @@ class RoutingAddIn(AddIn):
                         await asyncio.to_thread(queue.fail, job.id, str(exc))
                         continue
                     if status_category(status) in ("Success", "Warning"):
-                        await asyncio.to_thread(queue.done, job.id)
+                        answered.append(job.id)
                         self.sent += 1
+                        if len(answered) >= 64:
+                            await asyncio.to_thread(queue.done, answered)
+                            answered = []
                     else:
                         await asyncio.to_thread(queue.fail, job.id, f"{destination} answered 0x{status:04X}")
+            await asyncio.to_thread(queue.done, answered)
         except (NetError, OSError) as exc:  # the association broke: the job at the head is retried
+            await asyncio.to_thread(queue.done, answered)
             head = queue.head(destination, 1)
             if head:
                 await asyncio.to_thread(queue.postpone, head[0].id, str(exc),
