@@ -78,9 +78,8 @@ class StorageAddIn(AddIn):
         if store is None or received is None or received.path is None:
             return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "no data store configured"})
         try:
-            result = store.ingest(
-                received.path,
-                source_ae=request.assoc.remote_ae_title,
+            result = store.ingest(  # takes the file over, whatever the outcome
+                received,
                 expected_sop_instance_uid=request.sop_instance_uid,
                 expected_sop_class_uid=request.sop_class_uid,
                 duplicate_policy=self.options.duplicate_policy,
@@ -107,7 +106,6 @@ class StorageAddIn(AddIn):
                 self.base.log.error("C-STORE %s refused: disk full", request.sop_instance_uid)
                 return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "out of resources: disk full"})
             raise
-        received.claimed = True
         if result.status == IngestStatus.DUPLICATE_REJECTED:
             return Response(Status.DUPLICATE_SOP_INSTANCE, elements={"ErrorComment": "duplicate SOP Instance UID refused"})
         return Response(Status.SUCCESS)

@@ -1,21 +1,10 @@
-"""The ``pacskit`` command line.
-
-Exit codes scripts can rely on (shared by every network command):
-
-== =====================================================================
-0  success
-1  the peer answered with a failure (or warning, where noted) status
-2  usage error (bad arguments, bad address)
-3  connection failed (refused, unreachable, TLS handshake)
-4  association rejected (the reason is printed)
-5  timeout (ACSE, DIMSE or network)
-6  association aborted
-== =====================================================================
+"""The ``pacskit`` command line: the commands of this module (serve, ae, check, reindex…) and those of
+the command modules, all registered on :data:`pacskit.cli.common.app`. The exit codes are in
+:mod:`pacskit.cli.common`.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,118 +13,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pacskit.net import (
-    AssociationAborted,
-    AssociationRejected,
-    ConnectionFailed,
-    NetError,
-    NetTimeout,
+from pacskit.cli.common import (
+    EXIT_FAILURE_STATUS,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigOpt,
+    DataDirOpt,
+    app,
+    existing_server_settings,
+    one_line,
+    server_settings,
 )
+from pacskit.cli.output import CsvOpt, JsonOpt
 
 if TYPE_CHECKING:
     from pacskit.config.aetitles import FileAeRegistry
-    from pacskit.config.settings import ServerSettings
-
-EXIT_OK = 0
-EXIT_FAILURE_STATUS = 1
-EXIT_USAGE = 2
-EXIT_CONNECTION = 3
-EXIT_REJECTED = 4
-EXIT_TIMEOUT = 5
-EXIT_ABORTED = 6
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="pacskit: an extensible, fast PACS framework.")
-
-
-def parse_address(text: str) -> tuple[str, str, int]:
-    """Parse dcm4che's ``AET@host:port`` form; raises ``typer.BadParameter`` with the expected form."""
-    from pacskit.client.remote import parse_address as parse
-
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
-
-def net_error_exit(exc: NetError) -> int:
-    """Print one clear line for a network failure and return the matching exit code."""
-    if isinstance(exc, ConnectionFailed):
-        code = EXIT_CONNECTION
-    elif isinstance(exc, AssociationRejected):
-        code = EXIT_REJECTED
-    elif isinstance(exc, NetTimeout):
-        code = EXIT_TIMEOUT
-    elif isinstance(exc, AssociationAborted):
-        code = EXIT_ABORTED
-    else:
-        code = EXIT_FAILURE_STATUS
-    typer.echo(f"error: {exc}", err=True)
-    return code
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line for the operator: a pydantic ``ValidationError`` as
-    ``field: problem; field: problem`` (its own text spans lines and links to pydantic's docs)."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(value)'}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-    return " ".join(str(exc).split())
-
-
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _server_settings(config: str | None, data_dir: str | None, **overrides: object) -> ServerSettings:
-    """Settings from ``--config`` (a server.toml or its folder) or ``--data-dir``, then CLI flags."""
-    from pacskit.config.settings import SettingsError, load_settings
-
-    if config is not None:
-        path = Path(config)
-        folder = path.parent if path.suffix == ".toml" else path
-        if path.suffix == ".toml" and not path.exists():
-            typer.echo(f"error: settings file {path} does not exist", err=True)
-            raise typer.Exit(EXIT_USAGE)
-    else:
-        folder = Path(data_dir or "./pacs-data")
-    if data_dir is not None and config is not None:
-        overrides["data_dir"] = str(Path(data_dir).resolve())
-    try:
-        return load_settings(folder, {k: v for k, v in overrides.items() if v is not None})
-    except SettingsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
-
-
-def _existing_server_settings(config: str | None, data_dir: str | None, *, create: bool = False) -> ServerSettings:
-    """Settings of a server folder that must already exist, for every command that reads or repairs
-    one (``check``, ``reindex``, ``log``, ``ae list|remove``, ``worklist list|update|remove``): a
-    mistyped ``--data-dir`` gets one line and exit code 2, never a new empty folder reported as clean.
-    ``create``: the command adds to the folder (``ae add``, ``worklist add|import``) and may create it,
-    as ``serve`` does."""
-    settings = _server_settings(config, data_dir)
-    if create:
-        settings.data_path.mkdir(parents=True, exist_ok=True)
-    for what, path in (("server folder", settings.folder), ("data folder", settings.data_path)):
-        if not path.is_dir():
-            typer.echo(f"error: {what} {path} does not exist (see --data-dir / --config)", err=True)
-            raise typer.Exit(EXIT_USAGE)
-    return settings
-
-
-ConfigOpt = Annotated[
-    Optional[str], typer.Option("--config", help="server.toml (or the server folder holding it)")
-]
-DataDirOpt = Annotated[
-    Optional[str], typer.Option("--data-dir", help="server folder: settings, index and files [./pacs-data]")
-]
-from pacskit.cli.output import CsvOpt, JsonOpt  # noqa: E402  listing commands share --json / --csv
-
 
 @app.command()
 def serve(
@@ -170,9 +62,9 @@ def serve(
         except OSError as exc:
             typer.echo(f"error: cannot make the server folder {data_dir or DEFAULT_SERVER_FOLDER}: {exc.strerror or exc}", err=True)
             raise typer.Exit(EXIT_USAGE) from None
-    settings = _server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode,
+    settings = server_settings(config, data_dir, ae_title=ae, host=host, port=port, open_mode=open_mode,
                                 workers=workers)
-    on_file = _server_settings(config, data_dir)
+    on_file = server_settings(config, data_dir)
     if settings.ae_title != on_file.ae_title and not settings.admin.socket:
         # The admin socket is named after the AE title in server.toml, where `status` & co. look for it:
         # an --ae for this run only must not move it.
@@ -191,7 +83,7 @@ app.add_typer(ae_app, name="ae")
 def _registry(config: str | None, data_dir: str | None, *, create: bool = False) -> FileAeRegistry:
     from pacskit.config.aetitles import AE_FILE, FileAeRegistry
 
-    settings = _existing_server_settings(config, data_dir, create=create)
+    settings = existing_server_settings(config, data_dir, create=create)
     return FileAeRegistry(settings.folder / AE_FILE)
 
 
@@ -199,7 +91,7 @@ def _running_api(config: str | None, data_dir: str | None, *, create: bool = Fal
     """An admin API client when the server of that folder is running, else ``None`` (edit the file)."""
     from pacskit.admin.manager import admin_client, api_reachable
 
-    folder = _existing_server_settings(config, data_dir, create=create).folder
+    folder = existing_server_settings(config, data_dir, create=create).folder
     return admin_client(folder) if api_reachable(folder) else None
 
 
@@ -356,7 +248,7 @@ def check(
     Only inspects: safe while the server runs (no recovery, no temp file or journal touched)."""
     from pacskit.server.server import open_store
 
-    settings = _existing_server_settings(config, data_dir)
+    settings = existing_server_settings(config, data_dir)
     store = open_store(settings, recover=False)
     try:
         with _progress_bar("checking", quiet) as advance:
@@ -377,7 +269,7 @@ def reindex(
     from pacskit.server.datalock import DataFolderBusy, lock_data_folder
     from pacskit.server.server import open_store
 
-    settings = _existing_server_settings(config, data_dir)
+    settings = existing_server_settings(config, data_dir)
     try:
         lock = lock_data_folder(settings.data_path, "pacskit reindex")
     except DataFolderBusy as exc:
@@ -398,14 +290,15 @@ def reindex(
     raise typer.Exit(EXIT_OK if not report.skipped else EXIT_FAILURE_STATUS)
 
 
-# The client commands (echo, store, find, move, get) live in their own module; importing it registers them.
-from pacskit.cli import client as _client  # noqa: E402,F401
+# The command modules register their commands on `app` when imported.
+# The command modules register their commands on `app` when imported (in this order in --help).
+from pacskit.cli import client as _client  # noqa: E402,F401  (echo, store, find, move, get)
 from pacskit.cli import log as _log  # noqa: E402,F401
 from pacskit.cli import server as _server  # noqa: E402,F401  (server …, status, clients, addins, reload, events)
 from pacskit.cli.certs import certs_app  # noqa: E402
 
 app.add_typer(certs_app, name="certs")
-from pacskit.cli import commit as _commit  # noqa: E402,F401 - pacskit commit (storage commitment)
+from pacskit.cli import commit as _commit  # noqa: E402,F401  (pacskit commit: storage commitment)
 from pacskit.cli import worklist as _worklist  # noqa: E402,F401  (pacskit worklist ...)
 from pacskit.cli import browse as _browse  # noqa: E402,F401  (pacskit dump | ls | stats)
 from pacskit.cli import archive as _archive  # noqa: E402,F401  (pacskit delete)
@@ -417,3 +310,6 @@ def main() -> None:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.exit(130)
+
+
+__all__ = ["app", "main"]

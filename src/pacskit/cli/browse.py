@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, _server_settings, app
+from pacskit.cli.common import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, server_settings, app
 from pacskit.cli.output import CsvOpt, JsonOpt, output_format, print_rows
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def dump(
     if stored:
         if path.exists() or "/" in what or not what.replace(".", "").isdigit():
             raise _fail(f"{what} is neither a file nor a SOP Instance UID")
-        path = _stored_path(what, _server_settings(config, data_dir))
+        path = _stored_path(what, server_settings(config, data_dir))
     try:
         text = dump_text(path)
     except Exception as exc:  # pydicom: anything that is not DICOM
@@ -310,11 +310,12 @@ def _local_rows(settings: ServerSettings, level: str, patient: str | None, study
 
 def _peer_rows(target: str, level: str, patient: str | None, study: str | None, data_dir: str | None,
                config: str | None, calling: str, timeout: float) -> list[list[Any]]:
-    from pacskit.cli.client import _scu_options, fail, resolve_target, run
+    from pacskit.cli.common import NetOptions, fail, resolve_target, run, scu_options
     from pacskit.client import QueryRetrieveScu
     from pacskit.dicom.status import status_category
 
-    remote = resolve_target(target, data_dir, config)
+    net = NetOptions(calling=calling, timeout=timeout, data_dir=data_dir, config=config)
+    remote = resolve_target(target, net)
     keys = {
         "patients": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"],
         "studies": ["StudyInstanceUID", "StudyDate", "PatientID", "PatientName", "StudyDescription",
@@ -331,7 +332,7 @@ def _peer_rows(target: str, level: str, patient: str | None, study: str | None, 
     if level == "studies" and patient and "PatientID" not in keys:
         query.append(f"PatientID={patient}")
     model = "patient" if level == "patients" else "study"
-    scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, None, None, None, None))
+    scu = QueryRetrieveScu(remote, model=model, **scu_options(remote, net))
     result = run(scu.find(query, level={"patients": "PATIENT", "studies": "STUDY", "series": "SERIES"}[level]))
     if status_category(result.status) == "Failure":
         raise fail(f"C-FIND failed with status 0x{result.status:04X}"
@@ -378,7 +379,7 @@ def ls(
     if peer is not None:
         rows = _peer_rows(peer, level, patient, study, data_dir, config, calling, timeout)
     else:
-        rows = _local_rows(_server_settings(config, data_dir), level, patient, study)
+        rows = _local_rows(server_settings(config, data_dir), level, patient, study)
     headers, keys = _LS_COLUMNS[level]
     print_rows(headers, rows, fmt, keys=keys)
     if fmt == "table":
@@ -413,7 +414,7 @@ def stats(
     fmt = output_format(as_json, as_csv)
     if by not in ("modality", "patient", "study"):
         raise _fail(f"--by {by!r}: modality, patient or study")
-    settings = _server_settings(config, data_dir)
+    settings = server_settings(config, data_dir)
     n_instances = func.count(Instance.pk)
     n_bytes = func.coalesce(func.sum(Instance.size), 0)
     joined = (select().select_from(Instance).join(Series, Instance.series_fk == Series.pk)

@@ -11,33 +11,27 @@ import asyncio
 import csv
 import json
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import (
+from pacskit.cli.common import (
     EXIT_FAILURE_STATUS,
     EXIT_OK,
     EXIT_USAGE,
-    ConfigOpt,
-    DataDirOpt,
-    _server_settings,
-    _setup_logging,
+    NetOptions,
     app,
+    fail,
     net_error_exit,
+    network_options,
+    resolve_target,
+    run,
+    scu_options,
+    setup_logging,
 )
-from pacskit.net import NetConfig, NetError
-
-T = TypeVar("T")
 
 TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, or an AE title from the registry")]
-CallingOpt = Annotated[str, typer.Option("--calling", "-aet", help="our calling AE title")]
-TimeoutOpt = Annotated[float, typer.Option(help="ACSE and DIMSE timeout in seconds")]
-VerboseOpt = Annotated[
-    int, typer.Option("--verbose", "-v", count=True, metavar="", help="more logging: -v INFO, -vv DEBUG (a flag, repeated)")
-]
 KeysOpt = Annotated[
     Optional[list[str]],
     typer.Option("--key", "-k", help="query key as in DCMTK: PatientName=DOE*, 0010,0020=ID, Seq[0].Modality=MR"),
@@ -45,69 +39,6 @@ KeysOpt = Annotated[
 LevelOpt = Annotated[str, typer.Option("--level", "-L", help="PATIENT, STUDY, SERIES or IMAGE")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="study (Study Root), patient (Patient Root) or worklist")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
-TlsCaOpt = Annotated[Optional[Path], typer.Option("--tls-ca", help="TLS: verify the peer with this CA file (turns TLS on)")]
-TlsCertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="TLS: our certificate (PEM), with --tls-key")]
-TlsKeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", help="TLS: our private key (PEM)")]
-TlsNameOpt = Annotated[Optional[str], typer.Option("--tls-name", help="TLS: the name the peer's certificate must carry [its host]")]
-TlsOpt = Annotated[bool, typer.Option("--tls", help="use TLS (verified with --tls-ca, else the system's CAs); implied by the other --tls-* options")]
-TlsProfileOpt = Annotated[str, typer.Option("--tls-profile", help="TLS: PS3.15 profile (bcp195-nd, bcp195, bcp195-rfc8996, bcp195-ex, aes, basic)")]
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def resolve_target(target: str, data_dir: str | None, config: str | None) -> Any:
-    """The :class:`RemoteAE` for ``target``; unknown names and bad addresses exit with 2."""
-    from pacskit.client import UnknownRemote, resolve_remote
-
-    registry = None
-    if "@" not in target:
-        from pacskit.config.aetitles import AE_FILE, FileAeRegistry
-
-        registry = FileAeRegistry(_server_settings(config, data_dir).folder / AE_FILE)
-    try:
-        return resolve_remote(target, registry)
-    except (UnknownRemote, ValueError) as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; engine errors become their exit code with one clear line."""
-    try:
-        return asyncio.run(coro)
-    except NetError as exc:
-        raise typer.Exit(net_error_exit(exc)) from None
-    except ValueError as exc:
-        # imported only here: pacskit.client.keys needs pydicom, which `pacskit store` never loads
-        from pacskit.client.keys import KeyError_
-
-        if isinstance(exc, KeyError_):
-            raise fail(str(exc), EXIT_USAGE) from None
-        raise
-
-
-def _config(timeout: float) -> NetConfig:
-    return NetConfig(acse_timeout=timeout, dimse_timeout=timeout)
-
-
-def _scu_options(remote: Any, calling: str, timeout: float, ca: Path | None, cert: Path | None, key: Path | None,
-                 name: str | None, tls: bool = False, profile: str = "bcp195-nd") -> dict[str, Any]:
-    """Keyword arguments every SCU takes: identity, timeouts and TLS (on with --tls or any --tls-*
-    option, or when the registry marks the AE ``tls``; without --tls-ca the system's CA store verifies
-    the peer), in the PS3.15 profile ``profile``."""
-    options: dict[str, Any] = {"calling_ae": calling, "config": _config(timeout)}
-    if not tls and ca is None and cert is None and not remote.tls:
-        return options
-    from pacskit.net.tls import TlsConfigError, client_context
-
-    try:
-        context = client_context(profile=profile, ca_file=ca, certificate=cert, private_key=key)
-    except TlsConfigError as exc:
-        raise fail(f"TLS set-up failed: {exc}", EXIT_USAGE) from None
-    options.update(ssl=context, server_hostname=name)
-    return options
 
 
 def _progress(quiet: bool) -> Any:
@@ -125,32 +56,24 @@ def _progress(quiet: bool) -> Any:
 
 
 @app.command()
+@network_options(timeout=30.0)
 def store(
     target: TargetArg,
     paths: Annotated[list[Path], typer.Argument(help="files and folders (recursive)")],
-    calling: CallingOpt = "PACSKIT",
     associations: Annotated[int, typer.Option("--associations", "-n", help="parallel associations")] = 1,
-    timeout: TimeoutOpt = 30.0,
     quiet: QuietOpt = False,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    tls_name: TlsNameOpt = None,
-    tls: TlsOpt = False,
-    tls_profile: TlsProfileOpt = "bcp195-nd",
+    *,
+    net: NetOptions,
 ) -> None:
     """C-STORE files and folders to a peer. Exit 1 if any instance failed (warnings are not failures)."""
     from pacskit.client import StoreScu
 
-    _setup_logging(verbose)
+    setup_logging(net.verbose)
     for path in paths:
         if not path.exists():
             raise fail(f"{path} does not exist", EXIT_USAGE)
-    remote = resolve_target(target, data_dir, config)
-    scu = StoreScu(remote, associations=associations, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
+    remote = resolve_target(target, net)
+    scu = StoreScu(remote, associations=associations, **scu_options(remote, net))
 
     async def go() -> Any:
         with _progress(quiet) as progress:
@@ -216,6 +139,7 @@ def _rows(records: list[Any], keys: list[str] | None) -> list[dict[str, Any]]:
 
 
 @app.command()
+@network_options(timeout=30.0)
 def find(
     target: TargetArg,
     key: KeysOpt = None,
@@ -224,27 +148,18 @@ def find(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (one array of objects)")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="print CSV with a header line")] = False,
     limit: Annotated[Optional[int], typer.Option(help="C-CANCEL after this many matches")] = None,
-    calling: CallingOpt = "PACSKIT",
-    timeout: TimeoutOpt = 30.0,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    tls_name: TlsNameOpt = None,
-    tls: TlsOpt = False,
-    tls_profile: TlsProfileOpt = "bcp195-nd",
+    *,
+    net: NetOptions,
 ) -> None:
     """C-FIND (Study Root, Patient Root or Modality Worklist); prints a table, JSON or CSV."""
     from pacskit.client import QueryRetrieveScu
 
-    _setup_logging(verbose)
+    setup_logging(net.verbose)
     if as_json and as_csv:
         raise fail("--json and --csv exclude each other", EXIT_USAGE)
-    remote = resolve_target(target, data_dir, config)
+    remote = resolve_target(target, net)
     try:
-        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
+        scu = QueryRetrieveScu(remote, model=model, **scu_options(remote, net))
         scu.identifier(key, level)  # validate level and keys before connecting
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -307,6 +222,7 @@ def _progress_handler(progress: Any, task: Any) -> Any:
 
 
 @app.command()
+@network_options(timeout=60.0)
 def move(
     target: TargetArg,
     key: KeysOpt = None,
@@ -316,31 +232,22 @@ def move(
     into: Annotated[Optional[Path], typer.Option("--into", help="receive here ourselves (needs --port)")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="our Storage SCP port for --into (the peer must know it)", min=1, max=65535)] = None,
     listen_host: Annotated[str, typer.Option("--listen-host", help="address our Storage SCP binds for --into [all]")] = "",
-    calling: CallingOpt = "PACSKIT",
-    timeout: TimeoutOpt = 60.0,
     quiet: QuietOpt = False,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    tls_name: TlsNameOpt = None,
-    tls: TlsOpt = False,
-    tls_profile: TlsProfileOpt = "bcp195-nd",
+    *,
+    net: NetOptions,
 ) -> None:
     """C-MOVE to another AE (--dest), or to ourselves (--into DIR --port P, our AE title is --calling)."""
     from pacskit.client import QueryRetrieveScu
 
-    _setup_logging(verbose)
+    setup_logging(net.verbose)
     if (dest is None) == (into is None):
         raise fail("give either --dest AE or --into DIR (with --port)", EXIT_USAGE)
     if into is not None and port is None:
         raise fail("--into needs --port: the port the peer has for our AE title", EXIT_USAGE)
-    remote = resolve_target(target, data_dir, config)
+    remote = resolve_target(target, net)
     try:
         scu = QueryRetrieveScu(
-            remote, model=model, receive_port=port, receive_host=listen_host, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile)
+            remote, model=model, receive_port=port, receive_host=listen_host, **scu_options(remote, net)
         )
         scu.identifier(key, level, "C-MOVE")
     except ValueError as exc:
@@ -360,6 +267,7 @@ def move(
 
 
 @app.command()
+@network_options(timeout=60.0)
 def get(
     target: TargetArg,
     into: Annotated[Path, typer.Option("--into", help="folder for the received instances")],
@@ -370,27 +278,18 @@ def get(
         bool,
         typer.Option("--uncompressed", help="propose uncompressed transfer syntaxes only (the peer must transcode)"),
     ] = False,
-    calling: CallingOpt = "PACSKIT",
-    timeout: TimeoutOpt = 60.0,
     quiet: QuietOpt = False,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    tls_name: TlsNameOpt = None,
-    tls: TlsOpt = False,
-    tls_profile: TlsProfileOpt = "bcp195-nd",
+    *,
+    net: NetOptions,
 ) -> None:
     """C-GET: the instances come back on the same association into --into, stored as received
     (compressed syntaxes are proposed too unless --uncompressed)."""
     from pacskit.client import QueryRetrieveScu
 
-    _setup_logging(verbose)
-    remote = resolve_target(target, data_dir, config)
+    setup_logging(net.verbose)
+    remote = resolve_target(target, net)
     try:
-        scu = QueryRetrieveScu(remote, model=model, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
+        scu = QueryRetrieveScu(remote, model=model, **scu_options(remote, net))
         scu.identifier(key, level, "C-GET")
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
@@ -428,32 +327,24 @@ async def _echo_when_listening(scu: Any, repeat: int, wait: float) -> int:
 
 
 @app.command()
+@network_options(timeout=30.0)
 def echo(
     target: TargetArg,
-    calling: CallingOpt = "PACSKIT",
-    timeout: TimeoutOpt = 30.0,
     repeat: Annotated[int, typer.Option(help="C-ECHOs to send on the association")] = 1,
     wait: Annotated[
         float,
         typer.Option("--wait", metavar="SECONDS", min=0,
                      help="retry for up to this long while the connection is refused (a server still starting)"),
     ] = 0.0,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    tls_name: TlsNameOpt = None,
-    tls: TlsOpt = False,
-    tls_profile: TlsProfileOpt = "bcp195-nd",
+    *,
+    net: NetOptions,
 ) -> None:
     """Send C-ECHO (Verification) to a peer and report the outcome."""
     from pacskit.client import EchoScu
 
-    _setup_logging(verbose)
-    remote = resolve_target(target, data_dir, config)
-    scu = EchoScu(remote, **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile))
+    setup_logging(net.verbose)
+    remote = resolve_target(target, net)
+    scu = EchoScu(remote, **scu_options(remote, net))
     status = run(_echo_when_listening(scu, repeat, wait))
     if status:
         raise fail(f"C-ECHO to {target} answered status 0x{status:04X}", EXIT_FAILURE_STATUS)

@@ -18,30 +18,28 @@ from typing import Annotated, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, ConfigOpt, DataDirOpt, _setup_logging, app
-from pacskit.cli.client import (
-    CallingOpt,
-    TargetArg,
-    TimeoutOpt,
-    TlsCaOpt,
-    TlsCertOpt,
-    TlsKeyOpt,
-    TlsNameOpt,
-    TlsOpt,
-    TlsProfileOpt,
-    VerboseOpt,
-    _scu_options,
+from pacskit.cli.client import TargetArg
+from pacskit.cli.common import (
+    EXIT_FAILURE_STATUS,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    NetOptions,
+    app,
     fail,
+    network_options,
     resolve_target,
     run,
+    scu_options,
+    setup_logging,
 )
 
 
 @app.command()
+@network_options(timeout=30.0)
 def commit(
     target: TargetArg,
     paths: Annotated[list[Path], typer.Argument(help="DICOM files and folders (recursive) the peer should hold")],
-    calling: CallingOpt = "PACSKIT",
     port: Annotated[
         Optional[int], typer.Option("--port", "-p", help="accept the report on a new association on this port")
     ] = None,
@@ -50,23 +48,15 @@ def commit(
         bool, typer.Option("--release", help="release the N-ACTION association at once (needs --port)")
     ] = False,
     report_timeout: Annotated[float, typer.Option(help="seconds to wait for the report")] = 60.0,
-    timeout: TimeoutOpt = 30.0,
-    verbose: VerboseOpt = 0,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    tls_ca: TlsCaOpt = None,
-    tls_cert: TlsCertOpt = None,
-    tls_key: TlsKeyOpt = None,
-    tls_name: TlsNameOpt = None,
-    tls: TlsOpt = False,
-    tls_profile: TlsProfileOpt = "bcp195-nd",
+    *,
+    net: NetOptions,
 ) -> None:
     """Storage commitment: ask a peer whether it keeps FILES; prints committed / failed with reasons."""
     from rich.console import Console
 
     from pacskit.client.commitment import StorageCommitmentScu, files_under, references_from_files
 
-    _setup_logging(verbose)
+    setup_logging(net.verbose)
     if release and port is None:
         raise fail("--release needs --port (the report then comes on a new association)", EXIT_USAGE)
     for path in paths:
@@ -78,14 +68,14 @@ def commit(
         raise fail(str(exc), EXIT_USAGE) from None
     if not references:
         raise fail("no files found", EXIT_USAGE)
-    remote = resolve_target(target, data_dir, config)
+    remote = resolve_target(target, net)
     scu = StorageCommitmentScu(
         remote,
         receive_port=port,
         receive_host=host,
         report_timeout=report_timeout,
         release_after_request=release,
-        **_scu_options(remote, calling, timeout, tls_ca, tls_cert, tls_key, tls_name, tls, tls_profile),
+        **scu_options(remote, net),
     )
     result = run(scu.commit(references))
     console = Console(highlight=False)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_OK, EXIT_USAGE, ConfigOpt, DataDirOpt, _existing_server_settings, app
+from pacskit.cli.common import EXIT_OK, EXIT_USAGE, ConfigOpt, DataDirOpt, existing_server_settings, app
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -125,7 +125,7 @@ def log_command(
     from pacskit.store.engine import make_engine
 
     fmt = output_format(as_json, as_csv)
-    settings = _existing_server_settings(config, data_dir)
+    settings = existing_server_settings(config, data_dir)
     wanted_status = parse_status(status) if status else None
     start = parse_time(since) if since else None
     end = parse_time(until) if until else None

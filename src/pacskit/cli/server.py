@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_CONNECTION, EXIT_FAILURE_STATUS, EXIT_USAGE, app
+from pacskit.cli.common import EXIT_CONNECTION, EXIT_FAILURE_STATUS, EXIT_USAGE, app
 from pacskit.cli.output import CsvOpt, JsonOpt, output_format
 
 server_app = typer.Typer(help="Create, run and remove servers (folders under a servers root).", no_args_is_help=True)

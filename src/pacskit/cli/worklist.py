@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, _existing_server_settings, app
+from pacskit.cli.common import EXIT_FAILURE_STATUS, EXIT_USAGE, ConfigOpt, DataDirOpt, existing_server_settings, app
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -48,7 +48,7 @@ def _worklist(config: str | None, data_dir: str | None, *, create: bool = False)
     from pacskit.store import Index
     from pacskit.store.workflow.worklist import WorklistStore
 
-    settings = _existing_server_settings(config, data_dir, create=create)  # create: add and import
+    settings = existing_server_settings(config, data_dir, create=create)  # create: add and import
     index = Index.open(settings.database_url)
     try:
         index.migrate()

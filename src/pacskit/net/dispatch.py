@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 #: answers a plain generator handler is asked for in the first hop to the thread pool, in each later
 #: one, and per write; a hop also ends after BATCH_SECONDS (see Dispatch._send_from_thread)
-FIRST_BATCH = 32
+FIRST_BATCH = 8
 MAX_BATCH = 1024
 SEND_EVERY = 32
 BATCH_SECONDS = 0.02
@@ -249,7 +249,8 @@ class Dispatch(AssociationBase):
     async def _send_from_thread(self, request: Request, items: Iterator[Any], timeout: float | None) -> bool:
         """Send what a plain generator handler yields (C-FIND matches read from a database cursor):
         the generator runs in the thread pool, a batch per hop (:data:`FIRST_BATCH` answers first,
-        so the first ones leave early, then up to :data:`MAX_BATCH`; a hop also ends after
+        so the first ones leave early and a peer that cancels after a few is heard while the next hop
+        runs, then up to :data:`MAX_BATCH`, so a large result costs few hops; a hop also ends after
         :data:`BATCH_SECONDS`, so a slow generator's answers are not held back), and each batch is
         written :data:`SEND_EVERY` answers at a time with a turn of the event loop in between, where
         a C-CANCEL is read: no more is pulled once it has arrived. ``True`` when a final response

@@ -18,7 +18,8 @@ an iterator / async iterator of   one response per item (Pending for C-FIND, C-G
 ================================  ===============================================================
 
 A handler may be ``async def`` (runs on the event loop: must not block) or a plain function (runs in the
-engine's thread pool, so a slow handler never stalls other associations). Exceptions and timeouts become
+engine's thread pool, so a slow handler never stalls other associations). A plain *generator* runs in
+the thread pool too, a batch of answers per hop (see :mod:`pacskit.net.dispatch`). Exceptions and timeouts become
 the failure status :func:`failure_status` gives for the service (logged with the traceback); the
 association goes on. Allowed statuses per service: PS3.4 B.2.3 (C-STORE), C.4.1.1.4 (C-FIND),
 C.4.2.1.5 (C-MOVE), C.4.3.1.4 (C-GET), A.4.2 (C-ECHO), PS3.7 10.1 (N-services).
@@ -229,7 +230,7 @@ class Services:
             )
             return Part10FileSink(
                 config.temp_dir, header, context.transfer_syntax, config.max_dataset_size, config.fsync_received,
-                config.spare_temp_files,
+                config.spare_temp_files, source_ae=assoc.remote_ae_title,
             )
         return MemorySink(context.transfer_syntax, config.max_memory_dataset)
 

@@ -52,8 +52,10 @@ class ReceivedDataset:
     """A dataset that has fully arrived, either in memory (``data``) or in a file (``path``).
 
     For a file, ``offset`` is where the dataset starts (after the Part 10 header) and ``path`` is a
-    complete Part 10 file. Whoever handles the request may take the file (``os.replace`` it or call
-    :meth:`move_to`); the engine deletes it after the handler returns if it is still there.
+    complete Part 10 file; ``source_ae`` is the calling AE title of the association it arrived on.
+    Whoever handles the request may take the file (``os.replace`` it, call :meth:`move_to`, or give
+    the whole object to :meth:`pacskit.store.DataStore.ingest`, which takes it); the engine deletes it
+    after the handler returns if it is still there.
     """
 
     transfer_syntax: str
@@ -62,6 +64,7 @@ class ReceivedDataset:
     offset: int = 0
     size: int = 0
     claimed: bool = False  # the handler took the file; the engine must not delete it
+    source_ae: str = ""
 
     def read_bytes(self) -> bytes:
         """The encoded dataset (without any Part 10 header). Reads the whole file: avoid for big data."""
@@ -224,7 +227,7 @@ class Part10FileSink:
     stable storage, for callers that acknowledge durability.
     """
 
-    __slots__ = ("_fd", "_path", "_header_len", "_size", "_max", "_ts", "_fsync")
+    __slots__ = ("_fd", "_path", "_header_len", "_size", "_max", "_ts", "_fsync", "_source_ae")
 
     def __init__(
         self,
@@ -234,6 +237,7 @@ class Part10FileSink:
         max_size: int = 0,
         fsync: bool = False,
         spare: int = 0,
+        source_ae: str = "",
     ) -> None:
         folder = os.fspath(directory) if directory is not None else tempfile.gettempdir()
         self._fd, self._path = temp_files(folder, spare).take() if spare else _create_temp(folder)
@@ -242,6 +246,7 @@ class Part10FileSink:
         self._max = max_size
         self._ts = transfer_syntax
         self._fsync = fsync
+        self._source_ae = source_ae
         self._write_all(header)
 
     def _write_all(self, data: memoryview | bytes) -> None:
@@ -262,7 +267,8 @@ class Part10FileSink:
         finally:
             os.close(self._fd)
             self._fd = -1
-        return ReceivedDataset(self._ts, path=self._path, offset=self._header_len, size=self._size)
+        return ReceivedDataset(self._ts, path=self._path, offset=self._header_len, size=self._size,
+                               source_ae=self._source_ae)
 
     def abort(self) -> None:
         if self._fd >= 0:

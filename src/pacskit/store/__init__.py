@@ -2,7 +2,7 @@
 
 >>> from pacskit.store import DataStore, FilesystemBlobStore
 >>> store = DataStore.open("sqlite:///pacs-data/index.db", blobs=FilesystemBlobStore("pacs-data/blobs"))
->>> result = store.ingest(received.path, source_ae="MODALITY1",
+>>> result = store.ingest(received,
 ...                       expected_sop_instance_uid=request.sop_instance_uid)
 
 See docs/store.md.

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL
@@ -58,6 +58,17 @@ ProblemKind = Literal[
     "missing-blob", "size-mismatch", "hash-mismatch", "unreadable-blob", "invalid-key", "orphan-blob",
     "count-mismatch",
 ]
+
+
+class ReceivedFile(Protocol):
+    """What :meth:`DataStore.ingest` takes from the engine: a dataset received into a complete Part 10
+    file (:class:`pacskit.net.ReceivedDataset` is one; the store does not import the engine)."""
+
+    path: str | None
+    offset: int
+    transfer_syntax: str
+    source_ae: str
+    claimed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,16 +281,22 @@ class DataStore:
 
     def ingest(
         self,
-        temp_path: str | os.PathLike[str],
+        source: ReceivedFile | str | os.PathLike[str],
         *,
-        source_ae: str | None,
+        source_ae: str | None = None,
         expected_sop_instance_uid: str | None = None,
         expected_sop_class_uid: str | None = None,
         duplicate_policy: DuplicatePolicy = "keep-first",
         offset: int | None = None,
         strict_uids: bool = False,
     ) -> IngestResult:
-        """Store the complete Part 10 file ``temp_path`` and index it. See the module docstring.
+        """Store a complete Part 10 file and index it. See the module docstring.
+
+        ``source`` is what the engine received (a :class:`pacskit.net.ReceivedDataset`: its dataset
+        offset, transfer syntax and calling AE are used as they are, the File Meta is not read again,
+        and the file is taken over in this one step: ``claimed`` is set, the engine will not touch
+        it), or the path of a Part 10 file (its File Meta gives those; ``source_ae`` and ``offset``
+        may be given).
 
         UIDs that break PS3.5 9.1 harmlessly (a leading zero, a letter, up to 128 characters) are
         accepted with a warning, or refused (:class:`InvalidInstance`) with ``strict_uids``; see
@@ -293,19 +310,33 @@ class DataStore:
         """
         if duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}, not {duplicate_policy!r}")
+        received: tuple[int, str, str | None] | None = None  # (offset, transfer syntax, source AE)
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+        else:
+            if source.path is None:
+                raise ValueError("the dataset was received in memory, not in a Part 10 file")
+            path = source.path
+            source.claimed = True  # from here on the file is ours, whatever happens to it
+            received = (source.offset, source.transfer_syntax, source.source_ae or None)
+            source_ae = source_ae if source_ae is not None else received[2]
         with self._gate.shared():  # a running reindex() finishes first
-            return self._ingest(os.fspath(temp_path), source_ae, expected_sop_instance_uid,
-                                expected_sop_class_uid, duplicate_policy, offset, strict_uids)
+            return self._ingest(path, source_ae, expected_sop_instance_uid,
+                                expected_sop_class_uid, duplicate_policy, offset, strict_uids, received)
 
     def _ingest(self, path: str, source_ae: str | None, expected_sop_instance_uid: str | None,
                 expected_sop_class_uid: str | None, duplicate_policy: DuplicatePolicy,
-                offset: int | None, strict_uids: bool = False) -> IngestResult:
+                offset: int | None, strict_uids: bool = False,
+                received: tuple[int, str, str | None] | None = None) -> IngestResult:
         slot: int | None = None
         try:
-            header = read_part10_header(path)
+            if received is None:  # a file from elsewhere: its File Meta says where and how
+                header = read_part10_header(path)
+                received = (header.dataset_offset, header.transfer_syntax, header.source_ae)
+            dataset_offset, transfer_syntax, meta_source_ae = received
             try:  # one walk: nesting guarded before pydicom sees anything, indexed values collected
-                attrs = scan_instance(path, offset if offset is not None else header.dataset_offset,
-                                      header.transfer_syntax, header.source_ae)
+                attrs = scan_instance(path, offset if offset is not None else dataset_offset,
+                                      transfer_syntax, meta_source_ae)
             except TooDeep as exc:
                 raise InvalidInstance(str(exc), exc.tag) from None
             self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
