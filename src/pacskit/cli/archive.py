@@ -13,7 +13,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pacskit.cli import EXIT_FAILURE_STATUS, EXIT_OK, EXIT_USAGE, ConfigOpt, DataDirOpt, _server_settings, app
+from pacskit.cli.common import (
+    EXIT_FAILURE_STATUS,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigOpt,
+    DataDirOpt,
+    app,
+    existing_server_settings,
+    server_settings,
+)
 
 
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
@@ -51,10 +60,7 @@ def delete_command(
     if level not in LEVELS:
         typer.echo(f"error: level must be one of {', '.join(LEVELS)}, not {level!r}", err=True)
         raise typer.Exit(EXIT_USAGE)
-    settings = _server_settings(config, data_dir)
-    if not settings.folder.is_dir():
-        typer.echo(f"error: data folder {settings.folder} does not exist", err=True)
-        raise typer.Exit(EXIT_USAGE)
+    settings = existing_server_settings(config, data_dir)
     from pacskit.admin.manager import admin_client, api_reachable
     from pacskit.server.admin_store import local_user
 
@@ -138,7 +144,9 @@ def anonymize_command(
     if level not in (*LEVELS, "files"):
         typer.echo(f"error: level must be one of {', '.join(LEVELS)}, files; not {level!r}", err=True)
         raise typer.Exit(EXIT_USAGE)
-    settings = _server_settings(config, data_dir)
+    # the archive, or the project key kept in the folder: the folder must exist (none is made up)
+    settings = (server_settings(config, data_dir) if level == "files" and key_file is not None
+                else existing_server_settings(config, data_dir))
     try:
         key = _project_key(settings.folder, project, key_file)
     except (ValueError, OSError) as exc:
@@ -179,9 +187,6 @@ def anonymize_command(
         from pacskit.server.server import open_store
         from pacskit.store.deletion import Deleter
 
-        if not settings.folder.is_dir():
-            typer.echo(f"error: data folder {settings.folder} does not exist", err=True)
-            raise typer.Exit(EXIT_USAGE)
         store = open_store(settings, recover=False)  # only reads
         try:
             _studies, rows, not_found = Deleter(store).select(level, identifiers)  # type: ignore[arg-type]
@@ -214,7 +219,7 @@ def _route_call(data_dir: str | None, config: str | None, method: str, path: str
     """Through the running server's admin API, else on the queue file (the server is stopped)."""
     from pacskit.admin.manager import admin_client, api_reachable
 
-    settings = _server_settings(config, data_dir)
+    settings = existing_server_settings(config, data_dir)
     if api_reachable(settings.folder):
         from pacskit.cli.server import check
 
