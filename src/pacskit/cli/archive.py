@@ -76,13 +76,63 @@ def delete_command(
     raise typer.Exit(EXIT_FAILURE_STATUS if report["not_found"] else EXIT_OK)
 
 
+@app.command("merge-patients")
+def merge_command(
+    source: Annotated[str, typer.Argument(help="Patient ID merged away (ID|ISSUER to name the issuer)")],
+    target: Annotated[str, typer.Argument(help="Patient ID that receives the studies")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="say what would move; change nothing")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="why (logged)")] = "",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Merge patient SOURCE into TARGET: studies moved, files rewritten with TARGET's patient attributes."""
+    from pacskit.admin.manager import admin_client, api_reachable
+    from pacskit.server.admin_store import local_user
+
+    settings = existing_server_settings(config, data_dir)
+    body = {"source": source, "target": target, "dry_run": dry_run, "reason": reason, "user": local_user()}
+    if api_reachable(settings.folder):
+        from pacskit.cli.server import check
+
+        with admin_client(settings.folder, timeout=3600.0) as client:
+            report = check(client.post("/store/merge-patients", json=body))
+    else:
+        report = _offline(settings, body, "merge")
+    verb = "would move" if report["dry_run"] else "moved"
+    typer.echo(f"{verb} {len(report['studies'])} studies ({report['instances']} instances) of {source} to {target}")
+
+
+def _offline(settings: Any, body: dict[str, Any], what: str) -> dict[str, Any]:
+    from pacskit.server.admin_store import MergeRequest, merge, offline_audit
+    from pacskit.server.datalock import DataFolderBusy, lock_data_folder
+    from pacskit.server.server import open_store
+    from pacskit.store.correction import CorrectionError
+
+    try:
+        lock = lock_data_folder(settings.data_path, f"pacskit {what}")
+    except DataFolderBusy as exc:
+        typer.echo(f"error: {exc}; stop it, or let it do this (its admin API is not reachable)", err=True)
+        raise typer.Exit(EXIT_FAILURE_STATUS) from None
+    with lock:
+        store = open_store(settings)
+        try:
+            with offline_audit(settings, store) as audit:
+                try:
+                    return merge(store, audit, MergeRequest(**body), user=body["user"])
+                except CorrectionError as exc:
+                    typer.echo(f"error: {exc}", err=True)
+                    raise typer.Exit(EXIT_FAILURE_STATUS) from None
+        finally:
+            store.close()
+
+
 def _delete_offline(settings: Any, body: dict[str, Any]) -> dict[str, Any]:
     from pacskit.server.admin_store import DeleteRequest, delete, offline_audit
     from pacskit.server.datalock import DataFolderBusy, lock_data_folder
     from pacskit.server.server import open_store
 
     try:
-        lock = lock_data_folder(settings.folder, "pacskit delete")
+        lock = lock_data_folder(settings.data_path, "pacskit delete")
     except DataFolderBusy as exc:
         typer.echo(f"error: {exc}; stop it, or let it delete (its admin API is not reachable)", err=True)
         raise typer.Exit(EXIT_FAILURE_STATUS) from None

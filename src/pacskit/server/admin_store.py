@@ -1,6 +1,9 @@
 """Archive management in the admin API: deleting patients, studies, series and instances.
 
 =====================================  ===========================================================
+``POST /store/merge-patients``         body ``{"source": "A", "target": "B", "dry_run": false}``: patient
+                                       A's studies filed under B, files rewritten
+                                       (:mod:`pacskit.store.correction`), audited (action U)
 ``POST /store/delete``                 body ``{"level": "study", "uids": [...], "dry_run": false,
                                        "reason": "...", "user": "..."}``: the deletion report
                                        (:class:`pacskit.store.deletion.DeletionReport` as JSON)
@@ -35,6 +38,29 @@ if TYPE_CHECKING:
     from pacskit.store import DataStore
 
 log = logging.getLogger("pacskit.admin")
+
+
+class MergeRequest(BaseModel):
+    source: str = Field(min_length=1, description="Patient ID merged away (ID|ISSUER to name the issuer)")
+    target: str = Field(min_length=1, description="Patient ID that receives the studies")
+    dry_run: bool = False
+    reason: str = Field("", max_length=1024)
+    user: str = Field("", max_length=256)
+
+
+def merge(store: DataStore, audit: Audit, request: MergeRequest, *, user: str) -> dict[str, Any]:
+    """Merge two patients (blocking); each study moved is audited as Instances Accessed, action U."""
+    from pacskit.store.correction import merge_patients
+
+    def audited(part: StudyDeletion) -> None:
+        audit.instances_accessed(part.study_instance_uid, request.target.partition("|")[0], user=user,
+                                 action="U", sop_classes=part.sop_classes)
+
+    report = merge_patients(store, request.source, request.target, dry_run=request.dry_run, on_study=audited)
+    if not request.dry_run and report.studies:
+        log.warning("patient %s merged into %s by %s (%d studies)%s", request.source, request.target, user,
+                    len(report.studies), f": {request.reason}" if request.reason else "")
+    return report.to_json()
 
 
 class DeleteRequest(BaseModel):
@@ -106,6 +132,19 @@ def store_router(server: Server) -> APIRouter:
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
 
+    @router.post("/store/merge-patients")
+    async def merge_route(request: MergeRequest) -> dict[str, Any]:
+        """Merge patient ``source`` into ``target``: studies moved, files rewritten, audited."""
+        from pacskit.store.correction import CorrectionError
+
+        store = server.store
+        if store is None:
+            raise HTTPException(409, "this server runs without a store")
+        try:
+            return await asyncio.to_thread(merge, store, server.audit, request, user=request.user or "admin-api")
+        except CorrectionError as exc:
+            raise HTTPException(422, str(exc)) from None
+
     return router
 
 
@@ -117,4 +156,4 @@ def local_user() -> str:
         return "unknown"
 
 
-__all__ = ["DeleteRequest", "delete", "local_user", "offline_audit", "report_deleted", "store_router"]
+__all__ = ["DeleteRequest", "MergeRequest", "delete", "merge", "local_user", "offline_audit", "report_deleted", "store_router"]

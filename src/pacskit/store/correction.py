@@ -1,0 +1,172 @@
+"""Corrections of stored data: merging patient A into patient B (files rewritten, index moved), crash-safely.
+
+The index and the files must always agree, so a merge rewrites every file of A's studies with B's
+patient attributes (Patient's Name, Patient ID, Issuer of Patient ID, Birth Date, Sex) under *new*
+blob keys, then switches the rows and moves the studies in one transaction, then deletes the old
+files. One intent file of the deletion journal (:mod:`pacskit.store.deletion`) lists both the old
+and the new keys before any file is written: recovery deletes whichever of them no row refers to.
+Killed before the commit, the new files go and A is as it was; after it, the old files go and the
+merge is complete. SOP Instance UIDs are kept (the instances are the same acquisitions; the patient
+they were filed under was wrong).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+from sqlalchemy import and_, func, select, update
+
+from pacskit.store.blobs import new_key
+from pacskit.store.deletion import Deleter, StudyDeletion, _Intent, finish_interrupted, journal_folder
+from pacskit.store.index.extract import sha256_file
+from pacskit.store.index.models import Instance, Patient, Study
+
+if TYPE_CHECKING:
+    from pacskit.store.datastore import DataStore
+
+log = logging.getLogger("pacskit.store.correction")
+
+_PATIENT_ATTRS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+
+
+class CorrectionError(ValueError):
+    """The correction cannot be done as asked (nothing was changed)."""
+
+
+@dataclass(slots=True)
+class MergeReport:
+    source: str
+    target: str
+    dry_run: bool
+    studies: list[StudyDeletion] = field(default_factory=list)  # what moved (whole studies)
+
+    @property
+    def instances(self) -> int:
+        return sum(s.instances for s in self.studies)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "target": self.target, "dry_run": self.dry_run,
+                "instances": self.instances, "studies": [s.to_json() for s in self.studies]}
+
+
+def _patient(store: DataStore, ident: str) -> Patient:
+    pid, _, issuer = ident.partition("|")
+    with store.index.reading() as s:
+        rows = s.scalars(select(Patient).where(and_(Patient.patient_id == pid, Patient.issuer_of_patient_id == issuer)
+                                                if issuer else Patient.patient_id == pid)).all()
+    if not rows:
+        raise CorrectionError(f"no patient {ident!r} in the archive")
+    if len(rows) > 1:
+        raise CorrectionError(f"patient ID {pid!r} has several issuers: name it as ID|ISSUER")
+    return rows[0]
+
+
+def merge_patients(
+    store: DataStore,
+    source: str,
+    target: str,
+    *,
+    dry_run: bool = False,
+    on_study: Callable[[StudyDeletion], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> MergeReport:
+    """Merge patient ``source`` into ``target`` (Patient IDs, ``ID|ISSUER`` to name the issuer): every
+    study of the source is filed under the target, its files rewritten with the target's patient
+    attributes; the source patient row goes. ``on_study`` is called for each study moved, after the
+    commit (audit it there). ``before_commit`` is for tests (a crash point)."""
+    src = _patient(store, source)
+    dst = _patient(store, target)
+    if src.pk == dst.pk:
+        raise CorrectionError("source and target are the same patient")
+    studies, rows, _nf = Deleter(store).select("patient", [f"{src.patient_id}|{src.issuer_of_patient_id}"
+                                                           if src.issuer_of_patient_id else src.patient_id or ""])
+    report = MergeReport(source, target, dry_run, list(studies.values()))
+    if dry_run or not rows:
+        return report
+    values = {"PatientName": dst.patient_name or "", "PatientID": dst.patient_id or "",
+              "IssuerOfPatientID": dst.issuer_of_patient_id or "", "PatientBirthDate": dst.patient_birth_date or "",
+              "PatientSex": dst.patient_sex or ""}
+    finish_interrupted(store)
+    folder = journal_folder(store)
+    all_rows = [r for study_rows in rows.values() for r in study_rows]
+    plan = [(r, new_key()) for r in all_rows]
+    intent = _Intent(folder, [k for r, new in plan for k in (r.blob_key, new)], f"merge {source} into {target}") \
+        if folder else None
+    written: dict[int, tuple[str, int, str]] = {}  # instance pk -> (new key, size, sha256)
+    try:
+        with store.writing():
+            for row, key in plan:
+                written[row.pk] = _rewrite(store, row.blob_key, key, values)
+            if before_commit is not None:
+                before_commit()
+
+            def switch(s: Any) -> None:
+                for pk, (key, size, sha) in written.items():
+                    s.execute(update(Instance).where(Instance.pk == pk).values(blob_key=key, size=size, sha256=sha))
+                moved = list(studies)
+                s.execute(update(Study).where(Study.pk.in_(moved)).values(patient_fk=dst.pk))
+                for pk in (src.pk, dst.pk):
+                    n = s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == pk)) or 0
+                    s.execute(update(Patient).where(Patient.pk == pk).values(num_studies=n))
+                if not s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == src.pk)):
+                    s.execute(Patient.__table__.delete().where(Patient.pk == src.pk))
+
+            store.index.run_write(switch)
+            for part in studies.values():
+                part.done = True
+                if on_study is not None:
+                    try:
+                        on_study(part)
+                    except Exception:
+                        log.exception("after merging study %s", part.study_instance_uid)
+            for row, _key in plan:
+                store.blobs.delete(row.blob_key)
+    except BaseException:
+        # Not committed (or unknown): the new files go if no row refers to them (recovery would too).
+        for row, key in plan:
+            try:
+                if store.blobs.exists(key) and not store.index.is_blob_referenced(key):
+                    store.blobs.delete(key)
+            except Exception:
+                pass
+        raise
+    finally:
+        if intent is not None:
+            intent.close()
+    log.warning("merged patient %s into %s: %d studies, %d instances", source, target, len(studies), report.instances)
+    return report
+
+
+def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str]) -> tuple[str, int, str]:
+    """Write the blob ``old_key`` with ``values`` as the new blob ``key``; (key, size, sha256)."""
+    path = store.blobs.path(old_key)
+    ds = pydicom.dcmread(path) if path is not None else pydicom.dcmread(store.blobs.open(old_key))
+    for keyword, value in values.items():
+        if value:
+            setattr(ds, keyword, value)
+        elif keyword in ds:
+            if keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+                setattr(ds, keyword, "")  # type 2 in the Patient module: present, empty
+            else:
+                delattr(ds, keyword)
+    fd, tmp = tempfile.mkstemp(prefix="merge-", suffix=".dcm", dir=store.temp_dir)
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        size = os.path.getsize(tmp)
+        sha = sha256_file(tmp)
+        key = store.blobs.put_file(tmp, key_hint=key)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return key, size, sha
+
+
+__all__ = ["CorrectionError", "MergeReport", "merge_patients"]
