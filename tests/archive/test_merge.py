@@ -114,3 +114,55 @@ def test_kill_9_during_a_merge(tmp_path: Path, where: str) -> None:
         assert sum(1 for _ in store.blobs.iter_keys()) == 7  # neither copy left over
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kill", [None, "before-commit"])
+def test_move_series_to_another_study(tmp_path: Path, kill: str | None) -> None:
+    """The CT series filed under the wrong patient's study moves to the right study (files rewritten);
+    the emptied study and patient go. Killed before the commit: nothing moved, check clean."""
+    folder = _folder(tmp_path)
+    store = open_store(load_settings(folder), recover=False)
+    from pacskit.store import Patient, Series, Study
+
+    with store.index.reading() as s:
+        series_uid, = s.execute(select(Series.series_instance_uid).join(Study).join(Patient)
+                                .where(Patient.patient_id == "WRONG1").order_by(Series.pk).limit(1)).one()
+        target, = s.execute(select(Study.study_instance_uid).join(Patient).where(Patient.patient_id == "RIGHT1")).one()
+    store.close()
+    if kill:
+        child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from pacskit.config.settings import load_settings
+            from pacskit.server.server import open_store
+            from pacskit.store.correction import move_series
+            store = open_store(load_settings({str(folder)!r}))
+            def pause():
+                print("paused", flush=True)
+                sys.stdin.readline()
+            move_series(store, {series_uid!r}, {target!r}, before_commit=pause)
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "paused"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+        per, ids, ok = _state(folder)
+        assert ok and per == {"WRONG1": 2, "RIGHT1": 1}
+        open_store(load_settings(folder)).close()  # recovery
+        assert _state(folder) == ({"WRONG1": 2, "RIGHT1": 1}, {"WRONG1", "RIGHT1"}, True)
+        return
+    proc = subprocess.run([sys.executable, "-m", "pacskit", "move-series", series_uid, target, "--data-dir", str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "moved series" in proc.stdout, proc.stderr
+    per, _ids, ok = _state(folder)
+    assert ok and per == {"WRONG1": 1, "RIGHT1": 1}
+    store = open_store(load_settings(folder), recover=False)
+    try:
+        with store.index.reading() as s:
+            study = s.scalars(select(Study).where(Study.study_instance_uid == target)).one()
+            assert (study.num_series, study.num_instances) == (2, 5)
+        moved = [pydicom.dcmread(store.blobs.path(k), stop_before_pixels=True) for k in store.blobs.iter_keys()]
+        assert {(str(d.StudyInstanceUID), str(d.PatientID)) for d in moved if d.SeriesInstanceUID == series_uid} \
+            == {(target, "RIGHT1")}
+    finally:
+        store.close()

@@ -102,8 +102,35 @@ def merge_command(
     typer.echo(f"{verb} {len(report['studies'])} studies ({report['instances']} instances) of {source} to {target}")
 
 
+@app.command("move-series")
+def move_series_command(
+    series: Annotated[str, typer.Argument(help="Series Instance UID")],
+    study: Annotated[str, typer.Argument(help="Study Instance UID of the existing study that receives it")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="why (logged)")] = "",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """File a series under another study: files rewritten with that study's (and patient's) attributes."""
+    from pacskit.admin.manager import admin_client, api_reachable
+    from pacskit.server.admin_store import local_user
+
+    settings = existing_server_settings(config, data_dir)
+    body = {"series_instance_uid": series, "study_instance_uid": study, "dry_run": dry_run, "reason": reason,
+            "user": local_user()}
+    if api_reachable(settings.folder):
+        from pacskit.cli.server import check
+
+        with admin_client(settings.folder, timeout=3600.0) as client:
+            report = check(client.post("/store/move-series", json=body))
+    else:
+        report = _offline(settings, body, "move-series")
+    verb = "would move" if report["dry_run"] else "moved"
+    typer.echo(f"{verb} series {series} ({report['instances']} instances) to study {study}")
+
+
 def _offline(settings: Any, body: dict[str, Any], what: str) -> dict[str, Any]:
-    from pacskit.server.admin_store import MergeRequest, merge, offline_audit
+    from pacskit.server.admin_store import MergeRequest, MoveSeriesRequest, merge, move, offline_audit
     from pacskit.server.datalock import DataFolderBusy, lock_data_folder
     from pacskit.server.server import open_store
     from pacskit.store.correction import CorrectionError
@@ -118,6 +145,8 @@ def _offline(settings: Any, body: dict[str, Any], what: str) -> dict[str, Any]:
         try:
             with offline_audit(settings, store) as audit:
                 try:
+                    if what == "move-series":
+                        return move(store, audit, MoveSeriesRequest(**body), user=body["user"])
                     return merge(store, audit, MergeRequest(**body), user=body["user"])
                 except CorrectionError as exc:
                     typer.echo(f"error: {exc}", err=True)

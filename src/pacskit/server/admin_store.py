@@ -4,6 +4,7 @@
 ``POST /store/merge-patients``         body ``{"source": "A", "target": "B", "dry_run": false}``: patient
                                        A's studies filed under B, files rewritten
                                        (:mod:`pacskit.store.correction`), audited (action U)
+``POST /store/move-series``            body ``{"series_instance_uid": ..., "study_instance_uid": ...}``
 ``POST /store/delete``                 body ``{"level": "study", "uids": [...], "dry_run": false,
                                        "reason": "...", "user": "..."}``: the deletion report
                                        (:class:`pacskit.store.deletion.DeletionReport` as JSON)
@@ -60,6 +61,30 @@ def merge(store: DataStore, audit: Audit, request: MergeRequest, *, user: str) -
     if not request.dry_run and report.studies:
         log.warning("patient %s merged into %s by %s (%d studies)%s", request.source, request.target, user,
                     len(report.studies), f": {request.reason}" if request.reason else "")
+    return report.to_json()
+
+
+class MoveSeriesRequest(BaseModel):
+    series_instance_uid: str = Field(min_length=1)
+    study_instance_uid: str = Field(min_length=1, description="the existing study that receives the series")
+    dry_run: bool = False
+    reason: str = Field("", max_length=1024)
+    user: str = Field("", max_length=256)
+
+
+def move(store: DataStore, audit: Audit, request: MoveSeriesRequest, *, user: str) -> dict[str, Any]:
+    """Move a series to another study (blocking); audited as Instances Accessed (U) on both studies."""
+    from pacskit.store.correction import move_series
+
+    def audited(part: StudyDeletion) -> None:
+        for study in (part.study_instance_uid, request.study_instance_uid):
+            audit.instances_accessed(study, part.patient_id, user=user, action="U", sop_classes=part.sop_classes)
+
+    report = move_series(store, request.series_instance_uid, request.study_instance_uid,
+                         dry_run=request.dry_run, on_study=audited)
+    if not request.dry_run:
+        log.warning("series %s moved to study %s by %s%s", request.series_instance_uid, request.study_instance_uid,
+                    user, f": {request.reason}" if request.reason else "")
     return report.to_json()
 
 
@@ -145,6 +170,19 @@ def store_router(server: Server) -> APIRouter:
         except CorrectionError as exc:
             raise HTTPException(422, str(exc)) from None
 
+    @router.post("/store/move-series")
+    async def move_route(request: MoveSeriesRequest) -> dict[str, Any]:
+        """File a series under another existing study: files rewritten, index moved, audited."""
+        from pacskit.store.correction import CorrectionError
+
+        store = server.store
+        if store is None:
+            raise HTTPException(409, "this server runs without a store")
+        try:
+            return await asyncio.to_thread(move, store, server.audit, request, user=request.user or "admin-api")
+        except CorrectionError as exc:
+            raise HTTPException(422, str(exc)) from None
+
     return router
 
 
@@ -156,4 +194,4 @@ def local_user() -> str:
         return "unknown"
 
 
-__all__ = ["DeleteRequest", "MergeRequest", "delete", "merge", "local_user", "offline_audit", "report_deleted", "store_router"]
+__all__ = ["DeleteRequest", "MergeRequest", "MoveSeriesRequest", "delete", "merge", "move", "local_user", "offline_audit", "report_deleted", "store_router"]

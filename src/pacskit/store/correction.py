@@ -92,12 +92,29 @@ def merge_patients(
     values = {"PatientName": dst.patient_name or "", "PatientID": dst.patient_id or "",
               "IssuerOfPatientID": dst.issuer_of_patient_id or "", "PatientBirthDate": dst.patient_birth_date or "",
               "PatientSex": dst.patient_sex or ""}
+
+    def switch(s: Any) -> None:
+        s.execute(update(Study).where(Study.pk.in_(list(studies))).values(patient_fk=dst.pk))
+        for pk in (src.pk, dst.pk):
+            n = s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == pk)) or 0
+            s.execute(update(Patient).where(Patient.pk == pk).values(num_studies=n))
+        if not s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == src.pk)):
+            s.execute(Patient.__table__.delete().where(Patient.pk == src.pk))
+
+    _apply(store, rows, studies, values, switch, f"merge {source} into {target}", on_study, before_commit)
+    log.warning("merged patient %s into %s: %d studies, %d instances", source, target, len(studies), report.instances)
+    return report
+
+
+def _apply(store: DataStore, rows: dict[int, list[Any]], studies: dict[int, StudyDeletion], values: dict[str, str],
+           switch: Callable[[Any], None], what: str, on_study: Callable[[StudyDeletion], None] | None,
+           before_commit: Callable[[], None] | None) -> None:
+    """Rewrite every file of ``rows`` with ``values`` under new keys, then in one transaction point the
+    rows at them and run ``switch``; then delete the old files (see the module docstring)."""
     finish_interrupted(store)
     folder = journal_folder(store)
-    all_rows = [r for study_rows in rows.values() for r in study_rows]
-    plan = [(r, new_key()) for r in all_rows]
-    intent = _Intent(folder, [k for r, new in plan for k in (r.blob_key, new)], f"merge {source} into {target}") \
-        if folder else None
+    plan = [(r, new_key()) for study_rows in rows.values() for r in study_rows]
+    intent = _Intent(folder, [k for r, new in plan for k in (r.blob_key, new)], what) if folder else None
     written: dict[int, tuple[str, int, str]] = {}  # instance pk -> (new key, size, sha256)
     try:
         with store.writing():
@@ -106,30 +123,24 @@ def merge_patients(
             if before_commit is not None:
                 before_commit()
 
-            def switch(s: Any) -> None:
+            def work(s: Any) -> None:
                 for pk, (key, size, sha) in written.items():
                     s.execute(update(Instance).where(Instance.pk == pk).values(blob_key=key, size=size, sha256=sha))
-                moved = list(studies)
-                s.execute(update(Study).where(Study.pk.in_(moved)).values(patient_fk=dst.pk))
-                for pk in (src.pk, dst.pk):
-                    n = s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == pk)) or 0
-                    s.execute(update(Patient).where(Patient.pk == pk).values(num_studies=n))
-                if not s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == src.pk)):
-                    s.execute(Patient.__table__.delete().where(Patient.pk == src.pk))
+                switch(s)
 
-            store.index.run_write(switch)
+            store.index.run_write(work)
             for part in studies.values():
                 part.done = True
                 if on_study is not None:
                     try:
                         on_study(part)
                     except Exception:
-                        log.exception("after merging study %s", part.study_instance_uid)
+                        log.exception("after correcting study %s", part.study_instance_uid)
             for row, _key in plan:
                 store.blobs.delete(row.blob_key)
     except BaseException:
         # Not committed (or unknown): the new files go if no row refers to them (recovery would too).
-        for row, key in plan:
+        for _row, key in plan:
             try:
                 if store.blobs.exists(key) and not store.index.is_blob_referenced(key):
                     store.blobs.delete(key)
@@ -139,8 +150,70 @@ def merge_patients(
     finally:
         if intent is not None:
             intent.close()
-    log.warning("merged patient %s into %s: %d studies, %d instances", source, target, len(studies), report.instances)
+
+
+def move_series(
+    store: DataStore,
+    series_instance_uid: str,
+    study_instance_uid: str,
+    *,
+    dry_run: bool = False,
+    on_study: Callable[[StudyDeletion], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> MergeReport:
+    """File the series ``series_instance_uid`` under the existing study ``study_instance_uid``: its files
+    are rewritten with that study's attributes and its patient's; the source study goes if it is left
+    empty (and its patient, if that was its last study). ``on_study`` gets the moved part."""
+    from pacskit.store.index.models import Series
+
+    with store.index.reading() as s:
+        target = s.execute(select(Study, Patient).join(Patient, Study.patient_fk == Patient.pk)
+                           .where(Study.study_instance_uid == study_instance_uid)).one_or_none()
+        series = s.scalars(select(Series).where(Series.series_instance_uid == series_instance_uid)).one_or_none()
+    if target is None:
+        raise CorrectionError(f"no study {study_instance_uid} in the archive")
+    if series is None:
+        raise CorrectionError(f"no series {series_instance_uid} in the archive")
+    study, patient = target
+    if series.study_fk == study.pk:
+        raise CorrectionError("the series is in that study already")
+    studies, rows, _nf = Deleter(store).select("series", [series_instance_uid])
+    report = MergeReport(series_instance_uid, study_instance_uid, dry_run, list(studies.values()))
+    if dry_run or not rows:
+        return report
+    values = {"StudyInstanceUID": study.study_instance_uid, "StudyDate": study.study_date or "",
+              "StudyTime": study.study_time or "", "AccessionNumber": study.accession_number or "",
+              "StudyID": study.study_id or "", "ReferringPhysicianName": study.referring_physician_name or "",
+              "StudyDescription": study.study_description or "",
+              "PatientName": patient.patient_name or "", "PatientID": patient.patient_id or "",
+              "IssuerOfPatientID": patient.issuer_of_patient_id or "",
+              "PatientBirthDate": patient.patient_birth_date or "", "PatientSex": patient.patient_sex or ""}
+    source_pk = series.study_fk
+    n = report.instances
+
+    def switch(s: Any) -> None:
+        s.execute(update(Series).where(Series.pk == series.pk).values(study_fk=study.pk))
+        s.execute(update(Study).where(Study.pk == study.pk).values(
+            num_series=Study.num_series + 1, num_instances=Study.num_instances + n))
+        s.execute(update(Study).where(Study.pk == source_pk).values(
+            num_series=Study.num_series - 1, num_instances=Study.num_instances - n))
+        store.index._refresh_modalities(s, study.pk)  # noqa: SLF001 - the index's own rule
+        if s.scalar(select(func.count()).select_from(Series).where(Series.study_fk == source_pk)):
+            store.index._refresh_modalities(s, source_pk)  # noqa: SLF001
+            return
+        patient_fk = s.scalar(select(Study.patient_fk).where(Study.pk == source_pk))
+        s.execute(Study.__table__.delete().where(Study.pk == source_pk))
+        s.execute(update(Patient).where(Patient.pk == patient_fk).values(num_studies=Patient.num_studies - 1))
+        if not s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == patient_fk)):
+            s.execute(Patient.__table__.delete().where(Patient.pk == patient_fk))
+
+    _apply(store, rows, studies, values, switch, f"move series {series_instance_uid} to {study_instance_uid}",
+           on_study, before_commit)
+    log.warning("moved series %s (%d instances) to study %s", series_instance_uid, n, study_instance_uid)
     return report
+
+
+_OPTIONAL = ("IssuerOfPatientID", "StudyDescription", "ReferringPhysicianName", "StudyTime")
 
 
 def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str]) -> tuple[str, int, str]:
@@ -151,10 +224,10 @@ def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str]) -
         if value:
             setattr(ds, keyword, value)
         elif keyword in ds:
-            if keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
-                setattr(ds, keyword, "")  # type 2 in the Patient module: present, empty
-            else:
+            if keyword in _OPTIONAL:
                 delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, "")  # type 2 (Patient, General Study modules): present, empty
     fd, tmp = tempfile.mkstemp(prefix="merge-", suffix=".dcm", dir=store.temp_dir)
     os.close(fd)
     try:
@@ -169,4 +242,4 @@ def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str]) -
     return key, size, sha
 
 
-__all__ = ["CorrectionError", "MergeReport", "merge_patients"]
+__all__ = ["CorrectionError", "MergeReport", "merge_patients", "move_series"]
