@@ -213,6 +213,49 @@ def move_series(
     return report
 
 
+def update_patient(
+    store: DataStore,
+    ident: str,
+    *,
+    name: str | None = None,
+    birth_date: str | None = None,
+    sex: str | None = None,
+    dry_run: bool = False,
+    on_study: Callable[[StudyDeletion], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> MergeReport:
+    """Change a patient's Name, Birth Date or Sex (those given): the index row and every file of the
+    patient's studies (rewritten as for a merge). ``ident``: Patient ID (``ID|ISSUER``)."""
+    from pacskit.store.index.models import normalise_person_name
+
+    patient = _patient(store, ident)
+    changes = {k: v for k, v in (("PatientName", name), ("PatientBirthDate", birth_date), ("PatientSex", sex))
+               if v is not None}
+    if not changes:
+        raise CorrectionError("nothing to change: give a name, a birth date or a sex")
+    studies, rows, _nf = Deleter(store).select("patient", [ident])
+    report = MergeReport(ident, ident, dry_run, list(studies.values()))
+    if dry_run:
+        return report
+    row_values: dict[str, Any] = {}
+    if name is not None:
+        row_values.update(patient_name=name or None, patient_name_search=normalise_person_name(name or None))
+    if birth_date is not None:
+        row_values["patient_birth_date"] = birth_date or None
+    if sex is not None:
+        row_values["patient_sex"] = sex or None
+
+    def switch(s: Any) -> None:
+        s.execute(update(Patient).where(Patient.pk == patient.pk).values(**row_values))
+
+    if rows:
+        _apply(store, rows, studies, changes, switch, f"update patient {ident}", on_study, before_commit)
+    else:
+        store.index.run_write(switch)
+    log.warning("patient %s updated: %s", ident, ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+    return report
+
+
 _OPTIONAL = ("IssuerOfPatientID", "StudyDescription", "ReferringPhysicianName", "StudyTime")
 
 
@@ -242,4 +285,4 @@ def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str]) -
     return key, size, sha
 
 
-__all__ = ["CorrectionError", "MergeReport", "merge_patients", "move_series"]
+__all__ = ["CorrectionError", "MergeReport", "merge_patients", "move_series", "update_patient"]
