@@ -129,6 +129,35 @@ def move_series_command(
     typer.echo(f"{verb} series {series} ({report['instances']} instances) to study {study}")
 
 
+@app.command("compress")
+def compress_command(
+    level: Annotated[str, typer.Argument(help="patient, study, series or instance")],
+    identifiers: Annotated[list[str], typer.Argument(help="Patient IDs or UIDs")],
+    syntax: Annotated[str, typer.Option("--syntax", help="rle, j2k (JPEG 2000 lossless) or jpeg-ls")] = "j2k",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Compress stored uncompressed instances losslessly; each is kept only if its pixels decode identically."""
+    from pacskit.admin.manager import admin_client, api_reachable
+    from pacskit.store.deletion import LEVELS
+
+    if level not in LEVELS:
+        typer.echo(f"error: level must be one of {', '.join(LEVELS)}, not {level!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    settings = existing_server_settings(config, data_dir)
+    body = {"level": level, "uids": identifiers, "syntax": syntax}
+    if api_reachable(settings.folder):
+        from pacskit.cli.server import check
+
+        with admin_client(settings.folder, timeout=3600.0) as client:
+            report = check(client.post("/store/compress", json=body))
+    else:
+        report = _offline(settings, body, "compress")
+    for uid, why in report["skipped"]:
+        typer.echo(f"left as it is: {uid}: {why}")
+    typer.echo(f"compressed {report['compressed']} instances ({report['bytes_before']} -> {report['bytes_after']} bytes)")
+
+
 def _offline(settings: Any, body: dict[str, Any], what: str) -> dict[str, Any]:
     from pacskit.server.admin_store import MergeRequest, MoveSeriesRequest, merge, move, offline_audit
     from pacskit.server.datalock import DataFolderBusy, lock_data_folder
@@ -145,6 +174,14 @@ def _offline(settings: Any, body: dict[str, Any], what: str) -> dict[str, Any]:
         try:
             with offline_audit(settings, store) as audit:
                 try:
+                    if what == "compress":
+                        from pacskit.store.compression import CompressionError, compress
+
+                        try:
+                            return compress(store, body["level"], body["uids"], body["syntax"]).to_json()
+                        except CompressionError as exc:
+                            typer.echo(f"error: {exc}", err=True)
+                            raise typer.Exit(EXIT_USAGE) from None
                     if what == "move-series":
                         return move(store, audit, MoveSeriesRequest(**body), user=body["user"])
                     return merge(store, audit, MergeRequest(**body), user=body["user"])

@@ -5,6 +5,7 @@
                                        A's studies filed under B, files rewritten
                                        (:mod:`pacskit.store.correction`), audited (action U)
 ``POST /store/move-series``            body ``{"series_instance_uid": ..., "study_instance_uid": ...}``
+``POST /store/compress``               body ``{"level": "study", "uids": [...], "syntax": "j2k"}``
 ``POST /store/delete``                 body ``{"level": "study", "uids": [...], "dry_run": false,
                                        "reason": "...", "user": "..."}``: the deletion report
                                        (:class:`pacskit.store.deletion.DeletionReport` as JSON)
@@ -86,6 +87,12 @@ def move(store: DataStore, audit: Audit, request: MoveSeriesRequest, *, user: st
         log.warning("series %s moved to study %s by %s%s", request.series_instance_uid, request.study_instance_uid,
                     user, f": {request.reason}" if request.reason else "")
     return report.to_json()
+
+
+class CompressRequest(BaseModel):
+    level: Literal["patient", "study", "series", "instance"]
+    uids: list[str] = Field(min_length=1)
+    syntax: Literal["rle", "j2k", "jpeg-ls"] = "j2k"
 
 
 class DeleteRequest(BaseModel):
@@ -170,6 +177,20 @@ def store_router(server: Server) -> APIRouter:
         except CorrectionError as exc:
             raise HTTPException(422, str(exc)) from None
 
+    @router.post("/store/compress")
+    async def compress_route(request: CompressRequest) -> dict[str, Any]:
+        """Compress stored uncompressed instances losslessly (pixels verified byte for byte)."""
+        from pacskit.store.compression import CompressionError, compress
+
+        store = server.store
+        if store is None:
+            raise HTTPException(409, "this server runs without a store")
+        try:
+            report = await asyncio.to_thread(compress, store, request.level, request.uids, request.syntax)
+        except (CompressionError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        return report.to_json()
+
     @router.post("/store/move-series")
     async def move_route(request: MoveSeriesRequest) -> dict[str, Any]:
         """File a series under another existing study: files rewritten, index moved, audited."""
@@ -194,4 +215,4 @@ def local_user() -> str:
         return "unknown"
 
 
-__all__ = ["DeleteRequest", "MergeRequest", "MoveSeriesRequest", "delete", "merge", "move", "local_user", "offline_audit", "report_deleted", "store_router"]
+__all__ = ["CompressRequest", "DeleteRequest", "MergeRequest", "MoveSeriesRequest", "delete", "merge", "move", "local_user", "offline_audit", "report_deleted", "store_router"]

@@ -108,24 +108,29 @@ def merge_patients(
 
 def _apply(store: DataStore, rows: dict[int, list[Any]], studies: dict[int, StudyDeletion], values: dict[str, str],
            switch: Callable[[Any], None], what: str, on_study: Callable[[StudyDeletion], None] | None,
-           before_commit: Callable[[], None] | None) -> None:
+           before_commit: Callable[[], None] | None, *,
+           transform: Callable[[Any], dict[str, Any]] | None = None) -> None:
     """Rewrite every file of ``rows`` with ``values`` under new keys, then in one transaction point the
-    rows at them and run ``switch``; then delete the old files (see the module docstring)."""
+    rows at them and run ``switch``; then delete the old files (see the module docstring).
+
+    ``transform(dataset)`` instead of ``values``: changes the dataset in place and returns extra
+    column values of its instance row (e.g. the new transfer syntax)."""
     finish_interrupted(store)
     folder = journal_folder(store)
     plan = [(r, new_key()) for study_rows in rows.values() for r in study_rows]
     intent = _Intent(folder, [k for r, new in plan for k in (r.blob_key, new)], what) if folder else None
-    written: dict[int, tuple[str, int, str]] = {}  # instance pk -> (new key, size, sha256)
+    written: dict[int, tuple[str, int, str, dict[str, Any]]] = {}  # pk -> (new key, size, sha256, extra columns)
     try:
         with store.writing():
             for row, key in plan:
-                written[row.pk] = _rewrite(store, row.blob_key, key, values)
+                written[row.pk] = _rewrite(store, row.blob_key, key, values, transform)
             if before_commit is not None:
                 before_commit()
 
             def work(s: Any) -> None:
-                for pk, (key, size, sha) in written.items():
-                    s.execute(update(Instance).where(Instance.pk == pk).values(blob_key=key, size=size, sha256=sha))
+                for pk, (key, size, sha, extra) in written.items():
+                    s.execute(update(Instance).where(Instance.pk == pk).values(blob_key=key, size=size, sha256=sha,
+                                                                               **extra))
                 switch(s)
 
             store.index.run_write(work)
@@ -259,10 +264,13 @@ def update_patient(
 _OPTIONAL = ("IssuerOfPatientID", "StudyDescription", "ReferringPhysicianName", "StudyTime")
 
 
-def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str]) -> tuple[str, int, str]:
-    """Write the blob ``old_key`` with ``values`` as the new blob ``key``; (key, size, sha256)."""
+def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str],
+             transform: Callable[[Any], dict[str, Any]] | None = None) -> tuple[str, int, str, dict[str, Any]]:
+    """Write the blob ``old_key`` with ``values`` (or ``transform``) as the new blob ``key``;
+    (key, size, sha256, extra row columns)."""
     path = store.blobs.path(old_key)
     ds = pydicom.dcmread(path) if path is not None else pydicom.dcmread(store.blobs.open(old_key))
+    extra = transform(ds) if transform is not None else {}
     for keyword, value in values.items():
         if value:
             setattr(ds, keyword, value)
@@ -282,7 +290,7 @@ def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str]) -
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return key, size, sha
+    return key, size, sha, extra
 
 
 __all__ = ["CorrectionError", "MergeReport", "merge_patients", "move_series", "update_patient"]
