@@ -207,9 +207,9 @@ def test_cli_exports_a_study_from_the_archive_with_the_project_key(tmp_path: Pat
     [out] = list((tmp_path / "one").iterdir())
     ds = pydicom.dcmread(out)
     assert ds.SOPInstanceUID == Anonymizer(key.read_bytes().strip()).uid(uids[0]) and out.name == f"{ds.SOPInstanceUID}.dcm"
-    second = run("study", study, "--out", str(tmp_path / "two"), "--project", "trial-7")
+    assert run("study", study, "--out", str(tmp_path / "two"), "--project", "trial-7").returncode == 0
     assert [p.name for p in (tmp_path / "two").iterdir()] == [out.name]  # same project: same UIDs
-    other = run("study", study, "--out", str(tmp_path / "three"), "--project", "trial-8")
+    assert run("study", study, "--out", str(tmp_path / "three"), "--project", "trial-8").returncode == 0
     assert [p.name for p in (tmp_path / "three").iterdir()] != [out.name]
     missing = run("study", "9.9.9", "--out", str(tmp_path / "four"))
     assert missing.returncode == 1 and "not found: 9.9.9" in missing.stderr

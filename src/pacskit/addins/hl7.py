@@ -115,9 +115,10 @@ class Hl7AddIn(AddIn):
         log.info("hl7: MLLP on %s:%d", self.options.host, self.port)
 
     async def stop(self) -> None:
-        if getattr(self, "server", None) is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.close()
+            await server.wait_closed()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

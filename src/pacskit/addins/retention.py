@@ -76,10 +76,11 @@ class RetentionAddIn(AddIn):
         self._task = asyncio.create_task(self._loop(), name="retention")
 
     async def stop(self) -> None:
-        if getattr(self, "_task", None) is not None:
-            self._task.cancel()
+        task = getattr(self, "_task", None)
+        if task is not None:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
 
@@ -133,10 +134,13 @@ class RetentionAddIn(AddIn):
         for sel in selections:
             if dry_run or not sel.studies:
                 continue
+            def audit(part: StudyDeletion, rule: str = sel.rule) -> None:
+                self._audit(part, rule)
+
             for study in sel.studies:
                 try:
                     done = deleter.delete("study", [study.study_instance_uid], reason=f"retention rule {sel.rule}",
-                                          on_study=lambda part, rule=sel.rule: self._audit(part, rule))
+                                          on_study=audit)
                 except Exception as exc:  # one study failing does not stop the others
                     log.exception("retention: study %s not deleted", study.study_instance_uid)
                     failed.append({"study_instance_uid": study.study_instance_uid, "error": str(exc)})

@@ -45,7 +45,7 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag

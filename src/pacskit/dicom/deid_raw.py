@@ -242,7 +242,7 @@ class Rewriter:
 
     def sequence(self, el: Element, implicit: bool) -> bytes:
         inner_implicit = implicit or el.vr == b"UN"
-        parts = [header(el.tag, b"SQ" if el.vr == b"SQ" else el.vr, UNDEFINED, implicit)]
+        parts: list[bytes | memoryview] = [header(el.tag, b"SQ" if el.vr == b"SQ" else el.vr, UNDEFINED, implicit)]
         for start, stop in self.reader.items(el, inner_implicit):
             parts.append(_ITEM_OPEN)
             parts.extend(chunk for _tag, chunk in self.dataset(start, stop, inner_implicit))

@@ -52,7 +52,11 @@ class CompressReport:
 
 
 def _encoder_ready(uid: str) -> None:
-    from pydicom.pixels.encoders import JPEG2000LosslessEncoder, JPEGLSLosslessEncoder, RLELosslessEncoder
+    from pydicom.pixels.encoders import (  # type: ignore[attr-defined]
+        JPEG2000LosslessEncoder,
+        JPEGLSLosslessEncoder,
+        RLELosslessEncoder,
+    )
 
     encoder = {str(RLELossless): RLELosslessEncoder, str(JPEG2000Lossless): JPEG2000LosslessEncoder,
                str(JPEGLSLossless): JPEGLSLosslessEncoder}[uid]

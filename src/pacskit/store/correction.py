@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pydicom
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 
 from pacskit.store.blobs import new_key
 from pacskit.store.deletion import Deleter, StudyDeletion, _Intent, finish_interrupted, journal_folder
@@ -99,7 +99,7 @@ def merge_patients(
             n = s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == pk)) or 0
             s.execute(update(Patient).where(Patient.pk == pk).values(num_studies=n))
         if not s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == src.pk)):
-            s.execute(Patient.__table__.delete().where(Patient.pk == src.pk))
+            s.execute(delete(Patient).where(Patient.pk == src.pk))
 
     _apply(store, rows, studies, values, switch, f"merge {source} into {target}", on_study, before_commit)
     log.warning("merged patient %s into %s: %d studies, %d instances", source, target, len(studies), report.instances)
@@ -207,10 +207,10 @@ def move_series(
             store.index._refresh_modalities(s, source_pk)  # noqa: SLF001
             return
         patient_fk = s.scalar(select(Study.patient_fk).where(Study.pk == source_pk))
-        s.execute(Study.__table__.delete().where(Study.pk == source_pk))
+        s.execute(delete(Study).where(Study.pk == source_pk))
         s.execute(update(Patient).where(Patient.pk == patient_fk).values(num_studies=Patient.num_studies - 1))
         if not s.scalar(select(func.count()).select_from(Study).where(Study.patient_fk == patient_fk)):
-            s.execute(Patient.__table__.delete().where(Patient.pk == patient_fk))
+            s.execute(delete(Patient).where(Patient.pk == patient_fk))
 
     _apply(store, rows, studies, values, switch, f"move series {series_instance_uid} to {study_instance_uid}",
            on_study, before_commit)

@@ -358,8 +358,10 @@ class Deleter:
         try:
             with self.store.writing():
                 for study_pk, study_rows in rows.items():
-                    keys = self.store.index.run_write(
-                        lambda s, study_rows=study_rows: self._remove(s, study_rows, intent))
+                    def remove(s: Session, study_rows: list[_Row] = study_rows) -> list[str]:
+                        return self._remove(s, study_rows, intent)
+
+                    keys = self.store.index.run_write(remove)
                     part = studies[study_pk]
                     part.done = True
                     if on_study is not None:

@@ -46,7 +46,7 @@ from sqlalchemy import select
 from pacskit.addins.routing.queue import ForwardQueue, Job, NewJob
 from pacskit.dicom.status import status_category
 from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
-from pacskit.net import ConnectionFailed, NetError, RequestedContext
+from pacskit.net import NetError, RequestedContext
 from pacskit.net import events as ev
 from pacskit.services import AddIn, AddInOptions
 from pacskit.store import Instance, Series, Study
@@ -232,7 +232,7 @@ class RoutingAddIn(AddIn):
             await self._send_batch(destination, jobs)
 
     def _backoff(self, attempts: int) -> float:
-        return min(self.options.retry_max, self.options.retry_initial * (2 ** min(attempts, 20)))
+        return float(min(self.options.retry_max, self.options.retry_initial * (2 ** min(attempts, 20))))
 
     async def _send_batch(self, destination: str, jobs: Sequence[Job]) -> None:
         queue, store = self.queue, self.base.store
@@ -288,10 +288,10 @@ class RoutingAddIn(AddIn):
             await asyncio.to_thread(queue.done, answered)
         except (NetError, OSError) as exc:  # the association broke: the job at the head is retried
             await asyncio.to_thread(queue.done, answered)
-            head = queue.head(destination, 1)
-            if head:
-                await asyncio.to_thread(queue.postpone, head[0].id, str(exc),
-                                        time.time() + self._backoff(head[0].attempts))
+            waiting = await asyncio.to_thread(queue.head, destination, 1)
+            if waiting:
+                await asyncio.to_thread(queue.postpone, waiting[0].id, str(exc),
+                                        time.time() + self._backoff(waiting[0].attempts))
             log.warning("routing: association with %s failed: %s", destination, exc)
 
     async def _send_one(self, assoc: Any, job: Job, path: str, sop_class: str, ts: str) -> int:

@@ -178,7 +178,8 @@ class ForwardQueue:
 
     def retry(self, *, destination: str | None = None, ids: Iterable[int] | None = None) -> int:
         """Failed jobs (and postponed ones) become due now."""
-        where, args = ["(state = 'failed' OR next_at > 0)"], []
+        where: list[str] = ["(state = 'failed' OR next_at > 0)"]
+        args: list[Any] = []
         if destination:
             where.append("destination = ?")
             args.append(destination)
@@ -191,7 +192,8 @@ class ForwardQueue:
                               args).rowcount
 
     def purge(self, *, destination: str | None = None, state: str | None = None) -> int:
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
         if destination:
             where.append("destination = ?")
             args.append(destination)
