@@ -68,3 +68,47 @@ def test_missing_encoder_is_refused(tmp_path: Path) -> None:
             compress(store, "study", ["1.2.3"], "jpeg-ls")
     finally:
         store.close()
+
+
+@pytest.mark.dcmtk
+def test_compression_addin_compresses_what_storescu_sends(tmp_path: Path) -> None:
+    """DCMTK storescu sends uncompressed CT slices; the add-in stores them as JPEG 2000 lossless, pixels
+    identical (the add-in only takes what was received uncompressed: the event's transfer syntax)."""
+    import asyncio
+
+    from pacskit.addins.compression import CompressionAddIn
+    from pacskit.addins.storage import StorageAddIn
+    from pacskit.server.server import Server
+    from pacskit.testing.peers import count_store_successes, have_dcmtk, run_storescu
+    from pacskit.testing.synth import make_series
+
+    if not have_dcmtk():
+        pytest.skip("DCMTK is not installed")
+    src = make_series(tmp_path / "ct", 5, 64, 64)
+    pixels = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p).pixel_array.tobytes() for p in src}
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    (folder / "server.toml").write_text('ae_title = "ZIP"\nport = 0\nopen_mode = true\n[admin]\nenabled = false\n'
+                                        '[addins.compression]\nenabled = true\nsyntax = "j2k"\n')
+
+    async def run() -> None:
+        server = Server(load_settings(folder), addin_classes=[StorageAddIn, CompressionAddIn])
+        await server.start()
+        try:
+            sent = await asyncio.to_thread(run_storescu, "127.0.0.1", server.port, tmp_path / "ct", called="ZIP")
+            assert count_store_successes(sent) == 5, sent.stdout
+            addin = next(a for a in server.addins if a.name == "compression")
+            for _ in range(600):
+                if addin.compressed == 5:
+                    break
+                await asyncio.sleep(0.05)
+            assert addin.compressed == 5 and addin.skipped == 0
+            store = server.store
+            for uid, original in pixels.items():
+                assert store.get_instance(uid).transfer_syntax_uid == SYNTAXES["j2k"]
+                assert pydicom.dcmread(store.instance_path(uid)).pixel_array.tobytes() == original
+            assert store.check().ok
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
