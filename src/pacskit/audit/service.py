@@ -142,5 +142,23 @@ class Audit:
         return sink.emit(messages.instances_accessed(sink.source, who, {study_instance_uid: sop_classes or {}},
                                                      patient_id, action=action))
 
+    def query(
+        self,
+        sop_class_uid: str,
+        query_dataset: bytes,
+        transfer_syntax: str,
+        *,
+        user: str,
+        address: str | None = None,
+    ) -> bool:
+        """Query (A.5.3.10) by ``user``: ``query_dataset`` is the identifier encoded in
+        ``transfer_syntax`` (a QIDO-RS search is reported as the C-FIND identifier it becomes)."""
+        sink = self._sink
+        if sink is None:
+            return False
+        who = messages.peer(user, address, role=None, requestor=True)
+        return sink.emit(messages.query(sink.source, who, self._reporter(sink), sop_class_uid, query_dataset,
+                                        transfer_syntax))
+
 
 __all__ = ["AttachError", "Audit", "AuditSink"]

@@ -42,6 +42,12 @@ def serve(
     workers: Annotated[
         Optional[int], typer.Option(help="processes serving the port, each a full server [1]", min=1, max=64)
     ] = None,
+    http_port: Annotated[
+        Optional[int], typer.Option("--http-port", help="port of the HTTP listener (DICOMweb) [http] port", min=0, max=65535)
+    ] = None,
+    dicomweb: Annotated[
+        Optional[bool], typer.Option("--dicomweb/--no-dicomweb", help="serve DICOMweb at /dicom-web on the HTTP listener")
+    ] = None,
 ) -> None:
     """Run the PACS server with its add-ins (Verification, Storage, Query, and any installed ones).
 
@@ -69,6 +75,10 @@ def serve(
         # The admin socket is named after the AE title in server.toml, where `status` & co. look for it:
         # an --ae for this run only must not move it.
         settings.admin.socket = on_file.admin_socket_path.name
+    if http_port is not None:
+        settings.http = settings.http.model_copy(update={"port": http_port})
+    if dicomweb is not None:
+        settings.addins.setdefault("dicomweb", {})["enabled"] = dicomweb
     raise typer.Exit(run_server(settings))
 
 
@@ -301,6 +311,7 @@ app.add_typer(certs_app, name="certs")
 from pacskit.cli import commit as _commit  # noqa: E402,F401  (pacskit commit: storage commitment)
 from pacskit.cli import worklist as _worklist  # noqa: E402,F401  (pacskit worklist ...)
 from pacskit.cli import browse as _browse  # noqa: E402,F401  (pacskit dump | ls | stats)
+from pacskit.cli import print as _print  # noqa: E402,F401  (pacskit print)
 from pacskit.cli import archive as _archive  # noqa: E402,F401  (pacskit delete)
 
 

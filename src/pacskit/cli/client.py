@@ -30,8 +30,9 @@ from pacskit.cli.common import (
     scu_options,
     setup_logging,
 )
+from pacskit.client.dicomweb import is_dicomweb_url
 
-TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, or an AE title from the registry")]
+TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, an AE title from the registry, or http(s)://host:port/dicom-web")]
 KeysOpt = Annotated[
     Optional[list[str]],
     typer.Option("--key", "-k", help="query key as in DCMTK: PatientName=DOE*, 0010,0020=ID, Seq[0].Modality=MR"),
@@ -65,10 +66,15 @@ def store(
     *,
     net: NetOptions,
 ) -> None:
-    """C-STORE files and folders to a peer. Exit 1 if any instance failed (warnings are not failures)."""
+    """C-STORE files and folders to a peer (STOW-RS to an http(s)://.../dicom-web peer). Exit 1 if any
+    instance failed (warnings are not failures)."""
     from pacskit.client import StoreScu
 
     setup_logging(net.verbose)
+    if is_dicomweb_url(target):
+        from pacskit.cli.dicomweb import web_store
+
+        return web_store(target, paths, net.tls_ca, net.timeout)
     for path in paths:
         if not path.exists():
             raise fail(f"{path} does not exist", EXIT_USAGE)
@@ -151,10 +157,15 @@ def find(
     *,
     net: NetOptions,
 ) -> None:
-    """C-FIND (Study Root, Patient Root or Modality Worklist); prints a table, JSON or CSV."""
+    """C-FIND (Study Root, Patient Root or Modality Worklist), or QIDO-RS to an http(s)://.../dicom-web
+    peer; prints a table, JSON or CSV."""
     from pacskit.client import QueryRetrieveScu
 
     setup_logging(net.verbose)
+    if is_dicomweb_url(target):
+        from pacskit.cli.dicomweb import web_find
+
+        return web_find(target, key, level, as_json, limit, net.tls_ca, net.timeout)
     if as_json and as_csv:
         raise fail("--json and --csv exclude each other", EXIT_USAGE)
     remote = resolve_target(target, net)
@@ -283,10 +294,15 @@ def get(
     net: NetOptions,
 ) -> None:
     """C-GET: the instances come back on the same association into --into, stored as received
-    (compressed syntaxes are proposed too unless --uncompressed)."""
+    (compressed syntaxes are proposed too unless --uncompressed); WADO-RS from an
+    http(s)://.../dicom-web peer."""
     from pacskit.client import QueryRetrieveScu
 
     setup_logging(net.verbose)
+    if is_dicomweb_url(target):
+        from pacskit.cli.dicomweb import web_get
+
+        return web_get(target, key, into, net.tls_ca, net.timeout)
     remote = resolve_target(target, net)
     try:
         scu = QueryRetrieveScu(remote, model=model, **scu_options(remote, net))

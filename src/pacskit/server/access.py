@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacskit.audit.service import Audit
 from pacskit.config.passwords import verify_password
+from pacskit.config.tokens import verify_jwt
 from pacskit.dicom.status import Status
 from pacskit.net import REJECT_CALLING_AE, REJECT_NO_REASON, Reject, Request, Response
 from pacskit.net import events as ev
@@ -89,36 +90,7 @@ def audit_point(event: str, outcome: str, **details: Any) -> None:
 # ---------------------------------------------------------------------- JWT
 
 
-def verify_jwt(token: bytes, ae: RemoteAE) -> str | None:
-    """``None`` when ``token`` is a valid JWT for ``ae``, else why not (for the log; never the token)."""
-    try:
-        import jwt
-    except ImportError:
-        return "JWT user identity needs PyJWT on the server: pip install 'pacskit[jwt]'"
-
-    try:
-        text = token.decode("ascii")
-    except UnicodeDecodeError:
-        return "token is not ASCII"
-    options: dict[str, Any] = {"require": ["exp"], "verify_aud": ae.jwt_audience is not None}
-    try:
-        claims = jwt.decode(
-            text,
-            key=ae.jwt_key or "",
-            algorithms=[ae.jwt_algorithm],
-            audience=ae.jwt_audience,
-            options=options,
-            leeway=0,
-        )
-    except jwt.ExpiredSignatureError:
-        return "token expired"
-    except jwt.InvalidSignatureError:
-        return "token signature invalid"
-    except jwt.PyJWTError as exc:
-        return f"token invalid: {type(exc).__name__}: {exc}"
-    if ae.username is not None and claims.get("sub") != ae.username:
-        return f"token subject {str(claims.get('sub'))[:64]!r} is not {ae.username!r}"
-    return None
+# verify_jwt lives in pacskit.config.tokens (the DICOMweb add-in uses it too); imported above.
 
 
 # ---------------------------------------------------------------------- services

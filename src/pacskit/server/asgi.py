@@ -52,8 +52,10 @@ def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
     """A listening, non-blocking TCP socket on ``host:port`` (0: any free port; ``reuse_port``:
     ``SO_REUSEPORT``, for processes sharing the port). Raises ``OSError``."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, _, proto, _, address = infos[0]
+    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # accepted sockets inherit it; without it every response waits ~40 ms for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
