@@ -165,3 +165,47 @@ def test_waiting_and_failed_jobs_are_listed_retried_and_purged(tmp_path: Path) -
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+
+
+def test_a_backlog_larger_than_a_scan_is_routed_whole(tmp_path: Path) -> None:
+    """More instances than one scan reads (batch 1: 16 rows a scan), routed from the archive at the
+    first start (route_existing): every one reaches storescp, and none twice from the scan."""
+    if not have_dcmtk():
+        pytest.skip("DCMTK is needed")
+    import asyncio
+
+    from pacskit.addins.routing import RoutingAddIn
+    from pacskit.addins.storage import StorageAddIn
+    from pacskit.config.settings import load_settings
+    from pacskit.server.server import Server, open_store
+
+    folder = tmp_path / "pacs"
+    folder.mkdir()
+    with storescp(tmp_path / "scp", extra_args=["-v"]) as scp:
+        FileAeRegistry(folder / "ae-titles.toml").add(RemoteAE(title="DEST", host="127.0.0.1", port=scp.port))
+        (folder / "server.toml").write_text(
+            'ae_title = "ROUTER"\nport = 0\n[admin]\nenabled = false\n'
+            '[addins.routing]\nenabled = true\nroute_existing = true\nbatch = 1\nscan_interval = 0.2\n'
+            'rules = [{name = "all", destinations = ["DEST"]}]\n')
+        store = open_store(load_settings(folder))
+        for path in make_series(tmp_path / "src", 300, 8, 8):
+            store.ingest(path, source_ae="MOD")
+        store.close()
+
+        async def run() -> None:
+            server = Server(load_settings(folder), addin_classes=[StorageAddIn, RoutingAddIn])
+            await server.start()
+            try:
+                routing = next(a for a in server.addins if a.name == "routing")
+                for _ in range(1200):
+                    if routing.sent >= 300:
+                        break
+                    await asyncio.sleep(0.05)
+                assert routing.sent == 300
+                assert routing.queue.counts() == {}
+            finally:
+                await server.stop()
+
+        asyncio.run(run())
+        received = _received_order(scp)
+        assert len(received) == 300 == len(set(received))

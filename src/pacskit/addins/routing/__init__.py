@@ -54,6 +54,8 @@ from pacskit.store import Instance, Series, Study
 log = logging.getLogger("pacskit.addin.routing")
 
 _FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+#: rows below the watermark read again at each scan (commits out of row order), remembered in ``routed``
+LOOK_BACK = 256
 
 
 class Rule(BaseModel):
@@ -157,36 +159,43 @@ class RoutingAddIn(AddIn):
             with store.index.reading() as s:
                 top = s.scalar(select(Instance.pk).order_by(Instance.pk.desc()).limit(1)) or 0
             start = 0 if self.options.route_existing else top
-            queue.record([], [], start, start)
+            with store.index.reading() as s:  # what is already there counts as routed (unless asked)
+                existing = [] if start == 0 else list(s.scalars(
+                    select(Instance.pk).where(Instance.pk > start - LOOK_BACK, Instance.pk <= start)))
+            queue.record([], existing, start, max(0, start - LOOK_BACK))
             return start < top
-        # Rows may commit out of pk order (concurrent writers): look back, ``routed`` de-duplicates.
-        look_back = max(0, watermark - 2000)
+        # Rows may commit out of pk order (concurrent writers): the last LOOK_BACK rows below the
+        # watermark are read again and ``routed`` says which were done; the new rows come after.
+        look_back = max(0, watermark - LOOK_BACK)
+        limit = self.options.batch * 16
+        columns = (Instance.pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.source_ae,
+                   Series.modality, Study.study_instance_uid, Instance.blob_key)
         with store.index.reading() as s:
-            rows = s.execute(
-                select(Instance.pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.source_ae,
-                       Series.modality, Study.study_instance_uid, Instance.blob_key)
-                .join(Series, Instance.series_fk == Series.pk).join(Study, Series.study_fk == Study.pk)
-                .where(Instance.pk > look_back).order_by(Instance.pk).limit(self.options.batch * 16)
-            ).all()
+            def rows_where(condition: Any, n: int | None) -> list[Any]:
+                stmt = (select(*columns).join(Series, Instance.series_fk == Series.pk)
+                        .join(Study, Series.study_fk == Study.pk).where(condition).order_by(Instance.pk))
+                return list(s.execute(stmt.limit(n) if n else stmt).all())
+
+            late = rows_where((Instance.pk > look_back) & (Instance.pk <= watermark), None)
+            fresh = rows_where(Instance.pk > watermark, limit)
+        done = queue.routed(r.pk for r in late)
+        rows = [r for r in late if r.pk not in done] + fresh
         if not rows:
             return False
-        done = queue.routed(r.pk for r in rows)
         jobs: list[NewJob] = []
         routed: list[int] = []
         needs_header = any(rule.match for rule in self.options.rules)
         for row in rows:
-            if row.pk in done or row.pk <= look_back:
-                continue
             header = self._header(row.blob_key) if needs_header else None
             for rule in self.options.rules:
                 if _rule_matches(rule, row, header):
                     jobs.extend(NewJob(dest, rule.name, rule.anonymize_project, row.pk, row.sop_instance_uid,
                                        row.study_instance_uid) for dest in rule.destinations)
             routed.append(row.pk)
-        top = rows[-1].pk
-        if routed or top > watermark:
-            queue.record(jobs, routed, max(top, watermark), look_back)
-        return len(rows) == self.options.batch * 16 and top > watermark
+        top = max(watermark, fresh[-1].pk if fresh else watermark)
+        queue.record(jobs, routed, top, max(0, top - LOOK_BACK))
+        return len(fresh) == limit
+
 
     def _header(self, blob_key: str) -> Any:
         import pydicom
