@@ -209,3 +209,29 @@ def test_a_backlog_larger_than_a_scan_is_routed_whole(tmp_path: Path) -> None:
         asyncio.run(run())
         received = _received_order(scp)
         assert len(received) == 300 == len(set(received))
+
+
+def test_rule_conditions() -> None:
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from pacskit.addins.routing import Rule, _rule_matches
+
+    local = dt.datetime.now().astimezone()
+    at = lambda h, m: local.replace(hour=h, minute=m, second=0, microsecond=0)  # noqa: E731
+    row = SimpleNamespace(source_ae="CT1", modality="CT", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                          received_at=at(23, 30))
+    header = pydicom.Dataset()
+    header.StudyDescription = "CT BRAIN"
+    base = {"name": "r", "destinations": ["X"]}
+    assert _rule_matches(Rule(**base), row, header)
+    assert _rule_matches(Rule(**base, calling_aes=["CT1"], modalities=["CT"], match={"StudyDescription": "*BRAIN"}),
+                         row, header)
+    assert not _rule_matches(Rule(**base, calling_aes=["MR1"]), row, header)
+    assert not _rule_matches(Rule(**base, match={"StudyDescription": "*CHEST*"}), row, header)
+    assert _rule_matches(Rule(**base, time_window="22:00-06:00"), row, header)  # wraps midnight
+    assert not _rule_matches(Rule(**base, time_window="08:00-18:00"), row, header)
+    row.received_at = at(8, 0)
+    assert _rule_matches(Rule(**base, time_window="08:00-18:00"), row, header)
+    with pytest.raises(ValueError):
+        Rule(**base, time_window="8-18")

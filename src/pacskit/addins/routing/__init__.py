@@ -11,7 +11,8 @@ Off by default. ``[addins.routing]``::
 
 A rule matches an instance when every condition given holds: ``calling_aes`` (the AE that sent it),
 ``modalities`` (its series), ``sop_classes``, ``match`` (attribute keyword -> shell-style pattern on the
-stored file's value). Every matching rule adds one job per destination (AE titles of the registry).
+stored file's value), ``time_window`` (``"HH:MM-HH:MM"``, the server's local time of reception;
+``"22:00-06:00"`` wraps midnight). Every matching rule adds one job per destination (AE titles of the registry).
 ``anonymize_project`` sends a de-identified copy (:mod:`pacskit.dicom.anonymize`, that project's key,
 the same one ``pacskit anonymize --project`` uses).
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import fnmatch
 import logging
 import os
@@ -67,6 +69,8 @@ class Rule(BaseModel):
     modalities: list[str] = Field(default_factory=list)
     sop_classes: list[str] = Field(default_factory=list)
     match: dict[str, str] = Field(default_factory=dict, description="keyword -> shell-style pattern")
+    time_window: str | None = Field(None, pattern=r"^\d\d:\d\d-\d\d:\d\d$",
+                                    description="HH:MM-HH:MM, server local time of reception (may wrap midnight)")
     anonymize_project: str | None = Field(None, description="send de-identified copies (this project's key)")
 
 
@@ -81,7 +85,18 @@ class RoutingOptions(AddInOptions):
     queue_file: str = Field("routing/queue.db", description="relative: data folder")
 
 
+def _in_window(window: str, when: dt.datetime) -> bool:
+    """``when`` (local time of day) is within ``HH:MM-HH:MM``; a window like 22:00-06:00 wraps midnight."""
+    start, end = (dt.time.fromisoformat(part) for part in window.split("-"))
+    if when.tzinfo is None:  # the index stores UTC
+        when = when.replace(tzinfo=dt.UTC)
+    now = when.astimezone().time().replace(second=0, microsecond=0)
+    return start <= now < end if start <= end else (now >= start or now < end)
+
+
 def _rule_matches(rule: Rule, row: Any, header: Any) -> bool:
+    if rule.time_window and not _in_window(rule.time_window, row.received_at):
+        return False
     if rule.calling_aes and (row.source_ae or "") not in rule.calling_aes:
         return False
     if rule.modalities and (row.modality or "") not in rule.modalities:
@@ -169,7 +184,7 @@ class RoutingAddIn(AddIn):
         look_back = max(0, watermark - LOOK_BACK)
         limit = self.options.batch * 16
         columns = (Instance.pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.source_ae,
-                   Series.modality, Study.study_instance_uid, Instance.blob_key)
+                   Series.modality, Study.study_instance_uid, Instance.blob_key, Instance.received_at)
         with store.index.reading() as s:
             def rows_where(condition: Any, n: int | None) -> list[Any]:
                 stmt = (select(*columns).join(Series, Instance.series_fk == Series.pk)
