@@ -313,6 +313,7 @@ from pacskit.cli import worklist as _worklist  # noqa: E402,F401  (pacskit workl
 from pacskit.cli import media as _media  # noqa: E402,F401  (pacskit media build|create|status|cancel)
 from pacskit.cli import browse as _browse  # noqa: E402,F401  (pacskit dump | ls | stats)
 from pacskit.cli import print as _print  # noqa: E402,F401  (pacskit print)
+from pacskit.cli import archive as _archive  # noqa: E402,F401  (pacskit delete)
 
 
 def main() -> None:

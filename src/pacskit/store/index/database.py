@@ -689,6 +689,27 @@ class Index:
         self._prune(s, series_fk)
         return key
 
+    def remove_instances(self, s: Session, pks: list[int]) -> None:
+        """Delete the instance rows ``pks`` of one study, fix the counts, and delete the series, study
+        and patient rows left empty. The caller deals with the blobs (:mod:`pacskit.store.deletion`)."""
+        if not pks:
+            return
+        per_series: dict[int, int] = {}
+        for start in range(0, len(pks), 500):
+            chunk = pks[start:start + 500]
+            for series_fk, n in s.execute(
+                select(Instance.series_fk, func.count()).where(Instance.pk.in_(chunk)).group_by(Instance.series_fk)
+            ).all():
+                per_series[series_fk] = per_series.get(series_fk, 0) + n
+        study_fks = set(s.scalars(select(Series.study_fk).where(Series.pk.in_(list(per_series)))))
+        for study_fk in sorted(study_fks):  # the ingest's lock order: the study row first
+            self._lock_study(s, study_fk)
+        for start in range(0, len(pks), 500):
+            s.execute(delete(Instance).where(Instance.pk.in_(pks[start:start + 500])))
+        for series_fk, n in per_series.items():
+            self._add_to_counts(s, series_fk, -n)
+            self._prune(s, series_fk)  # (the ingest fast path's cache re-checks rows: no need to forget)
+
     def clear(self, s: Session) -> None:
         """Delete every row (children first)."""
         self._forget()
