@@ -32,8 +32,9 @@ from pacskit.testing.peers import (
     storescp,
 )
 from pacskit.testing.synth import make_instance
+from pacskit.testing.server import running_server
 
-from ._server import AE, findscu, running_server, write_settings
+from ._server import AE, findscu, write_settings
 from .test_differential import QRSCP, dcmqrscp
 
 pytestmark = pytest.mark.dcmtk
