@@ -33,20 +33,14 @@ from pacskit.store.index.models import (
 if TYPE_CHECKING:
     pass
 
-from pacskit.dicom.status import Status
+from pacskit.dicom.status import DimseRefusal, Status
 
 
 _LIKE_ESCAPE = "!"
 
 
-class InvalidQuery(ValueError):
+class InvalidQuery(DimseRefusal, ValueError):
     """The identifier cannot be answered: ``status`` is the C-FIND failure status, ``tag`` the culprit."""
-
-    def __init__(self, status: int, comment: str, tag: int | None = None) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
-        self.tag = tag
 
 
 
