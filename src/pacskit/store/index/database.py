@@ -123,6 +123,33 @@ class _Prepared:
         return int(cursor.fetchone()[0] if self.returning else cursor.lastrowid)
 
 
+_INSTANCE_VALUES = ("sop_instance_uid", "sop_class_uid", "instance_number", "acquisition_datetime",
+                    "acquisition_datetime_key", "transfer_syntax_uid", "specific_character_set",
+                    "size", "sha256", "blob_key", "received_at", "source_ae")
+
+
+def _instance_values(
+    a: InstanceAttributes, *, blob_key: str, size: int, sha256: str, received_at: dt.datetime,
+    source_ae: str | None,
+) -> dict[str, Any]:
+    """The columns of an instance row that ingest writes (all but ``series_fk``), keyed as
+    :data:`_INSTANCE_VALUES`: one list for the general path, the fast path and an overwrite."""
+    return {
+        "sop_instance_uid": a.sop_instance_uid,
+        "sop_class_uid": a.sop_class_uid,
+        "instance_number": a.instance_number,
+        "acquisition_datetime": a.acquisition_datetime,
+        "acquisition_datetime_key": a.acquisition_datetime_key,
+        "transfer_syntax_uid": a.transfer_syntax_uid,
+        "specific_character_set": a.specific_character_set,
+        "size": size,
+        "sha256": sha256,
+        "blob_key": blob_key,
+        "received_at": received_at,
+        "source_ae": source_ae,
+    }
+
+
 class _FastPathStatements:
     """The ingest fast path's statements, compiled for one dialect."""
 
@@ -139,9 +166,7 @@ class _FastPathStatements:
             .where(series.c.pk == bindparam("row"), series.c.series_instance_uid == bindparam("uid"),
                    series.c.study_fk == bindparam("study"))
             .values(num_instances=series.c.num_instances + 1), dialect)
-        columns = ("series_fk", "sop_instance_uid", "sop_class_uid", "instance_number", "acquisition_datetime",
-                   "acquisition_datetime_key", "transfer_syntax_uid",
-                   "specific_character_set", "size", "sha256", "blob_key", "received_at", "source_ae")
+        columns = ("series_fk", *_INSTANCE_VALUES)
         insert_stmt = insert(inst).values({c: bindparam(c) for c in columns})
         if dialect.name == "postgresql":
             insert_stmt = insert_stmt.returning(inst.c.pk)
@@ -413,21 +438,8 @@ class Index:
             ).one()
             self._remember(s, _SeriesRef(series.pk, a.series_instance_uid, series.study_fk,
                                          a.study_instance_uid, (patient[0], patient[1])))
-        inst = Instance(
-            series_fk=series.pk,
-            sop_instance_uid=a.sop_instance_uid,
-            sop_class_uid=a.sop_class_uid,
-            instance_number=a.instance_number,
-            acquisition_datetime=a.acquisition_datetime,
-            acquisition_datetime_key=a.acquisition_datetime_key,
-            transfer_syntax_uid=a.transfer_syntax_uid,
-            specific_character_set=a.specific_character_set,
-            size=size,
-            sha256=sha256,
-            blob_key=blob_key,
-            received_at=received_at,
-            source_ae=source_ae,
-        )
+        inst = Instance(series_fk=series.pk, **_instance_values(
+            a, blob_key=blob_key, size=size, sha256=sha256, received_at=received_at, source_ae=source_ae))
         s.add(inst)
         s.flush()
         self._add_to_counts(s, series, +1)
@@ -468,21 +480,10 @@ class Index:
                 return None
             if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
                 _warn_other_patient(a, ref.patient[0])
-            pk = fast.insert_instance.insert(cursor, {
-                "series_fk": ref.series_pk,
-                "sop_instance_uid": a.sop_instance_uid,
-                "sop_class_uid": a.sop_class_uid,
-                "instance_number": a.instance_number,
-                "acquisition_datetime": a.acquisition_datetime,
-                "acquisition_datetime_key": a.acquisition_datetime_key,
-                "transfer_syntax_uid": a.transfer_syntax_uid,
-                "specific_character_set": a.specific_character_set,
-                "size": size,
-                "sha256": sha256,
-                "blob_key": blob_key,
-                "received_at": received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
-                "source_ae": source_ae,
-            })
+            pk = fast.insert_instance.insert(cursor, {"series_fk": ref.series_pk, **_instance_values(
+                a, blob_key=blob_key, size=size, sha256=sha256,
+                received_at=received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
+                source_ae=source_ae)})
         finally:
             cursor.close()
         return Recorded(IngestStatus.STORED, int(pk), blob_key, sha256)
@@ -519,17 +520,11 @@ class Index:
             self._add_to_counts(s, old_series_fk, -1)
             self._add_to_counts(s, series, +1)
             inst.series_fk = series.pk
-        inst.sop_class_uid = a.sop_class_uid
-        inst.instance_number = a.instance_number
-        inst.acquisition_datetime = a.acquisition_datetime
-        inst.acquisition_datetime_key = a.acquisition_datetime_key
-        inst.transfer_syntax_uid = a.transfer_syntax_uid
-        inst.specific_character_set = a.specific_character_set
-        inst.size = size
-        inst.sha256 = sha256
-        inst.blob_key = blob_key
-        inst.received_at = received_at
-        inst.source_ae = source_ae
+        values = _instance_values(a, blob_key=blob_key, size=size, sha256=sha256, received_at=received_at,
+                                  source_ae=source_ae)
+        del values["sop_instance_uid"]  # the row's key: unchanged
+        for column, value in values.items():
+            setattr(inst, column, value)
         s.flush()
         if old_series_fk != series.pk:
             self._prune(s, old_series_fk)
