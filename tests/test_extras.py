@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent(
             assert len(studies.records) == 1, studies
 
     asyncio.run(main())
-    import pacskit.cli  # the whole CLI loads (pacskit certs says what to install when it is used)
+    from pacskit.cli import app  # noqa: F401  the whole CLI loads (pacskit certs says what to install when it is used)
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not leaked, leaked
     print("core ok")
