@@ -203,3 +203,27 @@ def test_the_lean_path_is_not_taken_when_completing() -> None:
     code = "from pacskit.cli.lean import run_lean; print(run_lean(['echo', 'X@h:1']))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "None"
+
+
+def test_the_command_runs_with_the_garbage_collector_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() turns the collector off while the modules load; the command itself runs with it on."""
+    import functools
+    import gc
+
+    from pacskit.cli.lean import run_lean
+
+    seen: list[bool] = []
+    original = cli_client.echo
+
+    @functools.wraps(original)
+    def command(**kwargs: object) -> None:
+        seen.append(gc.isenabled())
+
+    monkeypatch.setattr(cli_client, "echo", command)
+    gc.disable()
+    try:
+        assert run_lean(["echo", "X@h:1"]) == 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert seen == [True]

@@ -20,18 +20,30 @@ if TYPE_CHECKING:
 
 
 def main() -> None:
-    """Console-script entry point (also ``python -m pacskit``)."""
+    """Console-script entry point (also ``python -m pacskit``).
+
+    The cyclic garbage collector is off while the modules load and is turned on again once they are
+    loaded (:func:`pacskit.cli.lean.start_collecting`, by the lean path or here), with what they made
+    frozen (:func:`gc.freeze`): an import makes nothing collectable, and a run of ``pacskit store``
+    then does not traverse the modules' objects at every collection (~15% of its CPU time with 1,000
+    files)."""
+    import gc
+
+    gc.disable()
     try:
-        from pacskit.cli.lean import run_lean
+        from pacskit.cli.lean import run_lean, start_collecting
 
         code = run_lean(sys.argv[1:])
         if code is not None:
             sys.exit(code)
         from pacskit.cli.commands import app
 
+        start_collecting()
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive
         sys.exit(130)
+    finally:
+        gc.enable()
 
 
 def __getattr__(name: str) -> object:

@@ -18,6 +18,7 @@ checks it against typer's parse of the same arguments.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import re
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LEAN_COMMANDS", "lean_parse", "run_lean"]
+__all__ = ["LEAN_COMMANDS", "lean_parse", "run_lean", "start_collecting"]
 
 #: The commands this path runs: command name -> the function of :mod:`pacskit.cli.client` typer registers.
 LEAN_COMMANDS = {"echo": "echo", "store": "store"}
@@ -195,6 +196,13 @@ def lean_parse(func: Callable[..., Any], argv: Sequence[str]) -> dict[str, Any] 
         return None
 
 
+def start_collecting() -> None:
+    """Freeze what the imports made (long-lived: never collected) and turn the garbage collector on
+    again (:func:`pacskit.cli.main` turns it off while the modules load)."""
+    gc.freeze()
+    gc.enable()
+
+
 def run_lean(argv: Sequence[str]) -> int | None:
     """Run ``pacskit <argv>`` on the lean path and return its exit code, or ``None`` when the command
     is not one of :data:`LEAN_COMMANDS` or its arguments are not of the plain forms taken here (the
@@ -209,6 +217,7 @@ def run_lean(argv: Sequence[str]) -> int | None:
         return None
     import typer
 
+    start_collecting()
     try:
         func(**kwargs)
     except typer.Exit as exc:
