@@ -326,3 +326,22 @@ def test_orthanc_echo_store_and_rest(tmp_path: Path) -> None:
     with orthanc(tmp_path / "orthanc") as o2:
         assert o2.instance_count() == 3
         assert o2.get("/system")["DicomAet"] == "ORTHANC"
+
+
+def test_running_server_listens_and_reports_start_errors(tmp_path: Path) -> None:
+    from pacskit.server.server import ServerError
+    from pacskit.testing.server import running_server, toml_line
+
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    lines = [toml_line("ae_title", "HELPER"), toml_line("port", 0), toml_line("data_dir", "data")]
+    assert lines == ["ae_title = 'HELPER'", "port = 0", "data_dir = 'data'"]
+    assert toml_line("open_mode", True) == "open_mode = true"
+    assert toml_line("sizes", ["A4", "LETTER"]) == 'sizes = ["A4", "LETTER"]'
+    (folder / "server.toml").write_text("\n".join(lines) + "\n")
+    with running_server(folder) as server:
+        assert server.port
+        socket.create_connection(("127.0.0.1", server.port), timeout=10).close()
+        with pytest.raises(ServerError, match="one server per data folder"):  # raised in this thread
+            with running_server(folder):
+                pass

@@ -1,6 +1,8 @@
 """Every Python block of docs/client.md runs, as written, against real peers: DCMTK storescp
 (11112), dcmqrscp (11113, which knows PKCLIENT at 11115 and STORESCP), wlmscpfs (11114) and a
-pynetdicom SCP for the N-services (11116). Only the port numbers are substituted."""
+pynetdicom SCP for the N-services (11116). Only the port numbers are substituted. Blocks fenced
+``py`` instead of ``python`` are fragments that need a peer these fixtures do not run (the Media
+Creation SCU: tests/media runs the same calls)."""
 
 from __future__ import annotations
 

@@ -47,6 +47,7 @@ def test_public_api_is_pinned():
     assert sorted(client.__all__) == sorted([
         "AssociationRequest", "ClientEvents", "CommitmentFailure", "CommitmentResult", "EchoScu", "EventReport",
         "FindRequest", "FindResult", "Instance", "InstanceRecord", "InstanceResult", "KeyError_", "Keys",
+        "MediaCreationScu", "MediaStatus", "MediaStatusError",
         "MppsScu", "NResult", "NServiceScu", "PatientRecord", "Peer", "PrintFailed", "PrintResult", "PrintScu",
         "QueryFailed", "QueryRetrieveScu",
         "ReceivedInstance", "Record", "RemoteAE", "RemoteSpec", "RetrieveProgress", "RetrieveResult", "Scu",

@@ -32,8 +32,9 @@ from pacskit.testing.peers import (
     storescp,
 )
 from pacskit.testing.synth import make_instance
+from pacskit.testing.server import running_server
 
-from ._server import AE, findscu, running_server, write_settings
+from ._server import AE, findscu, write_settings
 from .test_differential import QRSCP, dcmqrscp
 
 pytestmark = pytest.mark.dcmtk
@@ -157,31 +158,39 @@ def test_combined_date_time_only_when_negotiated(peers: tuple[Server, int]) -> N
     assert combined == (COMBINED, 0x0000)
 
 
-async def _find_then_cancel(port: int, called: str) -> list[tuple[int, bool]]:
-    """C-FIND of every CX* study and its C-CANCEL in one write; the responses as (status, has dataset)."""
+async def _request_then_cancel(port: int, called: str, sop_class: str, rsp_field: int, message_id: int,
+                               request: dimse.Command, identifier: Dataset) -> list[dimse.Command]:
+    """``request`` (message ``message_id``) and its C-CANCEL in one write; the response command sets."""
     bus = EventBus()
-    responses: list[tuple[int, bool]] = []
+    responses: list[dimse.Command] = []
     final = asyncio.Event()
 
     def on_received(event: ev.SpyEvent) -> None:
         command = event.detail["command"]
-        if command.command_field == CommandField.C_FIND_RSP:
-            responses.append((command.status, command.has_dataset))
+        if command.command_field == rsp_field:
+            responses.append(command)
             if command.status not in (0xFF00, 0xFF01):
                 final.set()
 
     bus.subscribe(ev.DIMSE_RECEIVED, on_received)
     assoc = await connect("127.0.0.1", port, called_ae=called, calling_ae="CANCELSCU",
-                          contexts=[RequestedContext(STUDY_ROOT_FIND)], bus=bus)
+                          contexts=[RequestedContext(sop_class)], bus=bus)
     async with assoc:
-        ctx = assoc.find_context(STUDY_ROOT_FIND)
-        identifier = _identifier(["QueryRetrieveLevel=STUDY", "PatientID=CX*", "StudyInstanceUID"])
-        request = dimse.request_command(CommandField.C_FIND_RQ, 7, STUDY_ROOT_FIND, has_dataset=True, Priority=0)
+        ctx = assoc.find_context(sop_class)
         # both are corked until the end of this event-loop turn, so they leave in one write
         await assoc.send_message(ctx.id, request, encode_dataset(identifier, ctx.transfer_syntax))
-        await assoc.cancel(7, ctx)
+        await assoc.cancel(message_id, ctx)
         await asyncio.wait_for(final.wait(), 60)
     return responses
+
+
+async def _find_then_cancel(port: int, called: str) -> list[tuple[int, bool]]:
+    """C-FIND of every CX* study and its C-CANCEL in one write; the responses as (status, has dataset)."""
+    identifier = _identifier(["QueryRetrieveLevel=STUDY", "PatientID=CX*", "StudyInstanceUID"])
+    request = dimse.request_command(CommandField.C_FIND_RQ, 7, STUDY_ROOT_FIND, has_dataset=True, Priority=0)
+    responses = await _request_then_cancel(port, called, STUDY_ROOT_FIND, CommandField.C_FIND_RSP, 7,
+                                           request, identifier)
+    return [(command.status, command.has_dataset) for command in responses]
 
 
 def test_c_cancel_right_behind_its_c_find_is_honoured_as_dcmqrscp(peers: tuple[Server, int]) -> None:
@@ -195,31 +204,13 @@ def test_c_cancel_right_behind_its_c_find_is_honoured_as_dcmqrscp(peers: tuple[S
 
 async def _move_then_cancel(port: int, called: str, studies: list[str]) -> list[dimse.Command]:
     """C-MOVE of every CX* study to DEST and its C-CANCEL in one write; the response command sets."""
-    bus = EventBus()
-    responses: list[dimse.Command] = []
-    final = asyncio.Event()
-
-    def on_received(event: ev.SpyEvent) -> None:
-        command = event.detail["command"]
-        if command.command_field == CommandField.C_MOVE_RSP:
-            responses.append(command)
-            if command.status not in (0xFF00, 0xFF01):
-                final.set()
-
-    bus.subscribe(ev.DIMSE_RECEIVED, on_received)
-    assoc = await connect("127.0.0.1", port, called_ae=called, calling_ae="CANCELSCU",
-                          contexts=[RequestedContext(STUDY_ROOT_MOVE)], bus=bus)
-    async with assoc:
-        ctx = assoc.find_context(STUDY_ROOT_MOVE)
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = studies
-        request = dimse.request_command(CommandField.C_MOVE_RQ, 9, STUDY_ROOT_MOVE, has_dataset=True, Priority=0,
-                                        MoveDestination="DEST")
-        await assoc.send_message(ctx.id, request, encode_dataset(identifier, ctx.transfer_syntax))
-        await assoc.cancel(9, ctx)
-        await asyncio.wait_for(final.wait(), 60)
-    return responses
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = studies
+    request = dimse.request_command(CommandField.C_MOVE_RQ, 9, STUDY_ROOT_MOVE, has_dataset=True, Priority=0,
+                                    MoveDestination="DEST")
+    return await _request_then_cancel(port, called, STUDY_ROOT_MOVE, CommandField.C_MOVE_RSP, 9,
+                                      request, identifier)
 
 
 def test_c_cancel_right_behind_its_c_move_is_honoured(peers: tuple[Server, int], receiver: Peer,

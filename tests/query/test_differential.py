@@ -30,9 +30,10 @@ from pacskit.testing.peers import (
     run_storescu,
     wait_for_port,
 )
+from pacskit.testing.server import running_server
 
 from ._corpus import Corpus, uid
-from ._server import AE, findscu, running_server, write_settings
+from ._server import AE, findscu, write_settings
 
 pytestmark = pytest.mark.dcmtk
 

@@ -23,10 +23,11 @@ from pacskit.store import DataStore, FilesystemBlobStore
 from pacskit.store.query import STUDY_ROOT_FIND
 from pacskit.testing.bulk import BulkShape, bulk_load
 from pacskit.testing.peers import count_store_successes, have_dcmtk, run_storescu
+from pacskit.testing.server import running_server
 
 from ._corpus import Corpus, uid
 from ._helpers import UNIQUE, identifier
-from ._server import AE, findscu, running_server, write_settings
+from ._server import AE, findscu, write_settings
 
 pytestmark = pytest.mark.dcmtk
 

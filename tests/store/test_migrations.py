@@ -137,3 +137,32 @@ def test_0002_fills_the_referring_physician_search_form(fresh_db_url: Any) -> No
         assert [tuple(r) for r in rows] == [(1, "MÜLLER^ANNA"), (2, None)]
     finally:
         index.close()
+
+
+def test_0007_upgrades_an_archive_that_holds_data(fresh_db_url: Any) -> None:
+    """Regression: on SQLite, 0007 rebuilds tables (batch mode); with foreign keys enforced, dropping
+    ``studies`` while ``series`` rows reference it failed, so an existing archive could not be opened
+    after the upgrade. The rows survive, and foreign keys are enforced again afterwards."""
+    index = Index.open(fresh_db_url)
+    try:
+        index.migrate("0006")
+        with index.engine.begin() as conn:
+            conn.execute(text("INSERT INTO patients (pk, patient_id, issuer_of_patient_id, num_studies) "
+                              "VALUES (1, 'P', '', 1)"))
+            conn.execute(text("INSERT INTO studies (pk, patient_fk, study_instance_uid, num_series, num_instances) "
+                              "VALUES (1, 1, '1.2.3', 1, 0)"))
+            conn.execute(text("INSERT INTO series (pk, study_fk, series_instance_uid, num_instances) "
+                              "VALUES (1, 1, '1.2.3.4', 0)"))
+        index.migrate()
+        assert index.current_revision() == HEAD
+        with index.engine.connect() as conn:
+            assert conn.execute(text("SELECT study_instance_uid FROM studies")).scalar() == "1.2.3"
+            assert conn.execute(text("SELECT study_fk FROM series")).scalar() == 1
+            if index.backend == "sqlite":
+                assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        long_uid = "1." + "2" * 100  # fits the widened column
+        with index.engine.begin() as conn:
+            conn.execute(text("INSERT INTO studies (pk, patient_fk, study_instance_uid, num_series, num_instances) "
+                              "VALUES (2, 1, :uid, 0, 0)"), {"uid": long_uid})
+    finally:
+        index.close()

@@ -10,6 +10,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool
+from pacskit.testing.server import toml_line
 
 AE = "WLPACS"
 DUMPS = Path("/usr/share/doc/dcmtk/examples")
@@ -24,13 +25,7 @@ def write_settings(folder: Path, db_url: Any = None, **sections: dict[str, Any])
         lines += ["[database]", f"url = {url!r}"]
     for name, options in sections.items():
         lines.append(f"[addins.{name}]")
-        for key, value in options.items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {str(value).lower()}")
-            elif isinstance(value, str):
-                lines.append(f"{key} = {value!r}")
-            else:
-                lines.append(f"{key} = {value!r}".replace("'", '"'))
+        lines += [toml_line(key, value) for key, value in options.items()]
     (folder / "server.toml").write_text("\n".join(lines) + "\n")
     return folder
 

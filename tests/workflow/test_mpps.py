@@ -50,7 +50,7 @@ SCHEDULED = [
 
 
 def serve(folder: Path, **mpps: Any) -> Any:
-    from query._server import running_server
+    from pacskit.testing.server import running_server
 
     write_settings(folder, worklist={}, mpps=mpps)
     source = folder / "scheduled.json"

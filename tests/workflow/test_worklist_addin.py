@@ -34,7 +34,7 @@ def steps(n: int) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    from query._server import running_server
+    from pacskit.testing.server import running_server
 
     folder = write_settings(tmp_path_factory.mktemp("wl-addin") / "pacs", worklist={"max_results": 500})
     source = folder / "entries.json"
@@ -67,7 +67,7 @@ def test_cancel_stops_the_stream(server: tuple[Server, Path]) -> None:
 
 
 def test_too_many_matches(tmp_path: Path) -> None:
-    from query._server import running_server
+    from pacskit.testing.server import running_server
 
     folder = write_settings(tmp_path / "pacs", worklist={"max_results": 5})
     source = tmp_path / "e.json"

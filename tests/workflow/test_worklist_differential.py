@@ -67,7 +67,7 @@ OPTIONAL_KEYS: dict[str, tuple[str, int]] = {
 @pytest.fixture(scope="module")
 def servers(worklist_examples: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, int, Path]]:
     from client._peers import wlmscpfs
-    from query._server import running_server
+    from pacskit.testing.server import running_server
 
     work = tmp_path_factory.mktemp("wl-differential")
     folder = write_settings(work / "pacskit", worklist={})

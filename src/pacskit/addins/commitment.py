@@ -64,7 +64,7 @@ from pacskit.client.commitment import (
     event_information,
 )
 from pacskit.net import Association, CommandField, NetError, PresentationContext, RequestedContext
-from pacskit.dicom.status import Status
+from pacskit.dicom.status import DimseRefusal, Status
 
 
 
@@ -83,11 +83,8 @@ class CommitmentOptions(AddInOptions):
     max_references: int = Field(10000, ge=1, description="most instances accepted in one request")
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, comment: str) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
+class _Refused(DimseRefusal):
+    """A commitment request refused before it is queued (``tag`` unused)."""
 
 
 @dataclass(slots=True)

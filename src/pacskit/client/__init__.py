@@ -6,6 +6,7 @@
 - :class:`NServiceScu`: N-EVENT-REPORT / N-GET / N-SET / N-ACTION / N-CREATE / N-DELETE plumbing
 - :class:`StorageCommitmentScu`: Storage Commitment Push Model (N-ACTION, report on either association)
 - :class:`MppsScu`: Modality Performed Procedure Step N-CREATE / N-SET (on :class:`NServiceScu`)
+- :class:`MediaCreationScu`: Media Creation Management (CDs, DVDs, USB images from a burning station)
 - :class:`PrintScu`: Basic Grayscale / Color Print Management (film session, film boxes, image boxes)
 
 Every SCU takes its peer as a :class:`RemoteAE`, ``"AET@host:port"`` or a title from the AE registry
@@ -34,6 +35,7 @@ _LAZY = {
     "RetrieveProgress": "query", "RetrieveResult": "query", "SeriesRecord": "query", "StudyRecord": "query",
     "WorklistRecord": "query",
     "MppsScu": "mpps", "in_progress_attributes": "mpps", "performed_series_item": "mpps",
+    "MediaCreationScu": "media", "MediaStatus": "media", "MediaStatusError": "media",
     "PrintScu": "print", "PrintFailed": "print", "PrintResult": "print",
 }
 
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from pacskit.client.commitment import CommitmentFailure, CommitmentResult, SopReference, StorageCommitmentScu
     from pacskit.client.echo import EchoScu
     from pacskit.client.keys import KeyError_, Keys, apply_keys, parse_key
+    from pacskit.client.media import MediaCreationScu, MediaStatus, MediaStatusError
     from pacskit.client.mpps import MppsScu, in_progress_attributes, performed_series_item
     from pacskit.client.nservices import EventReport, NResult, NServiceScu
     from pacskit.client.print import PrintFailed, PrintResult, PrintScu
@@ -88,6 +91,9 @@ __all__ = [
     "InstanceRecord",
     "InstanceResult",
     "KeyError_",
+    "MediaCreationScu",
+    "MediaStatus",
+    "MediaStatusError",
     "MppsScu",
     "Keys",
     "NResult",

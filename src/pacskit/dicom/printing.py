@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from pacskit.dicom.status import Status
+from pacskit.dicom.status import DimseRefusal, Status
 
 if TYPE_CHECKING:
     import numpy as np
@@ -108,15 +108,9 @@ class PrintStatus(IntEnum):
     FILM_BOX_NOT_PRINTED = 0xC616
 
 
-class PrintError(Exception):
+class PrintError(DimseRefusal):
     """A print request the SCP refuses (or warns about): ``status`` is the DIMSE status to answer,
     ``tag`` the attribute at fault (Attribute Identifier List), ``comment`` one line for Error Comment."""
-
-    def __init__(self, status: int, comment: str, tag: int | None = None) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
-        self.tag = tag
 
 
 def film_size_mm(film_size_id: str, orientation: str = "PORTRAIT") -> tuple[float, float]:

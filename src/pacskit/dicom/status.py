@@ -77,4 +77,16 @@ def status_category(status: int) -> str:
     return "Failure"
 
 
-__all__ = ["PENDING_STATUSES", "Status", "status_category"]
+class DimseRefusal(Exception):
+    """A request a service refuses (or warns about): ``status`` is the DIMSE status to answer,
+    ``comment`` one line for Error Comment, ``tag`` the attribute at fault (Offending Element /
+    Attribute Identifier List) or None. The services' own refusals derive from it."""
+
+    def __init__(self, status: int, comment: str, tag: int | None = None) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+        self.tag = tag
+
+
+__all__ = ["PENDING_STATUSES", "DimseRefusal", "Status", "status_category"]

@@ -23,6 +23,7 @@ Endpoints (the OpenAPI document is at ``/openapi.json``, interactive docs at ``/
 ``PATCH /addins/{name}``    change options (written to server.toml; applied by a reload)
 ``POST /reload``            re-read server.toml, rebuild the add-ins (open associations keep working)
 ``GET /events``             Server-Sent Events: connection, operation, error, admin
+``POST /store/delete``      delete patients / studies / series / instances (:mod:`pacskit.server.admin_store`)
 ``/addins/{name}/...``      the add-in's own routes (:meth:`pacskit.services.AddIn.admin_router`)
 ==========================  ============================================================================
 """
@@ -669,4 +670,7 @@ def create_app(service: AdminService) -> FastAPI:
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
 
+    from pacskit.server.admin_store import store_router  # archive management: docs/admin-guide.md
+
+    app.include_router(store_router(server))
     return app

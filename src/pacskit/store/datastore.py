@@ -128,6 +128,7 @@ class CheckReport:
     blobs_seen: int = 0
     problems: list[Problem] = field(default_factory=list)
     in_flight: int = 0  # blobs of ingests in flight (or interrupted: start-up recovery removes them)
+    pending_deletion: int = 0  # blobs whose rows a deletion removed: it deletes them (pacskit.store.deletion)
 
     @property
     def ok(self) -> bool:
@@ -138,7 +139,8 @@ class CheckReport:
 
     def __str__(self) -> str:
         flight = f" ({self.in_flight} of ingests in flight)" if self.in_flight else ""
-        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs{flight}: "
+        pending = f" ({self.pending_deletion} being deleted)" if self.pending_deletion else ""
+        head = f"{self.instances_checked} instances, {self.blobs_seen} blobs{flight}{pending}: "
         if self.ok:
             return head + "no problem"
         return head + f"{len(self.problems)} problems\n" + "\n".join(
@@ -415,7 +417,9 @@ class DataStore:
             _unlink(path)  # every key in it is resolved (a slot file of a process that is gone)
         if removed:
             log.warning("removed %d blobs of interrupted ingests (never acknowledged)", removed)
-        return removed
+        from pacskit.store.deletion import finish_interrupted
+
+        return removed + finish_interrupted(self)
 
     @staticmethod
     def _check_expected(a: InstanceAttributes, sop_instance_uid: str | None, sop_class_uid: str | None) -> None:
@@ -476,13 +480,17 @@ class DataStore:
     # deleting ---------------------------------------------------------------------------------------
 
     def delete_instance(self, sop_instance_uid: str) -> bool:
-        """Remove an instance (row first, then blob; empty series/study/patient rows go too)."""
+        """Remove an instance (empty series/study/patient rows go too), crash-safely: see
+        :mod:`pacskit.store.deletion`, which also deletes whole patients, studies and series."""
+        from pacskit.store.deletion import Deleter
+
+        return Deleter(self).delete("instance", [sop_instance_uid]).instances > 0
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold off :meth:`reindex` while changing rows and blobs together (as ingest does)."""
         with self._gate.shared():
-            key = self.index.run_write(lambda s: self.index.remove_instance(s, sop_instance_uid))
-        if key is None:
-            return False
-        self._delete_quietly(key)
-        return True
+            yield
 
     # maintenance ------------------------------------------------------------------------------------
 
@@ -578,7 +586,11 @@ class DataStore:
                 candidates.append(key)
         # Read after the listing: an ingest journals its key before its blob appears, and ends the
         # record only once its row is committed (referenced, below) or its blob deleted (gone, below).
+        # A deletion lists its keys before it removes their rows (pacskit.store.deletion).
+        from pacskit.store.deletion import pending_keys
+
         in_flight = self._journalled_keys() if candidates else set()
+        deleting = pending_keys(self) if candidates else set()
         for key in candidates:  # re-check: rows committed while we were listing are not orphans
             if self.index.is_blob_referenced(key):
                 continue
@@ -586,6 +598,9 @@ class DataStore:
                 # an ingest in flight (its row is not committed yet), or one a crash interrupted: never
                 # acknowledged, and start-up recovery deletes it. Not an orphan.
                 report.in_flight += 1
+                continue
+            if key in deleting:  # a deletion's committed intent: finished at the next start or delete
+                report.pending_deletion += 1
                 continue
             if self.blobs.exists(key):  # an ingest that failed meanwhile deleted it
                 report.problems.append(Problem("orphan-blob", f"blob {key} has no index row", key))

@@ -3,6 +3,7 @@
 * :mod:`pacskit.testing.synth` – synthetic, valid DICOM Part 10 files.
 * :mod:`pacskit.testing.peers` – run DCMTK, Orthanc and pynetdicom peers on 127.0.0.1.
 * :mod:`pacskit.testing.pynd_scp` – the minimal pynetdicom Storage SCP used as a baseline.
+* :mod:`pacskit.testing.server` – a pacskit server in a background thread, for tests driving it.
 """
 
 from pacskit.testing.peers import (

@@ -25,7 +25,7 @@ from enum import Enum
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Engine, bindparam, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
@@ -123,6 +123,33 @@ class _Prepared:
         return int(cursor.fetchone()[0] if self.returning else cursor.lastrowid)
 
 
+_INSTANCE_VALUES = ("sop_instance_uid", "sop_class_uid", "instance_number", "acquisition_datetime",
+                    "acquisition_datetime_key", "transfer_syntax_uid", "specific_character_set",
+                    "size", "sha256", "blob_key", "received_at", "source_ae")
+
+
+def _instance_values(
+    a: InstanceAttributes, *, blob_key: str, size: int, sha256: str, received_at: dt.datetime,
+    source_ae: str | None,
+) -> dict[str, Any]:
+    """The columns of an instance row that ingest writes (all but ``series_fk``), keyed as
+    :data:`_INSTANCE_VALUES`: one list for the general path, the fast path and an overwrite."""
+    return {
+        "sop_instance_uid": a.sop_instance_uid,
+        "sop_class_uid": a.sop_class_uid,
+        "instance_number": a.instance_number,
+        "acquisition_datetime": a.acquisition_datetime,
+        "acquisition_datetime_key": a.acquisition_datetime_key,
+        "transfer_syntax_uid": a.transfer_syntax_uid,
+        "specific_character_set": a.specific_character_set,
+        "size": size,
+        "sha256": sha256,
+        "blob_key": blob_key,
+        "received_at": received_at,
+        "source_ae": source_ae,
+    }
+
+
 class _FastPathStatements:
     """The ingest fast path's statements, compiled for one dialect."""
 
@@ -139,9 +166,7 @@ class _FastPathStatements:
             .where(series.c.pk == bindparam("row"), series.c.series_instance_uid == bindparam("uid"),
                    series.c.study_fk == bindparam("study"))
             .values(num_instances=series.c.num_instances + 1), dialect)
-        columns = ("series_fk", "sop_instance_uid", "sop_class_uid", "instance_number", "acquisition_datetime",
-                   "acquisition_datetime_key", "transfer_syntax_uid",
-                   "specific_character_set", "size", "sha256", "blob_key", "received_at", "source_ae")
+        columns = ("series_fk", *_INSTANCE_VALUES)
         insert_stmt = insert(inst).values({c: bindparam(c) for c in columns})
         if dialect.name == "postgresql":
             insert_stmt = insert_stmt.returning(inst.c.pk)
@@ -198,6 +223,24 @@ def _quiet_alembic() -> Iterator[None]:
             alembic_log.setLevel(logging.NOTSET)
 
 
+@contextmanager
+def _sqlite_foreign_keys_off(conn: Connection, backend: str) -> Iterator[None]:
+    """SQLite alters a column by rebuilding its table (alembic's batch mode: copy, drop, rename); with
+    foreign keys enforced, dropping a table that other rows reference fails, so an archive with data
+    could not be upgraded. SQLite's own procedure (ALTER TABLE, "making other kinds of table schema
+    changes") turns enforcement off around the transaction (the pragma is a no-op inside one) and
+    checks the references before commit (``PRAGMA foreign_key_check`` in :meth:`Index.migrate`)."""
+    if backend != "sqlite":
+        yield
+        return
+    raw = conn.connection.driver_connection
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
+
+
 class Index:
     """The index database. ``Index.open(url)`` or ``Index(engine)``; call :meth:`migrate` once."""
 
@@ -246,20 +289,25 @@ class Index:
             from alembic import command
             from alembic.runtime.migration import MigrationContext
 
-            with self._write_lock, self.engine.begin() as conn:
-                # Several processes may start at once against one server: migrate one at a time.
-                if self.backend == "postgresql":
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
-                elif self.backend == "mysql":
-                    conn.exec_driver_sql(f"SELECT GET_LOCK('{_MIGRATION_LOCK_NAME}', 300)")
-                try:
-                    opts = {"version_table": VERSION_TABLE}
-                    before = MigrationContext.configure(conn, opts=opts).get_current_revision()
-                    command.upgrade(alembic_config(conn), revision)
-                    after = MigrationContext.configure(conn, opts=opts).get_current_revision()
-                finally:
-                    if self.backend == "mysql":
-                        conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK_NAME}')")
+            with self._write_lock, self.engine.connect() as conn, _sqlite_foreign_keys_off(conn, self.backend):
+                with conn.begin():
+                    # Several processes may start at once against one server: migrate one at a time.
+                    if self.backend == "postgresql":
+                        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+                    elif self.backend == "mysql":
+                        conn.exec_driver_sql(f"SELECT GET_LOCK('{_MIGRATION_LOCK_NAME}', 300)")
+                    try:
+                        opts = {"version_table": VERSION_TABLE}
+                        before = MigrationContext.configure(conn, opts=opts).get_current_revision()
+                        command.upgrade(alembic_config(conn), revision)
+                        after = MigrationContext.configure(conn, opts=opts).get_current_revision()
+                        if self.backend == "sqlite":
+                            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                            if broken:  # the rebuilt tables must keep every reference: roll back
+                                raise RuntimeError(f"migration to {after} broke foreign keys: {broken[:5]}")
+                    finally:
+                        if self.backend == "mysql":
+                            conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK_NAME}')")
         if after != before:
             log.info("index %s: schema %s", self.engine.url.render_as_string(hide_password=True),
                      f"created (revision {after})" if before is None else f"upgraded from {before} to {after}")
@@ -390,21 +438,8 @@ class Index:
             ).one()
             self._remember(s, _SeriesRef(series.pk, a.series_instance_uid, series.study_fk,
                                          a.study_instance_uid, (patient[0], patient[1])))
-        inst = Instance(
-            series_fk=series.pk,
-            sop_instance_uid=a.sop_instance_uid,
-            sop_class_uid=a.sop_class_uid,
-            instance_number=a.instance_number,
-            acquisition_datetime=a.acquisition_datetime,
-            acquisition_datetime_key=a.acquisition_datetime_key,
-            transfer_syntax_uid=a.transfer_syntax_uid,
-            specific_character_set=a.specific_character_set,
-            size=size,
-            sha256=sha256,
-            blob_key=blob_key,
-            received_at=received_at,
-            source_ae=source_ae,
-        )
+        inst = Instance(series_fk=series.pk, **_instance_values(
+            a, blob_key=blob_key, size=size, sha256=sha256, received_at=received_at, source_ae=source_ae))
         s.add(inst)
         s.flush()
         self._add_to_counts(s, series, +1)
@@ -445,21 +480,10 @@ class Index:
                 return None
             if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
                 _warn_other_patient(a, ref.patient[0])
-            pk = fast.insert_instance.insert(cursor, {
-                "series_fk": ref.series_pk,
-                "sop_instance_uid": a.sop_instance_uid,
-                "sop_class_uid": a.sop_class_uid,
-                "instance_number": a.instance_number,
-                "acquisition_datetime": a.acquisition_datetime,
-                "acquisition_datetime_key": a.acquisition_datetime_key,
-                "transfer_syntax_uid": a.transfer_syntax_uid,
-                "specific_character_set": a.specific_character_set,
-                "size": size,
-                "sha256": sha256,
-                "blob_key": blob_key,
-                "received_at": received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
-                "source_ae": source_ae,
-            })
+            pk = fast.insert_instance.insert(cursor, {"series_fk": ref.series_pk, **_instance_values(
+                a, blob_key=blob_key, size=size, sha256=sha256,
+                received_at=received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
+                source_ae=source_ae)})
         finally:
             cursor.close()
         return Recorded(IngestStatus.STORED, int(pk), blob_key, sha256)
@@ -496,17 +520,11 @@ class Index:
             self._add_to_counts(s, old_series_fk, -1)
             self._add_to_counts(s, series, +1)
             inst.series_fk = series.pk
-        inst.sop_class_uid = a.sop_class_uid
-        inst.instance_number = a.instance_number
-        inst.acquisition_datetime = a.acquisition_datetime
-        inst.acquisition_datetime_key = a.acquisition_datetime_key
-        inst.transfer_syntax_uid = a.transfer_syntax_uid
-        inst.specific_character_set = a.specific_character_set
-        inst.size = size
-        inst.sha256 = sha256
-        inst.blob_key = blob_key
-        inst.received_at = received_at
-        inst.source_ae = source_ae
+        values = _instance_values(a, blob_key=blob_key, size=size, sha256=sha256, received_at=received_at,
+                                  source_ae=source_ae)
+        del values["sop_instance_uid"]  # the row's key: unchanged
+        for column, value in values.items():
+            setattr(inst, column, value)
         s.flush()
         if old_series_fk != series.pk:
             self._prune(s, old_series_fk)
@@ -665,6 +683,27 @@ class Index:
         self._add_to_counts(s, series_fk, -1)
         self._prune(s, series_fk)
         return key
+
+    def remove_instances(self, s: Session, pks: list[int]) -> None:
+        """Delete the instance rows ``pks`` of one study, fix the counts, and delete the series, study
+        and patient rows left empty. The caller deals with the blobs (:mod:`pacskit.store.deletion`)."""
+        if not pks:
+            return
+        per_series: dict[int, int] = {}
+        for start in range(0, len(pks), 500):
+            chunk = pks[start:start + 500]
+            for series_fk, n in s.execute(
+                select(Instance.series_fk, func.count()).where(Instance.pk.in_(chunk)).group_by(Instance.series_fk)
+            ).all():
+                per_series[series_fk] = per_series.get(series_fk, 0) + n
+        study_fks = set(s.scalars(select(Series.study_fk).where(Series.pk.in_(list(per_series)))))
+        for study_fk in sorted(study_fks):  # the ingest's lock order: the study row first
+            self._lock_study(s, study_fk)
+        for start in range(0, len(pks), 500):
+            s.execute(delete(Instance).where(Instance.pk.in_(pks[start:start + 500])))
+        for series_fk, n in per_series.items():
+            self._add_to_counts(s, series_fk, -n)
+            self._prune(s, series_fk)  # (the ingest fast path's cache re-checks rows: no need to forget)
 
     def clear(self, s: Session) -> None:
         """Delete every row (children first)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataelem import DataElement
@@ -32,20 +33,14 @@ from pacskit.store.index.models import (
 if TYPE_CHECKING:
     pass
 
-from pacskit.dicom.status import Status
+from pacskit.dicom.status import DimseRefusal, Status
 
 
 _LIKE_ESCAPE = "!"
 
 
-class InvalidQuery(ValueError):
+class InvalidQuery(DimseRefusal, ValueError):
     """The identifier cannot be answered: ``status`` is the C-FIND failure status, ``tag`` the culprit."""
-
-    def __init__(self, status: int, comment: str, tag: int | None = None) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
-        self.tag = tag
 
 
 
@@ -178,31 +173,27 @@ def _split_range(text: str, elem: DataElement) -> tuple[str | None, str | None]:
 
 def date_range(elem: DataElement) -> tuple[str | None, str | None] | None:
     """(lower, upper) as 8-digit strings, either open (None); None for universal matching."""
-    values = _values(elem)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise _bad_value(elem, "one date or date range expected")
-    lo, hi = _split_range(values[0], elem)
-    try:
-        lo = parse_date(lo) if lo else None
-        hi = parse_date(hi) if hi else None
-    except ValueError as exc:
-        raise _bad_value(elem, str(exc)) from None
-    return lo, hi
+    return _parsed_range(elem, parse_date, "one date or date range expected")
 
 
 def time_range(elem: DataElement) -> tuple[str | None, str | None] | None:
     """(lower, upper) as TM without colons, either open (None); None for universal matching."""
+    return _parsed_range(elem, parse_time, "one time or time range expected")
+
+
+def _parsed_range(
+    elem: DataElement, parse: Callable[[str], str], one_expected: str
+) -> tuple[str | None, str | None] | None:
+    """A single-valued range key's ends through ``parse``; a bad end is a bad value of ``elem``."""
     values = _values(elem)
     if not values:
         return None
     if len(values) > 1:
-        raise _bad_value(elem, "one time or time range expected")
+        raise _bad_value(elem, one_expected)
     lo, hi = _split_range(values[0], elem)
     try:
-        lo = parse_time(lo) if lo else None
-        hi = parse_time(hi) if hi else None
+        lo = parse(lo) if lo else None
+        hi = parse(hi) if hi else None
     except ValueError as exc:
         raise _bad_value(elem, str(exc)) from None
     return lo, hi

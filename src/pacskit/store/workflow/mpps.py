@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pacskit.dicom.status import Status
+from pacskit.dicom.status import DimseRefusal, Status
 from pacskit.store.index.extract import is_valid_uid
 from pacskit.store.index.database import Index
 from pacskit.store.workflow.models import PerformedProcedureStep, PerformedStepLink
@@ -60,14 +60,11 @@ NOT_SETTABLE = ("ScheduledStepAttributesSequence", "PatientName", "PatientID", "
 FINAL_REQUIRED = ("PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime", "PerformedSeriesSequence")
 
 
-class MppsRefused(Exception):
+class MppsRefused(DimseRefusal):
     """The N-CREATE / N-SET is refused: ``status`` to answer, ``comment``, the offending ``tag``."""
 
     def __init__(self, status: int, comment: str, tag: int | None = None, error_id: int | None = None) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
-        self.tag = tag
+        super().__init__(status, comment, tag)
         self.error_id = error_id
 
 

@@ -1,0 +1,408 @@
+"""Routing add-in: forward (or forward anonymized) each stored instance by rules, through a durable queue.
+
+Off by default. ``[addins.routing]``::
+
+    enabled = true
+    rules = [
+      { name = "ct-to-reading", modalities = ["CT"], destinations = ["READING1"] },
+      { name = "research", calling_aes = ["MRI3"], match = { StudyDescription = "*BRAIN*" },
+        destinations = ["RESEARCH"], anonymize_project = "brain-2026" },
+    ]
+
+A rule matches an instance when every condition given holds: ``calling_aes`` (the AE that sent it),
+``modalities`` (its series), ``sop_classes``, ``match`` (attribute keyword -> shell-style pattern on the
+stored file's value), ``time_window`` (``"HH:MM-HH:MM"``, the server's local time of reception;
+``"22:00-06:00"`` wraps midnight). Every matching rule adds one job per destination (AE titles of the registry).
+``anonymize_project`` sends a de-identified copy (:mod:`pacskit.dicom.anonymize`, that project's key,
+the same one ``pacskit anonymize --project`` uses).
+
+Durability, retries and order: :mod:`pacskit.addins.routing.queue`. The instances are read from the
+index after they were committed, so an instance acknowledged to the modality is routed even if the
+server is killed right after; a job is removed only once the destination answered. Each destination
+has one sender; a destination that cannot be reached keeps its jobs (retried with exponential backoff
+from ``retry_initial`` to ``retry_max`` seconds) without holding up the others; a failure status from
+the peer marks the job ``failed`` (list, retry, purge).
+
+Admin API: ``GET /addins/routing/queue`` (``?state=&destination=``), ``GET /addins/routing/status``,
+``POST /addins/routing/retry`` and ``/purge`` (``{"destination": ..., "ids": [...], "state": ...}``);
+``pacskit route list | retry | purge`` calls them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fnmatch
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from pacskit.addins.routing.queue import ForwardQueue, Job, NewJob
+from pacskit.dicom.status import status_category
+from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
+from pacskit.net import NetError, RequestedContext
+from pacskit.net import events as ev
+from pacskit.services import AddIn, AddInOptions
+from pacskit.store import Instance, Series, Study
+
+log = logging.getLogger("pacskit.addin.routing")
+
+_FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+#: rows below the watermark read again at each scan (commits out of row order), remembered in ``routed``
+LOOK_BACK = 256
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    destinations: list[str] = Field(min_length=1, description="AE titles of the registry")
+    calling_aes: list[str] = Field(default_factory=list)
+    modalities: list[str] = Field(default_factory=list)
+    sop_classes: list[str] = Field(default_factory=list)
+    match: dict[str, str] = Field(default_factory=dict, description="keyword -> shell-style pattern")
+    time_window: str | None = Field(None, pattern=r"^\d\d:\d\d-\d\d:\d\d$",
+                                    description="HH:MM-HH:MM, server local time of reception (may wrap midnight)")
+    anonymize_project: str | None = Field(None, description="send de-identified copies (this project's key)")
+
+
+class RoutingOptions(AddInOptions):
+    enabled: bool = False
+    rules: list[Rule] = Field(default_factory=list)
+    route_existing: bool = Field(False, description="at the first start, route what the archive already holds")
+    scan_interval: float = Field(2.0, gt=0, description="seconds between scans of the index (new C-STOREs wake it)")
+    batch: int = Field(64, ge=1, le=1000, description="instances per association")
+    retry_initial: float = Field(2.0, gt=0)
+    retry_max: float = Field(300.0, gt=0)
+    queue_file: str = Field("routing/queue.db", description="relative: data folder")
+
+
+def _in_window(window: str, when: dt.datetime) -> bool:
+    """``when`` (local time of day) is within ``HH:MM-HH:MM``; a window like 22:00-06:00 wraps midnight."""
+    start, end = (dt.time.fromisoformat(part) for part in window.split("-"))
+    if when.tzinfo is None:  # the index stores UTC
+        when = when.replace(tzinfo=dt.UTC)
+    now = when.astimezone().time().replace(second=0, microsecond=0)
+    return start <= now < end if start <= end else (now >= start or now < end)
+
+
+def _rule_matches(rule: Rule, row: Any, header: Any) -> bool:
+    if rule.time_window and not _in_window(rule.time_window, row.received_at):
+        return False
+    if rule.calling_aes and (row.source_ae or "") not in rule.calling_aes:
+        return False
+    if rule.modalities and (row.modality or "") not in rule.modalities:
+        return False
+    if rule.sop_classes and row.sop_class_uid not in rule.sop_classes:
+        return False
+    for keyword, pattern in rule.match.items():
+        value = "" if header is None else str(header.get(keyword, "") or "")
+        if not fnmatch.fnmatchcase(value, pattern):
+            return False
+    return True
+
+
+class RoutingAddIn(AddIn):
+    name = "routing"
+    description = "Routing: forward stored instances by rules (durable queue, retries, order per destination)"
+    Options = RoutingOptions
+    options: RoutingOptions
+
+    async def start(self) -> None:
+        self.queue: ForwardQueue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._sender_wake: dict[str, asyncio.Event] = {}
+        self._loop = asyncio.get_running_loop()
+        self.sent = 0
+        if self.base.store is None:
+            log.error("routing: the server has no store; nothing is routed")
+            return
+        path = Path(self.options.queue_file)
+        self.queue = ForwardQueue(path if path.is_absolute() else self.base.data_dir / path)
+        self.base.events.subscribe(ev.OPERATION_COMPLETED, self._on_operation)
+        self._tasks.append(asyncio.create_task(self._router(), name="routing-router"))
+
+    async def stop(self) -> None:
+        if getattr(self, "queue", None) is None:
+            return
+        self.base.events.unsubscribe(ev.OPERATION_COMPLETED, self._on_operation)
+        tasks = [*self._tasks, *self._senders.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert self.queue is not None
+        self.queue.close()
+
+    def _on_operation(self, event: Any) -> None:
+        if event.detail.get("service") == "C-STORE":
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # ------------------------------------------------------------------ rules -> jobs
+
+    async def _router(self) -> None:
+        while True:
+            try:
+                more = await asyncio.to_thread(self._scan)
+            except Exception:
+                log.exception("routing: scanning the index failed")
+                more = False
+            self._start_senders()
+            if more:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.options.scan_interval)
+            self._wake.clear()
+
+    def _scan(self) -> bool:
+        """Route the instances committed since the watermark; True when there may be more."""
+        store, queue = self.base.store, self.queue
+        assert store is not None and queue is not None
+        watermark = queue.watermark()
+        if watermark is None:
+            with store.index.reading() as s:
+                top = s.scalar(select(Instance.pk).order_by(Instance.pk.desc()).limit(1)) or 0
+            start = 0 if self.options.route_existing else top
+            with store.index.reading() as s:  # what is already there counts as routed (unless asked)
+                existing = [] if start == 0 else list(s.scalars(
+                    select(Instance.pk).where(Instance.pk > start - LOOK_BACK, Instance.pk <= start)))
+            queue.record([], existing, start, max(0, start - LOOK_BACK))
+            return start < top
+        # Rows may commit out of pk order (concurrent writers): the last LOOK_BACK rows below the
+        # watermark are read again and ``routed`` says which were done; the new rows come after.
+        look_back = max(0, watermark - LOOK_BACK)
+        limit = self.options.batch * 16
+        columns = (Instance.pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.source_ae,
+                   Series.modality, Study.study_instance_uid, Instance.blob_key, Instance.received_at)
+        with store.index.reading() as s:
+            def rows_where(condition: Any, n: int | None) -> list[Any]:
+                stmt = (select(*columns).join(Series, Instance.series_fk == Series.pk)
+                        .join(Study, Series.study_fk == Study.pk).where(condition).order_by(Instance.pk))
+                return list(s.execute(stmt.limit(n) if n else stmt).all())
+
+            late = rows_where((Instance.pk > look_back) & (Instance.pk <= watermark), None)
+            fresh = rows_where(Instance.pk > watermark, limit)
+        done = queue.routed(r.pk for r in late)
+        rows = [r for r in late if r.pk not in done] + fresh
+        if not rows:
+            return False
+        jobs: list[NewJob] = []
+        routed: list[int] = []
+        needs_header = any(rule.match for rule in self.options.rules)
+        for row in rows:
+            header = self._header(row.blob_key) if needs_header else None
+            for rule in self.options.rules:
+                if _rule_matches(rule, row, header):
+                    jobs.extend(NewJob(dest, rule.name, rule.anonymize_project, row.pk, row.sop_instance_uid,
+                                       row.study_instance_uid) for dest in rule.destinations)
+            routed.append(row.pk)
+        top = max(watermark, fresh[-1].pk if fresh else watermark)
+        queue.record(jobs, routed, top, max(0, top - LOOK_BACK))
+        return len(fresh) == limit
+
+
+    def _header(self, blob_key: str) -> Any:
+        import pydicom
+
+        store = self.base.store
+        assert store is not None
+        path = store.blobs.path(blob_key)
+        try:
+            if path is not None:
+                return pydicom.dcmread(path, stop_before_pixels=True)
+            with store.blobs.open(blob_key) as fh:
+                return pydicom.dcmread(fh, stop_before_pixels=True)
+        except Exception as exc:
+            log.warning("routing: cannot read blob %s for attribute rules: %s", blob_key, exc)
+            return None
+
+    # ------------------------------------------------------------------ senders
+
+    def _start_senders(self) -> None:
+        assert self.queue is not None
+        for destination in self.queue.destinations():
+            event = self._sender_wake.setdefault(destination, asyncio.Event())
+            event.set()
+            task = self._senders.get(destination)
+            if task is None or task.done():
+                self._senders[destination] = asyncio.create_task(self._sender(destination, event),
+                                                                 name=f"routing-{destination}")
+
+    async def _sender(self, destination: str, wake: asyncio.Event) -> None:
+        queue = self.queue
+        assert queue is not None
+        while True:
+            wake.clear()
+            jobs = await asyncio.to_thread(queue.head, destination, self.options.batch)
+            if not jobs:
+                await wake.wait()
+                continue
+            delay = jobs[0].next_at - time.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+                continue
+            await self._send_batch(destination, jobs)
+
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self.options.retry_max, self.options.retry_initial * (2 ** min(attempts, 20))))
+
+    async def _send_batch(self, destination: str, jobs: Sequence[Job]) -> None:
+        queue, store = self.queue, self.base.store
+        assert queue is not None and store is not None
+        items: list[tuple[Job, str, str, str]] = []  # job, path, sop class, transfer syntax
+        uids = [job.sop_instance_uid for job in jobs]
+        with store.index.reading() as s:
+            stored = {row.sop_instance_uid: row for row in s.execute(
+                select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid,
+                       Instance.blob_key).where(Instance.sop_instance_uid.in_(uids)))}
+        for job in jobs:
+            row = stored.get(job.sop_instance_uid)
+            path = store.blobs.path(row.blob_key) if row is not None else None
+            if row is None or path is None:
+                await asyncio.to_thread(queue.fail, job.id, "the instance is no longer in the archive")
+                continue
+            items.append((job, path, row.sop_class_uid, row.transfer_syntax_uid or _FALLBACK[0]))
+        if not items:
+            return
+        contexts: list[RequestedContext] = []
+        seen: set[tuple[str, str]] = set()
+        for _job, _path, sop_class, ts in items:
+            if (sop_class, ts) not in seen:
+                seen.add((sop_class, ts))
+                contexts.append(RequestedContext(sop_class, (ts,)))
+        for sop_class in sorted({c for _j, _p, c, _t in items}):
+            contexts.append(RequestedContext(sop_class, _FALLBACK))
+        try:
+            assoc = await self.base.dicom_request.associate(destination, contexts[:128])
+        except (NetError, OSError, LookupError) as exc:
+            head = items[0][0]
+            log.warning("routing: %s unreachable (%s); %d jobs wait, retry in %.0f s", destination, exc,
+                        len(jobs), self._backoff(head.attempts))
+            await asyncio.to_thread(queue.postpone, head.id, str(exc), time.time() + self._backoff(head.attempts))
+            return
+        answered: list[int] = []  # removed from the queue together (one commit per 64, and at the end)
+        try:
+            async with assoc:
+                for job, path, sop_class, ts in items:
+                    try:
+                        status = await self._send_one(assoc, job, path, sop_class, ts)
+                    except _Unsendable as exc:
+                        await asyncio.to_thread(queue.fail, job.id, str(exc))
+                        continue
+                    if status_category(status) in ("Success", "Warning"):
+                        answered.append(job.id)
+                        self.sent += 1
+                        if len(answered) >= 64:
+                            await asyncio.to_thread(queue.done, answered)
+                            answered = []
+                    else:
+                        await asyncio.to_thread(queue.fail, job.id, f"{destination} answered 0x{status:04X}")
+            await asyncio.to_thread(queue.done, answered)
+        except (NetError, OSError) as exc:  # the association broke: the job at the head is retried
+            await asyncio.to_thread(queue.done, answered)
+            waiting = await asyncio.to_thread(queue.head, destination, 1)
+            if waiting:
+                await asyncio.to_thread(queue.postpone, waiting[0].id, str(exc),
+                                        time.time() + self._backoff(waiting[0].attempts))
+            log.warning("routing: association with %s failed: %s", destination, exc)
+
+    async def _send_one(self, assoc: Any, job: Job, path: str, sop_class: str, ts: str) -> int:
+        accepted = {pc.transfer_syntax for pc in assoc.accepted_contexts if pc.abstract_syntax == sop_class}
+        target = ts if ts in accepted else next(
+            (t for t in NATIVE_SYNTAXES if t in accepted and can_convert(ts, t)), None)
+        if target is None:
+            raise _Unsendable(f"{assoc.remote_ae_title} accepted no usable context for {sop_class} in {ts}")
+        temps: list[str] = []
+        try:
+            source = path
+            if job.project:
+                source = await asyncio.to_thread(self._anonymized, path, job.project, temps)
+            if target != ts:
+                fd, converted = tempfile.mkstemp(prefix="route-", suffix=".dcm", dir=self._temp_dir())
+                os.close(fd)
+                temps.append(converted)
+                try:
+                    await asyncio.to_thread(transcode, source, converted, target, max_size=DEFAULT_MAX_SIZE)
+                except CannotConvert as exc:
+                    raise _Unsendable(str(exc)) from exc
+                source = converted
+            rsp = await assoc.store(source)
+            return int(rsp.status)
+        except FileNotFoundError as exc:
+            raise _Unsendable(f"stored file missing: {exc}") from exc
+        finally:
+            for temp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+
+    def _anonymized(self, path: str, project: str, temps: list[str]) -> str:
+        from pacskit.dicom.anonymize import AnonymizeError, Anonymizer, project_key
+
+        anonymizer = Anonymizer(project_key(self.base.settings.folder, project))
+        fd, out = tempfile.mkstemp(prefix="route-anon-", suffix=".dcm", dir=self._temp_dir())
+        os.close(fd)
+        temps.append(out)
+        try:
+            anonymizer.anonymize_file(path, out)
+        except AnonymizeError as exc:
+            raise _Unsendable(f"not anonymized: {exc}") from exc
+        return out
+
+    def _temp_dir(self) -> str:
+        store = self.base.store
+        return getattr(store, "temp_dir", None) or tempfile.gettempdir()
+
+    # ------------------------------------------------------------------ admin API
+
+    def admin_router(self) -> Any | None:
+        from fastapi import APIRouter, Body, HTTPException
+
+        router = APIRouter()
+
+        def queue() -> ForwardQueue:
+            if self.queue is None:
+                raise HTTPException(409, "routing has no queue (no store)")
+            return self.queue
+
+        @router.get("/status")
+        async def status() -> dict[str, Any]:
+            return {"sent": self.sent, "queue": queue().counts(), "watermark": queue().watermark()}
+
+        @router.get("/queue")
+        async def list_jobs(state: str | None = None, destination: str | None = None,
+                            limit: int = 1000) -> list[dict[str, Any]]:
+            return [job.to_json() for job in await asyncio.to_thread(queue().list, state=state,
+                                                                     destination=destination, limit=limit)]
+
+        @router.post("/retry")
+        async def retry(destination: str | None = Body(None, embed=True),
+                        ids: list[int] | None = Body(None, embed=True)) -> dict[str, int]:
+            n = await asyncio.to_thread(queue().retry, destination=destination, ids=ids)
+            self._start_senders()
+            return {"retried": n}
+
+        @router.post("/purge")
+        async def purge(destination: str | None = Body(None, embed=True),
+                        state: str | None = Body(None, embed=True)) -> dict[str, int]:
+            return {"purged": await asyncio.to_thread(queue().purge, destination=destination, state=state)}
+
+        return router
+
+
+class _Unsendable(RuntimeError):
+    """This job can never be sent as it is (marked failed, not retried)."""
+
+
+__all__ = ["Rule", "RoutingAddIn", "RoutingOptions"]

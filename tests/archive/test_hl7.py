@@ -1,0 +1,77 @@
+"""HL7 v2 ADT over MLLP (the hl7 add-in): A08 updates a patient, A40 merges two, as the archive's
+corrections (files rewritten, index moved); messages shaped like the HL7 v2 standard's examples."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pydicom
+
+from pacskit.addins.audit import AuditAddIn
+from pacskit.addins.hl7 import Hl7AddIn, Message, pn_from_xpn
+from pacskit.addins.storage import StorageAddIn
+from pacskit.config.settings import load_settings
+from pacskit.server.server import Server
+from pacskit.testing.synth import make_series
+
+# Shaped as HL7 v2.5 chapter 3's examples (ADT^A08 "update patient information", ADT^A40 "merge patient")
+A08 = ("MSH|^~\\&|REGADT|MCM|IFENG||199901061000||ADT^A08|000001|P|2.5\r"
+       "EVN|A08|199901061000\r"
+       "PID|1||PATID1234^^^MCM||JONES^WILLIAM^A^III||19610615|M\r")
+A40 = ("MSH|^~\\&|REGADT|MCM|RSP1P8|MCM|199601051530|SEC|ADT^A40^ADT_A39|00000003|P|2.5\r"
+       "EVN|A40|199601051530\r"
+       "PID|||PATID1234^^^XYZ||JONES^WILLIAM^A^III\r"
+       "MRG|MR2^^^XYZ\r")
+
+
+def test_message_parsing() -> None:
+    m = Message(A40)
+    assert m.event == "A40" and m.components("MRG", 1)[0] == "MR2" and m.field("MSH", 10) == "00000003"
+    assert pn_from_xpn(Message(A08).components("PID", 5)) == "JONES^WILLIAM^A^^III"
+    ack = Message(A08).ack("AA", "done").decode()
+    assert ack.startswith("MSH|^~\\&|IFENG||REGADT|MCM|") and "\rMSA|AA|000001|done\r" in ack
+
+
+def test_a08_and_a40_over_mllp(tmp_path: Path) -> None:
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    (folder / "server.toml").write_text('ae_title = "HL7PACS"\nport = 0\ndata_dir = "data"\n'
+                                        '[admin]\nenabled = false\n[addins.hl7]\nenabled = true\nport = 0\n')
+
+    async def send(port: int, text: str) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x0b" + text.encode() + b"\x1c\x0d")
+        await writer.drain()
+        await reader.readuntil(b"\x0b")
+        answer = (await reader.readuntil(b"\x1c\x0d"))[:-2].decode()
+        writer.close()
+        return answer
+
+    async def run() -> None:
+        server = Server(load_settings(folder), addin_classes=[StorageAddIn, AuditAddIn, Hl7AddIn])
+        await server.start()
+        try:
+            store = server.store
+            for name, pid, count in (("a", "PATID1234", 2), ("b", "MR2", 3)):
+                for path in make_series(tmp_path / name, count, 16, 16, patient_id=pid, patient_name="OLD^NAME"):
+                    store.ingest(path, source_ae="MOD")
+            hl7 = next(a for a in server.addins if a.name == "hl7")
+            ack = await send(hl7.port, A08)
+            assert "MSA|AA|000001|updated 1 studies" in ack, ack
+            ack = await send(hl7.port, A40)
+            assert "MSA|AA|00000003|merged 1 studies" in ack, ack
+            ack = await send(hl7.port, A40)  # again: the prior patient is gone
+            assert "MSA|AA|00000003|prior patient not in the archive" in ack
+            bad = await send(hl7.port, A08.replace("PID|1||PATID1234^^^MCM", "PID|1||"))
+            assert "MSA|AE|" in bad and "ERR|" in bad
+            assert store.counts().patients == 1 and store.counts().studies == 2
+            files = [pydicom.dcmread(store.blobs.path(k), stop_before_pixels=True) for k in store.blobs.iter_keys()]
+            assert {str(d.PatientID) for d in files} == {"PATID1234"}
+            assert {str(d.PatientName) for d in files} == {"JONES^WILLIAM^A^^III"}  # the merge wrote B's name
+            assert {str(d.PatientBirthDate) for d in files} == {"19610615"} and {d.PatientSex for d in files} == {"M"}
+            assert store.check().ok
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
