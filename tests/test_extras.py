@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent(
             assert len(studies.records) == 1, studies
 
     asyncio.run(main())
-    import pacskit.cli  # the whole CLI loads (pacskit certs says what to install when it is used)
+    from pacskit.cli import app  # noqa: F401  the whole CLI loads (pacskit certs says what to install when it is used)
     from pacskit.store import open_blob_store
     try:  # the s3 blob store says what to install
         open_blob_store("s3", folder / "node", {"bucket": "pacs"})

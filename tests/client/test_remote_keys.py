@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from pacskit.client import KeyError_, RemoteAE, UnknownRemote, apply_keys, parse_key, resolve_remote
+from pacskit.client import KeyError_, Peer, RemoteAE, UnknownRemote, apply_keys, parse_key, resolve_remote
 from pacskit.config.aetitles import FileAeRegistry
 
 
@@ -14,12 +14,14 @@ def test_resolve_address_registry_and_errors(tmp_path):
     registry.add(RemoteAE(title="ORTHANC", host="10.0.0.5", port=4242))
     assert resolve_remote("ORTHANC", registry).host == "10.0.0.5"
     remote = resolve_remote("PACS@[::1]:104")
-    assert (remote.title, remote.host, remote.port) == ("PACS", "::1", 104)
+    assert (remote.title, remote.host, remote.port, remote.tls) == ("PACS", "::1", 104, False)
+    assert isinstance(remote, Peer)  # no registry entry: nothing else is known about it (and no pydantic)
+    assert resolve_remote(remote) is remote
     with pytest.raises(UnknownRemote, match="not registered"):
         resolve_remote("NOPE", registry)
     with pytest.raises(UnknownRemote):
         resolve_remote("ORTHANC")
-    for bad in ("X@host", "X@host:0", "X@host:port", "@host:1", "A" * 17 + "@h:1"):
+    for bad in ("X@host", "X@host:0", "X@host:port", "@host:1", "A" * 17 + "@h:1", "A\\B@h:1", "   @h:1"):
         with pytest.raises(ValueError):
             resolve_remote(bad)
 
@@ -46,7 +48,7 @@ def test_public_api_is_pinned():
         "AssociationRequest", "ClientEvents", "CommitmentFailure", "CommitmentResult", "EchoScu", "EventReport",
         "FindRequest", "FindResult", "Instance", "InstanceRecord", "InstanceResult", "KeyError_", "Keys",
         "MediaCreationScu", "MediaStatus", "MediaStatusError",
-        "MppsScu", "NResult", "NServiceScu", "PatientRecord", "PrintFailed", "PrintResult", "PrintScu",
+        "MppsScu", "NResult", "NServiceScu", "PatientRecord", "Peer", "PrintFailed", "PrintResult", "PrintScu",
         "QueryFailed", "QueryRetrieveScu",
         "ReceivedInstance", "Record", "RemoteAE", "RemoteSpec", "RetrieveProgress", "RetrieveResult", "Scu",
         "SeriesRecord", "SopReference", "StorageCommitmentScu", "StoreEvent", "StoreProgress", "StoreReport",

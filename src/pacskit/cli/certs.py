@@ -10,184 +10,48 @@
 - ``crl.pem``: the CA's certificate revocation list (empty at first).
 
 ``pacskit certs client DIR NAME`` issues one more client certificate; ``pacskit certs revoke DIR
-FILE.pem`` adds a certificate to ``crl.pem``. Keys are written unencrypted with mode 0600. RSA keys
-because every DICOM TLS profile's suites (and DCMTK's) include RSA authentication.
+FILE.pem`` adds a certificate to ``crl.pem``. Keys are written unencrypted with mode 0600.
 
-The functions below are what the command uses; the tests use them to make the bad certificates too
-(expired, self-signed, from an unknown CA).
+The certificate functions are in :mod:`pacskit.cli.labca` (re-exported here, loaded on first use):
+they need ``cryptography``, which only these commands import, so that every other ``pacskit`` command
+starts without it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
-import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-try:  # the `tls` extra; without it the commands say how to install it
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-except ImportError:  # pragma: no cover - exercised only without the extra
-    HAVE_CRYPTOGRAPHY = False
-else:
-    HAVE_CRYPTOGRAPHY = True
+if TYPE_CHECKING:
+    from types import ModuleType
 
-__all__ = ["Issued", "issue_certificate", "make_ca", "make_crl", "write_key", "write_pem"]
-
-_DAY = dt.timedelta(days=1)
-
-
-class Issued:
-    """A certificate and its private key."""
-
-    def __init__(self, certificate: x509.Certificate, key: rsa.RSAPrivateKey) -> None:
-        self.certificate = certificate
-        self.key = key
-
-    def save(self, folder: Path, stem: str) -> tuple[Path, Path]:
-        """``folder/stem.pem`` and ``folder/stem.key`` (mode 0600)."""
-        cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
-        write_pem(cert_path, self.certificate)
-        write_key(key_path, self.key)
-        return cert_path, key_path
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pacskit lab"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def make_ca(common_name: str = "pacskit lab CA", *, days: int = 3650) -> Issued:
-    """A self-signed CA certificate (basic constraints CA, key usage cert + CRL signing)."""
-    key = new_key()
-    name = _name(common_name)
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _DAY)
-        .not_valid_after(now + days * _DAY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                          key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+    from pacskit.cli.labca import (
+        Issued,
+        issue_certificate,
+        make_ca,
+        make_crl,
+        new_key,
+        write_key,
+        write_pem,
     )
-    return Issued(cert, key)
+
+__all__ = ["Issued", "issue_certificate", "make_ca", "make_crl", "new_key", "write_key", "write_pem"]
+
+_LABCA = frozenset({"Issued", "issue_certificate", "load_ca", "make_ca", "make_crl", "new_key", "revoked_certificates",
+                    "write_key", "write_pem"})
 
 
-def issue_certificate(
-    ca: Issued | None,
-    common_name: str,
-    *,
-    server: bool = False,
-    dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[str] = (),
-    days: int = 825,
-    not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
-) -> Issued:
-    """A leaf certificate signed by ``ca`` (``None``: self-signed). ``server`` sets the server-auth and
-    client-auth extended key usages (a server also opens associations), else client-auth only;
-    ``not_before`` / ``not_after`` override the validity
-    (tests make expired certificates with them)."""
-    key = new_key()
-    now = _now()
-    start = not_before or now - _DAY
-    end = not_after or now + days * _DAY
-    issuer_name = ca.certificate.subject if ca is not None else _name(common_name)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True, data_encipherment=False,
-                          key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(
-            # A DICOM node is both: it accepts TLS and opens TLS associations (C-MOVE) with one identity.
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server
-                                  else [ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-    )
-    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    if ca is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
-    cert = builder.sign(ca.key if ca is not None else key, hashes.SHA256())
-    return Issued(cert, key)
+def __getattr__(name: str) -> object:
+    """The names of :mod:`pacskit.cli.labca`, imported (with ``cryptography``) on first use (PEP 562)."""
+    if name not in _LABCA:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from pacskit.cli import labca
 
+    return getattr(labca, name)
 
-def make_crl(ca: Issued, revoked: Sequence[x509.Certificate] = (), *, days: int = 30) -> x509.CertificateRevocationList:
-    """The CA's CRL listing ``revoked``."""
-    now = _now()
-    builder = x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject).last_update(now - _DAY).next_update(now + days * _DAY)
-    for cert in revoked:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now - _DAY).build()
-        )
-    return builder.sign(ca.key, hashes.SHA256())
-
-
-def write_pem(path: Path, obj: x509.Certificate | x509.CertificateRevocationList) -> None:
-    path.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
-
-
-def write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-
-
-def _load_ca(folder: Path) -> Issued:
-    try:
-        cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
-        key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
-        raise typer.BadParameter(f"no usable CA in {folder} (ca.pem, ca.key): {exc}") from None
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return Issued(cert, key)
-
-
-def _revoked(folder: Path) -> list[x509.Certificate]:
-    """The certificates recorded as revoked (``revoked/``), from which crl.pem is rebuilt."""
-    out = []
-    for path in sorted((folder / "revoked").glob("*.pem")):
-        out.append(x509.load_pem_x509_certificate(path.read_bytes()))
-    return out
-
-
-# ---------------------------------------------------------------------- commands
 
 certs_app = typer.Typer(help="A small CA with server and client certificates for labs (pacskit certs init DIR).", no_args_is_help=True)
 
@@ -200,10 +64,22 @@ def _stem(name: str) -> str:
     return name
 
 
-def _need_cryptography() -> None:
-    if not HAVE_CRYPTOGRAPHY:
+def _labca() -> ModuleType:
+    """:mod:`pacskit.cli.labca`, or exit 2 saying what to install when ``cryptography`` is missing."""
+    try:
+        from pacskit.cli import labca
+    except ImportError:
         typer.echo("error: pacskit certs needs the cryptography package: pip install 'pacskit[tls]'", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
+    return labca
+
+
+def _load_ca(folder: Path) -> Issued:
+    try:
+        ca: Issued = _labca().load_ca(folder)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"no usable CA in {folder} (ca.pem, ca.key): {exc}") from None
+    return ca
 
 
 @certs_app.command("init")
@@ -216,7 +92,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing CA")] = False,
 ) -> None:
     """Make a CA, a server certificate, client certificates and an empty CRL."""
-    _need_cryptography()
+    lab = _labca()
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / "ca.key").exists() and not force:
         typer.echo(f"error: {folder / 'ca.key'} exists (use --force to replace the CA)", err=True)
@@ -229,12 +105,12 @@ def init(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     clients = [_stem(c) for c in client or []]
-    ca = make_ca()
+    ca = lab.make_ca()
     ca.save(folder, "ca")
-    issue_certificate(ca, names[0], server=True, dns_names=names, ip_addresses=ips, days=days).save(folder, "server")
+    lab.issue_certificate(ca, names[0], server=True, dns_names=names, ip_addresses=ips, days=days).save(folder, "server")
     for cn in clients:
-        issue_certificate(ca, cn, days=days).save(folder, cn)
-    write_pem(folder / "crl.pem", make_crl(ca))
+        lab.issue_certificate(ca, cn, days=days).save(folder, cn)
+    lab.write_pem(folder / "crl.pem", lab.make_crl(ca))
     typer.echo(f"CA, server certificate ({', '.join(names + ips)}), {len(clients)} client certificate(s) and crl.pem in {folder}")
 
 
@@ -245,9 +121,9 @@ def client_cert(
     days: Annotated[int, typer.Option(help="validity in days")] = 825,
 ) -> None:
     """Issue one more client certificate from the lab CA."""
-    _need_cryptography()
+    lab = _labca()
     ca = _load_ca(folder)
-    cert_path, key_path = issue_certificate(ca, cn, days=days).save(folder, _stem(cn))
+    cert_path, key_path = lab.issue_certificate(ca, cn, days=days).save(folder, _stem(cn))
     typer.echo(f"wrote {cert_path} and {key_path}")
 
 
@@ -257,16 +133,16 @@ def revoke(
     certificate: Annotated[Path, typer.Argument(help="the certificate (PEM) to revoke")],
 ) -> None:
     """Revoke a certificate: it is added to crl.pem (restart the server to load the new CRL)."""
-    _need_cryptography()
+    lab = _labca()
     ca = _load_ca(folder)
     try:
-        cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+        cert = lab.load_certificate(certificate)
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"{certificate}: {exc}") from None
     if cert.issuer != ca.certificate.subject:
         raise typer.BadParameter(f"{certificate} was not issued by this CA")
     (folder / "revoked").mkdir(exist_ok=True)
-    write_pem(folder / "revoked" / f"{cert.serial_number:x}.pem", cert)
-    revoked = _revoked(folder)
-    write_pem(folder / "crl.pem", make_crl(ca, revoked))
+    lab.write_pem(folder / "revoked" / f"{cert.serial_number:x}.pem", cert)
+    revoked = lab.revoked_certificates(folder)
+    lab.write_pem(folder / "crl.pem", lab.make_crl(ca, revoked))
     typer.echo(f"revoked serial {cert.serial_number:x}; crl.pem lists {len(revoked)} certificate(s)")

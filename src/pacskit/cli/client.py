@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -30,7 +31,7 @@ from pacskit.cli.common import (
     scu_options,
     setup_logging,
 )
-from pacskit.client.dicomweb import is_dicomweb_url
+from pacskit.client.remote import is_dicomweb_url
 
 TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, an AE title from the registry, or http(s)://host:port/dicom-web")]
 KeysOpt = Annotated[
@@ -42,14 +43,39 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="study (Study Root)
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 
+class _NoProgress:
+    """What :func:`_progress` gives when no bar is shown: the same calls, doing nothing."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None) -> int:
+        return 0
+
+    def update(self, task: int, **fields: Any) -> None:
+        return None
+
+
+# The environment variables with which rich treats a pipe as a terminal (rich.console.Console.is_terminal).
+_RICH_TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
 def _progress(quiet: bool) -> Any:
+    """A rich progress bar on stderr, only on a terminal and not with --quiet. Without a bar rich is
+    not imported at all (~0.05 s of every `pacskit store` in a script)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    if quiet or not ((isatty is not None and isatty()) or any(os.environ.get(k) for k in _RICH_TERMINAL_ENV)):
+        return _NoProgress()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=quiet or not console.is_terminal, transient=False,
+        console=console, disable=not console.is_terminal, transient=False,
     )
 
 

@@ -18,13 +18,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pacskit.client.remote import RemoteAE, RemoteSpec, resolve_remote
+from pacskit.client.remote import Peer, RemoteSpec, resolve_remote
 from pacskit.net import Association, EventBus, NetConfig, RequestedContext, Services, UserIdentityRQ, connect
 
 if TYPE_CHECKING:
     import ssl as _ssl
 
-    from pacskit.config.aetitles import AeTitles
+    from pacskit.config.aetitles import AeTitles, RemoteAE
 
 log = logging.getLogger("pacskit.client")
 
@@ -88,7 +88,8 @@ class ClientEvents:
 class Scu:
     """Base of the SCUs: one remote AE, our identity, timeouts, and how associations are opened.
 
-    ``remote`` is a :class:`RemoteAE`, ``"AET@host:port"`` or a title looked up in ``registry``.
+    ``remote`` is a :class:`RemoteAE`, ``"AET@host:port"`` (kept as a :class:`Peer`) or a title looked
+    up in ``registry``.
     ``ssl`` turns on TLS (required for registry entries marked ``tls``); the peer's certificate is
     checked against ``server_hostname`` (default: the host) when the context checks host names.
     """
@@ -107,7 +108,7 @@ class Scu:
         server_hostname: str | None = None,
         bus: EventBus | None = None,
     ) -> None:
-        self.remote: RemoteAE = resolve_remote(remote, registry)
+        self.remote: RemoteAE | Peer = resolve_remote(remote, registry)
         self.calling_ae = calling_ae
         self.config = config or NetConfig()
         self.user_identity = user_identity

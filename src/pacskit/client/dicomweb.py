@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from pacskit.client.remote import is_dicomweb_url
+
 DICOM_JSON = "application/dicom+json"
 _LEVEL_KEYS = {"studies": "0020000D", "series": "0020000E", "instances": "00080018"}
 
@@ -32,11 +34,6 @@ class DicomWebClientError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def is_dicomweb_url(target: str) -> bool:
-    """Whether a CLI target names a DICOMweb service (``http(s)://...``) rather than an AE."""
-    return target.startswith(("http://", "https://"))
 
 
 @dataclass(slots=True)
