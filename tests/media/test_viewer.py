@@ -32,6 +32,10 @@ def pydicom_rendering(path: Path) -> np.ndarray:
     return np.round(y)
 
 
+#: where the test leaves its screenshot of the viewer (test-artifacts/ is gitignored)
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+
+
 def test_viewer_lists_patients_and_draws_the_image(tmp_path: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     need("xorriso")
@@ -61,6 +65,8 @@ def test_viewer_lists_patients_and_draws_the_image(tmp_path: Path) -> None:
             page.wait_for_selector("body[data-ready='1']")
             page.click(f".image[data-file='{first[4]}']")
             page.wait_for_selector(f"body[data-shown='{first[4]}']")
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # kept for people to look at (gitignored)
+            page.screenshot(path=str(SCREENSHOTS / "media-viewer.png"), full_page=True)
             rows, cols = page.evaluate("[document.getElementById('view').height, document.getElementById('view').width]")
             grey = page.evaluate("""() => {
                 const c = document.getElementById('view');

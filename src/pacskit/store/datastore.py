@@ -634,7 +634,7 @@ class DataStore:
 
     def _journalled_keys(self) -> set[str]:
         """Blob keys the ingest journals (every process's) record as in flight right now."""
-        folder = getattr(self.blobs, "journal_dir", None)
+        folder = self.blobs.journal_dir
         if folder is None:
             return set()
         keys: set[str] = set()
