@@ -6,9 +6,10 @@ images from ``VIEWER/DATA.JS`` — written here from the volume's DICOMDIR when 
 once the user opens the disc's folder (browsers let a ``file://`` page read only files the user picks),
 reads the DICOM files themselves and draws the images on a canvas: modality LUT (Rescale Slope /
 Intercept), the linear VOI LUT function of PS3.3 C.11.2.1.2.1 with the file's Window Center / Width
-(else the image's range), MONOCHROME1 inverted, RGB as is. Uncompressed files only (Explicit / Implicit
-VR Little Endian, which every ``STD-GEN-CD`` disc has); compressed images are listed and reported, not
-drawn.
+(else the image's range), MONOCHROME1 inverted, RGB as is; frames and the series are stepped with the
+wheel or the keys, the window changed by a drag. Uncompressed files (Explicit / Implicit VR Little Endian,
+which every ``STD-GEN-CD`` disc has) and JPEG baseline (the browser's own decoder) are drawn; other
+compressed images are listed and reported, not drawn (docs/media.md).
 """
 
 from __future__ import annotations
