@@ -88,3 +88,18 @@ def image_records(dicomdir: Path) -> set[tuple[str, ...]]:
                  str(rec.ReferencedSOPInstanceUIDInFile), "/".join(rec.ReferencedFileID),
                  str(rec.ReferencedTransferSyntaxUIDInFile)))
     return out
+
+
+def label_text(pdf: Path) -> str:
+    """The text of a label PDF (poppler's pdftotext)."""
+    need("pdftotext")
+    return run(["pdftotext", str(pdf), "-"]).stdout
+
+
+def read_barcodes(pdf: Path) -> list[str]:
+    """The barcodes on a label PDF, as zbar reads them from a 300 dpi rendering ("CODE-128:value")."""
+    need("pdftoppm", "zbarimg")
+    png = pdf.with_suffix("")
+    run(["pdftoppm", "-r", "300", "-gray", "-png", "-singlefile", str(pdf), str(png)])
+    proc = run(["zbarimg", "-q", str(png) + ".png"], check=False)  # exit 4: no barcode found
+    return sorted(line for line in proc.stdout.splitlines() if line)

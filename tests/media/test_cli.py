@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pacskit.cli import app as cli
 from pacskit.testing import make_series
 
-from ._archive import image_records, need, run
+from ._archive import image_records, label_text, need, read_barcodes, run
 from ._server import AE, ingest, running_server, write_settings
 
 runner = CliRunner()
@@ -32,9 +32,13 @@ def test_media_build_iso(tmp_path: Path) -> None:
     folder, study, uids = archive(tmp_path)
     iso = tmp_path / "disc.iso"
     result = runner.invoke(cli, ["media", "build", study, "--out", str(iso), "--data-dir", str(folder),
-                                 "--label", "CLI disc"])
+                                 "--label", "CLI disc", "--barcode", "CLI-0001"])
     assert result.exit_code == 0, result.output
     assert str(iso) in result.output and "3 instances" in result.output
+    label = tmp_path / "disc_label.pdf"
+    assert str(label) in result.output
+    assert "CLI disc" in label_text(label) and "ID CLI1" in label_text(label)
+    assert read_barcodes(label) == ["CODE-128:CLI-0001"]
     out = tmp_path / "x"
     run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(out)])
     assert {r[3] for r in image_records(out / "DICOMDIR")} == set(uids)
@@ -44,6 +48,9 @@ def test_media_build_iso(tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["media", "build", study, "--out", str(tmp_path / "c.iso"), "--data-dir", str(folder),
                               "--profile", "STD-NOPE"])
     assert bad.exit_code == 2 and "unsupported media application profile" in bad.output
+    ean = runner.invoke(cli, ["media", "build", study, "--out", str(tmp_path / "d.iso"), "--data-dir", str(folder),
+                              "--barcode", "ABC", "--barcode-symbology", "EAN13"])
+    assert ean.exit_code == 2 and "digits only" in ean.output and not (tmp_path / "d.iso").exists()
     assert not (tmp_path / "b.iso").exists() and not (tmp_path / "c.iso").exists()
 
 

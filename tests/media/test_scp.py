@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from pacskit.testing import make_series
 from pacskit.testing.peers import dcmtk_env
 
-from ._archive import image_records, need, run
+from ._archive import image_records, label_text, need, read_barcodes, run
 from ._server import AE, ingest, running_server, start_process, write_settings
 
 pytestmark = pytest.mark.pynetdicom
@@ -111,7 +111,9 @@ def test_create_initiate_get_until_done(scp: Any, tmp_path: Path) -> None:
     uid = generate_uid()
     try:
         status, _ = scu.create(request([(c, i) for c, i, _ in instances], LabelText="MR knee",
-                                       StorageMediaFileSetID="KNEE", IncludeDisplayApplication="YES"), uid)
+                                       StorageMediaFileSetID="KNEE", IncludeDisplayApplication="YES",
+                                       LabelUsingInformationExtractedFromInstances="YES", BarcodeValue="KNEE-42",
+                                       BarcodeSymbology="CODE128"), uid)
         assert status == 0
         assert scu.get(uid)[1].ExecutionStatus == "IDLE"
         init = Dataset()
@@ -133,6 +135,10 @@ def test_create_initiate_get_until_done(scp: Any, tmp_path: Path) -> None:
     records = image_records(out / "DICOMDIR")
     assert {r[3] for r in records} == set(archive)
     assert (out / "index.html").is_file() and (out / "VIEWER" / "DATA.JS").is_file()  # Include Display Application
+    label = iso.with_name(f"{uid}_label.pdf")  # the folder burner keeps the label beside the image
+    text = label_text(label)
+    assert "MR knee" in text and f"ID {next(iter(records))[0]}" in text  # from the instances
+    assert read_barcodes(label) == ["CODE-128:KNEE-42"]
     server_store = server.addins  # the archive's bytes: the files we ingested were moved in
     assert server_store
     from pacskit.config.settings import load_settings
@@ -160,6 +166,8 @@ def test_invalid_requests_get_annex_s_statuses(scp: Any) -> None:
         assert scu.create(request(refs, profile="STD-XABC-CD"))[0] == 0x0106  # bad profile
         assert scu.create(request([("1.2.3", "not a uid")]))[0] == 0x0106
         assert scu.create(request(refs, AllowMediaSplitting="MAYBE"))[0] == 0x0106
+        assert scu.create(request(refs, BarcodeValue="X1", BarcodeSymbology="MAXICODE"))[0] == 0x0106
+        assert scu.create(request(refs, BarcodeValue="X1", BarcodeSymbology="EAN13"))[0] == 0x0106  # digits only
         warn, _ = scu.create(request(refs, IncludeNonDICOMObjects="FOR_RESEARCH"))
         assert warn == 0x0001  # only the viewer can be put on the media: a warning, the request exists
         uid = generate_uid()

@@ -61,6 +61,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 from pacskit.media.burners import make_burner
+from pacskit.media.label import barcode_problem
 from pacskit.media.profiles import DEFAULT_PROFILE, PROFILES, UnknownProfile, get_profile
 from pacskit.media.queue import (
     MediaQueue,
@@ -263,6 +264,11 @@ class MediaCreationAddIn(AddIn):
         fileset_uid = _text(ds, "StorageMediaFileSetUID")
         if fileset_uid and not _valid_uid(fileset_uid):
             raise _Refused(0x0106, "invalid Storage Media File-Set UID", 0x00880140)
+        barcode, symbology = _text(ds, "BarcodeValue"), _text(ds, "BarcodeSymbology")
+        if barcode or symbology:
+            problem = barcode_problem(barcode, symbology)
+            if problem:  # refused now, not found out after the instances were gathered
+                raise _Refused(0x0106, problem[:64], 0x22000006 if "symbology" in problem else 0x22000005)
         non_dicom = _text(ds, "IncludeNonDICOMObjects").upper() or "NO"
         display_app = _text(ds, "IncludeDisplayApplication").upper() or "NO"
         req = MediaRequest(

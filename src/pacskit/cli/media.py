@@ -66,6 +66,10 @@ def build(
     lossless: Annotated[bool, typer.Option("--lossless", help="JPEG 2000 lossless where the profile allows it")] = False,
     split: Annotated[bool, typer.Option("--split/--no-split", help="several volumes when one is not enough")] = True,
     viewer: Annotated[bool, typer.Option("--viewer", help="put the web viewer on the media (index.html)")] = False,
+    disc_label: Annotated[bool, typer.Option("--disc-label", help="also write a printable label per volume "
+                                             "(<name>_label.pdf): --label, the patients and studies, the barcode")] = False,
+    barcode: Annotated[str, typer.Option("--barcode", help="barcode value on the label (implies --disc-label)")] = "",
+    symbology: Annotated[str, typer.Option("--barcode-symbology", help="CODE128 (default), CODE39, QRCODE...")] = "",
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     verbose: VerboseOpt = 0,
@@ -82,6 +86,12 @@ def build(
         get_profile(profile)
     except UnknownProfile as exc:
         raise fail(str(exc), EXIT_USAGE) from None
+    if barcode or symbology:
+        from pacskit.media.label import barcode_problem
+
+        problem = barcode_problem(barcode, symbology)
+        if problem:
+            raise fail(problem, EXIT_USAGE)
     settings = server_settings(config, data_dir)
     store = open_store(settings, recover=False)  # read only: the server may be running
     try:
@@ -95,7 +105,15 @@ def build(
             raise fail(str(exc), EXIT_FAILURE_STATUS) from None
     finally:
         store.close()
-    for path in result.paths:
+    labels = []
+    if disc_label or barcode:
+        from pacskit.media.label import LabelRequest, label_name, studies_of, write_label
+
+        wanted = LabelRequest(label, True, barcode, symbology)
+        studies = studies_of(s.path for s in {s.study_uid or s.path: s for s in sources}.values())
+        labels = [write_label(p.with_name(label_name(p)), wanted, studies, n, len(result.paths))
+                  for n, p in enumerate(result.paths, 1)]
+    for path in result.paths + labels:
         typer.echo(str(path))
     typer.echo(f"{result.instances} instances ({result.transcoded} re-encoded for {profile}), "
                f"{len(result.paths)} volume{'s' if len(result.paths) != 1 else ''}, {result.bytes} bytes")

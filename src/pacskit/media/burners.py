@@ -8,7 +8,8 @@ checked) and makes media of them. It is a class with
 - ``__init__(self, **options)``: its options, from ``burner_options`` in the settings; raise
   ``ValueError`` with one clear line for a bad one (the add-in does not start);
 - ``burn(self, job: BurnJob) -> list[str]``: make ``job.copies`` copies of every volume, in order;
-  return one line per piece of media made (a path, "drive /dev/sr0 copy 1 volume 2/3"...). Raise
+  return one line per piece of media made (a path, "drive /dev/sr0 copy 1 volume 2/3"...); print
+  ``job.labels`` (one PDF per volume) on the media when it can. Raise
   :class:`BurnError` to fail the request with a reason; check ``job.cancelled()`` between pieces of
   media and raise :class:`BurnCancelled` when it answers true. ``burn`` runs in a worker thread; it
   may block (a robot's job queue) for as long as it needs.
@@ -22,6 +23,7 @@ Bravo, an Epson PP-100...) register in the entry point group ``pacskit.burners``
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -29,6 +31,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
+
+from pacskit.media.label import label_name
 
 ENTRY_POINT_GROUP = "pacskit.burners"
 
@@ -52,6 +56,9 @@ class BurnJob:
     copies: int = 1
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("pacskit.media.burner"))
     cancelled: Callable[[], bool] = lambda: False
+    #: the label of each volume (PDF, :mod:`pacskit.media.label`), same order as ``volumes``; empty
+    #: when the request asked for no label. A burner with a printer prints them on the discs.
+    labels: list[Path] = field(default_factory=list)
 
 
 class Burner(Protocol):
@@ -90,6 +97,11 @@ class FolderBurner:
                     shutil.rmtree(target) if target.is_dir() else target.unlink()
                 shutil.move(str(volume), str(target))
             made.append(str(target))
+        for volume, label in zip(job.volumes, job.labels, strict=False):
+            target = dest_dir / label_name(volume)
+            if label.resolve() != target.resolve():
+                shutil.move(str(label), str(target))
+            job.log.info("label of %s: %s", volume.name, target)
         return made
 
 
@@ -102,7 +114,9 @@ class OpticalBurner:
     prints the command and writes nothing), ``speed`` (0: the drive's choice), ``eject``, and
     ``program`` (the tool's path when not on ``PATH``). Between two pieces of media the burner asks
     ``change_media`` (a command run with the piece number, e.g. to drive a tray or ask an operator;
-    empty: none, fine for a single disc or a robot).
+    empty: none, fine for a single disc or a robot). ``label_command`` prints the label of each piece
+    after it is burnt: a command with ``{label}`` replaced by the label's PDF (``lp -d discprinter
+    {label}`` through CUPS); empty: labels are not printed (logged).
     """
 
     name: ClassVar[str] = "optical"
@@ -110,7 +124,7 @@ class OpticalBurner:
 
     def __init__(self, device: str = "/dev/sr0", tool: str = "xorriso", dry_run: bool = False, speed: int = 0,
                  eject: bool = True, program: str | None = None, change_media: str = "",
-                 timeout: float = 3600) -> None:
+                 timeout: float = 3600, label_command: str = "") -> None:
         if tool not in ("xorriso", "growisofs"):
             raise ValueError(f"optical burner: tool must be xorriso or growisofs, not {tool!r}")
         self.program = program or shutil.which(tool)
@@ -118,6 +132,9 @@ class OpticalBurner:
             raise ValueError(f"optical burner: {tool} is not installed")
         self.device, self.tool, self.dry_run, self.speed, self.eject = device, tool, dry_run, speed, eject
         self.change_media, self.timeout = change_media, timeout
+        if label_command and "{label}" not in label_command:
+            raise ValueError("optical burner: label_command must contain {label} (the label's PDF)")
+        self.label_command = shlex.split(label_command)
 
     def command(self, image: Path) -> list[str]:
         """The command that writes ``image`` to the drive."""
@@ -148,6 +165,12 @@ class OpticalBurner:
                 if piece > 1 and self.change_media:
                     self._run([self.change_media, str(piece)], job, "change media")
                 self._run(self.command(image), job, f"copy {copy} volume {n}")
+                if n <= len(job.labels):
+                    if self.label_command:
+                        self._run([a.replace("{label}", str(job.labels[n - 1])) for a in self.label_command], job,
+                                  f"label of copy {copy} volume {n}")
+                    elif copy == 1:
+                        job.log.info("no label_command: the label %s is not printed", job.labels[n - 1])
                 made.append(f"{self.device} copy {copy} volume {n}/{len(job.volumes)}"
                             + (" (dry run)" if self.dry_run else ""))
         return made

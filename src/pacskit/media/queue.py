@@ -413,14 +413,43 @@ class FailedInstances(MediaError):
 def _info_of(exc: Exception) -> str:
     """Execution Status Info (implementation-defined terms, docs/media-pdi-conformance.md)."""
     from pacskit.media.fileset import DoesNotFit
+    from pacskit.media.label import LabelError
 
     if isinstance(exc, DoesNotFit):
         return "DOES_NOT_FIT"
+    if isinstance(exc, LabelError):
+        return "LABEL_FAILURE"
     if isinstance(exc, BurnError):
         return "BURNER_FAILURE"
     if isinstance(exc, OSError):
         return "OUT_OF_RESOURCES" if getattr(exc, "errno", None) == 28 else "PROCESSING_FAILURE"
     return "PROCESSING_FAILURE"
+
+
+def _labels(req: MediaRequest, sources: list[Any], volumes: list[Path], work: Path) -> list[Path]:
+    """One label PDF per volume when the request asks for a label (text, from the instances, a barcode);
+    :class:`pacskit.media.label.LabelError` fails the request before anything is burnt."""
+    from pacskit.media.label import LabelRequest, label_name, studies_of, write_label
+
+    wanted = LabelRequest(req.label, req.label_from_instances, req.barcode_value, req.barcode_symbology, req.label_style)
+    if not wanted.wanted:
+        return []
+    work.mkdir(parents=True, exist_ok=True)
+    studies = studies_of(_first_per_study(sources)) if wanted.from_instances else []
+    return [write_label(work / label_name(volume), wanted, studies, n, len(volumes))
+            for n, volume in enumerate(volumes, 1)]
+
+
+def _first_per_study(sources: list[Any]) -> list[str]:
+    """One file per study (the index knows the study of each source; unknown ones are all read)."""
+    seen: dict[str, str] = {}
+    rest = []
+    for s in sources:
+        if not s.study_uid:
+            rest.append(s.path)
+        elif s.study_uid not in seen:
+            seen[s.study_uid] = s.path
+    return list(seen.values()) + rest
 
 
 def archive_executor(store: DataStore, burner: Any, fmt: str, log: logging.Logger,
@@ -460,7 +489,8 @@ def archive_executor(store: DataStore, burner: Any, fmt: str, log: logging.Logge
             raise FailedInstances("UNUSABLE_INSTANCE", [[wanted.get(exc.sop_instance_uid, ""), exc.sop_instance_uid,
                                                           PROCESSING_FAILURE]]) from exc
         volumes = [[fid, fuid] for fid, fuid in result.filesets]
-        made = burner.burn(BurnJob(req.uid, result.paths, fmt, req.label, req.copies, log, cancelled))
+        labels = _labels(req, sources, result.paths, work / "labels")
+        made = burner.burn(BurnJob(req.uid, result.paths, fmt, req.label, req.copies, log, cancelled, labels))
         return list(made), volumes, len(made) if made else len(result.paths)
 
     return execute
