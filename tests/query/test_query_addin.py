@@ -245,9 +245,20 @@ def test_findscu_cancel_stops_the_answers(bulk_server: Server, tmp_path: Path) -
     keys = ["QueryRetrieveLevel=STUDY", "PatientID=BP0001*", "StudyInstanceUID"]
     answers, out = findscu(bulk_server.port, "-S", keys, tmp_path / "all")
     assert len(answers) == 1000, out[-2000:]
+    # findscu sends its C-CANCEL once the first answer is in; when it arrives is up to the machine. Most
+    # of the time answers remain and the final status is Cancel (0xFE00); on a loaded machine the server
+    # may have sent all 1,000 before the cancel is read, and then Success is the right final status
+    # (PS3.7 C.4.1.2.3: a cancel after the last answer changes nothing). The deterministic case, a
+    # C-CANCEL right behind its C-FIND, is tests/query/test_date_time_and_cancel.py.
     answers, out = findscu(bulk_server.port, "-S", keys, tmp_path / "cancel", "--cancel", "1")
-    assert "Cancel" in out.splitlines()[-2] or "Matching terminated due to Cancel" in out, out[-2000:]
-    assert 1 <= len(answers) < 1000, len(answers)
+    final = out.splitlines()[-2]
+    if "Cancel" in final or "Matching terminated due to Cancel" in out:
+        assert 1 <= len(answers) < 1000, len(answers)
+    else:
+        assert "Final Find Response (Success)" in final and len(answers) == 1000, out[-2000:]
+    assert "Releasing Association" in out  # an orderly end either way
+    answers, out = findscu(bulk_server.port, "-S", keys, tmp_path / "again")
+    assert len(answers) == 1000, out[-2000:]  # and the server goes on answering
 
 
 # --- Orthanc as the query client (REST /modalities/{id}/query) --------------------------------------
