@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pacskit.services import AddIn, BaseServices, TlsSetup
+from pacskit.services import AddIn, Admission, BaseServices, TlsSetup
 from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
 from pacskit.audit.service import Audit
@@ -162,6 +162,7 @@ class Server:
         self.http: Any = None  # pacskit.server.http.PublicHttp once an add-in serves HTTP
         #: the audit trail base service, shared by every add-in (the audit add-in attaches its trail)
         self.audit = Audit()
+        self.admission = Admission()
 
     # ------------------------------------------------------------------ start-up
 
@@ -230,6 +231,10 @@ class Server:
             access.service_names = self._service_names(generation.addins)
         self.services = generation.services
         self.addins = generation.addins
+        self.admission.deciders = [
+            (addin.name, addin.admit_instance) for addin in sorted(generation.addins, key=lambda a: a.name)
+            if type(addin).admit_instance is not AddIn.admit_instance
+        ]
         self.contexts = generation.contexts
         self._negotiators = generation.negotiators
         self._generations[id(generation.services)] = generation
@@ -290,6 +295,7 @@ class Server:
                 settings=settings,
                 data_dir=settings.data_path,
                 audit=self.audit,
+                admission=self.admission,
             )
 
         self._base_for = base_for
