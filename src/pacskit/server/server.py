@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pacskit.services import AddIn, Admission, BaseServices, TlsSetup
+from pacskit.services import AddIn, Admission, BaseServices, TlsSetup, Workflow
 from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
 from pacskit.audit.service import Audit
@@ -163,6 +163,7 @@ class Server:
         #: the audit trail base service, shared by every add-in (the audit add-in attaches its trail)
         self.audit = Audit()
         self.admission = Admission()
+        self.workflow = Workflow()
 
     # ------------------------------------------------------------------ start-up
 
@@ -235,6 +236,10 @@ class Server:
             (addin.name, addin.admit_instance) for addin in sorted(generation.addins, key=lambda a: a.name)
             if type(addin).admit_instance is not AddIn.admit_instance
         ]
+        self.workflow.observers = [
+            (addin.name, addin.workflow_event) for addin in sorted(generation.addins, key=lambda a: a.name)
+            if type(addin).workflow_event is not AddIn.workflow_event
+        ]
         self.contexts = generation.contexts
         self._negotiators = generation.negotiators
         self._generations[id(generation.services)] = generation
@@ -296,6 +301,7 @@ class Server:
                 data_dir=settings.data_path,
                 audit=self.audit,
                 admission=self.admission,
+                workflow=self.workflow,
             )
 
         self._base_for = base_for

@@ -29,6 +29,9 @@ An add-in is a class deriving from :class:`AddIn`. It declares
   (:class:`IncomingInstance`): return a :class:`Response` to answer it instead (a refusal, or a
   success that stores nothing), ``None`` to let it in. The routing add-in's ``drop`` rules use it;
   the Storage add-in asks :attr:`BaseServices.admission`, which asks every enabled add-in;
+- :meth:`AddIn.workflow_event`: optional, an observer of what happens to patients outside DICOM
+  storage (:class:`WorkflowEvent`: an HL7 ADT or order received…), published by an add-in through
+  :attr:`BaseServices.workflow`; the prefetch add-in fetches prior studies on them;
 - :meth:`AddIn.tls_setup`: optional, for a security add-in: the TLS listener's ``ssl.SSLContext``, its
   port, and the contexts of outgoing associations to AEs the registry marks ``tls`` (a
   :class:`TlsSetup`; the built-in one is :mod:`pacskit.addins.tls`). At most one enabled add-in may
@@ -116,6 +119,8 @@ class BaseServices:
     - ``data_dir``: the server's data folder (add-ins keep their own files in a sub-folder)
     - ``audit``: the server's audit trail (:class:`pacskit.audit.Audit`): report security-relevant
       events with ``base.audit.security_alert(...)`` and the like; a no-op while no add-in keeps a trail
+    - ``workflow``: publish a :class:`WorkflowEvent` to every enabled add-in's
+      :meth:`AddIn.workflow_event` (``workflow.publish(event)``)
     - ``admission``: the decisions of the enabled add-ins on a C-STORE before it is stored
       (:meth:`AddIn.admit_instance`); a storage service calls ``admission.check(instance)``
     """
@@ -129,6 +134,36 @@ class BaseServices:
     data_dir: Path
     audit: Audit = field(default_factory=Audit)
     admission: Admission = field(default_factory=lambda: Admission())
+    workflow: Workflow = field(default_factory=lambda: Workflow())
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowEvent:
+    """Something that happened to a patient outside DICOM storage, for add-ins that act on it.
+
+    ``kind`` says where it comes from (``"hl7"``); ``patient_id`` is the patient's ID as the archive
+    knows it; ``detail`` carries the source's own values (for HL7: ``event`` such as ``"A04"`` or
+    ``"O01"``, ``message_type``, ``control_id``, ``modality`` when an order names one)."""
+
+    kind: str
+    patient_id: str
+    detail: Mapping[str, str] = field(default_factory=dict)
+
+
+class Workflow:
+    """Delivers :class:`WorkflowEvent` objects to the enabled add-ins' :meth:`AddIn.workflow_event`,
+    in the order of their names, in the publisher's thread. An observer that raises is logged and
+    the others still get the event. The server fills :attr:`observers` when its add-ins are loaded."""
+
+    def __init__(self) -> None:
+        self.observers: list[tuple[str, Callable[[WorkflowEvent], None]]] = []
+
+    def publish(self, event: WorkflowEvent) -> None:
+        for name, observe in self.observers:
+            try:
+                observe(event)
+            except Exception:
+                logging.getLogger(f"pacskit.addin.{name}").exception("workflow_event %s failed", event.kind)
 
 
 @dataclass(slots=True)
@@ -286,6 +321,14 @@ class AddIn:
         quick; :meth:`IncomingInstance.header` decodes the attributes once for every add-in."""
         return None
 
+    def workflow_event(self, event: WorkflowEvent) -> None:
+        """Observe a :class:`WorkflowEvent` another add-in published (an HL7 ADT, an order…).
+
+        Called synchronously in the publisher's thread before the publisher acknowledges what caused
+        the event (the HL7 add-in sends its ACK afterwards): write what must not be lost to durable
+        storage here, and do the slow work later (a task, a queue). Exceptions are logged, never
+        reach the publisher."""
+
     def tls_setup(self) -> TlsSetup | None:
         """The server's TLS, for a security add-in; ``None`` (the default) for every other add-in.
 
@@ -365,5 +408,7 @@ __all__ = [
     "Status",
     "SupportedContext",
     "TlsSetup",
+    "Workflow",
+    "WorkflowEvent",
     "misspelled_hooks",
 ]
