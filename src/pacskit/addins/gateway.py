@@ -72,6 +72,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydicom.dataset import Dataset
 
+from pacskit.addins.fetching import store_handler
 from pacskit.addins.query import QueryAddIn, QueryOptions
 from pacskit.addins.retrieve import (
     PATIENT_ROOT_GET,
@@ -422,7 +423,7 @@ class GatewayAddIn(AddIn):
 
             contexts += get_contexts()
             services = Services()
-            services.register("C-STORE", self._store_fetched(title))
+            services.register("C-STORE", store_handler(self.base, title))
         base = _Counts(completed=counts.completed, failed=counts.failed, warning=counts.warning)
         try:
             assoc = await self.base.dicom_request.associate(title, contexts, services=services)
@@ -478,35 +479,6 @@ class GatewayAddIn(AddIn):
                         outcome.refusal = Response(rsp.status, elements={"ErrorComment": f"{title}: {comment}"[:64]})
                     log.info("gateway %s via %s: 0x%04X, %d completed, %d failed, %d warning", service, title,
                              rsp.status, now.completed, now.failed, now.warning)
-
-    def _store_fetched(self, title: str) -> Any:
-        """The C-STORE handler of a fetch by C-GET: each instance into the store (durable, indexed)."""
-        from pacskit.store import InvalidInstance
-
-        store = self.base.store
-        assert store is not None
-        log = self.base.log
-
-        def on_store(request: Request) -> int:
-            received = request.received
-            if received is None or received.path is None:
-                return Status.UNABLE_TO_PROCESS
-            try:
-                store.ingest(received, source_ae=title, expected_sop_instance_uid=request.sop_instance_uid,
-                             expected_sop_class_uid=request.sop_class_uid,
-                             duplicate_policy="keep-first")
-            except InvalidInstance as exc:
-                log.warning("gateway: instance %s from %s refused: %s", request.sop_instance_uid, title, exc)
-                return Status.CANNOT_UNDERSTAND
-            except OSError as exc:
-                log.error("gateway: instance %s from %s not stored: %s", request.sop_instance_uid, title, exc)
-                return Status.OUT_OF_RESOURCES
-            return Status.SUCCESS
-
-        async def handle(request: Request) -> int:
-            return await asyncio.to_thread(on_store, request)
-
-        return handle
 
 
 @dataclass(slots=True)
