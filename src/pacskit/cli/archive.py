@@ -129,6 +129,61 @@ def move_series_command(
     typer.echo(f"{verb} series {series} ({report['instances']} instances) to study {study}")
 
 
+@app.command("correct")
+def correct_command(
+    level: Annotated[str, typer.Argument(help="study or series")],
+    uid: Annotated[str, typer.Argument(help="Study or Series Instance UID")],
+    changes: Annotated[list[str], typer.Argument(help="Keyword=value pairs (Keyword= empties it)")],
+    new_uids: Annotated[bool, typer.Option("--new-uids", help="give the study/series and its instances new UIDs")] = False,
+    forward_to: Annotated[Optional[list[str]], typer.Option("--forward-to", help="AE title that gets the corrected instances (repeatable; the server must run)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="say what would change; change nothing")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="why (logged, audited)")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Correct attributes of a stored study or series: index and files, crash-safely, audited; the old
+    values recorded in each file's Original Attributes Sequence (docs/corrections.md)."""
+    from pacskit.admin.manager import admin_client, api_reachable
+    from pacskit.server.admin_store import local_user
+
+    if level not in ("study", "series"):
+        typer.echo(f"error: level must be study or series, not {level!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    parsed: dict[str, str] = {}
+    for change in changes:
+        keyword, sep, value = change.partition("=")
+        if not sep or not keyword.strip():
+            typer.echo(f"error: {change!r} is not Keyword=value", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        parsed[keyword.strip()] = value
+    settings = existing_server_settings(config, data_dir)
+    body = {"level": level, "uid": uid, "changes": parsed, "uid_policy": "new" if new_uids else "keep",
+            "forward_to": forward_to or [], "dry_run": dry_run, "reason": reason, "user": local_user()}
+    if api_reachable(settings.folder):
+        from pacskit.cli.server import check
+
+        with admin_client(settings.folder, timeout=3600.0) as client:
+            report = check(client.post("/store/correct", json=body))
+    else:
+        if forward_to:
+            typer.echo("error: --forward-to needs the running server (it sends through its AE registry)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        report = _offline(settings, body, "correct")
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    verb = "would change" if report["dry_run"] else "changed"
+    typer.echo(f"{verb} {report['instances']} instances of {level} {uid}: "
+               + ", ".join(f"{k}={v!r}" for k, v in report["changes"].items()))
+    if report["new_uids"].get(uid):
+        typer.echo(f"new {level} UID: {report['new_uids'][uid]}")
+    for title, sent in (report.get("forwarded") or {}).items():
+        typer.echo(f"forwarded to {title}: {sent['sent']} sent, {sent['failed']} failed")
+    if any(sent["failed"] for sent in (report.get("forwarded") or {}).values()):
+        raise typer.Exit(EXIT_FAILURE_STATUS)
+
+
 @app.command("compress")
 def compress_command(
     level: Annotated[str, typer.Argument(help="patient, study, series or instance")],
@@ -184,6 +239,10 @@ def _offline(settings: Any, body: dict[str, Any], what: str) -> dict[str, Any]:
                             raise typer.Exit(EXIT_USAGE) from None
                     if what == "move-series":
                         return move(store, audit, MoveSeriesRequest(**body), user=body["user"])
+                    if what == "correct":
+                        from pacskit.server.admin_store import CorrectRequest, correct
+
+                        return correct(store, audit, CorrectRequest(**body), user=body["user"])
                     return merge(store, audit, MergeRequest(**body), user=body["user"])
                 except CorrectionError as exc:
                     typer.echo(f"error: {exc}", err=True)
