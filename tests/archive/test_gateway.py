@@ -421,3 +421,33 @@ def _held(store, study: str) -> set[str]:  # type: ignore[no-untyped-def]
     with store.index.reading() as s:
         return set(s.scalars(select(Instance.sop_instance_uid).join(Series, Instance.series_fk == Series.pk)
                              .join(Study, Series.study_fk == Study.pk).where(Study.study_instance_uid == study)))
+
+
+def test_pending_counts_are_relayed(remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """pacskit's own SCU through the gateway: every Pending response's counts add up to the study's 12
+    instances; while fetching nothing is completed yet; direct mode relays Orthanc's own counts."""
+    from pacskit.client import QueryRetrieveScu
+
+    orth, files = remote
+    study = _study_uid(files["a"])
+    for mode in ("fetch", "direct"):
+        folder = tmp_path / mode / "pacs"
+        with storescp(tmp_path / mode / "dest", port=orth.dest_port) as scp:
+            _settings(folder, move_mode=f'"{mode}"', local="false" if mode == "direct" else "true")
+            (folder / "server.toml").write_text((folder / "server.toml").read_text()
+                                                + "[addins.gateway.retrieve]\npending_interval = 0\n")
+            _register(folder, ORTHANC=orth.port, DEST=scp.port)
+            with running_server(folder, addin_classes=[VerificationAddIn, StorageAddIn, GatewayAddIn]) as server:
+                scu = QueryRetrieveScu(f"{AE}@127.0.0.1:{server.port}")
+                progress: list = []  # type: ignore[type-arg]
+                scu.on("progress", progress.append)
+                result = scu.move_sync({"StudyInstanceUID": study}, level="STUDY", destination="DEST")
+        assert result.ok and (result.completed, result.failed) == (12, 0), (mode, result)
+        pending = [p for p in progress if p.status == 0xFF00]
+        assert pending, (mode, progress)
+        for p in pending:
+            assert p.remaining is not None and p.remaining + p.completed + p.failed + p.warning == 12, (mode, p)
+        assert [p.completed for p in pending] == sorted(p.completed for p in pending)
+        if mode == "fetch":
+            assert pending[0].completed == 0 and pending[0].remaining == 12
+            assert max(p.completed for p in pending) > 0  # the local send's own progress follows
