@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import signal
 import subprocess
@@ -256,9 +257,10 @@ def test_a_c_cancel_is_forwarded_and_answered_cancel(tmp_path: Path) -> None:
     assert saw_cancel.is_set()
 
 
-def test_movescu_fetches_through_pacskit_and_caches(remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_movescu_fetches_through_pacskit_and_caches(remote, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     orth, files = remote
     study = _study_uid(files["a"])
+    caplog.set_level(logging.INFO)
     for fetch_with in ("C-GET", "C-MOVE"):
         folder = tmp_path / fetch_with / "pacs"
         with storescp(tmp_path / fetch_with / "dest") as scp:
@@ -273,6 +275,11 @@ def test_movescu_fetches_through_pacskit_and_caches(remote, tmp_path: Path) -> N
                 assert server.store is not None
                 cached = _held(server.store, study)
                 assert cached == _file_uids(files["a"])  # kept: the next retrieve is served from here
+                caplog.clear()
+                output = _dcmtk("movescu", server.port, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}"],
+                                tmp_path / fetch_with / "move", "-aem", "DEST")
+                assert "Received Final Move Response (Success)" in output, output
+                assert any("here already; not fetched" in r.getMessage() for r in caplog.records)
 
 
 def _final_move_status(output: str) -> str:

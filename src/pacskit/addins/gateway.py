@@ -30,7 +30,9 @@ query stops, and the answer is Cancel (0xFE00).
 
 * ``fetch`` (default): the instances are fetched from each remote into pacskit's store (C-GET, or a
   C-MOVE to pacskit's own AE title with ``fetch_with = "C-MOVE"``), then sent to the destination by
-  the local retrieve, from the store. The destination need only be in pacskit's registry; what was
+  the local retrieve, from the store. With ``reuse_cached`` (the default), a study or series (one UID)
+  the store already holds as many instances of as the remote counts (one C-FIND for its Number of
+  Study / Series Related Instances) is not fetched again. The destination need only be in pacskit's registry; what was
   fetched stays in the store (a cache: the next retrieve of the study sends the same files). Each
   fetched instance is stored with the store's usual durability (acknowledged to the remote only once
   durable and indexed), so a crash or kill -9 during a move leaves complete instances or none; the
@@ -72,7 +74,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydicom.dataset import Dataset
 
-from pacskit.addins.fetching import store_handler
+from pacskit.addins.fetching import RemoteFailed, find_remote, store_handler
 from pacskit.addins.query import QueryAddIn, QueryOptions
 from pacskit.addins.retrieve import (
     PATIENT_ROOT_GET,
@@ -113,6 +115,8 @@ class GatewayOptions(AddInOptions):
     direct_destinations: dict[str, list[str]] = Field(
         default_factory=dict,
         description="move_mode auto: remote AE title -> the destinations it knows (it is told to move to them directly)")
+    reuse_cached: bool = Field(
+        True, description="fetch nothing when the store holds as many instances of the study/series as the remote")
     keep_retrieve_ae: bool = Field(False, description="relay the remote's Retrieve AE Title instead of pacskit's")
     query: QueryOptions = Field(default_factory=lambda: QueryOptions.model_validate({}), description="options of the local C-FIND")
     retrieve: RetrieveOptions = Field(default_factory=lambda: RetrieveOptions.model_validate({}), description="options of the local retrieve")
@@ -390,6 +394,9 @@ class GatewayAddIn(AddIn):
             fetched.refusal = Response(Status.OUT_OF_RESOURCES_SUBOPS, elements={"ErrorComment": "no data store"})
             return
         for title in titles:
+            if self.options.reuse_cached and await self._held_whole(title, request, identifier):
+                self.base.log.info("gateway %s: what %s holds of it is here already; not fetched", request.service, title)
+                continue
             counts = _Counts()
             destination = self.base.settings.ae_title if self.options.fetch_with == "C-MOVE" else None
             async for response in self._remote_retrieve(title, request, identifier, destination, fetched, counts):
@@ -402,6 +409,54 @@ class GatewayAddIn(AddIn):
             fetched.failed_uids.extend(counts.failed_uids)
             if fetched.cancelled:
                 return
+
+    async def _held_whole(self, title: str, request: Request, identifier: Dataset) -> bool:
+        """The store already holds every instance ``title`` has of the study / series the identifier
+        names (one UID at STUDY or SERIES level): the remote's Number of Study / Series Related
+        Instances (one C-FIND) against the index's count. Anything else (several UIDs, IMAGE or
+        PATIENT level, a remote that does not return the count, an error): ``False``, fetch."""
+        from sqlalchemy import select
+
+        from pacskit.store import Series, Study
+
+        level = str(identifier.get("QueryRetrieveLevel", "") or "").upper()
+        if level == "STUDY":
+            key, count_key, count_column, column = ("StudyInstanceUID", "NumberOfStudyRelatedInstances",
+                                                    Study.num_instances, Study.study_instance_uid)
+        elif level == "SERIES":
+            key, count_key, count_column, column = ("SeriesInstanceUID", "NumberOfSeriesRelatedInstances",
+                                                    Series.num_instances, Series.series_instance_uid)
+        else:
+            return False
+        uid = str(identifier.get(key, "") or "")
+        if not uid or "\\" in uid or "*" in uid or "?" in uid:
+            return False
+        store = self.base.store
+        assert store is not None
+
+        def held() -> int:
+            with store.index.reading() as s:
+                return int(s.scalar(select(count_column).where(column == uid)) or 0)
+
+        have = await asyncio.to_thread(held)
+        if not have:
+            return False
+        query = Dataset()
+        query.QueryRetrieveLevel = level
+        if level == "SERIES":
+            query.StudyInstanceUID = identifier.get("StudyInstanceUID", "")
+        setattr(query, key, uid)
+        setattr(query, count_key, "")
+        if level == "SERIES" and not query.StudyInstanceUID:
+            return False  # a hierarchical Study Root query at SERIES level needs the study
+        try:  # Study Root whatever the request's model: the one every Q/R SCP answers at these levels
+            answers = await find_remote(self.base, title, query, STUDY_ROOT_FIND)
+        except (RemoteFailed, NetError, OSError, LookupError):
+            return False
+        counts = [a.get(count_key) for a in answers]
+        if len(counts) != 1 or counts[0] in (None, ""):
+            return False
+        return have >= int(counts[0])
 
     async def _remote_retrieve(self, title: str, request: Request, identifier: Dataset, destination: str | None,
                                outcome: _Fetched, counts: _Counts) -> AsyncIterator[Response]:
