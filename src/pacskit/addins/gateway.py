@@ -203,7 +203,7 @@ class GatewayAddIn(AddIn):
                         break
             running = len(remote_tasks) if failure is None else 0
             while running:
-                if request.cancelled.is_set() and answers.empty():
+                if request.cancelled.is_set():  # the remotes end their own C-FINDs (forwarded C-CANCEL)
                     await asyncio.wait(remote_tasks, timeout=_CANCEL_GRACE)
                     break
                 getter = asyncio.ensure_future(answers.get())
