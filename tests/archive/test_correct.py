@@ -102,10 +102,16 @@ def test_correct_a_study_keeping_the_uids_from_the_cli(tmp_path: Path) -> None:
     assert len(audited) == 1 and study in audited[0]
     bad = _pacskit("correct", "study", study, "PatientName=X^Y", "--data-dir", str(folder))
     assert bad.returncode == 1 and "update the patient" in bad.stderr, bad.stderr
-    bad = _pacskit("correct", "study", study, "StudyDate=2024-01-01", "--data-dir", str(folder))
-    assert bad.returncode == 1 and "StudyDate" in bad.stderr, bad.stderr
-    bad = _pacskit("correct", "series", study, "SeriesDescription=X", "--data-dir", str(folder))
-    assert bad.returncode == 1 and "no series" in bad.stderr, bad.stderr
+    store = open_store(load_settings(folder))
+    try:
+        with pytest.raises(CorrectionError, match="StudyDate"):
+            correct_attributes(store, "study", study, {"StudyDate": "2024-01-01"})
+        with pytest.raises(CorrectionError, match="no series"):
+            correct_attributes(store, "series", study, {"SeriesDescription": "X"})
+        with pytest.raises(CorrectionError, match="not a DICOM keyword"):
+            correct_attributes(store, "study", study, {"StudyDescriptio": "X"})
+    finally:
+        store.close()
 
 
 def test_new_uids_through_the_admin_api_forwarded_to_storescp(tmp_path: Path) -> None:

@@ -178,6 +178,8 @@ def test_each_trigger_prefetches_the_priors_the_rules_pick(remote, tmp_path: Pat
         _wait(lambda: _studies_of(store, "PF-STUDY") == expected, "the new study's priors")
 
         prefetch = next(a for a in server.addins if a.name == "prefetch")
+        # the studies are in before their job is marked done
+        _wait(lambda: all(j.state == "done" for j in prefetch.queue.jobs()), "every job done")
         jobs = prefetch.queue.jobs()
         assert sorted((j.patient_id, j.trigger, j.state, j.studies_fetched) for j in jobs) == [
             ("PF-HL7", "hl7", "done", 2), ("PF-MPPS", "mpps", "done", 2), ("PF-STUDY", "study", "done", 2),

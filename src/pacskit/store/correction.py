@@ -20,6 +20,7 @@ import copy
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -329,7 +330,9 @@ def _checked_changes(level: str, changes: dict[str, str]) -> dict[str, str]:
             raise CorrectionError(f"{keyword} is a study attribute: correct the study")
         if keyword == "SeriesNumber" and value and not value.strip().lstrip("+-").isdigit():
             raise CorrectionError(f"SeriesNumber must be an integer, not {value!r}")
-        probe.add_new(tag, vr, value)
+        with warnings.catch_warnings():  # pydicom warns of the invalid value the check below names
+            warnings.simplefilter("ignore")
+            probe.add_new(tag, vr, value)
     try:
         check_entry_values(probe)
     except ValueError as exc:
