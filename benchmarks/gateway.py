@@ -132,7 +132,7 @@ def main() -> int:
                                                        args.repeat)
                             continue
 
-                        def forget() -> None:
+                        def forget(folder: Path = folder) -> None:
                             subprocess.run([PYTHON, "-m", "pacskit", "delete", "study", study_uid, "--data-dir",
                                             str(folder)], capture_output=True, check=False)
 
