@@ -67,6 +67,14 @@ def _index(folder: Path) -> tuple[dict[str, tuple[str | None, str | None]], dict
         store.close()
 
 
+def _wait_for(condition, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def _pacskit(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pacskit", *args], capture_output=True, text=True, timeout=120)
 
@@ -119,8 +127,14 @@ def test_new_uids_through_the_admin_api_forwarded_to_storescp(tmp_path: Path) ->
         pytest.skip("DCMTK is needed")
     folder, study, series = _folder(tmp_path)
     before = {str(ds.SOPInstanceUID): ds for ds in _files(folder) if ds.SeriesInstanceUID == series[1]}
-    with storescp(tmp_path / "dest") as scp:
+    with storescp(tmp_path / "dest") as scp, storescp(tmp_path / "routed") as routed_scp:
         FileAeRegistry(folder / "ae-titles.toml").add(RemoteAE(title="WS1", host="127.0.0.1", port=scp.port))
+        FileAeRegistry(folder / "ae-titles.toml").add(RemoteAE(title="WS2", host="127.0.0.1", port=routed_scp.port))
+        # a routing rule that forwards corrections (and CTs as they arrive: none arrive here)
+        (folder / "server.toml").write_text((folder / "server.toml").read_text()
+                                            + "[addins.routing]\nenabled = true\nscan_interval = 0.2\n"
+                                            'rules = [{name = "ct", modalities = ["CT"], destinations = ["WS2"], '
+                                            "forward_corrections = true}]\n")
         with running_server(folder) as server, httpx.Client(
                 transport=httpx.HTTPTransport(uds=str(folder / "FIXPACS.sock")), base_url="http://x") as api:
             refused = api.post("/store/correct", json={"level": "series", "uid": series[1],
@@ -132,8 +146,11 @@ def test_new_uids_through_the_admin_api_forwarded_to_storescp(tmp_path: Path) ->
             assert answer.status_code == 200, answer.text
             report = answer.json()
             assert server.store is not None
+            routed_dir = tmp_path / "routed"
+            _wait_for(lambda: len(list(routed_dir.glob("*.dcm"))) == 2, "the routing add-in to forward the correction")
         assert report["forwarded"] == {"WS1": {"sent": 2, "failed": 0, "errors": []}}
         received = [pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "dest").glob("*.dcm")]
+        routed = [pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "routed").glob("*.dcm")]
     new_series = report["new_uids"][series[1]]
     assert len(report["new_uids"]) == 3 and study not in report["new_uids"]  # the series and its 2 instances
     _studies, series_rows, ok = _index(folder)
@@ -148,6 +165,7 @@ def test_new_uids_through_the_admin_api_forwarded_to_storescp(tmp_path: Path) ->
         assert old.SeriesInstanceUID == series[1] and old.SOPInstanceUID == source.ReferencedSOPInstanceUID
         assert ds.StudyInstanceUID == study and ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert {str(ds.SOPInstanceUID) for ds in received} == {str(ds.SOPInstanceUID) for ds in after}
+    assert {str(ds.SOPInstanceUID) for ds in routed} == {str(ds.SOPInstanceUID) for ds in after}
     store = open_store(load_settings(folder), recover=False)
     try:
         with store.index.reading() as s:
@@ -215,4 +233,3 @@ def test_a_series_attribute_is_not_corrected_at_study_level(tmp_path: Path) -> N
         assert store.check().ok
     finally:
         store.close()
-    assert time.monotonic() > 0

@@ -285,6 +285,13 @@ def store_router(server: Server) -> APIRouter:
             report = await asyncio.to_thread(correct, store, server.audit, request, user=request.user or "admin-api")
         except CorrectionError as exc:
             raise HTTPException(422, str(exc)) from None
+        if not request.dry_run and report["studies"]:
+            # the routing add-in's forward_corrections rules queue the corrected instances again
+            from pacskit.services import WorkflowEvent
+
+            detail = {"level": request.level, "uid": report["new_uids"].get(request.uid, request.uid)}
+            event = WorkflowEvent("correction", report["studies"][0]["patient_id"] or "", detail)
+            await asyncio.to_thread(server.workflow.publish, event)
         if request.forward_to and not request.dry_run:
             report["forwarded"] = await forward_corrected(server, report, request.forward_to)
         return report

@@ -51,7 +51,7 @@ from pacskit.dicom.status import status_category
 from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 from pacskit.net import NetError, RequestedContext
 from pacskit.net import events as ev
-from pacskit.services import AddIn, AddInOptions, IncomingInstance, Response
+from pacskit.services import AddIn, AddInOptions, IncomingInstance, Response, WorkflowEvent
 from pacskit.store import Instance, Series, Study
 
 log = logging.getLogger("pacskit.addin.routing")
@@ -78,6 +78,9 @@ class Rule(BaseModel):
     time_window: str | None = Field(None, pattern=r"^\d\d:\d\d-\d\d:\d\d$",
                                     description="HH:MM-HH:MM, server local time of reception (may wrap midnight)")
     anonymize_project: str | None = Field(None, description="send de-identified copies (this project's key)")
+    forward_corrections: bool = Field(
+        False, description="also send the instances of a study/series corrected through the admin API "
+        "(pacskit correct) again, when they match the rule")
 
     @model_validator(mode="after")
     def _one_action(self) -> Rule:
@@ -196,6 +199,39 @@ class RoutingAddIn(AddIn):
                 return Response(rule.drop_status,
                                 elements={} if rule.drop_status == 0 else {"ErrorComment": comment[:64]})
         return None
+
+    # ------------------------------------------------------------------ corrections forwarded again
+
+    def workflow_event(self, event: WorkflowEvent) -> None:
+        """A study or series corrected through the admin API (``kind = "correction"``, ``level``,
+        ``uid``: its UID after the correction): its instances are queued again for the destinations
+        of the forward rules with ``forward_corrections`` that they match, before the correction's
+        answer is sent."""
+        queue, store = getattr(self, "queue", None), self.base.store
+        if event.kind != "correction" or queue is None or store is None:
+            return
+        rules = [r for r in self.options.rules if r.drop_status is None and r.forward_corrections]
+        if not rules:
+            return
+        column = Study.study_instance_uid if event.detail.get("level") == "study" else Series.series_instance_uid
+        columns = (Instance.pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.source_ae,
+                   Series.modality, Study.study_instance_uid, Instance.blob_key, Instance.received_at)
+        with store.index.reading() as s:
+            rows = list(s.execute(select(*columns).join(Series, Instance.series_fk == Series.pk)
+                                  .join(Study, Series.study_fk == Study.pk)
+                                  .where(column == event.detail.get("uid", "")).order_by(Instance.pk)).all())
+        needs_header = any(rule.match for rule in rules)
+        jobs: list[NewJob] = []
+        for row in rows:
+            header = self._header(row.blob_key) if needs_header else None
+            for rule in rules:
+                if _rule_matches(rule, row, header):
+                    jobs.extend(NewJob(dest, rule.name, rule.anonymize_project, row.pk, row.sop_instance_uid,
+                                       row.study_instance_uid) for dest in rule.destinations)
+        if jobs:
+            queue.record(jobs, [], 0, 0)
+            log.info("routing: %d corrected instances queued again (%d jobs)", len(rows), len(jobs))
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     # ------------------------------------------------------------------ rules -> jobs
 
