@@ -16,6 +16,13 @@ stored file's value), ``time_window`` (``"HH:MM-HH:MM"``, the server's local tim
 ``anonymize_project`` sends a de-identified copy (:mod:`pacskit.dicom.anonymize`, that project's key,
 the same one ``pacskit anonymize --project`` uses).
 
+A rule with ``drop_status`` instead of ``destinations`` is a drop rule: evaluated on each C-STORE
+before it is stored (:meth:`RoutingAddIn.admit_instance`, the public ``admit_instance`` hook), the
+first that matches answers it with that status (0x0000: acknowledged and discarded; a warning or
+failure, with ``drop_comment``: refused) and nothing is stored. ``forward_corrections = true`` on a
+forward rule queues again the instances of a study or series corrected through the admin API
+(:meth:`RoutingAddIn.workflow_event`, a ``correction`` event).
+
 Durability, retries and order: :mod:`pacskit.addins.routing.queue`. The instances are read from the
 index after they were committed, so an instance acknowledged to the modality is routed even if the
 server is killed right after; a job is removed only once the destination answered. Each destination
