@@ -458,3 +458,17 @@ def test_pending_counts_are_relayed(remote, tmp_path: Path) -> None:  # type: ig
         if mode == "fetch":
             assert pending[0].completed == 0 and pending[0].remaining == 12
             assert max(p.completed for p in pending) > 0  # the local send's own progress follows
+
+
+def test_a_query_pacskit_refuses_itself_is_still_answered_by_the_remote(remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """IMAGE level without the Study and Series UIDs: pacskit's own (hierarchical) query refuses it with
+    0xA900, Orthanc answers it: its answers and Success are relayed."""
+    orth, files = remote
+    folder = tmp_path / "pacs"
+    _settings(folder)
+    _register(folder, ORTHANC=orth.port)
+    with running_server(folder, addin_classes=[VerificationAddIn, StorageAddIn, GatewayAddIn]) as server:
+        answers, output = _findscu(server.port, ["QueryRetrieveLevel=IMAGE", "PatientID=GW2", "SOPInstanceUID"],
+                                   tmp_path / "find")
+    assert "Received Final Find Response (Success)" in output, output
+    assert {str(a.SOPInstanceUID) for a in answers} == _file_uids(files["c"])

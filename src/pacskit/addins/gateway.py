@@ -23,7 +23,8 @@ wins, the local one first. The Retrieve AE Title of a relayed answer is replaced
 requestor retrieves through the gateway (``keep_retrieve_ae = true`` leaves the remote's). A remote
 that fails (its failure status, or it cannot be reached: 0xC000) ends the C-FIND with that status and
 an Error Comment naming the remote after the other answers were sent; ``remote_failure = "ignore"``
-logs it and ends with Success. A C-CANCEL from the requestor is forwarded to every remote, the local
+logs it and ends with Success. An identifier pacskit's own query refuses (its hierarchy rules, its
+``max_results``) is still forwarded: the refusal is the answer only when no remote answered Success. A C-CANCEL from the requestor is forwarded to every remote, the local
 query stops, and the answer is Cancel (0xFE00).
 
 **C-MOVE**, by ``move_mode``:
@@ -184,6 +185,8 @@ class GatewayAddIn(AddIn):
                                             name=f"gateway-find-{title}") for title in self.options.remotes]
         seen: set[str] = set()
         failure: Response | None = None
+        local_failure: Response | None = None
+        remote_success = False
         unsupported = False
         sent = 0
         try:
@@ -197,11 +200,14 @@ class GatewayAddIn(AddIn):
                         sent += 1
                         yield response
                     elif response.status not in (Status.SUCCESS, Status.CANCEL):
-                        failure = response  # the identifier is refused locally: the remotes would too
+                        # refused locally (pacskit's own hierarchy or limits); the remotes may answer it
+                        local_failure = response
+                        log.info("gateway C-FIND from %s: the local query refused it (0x%04X)", peer, response.status)
                         break
                     if request.cancelled.is_set():
                         break
-            running = len(remote_tasks) if failure is None else 0
+            running = len(remote_tasks)
+            remote_success = False
             while running:
                 if request.cancelled.is_set():  # the remotes end their own C-FINDs (forwarded C-CANCEL)
                     await asyncio.wait(remote_tasks, timeout=_CANCEL_GRACE)
@@ -229,6 +235,7 @@ class GatewayAddIn(AddIn):
                 if status in PENDING_STATUSES:
                     continue
                 running -= 1  # the remote's final status
+                remote_success = remote_success or status == Status.SUCCESS
                 if status not in (Status.SUCCESS, Status.CANCEL):
                     log.warning("gateway C-FIND from %s: remote %s answered 0x%04X %s", peer, title, status, comment)
                     if self.options.remote_failure == "fail" and failure is None:
@@ -240,6 +247,8 @@ class GatewayAddIn(AddIn):
             for task in remote_tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if local_failure is not None and not remote_success and failure is None:
+            failure = local_failure  # no remote answered it either: pacskit's own refusal
         if request.cancelled.is_set():
             log.info("gateway C-FIND from %s cancelled after %d answers", peer, sent)
             yield Response(Status.CANCEL)
