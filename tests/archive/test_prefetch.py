@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shutil
+import json
 import signal
 import subprocess
 import sys
@@ -240,6 +240,11 @@ def test_a_job_waits_for_a_remote_that_is_down_through_a_kill_9(tmp_path: Path) 
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait(30)
+    listed = subprocess.run([sys.executable, "-m", "pacskit", "prefetch", "list", "--json", "--data-dir", str(folder)],
+                            capture_output=True, text=True, timeout=60)  # the server is down: the queue file
+    assert listed.returncode == 0, listed.stderr
+    (waiting,) = json.loads(listed.stdout)
+    assert (waiting["patient_id"], waiting["state"]) == ("PF-DOWN", "queued") and waiting["attempts"] >= 2
     with orthanc(tmp_path / "orthanc", dicom_port=orthanc_port) as orth:
         for files in priors.values():
             for path in files:
@@ -250,10 +255,12 @@ def test_a_job_waits_for_a_remote_that_is_down_through_a_kill_9(tmp_path: Path) 
                               base_url="http://x") as api:
                 _wait(lambda: jobs(api)[0]["state"] == "done", "the job after the restart")
                 assert jobs(api)[0]["studies_fetched"] == 2 and len(jobs(api)) == 1
+            listed = subprocess.run([sys.executable, "-m", "pacskit", "prefetch", "list", "--state", "done",
+                                     "--data-dir", str(folder)], capture_output=True, text=True, timeout=60)
+            assert "PF-DOWN" in listed.stdout and "2 studies" in listed.stdout, listed.stdout + listed.stderr
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
     check = subprocess.run([sys.executable, "-m", "pacskit", "check", "-q", "--data-dir", str(folder)],
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert shutil.which("true") is not None

@@ -464,3 +464,76 @@ def route_purge(
     result = _route_call(data_dir, config, "POST", "/purge", body,
                          lambda q: {"purged": q.purge(destination=destination, state=state)})
     typer.echo(f"purged {result['purged']} jobs")
+
+
+prefetch_app = typer.Typer(help="The prefetch add-in's queue: list, request, retry (docs/addins/prefetch.md).",
+                           no_args_is_help=True)
+app.add_typer(prefetch_app, name="prefetch")
+
+
+def _prefetch_call(data_dir: str | None, config: str | None, method: str, path: str, body: dict[str, Any] | None,
+                   offline: Any) -> Any:
+    """Through the running server's admin API, else on the queue file (the server is stopped: what is
+    queued is done at its next start)."""
+    from pacskit.admin.manager import admin_client, api_reachable
+
+    settings = existing_server_settings(config, data_dir)
+    if api_reachable(settings.folder):
+        from pacskit.cli.server import check
+
+        with admin_client(settings.folder) as client:
+            return check(client.request(method, f"/addins/prefetch{path}", json=body))
+    from pathlib import Path
+
+    from pacskit.addins.prefetch import PrefetchQueue
+
+    section = settings.addin_section("prefetch")
+    file = Path(section.get("queue_file", "prefetch/queue.db"))
+    file = file if file.is_absolute() else settings.data_path / file
+    if not file.exists():
+        typer.echo(f"error: no prefetch queue at {file} (is the prefetch add-in enabled?)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    queue = PrefetchQueue(file)
+    try:
+        return offline(queue)
+    finally:
+        queue.close()
+
+
+@prefetch_app.command("list")
+def prefetch_list(
+    state: Annotated[Optional[str], typer.Option(help="queued, done or failed")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The prefetch jobs, oldest first: patient, trigger, state, attempts, what was fetched."""
+    jobs = _prefetch_call(data_dir, config, "GET", "/jobs" + (f"?state={state}" if state else ""), None,
+                          lambda q: [j.to_json() for j in q.jobs(state)])
+    if as_json:
+        typer.echo(json.dumps(jobs, indent=2))
+        return
+    for job in jobs:
+        typer.echo(f"{job['id']:>8} {job['state']:<6} {job['patient_id']:<20} {job['trigger']:<8} "
+                   f"attempts {job['attempts']}, {job['studies_fetched']} studies, {job['instances_fetched']} instances"
+                   f"{': ' + job['last_error'] if job['last_error'] else ''}")
+    typer.echo(f"{len(jobs)} jobs")
+
+
+@prefetch_app.command("request")
+def prefetch_request(
+    patient_id: Annotated[str, typer.Argument(help="the patient's ID")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Prefetch a patient's prior studies now (or at the server's next start when it is stopped)."""
+    result = _prefetch_call(data_dir, config, "POST", "/request", {"patient_id": patient_id},
+                            lambda q: {"queued": q.enqueue([(patient_id, "request", "", "")]) > 0})
+    typer.echo(f"queued a prefetch for {patient_id}" if result["queued"] else f"a prefetch for {patient_id} is already waiting")
+
+
+@prefetch_app.command("retry")
+def prefetch_retry(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Queue the failed jobs again."""
+    result = _prefetch_call(data_dir, config, "POST", "/retry", None, lambda q: {"retried": q.requeue_failed()})
+    typer.echo(f"retried {result['retried']} jobs")
