@@ -472,3 +472,71 @@ def test_a_query_pacskit_refuses_itself_is_still_answered_by_the_remote(remote, 
                                    tmp_path / "find")
     assert "Received Final Find Response (Success)" in output, output
     assert {str(a.SOPInstanceUID) for a in answers} == _file_uids(files["c"])
+
+
+def test_a_c_cancel_of_a_direct_move_is_forwarded(tmp_path: Path) -> None:
+    """move_mode direct: the remote (pynetdicom) announces 3 sub-operations, then waits for a C-CANCEL;
+    the requestor's C-CANCEL to pacskit reaches it and the requestor gets Cancel (0xFE00)."""
+    import threading
+
+    from pynetdicom import AE as PyndAE, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
+
+    started, saw_cancel = threading.Event(), threading.Event()
+    with storescp(tmp_path / "dest") as scp:
+        def on_move(event):  # type: ignore[no-untyped-def]
+            yield "127.0.0.1", scp.port
+            yield 3
+            started.set()
+            deadline = time.monotonic() + 60
+            cancelled = False
+            while not cancelled and time.monotonic() < deadline:
+                cancelled = event.is_cancelled  # true once: pynetdicom consumes the C-CANCEL
+                time.sleep(0.01)  # pynetdicom offers no event to wait on; the deadline bounds it
+            if cancelled:
+                saw_cancel.set()
+            yield 0xFE00, None
+
+        remote = PyndAE(ae_title="SLOWQR")
+        remote.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
+        remote.add_requested_context("1.2.840.10008.5.1.4.1.1.2")  # CT Image Storage, for the sub-operations
+        remote_scp = remote.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_MOVE, on_move)])
+        try:
+            folder = tmp_path / "pacs"
+            _settings(folder, local="false", remotes='["SLOWQR"]', move_mode='"direct"')
+            _register(folder, SLOWQR=remote_scp.server_address[1], DEST=scp.port)
+            with running_server(folder, addin_classes=[VerificationAddIn, StorageAddIn, GatewayAddIn]) as server:
+                statuses = asyncio.run(_move_then_cancel(server.port, started))
+        finally:
+            remote_scp.shutdown()
+    assert statuses[-1] == 0xFE00, statuses
+    assert saw_cancel.is_set()
+
+
+async def _move_then_cancel(port: int, started) -> list[int]:  # type: ignore[no-untyped-def]
+    move_class = "1.2.840.10008.5.1.4.1.2.2.2"
+    assoc = await connect("127.0.0.1", port, called_ae=AE, calling_ae="CANCELER",
+                          contexts=[RequestedContext(move_class)])
+    statuses: list[int] = []
+    async with assoc:
+        ctx = assoc.find_context(move_class)
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = "1.2.3.4"
+
+        async def cancel_once_started() -> None:
+            await asyncio.to_thread(started.wait, 60)
+            if not statuses:  # still waiting for the answer
+                await assoc.cancel(assoc.last_message_id, ctx)
+
+        canceller = asyncio.create_task(cancel_once_started())
+        try:
+            async for rsp, received in assoc.request(CommandField.C_MOVE_RQ, move_class, ds, context=ctx,
+                                                     MoveDestination="DEST"):
+                statuses.append(rsp.status)
+                if received is not None:
+                    received.discard()
+        finally:
+            started.set()  # releases the waiting thread whatever happened
+            await canceller
+    return statuses
