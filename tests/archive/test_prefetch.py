@@ -103,7 +103,7 @@ def _settings(folder: Path, port: int = 0) -> None:
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancPeer, dict[str, dict[str, list[Path]]]]]:
     tmp = tmp_path_factory.mktemp("prefetch-remote")
-    patients = {pid: _priors(tmp, pid) for pid in ("PF-WL", "PF-MPPS", "PF-HL7", "PF-STUDY")}
+    patients = {pid: _priors(tmp, pid) for pid in ("PF-WL", "PF-MPPS", "PF-HL7", "PF-STUDY", "PF-ORM")}
     with orthanc(tmp / "orthanc") as orth:
         for studies in patients.values():
             for files in studies.values():
@@ -188,6 +188,33 @@ def test_each_trigger_prefetches_the_priors_the_rules_pick(remote, tmp_path: Pat
         assert prefetch.request("PF-WL")
         _wait(lambda: [j.state for j in prefetch.queue.jobs() if j.patient_id == "PF-WL"] == ["done", "done"], "job")
         assert [j.studies_fetched for j in prefetch.queue.jobs() if j.patient_id == "PF-WL"] == [2, 0]
+
+
+def test_an_hl7_order_prefetches_priors_of_its_modality(remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ORM^O01 with OBR-24 = MR and same_modality: only the MR prior comes, whatever its age."""
+    orth, patients = remote
+    folder = tmp_path / "pacs"
+    folder.mkdir()
+    (folder / "server.toml").write_text(
+        f'ae_title = "{AE}"\nport = 0\nopen_mode = true\n[admin]\nenabled = false\n'
+        "[addins.hl7]\nenabled = true\nport = 0\n"
+        '[addins.prefetch]\nenabled = true\nremote = "ORTHANC"\ntriggers = ["hl7"]\nsame_modality = true\n'
+        "max_studies = 5\nscan_interval = 0.2\n")
+    FileAeRegistry(folder / "ae-titles.toml").add(RemoteAE(title="ORTHANC", host="127.0.0.1", port=orth.port))
+    # shaped as HL7 v2.5 chapter 4's ORM^O01 (general order) example
+    orm = ("MSH|^~\\&|CPOE|HOSP|RIS|HOSP|200601011200||ORM^O01|MSG00042|P|2.5\r"
+           "PID|1||PF-ORM^^^HOSP||ORDER^OLIVER||19700101|M\r"
+           "ORC|NW|ORD448811||||||||||1234^REFERRER^RUTH\r"
+           "OBR|1|ORD448811||MRBRAIN^MR BRAIN^L" + "|" * 20 + "MR\r")  # OBR-24: diagnostic service section
+    with running_server(folder, addin_classes=[VerificationAddIn, StorageAddIn, Hl7AddIn, PrefetchAddIn]) as server:
+        hl7 = next(a for a in server.addins if a.name == "hl7")
+        assert "MSA|AA|MSG00042" in asyncio.run(_hl7(hl7.port, orm))
+        prefetch = next(a for a in server.addins if a.name == "prefetch")
+        _wait(lambda: [j.state for j in prefetch.queue.jobs()] == ["done"], "the order's job")
+        (job,) = prefetch.queue.jobs()
+        assert (job.trigger, job.modality, job.studies_fetched) == ("hl7", "MR", 1)
+        assert server.store is not None
+        assert _studies_of(server.store, "PF-ORM") == {_study_uid(patients["PF-ORM"]["mr-2y"])}
 
 
 _SERVER = textwrap.dedent("""
