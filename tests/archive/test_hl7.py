@@ -75,3 +75,86 @@ def test_a08_and_a40_over_mllp(tmp_path: Path) -> None:
             await server.stop()
 
     asyncio.run(run())
+
+
+def _step(patient_id: str, sps_id: str, status: str) -> pydicom.Dataset:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    entry = Dataset()
+    entry.PatientID = patient_id
+    entry.PatientName = "OLD^NAME"
+    entry.PatientBirthDate = "19000101"
+    entry.PatientSex = "O"
+    entry.AccessionNumber = f"ACC{sps_id}"
+    step = Dataset()
+    step.ScheduledStationAETitle = "CT1"
+    step.ScheduledProcedureStepStartDate = "20260101"
+    step.Modality = "CT"
+    step.ScheduledProcedureStepID = sps_id
+    step.ScheduledProcedureStepStatus = status
+    entry.ScheduledProcedureStepSequence = Sequence([step])
+    return entry
+
+
+def test_a08_updates_the_scheduled_worklist_seen_by_findscu(tmp_path: Path) -> None:
+    """ADT^A08 rewrites the demographics of the patient's steps not yet started (a patient the
+    archive holds no study of, as at registration); DCMTK findscu -W reads the new name; a completed
+    step keeps what was performed."""
+    import subprocess
+
+    import pytest
+
+    from pacskit.addins.worklist import WorklistAddIn
+    from pacskit.store.workflow.worklist import WorklistStore
+    from pacskit.testing.peers import dcmtk_env, dcmtk_tool, have_dcmtk
+
+    if not have_dcmtk():
+        pytest.skip("DCMTK is needed")
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    (folder / "server.toml").write_text('ae_title = "HL7PACS"\nport = 0\nopen_mode = true\ndata_dir = "data"\n'
+                                        '[admin]\nenabled = false\n[addins.hl7]\nenabled = true\nport = 0\n')
+
+    async def send(port: int, text: str) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x0b" + text.encode() + b"\x1c\x0d")
+        await writer.drain()
+        await reader.readuntil(b"\x0b")
+        answer = (await reader.readuntil(b"\x1c\x0d"))[:-2].decode()
+        writer.close()
+        return answer
+
+    async def run() -> None:
+        server = Server(load_settings(folder), addin_classes=[StorageAddIn, WorklistAddIn, Hl7AddIn])
+        await server.start()
+        try:
+            worklist = WorklistStore(server.store.index)
+            scheduled, completed = (worklist.add(_step("PATID1234", "S1", "SCHEDULED"))[0],
+                                    worklist.add(_step("PATID1234", "S2", "COMPLETED"))[0])
+            other = worklist.add(_step("SOMEONE", "S3", "SCHEDULED"))[0]
+            hl7 = next(a for a in server.addins if a.name == "hl7")
+            ack = await send(hl7.port, A08)
+            assert "MSA|AA|000001|patient not in the archive; 1 worklist steps updated" in ack, ack
+            step = worklist.get(scheduled).dataset  # type: ignore[union-attr]
+            assert (str(step.PatientName), step.PatientBirthDate, step.PatientSex) == ("JONES^WILLIAM^A^^III", "19610615", "M")
+            assert str(worklist.get(completed).dataset.PatientName) == "OLD^NAME"  # type: ignore[union-attr]
+            assert str(worklist.get(other).dataset.PatientName) == "OLD^NAME"  # type: ignore[union-attr]
+            out = tmp_path / "wl"
+            out.mkdir()
+            proc = await asyncio.to_thread(
+                subprocess.run, [dcmtk_tool("findscu"), "-v", "-W", "-aec", "HL7PACS", "-X", "-od", str(out),
+                                 "-k", "PatientID=PATID1234", "-k", "PatientName", "-k", "PatientBirthDate",
+                                 "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+                                 "127.0.0.1", str(server.port)],
+                capture_output=True, text=True, env=dcmtk_env(), timeout=60)
+            answers = {str(d.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID): d
+                       for d in (pydicom.dcmread(p) for p in out.glob("rsp*.dcm"))}
+            assert set(answers) == {"S1", "S2"}, proc.stdout + proc.stderr
+            assert str(answers["S1"].PatientName) == "JONES^WILLIAM^A^^III"
+            assert answers["S1"].PatientBirthDate == "19610615"
+            assert str(answers["S2"].PatientName) == "OLD^NAME"
+        finally:
+            await server.stop()
+
+    asyncio.run(run())

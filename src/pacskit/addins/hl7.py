@@ -17,7 +17,14 @@ others      acknowledged AA and ignored (logged at INFO)
 Identifiers are matched on the ID component only (the assigning authority is not compared: pacskit's
 Issuer of Patient ID rarely equals an HL7 assigning authority). A patient the archive does not hold is
 acknowledged AA (nothing to change). Every change is audited (*DICOM Instances Accessed*, action U,
-active participant ``hl7:<sending application>``). The scheduled worklist is not updated (not done).
+active participant ``hl7:<sending application>``). An A08 also rewrites the patient's name, birth date
+and sex in the patient's worklist steps not yet started (status SCHEDULED, ARRIVED, READY or none), so
+the modality reads the corrected demographics (:meth:`WorklistStore.update_patient`).
+
+Every message with a PID segment is then published to the other add-ins as a
+:class:`~pacskit.services.WorkflowEvent` (``kind = "hl7"``, the PID-3 identifier, ``event`` such as
+``A04`` or ``O01``, and OBR-24 as ``modality`` when given), before the ACK is sent: the prefetch
+add-in fetches the patient's prior studies on admissions and orders.
 The parser is the HL7 v2 encoding rules (segments on CR, the separators of MSH-1/MSH-2); no library
 is needed for these fields.
 """
@@ -31,7 +38,7 @@ from typing import Any
 
 from pydantic import Field
 
-from pacskit.services import AddIn, AddInOptions
+from pacskit.services import AddIn, AddInOptions, WorkflowEvent
 
 log = logging.getLogger("pacskit.addin.hl7")
 
@@ -153,10 +160,6 @@ class Hl7AddIn(AddIn):
         return message.ack("AA", note)
 
     def _apply(self, message: Message) -> str:
-        from pacskit.store.correction import CorrectionError, merge_patients, update_patient
-
-        store = self.base.store
-        assert store is not None
         event = message.event
         user = f"hl7:{message.field('MSH', 3)}"
         patient_id = message.components("PID", 3)[0]
@@ -165,19 +168,37 @@ class Hl7AddIn(AddIn):
             self.base.audit.instances_accessed(part.study_instance_uid, patient_id, user=user, action="U",
                                                sop_classes=part.sop_classes)
 
+        note = self._apply_event(message, event, patient_id, audit)
+        if patient_id and message.segment("PID") is not None:
+            detail = {"event": event, "message_type": message.field("MSH", 9), "control_id": message.field("MSH", 10)}
+            modality = message.components("OBR", 24)[0] if message.segment("OBR") is not None else ""
+            if modality:
+                detail["modality"] = modality
+            self.base.workflow.publish(WorkflowEvent("hl7", patient_id, detail))
+        return note
+
+    def _apply_event(self, message: Message, event: str, patient_id: str, audit: Any) -> str:
+        from pacskit.store.correction import CorrectionError, merge_patients, update_patient
+        from pacskit.store.workflow.worklist import WorklistStore
+
+        store = self.base.store
+        assert store is not None
         if event == "A08":
             if not patient_id:
                 raise ValueError("A08 without PID-3")
             name = pn_from_xpn(message.components("PID", 5)) if message.field("PID", 5) else None
             birth = message.field("PID", 7)[:8] or None
             sex = dicom_sex(message.field("PID", 8)) if message.field("PID", 8) else None
+            steps = WorklistStore(store.index).update_patient(patient_id, name=name, birth_date=birth, sex=sex)
+            if steps:
+                log.info("hl7: A08 %s: %d scheduled worklist steps updated", patient_id, len(steps))
             try:
                 report = update_patient(store, patient_id, name=name, birth_date=birth, sex=sex, on_study=audit)
             except CorrectionError as exc:
                 if "no patient" in str(exc):
-                    return "patient not in the archive"
+                    return f"patient not in the archive; {len(steps)} worklist steps updated"
                 raise
-            return f"updated {len(report.studies)} studies"
+            return f"updated {len(report.studies)} studies, {len(steps)} worklist steps"
         if event == "A40":
             prior = message.components("MRG", 1)[0]
             if not patient_id or not prior:

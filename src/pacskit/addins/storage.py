@@ -10,14 +10,26 @@ Statuses (PS3.4 B.2.3, PS3.7 C):
 ========  ==================================================================================
 0x0000    stored (or a duplicate kept as first received, with ``duplicate_policy = "keep-first"``)
 0x0111    duplicate SOP Instance refused (``duplicate_policy = "reject"``)
-0xA700    out of resources (disk full, dataset above the size cap, deflated dataset inflating
-          beyond 256 MiB)
+0xA700    out of resources (disk full, the storage file system below its free-space watermark
+          ``min_free_bytes`` / ``min_free_percent``, dataset above the size cap, deflated dataset
+          inflating beyond 256 MiB)
 0xA900    dataset does not match the command (SOP Class / Instance UID differ)
 0xC000    cannot understand: the dataset does not parse to its last byte in the negotiated transfer
           syntax (cut short, e.g. inside Pixel Data; Implicit VR bytes on an Explicit VR context;
           an item or sequence left open), unparseable header, missing or invalid UIDs, nesting
           too deep. Nothing is kept; the association goes on.
 ========  ==================================================================================
+
+**Free-space watermark**: with ``min_free_bytes`` and/or ``min_free_percent``, a C-STORE that would
+leave less than that free on the file system of the stored files is refused with 0xA700 and an Error
+Comment saying how much is free, one warning line in the log per refusal; the received file is
+deleted, nothing is indexed. The free space is read (``statvfs``) at most every
+``free_space_check_interval`` seconds; a refusal always reads it again. Pair it with the retention
+add-in's ``min_free_*`` (which deletes the oldest studies) set above it, so the archive makes room
+before it refuses.
+
+Before anything is stored, the enabled add-ins' :meth:`~pacskit.services.AddIn.admit_instance` are
+asked (the routing add-in's ``drop`` rules): the first answer is the C-STORE's, nothing is stored.
 
 UIDs that break PS3.5 9.1 harmlessly (a component with a leading zero, a letter, 65 to 128
 characters), as legacy modalities send, are stored with a warning in the log, as Orthanc and DCMTK do;
@@ -28,12 +40,16 @@ letters, over 128 characters) are always refused (docs/store.md).
 from __future__ import annotations
 
 import errno
+import os
+import shutil
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import Field
 
-from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
+from pacskit.services import AddIn, AddInOptions, BaseServices, Handler, IncomingInstance, Request, Response, SupportedContext
 from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from pacskit.dicom.status import Status
 
@@ -48,6 +64,10 @@ class StorageOptions(AddInOptions):
         description="refuse (0xC000) UIDs that break PS3.5 9.1 (a leading zero, a letter, over 64 characters); "
         "by default they are stored with a warning, as Orthanc and DCMTK do",
     )
+    min_free_bytes: int | None = Field(
+        None, ge=0, description="refuse (0xA700) a C-STORE that would leave less free on the storage file system")
+    min_free_percent: float | None = Field(None, ge=0, lt=100, description="the same, in percent of its size")
+    free_space_check_interval: float = Field(1.0, ge=0, description="seconds the last free-space reading is reused")
     transfer_syntaxes: list[str] = Field(
         default_factory=lambda: list(ALL_TRANSFER_SYNTAXES),
         description="accepted transfer syntaxes, most preferred first",
@@ -59,6 +79,12 @@ class StorageAddIn(AddIn):
     description = "Storage SCP (C-STORE): keeps instances as received, indexed"
     Options = StorageOptions
     options: StorageOptions
+
+    def __init__(self, options: AddInOptions, base: BaseServices) -> None:
+        super().__init__(options, base)
+        self._free_lock = threading.Lock()
+        #: (monotonic time read, free bytes less what was stored since, total bytes)
+        self._free_reading: tuple[float, int, int] | None = None
 
     def presentation_contexts(self) -> Sequence[SupportedContext]:
         syntaxes = tuple(self.options.transfer_syntaxes)
@@ -77,6 +103,20 @@ class StorageAddIn(AddIn):
         received = request.received
         if store is None or received is None or received.path is None:
             return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "no data store configured"})
+        refusal = self._below_watermark(received.size or _size(received.path))
+        if refusal is not None:
+            self.base.log.warning("C-STORE %s from %s refused (0xA700): %s", request.sop_instance_uid,
+                                  request.assoc.remote_ae_title, refusal)
+            return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": refusal[:64]})
+        if self.base.admission.deciders:
+            decided = self.base.admission.check(IncomingInstance(
+                request.assoc.remote_ae_title, request.sop_class_uid, request.sop_instance_uid, received.path,
+                received.transfer_syntax, received.size))
+            if decided is not None:
+                name, response = decided
+                self.base.log.info("C-STORE %s from %s answered 0x%04X by %s, not stored", request.sop_instance_uid,
+                                   request.assoc.remote_ae_title, response.status, name)
+                return response
         try:
             result = store.ingest(  # takes the file over, whatever the outcome
                 received,
@@ -109,3 +149,40 @@ class StorageAddIn(AddIn):
         if result.status == IngestStatus.DUPLICATE_REJECTED:
             return Response(Status.DUPLICATE_SOP_INSTANCE, elements={"ErrorComment": "duplicate SOP Instance UID refused"})
         return Response(Status.SUCCESS)
+
+    # ------------------------------------------------------------------ free-space watermark
+
+    def _watermark(self, total: int) -> int | None:
+        opts = self.options
+        wanted = [v for v in (opts.min_free_bytes,
+                              int(total * opts.min_free_percent / 100) if opts.min_free_percent is not None else None)
+                  if v is not None]
+        return max(wanted) if wanted else None
+
+    def _below_watermark(self, incoming: int) -> str | None:
+        """Why a C-STORE of ``incoming`` bytes must be refused, or ``None``."""
+        opts = self.options
+        if opts.min_free_bytes is None and opts.min_free_percent is None:
+            return None
+        now = time.monotonic()
+        with self._free_lock:
+            reading = self._free_reading
+            if reading is None or now - reading[0] > opts.free_space_check_interval:
+                usage = shutil.disk_usage(self.base.settings.storage_path)
+                reading = (now, usage.free, usage.total)
+            _, free, total = reading
+            # what is stored meanwhile counts against the reading until it is read again
+            self._free_reading = (reading[0], free - incoming, total)
+        watermark = self._watermark(total)
+        assert watermark is not None
+        if free - incoming >= watermark:
+            return None
+        self._free_reading = None  # read again next time: space may have been freed
+        return f"out of resources: {max(free, 0) // 2**20} MiB free, watermark {watermark // 2**20} MiB"
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

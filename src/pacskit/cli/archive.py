@@ -129,6 +129,61 @@ def move_series_command(
     typer.echo(f"{verb} series {series} ({report['instances']} instances) to study {study}")
 
 
+@app.command("correct")
+def correct_command(
+    level: Annotated[str, typer.Argument(help="study or series")],
+    uid: Annotated[str, typer.Argument(help="Study or Series Instance UID")],
+    changes: Annotated[list[str], typer.Argument(help="Keyword=value pairs (Keyword= empties it)")],
+    new_uids: Annotated[bool, typer.Option("--new-uids", help="give the study/series and its instances new UIDs")] = False,
+    forward_to: Annotated[Optional[list[str]], typer.Option("--forward-to", help="AE title that gets the corrected instances (repeatable; the server must run)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="say what would change; change nothing")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="why (logged, audited)")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Correct attributes of a stored study or series: index and files, crash-safely, audited; the old
+    values recorded in each file's Original Attributes Sequence (docs/corrections.md)."""
+    from pacskit.admin.manager import admin_client, api_reachable
+    from pacskit.server.admin_store import local_user
+
+    if level not in ("study", "series"):
+        typer.echo(f"error: level must be study or series, not {level!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    parsed: dict[str, str] = {}
+    for change in changes:
+        keyword, sep, value = change.partition("=")
+        if not sep or not keyword.strip():
+            typer.echo(f"error: {change!r} is not Keyword=value", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        parsed[keyword.strip()] = value
+    settings = existing_server_settings(config, data_dir)
+    body = {"level": level, "uid": uid, "changes": parsed, "uid_policy": "new" if new_uids else "keep",
+            "forward_to": forward_to or [], "dry_run": dry_run, "reason": reason, "user": local_user()}
+    if api_reachable(settings.folder):
+        from pacskit.cli.server import check
+
+        with admin_client(settings.folder, timeout=3600.0) as client:
+            report = check(client.post("/store/correct", json=body))
+    else:
+        if forward_to:
+            typer.echo("error: --forward-to needs the running server (it sends through its AE registry)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        report = _offline(settings, body, "correct")
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    verb = "would change" if report["dry_run"] else "changed"
+    typer.echo(f"{verb} {report['instances']} instances of {level} {uid}: "
+               + ", ".join(f"{k}={v!r}" for k, v in report["changes"].items()))
+    if report["new_uids"].get(uid):
+        typer.echo(f"new {level} UID: {report['new_uids'][uid]}")
+    for title, sent in (report.get("forwarded") or {}).items():
+        typer.echo(f"forwarded to {title}: {sent['sent']} sent, {sent['failed']} failed")
+    if any(sent["failed"] for sent in (report.get("forwarded") or {}).values()):
+        raise typer.Exit(EXIT_FAILURE_STATUS)
+
+
 @app.command("compress")
 def compress_command(
     level: Annotated[str, typer.Argument(help="patient, study, series or instance")],
@@ -184,6 +239,10 @@ def _offline(settings: Any, body: dict[str, Any], what: str) -> dict[str, Any]:
                             raise typer.Exit(EXIT_USAGE) from None
                     if what == "move-series":
                         return move(store, audit, MoveSeriesRequest(**body), user=body["user"])
+                    if what == "correct":
+                        from pacskit.server.admin_store import CorrectRequest, correct
+
+                        return correct(store, audit, CorrectRequest(**body), user=body["user"])
                     return merge(store, audit, MergeRequest(**body), user=body["user"])
                 except CorrectionError as exc:
                     typer.echo(f"error: {exc}", err=True)
@@ -405,3 +464,76 @@ def route_purge(
     result = _route_call(data_dir, config, "POST", "/purge", body,
                          lambda q: {"purged": q.purge(destination=destination, state=state)})
     typer.echo(f"purged {result['purged']} jobs")
+
+
+prefetch_app = typer.Typer(help="The prefetch add-in's queue: list, request, retry (docs/addins/prefetch.md).",
+                           no_args_is_help=True)
+app.add_typer(prefetch_app, name="prefetch")
+
+
+def _prefetch_call(data_dir: str | None, config: str | None, method: str, path: str, body: dict[str, Any] | None,
+                   offline: Any) -> Any:
+    """Through the running server's admin API, else on the queue file (the server is stopped: what is
+    queued is done at its next start)."""
+    from pacskit.admin.manager import admin_client, api_reachable
+
+    settings = existing_server_settings(config, data_dir)
+    if api_reachable(settings.folder):
+        from pacskit.cli.server import check
+
+        with admin_client(settings.folder) as client:
+            return check(client.request(method, f"/addins/prefetch{path}", json=body))
+    from pathlib import Path
+
+    from pacskit.addins.prefetch import PrefetchQueue
+
+    section = settings.addin_section("prefetch")
+    file = Path(section.get("queue_file", "prefetch/queue.db"))
+    file = file if file.is_absolute() else settings.data_path / file
+    if not file.exists():
+        typer.echo(f"error: no prefetch queue at {file} (is the prefetch add-in enabled?)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    queue = PrefetchQueue(file)
+    try:
+        return offline(queue)
+    finally:
+        queue.close()
+
+
+@prefetch_app.command("list")
+def prefetch_list(
+    state: Annotated[Optional[str], typer.Option(help="queued, done or failed")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The prefetch jobs, oldest first: patient, trigger, state, attempts, what was fetched."""
+    jobs = _prefetch_call(data_dir, config, "GET", "/jobs" + (f"?state={state}" if state else ""), None,
+                          lambda q: [j.to_json() for j in q.jobs(state)])
+    if as_json:
+        typer.echo(json.dumps(jobs, indent=2))
+        return
+    for job in jobs:
+        typer.echo(f"{job['id']:>8} {job['state']:<6} {job['patient_id']:<20} {job['trigger']:<8} "
+                   f"attempts {job['attempts']}, {job['studies_fetched']} studies, {job['instances_fetched']} instances"
+                   f"{': ' + job['last_error'] if job['last_error'] else ''}")
+    typer.echo(f"{len(jobs)} jobs")
+
+
+@prefetch_app.command("request")
+def prefetch_request(
+    patient_id: Annotated[str, typer.Argument(help="the patient's ID")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Prefetch a patient's prior studies now (or at the server's next start when it is stopped)."""
+    result = _prefetch_call(data_dir, config, "POST", "/request", {"patient_id": patient_id},
+                            lambda q: {"queued": q.enqueue([(patient_id, "request", "", "")]) > 0})
+    typer.echo(f"queued a prefetch for {patient_id}" if result["queued"] else f"a prefetch for {patient_id} is already waiting")
+
+
+@prefetch_app.command("retry")
+def prefetch_retry(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Queue the failed jobs again."""
+    result = _prefetch_call(data_dir, config, "POST", "/retry", None, lambda q: {"retried": q.requeue_failed()})
+    typer.echo(f"retried {result['retried']} jobs")

@@ -5,6 +5,10 @@
                                        A's studies filed under B, files rewritten
                                        (:mod:`pacskit.store.correction`), audited (action U)
 ``POST /store/move-series``            body ``{"series_instance_uid": ..., "study_instance_uid": ...}``
+``POST /store/correct``                body ``{"level": "study", "uid": ..., "changes": {"StudyDescription":
+                                       "CT CHEST"}, "uid_policy": "keep", "forward_to": ["WS1"]}``:
+                                       study/series attributes corrected, files rewritten, audited;
+                                       the corrected instances sent to ``forward_to`` (C-STORE)
 ``POST /store/compress``               body ``{"level": "study", "uids": [...], "syntax": "j2k"}``
 ``POST /store/delete``                 body ``{"level": "study", "uids": [...], "dry_run": false,
                                        "reason": "...", "user": "..."}``: the deletion report
@@ -87,6 +91,95 @@ def move(store: DataStore, audit: Audit, request: MoveSeriesRequest, *, user: st
         log.warning("series %s moved to study %s by %s%s", request.series_instance_uid, request.study_instance_uid,
                     user, f": {request.reason}" if request.reason else "")
     return report.to_json()
+
+
+class CorrectRequest(BaseModel):
+    level: Literal["study", "series"]
+    uid: str = Field(min_length=1, description="Study or Series Instance UID")
+    changes: dict[str, str] = Field(min_length=1, description="keyword -> new value ('' empties it)")
+    uid_policy: Literal["keep", "new"] = Field("keep", description="keep the UIDs, or give new ones")
+    forward_to: list[str] = Field(default_factory=list, description="AE titles that get the corrected instances")
+    dry_run: bool = False
+    reason: str = Field("", max_length=1024)
+    user: str = Field("", max_length=256)
+
+
+def correct(store: DataStore, audit: Audit, request: CorrectRequest, *, user: str) -> dict[str, Any]:
+    """Correct study or series attributes (blocking); audited as Instances Accessed (U), the new
+    study too when it got a new UID."""
+    from pacskit.store.correction import correct_attributes
+
+    report_holder: dict[str, Any] = {}
+
+    def audited(part: StudyDeletion) -> None:
+        audit.instances_accessed(part.study_instance_uid, part.patient_id, user=user, action="U",
+                                 sop_classes=part.sop_classes)
+        report_holder.setdefault("parts", []).append(part)
+
+    report = correct_attributes(store, request.level, request.uid, request.changes, uid_policy=request.uid_policy,
+                                reason=request.reason, dry_run=request.dry_run, on_study=audited)
+    for part in report_holder.get("parts", []):
+        new_study = report.new_uids.get(part.study_instance_uid)
+        if new_study:
+            audit.instances_accessed(new_study, part.patient_id, user=user, action="C", sop_classes=part.sop_classes)
+    if not request.dry_run:
+        log.warning("%s %s corrected by %s: %s%s", request.level, request.uid, user,
+                    ", ".join(f"{k}={v!r}" for k, v in request.changes.items()),
+                    f" ({request.reason})" if request.reason else "")
+    return report.to_json()
+
+
+async def forward_corrected(server: Server, report: dict[str, Any], destinations: list[str]) -> dict[str, Any]:
+    """C-STORE the instances of a correction to each of ``destinations`` (the corrected files, as stored)."""
+    from sqlalchemy import select
+
+    from pacskit.dicom.status import status_category
+    from pacskit.net import NetError, RequestedContext
+    from pacskit.store import Instance, Series, Study
+
+    store = server.store
+    assert store is not None
+    level, uid = report["level"], report["uid"]
+    uid = report["new_uids"].get(uid, uid)
+    column = Study.study_instance_uid if level == "study" else Series.series_instance_uid
+
+    def instances() -> list[tuple[str, str, str, str]]:
+        with store.index.reading() as s:
+            return [tuple(r) for r in s.execute(  # type: ignore[misc]
+                select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.blob_key)
+                .join(Series, Instance.series_fk == Series.pk).join(Study, Series.study_fk == Study.pk)
+                .where(column == uid).order_by(Instance.pk)).all()]
+
+    rows = await asyncio.to_thread(instances)
+    contexts = [RequestedContext(sop_class, tuple(dict.fromkeys((ts, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"))))
+                for sop_class, ts in dict.fromkeys((r[1], r[2]) for r in rows)][:128]
+    outcome: dict[str, Any] = {}
+    for title in destinations:
+        sent, failed, errors = 0, 0, []
+        try:
+            async with await server.dicom_request.associate(title, contexts) as assoc:
+                for sop_uid, _cls, _ts, key in rows:
+                    path = store.blobs.path(key)
+                    try:
+                        if path is None:
+                            raise ValueError("the blob store has no file paths")
+                        rsp = await assoc.store(path)
+                    except (NetError, ValueError, OSError) as exc:
+                        failed += 1
+                        errors.append(f"{sop_uid}: {exc}")
+                        continue
+                    if status_category(rsp.status) in ("Success", "Warning"):
+                        sent += 1
+                    else:
+                        failed += 1
+                        errors.append(f"{sop_uid}: status 0x{rsp.status:04X}")
+        except (NetError, OSError, LookupError) as exc:
+            failed = len(rows) - sent
+            errors.append(str(exc))
+        if failed:
+            log.warning("corrected %s %s: %d of %d instances not sent to %s", level, uid, failed, len(rows), title)
+        outcome[title] = {"sent": sent, "failed": failed, "errors": errors[:20]}
+    return outcome
 
 
 class CompressRequest(BaseModel):
@@ -177,6 +270,32 @@ def store_router(server: Server) -> APIRouter:
         except CorrectionError as exc:
             raise HTTPException(422, str(exc)) from None
 
+    @router.post("/store/correct")
+    async def correct_route(request: CorrectRequest) -> dict[str, Any]:
+        """Correct study or series attributes (UIDs kept or new), files rewritten, audited, forwarded."""
+        from pacskit.store.correction import CorrectionError
+
+        store = server.store
+        if store is None:
+            raise HTTPException(409, "this server runs without a store")
+        unknown = [t for t in request.forward_to if server.ae_titles.get(t) is None]
+        if unknown:
+            raise HTTPException(422, f"forward_to: {', '.join(unknown)} not in the AE registry")
+        try:
+            report = await asyncio.to_thread(correct, store, server.audit, request, user=request.user or "admin-api")
+        except CorrectionError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if not request.dry_run and report["studies"]:
+            # the routing add-in's forward_corrections rules queue the corrected instances again
+            from pacskit.services import WorkflowEvent
+
+            detail = {"level": request.level, "uid": report["new_uids"].get(request.uid, request.uid)}
+            event = WorkflowEvent("correction", report["studies"][0]["patient_id"] or "", detail)
+            await asyncio.to_thread(server.workflow.publish, event)
+        if request.forward_to and not request.dry_run:
+            report["forwarded"] = await forward_corrected(server, report, request.forward_to)
+        return report
+
     @router.post("/store/compress")
     async def compress_route(request: CompressRequest) -> dict[str, Any]:
         """Compress stored uncompressed instances losslessly (pixels verified byte for byte)."""
@@ -215,4 +334,4 @@ def local_user() -> str:
         return "unknown"
 
 
-__all__ = ["CompressRequest", "DeleteRequest", "MergeRequest", "MoveSeriesRequest", "delete", "merge", "move", "local_user", "offline_audit", "report_deleted", "store_router"]
+__all__ = ["CompressRequest", "CorrectRequest", "DeleteRequest", "correct", "forward_corrected", "MergeRequest", "MoveSeriesRequest", "delete", "merge", "move", "local_user", "offline_audit", "report_deleted", "store_router"]

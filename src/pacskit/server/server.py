@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pacskit.services import AddIn, BaseServices, TlsSetup
+from pacskit.services import AddIn, Admission, BaseServices, TlsSetup, Workflow
 from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
 from pacskit.audit.service import Audit
@@ -162,6 +162,8 @@ class Server:
         self.http: Any = None  # pacskit.server.http.PublicHttp once an add-in serves HTTP
         #: the audit trail base service, shared by every add-in (the audit add-in attaches its trail)
         self.audit = Audit()
+        self.admission = Admission()
+        self.workflow = Workflow()
 
     # ------------------------------------------------------------------ start-up
 
@@ -230,6 +232,14 @@ class Server:
             access.service_names = self._service_names(generation.addins)
         self.services = generation.services
         self.addins = generation.addins
+        self.admission.deciders = [
+            (addin.name, addin.admit_instance) for addin in sorted(generation.addins, key=lambda a: a.name)
+            if type(addin).admit_instance is not AddIn.admit_instance
+        ]
+        self.workflow.observers = [
+            (addin.name, addin.workflow_event) for addin in sorted(generation.addins, key=lambda a: a.name)
+            if type(addin).workflow_event is not AddIn.workflow_event
+        ]
         self.contexts = generation.contexts
         self._negotiators = generation.negotiators
         self._generations[id(generation.services)] = generation
@@ -290,6 +300,8 @@ class Server:
                 settings=settings,
                 data_dir=settings.data_path,
                 audit=self.audit,
+                admission=self.admission,
+                workflow=self.workflow,
             )
 
         self._base_for = base_for

@@ -25,6 +25,13 @@ An add-in is a class deriving from :class:`AddIn`. It declares
 - :attr:`AddIn.permissions`: the names the AE registry's ``allowed_services`` uses for this add-in's
   services (:class:`Permission`), where the core's defaults (``echo``, ``store``, ``find``, ``move``,
   ``get`` by DIMSE service) do not fit: the worklist add-in declares ``worklist`` for its C-FIND;
+- :meth:`AddIn.admit_instance`: optional, a decision on each received C-STORE before it is stored
+  (:class:`IncomingInstance`): return a :class:`Response` to answer it instead (a refusal, or a
+  success that stores nothing), ``None`` to let it in. The routing add-in's ``drop`` rules use it;
+  the Storage add-in asks :attr:`BaseServices.admission`, which asks every enabled add-in;
+- :meth:`AddIn.workflow_event`: optional, an observer of what happens to patients outside DICOM
+  storage (:class:`WorkflowEvent`: an HL7 ADT or order received…), published by an add-in through
+  :attr:`BaseServices.workflow`; the prefetch add-in fetches prior studies on them;
 - :meth:`AddIn.tls_setup`: optional, for a security add-in: the TLS listener's ``ssl.SSLContext``, its
   port, and the contexts of outgoing associations to AEs the registry marks ``tls`` (a
   :class:`TlsSetup`; the built-in one is :mod:`pacskit.addins.tls`). At most one enabled add-in may
@@ -112,6 +119,10 @@ class BaseServices:
     - ``data_dir``: the server's data folder (add-ins keep their own files in a sub-folder)
     - ``audit``: the server's audit trail (:class:`pacskit.audit.Audit`): report security-relevant
       events with ``base.audit.security_alert(...)`` and the like; a no-op while no add-in keeps a trail
+    - ``workflow``: publish a :class:`WorkflowEvent` to every enabled add-in's
+      :meth:`AddIn.workflow_event` (``workflow.publish(event)``)
+    - ``admission``: the decisions of the enabled add-ins on a C-STORE before it is stored
+      (:meth:`AddIn.admit_instance`); a storage service calls ``admission.check(instance)``
     """
 
     dicom_request: DicomRequest
@@ -122,6 +133,85 @@ class BaseServices:
     settings: ServerSettings
     data_dir: Path
     audit: Audit = field(default_factory=Audit)
+    admission: Admission = field(default_factory=lambda: Admission())
+    workflow: Workflow = field(default_factory=lambda: Workflow())
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowEvent:
+    """Something that happened to a patient outside DICOM storage, for add-ins that act on it.
+
+    ``kind`` says where it comes from (``"hl7"``); ``patient_id`` is the patient's ID as the archive
+    knows it; ``detail`` carries the source's own values (for HL7: ``event`` such as ``"A04"`` or
+    ``"O01"``, ``message_type``, ``control_id``, ``modality`` when an order names one)."""
+
+    kind: str
+    patient_id: str
+    detail: Mapping[str, str] = field(default_factory=dict)
+
+
+class Workflow:
+    """Delivers :class:`WorkflowEvent` objects to the enabled add-ins' :meth:`AddIn.workflow_event`,
+    in the order of their names, in the publisher's thread. An observer that raises is logged and
+    the others still get the event. The server fills :attr:`observers` when its add-ins are loaded."""
+
+    def __init__(self) -> None:
+        self.observers: list[tuple[str, Callable[[WorkflowEvent], None]]] = []
+
+    def publish(self, event: WorkflowEvent) -> None:
+        for name, observe in self.observers:
+            try:
+                observe(event)
+            except Exception:
+                logging.getLogger(f"pacskit.addin.{name}").exception("workflow_event %s failed", event.kind)
+
+
+@dataclass(slots=True)
+class IncomingInstance:
+    """A received C-STORE dataset before it is stored, as :meth:`AddIn.admit_instance` sees it.
+
+    ``path`` is the received Part 10 file (read it, never move or change it), its dataset at
+    ``offset`` in ``transfer_syntax``; ``size`` its length in bytes; ``calling_ae`` the AE that sent
+    it. :meth:`header` decodes everything before the Pixel Data once, for all add-ins that ask."""
+
+    calling_ae: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: str
+    transfer_syntax: str
+    size: int = 0
+    _header: Any = None
+
+    def header(self) -> Any:
+        """The dataset without its pixel data (a pydicom ``Dataset``), decoded on first use."""
+        if self._header is None:
+            from pydicom import dcmread
+
+            self._header = dcmread(self.path, stop_before_pixels=True, force=True)
+        return self._header
+
+
+class Admission:
+    """Asks the enabled add-ins that implement :meth:`AddIn.admit_instance` about a C-STORE, in the
+    order of their names: the first :class:`Response` answers it (nothing is stored). An add-in that
+    raises is logged and answers 0xC000: a filter that cannot decide must not let data in silently.
+    The server fills :attr:`deciders` when its add-ins are loaded (and again after a reload)."""
+
+    def __init__(self) -> None:
+        self.deciders: list[tuple[str, Callable[[IncomingInstance], Response | None]]] = []
+
+    def check(self, instance: IncomingInstance) -> tuple[str, Response] | None:
+        """``(add-in name, response)`` of the first add-in that decides, or ``None``: store it."""
+        for name, decide in self.deciders:
+            try:
+                response = decide(instance)
+            except Exception as exc:
+                logging.getLogger(f"pacskit.addin.{name}").exception("admit_instance failed for %s",
+                                                                     instance.sop_instance_uid)
+                return name, Response(Status.CANNOT_UNDERSTAND, elements={"ErrorComment": f"{name}: {exc}"[:64]})
+            if response is not None:
+                return name, response
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +312,23 @@ class AddIn:
         loop: make them ``async`` and run database work in a thread, as the DIMSE handlers do."""
         return None
 
+    def admit_instance(self, instance: IncomingInstance) -> Response | None:
+        """Decide on a received C-STORE before it is stored: ``None`` (the default) lets it in; a
+        :class:`Response` answers the C-STORE with it and nothing is stored: a failure status with an
+        ``ErrorComment`` to refuse it (0xA700, 0xA900, 0xC000…), 0x0000 to acknowledge and drop it.
+
+        Runs in the server's thread pool for every C-STORE the Storage add-in receives, so keep it
+        quick; :meth:`IncomingInstance.header` decodes the attributes once for every add-in."""
+        return None
+
+    def workflow_event(self, event: WorkflowEvent) -> None:
+        """Observe a :class:`WorkflowEvent` another add-in published (an HL7 ADT, an order…).
+
+        Called synchronously in the publisher's thread before the publisher acknowledges what caused
+        the event (the HL7 add-in sends its ACK afterwards): write what must not be lost to durable
+        storage here, and do the slow work later (a task, a queue). Exceptions are logged, never
+        reach the publisher."""
+
     def tls_setup(self) -> TlsSetup | None:
         """The server's TLS, for a security add-in; ``None`` (the default) for every other add-in.
 
@@ -288,16 +395,20 @@ def misspelled_hooks(cls: type[AddIn]) -> list[str]:
 __all__ = [
     "HOOKS",
     "AddIn",
+    "Admission",
     "AddInOptions",
     "Audit",
     "BaseServices",
     "Handler",
     "HttpService",
+    "IncomingInstance",
     "Permission",
     "Request",
     "Response",
     "Status",
     "SupportedContext",
     "TlsSetup",
+    "Workflow",
+    "WorkflowEvent",
     "misspelled_hooks",
 ]

@@ -8,16 +8,22 @@ and the new keys before any file is written: recovery deletes whichever of them 
 Killed before the commit, the new files go and A is as it was; after it, the old files go and the
 merge is complete. SOP Instance UIDs are kept (the instances are the same acquisitions; the patient
 they were filed under was wrong).
+
+:func:`correct_attributes` changes any descriptive attribute of a study or a series the same way,
+recording the old values in each file's Original Attributes Sequence, with the UID policy the admin
+chooses (keep the UIDs, or new ones with a Source Image Sequence reference to what they replace).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pydicom
 from sqlalchemy import and_, delete, func, select, update
@@ -261,6 +267,212 @@ def update_patient(
     return report
 
 
+#: keyword -> column of the study / series row that the index keeps for it (others live in the files only)
+_STUDY_COLUMNS = {"StudyDate": "study_date", "StudyTime": "study_time", "AccessionNumber": "accession_number",
+                  "StudyID": "study_id", "ReferringPhysicianName": "referring_physician_name",
+                  "StudyDescription": "study_description"}
+_SERIES_COLUMNS = {"Modality": "modality", "SeriesNumber": "series_number", "SeriesDescription": "series_description",
+                   "BodyPartExamined": "body_part_examined"}
+#: never changed by an attribute correction: identity (the UID policy decides), the patient (update_patient,
+#: merge_patients), and what is not a descriptive attribute
+_NOT_CORRECTABLE = frozenset({
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID",
+    "PixelData", "FloatPixelData", "DoubleFloatPixelData", "TransferSyntaxUID", "SpecificCharacterSet",
+    "OriginalAttributesSequence", "SourceImageSequence", *_PATIENT_ATTRS, "OtherPatientIDsSequence",
+})
+UidPolicy = Literal["keep", "new"]
+
+
+@dataclass(slots=True)
+class CorrectionReport:
+    level: str
+    uid: str
+    uid_policy: str
+    dry_run: bool
+    changes: dict[str, str]
+    studies: list[StudyDeletion] = field(default_factory=list)
+    #: old UID -> new UID (studies, series and instances), with ``uid_policy = "new"``
+    new_uids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def instances(self) -> int:
+        return sum(s.instances for s in self.studies)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"level": self.level, "uid": self.uid, "uid_policy": self.uid_policy, "dry_run": self.dry_run,
+                "changes": self.changes, "instances": self.instances, "new_uids": self.new_uids,
+                "studies": [s.to_json() for s in self.studies]}
+
+
+def _checked_changes(level: str, changes: dict[str, str]) -> dict[str, str]:
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    from pacskit.store.workflow.worklist import check_entry_values
+
+    if not changes:
+        raise CorrectionError("nothing to change: give attribute=value pairs")
+    if level not in ("study", "series"):
+        raise CorrectionError(f"level must be study or series, not {level!r}")
+    probe = pydicom.Dataset()
+    for keyword, value in changes.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise CorrectionError(f"{keyword!r} is not a DICOM keyword")
+        if keyword in _NOT_CORRECTABLE or (tag >> 16) in (0x0002, 0x0000):
+            raise CorrectionError(f"{keyword} cannot be corrected this way"
+                                  + (" (update the patient, or merge patients)" if keyword in _PATIENT_ATTRS else ""))
+        vr = dictionary_VR(tag)
+        if vr == "SQ" or vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+            raise CorrectionError(f"{keyword} ({vr}) cannot be corrected this way")
+        if level == "study" and keyword in _SERIES_COLUMNS:
+            raise CorrectionError(f"{keyword} is a series attribute: correct the series")
+        if level == "series" and keyword in _STUDY_COLUMNS:
+            raise CorrectionError(f"{keyword} is a study attribute: correct the study")
+        if keyword == "SeriesNumber" and value and not value.strip().lstrip("+-").isdigit():
+            raise CorrectionError(f"SeriesNumber must be an integer, not {value!r}")
+        with warnings.catch_warnings():  # pydicom warns of the invalid value the check below names
+            warnings.simplefilter("ignore")
+            probe.add_new(tag, vr, value)
+    try:
+        check_entry_values(probe)
+    except ValueError as exc:
+        raise CorrectionError(str(exc)) from None
+    return dict(changes)
+
+
+def correct_attributes(
+    store: DataStore,
+    level: Literal["study", "series"],
+    uid: str,
+    changes: dict[str, str],
+    *,
+    uid_policy: UidPolicy = "keep",
+    reason: str = "",
+    dry_run: bool = False,
+    on_study: Callable[[StudyDeletion], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> CorrectionReport:
+    """Change attributes of a stored study or series (keyword -> value; an empty value empties a type 2
+    attribute and removes an optional one): the index rows and every file, crash-safely (as a merge).
+
+    Each rewritten file records what was there before in an Original Attributes Sequence item
+    (PS3.3 C.12.1: the old values, the time, ``PACSKIT`` as the modifying system, ``CORRECT`` as the
+    reason). ``uid_policy``: ``"keep"`` keeps every UID (the same objects, described better);
+    ``"new"`` gives the study (level study) or the series new UIDs and every instance a new SOP
+    Instance UID, with a Source Image Sequence item referencing the instance it replaces: copies that
+    went elsewhere before the correction can no longer be mistaken for the corrected ones. The old ->
+    new UIDs are in the report. Patient attributes are corrected with :func:`update_patient`."""
+    import datetime as dt
+
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import generate_uid
+
+    from pacskit.store.index.models import Series, normalise_person_name
+
+    changes = _checked_changes(level, changes)
+    if uid_policy not in ("keep", "new"):
+        raise CorrectionError(f"uid_policy must be keep or new, not {uid_policy!r}")
+    with store.index.reading() as s:
+        if level == "study":
+            target_study = s.scalars(select(Study).where(Study.study_instance_uid == uid)).one_or_none()
+            if target_study is None:
+                raise CorrectionError(f"no study {uid} in the archive")
+            study_pk, series_pks = target_study.pk, list(s.scalars(select(Series.pk).where(Series.study_fk == target_study.pk)))
+        else:
+            target_series = s.scalars(select(Series).where(Series.series_instance_uid == uid)).one_or_none()
+            if target_series is None:
+                raise CorrectionError(f"no series {uid} in the archive")
+            study_pk, series_pks = target_series.study_fk, [target_series.pk]
+        series_uids = dict(s.execute(select(Series.pk, Series.series_instance_uid).where(Series.pk.in_(series_pks))).all())
+    studies, rows, _nf = Deleter(store).select(level, [uid])
+    report = CorrectionReport(level, uid, uid_policy, dry_run, changes, list(studies.values()))
+    if dry_run or not rows:
+        return report
+    new_uids: dict[str, str] = {}
+    if uid_policy == "new":
+        if level == "study":
+            new_uids[uid] = generate_uid(prefix=None)
+        for series_uid in series_uids.values():
+            new_uids[series_uid] = generate_uid(prefix=None)
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S.%f+0000")
+
+    def transform(ds: Any) -> dict[str, Any]:
+        old = pydicom.Dataset()
+        for keyword in changes:
+            if keyword in ds:
+                old[keyword] = copy.deepcopy(ds[keyword])  # a copy: the element itself is changed below
+            else:
+                tag = tag_for_keyword(keyword)
+                assert tag is not None
+                old.add_new(tag, dictionary_VR(tag), None)  # was absent: recorded empty
+        extra: dict[str, Any] = {}
+        if uid_policy == "new":
+            old_sop = str(ds.SOPInstanceUID)
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                old[keyword] = copy.deepcopy(ds[keyword])
+            new_sop = new_uids.setdefault(old_sop, generate_uid(prefix=None))
+            ds.SOPInstanceUID = new_sop
+            if "MediaStorageSOPInstanceUID" in ds.file_meta:
+                ds.file_meta.MediaStorageSOPInstanceUID = new_sop
+            ds.SeriesInstanceUID = new_uids.get(str(ds.SeriesInstanceUID), ds.SeriesInstanceUID)
+            ds.StudyInstanceUID = new_uids.get(str(ds.StudyInstanceUID), ds.StudyInstanceUID)
+            source = pydicom.Dataset()
+            source.ReferencedSOPClassUID = ds.SOPClassUID
+            source.ReferencedSOPInstanceUID = old_sop
+            ds.SourceImageSequence = DicomSequence([*(ds.get("SourceImageSequence") or []), source])
+            extra["sop_instance_uid"] = new_sop
+        for keyword, value in changes.items():
+            tag = tag_for_keyword(keyword)
+            assert tag is not None
+            if value:
+                ds.add_new(tag, dictionary_VR(tag), value)
+            elif keyword in ds:
+                if keyword in _OPTIONAL or keyword not in _STUDY_COLUMNS and keyword not in _SERIES_COLUMNS:
+                    del ds[keyword]
+                else:
+                    ds[keyword].value = ""
+        item = pydicom.Dataset()
+        item.ModifiedAttributesSequence = DicomSequence([old])
+        item.AttributeModificationDateTime = now
+        item.ModifyingSystem = "PACSKIT"
+        item.ReasonForTheAttributeModification = "CORRECT"
+        item.SourceOfPreviousValues = ""
+        ds.OriginalAttributesSequence = DicomSequence([*(ds.get("OriginalAttributesSequence") or []), item])
+        return extra
+
+    study_values: dict[str, Any] = {}
+    series_values: dict[str, Any] = {}
+    for keyword, value in changes.items():
+        if keyword in _STUDY_COLUMNS:
+            study_values[_STUDY_COLUMNS[keyword]] = value or None
+            if keyword == "ReferringPhysicianName":
+                study_values["referring_physician_name_search"] = normalise_person_name(value or None)
+        elif keyword in _SERIES_COLUMNS:
+            series_values[_SERIES_COLUMNS[keyword]] = (int(value) if value else None) if keyword == "SeriesNumber" \
+                else (value or None)
+
+    def switch(s: Any) -> None:
+        if level == "study" and uid in new_uids:
+            study_values["study_instance_uid"] = new_uids[uid]
+        if study_values:
+            s.execute(update(Study).where(Study.pk == study_pk).values(**study_values))
+        for series_pk, series_uid in series_uids.items():
+            values = dict(series_values)
+            if series_uid in new_uids:
+                values["series_instance_uid"] = new_uids[series_uid]
+            if values:
+                s.execute(update(Series).where(Series.pk == series_pk).values(**values))
+        if "modality" in series_values:
+            store.index._refresh_modalities(s, study_pk)  # noqa: SLF001 - the index's own rule
+
+    what = f"correct {level} {uid}: " + ", ".join(f"{k}={v!r}" for k, v in changes.items())
+    _apply(store, rows, studies, {}, switch, what, on_study, before_commit, transform=transform)
+    report.new_uids = new_uids
+    log.warning("%s (UIDs %s)%s", what, "new" if uid_policy == "new" else "kept", f": {reason}" if reason else "")
+    return report
+
+
 _OPTIONAL = ("IssuerOfPatientID", "StudyDescription", "ReferringPhysicianName", "StudyTime")
 
 
@@ -293,4 +505,5 @@ def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str],
     return key, size, sha, extra
 
 
-__all__ = ["CorrectionError", "MergeReport", "merge_patients", "move_series", "update_patient"]
+__all__ = ["CorrectionError", "CorrectionReport", "MergeReport", "UidPolicy", "correct_attributes", "merge_patients",
+           "move_series", "update_patient"]

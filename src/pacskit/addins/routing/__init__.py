@@ -16,6 +16,13 @@ stored file's value), ``time_window`` (``"HH:MM-HH:MM"``, the server's local tim
 ``anonymize_project`` sends a de-identified copy (:mod:`pacskit.dicom.anonymize`, that project's key,
 the same one ``pacskit anonymize --project`` uses).
 
+A rule with ``drop_status`` instead of ``destinations`` is a drop rule: evaluated on each C-STORE
+before it is stored (:meth:`RoutingAddIn.admit_instance`, the public ``admit_instance`` hook), the
+first that matches answers it with that status (0x0000: acknowledged and discarded; a warning or
+failure, with ``drop_comment``: refused) and nothing is stored. ``forward_corrections = true`` on a
+forward rule queues again the instances of a study or series corrected through the admin API
+(:meth:`RoutingAddIn.workflow_event`, a ``correction`` event).
+
 Durability, retries and order: :mod:`pacskit.addins.routing.queue`. The instances are read from the
 index after they were committed, so an instance acknowledged to the modality is routed even if the
 server is killed right after; a job is removed only once the destination answered. Each destination
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 import datetime as dt
 import fnmatch
 import logging
@@ -42,7 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from pacskit.addins.routing.queue import ForwardQueue, Job, NewJob
@@ -50,7 +58,7 @@ from pacskit.dicom.status import status_category
 from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 from pacskit.net import NetError, RequestedContext
 from pacskit.net import events as ev
-from pacskit.services import AddIn, AddInOptions
+from pacskit.services import AddIn, AddInOptions, IncomingInstance, Response, WorkflowEvent
 from pacskit.store import Instance, Series, Study
 
 log = logging.getLogger("pacskit.addin.routing")
@@ -64,7 +72,12 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
-    destinations: list[str] = Field(min_length=1, description="AE titles of the registry")
+    destinations: list[str] = Field(default_factory=list, description="AE titles of the registry")
+    drop_status: int | None = Field(
+        None, ge=0, le=0xFFFF,
+        description="drop rule: answer a matching C-STORE with this status and store nothing (0 acknowledges "
+        "and discards; a failure status such as 0xA700, 0xA900, 0xC000 refuses it)")
+    drop_comment: str = Field("", max_length=64, description="Error Comment of a drop rule's answer")
     calling_aes: list[str] = Field(default_factory=list)
     modalities: list[str] = Field(default_factory=list)
     sop_classes: list[str] = Field(default_factory=list)
@@ -72,6 +85,19 @@ class Rule(BaseModel):
     time_window: str | None = Field(None, pattern=r"^\d\d:\d\d-\d\d:\d\d$",
                                     description="HH:MM-HH:MM, server local time of reception (may wrap midnight)")
     anonymize_project: str | None = Field(None, description="send de-identified copies (this project's key)")
+    forward_corrections: bool = Field(
+        False, description="also send the instances of a study/series corrected through the admin API "
+        "(pacskit correct) again, when they match the rule")
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Rule:
+        if self.drop_status is None and not self.destinations:
+            raise ValueError(f"rule {self.name!r}: give destinations (forward) or drop_status (drop)")
+        if self.drop_status is not None and (self.destinations or self.anonymize_project):
+            raise ValueError(f"rule {self.name!r}: a drop rule has no destinations")
+        if self.drop_status is not None and status_category(self.drop_status) not in ("Success", "Warning", "Failure"):
+            raise ValueError(f"rule {self.name!r}: drop_status 0x{self.drop_status:04X} is not a final C-STORE status")
+        return self
 
 
 class RoutingOptions(AddInOptions):
@@ -92,6 +118,16 @@ def _in_window(window: str, when: dt.datetime) -> bool:
         when = when.replace(tzinfo=dt.UTC)
     now = when.astimezone().time().replace(second=0, microsecond=0)
     return start <= now < end if start <= end else (now >= start or now < end)
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    """What a rule looks at, for a C-STORE not stored yet (the index row's columns for a stored one)."""
+
+    received_at: dt.datetime
+    source_ae: str
+    modality: str
+    sop_class_uid: str
 
 
 def _rule_matches(rule: Rule, row: Any, header: Any) -> bool:
@@ -149,6 +185,61 @@ class RoutingAddIn(AddIn):
         if event.detail.get("service") == "C-STORE":
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    # ------------------------------------------------------------------ drop rules (before storage)
+
+    def admit_instance(self, instance: IncomingInstance) -> Response | None:
+        """The first drop rule the C-STORE matches answers it with its status; nothing is stored."""
+        drops = [rule for rule in self.options.rules if rule.drop_status is not None]
+        if not drops:
+            return None
+        needs_header = any(rule.match or rule.modalities for rule in drops)
+        header = instance.header() if needs_header else None
+        row = _Incoming(received_at=dt.datetime.now(dt.UTC), source_ae=instance.calling_ae,
+                        modality=str(header.get("Modality", "") or "") if header is not None else "",
+                        sop_class_uid=instance.sop_class_uid)
+        for rule in drops:
+            if _rule_matches(rule, row, header):
+                assert rule.drop_status is not None
+                log.info("routing rule %s drops %s from %s: 0x%04X", rule.name, instance.sop_instance_uid,
+                         instance.calling_ae, rule.drop_status)
+                comment = rule.drop_comment or f"dropped by routing rule {rule.name}"
+                return Response(rule.drop_status,
+                                elements={} if rule.drop_status == 0 else {"ErrorComment": comment[:64]})
+        return None
+
+    # ------------------------------------------------------------------ corrections forwarded again
+
+    def workflow_event(self, event: WorkflowEvent) -> None:
+        """A study or series corrected through the admin API (``kind = "correction"``, ``level``,
+        ``uid``: its UID after the correction): its instances are queued again for the destinations
+        of the forward rules with ``forward_corrections`` that they match, before the correction's
+        answer is sent."""
+        queue, store = getattr(self, "queue", None), self.base.store
+        if event.kind != "correction" or queue is None or store is None:
+            return
+        rules = [r for r in self.options.rules if r.drop_status is None and r.forward_corrections]
+        if not rules:
+            return
+        column = Study.study_instance_uid if event.detail.get("level") == "study" else Series.series_instance_uid
+        columns = (Instance.pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.source_ae,
+                   Series.modality, Study.study_instance_uid, Instance.blob_key, Instance.received_at)
+        with store.index.reading() as s:
+            rows = list(s.execute(select(*columns).join(Series, Instance.series_fk == Series.pk)
+                                  .join(Study, Series.study_fk == Study.pk)
+                                  .where(column == event.detail.get("uid", "")).order_by(Instance.pk)).all())
+        needs_header = any(rule.match for rule in rules)
+        jobs: list[NewJob] = []
+        for row in rows:
+            header = self._header(row.blob_key) if needs_header else None
+            for rule in rules:
+                if _rule_matches(rule, row, header):
+                    jobs.extend(NewJob(dest, rule.name, rule.anonymize_project, row.pk, row.sop_instance_uid,
+                                       row.study_instance_uid) for dest in rule.destinations)
+        if jobs:
+            queue.record(jobs, [], 0, 0)
+            log.info("routing: %d corrected instances queued again (%d jobs)", len(rows), len(jobs))
+            self._loop.call_soon_threadsafe(self._wake.set)
+
     # ------------------------------------------------------------------ rules -> jobs
 
     async def _router(self) -> None:
@@ -203,7 +294,7 @@ class RoutingAddIn(AddIn):
         for row in rows:
             header = self._header(row.blob_key) if needs_header else None
             for rule in self.options.rules:
-                if _rule_matches(rule, row, header):
+                if rule.drop_status is None and _rule_matches(rule, row, header):
                     jobs.extend(NewJob(dest, rule.name, rule.anonymize_project, row.pk, row.sop_instance_uid,
                                        row.study_instance_uid) for dest in rule.destinations)
             routed.append(row.pk)

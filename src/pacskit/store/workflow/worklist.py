@@ -624,6 +624,37 @@ class WorklistStore:
 
         return self.index.run_write(work)
 
+    def update_patient(self, patient_id: str, *, name: str | None = None, birth_date: str | None = None,
+                       sex: str | None = None, statuses: Sequence[str] = ("SCHEDULED", "ARRIVED", "READY", "")) -> list[int]:
+        """Write a patient's new demographics into the steps of that patient (Patient ID) whose status
+        is one of ``statuses`` (by default those not yet started: an HL7 ADT^A08 corrects what the
+        modality will read from the worklist, not the record of a procedure performed). ``None``
+        leaves an attribute as it is. One transaction; returns the ids of the steps changed."""
+        changes = Dataset()
+        if name is not None:
+            changes.PatientName = name
+        if birth_date is not None:
+            changes.PatientBirthDate = birth_date
+        if sex is not None:
+            changes.PatientSex = sex
+        if not patient_id or len(changes) == 0:
+            return []
+        check_entry_values(changes)
+
+        def work(s: Session) -> list[int]:
+            changed: list[int] = []
+            rows = s.execute(select(C).where(C.patient_id == patient_id).order_by(C.pk).with_for_update()).scalars()
+            for row in rows:
+                if (row.sps_status or "") not in statuses:
+                    continue
+                step = Dataset.from_json(row.dataset)
+                _merge(step, changes)
+                self._write(s, _Prepared.of(step), row)
+                changed.append(row.pk)
+            return changed
+
+        return self.index.run_write(work)
+
     def set_status(self, entry_id: int, status: str) -> bool:
         """Set a step's Scheduled Procedure Step Status (MPPS: STARTED, COMPLETED, DISCONTINUED)."""
         return self.index.run_write(lambda s: self.set_status_in(s, entry_id, status))
