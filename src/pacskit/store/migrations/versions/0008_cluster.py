@@ -1,0 +1,69 @@
+"""cluster_nodes / cluster_inflight / cluster_ae_titles: the state several nodes share.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-06
+
+Used only when several pacskit nodes share this database (``[cluster]``, see pacskit.store.cluster):
+the nodes' leases, the blob keys of ingests in flight (the shared crash journal) and the shared AE
+registry. Created on every backend so that one schema serves all; empty on a single node.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+UTC_DATETIME = sa.DateTime(timezone=False).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+TABLE_ARGS = {
+    f"{prefix}_{option}": value
+    for prefix in ("mysql", "mariadb")
+    for option, value in (("charset", "utf8mb4"), ("collate", "utf8mb4_bin"), ("engine", "InnoDB"))
+}
+
+
+def upgrade() -> None:
+    op.create_table(
+        "cluster_nodes",
+        sa.Column("node_id", sa.String(32), nullable=False),
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("started_at", UTC_DATETIME, nullable=False),
+        sa.Column("lease_until", UTC_DATETIME, nullable=False),
+        sa.PrimaryKeyConstraint("node_id", name="pk_cluster_nodes"),
+        **TABLE_ARGS,
+    )
+    op.create_index("ix_cluster_nodes_lease_until", "cluster_nodes", ["lease_until"])
+    op.create_table(
+        "cluster_inflight",
+        sa.Column("blob_key", sa.String(80), nullable=False),
+        sa.Column("node_id", sa.String(32), nullable=False),
+        sa.Column("started_at", UTC_DATETIME, nullable=False),
+        sa.PrimaryKeyConstraint("blob_key", name="pk_cluster_inflight"),
+        **TABLE_ARGS,
+    )
+    op.create_index("ix_cluster_inflight_node_id", "cluster_inflight", ["node_id"])
+    op.create_table(
+        "cluster_ae_titles",
+        sa.Column("title", sa.String(16), nullable=False),
+        sa.Column("definition", sa.Text(), nullable=False),
+        sa.Column("updated_at", UTC_DATETIME, nullable=False),
+        sa.Column("updated_by", sa.String(64), nullable=False),
+        sa.PrimaryKeyConstraint("title", name="pk_cluster_ae_titles"),
+        **TABLE_ARGS,
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("cluster_ae_titles")
+    op.drop_index("ix_cluster_inflight_node_id", table_name="cluster_inflight")
+    op.drop_table("cluster_inflight")
+    op.drop_index("ix_cluster_nodes_lease_until", table_name="cluster_nodes")
+    op.drop_table("cluster_nodes")
