@@ -253,8 +253,12 @@ def seaweedfs_cluster(data_dir: str | os.PathLike[str] | None = None, *, volumes
                         "-max=20", "-preStopSeconds=0"], vport))
                 endpoint = f"http://{LOCALHOST}:{ports['s3']}"
                 deadline = time.monotonic() + startup_timeout
-                why = _wait_weed(server, lambda: _ready(endpoint + "/")
-                                 and _master_sees_volumes(ports["master"], volumes), deadline)
+                master_port = ports["master"]
+
+                def ready(endpoint: str = endpoint, master_port: int = master_port) -> bool:
+                    return _ready(endpoint + "/") and _master_sees_volumes(master_port, volumes)
+
+                why = _wait_weed(server, ready, deadline)
                 for process in processes[1:]:
                     if why is None and "address already in use" in process.log_text():
                         why = "address already in use"
