@@ -41,7 +41,7 @@ def haproxy_binary() -> str | None:
 
 
 def haproxy_config(backends: Sequence[Backend], *, dicom_port: int, http_port: int, stats_port: int,
-                   bind: str = LOCALHOST, check_interval_ms: int = 500) -> str:
+                   bind: str = LOCALHOST, check_interval_ms: int = 500, health_path: str = "/healthz") -> str:
     """The HAProxy configuration: DICOM in TCP mode (``leastconn``: associations are long and uneven),
     HTTP in HTTP mode (round robin), every node checked with ``GET /healthz`` (down after two failures,
     up after one success); the stats page on ``stats_port``."""
@@ -67,7 +67,7 @@ frontend dicom
 backend pacs_dicom
     mode tcp
     balance leastconn
-    option httpchk GET /healthz
+    option httpchk GET {health_path}
     http-check expect status 200
     # a node that fails its health check gets no new association; running ones go on
 {dicom_servers}
@@ -80,7 +80,7 @@ frontend dicomweb
 backend pacs_http
     mode http
     balance roundrobin
-    option httpchk GET /healthz
+    option httpchk GET {health_path}
     http-check expect status 200
     retry-on conn-failure empty-response
     retries 2
@@ -136,7 +136,7 @@ class HAProxy:
 
 @contextlib.contextmanager
 def haproxy(backends: Sequence[Backend], *, wait_up: bool = True, startup_timeout: float = 30,
-            attempts: int = 5) -> Iterator[HAProxy]:
+            attempts: int = 5, health_path: str = "/healthz") -> Iterator[HAProxy]:
     """Run HAProxy in front of ``backends`` for the duration of the block (see :func:`haproxy_config`);
     with ``wait_up``, yields once every node is UP. Raises :class:`PeerError` with its log's tail."""
     binary = haproxy_binary()
@@ -149,7 +149,7 @@ def haproxy(backends: Sequence[Backend], *, wait_up: bool = True, startup_timeou
             dicom_port, http_port, stats_port = free_port(), free_port(), free_port()
             config = folder / "haproxy.cfg"
             config.write_text(haproxy_config(backends, dicom_port=dicom_port, http_port=http_port,
-                                             stats_port=stats_port))
+                                             stats_port=stats_port, health_path=health_path))
             log_path = folder / "haproxy.log"
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
