@@ -36,11 +36,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, Integer, String, Text, create_engine, text
+from sqlalchemy import BigInteger, Engine, Float, Index, Integer, String, Text, create_engine, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from pacskit.config.aetitles import RemoteAE
-from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, Base, UTCDateTime
+from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, UTCDateTime
 
 log = logging.getLogger("pacskit.cluster")
 
@@ -87,6 +87,52 @@ class SharedAeTitle(Base):
     definition: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_by: Mapped[str] = mapped_column(String(NODE_NAME))
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class ForwardJobRow(Base):
+    """A job of the routing add-in's shared forward queue (``pacskit.addins.routing.queue.SharedForwardQueue``)."""
+
+    __tablename__ = "cluster_forward_jobs"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(AE))
+    rule: Mapped[str] = mapped_column(String(64))
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    instance_pk: Mapped[int] = mapped_column(BigInteger)
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_COLUMN))
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_COLUMN))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_at: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_cluster_forward_jobs_destination_state_id", "destination", "state", "id"),
+                      MYSQL_TABLE_ARGS)
+
+
+class ForwardRoutedRow(Base):
+    """An instance the shared router has routed (jobs made, or none matched)."""
+
+    __tablename__ = "cluster_forward_routed"
+
+    instance_pk: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class ForwardDestinationRow(Base):
+    """Which node sends to a destination (a lease): one sender per destination keeps the order."""
+
+    __tablename__ = "cluster_forward_destinations"
+
+    destination: Mapped[str] = mapped_column(String(AE), primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(NODE_NAME))
+    lease_until: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    #: the router's watermark is kept in the row of destination "" (the highest instance pk routed)
+    watermark: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (MYSQL_TABLE_ARGS,)
 

@@ -20,6 +20,7 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
+PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 UTC_DATETIME = sa.DateTime(timezone=False).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 TABLE_ARGS = {
     f"{prefix}_{option}": value
@@ -59,9 +60,47 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("title", name="pk_cluster_ae_titles"),
         **TABLE_ARGS,
     )
+    op.create_table(
+        "cluster_forward_jobs",
+        sa.Column("id", PK, primary_key=True, autoincrement=True),
+        sa.Column("destination", sa.String(16), nullable=False),
+        sa.Column("rule", sa.String(64), nullable=False),
+        sa.Column("project", sa.String(64), nullable=True),
+        sa.Column("instance_pk", sa.BigInteger(), nullable=False),
+        sa.Column("sop_instance_uid", sa.String(128), nullable=False),
+        sa.Column("study_instance_uid", sa.String(128), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_at", sa.Float(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("created", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_cluster_forward_jobs"),
+        **TABLE_ARGS,
+    )
+    op.create_index("ix_cluster_forward_jobs_destination_state_id", "cluster_forward_jobs",
+                    ["destination", "state", "id"])
+    op.create_table(
+        "cluster_forward_routed",
+        sa.Column("instance_pk", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.PrimaryKeyConstraint("instance_pk", name="pk_cluster_forward_routed"),
+        **TABLE_ARGS,
+    )
+    op.create_table(
+        "cluster_forward_destinations",
+        sa.Column("destination", sa.String(16), nullable=False),
+        sa.Column("node_name", sa.String(64), nullable=False),
+        sa.Column("lease_until", UTC_DATETIME, nullable=False),
+        sa.Column("watermark", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("destination", name="pk_cluster_forward_destinations"),
+        **TABLE_ARGS,
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("cluster_forward_destinations")
+    op.drop_table("cluster_forward_routed")
+    op.drop_index("ix_cluster_forward_jobs_destination_state_id", table_name="cluster_forward_jobs")
+    op.drop_table("cluster_forward_jobs")
     op.drop_table("cluster_ae_titles")
     op.drop_index("ix_cluster_inflight_node_id", table_name="cluster_inflight")
     op.drop_table("cluster_inflight")
