@@ -149,8 +149,9 @@ def _require_postgresql(engine: Engine) -> None:
 def _journal_engine(engine: Engine) -> Engine:
     """A small engine on the same database for the in-flight records: autocommit, one round trip per
     statement, and ``synchronous_commit=off`` (the record needs no fsync of its own, see module doc)."""
+    # no pre-ping (a round trip per checkout): a connection the server dropped fails one statement,
+    # SQLAlchemy then discards the whole pool, and that ingest fails cleanly (never acknowledged)
     return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=16,
-                         pool_pre_ping=True,
                          connect_args={"connect_timeout": 10, "options": "-c synchronous_commit=off"})
 
 
