@@ -170,6 +170,9 @@ def test_three_nodes_behind_haproxy_share_one_archive(tmp_path: Path) -> None:
             with pacs_nodes(tmp_path / "nodes", ["a", "b", "c"], ae_title=AE, database_url=url,
                             s3_options=options, lease_seconds=LEASE) as (a, b, c):
                 assert set(cluster_rows(url)["nodes"]) == {"a", "b", "c"}
+                status, body = b.admin("GET", "/cluster")
+                assert status == 200 and body["node"] == "b" and body["healthy"], body
+                assert sorted(n["name"] for n in body["nodes"]) == ["a", "b", "c"]
                 with haproxy([Backend(n.name, n.dicom_port, n.http_port) for n in (a, b, c)]) as lb:
                     _scenario(tmp_path, url, weed, lb, a, b, c, acknowledged)
     finally:
