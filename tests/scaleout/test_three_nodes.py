@@ -234,7 +234,7 @@ def _scenario(tmp: Path, url: str, weed: Any, lb: Any, a: Node, b: Node, c: Node
     assert _wado_study(lb.http_port, f"{root}.2") == {uid: _digest(p) for uid, p in batches[1].items()}
 
     # 6. kill -9 of node C in the middle of an ingest
-    late = _study(tmp, "late", f"{root}.10", 60, patient="LATE")
+    late = _study(tmp, "late", f"{root}.10", 100, patient="LATE")
     files = list(late.values())
     proc = subprocess.Popen([dcmtk_tool("storescu"), "-v", "-aet", "STORESCU", "-aec", AE, "127.0.0.1",
                              str(c.dicom_port), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
