@@ -33,6 +33,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -234,14 +235,14 @@ class SharedAeRegistry:
                 f"INSERT INTO cluster_ae_titles (title, definition, updated_at, updated_by) "
                 f"VALUES (:t, :d, {_NOW}, :by) ON CONFLICT (title) {conflict}"),
                 {"t": ae.title, "d": self._json(ae), "by": self.node_name})
-            if done.rowcount != 1 and not replace:  # type: ignore[attr-defined]
+            if done.rowcount != 1 and not replace:
                 raise ValueError(f"AE {ae.title!r} is already registered")
         log.info("AE %s registered (shared registry, through node %s)", ae.title, self.node_name)
 
     def remove(self, title: str) -> bool:
         with self._engine.begin() as conn:
             gone = conn.execute(text("DELETE FROM cluster_ae_titles WHERE title = :t"), {"t": title.strip()})
-        return bool(gone.rowcount)  # type: ignore[attr-defined]
+        return bool(gone.rowcount)
 
     def seed(self, entries: list[RemoteAE]) -> int:
         """Copy in the ``entries`` (a local ``ae-titles.toml``) whose titles are not registered; returns how many."""
@@ -252,7 +253,7 @@ class SharedAeRegistry:
                     f"INSERT INTO cluster_ae_titles (title, definition, updated_at, updated_by) "
                     f"VALUES (:t, :d, {_NOW}, :by) ON CONFLICT (title) DO NOTHING"),
                     {"t": ae.title, "d": self._json(ae), "by": self.node_name})
-                added += done.rowcount  # type: ignore[attr-defined]
+                added += done.rowcount
         return added
 
 
@@ -301,13 +302,11 @@ class ClusterNode:
 
     def renew(self) -> None:
         """Extend our lease (register again if another node declared us dead)."""
-        import time
-
         with self.engine.begin() as conn:
             done = conn.execute(text(
                 f"UPDATE cluster_nodes SET lease_until = {_NOW} + make_interval(secs => :lease) "
                 "WHERE node_id = :id"), {"id": self.node_id, "lease": self.lease_seconds})
-            if done.rowcount != 1:  # type: ignore[attr-defined]
+            if done.rowcount != 1:
                 log.error("node %s: our lease had run out and another node recovered our ingests in flight; "
                           "registering again", self.name)
                 self._register(conn)
@@ -315,8 +314,6 @@ class ClusterNode:
 
     def healthy(self) -> bool:
         """The lease was renewed within the last ``lease_seconds`` (the database answers us)."""
-        import time
-
         return self.last_renewal is not None and time.monotonic() - self.last_renewal < self.lease_seconds
 
     # recovery of dead nodes ---------------------------------------------------------------------------
@@ -370,8 +367,6 @@ class ClusterNode:
     def start(self) -> None:
         with self.engine.begin() as conn:
             self._register(conn)
-        import time
-
         self.last_renewal = time.monotonic()
         self.recover_dead()
         self._thread = threading.Thread(target=self._run, name=f"pacskit-cluster-{self.name}", daemon=True)

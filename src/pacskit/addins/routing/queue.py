@@ -357,12 +357,12 @@ class SharedForwardQueue:
             sql += " AND id = ANY(:i)"
             params["i"] = id_list
         with self._engine.begin() as conn:
-            return int(conn.execute(self._text(sql), params).rowcount)  # type: ignore[attr-defined]
+            return int(conn.execute(self._text(sql), params).rowcount)
 
     def purge(self, *, destination: str | None = None, state: str | None = None) -> int:
         where, params = self._where({"destination": destination, "state": state})
         with self._engine.begin() as conn:
-            return int(conn.execute(self._text(f"DELETE FROM cluster_forward_jobs{where}"), params).rowcount)  # type: ignore[attr-defined]
+            return int(conn.execute(self._text(f"DELETE FROM cluster_forward_jobs{where}"), params).rowcount)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
