@@ -15,7 +15,7 @@ from sqlalchemy import text
 from pacskit.config.aetitles import RemoteAE
 from pacskit.config.settings import ServerSettings
 from pacskit.store import DataStore, MemoryBlobStore
-from pacskit.store.cluster import ClusterNode, LeaseLost, SharedAeRegistry, cluster_nodes
+from pacskit.store.cluster import ClusterNode, LeaseLost, SharedAeRegistry, adopt, claim, cluster_nodes, forget_claims
 from pacskit.testing.cluster import POSTGRES_URL, fresh_postgres_database
 from pacskit.testing.synth import make_instance
 
@@ -35,7 +35,7 @@ def database_url() -> Iterator[str]:
 def store(database_url: str) -> Iterator[DataStore]:
     s = DataStore.open(database_url, blobs=MemoryBlobStore())
     with s.index.engine.begin() as conn:
-        for table in ("cluster_inflight", "cluster_nodes", "cluster_ae_titles", "instances", "series", "studies",
+        for table in ("cluster_claims", "cluster_inflight", "cluster_nodes", "cluster_ae_titles", "instances", "series", "studies",
                       "patients"):
             conn.execute(text(f"DELETE FROM {table}"))
     yield s
@@ -151,6 +151,32 @@ def test_the_shared_ae_registry_is_one_registry_for_every_node(store: DataStore)
     assert [e.title for e in on_b.all()] == ["MODALITY1", "OTHER"]
     assert on_b.remove("MODALITY1") and not on_a.remove("MODALITY1")
     assert on_a.get("MODALITY1") is None
+
+
+def test_work_items_are_adopted_from_dead_nodes_once(store: DataStore) -> None:
+    a, b, c = _node(store, "a"), _node(store, "b"), _node(store, "c")
+    try:
+        engine = store.index.engine
+        with store.index.engine.begin() as conn:
+            for item in (1, 2, 3):
+                claim(conn, "commitment", item, "a")
+            claim(conn, "commitment", 4, "b")
+        assert adopt(engine, "commitment", [1, 2, 3, 4, 5], "c") == [5]  # a and b are alive: only the unclaimed
+        assert adopt(engine, "commitment", [1, 2, 3, 4], "a", own=True) == [1, 2, 3]  # a restarted: its own
+        a._stop.set()
+        _expire(store, a)  # a dies
+        results: list[list[int]] = []
+        threads = [threading.Thread(target=lambda n=n: results.append(adopt(engine, "commitment", [1, 2, 3, 4], n)))
+                   for n in ("b", "c")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(sum(results, [])) == [1, 2, 3], "each of the dead node's items adopted by exactly one node"
+        assert forget_claims(engine, "commitment", keep=[2]) == 4
+    finally:
+        for n in (a, b, c):
+            n.stop()
 
 
 def _settings(**data: Any) -> ServerSettings:

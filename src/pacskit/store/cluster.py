@@ -138,6 +138,54 @@ class ForwardDestinationRow(Base):
     __table_args__ = (MYSQL_TABLE_ARGS,)
 
 
+class ClusterClaimRow(Base):
+    """Which node works on an item of an add-in's durable state (``kind``, e.g. ``commitment``: a
+    storage commitment request's pk). A node adopts the items whose claiming node is dead."""
+
+    __tablename__ = "cluster_claims"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    item: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    node_name: Mapped[str] = mapped_column(String(NODE_NAME))
+    claimed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+def claim(session: Any, kind: str, item: int, node_name: str) -> None:
+    """In the transaction that creates ``item``: this node works on it."""
+    session.execute(text(
+        f"INSERT INTO cluster_claims (kind, item, node_name, claimed_at) VALUES (:k, :i, :n, {_NOW}) "
+        "ON CONFLICT (kind, item) DO UPDATE SET node_name = excluded.node_name, claimed_at = excluded.claimed_at"),
+        {"k": kind, "i": item, "n": node_name})
+
+
+def adopt(engine: Engine, kind: str, items: list[int], node_name: str, *, own: bool = False) -> list[int]:
+    """Claim for ``node_name`` those of ``items`` nobody claims or whose node has no live lease (and,
+    with ``own``, those already claimed under our name: a previous run of this node). Returns the
+    items now ours to work on; concurrent callers never get the same item (the upsert's row lock)."""
+    if not items:
+        return []
+    alive = (f"EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.name = cluster_claims.node_name "
+             f"AND n.lease_until >= {_NOW})")
+    condition = f"(cluster_claims.node_name = :n OR NOT {alive})" if own else f"NOT {alive}"
+    with engine.begin() as conn:
+        rows = conn.execute(text(
+            f"INSERT INTO cluster_claims (kind, item, node_name, claimed_at) "
+            f"SELECT :k, unnest(CAST(:items AS bigint[])), :n, {_NOW} "
+            f"ON CONFLICT (kind, item) DO UPDATE SET node_name = excluded.node_name, claimed_at = excluded.claimed_at "
+            f"WHERE {condition} RETURNING item"), {"k": kind, "items": list(items), "n": node_name})
+        return sorted(int(r[0]) for r in rows)
+
+
+def forget_claims(engine: Engine, kind: str, keep: list[int]) -> int:
+    """Delete the claims of ``kind`` on items not in ``keep`` (done with); returns how many."""
+    with engine.begin() as conn:
+        gone = conn.execute(text("DELETE FROM cluster_claims WHERE kind = :k AND NOT (item = ANY(CAST(:keep AS bigint[])))"),
+                            {"k": kind, "keep": list(keep)})
+        return int(gone.rowcount)
+
+
 class LeaseLost(RuntimeError):
     """This node's in-flight record is gone: another node declared it dead and recovered its ingest."""
 

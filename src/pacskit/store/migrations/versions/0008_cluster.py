@@ -5,8 +5,8 @@ Revises: 0007
 Create Date: 2026-12-06
 
 Used only when several pacskit nodes share this database (``[cluster]``, see pacskit.store.cluster):
-the nodes' leases, the blob keys of ingests in flight (the shared crash journal) and the shared AE
-registry. Created on every backend so that one schema serves all; empty on a single node.
+the nodes' leases, the blob keys of ingests in flight (the shared crash journal), the shared AE
+registry, the routing add-in's shared forward queue and the claims of add-ins' work items. Created on every backend so that one schema serves all; empty on a single node.
 """
 
 from __future__ import annotations
@@ -94,9 +94,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("destination", name="pk_cluster_forward_destinations"),
         **TABLE_ARGS,
     )
+    op.create_table(
+        "cluster_claims",
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("item", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("node_name", sa.String(64), nullable=False),
+        sa.Column("claimed_at", UTC_DATETIME, nullable=False),
+        sa.PrimaryKeyConstraint("kind", "item", name="pk_cluster_claims"),
+        **TABLE_ARGS,
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("cluster_claims")
     op.drop_table("cluster_forward_destinations")
     op.drop_table("cluster_forward_routed")
     op.drop_index("ix_cluster_forward_jobs_destination_state_id", table_name="cluster_forward_jobs")
