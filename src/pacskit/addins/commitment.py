@@ -167,7 +167,8 @@ class StorageCommitmentAddIn(AddIn):
             try:
                 pending = await asyncio.to_thread(self._pending)
                 adopted = await asyncio.to_thread(self._adopt, pending, False)
-                await asyncio.to_thread(forget_claims, store.index.engine, CLAIM_KIND, pending)
+                await asyncio.to_thread(forget_claims, store.index.engine, CLAIM_KIND,
+                                        "SELECT pk FROM storage_commitment_requests WHERE state = 'pending'")
             except Exception as exc:
                 self.base.log.error("storage commitment: cannot adopt the requests of dead nodes: %s", exc)
                 continue

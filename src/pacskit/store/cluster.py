@@ -178,11 +178,13 @@ def adopt(engine: Engine, kind: str, items: list[int], node_name: str, *, own: b
         return sorted(int(r[0]) for r in rows)
 
 
-def forget_claims(engine: Engine, kind: str, keep: list[int]) -> int:
-    """Delete the claims of ``kind`` on items not in ``keep`` (done with); returns how many."""
+def forget_claims(engine: Engine, kind: str, open_items_sql: str) -> int:
+    """Delete the claims of ``kind`` on items that are done: not among ``open_items_sql`` (a constant
+    subquery of the item ids still open, evaluated in the same statement, so a claim committed with
+    its new item is never taken for a finished one). Returns how many were deleted."""
     with engine.begin() as conn:
-        gone = conn.execute(text("DELETE FROM cluster_claims WHERE kind = :k AND NOT (item = ANY(CAST(:keep AS bigint[])))"),
-                            {"k": kind, "keep": list(keep)})
+        gone = conn.execute(text(f"DELETE FROM cluster_claims WHERE kind = :k AND item NOT IN ({open_items_sql})"),
+                            {"k": kind})
         return int(gone.rowcount)
 
 
