@@ -41,6 +41,11 @@ answered at once; the commitment itself is decided afterwards and sent as an N-E
 Requests still pending when the server stops are resumed at start-up, at once (``delay`` is not
 applied again) and on a new association. With ``workers > 1``, every worker process resumes every
 pending request, so a requester may get one report per worker (they are identical).
+
+On a cluster (``[cluster]``, docs/deployment.md) each request is claimed by the node that received it,
+in the transaction that records it (``pacskit.store.cluster.claim``); a node starting resumes only its
+own and unclaimed requests, and every lease period each node adopts the pending requests of nodes
+whose lease ran out: one report per request, whichever node survives.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ from pacskit.client.commitment import (
 from pacskit.net import Association, CommandField, NetError, PresentationContext, RequestedContext
 from pacskit.dicom.status import DimseRefusal, Status
 
+#: the kind of this add-in's items in the cluster claims (pacskit.store.cluster)
+CLAIM_KIND = "commitment"
 
 
 class CommitmentOptions(AddInOptions):
@@ -110,6 +117,8 @@ class StorageCommitmentAddIn(AddIn):
         super().__init__(options, base)
         self._tasks: set[asyncio.Task[None]] = set()
         self._storage_classes: frozenset[str] = frozenset()
+        self._node: str | None = None  # this node's name on a cluster (pacskit.store.cluster claims)
+        self._adopter: asyncio.Task[None] | None = None
 
     def presentation_contexts(self) -> Sequence[SupportedContext]:
         return [SupportedContext(STORAGE_COMMITMENT_PUSH_MODEL)]
@@ -127,12 +136,51 @@ class StorageCommitmentAddIn(AddIn):
             self.base.log.warning("no data store: every storage commitment request will be refused")
             return
         pending = await asyncio.to_thread(self._pending)
+        settings = self.base.settings
+        self._node = settings.cluster_node_name if getattr(settings, "cluster_enabled", False) else None
+        if self._node is not None:
+            # a cluster: resume only what no live node works on (ours from a previous run included);
+            # the rest belongs to the node that received it, and is adopted if that node dies
+            pending = await asyncio.to_thread(self._adopt, pending, True)
+            self._adopter = asyncio.get_running_loop().create_task(self._adopt_orphans(settings.cluster.lease_seconds))
         if pending:
             self.base.log.info("resuming %d pending storage commitment reports", len(pending))
         for pk in pending:
             self._spawn(pk, None, None, delay=0.0)
 
+    def _adopt(self, pending: list[int], own: bool) -> list[int]:
+        from pacskit.store.cluster import adopt
+
+        store = self.base.store
+        assert store is not None and self._node is not None
+        return adopt(store.index.engine, CLAIM_KIND, pending, self._node, own=own)
+
+    async def _adopt_orphans(self, period: float) -> None:
+        """A cluster node: every lease period, take over the pending requests of nodes that died (and
+        forget the claims of requests that are done)."""
+        from pacskit.store.cluster import forget_claims
+
+        store = self.base.store
+        assert store is not None
+        while True:
+            await asyncio.sleep(period)
+            try:
+                pending = await asyncio.to_thread(self._pending)
+                adopted = await asyncio.to_thread(self._adopt, pending, False)
+                await asyncio.to_thread(forget_claims, store.index.engine, CLAIM_KIND,
+                                        "SELECT pk FROM storage_commitment_requests WHERE state = 'pending'")
+            except Exception as exc:
+                self.base.log.error("storage commitment: cannot adopt the requests of dead nodes: %s", exc)
+                continue
+            if adopted:
+                self.base.log.warning("adopted %d pending storage commitment reports of a dead node", len(adopted))
+            for pk in adopted:
+                self._spawn(pk, None, None, delay=0.0)
+
     async def stop(self) -> None:
+        adopter = getattr(self, "_adopter", None)
+        if adopter is not None:
+            adopter.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -242,6 +290,10 @@ class StorageCommitmentAddIn(AddIn):
                 {"request_fk": row.pk, "sop_class_uid": r.sop_class_uid, "sop_instance_uid": r.sop_instance_uid}
                 for r in references
             ])
+            if self._node is not None:  # a cluster: this node reports it (others adopt it if we die)
+                from pacskit.store.cluster import claim
+
+                claim(s, CLAIM_KIND, int(row.pk), self._node)
             return int(row.pk)
 
         return store.index.run_write(work)

@@ -38,6 +38,11 @@ Example::
 
     [http]                      # public HTTP for add-ins that serve it (DICOMweb); only if one does
     port = 8042                 # as Orthanc: base URL http://host:8042/dicom-web
+
+    [cluster]                   # several nodes on one PostgreSQL + S3 (docs/deployment.md)
+    enabled = true              # default: on when the index is PostgreSQL and the blobs are in S3
+    node_name = "pacs-1"        # default: <host name>-<data folder name>
+    lease_seconds = 30          # a node silent this long is dead: the others recover its work
 """
 
 from __future__ import annotations
@@ -204,6 +209,24 @@ class HttpSettings(_Strict):
         return self
 
 
+class ClusterSettings(_Strict):
+    """Several stateless nodes sharing one index database and one object store (``[cluster]``).
+
+    ``enabled`` unset means "implied by the storage": a PostgreSQL index with an ``s3`` blob store is a
+    shared archive, so what other nodes must see (the AE registry, ingests in flight, the nodes' leases)
+    lives in the database (:mod:`pacskit.store.cluster`) instead of local files. ``enabled = true`` on
+    SQLite is an error (one process writes SQLite). ``node_name`` names this node in the shared tables
+    and logs (default ``<host name>-<data folder name>``); ``lease_seconds``: a node that has not renewed
+    its lease for this long is dead, and any other node recovers its interrupted ingests.
+    """
+
+    enabled: bool | None = None
+    node_name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    lease_seconds: float = Field(30.0, gt=0, le=3600)
+    #: the health endpoint ``/healthz`` on the public HTTP listener (started for it in a cluster)
+    health_endpoint: bool = True
+
+
 class ServerSettings(_Strict):
     """Everything a server needs; ``folder`` is where it was loaded from (not stored in the file)."""
 
@@ -224,6 +247,7 @@ class ServerSettings(_Strict):
     logging: LoggingSettings = LoggingSettings()
     admin: AdminSettings = AdminSettings()
     http: HttpSettings = HttpSettings()
+    cluster: ClusterSettings = ClusterSettings()
     addins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     _folder: Path = Path(".")
@@ -253,6 +277,16 @@ class ServerSettings(_Strict):
         if not value:
             raise ValueError("host must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_shared_storage(self) -> ServerSettings:
+        if self.cluster.enabled and self.database.url.split(":", 1)[0].split("+", 1)[0] not in ("postgresql", "postgres"):
+            raise ValueError("cluster.enabled needs a shared PostgreSQL index database "
+                             f"(database.url is {self.database.url.split(':', 1)[0]}:...)")
+        if self.cluster.enabled and self.storage.backend in ("filesystem", "memory"):
+            raise ValueError("cluster.enabled needs a shared blob store (backend = \"s3\"), "
+                             f"not {self.storage.backend!r}")
+        return self
 
     @property
     def folder(self) -> Path:
@@ -288,6 +322,24 @@ class ServerSettings(_Strict):
     def storage_path(self) -> Path:
         path = Path(self.storage.path)
         return path if path.is_absolute() else self.data_path / path
+
+    @property
+    def cluster_enabled(self) -> bool:
+        """This server is one node of several sharing the index and the blobs (see :class:`ClusterSettings`)."""
+        if self.cluster.enabled is not None:
+            return self.cluster.enabled
+        url = self.database.url.split(":", 1)[0].split("+", 1)[0]
+        return url in ("postgresql", "postgres") and self.storage.backend == "s3"
+
+    @property
+    def cluster_node_name(self) -> str:
+        """This node's name in the shared tables: ``[cluster] node_name``, else ``<host>-<data folder>``."""
+        if self.cluster.node_name:
+            return self.cluster.node_name
+        import socket
+
+        raw = f"{socket.gethostname().split('.')[0]}-{self.data_path.resolve().name}"
+        return re.sub(r"[^A-Za-z0-9._-]", "-", raw)[:64] or "node"
 
     @property
     def is_loopback(self) -> bool:

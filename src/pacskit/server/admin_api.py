@@ -15,6 +15,7 @@ Endpoints (the OpenAPI document is at ``/openapi.json``, interactive docs at ``/
 ``GET /status``             AE title, port, pid, uptime, associations, add-ins
 ``GET /statistics``         counters: associations, operations per service (statuses, latency), bytes
 ``GET /metrics``            the same in Prometheus text format
+``GET /cluster``            a cluster node: this node and every registered node (lease, ingests in flight)
 ``GET|POST /ae-titles``     the AE registry (the ``ae_titles`` base service; effective at once)
 ``GET|PUT|DELETE /ae-titles/{title}``
 ``GET /clients``            open connections: calling AE, address, since, contexts, bytes, operation
@@ -489,6 +490,21 @@ def create_app(service: AdminService) -> FastAPI:
     async def get_metrics() -> PlainTextResponse:
         """Prometheus text exposition format."""
         return PlainTextResponse(service.metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/cluster", tags=["server"])
+    async def get_cluster() -> dict[str, Any]:
+        """This node and the nodes sharing its archive (``[cluster]``, docs/deployment.md); 404 on a
+        single server."""
+        node = server.cluster
+        if node is None:
+            raise HTTPException(404, "this server is not a cluster node ([cluster] in server.toml)")
+        from pacskit.store.cluster import cluster_nodes
+
+        nodes = await asyncio.to_thread(cluster_nodes, node.engine)
+        return {"node": node.name, "node_id": node.node_id, "healthy": node.healthy(),
+                "recovered_blobs": node.recovered_blobs,
+                "nodes": [{**n, "started_at": str(n["started_at"]), "lease_until": str(n["lease_until"])}
+                          for n in nodes]}
 
     # -------------------------------------------------------------- AE titles
 

@@ -14,7 +14,7 @@ server's event loop like everything else (no thread, no second process).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pacskit.config.settings import ServerSettings
@@ -38,11 +38,25 @@ def http_services(addins: Sequence[AddIn]) -> list[tuple[str, HttpService]]:
     return out
 
 
-def build_app(title: str, services: Sequence[tuple[str, HttpService]]) -> Any:
-    """One FastAPI application with every service under its prefix. Raises :class:`HttpServiceError`."""
+#: the path of the health endpoint (load balancers' checks): 200 when this node can serve, else 503
+HEALTH_PATH = "/healthz"
+
+
+def build_app(title: str, services: Sequence[tuple[str, HttpService]],
+              health: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> Any:
+    """One FastAPI application with every service under its prefix, and :data:`HEALTH_PATH` when
+    ``health`` is given (it answers ``(ok, details)``). Raises :class:`HttpServiceError`."""
     from fastapi import APIRouter, FastAPI
+    from fastapi.responses import JSONResponse
 
     app = FastAPI(title=title, description="HTTP services of the add-ins of one pacskit server")
+    if health is not None:
+        @app.get(HEALTH_PATH, tags=["server"], include_in_schema=True)
+        def healthz() -> Any:
+            """This node's health for load balancers: 200 when its index database answers and (in a
+            cluster) its lease is current, else 503 with the reason."""
+            ok, details = health()
+            return JSONResponse({"status": "ok" if ok else "unavailable", **details}, status_code=200 if ok else 503)
     owners: dict[str, str] = {}
     for name, service in services:
         prefix = (service.prefix if service.prefix is not None else f"/{name}").rstrip("/")
@@ -73,11 +87,12 @@ class PublicHttp:
     services after a reload."""
 
     def __init__(self, settings: ServerSettings, services: Sequence[tuple[str, HttpService]], *,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, health: Callable[[], tuple[bool, dict[str, Any]]] | None = None) -> None:
         self.settings = settings
         self.reuse_port = reuse_port  # worker processes share the port, as they share the DICOM one
         self.title = f"pacskit {settings.ae_title}"
-        self._current = _Current(build_app(self.title, services))
+        self.health = health
+        self._current = _Current(build_app(self.title, services, health))
         self._servers = AsgiServers("pacskit-http")
         self.address: tuple[str, int] | None = None
 
@@ -109,7 +124,7 @@ class PublicHttp:
     def replace(self, services: Sequence[tuple[str, HttpService]]) -> None:
         """Serve the services of a new generation of add-ins (raises :class:`HttpServiceError`
         before changing anything when they conflict)."""
-        self._current.app = build_app(self.title, services)
+        self._current.app = build_app(self.title, services, self.health)
 
     async def stop(self) -> None:
         await self._servers.stop()

@@ -110,7 +110,14 @@ def open_store(settings: ServerSettings, *, recover: bool = True) -> Any:
         removed = blobs.purge_temp()
         if removed:
             log.warning("removed %d incomplete temp files left by an earlier run", removed)
-    return DataStore.open(settings.database_url, blobs=blobs, recover=recover)
+    store = DataStore.open(settings.database_url, blobs=blobs, recover=recover)
+    if settings.cluster_enabled:
+        # One node of several: every node's ingests in flight are in the shared journal (``check``
+        # reads it; a serving node replaces this read-only one with its own, see Server._join_cluster).
+        from pacskit.store.cluster import SharedInflight
+
+        store.shared_journal = SharedInflight(store.index.engine, None)
+    return store
 
 
 class Server:
@@ -164,6 +171,8 @@ class Server:
         self.audit = Audit()
         self.admission = Admission()
         self.workflow = Workflow()
+        #: this node of a cluster (pacskit.store.cluster.ClusterNode), None on a single server
+        self.cluster: Any = None
 
     # ------------------------------------------------------------------ start-up
 
@@ -183,6 +192,54 @@ class Server:
         except BaseException:
             self._release_lock()
             raise
+
+    def _join_cluster(self, store: Any) -> AeTitles | None:
+        """In a cluster (``[cluster]``, :mod:`pacskit.store.cluster`): register this node's lease, record
+        its ingests in the shared journal, and return the shared AE registry (seeded with the local
+        ``ae-titles.toml`` entries it lacks). ``None`` when this server is not a cluster node."""
+        settings = self.settings
+        if not settings.cluster_enabled or self._store is not None:
+            return None
+        from pacskit.store.cluster import ClusterNode, SharedAeRegistry
+
+        name = settings.cluster_node_name
+        node = ClusterNode(store.index.engine, name, settings.cluster.lease_seconds, store.blobs.delete)
+        try:
+            node.start()
+            registry = SharedAeRegistry(store.index.engine, name)
+            local = settings.folder / AE_FILE
+            if local.exists():
+                added = registry.seed(FileAeRegistry(local).all())
+                if added:
+                    log.info("copied %d AEs of %s into the shared AE registry", added, local)
+        except Exception as exc:
+            self.cluster = node  # stopped (and its row removed) by _close_store
+            self._close_store()
+            raise ServerError(f"cannot join the cluster as node {name}: {exc}") from exc
+        previous = store.shared_journal
+        store.shared_journal = node.inflight
+        if previous is not None:
+            previous.close()
+        self.cluster = node
+        return registry
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``(ok, details)`` for the ``/healthz`` endpoint: the index database answers and, in a
+        cluster, this node's lease is current."""
+        details: dict[str, Any] = {"ae_title": self.settings.ae_title}
+        node = self.cluster
+        if node is not None:
+            details["node"] = node.name
+            if not node.healthy():
+                return False, {**details, "reason": "cluster lease not renewed (index database unreachable?)"}
+        try:
+            from sqlalchemy import text
+
+            with self.store.index.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return False, {**details, "reason": f"index database: {type(exc).__name__}"}
+        return True, details
 
     def _load_addins(self, base_for: Any) -> None:
         if self._addin_classes is not None:
@@ -281,7 +338,7 @@ class Server:
         settings = self.settings
         store = self._open_store()
         self.store = store
-        ae_titles = self._ae_titles or FileAeRegistry(settings.folder / AE_FILE)
+        ae_titles = self._ae_titles or self._join_cluster(store) or FileAeRegistry(settings.folder / AE_FILE)
         outgoing_config = config = settings.net_config()
         temp_dir = getattr(store, "temp_dir", None)
         if temp_dir is not None:
@@ -379,10 +436,11 @@ class Server:
         """Serve the add-ins' HTTP services (:mod:`pacskit.server.http`): start the public listener
         when the first one appears, else swap the application. Raises :class:`HttpServiceError`."""
         services = http_services(addins)
+        health = self.health if self.cluster is not None and self.settings.cluster.health_endpoint else None
         if self.http is not None:
             self.http.replace(services)
-        elif services:
-            http = PublicHttp(self.settings, services, reuse_port=self.worker)
+        elif services or health is not None:  # a cluster node serves /healthz for its load balancer
+            http = PublicHttp(self.settings, services, reuse_port=self.worker, health=health)
             await http.start()
             self.http = http
 
@@ -534,6 +592,9 @@ class Server:
         self._close_store()
 
     def _close_store(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()  # leave the cluster: our row goes, nothing of ours is in flight
+            self.cluster = None
         store = getattr(self, "store", None) or self._store
         if store is not None and hasattr(store, "close"):
             store.close()

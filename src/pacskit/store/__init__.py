@@ -42,6 +42,7 @@ from pacskit.store.index.models import (
     starts_with,
 )
 from pacskit.store.records import AuditRecord, LogRecord, TransactionLogEntry
+from pacskit.store import cluster as _cluster  # noqa: E402,F401 - its tables on Base (migration 0008)
 from pacskit.store.workflow.commitment_models import CommitmentItem, CommitmentRequest  # noqa: E402 - tables on Base
 from pacskit.store.workflow.models import (
     PerformedProcedureStep,

@@ -60,6 +60,22 @@ ProblemKind = Literal[
 ]
 
 
+class SharedJournal(Protocol):
+    """The crash journal of ingests in flight that several nodes share (:class:`pacskit.store.cluster.SharedInflight`).
+
+    ``begin`` records a new key before its blob is written; ``fence`` runs in the transaction that
+    indexes it and removes the record (raising if another node took it); ``end`` forgets a failed
+    ingest's key; ``keys`` lists every node's keys in flight (for ``check``)."""
+
+    def begin(self, key: str) -> str: ...
+
+    def fence(self, session: Any, key: str) -> None: ...
+
+    def end(self, key: str) -> None: ...
+
+    def keys(self) -> set[str]: ...
+
+
 class ReceivedFile(Protocol):
     """What :meth:`DataStore.ingest` takes from the engine: a dataset received into a complete Part 10
     file (:class:`pacskit.net.ReceivedDataset` is one; the store does not import the engine)."""
@@ -224,6 +240,9 @@ class DataStore:
         self._gate = _Gate()
         self._journal: IngestJournal | None = None  # created by the first ingest
         self._journal_lock = threading.Lock()
+        #: the crash journal shared by several nodes (pacskit.store.cluster.SharedInflight), set by a
+        #: server that is one node of a cluster; replaces the local journal for ingests when set
+        self.shared_journal: SharedJournal | None = None
 
     @classmethod
     def open(
@@ -328,7 +347,7 @@ class DataStore:
                 expected_sop_class_uid: str | None, duplicate_policy: DuplicatePolicy,
                 offset: int | None, strict_uids: bool = False,
                 received: tuple[int, str, str | None] | None = None) -> IngestResult:
-        slot: int | None = None
+        slot: int | str | None = None
         try:
             if received is None:  # a file from elsewhere: its File Meta says where and how
                 header = read_part10_header(path)
@@ -359,18 +378,25 @@ class DataStore:
             raise
         ae = (source_ae or attrs.source_ae or "").strip()[:AE] or None
         received_at = dt.datetime.now(dt.UTC)
-        try:
-            rec = self.index.run_write_shared(
-                lambda s: self.index.record_instance(
-                    s, attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
-                    source_ae=ae, policy=duplicate_policy,
-                )
+        shared = self.shared_journal if isinstance(slot, str) else None
+
+        def record(s: Any) -> Any:
+            if shared is not None:  # a cluster: our in-flight record must still be ours (see cluster.py)
+                shared.fence(s, key)
+            return self.index.record_instance(
+                s, attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
+                source_ae=ae, policy=duplicate_policy,
             )
+
+        committed = False
+        try:
+            rec = self.index.run_write_shared(record)
+            committed = True
         except BaseException:
             self._discard_new_blob(key)
             raise
         finally:
-            self._journal_end(slot)
+            self._journal_end(slot, committed)
         if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED):
             self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
         elif rec.replaced_blob_key is not None:
@@ -380,7 +406,9 @@ class DataStore:
 
     # crash journal (pacskit.store.journal) ---------------------------------------------------------
 
-    def _journal_begin(self, key: str) -> int | None:
+    def _journal_begin(self, key: str) -> int | str | None:
+        if self.shared_journal is not None:
+            return self.shared_journal.begin(key)
         journal = self._journal
         if journal is None:
             folder = self.blobs.journal_dir
@@ -392,7 +420,11 @@ class DataStore:
                 journal = self._journal
         return journal.begin(key)
 
-    def _journal_end(self, slot: int | None) -> None:
+    def _journal_end(self, slot: int | str | None, committed: bool = False) -> None:
+        if isinstance(slot, str):  # the shared journal: a committed ingest's record went with its commit
+            if not committed and self.shared_journal is not None:
+                self.shared_journal.end(slot)
+            return
         if slot is not None and self._journal is not None:
             self._journal.end(slot)
 
@@ -634,10 +666,10 @@ class DataStore:
 
     def _journalled_keys(self) -> set[str]:
         """Blob keys the ingest journals (every process's) record as in flight right now."""
+        keys: set[str] = set() if self.shared_journal is None else self.shared_journal.keys()
         folder = self.blobs.journal_dir
         if folder is None:
-            return set()
-        keys: set[str] = set()
+            return keys
         for path in journal_files(folder):
             keys.update(recorded_keys(path))
         return keys

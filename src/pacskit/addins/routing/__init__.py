@@ -53,7 +53,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
-from pacskit.addins.routing.queue import ForwardQueue, Job, NewJob
+from pacskit.addins.routing.queue import ForwardQueue, Job, NewJob, SharedForwardQueue
 from pacskit.dicom.status import status_category
 from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
 from pacskit.net import NetError, RequestedContext
@@ -153,7 +153,7 @@ class RoutingAddIn(AddIn):
     options: RoutingOptions
 
     async def start(self) -> None:
-        self.queue: ForwardQueue | None = None
+        self.queue: ForwardQueue | SharedForwardQueue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -163,8 +163,14 @@ class RoutingAddIn(AddIn):
         if self.base.store is None:
             log.error("routing: the server has no store; nothing is routed")
             return
-        path = Path(self.options.queue_file)
-        self.queue = ForwardQueue(path if path.is_absolute() else self.base.data_dir / path)
+        settings = self.base.settings
+        if getattr(settings, "cluster_enabled", False):
+            # one queue for every node, in the shared database (exactly-once routing, one sender per
+            # destination): see SharedForwardQueue
+            self.queue = SharedForwardQueue(self.base.store.index.engine, settings.cluster_node_name)
+        else:
+            path = Path(self.options.queue_file)
+            self.queue = ForwardQueue(path if path.is_absolute() else self.base.data_dir / path)
         self.base.events.subscribe(ev.OPERATION_COMPLETED, self._on_operation)
         self._tasks.append(asyncio.create_task(self._router(), name="routing-router"))
 
@@ -358,15 +364,45 @@ class RoutingAddIn(AddIn):
             stored = {row.sop_instance_uid: row for row in s.execute(
                 select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid,
                        Instance.blob_key).where(Instance.sop_instance_uid.in_(uids)))}
-        for job in jobs:
-            row = stored.get(job.sop_instance_uid)
-            path = store.blobs.path(row.blob_key) if row is not None else None
-            if row is None or path is None:
-                await asyncio.to_thread(queue.fail, job.id, "the instance is no longer in the archive")
-                continue
-            items.append((job, path, row.sop_class_uid, row.transfer_syntax_uid or _FALLBACK[0]))
-        if not items:
-            return
+        copies: list[str] = []  # local copies of blobs of a store without paths (S3), deleted at the end
+        try:
+            for job in jobs:
+                row = stored.get(job.sop_instance_uid)
+                path = store.blobs.path(row.blob_key) if row is not None else None
+                if row is not None and path is None:
+                    path = await asyncio.to_thread(self._local_copy, row.blob_key)
+                    if path is not None:
+                        copies.append(path)
+                if row is None or path is None:
+                    await asyncio.to_thread(queue.fail, job.id, "the instance is no longer in the archive")
+                    continue
+                items.append((job, path, row.sop_class_uid, row.transfer_syntax_uid or _FALLBACK[0]))
+            if items:
+                await self._send_items(destination, jobs, items)
+        finally:
+            for copy in copies:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(copy)
+
+    def _local_copy(self, blob_key: str) -> str | None:
+        """The blob copied to a temp file (a store without local paths), or None when it is gone."""
+        store = self.base.store
+        assert store is not None
+        fd, out = tempfile.mkstemp(prefix="route-blob-", suffix=".dcm", dir=self._temp_dir())
+        try:
+            with os.fdopen(fd, "wb") as dst, store.blobs.open(blob_key) as src:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        except (OSError, LookupError) as exc:
+            log.warning("routing: cannot read blob %s: %s", blob_key, exc)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
+            return None
+        return out
+
+    async def _send_items(self, destination: str, jobs: Sequence[Job], items: list[tuple[Job, str, str, str]]) -> None:
+        queue = self.queue
+        assert queue is not None
         contexts: list[RequestedContext] = []
         seen: set[tuple[str, str]] = set()
         for _job, _path, sop_class, ts in items:
@@ -462,7 +498,7 @@ class RoutingAddIn(AddIn):
 
         router = APIRouter()
 
-        def queue() -> ForwardQueue:
+        def queue() -> ForwardQueue | SharedForwardQueue:
             if self.queue is None:
                 raise HTTPException(409, "routing has no queue (no store)")
             return self.queue

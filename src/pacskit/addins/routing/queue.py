@@ -12,6 +12,7 @@ destination wait: order is kept per destination, hence per study.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -209,4 +210,163 @@ class ForwardQueue:
         out: dict[str, dict[str, int]] = {}
         for destination, state, n in rows:
             out.setdefault(destination, {})[state] = n
+        return out
+
+
+class SharedForwardQueue:
+    """The forward queue of a cluster (``[cluster]``): the same queue as :class:`ForwardQueue`, in the
+    shared PostgreSQL tables of migration 0008 (``cluster_forward_*``), for every node at once.
+
+    * Routing is exactly once across nodes: :meth:`record` inserts the routed instances with
+      ``ON CONFLICT DO NOTHING RETURNING`` and makes jobs only for the instances it inserted, so two
+      nodes scanning the same new rows at the same moment make each job once.
+    * One node sends to a destination at a time, so the order per destination holds: :meth:`head`
+      returns jobs only while this node holds the destination's lease (a row of
+      ``cluster_forward_destinations``, taken when free or expired, renewed by each call; ``lease_seconds``).
+      A node that dies leaves its lease to expire; another node then resends what was not marked done
+      (at least once, as after a crash of a single server).
+    """
+
+    def __init__(self, engine: Any, node_name: str, lease_seconds: float = 60.0) -> None:
+        from sqlalchemy import text
+
+        self._engine = engine
+        self._text = text
+        self.node_name = node_name
+        self.lease_seconds = float(lease_seconds)
+        self.path = f"{engine.url.render_as_string(hide_password=True)} (cluster_forward_jobs)"
+
+    def close(self) -> None:
+        """Give up this node's destination leases (another node may take them at once)."""
+        with contextlib.suppress(Exception), self._engine.begin() as conn:
+            conn.execute(self._text("UPDATE cluster_forward_destinations SET lease_until = "
+                                    "(now() AT TIME ZONE 'utc') - interval '1 second' "
+                                    "WHERE node_name = :n AND destination <> ''"), {"n": self.node_name})
+
+    def _rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        with self._engine.connect() as conn:
+            return list(conn.execute(self._text(sql), params or {}).all())
+
+    # ------------------------------------------------------------------ the router's side
+
+    def watermark(self) -> int | None:
+        rows = self._rows("SELECT watermark FROM cluster_forward_destinations WHERE destination = ''")
+        return None if not rows else int(rows[0][0])
+
+    def routed(self, pks: Iterable[int]) -> set[int]:
+        pks = list(pks)
+        if not pks:
+            return set()
+        return {r[0] for r in self._rows("SELECT instance_pk FROM cluster_forward_routed WHERE instance_pk = ANY(:p)",
+                                         {"p": pks})}
+
+    def record(self, jobs: Iterable[NewJob], routed: Iterable[int], watermark: int, keep_routed_above: int) -> int:
+        """Mark ``routed`` (those no other node marked first) and insert their ``jobs``; move the
+        watermark up. One transaction."""
+        text = self._text
+        now = time.time()
+        jobs = list(jobs)
+        with self._engine.begin() as conn:
+            ours: set[int] = set()
+            pks = sorted(set(routed))
+            if pks:
+                ours = {r[0] for r in conn.execute(text(
+                    "INSERT INTO cluster_forward_routed (instance_pk) SELECT unnest(CAST(:p AS bigint[])) "
+                    "ON CONFLICT DO NOTHING RETURNING instance_pk"), {"p": pks})}
+            mine = [job for job in jobs if job.instance_pk in ours]
+            if mine:
+                conn.execute(text(
+                    "INSERT INTO cluster_forward_jobs (destination, rule, project, instance_pk, sop_instance_uid, "
+                    "study_instance_uid, state, attempts, next_at, created) VALUES (:d, :r, :p, :i, :s, :st, "
+                    "'queued', 0, 0, :c)"),
+                    [{"d": j.destination, "r": j.rule, "p": j.project, "i": j.instance_pk, "s": j.sop_instance_uid,
+                      "st": j.study_instance_uid, "c": now} for j in mine])
+            conn.execute(text(
+                "INSERT INTO cluster_forward_destinations (destination, node_name, lease_until, watermark) "
+                "VALUES ('', :n, now() AT TIME ZONE 'utc', :w) ON CONFLICT (destination) DO UPDATE "
+                "SET watermark = GREATEST(cluster_forward_destinations.watermark, excluded.watermark)"),
+                {"n": self.node_name, "w": watermark})
+            conn.execute(text("DELETE FROM cluster_forward_routed WHERE instance_pk < :k"), {"k": keep_routed_above})
+        return len(mine)
+
+    # ------------------------------------------------------------------ the senders' side
+
+    def destinations(self) -> list[str]:
+        return [r[0] for r in self._rows("SELECT DISTINCT destination FROM cluster_forward_jobs WHERE state = 'queued'")]
+
+    def holds(self, destination: str) -> bool:
+        """Take or renew this node's lease on ``destination``; False while another node holds it."""
+        with self._engine.begin() as conn:
+            row = conn.execute(self._text(
+                "INSERT INTO cluster_forward_destinations (destination, node_name, lease_until, watermark) "
+                "VALUES (:d, :n, (now() AT TIME ZONE 'utc') + make_interval(secs => :l), 0) "
+                "ON CONFLICT (destination) DO UPDATE SET node_name = excluded.node_name, "
+                "lease_until = excluded.lease_until WHERE cluster_forward_destinations.node_name = excluded.node_name "
+                "OR cluster_forward_destinations.lease_until < (now() AT TIME ZONE 'utc') RETURNING node_name"),
+                {"d": destination, "n": self.node_name, "l": self.lease_seconds}).first()
+        return row is not None
+
+    def head(self, destination: str, limit: int) -> list[Job]:
+        """The oldest queued jobs of ``destination`` while this node holds its lease, else none."""
+        if not self.holds(destination):
+            return []
+        rows = self._rows(
+            "SELECT id, destination, rule, project, instance_pk, sop_instance_uid, study_instance_uid, state, "
+            "attempts, next_at, last_error, created FROM cluster_forward_jobs WHERE destination = :d "
+            "AND state = 'queued' ORDER BY id LIMIT :l", {"d": destination, "l": limit})
+        return [Job(*row) for row in rows]
+
+    def done(self, job_ids: Iterable[int]) -> None:
+        ids = list(job_ids)
+        if ids:
+            with self._engine.begin() as conn:
+                conn.execute(self._text("DELETE FROM cluster_forward_jobs WHERE id = ANY(:i)"), {"i": ids})
+
+    def fail(self, job_id: int, error: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(self._text("UPDATE cluster_forward_jobs SET state = 'failed', attempts = attempts + 1, "
+                                    "last_error = :e WHERE id = :i"), {"e": error[:1000], "i": job_id})
+
+    def postpone(self, job_id: int, error: str, next_at: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(self._text("UPDATE cluster_forward_jobs SET attempts = attempts + 1, last_error = :e, "
+                                    "next_at = :t WHERE id = :i"), {"e": error[:1000], "t": next_at, "i": job_id})
+
+    # ------------------------------------------------------------------ the operator's side
+
+    def _where(self, conditions: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        parts = [f"{column} = :{column}" for column, value in conditions.items() if value]
+        return (" WHERE " + " AND ".join(parts)) if parts else "", {k: v for k, v in conditions.items() if v}
+
+    def list(self, *, state: str | None = None, destination: str | None = None, limit: int = 1000) -> list[Job]:
+        where, params = self._where({"state": state, "destination": destination})
+        rows = self._rows(
+            "SELECT id, destination, rule, project, instance_pk, sop_instance_uid, study_instance_uid, state, "
+            f"attempts, next_at, last_error, created FROM cluster_forward_jobs{where} ORDER BY id LIMIT :limit",
+            {**params, "limit": limit})
+        return [Job(*row) for row in rows]
+
+    def retry(self, *, destination: str | None = None, ids: Iterable[int] | None = None) -> int:
+        sql = "UPDATE cluster_forward_jobs SET state = 'queued', next_at = 0 WHERE (state = 'failed' OR next_at > 0)"
+        params: dict[str, Any] = {}
+        if destination:
+            sql += " AND destination = :d"
+            params["d"] = destination
+        id_list = list(ids or [])
+        if id_list:
+            sql += " AND id = ANY(:i)"
+            params["i"] = id_list
+        with self._engine.begin() as conn:
+            return int(conn.execute(self._text(sql), params).rowcount)
+
+    def purge(self, *, destination: str | None = None, state: str | None = None) -> int:
+        where, params = self._where({"destination": destination, "state": state})
+        with self._engine.begin() as conn:
+            return int(conn.execute(self._text(f"DELETE FROM cluster_forward_jobs{where}"), params).rowcount)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for destination, state, n in self._rows(
+                "SELECT destination, state, count(*) FROM cluster_forward_jobs GROUP BY destination, state"):
+            out.setdefault(destination, {})[state] = int(n)
         return out

@@ -1,0 +1,395 @@
+"""Scale-out: ingest and retrieve through HAProxy with 1, 2 and 3 pacskit nodes on one PostgreSQL + SeaweedFS,
+against two Orthancs on one PostgreSQL (orthanc-postgresql index plugin), and the PostgreSQL commit rate.
+
+Set-up, once per run: a SeaweedFS cluster (``weed server`` + a second volume server, replication 001)
+and the local PostgreSQL server (``PACSKIT_TEST_POSTGRES_URL``). For each configuration, a fresh
+database and a fresh bucket prefix (pacskit) or storage folder (Orthanc), fresh server processes and
+HAProxy in front (DICOM in TCP mode, ``leastconn``; HTTP round robin):
+
+* **ingest**: ``--small`` 64x64 CT instances (the benchmarks' cache) dealt round-robin to
+  ``--associations`` DCMTK storescu processes started at once through HAProxy; wall time from the first
+  spawn to the last exit. A run counts only if every storescu reports Success for all its files and the
+  servers then hold exactly that many instances.
+* **retrieve**: every instance once by WADO-RS (``/studies/../series/../instances/..``, Part 10 as
+  stored), ``--associations`` HTTP clients in parallel through HAProxy.
+* **where the time goes**: CPU seconds per instance of the servers (pacskit nodes / Orthancs), of the
+  PostgreSQL backends serving the run's database, of SeaweedFS, of HAProxy and of the storescu clients
+  (``/proc/<pid>/stat``; the machine has 2 cores, so N nodes cannot scale here: the model in
+  docs/deployment.md says what N machines would do).
+* **pgbench**: one-row INSERT transactions (each a commit: one WAL flush), 1 and 8 clients, and the S3
+  PUT latency of one instance-sized object (SeaweedFS, 4 threads).
+
+Orthanc's storage is a folder both Orthancs share (its S3 plugin is not packaged in Debian); pacskit's
+is the object store. Target (issue 23): ingest through 2 pacskit nodes >= 1.5x two Orthancs.
+
+    ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cpu_seconds, dcmtk_env, dcmtk_tool, ensure_series, warm  # noqa: E402
+
+from pacskit.testing.cluster import POSTGRES_URL, fresh_postgres_database, pacs_nodes  # noqa: E402
+from pacskit.testing.haproxy import Backend, haproxy  # noqa: E402
+from pacskit.testing.peers import orthanc  # noqa: E402
+from pacskit.testing.seaweedfs import seaweedfs_cluster  # noqa: E402
+
+AE = "PACS"
+ORTHANC_INDEX_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+@dataclass
+class Phase:
+    """One timed phase: wall seconds and CPU seconds per component."""
+
+    instances: int
+    wall: float
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.wall
+
+    def cpu_ms_per_instance(self) -> str:
+        return ", ".join(f"{k} {1000 * v / self.instances:.1f}" for k, v in self.cpu.items())
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+
+def _pg_backends(database: str) -> dict[int, float]:
+    """pid -> CPU seconds of the PostgreSQL backends connected to ``database`` (as root, /proc)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            pids = [r[0] for r in conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :d"),
+                                               {"d": database})]
+    finally:
+        engine.dispose()
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            out[pid] = cpu_seconds(pid)
+    return out
+
+
+class CpuMeter:
+    """CPU seconds of named groups of processes between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, groups: dict[str, Sequence[int]], database: str | None) -> None:
+        self.groups = groups
+        self.database = database
+        self.before: dict[str, float] = {}
+        self.pg_before: dict[int, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out = {}
+        for name, pids in self.groups.items():
+            total = 0.0
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    total += cpu_seconds(pid)
+            out[name] = total
+        return out
+
+    def start(self) -> None:
+        self.before = self._now()
+        if self.database:
+            self.pg_before = _pg_backends(self.database)
+
+    def stop(self) -> dict[str, float]:
+        after = self._now()
+        out = {name: after[name] - self.before[name] for name in self.groups}
+        if self.database:
+            pg_after = _pg_backends(self.database)
+            out["postgres"] = sum(cpu - self.pg_before.get(pid, 0.0) for pid, cpu in pg_after.items())
+        return out
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _ingest(port: int, files: list[Path], associations: int, called: str) -> tuple[float, int]:
+    """(wall seconds, successes): ``associations`` storescu processes started at once."""
+    lists = [files[i::associations] for i in range(associations)]
+    with tempfile.TemporaryDirectory(prefix="pacskit-bench-lists-") as tmp:
+        procs = []
+        start = time.perf_counter()
+        for i, part in enumerate(lists):
+            folder = Path(tmp) / f"a{i}"
+            folder.mkdir()
+            for n, p in enumerate(part):
+                (folder / f"{n:06d}.dcm").symlink_to(p)
+            procs.append(subprocess.Popen(
+                [dcmtk_tool("storescu"), "-v", "-aet", "STORESCU", "-aec", called, "+sd", "+r", "127.0.0.1",
+                 str(port), str(folder)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=dcmtk_env()))
+        outputs = [proc.communicate()[0].decode(errors="replace") for proc in procs]
+        wall = time.perf_counter() - start
+    return wall, sum(out.count("Received Store Response (Success)") for out in outputs)
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _uids(files: list[Path]) -> list[tuple[str, str, str]]:
+    from pydicom import dcmread
+
+    out = []
+    for p in files:
+        ds = dcmread(p, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+        out.append((str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
+    return out
+
+
+def _retrieve(http_port: int, uids: list[tuple[str, str, str]], clients: int) -> tuple[float, int, int]:
+    """(wall seconds, instances fetched, bytes): every instance once by WADO-RS, ``clients`` in parallel."""
+    import httpx
+
+    def fetch(part: list[tuple[str, str, str]]) -> tuple[int, int]:
+        got = size = 0
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}/dicom-web", timeout=60) as client:
+            for study, series, sop in part:
+                r = client.get(f"/studies/{study}/series/{series}/instances/{sop}", headers={"Accept": ACCEPT_DICOM})
+                if r.status_code == 200 and len(r.content) > 132:
+                    got += 1
+                    size += len(r.content)
+        return got, size
+
+    parts = [uids[i::clients] for i in range(clients)]
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(fetch, parts))
+    return time.perf_counter() - start, sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+def _count_pacskit(database_url: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    from pacskit.store.engine import make_url
+
+    engine = create_engine(make_url(database_url))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM instances")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+def run_pacskit(weed: Any, n: int, files: list[Path], uids: list[tuple[str, str, str]], associations: int,
+                work: Path) -> tuple[Phase, Phase]:
+    prefix = f"bench-{n}-{os.getpid()}-{int(time.time())}/"
+    with fresh_postgres_database(POSTGRES_URL, prefix="pacskit_bench") as url:
+        database = url.rsplit("/", 1)[1].split("?", 1)[0]
+        names = ["a", "b", "c", "d", "e"][:n]
+        folder = work / f"pacskit-{n}"
+        with pacs_nodes(folder, names, ae_title=AE, database_url=url, s3_options=weed.store_options("bench", prefix),
+                        lease_seconds=30) as nodes:
+            with haproxy([Backend(x.name, x.dicom_port, x.http_port) for x in nodes]) as lb:
+                groups = {"pacskit": [x.proc.pid for x in nodes],
+                          "seaweedfs": [p.proc.pid for p in weed.processes], "haproxy": [lb.proc.pid]}
+                meter = CpuMeter(groups, database)
+                meter.start()
+                children = _children_cpu()
+                wall, ok = _ingest(lb.dicom_port, files, associations, AE)
+                cpu = meter.stop()
+                cpu["storescu"] = _children_cpu() - children
+                stored = _count_pacskit(url)
+                if ok != len(files) or stored != len(files):
+                    raise SystemExit(f"pacskit x{n}: {ok} successes, {stored} stored of {len(files)}")
+                ingest = Phase(len(files), wall, cpu)
+                meter.start()
+                wall, got, _size = _retrieve(lb.http_port, uids, associations)
+                cpu = meter.stop()
+                if got != len(uids):
+                    raise SystemExit(f"pacskit x{n}: WADO-RS returned {got} of {len(uids)}")
+                retrieve = Phase(got, wall, cpu)
+        shutil.rmtree(folder, ignore_errors=True)
+    return ingest, retrieve
+
+
+@contextlib.contextmanager
+def _orthancs(n: int, database: str, work: Path) -> Iterator[list[Any]]:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(POSTGRES_URL)
+    storage = work / "orthanc-storage"
+    with contextlib.ExitStack() as stack:
+        peers = []
+        for i in range(n):
+            extra = {
+                "StorageDirectory": str(storage),  # shared by the Orthancs (one archive)
+                "Plugins": [ORTHANC_INDEX_PLUGIN, ORTHANC_DICOMWEB_PLUGIN],
+                "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Host": u.host or "127.0.0.1",
+                               "Port": u.port or 5432, "Database": database, "Username": u.username or "postgres",
+                               "Password": u.password or "", "EnableSsl": False,
+                               "Lock": False},  # several Orthancs on one database
+                "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                "DicomCheckCalledAet": False,
+                "ConcurrentJobs": 2,
+            }
+            peers.append(stack.enter_context(orthanc(work / f"orthanc-{i}", ae_title=AE, extra_config=extra,
+                                                     startup_timeout=90)))
+            # the first one creates the schema; the others start once it exists
+        yield peers
+
+
+def run_orthanc(n: int, files: list[Path], uids: list[tuple[str, str, str]], associations: int,
+                work: Path) -> tuple[Phase, Phase]:
+    import httpx
+
+    with fresh_postgres_database(POSTGRES_URL, prefix="orthanc_bench") as url:
+        database = url.rsplit("/", 1)[1].split("?", 1)[0]
+        folder = work / f"orthanc-{n}"
+        with _orthancs(n, database, folder) as peers:
+            with haproxy([Backend(f"o{i}", p.port, p.http_port) for i, p in enumerate(peers)],
+                         health_path="/system") as lb:
+                groups = {"orthanc": [p.proc.pid for p in peers], "haproxy": [lb.proc.pid]}
+                meter = CpuMeter(groups, database)
+                meter.start()
+                children = _children_cpu()
+                wall, ok = _ingest(lb.dicom_port, files, associations, AE)
+                cpu = meter.stop()
+                cpu["storescu"] = _children_cpu() - children
+                stats = httpx.get(f"http://127.0.0.1:{peers[0].http_port}/statistics", timeout=30).json()
+                if ok != len(files) or int(stats["CountInstances"]) != len(files):
+                    raise SystemExit(f"Orthanc x{n}: {ok} successes, {stats['CountInstances']} stored of {len(files)}")
+                ingest = Phase(len(files), wall, cpu)
+                meter.start()
+                wall, got, _size = _retrieve(lb.http_port, uids, associations)
+                cpu = meter.stop()
+                if got != len(uids):
+                    raise SystemExit(f"Orthanc x{n}: WADO-RS returned {got} of {len(uids)}")
+                retrieve = Phase(got, wall, cpu)
+        shutil.rmtree(folder, ignore_errors=True)
+    return ingest, retrieve
+
+
+# --------------------------------------------------------------------------- PostgreSQL and S3 figures
+
+
+def pgbench(clients: int, seconds: int) -> float:
+    """Commits per second of one-row INSERT transactions (synchronous_commit on: one WAL flush each)."""
+    from sqlalchemy.engine import make_url
+
+    with fresh_postgres_database(POSTGRES_URL, prefix="pgbench") as url:
+        u = make_url(url)
+        conninfo = f"host={u.host or '127.0.0.1'} port={u.port or 5432} user={u.username or 'postgres'} dbname={u.database}"
+        subprocess.run(["psql", conninfo, "-qc", "CREATE TABLE commits (id bigint, at timestamptz)"], check=True)
+        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+            script.write("\\set id random(1, 1000000000)\nINSERT INTO commits VALUES (:id, now());\n")
+        try:
+            out = subprocess.run(["pgbench", "-n", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
+                                  "-f", script.name, conninfo], capture_output=True, text=True, check=True).stdout
+        finally:
+            os.unlink(script.name)
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    assert match, out
+    return float(match.group(1))
+
+
+def s3_put_latency(weed: Any, size: int, count: int = 200, threads: int = 4) -> tuple[float, float]:
+    """(p50 ms, PUTs per second) of ``count`` objects of ``size`` bytes, ``threads`` in parallel."""
+    client = weed.client()
+    body = os.urandom(size)
+    times: list[float] = []
+
+    def put(i: int) -> None:
+        start = time.perf_counter()
+        client.put_object(Bucket="bench", Key=f"latency/{i}", Body=body)
+        times.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(put, range(count)))
+    wall = time.perf_counter() - start
+    times.sort()
+    return 1000 * times[len(times) // 2], count / wall
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", type=int, default=600, help="64x64 CT instances per run")
+    parser.add_argument("--associations", type=int, default=4, help="parallel storescu / HTTP clients")
+    parser.add_argument("--nodes", default="1,2,3", help="pacskit node counts")
+    parser.add_argument("--orthancs", type=int, default=2, help="Orthancs on one PostgreSQL (0: skip)")
+    parser.add_argument("--pgbench-seconds", type=int, default=8)
+    args = parser.parse_args()
+
+    os.environ.setdefault("TCP_NODELAY", "1")
+    files = ensure_series("small", args.small, 64, 64)
+    size = warm(files)
+    uids = _uids(files)
+    load = os.getloadavg()[0]
+    print(f"scale-out benchmark: {len(files)} instances ({size / len(files) / 1024:.1f} KiB each), "
+          f"{args.associations} associations, load average {load:.2f} on {os.cpu_count()} CPUs"
+          f"{' (busy machine)' if load > 1.0 else ''}", flush=True)
+    results: dict[str, tuple[Phase, Phase]] = {}
+    work = Path(tempfile.mkdtemp(prefix="pacskit-bench-scaleout-"))
+    try:
+        with seaweedfs_cluster(work / "weed", volumes=2, replication="001") as weed:
+            weed.create_bucket("bench")
+            p50, puts = s3_put_latency(weed, size // len(files))
+            print(f"SeaweedFS PUT of one instance ({size // len(files)} B): p50 {p50:.1f} ms, "
+                  f"{puts:.0f} PUT/s with 4 threads", flush=True)
+            for n in [int(x) for x in args.nodes.split(",") if x]:
+                results[f"pacskit x{n}"] = run_pacskit(weed, n, files, uids, args.associations, work)
+                print(f"  pacskit x{n} done", flush=True)
+        if args.orthancs:
+            results[f"Orthanc x{args.orthancs}"] = run_orthanc(args.orthancs, files, uids, args.associations, work)
+        one, eight = pgbench(1, args.pgbench_seconds), pgbench(8, args.pgbench_seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(f"{'configuration':<14} {'ingest inst/s':>13} {'retrieve inst/s':>15}   ingest CPU ms per instance")
+    for name, (ingest, retrieve) in results.items():
+        print(f"{name:<14} {ingest.rate:>13.1f} {retrieve.rate:>15.1f}   {ingest.cpu_ms_per_instance()}")
+    print()
+    print("retrieve CPU ms per instance:")
+    for name, (_ingest_phase, retrieve) in results.items():
+        print(f"  {name:<14} {retrieve.cpu_ms_per_instance()}")
+    print()
+    print(f"PostgreSQL commits/s (one-row INSERT transactions): {one:.0f} with 1 client, {eight:.0f} with 8 clients")
+    orthanc_key = f"Orthanc x{args.orthancs}"
+    if orthanc_key in results and "pacskit x2" in results:
+        ratio = results["pacskit x2"][0].rate / results[orthanc_key][0].rate
+        retr = results["pacskit x2"][1].rate / results[orthanc_key][1].rate
+        print(f"ingest, 2 pacskit nodes / {orthanc_key}: {ratio:.2f}x (target >= 1.5x: "
+              f"{'met' if ratio >= 1.5 else 'NOT met'}); retrieve {retr:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

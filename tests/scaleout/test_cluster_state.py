@@ -1,0 +1,195 @@
+"""The shared state of cluster nodes (pacskit.store.cluster) on a real PostgreSQL: leases, the shared
+in-flight journal and its fence, recovery of dead nodes (each once, under concurrency), the shared AE
+registry, and the ``[cluster]`` settings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from pacskit.config.aetitles import RemoteAE
+from pacskit.config.settings import ServerSettings
+from pacskit.store import DataStore, MemoryBlobStore
+from pacskit.store.cluster import ClusterNode, LeaseLost, SharedAeRegistry, adopt, claim, cluster_nodes, forget_claims
+from pacskit.testing.cluster import POSTGRES_URL, fresh_postgres_database
+from pacskit.testing.synth import make_instance
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    try:
+        with fresh_postgres_database(POSTGRES_URL, prefix="pacskit_cstate") as url:
+            yield url
+    except Exception as exc:
+        if "could not connect" in str(exc).lower() or "connection refused" in str(exc).lower():
+            pytest.skip(f"PostgreSQL at {POSTGRES_URL} unreachable: {exc}")
+        raise
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[DataStore]:
+    s = DataStore.open(database_url, blobs=MemoryBlobStore())
+    with s.index.engine.begin() as conn:
+        for table in ("cluster_claims", "cluster_inflight", "cluster_nodes", "cluster_ae_titles", "instances", "series", "studies",
+                      "patients"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    yield s
+    s.close()
+
+
+def _node(store: DataStore, name: str, lease: float = 30.0) -> ClusterNode:
+    node = ClusterNode(store.index.engine, name, lease, store.blobs.delete)
+    node.start()
+    return node
+
+
+def _expire(store: DataStore, node: ClusterNode) -> None:
+    """The node's lease runs out (as if it had stopped renewing it long ago)."""
+    with store.index.engine.begin() as conn:
+        conn.execute(text("UPDATE cluster_nodes SET lease_until = lease_until - interval '1 hour' WHERE node_id = :n"),
+                     {"n": node.node_id})
+
+
+def test_an_ingest_records_its_key_and_the_commit_takes_the_record_away(store: DataStore, tmp_path: Path) -> None:
+    node = _node(store, "a")
+    try:
+        store.shared_journal = node.inflight
+        seen: list[set[str]] = []
+        put = store.blobs.put_file
+
+        def put_and_look(src: str, key_hint: str | None = None) -> str:
+            seen.append(node.inflight.keys())  # while the blob is written, its key is in flight
+            return put(src, key_hint)
+
+        store.blobs.put_file = put_and_look  # type: ignore[method-assign]
+        result = store.ingest(make_instance(tmp_path / "1.dcm", rows=4, cols=4))
+        assert result.stored
+        assert seen == [{result.blob_key}]
+        assert node.inflight.keys() == set()  # the index commit removed it
+        assert store.check().ok
+    finally:
+        node.stop()
+
+
+def test_a_node_declared_dead_cannot_commit_what_the_others_recovered(store: DataStore, tmp_path: Path) -> None:
+    slow, other = _node(store, "slow"), _node(store, "other")
+    try:
+        store.shared_journal = slow.inflight
+        put = store.blobs.put_file
+
+        def paused_put(src: str, key_hint: str | None = None) -> str:
+            key = put(src, key_hint)
+            # the node stalls after its upload: its lease runs out and the other node recovers it
+            _expire(store, slow)
+            assert other.recover_dead() == 1
+            return key
+
+        store.blobs.put_file = paused_put  # type: ignore[method-assign]
+        with pytest.raises(LeaseLost):
+            store.ingest(make_instance(tmp_path / "1.dcm", rows=4, cols=4))
+        assert store.count("instances") == 0  # nothing indexed, nothing acknowledged
+        assert list(store.blobs.iter_keys()) == []  # the blob went with the recovery
+        assert {n["name"] for n in cluster_nodes(store.index.engine)} == {"other"}
+        slow.renew()  # it wakes up: registers again, and ingests work again
+        store.blobs.put_file = put  # type: ignore[method-assign]
+        assert store.ingest(make_instance(tmp_path / "2.dcm", rows=4, cols=4)).stored
+        assert {n["name"] for n in cluster_nodes(store.index.engine)} == {"other", "slow"}
+    finally:
+        slow.stop()
+        other.stop()
+
+
+def test_a_dead_nodes_ingests_in_flight_are_removed_once_by_one_of_many(store: DataStore) -> None:
+    survivors = [_node(store, f"s{i}") for i in range(4)]
+    deads = [_node(store, f"dead{i}") for i in range(3)]
+    keys = [store.blobs.put_bytes(b"never acknowledged") for _ in range(30)]
+    for i, key in enumerate(keys):
+        deads[i % 3].inflight.begin(key)
+    for dead in deads:
+        dead._stop.set()  # it stops renewing (its thread ends) without leaving: a kill -9
+        _expire(store, dead)
+    try:
+        counts: list[int] = []  # four survivors recover three dead nodes at once
+        barrier = threading.Barrier(len(survivors))
+
+        def recover(node: ClusterNode) -> None:
+            barrier.wait()
+            counts.append(node.recover_dead())
+
+        threads = [threading.Thread(target=recover, args=(n,)) for n in survivors]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        recovered = sum(n.recovered_blobs for n in survivors)
+        assert recovered == len(keys), "each in-flight record recovered exactly once"
+        assert list(store.blobs.iter_keys()) == []
+        assert {n["name"] for n in cluster_nodes(store.index.engine)} == {"s0", "s1", "s2", "s3"}
+    finally:
+        for n in survivors:
+            n.stop()
+        for dead in deads:
+            dead.inflight.close()
+
+
+def test_the_shared_ae_registry_is_one_registry_for_every_node(store: DataStore) -> None:
+    on_a = SharedAeRegistry(store.index.engine, "a")
+    on_b = SharedAeRegistry(store.index.engine, "b")
+    ae = RemoteAE(title="MODALITY1", host="10.0.0.5", port=104, allowed_services={"store", "echo"})
+    on_a.add(ae)
+    assert on_b.get("MODALITY1") == ae
+    with pytest.raises(ValueError, match="already registered"):
+        on_b.add(ae)
+    on_b.add(ae.model_copy(update={"port": 11112}), replace=True)
+    assert on_a.get("MODALITY1").port == 11112  # type: ignore[union-attr]
+    assert on_a.seed([ae, RemoteAE(title="OTHER", host="10.0.0.6", port=104)]) == 1  # only what is missing
+    assert [e.title for e in on_b.all()] == ["MODALITY1", "OTHER"]
+    assert on_b.remove("MODALITY1") and not on_a.remove("MODALITY1")
+    assert on_a.get("MODALITY1") is None
+
+
+def test_work_items_are_adopted_from_dead_nodes_once(store: DataStore) -> None:
+    a, b, c = _node(store, "a"), _node(store, "b"), _node(store, "c")
+    try:
+        engine = store.index.engine
+        with store.index.engine.begin() as conn:
+            for item in (1, 2, 3):
+                claim(conn, "commitment", item, "a")
+            claim(conn, "commitment", 4, "b")
+        assert adopt(engine, "commitment", [1, 2, 3, 4, 5], "c") == [5]  # a and b are alive: only the unclaimed
+        assert adopt(engine, "commitment", [1, 2, 3, 4], "a", own=True) == [1, 2, 3]  # a restarted: its own
+        a._stop.set()
+        _expire(store, a)  # a dies
+        results: list[list[int]] = []
+        threads = [threading.Thread(target=lambda n=n: results.append(adopt(engine, "commitment", [1, 2, 3, 4], n)))
+                   for n in ("b", "c")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(sum(results, [])) == [1, 2, 3], "each of the dead node's items adopted by exactly one node"
+        assert forget_claims(engine, "commitment", "SELECT 2") == 4  # only item 2 is still open
+    finally:
+        for n in (a, b, c):
+            n.stop()
+
+
+def _settings(**data: Any) -> ServerSettings:
+    return ServerSettings.model_validate(data)
+
+
+def test_cluster_settings_are_implied_by_shared_storage_and_refused_without_it() -> None:
+    assert not _settings().cluster_enabled  # the single-node default stays as it was
+    shared = {"database": {"url": "postgresql://pacs@db/pacs"}, "storage": {"backend": "s3", "options": {"bucket": "b"}}}
+    assert _settings(**shared).cluster_enabled
+    assert not _settings(**shared, cluster={"enabled": False}).cluster_enabled
+    assert _settings(**shared, cluster={"node_name": "pacs-1"}).cluster_node_name == "pacs-1"
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        _settings(cluster={"enabled": True})
+    with pytest.raises(ValueError, match="shared blob store"):
+        _settings(database={"url": "postgresql://pacs@db/pacs"}, cluster={"enabled": True})
