@@ -75,6 +75,8 @@ class DicomWebOptions(AddInOptions):
     tune_malloc: bool = Field(
         True, description="glibc: keep freed large buffers for reuse (mallopt), a third less CPU per GB sent")
     thumbnail_size: int = Field(128, ge=16, le=1024, description="thumbnail viewport (pixels, square)")
+    render_cache_size: int = Field(
+        32 * 1024 * 1024, ge=0, description="bytes of rendered images / thumbnails kept for reuse (0: none)")
 
 
 @dataclass(slots=True)
@@ -117,6 +119,14 @@ class DicomWebAddIn(AddIn):
         return HttpService(build_app(self), prefix=self.options.prefix)
 
     # --- helpers used by the routes ---------------------------------------------------------------
+
+    @property
+    def render_cache(self) -> render.RenderCache | None:
+        """Rendered images kept for reuse (thumbnails above all); ``None`` when turned off."""
+        cache = getattr(self, "_render_cache", None)
+        if cache is None and self.options.render_cache_size > 0:
+            cache = self._render_cache = render.RenderCache(self.options.render_cache_size)
+        return cache
 
     @property
     def duplicate_policy(self) -> str:
@@ -440,13 +450,20 @@ def build_app(addin: DicomWebAddIn) -> Any:
         frames = wado.read_frames(store, item, list(range(1, count + 1)), True, ["*"])
         return [b"".join(frames.data)] if frames.transfer_syntax is None else frames.data
 
+    def image_response(request: Request, data: bytes, media_type: str, etag: str) -> Response:
+        """A rendered image with its ETag; 304 when the client has it (thumbnails of a search page)."""
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "private, no-cache"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type=media_type, headers=headers)
+
     async def rendered(request: Request, study: str, series: str, instance: str, frame: int,
                        viewport: tuple[int, int] | None = None) -> Response:
         params = render.parse_params(params_of(request), parse_accept(request.headers.get("accept")),
                                      default_viewport=viewport)
         _, store, item = await one_instance(request, study, series, instance)
-        data = await asyncio.to_thread(render.render, store, item, frame, params)
-        return Response(data, media_type=params.media_type)
+        data = await asyncio.to_thread(render.render_cached, addin.render_cache, store, item, frame, params)
+        return image_response(request, data, params.media_type, params.key(item, frame))
 
     @app.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
     async def instance_rendered(request: Request, study: str, series: str, instance: str) -> Response:
@@ -459,23 +476,71 @@ def build_app(addin: DicomWebAddIn) -> Any:
             raise DicomWebError(400, "one frame is rendered at a time")
         return await rendered(request, study, series, instance, numbers[0])
 
+    async def rendered_many(request: Request, study: str, series: str | None = None) -> Response:
+        """A study's or series' instances rendered (first frame), one part each; instances without an
+        image (SR, KO, PR...) are left out. Streamed: one render in memory at a time."""
+        caller = await addin.authenticate(request, "get")
+        _check_path(study, series, None)
+        params = render.parse_params(params_of(request), parse_accept(request.headers.get("accept")))
+        store = addin.store()
+        selection = await asyncio.to_thread(wado.select, store, study, series, None)
+        addin.audit_access(caller, study)
+        mapping = {} if series is not None else await asyncio.to_thread(wado.series_uids, store, selection)
+        base = base_url(addin, request)
+        boundary = new_boundary()
+
+        async def body() -> Any:
+            last = 0
+            while page := await asyncio.to_thread(selection.page, last):
+                last = page[-1].pk
+                for item in page:
+                    try:
+                        data = await asyncio.to_thread(render.render_cached, addin.render_cache, store, item, 1, params)
+                    except DicomWebError as exc:
+                        log.debug("rendered %s: %s left out (%s)", study, item.sop_instance_uid, exc.reason)
+                        continue
+                    location = (f"{base}/studies/{study}/series/{series or mapping.get(item.pk, '')}"
+                                f"/instances/{item.sop_instance_uid}/rendered")
+                    yield part_header(boundary, params.media_type, {"Content-Location": location}) + data + b"\r\n"
+            yield closing(boundary)
+
+        return StreamingResponse(body(), media_type=multipart_type(params.media_type, boundary))
+
+    @app.get("/studies/{study}/rendered")
+    async def study_rendered(request: Request, study: str) -> Response:
+        return await rendered_many(request, study)
+
+    @app.get("/studies/{study}/series/{series}/rendered")
+    async def series_rendered(request: Request, study: str, series: str) -> Response:
+        return await rendered_many(request, study, series)
+
     async def thumbnail(request: Request, study: str, series: str | None = None, instance: str | None = None,
                         frame: int = 1) -> Response:
         size = addin.options.thumbnail_size
-        if instance is None:  # a representative instance: the middle one of the series / study
-            await addin.authenticate(request, "get")
-            _check_path(study, series, None)
-            store = addin.store()
-            selection = await asyncio.to_thread(wado.select, store, study, series, None)
-            page = await asyncio.to_thread(selection.page, 0)
-            item = page[len(page) // 2]
-            series = series or ""
-            instance = item.sop_instance_uid
-            params = render.parse_params(params_of(request), parse_accept(request.headers.get("accept")),
-                                         default_viewport=(size, size))
-            data = await asyncio.to_thread(render.render, store, item, 1, params)
-            return Response(data, media_type=params.media_type)
-        return await rendered(request, study, series or "", instance, frame, viewport=(size, size))
+        if instance is not None:
+            return await rendered(request, study, series or "", instance, frame, viewport=(size, size))
+        # a representative instance (the middle one of the first image series), rendered once and
+        # cached: the workstation's search page asks for one per study listed
+        caller = await addin.authenticate(request, "get")
+        _check_path(study, series, None)
+        params = render.parse_params(params_of(request), parse_accept(request.headers.get("accept")),
+                                     default_viewport=(size, size))
+        store = addin.store()
+        candidates = await asyncio.to_thread(render.representatives, store, study, series)
+        if not candidates:
+            raise DicomWebError(404, f"no such {'series' if series else 'study'} stored")
+        addin.audit_access(caller, study)
+        problem = None
+        for item in candidates:
+            try:
+                data = await asyncio.to_thread(render.render_cached, addin.render_cache, store, item, 1, params)
+            except DicomWebError as exc:  # not an image (SR...), or no decoder: the next candidate
+                problem = exc
+                continue
+            return image_response(request, data, params.media_type, params.key(item, 1))
+        assert problem is not None
+        raise DicomWebError(404 if problem.status == 404 else problem.status,
+                            f"no instance of the {'series' if series else 'study'} can be drawn: {problem.reason}")
 
     @app.get("/studies/{study}/thumbnail")
     async def study_thumbnail(request: Request, study: str) -> Response:
