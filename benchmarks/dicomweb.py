@@ -9,7 +9,8 @@
 
 Measured, each on both servers with one keep-alive HTTP client (httpx):
 
-* WADO-RS retrieve of a ``--ct`` (500) instance 512x512 CT study, ``Accept: multipart/related;
+* WADO-RS retrieve of a ``--ct`` (500) instance 512x512 CT study by curl (and by httpx, which is
+  slower than both servers: see :func:`retrieve_mbps`), ``Accept: multipart/related;
   type="application/dicom"`` (the stored syntax, Explicit VR LE, on both: nothing is converted),
   median MB/s of ``--repeat`` runs; pacskit's RSS growth during the retrieve (peak minus before,
   sampled every 5 ms by psutil). ``--big N`` adds a retrieve of an N-instance study (2,000 = 1 GiB)
@@ -116,28 +117,48 @@ def cpu_seconds(pid: int | None) -> float:
     return float(t.user + t.system)
 
 
-def retrieve_mbps(url: str, study: str, repeat: int, pid: int | None = None, *, rss: bool = True
-                  ) -> tuple[float, int, int | None, float]:
+def retrieve_mbps(url: str, study: str, repeat: int, pid: int | None = None, *, rss: bool = True,
+                  client: str = "curl") -> tuple[float, int, int | None, float]:
     """(median MB/s, bytes, RSS growth in bytes of process ``pid`` during the runs, the server's CPU
-    seconds per GB sent: what the retrieve costs whatever else the machine is doing)."""
+    seconds per GB sent: what the retrieve costs whatever else the machine is doing).
+
+    ``client``: ``curl`` (one process, one keep-alive connection, the body to /dev/null) or ``httpx``
+    (``iter_raw`` in this process). The Python client tops out near 1 GB/s on this machine, below
+    what both servers can send, so its figures measure the client as much as the server; curl is the
+    one that tells the servers apart (issue 18 profiling: pacskit 3.7 GB/s to curl, 1.0 GB/s to httpx)."""
     accept = 'multipart/related; type="application/dicom"'
     speeds, nbytes, growth = [], 0, None
     cpu0 = cpu_seconds(pid)
     total = 0
-    with httpx.Client(timeout=600) as c:
+    target = f"{url}/studies/{study}"
+    if client == "curl":
+        sampler = RssSampler(pid) if pid and rss else None
+        fmt = "%{size_download} %{time_total}\\n"
+        args = ["curl", "-sS", "--fail", "-H", f"Accept: {accept}"]
         for _ in range(repeat):
-            sampler = RssSampler(pid) if pid and rss else None
-            t0 = time.perf_counter()
-            nbytes = 0
-            with c.stream("GET", f"{url}/studies/{study}", headers={"Accept": accept}) as r:
-                r.raise_for_status()
-                for chunk in r.iter_raw(1 << 20):
-                    nbytes += len(chunk)
-            speeds.append(nbytes / (time.perf_counter() - t0) / 1e6)
+            args += ["-o", "/dev/null", "-w", fmt, target]
+        out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=600).stdout.split()
+        for size, seconds in zip(out[0::2], out[1::2], strict=True):
+            nbytes = int(size)
+            speeds.append(nbytes / float(seconds) / 1e6)
             total += nbytes
-            if sampler is not None:
-                g = sampler.stop()
-                growth = g if growth is None else max(growth, g)
+        if sampler is not None:
+            growth = sampler.stop()
+    else:
+        with httpx.Client(timeout=600) as c:
+            for _ in range(repeat):
+                sampler = RssSampler(pid) if pid and rss else None
+                t0 = time.perf_counter()
+                nbytes = 0
+                with c.stream("GET", target, headers={"Accept": accept}) as r:
+                    r.raise_for_status()
+                    for chunk in r.iter_raw(1 << 20):
+                        nbytes += len(chunk)
+                speeds.append(nbytes / (time.perf_counter() - t0) / 1e6)
+                total += nbytes
+                if sampler is not None:
+                    g = sampler.stop()
+                    growth = g if growth is None else max(growth, g)
     cpu_per_gb = (cpu_seconds(pid) - cpu0) / (total / 1e9) if pid and total else 0.0
     return statistics.median(speeds), nbytes, growth, cpu_per_gb
 
@@ -288,8 +309,10 @@ def main() -> int:
             retrieve_mbps(pacs.url, ct_study, 1)  # warm the page cache and the server
             mbps, nbytes, growth, cpu = retrieve_mbps(pacs.url, ct_study, args.repeat, pacs.proc.pid)
             results["pacskit"]["wado"] = (mbps, nbytes, growth, cpu)
-            print(f"pacskit WADO-RS: {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), {cpu:.2f} CPU s/GB, "
+            print(f"pacskit WADO-RS (curl): {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), {cpu:.2f} CPU s/GB, "
                   f"RSS growth {growth / 2**20:.1f} MiB", flush=True)
+            results["pacskit"]["wado-httpx"] = retrieve_mbps(pacs.url, ct_study, args.repeat, client="httpx")
+            print(f"pacskit WADO-RS (httpx): {results['pacskit']['wado-httpx'][0]:.0f} MB/s", flush=True)
             if big_study is not None:
                 bmbps, bbytes, bgrowth, _ = retrieve_mbps(pacs.url, big_study, 1, pacs.proc.pid)
                 results["pacskit"]["big"] = (bmbps, bbytes, bgrowth)
@@ -319,7 +342,9 @@ def main() -> int:
             retrieve_mbps(url, ct_study, 1)
             mbps, nbytes, _, cpu = retrieve_mbps(url, ct_study, args.repeat, orthanc.proc.pid, rss=False)
             results["orthanc"]["wado"] = (mbps, nbytes, None, cpu)
-            print(f"Orthanc WADO-RS: {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), {cpu:.2f} CPU s/GB", flush=True)
+            print(f"Orthanc WADO-RS (curl): {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), {cpu:.2f} CPU s/GB", flush=True)
+            results["orthanc"]["wado-httpx"] = retrieve_mbps(url, ct_study, args.repeat, client="httpx")
+            print(f"Orthanc WADO-RS (httpx): {results['orthanc']['wado-httpx'][0]:.0f} MB/s", flush=True)
             for kind, paths in plan.items():
                 latencies(url, paths[:5], "application/dicom+json")
                 results["orthanc"][kind] = p50_p95(latencies(url, paths, "application/dicom+json"))
@@ -335,7 +360,9 @@ def main() -> int:
     print("\nresults (pacskit vs Orthanc + DICOMweb plugin)")
     print(f"  WADO-RS {args.ct} CT instances: {p['wado'][0]:.0f} vs {o['wado'][0]:.0f} MB/s "
           f"-> {p['wado'][0] / o['wado'][0]:.2f}x (target >= 1.5); server CPU {p['wado'][3]:.2f} vs "
-          f"{o['wado'][3]:.2f} s/GB")
+          f"{o['wado'][3]:.2f} s/GB (client: curl)")
+    ph, oh = p["wado-httpx"][0], o["wado-httpx"][0]
+    print(f"  WADO-RS, Python client (httpx iter_raw): {ph:.0f} vs {oh:.0f} MB/s -> {ph / oh:.2f}x (client-bound)")
     print(f"  pacskit RSS growth during the retrieve: {p['wado'][2] / 2**20:.1f} MiB")
     if "big" in p:
         print(f"  pacskit {p['big'][1] / 2**30:.2f} GiB study: {p['big'][0]:.0f} MB/s, RSS growth "
