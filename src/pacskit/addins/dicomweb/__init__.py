@@ -560,28 +560,27 @@ def build_app(addin: DicomWebAddIn) -> Any:
         caller = await addin.authenticate(request, "store")
         if study is not None:
             check_uid(study, "StudyInstanceUID")
-        boundary = stow.boundary_of(request.headers.get("content-type"))
+        boundary, root_type = stow.boundary_of(request.headers.get("content-type"))
         store = addin.store()
-        reader = stow.MultipartReader(boundary, store.temp_dir, addin.options.max_part_size, addin.options.max_parts)
+        reader = stow.MultipartReader(boundary, store.temp_dir, addin.options.max_part_size, addin.options.max_parts,
+                                      root_type)
         parts = await reader.feed_all(request.stream())
-        # the parts are ingested a few at a time (each ingest waits for its fsyncs and its commit:
+        # the instances are ingested a few at a time (each ingest waits for its fsyncs and its commit:
         # overlapping them is what makes a batch fast), answers kept in the order of the parts
         gate = asyncio.Semaphore(addin.options.ingest_concurrency)
         policy = addin.duplicate_policy
 
         loop = asyncio.get_running_loop()
 
-        async def one(i: int, part: stow.ReceivedPart) -> stow.Outcome:
+        async def one(unit: stow.Unit) -> stow.Outcome:
             async with gate:
-                try:
-                    return await loop.run_in_executor(addin.ingest_pool, stow.ingest_part, store, part, study, policy, log)
-                finally:
-                    parts[i] = None  # type: ignore[call-overload]  # consumed by the ingest
+                return await loop.run_in_executor(addin.ingest_pool, stow.ingest_unit, store, unit, study, policy, log)
         try:
-            outcomes = list(await asyncio.gather(*(one(i, p) for i, p in enumerate(parts))))
+            units = stow.units_of(parts, root_type) if root_type == DICOM else await asyncio.to_thread(
+                stow.units_of, parts, root_type)
+            outcomes = list(await asyncio.gather(*(one(u) for u in units)))
         finally:
-            reader.parts = [p for p in parts if p is not None]
-            reader.discard()
+            reader.discard()  # what the ingests did not consume: bulk data parts, parts not reached
         await asyncio.to_thread(stow.locate, store, outcomes)
         base = base_url(addin, request)
         status, body = stow.response(outcomes, base, study)
