@@ -345,6 +345,7 @@ def build_app(addin: DicomWebAddIn) -> Any:
         addin.audit_access(caller, study)
         boundary = new_boundary()
         pieces, length = await asyncio.to_thread(wado.plan, selection, syntaxes, boundary)
+        await asyncio.to_thread(wado.convert_first, store, pieces)
         body = wado.stream_instances(store, pieces, boundary, log)
         headers = {"Content-Length": str(length)} if length is not None else None
         return StreamingResponse(body, media_type=multipart_type(DICOM, boundary), headers=headers)
