@@ -67,6 +67,10 @@ class DicomWebClient:
                  verify: bool | str = True, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):  # a CA file (httpx wants an SSL context for it)
+            import ssl
+
+            verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]
         self._http = httpx.Client(base_url=self.base_url, headers=headers, auth=basic, verify=verify,
                                   timeout=httpx.Timeout(timeout))
 
