@@ -64,7 +64,7 @@ def encodable_syntaxes() -> tuple[str, ...]:
     global _encodable
     if _encodable is None:
         try:
-            from pydicom.pixels import get_encoder
+            from pydicom.pixels.encoders.base import get_encoder
 
             _encodable = tuple(ts for ts in LOSSLESS_COMPRESSED if get_encoder(UID(ts)).is_available)
         except Exception:  # noqa: BLE001 - an old pydicom, numpy missing: nothing is encoded
@@ -177,7 +177,7 @@ def encode_frame(frame: bytes, target: str, *, rows: int, columns: int, samples_
     when the encoder does not take the image."""
     if target not in encodable_syntaxes():
         raise CannotConvert(f"cannot encode into {UID(target).name}")
-    from pydicom.pixels import get_encoder
+    from pydicom.pixels.encoders.base import get_encoder
 
     try:
         return bytes(get_encoder(UID(target)).encode(
