@@ -103,6 +103,11 @@ def test_study_thumbnail_is_the_middle_image_cached_with_an_etag(pacs: Running, 
         series = c.get(f"/studies/{STUDY}/series/{CT_SERIES}/thumbnail")
         assert series.headers["etag"] == etag  # the same representative, the same image
         assert c.get(f"/studies/{STUDY}/series/{SR_SERIES}/thumbnail").status_code == 404
+        middle = dcmread(study["ct"][2])
+        frame = c.get(f"/studies/{STUDY}/series/{CT_SERIES}/instances/{middle.SOPInstanceUID}/frames/1/thumbnail")
+        assert frame.status_code == 200 and frame.content == r.content  # the same image, from the cache
+        assert c.get(f"/studies/{STUDY}/series/{CT_SERIES}/instances/{middle.SOPInstanceUID}/frames/2/thumbnail"
+                     ).status_code == 404
         assert c.get("/studies/1.2.3.999/thumbnail").status_code == 404
 
 

@@ -555,6 +555,13 @@ def build_app(addin: DicomWebAddIn) -> Any:
     async def instance_thumbnail(request: Request, study: str, series: str, instance: str) -> Response:
         return await thumbnail(request, study, series, instance)
 
+    @app.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/thumbnail")
+    async def frame_thumbnail(request: Request, study: str, series: str, instance: str, frame: str) -> Response:
+        numbers = wado.frame_list(frame)
+        if len(numbers) != 1:
+            raise DicomWebError(400, "one frame's thumbnail at a time")
+        return await thumbnail(request, study, series, instance, numbers[0])
+
     # --- STOW-RS ----------------------------------------------------------------------------------
 
     async def store_instances(request: Request, study: str | None) -> Response:
