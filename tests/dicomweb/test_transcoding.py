@@ -73,6 +73,9 @@ def test_lossy_or_unknown_syntaxes_are_406_with_the_reason(pacs: Running, series
         for ts in (JPEG2000, JPEGBaseline8Bit, "1.2.3.4"):
             r = c.get(f"/studies/{STUDY}", headers=_accept(ts))
             assert r.status_code == 406 and "cannot be sent in" in r.text and ts in r.text
+            problem = r.json()  # RFC 9457
+            assert r.headers["content-type"] == "application/problem+json"
+            assert problem["status"] == 406 and problem["title"] == "Not Acceptable" and ts in problem["detail"]
         # '*': as stored, byte for byte
         r = c.get(_url(dcmread(series[0])), headers=_accept("*"))
         assert multipart_parts(r.headers["content-type"], r.content)[0][1] == series[0].read_bytes()

@@ -87,6 +87,11 @@ class DicomWebClient:
         if response.status_code >= 400:
             response.read()
             reason = response.text.strip().splitlines()[0] if response.text.strip() else response.reason_phrase
+            if response.headers.get("content-type", "").startswith("application/problem+json"):
+                try:  # RFC 9457: the reason is the detail
+                    reason = str(response.json().get("detail") or response.reason_phrase)
+                except ValueError:
+                    pass
             raise DicomWebClientError(response.status_code, f"{response.request.method} {response.request.url.path}: "
                                                             f"{response.status_code} {reason}"[:300])
         return response

@@ -15,7 +15,8 @@ for entries with ``user_identity = "password"`` (only over TLS or from loopback)
 STOW-RS. With ``auth = "none"`` (the default) anyone who reaches the listener may use it; the add-in
 refuses to start on a non-loopback plain-HTTP listener unless ``allow_insecure_http`` says so.
 ``cors_origins`` lets browser viewers (OHIF) on other origins call it. Every retrieval and storage is
-in the audit trail (Instances Accessed), as are refused credentials (User Authentication).
+in the audit trail (Instances Accessed), as are refused credentials (User Authentication). Every
+refusal is an RFC 9457 ``application/problem+json`` answer whose ``detail`` says why, and a log line.
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def base_url(addin: DicomWebAddIn, request: Any) -> str:
 def build_app(addin: DicomWebAddIn) -> Any:
     """The ASGI application of the add-in (a FastAPI app: its own error handling and CORS)."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
 
     app = FastAPI(title="pacskit DICOMweb", docs_url=None, redoc_url=None, openapi_url=None)
     if addin.options.cors_origins:
@@ -267,7 +268,8 @@ def build_app(addin: DicomWebAddIn) -> Any:
         level = logging.WARNING if exc.status < 500 else logging.ERROR
         log.log(level, "DICOMweb %s %s -> %d: %s", request.method, request.url.path, exc.status, exc.reason)
         headers = {"WWW-Authenticate": 'Bearer realm="dicom-web"'} if exc.status == 401 else None
-        return PlainTextResponse(exc.reason + "\n", status_code=exc.status, headers=headers)
+        return JSONResponse(problem(exc.status, exc.reason), status_code=exc.status, headers=headers,
+                            media_type="application/problem+json")
 
     def params_of(request: Request) -> list[tuple[str, str]]:
         return list(request.query_params.multi_items())
@@ -627,6 +629,17 @@ def build_app(addin: DicomWebAddIn) -> Any:
         return Response(wadl(app, base_url(addin, request)), media_type="application/vnd.sun.wadl+xml")
 
     return app
+
+
+def problem(status: int, reason: str) -> dict[str, Any]:
+    """The RFC 9457 problem details of a refusal: ``detail`` is the one-line reason."""
+    from http import HTTPStatus
+
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return {"type": "about:blank", "title": title, "status": status, "detail": reason}
 
 
 def _check_path(study: str, series: str | None, instance: str | None) -> None:
