@@ -88,6 +88,14 @@ def test_a_lone_instance_that_cannot_be_converted_is_406_before_the_body(pacs: R
         r = c.get(_url(dcmread(tiny)), headers=_accept(JPEG2000Lossless))
         assert r.status_code == 406 and "cannot be sent in JPEG 2000" in r.text
         assert c.get(_url(dcmread(tiny)), headers=_accept(RLELossless)).status_code == 200
+        # WADO-URI the same way
+        ds = dcmread(tiny)
+        q = {"requestType": "WADO", "studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID,
+             "objectUID": ds.SOPInstanceUID, "contentType": "application/dicom"}
+        r = c.get("/wado", params={**q, "transferSyntax": JPEG2000Lossless})
+        assert r.status_code == 406 and "cannot be converted" in r.json()["detail"]
+        r = c.get("/wado", params={**q, "transferSyntax": RLELossless})
+        assert r.status_code == 200 and dcmread(io.BytesIO(r.content)).file_meta.TransferSyntaxUID == RLELossless
     assert not list(Path(pacs.server.store.temp_dir).glob("*.dcm"))
 
 
