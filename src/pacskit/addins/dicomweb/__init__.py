@@ -588,7 +588,12 @@ def build_app(addin: DicomWebAddIn) -> Any:
         try:
             units = stow.units_of(parts, root_type) if root_type == DICOM else await asyncio.to_thread(
                 stow.units_of, parts, root_type)
-            outcomes = list(await asyncio.gather(*(one(u) for u in units)))
+            # every ingest finishes before the parts are discarded, even when one of them failed
+            results = await asyncio.gather(*(one(u) for u in units), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            outcomes = [r for r in results if isinstance(r, stow.Outcome)]
         finally:
             reader.discard()  # what the ingests did not consume: bulk data parts, parts not reached
         await asyncio.to_thread(stow.locate, store, outcomes)
