@@ -7,7 +7,9 @@
     through its REST API (the CT study) and DCMTK storescu (the QIDO files, the same values as the
     pacskit rows).
 
-Measured, each on both servers with one keep-alive HTTP client (httpx):
+Both servers run side by side and every measurement alternates between them (pacskit first, then
+Orthanc first, ...), so that a machine whose load changes from minute to minute weighs on both
+alike; medians are reported. Measured, each on both servers:
 
 * WADO-RS retrieve of a ``--ct`` (500) instance 512x512 CT study by curl (and by httpx, which is
   slower than both servers: see :func:`retrieve_mbps`), ``Accept: multipart/related;
@@ -17,7 +19,8 @@ Measured, each on both servers with one keep-alive HTTP client (httpx):
   from pacskit alone, for the flat-memory check;
 * QIDO-RS study searches (by PatientID, PatientName wildcard, StudyDate range) at ``--qido-instances``
   (100,000) instances: p50 / p95 ms over ``--queries`` (100) of each kind;
-* STOW-RS of ``--stow`` (1,000) 64x64 instances in one request: instances/s;
+* STOW-RS of ``--stow`` (1,000) 64x64 instances in one request, ``--stow-rounds`` requests each (new
+  instances every time): median instances/s, and the server's CPU seconds per 1,000 instances;
 * rendered JPEG of one CT frame (``/rendered``): p50 ms over 50 requests.
 
     .venv/bin/python benchmarks/dicomweb.py [--ct 500] [--qido-instances 100000] [--stow 1000] [--big 2000]
@@ -260,6 +263,7 @@ def main() -> int:
     parser.add_argument("--stow", type=int, default=1000)
     parser.add_argument("--big", type=int, default=0, help="also retrieve an N-instance CT study from pacskit (RSS)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--stow-rounds", type=int, default=3, help="STOW-RS requests per server (new instances each)")
     parser.add_argument("--work-root", type=Path, default=None)
     args = parser.parse_args()
     if args.serve:
@@ -283,7 +287,6 @@ def main() -> int:
         ct_series = str(dcmread(ct[0], stop_before_pixels=True).SeriesInstanceUID)
         shape = qbench.shape_for(args.qido_instances) if args.qido_instances else None
         plan = qido_plan(shape, args.queries) if shape else {}
-        stow_files = make_series(work / "stow", args.stow, 64, 64) if args.stow else []
 
         # ---- pacskit
         folder = work / "pacskit"
@@ -307,32 +310,10 @@ def main() -> int:
                     store.ingest(tmp, source_ae="BENCH")
         store.close()
         print(f"pacskit loaded in {time.perf_counter() - t0:.0f} s", flush=True)
-        with PacskitProcess(folder) as pacs:
+        # both servers run side by side and every measurement alternates between them, so that a
+        # machine whose load changes from minute to minute weighs on both alike
+        with PacskitProcess(folder) as pacs, orthanc_dicomweb(work / "orthanc", startup_timeout=120) as orthanc:
             assert pacs.proc is not None
-            retrieve_mbps(pacs.url, ct_study, 1)  # warm the page cache and the server
-            mbps, nbytes, growth, cpu = retrieve_mbps(pacs.url, ct_study, args.repeat, pacs.proc.pid)
-            results["pacskit"]["wado"] = (mbps, nbytes, growth, cpu)
-            print(f"pacskit WADO-RS (curl): {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), {cpu:.2f} CPU s/GB, "
-                  f"RSS growth {growth / 2**20:.1f} MiB", flush=True)
-            results["pacskit"]["wado-httpx"] = retrieve_mbps(pacs.url, ct_study, args.repeat, client="httpx")
-            print(f"pacskit WADO-RS (httpx): {results['pacskit']['wado-httpx'][0]:.0f} MB/s", flush=True)
-            if big_study is not None:
-                bmbps, bbytes, bgrowth, _ = retrieve_mbps(pacs.url, big_study, 1, pacs.proc.pid)
-                results["pacskit"]["big"] = (bmbps, bbytes, bgrowth)
-                print(f"pacskit WADO-RS big study: {bmbps:.0f} MB/s ({bbytes / 2**30:.2f} GiB), "
-                      f"RSS growth {bgrowth / 2**20:.1f} MiB", flush=True)
-            for kind, paths in plan.items():
-                latencies(pacs.url, paths[:5], "application/dicom+json")
-                results["pacskit"][kind] = p50_p95(latencies(pacs.url, paths, "application/dicom+json"))
-            render_path = f"/studies/{ct_study}/series/{ct_series}/instances/{ct_sop}/rendered"
-            latencies(pacs.url, [(render_path, {})] * 3, "image/jpeg")
-            results["pacskit"]["rendered"] = p50_p95(latencies(pacs.url, [(render_path, {})] * 50, "image/jpeg"))
-            if stow_files:
-                results["pacskit"]["stow"] = stow(pacs.url, stow_files, pacs.proc.pid)
-
-        # ---- Orthanc
-        with orthanc_dicomweb(work / "orthanc", startup_timeout=120) as orthanc:
-            url = f"{orthanc.url}/dicom-web"
             t0 = time.perf_counter()
             with httpx.Client(timeout=120) as c:
                 for f in ct:
@@ -342,20 +323,64 @@ def main() -> int:
                 out = run_storescu(LOCALHOST, orthanc.dicom_port, files, called=orthanc.ae_title, timeout=None)
                 print(f"Orthanc: {count_store_successes(out):,} QIDO instances stored", flush=True)
             print(f"Orthanc loaded in {time.perf_counter() - t0:.0f} s", flush=True)
-            retrieve_mbps(url, ct_study, 1)
-            mbps, nbytes, _, cpu = retrieve_mbps(url, ct_study, args.repeat, orthanc.proc.pid, rss=False)
-            results["orthanc"]["wado"] = (mbps, nbytes, None, cpu)
-            print(f"Orthanc WADO-RS (curl): {mbps:.0f} MB/s ({nbytes / 1e6:.0f} MB), {cpu:.2f} CPU s/GB", flush=True)
-            results["orthanc"]["wado-httpx"] = retrieve_mbps(url, ct_study, args.repeat, client="httpx")
-            print(f"Orthanc WADO-RS (httpx): {results['orthanc']['wado-httpx'][0]:.0f} MB/s", flush=True)
+            servers = {"pacskit": (pacs.url, pacs.proc.pid), "orthanc": (f"{orthanc.url}/dicom-web", orthanc.proc.pid)}
+
+            def turns(n: int) -> Iterator[tuple[int, str]]:
+                """``n`` rounds over both servers, the first one alternating."""
+                for i in range(n):
+                    for name in (("pacskit", "orthanc") if i % 2 == 0 else ("orthanc", "pacskit")):
+                        yield i, name
+
+            for name, (url, _) in servers.items():
+                retrieve_mbps(url, ct_study, 1, rss=False)  # warm the page cache and the server
+            for client in ("curl", "httpx"):
+                speeds: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
+                cpu: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
+                growth = 0
+                for _, name in turns(args.repeat):
+                    url, pid = servers[name]
+                    mbps, nbytes, g, cpu_gb = retrieve_mbps(url, ct_study, 1, pid, rss=name == "pacskit", client=client)
+                    speeds[name].append(mbps)
+                    cpu[name].append(cpu_gb)
+                    growth = max(growth, g or 0)
+                for name in servers:
+                    key = "wado" if client == "curl" else "wado-httpx"
+                    results[name][key] = (statistics.median(speeds[name]), nbytes, growth if name == "pacskit" else None,
+                                          statistics.median(cpu[name]))
+                    print(f"{name} WADO-RS ({client}): {' '.join(f'{v:.0f}' for v in speeds[name])} MB/s, "
+                          f"{statistics.median(cpu[name]):.2f} CPU s/GB", flush=True)
+            if big_study is not None:
+                bmbps, bbytes, bgrowth, _ = retrieve_mbps(pacs.url, big_study, 1, pacs.proc.pid)
+                results["pacskit"]["big"] = (bmbps, bbytes, bgrowth)
+                print(f"pacskit WADO-RS big study: {bmbps:.0f} MB/s ({bbytes / 2**30:.2f} GiB), "
+                      f"RSS growth {bgrowth / 2**20:.1f} MiB", flush=True)
             for kind, paths in plan.items():
-                latencies(url, paths[:5], "application/dicom+json")
-                results["orthanc"][kind] = p50_p95(latencies(url, paths, "application/dicom+json"))
+                lat: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
+                for name, (url, _) in servers.items():
+                    latencies(url, paths[:5], "application/dicom+json")
+                for i, name in turns(len(paths)):
+                    lat[name] += latencies(servers[name][0], paths[i:i + 1], "application/dicom+json")
+                for name in servers:
+                    results[name][kind] = p50_p95(lat[name])
             render_path = f"/studies/{ct_study}/series/{ct_series}/instances/{ct_sop}/rendered"
-            latencies(url, [(render_path, {})] * 3, "image/jpeg")
-            results["orthanc"]["rendered"] = p50_p95(latencies(url, [(render_path, {})] * 50, "image/jpeg"))
-            if stow_files:
-                results["orthanc"]["stow"] = stow(url, stow_files, orthanc.proc.pid)
+            lat = {"pacskit": [], "orthanc": []}
+            for name, (url, _) in servers.items():
+                latencies(url, [(render_path, {})] * 3, "image/jpeg")
+            for _, name in turns(50):
+                lat[name] += latencies(servers[name][0], [(render_path, {})], "image/jpeg")
+            for name in servers:
+                results[name]["rendered"] = p50_p95(lat[name])
+            if args.stow:
+                rates: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
+                stow_cpu: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
+                for i, name in turns(args.stow_rounds):
+                    batch = make_series(work / f"stow-{name}-{i}", args.stow, 64, 64)  # new UIDs every time
+                    rate, cpu_k = stow(servers[name][0], batch, servers[name][1])
+                    rates[name].append(rate)
+                    stow_cpu[name].append(cpu_k)
+                for name in servers:
+                    results[name]["stow"] = (statistics.median(rates[name]), statistics.median(stow_cpu[name]))
+                    print(f"{name} STOW-RS: {' '.join(f'{v:.0f}' for v in rates[name])} inst/s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
