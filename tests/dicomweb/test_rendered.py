@@ -100,6 +100,10 @@ def test_study_thumbnail_is_the_middle_image_cached_with_an_etag(pacs: Running, 
         again = c.get(f"/studies/{STUDY}/thumbnail")
         assert again.content == r.content and again.headers["etag"] == etag and cache.hits == hits + 1
         assert c.get(f"/studies/{STUDY}/thumbnail", headers={"If-None-Match": etag}).status_code == 304
+        # what a browser's <img> asks for (the workstation's search page)
+        browser = c.get(f"/studies/{STUDY}/thumbnail", headers={
+            "Accept": "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"})
+        assert browser.headers["content-type"] == "image/jpeg" and browser.content == r.content
         series = c.get(f"/studies/{STUDY}/series/{CT_SERIES}/thumbnail")
         assert series.headers["etag"] == etag  # the same representative, the same image
         assert c.get(f"/studies/{STUDY}/series/{SR_SERIES}/thumbnail").status_code == 404
