@@ -375,6 +375,7 @@ def main() -> int:
                 stow_cpu: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
                 for i, name in turns(args.stow_rounds):
                     batch = make_series(work / f"stow-{name}-{i}", args.stow, 64, 64)  # new UIDs every time
+                    os.sync()  # the previous round's writeback does not land on this one's fsyncs
                     rate, cpu_k = stow(servers[name][0], batch, servers[name][1])
                     rates[name].append(rate)
                     stow_cpu[name].append(cpu_k)
