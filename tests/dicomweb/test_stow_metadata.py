@@ -101,13 +101,17 @@ def test_xml_metadata(pacs: Running, tmp_path: Path) -> None:
 
 
 def test_failed_datasets_are_reported_and_the_rest_stored(pacs: Running, tmp_path: Path) -> None:
-    good, dangling, no_uid = make_series(tmp_path / "f", 3, 8, 8)
+    good, dangling, no_uid, short, undescribed = make_series(tmp_path / "f", 5, 8, 8)
     bad = _metadata(no_uid, "http://c/2")
     del bad["00080018"]
-    metas = [_metadata(good, "http://c/0"), _metadata(dangling, "http://c/missing"), bad]
+    no_rows = _metadata(undescribed, "http://c/4")
+    del no_rows["00280010"]
+    metas = [_metadata(good, "http://c/0"), _metadata(dangling, "http://c/missing"), bad,
+             _metadata(short, "http://c/3"), no_rows]
     parts = [("application/dicom+json", {}, json.dumps(metas).encode())]
     parts += [("application/octet-stream", {"Content-Location": f"http://c/{i}"}, dcmread(f).PixelData)
-              for i, f in ((0, good), (2, no_uid))]
+              for i, f in ((0, good), (2, no_uid), (4, undescribed))]
+    parts.append(("application/octet-stream", {"Content-Location": "http://c/3"}, dcmread(short).PixelData[:-10]))
     body, ctype = _body(parts)
     with httpx.Client(base_url=pacs.url) as c:
         r = c.post("/studies", content=body, headers={"Content-Type": ctype})
@@ -115,13 +119,14 @@ def test_failed_datasets_are_reported_and_the_rest_stored(pacs: Running, tmp_pat
         answer = r.json()
         assert [i["00081155"]["Value"][0] for i in answer["00081199"]["Value"]] == [dcmread(good).SOPInstanceUID]
         failed = answer["00081198"]["Value"]
-        assert [i["00081197"]["Value"][0] for i in failed] == [0xC000, 0xC000]
+        assert [i["00081197"]["Value"][0] for i in failed] == [0xC000] * 4
         assert failed[0]["00081155"]["Value"] == [dcmread(dangling).SOPInstanceUID]
+        assert failed[2]["00081155"]["Value"] == [dcmread(short).SOPInstanceUID]  # 10 bytes short of its Rows x Columns
         assert pacs.server.store.count("instances") == 1
         # every dataset failing: 409
         body, ctype = _body(parts[:1])
         r = c.post("/studies", content=body, headers={"Content-Type": ctype})
-        assert r.status_code == 409 and len(r.json()["00081198"]["Value"]) == 3 and "00081199" not in r.json()
+        assert r.status_code == 409 and len(r.json()["00081198"]["Value"]) == 5 and "00081199" not in r.json()
     assert pacs.server.store.count("instances") == 1
     assert not list(Path(pacs.server.store.temp_dir).glob("*.stow"))
 

@@ -12,7 +12,9 @@ Two forms of body are taken:
   optional ``transfer-syntax`` parameter) is encapsulated, one fragment per frame (several parts
   with the same location are the frames in order). Each dataset becomes a Part 10 file (File Meta
   from its UIDs) and is ingested like a received one. A dataset whose BulkDataURI names no part of
-  the body, or that is not valid DICOM JSON, fails alone (0xC000); the rest are stored.
+  the body, that is not valid DICOM JSON, or whose Pixel Data comes without the Image Pixel
+  attributes describing it (or, native, with another length) fails alone (0xC000); the rest are
+  stored.
 
 The body is parsed as it arrives (:class:`MultipartReader`): small parts are kept in memory (up to
 ``_MEMORY_BUDGET`` for the body), larger ones written to a temporary file beside the blob store.
@@ -417,6 +419,8 @@ def build_instance(unit: MetadataInstance, temp_dir: str) -> str:
     sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
     if not sop_class or not sop_instance:
         raise _BadMetadata("the dataset has no SOP Class UID or SOP Instance UID")
+    if "PixelData" in ds:
+        _check_pixel_description(ds, compressed="syntax" in pixel)
     syntax = pixel.get("syntax", ExplicitVRLittleEndian)
     if "syntax" in pixel:
         ds["PixelData"].VR = "OB"
@@ -433,6 +437,30 @@ def build_instance(unit: MetadataInstance, temp_dir: str) -> str:
         os.unlink(path)
         raise _BadMetadata(f"cannot be written as a Part 10 file: {exc}"[:200]) from None
     return path
+
+
+_PIXEL_DESCRIPTION = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+                      "PixelRepresentation", "PhotometricInterpretation")
+
+
+def _check_pixel_description(ds: Any, *, compressed: bool) -> None:
+    """Pixel data from a metadata body must come with the Image Pixel attributes that describe it
+    (pacskit does not derive them from a compressed bit stream), and native pixel data must have the
+    length they give; otherwise the instance would be stored unreadable."""
+    missing = [k for k in _PIXEL_DESCRIPTION if k not in ds]
+    if missing:
+        raise _BadMetadata(f"Pixel Data without {', '.join(missing)} (not derived from the bit stream)")
+    if compressed:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) * frames
+    except (TypeError, ValueError) as exc:
+        raise _BadMetadata(f"Image Pixel attributes are not numbers: {exc}") from None
+    expected = (bits + 7) // 8
+    got = len(ds.PixelData)
+    if got not in (expected, expected + 1):  # + the padding byte of an odd length
+        raise _BadMetadata(f"Pixel Data is {got} bytes, its Image Pixel attributes say {expected}")
 
 
 def ingest_unit(store: DataStore, unit: Unit, study: str | None, duplicate_policy: str, log: Any) -> Outcome:
