@@ -132,7 +132,8 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
 def _answer(base: str, resource: str, query: dict[str, str]) -> list[dict[str, Any]]:
     # the query string as written (Orthanc 1.10 matches percent-encoded "^" and "*" literally)
     text = "&".join(f"{k}={v}" for k, v in query.items())
-    r = httpx.get(f"{base}/{resource}" + (f"?{text}" if text else ""), headers={"Accept": "application/dicom+json"})
+    r = httpx.get(f"{base}/{resource}" + (f"?{text}" if text else ""), headers={"Accept": "application/dicom+json"},
+                  timeout=60)  # httpx waits 5 s by default: not enough on a loaded CI machine
     assert r.status_code in (200, 204), (base, resource, query, r.status_code, r.text)
     return r.json() if r.content.strip() else []
 

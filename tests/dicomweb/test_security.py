@@ -89,6 +89,10 @@ def test_basic_over_loopback(secured: Running, tmp_path: Path) -> None:
     with httpx.Client(base_url=secured.url, headers={"Authorization": f"Basic {good}"}) as c:
         assert c.get(f"/studies/{STUDY}/metadata").status_code == 200
         assert c.get("/studies").status_code == 200
+        # a caller off loopback (as the trusted local proxy reports it) over plain HTTP: refused
+        # (tests/dicomweb/test_https.py: the same caller over TLS is let in)
+        r = c.get("/studies", headers={"X-Forwarded-For": "203.0.113.5"})
+        assert r.status_code == 401 and "only over TLS" in r.text
 
 
 def test_cors_preflight_and_answer(secured: Running) -> None:

@@ -67,6 +67,10 @@ class DicomWebClient:
                  verify: bool | str = True, timeout: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):  # a CA file (httpx wants an SSL context for it)
+            import ssl
+
+            verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]
         self._http = httpx.Client(base_url=self.base_url, headers=headers, auth=basic, verify=verify,
                                   timeout=httpx.Timeout(timeout))
 
@@ -83,6 +87,11 @@ class DicomWebClient:
         if response.status_code >= 400:
             response.read()
             reason = response.text.strip().splitlines()[0] if response.text.strip() else response.reason_phrase
+            if response.headers.get("content-type", "").startswith("application/problem+json"):
+                try:  # RFC 9457: the reason is the detail
+                    reason = str(response.json().get("detail") or response.reason_phrase)
+                except ValueError:
+                    pass
             raise DicomWebClientError(response.status_code, f"{response.request.method} {response.request.url.path}: "
                                                             f"{response.status_code} {reason}"[:300])
         return response

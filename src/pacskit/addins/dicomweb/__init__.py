@@ -15,7 +15,8 @@ for entries with ``user_identity = "password"`` (only over TLS or from loopback)
 STOW-RS. With ``auth = "none"`` (the default) anyone who reaches the listener may use it; the add-in
 refuses to start on a non-loopback plain-HTTP listener unless ``allow_insecure_http`` says so.
 ``cors_origins`` lets browser viewers (OHIF) on other origins call it. Every retrieval and storage is
-in the audit trail (Instances Accessed), as are refused credentials (User Authentication).
+in the audit trail (Instances Accessed), as are refused credentials (User Authentication). Every
+refusal is an RFC 9457 ``application/problem+json`` answer whose ``detail`` says why, and a log line.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class DicomWebOptions(AddInOptions):
     tune_malloc: bool = Field(
         True, description="glibc: keep freed large buffers for reuse (mallopt), a third less CPU per GB sent")
     thumbnail_size: int = Field(128, ge=16, le=1024, description="thumbnail viewport (pixels, square)")
+    render_cache_size: int = Field(
+        32 * 1024 * 1024, ge=0, description="bytes of rendered images / thumbnails kept for reuse (0: none)")
 
 
 @dataclass(slots=True)
@@ -117,6 +120,14 @@ class DicomWebAddIn(AddIn):
         return HttpService(build_app(self), prefix=self.options.prefix)
 
     # --- helpers used by the routes ---------------------------------------------------------------
+
+    @property
+    def render_cache(self) -> render.RenderCache | None:
+        """Rendered images kept for reuse (thumbnails above all); ``None`` when turned off."""
+        cache = getattr(self, "_render_cache", None)
+        if cache is None and self.options.render_cache_size > 0:
+            cache = self._render_cache = render.RenderCache(self.options.render_cache_size)
+        return cache
 
     @property
     def duplicate_policy(self) -> str:
@@ -242,7 +253,7 @@ def base_url(addin: DicomWebAddIn, request: Any) -> str:
 def build_app(addin: DicomWebAddIn) -> Any:
     """The ASGI application of the add-in (a FastAPI app: its own error handling and CORS)."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
 
     app = FastAPI(title="pacskit DICOMweb", docs_url=None, redoc_url=None, openapi_url=None)
     if addin.options.cors_origins:
@@ -257,7 +268,8 @@ def build_app(addin: DicomWebAddIn) -> Any:
         level = logging.WARNING if exc.status < 500 else logging.ERROR
         log.log(level, "DICOMweb %s %s -> %d: %s", request.method, request.url.path, exc.status, exc.reason)
         headers = {"WWW-Authenticate": 'Bearer realm="dicom-web"'} if exc.status == 401 else None
-        return PlainTextResponse(exc.reason + "\n", status_code=exc.status, headers=headers)
+        return JSONResponse(problem(exc.status, exc.reason), status_code=exc.status, headers=headers,
+                            media_type="application/problem+json")
 
     def params_of(request: Request) -> list[tuple[str, str]]:
         return list(request.query_params.multi_items())
@@ -335,6 +347,7 @@ def build_app(addin: DicomWebAddIn) -> Any:
         addin.audit_access(caller, study)
         boundary = new_boundary()
         pieces, length = await asyncio.to_thread(wado.plan, selection, syntaxes, boundary)
+        await asyncio.to_thread(wado.convert_first, store, pieces)
         body = wado.stream_instances(store, pieces, boundary, log)
         headers = {"Content-Length": str(length)} if length is not None else None
         return StreamingResponse(body, media_type=multipart_type(DICOM, boundary), headers=headers)
@@ -440,13 +453,20 @@ def build_app(addin: DicomWebAddIn) -> Any:
         frames = wado.read_frames(store, item, list(range(1, count + 1)), True, ["*"])
         return [b"".join(frames.data)] if frames.transfer_syntax is None else frames.data
 
+    def image_response(request: Request, data: bytes, media_type: str, etag: str) -> Response:
+        """A rendered image with its ETag; 304 when the client has it (thumbnails of a search page)."""
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "private, no-cache"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type=media_type, headers=headers)
+
     async def rendered(request: Request, study: str, series: str, instance: str, frame: int,
                        viewport: tuple[int, int] | None = None) -> Response:
         params = render.parse_params(params_of(request), parse_accept(request.headers.get("accept")),
                                      default_viewport=viewport)
         _, store, item = await one_instance(request, study, series, instance)
-        data = await asyncio.to_thread(render.render, store, item, frame, params)
-        return Response(data, media_type=params.media_type)
+        data = await asyncio.to_thread(render.render_cached, addin.render_cache, store, item, frame, params)
+        return image_response(request, data, params.media_type, params.key(item, frame))
 
     @app.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
     async def instance_rendered(request: Request, study: str, series: str, instance: str) -> Response:
@@ -459,23 +479,71 @@ def build_app(addin: DicomWebAddIn) -> Any:
             raise DicomWebError(400, "one frame is rendered at a time")
         return await rendered(request, study, series, instance, numbers[0])
 
+    async def rendered_many(request: Request, study: str, series: str | None = None) -> Response:
+        """A study's or series' instances rendered (first frame), one part each; instances without an
+        image (SR, KO, PR...) are left out. Streamed: one render in memory at a time."""
+        caller = await addin.authenticate(request, "get")
+        _check_path(study, series, None)
+        params = render.parse_params(params_of(request), parse_accept(request.headers.get("accept")))
+        store = addin.store()
+        selection = await asyncio.to_thread(wado.select, store, study, series, None)
+        addin.audit_access(caller, study)
+        mapping = {} if series is not None else await asyncio.to_thread(wado.series_uids, store, selection)
+        base = base_url(addin, request)
+        boundary = new_boundary()
+
+        async def body() -> Any:
+            last = 0
+            while page := await asyncio.to_thread(selection.page, last):
+                last = page[-1].pk
+                for item in page:
+                    try:
+                        data = await asyncio.to_thread(render.render_cached, addin.render_cache, store, item, 1, params)
+                    except DicomWebError as exc:
+                        log.debug("rendered %s: %s left out (%s)", study, item.sop_instance_uid, exc.reason)
+                        continue
+                    location = (f"{base}/studies/{study}/series/{series or mapping.get(item.pk, '')}"
+                                f"/instances/{item.sop_instance_uid}/rendered")
+                    yield part_header(boundary, params.media_type, {"Content-Location": location}) + data + b"\r\n"
+            yield closing(boundary)
+
+        return StreamingResponse(body(), media_type=multipart_type(params.media_type, boundary))
+
+    @app.get("/studies/{study}/rendered")
+    async def study_rendered(request: Request, study: str) -> Response:
+        return await rendered_many(request, study)
+
+    @app.get("/studies/{study}/series/{series}/rendered")
+    async def series_rendered(request: Request, study: str, series: str) -> Response:
+        return await rendered_many(request, study, series)
+
     async def thumbnail(request: Request, study: str, series: str | None = None, instance: str | None = None,
                         frame: int = 1) -> Response:
         size = addin.options.thumbnail_size
-        if instance is None:  # a representative instance: the middle one of the series / study
-            await addin.authenticate(request, "get")
-            _check_path(study, series, None)
-            store = addin.store()
-            selection = await asyncio.to_thread(wado.select, store, study, series, None)
-            page = await asyncio.to_thread(selection.page, 0)
-            item = page[len(page) // 2]
-            series = series or ""
-            instance = item.sop_instance_uid
-            params = render.parse_params(params_of(request), parse_accept(request.headers.get("accept")),
-                                         default_viewport=(size, size))
-            data = await asyncio.to_thread(render.render, store, item, 1, params)
-            return Response(data, media_type=params.media_type)
-        return await rendered(request, study, series or "", instance, frame, viewport=(size, size))
+        if instance is not None:
+            return await rendered(request, study, series or "", instance, frame, viewport=(size, size))
+        # a representative instance (the middle one of the first image series), rendered once and
+        # cached: the workstation's search page asks for one per study listed
+        caller = await addin.authenticate(request, "get")
+        _check_path(study, series, None)
+        params = render.parse_params(params_of(request), parse_accept(request.headers.get("accept")),
+                                     default_viewport=(size, size))
+        store = addin.store()
+        candidates = await asyncio.to_thread(render.representatives, store, study, series)
+        if not candidates:
+            raise DicomWebError(404, f"no such {'series' if series else 'study'} stored")
+        addin.audit_access(caller, study)
+        problem = None
+        for item in candidates:
+            try:
+                data = await asyncio.to_thread(render.render_cached, addin.render_cache, store, item, 1, params)
+            except DicomWebError as exc:  # not an image (SR...), or no decoder: the next candidate
+                problem = exc
+                continue
+            return image_response(request, data, params.media_type, params.key(item, 1))
+        assert problem is not None
+        raise DicomWebError(404 if problem.status == 404 else problem.status,
+                            f"no instance of the {'series' if series else 'study'} can be drawn: {problem.reason}")
 
     @app.get("/studies/{study}/thumbnail")
     async def study_thumbnail(request: Request, study: str) -> Response:
@@ -489,34 +557,45 @@ def build_app(addin: DicomWebAddIn) -> Any:
     async def instance_thumbnail(request: Request, study: str, series: str, instance: str) -> Response:
         return await thumbnail(request, study, series, instance)
 
+    @app.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/thumbnail")
+    async def frame_thumbnail(request: Request, study: str, series: str, instance: str, frame: str) -> Response:
+        numbers = wado.frame_list(frame)
+        if len(numbers) != 1:
+            raise DicomWebError(400, "one frame's thumbnail at a time")
+        return await thumbnail(request, study, series, instance, numbers[0])
+
     # --- STOW-RS ----------------------------------------------------------------------------------
 
     async def store_instances(request: Request, study: str | None) -> Response:
         caller = await addin.authenticate(request, "store")
         if study is not None:
             check_uid(study, "StudyInstanceUID")
-        boundary = stow.boundary_of(request.headers.get("content-type"))
+        boundary, root_type = stow.boundary_of(request.headers.get("content-type"))
         store = addin.store()
-        reader = stow.MultipartReader(boundary, store.temp_dir, addin.options.max_part_size, addin.options.max_parts)
+        reader = stow.MultipartReader(boundary, store.temp_dir, addin.options.max_part_size, addin.options.max_parts,
+                                      root_type)
         parts = await reader.feed_all(request.stream())
-        # the parts are ingested a few at a time (each ingest waits for its fsyncs and its commit:
+        # the instances are ingested a few at a time (each ingest waits for its fsyncs and its commit:
         # overlapping them is what makes a batch fast), answers kept in the order of the parts
         gate = asyncio.Semaphore(addin.options.ingest_concurrency)
         policy = addin.duplicate_policy
 
         loop = asyncio.get_running_loop()
 
-        async def one(i: int, part: stow.ReceivedPart) -> stow.Outcome:
+        async def one(unit: stow.Unit) -> stow.Outcome:
             async with gate:
-                try:
-                    return await loop.run_in_executor(addin.ingest_pool, stow.ingest_part, store, part, study, policy, log)
-                finally:
-                    parts[i] = None  # type: ignore[call-overload]  # consumed by the ingest
+                return await loop.run_in_executor(addin.ingest_pool, stow.ingest_unit, store, unit, study, policy, log)
         try:
-            outcomes = list(await asyncio.gather(*(one(i, p) for i, p in enumerate(parts))))
+            units = stow.units_of(parts, root_type) if root_type == DICOM else await asyncio.to_thread(
+                stow.units_of, parts, root_type)
+            # every ingest finishes before the parts are discarded, even when one of them failed
+            results = await asyncio.gather(*(one(u) for u in units), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            outcomes = [r for r in results if isinstance(r, stow.Outcome)]
         finally:
-            reader.parts = [p for p in parts if p is not None]
-            reader.discard()
+            reader.discard()  # what the ingests did not consume: bulk data parts, parts not reached
         await asyncio.to_thread(stow.locate, store, outcomes)
         base = base_url(addin, request)
         status, body = stow.response(outcomes, base, study)
@@ -555,6 +634,17 @@ def build_app(addin: DicomWebAddIn) -> Any:
         return Response(wadl(app, base_url(addin, request)), media_type="application/vnd.sun.wadl+xml")
 
     return app
+
+
+def problem(status: int, reason: str) -> dict[str, Any]:
+    """The RFC 9457 problem details of a refusal: ``detail`` is the one-line reason."""
+    from http import HTTPStatus
+
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return {"type": "about:blank", "title": title, "status": status, "detail": reason}
 
 
 def _check_path(study: str, series: str | None, instance: str | None) -> None:

@@ -1,7 +1,8 @@
 """Shared pieces of the DICOMweb add-in: errors with a reason, UID checks, Accept parsing, multipart.
 
 Every refusal is a :class:`DicomWebError` carrying the HTTP status and one line saying why; the add-in
-turns it into a ``text/plain`` answer (and a log line), so a caller always learns what was wrong.
+turns it into an RFC 9457 ``application/problem+json`` answer (``detail``: the reason) and a log line,
+so a caller always learns what was wrong.
 """
 
 from __future__ import annotations

@@ -129,3 +129,72 @@ def _xml_attributes(obj: dict[str, Any], parts: list[str]) -> None:
                 text = "" if value is None else str(value)
                 parts.append(f'<Value number="{n}">{escape(text)}</Value>')
         parts.append("</DicomAttribute>")
+
+
+def xml_to_json(text: str) -> dict[str, Any]:
+    """The DICOM JSON object of a ``NativeDicomModel`` XML dataset (PS3.19 A.1), for STOW-RS.
+
+    A document with a DTD is refused (no entity expansion from a client); ``ValueError`` says what
+    is wrong."""
+    import xml.etree.ElementTree as ET
+
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise ValueError("a DTD is not allowed")
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ValueError(f"malformed XML: {exc}") from None
+    if root.tag != "NativeDicomModel":
+        raise ValueError(f"root element is {root.tag[:40]!r}, not NativeDicomModel")
+    return _xml_dataset(root)
+
+
+def _xml_dataset(node: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr in node.findall("DicomAttribute"):
+        tag = (attr.get("tag") or "").upper()
+        if len(tag) != 8 or any(c not in "0123456789ABCDEF" for c in tag):
+            raise ValueError(f"DicomAttribute without a valid tag: {tag[:20]!r}")
+        vr = attr.get("vr") or (dictionary_VR(int(tag, 16)) if keyword_for_tag(int(tag, 16)) else "UN")
+        entry: dict[str, Any] = {"vr": vr}
+        bulk, inline = attr.find("BulkData"), attr.find("InlineBinary")
+        if bulk is not None:
+            entry["BulkDataURI"] = bulk.get("uri") or bulk.get("uuid") or ""
+        elif inline is not None:
+            entry["InlineBinary"] = (inline.text or "").strip()
+        elif vr == "SQ":
+            items = sorted(attr.findall("Item"), key=lambda e: int(e.get("number", "0")))
+            if items:
+                entry["Value"] = [_xml_dataset(item) for item in items]
+        elif vr == "PN":
+            names = []
+            for pn in sorted(attr.findall("PersonName"), key=lambda e: int(e.get("number", "0"))):
+                value: dict[str, str] = {}
+                for group in ("Alphabetic", "Ideographic", "Phonetic"):
+                    g = pn.find(group)
+                    if g is None:
+                        continue
+                    components = [(g.findtext(label) or "") for label in
+                                  ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix")]
+                    value[group] = "^".join(components).rstrip("^")
+                names.append(value)
+            if names:
+                entry["Value"] = names
+        else:
+            values: list[Any] = []
+            for v in sorted(attr.findall("Value"), key=lambda e: int(e.get("number", "0"))):
+                values.append(_xml_value(vr, v.text or ""))
+            if values:
+                entry["Value"] = values
+        out[tag] = entry
+    return out
+
+
+def _xml_value(vr: str, text: str) -> Any:
+    if vr in ("US", "SS", "UL", "SL", "UV", "SV", "IS"):
+        return int(text) if text.strip() else None
+    if vr in ("FL", "FD", "DS"):
+        return float(text) if text.strip() else None
+    if vr == "AT":
+        return text.strip().upper()
+    return text

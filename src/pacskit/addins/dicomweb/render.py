@@ -7,6 +7,12 @@ WindowWidth, else its minimum to maximum. MONOCHROME1 is inverted; colour frames
 ``viewport`` (vw,vh) scales the image to fit inside vw x vh keeping its aspect ratio; ``quality``
 (1-100) is the JPEG quality. Media types: ``image/jpeg`` (default), ``image/png``.
 
+Study and series ``/rendered`` answer ``multipart/related`` with one rendered image per instance
+that has one (its first frame); study and series ``/thumbnail`` render a representative instance
+(:func:`representatives`). Rendered images are kept in a :class:`RenderCache` (bounded in bytes,
+keyed by the stored file and the parameters), so a search page showing 50 study thumbnails again
+costs 50 index lookups, not 50 decodes.
+
 Not supported (a 400 says so): the crop form of viewport (vw,vh,sx,sy,sw,sh), ``annotation``,
 ``iccprofile``, ``charset``; multi-frame instances render their first frame (GIF / video are not
 produced).
@@ -14,7 +20,10 @@ produced).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +43,98 @@ class RenderParams:
     window: tuple[float, float, str] | None = None
     viewport: tuple[int, int] | None = None
     quality: int = 90
+
+    def key(self, item: RetrieveItem, frame: int) -> str:
+        """What identifies the image rendered from ``frame`` of ``item`` with these parameters (the
+        stored file, by blob key and size: an overwritten instance gets a new key): the cache key,
+        and the ETag sent with it."""
+        text = repr((item.blob_key, item.size, frame, self.media_type, self.window, self.viewport, self.quality))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class RenderCache:
+    """Rendered images by :meth:`RenderParams.key`, least recently used dropped beyond ``max_bytes``.
+    Thread-safe (renders run in the thread pool)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._images: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._images.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self._images.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4:
+            return  # a huge image would push out everything else
+        with self._lock:
+            old = self._images.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old)
+            self._images[key] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes and self._images:
+                _, dropped = self._images.popitem(last=False)
+                self._bytes -= len(dropped)
+
+
+def render_cached(cache: RenderCache | None, store: DataStore, item: RetrieveItem, frame: int,
+                  params: RenderParams) -> bytes:
+    """:func:`render` through ``cache`` (thread pool)."""
+    if cache is None:
+        return render(store, item, frame, params)
+    key = params.key(item, frame)
+    data = cache.get(key)
+    if data is None:
+        data = render(store, item, frame, params)
+        cache.put(key, data)
+    return data
+
+
+#: Modalities whose instances are not images: a study's thumbnail comes from another series first
+NON_IMAGE_MODALITIES = frozenset({"SR", "PR", "KO", "DOC", "RTPLAN", "RTRECORD", "RTSTRUCT", "REG", "FID",
+                                  "ECG", "HD", "AU", "PLAN"})
+
+
+def representatives(store: DataStore, study: str, series: str | None, limit: int = 4) -> list[RetrieveItem]:
+    """Up to ``limit`` instances to draw a study's (or series') thumbnail from, best first: the middle
+    instance (by InstanceNumber) of each series, image series before the others, then by
+    SeriesNumber. Two indexed queries whatever the study's size (thread pool)."""
+    from sqlalchemy import select
+
+    from pacskit.store import Instance, Series, Study
+    from pacskit.store.query.retrieve import RetrieveItem
+
+    stmt = (select(Series.pk, Series.modality, Series.series_number, Series.num_instances)
+            .join(Study, Study.pk == Series.study_fk).where(Study.study_instance_uid == study))
+    if series is not None:
+        stmt = stmt.where(Series.series_instance_uid == series)
+    out: list[RetrieveItem] = []
+    with store.index.reading() as s:
+        rows = s.execute(stmt).all()
+        rows.sort(key=lambda r: (str(r[1] or "").upper() in NON_IMAGE_MODALITIES,
+                                 r[2] is None, r[2] or 0, r[0]))
+        for series_pk, _modality, _number, count in rows[:limit]:
+            pick = (select(Instance.pk, Instance.blob_key, Instance.sop_class_uid, Instance.sop_instance_uid,
+                           Instance.transfer_syntax_uid, Instance.size)
+                    .where(Instance.series_fk == series_pk)
+                    .order_by(Instance.instance_number.is_(None), Instance.instance_number, Instance.pk)
+                    .offset(max(0, int(count or 0) // 2 - (1 if int(count or 0) % 2 == 0 else 0))).limit(1))
+            r = s.execute(pick).first()
+            if r is None and count:  # num_instances out of date: the first one
+                r = s.execute(pick.offset(0)).first()
+            if r is not None:
+                out.append(RetrieveItem(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4] or ""), int(r[5])))
+    return out
 
 
 def rendered_type(accept: Sequence[MediaRange]) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pacskit.addins.dicomweb import render, wado
 from pacskit.addins.dicomweb.common import DICOM, DicomWebError, MediaRange, check_uid
+from pacskit.dicom.transcode import CannotConvert
 
 if TYPE_CHECKING:
     from fastapi import Response
@@ -50,7 +51,10 @@ async def handle(addin: DicomWebAddIn, request: Any, caller: Caller) -> Response
             if target == item.transfer_syntax_uid:
                 fh = await asyncio.to_thread(store.blobs.open, item.blob_key)
             else:
-                path = await asyncio.to_thread(wado._converted, store, item, target)
+                try:
+                    path = await asyncio.to_thread(wado._converted, store, item, target)
+                except CannotConvert as exc:
+                    raise DicomWebError(406, f"the instance cannot be converted to {syntax}: {exc}"[:300]) from None
                 fh = await asyncio.to_thread(open, path, "rb")
                 os.unlink(path)  # the open file stays readable
 
@@ -76,6 +80,6 @@ async def handle(addin: DicomWebAddIn, request: Any, caller: Caller) -> Response
             except ValueError:
                 raise DicomWebError(400, "frameNumber must be an integer") from None
             rp = render.parse_params(params, [MediaRange(content_type)])
-            data = await asyncio.to_thread(render.render, store, item, frame, rp)
+            data = await asyncio.to_thread(render.render_cached, addin.render_cache, store, item, frame, rp)
             return Response(data, media_type=rp.media_type)
     raise DicomWebError(406, "contentType must be application/dicom, image/jpeg or image/png")

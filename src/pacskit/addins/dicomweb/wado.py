@@ -17,6 +17,7 @@ decided before the first byte is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import struct
@@ -34,7 +35,7 @@ from pacskit.addins.dicomweb.common import (
     closing,
 )
 from pacskit.addins.dicomweb.model import PIXEL_DATA, to_json
-from pacskit.dicom.transcode import CannotConvert, can_convert, transcode
+from pacskit.dicom.transcode import CannotConvert, can_convert, encodable_syntaxes, encode_frame, transcode
 from pacskit.store.query.retrieve import RetrieveItem, RetrieveKeys, RetrieveSelection
 
 if TYPE_CHECKING:
@@ -100,6 +101,18 @@ def check_syntaxes(selection: RetrieveSelection, accepted: Sequence[str]) -> Non
 class _Piece:
     item: RetrieveItem
     syntax: str
+    converted: str | None = None  # a temporary file of the item already in ``syntax``
+
+
+def convert_first(store: DataStore, pieces: Sequence[_Piece]) -> None:
+    """Convert a lone instance before anything is sent (thread pool), so that a conversion the data
+    does not allow (an image too small for JPEG 2000, a codec that refuses it) is a 406, not a body
+    cut short. In a study or series the instances are converted as they are sent."""
+    if len(pieces) == 1 and pieces[0].syntax != pieces[0].item.transfer_syntax_uid:
+        try:
+            pieces[0].converted = _converted(store, pieces[0].item, pieces[0].syntax)
+        except CannotConvert as exc:
+            raise DicomWebError(406, f"the instance cannot be sent in {UID(pieces[0].syntax).name}: {exc}"[:300]) from None
 
 
 def plan(selection: RetrieveSelection, accepted: Sequence[str], boundary: str) -> tuple[list[_Piece], int | None]:
@@ -216,13 +229,18 @@ async def stream_instances(store: DataStore, pieces: Sequence[_Piece], boundary:
             await task
         except (asyncio.CancelledError, Exception):  # noqa: BLE001 - already reported
             pass
+        for piece in pieces:  # converted up front but never sent (the client went away)
+            if piece.converted is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(piece.converted)
+                piece.converted = None
 
 
 async def _stream_one(store: DataStore, piece: _Piece, boundary: str, log: Any) -> AsyncIterator[bytes]:
     """One big or converted instance, 1 MiB at a time."""
     item, syntax = piece.item, piece.syntax
-    temp = None
-    if syntax != item.transfer_syntax_uid:
+    temp = piece.converted
+    if syntax != item.transfer_syntax_uid and temp is None:
         try:
             temp = await asyncio.to_thread(_converted, store, item, syntax)
         except CannotConvert as exc:
@@ -243,6 +261,7 @@ async def _stream_one(store: DataStore, piece: _Piece, boundary: str, log: Any) 
         fh.close()
         if temp:
             os.unlink(temp)
+            piece.converted = None
 
 
 # --- metadata -------------------------------------------------------------------------------------------
@@ -353,7 +372,9 @@ def read_frames(store: DataStore, item: RetrieveItem, numbers: Sequence[int], wa
                 compressed_ok: Sequence[str]) -> Frames:
     """The frames ``numbers`` (1-based) of an instance. Native stored frames are read by offset; a
     compressed instance's frames are returned as stored when the client accepts that syntax (or
-    ``*``), else decoded to native (``want_native``); otherwise a 406."""
+    ``*``), else decoded to native (``want_native``), else encoded in the first accepted syntax an
+    installed encoder writes losslessly (:func:`pacskit.dicom.transcode.encodable_syntaxes`), as are
+    native frames asked for in a compressed syntax only; otherwise a 406 saying why."""
     with store.blobs.open(item.blob_key) as fh:
         ds = _open_header(fh)
         count = _number_of_frames(ds)
@@ -364,7 +385,12 @@ def read_frames(store: DataStore, item: RetrieveItem, numbers: Sequence[int], wa
         if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
             raise DicomWebError(404, "the instance has no pixel data")
         syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+        encode_into = next((ts for ts in compressed_ok if ts in encodable_syntaxes() and ts != syntax), None)
         if syntax in NATIVE_TS:
+            if not want_native and encode_into is None:
+                raise DicomWebError(406, f"frames are stored uncompressed and cannot be encoded in "
+                                         f"{', '.join(compressed_ok)}; accept application/octet-stream "
+                                         f"or one of {', '.join(encodable_syntaxes())}")
             value_at = fh.tell() - 12 + (8 if syntax == "1.2.840.10008.1.2" else 12)
             frame_bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated)
             out = []
@@ -375,7 +401,10 @@ def read_frames(store: DataStore, item: RetrieveItem, numbers: Sequence[int], wa
                 else:  # 1-bit frames packed across byte boundaries: unpack via pydicom
                     fh.seek(0)
                     out.append(_decoded_frame(fh, n))
-            return Frames(out, "application/octet-stream", None)
+            if want_native:
+                return Frames(out, "application/octet-stream", None)
+            assert encode_into is not None
+            return _encoded(out, ds, encode_into, decoded=False)
         if syntax in FRAME_MEDIA_TYPES and (syntax in compressed_ok or "*" in compressed_ok):
             from pydicom.encaps import get_frame
 
@@ -386,13 +415,36 @@ def read_frames(store: DataStore, item: RetrieveItem, numbers: Sequence[int], wa
                 fh.seek(data_start)
                 out.append(get_frame(fh, n - 1, number_of_frames=count))
             return Frames(out, FRAME_MEDIA_TYPES[syntax], syntax)
-        if not want_native:
-            raise DicomWebError(406, f"frames are stored in {UID(syntax).name}; accept it or application/octet-stream")
+        if not want_native and encode_into is None:
+            raise DicomWebError(406, f"frames are stored in {UID(syntax).name} and cannot be encoded in "
+                                     f"{', '.join(compressed_ok)}; accept it or application/octet-stream")
         out = []
         for n in numbers:
             fh.seek(0)
             out.append(_decoded_frame(fh, n))
-        return Frames(out, "application/octet-stream", None)
+        if want_native:
+            return Frames(out, "application/octet-stream", None)
+        assert encode_into is not None
+        return _encoded(out, ds, encode_into, decoded=True)
+
+
+def _encoded(frames: list[bytes], ds: Any, target: str, *, decoded: bool) -> Frames:
+    """Native little endian frames encoded in ``target``; ``decoded``: they come from pydicom's
+    decoder (colour as RGB, interleaved)."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    samples = int(ds.get("SamplesPerPixel", 1))
+    planar = int(ds.get("PlanarConfiguration", 0) or 0)
+    if decoded and samples == 3:
+        photometric, planar = "RGB", 0
+    try:
+        out = [encode_frame(f, target, rows=int(ds.Rows), columns=int(ds.Columns), samples_per_pixel=samples,
+                            bits_allocated=int(ds.BitsAllocated), bits_stored=int(ds.get("BitsStored", ds.BitsAllocated)),
+                            pixel_representation=int(ds.get("PixelRepresentation", 0)),
+                            photometric_interpretation=photometric, planar_configuration=planar)
+               for f in frames]
+    except CannotConvert as exc:
+        raise DicomWebError(406, str(exc)[:200]) from None
+    return Frames(out, FRAME_MEDIA_TYPES[target], target)
 
 
 def _decoded_frame(fh: BinaryIO, number: int) -> bytes:
