@@ -197,8 +197,9 @@ def test_a_backlog_larger_than_a_scan_is_routed_whole(tmp_path: Path) -> None:
             await server.start()
             try:
                 routing = next(a for a in server.addins if a.name == "routing")
+                # sent counts an answer at once; the queue forgets jobs in batches after the answers
                 for _ in range(1200):
-                    if routing.sent >= 300:
+                    if routing.sent >= 300 and not routing.queue.counts():
                         break
                     await asyncio.sleep(0.05)
                 assert routing.sent == 300
