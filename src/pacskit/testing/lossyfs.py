@@ -16,6 +16,8 @@ a line, each answered on stdout with one line:
 
 ``cut``      take the power away: from now on every operation fails with EIO (so nothing more is
              acknowledged) — answers ``cut <files> <bytes>`` (what survived);
+``arm N``    take the power away by itself just before the N-th change from now (a write, create,
+             rename, unlink, flush…): a cut at a precise point of the work — answers ``cut …`` then;
 ``restore``  unmount, replace the volatile state by the durable one, mount again: the machine rebooted
              on what the disk kept — answers ``mounted``;
 ``quit``     unmount and exit.
@@ -83,6 +85,27 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
         self.cut = False
         self.mounted = threading.Event()
         self.flushes = 0
+        self.changes = 0
+        self._armed: int | None = None
+        self.on_cut: Any = None  # called with (files, bytes) when an armed cut happens
+
+    def arm(self, changes: int) -> None:
+        """Cut the power just before the ``changes``-th change from now."""
+        with self._lock:
+            self._armed = max(1, changes)
+
+    def _change(self) -> None:
+        """Every operation that changes state comes through here first (the lock is held)."""
+        self._live()
+        self.changes += 1
+        if self._armed is not None:
+            self._armed -= 1
+            if self._armed <= 0:
+                self._armed = None
+                survived = self.power_cut()
+                if self.on_cut is not None:
+                    self.on_cut(*survived)
+                self._live()
 
     # state ---------------------------------------------------------------------------------------
 
@@ -132,6 +155,18 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
     def _file(self, path: str, fh: int | None) -> _Node:
         ino = self._handles.get(fh, 0) if fh else 0
         return self._nodes[ino] if ino in self._nodes else self._nodes[self._resolve(path)]
+
+    @property
+    def state_lock(self) -> Any:
+        return self._lock
+
+    def power_cut_now(self) -> None:
+        """Cut now, as an armed cut would (``on_cut`` is called)."""
+        with self._lock:
+            self._armed = None
+            survived = self.power_cut()
+            if self.on_cut is not None:
+                self.on_cut(*survived)
 
     def power_cut(self) -> tuple[int, int]:
         """Stop everything (EIO from now on); returns (files, bytes) of the durable state."""
@@ -210,7 +245,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
         import mfusepy
 
         with self._lock:
-            self._live()
+            self._change()
             parent, name = self._parent(path)
             if name in parent.entries:
                 raise mfusepy.FuseOSError(errno.EEXIST)
@@ -222,7 +257,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
         import mfusepy
 
         with self._lock:
-            self._live()
+            self._change()
             parent, name = self._parent(path)
             ino = self._resolve(path)
             if self._nodes[ino].entries:
@@ -234,7 +269,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
         import mfusepy
 
         with self._lock:
-            self._live()
+            self._change()
             parent, name = self._parent(path)
             if name in parent.entries:
                 ino = parent.entries[name]
@@ -245,6 +280,36 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
                 parent.entries[name] = ino
                 parent.mtime_ns = time.time_ns()
             return self._handle(ino)
+
+    def link(self, target: str, source: str) -> int:
+        """A hard link: the name ``target`` for the file ``source`` names."""
+        import mfusepy
+
+        with self._lock:
+            self._change()
+            ino = self._resolve(source)
+            if self._nodes[ino].is_dir:
+                raise mfusepy.FuseOSError(errno.EPERM)
+            parent, name = self._parent(target)
+            if name in parent.entries:
+                raise mfusepy.FuseOSError(errno.EEXIST)
+            parent.entries[name] = ino
+            self._nodes[ino].nlink += 1
+            parent.mtime_ns = time.time_ns()
+            return 0
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        """A socket (the server's admin socket) or a FIFO: a node with no data."""
+        import mfusepy
+
+        with self._lock:
+            self._change()
+            parent, name = self._parent(path)
+            if name in parent.entries:
+                raise mfusepy.FuseOSError(errno.EEXIST)
+            parent.entries[name] = self._new(_Node(False, mode))
+            parent.mtime_ns = time.time_ns()
+            return 0
 
     def open(self, path: str, flags: int) -> int:
         with self._lock:
@@ -271,7 +336,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         with self._lock:
-            self._live()
+            self._change()
             node = self._file(path, fh)
             end = offset + len(data)
             if len(node.data) < offset:
@@ -282,7 +347,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         with self._lock:
-            self._live()
+            self._change()
             node = self._file(path, fh)
             if length < len(node.data):
                 del node.data[length:]
@@ -293,7 +358,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     def fallocate(self, path: str, mode: int, offset: int, size: int, fh: int) -> int:
         with self._lock:
-            self._live()
+            self._change()
             node = self._file(path, fh)
             if mode == 0 and offset + size > len(node.data):
                 node.data.extend(bytes(offset + size - len(node.data)))
@@ -304,7 +369,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     def unlink(self, path: str) -> int:
         with self._lock:
-            self._live()
+            self._change()
             parent, name = self._parent(path)
             self._resolve(path)
             del parent.entries[name]
@@ -315,7 +380,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
         import mfusepy
 
         with self._lock:
-            self._live()
+            self._change()
             src_parent, src_name = self._parent(old)
             ino = self._resolve(old)
             dst_parent, dst_name = self._parent(new)
@@ -330,7 +395,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     def chmod(self, path: str, mode: int) -> int:
         with self._lock:
-            self._live()
+            self._change()
             node = self._nodes[self._resolve(path)]
             node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
             return 0
@@ -342,7 +407,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
         with self._lock:
-            self._live()
+            self._change()
             node = self._nodes[self._resolve(path)]
             node.mtime_ns = times[1] if times else time.time_ns()
             return 0
@@ -353,7 +418,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         with self._lock:
-            self._live()
+            self._change()
             ino = self._handles.get(fh) or self._resolve(path)
             node = self._nodes[ino]
             self._durable[ino] = _Durable(False, node.mode, bytes(node.data), {}, node.mtime_ns)
@@ -362,7 +427,7 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
         with self._lock:
-            self._live()
+            self._change()
             ino = self._handles.get(fh) or self._resolve(path)
             node = self._nodes[ino]
             self._durable[ino] = _Durable(True, node.mode, b"", dict(node.entries), node.mtime_ns)
@@ -388,12 +453,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mountpoint = os.path.abspath(args[0])
     ops = LossyOperations()
+    ops.on_cut = lambda files, size: answer(f"cut {files} {size}")
     quit_requested = threading.Event()
     remounted = threading.Event()
 
+    printing = threading.Lock()
+
     def answer(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        with printing:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
     def announce_mounts() -> None:
         while not quit_requested.is_set():
@@ -407,8 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         for raw in sys.stdin:
             command = raw.strip()
             if command == "cut":
-                files, size = ops.power_cut()
-                answer(f"cut {files} {size}")
+                with ops.state_lock:  # an armed cut that already happened has answered: one answer per cut
+                    if not ops.cut:
+                        ops.power_cut_now()
+            elif command.startswith("arm "):
+                ops.arm(int(command.split()[1]))
             elif command == "restore":
                 remounted.clear()
                 _unmount(mountpoint)  # the FUSE loop returns; main() reboots the state and mounts again
@@ -469,6 +541,16 @@ class LossyMount:
     def power_cut(self) -> tuple[int, int]:
         """Take the power away: every later operation fails; returns (files, bytes) that survive."""
         self._send("cut")
+        _, files, size = self._expect("cut").split()
+        return int(files), int(size)
+
+    def arm(self, changes: int) -> None:
+        """Cut the power by itself just before the ``changes``-th change from now; :meth:`wait_cut`
+        then returns what survived."""
+        self._send(f"arm {changes}")
+
+    def wait_cut(self) -> tuple[int, int]:
+        """Wait for the cut an :meth:`arm` (or :meth:`power_cut`) caused; returns (files, bytes)."""
         _, files, size = self._expect("cut").split()
         return int(files), int(size)
 
