@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _MOUNT_DEADLINE_S = 20.0
+_FUSE_CAP_AUTO_INVAL_DATA = 1 << 12  # libfuse 3 fuse_common.h
 
 
 @dataclass
@@ -205,16 +206,29 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
 
     # FUSE ------------------------------------------------------------------------------------------
 
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn_info: Any, config: Any) -> None:
+        """Mounted. The kernel's page cache is kept authoritative while mounted (no invalidation on
+        open or when a file's time changes): SQLite's shared-memory file (``-shm``) is written through
+        ``mmap`` by several processes, and a cache dropped under them would show stale pages. Every
+        remount (a reboot) starts with an empty cache."""
+        if conn_info is not None:
+            conn_info.want &= ~_FUSE_CAP_AUTO_INVAL_DATA
+        if config is not None:
+            config.kernel_cache = 1
         self.mounted.set()
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         with self._lock:
             self._live()
-            node = self._file(path, fh)
+            ino = self._handles.get(fh, 0) if fh else 0
+            if ino not in self._nodes:
+                ino = self._resolve(path)
+            node = self._nodes[ino]
             size = 4096 if node.is_dir else len(node.data)
             return {
-                "st_mode": node.mode, "st_nlink": node.nlink, "st_size": size,
+                # Our inode numbers, never reused (use_ino): SQLite tells files apart by (device,
+                # inode); numbers libfuse makes up per path may repeat for two open databases.
+                "st_ino": ino, "st_mode": node.mode, "st_nlink": node.nlink, "st_size": size,
                 "st_uid": os.getuid(), "st_gid": os.getgid(),
                 "st_mtime": node.mtime_ns, "st_ctime": node.mtime_ns, "st_atime": node.mtime_ns,
                 "st_blocks": (size + 511) // 512, "st_blksize": 4096,
@@ -226,10 +240,13 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
             self._resolve(path)
             return 0
 
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
         with self._lock:
             self._live()
-            return [".", "..", *self._nodes[self._resolve(path)].entries]
+            ino = self._resolve(path)
+            entries = [(".", ino), ("..", ino), *self._nodes[ino].entries.items()]
+            # with use_ino an entry needs its inode number: readdir(3) skips entries of inode 0
+            return [(name, {"st_ino": child, "st_mode": self._nodes[child].mode}, 0) for name, child in entries]
 
     def opendir(self, path: str) -> int:
         with self._lock:
@@ -496,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     while not quit_requested.is_set():
         # entry/attr timeouts 0: after a reboot nothing the kernel cached may be believed
         mfusepy.FUSE(ops, mountpoint, foreground=True, nothreads=False, entry_timeout=0, attr_timeout=0,
-                     negative_timeout=0, hard_remove=True, fsname="lossyfs")
+                     negative_timeout=0, hard_remove=True, use_ino=True, fsname="lossyfs")
         if quit_requested.is_set():
             break
         ops.reboot()
@@ -543,6 +560,10 @@ class LossyMount:
         self._send("cut")
         _, files, size = self._expect("cut").split()
         return int(files), int(size)
+
+    def request_cut(self) -> None:
+        """Cut now, without waiting for the answer (for a caller already in :meth:`wait_cut`)."""
+        self._send("cut")
 
     def arm(self, changes: int) -> None:
         """Cut the power by itself just before the ``changes``-th change from now; :meth:`wait_cut`

@@ -313,6 +313,13 @@ class Index:
                     os.fdatasync(fd)
                 finally:
                     os.close(fd)
+            # and their names (SQLite syncs the folder when it creates a WAL, but only at the WAL's
+            # first sync of its own, which NORMAL leaves to the next checkpoint)
+            fd = os.open(os.path.dirname(os.path.abspath(database)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def durable_point(self) -> int:
         """The *durable point* last recorded by :meth:`set_durable_point` (0: none; SQLite only).
