@@ -40,8 +40,8 @@ AE = "CUTPACS"
 SENDERS = 4
 SEND_RE = re.compile(r"Sending file: (.+)$")
 SOP_UID_RE = re.compile(r"\(0008,0018\) UI \[([0-9.]+)")  # an odd-length UID is shown with its padding
-#: state changes of the file system between two cuts are drawn from 1 .. this (about 20-40 instances)
-MAX_CHANGES_PER_CUT = 1500
+#: state changes of the file system between two cuts are drawn from 1 .. this (about 10-20 instances)
+MAX_CHANGES_PER_CUT = 800
 DEADLINE_S = 120
 
 
