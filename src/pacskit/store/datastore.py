@@ -1,20 +1,24 @@
 """The data store facade: the index (database) plus the blob store, and the order of work between them.
 
-Durability ordering of :meth:`DataStore.ingest`, so that a crash at any point leaves the archive
-consistent or, at worst, with an *orphan blob* (a file no row refers to: reported by :meth:`check`,
-recovered by :meth:`reindex`), never with a row whose file is missing:
+The durability contract (docs/store.md): an ingest returns (and the C-STORE is answered) only when the
+instance would survive a power cut — its blob's bytes and name are flushed; the index may be derived
+data. :meth:`DataStore.ingest` works in this order:
 
 1. read and validate the indexed attributes (UIDs; the dataset's SOP Instance/Class UIDs must equal
    the C-STORE command's), hash the file (SHA-256, streamed);
-2. put the blob: rename it into place, fsync the file, fsync the directory (the key is recorded in
-   the crash journal first, :mod:`pacskit.store.journal`);
-3. one database transaction adds or updates patient / study / series / instance and the counts;
+2. put the blob: rename it into place, ``fdatasync`` the file, fsync the folder (the key is recorded
+   in the crash journal first, :mod:`pacskit.store.journal`, and noted as in flight for the durable
+   point);
+3. one database transaction adds or updates patient / study / series / instance and the counts
+   (with SQLite at ``synchronous=NORMAL`` it is not flushed: see :meth:`DataStore.restore_index`);
 4. if that transaction fails, the new blob is deleted (unless the commit may have succeeded: then it
    is kept, and is at worst an orphan);
-5. overwrite: the new copy went in under a new key in 2, the row is switched to it in 3, and the old
-   blob is deleted only after the commit: a crash leaves the old or the new copy, never neither.
+5. overwrite: the new copy went in under a new key in 2, the row is switched to it in 3 and made
+   durable, and the old blob is deleted only then: a crash leaves the old or the new copy, never neither.
 
-A duplicate that is ignored or rejected never touches the stored copy; the received file is deleted.
+At start-up :meth:`DataStore.recover` restores the rows a power cut took from the blobs newer than
+the index's *durable point*, before anything is answered. A duplicate that is ignored or rejected
+never touches the stored copy; the received file is deleted.
 """
 
 from __future__ import annotations
