@@ -24,6 +24,7 @@ never touches the stored copy; the received file is deleted.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import tempfile
@@ -464,10 +465,10 @@ class DataStore:
                 known = set(s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(batch))))
             unindexed.extend(k for k in batch if k not in known)
         order: list[tuple[int, str]] = []
-        mtime_ns = getattr(self.blobs, "mtime_ns")
+        mtime_ns = getattr(self.blobs, "mtime_ns", None)  # a store with iter_keys_since has it
         for key in unindexed:
             try:
-                order.append((mtime_ns(key), key))
+                order.append((mtime_ns(key) if mtime_ns is not None else 0, key))
             except FileNotFoundError:
                 continue
         order.sort()
@@ -488,9 +489,9 @@ class DataStore:
             when = dt.datetime.fromtimestamp(mtime / 1e9, dt.UTC)
             ae = (attrs.source_ae or "").strip()[:AE] or None
             try:
-                rec = self.index.run_write(lambda s: self.index.record_instance(
-                    s, attrs, blob_key=key, size=size, sha256=sha, received_at=when, source_ae=ae,
-                    policy="keep-first"))
+                rec = self.index.run_write(functools.partial(
+                    self.index.record_instance, a=attrs, blob_key=key, size=size, sha256=sha, received_at=when,
+                    source_ae=ae, policy="keep-first"))
             except InvalidInstance as exc:
                 log.warning("blob %s cannot be indexed (%s): deleted, it was never acknowledged", key, exc)
                 self.blobs.delete(key)
