@@ -202,10 +202,6 @@ def _ingest_with_power_cuts(tmp_path: Path, *, cuts: int, durability: str | None
             server = _serve(data, port, tmp_path / "server.log")
             try:
                 problems = _verify(data, port, senders, acked)
-                if problems and os.environ.get("DEBUG_PL"):
-                    _kill(server)
-                    server = _serve(data, port, tmp_path / "server.log")
-                    problems.append(f"AFTER A RESTART: {_verify(data, port, senders, acked)}")
                 if problems:
                     outcome.lost = problems
                     if stop_at_first_loss:
