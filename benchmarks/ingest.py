@@ -9,6 +9,15 @@ Both servers write to the same file system (``--work-root``, default ``.bench-da
 not a tmpfs, since both are meant to be durable). Datasets come from the engine_store cache
 (``.bench-data/``): ``small`` = 64x64 16-bit CT (3,000 by default), ``CT`` = 512x512 16-bit (1,000).
 
+``--postgresql URL`` adds a run of each server with PostgreSQL as its index, 8 associations of small
+instances: pacskit with ``[database] url`` and Orthanc with Debian's ``orthanc-postgresql`` index plugin,
+each on a fresh database of that server.
+
+``--strace N`` also counts, in a separate pass of N small instances per (server, associations), the
+flushes each server makes per instance: ``strace -f -c`` attached to the server process, counting
+fsync, fdatasync, syncfs, sync_file_range and msync (strace slows a server down, so these passes are
+not timed).
+
 Runs per (server, dataset): 1 association (one storescu with every file) and 8 associations (the
 files dealt round-robin into 8 lists, 8 storescu processes started at once). With 8 associations pacskit
 also runs as ``serve --workers N`` (``--workers``, default 2: N processes sharing the port and the
@@ -19,7 +28,7 @@ without E:/F: lines and the server then holds exactly as many instances as were 
 ``python -m pacskit check --no-hash`` on the data dir after the server stopped; Orthanc: REST
 ``/statistics`` CountInstances).
 
-    .venv/bin/python benchmarks/ingest.py [--small N] [--ct N]
+    .venv/bin/python benchmarks/ingest.py [--small N] [--ct N] [--postgresql URL] [--strace N]
 """
 
 from __future__ import annotations
@@ -47,11 +56,14 @@ SERVERS = ("pacskit", "orthanc")
 ASSOCIATIONS = (1, 8)
 TARGETS = (
     # (label, dataset, associations, minimum pacskit/Orthanc inst/s ratio)
-    ("small, 1 association ", "small", 1, 2.0),
+    ("small, 1 association ", "small", 1, 1.5),
     ("CT,    1 association ", "CT", 1, 1.5),
     ("small, 8 associations", "small", 8, 2.0),
     ("CT,    8 associations", "CT", 8, 2.0),
+    ("small, 8 assocs, PostgreSQL index", "small-pg", 8, 1.5),
 )
+FLUSH_CALLS = ("fsync", "fdatasync", "syncfs", "sync_file_range", "msync")
+ORTHANC_PG_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
 
 
 @dataclass
@@ -79,12 +91,16 @@ class Server:
     port: int
     count: object  # () -> int, called while the server runs (Orthanc) or None
     log: object  # () -> str
+    pid: int = 0
 
 
 @contextlib.contextmanager
-def pacskit_server(data_dir: Path, workers: int = 1) -> Iterator[Server]:
+def pacskit_server(data_dir: Path, workers: int = 1, database_url: str | None = None) -> Iterator[Server]:
     port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}.log"
+    if database_url is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "server.toml").write_text(f'[database]\nurl = "{database_url}"\n')
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [PYTHON, "-m", "pacskit", "serve", "--data-dir", str(data_dir), "--port", str(port), "--ae", "PACSKIT",
@@ -101,7 +117,7 @@ def pacskit_server(data_dir: Path, workers: int = 1) -> Iterator[Server]:
                 time.sleep(0.1)
         except Exception as exc:
             raise RuntimeError(f"pacskit serve did not start: {exc}\n{log_path.read_text(errors='replace')[-2000:]}") from None
-        yield Server("PACSKIT", port, None, lambda: log_path.read_text(errors="replace"))
+        yield Server("PACSKIT", port, None, lambda: log_path.read_text(errors="replace"), proc.pid)
     finally:
         stop_process(proc, timeout=30)
 
@@ -115,9 +131,58 @@ def pacskit_count(data_dir: Path) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def orthanc_server(work_dir: Path) -> Iterator[Server]:
-    with orthanc(work_dir, startup_timeout=60) as peer:
-        yield Server(peer.ae_title, peer.dicom_port, peer.instance_count, peer.log_text)
+def orthanc_server(work_dir: Path, database: dict[str, object] | None = None) -> Iterator[Server]:
+    extra: dict[str, object] | None = None
+    if database is not None:
+        extra = {"Plugins": [ORTHANC_PG_PLUGIN],
+                 "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Lock": False, **database}}
+    with orthanc(work_dir, startup_timeout=60, extra_config=extra) as peer:
+        yield Server(peer.ae_title, peer.dicom_port, peer.instance_count, peer.log_text, peer.proc.pid)
+
+
+@contextlib.contextmanager
+def fresh_database(url: str | None, name: str) -> Iterator[tuple[str, dict[str, object]] | None]:
+    """A new, empty PostgreSQL database on the server of ``url`` (dropped afterwards): its
+    SQLAlchemy URL and Orthanc's connection settings; ``None`` when ``url`` is ``None``."""
+    if url is None:
+        yield None
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    admin = dict(host=u.host or "127.0.0.1", port=u.port or 5432, user=u.username or "postgres",
+                 password=u.password or "", dbname=u.database or "postgres", autocommit=True)
+    with psycopg.connect(**admin) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        sa_url = u.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+        yield sa_url, {"Host": admin["host"], "Port": admin["port"], "Database": name,
+                       "Username": admin["user"], "Password": admin["password"]}
+    finally:
+        with psycopg.connect(**admin) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def strace_flushes(pid: int, out: Path) -> Iterator[dict[str, int]]:
+    """Count the flush system calls of process ``pid`` (every thread) while the block runs."""
+    counts: dict[str, int] = {}
+    proc = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=" + ",".join(FLUSH_CALLS), "-o", str(out),
+                             "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = proc.stderr.readline() if proc.stderr else b""  # "Process N attached": strace is in place
+        if b"attached" not in line:
+            raise RuntimeError(f"strace did not attach: {line!r}")
+        yield counts
+    finally:
+        proc.send_signal(2)  # SIGINT: detach and write the summary
+        proc.communicate(timeout=60)
+    for row in out.read_text().splitlines():
+        parts = row.split()
+        if len(parts) >= 5 and parts[-1] in FLUSH_CALLS:
+            counts[parts[-1]] = int(parts[3])
 
 
 def send(storescu: str, server: Server, files: list[Path], associations: int) -> tuple[float, list[str]]:
@@ -143,24 +208,36 @@ def send(storescu: str, server: Server, files: list[Path], associations: int) ->
     return elapsed, problems
 
 
-def one_run(kind: str, files: list[Path], associations: int, work: Path, storescu: str) -> tuple[float | None, str]:
+def one_run(kind: str, files: list[Path], associations: int, work: Path, storescu: str,
+            postgresql: str | None = None, flushes: dict[str, int] | None = None) -> tuple[float | None, str]:
+    """One timed run (or, with ``flushes``, an untimed one under strace filling ``flushes``)."""
     os.sync()
     problems: list[str] = []
     received = -1
-    if kind.startswith("pacskit"):
-        data_dir = work / "data"
-        workers = int(kind.partition("-w")[2] or 1)
-        with pacskit_server(data_dir, workers) as srv:
-            seconds, problems = send(storescu, srv, files, associations)
-            log = srv.log()
-        received, check_text = pacskit_count(data_dir)
-        if received != len(files):
-            problems.append(f"pacskit check: {check_text!r}")
-    else:
-        with orthanc_server(work / "orthanc") as srv:
-            seconds, problems = send(storescu, srv, files, associations)
-            received = srv.count()
-            log = srv.log()
+
+    def run(srv: Server) -> tuple[float, list[str]]:
+        if flushes is None:
+            return send(storescu, srv, files, associations)
+        with strace_flushes(srv.pid, work / "strace.txt") as counts:
+            result = send(storescu, srv, files, associations)
+        flushes.update(counts)
+        return result
+
+    with fresh_database(postgresql, f"bench_{kind.replace('-', '_')}_{os.getpid()}") as db:
+        if kind.startswith("pacskit"):
+            data_dir = work / "data"
+            workers = int(kind.partition("-w")[2] or 1)
+            with pacskit_server(data_dir, workers, db[0] if db else None) as srv:
+                seconds, problems = run(srv)
+                log = srv.log()
+            received, check_text = pacskit_count(data_dir)
+            if received != len(files):
+                problems.append(f"pacskit check: {check_text!r}")
+        else:
+            with orthanc_server(work / "orthanc", db[1] if db else None) as srv:
+                seconds, problems = run(srv)
+                received = srv.count()
+                log = srv.log()
     if received != len(files):
         problems.append(f"{received} instances stored, {len(files)} sent")
     if problems:
@@ -177,6 +254,11 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=3000, metavar="N", help="64x64 instances (default 3000; 0 skips)")
     parser.add_argument("--ct", type=int, default=1000, metavar="N", help="512x512 instances (default 1000; 0 skips)")
     parser.add_argument("--work-root", type=Path, default=BENCH_DATA / "ingest", help="where the servers' data dirs go")
+    parser.add_argument("--postgresql", metavar="URL", default=None,
+                        help="also run both servers with PostgreSQL as the index (small x 8), e.g. "
+                             "postgresql://postgres@127.0.0.1:5432/test (a database is created per run)")
+    parser.add_argument("--strace", type=int, default=0, metavar="N",
+                        help="count flushes per instance over N small instances per server and association count")
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="also run pacskit with N worker processes (serve --workers N) for the 8-association runs "
                              "(default 2; 1 skips)")
@@ -213,6 +295,37 @@ def main() -> int:
                         print(f"  {kind:<10} {name:<5} x{assoc}: FAILED: {res.failure}", flush=True)
                     else:
                         print(f"  {kind:<10} {name:<5} x{assoc}: {res.seconds:8.3f} s  {res.inst_per_s:9.1f} inst/s", flush=True)
+        if args.postgresql and args.small > 0:
+            files = datasets[0][1]
+            for kind in ("pacskit", "orthanc"):
+                work = root / f"{kind}-pg"
+                work.mkdir()
+                res = Result(kind, "small-pg", 8, len(files), warm(files))
+                try:
+                    res.seconds, res.failure = one_run(kind, files, 8, work, storescu, args.postgresql)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                results.append(res)
+                print(f"  {kind:<10} small x8 PostgreSQL index: " + (f"FAILED: {res.failure}" if res.seconds is None
+                      else f"{res.seconds:8.3f} s  {res.inst_per_s:9.1f} inst/s"), flush=True)
+        if args.strace > 0:
+            files = ensure_series("small-64x64", args.strace, 64, 64)[: args.strace]
+            warm(files)
+            print()
+            print(f"flushes per instance (strace -f -c of {', '.join(FLUSH_CALLS)}; {len(files)} small instances):")
+            for assoc in ASSOCIATIONS:
+                for kind in SERVERS:
+                    work = root / f"strace-{kind}-{assoc}"
+                    work.mkdir()
+                    counts: dict[str, int] = {}
+                    try:
+                        _, failure = one_run(kind, files, assoc, work, storescu, flushes=counts)
+                    finally:
+                        shutil.rmtree(work, ignore_errors=True)
+                    total = sum(counts.values())
+                    detail = ", ".join(f"{k} {v / len(files):.2f}" for k, v in sorted(counts.items()))
+                    print(f"  {kind:<8} x{assoc}: {total / len(files):5.2f} per instance ({detail})"
+                          + (f"  [run failed: {failure}]" if failure else ""), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -177,7 +177,7 @@ def test_shared_directory_sync_covers_concurrent_callers(tmp_path, monkeypatch):
         assert ended > started  # an fsync that started after the call had ended before the return
 
 
-@pytest.mark.parametrize("failing", ["_fsync_file", "_fsync_dir"])
+@pytest.mark.parametrize("failing", ["_fdatasync_file", "_fsync_dir"])
 def test_a_failed_fsync_leaves_no_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     """The blob is renamed into place before its fsyncs: if one fails, put_file raises and the
     renamed file is removed again (no blob that was never durable stays in the store)."""

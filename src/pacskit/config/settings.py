@@ -92,6 +92,11 @@ class StorageSettings(_Strict):
     path: str = "files"
     backend: str = "filesystem"
     options: dict[str, Any] = Field(default_factory=dict)
+    #: What is flushed before a C-STORE / STOW-RS is answered (docs/store.md, "The durability
+    #: contract"): ``full`` (the default) keeps the contract, a stored instance survives a power cut;
+    #: ``file`` flushes the file's bytes but not its directory entry (as Orthanc does); ``none``
+    #: flushes nothing (safe against a crash of the server, not of the machine).
+    durability: Literal["full", "file", "none"] = "full"
 
 
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]

@@ -102,7 +102,8 @@ def open_store(settings: ServerSettings, *, recover: bool = True) -> Any:
 
     settings.data_path.mkdir(parents=True, exist_ok=True)
     try:
-        blobs = open_blob_store(settings.storage.backend, settings.storage_path, settings.storage.options)
+        blobs = open_blob_store(settings.storage.backend, settings.storage_path, settings.storage.options,
+                                durability=settings.storage.durability)
     except ValueError as exc:
         raise ServerError(f"[storage] {exc}") from exc
     if recover:

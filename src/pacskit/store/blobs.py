@@ -10,13 +10,15 @@ blob under a new key and deletes the old one afterwards).
 
 * :class:`FilesystemBlobStore` keeps ``root/ab/cd/<key>.dcm``; :meth:`~FilesystemBlobStore.put_file`
   takes ownership of a complete temp file on the same filesystem (the network engine writes into
-  :attr:`~FilesystemBlobStore.temp_dir`): ``os.replace`` it into place, fsync the file, fsync the
-  directory. When it returns, the blob survives a power failure.
+  :attr:`~FilesystemBlobStore.temp_dir`): ``os.replace`` it into place, ``fdatasync`` the file,
+  fsync the directory (shared by concurrent puts). When it returns, the blob survives a power
+  failure (with ``durability="full"``, the default; see :data:`DURABILITY_MODES`).
 * :class:`MemoryBlobStore` is the in-memory twin for unit tests.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import io
 import os
@@ -24,7 +26,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -33,6 +35,17 @@ KEY_PATTERN = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{64})\Z")
 
 _SUFFIX = ".dcm"
 _COPY_CHUNK = 1 << 20
+
+#: ``[storage] durability``: what :meth:`FilesystemBlobStore.put_file` flushes before it returns.
+#: ``full`` (the default, the durability contract of docs/store.md): the file's bytes and its
+#: directory entry; ``file``: the bytes only (a power cut may lose the name of an acknowledged file
+#: on a file system that does not order renames with data, e.g. ext4 data=writeback, XFS, or one
+#: that drops unsynced directory changes); ``none``: nothing (acknowledged instances survive a crash of
+#: the server, not of the machine: a power cut loses the last seconds of them).
+DURABILITY_MODES = ("full", "file", "none")
+
+#: blob keys start with the minute of their creation modulo this (see :func:`new_key`)
+KEY_MINUTES = 1 << 16
 
 
 class InvalidBlobKey(ValueError):
@@ -59,8 +72,13 @@ def new_key() -> str:
     a burst of ingests keeps touching the same directory. Over 45 days every directory is reused; the
     random part keeps keys unique and unguessable.
     """
-    minute = (int(time.time()) // 60) & 0xFFFF
+    minute = (int(time.time()) // 60) % KEY_MINUTES
     return f"{minute:04x}{secrets.token_hex(14)}"
+
+
+def current_minute() -> int:
+    """Minutes since the epoch: what :func:`new_key` puts (modulo 2^16) at the head of a key."""
+    return int(time.time()) // 60
 
 
 @runtime_checkable
@@ -131,18 +149,23 @@ class BlobStore(Protocol):
 BLOB_STORE_GROUP = "pacskit.blobstores"
 
 
-def open_blob_store(backend: str, root: str | os.PathLike[str], options: Mapping[str, Any] | None = None) -> BlobStore:
+def open_blob_store(backend: str, root: str | os.PathLike[str], options: Mapping[str, Any] | None = None,
+                    *, durability: str = "full") -> BlobStore:
     """The blob store ``backend`` names (``[storage] backend`` in ``server.toml``): ``"filesystem"``
     (the default: :class:`FilesystemBlobStore` under ``root``), ``"memory"`` (:class:`MemoryBlobStore`,
     for tests: nothing survives the process), ``"s3"`` (:class:`pacskit.store.s3.S3BlobStore`, an
     S3-compatible object store; ``root`` is the node's local folder; needs the ``s3`` extra), the name of an entry point in :data:`BLOB_STORE_GROUP`,
     or ``"module:attribute"``. The factory is called as ``factory(root=root, **options)``.
+    ``durability`` (:data:`DURABILITY_MODES`) applies to the filesystem store; an object store's
+    durability is its own (a write is acknowledged when the store has it).
     Raises ``ValueError`` with one clear line for an unknown backend or options it does not take."""
     options = dict(options or {})
     if backend in ("filesystem", "memory"):
         if options:
             raise ValueError(f"blob store {backend!r} takes no options (got {', '.join(sorted(options))})")
-        return FilesystemBlobStore(root) if backend == "filesystem" else MemoryBlobStore()
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
+        return FilesystemBlobStore(root, durability=durability) if backend == "filesystem" else MemoryBlobStore()
     if backend == "s3":
         from pacskit.store.s3 import S3ConfigError, open_s3_blob_store
 
@@ -223,10 +246,12 @@ class SharedDirectorySync:
                     self._cond.notify_all()
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fdatasync_file(path: str) -> None:
+    # fdatasync, not fsync: a new file's size is flushed with its data either way; its times are not
+    # worth a second write to the inode.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
 
@@ -238,13 +263,30 @@ class FilesystemBlobStore:
     file into place is a rename, not a copy.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, durability: str = "full") -> None:
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
+        self.durability = durability
         self.root = os.path.abspath(os.fspath(root))
         self._temp = os.path.join(self.root, "tmp")
         os.makedirs(self._temp, exist_ok=True)
+        if durability == "full":  # the folders themselves survive a power cut (new ones, or not yet flushed)
+            _fsync_dir(self.root)
+            _fsync_dir(os.path.dirname(self.root))
         self._known_dirs: set[str] = set()
         self._dir_lock = threading.Lock()
         self._dir_syncs = SharedDirectorySync()
+        self._flush_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _flusher(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads that flush folders while the caller flushes its file (made on first use)."""
+        pool = self._flush_pool
+        if pool is None:
+            with self._dir_lock:
+                if self._flush_pool is None:
+                    self._flush_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="blob-flush")
+                pool = self._flush_pool
+        return pool
 
     def __repr__(self) -> str:
         return f"FilesystemBlobStore({self.root!r})"
@@ -308,8 +350,17 @@ class FilesystemBlobStore:
             # fsync-then-rename costs two journal commits per blob. The blob is visible before its
             # data is durable, which nobody can observe: no index row refers to it yet, and a crash
             # in between leaves a journalled blob without a row that recovery deletes.
-            _fsync_file(dest)
-            self._dir_syncs.sync(folder)  # the rename on stable storage (shared with concurrent puts)
+            if self.durability == "full":
+                # The file's bytes and its name, flushed at the same time: both wait for the same
+                # journal commit on ext4/XFS, so a lone ingest pays about one flush of latency, not
+                # two. The folder's fsync is shared with concurrent puts (SharedDirectorySync).
+                name_flushed = self._flusher().submit(self._dir_syncs.sync, folder)
+                try:
+                    _fdatasync_file(dest)
+                finally:
+                    name_flushed.result()
+            elif self.durability == "file":
+                _fdatasync_file(dest)
         except BaseException:
             try:  # not durable: the caller gets the error, and no blob is left behind
                 os.unlink(dest)
@@ -377,6 +428,48 @@ class FilesystemBlobStore:
                     key = name[: -len(_SUFFIX)]
                     if KEY_PATTERN.match(key) and key[:2] == first and key[2:4] == second:
                         yield key
+
+    def iter_keys_since(self, minute: int) -> Iterator[str] | None:
+        """Keys of the blobs created since ``minute`` (minutes since the epoch, :func:`current_minute`;
+        from a minute earlier, for clocks that differ by a little), plus any older ones that share
+        their folders (folders are reused every 2^16 minutes, about 45 days). ``None`` when that is
+        not a small part of the store (no point, a point older than 45 days or in the future): the
+        caller lists everything. Start-up uses this to find the blobs newer than the index's last
+        durable point (docs/store.md, "The durability contract")."""
+        now = current_minute()
+        if minute <= 0 or minute > now + 1 or now - minute >= KEY_MINUTES - 2:
+            return None
+
+        def keys() -> Iterator[str]:
+            for m in range(minute - 1, now + 2):
+                prefix = f"{m % KEY_MINUTES:04x}"
+                folder = os.path.join(self.root, prefix[:2], prefix[2:])
+                try:
+                    names = os.listdir(folder)
+                except FileNotFoundError:
+                    continue
+                for name in names:
+                    key = name[: -len(_SUFFIX)]
+                    if name.endswith(_SUFFIX) and KEY_PATTERN.match(key) and key[:4] == prefix:
+                        yield key
+
+        return keys()
+
+    def mtime_ns(self, key: str) -> int:
+        """When the blob's file was last written (nanoseconds; orders blobs by reception)."""
+        return os.stat(self._file(key)).st_mtime_ns
+
+    def sync_removals(self, keys: Iterable[str]) -> None:
+        """Make the deletion of ``keys`` durable (fsync of their folders), so that a power cut cannot
+        bring back a blob whose deletion was reported done (``durability="full"`` only)."""
+        if self.durability != "full":
+            return
+        folders = {os.path.dirname(self._file(k)) for k in keys}
+        for folder in sorted(folders):
+            try:
+                _fsync_dir(folder)
+            except FileNotFoundError:
+                pass
 
     def maybe_in_flight(self, key: str) -> bool:
         """False: one server writes here, and its journal shows every ingest in flight."""

@@ -140,6 +140,7 @@ def _apply(store: DataStore, rows: dict[int, list[Any]], studies: dict[int, Stud
                 switch(s)
 
             store.index.run_write(work)
+            store.index.sync()  # the rows point to the new files for good before the old ones go
             for part in studies.values():
                 part.done = True
                 if on_study is not None:
@@ -149,6 +150,9 @@ def _apply(store: DataStore, rows: dict[int, list[Any]], studies: dict[int, Stud
                         log.exception("after correcting study %s", part.study_instance_uid)
             for row, _key in plan:
                 store.blobs.delete(row.blob_key)
+            sync_removals = getattr(store.blobs, "sync_removals", None)
+            if sync_removals is not None:
+                sync_removals([row.blob_key for row, _key in plan])
     except BaseException:
         # Not committed (or unknown): the new files go if no row refers to them (recovery would too).
         for _row, key in plan:
@@ -263,6 +267,7 @@ def update_patient(
         _apply(store, rows, studies, changes, switch, f"update patient {ident}", on_study, before_commit)
     else:
         store.index.run_write(switch)
+        store.index.sync()
     log.warning("patient %s updated: %s", ident, ", ".join(f"{k}={v!r}" for k, v in changes.items()))
     return report
 

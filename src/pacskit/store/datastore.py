@@ -1,29 +1,35 @@
 """The data store facade: the index (database) plus the blob store, and the order of work between them.
 
-Durability ordering of :meth:`DataStore.ingest`, so that a crash at any point leaves the archive
-consistent or, at worst, with an *orphan blob* (a file no row refers to: reported by :meth:`check`,
-recovered by :meth:`reindex`), never with a row whose file is missing:
+The durability contract (docs/store.md): an ingest returns (and the C-STORE is answered) only when the
+instance would survive a power cut — its blob's bytes and name are flushed; the index may be derived
+data. :meth:`DataStore.ingest` works in this order:
 
 1. read and validate the indexed attributes (UIDs; the dataset's SOP Instance/Class UIDs must equal
    the C-STORE command's), hash the file (SHA-256, streamed);
-2. put the blob: rename it into place, fsync the file, fsync the directory (the key is recorded in
-   the crash journal first, :mod:`pacskit.store.journal`);
-3. one database transaction adds or updates patient / study / series / instance and the counts;
+2. put the blob: rename it into place, ``fdatasync`` the file, fsync the folder (the key is recorded
+   in the crash journal first, :mod:`pacskit.store.journal`, and noted as in flight for the durable
+   point);
+3. one database transaction adds or updates patient / study / series / instance and the counts
+   (with SQLite at ``synchronous=NORMAL`` it is not flushed: see :meth:`DataStore.restore_index`);
 4. if that transaction fails, the new blob is deleted (unless the commit may have succeeded: then it
    is kept, and is at worst an orphan);
-5. overwrite: the new copy went in under a new key in 2, the row is switched to it in 3, and the old
-   blob is deleted only after the commit: a crash leaves the old or the new copy, never neither.
+5. overwrite: the new copy went in under a new key in 2, the row is switched to it in 3 and made
+   durable, and the old blob is deleted only then: a crash leaves the old or the new copy, never neither.
 
-A duplicate that is ignored or rejected never touches the stored copy; the received file is deleted.
+At start-up :meth:`DataStore.recover` restores the rows a power cut took from the blobs newer than
+the index's *durable point*, before anything is answered. A duplicate that is ignored or rejected
+never touches the stored copy; the received file is deleted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +38,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL
 
-from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, new_key, validate_key
+from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, current_minute, new_key, validate_key
 from pacskit.dicom.part10 import read_part10_header
 from pacskit.store.engine import make_url
 from pacskit.dicom.walker import TooDeep
@@ -53,6 +59,9 @@ from pacskit.store.index.models import AE, Instance, Patient, Series, Study
 log = logging.getLogger("pacskit.store")
 
 _PAGE = 1000
+
+#: seconds between two moves of the index's durable point (one small commit each)
+DURABLE_POINT_INTERVAL = 1.0
 
 ProblemKind = Literal[
     "missing-blob", "size-mismatch", "hash-mismatch", "unreadable-blob", "invalid-key", "orphan-blob",
@@ -243,6 +252,12 @@ class DataStore:
         #: the crash journal shared by several nodes (pacskit.store.cluster.SharedInflight), set by a
         #: server that is one node of a cluster; replaces the local journal for ingests when set
         self.shared_journal: SharedJournal | None = None
+        # The durable point (Index.durable_point): new blobs' minutes in flight (key -> minute), and
+        # when the point was last moved. See _advance_durable_point.
+        self._pending_minutes: dict[str, int] = {}
+        self._point_lock = threading.Lock()
+        self._point_at = 0.0
+        self.moves_durable_point = True
 
     @classmethod
     def open(
@@ -265,6 +280,11 @@ class DataStore:
         u = make_url(url)
         if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
             os.makedirs(os.path.dirname(os.path.abspath(u.database)), exist_ok=True)
+            if getattr(blobs, "iter_keys_since", None) is not None:
+                # The durability contract (docs/store.md): the blobs are flushed before an instance is
+                # acknowledged, the index is derived data restored from them at start-up, so its
+                # commits need not be flushed one by one.
+                engine_options.setdefault("sqlite_synchronous", "NORMAL")
         index = Index.open(u, **engine_options)
         try:
             if migrate:
@@ -273,6 +293,9 @@ class DataStore:
             index.close()
             raise
         store = cls(index, blobs)
+        # Only the store's one writer process moves the durable point: a process that shares the
+        # index with others (serve --workers) cannot see their ingests in flight.
+        store.moves_durable_point = recover
         if migrate and recover:
             store.recover()
         return store
@@ -348,6 +371,7 @@ class DataStore:
                 offset: int | None, strict_uids: bool = False,
                 received: tuple[int, str, str | None] | None = None) -> IngestResult:
         slot: int | str | None = None
+        key: str | None = None
         try:
             if received is None:  # a file from elsewhere: its File Meta says where and how
                 header = read_part10_header(path)
@@ -369,12 +393,13 @@ class DataStore:
                     status = (IngestStatus.DUPLICATE_IGNORED if duplicate_policy == "keep-first"
                               else IngestStatus.DUPLICATE_REJECTED)
                     return IngestResult(status, known[0], attrs.sop_instance_uid, sha, size, known[1], known[2])
-            key = new_key()
+            key = self._new_blob_key()
             slot = self._journal_begin(key)
             key = self.blobs.put_file(path, key_hint=key)
         except BaseException:
             _unlink(path)
             self._journal_end(slot)
+            self._blob_settled(key)
             raise
         ae = (source_ae or attrs.source_ae or "").strip()[:AE] or None
         received_at = dt.datetime.now(dt.UTC)
@@ -397,12 +422,118 @@ class DataStore:
             raise
         finally:
             self._journal_end(slot, committed)
+            self._blob_settled(key)
         if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED):
             self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
         elif rec.replaced_blob_key is not None:
+            # Start-up restores lost rows of new blobs with "keep-first": an overwrite is made
+            # durable before it is answered and before the old copy goes.
+            self.index.sync()
             self._delete_quietly(rec.replaced_blob_key)
+        self._advance_durable_point()
         return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
                             rec.blob_key, rec.sha256)
+
+    # the durable point (docs/store.md, "The durability contract") -------------------------------------
+
+    def _new_blob_key(self) -> str:
+        """A new blob key, noted as in flight until :meth:`_blob_settled` (its row committed or its
+        blob gone): the durable point never passes the minute of a blob whose row is not committed."""
+        with self._point_lock:
+            key = new_key()
+            self._pending_minutes[key] = current_minute()
+        return key
+
+    def _blob_settled(self, key: str | None) -> None:
+        if key is not None:
+            with self._point_lock:
+                self._pending_minutes.pop(key, None)
+
+    def _advance_durable_point(self, *, force: bool = False) -> None:
+        """Move the index's durable point to the oldest minute whose blobs may still lack a committed
+        row (at most once every :data:`DURABLE_POINT_INTERVAL` seconds, unless ``force``).
+
+        The point is written in a commit of its own after the rows it covers; SQLite's WAL is read back
+        in order after a crash, so if the point survived a power cut, so did every row before it, and
+        start-up re-reads only the blobs of the minutes from the point on (``iter_keys_since``)."""
+        if not self.moves_durable_point or self.index.durable_commits:
+            return
+        now = time.monotonic()
+        with self._point_lock:
+            if not force and now - self._point_at < DURABLE_POINT_INTERVAL:
+                return
+            self._point_at = now
+            point = min([current_minute(), *self._pending_minutes.values()])
+        try:
+            self.index.set_durable_point(point)
+        except Exception as exc:  # the next ingest tries again; start-up then re-reads a little more
+            log.debug("durable point not recorded: %s", exc)
+
+    def restore_index(self) -> int:
+        """Index the blobs whose rows a power cut took from the index; returns how many.
+
+        Where commits are not durable one by one (SQLite with ``synchronous=NORMAL``, the default
+        over a filesystem blob store), the last transactions may be lost while their blobs, flushed
+        before each C-STORE was answered, survive. This reads the blobs newer than the index's
+        durable point that have no row, in the order they were written, and indexes each as ingest
+        would ("keep-first"); one that does not parse to its end (its bytes were never flushed: it
+        was never acknowledged) is deleted. Run by :meth:`recover` before anything is answered."""
+        since = getattr(self.blobs, "iter_keys_since", None)
+        if self.index.durable_commits or since is None:
+            return 0
+        point = self.index.durable_point()
+        listed = since(point) if point else None
+        keys = list(listed) if listed is not None else list(self.blobs.iter_keys())
+        unindexed: list[str] = []
+        for start in range(0, len(keys), _PAGE):
+            batch = keys[start:start + _PAGE]
+            with self.index.reading() as s:
+                known = set(s.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(batch))))
+            unindexed.extend(k for k in batch if k not in known)
+        order: list[tuple[int, str]] = []
+        mtime_ns = getattr(self.blobs, "mtime_ns", None)  # a store with iter_keys_since has it
+        for key in unindexed:
+            try:
+                order.append((mtime_ns(key) if mtime_ns is not None else 0, key))
+            except FileNotFoundError:
+                continue
+        order.sort()
+        restored = dropped = 0
+        for mtime, key in order:
+            path = self.blobs.path(key)
+            assert path is not None
+            try:
+                header = read_part10_header(path)
+                attrs = scan_instance(path, header.dataset_offset, header.transfer_syntax, header.source_ae)
+                with open(path, "rb", buffering=0) as fh:
+                    sha, size = sha256_stream(fh)  # type: ignore[arg-type]
+            except Exception as exc:  # cut short by the power cut: never acknowledged
+                log.warning("blob %s is incomplete (%s): deleted, it was never acknowledged", key, exc)
+                self.blobs.delete(key)
+                dropped += 1
+                continue
+            when = dt.datetime.fromtimestamp(mtime / 1e9, dt.UTC)
+            ae = (attrs.source_ae or "").strip()[:AE] or None
+            try:
+                rec = self.index.run_write(functools.partial(
+                    self.index.record_instance, a=attrs, blob_key=key, size=size, sha256=sha, received_at=when,
+                    source_ae=ae, policy="keep-first"))
+            except InvalidInstance as exc:
+                log.warning("blob %s cannot be indexed (%s): deleted, it was never acknowledged", key, exc)
+                self.blobs.delete(key)
+                dropped += 1
+                continue
+            if rec.status == IngestStatus.DUPLICATE_IGNORED:  # a duplicate's copy the crash left
+                self.blobs.delete(key)
+                dropped += 1
+                continue
+            restored += 1
+        if restored or dropped:
+            log.warning("restored %d index rows from blobs newer than the index's durable point"
+                        " (%d incomplete or duplicate blobs deleted)", restored, dropped)
+        self.index.set_durable_point(current_minute())
+        self.index.sync()
+        return restored
 
     # crash journal (pacskit.store.journal) ---------------------------------------------------------
 
@@ -432,10 +563,16 @@ class DataStore:
         """Delete blobs an interrupted ingest left without an index row; returns how many.
 
         Only while nobody else writes to the store (see :mod:`pacskit.store.journal`)."""
+        from pacskit.store.deletion import finish_interrupted
+
+        # First the deletions a crash interrupted (their rows are gone, durably: their blobs must not
+        # be restored), then the rows a power cut took (restore_index), then the blobs of ingests
+        # that were in flight and could not be indexed.
+        removed = finish_interrupted(self)
+        self.restore_index()
         folder = self.blobs.journal_dir
         if folder is None:
-            return 0
-        removed = 0
+            return removed
         own = self._journal.path if self._journal is not None else None
         for path in journal_files(folder, skip=own):
             for key in recorded_keys(path):
@@ -449,9 +586,7 @@ class DataStore:
             _unlink(path)  # every key in it is resolved (a slot file of a process that is gone)
         if removed:
             log.warning("removed %d blobs of interrupted ingests (never acknowledged)", removed)
-        from pacskit.store.deletion import finish_interrupted
-
-        return removed + finish_interrupted(self)
+        return removed
 
     @staticmethod
     def _check_expected(a: InstanceAttributes, sop_instance_uid: str | None, sop_class_uid: str | None) -> None:

@@ -362,6 +362,7 @@ class Deleter:
                         return self._remove(s, study_rows, intent)
 
                     keys = self.store.index.run_write(remove)
+                    self.store.index.sync()  # the rows are gone for good before their files go
                     part = studies[study_pk]
                     part.done = True
                     if on_study is not None:
@@ -372,6 +373,9 @@ class Deleter:
                     for key in keys:
                         self.store.blobs.delete(key)
                         report.blobs_deleted += 1
+                    sync_removals = getattr(self.store.blobs, "sync_removals", None)
+                    if sync_removals is not None:  # no deleted file may come back after a power cut
+                        sync_removals(keys)
         finally:
             if intent is not None:
                 intent.close()

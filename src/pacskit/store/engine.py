@@ -11,13 +11,12 @@ URLs (``make_url`` normalises the driver, so plain ``postgresql://`` and ``mysql
 SQLite, per connection (``connect`` event):
 
 * ``journal_mode=WAL``: readers never block the writer and the writer never blocks readers.
-* ``synchronous=FULL`` (default; ``sqlite_synchronous="NORMAL"`` to trade). In WAL mode NORMAL
-  fsyncs only at checkpoints: a committed transaction survives an application crash but may be
-  rolled back by a power failure or OS crash. A C-STORE is acknowledged once the index row is
-  committed, so we want that commit on disk: FULL fsyncs the WAL at each commit (one fsync, next to
-  the two the blob already costs). With NORMAL, a power failure can leave a blob without its row
-  (reported by ``DataStore.check`` as an orphan and recovered by ``DataStore.reindex``), never a
-  row without its blob.
+* ``synchronous=FULL`` by default here (``sqlite_synchronous="NORMAL"`` to trade): FULL fsyncs the
+  WAL at each commit. In WAL mode NORMAL fsyncs only at checkpoints: a committed transaction
+  survives an application crash but may be rolled back by a power failure or OS crash.
+  :meth:`pacskit.store.DataStore.open` asks for NORMAL over a filesystem blob store, whose blobs are
+  flushed before each C-STORE is answered and from which start-up restores lost rows (docs/store.md,
+  "The durability contract").
 * ``foreign_keys=ON`` (off by default in SQLite), ``busy_timeout`` 30 s.
 * ``mmap_size`` 1 GiB (``sqlite_mmap_size``; 0 turns it off): pages are read through a memory map
   instead of one ``pread`` each, about a third of a 300-match name query at 1M instances. Writes still

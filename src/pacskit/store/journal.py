@@ -2,8 +2,9 @@
 
 A blob becomes visible (durably renamed into place) before its index row commits; a crash in between
 leaves a complete, never acknowledged blob without a row. Ingest records the new key here first and
-clears it once the transaction has ended; start-up recovery (:meth:`pacskit.store.DataStore.recover`)
-deletes each recorded blob that has no row, instead of scanning the whole blob store.
+clears it once the transaction has ended. Start-up recovery (:meth:`pacskit.store.DataStore.recover`)
+first restores the rows of blobs newer than the index's durable point (a complete blob is indexed,
+one cut short deleted), then deletes each recorded blob that still has no row.
 
 Each process keeps one *slot file* in the journal folder (``inflight-<pid>-<random>``): fixed-size
 slots, one per ingest in flight, written with ``pwrite`` at an offset of a file allocated up front.
@@ -13,8 +14,8 @@ creation waited for the file system's journal and cost as much as an fsync.)
 
 Nothing here is fsynced, on purpose: the journal must survive a crash of the process (kill -9, the
 OOM killer), and the kernel keeps what was written. After a power failure a record may be lost while
-its blob survives; that blob was never acknowledged, is complete and valid, and is reported by
-``check`` as an orphan (``reindex`` adopts it). Acknowledged instances never depend on the journal.
+its blob survives; start-up indexes that blob if it is complete (``DataStore.restore_index``).
+Acknowledged instances never depend on the journal.
 
 Recovery is for when nobody else writes (the service manager and ``serve --workers`` recover once,
 before any worker starts): it reads every slot file and the marker files of older versions.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import random
 import threading
 import time
@@ -25,7 +26,7 @@ from enum import Enum
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, inspect, select, text, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload, sessionmaker
@@ -267,6 +268,78 @@ class Index:
             self._write_lock = nullcontext()
         self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(bind=write_engine, expire_on_commit=False)
+        self._durable_commits: bool | None = None  # known after the first look (durable_commits)
+
+    # durability ------------------------------------------------------------------------------------
+
+    @property
+    def durable_commits(self) -> bool:
+        """Whether each commit is on stable storage when it returns.
+
+        True on PostgreSQL and MariaDB (the server makes a commit durable before answering it) and on
+        SQLite with ``synchronous=FULL``/``EXTRA``. False on SQLite with ``synchronous=NORMAL`` (the
+        data store's default, docs/store.md "The durability contract"): a commit is in the WAL, on
+        stable storage only at the next :meth:`sync` or checkpoint; a power cut may lose the last
+        ones, which :meth:`pacskit.store.DataStore.recover` restores from the blobs."""
+        if self._durable_commits is None:
+            if self.backend != "sqlite" or self.engine.url.database in (None, "", ":memory:"):
+                self._durable_commits = self.backend != "sqlite"
+            else:
+                with self.engine.connect() as conn:
+                    level = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+                self._durable_commits = int(level or 0) >= 2  # 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
+        return self._durable_commits
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable (a no-op where commits are durable anyway).
+
+        SQLite in WAL mode with ``synchronous=NORMAL`` appends each commit to the ``-wal`` file
+        without syncing it; the WAL is a log read back in order at recovery, so syncing it makes
+        every commit written so far durable. Frames a checkpoint already copied are in the database
+        file, which SQLite syncs after each checkpoint (NORMAL does that much); it is synced here too.
+        Called after a commit that must not be undone by a power cut: an overwrite before the old
+        blob goes, a deletion before its files go."""
+        if self.durable_commits:
+            return
+        database = self.engine.url.database
+        assert database is not None
+        with self._write_lock:  # no checkpoint may restart the WAL in between (this process writes)
+            for path in (database + "-wal", database):
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            # and their names (SQLite syncs the folder when it creates a WAL, but only at the WAL's
+            # first sync of its own, which NORMAL leaves to the next checkpoint)
+            fd = os.open(os.path.dirname(os.path.abspath(database)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def durable_point(self) -> int:
+        """The *durable point* last recorded by :meth:`set_durable_point` (0: none; SQLite only).
+
+        It is kept in the database header (``PRAGMA user_version``), written in a transaction of its
+        own: the WAL is read back in order after a crash, so when this value survived, every commit
+        made before it did too."""
+        if self.backend != "sqlite":
+            return 0
+        with self.engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+
+    def set_durable_point(self, value: int) -> None:
+        """Record ``value`` (a non-negative int below 2^31) as the durable point, in its own commit."""
+        if self.backend != "sqlite":
+            return
+        value = int(value)
+        if not 0 <= value < 2**31:
+            raise ValueError(f"durable point out of range: {value}")
+        self.run_write(lambda s: s.execute(text(f"PRAGMA user_version = {value}")))
 
     @classmethod
     def open(cls, url: str | URL, **engine_options: Any) -> Index:
