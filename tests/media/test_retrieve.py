@@ -1,6 +1,6 @@
 """Referenced instances the archive lacks are retrieved first (``retrieve_from``): Orthanc holds one of
-them, the media add-in finds it there (C-FIND by SOP Instance UID), C-MOVEs it to itself and builds the
-media with it; an instance nobody has still fails the request with Failure Reason 0x0112."""
+them, the media add-in finds it there (C-FIND by SOP Instance UID), C-MOVEs it to itself or C-GETs it
+(``retrieve_with``) and builds the media with it; an instance nobody has still fails the request with Failure Reason 0x0112."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from .test_scp import CT, Scu, request
 pytestmark = [pytest.mark.orthanc, pytest.mark.pynetdicom]
 
 
-def test_missing_instances_are_retrieved_from_orthanc(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["C-MOVE", "C-GET"])
+def test_missing_instances_are_retrieved_from_orthanc(tmp_path: Path, method: str) -> None:
     if not have_orthanc():
         pytest.skip("Orthanc is not installed")
     need("xorriso")
-    folder = write_settings(tmp_path / "pacs", retrieve_from=["ORTHANC"], retrieve_timeout=120.0)
+    folder = write_settings(tmp_path / "pacs", retrieve_from=["ORTHANC"], retrieve_timeout=120.0,
+                            retrieve_with=method)
     local, remote = make_series(tmp_path / "local", 2), make_series(tmp_path / "remote", 3, patient_id="REMOTE1")
     refs = [(str(d.SOPClassUID), str(d.SOPInstanceUID))
             for d in (dcmread(p, stop_before_pixels=True) for p in local + remote)]

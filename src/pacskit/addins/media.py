@@ -41,7 +41,8 @@ Statuses (PS3.4 S.3.2, PS3.7 C):
 ========  ==================================================================================
 
 The instances are taken from the local archive when the request runs; those it lacks are first asked
-of the AEs of ``retrieve_from`` (C-FIND by SOP Instance UID, C-MOVE to this server). One still missing
+of the AEs of ``retrieve_from`` (C-FIND by SOP Instance UID, then C-MOVE to this server or C-GET:
+``retrieve_with``, through :mod:`pacskit.addins.fetching`). One still missing
 fails the request (Execution Status FAILURE, Execution Status Info ``NO_SUCH_INSTANCE``, the instance
 in the Failed SOP Sequence with Failure Reason 0x0112). Requests survive restarts; one that a crash
 interrupted is built again (docs/media.md).
@@ -53,7 +54,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydicom.dataset import Dataset
@@ -97,7 +98,10 @@ class MediaCreationOptions(AddInOptions):
     poll_interval: float = Field(5.0, gt=0, description="seconds between looks at the queue for requests other worker processes recorded")
     retrieve_from: list[str] = Field(
         default_factory=list, description="AE titles (registry) asked, in order, for referenced instances the "
-        "archive lacks: C-FIND at IMAGE level, then C-MOVE to this server")
+        "archive lacks: C-FIND at IMAGE level, then C-GET or C-MOVE to this server (retrieve_with)")
+    retrieve_with: Literal["C-GET", "C-MOVE"] = Field(
+        "C-MOVE", description="how missing instances are retrieved: C-MOVE to this server (the remote must know "
+        "its AE title) or C-GET on the association (no registration at the remote needed)")
     retrieve_timeout: float = Field(600.0, gt=0, description="seconds the retrieval of one request may take")
 
 
@@ -181,42 +185,39 @@ class MediaCreationAddIn(AddIn):
     async def _retrieve(self, refs: list[Reference]) -> None:
         """Ask each ``retrieve_from`` AE in turn for the instances still missing: C-FIND (Study Root,
         IMAGE level, by SOP Instance UID: the peer must accept a query without the upper keys, as
-        Orthanc and dcm4chee do) for their study and series, then one C-MOVE per series to us."""
+        Orthanc and dcm4chee do) for their study and series, then one C-GET or C-MOVE per series into
+        the archive (:func:`pacskit.addins.fetching.fetch`)."""
+        from pacskit.addins.fetching import STUDY_ROOT_FIND, fetch
         from pacskit.net import RequestedContext
 
-        find, move = "1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.2"
         wanted = {r.sop_instance_uid for r in refs}
         for title in self.options.retrieve_from:
             if not wanted:
                 return
             try:
-                async with await self.base.dicom_request.associate(
-                        title, [RequestedContext(find), RequestedContext(move)]) as assoc:
-                    located: dict[tuple[str, str], list[str]] = {}
+                located: dict[tuple[str, str], list[str]] = {}
+                async with await self.base.dicom_request.associate(title, [RequestedContext(STUDY_ROOT_FIND)]) as assoc:
                     for uid in sorted(wanted):
                         query = Dataset()
                         query.QueryRetrieveLevel = "IMAGE"
                         query.SOPInstanceUID = uid
                         query.StudyInstanceUID = ""
                         query.SeriesInstanceUID = ""
-                        async for status, ident in assoc.find(find, query):
+                        async for status, ident in assoc.find(STUDY_ROOT_FIND, query):
                             if status in (0xFF00, 0xFF01) and ident is not None and ident.get("StudyInstanceUID"):
                                 key = (str(ident.StudyInstanceUID), str(ident.get("SeriesInstanceUID", "")))
                                 located.setdefault(key, []).append(uid)
-                    for (study, series), uids in located.items():
-                        ident = Dataset()
-                        ident.QueryRetrieveLevel = "IMAGE"
-                        ident.StudyInstanceUID = study
-                        ident.SeriesInstanceUID = series
-                        ident.SOPInstanceUID = uids
-                        final = None
-                        async for rsp in assoc.move(move, ident, self.base.settings.ae_title):
-                            final = rsp
-                        moved = final.status if final is not None else None
-                        self.base.log.info("retrieved %d instances of series %s from %s (status %s)", len(uids),
-                                           series, title, f"0x{moved:04X}" if moved is not None else "none")
-                        if moved == 0x0000:
-                            wanted.difference_update(uids)
+                for (study, series), uids in located.items():
+                    ident = Dataset()
+                    ident.QueryRetrieveLevel = "IMAGE"
+                    ident.StudyInstanceUID = study
+                    ident.SeriesInstanceUID = series
+                    ident.SOPInstanceUID = uids
+                    result = await fetch(self.base, title, ident, via=self.options.retrieve_with)
+                    self.base.log.info("retrieved %d instances of series %s from %s by %s (status 0x%04X)", len(uids),
+                                       series, title, self.options.retrieve_with, result.status)
+                    if result.status == 0x0000:
+                        wanted.difference_update(uids)
             except Exception as exc:  # noqa: BLE001 - the next AE may have them
                 self.base.log.warning("retrieving from %s failed: %s", title, exc)
 
