@@ -1,3 +1,4 @@
+// @vitest-environment jsdom
 import { describe, expect, it } from "vitest";
 import { emptyQuery } from "../api/studies";
 import { TAG } from "../dicom";
