@@ -13,6 +13,19 @@ export default defineConfig({
     emptyOutDir: true,
     target: "es2022",
     chunkSizeWarningLimit: 4096,
+    // the app (index.html) and the standalone viewer page (viewer.html?study=..., web/src/viewer)
+    rollupOptions: {
+      input: {
+        main: fileURLToPath(new URL("index.html", import.meta.url)),
+        viewer: fileURLToPath(new URL("viewer.html", import.meta.url)),
+      },
+    },
+  },
+  // the image loader's worker and WASM codecs are found by URL relative to its own modules: keep it out
+  // of the dev pre-bundle (dicom-parser is CommonJS and must be pre-bundled)
+  optimizeDeps: {
+    exclude: ["@cornerstonejs/dicom-image-loader"],
+    include: ["dicom-parser"],
   },
   // Cornerstone's image loader decodes in web workers (ES modules) with WASM codecs.
   worker: { format: "es" },
