@@ -39,6 +39,7 @@ export function startApp(root: HTMLElement, options: AppOptions = {}): Mounted {
   const sessions = new SessionApi(client);
   let session: Session | null = null;
   let current: Mounted | null = null;
+  let lastSearch = "#/search";
   const nav = h("nav", { class: "main-nav", "aria-label": "Main" });
   const userBox = h("div", { class: "user" });
   const header = h("header", { class: "app-header" }, h("a", { class: "brand", href: "#/search" }, "pacskit"), nav, userBox);
@@ -100,6 +101,7 @@ export function startApp(root: HTMLElement, options: AppOptions = {}): Mounted {
     switch (route.page) {
       case "login":
       case "search": {
+        lastSearch = routeHash("search", [], route.params);
         const query = queryFromUrl(route.params);
         if (!route.params.has("limit")) query.limit = prefs.pageSize;
         current = mountSearchPage(main, {
@@ -123,7 +125,12 @@ export function startApp(root: HTMLElement, options: AppOptions = {}): Mounted {
           replace(main, message("No study given."));
           return;
         }
-        current = mountViewerPage(main, { client, studyUid: route.rest[0] });
+        current = mountViewerPage(main, {
+          client,
+          studyUid: route.rest[0],
+          seriesUid: route.rest[1],
+          backHref: lastSearch,
+        });
         break;
       case "jobs":
         current = mountLoaderQueue(main, {

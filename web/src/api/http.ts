@@ -87,6 +87,11 @@ export class ApiClient {
     return `${this.baseUrl}${path}`;
   }
 
+  /** The credentials header for requests made by others (the viewer's DICOMweb): the bearer token, if any. */
+  authHeaders(): Record<string, string> {
+    return this.bearerToken ? { Authorization: `Bearer ${this.bearerToken}` } : {};
+  }
+
   /** The headers a request needs: bearer token, or the CSRF token for unsafe methods. */
   headersFor(method: string, extra: Record<string, string> = {}): Record<string, string> {
     const headers: Record<string, string> = { Accept: "application/json", ...extra };
