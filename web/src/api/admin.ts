@@ -133,12 +133,13 @@ export class AdminApi {
   }
 
   /** The live event feed: connection, operation, error, admin. Returns the closer. */
-  events(onEvent: (event: AdminEvent) => void, onError?: () => void): () => void {
+  events(onEvent: (event: AdminEvent) => void, onError?: () => void, onOpen?: () => void): () => void {
     const handler = (data: unknown) => onEvent(data as AdminEvent);
     return this.client.events(
       "/api/admin/events",
       { connection: handler, operation: handler, error: handler, admin: handler },
       onError,
+      onOpen,
     );
   }
 

@@ -148,8 +148,9 @@ export class ApiClient {
    * session cookie (same origin) but no headers: with a bearer token, streams need the cookie.
    * Returns the function that closes the stream.
    */
-  events(path: string, handlers: Record<string, (data: unknown) => void>, onError?: () => void): () => void {
+  events(path: string, handlers: Record<string, (data: unknown) => void>, onError?: () => void, onOpen?: () => void): () => void {
     const source = new EventSource(this.url(path), { withCredentials: this.baseUrl !== "" });
+    if (onOpen) source.onopen = onOpen;
     for (const [name, handler] of Object.entries(handlers)) {
       source.addEventListener(name, (event) => {
         const text = (event as MessageEvent<string>).data;

@@ -125,7 +125,7 @@ export class JobsApi {
   }
 
   /** Every change of every job (and each job once on connect). Returns the closer. */
-  subscribe(onJob: (job: Job) => void, onError?: () => void): () => void {
-    return this.client.events("/api/jobs/events", { job: (data) => onJob(data as Job) }, onError);
+  subscribe(onJob: (job: Job) => void, onError?: () => void, onOpen?: () => void): () => void {
+    return this.client.events("/api/jobs/events", { job: (data) => onJob(data as Job) }, onError, onOpen);
   }
 }

@@ -15,13 +15,18 @@ describe("log filters", () => {
   });
 
   it("applies the filters to live-tail entries", () => {
-    const entry = { time: "2026-01-02T10:00:00Z", calling_ae: "MODALITY", called_ae: "PACSKIT", operation: "C-STORE", status: "0x0000", patient_id: "P1", patient_name: "DOE^JANE" };
+    const entry = { time: "2026-01-02T10:00:00Z", calling_ae: "MODALITY", called_ae: "PACSKIT", operation: "C-STORE", status: 0, status_hex: "0x0000", patient_id: "P1", patient_name: "DOE^JANE" };
     expect(entryMatches("transactions", entry, { ae: "modal" })).toBe(true);
     expect(entryMatches("transactions", entry, { ae: "ORTHANC" })).toBe(false);
     expect(entryMatches("transactions", entry, { patient: "jane" })).toBe(true);
     expect(entryMatches("transactions", entry, { operation: "C-FIND" })).toBe(false);
     expect(entryMatches("transactions", entry, { since: "2026-01-03T00:00" })).toBe(false);
     expect(entryMatches("audit", { user: "ann", event: "login" }, { user: "bob" })).toBe(false);
+    expect(entryMatches("transactions", entry, { status: "success" })).toBe(true);
+    expect(entryMatches("transactions", entry, { status: "failure" })).toBe(false);
+    expect(entryMatches("transactions", { ...entry, status: 0xa700 }, { status: "failure" })).toBe(true);
+    expect(entryMatches("transactions", { ...entry, status: 0xa700 }, { status: "0xA700" })).toBe(true);
+    expect(entryMatches("transactions", { ...entry, status: 0xb000 }, { status: "warning" })).toBe(true);
   });
 });
 

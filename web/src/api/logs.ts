@@ -18,8 +18,8 @@ export const LOG_FILTERS: Record<LogKind, readonly string[]> = {
 
 /** The columns shown, in order. */
 export const LOG_COLUMNS: Record<LogKind, readonly string[]> = {
-  transactions: ["time", "calling_ae", "called_ae", "operation", "status", "patient_id", "patient_name", "study_uid", "duration_ms"],
-  audit: ["time", "user", "event", "action", "outcome", "source", "patient_id", "study_uid", "detail"],
+  transactions: ["time", "calling_ae", "called_ae", "operation", "status_hex", "patient_id", "patient_name", "study_uid", "duration_ms"],
+  audit: ["time", "user", "event", "action", "outcome", "patient_id", "study_uid"],
 };
 
 export interface LogQuery {
@@ -87,9 +87,13 @@ export function entryMatches(kind: LogKind, entry: LogEntry, filters: Record<str
         if (!has(entry.study_uid, wanted)) return false;
         break;
       case "status": {
-        const status = String(entry.status ?? "").toLowerCase();
+        // "success" / "warning" / "failure" or a hex code, as the server filters
+        const code = typeof entry.status === "number" ? entry.status : Number.parseInt(String(entry.status_hex ?? ""), 16);
         const w = wanted.toLowerCase();
-        if (!status.includes(w) && String(entry.status_class ?? "").toLowerCase() !== w) return false;
+        const kind = code === 0 ? "success" : code === 0x0001 || (code >= 0xb000 && code <= 0xbfff) ? "warning" : code === 0xff00 || code === 0xff01 ? "pending" : "failure";
+        if (w === "success" || w === "warning" || w === "failure") {
+          if (kind !== w) return false;
+        } else if (Number.parseInt(w.replace(/^0x/, ""), 16) !== code) return false;
         break;
       }
       default:
@@ -112,7 +116,7 @@ export class LogsApi {
   }
 
   /** New entries as they are written. Returns the closer. */
-  tail(kind: LogKind, onEntry: (entry: LogEntry) => void, onError?: () => void): () => void {
-    return this.client.events(`/api/logs/${kind}/tail`, { entry: (data) => onEntry(data as LogEntry) }, onError);
+  tail(kind: LogKind, onEntry: (entry: LogEntry) => void, onError?: () => void, onOpen?: () => void): () => void {
+    return this.client.events(`/api/logs/${kind}/tail`, { entry: (data) => onEntry(data as LogEntry) }, onError, onOpen);
   }
 }

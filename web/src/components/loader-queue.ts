@@ -89,6 +89,9 @@ export function mountLoaderQueue(root: HTMLElement, options: LoaderQueueOptions)
     () => {
       live.textContent = "reconnecting…";
     },
+    () => {
+      live.textContent = "live";
+    },
   );
   root.replaceChildren(section);
   return {

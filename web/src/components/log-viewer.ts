@@ -25,10 +25,22 @@ const FILTER_LABELS: Record<string, string> = {
   outcome: "Outcome",
 };
 
+const PLACEHOLDERS: Record<string, string> = {
+  ae: "calling or called",
+  operation: "C-STORE, C-FIND…",
+  status: "success, warning, failure or 0xA700",
+  patient: "ID or name",
+  outcome: "success, failure…",
+};
+
 const MAX_TAIL = 500;
+
+/** RFC 3881 / DICOM audit EventOutcomeIndicator. */
+const OUTCOMES: Record<string, string> = { "0": "success", "4": "minor failure", "8": "serious failure", "12": "major failure" };
 
 function cell(column: string, value: unknown): string {
   if (column === "time") return formatTimestamp(value);
+  if (column === "outcome" && value !== null && value !== undefined) return OUTCOMES[String(value)] ?? String(value);
   if (value === null || value === undefined) return "";
   return typeof value === "object" ? JSON.stringify(value) : String(value);
 }
@@ -57,7 +69,7 @@ export function mountLogViewer(root: HTMLElement, options: LogViewerOptions): Mo
       filtersEl,
       LOG_FILTERS[query.kind].map((key) =>
         h("label", null, FILTER_LABELS[key] ?? key,
-          h("input", { name: key, type: key === "since" || key === "until" ? "datetime-local" : "text", value: query.filters[key] ?? "" })),
+          h("input", { name: key, type: key === "since" || key === "until" ? "datetime-local" : "text", value: query.filters[key] ?? "", placeholder: PLACEHOLDERS[key] })),
       ),
       h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary" }, "Filter"), h("button", { type: "reset" }, "Clear")),
     );
@@ -66,7 +78,7 @@ export function mountLogViewer(root: HTMLElement, options: LogViewerOptions): Mo
   const rows = (items: LogEntry[]) => {
     const columns = LOG_COLUMNS[query.kind];
     return h("table", { class: `grid log log-${query.kind}` },
-      h("thead", null, h("tr", null, columns.map((c) => h("th", null, c.replaceAll("_", " "))))),
+      h("thead", null, h("tr", null, columns.map((c) => h("th", null, c.replace(/_hex$/, "").replaceAll("_", " "))))),
       h("tbody", null, items.map((item) => h("tr", null, columns.map((c) => h("td", { class: `col-${c}` }, cell(c, item[c])))))));
   };
 
@@ -99,6 +111,7 @@ export function mountLogViewer(root: HTMLElement, options: LogViewerOptions): Mo
   const startTail = () => {
     closeTail?.();
     closeTail = null;
+    delete table.dataset.live;
     if (!tailBox.checked) {
       load();
       return;
@@ -111,7 +124,11 @@ export function mountLogViewer(root: HTMLElement, options: LogViewerOptions): Mo
       entries.unshift(entry);
       if (entries.length > MAX_TAIL) entries.pop();
       table.querySelector("table")?.replaceWith(rows(entries));
-    }, () => status.replaceChildren(message("The live tail lost its connection; reconnecting…", "info")));
+    }, () => status.replaceChildren(message("The live tail lost its connection; reconnecting…", "info")),
+    () => {
+      status.replaceChildren();
+      table.dataset.live = "open";
+    });
   };
 
   filtersEl.addEventListener("submit", (event) => {

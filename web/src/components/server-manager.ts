@@ -304,8 +304,10 @@ export function mountServerManager(root: HTMLElement, options: ServerManagerOpti
       () => {
         state.textContent = "reconnecting…";
       },
+      () => {
+        state.textContent = "live";
+      },
     );
-    state.textContent = "live";
     cleanup = close;
   }
 
