@@ -41,6 +41,8 @@ export interface ViewerOptions {
   pollIdleMs?: number;
   /** show the series panel (default true) */
   seriesPanel?: boolean;
+  /** smooth (linear) interpolation of magnified images; false shows image pixels as squares (default true) */
+  smooth?: boolean;
   /** frames per second of cine (default 15) */
   cineFps?: number;
   /** called with errors that the viewer also shows in its status line */
@@ -54,6 +56,8 @@ export interface ViewportState extends DisplayState {
   sopInstanceUid: string | undefined;
   /** scale of the displayed image: screen (CSS) pixels per image pixel */
   scale: number;
+  /** linear interpolation on (false: nearest neighbour, every image pixel drawn as it is) */
+  smooth: boolean;
 }
 
 /** The displayed grey level at the centre of every image pixel (row-major), read back from the canvas. */
@@ -84,6 +88,8 @@ export interface ViewerHandle {
   /** apply a preset by name or key ("Lung", "2"); false when the modality has no such preset */
   applyPreset(name: string, viewport?: number): boolean;
   setInvert(invert: boolean, viewport?: number): void;
+  /** linear interpolation (true) or nearest neighbour (false) in every viewport */
+  setSmooth(smooth: boolean): void;
   /** back to the image's own window, no inversion, zoom to fit, no pan */
   reset(viewport?: number): void;
   setPrimaryTool(tool: PrimaryTool): void;
@@ -92,6 +98,8 @@ export interface ViewerHandle {
   state(viewport?: number): ViewportState;
   /** the displayed image read back from the canvas (for tests and export) */
   readDisplayedImage(viewport?: number): DisplayedImage;
+  /** the Cornerstone3D viewport behind a viewport of the grid (for what the handle does not cover) */
+  cornerstoneViewport(viewport?: number): core.StackViewport;
   /** look for new instances now; resolves with how many arrived */
   refresh(): Promise<number>;
   destroy(): void;
@@ -130,6 +138,7 @@ class Viewer implements ViewerHandle {
   private seriesList: ViewerSeries[] = [];
   private slots: Slot[] = [];
   private primaryTool: PrimaryTool = "windowLevel";
+  private smooth: boolean;
   private registered = new Set<string>();
   private thumbnails: string[] = [];
   private pollTimer: number | undefined;
@@ -151,6 +160,7 @@ class Viewer implements ViewerHandle {
   constructor(element: HTMLElement, options: ViewerOptions) {
     this.element = element;
     this.options = { pollIntervalMs: 3000, pollIdleMs: 120000, cineFps: 15, ...options };
+    this.smooth = options.smooth ?? true;
     const source: DicomWebSource = { url: options.dicomwebUrl, headers: options.headers, fetch: options.fetch };
     this.client = new DicomWebClient(source);
     this.unsetHeaders = setHeadersFor(this.client.base, options.headers);
@@ -256,6 +266,7 @@ class Viewer implements ViewerHandle {
         this.presetSelect,
         this.button("Invert", "invert (I)", () => this.setInvert(!this.state().invert), { action: "invert" }),
         this.button("Reset", "reset (R)", () => this.reset(), { action: "reset" }),
+        this.button("Smooth", "smooth / pixel-exact display (S)", () => this.setSmooth(!this.smooth), { action: "smooth" }),
       ),
       group(...layoutButtons),
       group(this.button("Cine", "play / stop (space)", () => this.toggleCine(), { action: "cine" })),
@@ -268,6 +279,22 @@ class Viewer implements ViewerHandle {
     for (const b of this.toolbar.querySelectorAll<HTMLButtonElement>("button[data-tool]")) {
       b.classList.toggle("pk-on", b.dataset.tool === this.primaryTool);
     }
+    this.toolbar.querySelector("button[data-action='smooth']")?.classList.toggle("pk-on", this.smooth);
+  }
+
+  private interpolation(): core.Enums.InterpolationType {
+    return this.smooth ? core.Enums.InterpolationType.LINEAR : core.Enums.InterpolationType.NEAREST;
+  }
+
+  setSmooth(smooth: boolean): void {
+    this.smooth = smooth;
+    for (const slot of this.slots) {
+      if (!slot.images.length) continue;
+      const vp = this.viewport(slot);
+      vp.setProperties({ interpolationType: this.interpolation() });
+      vp.render();
+    }
+    this.markTool();
   }
 
   private renderPanel(): void {
@@ -375,6 +402,10 @@ class Viewer implements ViewerHandle {
     return slot;
   }
 
+  cornerstoneViewport(viewport?: number): core.StackViewport {
+    return this.viewport(this.slot(viewport));
+  }
+
   private viewport(slot: Slot): core.StackViewport {
     return (this.engine as core.RenderingEngine).getViewport(slot.id) as core.StackViewport;
   }
@@ -403,6 +434,7 @@ class Viewer implements ViewerHandle {
     tools.utilities.stackPrefetch.disable(slot.host);
     if (images.length === 0) return;
     await vp.setStack(images.map((i) => i.imageId), 0);
+    vp.setProperties({ interpolationType: this.interpolation() });
     vp.render();
     tools.utilities.stackPrefetch.enable(slot.host);
     this.updateOverlay(slot);
@@ -460,6 +492,7 @@ class Viewer implements ViewerHandle {
     const slot = this.slot(viewport);
     const vp = this.viewport(slot);
     vp.resetProperties();
+    vp.setProperties({ interpolationType: this.interpolation() });
     vp.resetCamera();
     vp.render();
     this.updateOverlay(slot);
@@ -546,6 +579,7 @@ class Viewer implements ViewerHandle {
       invert: props.invert ?? false,
       zoom: scale,
       scale,
+      smooth: this.smooth,
     };
   }
 
@@ -616,6 +650,7 @@ class Viewer implements ViewerHandle {
     else if (e.key === "End") void this.scrollTo(slot.images.length - 1);
     else if (e.key === "i" || e.key === "I") this.setInvert(!this.state().invert);
     else if (e.key === "r" || e.key === "R") this.reset();
+    else if (e.key === "s" || e.key === "S") this.setSmooth(!this.smooth);
     else if (e.key === " ") this.toggleCine();
     else if (/^[1-9]$/.test(e.key)) this.applyPreset(e.key);
     else return;
@@ -676,7 +711,7 @@ class Viewer implements ViewerHandle {
     tools.utilities.stackPrefetch.disable(slot.host);
     await vp.setStack(images.map((i) => i.imageId), index);
     if (camera) vp.setCamera(camera);
-    if (props) vp.setProperties({ voiRange: props.voiRange, invert: props.invert });
+    vp.setProperties({ voiRange: props?.voiRange, invert: props?.invert, interpolationType: this.interpolation() });
     vp.render();
     tools.utilities.stackPrefetch.enable(slot.host);
   }
