@@ -16,7 +16,7 @@ WEB = ROOT / "web"
 ASSETS = ROOT / "src" / "pacskit" / "web_assets"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-_SOURCES = ("src", "index.html", "package.json", "package-lock.json", "vite.config.ts", "tsconfig.json")
+_SOURCES = ("src", "index.html", "viewer.html", "package.json", "package-lock.json", "vite.config.ts", "tsconfig.json")
 
 
 def _newest_source() -> float:
