@@ -3,7 +3,7 @@
 import { ApiClient } from "./api/http";
 import type { LogKind, LogQuery } from "./api/logs";
 import { type Session, SessionApi } from "./api/session";
-import { queryFromUrl, queryToUrl } from "./api/studies";
+import { type StudyPage, StudiesApi, type StudyQuery, queryFromUrl, queryToUrl } from "./api/studies";
 import { type Mounted, h, message, replace } from "./dom";
 import { can } from "./roles";
 import { type Route, parseRoute, routeHash } from "./router";
@@ -34,12 +34,22 @@ const NAV: NavItem[] = [
   { page: "settings", label: "Settings", allowed: () => true },
 ];
 
+/** The search a route describes, with this browser's page size unless the URL gives one. */
+function searchQuery(route: Route): StudyQuery {
+  const query = queryFromUrl(route.params);
+  if (!route.params.has("limit")) query.limit = loadPreferences().pageSize;
+  return query;
+}
+
 export function startApp(root: HTMLElement, options: AppOptions = {}): Mounted {
   const client = new ApiClient({ baseUrl: options.baseUrl ?? "" });
   const sessions = new SessionApi(client);
   let session: Session | null = null;
   let current: Mounted | null = null;
   let lastSearch = "#/search";
+  // At start, the search of the URL is asked for while the session is checked (one round trip less
+  // before the first page is on screen); used only if the session is there and the query is the same.
+  let prefetch: { key: string; page: Promise<StudyPage> } | null = null;
   const nav = h("nav", { class: "main-nav", "aria-label": "Main" });
   const userBox = h("div", { class: "user" });
   const header = h("header", { class: "app-header" }, h("a", { class: "brand", href: "#/search" }, "pacskit"), nav, userBox);
@@ -102,9 +112,12 @@ export function startApp(root: HTMLElement, options: AppOptions = {}): Mounted {
       case "login":
       case "search": {
         lastSearch = routeHash("search", [], route.params);
-        const query = queryFromUrl(route.params);
-        if (!route.params.has("limit")) query.limit = prefs.pageSize;
+        const query = searchQuery(route);
+        const key = JSON.stringify(query);
+        const prefetched = prefetch?.key === key ? prefetch.page : undefined;
+        prefetch = null;
         current = mountSearchPage(main, {
+          prefetched,
           client,
           query,
           canRetrieve: can(s.role, "retrieve"),
@@ -176,6 +189,13 @@ export function startApp(root: HTMLElement, options: AppOptions = {}): Mounted {
   };
 
   window.addEventListener("hashchange", render);
+  const startRoute = parseRoute(location.hash);
+  if (startRoute.page === "search") {
+    const query = searchQuery(startRoute);
+    const page = new StudiesApi(client).search(query);
+    page.catch(() => undefined); // a 401 here is answered by the login page
+    prefetch = { key: JSON.stringify(query), page };
+  }
   sessions
     .current()
     .then((s) => {

@@ -53,7 +53,7 @@ describe("study list", () => {
       onPage: () => undefined,
       onOpen: (uid) => opened.push(uid),
     });
-    expect(root.querySelector("img")!.getAttribute("src")).toBe("/t/1.1");
+    expect(root.querySelector<HTMLImageElement>("img")!.dataset.src).toBe("/t/1.1");
     root.querySelector<HTMLElement>("tbody tr")!.click();
     expect(opened).toEqual(["1.1"]);
     expect(root.querySelector(".source-note")!.textContent).toBe("1 study from the local archive");

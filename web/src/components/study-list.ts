@@ -4,6 +4,7 @@ import type { StudyPage, StudyQuery } from "../api/studies";
 import { SORTABLE, pageInfo } from "../api/studies";
 import { TAG, type DicomJson, formatDate, formatTime, personName, text, texts } from "../dicom";
 import { type Mounted, h } from "../dom";
+import { ThumbnailQueue } from "./thumbnails";
 
 export interface StudyListOptions {
   page: StudyPage;
@@ -33,6 +34,7 @@ export function mountStudyList(root: HTMLElement, options: StudyListOptions): Mo
   const selected = new Set<string>();
   const local = page.source === "local";
   const changed = () => options.onSelectionChange?.([...selected]);
+  const thumbnails = new ThumbnailQueue();
 
   const header = h(
     "tr",
@@ -83,8 +85,8 @@ export function mountStudyList(root: HTMLElement, options: StudyListOptions): Mo
     });
     let thumb: HTMLElement | null = null;
     if (options.thumbnailUrl && local) {
-      const img = h("img", { src: options.thumbnailUrl(uid), alt: "", loading: "lazy", width: 64, height: 64 });
-      img.addEventListener("error", () => img.replaceWith(h("span", { class: "no-thumb" }, "—")));
+      const img = h("img", { alt: "", width: 64, height: 64 });
+      thumbnails.add(img, options.thumbnailUrl(uid), () => img.replaceWith(h("span", { class: "no-thumb" }, "—")));
       thumb = h("td", { class: "thumb" }, img);
     }
     const row = h(
@@ -118,5 +120,11 @@ export function mountStudyList(root: HTMLElement, options: StudyListOptions): Mo
     pager,
   );
   root.replaceChildren(container);
-  return { destroy: () => container.remove() };
+  thumbnails.start();
+  return {
+    destroy: () => {
+      thumbnails.stop();
+      container.remove();
+    },
+  };
 }

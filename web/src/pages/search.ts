@@ -2,7 +2,7 @@
 // (retrieve from a remote AE into the archive, send local studies to an AE).
 import type { ApiClient } from "../api/http";
 import { JobsApi } from "../api/jobs";
-import { type RemoteNode, type StudyQuery, StudiesApi } from "../api/studies";
+import { type RemoteNode, type StudyPage, type StudyQuery, StudiesApi } from "../api/studies";
 import { type Mounted, errorText, h, message } from "../dom";
 import { mountSearchForm } from "../components/search-form";
 import { mountStudyList } from "../components/study-list";
@@ -17,6 +17,8 @@ export interface SearchPageOptions {
   onQuery: (query: StudyQuery) => void;
   onOpen: (studyUid: string) => void;
   jobsHref: string;
+  /** The answer to `query` when the app asked for it already (at start, while it checked the session). */
+  prefetched?: Promise<StudyPage>;
 }
 
 export function mountSearchPage(root: HTMLElement, options: SearchPageOptions): Mounted {
@@ -58,15 +60,18 @@ export function mountSearchPage(root: HTMLElement, options: SearchPageOptions): 
   };
 
   const nodesLoaded = studies.nodes().catch(() => [] as RemoteNode[]);
-  const searched = studies.search(q, abort.signal);
+  const searched = options.prefetched ?? studies.search(q, abort.signal);
 
+  let shownSource: string | null = null;
   nodesLoaded.then((list) => {
     nodes = list;
     children.push(mountSearchForm(formEl, { query: q, nodes, onSearch: options.onQuery }));
+    if (shownSource !== null) renderActions(shownSource);
   });
 
-  Promise.all([searched, nodesLoaded])
-    .then(([result]) => {
+  // the rows go on screen as soon as the search answers (the node list only feeds the form and "send")
+  searched
+    .then((result) => {
       children.push(mountStudyList(listEl, {
         page: result,
         query: q,
@@ -79,6 +84,7 @@ export function mountSearchPage(root: HTMLElement, options: SearchPageOptions): 
           renderActions(result.source);
         },
       }));
+      shownSource = result.source;
       renderActions(result.source);
     })
     .catch((error: unknown) => {
