@@ -64,6 +64,7 @@ export function startApp(root: HTMLElement, options: AppOptions = {}): Mounted {
   const showLogin = (notice?: string) => {
     unmount();
     session = null;
+    prefetch = null; // asked for without a session: refused
     header.hidden = true;
     current = mountLogin(main, {
       client,
