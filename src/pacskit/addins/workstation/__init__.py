@@ -119,34 +119,17 @@ class WorkstationAddIn(AddIn):
     async def series_remote(self, ae_title: str, study_uid: str) -> list[dict[str, Any]]:
         return await series_remote(self.base.dicom_request, ae_title, study_uid, self.options.remote_timeout)
 
-    async def describe_study(self, study_uid: str, remote: str | None) -> tuple[str | None, str | None]:
-        """(patient name, study description) of a study, from the index or (best effort) the remote
-        AE; ``(None, None)`` when it is not found."""
-        from pacskit.addins.workstation.search import SearchError
+    async def describe_local_study(self, study_uid: str) -> tuple[str | None, str | None]:
+        """(patient name, study description) of a stored study; ``(None, None)`` when it is not here."""
+        from pacskit.addins.workstation.search import identifier
+        from pacskit.store.query import STUDY_ROOT, compile_find, find
 
-        try:
-            if remote is None:
-                from pacskit.addins.workstation.search import identifier
-                from pacskit.store.query import STUDY_ROOT, compile_find
+        def local() -> Any:
+            q = compile_find(identifier("STUDY", ("PatientName", "StudyDescription"), {"StudyInstanceUID": study_uid}),
+                             STUDY_ROOT)
+            return next(iter(find(self._store(), q)), None)
 
-                def local() -> Any:
-                    from pacskit.store.query import find
-
-                    q = compile_find(identifier("STUDY", ("PatientName", "StudyDescription"),
-                                                {"StudyInstanceUID": study_uid}), STUDY_ROOT)
-                    return next(iter(find(self._store(), q)), None)
-
-                ds = await asyncio.to_thread(local)
-            else:
-                from pacskit.addins.workstation.search import find_remote, identifier
-
-                answers = await find_remote(self.base.dicom_request, remote,
-                                            identifier("STUDY", ("PatientName", "StudyDescription"),
-                                                       {"StudyInstanceUID": study_uid}),
-                                            self.options.remote_timeout, limit=1)
-                ds = answers[0] if answers else None
-        except SearchError:
-            return None, None
+        ds = await asyncio.to_thread(local)
         if ds is None:
             return None, None
         return str(ds.get("PatientName", "") or ""), str(ds.get("StudyDescription", "") or "")
