@@ -3,6 +3,7 @@ the audit of logins, users over the API, and DICOMweb accepting the same session
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -38,17 +39,26 @@ def _is_problem(response: httpx.Response, status: int) -> None:
     assert body["status"] == status and body["detail"] and body["type"].startswith("https://")
 
 
+@pytest.fixture(scope="module")
+def sessions(ws: Workstation) -> Iterator[dict[str, httpx.Client]]:
+    """A logged-in client per role (one login each: scrypt takes its time on purpose)."""
+    clients = {role: ws.login(role) for role in RANK}
+    yield clients
+    for client in clients.values():
+        client.close()
+
+
 @pytest.mark.parametrize(("method", "path", "body", "least"), MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX])
-def test_role_matrix(ws: Workstation, method: str, path: str, body: object, least: str) -> None:
+def test_role_matrix(ws: Workstation, sessions: dict[str, httpx.Client], method: str, path: str, body: object,
+                     least: str) -> None:
     anonymous = httpx.Client(base_url=ws.url)
     _is_problem(anonymous.request(method, path, json=body), 401)
-    for role in ("viewer", "operator", "admin"):
-        with ws.login(role) as client:
-            response = client.request(method, path, json=body)
-            if RANK[role] < RANK[least]:
-                _is_problem(response, 403)
-            else:  # allowed: whatever the route answers, it is not an auth refusal
-                assert response.status_code not in (401, 403), (role, response.text)
+    for role, client in sessions.items():
+        response = client.request(method, path, json=body)
+        if RANK[role] < RANK[least]:
+            _is_problem(response, 403)
+        else:  # allowed: whatever the route answers, it is not an auth refusal
+            assert response.status_code not in (401, 403), (role, response.text)
 
 
 def test_login_sets_a_strict_http_only_cookie_and_logout_ends_it(ws: Workstation) -> None:
