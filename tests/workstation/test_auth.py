@@ -163,3 +163,15 @@ def test_ui_is_served_or_says_how_to_build_it(ws: Workstation) -> None:
     else:
         assert ui.status_code == 200 and "text/html" in ui.headers["content-type"]
     assert httpx.get(ws.url + "/ui/../../etc/passwd").status_code in (404, 503)
+
+
+def test_sessions_and_jobs_outlive_a_reload(ws: Workstation, sessions: dict[str, httpx.Client]) -> None:
+    admin = sessions["admin"]
+    before = admin.get("/api/jobs").json()
+    runner = ws.addin.jobs
+    reloaded = admin.post("/api/admin/reload")
+    assert reloaded.status_code == 200, reloaded.text
+    for client in sessions.values():
+        assert client.get("/api/session").status_code == 200
+    assert admin.get("/api/jobs").json() == before
+    assert ws.addin.jobs is runner  # one queue, whatever the generation of add-ins
