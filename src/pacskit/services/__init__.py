@@ -157,11 +157,15 @@ class ServerControl:
     - ``web_authenticator``: the users of the HTTP listener, installed by at most one add-in (the
       workstation) in ``start`` and removed in ``stop``; other add-ins serving HTTP (DICOMweb) ask it
       before their own checks, so one login serves every service of the listener.
+    - ``shared``: state an add-in keeps across reloads, under its name. A reload starts the new
+      instance of an add-in before the old one stops, and both see this same dictionary: open
+      sessions or a running job queue live here rather than in the instance.
     """
 
     admin_app: Any = None
     servers: ServersRoot | None = None
     web_authenticator: WebAuthenticator | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

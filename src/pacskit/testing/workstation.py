@@ -75,15 +75,16 @@ class Workstation:
         return next(a for a in self.server.addins if isinstance(a, WorkstationAddIn))
 
     def login(self, role: str = "admin", **client_options: Any) -> Any:
-        """An ``httpx.Client`` logged in as the user of ``role``, sending the CSRF header."""
+        """An ``httpx.Client`` logged in as the user of ``role``, sending the CSRF header (not yet
+        opened: use it directly or in a ``with`` block)."""
         import httpx
 
         username, password = self.users[role]
-        client = httpx.Client(base_url=self.url, timeout=client_options.pop("timeout", 30), **client_options)
-        response = client.post("/api/session", json={"username": username, "password": password})
+        response = httpx.post(self.url + "/api/session", json={"username": username, "password": password}, timeout=30)
         response.raise_for_status()
-        client.headers["X-CSRF-Token"] = response.json()["csrf_token"]
-        return client
+        headers = {"X-CSRF-Token": response.json()["csrf_token"], **client_options.pop("headers", {})}
+        return httpx.Client(base_url=self.url, timeout=client_options.pop("timeout", 30), cookies=response.cookies,
+                            headers=headers, **client_options)
 
     def register(self, title: str, host: str, port: int, description: str = "") -> None:
         """Add a remote AE to the server's registry (``ae-titles.toml``; effective at once)."""
@@ -100,12 +101,13 @@ class Workstation:
 
 
 def write_server_folder(folder: Path, *, http_port: int = 0, dicom_port: int = 0, extra_toml: str = "",
-                        users: Mapping[str, tuple[str, str]] = USERS) -> Path:
-    """A server folder for the workstation: ``server.toml`` and ``users.toml`` (one user per role)."""
+                        admin_toml: str = "", users: Mapping[str, tuple[str, str]] = USERS) -> Path:
+    """A server folder for the workstation: ``server.toml`` (``admin_toml``: more lines of its
+    ``[admin]`` table, ``extra_toml``: more tables) and ``users.toml`` (one user per role)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "server.toml").write_text(
         f'ae_title = "{AE_TITLE}"\nhost = "127.0.0.1"\nport = {dicom_port}\ndata_dir = "data"\n'
-        f'[admin]\nsocket = "admin.sock"\n'
+        f'[admin]\nsocket = "admin.sock"\n{admin_toml}'
         f'[http]\nhost = "127.0.0.1"\nport = {http_port}\n'
         '[addins.dicomweb]\nenabled = true\n'
         '[addins.workstation]\nenabled = true\n' + extra_toml)
@@ -139,6 +141,7 @@ def workstation(
     slices: int = 5,
     remote_aes: Mapping[str, tuple[str, int]] | None = None,
     extra_toml: str = "",
+    admin_toml: str = "",
     http_port: int = 0,
     servers: Any = None,
     addin_classes: Sequence[type[Any]] | None = None,
@@ -147,7 +150,8 @@ def workstation(
     DICOMweb on, the users of :data:`USERS`, ``studies`` synthetic CT studies of ``slices`` slices
     stored, and ``remote_aes`` (title -> (host, port)) registered. The server accepts associations
     from any AE on loopback. Stopped at the end of the block."""
-    folder = write_server_folder(tmp_path / "workstation", http_port=http_port, extra_toml=extra_toml)
+    folder = write_server_folder(tmp_path / "workstation", http_port=http_port, extra_toml=extra_toml,
+                                 admin_toml=admin_toml)
     for title, (host, port) in (remote_aes or {}).items():
         with (folder / "ae-titles.toml").open("a") as out:
             out.write(f'[[ae]]\ntitle = "{title}"\nhost = "{host}"\nport = {port}\n')

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,16 @@ class WorkstationOptions(AddInOptions):
     assets_dir: str | None = Field(None, description="serve the UI from this folder instead of the packaged build")
 
 
+@dataclass(slots=True)
+class _Shared:
+    """What the instances of the add-in share across reloads (``base.control.shared``)."""
+
+    sessions: Sessions
+    job_store: JobStore | None = None
+    runner: JobRunner | None = None
+    instances: int = 0
+
+
 class WorkstationAddIn(AddIn):
     name = "workstation"
     description = "Web workstation: search, loader, viewer, service manager and log viewer (/ui, /api)"
@@ -60,27 +71,35 @@ class WorkstationAddIn(AddIn):
         super().__init__(options, base)
         settings = base.settings
         self.users = UserFile(settings.folder_path(self.options.users_file))
-        self.sessions = Sessions(self.options.session_minutes)
+        # sessions and the job queue outlive a reload (the new instance starts before the old stops)
+        self._state: _Shared = base.control.shared.setdefault(self.name, _Shared(Sessions(self.options.session_minutes)))
+        self.sessions = self._state.sessions
+        self.sessions.lifetime = self.options.session_minutes * 60.0
         token_file = settings.admin.token_file
         self.authenticator = Authenticator(self.users, self.sessions,
                                            settings.folder_path(token_file) if token_file else None,
                                            base.audit, base.log)
-        self.job_store: JobStore | None = None
-        self._jobs: JobRunner | None = None
+
+    @property
+    def job_store(self) -> JobStore | None:
+        return self._state.job_store
 
     @property
     def jobs(self) -> JobRunner:
-        assert self._jobs is not None, "the add-in is not started"
-        return self._jobs
+        assert self._state.runner is not None, "the add-in is not started"
+        return self._state.runner
 
     async def start(self) -> None:
-        control = self.base.control
-        if control.web_authenticator is not None and getattr(control, "_web_owner", None) is not None:
-            raise ValueError("another add-in already authenticates the HTTP listener's users")
-        self.job_store = await asyncio.to_thread(JobStore, self.base.data_dir / "workstation" / "jobs.db")
-        self._jobs = JobRunner(self.job_store, self.base, self.options.max_parallel)
-        await self._jobs.start()
-        control.web_authenticator = self.authenticator.web_user
+        state = self._state
+        if state.runner is None:
+            state.job_store = await asyncio.to_thread(JobStore, self.base.data_dir / "workstation" / "jobs.db")
+            state.runner = JobRunner(state.job_store, self.base, self.options.max_parallel)
+            await state.runner.start()
+        elif state.runner.max_parallel != self.options.max_parallel:
+            self.base.log.warning("workstation: max_parallel = %d applies at the next restart (running with %d)",
+                                  self.options.max_parallel, state.runner.max_parallel)
+        state.instances += 1
+        self.base.control.web_authenticator = self.authenticator.web_user
         if not self.users.list() and self.base.settings.admin.token_file is None:
             self.base.log.warning("workstation: no users yet: create one with `pacskit users add <name> --role admin`")
 
@@ -88,10 +107,15 @@ class WorkstationAddIn(AddIn):
         control = self.base.control
         if control.web_authenticator == self.authenticator.web_user:
             control.web_authenticator = None
-        if self._jobs is not None:
-            await self._jobs.stop()
-        if self.job_store is not None:
-            self.job_store.close()
+        state = self._state
+        state.instances -= 1
+        if state.instances > 0:
+            return  # a reload: the new instance goes on with the queue
+        if state.runner is not None:
+            await state.runner.stop()
+        if state.job_store is not None:
+            state.job_store.close()
+        control.shared.pop(self.name, None)
 
     def http_service(self) -> list[HttpService]:
         from pacskit.addins.workstation.api import build_api
@@ -119,34 +143,17 @@ class WorkstationAddIn(AddIn):
     async def series_remote(self, ae_title: str, study_uid: str) -> list[dict[str, Any]]:
         return await series_remote(self.base.dicom_request, ae_title, study_uid, self.options.remote_timeout)
 
-    async def describe_study(self, study_uid: str, remote: str | None) -> tuple[str | None, str | None]:
-        """(patient name, study description) of a study, from the index or (best effort) the remote
-        AE; ``(None, None)`` when it is not found."""
-        from pacskit.addins.workstation.search import SearchError
+    async def describe_local_study(self, study_uid: str) -> tuple[str | None, str | None]:
+        """(patient name, study description) of a stored study; ``(None, None)`` when it is not here."""
+        from pacskit.addins.workstation.search import identifier
+        from pacskit.store.query import STUDY_ROOT, compile_find, find
 
-        try:
-            if remote is None:
-                from pacskit.addins.workstation.search import identifier
-                from pacskit.store.query import STUDY_ROOT, compile_find
+        def local() -> Any:
+            q = compile_find(identifier("STUDY", ("PatientName", "StudyDescription"), {"StudyInstanceUID": study_uid}),
+                             STUDY_ROOT)
+            return next(iter(find(self._store(), q)), None)
 
-                def local() -> Any:
-                    from pacskit.store.query import find
-
-                    q = compile_find(identifier("STUDY", ("PatientName", "StudyDescription"),
-                                                {"StudyInstanceUID": study_uid}), STUDY_ROOT)
-                    return next(iter(find(self._store(), q)), None)
-
-                ds = await asyncio.to_thread(local)
-            else:
-                from pacskit.addins.workstation.search import find_remote, identifier
-
-                answers = await find_remote(self.base.dicom_request, remote,
-                                            identifier("STUDY", ("PatientName", "StudyDescription"),
-                                                       {"StudyInstanceUID": study_uid}),
-                                            self.options.remote_timeout, limit=1)
-                ds = answers[0] if answers else None
-        except SearchError:
-            return None, None
+        ds = await asyncio.to_thread(local)
         if ds is None:
             return None, None
         return str(ds.get("PatientName", "") or ""), str(ds.get("StudyDescription", "") or "")

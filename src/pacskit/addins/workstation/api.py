@@ -89,6 +89,8 @@ class JobRequest(BaseModel):
     destination: str | None = Field(None, max_length=16)
     level: Literal["STUDY", "SERIES"] | None = None
     method: Literal["move", "get"] = "move"
+    patient_name: str | None = Field(None, max_length=200, description="shown in the queue (from the search result)")
+    description: str | None = Field(None, max_length=200, description="shown in the queue (from the search result)")
 
 
 class UserInfo(BaseModel):
@@ -275,9 +277,11 @@ def build_api(addin: WorkstationAddIn) -> FastAPI:
         level = body.level or ("SERIES" if body.series_uids else "STUDY")
         if level == "SERIES" and not body.series_uids:
             raise ApiProblem(400, "level SERIES needs series_uids")
-        patient_name, description = await addin.describe_study(body.study_uid, body.source if body.kind == "retrieve" else None)
-        if body.kind == "send" and patient_name is None:
-            raise ApiProblem(404, f"study {body.study_uid} is not stored here")
+        patient_name, description = body.patient_name, body.description
+        if body.kind == "send":  # from the index; a retrieve asks the remote AE when it runs
+            patient_name, description = await addin.describe_local_study(body.study_uid)
+            if patient_name is None:
+                raise ApiProblem(404, f"study {body.study_uid} is not stored here")
         new = NewJob(kind=body.kind, study_uid=body.study_uid, level=level, series_uids=list(body.series_uids),
                      source=peer if body.kind == "retrieve" else None,
                      destination=peer if body.kind == "send" else None,

@@ -33,9 +33,11 @@ from pacskit.dicom.status import PENDING_STATUSES, Status
 
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = frozenset({"done", "failed", "cancelled"})
 PUBLISH_INTERVAL = 0.2  # seconds between two progress events of one job
+CANCEL_GRACE = 10.0  # seconds a cancelled job talking to its peer has to stop by itself
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -231,6 +233,7 @@ class _Progress:
         self.last = 0.0
         self.total: int | None = None
         self.completed = self.failed = self.warning = 0
+        self.associated = False  # the peer accepted the association (cancel: C-CANCEL, not abort)
 
     def rate(self) -> float | None:
         elapsed = time.monotonic() - self.started
@@ -348,10 +351,7 @@ class JobRunner:
             cancel = self._cancel[job.id] = asyncio.Event()
             progress = _Progress(self, job)
             try:
-                if job.kind == "retrieve":
-                    error = await self._retrieve(job, progress, cancel)
-                else:
-                    error = await self._send(job, progress, cancel)
+                error = await self._run_cancellable(job, progress, cancel)
             except asyncio.CancelledError:
                 raise  # the server stops: the job stays running in the table, queued again at start
             except JobCancelled:
@@ -379,6 +379,31 @@ class JobRunner:
             self.log.info("workstation job %d (%s %s) %s: %d completed, %d failed", job.id, job.kind,
                           job.study_uid, final, progress.completed, progress.failed)
 
+    async def _run_cancellable(self, job: Job, progress: _Progress, cancel: asyncio.Event) -> str | None:
+        """Run the job; on cancel, a job that is talking to its peer gets :data:`CANCEL_GRACE` seconds
+        to stop by itself (C-CANCEL for a retrieve, the next instance for a send), one that is still
+        connecting is stopped at once."""
+        work = self._retrieve(job, progress, cancel) if job.kind == "retrieve" else self._send(job, progress, cancel)
+        task = asyncio.get_running_loop().create_task(work, name=f"workstation-job-{job.id}-run")
+        waiter = asyncio.get_running_loop().create_task(cancel.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                if progress.associated:
+                    await asyncio.wait({task}, timeout=CANCEL_GRACE)
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    raise JobCancelled()
+            return task.result()
+        finally:
+            waiter.cancel()
+            if not task.done():  # the server stops while the job runs
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
     # ------------------------------------------------------------------ retrieve
 
     def _identifier(self, job: Job) -> Dataset:
@@ -398,19 +423,22 @@ class JobRunner:
             from pacskit.client.query import get_contexts
 
             sop_class = STUDY_ROOT_GET
-            contexts = [RequestedContext(sop_class), *get_contexts()]
+            contexts = [RequestedContext(sop_class), RequestedContext(STUDY_ROOT_FIND), *get_contexts()[:125]]
             assoc = await self.base.dicom_request.associate(job.source, contexts, services=self._get_services())
             elements: dict[str, Any] = {}
             field_name = "C_GET_RQ"
         else:
             sop_class = STUDY_ROOT_MOVE
-            assoc = await self.base.dicom_request.associate(job.source, [RequestedContext(sop_class)])
+            assoc = await self.base.dicom_request.associate(
+                job.source, [RequestedContext(sop_class), RequestedContext(STUDY_ROOT_FIND)])
             elements = {"MoveDestination": self.base.settings.ae_title}
             field_name = "C_MOVE_RQ"
         from pacskit.net.dimse import CommandField
 
         final: Any = None
+        progress.associated = True
         async with assoc:
+            await self._describe(job, assoc, progress)
             ctx = assoc.find_context(sop_class)
             watcher = asyncio.get_running_loop().create_task(self._cancel_when(cancel, assoc, ctx))
             try:
@@ -442,6 +470,37 @@ class JobRunner:
             return None
         comment = str(final.get("ErrorComment", "") or "")
         return f"{job.source} answered 0x{status:04X}" + (f": {comment}" if comment else "")
+
+    async def _describe(self, job: Job, assoc: Any, progress: _Progress) -> None:
+        """Before the retrieve: the study's patient, description and number of instances by C-FIND on
+        the same association (best effort: the total otherwise comes with the first pending response)."""
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = job.study_uid
+        ds.PatientName = ds.StudyDescription = ds.NumberOfStudyRelatedInstances = ""
+        answer = None
+        try:
+            assoc.find_context(STUDY_ROOT_FIND)
+            async for status, identifier in assoc.find(STUDY_ROOT_FIND, ds):
+                if status in PENDING_STATUSES and identifier is not None and answer is None:
+                    answer = identifier
+        except Exception as exc:  # the peer may not answer C-FIND on this association: not needed
+            self.log.debug("workstation job %d: no C-FIND before the retrieve: %s", job.id, exc)
+            return
+        if answer is None:
+            return
+        values: dict[str, Any] = {}
+        if not job.patient_name:
+            values["patient_name"] = str(answer.get("PatientName", "") or "")
+        if not job.description:
+            values["description"] = str(answer.get("StudyDescription", "") or "")
+        count = answer.get("NumberOfStudyRelatedInstances")
+        if job.level == "STUDY" and count not in (None, ""):
+            with contextlib.suppress(TypeError, ValueError):
+                progress.total = int(count)
+                values["total"] = progress.total
+        if values:
+            self.publish(await asyncio.to_thread(self.store.update, job.id, **values))
 
     async def _cancel_when(self, cancel: asyncio.Event, assoc: Any, ctx: Any) -> None:
         await cancel.wait()
@@ -519,6 +578,7 @@ class JobRunner:
         contexts = [RequestedContext(sop_class, (ts,)) for sop_class, ts in list(pairs)[:128]]
         completed = failed = warning = 0
         async with await self.base.dicom_request.associate(job.destination, contexts) as assoc:
+            progress.associated = True
             for _sop_instance_uid, path, _ in files:
                 if cancel.is_set():
                     raise JobCancelled()
