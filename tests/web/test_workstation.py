@@ -239,6 +239,16 @@ def test_manager_edits_an_ae_title_and_an_addin_option(env: dict[str, Any], open
     assert "retention_days = 45" in (ws.folder / "server.toml").read_text()
     screenshot(page, "manager-addins")
 
+    page.get_by_role("tab", name="Events").click()
+    expect(page.locator(".server-manager .live")).to_have_text("live")
+    run_echoscu("127.0.0.1", ws.dicom_port, calling="EVENTS", called=AE_TITLE)
+    expect(page.locator("ol.events li").filter(has_text="EVENTS").first).to_be_visible()
+    screenshot(page, "manager-events")
+
+    page.goto(f"{ws.url}/ui/#/settings")
+    expect(page.locator(".settings tr[data-user='viewer']")).to_have_count(1)
+    screenshot(page, "settings")
+
 
 def test_log_viewer_tails_and_filters_the_transaction_log_and_the_audit_trail(env: dict[str, Any], open_page: Any) -> None:
     ws: Workstation = env["ws"]
@@ -292,3 +302,30 @@ def test_the_viewer_role_sees_no_manager_logs_or_retrieve(env: dict[str, Any], o
     # and the API refuses what the UI hides
     status = page.evaluate("() => fetch('/api/admin/status').then(r => r.status)")
     assert status == 403
+
+
+def test_an_unreachable_remote_is_named_and_a_failed_retrieve_can_be_retried(env: dict[str, Any], open_page: Any) -> None:
+    from pacskit.testing.peers import free_port
+
+    ws: Workstation = env["ws"]
+    ws.register("DEADAE", "127.0.0.1", free_port(), "nobody listens here")
+    page = open_page("operator")
+    page.get_by_label("Remote PACS").check()
+    page.get_by_label("Remote AE").select_option("DEADAE")
+    page.locator("form[role=search] button[type=submit]").click()
+    expect(page.get_by_role("alert")).to_contain_text("DEADAE")  # the 502 problem's detail names the AE
+
+    # a retrieve from it fails; Retry queues it again (and it fails again, as nobody listens)
+    with ws.login("operator") as api:
+        job = api.post("/api/jobs", json={"kind": "retrieve", "source": "DEADAE", "study_uid": "1.2.826.0.1.3680043.9.7778.99"}).json()
+    page.goto(f"{ws.url}/ui/#/jobs")
+    row = page.locator(f".loader-queue tr[data-job-id='{job['id']}']")
+    expect(row).to_have_attribute("data-state", "failed")
+    expect(row.locator(".state .error")).not_to_be_empty()
+    expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
+    failed_at = row.get_attribute("data-updated")
+    row.get_by_role("button", name="Retry").click()
+    expect(row).not_to_have_attribute("data-updated", failed_at or "")  # queued again, ran, ...
+    expect(row).to_have_attribute("data-state", "failed")
+    with ws.login("operator") as api:
+        assert api.get(f"/api/jobs/{job['id']}").json()["state"] == "failed"

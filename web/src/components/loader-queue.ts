@@ -42,7 +42,7 @@ export function mountLoaderQueue(root: HTMLElement, options: LoaderQueueOptions)
     if (percent !== null) bar.value = percent;
     return h(
       "tr",
-      { dataset: { jobId: job.id, state: job.state, studyUid: job.study_uid } },
+      { dataset: { jobId: job.id, state: job.state, studyUid: job.study_uid, updated: job.updated_at } },
       h("td", null, job.kind === "retrieve" ? `Retrieve (${job.method ?? "move"})` : "Send"),
       h("td", null, h("div", null, personName(job.patient_name || "")), h("div", { class: "sub" }, job.description || job.study_uid)),
       h("td", null, job.kind === "retrieve" ? `from ${job.source ?? ""}` : `to ${job.destination ?? ""}`),
