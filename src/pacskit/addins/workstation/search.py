@@ -26,6 +26,7 @@ from pacskit.store.query.encode import build_response
 #: the filters of GET /api/studies, in the order of the form
 FILTERS: tuple[str, ...] = (
     "PatientName", "PatientID", "AccessionNumber", "StudyDate", "ModalitiesInStudy", "StudyDescription",
+    "StudyInstanceUID",
 )
 #: what every study item has (and what may be sorted on)
 STUDY_KEYS: tuple[str, ...] = (
