@@ -175,3 +175,19 @@ def test_sessions_and_jobs_outlive_a_reload(ws: Workstation, sessions: dict[str,
         assert client.get("/api/session").status_code == 200
     assert admin.get("/api/jobs").json() == before
     assert ws.addin.jobs is runner  # one queue, whatever the generation of add-ins
+
+
+def test_password_guessing_is_throttled(tmp_path: Path) -> None:
+    with workstation(tmp_path, studies=0) as ws:
+        now = [1_000_000.0]
+        ws.addin.sessions.clock = lambda: now[0]
+        client = httpx.Client(base_url=ws.url)
+        for _ in range(5):
+            _is_problem(client.post("/api/session", json={"username": "viewer", "password": "guess-guess"}), 401)
+        refused = client.post("/api/session", json={"username": "viewer", "password": "viewer-pass"})
+        _is_problem(refused, 429)
+        assert int(refused.headers["retry-after"]) > 0
+        # another user is not affected
+        assert client.post("/api/session", json={"username": "admin", "password": "admin-pass"}).status_code == 200
+        now[0] += 61
+        assert client.post("/api/session", json={"username": "viewer", "password": "viewer-pass"}).status_code == 200

@@ -44,6 +44,8 @@ def test_local_search_sorts_pages_and_filters(ws: Workstation) -> None:
         assert client.get("/api/studies", params={"AccessionNumber": "ACC0003"}).json()["total"] == 1
         assert client.get("/api/studies", params={"ModalitiesInStudy": "MR"}).json()["total"] == 0
         assert client.get("/api/studies", params={"StudyDescription": "*study 1"}).json()["total"] == 1
+        one = client.get("/api/studies", params={"StudyInstanceUID": ws.study_uids[1]}).json()
+        assert one["total"] == 1 and one["items"][0]["0020000D"]["Value"] == [ws.study_uids[1]]
         item = page["items"][0]
         for tag in ("0020000D", "00100010", "00100020", "00080050", "00080020", "00080030", "00081030", "00080061",
                     "00201206", "00201208"):
@@ -92,6 +94,21 @@ def test_audit_filters_and_csv(ws: Workstation) -> None:
         exported = client.get("/api/logs/audit", params={"event": "110114", "format": "csv"})
         rows = list(csv.DictReader(io.StringIO(exported.text)))
         assert rows and {r["event_id"] for r in rows} == {"110114"}
+
+
+def test_audit_tail_streams_new_entries(ws: Workstation) -> None:
+    with ws.login("operator") as client, client.stream("GET", "/api/logs/audit/tail", timeout=30) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith(":")
+        ws.login("viewer").close()  # a login: a User Authentication message
+        _flush_logs(ws)
+        deadline = time.monotonic() + 30
+        for line in lines:
+            assert time.monotonic() < deadline
+            if line.startswith("data: "):
+                entry = json.loads(line[6:])
+                if entry["user"] == "viewer" and entry["event_id"] == "110114":
+                    break
 
 
 def test_log_tail_streams_new_entries(ws: Workstation) -> None:

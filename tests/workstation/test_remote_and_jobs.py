@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 
 from pacskit.config.aetitles import FileAeRegistry, RemoteAE
@@ -34,7 +35,6 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             for n, slices in enumerate(REMOTE_SLICES, 1):
                 files = make_studies(tmp / f"remote{n}", 1, slices=slices)[0]
                 # distinct patients for the search
-                import pydicom
 
                 uid = None
                 for path in files:
@@ -215,7 +215,6 @@ def test_retrieve_survives_a_server_restart(tmp_path: Path) -> None:
         files = make_studies(tmp_path / "remote", 1, slices=3)[0]
         for path in files:
             peer.post("/instances", path.read_bytes())
-        import pydicom
 
         study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         silent = socket.socket()
@@ -236,3 +235,20 @@ def test_retrieve_survives_a_server_restart(tmp_path: Path) -> None:
         finally:
             silent.close()
     assert done["state"] == "done" and done["completed"] == 3, done
+
+
+@pytest.mark.skipif(not have_dcmtk(), reason="DCMTK is not installed")
+def test_send_from_a_blob_store_without_local_files(tmp_path: Path) -> None:
+    """A blob store without file paths (memory here, S3 alike): each instance is sent from a
+    temporary copy."""
+    with workstation(tmp_path / "ws", studies=1, slices=3, extra_toml='[storage]\nbackend = "memory"\n') as ws, \
+            storescp(tmp_path / "received") as scp:
+        assert ws.server.store.instance_path(str(pydicom.dcmread(ws.files[0]).SOPInstanceUID)) is None
+        ws.register("STORESCP", "127.0.0.1", scp.port)
+        with ws.login("operator") as client:
+            job = client.post("/api/jobs", json={"kind": "send", "destination": "STORESCP",
+                                                 "study_uid": ws.study_uids[0]}).json()
+        done = wait_job(ws, job["id"], ("done", "failed", "cancelled"))
+        assert done["state"] == "done" and done["completed"] == 3, done
+        assert len(list((tmp_path / "received").glob("*.dcm"))) == 3
+        assert not list((ws.folder / "data" / "workstation" / "tmp").iterdir())  # the copies are gone

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import Field
 
-from pacskit.addins.workstation.auth import Authenticator, Sessions
+from pacskit.addins.workstation.auth import Authenticator, LoginThrottle, Sessions
 from pacskit.addins.workstation.jobs import JobRunner, JobStore
 from pacskit.addins.workstation.search import (
     StudyQuery,
@@ -56,6 +56,7 @@ class _Shared:
     """What the instances of the add-in share across reloads (``base.control.shared``)."""
 
     sessions: Sessions
+    throttle: LoginThrottle
     job_store: JobStore | None = None
     runner: JobRunner | None = None
     instances: int = 0
@@ -72,8 +73,13 @@ class WorkstationAddIn(AddIn):
         settings = base.settings
         self.users = UserFile(settings.folder_path(self.options.users_file))
         # sessions and the job queue outlive a reload (the new instance starts before the old stops)
-        self._state: _Shared = base.control.shared.setdefault(self.name, _Shared(Sessions(self.options.session_minutes)))
-        self.sessions = self._state.sessions
+        state = base.control.shared.get(self.name)
+        if state is None:
+            sessions = Sessions(self.options.session_minutes)
+            state = base.control.shared[self.name] = _Shared(sessions, LoginThrottle(lambda: sessions.clock()))
+        self._state: _Shared = state
+        self.sessions = state.sessions
+        self.login_throttle = state.throttle
         self.sessions.lifetime = self.options.session_minutes * 60.0
         token_file = settings.admin.token_file
         self.authenticator = Authenticator(self.users, self.sessions,

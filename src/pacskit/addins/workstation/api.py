@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 PROBLEM = "application/problem+json"
 PROBLEM_TYPES = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found", 409: "conflict",
-                 422: "invalid-body", 502: "bad-gateway", 503: "unavailable", 504: "gateway-timeout"}
+                 422: "invalid-body", 429: "too-many-requests", 502: "bad-gateway", 503: "unavailable",
+                 504: "gateway-timeout"}
 
 
 class ApiProblem(Exception):
@@ -46,6 +47,8 @@ def problem(status: int, detail: str, **extra: Any) -> JSONResponse:
     body = {"type": f"https://pacskit.dev/problems/{PROBLEM_TYPES.get(status, 'error')}",
             "title": HTTPStatus(status).phrase, "status": status, "detail": detail, **extra}
     headers = {"WWW-Authenticate": 'Bearer realm="pacskit"'} if status == 401 else None
+    if "retry_after" in extra:
+        headers = {"Retry-After": str(extra["retry_after"])}
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -170,12 +173,22 @@ def build_api(addin: WorkstationAddIn) -> FastAPI:
     @session.post("/session", response_model=SessionInfo)
     async def login(body: Login, request: Request) -> Response:
         address = request.client.host if request.client else None
+        throttle = addin.login_throttle
+        wait = throttle.wait(body.username, address or "")
+        if wait > 0:
+            addin.base.log.warning("workstation: login for %r from %s refused: too many failures", body.username[:64], address)
+            addin.base.audit.user_authentication(body.username[:64] or "unknown", success=False, address=address,
+                                                 description="workstation login refused: too many failures")
+            raise ApiProblem(429, f"too many failed logins: try again in {int(wait) + 1} s",
+                             retry_after=int(wait) + 1)
         user = await asyncio.to_thread(addin.users.authenticate, body.username, body.password)
         if user is None:
+            throttle.failed(body.username, address or "")
             addin.base.log.warning("workstation: failed login for %r from %s", body.username[:64], address)
             addin.base.audit.user_authentication(body.username[:64] or "unknown", success=False, address=address,
                                                  description="workstation login refused")
             raise ApiProblem(401, "wrong user name or password")
+        throttle.succeeded(body.username, address or "")
         token, s = addin.sessions.open(user)
         addin.base.log.info("workstation: %s (%s) logged in from %s", user.name, user.role, address)
         addin.base.audit.user_authentication(user.name, success=True, address=address, description="workstation login")

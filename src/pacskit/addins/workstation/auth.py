@@ -113,6 +113,42 @@ class Sessions:
             return len(self._by_key)
 
 
+class LoginThrottle:
+    """Slows password guessing: after ``limit`` failed logins in a row for one user name from one
+    address, that pair is refused (429) until ``window`` seconds after the last failure. A success
+    resets the count. In memory, bounded (the oldest entries go first)."""
+
+    MAX_ENTRIES = 10000
+
+    def __init__(self, clock: Callable[[], float], limit: int = 5, window: float = 60.0) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        self._lock = threading.Lock()
+        self._failures: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def wait(self, user: str, address: str) -> float:
+        """Seconds before ``user`` may try again from ``address`` (0: now)."""
+        with self._lock:
+            count, last = self._failures.get((user, address), (0, 0.0))
+        if count < self.limit:
+            return 0.0
+        return max(0.0, last + self.window - self.clock())
+
+    def failed(self, user: str, address: str) -> None:
+        with self._lock:
+            count, last = self._failures.pop((user, address), (0, 0.0))
+            if last + self.window <= self.clock():
+                count = 0  # the earlier failures are old: start again
+            self._failures[(user, address)] = (count + 1, self.clock())
+            while len(self._failures) > self.MAX_ENTRIES:
+                del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, user: str, address: str) -> None:
+        with self._lock:
+            self._failures.pop((user, address), None)
+
+
 class Authenticator:
     """Who a request comes from (:meth:`caller`), and the DICOMweb hook (:meth:`web_user`)."""
 

@@ -531,15 +531,16 @@ class JobRunner:
 
     # ------------------------------------------------------------------ send
 
-    def _instances(self, job: Job) -> list[tuple[str, str]]:
-        """(SOP instance UID, SOP class UID) of the stored instances of the job's study / series."""
+    def _instances(self, job: Job) -> list[tuple[str, str, str]]:
+        """(SOP instance UID, SOP class UID, transfer syntax) of the stored instances of the job's
+        study / series, in series and instance number order."""
         from sqlalchemy import select
 
         from pacskit.store.index.models import Instance, Series, Study
 
         store = self.base.store
         statement = (
-            select(Instance.sop_instance_uid, Instance.sop_class_uid)
+            select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid)
             .join(Series, Instance.series_fk == Series.pk)
             .join(Study, Series.study_fk == Study.pk)
             .where(Study.study_instance_uid == job.study_uid)
@@ -549,11 +550,44 @@ class JobRunner:
             statement = statement.where(Series.series_instance_uid.in_(job.series_uids))
         with store.index.engine.connect() as conn:
             rows = conn.execute(statement).fetchall()
-        return [(str(r[0]), str(r[1])) for r in rows]
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def _send_one(self, assoc: Any, store: Any, sop_instance_uid: str, job: Job) -> int:
+        """C-STORE one stored instance (from its file, or a temporary copy when the blob store has no
+        local files); its status, -1 when it could not be sent at all."""
+        from pacskit.net import NoAcceptableContext
+
+        path = await asyncio.to_thread(store.instance_path, sop_instance_uid)
+        copy = None
+        try:
+            if path is None:
+                copy = await asyncio.to_thread(self._temporary_copy, store, sop_instance_uid)
+                path = str(copy)
+            rsp = await assoc.store(path)
+            return int(rsp.status)
+        except NoAcceptableContext as exc:  # the peer refused this SOP class / transfer syntax
+            self.log.warning("workstation send to %s: %s", job.destination, exc)
+            return -1
+        except (OSError, LookupError) as exc:  # the instance or its blob vanished (deleted meanwhile)
+            self.log.warning("workstation send to %s: %s not readable: %s", job.destination, sop_instance_uid, exc)
+            return -1
+        finally:
+            if copy is not None:
+                copy.unlink(missing_ok=True)
+
+    def _temporary_copy(self, store: Any, sop_instance_uid: str) -> Path:
+        import shutil
+        import tempfile
+
+        folder = self.base.data_dir / "workstation" / "tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        with store.open_instance(sop_instance_uid) as source, \
+                tempfile.NamedTemporaryFile(dir=folder, suffix=".dcm", delete=False) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        return Path(target.name)
 
     async def _send(self, job: Job, progress: _Progress, cancel: asyncio.Event) -> str | None:
-        from pacskit.dicom.part10 import read_part10_header
-        from pacskit.net import NoAcceptableContext, RequestedContext
+        from pacskit.net import RequestedContext
 
         assert job.destination is not None
         store = self.base.store
@@ -565,38 +599,21 @@ class JobRunner:
         total = len(instances)
         progress.update(total=total, completed=0, failed=0, warning=0, force=True)
         # the files' own SOP classes and transfer syntaxes: one context per pair (sent as stored)
-        files: list[tuple[str, Any, bytes | None]] = []
-        pairs: dict[tuple[str, str], None] = {}
-        for sop_instance_uid, _sop_class in instances:
-            path = await asyncio.to_thread(store.instance_path, sop_instance_uid)
-            if path is None:
-                files.append((sop_instance_uid, None, None))
-                continue
-            info = await asyncio.to_thread(read_part10_header, path)
-            pairs[(info.sop_class_uid, info.transfer_syntax)] = None
-            files.append((sop_instance_uid, path, None))
-        contexts = [RequestedContext(sop_class, (ts,)) for sop_class, ts in list(pairs)[:128]]
+        pairs = list(dict.fromkeys((sop_class, ts) for _, sop_class, ts in instances))
+        contexts = [RequestedContext(sop_class, (ts,)) for sop_class, ts in pairs[:128]]
         completed = failed = warning = 0
         async with await self.base.dicom_request.associate(job.destination, contexts) as assoc:
             progress.associated = True
-            for _sop_instance_uid, path, _ in files:
+            for sop_instance_uid, _sop_class, _ts in instances:
                 if cancel.is_set():
                     raise JobCancelled()
-                if path is None:
-                    failed += 1
+                status = await self._send_one(assoc, store, sop_instance_uid, job)
+                if status == Status.SUCCESS:
+                    completed += 1
+                elif 0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116):
+                    warning += 1
                 else:
-                    try:
-                        rsp = await assoc.store(path)
-                        status = int(rsp.status)
-                    except NoAcceptableContext as exc:  # the peer refused this SOP class / syntax
-                        self.log.warning("workstation send to %s: %s", job.destination, exc)
-                        status = -1
-                    if status == Status.SUCCESS:
-                        completed += 1
-                    elif 0xB000 <= status <= 0xBFFF or status in (0x0001, 0x0107, 0x0116):
-                        warning += 1
-                    else:
-                        failed += 1
+                    failed += 1
                 progress.update(total=total, completed=completed, failed=failed, warning=warning,
                                 force=completed + failed + warning == total)
         if failed:

@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
@@ -24,6 +26,7 @@ from pacskit.store.query.encode import build_response
 #: the filters of GET /api/studies, in the order of the form
 FILTERS: tuple[str, ...] = (
     "PatientName", "PatientID", "AccessionNumber", "StudyDate", "ModalitiesInStudy", "StudyDescription",
+    "StudyInstanceUID",
 )
 #: what every study item has (and what may be sorted on)
 STUDY_KEYS: tuple[str, ...] = (
@@ -71,11 +74,11 @@ def identifier(level: str, keys: Sequence[str], filters: Mapping[str, str]) -> D
     """A Study Root C-FIND identifier: ``keys`` returned, ``filters`` matched."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level
-    for keyword in keys:
-        setattr(ds, keyword, filters.get(keyword, "") or "")
-    for keyword, value in filters.items():
-        if value:
-            setattr(ds, keyword, value)
+    for keyword in (*keys, *(k for k in filters if k not in keys)):
+        tag = tag_for_keyword(keyword)
+        assert tag is not None, keyword
+        # matching values (C*, 2024-) are not valid values of their VR: the query engine checks them
+        ds[tag] = DataElement(tag, dictionary_VR(tag), filters.get(keyword, "") or "", validation_mode=config.IGNORE)
     return ds
 
 
