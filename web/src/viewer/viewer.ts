@@ -84,6 +84,8 @@ export interface ViewerHandle {
   /** show image ``index`` (0-based) of the stack; resolves when it is rendered */
   scrollTo(index: number, viewport?: number): Promise<void>;
   scroll(delta: number, viewport?: number): Promise<void>;
+  /** render the viewport now; resolves when what was asked so far (window, invert, ...) is on the canvas */
+  whenRendered(viewport?: number): Promise<void>;
   setWindow(window: Window, viewport?: number): void;
   /** apply a preset by name or key ("Lung", "2"); false when the modality has no such preset */
   applyPreset(name: string, viewport?: number): boolean;
@@ -440,24 +442,33 @@ class Viewer implements ViewerHandle {
     this.updateOverlay(slot);
   }
 
-  async scrollTo(index: number, viewport?: number): Promise<void> {
-    const slot = this.slot(viewport);
-    if (slot.images.length === 0) return;
-    const target = Math.max(0, Math.min(slot.images.length - 1, Math.trunc(index)));
-    const vp = this.viewport(slot);
-    const rendered = new Promise<void>((resolve) => {
+  private nextRender(slot: Slot): Promise<void> {
+    return new Promise<void>((resolve) => {
       const done = (): void => {
         slot.host.removeEventListener(core.Enums.Events.IMAGE_RENDERED, done);
         resolve();
       };
       slot.host.addEventListener(core.Enums.Events.IMAGE_RENDERED, done);
     });
-    if (vp.getCurrentImageIdIndex() === target) {
-      vp.render();
-    } else {
-      await vp.setImageIdIndex(target);
-    }
+  }
+
+  async scrollTo(index: number, viewport?: number): Promise<void> {
+    const slot = this.slot(viewport);
+    if (slot.images.length === 0) return;
+    const target = Math.max(0, Math.min(slot.images.length - 1, Math.trunc(index)));
+    const vp = this.viewport(slot);
+    if (vp.getCurrentImageIdIndex() === target) return this.whenRendered(slot.index);
+    const rendered = this.nextRender(slot);
+    await vp.setImageIdIndex(target);
     await rendered;
+  }
+
+  whenRendered(viewport?: number): Promise<void> {
+    const slot = this.slot(viewport);
+    if (slot.images.length === 0) return Promise.resolve();
+    const rendered = this.nextRender(slot);
+    this.viewport(slot).render();
+    return rendered;
   }
 
   scroll(delta: number, viewport?: number): Promise<void> {
