@@ -6,7 +6,8 @@ toolbar, a window dragged with the mouse and inversion; scrolling (keyboard, whe
 anatomical order; JPEG 2000, JPEG-LS, JPEG lossless, RLE (exact) and JPEG baseline (lossy, within a few
 grey levels) are decoded in the browser; a study still arriving grows in the open viewer.
 
-Pixel comparisons use the viewer's pixel-exact display (nearest neighbour, ``setSmooth(false)``, the
+The image checks run with both of Cornerstone's renderers (WebGL, here SwiftShader, and its canvas
+renderer, which "auto" picks without a GPU). Pixel comparisons use the viewer's pixel-exact display (nearest neighbour, ``setSmooth(false)``, the
 "Smooth" button) and read the canvas at the centre of every image pixel (``readDisplayedImage``), so the
 zoom-to-fit does not matter. The page is served from the built assets (``npm --prefix web run build``)
 by a static server; DICOMweb is called cross-origin (``cors_origins``)."""
@@ -135,11 +136,13 @@ def assert_shows(grey: np.ndarray, expected: np.ndarray, tolerance: float = 1) -
     assert worst <= tolerance, f"displayed image differs from pydicom's by up to {worst} grey levels"
 
 
-def test_ct_pixels_follow_window_presets_drag_and_invert(env: Env, page: Any) -> None:
-    open_viewer(page, env.url())
+@pytest.mark.parametrize("renderer", ["cpu", "gpu"])
+def test_ct_pixels_follow_window_presets_drag_and_invert(env: Env, page: Any, renderer: str) -> None:
+    open_viewer(page, env.url(extra=f"&renderer={renderer}"))
     page.click("button[data-action='smooth']")  # pixel-exact display
     first = env.ct.datasets[0]
     grey, state = displayed(page)
+    assert state["renderer"] == renderer  # WebGL (SwiftShader without a GPU) or Cornerstone's canvas renderer
     assert state["smooth"] is False and state["index"] == 0 and state["count"] == CT_SLICES
     assert state["sopInstanceUid"] == first.SOPInstanceUID  # instance 1 (the top) first, though stored shuffled
     assert state["window"] == {"center": 40, "width": 400}  # the image's own window
