@@ -1,6 +1,6 @@
 // The pacskit viewer component (Cornerstone3D, fed by DICOMweb). See docs/web-viewer.md.
 export { mountViewer, PRIMARY_TOOLS } from "./viewer";
-export type { DisplayedImage, PrimaryTool, ViewerHandle, ViewerOptions, ViewportState } from "./viewer";
+export type { DisplayedImage, PrimaryTool, ViewerHandle, ViewerOptions, ViewerTimings, ViewportState } from "./viewer";
 export { DicomWebClient, DicomWebError } from "./dicomweb";
 export type { DicomWebSource, HeadersHook, StudyCounts } from "./dicomweb";
 export { groupSeries, mergeInstances, sortInstances, stackImages } from "./instances";

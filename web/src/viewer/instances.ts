@@ -165,7 +165,7 @@ export function stackImages(dicomwebUrl: string, series: ViewerSeries): StackIma
 
 /**
  * Merge newly received instance metadata into a study's series: returns the new series list and the
- * UIDs of the series that changed (gained instances). Known instances are kept as they are.
+ * UIDs of the series that changed (gained instances). Known instances keep their metadata objects.
  */
 export function mergeInstances(
   studyUid: string,

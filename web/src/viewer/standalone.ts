@@ -21,6 +21,7 @@ if (!study) {
     layout: (LAYOUTS as readonly string[]).includes(layout) ? (layout as LayoutName) : "1x1",
     headers: token ? () => ({ Authorization: `Bearer ${token}` }) : undefined,
     pollIntervalMs: Number(params.get("poll") ?? 3000),
+    renderer: (["cpu", "gpu"] as const).find((r) => r === params.get("renderer")) ?? "auto",
   });
   // for scripts driving the page (tests, benchmarks): the viewer's public handle
   (window as unknown as { pacskitViewer: typeof viewer }).pacskitViewer = viewer;

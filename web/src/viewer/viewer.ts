@@ -43,6 +43,13 @@ export interface ViewerOptions {
   seriesPanel?: boolean;
   /** smooth (linear) interpolation of magnified images; false shows image pixels as squares (default true) */
   smooth?: boolean;
+  /**
+   * how to draw: "gpu" (WebGL), "cpu" (Cornerstone's canvas renderer) or "auto" (default: WebGL on a real
+   * GPU; the canvas renderer when WebGL is missing or is a software rasterizer such as SwiftShader or
+   * llvmpipe, where it draws a 512x512 stack several times faster). Cornerstone keeps one choice per
+   * page: the last viewer mounted sets it.
+   */
+  renderer?: "auto" | "gpu" | "cpu";
   /** frames per second of cine (default 15) */
   cineFps?: number;
   /** called with errors that the viewer also shows in its status line */
@@ -58,6 +65,8 @@ export interface ViewportState extends DisplayState {
   scale: number;
   /** linear interpolation on (false: nearest neighbour, every image pixel drawn as it is) */
   smooth: boolean;
+  /** drawn by WebGL ("gpu") or Cornerstone's canvas renderer ("cpu") */
+  renderer: "gpu" | "cpu";
 }
 
 /** The displayed grey level at the centre of every image pixel (row-major), read back from the canvas. */
@@ -66,6 +75,15 @@ export interface DisplayedImage {
   cols: number;
   /** red channel of the canvas at each pixel centre (grey images: the displayed grey level) */
   grey: number[];
+}
+
+/** When things happened, as performance.now() values (ms since the page's navigation started). */
+export interface ViewerTimings {
+  mounted: number;
+  /** the study's metadata arrived */
+  metadata?: number;
+  /** the first image was drawn */
+  firstImage?: number;
 }
 
 /** The viewer, as returned by {@link mountViewer}. */
@@ -84,6 +102,8 @@ export interface ViewerHandle {
   /** show image ``index`` (0-based) of the stack; resolves when it is rendered */
   scrollTo(index: number, viewport?: number): Promise<void>;
   scroll(delta: number, viewport?: number): Promise<void>;
+  /** render the viewport now; resolves when what was asked so far (window, invert, ...) is on the canvas */
+  whenRendered(viewport?: number): Promise<void>;
   setWindow(window: Window, viewport?: number): void;
   /** apply a preset by name or key ("Lung", "2"); false when the modality has no such preset */
   applyPreset(name: string, viewport?: number): boolean;
@@ -100,6 +120,9 @@ export interface ViewerHandle {
   readDisplayedImage(viewport?: number): DisplayedImage;
   /** the Cornerstone3D viewport behind a viewport of the grid (for what the handle does not cover) */
   cornerstoneViewport(viewport?: number): core.StackViewport;
+  /** how many images of a viewport's stack are loaded (decoded, in Cornerstone's cache) */
+  progress(viewport?: number): { loaded: number; total: number };
+  readonly timings: ViewerTimings;
   /** look for new instances now; resolves with how many arrived */
   refresh(): Promise<number>;
   destroy(): void;
@@ -129,6 +152,7 @@ class Viewer implements ViewerHandle {
   readonly element: HTMLElement;
   readonly ready: Promise<void>;
   activeViewport = 0;
+  readonly timings: ViewerTimings = { mounted: performance.now() };
 
   private readonly client: DicomWebClient;
   private readonly options: Required<Pick<ViewerOptions, "pollIntervalMs" | "pollIdleMs" | "cineFps">> & ViewerOptions;
@@ -194,7 +218,12 @@ class Viewer implements ViewerHandle {
   private async start(): Promise<void> {
     this.setStatus("Loading study…");
     const [, metadata] = await Promise.all([initCornerstone(), this.client.studyMetadata(this.options.studyUid)]);
+    const renderer = this.options.renderer ?? "auto";
+    const capabilities = core.getRenderingCapabilities();
+    core.setUseCPURendering(renderer === "cpu" ||
+      (renderer === "auto" && (!capabilities.webgl || capabilities.softwareRasterizer)));
     if (this.destroyed) return;
+    this.timings.metadata = performance.now();
     this.engine = new core.RenderingEngine(this.id);
     this.toolGroup = this.createToolGroup();
     this.seriesList = groupSeries(this.options.studyUid, metadata);
@@ -377,6 +406,9 @@ class Viewer implements ViewerHandle {
     for (const slot of this.slots) {
       group.addViewport(slot.id, engine.id);
       const update = (): void => this.updateOverlay(slot);
+      slot.host.addEventListener(core.Enums.Events.IMAGE_RENDERED, () => {
+        if (slot.images.length) this.timings.firstImage ??= performance.now();
+      });
       for (const name of [core.Enums.Events.IMAGE_RENDERED, core.Enums.Events.STACK_NEW_IMAGE,
         core.Enums.Events.VOI_MODIFIED, core.Enums.Events.CAMERA_MODIFIED]) {
         slot.host.addEventListener(name, update);
@@ -400,6 +432,12 @@ class Viewer implements ViewerHandle {
     const slot = this.slots[viewport ?? this.activeViewport];
     if (!slot) throw new RangeError(`no viewport ${viewport}`);
     return slot;
+  }
+
+  progress(viewport?: number): { loaded: number; total: number } {
+    const slot = this.slot(viewport);
+    const loaded = slot.images.filter((i) => core.cache.isLoaded(i.imageId)).length;
+    return { loaded, total: slot.images.length };
   }
 
   cornerstoneViewport(viewport?: number): core.StackViewport {
@@ -440,24 +478,33 @@ class Viewer implements ViewerHandle {
     this.updateOverlay(slot);
   }
 
-  async scrollTo(index: number, viewport?: number): Promise<void> {
-    const slot = this.slot(viewport);
-    if (slot.images.length === 0) return;
-    const target = Math.max(0, Math.min(slot.images.length - 1, Math.trunc(index)));
-    const vp = this.viewport(slot);
-    const rendered = new Promise<void>((resolve) => {
+  private nextRender(slot: Slot): Promise<void> {
+    return new Promise<void>((resolve) => {
       const done = (): void => {
         slot.host.removeEventListener(core.Enums.Events.IMAGE_RENDERED, done);
         resolve();
       };
       slot.host.addEventListener(core.Enums.Events.IMAGE_RENDERED, done);
     });
-    if (vp.getCurrentImageIdIndex() === target) {
-      vp.render();
-    } else {
-      await vp.setImageIdIndex(target);
-    }
+  }
+
+  async scrollTo(index: number, viewport?: number): Promise<void> {
+    const slot = this.slot(viewport);
+    if (slot.images.length === 0) return;
+    const target = Math.max(0, Math.min(slot.images.length - 1, Math.trunc(index)));
+    const vp = this.viewport(slot);
+    if (vp.getCurrentImageIdIndex() === target) return this.whenRendered(slot.index);
+    const rendered = this.nextRender(slot);
+    await vp.setImageIdIndex(target);
     await rendered;
+  }
+
+  whenRendered(viewport?: number): Promise<void> {
+    const slot = this.slot(viewport);
+    if (slot.images.length === 0) return Promise.resolve();
+    const rendered = this.nextRender(slot);
+    this.viewport(slot).render();
+    return rendered;
   }
 
   scroll(delta: number, viewport?: number): Promise<void> {
@@ -552,8 +599,9 @@ class Viewer implements ViewerHandle {
     return this.seriesList.find((s) => s.uid === slot.seriesUid)?.modality ?? "";
   }
 
-  /** screen (CSS) pixels per image pixel along the rows of the displayed image */
+  /** screen (CSS) pixels per image pixel along the rows of the displayed image (1 before it is drawn) */
   private scaleOf(vp: core.StackViewport, imageId: string): number {
+    if (!vp.getImageData()) return 1;
     const a = vp.worldToCanvas(core.utilities.imageToWorldCoords(imageId, [0.5, 0.5]) as core.Types.Point3);
     const b = vp.worldToCanvas(core.utilities.imageToWorldCoords(imageId, [1.5, 0.5]) as core.Types.Point3);
     return Math.hypot(b[0] - a[0], b[1] - a[1]);
@@ -580,6 +628,7 @@ class Viewer implements ViewerHandle {
       zoom: scale,
       scale,
       smooth: this.smooth,
+      renderer: core.getShouldUseCPURendering() ? "cpu" : "gpu",
     };
   }
 
@@ -625,10 +674,15 @@ class Viewer implements ViewerHandle {
     if (!ctx) throw new Error("the viewport canvas has no 2D context");
     const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
     const ratio = canvas.width / canvas.clientWidth;
+    // Image coordinates [c + 0.5, r + 0.5] are the centre of pixel (c, r) (imageToWorldCoords puts
+    // ImagePositionPatient at [0.5, 0.5]). Cornerstone 5.14's canvas (CPU) renderer draws the image half a
+    // pixel right of and below where its worldToCanvas says (measured: pixel (c, r) is drawn around
+    // [c + 1, r + 1]); read where it draws.
+    const centre = core.getShouldUseCPURendering() ? 1 : 0.5;
     const grey: number[] = new Array(rows * cols);
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
-        const world = core.utilities.imageToWorldCoords(imageId, [c + 0.5, r + 0.5]) as core.Types.Point3;
+        const world = core.utilities.imageToWorldCoords(imageId, [c + centre, r + centre]) as core.Types.Point3;
         const [x, y] = vp.worldToCanvas(world);
         const px = Math.min(canvas.width - 1, Math.max(0, Math.floor(x * ratio)));
         const py = Math.min(canvas.height - 1, Math.max(0, Math.floor(y * ratio)));
