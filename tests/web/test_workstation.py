@@ -333,3 +333,40 @@ def test_an_unreachable_remote_is_named_and_a_failed_retrieve_can_be_retried(env
     expect(row).to_have_attribute("data-state", "failed")
     with ws.login("operator") as api:
         assert api.get(f"/api/jobs/{job['id']}").json()["state"] == "failed"
+
+
+def test_servers_of_a_servers_root_are_created_started_and_stopped(tmp_path: Path, browser: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from pacskit.admin.manager import ServiceManager
+    from pacskit.testing.peers import free_port
+
+    # the servers the manager starts run `python -m pacskit` from this checkout
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p))
+    root = ServiceManager(tmp_path / "servers")
+    with workstation(tmp_path / "ws", studies=0, servers=root) as ws:
+        context = browser.new_context(viewport={"width": 1200, "height": 720})
+        try:
+            page = context.new_page()
+            page.goto(f"{ws.url}/ui/#/manager/servers")
+            user, password = ws.users["admin"]
+            page.get_by_label("User name").fill(user)
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Log in").click()
+            form = page.get_by_role("form", name="New server")
+            form.get_by_label("Name").fill("SECOND")
+            form.get_by_label("AE title").fill("SECOND")
+            form.get_by_label("Port").fill(str(free_port()))
+            form.get_by_role("button", name="Create").click()
+            row = page.locator(".servers tr[data-server='SECOND']")
+            expect(row.locator(".state")).to_have_text("stopped")
+            row.get_by_role("button", name="Start", exact=True).click()
+            expect(row.locator(".state")).to_have_text("running", timeout=90_000)
+            screenshot(page, "manager-servers")
+            row.get_by_role("button", name="Stop", exact=True).click()
+            expect(row.locator(".state")).to_have_text("stopped", timeout=60_000)
+        finally:
+            context.close()
+            with contextlib.suppress(Exception):
+                root.stop("SECOND")
