@@ -191,3 +191,25 @@ def test_password_guessing_is_throttled(tmp_path: Path) -> None:
         assert client.post("/api/session", json={"username": "admin", "password": "admin-pass"}).status_code == 200
         now[0] += 61
         assert client.post("/api/session", json={"username": "viewer", "password": "viewer-pass"}).status_code == 200
+
+
+def test_dicomweb_registry_jwt_still_works_beside_the_workstation(tmp_path: Path) -> None:
+    import time
+
+    import jwt
+
+    from pacskit.config.aetitles import RemoteAE
+
+    secret = "a-shared-secret-of-at-least-32-bytes!!"
+    with workstation(tmp_path, studies=1) as ws:
+        dicomweb = next(a for a in ws.server.addins if a.name == "dicomweb")
+        dicomweb.options.auth = "registry"  # as [addins.dicomweb] auth = "registry" would
+        ws.server.ae_titles.add(RemoteAE(title="VIEWER", host="127.0.0.1", port=104, user_identity="jwt",
+                                         jwt_algorithm="HS256", jwt_key=secret, username="viewer",
+                                         allowed_services={"find"}))
+        token = jwt.encode({"sub": "viewer", "exp": int(time.time() + 300)}, secret, algorithm="HS256")
+        assert httpx.get(ws.url + "/dicom-web/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert httpx.get(ws.url + "/dicom-web/studies", headers={"Authorization": "Bearer nonsense"}).status_code == 401
+        assert httpx.get(ws.url + "/dicom-web/studies").status_code == 401
+        with ws.login("viewer") as viewer:
+            assert viewer.get("/dicom-web/studies").status_code == 200

@@ -252,3 +252,17 @@ def test_send_from_a_blob_store_without_local_files(tmp_path: Path) -> None:
         assert done["state"] == "done" and done["completed"] == 3, done
         assert len(list((tmp_path / "received").glob("*.dcm"))) == 3
         assert not list((ws.folder / "data" / "workstation" / "tmp").iterdir())  # the copies are gone
+
+
+def test_retrieve_one_series(remote: dict[str, Any]) -> None:
+    ws, study = remote["ws"], remote["studies"][1]
+    with ws.login("operator") as client:
+        series = client.get(f"/api/studies/{study}/series", params={"source": "ORTHANC"}).json()["items"]
+        uid = series[0]["0020000E"]["Value"][0]
+        _problem(client.post("/api/jobs", json={"kind": "retrieve", "source": "ORTHANC", "study_uid": study,
+                                                "level": "SERIES"}), 400)
+        job = client.post("/api/jobs", json={"kind": "retrieve", "source": "ORTHANC", "study_uid": study,
+                                             "series_uids": [uid], "patient_name": "FROM^SEARCH"}).json()
+        assert job["level"] == "SERIES" and job["series_uids"] == [uid] and job["patient_name"] == "FROM^SEARCH"
+    done = wait_job(ws, job["id"], ("done", "failed", "cancelled"))
+    assert done["state"] == "done" and done["completed"] == REMOTE_SLICES[1] and done["failed"] == 0, done

@@ -65,3 +65,13 @@ def test_servers_root(tmp_path: Path, servers_root: ServiceManager) -> None:
                 stopped = admin.post("/api/servers/SECOND/stop", timeout=90)
             assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
             assert admin.post("/api/servers/NOSUCH/start").status_code == 409
+
+
+def test_refuses_worker_processes(tmp_path: Path) -> None:
+    from pacskit.testing.server import running_server
+    from pacskit.testing.workstation import ADDINS, write_server_folder
+
+    folder = write_server_folder(tmp_path / "srv")
+    (folder / "server.toml").write_text("workers = 2\n" + (folder / "server.toml").read_text())
+    with pytest.raises(ValueError, match="workers = 1"), running_server(folder, addin_classes=ADDINS):
+        pass

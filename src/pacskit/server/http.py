@@ -45,6 +45,7 @@ def build_app(title: str, services: Sequence[tuple[str, HttpService]]) -> Any:
     from fastapi import APIRouter, FastAPI
 
     app = FastAPI(title=title, description="HTTP services of the add-ins of one pacskit server")
+    _problem_errors(app)
     owners: dict[str, str] = {}
     for name, service in services:
         prefix = (service.prefix if service.prefix is not None else f"/{name}").rstrip("/")
@@ -60,6 +61,21 @@ def build_app(title: str, services: Sequence[tuple[str, HttpService]]) -> Any:
         else:
             app.mount(prefix or "/", service.app)
     return app
+
+
+def _problem_errors(app: Any) -> None:
+    """The listener's own refusals (no such path, method not allowed) as RFC 9457 problem+json, like
+    the add-ins' (those mounted as applications answer their own errors)."""
+    from http import HTTPStatus
+
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def _http_problem(_request: Any, exc: HTTPException) -> Any:
+        status = exc.status_code
+        body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": str(exc.detail)}
+        return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=exc.headers)
 
 
 class _Current:

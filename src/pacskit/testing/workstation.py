@@ -88,7 +88,8 @@ class Workstation:
 
     def register(self, title: str, host: str, port: int, description: str = "") -> None:
         """Add a remote AE to the server's registry (``ae-titles.toml``; effective at once)."""
-        self.server.ae_titles.add(RemoteAE(title=title, host=host, port=port, description=description), replace=True)
+        entry = RemoteAE.model_validate({"title": title, "host": host, "port": port, "description": description})
+        self.server.ae_titles.add(entry, replace=True)
 
     def load(self, paths: Sequence[Path]) -> None:
         """Store Part 10 files into the server's archive (copies: ingest takes files over)."""

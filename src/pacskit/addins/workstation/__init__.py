@@ -96,6 +96,10 @@ class WorkstationAddIn(AddIn):
         return self._state.runner
 
     async def start(self) -> None:
+        if self.base.settings.workers > 1:
+            # worker processes share the HTTP port: a login made on one would be unknown to the others,
+            # and each would run the job queue
+            raise ValueError("the web workstation needs workers = 1 (its sessions and job queue live in one process)")
         state = self._state
         if state.runner is None:
             state.job_store = await asyncio.to_thread(JobStore, self.base.data_dir / "workstation" / "jobs.db")

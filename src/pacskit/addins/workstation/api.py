@@ -21,6 +21,7 @@ from pacskit.addins.workstation.jobs import FINISHED, NewJob
 from pacskit.addins.workstation.search import FILTERS, SearchError, StudyQuery
 from pacskit.addins.workstation.users import ROLES, UserError
 from pacskit.services import WebAuthError
+from pacskit.store.records import AuditRecord, TransactionLogEntry
 
 if TYPE_CHECKING:
     from pacskit.addins.workstation import WorkstationAddIn
@@ -278,7 +279,7 @@ def build_api(addin: WorkstationAddIn) -> FastAPI:
 
     @jobs.get("/jobs")
     async def list_jobs(limit: Annotated[int, Query(ge=1, le=1000)] = 200, _caller: Caller = viewer) -> list[dict[str, Any]]:
-        return [j.to_json() for j in await asyncio.to_thread(runner.store.list, limit)]
+        return [j.to_json() for j in await asyncio.to_thread(runner.store.recent, limit)]
 
     @jobs.post("/jobs", status_code=201)
     async def create_job(body: JobRequest, caller: Caller = operator) -> dict[str, Any]:
@@ -307,7 +308,7 @@ def build_api(addin: WorkstationAddIn) -> FastAPI:
     @jobs.get("/jobs/events")
     async def job_events(request: Request, _caller: Caller = viewer) -> StreamingResponse:
         queue = runner.subscribe()
-        current = await asyncio.to_thread(runner.store.list, 1000)
+        current = await asyncio.to_thread(runner.store.recent, 1000)
 
         async def stream() -> AsyncIterator[bytes]:
             try:
@@ -495,7 +496,7 @@ def build_api(addin: WorkstationAddIn) -> FastAPI:
 
     def _tail(kind: str, request: Request) -> StreamingResponse:
         engine = _engine(kind)
-        table = logviews.TransactionLogEntry if kind == "transactions" else logviews.AuditRecord
+        table = TransactionLogEntry if kind == "transactions" else AuditRecord
         query = logviews.query_transactions if kind == "transactions" else logviews.query_audit
 
         async def stream() -> AsyncIterator[bytes]:
@@ -546,7 +547,7 @@ class AdminProxy:
     def __init__(self, addin: WorkstationAddIn) -> None:
         self.addin = addin
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         request = Request(scope, receive)

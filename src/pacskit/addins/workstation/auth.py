@@ -168,17 +168,20 @@ class Authenticator:
             return None
         return token or None
 
-    def caller(self, request: Any) -> Caller | None:
+    def caller(self, request: Any, *, foreign_bearer_ok: bool = False) -> Caller | None:
         """The caller of ``request`` (``None``: no credentials, or an expired / unknown session).
 
-        Raises :class:`WebAuthError` 401 for a wrong bearer token and 403 for a cookie-authenticated
-        state-changing request without the right ``X-CSRF-Token``."""
+        Raises :class:`WebAuthError` 401 for a wrong bearer token (``foreign_bearer_ok``: ``None``
+        instead, another authenticator may know it: DICOMweb's registry JWTs) and 403 for a
+        cookie-authenticated state-changing request without the right ``X-CSRF-Token``."""
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             expected = self._admin_token()
             if expected is not None and hmac.compare_digest(credentials.strip().encode(), expected.encode()):
                 return Caller("admin-token", "admin", "bearer")
+            if foreign_bearer_ok:
+                return None
             address = request.client.host if request.client else None
             self.log.warning("workstation: %s %s from %s: bearer token refused", request.method, request.url.path, address)
             self.audit.user_authentication("unknown", success=False, address=address, description="workstation: bearer token refused")
@@ -212,7 +215,7 @@ class Authenticator:
     async def web_user(self, request: Any, permission: str) -> WebUser | None:
         """:data:`pacskit.services.WebAuthenticator` for DICOMweb: ``None`` without workstation
         credentials, else the user (or :class:`WebAuthError`)."""
-        caller = self.caller(request)
+        caller = self.caller(request, foreign_bearer_ok=True)
         if caller is None:
             return None
         role = PERMISSION_ROLES.get(permission, "admin")

@@ -162,7 +162,8 @@ class JobStore:
             row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
-    def list(self, limit: int = 200) -> list[Job]:
+    def recent(self, limit: int = 200) -> list[Job]:
+        """The newest ``limit`` jobs, newest first."""
         with self._lock:
             rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [self._job(r) for r in rows]
@@ -361,8 +362,8 @@ class JobRunner:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             finally:
                 self._cancel.pop(job.id, None)
-            values = dict(total=progress.total, completed=progress.completed, failed=progress.failed,
-                          warning=progress.warning, rate=progress.rate())
+            values: dict[str, Any] = dict(total=progress.total, completed=progress.completed, failed=progress.failed,
+                                          warning=progress.warning, rate=progress.rate())
             if cancel.is_set() or error == "cancelled":
                 final = "cancelled"
                 values["error"] = None
