@@ -78,11 +78,15 @@ export class DicomWebClient {
     return this.json(`/studies/${e(studyUid)}/series/${e(seriesUid)}/instances/${e(sopInstanceUid)}/metadata`);
   }
 
-  /** QIDO-RS instances of a series (SOP Instance UID, Instance Number, Number of Frames). */
-  seriesInstances(studyUid: string, seriesUid: string): Promise<DicomJson[]> {
+  /**
+   * QIDO-RS instances of a series (SOP Instance UID, Instance Number, Number of Frames), optionally only
+   * those matching ``match`` (keyword or tag -> value, e.g. ``{ InstanceNumber: "1" }``).
+   */
+  seriesInstances(studyUid: string, seriesUid: string, match: Record<string, string> = {}): Promise<DicomJson[]> {
     const e = encodeURIComponent;
+    const keys = Object.entries(match).map(([k, v]) => `&${e(k)}=${e(v)}`).join("");
     return this.json(`/studies/${e(studyUid)}/series/${e(seriesUid)}/instances` +
-      `?includefield=${Tag.InstanceNumber}&includefield=${Tag.NumberOfFrames}`);
+      `?includefield=${Tag.InstanceNumber}&includefield=${Tag.NumberOfFrames}${keys}`);
   }
 
   /** QIDO-RS series of a study (series number, description, modality, instance count). */

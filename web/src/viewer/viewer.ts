@@ -224,10 +224,13 @@ class Viewer implements ViewerHandle {
   private async start(): Promise<void> {
     this.setStatus("Loading study…");
     const studyUid = this.options.studyUid;
+    // The study's metadata is asked for once the first instance's is here: a server building it (a
+    // CPU-bound job) would otherwise hold up the small requests of the first image.
+    const first = await Promise.all([this.firstInstance().catch(() => undefined), initCornerstone()])
+      .then(([instance]) => instance);
     let fullArrived = false;
     const full = this.client.studyMetadata(studyUid).finally(() => { fullArrived = true; });
     full.catch(() => undefined); // awaited below; this only keeps an early destroy() from an unhandled rejection
-    const [first] = await Promise.all([this.firstInstance().catch(() => undefined), initCornerstone()]);
     if (this.destroyed) return;
     const renderer = this.options.renderer ?? "auto";
     const capabilities = core.getRenderingCapabilities();
@@ -276,7 +279,10 @@ class Viewer implements ViewerHandle {
       seriesUid = series[0]?.uid;
     }
     if (!seriesUid) return undefined;
-    const instances = (await this.client.seriesInstances(studyUid, seriesUid))
+    // Instance 1 is usually there, and matching it is cheap where listing a large series is not.
+    let found = await this.client.seriesInstances(studyUid, seriesUid, { InstanceNumber: "1" });
+    if (found.length === 0) found = await this.client.seriesInstances(studyUid, seriesUid);
+    const instances = found
       .map((i) => ({ uid: str(i, Tag.SOPInstanceUID), number: num(i, Tag.InstanceNumber) ?? Infinity }))
       .sort((a, b) => a.number - b.number || (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0));
     if (!instances[0]?.uid) return undefined;
