@@ -37,7 +37,7 @@ export default defineConfig({
     },
   },
   test: {
-    environment: "jsdom",
+    environment: "node", // DOM tests say `@vitest-environment jsdom` in their first line
     include: ["src/**/*.test.ts"],
   },
 });

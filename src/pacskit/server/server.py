@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pacskit.services import AddIn, BaseServices, TlsSetup
+from pacskit.services import AddIn, BaseServices, ServerControl, ServersRoot, TlsSetup
 from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
 from pacskit.audit.service import Audit
@@ -134,6 +134,7 @@ class Server:
         dicom_request: DicomRequest | None = None,
         worker: bool = False,
         data_lock: DataFolderLock | None = None,
+        servers: ServersRoot | None = None,
     ) -> None:
         self.settings = settings
         self.worker = worker  # one of several processes sharing the port and the store
@@ -162,6 +163,9 @@ class Server:
         self.http: Any = None  # pacskit.server.http.PublicHttp once an add-in serves HTTP
         #: the audit trail base service, shared by every add-in (the audit add-in attaches its trail)
         self.audit = Audit()
+        #: what add-ins that manage the server get (pacskit.services.ServerControl): the admin API
+        #: once it exists, the servers root ``servers`` when the server belongs to one
+        self.control = ServerControl(servers=servers)
 
     # ------------------------------------------------------------------ start-up
 
@@ -290,6 +294,7 @@ class Server:
                 settings=settings,
                 data_dir=settings.data_path,
                 audit=self.audit,
+                control=self.control,
             )
 
         self._base_for = base_for
@@ -314,6 +319,7 @@ class Server:
 
             self.admin = AdminService(self)
             self.admin.collect()
+            self.control.admin_app = self.admin.app
         listeners: list[tuple[str, int]] = []
         if tls is None or tls.keep_plain:
             self.acceptor = self._acceptor(config)
@@ -507,6 +513,7 @@ class Server:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+            self.control.admin_app = None
         if self.http is not None:
             await self.http.stop()
             self.http = None
@@ -551,8 +558,13 @@ def configure_logging(settings: ServerSettings, *, worker: bool = False) -> None
 SWITCH_INTERVAL = 0.0005  # seconds; see run_server
 
 
-def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
+def run_server(settings: ServerSettings, *, worker: bool = False, servers: ServersRoot | None = None,
+               announce: Any = None) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code (1 with one line on start-up errors).
+
+    ``servers``: the servers root the server belongs to (:class:`pacskit.services.ServerControl`);
+    ``announce(server)``: called once it listens, after the "listening" line (``pacskit serve --web``
+    prints the URL to open).
 
     With ``settings.workers > 1`` this process becomes the parent of that many worker processes
     (see :mod:`pacskit.server.workers`); ``worker`` is how such a worker runs itself.
@@ -576,12 +588,13 @@ def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
 
             configure_logging(settings)
             return run_workers(settings, data_lock)
-        return _run_server(settings, worker=False, data_lock=data_lock)
+        return _run_server(settings, worker=False, data_lock=data_lock, servers=servers, announce=announce)
 
 
-def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolderLock | None) -> int:
+def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolderLock | None,
+                servers: ServersRoot | None = None, announce: Any = None) -> int:
     async def run() -> int:
-        server = Server(settings, worker=worker, data_lock=data_lock)
+        server = Server(settings, worker=worker, data_lock=data_lock, servers=servers)
         try:
             await server.start()
         except (ServerError, AddInError) as exc:
@@ -597,6 +610,8 @@ def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolder
             f"data in {settings.data_path.resolve()}",
             flush=True,
         )
+        if announce is not None:
+            announce(server)
         await stop.wait()
         log.info("shutting down: letting running operations finish")
         await server.stop()
