@@ -72,6 +72,23 @@ export class DicomWebClient {
     return this.json(`/studies/${encodeURIComponent(studyUid)}/series/${encodeURIComponent(seriesUid)}/metadata`);
   }
 
+  /** WADO-RS metadata of one instance. */
+  instanceMetadata(studyUid: string, seriesUid: string, sopInstanceUid: string): Promise<DicomJson[]> {
+    const e = encodeURIComponent;
+    return this.json(`/studies/${e(studyUid)}/series/${e(seriesUid)}/instances/${e(sopInstanceUid)}/metadata`);
+  }
+
+  /**
+   * QIDO-RS instances of a series (SOP Instance UID, Instance Number, Number of Frames), optionally only
+   * those matching ``match`` (keyword or tag -> value, e.g. ``{ InstanceNumber: "1" }``).
+   */
+  seriesInstances(studyUid: string, seriesUid: string, match: Record<string, string> = {}): Promise<DicomJson[]> {
+    const e = encodeURIComponent;
+    const keys = Object.entries(match).map(([k, v]) => `&${e(k)}=${e(v)}`).join("");
+    return this.json(`/studies/${e(studyUid)}/series/${e(seriesUid)}/instances` +
+      `?includefield=${Tag.InstanceNumber}&includefield=${Tag.NumberOfFrames}${keys}`);
+  }
+
   /** QIDO-RS series of a study (series number, description, modality, instance count). */
   studySeries(studyUid: string): Promise<DicomJson[]> {
     return this.json(`/studies/${encodeURIComponent(studyUid)}/series`);

@@ -3,7 +3,7 @@
 import "./viewer.css";
 import { core, dicomImageLoader, initCornerstone, setHeadersFor, tools } from "./cornerstone";
 import { DicomWebClient, type DicomWebSource, type HeadersHook } from "./dicomweb";
-import { Tag, num } from "./dicomJson";
+import { type DicomJson, Tag, num, str } from "./dicomJson";
 import { type StackImage, type ViewerSeries, groupSeries, mergeInstances, stackImages } from "./instances";
 import { LAYOUTS, type LayoutName, assignSeries, parseLayout, viewportCount } from "./layout";
 import { type DisplayState, overlayText } from "./overlay";
@@ -215,28 +215,79 @@ class Viewer implements ViewerHandle {
 
   // --- start-up -------------------------------------------------------------------------------------
 
+  /**
+   * Open the study in two steps, so that the first image does not wait for the metadata of every
+   * instance (which a server builds from each file: seconds for a large study): the first instance of
+   * the first series is found with QIDO-RS and shown from its own metadata while the study's metadata
+   * is on its way; then the stack grows to the whole series around the image on screen.
+   */
   private async start(): Promise<void> {
     this.setStatus("Loading study…");
-    const [, metadata] = await Promise.all([initCornerstone(), this.client.studyMetadata(this.options.studyUid)]);
+    const studyUid = this.options.studyUid;
+    // The study's metadata is asked for once the first instance's is here: a server building it (a
+    // CPU-bound job) would otherwise hold up the small requests of the first image.
+    const first = await Promise.all([this.firstInstance().catch(() => undefined), initCornerstone()])
+      .then(([instance]) => instance);
+    let fullArrived = false;
+    const full = this.client.studyMetadata(studyUid).finally(() => { fullArrived = true; });
+    full.catch(() => undefined); // awaited below; this only keeps an early destroy() from an unhandled rejection
+    if (this.destroyed) return;
     const renderer = this.options.renderer ?? "auto";
     const capabilities = core.getRenderingCapabilities();
     core.setUseCPURendering(renderer === "cpu" ||
       (renderer === "auto" && (!capabilities.webgl || capabilities.softwareRasterizer)));
-    if (this.destroyed) return;
-    this.timings.metadata = performance.now();
     this.engine = new core.RenderingEngine(this.id);
     this.toolGroup = this.createToolGroup();
-    this.seriesList = groupSeries(this.options.studyUid, metadata);
+    const layout = parseLayout(this.options.layout ?? "1x1");
+    if (first && !fullArrived) {
+      this.seriesList = groupSeries(studyUid, [first]);
+      await this.buildGrid(layout.rows, layout.cols, [this.seriesList[0].uid]);
+    }
+    const metadata = await full;
+    if (this.destroyed) return;
+    this.timings.metadata = performance.now();
+    this.seriesList = groupSeries(studyUid, metadata);
     this.lastCount = metadata.length;
     this.renderPanel();
-    const first = this.options.seriesUid ?? this.seriesList[0]?.uid;
-    const layout = parseLayout(this.options.layout ?? "1x1");
     const uids = this.seriesList.map((s) => s.uid);
-    const assigned = assignSeries(first ? [first] : [], uids, viewportCount(layout));
-    await this.buildGrid(layout.rows, layout.cols, assigned);
+    const wanted = this.options.seriesUid ?? uids[0];
+    if (this.slots.length === 0) {
+      await this.buildGrid(layout.rows, layout.cols,
+        assignSeries(wanted ? [wanted] : [], uids, viewportCount(layout)));
+    } else {
+      const assigned = assignSeries(this.slots.map((s) => s.seriesUid).slice(0, 1), uids, this.slots.length);
+      await Promise.all(this.slots.map((slot) => {
+        const uid = assigned[slot.index];
+        if (!uid) return Promise.resolve();
+        return uid === slot.seriesUid ? this.extendStack(slot) : this.showSeries(uid, slot.index);
+      }));
+    }
     this.setStatus(metadata.length ? "" : "No images in this study yet");
     this.root.dataset.ready = "1";
     this.schedulePoll();
+  }
+
+  /** The metadata of the instance to show first (lowest instance number of the first series), by QIDO-RS. */
+  private async firstInstance(): Promise<DicomJson | undefined> {
+    const studyUid = this.options.studyUid;
+    let seriesUid = this.options.seriesUid;
+    if (!seriesUid) {
+      const series = (await this.client.studySeries(studyUid))
+        .filter((s) => (num(s, Tag.NumberOfSeriesRelatedInstances) ?? 1) > 0)
+        .map((s) => ({ uid: str(s, Tag.SeriesInstanceUID), number: num(s, Tag.SeriesNumber) ?? Infinity }))
+        .sort((a, b) => a.number - b.number || (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0));
+      seriesUid = series[0]?.uid;
+    }
+    if (!seriesUid) return undefined;
+    // Instance 1 is usually there, and matching it is cheap where listing a large series is not.
+    let found = await this.client.seriesInstances(studyUid, seriesUid, { InstanceNumber: "1" });
+    if (found.length === 0) found = await this.client.seriesInstances(studyUid, seriesUid);
+    const instances = found
+      .map((i) => ({ uid: str(i, Tag.SOPInstanceUID), number: num(i, Tag.InstanceNumber) ?? Infinity }))
+      .sort((a, b) => a.number - b.number || (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0));
+    if (!instances[0]?.uid) return undefined;
+    const [metadata] = await this.client.instanceMetadata(studyUid, seriesUid, instances[0].uid);
+    return metadata;
   }
 
   private createToolGroup(): tools.Types.IToolGroup {
