@@ -370,3 +370,28 @@ def test_servers_of_a_servers_root_are_created_started_and_stopped(tmp_path: Pat
             context.close()
             with contextlib.suppress(Exception):
                 root.stop("SECOND")
+
+
+def test_a_running_retrieve_is_cancelled_then_retried(env: dict[str, Any], open_page: Any) -> None:
+    import socket
+
+    ws: Workstation = env["ws"]
+    # a peer that takes the TCP connection and never answers the association request: the job stays running
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        ws.register("SILENT", "127.0.0.1", silent.getsockname()[1], "accepts TCP, never answers")
+        with ws.login("operator") as api:
+            job = api.post("/api/jobs", json={"kind": "retrieve", "source": "SILENT", "study_uid": "1.2.826.0.1.3680043.9.7778.98"}).json()
+        page = open_page("operator", "#/jobs")
+        row = page.locator(f".loader-queue tr[data-job-id='{job['id']}']")
+        expect(row).to_have_attribute("data-state", "running")
+        row.get_by_role("button", name="Cancel").click()
+        expect(row).to_have_attribute("data-state", "cancelled")
+        expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
+        row.get_by_role("button", name="Retry").click()
+        expect(row).to_have_attribute("data-state", "running")
+        row.get_by_role("button", name="Cancel").click()
+        expect(row).to_have_attribute("data-state", "cancelled")
+    with ws.login("operator") as api:
+        assert api.get(f"/api/jobs/{job['id']}").json()["state"] == "cancelled"
