@@ -206,6 +206,23 @@ def test_send_a_local_study_to_storescp(env: dict[str, Any], open_page: Any) -> 
     received = list(Path(scp.out_dir).rglob("*.dcm"))
     assert len(received) - before == SLICES
 
+    # a series: expand the other study, tick its series, send it (a job with series_uids)
+    other = ws.study_uids[1]
+    series_uid = str(dcmread(ws.files[SLICES], stop_before_pixels=True).SeriesInstanceUID)
+    assert str(dcmread(ws.files[SLICES], stop_before_pixels=True).StudyInstanceUID) == other
+    page.goto(f"{ws.url}/ui/#/search")
+    page.locator(f".study-list tr[data-study-uid='{other}'] button.expand").click()
+    page.locator(f"tr[data-series-of='{other}'] tr[data-series-uid='{series_uid}'] input[type=checkbox]").check()
+    page.get_by_label("Send to").select_option("STORESCP")
+    page.get_by_role("button", name="Send selected (1)").click()
+    expect(page.locator(".form-status")).to_contain_text("1 send queued")
+    with ws.login("operator") as api:
+        sent = next(j for j in api.get("/api/jobs").json() if j["study_uid"] == other and j["kind"] == "send")
+    assert sent["series_uids"] == [series_uid]
+    page.goto(f"{ws.url}/ui/#/jobs")
+    expect(page.locator(f".loader-queue tr[data-job-id='{sent['id']}']")).to_have_attribute("data-state", "done")
+    assert len(list(Path(scp.out_dir).rglob("*.dcm"))) - before == 2 * SLICES
+
 
 def test_manager_edits_an_ae_title_and_an_addin_option(env: dict[str, Any], open_page: Any) -> None:
     ws: Workstation = env["ws"]

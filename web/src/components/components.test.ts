@@ -60,6 +60,39 @@ describe("study list", () => {
   });
 });
 
+describe("series of a study", () => {
+  it("expands a study into its series and reports the ticked ones", async () => {
+    const root = document.body.appendChild(document.createElement("div"));
+    const asked: string[] = [];
+    const seen: Record<string, string[]>[] = [];
+    mountStudyList(root, {
+      page: { source: "ORTHANC", total: 1, items: [study("1.1", "DOE^A")] },
+      query: emptyQuery(),
+      onSort: () => undefined,
+      onPage: () => undefined,
+      loadSeries: (uid) => {
+        asked.push(uid);
+        return Promise.resolve([
+          { [TAG.SeriesInstanceUID]: { vr: "UI", Value: ["1.1.1"] }, [TAG.SeriesNumber]: { vr: "IS", Value: [1] } },
+          { [TAG.SeriesInstanceUID]: { vr: "UI", Value: ["1.1.2"] }, [TAG.SeriesNumber]: { vr: "IS", Value: [2] } },
+        ]);
+      },
+      onSeriesSelectionChange: (by) => seen.push(by),
+    });
+    root.querySelector<HTMLButtonElement>("button.expand")!.click();
+    await new Promise((done) => setTimeout(done, 0));
+    expect(asked).toEqual(["1.1"]);
+    expect(root.querySelectorAll("tr[data-series-of='1.1'] tr[data-series-uid]")).toHaveLength(2);
+    root.querySelector<HTMLInputElement>("tr[data-series-uid='1.1.2'] input")!.click();
+    expect(seen).toEqual([{ "1.1": ["1.1.2"] }]);
+    // "select all" ticks studies, not series
+    root.querySelector<HTMLInputElement>("thead input")!.click();
+    expect(root.querySelector<HTMLInputElement>("tr[data-series-uid='1.1.1'] input")!.checked).toBe(false);
+    root.querySelector<HTMLButtonElement>("button.expand")!.click();
+    expect(root.querySelector("tr[data-series-of]")).toBeNull();
+  });
+});
+
 describe("search form", () => {
   it("reads the filters and the remote switch", () => {
     const root = document.createElement("div");

@@ -16,6 +16,10 @@ export interface StudyListOptions {
   /** Open a study (local studies only); omit to make rows not clickable. */
   onOpen?: (studyUid: string) => void;
   onSelectionChange?: (studyUids: string[]) => void;
+  /** The series of a study (GET /api/studies/{uid}/series); omit for no series rows. */
+  loadSeries?: (studyUid: string) => Promise<DicomJson[]>;
+  /** The series ticked, by study (only studies with some). */
+  onSeriesSelectionChange?: (seriesByStudy: Record<string, string[]>) => void;
 }
 
 const COLUMNS: { key: string; label: string; tag: string; render?: (item: DicomJson) => string }[] = [
@@ -35,6 +39,41 @@ export function mountStudyList(root: HTMLElement, options: StudyListOptions): Mo
   const local = page.source === "local";
   const changed = () => options.onSelectionChange?.([...selected]);
   const thumbnails = new ThumbnailQueue();
+  const seriesSelected = new Map<string, Set<string>>();
+  const seriesChanged = () => {
+    const out: Record<string, string[]> = {};
+    for (const [study, set] of seriesSelected) if (set.size) out[study] = [...set];
+    options.onSeriesSelectionChange?.(out);
+  };
+  const columnCount = 1 + (options.thumbnailUrl && local ? 1 : 0) + COLUMNS.length + (options.loadSeries ? 1 : 0);
+
+  const seriesRow = (studyUid: string): HTMLTableRowElement => {
+    const cell = h("td", { colSpan: columnCount, class: "series-cell" }, h("p", { class: "loading" }, "Loading the series…"));
+    const row = h("tr", { class: "series-row", dataset: { seriesOf: studyUid } }, cell);
+    options.loadSeries!(studyUid)
+      .then((items) => {
+        const set = seriesSelected.get(studyUid) ?? new Set<string>();
+        seriesSelected.set(studyUid, set);
+        cell.replaceChildren(h("table", { class: "grid series" },
+          h("thead", null, h("tr", null, ["", "Number", "Modality", "Description", "Images"].map((c) => h("th", null, c)))),
+          h("tbody", null, items.map((s) => {
+            const uid = text(s, TAG.SeriesInstanceUID);
+            return h("tr", { dataset: { seriesUid: uid } },
+              h("td", { class: "select" }, h("input", {
+                type: "checkbox", value: uid, checked: set.has(uid), "aria-label": `Select series ${text(s, TAG.SeriesNumber)}`,
+                on: { change: (event: Event) => {
+                  if ((event.target as HTMLInputElement).checked) set.add(uid);
+                  else set.delete(uid);
+                  seriesChanged();
+                } },
+              })),
+              h("td", null, text(s, TAG.SeriesNumber)), h("td", null, text(s, TAG.Modality)),
+              h("td", null, text(s, TAG.SeriesDescription)), h("td", null, text(s, TAG.NumberOfSeriesRelatedInstances)));
+          }))));
+      })
+      .catch((error: unknown) => cell.replaceChildren(h("p", { class: "message error", role: "alert" }, String((error as Error).message ?? error))));
+    return row;
+  };
 
   const header = h(
     "tr",
@@ -45,7 +84,7 @@ export function mountStudyList(root: HTMLElement, options: StudyListOptions): Mo
       on: {
         change: (event: Event) => {
           const on = (event.target as HTMLInputElement).checked;
-          for (const box of body.querySelectorAll<HTMLInputElement>("input[type=checkbox]")) {
+          for (const box of body.querySelectorAll<HTMLInputElement>(":scope > tr[data-study-uid] > td.select > input")) {
             box.checked = on;
             if (on) selected.add(box.value);
             else selected.delete(box.value);
@@ -54,6 +93,7 @@ export function mountStudyList(root: HTMLElement, options: StudyListOptions): Mo
         },
       },
     })),
+    options.loadSeries ? h("th", { class: "expand" }, "") : null,
     options.thumbnailUrl && local ? h("th", { class: "thumb" }, "") : null,
     COLUMNS.map((c) => {
       if (!(SORTABLE as readonly string[]).includes(c.key)) return h("th", null, c.label);
@@ -89,10 +129,29 @@ export function mountStudyList(root: HTMLElement, options: StudyListOptions): Mo
       thumbnails.add(img, options.thumbnailUrl(uid), () => img.replaceWith(h("span", { class: "no-thumb" }, "—")));
       thumb = h("td", { class: "thumb" }, img);
     }
+    let expander: HTMLElement | null = null;
+    if (options.loadSeries) {
+      let open: HTMLTableRowElement | null = null;
+      const button = h("button", { type: "button", class: "expand", "aria-expanded": "false", "aria-label": "Series", title: "Show the series" }, "▸");
+      button.addEventListener("click", (event) => {
+        event.stopPropagation();
+        if (open) {
+          open.remove();
+          open = null;
+        } else {
+          open = seriesRow(uid);
+          row.after(open);
+        }
+        button.setAttribute("aria-expanded", String(open !== null));
+        button.textContent = open ? "▾" : "▸";
+      });
+      expander = h("td", { class: "expand" }, button);
+    }
     const row = h(
       "tr",
       { dataset: { studyUid: uid }, class: options.onOpen && local ? "openable" : "" },
       h("td", { class: "select" }, box),
+      expander,
       thumb,
       COLUMNS.map((c) => h("td", { class: `col-${c.key}` }, c.render ? c.render(item) : text(item, c.tag))),
     );

@@ -33,6 +33,14 @@ export function mountSearchPage(root: HTMLElement, options: SearchPageOptions): 
   root.replaceChildren(page);
   const abort = new AbortController();
   let selection: string[] = [];
+  let seriesSelection: Record<string, string[]> = {};
+  /** One job per ticked study, and one per study of which only some series are ticked. */
+  const targets = (): { study_uid: string; series_uids?: string[] }[] => [
+    ...selection.map((uid) => ({ study_uid: uid })),
+    ...Object.entries(seriesSelection)
+      .filter(([uid]) => !selection.includes(uid))
+      .map(([uid, series]) => ({ study_uid: uid, series_uids: series })),
+  ];
   let nodes: RemoteNode[] = [];
   let children: Mounted[] = [];
 
@@ -41,21 +49,24 @@ export function mountSearchPage(root: HTMLElement, options: SearchPageOptions): 
 
   const renderActions = (source: string) => {
     actions.replaceChildren();
-    const none = selection.length === 0;
+    const chosen = targets();
+    const none = chosen.length === 0;
     if (source !== "local" && options.canRetrieve) {
       actions.append(h("button", { type: "button", class: "primary", disabled: none, on: { click: () => {
-        Promise.all(selection.map((uid) => jobs.create({ kind: "retrieve", source, study_uid: uid, level: "STUDY", method: options.retrieveMethod })))
+        Promise.all(chosen.map((t) => jobs.create({
+          kind: "retrieve", source, method: options.retrieveMethod, ...t, level: t.series_uids ? "SERIES" : "STUDY",
+        })))
           .then((made) => queued(made.length, made.length === 1 ? "retrieve" : "retrieves"))
           .catch((error: unknown) => status.replaceChildren(message(errorText(error))));
-      } } }, `Retrieve selected (${selection.length})`));
+      } } }, `Retrieve selected (${chosen.length})`));
     }
     if (source === "local" && options.canSend && nodes.length > 0) {
       const destination = h("select", { name: "destination", "aria-label": "Send to" }, nodes.map((n) => h("option", { value: n.title }, n.title)));
       actions.append(h("label", null, "Send to ", destination), h("button", { type: "button", disabled: none, on: { click: () => {
-        Promise.all(selection.map((uid) => jobs.create({ kind: "send", destination: destination.value, study_uid: uid })))
+        Promise.all(chosen.map((t) => jobs.create({ kind: "send", destination: destination.value, ...t })))
           .then((made) => queued(made.length, made.length === 1 ? "send" : "sends"))
           .catch((error: unknown) => status.replaceChildren(message(errorText(error))));
-      } } }, `Send selected (${selection.length})`));
+      } } }, `Send selected (${chosen.length})`));
     }
   };
 
@@ -81,6 +92,11 @@ export function mountSearchPage(root: HTMLElement, options: SearchPageOptions): 
         onOpen: options.onOpen,
         onSelectionChange: (uids) => {
           selection = uids;
+          renderActions(result.source);
+        },
+        loadSeries: (uid) => studies.series(uid, result.source).then((answer) => answer.items),
+        onSeriesSelectionChange: (bySeries) => {
+          seriesSelection = bySeries;
           renderActions(result.source);
         },
       }));
