@@ -266,3 +266,19 @@ def test_retrieve_one_series(remote: dict[str, Any]) -> None:
         assert job["level"] == "SERIES" and job["series_uids"] == [uid] and job["patient_name"] == "FROM^SEARCH"
     done = wait_job(ws, job["id"], ("done", "failed", "cancelled"))
     assert done["state"] == "done" and done["completed"] == REMOTE_SLICES[1] and done["failed"] == 0, done
+
+
+def test_old_finished_jobs_are_forgotten(tmp_path: Path) -> None:
+    from pacskit.addins.workstation.jobs import JobStore, NewJob
+
+    store = JobStore(tmp_path / "jobs.db")
+    try:
+        old, recent, queued = (store.add(NewJob(kind="send", study_uid="1.2.3", destination="X")) for _ in range(3))
+        store.transition(old.id, ("queued",), "done")
+        store.transition(recent.id, ("queued",), "failed")
+        with store._tx() as db:
+            db.execute("UPDATE jobs SET updated_at = 0 WHERE id IN (?, ?)", (old.id, queued.id))
+        assert store.purge_finished(before=1000.0) == 1  # the old finished one; never a queued job
+        assert [j.id for j in store.recent()] == [queued.id, recent.id]
+    finally:
+        store.close()

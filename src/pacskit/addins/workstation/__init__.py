@@ -47,6 +47,7 @@ class WorkstationOptions(AddInOptions):
     max_parallel: int = Field(2, ge=1, le=16, description="retrieve / send jobs running at the same time")
     users_file: str = Field(USERS_FILE, description="the users, relative to the server folder")
     remote_timeout: float = Field(30, gt=0, description="seconds a remote C-FIND may take")
+    keep_jobs_days: float = Field(30, ge=0, description="finished jobs are forgotten after this many days (0: kept)")
     tail_interval: float = Field(1.0, gt=0, le=60, description="seconds between two reads of a log tail")
     assets_dir: str | None = Field(None, description="serve the UI from this folder instead of the packaged build")
 
@@ -103,7 +104,7 @@ class WorkstationAddIn(AddIn):
         state = self._state
         if state.runner is None:
             state.job_store = await asyncio.to_thread(JobStore, self.base.data_dir / "workstation" / "jobs.db")
-            state.runner = JobRunner(state.job_store, self.base, self.options.max_parallel)
+            state.runner = JobRunner(state.job_store, self.base, self.options.max_parallel, self.options.keep_jobs_days)
             await state.runner.start()
         elif state.runner.max_parallel != self.options.max_parallel:
             self.base.log.warning("workstation: max_parallel = %d applies at the next restart (running with %d)",

@@ -212,6 +212,12 @@ class JobStore:
                                  (*values.values(), job_id, *from_states)).rowcount
         return self.get(job_id) if changed else None
 
+    def purge_finished(self, before: float) -> int:
+        """Forget finished jobs (done, failed, cancelled) last changed before ``before`` (epoch s)."""
+        with self._tx() as db:
+            return int(db.execute("DELETE FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND updated_at < ?",
+                                  (before,)).rowcount)
+
     def requeue_running(self) -> list[int]:
         """Jobs a stopped server left ``running``: queued again (start-up)."""
         with self._tx() as db:
@@ -253,8 +259,9 @@ class _Progress:
 class JobRunner:
     """Runs the queued jobs, ``max_parallel`` at a time, on the server's event loop."""
 
-    def __init__(self, store: JobStore, base: Any, max_parallel: int) -> None:
+    def __init__(self, store: JobStore, base: Any, max_parallel: int, keep_days: float = 30) -> None:
         self.store = store
+        self.keep_days = keep_days
         self.base = base
         self.max_parallel = max_parallel
         self.log = base.log
@@ -267,6 +274,10 @@ class JobRunner:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        if self.keep_days > 0:
+            purged = await asyncio.to_thread(self.store.purge_finished, time.time() - self.keep_days * 86400)
+            if purged:
+                self.log.info("workstation: %d finished jobs older than %g days forgotten", purged, self.keep_days)
         requeued = await asyncio.to_thread(self.store.requeue_running)
         if requeued:
             self.log.info("workstation: %d jobs left running by the previous run are queued again: %s",
