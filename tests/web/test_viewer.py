@@ -28,15 +28,17 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from pacskit.testing.dicomweb import Running, keep_copies, start_server, write_folder
+from pacskit.testing.workstation import workstation
 from pacskit.testing.viewer import (
     COMPRESSIONS,
     compress,
     expected_grey,
     grey_matrix,
     serve_web_assets,
-    web_assets,
     write_ct_series,
 )
+
+from ._frontend import ensure_built
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: the viewer's screenshot for the user guide (docs/web-viewer.md)
@@ -78,9 +80,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     for tool in ("dcmcjpls", "dcmcjpeg"):
         if shutil.which(tool) is None:
             pytest.skip(f"DCMTK's {tool} is needed to write the compressed series")
-    assets = web_assets()
-    if assets is None:
-        pytest.skip("the web front-end is not built and npm is missing (npm --prefix web run build)")
+    assets = ensure_built()
     tmp = tmp_path_factory.mktemp("viewer")
     study = generate_uid()
     ct = write_ct_series(tmp / "ct", CT_SLICES, 128, study_uid=study, series_number=1, description="Axial 1 mm")
@@ -302,3 +302,31 @@ def test_a_study_still_arriving_grows_in_the_open_viewer(env: Env, page: Any, tm
     grey, state = displayed(page)
     assert state["sopInstanceUid"] == last.SOPInstanceUID
     assert_shows(grey, expected_grey(last, 40, 400))
+
+
+def test_the_workstations_viewer_page_with_a_login_session(env: Env, tmp_path: Path) -> None:
+    """Served by the workstation itself (/ui/viewer.html, same origin): DICOMweb answers the session
+    cookie; without one the viewer says why it has no images."""
+    with workstation(tmp_path, studies=0) as ws:
+        study = generate_uid()
+        ws.load(write_ct_series(tmp_path / "ct", 3, 96, study_uid=study, patient_id="WS1", seed=5))
+        context = env.browser.new_context(viewport={"width": 900, "height": 700})
+        try:
+            page = context.new_page()
+            page.goto(f"{ws.url}/ui/viewer.html?study={study}")
+            page.wait_for_function("() => document.querySelector('.pk-viewer')?.dataset.error")
+            assert "401" in page.inner_text(".pk-status")
+
+            username, password = ws.users["viewer"]
+            login = context.request.post(f"{ws.url}/api/session", data={"username": username, "password": password})
+            assert login.ok
+            open_viewer(page, f"{ws.url}/ui/viewer.html?study={study}")
+            page.click("button[data-action='smooth']")
+            grey, state = displayed(page)
+            by_uid = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in ws.files}
+            shown = dcmread(by_uid[state["sopInstanceUid"]])
+            assert state["count"] == 3 and state["index"] == 0
+            window = state["window"]
+            assert_shows(grey, expected_grey(shown, window["center"], window["width"]))
+        finally:
+            context.close()
