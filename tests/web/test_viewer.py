@@ -4,7 +4,8 @@ frames), and the canvas pixels are checked against pydicom's rendering of the sa
 then the linear VOI LUT of PS3.3 C.11.2.1.2.1) for the image's own window, a preset chosen in the
 toolbar, a window dragged with the mouse and inversion; scrolling (keyboard, wheel) reaches slice N in
 anatomical order; JPEG 2000, JPEG-LS, JPEG lossless, RLE (exact) and JPEG baseline (lossy, within a few
-grey levels) are decoded in the browser; a study still arriving grows in the open viewer.
+grey levels) are decoded in the browser; the frames of a multi-frame image and cine; a study still
+arriving grows in the open viewer; the workstation's own viewer page with a login session.
 
 The image checks run with both of Cornerstone's renderers (WebGL, here SwiftShader, and its canvas
 renderer, which "auto" picks without a GPU). Pixel comparisons use the viewer's pixel-exact display (nearest neighbour, ``setSmooth(false)``, the
@@ -24,14 +25,16 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pacskit.testing.dicomweb import Running, keep_copies, start_server, write_folder
+from pacskit.testing.synth import make_dataset
 from pacskit.testing.workstation import workstation
 from pacskit.testing.viewer import (
     COMPRESSIONS,
     compress,
+    ct_phantom,
     expected_grey,
     grey_matrix,
     serve_web_assets,
@@ -330,3 +333,31 @@ def test_the_workstations_viewer_page_with_a_login_session(env: Env, tmp_path: P
             assert_shows(grey, expected_grey(shown, window["center"], window["width"]))
         finally:
             context.close()
+
+
+def test_multiframe_frames_and_cine(env: Env, page: Any, tmp_path: Path) -> None:
+    frames = np.stack([ct_phantom(k, 6, 64, seed=11) for k in range(6)])
+    ds = make_dataset(rows=64, cols=64, frames=6, modality="OT", patient_id="MF1", pixel_data=frames.tobytes(),
+                      attrs={"BitsStored": 12, "HighBit": 11, "WindowCenter": "1100", "WindowWidth": "600"})
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / "mf.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    reference = dcmread(path)
+    env.pacs.ingest([path])
+    open_viewer(page, env.url(str(ds.StudyInstanceUID)))
+    page.click("button[data-action='smooth']")
+    state = page.evaluate("window.pacskitViewer.state()")
+    assert (state["count"], state["frames"], state["frame"]) == (6, 6, 1)
+    page.evaluate("window.pacskitViewer.scrollTo(4)")
+    grey, state = displayed(page)
+    assert state["frame"] == 5 and "Fr: 5/6" in page.inner_text(".pk-viewport .pk-bl")
+    assert_shows(grey, expected_grey(reference, 1100, 600)[4])
+
+    # cine: the frames run (and wrap around) until it is stopped
+    page.click("button[data-action='cine']")
+    page.wait_for_function("window.pacskitViewer.state().index === 1", timeout=20_000)  # wrapped past the end
+    page.click("button[data-action='cine']")
+    page.wait_for_function("!document.querySelector('.pk-viewport').classList.contains('pk-cine')")
