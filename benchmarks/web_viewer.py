@@ -130,7 +130,7 @@ def measure(browser: Any, url: str, slices: int) -> dict[str, float]:
 def summarize(name: str, runs: list[dict[str, float]]) -> dict[str, float]:
     med = {k: statistics.median(r[k] for r in runs) for k in ("first", "viewerPart", "metadata", "loaded", "scroll")}
     per_run = ", ".join(f"{r['first']:.0f}" for r in runs)
-    print(f"  {name:8s} first image {med['first']:7.0f} ms (viewer part {med['viewerPart']:5.0f} ms, of which metadata {med['metadata']:5.0f} ms)"
+    print(f"  {name:8s} first image {med['first']:7.0f} ms (viewer part {med['viewerPart']:5.0f} ms; study metadata in at {med['metadata']:5.0f} ms)"
           f"   all loaded {med['loaded']:7.0f} ms   scroll {med['scroll']:6.1f} images/s"
           f"   [first image per run: {per_run} ms]")
     return med

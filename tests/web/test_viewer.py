@@ -4,7 +4,8 @@ frames), and the canvas pixels are checked against pydicom's rendering of the sa
 then the linear VOI LUT of PS3.3 C.11.2.1.2.1) for the image's own window, a preset chosen in the
 toolbar, a window dragged with the mouse and inversion; scrolling (keyboard, wheel) reaches slice N in
 anatomical order; JPEG 2000, JPEG-LS, JPEG lossless, RLE (exact) and JPEG baseline (lossy, within a few
-grey levels) are decoded in the browser; a study still arriving grows in the open viewer.
+grey levels) are decoded in the browser; the frames of a multi-frame image and cine; a study still
+arriving grows in the open viewer; the workstation's own viewer page with a login session.
 
 The image checks run with both of Cornerstone's renderers (WebGL, here SwiftShader, and its canvas
 renderer, which "auto" picks without a GPU). Pixel comparisons use the viewer's pixel-exact display (nearest neighbour, ``setSmooth(false)``, the
@@ -24,19 +25,23 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pacskit.testing.dicomweb import Running, keep_copies, start_server, write_folder
+from pacskit.testing.synth import make_dataset
+from pacskit.testing.workstation import workstation
 from pacskit.testing.viewer import (
     COMPRESSIONS,
     compress,
+    ct_phantom,
     expected_grey,
     grey_matrix,
     serve_web_assets,
-    web_assets,
     write_ct_series,
 )
+
+from ._frontend import ensure_built
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: the viewer's screenshot for the user guide (docs/web-viewer.md)
@@ -78,9 +83,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     for tool in ("dcmcjpls", "dcmcjpeg"):
         if shutil.which(tool) is None:
             pytest.skip(f"DCMTK's {tool} is needed to write the compressed series")
-    assets = web_assets()
-    if assets is None:
-        pytest.skip("the web front-end is not built and npm is missing (npm --prefix web run build)")
+    assets = ensure_built()
     tmp = tmp_path_factory.mktemp("viewer")
     study = generate_uid()
     ct = write_ct_series(tmp / "ct", CT_SLICES, 128, study_uid=study, series_number=1, description="Axial 1 mm")
@@ -302,3 +305,59 @@ def test_a_study_still_arriving_grows_in_the_open_viewer(env: Env, page: Any, tm
     grey, state = displayed(page)
     assert state["sopInstanceUid"] == last.SOPInstanceUID
     assert_shows(grey, expected_grey(last, 40, 400))
+
+
+def test_the_workstations_viewer_page_with_a_login_session(env: Env, tmp_path: Path) -> None:
+    """Served by the workstation itself (/ui/viewer.html, same origin): DICOMweb answers the session
+    cookie; without one the viewer says why it has no images."""
+    with workstation(tmp_path, studies=0) as ws:
+        study = generate_uid()
+        ws.load(write_ct_series(tmp_path / "ct", 3, 96, study_uid=study, patient_id="WS1", seed=5))
+        context = env.browser.new_context(viewport={"width": 900, "height": 700})
+        try:
+            page = context.new_page()
+            page.goto(f"{ws.url}/ui/viewer.html?study={study}")
+            page.wait_for_function("() => document.querySelector('.pk-viewer')?.dataset.error")
+            assert "401" in page.inner_text(".pk-status")
+
+            username, password = ws.users["viewer"]
+            login = context.request.post(f"{ws.url}/api/session", data={"username": username, "password": password})
+            assert login.ok
+            open_viewer(page, f"{ws.url}/ui/viewer.html?study={study}")
+            page.click("button[data-action='smooth']")
+            grey, state = displayed(page)
+            by_uid = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in ws.files}
+            shown = dcmread(by_uid[state["sopInstanceUid"]])
+            assert state["count"] == 3 and state["index"] == 0
+            window = state["window"]
+            assert_shows(grey, expected_grey(shown, window["center"], window["width"]))
+        finally:
+            context.close()
+
+
+def test_multiframe_frames_and_cine(env: Env, page: Any, tmp_path: Path) -> None:
+    frames = np.stack([ct_phantom(k, 6, 64, seed=11) for k in range(6)])
+    ds = make_dataset(rows=64, cols=64, frames=6, modality="OT", patient_id="MF1", pixel_data=frames.tobytes(),
+                      attrs={"BitsStored": 12, "HighBit": 11, "WindowCenter": "1100", "WindowWidth": "600"})
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / "mf.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    reference = dcmread(path)
+    env.pacs.ingest([path])
+    open_viewer(page, env.url(str(ds.StudyInstanceUID)))
+    page.click("button[data-action='smooth']")
+    state = page.evaluate("window.pacskitViewer.state()")
+    assert (state["count"], state["frames"], state["frame"]) == (6, 6, 1)
+    page.evaluate("window.pacskitViewer.scrollTo(4)")
+    grey, state = displayed(page)
+    assert state["frame"] == 5 and "Fr: 5/6" in page.inner_text(".pk-viewport .pk-bl")
+    assert_shows(grey, expected_grey(reference, 1100, 600)[4])
+
+    # cine: the frames run (and wrap around) until it is stopped
+    page.click("button[data-action='cine']")
+    page.wait_for_function("window.pacskitViewer.state().index === 1", timeout=20_000)  # wrapped past the end
+    page.click("button[data-action='cine']")
+    page.wait_for_function("!document.querySelector('.pk-viewport').classList.contains('pk-cine')")

@@ -203,6 +203,19 @@ class Viewer implements ViewerHandle {
     element.replaceChildren(this.root);
     this.buildToolbar();
 
+    // "Loading 120/300" in the status line while the stacks are prefetched (once per frame at most)
+    let progressQueued = false;
+    const onCached = (): void => {
+      if (progressQueued) return;
+      progressQueued = true;
+      requestAnimationFrame(() => {
+        progressQueued = false;
+        this.showProgress();
+      });
+    };
+    core.eventTarget.addEventListener(core.Enums.Events.IMAGE_CACHE_IMAGE_ADDED, onCached);
+    this.cleanups.push(() => core.eventTarget.removeEventListener(core.Enums.Events.IMAGE_CACHE_IMAGE_ADDED, onCached));
+
     this.resizeObserver = new ResizeObserver(() => this.engine?.resize(true, true));
     this.resizeObserver.observe(this.grid);
     const onKey = (e: KeyboardEvent): void => this.onKey(e);
@@ -822,6 +835,18 @@ class Viewer implements ViewerHandle {
   }
 
   // --- status and teardown ---------------------------------------------------------------------------------------
+
+  private showProgress(): void {
+    if (this.destroyed || this.status.classList.contains("pk-error") || !this.engine) return;
+    let loaded = 0;
+    let total = 0;
+    for (const slot of this.slots) {
+      const p = this.progress(slot.index);
+      loaded += p.loaded;
+      total += p.total;
+    }
+    if (total > 0 && this.root.dataset.ready === "1") this.setStatus(loaded < total ? `Loading ${loaded}/${total}` : "");
+  }
 
   private setStatus(text: string, error = false): void {
     this.status.textContent = text;
