@@ -361,3 +361,20 @@ def test_multiframe_frames_and_cine(env: Env, page: Any, tmp_path: Path) -> None
     page.wait_for_function("window.pacskitViewer.state().index === 1", timeout=20_000)  # wrapped past the end
     page.click("button[data-action='cine']")
     page.wait_for_function("!document.querySelector('.pk-viewport').classList.contains('pk-cine')")
+
+
+def test_an_image_that_cannot_be_loaded_is_reported_and_the_rest_is_shown(env: Env, page: Any) -> None:
+    broken = env.ct.datasets[3]
+    # the server fails that image's frames (as a server with a lost file would)
+    page.route(f"**/instances/{broken.SOPInstanceUID}/frames/**",
+               lambda route: route.fulfill(status=500, content_type="application/problem+json",
+                                           body='{"title": "lost", "status": 500}'))
+    page.goto(env.url())
+    page.wait_for_function("() => document.querySelector('.pk-viewer')?.dataset.ready === '1'", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.pk-viewer').dataset.error")  # prefetched after image 1
+    assert "image 4 could not be loaded (500)" in page.inner_text(".pk-status")
+    page.click("button[data-action='smooth']")
+    page.evaluate("window.pacskitViewer.scrollTo(5)")
+    grey, state = displayed(page)
+    assert state["index"] == 5
+    assert_shows(grey, expected_grey(env.ct.datasets[5], 40, 400))

@@ -215,6 +215,28 @@ class Viewer implements ViewerHandle {
     };
     core.eventTarget.addEventListener(core.Enums.Events.IMAGE_CACHE_IMAGE_ADDED, onCached);
     this.cleanups.push(() => core.eventTarget.removeEventListener(core.Enums.Events.IMAGE_CACHE_IMAGE_ADDED, onCached));
+    // an image of one of this viewer's stacks that cannot be fetched or decoded: say which, keep going
+    const onLoadError = (event: Event): void => {
+      const detail = (event as CustomEvent<{ imageId?: string; error?: unknown }>).detail;
+      const image = this.slots.flatMap((s) => s.images).find((i) => i.imageId === detail?.imageId);
+      if (!image) return;
+      const cause = detail.error instanceof Error ? detail.error.message : (detail.error as { status?: number })?.status;
+      this.fail(new Error(`image ${image.instance.instanceNumber ?? image.instance.sopInstanceUid}` +
+        `${image.instance.frames > 1 ? ` frame ${image.frame}` : ""} could not be loaded` + (cause ? ` (${cause})` : "")));
+    };
+    core.eventTarget.addEventListener(core.Enums.Events.IMAGE_LOAD_FAILED, onLoadError);
+    this.cleanups.push(() => core.eventTarget.removeEventListener(core.Enums.Events.IMAGE_LOAD_FAILED, onLoadError));
+    // Cornerstone's loader also leaves the failed request's promise unhandled (the XMLHttpRequest as the
+    // reason); the failure is reported above, so those of this viewer's server are marked handled.
+    const base = new URL(this.client.base, location.href).href.replace(/\/+$/, "") + "/";
+    const onUnhandled = (event: PromiseRejectionEvent): void => {
+      const reason: unknown = event.reason;
+      if (reason instanceof XMLHttpRequest && reason.responseURL.startsWith(base)) {
+        event.preventDefault();
+      }
+    };
+    window.addEventListener("unhandledrejection", onUnhandled);
+    this.cleanups.push(() => window.removeEventListener("unhandledrejection", onUnhandled));
 
     this.resizeObserver = new ResizeObserver(() => this.engine?.resize(true, true));
     this.resizeObserver.observe(this.grid);
@@ -352,7 +374,8 @@ class Viewer implements ViewerHandle {
       this.root.focus({ preventScroll: true });
     });
     const layoutButtons = LAYOUTS.map((name) =>
-      this.button(name, `layout ${name}`, () => void this.setLayout(name), { layout: name }));
+      this.button(name, `layout ${name}`, () => this.setLayout(name).catch((err: unknown) => this.fail(err)),
+        { layout: name }));
     this.toolbar.append(
       group(...toolButtons),
       group(
@@ -406,7 +429,7 @@ class Viewer implements ViewerHandle {
         el("div", "pk-series-count", `${series.modality} · ${frames} image${frames === 1 ? "" : "s"}`),
       );
       item.append(thumb, text);
-      item.addEventListener("click", () => void this.showSeries(series.uid));
+      item.addEventListener("click", () => this.showSeries(series.uid).catch((err: unknown) => this.fail(err)));
       this.panel.append(item);
       void this.client.seriesThumbnail(series.studyUid, series.uid).then(
         (url) => {
@@ -763,9 +786,10 @@ class Viewer implements ViewerHandle {
     const slot = this.slot();
     const page = Math.max(1, Math.round(slot.images.length / 10));
     const steps: Record<string, number> = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1, PageDown: page, PageUp: -page };
-    if (e.key in steps) void this.scroll(steps[e.key]);
-    else if (e.key === "Home") void this.scrollTo(0);
-    else if (e.key === "End") void this.scrollTo(slot.images.length - 1);
+    const report = (err: unknown): void => this.fail(err);
+    if (e.key in steps) this.scroll(steps[e.key]).catch(report);
+    else if (e.key === "Home") this.scrollTo(0).catch(report);
+    else if (e.key === "End") this.scrollTo(slot.images.length - 1).catch(report);
     else if (e.key === "i" || e.key === "I") this.setInvert(!this.state().invert);
     else if (e.key === "r" || e.key === "R") this.reset();
     else if (e.key === "s" || e.key === "S") this.setSmooth(!this.smooth);
