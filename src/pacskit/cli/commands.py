@@ -51,6 +51,9 @@ def serve(
     dicomweb: Annotated[
         Optional[bool], typer.Option("--dicomweb/--no-dicomweb", help="serve DICOMweb at /dicom-web on the HTTP listener")
     ] = None,
+    web: Annotated[
+        Optional[bool], typer.Option("--web/--no-web", help="serve the web workstation at /ui (and DICOMweb) on the HTTP listener")
+    ] = None,
 ) -> None:
     """Run the PACS server with its add-ins (Verification, Storage, Query, and any installed ones).
 
@@ -82,7 +85,43 @@ def serve(
         settings.http = settings.http.model_copy(update={"port": http_port})
     if dicomweb is not None:
         settings.addins.setdefault("dicomweb", {})["enabled"] = dicomweb
-    raise typer.Exit(run_server(settings))
+    if web is not None:
+        settings.addins.setdefault("workstation", {})["enabled"] = web
+        if web and dicomweb is None:
+            settings.addins.setdefault("dicomweb", {})["enabled"] = True
+    raise typer.Exit(run_server(settings, servers=_servers_root_of(settings.folder), announce=_announce_web))
+
+
+def _servers_root_of(folder: Path) -> Any:
+    """The service manager of the servers root ``folder`` is in ($PACSKIT_SERVERS or ./servers), or
+    ``None`` for a standalone server (the workstation's ``/api/servers`` then answers 404)."""
+    from pacskit.admin.manager import ServiceManager, servers_root
+
+    root = servers_root()
+    try:
+        if root.is_dir() and folder.resolve().parent == root.resolve():
+            return ServiceManager(root)
+    except OSError:
+        return None
+    return None
+
+
+def _announce_web(server: Any) -> None:
+    """Print the URL to open when the web workstation runs (``pacskit serve --web``)."""
+    http = getattr(server, "http", None)
+    if http is None or http.address is None or not any(a.name == "workstation" for a in server.addins):
+        return
+    host, port = http.address
+    scheme = "https" if server.settings.http.tls_cert else "http"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    print(f"web workstation: open {scheme}://{shown}:{port}/ui/", flush=True)
+    if not any(True for _ in _users_of(server)):
+        print("  no users yet: pacskit users add <name> --role admin", flush=True)
+
+
+def _users_of(server: Any) -> Any:
+    addin = next((a for a in server.addins if a.name == "workstation"), None)
+    return addin.users.list() if addin is not None else []
 
 
 ae_app = typer.Typer(
@@ -328,6 +367,7 @@ from pacskit.cli import media as _media  # noqa: E402,F401  (pacskit media build
 from pacskit.cli import browse as _browse  # noqa: E402,F401  (pacskit dump | ls | stats)
 from pacskit.cli import print as _print  # noqa: E402,F401  (pacskit print)
 from pacskit.cli import archive as _archive  # noqa: E402,F401  (pacskit delete)
+from pacskit.cli import users as _users  # noqa: E402,F401  (pacskit users add|passwd|remove|list)
 
 
 __all__ = ["app"]

@@ -44,23 +44,6 @@ def parse_status(text: str) -> int | str:
         raise typer.BadParameter(f"{text!r}: expected {', '.join(CATEGORIES)} or a status code like 0xA801") from None
 
 
-def status_condition(column: Any, wanted: int | str) -> Any:
-    """SQL condition for a status code or category (PS3.7 C.1, as :func:`pacskit.net.status_category`)."""
-    from sqlalchemy import and_, not_, or_
-
-    if isinstance(wanted, int):
-        return column == wanted
-    warning = or_(column.in_((0x0001, 0x0107, 0x0116)), and_(column >= 0xB000, column <= 0xBFFF))
-    if wanted == "success":
-        return column == 0
-    if wanted == "cancel":
-        return column == 0xFE00
-    if wanted == "warning":
-        return warning
-    # failure: anything else, and operations that never got a final status
-    return or_(column.is_(None), not_(or_(column == 0, column == 0xFE00, column.in_((0xFF00, 0xFF01)), warning)))
-
-
 def query_log(
     engine: Any,
     *,
@@ -77,6 +60,7 @@ def query_log(
     from sqlalchemy import or_, select
 
     from pacskit.store.records import TransactionLogEntry as T
+    from pacskit.store.records import status_condition
 
     stmt = select(T)
     if ae:

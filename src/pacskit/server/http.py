@@ -32,8 +32,10 @@ def http_services(addins: Sequence[AddIn]) -> list[tuple[str, HttpService]]:
     """(add-in name, service) for every add-in that serves HTTP."""
     out = []
     for addin in addins:
-        service = addin.http_service()
-        if service is not None:
+        served = addin.http_service()
+        if served is None:
+            continue
+        for service in [served] if isinstance(served, HttpService) else served:
             out.append((addin.name, service))
     return out
 
@@ -57,19 +59,37 @@ def build_app(title: str, services: Sequence[tuple[str, HttpService]],
             cluster) its lease is current, else 503 with the reason."""
             ok, details = health()
             return JSONResponse({"status": "ok" if ok else "unavailable", **details}, status_code=200 if ok else 503)
+    _problem_errors(app)
     owners: dict[str, str] = {}
     for name, service in services:
         prefix = (service.prefix if service.prefix is not None else f"/{name}").rstrip("/")
-        if not prefix.startswith("/"):
+        if prefix and not prefix.startswith("/"):
             raise HttpServiceError(f"add-in {name!r}: HTTP prefix {service.prefix!r} must start with '/'")
         if prefix in owners:
             raise HttpServiceError(f"add-ins {owners[prefix]!r} and {name!r} both serve HTTP under {prefix or '/'!r}")
         owners[prefix] = name
         if isinstance(service.app, APIRouter):
             app.include_router(service.app, prefix=prefix)
+        elif not prefix:
+            raise HttpServiceError(f"add-in {name!r}: only a router may be served at the root, not an application")
         else:
             app.mount(prefix or "/", service.app)
     return app
+
+
+def _problem_errors(app: Any) -> None:
+    """The listener's own refusals (no such path, method not allowed) as RFC 9457 problem+json, like
+    the add-ins' (those mounted as applications answer their own errors)."""
+    from http import HTTPStatus
+
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def _http_problem(_request: Any, exc: HTTPException) -> Any:
+        status = exc.status_code
+        body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": str(exc.detail)}
+        return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=exc.headers)
 
 
 class _Current:

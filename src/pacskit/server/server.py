@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pacskit.services import AddIn, Admission, BaseServices, TlsSetup, Workflow
+from pacskit.services import AddIn, Admission, BaseServices, ServerControl, ServersRoot, TlsSetup, Workflow
 from pacskit.net import Acceptor, Association, EventBus, Reject, Services, SupportedContext
 from pacskit.net.services import DuplicateHandler
 from pacskit.audit.service import Audit
@@ -142,6 +142,7 @@ class Server:
         dicom_request: DicomRequest | None = None,
         worker: bool = False,
         data_lock: DataFolderLock | None = None,
+        servers: ServersRoot | None = None,
     ) -> None:
         self.settings = settings
         self.worker = worker  # one of several processes sharing the port and the store
@@ -174,6 +175,9 @@ class Server:
         self.workflow = Workflow()
         #: this node of a cluster (pacskit.store.cluster.ClusterNode), None on a single server
         self.cluster: Any = None
+        #: what add-ins that manage the server get (pacskit.services.ServerControl): the admin API
+        #: once it exists, the servers root ``servers`` when the server belongs to one
+        self.control = ServerControl(servers=servers)
 
     # ------------------------------------------------------------------ start-up
 
@@ -360,6 +364,7 @@ class Server:
                 audit=self.audit,
                 admission=self.admission,
                 workflow=self.workflow,
+                control=self.control,
             )
 
         self._base_for = base_for
@@ -384,6 +389,7 @@ class Server:
 
             self.admin = AdminService(self)
             self.admin.collect()
+            self.control.admin_app = self.admin.app
         listeners: list[tuple[str, int]] = []
         if tls is None or tls.keep_plain:
             self.acceptor = self._acceptor(config)
@@ -578,6 +584,7 @@ class Server:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+            self.control.admin_app = None
         if self.http is not None:
             await self.http.stop()
             self.http = None
@@ -625,8 +632,13 @@ def configure_logging(settings: ServerSettings, *, worker: bool = False) -> None
 SWITCH_INTERVAL = 0.0005  # seconds; see run_server
 
 
-def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
+def run_server(settings: ServerSettings, *, worker: bool = False, servers: ServersRoot | None = None,
+               announce: Any = None) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code (1 with one line on start-up errors).
+
+    ``servers``: the servers root the server belongs to (:class:`pacskit.services.ServerControl`);
+    ``announce(server)``: called once it listens, after the "listening" line (``pacskit serve --web``
+    prints the URL to open).
 
     With ``settings.workers > 1`` this process becomes the parent of that many worker processes
     (see :mod:`pacskit.server.workers`); ``worker`` is how such a worker runs itself.
@@ -650,12 +662,13 @@ def run_server(settings: ServerSettings, *, worker: bool = False) -> int:
 
             configure_logging(settings)
             return run_workers(settings, data_lock)
-        return _run_server(settings, worker=False, data_lock=data_lock)
+        return _run_server(settings, worker=False, data_lock=data_lock, servers=servers, announce=announce)
 
 
-def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolderLock | None) -> int:
+def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolderLock | None,
+                servers: ServersRoot | None = None, announce: Any = None) -> int:
     async def run() -> int:
-        server = Server(settings, worker=worker, data_lock=data_lock)
+        server = Server(settings, worker=worker, data_lock=data_lock, servers=servers)
         try:
             await server.start()
         except (ServerError, AddInError) as exc:
@@ -671,6 +684,8 @@ def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolder
             f"data in {settings.data_path.resolve()}",
             flush=True,
         )
+        if announce is not None:
+            announce(server)
         await stop.wait()
         log.info("shutting down: letting running operations finish")
         await server.stop()

@@ -37,6 +37,11 @@ An add-in is a class deriving from :class:`AddIn`. It declares
   :class:`TlsSetup`; the built-in one is :mod:`pacskit.addins.tls`). At most one enabled add-in may
   supply it.
 
+:attr:`BaseServices.control` (:class:`ServerControl`) is what the server hands add-ins that manage it
+or share its HTTP users: the admin API as an ASGI application, the servers root when the server is one
+of a service manager's, and the listener's shared authenticator (:data:`WebAuthenticator`), through
+which an add-in that keeps users (the workstation) lets others (DICOMweb) accept its sessions.
+
 A method of a subclass whose name is close to a hook's but not equal (``admin_routers``,
 ``presentation_context``) is reported when the add-in is registered, and the add-in is not loaded:
 a misspelled hook would otherwise be silently never called.
@@ -76,10 +81,10 @@ Example — a complete add-in::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -105,6 +110,71 @@ class AddInOptions(BaseModel):
     timeout: float | None = Field(30.0, gt=0, description="seconds a handler may take before the server answers a failure status")
 
 
+@dataclass(frozen=True, slots=True)
+class WebUser:
+    """Who made an HTTP request, as a :data:`WebAuthenticator` recognised them: a user name and a role
+    (``viewer``, ``operator`` or ``admin``; see docs/web-api.md)."""
+
+    name: str
+    role: str
+
+
+class WebAuthError(Exception):
+    """A request carried credentials that were recognised but refused: ``status`` is the HTTP status
+    to answer (401: expired or wrong, 403: the role may not, or a missing CSRF token) and ``detail``
+    the sentence for the problem+json body."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+#: ``await authenticator(request, permission)``: the :class:`WebUser` of a Starlette ``request`` allowed
+#: to do ``permission`` (``find``, ``get``: read; ``store``: write), ``None`` when the request carries
+#: none of the authenticator's credentials; raises :class:`WebAuthError` when it carries some that are
+#: refused.
+WebAuthenticator = Callable[[Any, str], Awaitable["WebUser | None"]]
+
+
+@runtime_checkable
+class ServersRoot(Protocol):
+    """The servers of the servers root this server belongs to (``pacskit.admin.manager.ServiceManager``
+    fits); given to the server by whoever starts it (``pacskit serve`` in a servers root)."""
+
+    def list(self) -> Any: ...
+    def create(self, ae_title: str, *, port: int, host: str = ...) -> Any: ...
+    def start(self, name: str, *, timeout: float = ...) -> int: ...
+    def stop(self, name: str, *, timeout: float = ..., force: bool = ...) -> bool: ...
+    def restart(self, name: str, *, timeout: float = ...) -> int: ...
+
+
+@dataclass(slots=True)
+class ServerControl:
+    """What the server hands the add-ins that manage it (an extension point: docs/ARCHITECTURE.md).
+
+    Add-ins sit below the server in the layers and cannot import it; the server fills this object
+    instead, as the parts come up, and add-ins read it when a request needs it (never at import):
+
+    - ``admin_app``: the admin API as an ASGI application (the same routes and bodies as over its
+      socket, :mod:`pacskit.server.admin_api`), set once the admin API exists; ``None`` when
+      ``[admin] enabled = false``. Whoever serves it elsewhere authenticates the callers itself.
+    - ``servers``: the servers root (:class:`ServersRoot`) when this server is one of a service
+      manager's, else ``None``.
+    - ``web_authenticator``: the users of the HTTP listener, installed by at most one add-in (the
+      workstation) in ``start`` and removed in ``stop``; other add-ins serving HTTP (DICOMweb) ask it
+      before their own checks, so one login serves every service of the listener.
+    - ``shared``: state an add-in keeps across reloads, under its name. A reload starts the new
+      instance of an add-in before the old one stops, and both see this same dictionary: open
+      sessions or a running job queue live here rather than in the instance.
+    """
+
+    admin_app: Any = None
+    servers: ServersRoot | None = None
+    web_authenticator: WebAuthenticator | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class BaseServices:
     """Services every add-in can use; each one is replaceable when the server is built.
@@ -123,6 +193,8 @@ class BaseServices:
       :meth:`AddIn.workflow_event` (``workflow.publish(event)``)
     - ``admission``: the decisions of the enabled add-ins on a C-STORE before it is stored
       (:meth:`AddIn.admit_instance`); a storage service calls ``admission.check(instance)``
+    - ``control``: the admin API, the servers root and the listener's users (:class:`ServerControl`),
+      one object shared by every add-in of the server
     """
 
     dicom_request: DicomRequest
@@ -135,6 +207,7 @@ class BaseServices:
     audit: Audit = field(default_factory=Audit)
     admission: Admission = field(default_factory=lambda: Admission())
     workflow: Workflow = field(default_factory=lambda: Workflow())
+    control: ServerControl = field(default_factory=ServerControl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +307,10 @@ class HttpService:
 
     - ``app``: a :class:`fastapi.APIRouter` (included, so its routes share the listener's OpenAPI
       document) or any ASGI application (mounted: it gets the prefix as the ASGI ``root_path``);
-    - ``prefix``: the path it is served under (``"/dicom-web"``); ``None``: ``/<add-in name>``.
-      Two add-ins with the same prefix is a start-up error naming both.
+    - ``prefix``: the path it is served under (``"/dicom-web"``); ``None``: ``/<add-in name>``;
+      ``""``: the root (only routers: a root-mounted application would hide every other service).
+      Two add-ins with the same prefix is a start-up error naming both. An add-in serving under
+      several prefixes returns a list of services from :meth:`AddIn.http_service`.
 
     The listener (``[http]`` in ``server.toml``) is public: unlike the admin API it has no
     authentication of its own, so an add-in that serves anything but public data checks its callers.
@@ -304,8 +379,9 @@ class AddIn:
         ``start``."""
         return None
 
-    def http_service(self) -> HttpService | None:
-        """What this add-in serves on the server's public HTTP listener, or ``None`` (the default).
+    def http_service(self) -> HttpService | Sequence[HttpService] | None:
+        """What this add-in serves on the server's public HTTP listener, or ``None`` (the default);
+        a list when it serves under several prefixes.
 
         Called once, after ``start``; the server starts the listener (``[http]`` in ``server.toml``)
         only when at least one enabled add-in returns a service. Routes run on the server's event
@@ -405,9 +481,14 @@ __all__ = [
     "Permission",
     "Request",
     "Response",
+    "ServerControl",
+    "ServersRoot",
     "Status",
     "SupportedContext",
     "TlsSetup",
+    "WebAuthError",
+    "WebAuthenticator",
+    "WebUser",
     "Workflow",
     "WorkflowEvent",
     "misspelled_hooks",

@@ -17,6 +17,7 @@ Timestamps are UTC (:class:`~pacskit.store.index.models.UTCDateTime`).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import BigInteger, Float, Integer, String, Text
 from sqlalchemy.dialects import mysql
@@ -106,4 +107,21 @@ class AuditRecord(Base):
     __table_args__ = (MYSQL_TABLE_ARGS,)
 
 
-__all__ = ["AuditRecord", "LogRecord", "TransactionLogEntry"]
+def status_condition(column: Any, wanted: int | str) -> Any:
+    """SQL condition for a status code or category (PS3.7 C.1, as :func:`pacskit.net.status_category`)."""
+    from sqlalchemy import and_, not_, or_
+
+    if isinstance(wanted, int):
+        return column == wanted
+    warning = or_(column.in_((0x0001, 0x0107, 0x0116)), and_(column >= 0xB000, column <= 0xBFFF))
+    if wanted == "success":
+        return column == 0
+    if wanted == "cancel":
+        return column == 0xFE00
+    if wanted == "warning":
+        return warning
+    # failure: anything else, and operations that never got a final status
+    return or_(column.is_(None), not_(or_(column == 0, column == 0xFE00, column.in_((0xFF00, 0xFF01)), warning)))
+
+
+__all__ = ["AuditRecord", "LogRecord", "TransactionLogEntry", "status_condition"]

@@ -4,6 +4,8 @@
 * :mod:`pacskit.testing.peers` – run DCMTK, Orthanc and pynetdicom peers on 127.0.0.1.
 * :mod:`pacskit.testing.pynd_scp` – the minimal pynetdicom Storage SCP used as a baseline.
 * :mod:`pacskit.testing.server` – a pacskit server in a background thread, for tests driving it.
+* :mod:`pacskit.testing.viewer` – the web viewer's test data (CT phantom, compressed copies) and
+  expected grey levels (pydicom), and the built front-end served under ``/ui/``.
 """
 
 from pacskit.testing.peers import (

@@ -27,14 +27,16 @@ def running_server(
     addin_classes: Sequence[type[AddIn]] | None = None,
     name: str = "pacskit-server",
     grace: float = 5,
+    servers: Any = None,
 ) -> Iterator[Server]:
-    """``Server(load_settings(folder), addin_classes=...)`` in a thread named ``name``; stopped at the end."""
+    """``Server(load_settings(folder), addin_classes=...)`` in a thread named ``name``; stopped at the end.
+    ``servers``: the servers root the server belongs to (:class:`pacskit.services.ServersRoot`)."""
     started = threading.Event()
     holder: dict[str, Any] = {}
 
     def main() -> None:
         async def serve() -> None:
-            server = Server(load_settings(folder), addin_classes=addin_classes)
+            server = Server(load_settings(folder), addin_classes=addin_classes, servers=servers)
             try:
                 await server.start()
             except BaseException as exc:  # re-raised in the test thread

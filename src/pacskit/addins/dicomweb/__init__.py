@@ -144,6 +144,9 @@ class DicomWebAddIn(AddIn):
     async def authenticate(self, request: Any, service: str) -> Caller:
         """The caller of ``request``, allowed to use ``service`` (find / get / store); 401 / 403 else."""
         address = request.client.host if request.client else None
+        web_user = await self._web_user(request, service, address)
+        if web_user is not None:
+            return web_user
         if self.options.auth == "none":
             return Caller("anonymous", address, None)
         header = request.headers.get("authorization", "")
@@ -169,6 +172,25 @@ class DicomWebAddIn(AddIn):
                                            peer_ae=ae.title, peer_address=address)
             raise DicomWebError(403, f"{ae.title} may not use {service}")
         return Caller(ae.title, address, ae.allowed_services)
+
+    async def _web_user(self, request: Any, service: str, address: str | None) -> Caller | None:
+        """The caller as the listener's users see it (:attr:`pacskit.services.ServerControl.web_authenticator`,
+        installed by the workstation), or ``None`` to go on with this add-in's own ``auth``. While such
+        users exist, ``auth = "none"`` no longer means anonymous: their credentials are required."""
+        from pacskit.services import WebAuthError
+
+        authenticator = self.base.control.web_authenticator
+        if authenticator is None:
+            return None
+        try:
+            user = await authenticator(request, service)
+        except WebAuthError as exc:
+            raise DicomWebError(exc.status, exc.detail) from None
+        if user is not None:
+            return Caller(user.name, address, None)
+        if self.options.auth == "none":
+            raise DicomWebError(401, "authentication required: log in to the workstation or send a bearer token")
+        return None
 
     def _check_bearer(self, token: str) -> tuple[Any, str]:
         from pacskit.config.tokens import verify_jwt

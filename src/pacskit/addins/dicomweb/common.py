@@ -44,7 +44,10 @@ def check_uid(value: str, what: str) -> str:
 # --- Accept --------------------------------------------------------------------------------------------
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})')
+# A parameter value is a token or a quoted string (RFC 9110 5.6.6); a media type as an unquoted value
+# (``type=application/octet-stream``, sent by Cornerstone/OHIF and dicomweb-client) is accepted too.
+_VALUE = r"[!#$%&'*+./^_`|~0-9A-Za-z-]+"
+_PARAM = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_VALUE})')
 
 
 @dataclass(slots=True)
