@@ -5,6 +5,7 @@ process at a time (a lock on web/package.json), so parallel test runs do not bui
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
 ASSETS = ROOT / "src" / "pacskit" / "web_assets"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: where the Playwright tests leave their screenshots: test-artifacts/screenshots (gitignored), or the
+#: pictures of the user guides with PACSKIT_SCREENSHOT_DIR=docs/screenshots (so that running the suite
+#: does not change tracked files; the docs' pictures are refreshed on purpose, by the same tests)
+SCREENSHOTS = ROOT / os.environ.get("PACSKIT_SCREENSHOT_DIR", "test-artifacts/screenshots")
 
 _SOURCES = ("src", "index.html", "viewer.html", "package.json", "package-lock.json", "vite.config.ts", "tsconfig.json")
 

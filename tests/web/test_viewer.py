@@ -41,11 +41,9 @@ from pacskit.testing.viewer import (
     write_ct_series,
 )
 
-from ._frontend import ensure_built
+from ._frontend import SCREENSHOTS, ensure_built
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-#: the viewer's screenshot for the user guide (docs/web-viewer.md)
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 CT_SLICES = 12
 
 

@@ -21,19 +21,19 @@ from pacskit.testing.synth import make_series
 from pacskit.testing.viewer import expected_grey, grey_matrix
 from pacskit.testing.workstation import AE_TITLE, Workstation, workstation
 
-from ._frontend import ROOT, ensure_built, need_chromium
+from ._frontend import ROOT, SCREENSHOTS, ensure_built, need_chromium
 
 pw_api = pytest.importorskip("playwright.sync_api")
 expect = pw_api.expect
 expect.set_options(timeout=20_000)  # a loaded machine (2 cores shared) is slow, not wrong
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 REMOTE_PATIENTS = ("REMOTE^ALICE", "REMOTE^BOB")
 SLICES = 4
 
 
 def screenshot(page: Any, name: str) -> None:
-    """A PNG of the page in docs/screenshots, reduced to 64 colours so the committed files stay small."""
+    """A PNG of the page in SCREENSHOTS (docs/screenshots when refreshing the guide), reduced to 64
+    colours so the committed files stay small."""
     from PIL import Image
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
