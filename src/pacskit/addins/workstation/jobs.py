@@ -436,7 +436,7 @@ class JobRunner:
 
             sop_class = STUDY_ROOT_GET
             contexts = [RequestedContext(sop_class), RequestedContext(STUDY_ROOT_FIND), *get_contexts()[:125]]
-            assoc = await self.base.dicom_request.associate(job.source, contexts, services=self._get_services())
+            assoc = await self.base.dicom_request.associate(job.source, contexts, services=self._get_services(job.source))
             elements: dict[str, Any] = {}
             field_name = "C_GET_RQ"
         else:
@@ -519,26 +519,14 @@ class JobRunner:
         with contextlib.suppress(Exception):
             await assoc.cancel(assoc.last_message_id, ctx)
 
-    def _get_services(self) -> Any:
-        """The C-STORE handler of a C-GET: the sub-operations' instances go into the archive."""
-        from pacskit.net import Response, Services
-
-        store = self.base.store
-
-        def on_store(request: Any) -> Any:
-            received = request.received
-            if store is None or received is None or received.path is None:
-                return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "no data store"})
-            try:
-                store.ingest(received, expected_sop_instance_uid=request.sop_instance_uid,
-                             expected_sop_class_uid=request.sop_class_uid, duplicate_policy="keep-first")
-            except Exception as exc:
-                self.log.warning("workstation C-GET: %s not stored: %s", request.sop_instance_uid, exc)
-                return Response(Status.CANNOT_UNDERSTAND, elements={"ErrorComment": str(exc)[:64]})
-            return Response(Status.SUCCESS)
+    def _get_services(self, source: str) -> Any:
+        """The C-STORE handler of a C-GET: the sub-operations' instances go into the archive, each
+        durable and indexed before it is acknowledged (the handler the Q/R gateway and prefetch use)."""
+        from pacskit.addins.fetching import store_handler
+        from pacskit.net import Services
 
         services = Services()
-        services.register("C-STORE", on_store)
+        services.register("C-STORE", store_handler(self.base, source))
         return services
 
     # ------------------------------------------------------------------ send
