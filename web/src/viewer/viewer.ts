@@ -559,6 +559,7 @@ class Viewer implements ViewerHandle {
     tools.utilities.stackPrefetch.disable(slot.host);
     if (images.length === 0) return;
     await vp.setStack(images.map((i) => i.imageId), 0);
+    if (!this.isCurrent(slot)) return; // the layout changed while the stack loaded: that viewport is gone
     vp.setProperties({ interpolationType: this.interpolation() });
     vp.render();
     tools.utilities.stackPrefetch.enable(slot.host);
@@ -719,8 +720,14 @@ class Viewer implements ViewerHandle {
     };
   }
 
+  /** Whether ``slot`` is still on screen: a layout change replaces every slot, and events or loads
+   * of the old ones may still arrive afterwards (they are then ignored). */
+  private isCurrent(slot: Slot): boolean {
+    return this.slots[slot.index] === slot;
+  }
+
   private updateOverlay(slot: Slot): void {
-    if (!this.engine || !slot.images.length) return;
+    if (!this.engine || !slot.images.length || !this.isCurrent(slot)) return;
     const state = this.state(slot.index);
     const image = slot.images[state.index];
     if (!image) return;
