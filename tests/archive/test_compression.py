@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 
 from pacskit.config.settings import load_settings
 from pacskit.server.server import open_store
-from pacskit.store.compression import SYNTAXES, CompressionError, compress
+from pacskit.store.compression import SYNTAXES, compress
 
 FILES = ["CT_small.dcm", "MR_small_implicit.dcm", "examples_rgb_color.dcm", "rtdose.dcm", "SC_rgb_small_odd.dcm",
          "SC_rgb_rle.dcm"]  # the last is compressed already: left as it is
