@@ -101,9 +101,13 @@ class Rule(BaseModel):
     @model_validator(mode="after")
     def _one_action(self) -> Rule:
         actions = [bool(self.destinations), self.drop_status is not None, bool(self.correct)]
-        if sum(actions) != 1:
-            raise ValueError(f"rule {self.name!r}: give one action: destinations (forward), drop_status (drop) "
+        if not any(actions):
+            raise ValueError(f"rule {self.name!r}: give destinations (forward), drop_status (drop) "
                              "or correct (apply a correction)")
+        if self.drop_status is not None and (self.destinations or self.anonymize_project):
+            raise ValueError(f"rule {self.name!r}: a drop rule has no destinations")
+        if sum(actions) > 1:
+            raise ValueError(f"rule {self.name!r}: give one action only: destinations, drop_status or correct")
         if self.correct:
             from pacskit.store.correction import CorrectionError, _checked_changes
 
