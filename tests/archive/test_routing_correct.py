@@ -102,6 +102,21 @@ def test_storescu_instances_corrected_by_rule_forwarded_corrected(tmp_path: Path
                            for d in (pydicom.dcmread(p) for p in out.glob("rsp*.dcm"))}
                 assert answers == {"FIX1": "CT HEAD", "KEEP1": "MR ROUTINE"}, proc.stdout + proc.stderr
                 assert routing.queue.counts() == {}
+                # audited: DICOM Instances Accessed (110103), action U, by the rule, for the corrected study
+                from sqlalchemy import select
+
+                from pacskit.store.records import AuditRecord
+
+                def audited() -> list[str]:
+                    with store.index.engine.connect() as conn:
+                        return list(conn.execute(select(AuditRecord.xml)
+                                                 .where(AuditRecord.event_id == "110103")).scalars())
+                while not audited():
+                    assert time.monotonic() < deadline, "no Instances Accessed audit message"
+                    await asyncio.sleep(0.1)
+                for xml in audited():  # one per study per batch of jobs applied together
+                    assert "routing:fix-ct1" in xml and str(fixed[0].StudyInstanceUID) in xml and "FIX1" in xml
+                    assert 'EventActionCode="U"' in xml, xml
             finally:
                 await server.stop()
 
