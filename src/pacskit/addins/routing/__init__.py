@@ -58,7 +58,14 @@ from sqlalchemy import select
 
 from pacskit.addins.routing.queue import ForwardQueue, Job, NewJob, SharedForwardQueue
 from pacskit.dicom.status import status_category
-from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
+from pacskit.dicom.transcode import (
+    DEFAULT_MAX_SIZE,
+    NATIVE_SYNTAXES,
+    CannotConvert,
+    can_convert,
+    encodable_syntaxes,
+    transcode,
+)
 from pacskit.net import NetError, RequestedContext
 from pacskit.net import events as ev
 from pacskit.services import AddIn, AddInOptions, IncomingInstance, Response, WorkflowEvent
@@ -490,8 +497,11 @@ class RoutingAddIn(AddIn):
             if (sop_class, ts) not in seen:
                 seen.add((sop_class, ts))
                 contexts.append(RequestedContext(sop_class, (ts,)))
-        for sop_class in sorted({c for _j, _p, c, _t in items}):
+        classes = sorted({c for _j, _p, c, _t in items})
+        for sop_class in classes:
             contexts.append(RequestedContext(sop_class, _FALLBACK))
+        if encodable_syntaxes() and len(contexts) + len(classes) <= 128:  # a peer taking only those
+            contexts.extend(RequestedContext(sop_class, encodable_syntaxes()) for sop_class in classes)
         try:
             assoc = await self.base.dicom_request.associate(destination, contexts[:128])
         except (NetError, OSError, LookupError) as exc:
@@ -529,7 +539,7 @@ class RoutingAddIn(AddIn):
     async def _send_one(self, assoc: Any, job: Job, path: str, sop_class: str, ts: str) -> int:
         accepted = {pc.transfer_syntax for pc in assoc.accepted_contexts if pc.abstract_syntax == sop_class}
         target = ts if ts in accepted else next(
-            (t for t in NATIVE_SYNTAXES if t in accepted and can_convert(ts, t)), None)
+            (t for t in (*NATIVE_SYNTAXES, *encodable_syntaxes()) if t in accepted and can_convert(ts, t)), None)
         if target is None:
             raise _Unsendable(f"{assoc.remote_ae_title} accepted no usable context for {sop_class} in {ts}")
         temps: list[str] = []
