@@ -103,6 +103,19 @@ def test_a08_and_a40_over_mllp(tmp_path: Path) -> None:
             escaped = A08.replace("JONES^WILLIAM^A^III", "SMITH\\T\\JONES^ANN").replace("|M\r", "|F\r")
             ack = await send(hl7.port, escaped)
             assert "MSA|AA|000001|updated 2 studies" in ack, ack
+            # one connection: a stray line before the <VT> and a block without one are skipped, the
+            # messages around them answered in order
+            reader, writer = await asyncio.open_connection("127.0.0.1", hl7.port)
+            writer.write(b"\x0b" + A40.encode() + b"\x1c\x0d\n" + b"junk\x1c\x0d" + b"\x0b" + escaped.encode()
+                         + b"\x1c\x0d")
+            await writer.drain()
+            answers = []
+            for _ in range(2):
+                await reader.readuntil(b"\x0b")
+                answers.append((await reader.readuntil(b"\x1c\x0d"))[:-2].decode())
+            writer.close()
+            assert "MSA|AA|00000003|prior patient not in the archive" in answers[0], answers
+            assert "MSA|AA|000001|updated 2 studies" in answers[1], answers
             files = [pydicom.dcmread(store.blobs.path(k), stop_before_pixels=True) for k in store.blobs.iter_keys()]
             assert {str(d.PatientName) for d in files} == {"SMITH&JONES^ANN"}  # unescaped \T\ in the files
             assert store.check().ok

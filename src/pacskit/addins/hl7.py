@@ -27,7 +27,7 @@ Every message with a PID segment is then published to the other add-ins as a
 add-in fetches the patient's prior studies on admissions and orders.
 Messages are parsed by python-hl7 (the ``hl7`` extra: ``pip install pacskit[hl7]``), which splits on
 the separators of MSH-1/MSH-2 and unescapes values (``\\F\\`` ``\\S\\`` ``\\T\\`` ``\\R\\`` ``\\E\\``, hex); the
-MLLP framing is python-hl7's asyncio ``hl7.mllp`` server (blocks of at most 1 MiB). Text is read as
+MLLP server and block writer are python-hl7's asyncio ``hl7.mllp`` (blocks of at most 1 MiB; bytes before a block's ``0x0B`` are skipped, not the block). Text is read as
 UTF-8 (HL7 v2.8's preferred character set; invalid bytes replaced).
 """
 
@@ -50,6 +50,7 @@ from pacskit.services import AddIn, AddInOptions, WorkflowEvent
 log = logging.getLogger("pacskit.addin.hl7")
 
 MAX_MESSAGE = 1 << 20
+START_BLOCK, END_BLOCK = b"\x0b", b"\x1c\x0d"  # MLLP framing (HL7 v2.5 appendix C)
 NEEDS_LIBRARY = "the hl7 add-in needs python-hl7: pip install 'pacskit[hl7]'"
 
 
@@ -182,16 +183,20 @@ class Hl7AddIn(AddIn):
     async def _client(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
         try:
             while True:
+                # python-hl7's readblock() drops a block that does not begin with <VT>, message and
+                # all; bytes before the <VT> (a stray newline after the previous block) are skipped here
                 try:
-                    block = await reader.readblock()
+                    data = await reader.readuntil(END_BLOCK)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                except hl7.mllp.InvalidBlockError:
-                    log.warning("hl7: a block without the MLLP start byte <VT>; skipped")
-                    continue
-                except ValueError:  # python-hl7 reports the stream limit so
+                except asyncio.LimitOverrunError:
                     log.warning("hl7: a message over %d bytes; connection closed", MAX_MESSAGE)
                     return
+                start = data.find(START_BLOCK)
+                if start < 0:
+                    log.warning("hl7: %d bytes without the MLLP start byte <VT>; skipped", len(data))
+                    continue
+                block = data[start + 1: -len(END_BLOCK)]
                 answer = await self.handle(block.decode("utf-8", "replace"))
                 writer.writeblock(answer)
                 await writer.drain()
