@@ -27,10 +27,39 @@ A40 = ("MSH|^~\\&|REGADT|MCM|RSP1P8|MCM|199601051530|SEC|ADT^A40^ADT_A39|0000000
 
 def test_message_parsing() -> None:
     m = Message(A40)
-    assert m.event == "A40" and m.components("MRG", 1)[0] == "MR2" and m.field("MSH", 10) == "00000003"
+    assert m.event == "A40" and m.components("MRG", 1)[0] == "MR2" and m.value("MSH", 10) == "00000003"
     assert pn_from_xpn(Message(A08).components("PID", 5)) == "JONES^WILLIAM^A^^III"
     ack = Message(A08).ack("AA", "done").decode()
     assert ack.startswith("MSH|^~\\&|IFENG||REGADT|MCM|") and "\rMSA|AA|000001|done\r" in ack
+
+
+# HL7 v2.5 section 2.7.4 escape sequences in a name (O^BRIEN|JR&CO~X\\Y: every separator escaped),
+# repeated identifiers (PID-3 ~) and a component with sub-components (XAD street address &)
+A08_ESCAPED = ("MSH|^~\\&|REGADT|MCM|IFENG||200701061000||ADT^A08^ADT_A01|MSG00042|P|2.5\r"
+               "EVN|A08|200701061000\r"
+               "PID|1||PID\\T\\77^^^MCM^MR~9999^^^SSA^SS||O\\S\\BRIEN\\F\\JR\\T\\CO\\R\\X\\E\\Y^MARY^^^DR"
+               "||19700102|F|||12 MAIN ST&MAIN ST&12^^ANN ARBOR^MI^48103\r"
+               "PV1|1|O\r")
+
+
+def test_parsed_values_are_unescaped_and_repetitions_split() -> None:
+    m = Message(A08_ESCAPED)
+    assert m.event == "A08" and m.value("MSH", 10) == "MSG00042" and m.value("MSH", 2) == "^~\\&"
+    assert m.repetitions("PID", 3) == [["PID&77", "", "", "MCM", "MR"], ["9999", "", "", "SSA", "SS"]]
+    assert m.value("PID", 3) == "PID&77"
+    assert m.components("PID", 5) == ["O^BRIEN|JR&CO~X\\Y", "MARY", "", "", "DR"]
+    assert pn_from_xpn(m.components("PID", 5)) == "O BRIEN|JR&CO~X Y^MARY^^DR"  # no PN delimiter inside
+    assert m.value("PID", 11) == "12 MAIN ST" and m.value("PID", 11, 3) == "ANN ARBOR"
+    assert m.value("PID", 7) == "19700102" and m.value("PID", 30) == "" and m.value("ZZZ", 1) == ""
+    assert m.has("PV1") and not m.has("MRG") and m.raw("PID", 5).startswith("O\\S\\BRIEN")
+    ack = m.ack("AE", "bad | name ^ here").decode()  # the text is escaped back in the ACK
+    assert "\rMSA|AE|MSG00042|bad \\F\\ name \\S\\ here\r" in ack and "\rERR|" in ack
+    for junk in ("", "PID|1", "MSH"):
+        try:
+            Message(junk)
+        except ValueError:
+            continue
+        raise AssertionError(f"{junk!r} parsed")
 
 
 def test_a08_and_a40_over_mllp(tmp_path: Path) -> None:
@@ -70,6 +99,25 @@ def test_a08_and_a40_over_mllp(tmp_path: Path) -> None:
             assert {str(d.PatientID) for d in files} == {"PATID1234"}
             assert {str(d.PatientName) for d in files} == {"JONES^WILLIAM^A^^III"}  # the merge wrote B's name
             assert {str(d.PatientBirthDate) for d in files} == {"19610615"} and {d.PatientSex for d in files} == {"M"}
+            assert store.check().ok
+            escaped = A08.replace("JONES^WILLIAM^A^III", "SMITH\\T\\JONES^ANN").replace("|M\r", "|F\r")
+            ack = await send(hl7.port, escaped)
+            assert "MSA|AA|000001|updated 2 studies" in ack, ack
+            # one connection: a stray line before the <VT> and a block without one are skipped, the
+            # messages around them answered in order
+            reader, writer = await asyncio.open_connection("127.0.0.1", hl7.port)
+            writer.write(b"\x0b" + A40.encode() + b"\x1c\x0d\n" + b"junk\x1c\x0d" + b"\x0b" + escaped.encode()
+                         + b"\x1c\x0d")
+            await writer.drain()
+            answers = []
+            for _ in range(2):
+                await reader.readuntil(b"\x0b")
+                answers.append((await reader.readuntil(b"\x1c\x0d"))[:-2].decode())
+            writer.close()
+            assert "MSA|AA|00000003|prior patient not in the archive" in answers[0], answers
+            assert "MSA|AA|000001|updated 2 studies" in answers[1], answers
+            files = [pydicom.dcmread(store.blobs.path(k), stop_before_pixels=True) for k in store.blobs.iter_keys()]
+            assert {str(d.PatientName) for d in files} == {"SMITH&JONES^ANN"}  # unescaped \T\ in the files
             assert store.check().ok
         finally:
             await server.stop()

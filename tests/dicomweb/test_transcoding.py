@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, JPEGLSNearLossless, RLELossless
 
 from pacskit.dicom.transcode import encodable_syntaxes
 from pacskit.testing.dicomweb import Running, keep_copies, multipart_parts
@@ -43,7 +43,7 @@ def _url(ds) -> str:  # type: ignore[no-untyped-def]
     return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
 
 
-@pytest.mark.parametrize("target", [RLELossless, JPEG2000Lossless])
+@pytest.mark.parametrize("target", [RLELossless, JPEG2000Lossless, JPEGLSLossless])
 def test_instances_compressed_on_request(pacs: Running, series: list[Path], target: str) -> None:
     original = dcmread(series[0])
     with httpx.Client(base_url=pacs.url) as c:
@@ -70,7 +70,7 @@ def test_instances_compressed_on_request(pacs: Running, series: list[Path], targ
 
 def test_lossy_or_unknown_syntaxes_are_406_with_the_reason(pacs: Running, series: list[Path]) -> None:
     with httpx.Client(base_url=pacs.url) as c:
-        for ts in (JPEG2000, JPEGBaseline8Bit, "1.2.3.4"):
+        for ts in (JPEG2000, JPEGBaseline8Bit, JPEGLSNearLossless, "1.2.3.4"):
             r = c.get(f"/studies/{STUDY}", headers=_accept(ts))
             assert r.status_code == 406 and "cannot be sent in" in r.text and ts in r.text
             problem = r.json()  # RFC 9457
@@ -120,6 +120,18 @@ def test_frames_encoded_on_request(pacs: Running, series: list[Path], tmp_path: 
         r = c.get(f"{_url(native)}/frames/1",
                   headers={"Accept": f'multipart/related; type="image/dicom-rle"; transfer-syntax={RLELossless}'})
         assert r.status_code == 200 and r.headers["content-type"].startswith('multipart/related; type="image/dicom-rle"')
+        # JPEG-LS lossless (image/jls), from native and from RLE pixels: decoded back byte for byte
+        for ds in (native, dcmread(RLE)):
+            r = c.get(f"{_url(ds)}/frames/1", headers={"Accept": 'multipart/related; type="image/jls"'})
+            assert r.status_code == 200, r.text
+            ((ctype, frame),) = multipart_parts(r.headers["content-type"], r.content)
+            assert ctype.startswith("image/jls") and f"transfer-syntax={JPEGLSLossless}" in ctype
+            back, _ = get_decoder(JPEGLSLossless).as_array(
+                encapsulate([frame]), rows=ds.Rows, columns=ds.Columns, samples_per_pixel=1,
+                bits_allocated=ds.BitsAllocated, bits_stored=ds.BitsStored,
+                pixel_representation=ds.PixelRepresentation, photometric_interpretation="MONOCHROME2",
+                number_of_frames=1)
+            assert np.array_equal(back, ds.pixel_array)
         # baseline JPEG would be lossy: refused, with the syntaxes that can be had
         r = c.get(f"{_url(native)}/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'})
         assert r.status_code == 406 and JPEG2000Lossless in r.text

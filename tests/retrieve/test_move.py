@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless
+from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, JPEGLSLossless
 
 from pacskit.net import CommandField
 from pacskit.net.negotiation import REJECT_CONGESTION
@@ -164,8 +164,10 @@ def test_failures_and_warnings_are_counted_and_listed(tmp_path: Path) -> None:
 
 def test_transfer_syntax_conversion_and_impossible_conversion(tmp_path: Path) -> None:
     """The destination takes Implicit VR LE only: Explicit LE, RLE and JPEG stored instances are
-    converted (pixels equal for the lossless ones); a destination taking only JPEG-LS gets nothing
-    (each sub-operation fails, the retrieve goes on)."""
+    converted (pixels equal for the lossless ones); a destination taking only JPEG-LS Lossless gets
+    every instance encoded in JPEG-LS on the fly (pixels equal to the decoded source); one taking only
+    lossy JPEG 2000 gets nothing (never degraded on the fly: each sub-operation fails, the retrieve
+    goes on)."""
     settings = server_settings(tmp_path)
     rle = get_testdata_file("SC_rgb_rle.dcm")
     jpeg = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")
@@ -176,10 +178,13 @@ def test_transfer_syntax_conversion_and_impossible_conversion(tmp_path: Path) ->
                 CapturingDestination(tmp_path / "impl", ae_title="IMPLICIT", transfer_syntaxes=[ImplicitVRLittleEndian],
                                      sop_classes=[CT, SC]) as implicit, \
                 CapturingDestination(tmp_path / "jls", ae_title="JLSONLY", transfer_syntaxes=[JPEGLSLossless],
-                                     sop_classes=[CT, SC]) as jls:
+                                     sop_classes=[CT, SC]) as jls, \
+                CapturingDestination(tmp_path / "lossy", ae_title="LOSSYONLY", transfer_syntaxes=[JPEG2000],
+                                     sop_classes=[CT, SC]) as lossy:
             archive = populate(server.store, tmp_path / "src", per_series=1)
             register(settings, implicit.ae_title, implicit.port)
             register(settings, jls.ae_title, jls.port)
+            register(settings, lossy.ae_title, lossy.port)
             compressed = {}
             for f in (rle, jpeg, j2k):
                 ingest(server.store, f)
@@ -203,11 +208,20 @@ def test_transfer_syntax_conversion_and_impossible_conversion(tmp_path: Path) ->
                     assert got.PhotometricInterpretation == "RGB"
 
             rsps = await scu_move(server.port, jls.ae_title, ident)
+            assert rsps[-1][0].status == 0x0000, rsps[-1]
+            assert set(jls.files) == set(sops)
+            for uid, path in jls.files.items():
+                got = dcmread(path)
+                assert got.file_meta.TransferSyntaxUID == JPEGLSLossless and got.SOPInstanceUID == uid
+                source = dcmread(archive.files[uid]) if uid == ct_uid else compressed[uid][1]
+                assert np.array_equal(got.pixel_array, source.pixel_array), uid  # the decoded source, exactly
+
+            rsps = await scu_move(server.port, lossy.ae_title, ident)
             final, ds = rsps[-1]
             assert final.status == 0xA702
             assert counts(final)[1:] == (0, len(sops), 0)
             assert sorted(failed_list(ds)) == sorted(sops)
-            assert jls.files == {}
+            assert lossy.files == {}
 
     asyncio.run(run())
 

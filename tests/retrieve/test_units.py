@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 
 from pacskit.addins.retrieve import RetrieveAddIn, RetrieveOptions, _Tally, propose_contexts
+from pacskit.dicom.transcode import encodable_syntaxes
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SC = "1.2.840.10008.5.1.4.1.1.7"
@@ -19,7 +20,10 @@ def test_contexts_exact_then_fallback() -> None:
         (SC, (RLELossless,)),
         (CT, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)),
         (SC, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)),
+        (CT, encodable_syntaxes()),  # room left: the lossless syntaxes encoded on the fly, lowest priority
+        (SC, encodable_syntaxes()),
     ]
+    assert "1.2.840.10008.1.2.4.80" in encodable_syntaxes()  # JPEG-LS Lossless (pyjpegls, codecs extra)
 
 
 def test_contexts_capped_at_128_keeping_every_fallback() -> None:

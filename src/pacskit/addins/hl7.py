@@ -25,25 +25,33 @@ Every message with a PID segment is then published to the other add-ins as a
 :class:`~pacskit.services.WorkflowEvent` (``kind = "hl7"``, the PID-3 identifier, ``event`` such as
 ``A04`` or ``O01``, and OBR-24 as ``modality`` when given), before the ACK is sent: the prefetch
 add-in fetches the patient's prior studies on admissions and orders.
-The parser is the HL7 v2 encoding rules (segments on CR, the separators of MSH-1/MSH-2); no library
-is needed for these fields.
+Messages are parsed by python-hl7 (the ``hl7`` extra: ``pip install pacskit[hl7]``), which splits on
+the separators of MSH-1/MSH-2 and unescapes values (``\\F\\`` ``\\S\\`` ``\\T\\`` ``\\R\\`` ``\\E\\``, hex); the
+MLLP server and block writer are python-hl7's asyncio ``hl7.mllp`` (blocks of at most 1 MiB; bytes before a block's ``0x0B`` are skipped, not the block). Text is read as
+UTF-8 (HL7 v2.8's preferred character set; invalid bytes replaced).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from typing import Any
 
 from pydantic import Field
 
+try:  # the `hl7` extra; without it the add-in is listed but refuses to start
+    import hl7
+    import hl7.mllp
+except ImportError:  # pragma: no cover - exercised only without the extra
+    hl7 = None
+
 from pacskit.services import AddIn, AddInOptions, WorkflowEvent
 
 log = logging.getLogger("pacskit.addin.hl7")
 
-START, END = b"\x0b", b"\x1c\x0d"
 MAX_MESSAGE = 1 << 20
+START_BLOCK, END_BLOCK = b"\x0b", b"\x1c\x0d"  # MLLP framing (HL7 v2.5 appendix C)
+NEEDS_LIBRARY = "the hl7 add-in needs python-hl7: pip install 'pacskit[hl7]'"
 
 
 class Hl7Options(AddInOptions):
@@ -53,52 +61,94 @@ class Hl7Options(AddInOptions):
 
 
 class Message:
-    """One HL7 v2 message: ``field("PID", 3)`` is PID-3 (1-based as in the standard; MSH counts MSH-1)."""
+    """One HL7 v2 message parsed by python-hl7 (``hl7.parse``), read with the standard's numbering.
+
+    ``value("PID", 3)`` is PID-3.1 (MSH counts MSH-1, the field separator, as the standard does);
+    ``components("PID", 5)`` the components of PID-5's first repetition; ``repetitions("PID", 3)`` every
+    repetition (``~``). Values are unescaped (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` give ``| ^ & ~ \\``, and
+    the hex and highlight sequences of HL7 v2.5 section 2.7); a component with sub-components (``&``)
+    reads as its first sub-component. Absent segments, fields and components read as ``""``.
+    """
 
     def __init__(self, text: str) -> None:
-        text = text.replace("\r\n", "\r").replace("\n", "\r")
+        text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
         if not text.startswith("MSH") or len(text) < 8:
             raise ValueError("not an HL7 message (no MSH segment)")
-        self.field_sep = text[3]
-        self.component_sep = text[4]
-        self.repetition_sep = text[5]
-        self.segments = [seg.split(self.field_sep) for seg in text.split("\r") if seg.strip()]
+        if hl7 is None:
+            raise RuntimeError(NEEDS_LIBRARY)
+        try:
+            self.parsed = hl7.parse(text)
+        except (hl7.ParseException, ValueError, IndexError) as exc:
+            raise ValueError(f"not an HL7 message: {exc}") from exc
 
-    def segment(self, name: str) -> list[str] | None:
-        return next((seg for seg in self.segments if seg[0] == name), None)
+    def _segment(self, name: str) -> Any:
+        try:
+            return self.parsed.segment(name)
+        except KeyError:
+            return None
 
-    def field(self, name: str, number: int) -> str:
-        seg = self.segment(name)
-        if seg is None:
+    def has(self, name: str) -> bool:
+        """Whether the message has a segment ``name``."""
+        return self._segment(name) is not None
+
+    def raw(self, name: str, number: int) -> str:
+        """Field ``name-number`` as sent (escaped, separators kept): for log lines."""
+        segment = self._segment(name)
+        if segment is None or number >= len(segment):
             return ""
-        index = number - 1 if name == "MSH" else number  # MSH-1 is the separator itself
-        return seg[index] if index < len(seg) else ""
+        return str(segment(number))
+
+    def repetitions(self, name: str, number: int) -> list[list[str]]:
+        """Every repetition of field ``name-number``, each as its unescaped components."""
+        segment = self._segment(name)
+        if segment is None or number >= len(segment):
+            return []
+        if name == "MSH" and number in (1, 2):
+            return [[str(segment(number))]]
+        field = segment(number)
+        result = []
+        for index, repetition in enumerate(field, start=1):
+            count = len(repetition) if isinstance(repetition, hl7.Repetition) else 1
+            result.append([self.parsed.extract_field(name, 1, number, index, c, 1) for c in range(1, count + 1)])
+        return result
 
     def components(self, name: str, number: int) -> list[str]:
-        return self.field(name, number).split(self.repetition_sep)[0].split(self.component_sep)
+        """The unescaped components of the first repetition of ``name-number`` (``[""]`` when absent)."""
+        return (self.repetitions(name, number) or [[""]])[0]
+
+    def value(self, name: str, number: int, component: int = 1) -> str:
+        """One unescaped component of the first repetition of ``name-number``."""
+        parts = self.components(name, number)
+        return parts[component - 1] if component <= len(parts) else ""
 
     @property
     def event(self) -> str:
-        parts = self.components("MSH", 9)
-        return parts[1] if len(parts) > 1 else ""
+        return self.value("MSH", 9, 2)
 
     def ack(self, code: str, text: str = "") -> bytes:
-        f, c = self.field_sep, self.component_sep
-        now = dt.datetime.now().strftime("%Y%m%d%H%M%S")
-        msh = [ "MSH", self.segment("MSH")[1] if self.segment("MSH") else "^~\\&",  # type: ignore[index]
-                self.field("MSH", 5), self.field("MSH", 6), self.field("MSH", 3), self.field("MSH", 4), now, "",
-                f"ACK{c}{self.event}", f"ACK{self.field('MSH', 10)}"[:20], self.field("MSH", 11) or "P",
-                self.field("MSH", 12) or "2.5"]
-        segments = [f.join(msh), f.join(["MSA", code, self.field("MSH", 10), text.replace(f, " ")[:80]])]
+        """The ACK (``MSA-1`` = ``code``; ``MSA-3`` and, unless AA, ``ERR-8`` = ``text``) built by
+        python-hl7's ``create_ack`` (sender and receiver swapped, MSH-10 echoed in MSA-2)."""
+        ack = self.parsed.create_ack(code, message_id=f"ACK{self.value('MSH', 10)}"[:20])
+        ack.segment("MSH").assign_field(self.raw("MSH", 11) or "P", 11)
+        ack.segment("MSH").assign_field(self.raw("MSH", 12) or "2.5", 12)
+        ack.segment("MSA").assign_field(self.parsed.escape(text[:80]), 3)
         if code != "AA":
-            segments.append(f.join(["ERR", "", "", "", "E", "", "", "", text.replace(f, " ")[:200]]))
-        return ("\r".join(segments) + "\r").encode("utf-8")
+            err = ack.create_segment([ack.create_field(["ERR"])])
+            err.assign_field("E", 4)
+            err.assign_field(self.parsed.escape(text[:200]), 8)
+            ack.append(err)
+        return (str(ack) + "\r").encode("utf-8")
+
+
+PN_DELIMITERS = str.maketrans({"^": " ", "=": " ", "\\": " "})
 
 
 def pn_from_xpn(parts: list[str]) -> str:
     """HL7 XPN (family^given^middle^suffix^prefix) as a DICOM PN (family^given^middle^prefix^suffix)."""
-    family, given, middle, suffix, prefix = (parts + [""] * 5)[:5]
-    return "^".join([family, given, middle, prefix, suffix]).rstrip("^")
+    family, given, middle, suffix, prefix = ((parts + [""] * 5)[:5])
+    # an unescaped HL7 value may hold PN's own delimiters (^ components, = groups, \\ values): spaces
+    clean = [part.translate(PN_DELIMITERS).strip() for part in (family, given, middle, prefix, suffix)]
+    return "^".join(clean).rstrip("^")
 
 
 def dicom_sex(value: str) -> str:
@@ -117,7 +167,10 @@ class Hl7AddIn(AddIn):
         if self.base.store is None:
             log.error("hl7: the server has no store; not listening")
             return
-        self.server = await asyncio.start_server(self._client, self.options.host, self.options.port)
+        if hl7 is None:
+            raise RuntimeError(NEEDS_LIBRARY)
+        self.server = await hl7.mllp.start_hl7_server(self._client, self.options.host, self.options.port,
+                                                     limit=MAX_MESSAGE)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("hl7: MLLP on %s:%d", self.options.host, self.port)
 
@@ -127,20 +180,25 @@ class Hl7AddIn(AddIn):
             server.close()
             await server.wait_closed()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _client(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
         try:
             while True:
+                # python-hl7's readblock() drops a block that does not begin with <VT>, message and
+                # all; bytes before the <VT> (a stray newline after the previous block) are skipped here
                 try:
-                    await reader.readuntil(START)
-                    frame = await reader.readuntil(END)
+                    data = await reader.readuntil(END_BLOCK)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 except asyncio.LimitOverrunError:
-                    log.warning("hl7: a message over the stream limit; connection closed")
+                    log.warning("hl7: a message over %d bytes; connection closed", MAX_MESSAGE)
                     return
-                text = frame[: -len(END)].decode("utf-8", "replace")
-                answer = await self.handle(text)
-                writer.write(START + answer + END)
+                start = data.find(START_BLOCK)
+                if start < 0:
+                    log.warning("hl7: %d bytes without the MLLP start byte <VT>; skipped", len(data))
+                    continue
+                block = data[start + 1: -len(END_BLOCK)]
+                answer = await self.handle(block.decode("utf-8", "replace"))
+                writer.writeblock(answer)
                 await writer.drain()
         finally:
             writer.close()
@@ -155,23 +213,23 @@ class Hl7AddIn(AddIn):
         try:
             note = await asyncio.to_thread(self._apply, message)
         except Exception as exc:
-            log.warning("hl7: %s %s not applied: %s", message.field("MSH", 9), message.field("MSH", 10), exc)
+            log.warning("hl7: %s %s not applied: %s", message.raw("MSH", 9), message.raw("MSH", 10), exc)
             return message.ack("AE", str(exc))
         return message.ack("AA", note)
 
     def _apply(self, message: Message) -> str:
         event = message.event
-        user = f"hl7:{message.field('MSH', 3)}"
-        patient_id = message.components("PID", 3)[0]
+        user = f"hl7:{message.value('MSH', 3)}"
+        patient_id = message.value("PID", 3)
 
         def audit(part: Any) -> None:
             self.base.audit.instances_accessed(part.study_instance_uid, patient_id, user=user, action="U",
                                                sop_classes=part.sop_classes)
 
         note = self._apply_event(message, event, patient_id, audit)
-        if patient_id and message.segment("PID") is not None:
-            detail = {"event": event, "message_type": message.field("MSH", 9), "control_id": message.field("MSH", 10)}
-            modality = message.components("OBR", 24)[0] if message.segment("OBR") is not None else ""
+        if patient_id and message.has("PID"):
+            detail = {"event": event, "message_type": message.raw("MSH", 9), "control_id": message.value("MSH", 10)}
+            modality = message.value("OBR", 24)
             if modality:
                 detail["modality"] = modality
             self.base.workflow.publish(WorkflowEvent("hl7", patient_id, detail))
@@ -186,9 +244,9 @@ class Hl7AddIn(AddIn):
         if event == "A08":
             if not patient_id:
                 raise ValueError("A08 without PID-3")
-            name = pn_from_xpn(message.components("PID", 5)) if message.field("PID", 5) else None
-            birth = message.field("PID", 7)[:8] or None
-            sex = dicom_sex(message.field("PID", 8)) if message.field("PID", 8) else None
+            name = pn_from_xpn(message.components("PID", 5)) if message.raw("PID", 5) else None
+            birth = message.value("PID", 7)[:8] or None
+            sex = dicom_sex(message.value("PID", 8)) if message.raw("PID", 8) else None
             steps = WorklistStore(store.index).update_patient(patient_id, name=name, birth_date=birth, sex=sex)
             if steps:
                 log.info("hl7: A08 %s: %d scheduled worklist steps updated", patient_id, len(steps))
@@ -200,7 +258,7 @@ class Hl7AddIn(AddIn):
                 raise
             return f"updated {len(report.studies)} studies, {len(steps)} worklist steps"
         if event == "A40":
-            prior = message.components("MRG", 1)[0]
+            prior = message.value("MRG", 1)
             if not patient_id or not prior:
                 raise ValueError("A40 needs PID-3 and MRG-1")
             try:
@@ -210,5 +268,5 @@ class Hl7AddIn(AddIn):
                     return "prior patient not in the archive"
                 raise
             return f"merged {len(report.studies)} studies"
-        log.info("hl7: %s ignored", message.field("MSH", 9))
+        log.info("hl7: %s ignored", message.raw("MSH", 9))
         return "ignored"

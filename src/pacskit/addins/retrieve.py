@@ -72,7 +72,14 @@ from pacskit.net import (
 )
 from pacskit.dicom.status import PENDING_STATUSES, Status, status_category
 from pacskit.store.query.retrieve import InvalidIdentifier, RetrieveItem, RetrieveSelection, parse_identifier
-from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
+from pacskit.dicom.transcode import (
+    DEFAULT_MAX_SIZE,
+    NATIVE_SYNTAXES,
+    CannotConvert,
+    can_convert,
+    encodable_syntaxes,
+    transcode,
+)
 
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
 PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
@@ -157,7 +164,10 @@ class _Tally:
 
 def propose_contexts(stored: Sequence[tuple[str, str]]) -> list[RequestedContext]:
     """Contexts for a C-MOVE sub-association: (SOP class, stored syntax) exactly, then per SOP class a
-    fallback with the uncompressed Little Endian syntaxes; at most 128 (the most specific first)."""
+    fallback with the uncompressed Little Endian syntaxes; at most 128 (the most specific first). When
+    room is left, per SOP class one more with the lossless compressed syntaxes pacskit can encode into
+    (:func:`~pacskit.dicom.transcode.encodable_syntaxes`: RLE, JPEG 2000, JPEG-LS Lossless), for a
+    peer that takes only those."""
     contexts: list[RequestedContext] = []
     seen: set[tuple[str, str]] = set()
     for sop_class, ts in sorted(stored):
@@ -171,6 +181,10 @@ def propose_contexts(stored: Sequence[tuple[str, str]]) -> list[RequestedContext
         fallback = contexts[len(seen):]
         keep_exact = max(0, _MAX_CONTEXTS - len(fallback))
         contexts = (exact[:keep_exact] + fallback)[:_MAX_CONTEXTS]
+    encodable = encodable_syntaxes()
+    classes = sorted({c for c, _ in stored})
+    if encodable and len(contexts) + len(classes) <= _MAX_CONTEXTS:
+        contexts.extend(RequestedContext(sop_class, encodable) for sop_class in classes)
     return contexts
 
 
@@ -455,7 +469,11 @@ class RetrieveAddIn(AddIn):
         accepted = {pc.transfer_syntax for pc in assoc.accepted_contexts if pc.abstract_syntax == sop_class and pc.as_scu}
         if stored in accepted:
             return stored
-        return next((ts for ts in NATIVE_SYNTAXES if ts in accepted and can_convert(stored, ts)), None)
+        native = next((ts for ts in NATIVE_SYNTAXES if ts in accepted and can_convert(stored, ts)), None)
+        if native is not None:
+            return native
+        # a peer that takes only a lossless compressed syntax: encoded on the fly (never a lossy one)
+        return next((ts for ts in encodable_syntaxes() if ts in accepted and can_convert(stored, ts)), None)
 
     @staticmethod
     async def _store(assoc: Any, path: str, originator: tuple[str, int] | None,

@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -316,8 +316,8 @@ def _checked_changes(level: str, changes: dict[str, str]) -> dict[str, str]:
 
     if not changes:
         raise CorrectionError("nothing to change: give attribute=value pairs")
-    if level not in ("study", "series"):
-        raise CorrectionError(f"level must be study or series, not {level!r}")
+    if level not in ("study", "series", "instance"):
+        raise CorrectionError(f"level must be study, series or instance, not {level!r}")
     probe = pydicom.Dataset()
     for keyword, value in changes.items():
         tag = tag_for_keyword(keyword)
@@ -369,11 +369,9 @@ def correct_attributes(
     new UIDs are in the report. Patient attributes are corrected with :func:`update_patient`."""
     import datetime as dt
 
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
-    from pydicom.sequence import Sequence as DicomSequence
     from pydicom.uid import generate_uid
 
-    from pacskit.store.index.models import Series, normalise_person_name
+    from pacskit.store.index.models import Series
 
     changes = _checked_changes(level, changes)
     if uid_policy not in ("keep", "new"):
@@ -401,6 +399,38 @@ def correct_attributes(
         for series_uid in series_uids.values():
             new_uids[series_uid] = generate_uid(prefix=None)
     now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S.%f+0000")
+
+    transform = _attribute_transform(changes, uid_policy, new_uids, now)
+
+    study_values, series_values = _column_values(changes)
+
+    def switch(s: Any) -> None:
+        if level == "study" and uid in new_uids:
+            study_values["study_instance_uid"] = new_uids[uid]
+        if study_values:
+            s.execute(update(Study).where(Study.pk == study_pk).values(**study_values))
+        for series_pk, series_uid in series_uids.items():
+            values = dict(series_values)
+            if series_uid in new_uids:
+                values["series_instance_uid"] = new_uids[series_uid]
+            if values:
+                s.execute(update(Series).where(Series.pk == series_pk).values(**values))
+        if "modality" in series_values:
+            store.index._refresh_modalities(s, study_pk)  # noqa: SLF001 - the index's own rule
+
+    what = f"correct {level} {uid}: " + ", ".join(f"{k}={v!r}" for k, v in changes.items())
+    _apply(store, rows, studies, {}, switch, what, on_study, before_commit, transform=transform)
+    report.new_uids = new_uids
+    log.warning("%s (UIDs %s)%s", what, "new" if uid_policy == "new" else "kept", f": {reason}" if reason else "")
+    return report
+
+
+def _attribute_transform(changes: dict[str, str], uid_policy: UidPolicy, new_uids: dict[str, str],
+                         now: str) -> Callable[[Any], dict[str, Any]]:
+    """The in-place change of one file of a correction (see :func:`correct_attributes`)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import generate_uid
 
     def transform(ds: Any) -> dict[str, Any]:
         old = pydicom.Dataset()
@@ -446,6 +476,13 @@ def correct_attributes(
         ds.OriginalAttributesSequence = DicomSequence([*(ds.get("OriginalAttributesSequence") or []), item])
         return extra
 
+    return transform
+
+
+def _column_values(changes: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The study and series index columns a correction changes (column -> value)."""
+    from pacskit.store.index.models import normalise_person_name
+
     study_values: dict[str, Any] = {}
     series_values: dict[str, Any] = {}
     for keyword, value in changes.items():
@@ -456,25 +493,55 @@ def correct_attributes(
         elif keyword in _SERIES_COLUMNS:
             series_values[_SERIES_COLUMNS[keyword]] = (int(value) if value else None) if keyword == "SeriesNumber" \
                 else (value or None)
+    return study_values, series_values
+
+
+def correct_instances(
+    store: DataStore,
+    sop_instance_uids: Sequence[str],
+    changes: dict[str, str],
+    *,
+    reason: str = "",
+    on_study: Callable[[StudyDeletion], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> CorrectionReport:
+    """Change attributes of some stored instances (keyword -> value, as :func:`correct_attributes`),
+    keeping every UID: the files are rewritten crash-safely with an Original Attributes Sequence
+    item, and the study and series rows of those instances take the new values of their indexed
+    attributes (StudyDescription, Modality...). For per-instance rules (the routing add-in's
+    ``correct`` action): a study or series corrected as a whole is :func:`correct_attributes`.
+    Instances not (or no longer) in the archive are skipped; the report lists what was changed."""
+    import datetime as dt
+
+    from pacskit.store.index.models import Series
+
+    changes = _checked_changes("instance", changes)
+    uids = [u for u in dict.fromkeys(sop_instance_uids) if u]
+    report = CorrectionReport("instance", uids[0] if len(uids) == 1 else f"{len(uids)} instances", "keep", False,
+                              changes)
+    if not uids:
+        return report
+    studies, rows, _missing = Deleter(store).select("instance", uids)
+    report.studies = list(studies.values())
+    if not rows:
+        return report
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S.%f+0000")
+    transform = _attribute_transform(changes, "keep", {}, now)
+    study_values, series_values = _column_values(changes)
+    series_uids = sorted({r.series_uid for study_rows in rows.values() for r in study_rows})
 
     def switch(s: Any) -> None:
-        if level == "study" and uid in new_uids:
-            study_values["study_instance_uid"] = new_uids[uid]
         if study_values:
-            s.execute(update(Study).where(Study.pk == study_pk).values(**study_values))
-        for series_pk, series_uid in series_uids.items():
-            values = dict(series_values)
-            if series_uid in new_uids:
-                values["series_instance_uid"] = new_uids[series_uid]
-            if values:
-                s.execute(update(Series).where(Series.pk == series_pk).values(**values))
-        if "modality" in series_values:
-            store.index._refresh_modalities(s, study_pk)  # noqa: SLF001 - the index's own rule
+            s.execute(update(Study).where(Study.pk.in_(list(studies))).values(**study_values))
+        if series_values:
+            s.execute(update(Series).where(Series.series_instance_uid.in_(series_uids)).values(**series_values))
+            if "modality" in series_values:
+                for study_pk in studies:
+                    store.index._refresh_modalities(s, study_pk)  # noqa: SLF001 - the index's own rule
 
-    what = f"correct {level} {uid}: " + ", ".join(f"{k}={v!r}" for k, v in changes.items())
+    what = f"correct {report.uid}: " + ", ".join(f"{k}={v!r}" for k, v in changes.items())
     _apply(store, rows, studies, {}, switch, what, on_study, before_commit, transform=transform)
-    report.new_uids = new_uids
-    log.warning("%s (UIDs %s)%s", what, "new" if uid_policy == "new" else "kept", f": {reason}" if reason else "")
+    log.warning("%s (UIDs kept)%s", what, f": {reason}" if reason else "")
     return report
 
 
@@ -510,5 +577,6 @@ def _rewrite(store: DataStore, old_key: str, key: str, values: dict[str, str],
     return key, size, sha, extra
 
 
-__all__ = ["CorrectionError", "CorrectionReport", "MergeReport", "UidPolicy", "correct_attributes", "merge_patients",
+__all__ = ["CorrectionError", "CorrectionReport", "MergeReport", "UidPolicy", "correct_attributes", "correct_instances",
+           "merge_patients",
            "move_series", "update_patient"]

@@ -19,7 +19,10 @@ the same one ``pacskit anonymize --project`` uses).
 A rule with ``drop_status`` instead of ``destinations`` is a drop rule: evaluated on each C-STORE
 before it is stored (:meth:`RoutingAddIn.admit_instance`, the public ``admit_instance`` hook), the
 first that matches answers it with that status (0x0000: acknowledged and discarded; a warning or
-failure, with ``drop_comment``: refused) and nothing is stored. ``forward_corrections = true`` on a
+failure, with ``drop_comment``: refused) and nothing is stored. A rule with ``correct`` (keyword -> value) instead
+rewrites each matching stored instance (:func:`pacskit.store.correction.correct_instances`, UIDs kept)
+through the durable queue (the ``<apply-correction>`` destination), audited; forwards of an instance
+wait for its correction. ``forward_corrections = true`` on a
 forward rule queues again the instances of a study or series corrected through the admin API
 (:meth:`RoutingAddIn.workflow_event`, a ``correction`` event).
 
@@ -55,7 +58,14 @@ from sqlalchemy import select
 
 from pacskit.addins.routing.queue import ForwardQueue, Job, NewJob, SharedForwardQueue
 from pacskit.dicom.status import status_category
-from pacskit.dicom.transcode import DEFAULT_MAX_SIZE, NATIVE_SYNTAXES, CannotConvert, can_convert, transcode
+from pacskit.dicom.transcode import (
+    DEFAULT_MAX_SIZE,
+    NATIVE_SYNTAXES,
+    CannotConvert,
+    can_convert,
+    encodable_syntaxes,
+    transcode,
+)
 from pacskit.net import NetError, RequestedContext
 from pacskit.net import events as ev
 from pacskit.services import AddIn, AddInOptions, IncomingInstance, Response, WorkflowEvent
@@ -64,6 +74,8 @@ from pacskit.store import Instance, Series, Study
 log = logging.getLogger("pacskit.addin.routing")
 
 _FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+#: the queue's "destination" of correction jobs (longer than an AE title: it can never be one)
+CORRECTIONS = "<apply-correction>"
 #: rows below the watermark read again at each scan (commits out of row order), remembered in ``routed``
 LOOK_BACK = 256
 
@@ -85,14 +97,33 @@ class Rule(BaseModel):
     time_window: str | None = Field(None, pattern=r"^\d\d:\d\d-\d\d:\d\d$",
                                     description="HH:MM-HH:MM, server local time of reception (may wrap midnight)")
     anonymize_project: str | None = Field(None, description="send de-identified copies (this project's key)")
+    correct: dict[str, str] = Field(
+        default_factory=dict,
+        description="correction rule: keyword -> new value written into each matching stored instance "
+        "(files and index, UIDs kept; the engine of `pacskit correct`), through the durable queue")
     forward_corrections: bool = Field(
         False, description="also send the instances of a study/series corrected through the admin API "
         "(pacskit correct) again, when they match the rule")
 
     @model_validator(mode="after")
     def _one_action(self) -> Rule:
-        if self.drop_status is None and not self.destinations:
-            raise ValueError(f"rule {self.name!r}: give destinations (forward) or drop_status (drop)")
+        actions = [bool(self.destinations), self.drop_status is not None, bool(self.correct)]
+        if not any(actions):
+            raise ValueError(f"rule {self.name!r}: give destinations (forward), drop_status (drop) "
+                             "or correct (apply a correction)")
+        if self.drop_status is not None and (self.destinations or self.anonymize_project):
+            raise ValueError(f"rule {self.name!r}: a drop rule has no destinations")
+        if sum(actions) > 1:
+            raise ValueError(f"rule {self.name!r}: give one action only: destinations, drop_status or correct")
+        if self.correct:
+            from pacskit.store.correction import CorrectionError, _checked_changes
+
+            try:
+                _checked_changes("instance", self.correct)
+            except CorrectionError as exc:
+                raise ValueError(f"rule {self.name!r}: correct: {exc}") from None
+            if self.anonymize_project or self.forward_corrections:
+                raise ValueError(f"rule {self.name!r}: a correction rule neither anonymizes nor forwards")
         if self.drop_status is not None and (self.destinations or self.anonymize_project):
             raise ValueError(f"rule {self.name!r}: a drop rule has no destinations")
         if self.drop_status is not None and status_category(self.drop_status) not in ("Success", "Warning", "Failure"):
@@ -160,6 +191,7 @@ class RoutingAddIn(AddIn):
         self._sender_wake: dict[str, asyncio.Event] = {}
         self._loop = asyncio.get_running_loop()
         self.sent = 0
+        self.corrected = 0
         if self.base.store is None:
             log.error("routing: the server has no store; nothing is routed")
             return
@@ -223,7 +255,7 @@ class RoutingAddIn(AddIn):
         queue, store = getattr(self, "queue", None), self.base.store
         if event.kind != "correction" or queue is None or store is None:
             return
-        rules = [r for r in self.options.rules if r.drop_status is None and r.forward_corrections]
+        rules = [r for r in self.options.rules if r.destinations and r.forward_corrections]
         if not rules:
             return
         column = Study.study_instance_uid if event.detail.get("level") == "study" else Series.series_instance_uid
@@ -301,8 +333,9 @@ class RoutingAddIn(AddIn):
             header = self._header(row.blob_key) if needs_header else None
             for rule in self.options.rules:
                 if rule.drop_status is None and _rule_matches(rule, row, header):
+                    destinations = [CORRECTIONS] if rule.correct else rule.destinations
                     jobs.extend(NewJob(dest, rule.name, rule.anonymize_project, row.pk, row.sop_instance_uid,
-                                       row.study_instance_uid) for dest in rule.destinations)
+                                       row.study_instance_uid) for dest in destinations)
             routed.append(row.pk)
         top = max(watermark, fresh[-1].pk if fresh else watermark)
         queue.record(jobs, routed, top, max(0, top - LOOK_BACK))
@@ -358,6 +391,18 @@ class RoutingAddIn(AddIn):
     async def _send_batch(self, destination: str, jobs: Sequence[Job]) -> None:
         queue, store = self.queue, self.base.store
         assert queue is not None and store is not None
+        if destination == CORRECTIONS:
+            await self._correct_batch(jobs)
+            return
+        # an instance a correction rule matched is sent once corrected: its forward waits for that job
+        waiting = await asyncio.to_thread(queue.waiting, CORRECTIONS, [job.sop_instance_uid for job in jobs])
+        if waiting:
+            held = next(i for i, job in enumerate(jobs) if job.sop_instance_uid in waiting)
+            if held == 0:
+                await asyncio.to_thread(queue.postpone, jobs[0].id, "waits for its correction",
+                                        time.time() + self.options.retry_initial)
+                return
+            jobs = jobs[:held]
         items: list[tuple[Job, str, str, str]] = []  # job, path, sop class, transfer syntax
         uids = [job.sop_instance_uid for job in jobs]
         with store.index.reading() as s:
@@ -384,6 +429,49 @@ class RoutingAddIn(AddIn):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(copy)
 
+    async def _correct_batch(self, jobs: Sequence[Job]) -> None:
+        """Apply the correction rules' changes to the jobs' instances, one rule at a time, oldest first;
+        a job leaves the queue once its instance's files and rows are committed (a crash before that
+        applies it again after the restart: the same values)."""
+        from pacskit.store.correction import CorrectionError, correct_instances
+
+        queue, store = self.queue, self.base.store
+        assert queue is not None and store is not None
+        rules = {rule.name: rule for rule in self.options.rules if rule.correct}
+        group: list[Job] = []
+        for job in jobs:  # consecutive jobs of one rule are applied together
+            if group and group[0].rule != job.rule:
+                break
+            group.append(job)
+        rule = rules.get(group[0].rule)
+        if rule is None:
+            for job in group:
+                await asyncio.to_thread(queue.fail, job.id, f"no correction rule {job.rule!r} is configured")
+            return
+        user = f"routing:{rule.name}"
+
+        def audit(part: Any) -> None:
+            self.base.audit.instances_accessed(part.study_instance_uid, part.patient_id, user=user, action="U",
+                                               sop_classes=part.sop_classes)
+
+        try:
+            report = await asyncio.to_thread(correct_instances, store, [job.sop_instance_uid for job in group],
+                                             rule.correct, reason=f"routing rule {rule.name}", on_study=audit)
+        except CorrectionError as exc:
+            for job in group:
+                await asyncio.to_thread(queue.fail, job.id, str(exc))
+            return
+        except Exception as exc:  # the store could not write: the same jobs again later
+            log.warning("routing: correction %s failed: %s; retry in %.0f s", rule.name, exc,
+                        self._backoff(group[0].attempts))
+            await asyncio.to_thread(queue.postpone, group[0].id, str(exc),
+                                    time.time() + self._backoff(group[0].attempts))
+            return
+        await asyncio.to_thread(queue.done, [job.id for job in group])
+        self.corrected += report.instances
+        log.info("routing rule %s corrected %d instances", rule.name, report.instances)
+        self._start_senders()  # forwards held for these corrections may go
+
     def _local_copy(self, blob_key: str) -> str | None:
         """The blob copied to a temp file (a store without local paths), or None when it is gone."""
         store = self.base.store
@@ -409,8 +497,11 @@ class RoutingAddIn(AddIn):
             if (sop_class, ts) not in seen:
                 seen.add((sop_class, ts))
                 contexts.append(RequestedContext(sop_class, (ts,)))
-        for sop_class in sorted({c for _j, _p, c, _t in items}):
+        classes = sorted({c for _j, _p, c, _t in items})
+        for sop_class in classes:
             contexts.append(RequestedContext(sop_class, _FALLBACK))
+        if encodable_syntaxes() and len(contexts) + len(classes) <= 128:  # a peer taking only those
+            contexts.extend(RequestedContext(sop_class, encodable_syntaxes()) for sop_class in classes)
         try:
             assoc = await self.base.dicom_request.associate(destination, contexts[:128])
         except (NetError, OSError, LookupError) as exc:
@@ -448,7 +539,7 @@ class RoutingAddIn(AddIn):
     async def _send_one(self, assoc: Any, job: Job, path: str, sop_class: str, ts: str) -> int:
         accepted = {pc.transfer_syntax for pc in assoc.accepted_contexts if pc.abstract_syntax == sop_class}
         target = ts if ts in accepted else next(
-            (t for t in NATIVE_SYNTAXES if t in accepted and can_convert(ts, t)), None)
+            (t for t in (*NATIVE_SYNTAXES, *encodable_syntaxes()) if t in accepted and can_convert(ts, t)), None)
         if target is None:
             raise _Unsendable(f"{assoc.remote_ae_title} accepted no usable context for {sop_class} in {ts}")
         temps: list[str] = []
@@ -505,7 +596,8 @@ class RoutingAddIn(AddIn):
 
         @router.get("/status")
         async def status() -> dict[str, Any]:
-            return {"sent": self.sent, "queue": queue().counts(), "watermark": queue().watermark()}
+            return {"sent": self.sent, "corrected": self.corrected, "queue": queue().counts(),
+                    "watermark": queue().watermark()}
 
         @router.get("/queue")
         async def list_jobs(state: str | None = None, destination: str | None = None,

@@ -146,6 +146,18 @@ class ForwardQueue:
                 (destination, limit)).fetchall()
         return [Job(*row) for row in rows]
 
+    def waiting(self, destination: str, sop_instance_uids: Iterable[str]) -> set[str]:
+        """Which of these instances have a job for ``destination`` still in the queue (queued or failed)."""
+        uids = list(sop_instance_uids)
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(uids), 500):
+                chunk = uids[start:start + 500]
+                found.update(r[0] for r in self._db.execute(
+                    "SELECT sop_instance_uid FROM jobs WHERE destination = ? AND sop_instance_uid IN "  # noqa: S608
+                    f"({','.join('?' * len(chunk))})", [destination, *chunk]))
+        return found
+
     def done(self, job_ids: Iterable[int]) -> None:
         """The destination answered these jobs: one commit for all (a crash before it resends them)."""
         ids = [(i,) for i in job_ids]
@@ -315,6 +327,14 @@ class SharedForwardQueue:
             "attempts, next_at, last_error, created FROM cluster_forward_jobs WHERE destination = :d "
             "AND state = 'queued' ORDER BY id LIMIT :l", {"d": destination, "l": limit})
         return [Job(*row) for row in rows]
+
+    def waiting(self, destination: str, sop_instance_uids: Iterable[str]) -> set[str]:
+        """Which of these instances have a job for ``destination`` still in the queue (queued or failed)."""
+        uids = list(sop_instance_uids)
+        if not uids:
+            return set()
+        return {r[0] for r in self._rows("SELECT sop_instance_uid FROM cluster_forward_jobs WHERE destination = :d "
+                                         "AND sop_instance_uid = ANY(:u)", {"d": destination, "u": uids})}
 
     def done(self, job_ids: Iterable[int]) -> None:
         ids = list(job_ids)
