@@ -46,10 +46,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +59,7 @@ from pacskit.addins.fetching import RemoteFailed, fetch, find_remote
 from pacskit.dicom.status import status_category
 from pacskit.net import NetError
 from pacskit.net import events as ev
+from pacskit.records.durable_sqlite import DurableSqlite
 from pacskit.services import AddIn, AddInOptions, WorkflowEvent
 
 log = logging.getLogger("pacskit.addin.prefetch")
@@ -128,31 +126,11 @@ class PrefetchJob:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class PrefetchQueue:
+class PrefetchQueue(DurableSqlite):
     """Thread-safe; every change committed (``synchronous = FULL``) before the call returns."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     def watermark(self, key: str) -> int | None:
         with self._lock:

@@ -13,14 +13,13 @@ destination wait: order is kept per destination, hence per study.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pacskit.records.durable_sqlite import DurableSqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -72,32 +71,11 @@ class NewJob:
     study_instance_uid: str
 
 
-class ForwardQueue:
+class ForwardQueue(DurableSqlite):
     """Thread-safe; every change is committed (``synchronous = FULL``) before the call returns."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     # ------------------------------------------------------------------ the router's side
 
