@@ -389,9 +389,11 @@ route_app = typer.Typer(help="The routing add-in's forward queue: list, retry, p
 app.add_typer(route_app, name="route")
 
 
-def _route_call(data_dir: str | None, config: str | None, method: str, path: str, body: dict[str, Any] | None,
-                offline: Any) -> Any:
-    """Through the running server's admin API, else on the queue file (the server is stopped)."""
+def _queue_call(addin: str, data_dir: str | None, config: str | None, method: str, path: str,
+                body: dict[str, Any] | None, offline: Any) -> Any:
+    """An add-in queue's operation: through the running server's admin API (``/addins/<addin><path>``),
+    else ``offline(queue)`` on the add-in's queue file (the server is stopped: what is queued is done at
+    its next start). The routing and prefetch queues share this."""
     from pacskit.admin.manager import admin_client, api_reachable
 
     settings = existing_server_settings(config, data_dir)
@@ -399,22 +401,30 @@ def _route_call(data_dir: str | None, config: str | None, method: str, path: str
         from pacskit.cli.server import check
 
         with admin_client(settings.folder) as client:
-            return check(client.request(method, f"/addins/routing{path}", json=body))
+            return check(client.request(method, f"/addins/{addin}{path}", json=body))
     from pathlib import Path
 
-    from pacskit.addins.routing.queue import ForwardQueue
+    if addin == "routing":
+        from pacskit.addins.routing.queue import ForwardQueue as queue_class
+    else:
+        from pacskit.addins.prefetch import PrefetchQueue as queue_class  # type: ignore[assignment]
 
-    section = settings.addin_section("routing")
-    file = Path(section.get("queue_file", "routing/queue.db"))
+    section = settings.addin_section(addin)
+    file = Path(section.get("queue_file", f"{addin}/queue.db"))
     file = file if file.is_absolute() else settings.data_path / file
     if not file.exists():
-        typer.echo(f"error: no routing queue at {file} (is the routing add-in enabled?)", err=True)
+        typer.echo(f"error: no {addin} queue at {file} (is the {addin} add-in enabled?)", err=True)
         raise typer.Exit(EXIT_USAGE)
-    queue = ForwardQueue(file)
+    queue = queue_class(file)
     try:
         return offline(queue)
     finally:
         queue.close()
+
+
+def _route_call(data_dir: str | None, config: str | None, method: str, path: str, body: dict[str, Any] | None,
+                offline: Any) -> Any:
+    return _queue_call("routing", data_dir, config, method, path, body, offline)
 
 
 @route_app.command("list")
@@ -473,31 +483,7 @@ app.add_typer(prefetch_app, name="prefetch")
 
 def _prefetch_call(data_dir: str | None, config: str | None, method: str, path: str, body: dict[str, Any] | None,
                    offline: Any) -> Any:
-    """Through the running server's admin API, else on the queue file (the server is stopped: what is
-    queued is done at its next start)."""
-    from pacskit.admin.manager import admin_client, api_reachable
-
-    settings = existing_server_settings(config, data_dir)
-    if api_reachable(settings.folder):
-        from pacskit.cli.server import check
-
-        with admin_client(settings.folder) as client:
-            return check(client.request(method, f"/addins/prefetch{path}", json=body))
-    from pathlib import Path
-
-    from pacskit.addins.prefetch import PrefetchQueue
-
-    section = settings.addin_section("prefetch")
-    file = Path(section.get("queue_file", "prefetch/queue.db"))
-    file = file if file.is_absolute() else settings.data_path / file
-    if not file.exists():
-        typer.echo(f"error: no prefetch queue at {file} (is the prefetch add-in enabled?)", err=True)
-        raise typer.Exit(EXIT_USAGE)
-    queue = PrefetchQueue(file)
-    try:
-        return offline(queue)
-    finally:
-        queue.close()
+    return _queue_call("prefetch", data_dir, config, method, path, body, offline)
 
 
 @prefetch_app.command("list")
