@@ -245,12 +245,15 @@ def store_router(server: Server) -> APIRouter:
     """The routes above, on ``server``'s store and audit trail."""
     router = APIRouter(tags=["archive"])
 
+    def require_store() -> DataStore:
+        if server.store is None:
+            raise HTTPException(409, "this server runs without a store")
+        return server.store
+
     @router.post("/store/delete")
     async def delete_route(request: DeleteRequest) -> dict[str, Any]:
         """Delete (or, ``dry_run``, list) patients, studies, series or instances with their files."""
-        store = server.store
-        if store is None:
-            raise HTTPException(409, "this server runs without a store")
+        store = require_store()
         try:
             return await asyncio.to_thread(delete, store, server.audit, request,
                                            user=request.user or "admin-api")
@@ -262,9 +265,7 @@ def store_router(server: Server) -> APIRouter:
         """Merge patient ``source`` into ``target``: studies moved, files rewritten, audited."""
         from pacskit.store.correction import CorrectionError
 
-        store = server.store
-        if store is None:
-            raise HTTPException(409, "this server runs without a store")
+        store = require_store()
         try:
             return await asyncio.to_thread(merge, store, server.audit, request, user=request.user or "admin-api")
         except CorrectionError as exc:
@@ -275,9 +276,7 @@ def store_router(server: Server) -> APIRouter:
         """Correct study or series attributes (UIDs kept or new), files rewritten, audited, forwarded."""
         from pacskit.store.correction import CorrectionError
 
-        store = server.store
-        if store is None:
-            raise HTTPException(409, "this server runs without a store")
+        store = require_store()
         unknown = [t for t in request.forward_to if server.ae_titles.get(t) is None]
         if unknown:
             raise HTTPException(422, f"forward_to: {', '.join(unknown)} not in the AE registry")
@@ -301,9 +300,7 @@ def store_router(server: Server) -> APIRouter:
         """Compress stored uncompressed instances losslessly (pixels verified byte for byte)."""
         from pacskit.store.compression import CompressionError, compress
 
-        store = server.store
-        if store is None:
-            raise HTTPException(409, "this server runs without a store")
+        store = require_store()
         try:
             report = await asyncio.to_thread(compress, store, request.level, request.uids, request.syntax)
         except (CompressionError, ValueError) as exc:
@@ -315,9 +312,7 @@ def store_router(server: Server) -> APIRouter:
         """File a series under another existing study: files rewritten, index moved, audited."""
         from pacskit.store.correction import CorrectionError
 
-        store = server.store
-        if store is None:
-            raise HTTPException(409, "this server runs without a store")
+        store = require_store()
         try:
             return await asyncio.to_thread(move, store, server.audit, request, user=request.user or "admin-api")
         except CorrectionError as exc:
