@@ -45,7 +45,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -103,7 +103,7 @@ class StorageAddIn(AddIn):
         received = request.received
         if store is None or received is None or received.path is None:
             return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "no data store configured"})
-        refusal = self._below_watermark(received.size or _size(received.path))
+        refusal = self._below_watermark(received)
         if refusal is not None:
             self.base.log.warning("C-STORE %s from %s refused (0xA700): %s", request.sop_instance_uid,
                                   request.assoc.remote_ae_title, refusal)
@@ -159,11 +159,13 @@ class StorageAddIn(AddIn):
                   if v is not None]
         return max(wanted) if wanted else None
 
-    def _below_watermark(self, incoming: int) -> str | None:
-        """Why a C-STORE of ``incoming`` bytes must be refused, or ``None``."""
+    def _below_watermark(self, received: Any) -> str | None:
+        """Why a C-STORE of the ``received`` file must be refused, or ``None`` (nothing is looked at
+        while no watermark is set: this is on every C-STORE's path)."""
         opts = self.options
         if opts.min_free_bytes is None and opts.min_free_percent is None:
             return None
+        incoming = received.size or _size(received.path)
         now = time.monotonic()
         with self._free_lock:
             reading = self._free_reading
