@@ -93,14 +93,5 @@ export function personName(obj: DicomJson, tag: string): string {
   return str(obj, tag).split("^").filter((p) => p !== "").join(" ");
 }
 
-/** A DA value (YYYYMMDD) as YYYY-MM-DD; anything else unchanged. */
-export function formatDate(da: string): string {
-  return /^\d{8}$/.test(da) ? `${da.slice(0, 4)}-${da.slice(4, 6)}-${da.slice(6, 8)}` : da;
-}
-
-/** A TM value (HHMMSS.frac) as HH:MM:SS; anything else unchanged. */
-export function formatTime(tm: string): string {
-  const m = /^(\d{2})(\d{2})?(\d{2})?/.exec(tm);
-  if (!m) return tm;
-  return [m[1], m[2] ?? "00", m[3] ?? "00"].join(":");
-}
+// DA / TM for display: the app's own formatting (one definition for the search and the viewer)
+export { formatDate, formatTime } from "../dicom";
