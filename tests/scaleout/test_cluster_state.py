@@ -69,8 +69,35 @@ def test_an_ingest_records_its_key_and_the_commit_takes_the_record_away(store: D
         store.blobs.put_file = put_and_look  # type: ignore[method-assign]
         result = store.ingest(make_instance(tmp_path / "1.dcm", rows=4, cols=4))
         assert result.stored
-        assert seen == [{result.blob_key}]
-        assert node.inflight.keys() == set()  # the index commit removed it
+        (during,) = seen
+        assert result.blob_key in during  # while the blob is written, its key is in flight
+        # the index commit removed it; what is left are keys recorded ahead, never handed out
+        assert result.blob_key not in node.inflight.keys()
+        assert node.inflight.keys() == node.inflight.unused() and len(during) == node.inflight.batch
+        assert store.check().ok
+    finally:
+        node.stop()
+    assert node.inflight.keys() == set(), "leaving removes the keys recorded ahead"
+
+
+def test_keys_are_recorded_ahead_in_batches_one_statement_each(store: DataStore, tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    node = ClusterNode(store.index.engine, "a", 30.0, store.blobs.delete)
+    node.inflight.batch = 4
+    node.start()
+    inserts: list[str] = []
+    event.listen(node.inflight._engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *a: inserts.append(statement) if "INSERT" in statement else None)
+    try:
+        store.shared_journal = node.inflight
+        results = [store.ingest(make_instance(tmp_path / f"{i}.dcm", rows=4, cols=4)) for i in range(10)]
+        assert all(r.stored for r in results) and len({r.blob_key for r in results}) == 10
+        assert len(inserts) == 3, "10 ingests, keys recorded 4 at a time: 3 statements"
+        assert node.inflight.keys() == node.inflight.unused() and len(node.inflight.unused()) == 2
+        node.inflight.max_age = 0.0  # recorded keys grow stale: the next batch drops their rows
+        assert store.ingest(make_instance(tmp_path / "late.dcm", rows=4, cols=4)).stored
+        assert len(node.inflight.keys()) == 3 and node.inflight.keys() == node.inflight.unused()
         assert store.check().ok
     finally:
         node.stop()
@@ -86,7 +113,8 @@ def test_a_node_declared_dead_cannot_commit_what_the_others_recovered(store: Dat
             key = put(src, key_hint)
             # the node stalls after its upload: its lease runs out and the other node recovers it
             _expire(store, slow)
-            assert other.recover_dead() == 1
+            # the ingest's key and the others recorded with it
+            assert other.recover_dead() == slow.inflight.batch
             return key
 
         store.blobs.put_file = paused_put  # type: ignore[method-assign]

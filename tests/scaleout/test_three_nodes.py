@@ -260,7 +260,7 @@ def _scenario(tmp: Path, url: str, weed: Any, lb: Any, a: Node, b: Node, c: Node
     acked_late = [p for p in files if p in acknowledged.values()]
     assert len(acked_late) >= 10 and len(acked_late) < len(files), "".join(lines[-20:])
     # the others recover C once its lease has run out: its row and its ingests in flight are gone
-    _wait(lambda: "c" not in cluster_rows(url)["nodes"] and cluster_rows(url)["in_flight"] == 0,
+    _wait(lambda: "c" not in cluster_rows(url)["nodes"] and cluster_rows(url)["in_flight_unowned"] == 0,
           30, "node C recovered by A or B")
     assert "recovered dead node c" in a.log_text() + b.log_text()
     lb.wait_states({"c": "DOWN"}, timeout=30)

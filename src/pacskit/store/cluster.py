@@ -10,8 +10,9 @@ keeps in its local folder matters to another node: what does lives here, in the 
   recovers its work (below) and removes its row. A node that was only paused (and finds its row gone
   when it renews) registers again; whatever it had in flight is lost, never half done.
 * **Ingests in flight** (``cluster_inflight``, :class:`SharedInflight`): replaces the local crash
-  journal of :mod:`pacskit.store.journal`. An ingest records its new blob key (with its node) before
-  the upload; the transaction that indexes the instance deletes that row and fails if the row is gone
+  journal of :mod:`pacskit.store.journal`. An ingest's blob key is recorded (with its node) before
+  the upload: keys are recorded ahead, a batch per INSERT, and handed out one per ingest (see
+  :class:`SharedInflight`); the transaction that indexes the instance deletes that row and fails if the row is gone
   (the *fence*: a node declared dead can never commit an instance whose blob another node is deleting).
   Recovery of a dead node deletes its rows first (committed), then their blobs: none of those ingests
   committed, none was acknowledged. The record is an asynchronous commit (``synchronous_commit=off``):
@@ -41,6 +42,7 @@ from sqlalchemy import BigInteger, Engine, Float, Index, Integer, String, Text, 
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from pacskit.config.aetitles import RemoteAE
+from pacskit.store.blobs import new_key
 from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, UTCDateTime
 
 log = logging.getLogger("pacskit.cluster")
@@ -188,6 +190,10 @@ def forget_claims(engine: Engine, kind: str, open_items_sql: str) -> int:
         return int(gone.rowcount)
 
 
+#: the fence's statement (psycopg's paramstyle: it runs on the DBAPI cursor)
+_FENCE = "DELETE FROM cluster_inflight WHERE blob_key = %s AND node_id = %s"
+
+
 class LeaseLost(RuntimeError):
     """This node's in-flight record is gone: another node declared it dead and recovered its ingest."""
 
@@ -209,17 +215,62 @@ def _journal_engine(engine: Engine) -> Engine:
 class SharedInflight:
     """The shared crash journal of ingests in flight (``DataStore.shared_journal``); thread-safe.
 
-    ``node_id`` is the writing node's (``None``: read only, e.g. ``pacskit check``)."""
+    ``node_id`` is the writing node's (``None``: read only, e.g. ``pacskit check``).
 
-    def __init__(self, engine: Engine, node_id: str | None) -> None:
+    **Keys recorded ahead.** An ingest's record must be committed before its blob is written, which
+    cost every instance a transaction of its own. Instead :meth:`next_key` hands out keys recorded
+    ``batch`` at a time (one INSERT of ``batch`` rows): the record of each key is committed before
+    the key is even handed out, so the contract holds, and the ingest path pays one round trip per
+    ``batch`` instances. A key recorded but never used has no blob: recovering it (a dead node's
+    rows) deletes an object that does not exist, which S3 answers as done. Keys are used within
+    ``max_age`` seconds of their record (older ones are dropped, their rows deleted with the next
+    batch's INSERT), so a key's first digits stay the minute it was made (:func:`new_key`).
+    """
+
+    def __init__(self, engine: Engine, node_id: str | None, *, batch: int = 32, max_age: float = 60.0) -> None:
         _require_postgresql(engine)
         self.node_id = node_id
+        self.batch = max(1, int(batch))
+        self.max_age = float(max_age)
         self._engine = _journal_engine(engine)
+        self._lock = threading.Lock()
+        self._ahead: list[str] = []  # recorded, not handed out yet (taken from the end)
+        self._ahead_at = 0.0  # time.monotonic() of their record
+        self._given: set[str] = set()  # handed out by next_key, begin() not called yet
 
-    def begin(self, key: str) -> str:
-        """Record ``key`` as in flight for this node, before its blob is written; returns ``key``."""
+    def next_key(self) -> str:
+        """A new blob key whose in-flight record is already committed (see the class doc): its
+        :meth:`begin` then costs nothing."""
         if self.node_id is None:
             raise RuntimeError("a read-only in-flight journal cannot record ingests")
+        with self._lock:
+            if not self._ahead or time.monotonic() - self._ahead_at > self.max_age:
+                self._record_ahead()
+            key = self._ahead.pop()
+            self._given.add(key)
+            return key
+
+    def _record_ahead(self) -> None:
+        """Record ``batch`` new keys in one statement (dropping the rows of stale unused ones)."""
+        stale, keys = self._ahead, [new_key() for _ in range(self.batch)]
+        with self._engine.connect() as conn:
+            conn.execute(text(
+                "WITH dropped AS (DELETE FROM cluster_inflight WHERE node_id = :n "
+                "AND blob_key = ANY(CAST(:stale AS varchar[]))) "
+                f"INSERT INTO cluster_inflight (blob_key, node_id, started_at) "
+                f"SELECT unnest(CAST(:keys AS varchar[])), :n, {_NOW}"),
+                {"keys": keys, "stale": stale, "n": self.node_id})
+        self._ahead, self._ahead_at = keys, time.monotonic()
+
+    def begin(self, key: str) -> str:
+        """Record ``key`` as in flight for this node, before its blob is written; returns ``key``.
+        Free for a key from :meth:`next_key` (recorded already); any other key costs one INSERT."""
+        if self.node_id is None:
+            raise RuntimeError("a read-only in-flight journal cannot record ingests")
+        with self._lock:
+            if key in self._given:
+                self._given.discard(key)
+                return key
         with self._engine.connect() as conn:
             conn.execute(text(f"INSERT INTO cluster_inflight (blob_key, node_id, started_at) "
                               f"VALUES (:k, :n, {_NOW})"), {"k": key, "n": self.node_id})
@@ -227,20 +278,42 @@ class SharedInflight:
 
     def fence(self, session: Session, key: str) -> None:
         """In the transaction that indexes ``key``'s instance: remove its record, or raise
-        :class:`LeaseLost` (the record was taken by a node recovering ours: the transaction must fail)."""
-        deleted = session.execute(text("DELETE FROM cluster_inflight WHERE blob_key = :k AND node_id = :n"),
-                                  {"k": key, "n": self.node_id})
-        if deleted.rowcount != 1:  # type: ignore[attr-defined]
+        :class:`LeaseLost` (the record was taken by a node recovering ours: the transaction must fail).
+
+        On the DBAPI cursor of the session's transaction, as the index's own ingest statements are
+        (:class:`pacskit.store.index.database.Index`): SQLAlchemy's per-execution machinery would
+        cost more than the statement; psycopg prepares it server-side after a few runs."""
+        cursor = session.connection().connection.cursor()
+        try:
+            cursor.execute(_FENCE, (key, self.node_id))
+            deleted = cursor.rowcount
+        finally:
+            cursor.close()
+        if deleted != 1:
+            self.forget_ahead()  # recovered with it: recording new ones is the way on
             raise LeaseLost(f"in-flight record of blob {key} was recovered by another node (our lease ran out)")
+
+    def forget_ahead(self) -> None:
+        """Drop the keys recorded ahead without touching their rows: another node recovering ours
+        removed them (our lease ran out), so the next ingest records new ones."""
+        with self._lock:
+            self._ahead = []
 
     def end(self, key: str) -> None:
         """The ingest of ``key`` failed and its blob is deleted (or kept as an orphan): forget it."""
+        with self._lock:
+            self._given.discard(key)
         with self._engine.connect() as conn:
             conn.execute(text("DELETE FROM cluster_inflight WHERE blob_key = :k AND node_id = :n"),
                          {"k": key, "n": self.node_id})
 
+    def unused(self) -> set[str]:
+        """The keys recorded ahead and not handed out (they have no blob: leaving needs no delete)."""
+        with self._lock:
+            return set(self._ahead)
+
     def keys(self) -> set[str]:
-        """Every node's keys in flight right now."""
+        """Every node's keys in flight right now (keys recorded ahead included)."""
         with self._engine.connect() as conn:
             return {row[0] for row in conn.execute(text("SELECT blob_key FROM cluster_inflight"))}
 
@@ -359,6 +432,7 @@ class ClusterNode:
             if done.rowcount != 1:
                 log.error("node %s: our lease had run out and another node recovered our ingests in flight; "
                           "registering again", self.name)
+                self.inflight.forget_ahead()
                 self._register(conn)
         self.last_renewal = time.monotonic()
 
@@ -370,8 +444,9 @@ class ClusterNode:
 
     def recover_dead(self) -> int:
         """Recover every node whose lease ran out: its in-flight records are removed (committed first,
-        so the dead node's own transactions can never commit them), then their blobs deleted. Returns
-        how many blobs were deleted. Nodes being recovered by another node at the same time are skipped
+        so the dead node's own transactions can never commit them), then their blobs deleted (a key it
+        recorded ahead and never used has none: S3 answers its delete as done). Returns how many
+        records were recovered. Nodes being recovered by another node at the same time are skipped
         (``SKIP LOCKED``)."""
         deleted = 0
         while True:
@@ -391,8 +466,9 @@ class ClusterNode:
                     deleted += 1
                 except Exception as exc:  # left as an orphan: `pacskit check --delete-orphans` finds it
                     log.error("node %s: cannot delete blob %s of dead node %s: %s", self.name, key, dead[1], exc)
-            log.warning("node %s: recovered dead node %s (lease expired): %d interrupted ingests removed "
-                        "(never acknowledged)", self.name, dead[1], len(keys))
+            log.warning("node %s: recovered dead node %s (lease expired): %d in-flight records removed "
+                        "(interrupted ingests, never acknowledged, and keys recorded ahead), their blobs deleted",
+                        self.name, dead[1], len(keys))
             self.recovered_blobs += len(keys)
             if self.on_recovered is not None:
                 self.on_recovered(dead[1], keys)
@@ -442,8 +518,10 @@ class ClusterNode:
                 keys = [row[0] for row in conn.execute(text(
                     "DELETE FROM cluster_inflight WHERE node_id = :n RETURNING blob_key"), {"n": self.node_id})]
                 conn.execute(text("DELETE FROM cluster_nodes WHERE node_id = :n"), {"n": self.node_id})
+            unused = self.inflight.unused()  # recorded ahead, never written: no blob to delete
             for key in keys:
-                self.delete_blob(key)
+                if key not in unused:
+                    self.delete_blob(key)
         except Exception as exc:
             log.error("node %s: cannot leave the cluster cleanly (the others recover us when the lease ends): %s",
                       self.name, exc)

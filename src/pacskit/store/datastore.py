@@ -72,9 +72,12 @@ ProblemKind = Literal[
 class SharedJournal(Protocol):
     """The crash journal of ingests in flight that several nodes share (:class:`pacskit.store.cluster.SharedInflight`).
 
-    ``begin`` records a new key before its blob is written; ``fence`` runs in the transaction that
-    indexes it and removes the record (raising if another node took it); ``end`` forgets a failed
-    ingest's key; ``keys`` lists every node's keys in flight (for ``check``)."""
+    ``next_key`` gives a new key already recorded (keys are recorded ahead, in batches); ``begin``
+    records a key before its blob is written (free for a key from ``next_key``); ``fence`` runs in
+    the transaction that indexes it and removes the record (raising if another node took it); ``end``
+    forgets a failed ingest's key; ``keys`` lists every node's keys in flight (for ``check``)."""
+
+    def next_key(self) -> str: ...
 
     def begin(self, key: str) -> str: ...
 
@@ -438,11 +441,13 @@ class DataStore:
 
     def _new_blob_key(self) -> str:
         """A new blob key, noted as in flight until :meth:`_blob_settled` (its row committed or its
-        blob gone): the durable point never passes the minute of a blob whose row is not committed."""
+        blob gone): the durable point never passes the minute of a blob whose row is not committed.
+        A cluster's shared journal hands out keys it recorded ahead (no round trip per ingest)."""
+        shared = self.shared_journal
+        fresh = shared.next_key() if shared is not None else new_key()
         with self._point_lock:
-            key = new_key()
-            self._pending_minutes[key] = current_minute()
-        return key
+            self._pending_minutes[fresh] = current_minute()
+        return fresh
 
     def _blob_settled(self, key: str | None) -> None:
         if key is not None:

@@ -179,7 +179,9 @@ def pacs_nodes(base: Path, names: list[str], **kwargs: Any) -> Iterator[list[Nod
 
 
 def cluster_rows(database_url: str) -> dict[str, Any]:
-    """The shared cluster tables' state: nodes (name -> alive), and the number of ingests in flight."""
+    """The shared cluster tables' state: nodes (name -> alive), and the number of in-flight records
+    (ingests in flight and keys recorded ahead) of nodes that have no row (``in_flight_unowned``:
+    a recovered node leaves none)."""
     from sqlalchemy import create_engine
 
     from pacskit.store.cluster import cluster_nodes
@@ -192,7 +194,11 @@ def cluster_rows(database_url: str) -> dict[str, Any]:
             from sqlalchemy import text
 
             inflight = conn.execute(text("SELECT count(*) FROM cluster_inflight")).scalar_one()
+            unowned = conn.execute(text(
+                "SELECT count(*) FROM cluster_inflight i WHERE NOT EXISTS "
+                "(SELECT 1 FROM cluster_nodes n WHERE n.node_id = i.node_id)")).scalar_one()
     finally:
         engine.dispose()
     return {"nodes": {n["name"]: bool(n["alive"]) for n in nodes}, "in_flight": int(inflight),
+            "in_flight_unowned": int(unowned),
             "raw": json.loads(json.dumps(nodes, default=str))}
