@@ -22,7 +22,7 @@ HAProxy in front (DICOM in TCP mode, ``leastconn``; HTTP round robin):
 Orthanc's storage is a folder both Orthancs share (its S3 plugin is not packaged in Debian); pacskit's
 is the object store. Target (issue 23): ingest through 2 pacskit nodes >= 1.5x two Orthancs.
 
-    ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3]
+    ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -338,12 +338,20 @@ def s3_put_latency(weed: Any, size: int, count: int = 200, threads: int = 4) -> 
 # --------------------------------------------------------------------------- main
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=600, help="64x64 CT instances per run")
     parser.add_argument("--associations", type=int, default=4, help="parallel storescu / HTTP clients")
     parser.add_argument("--nodes", default="1,2,3", help="pacskit node counts")
     parser.add_argument("--orthancs", type=int, default=2, help="Orthancs on one PostgreSQL (0: skip)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds, each every configuration once (interleaved: a busy spell hits all)")
     parser.add_argument("--pgbench-seconds", type=int, default=8)
     args = parser.parse_args()
 
@@ -353,41 +361,58 @@ def main() -> int:
     uids = _uids(files)
     load = os.getloadavg()[0]
     print(f"scale-out benchmark: {len(files)} instances ({size / len(files) / 1024:.1f} KiB each), "
-          f"{args.associations} associations, load average {load:.2f} on {os.cpu_count()} CPUs"
-          f"{' (busy machine)' if load > 1.0 else ''}", flush=True)
-    results: dict[str, tuple[Phase, Phase]] = {}
+          f"{args.associations} associations, {args.repeat} round(s), load average {load:.2f} on "
+          f"{os.cpu_count()} CPUs{' (busy machine)' if load > 1.0 else ''}", flush=True)
+    rounds: list[dict[str, tuple[Phase, Phase]]] = []
+    loads: list[float] = []
     work = Path(tempfile.mkdtemp(prefix="pacskit-bench-scaleout-"))
+    orthanc_key = f"Orthanc x{args.orthancs}"
     try:
         with seaweedfs_cluster(work / "weed", volumes=2, replication="001") as weed:
             weed.create_bucket("bench")
             p50, puts = s3_put_latency(weed, size // len(files))
             print(f"SeaweedFS PUT of one instance ({size // len(files)} B): p50 {p50:.1f} ms, "
                   f"{puts:.0f} PUT/s with 4 threads", flush=True)
-            for n in [int(x) for x in args.nodes.split(",") if x]:
-                results[f"pacskit x{n}"] = run_pacskit(weed, n, files, uids, args.associations, work)
-                print(f"  pacskit x{n} done", flush=True)
-        if args.orthancs:
-            results[f"Orthanc x{args.orthancs}"] = run_orthanc(args.orthancs, files, uids, args.associations, work)
+            for r in range(args.repeat):
+                results: dict[str, tuple[Phase, Phase]] = {}
+                loads.append(os.getloadavg()[0])
+                for n in [int(x) for x in args.nodes.split(",") if x]:
+                    results[f"pacskit x{n}"] = run_pacskit(weed, n, files, uids, args.associations, work)
+                    print(f"  round {r + 1}: pacskit x{n} {results[f'pacskit x{n}'][0].rate:.1f} inst/s", flush=True)
+                if args.orthancs:
+                    results[orthanc_key] = run_orthanc(args.orthancs, files, uids, args.associations, work)
+                    print(f"  round {r + 1}: {orthanc_key} {results[orthanc_key][0].rate:.1f} inst/s "
+                          f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+                rounds.append(results)
         one, eight = pgbench(1, args.pgbench_seconds), pgbench(8, args.pgbench_seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print()
-    print(f"{'configuration':<14} {'ingest inst/s':>13} {'retrieve inst/s':>15}   ingest CPU ms per instance")
-    for name, (ingest, retrieve) in results.items():
-        print(f"{name:<14} {ingest.rate:>13.1f} {retrieve.rate:>15.1f}   {ingest.cpu_ms_per_instance()}")
-    print()
-    print("retrieve CPU ms per instance:")
-    for name, (_ingest_phase, retrieve) in results.items():
-        print(f"  {name:<14} {retrieve.cpu_ms_per_instance()}")
+    for r, results in enumerate(rounds):
+        print()
+        print(f"round {r + 1} (load average {loads[r]:.2f} at its start)")
+        print(f"{'configuration':<14} {'ingest inst/s':>13} {'retrieve inst/s':>15}   ingest CPU ms per instance")
+        for name, (ingest, retrieve) in results.items():
+            print(f"{name:<14} {ingest.rate:>13.1f} {retrieve.rate:>15.1f}   {ingest.cpu_ms_per_instance()}")
+        print("retrieve CPU ms per instance:")
+        for name, (_ingest_phase, retrieve) in results.items():
+            print(f"  {name:<14} {retrieve.cpu_ms_per_instance()}")
     print()
     print(f"PostgreSQL commits/s (one-row INSERT transactions): {one:.0f} with 1 client, {eight:.0f} with 8 clients")
-    orthanc_key = f"Orthanc x{args.orthancs}"
-    if orthanc_key in results and "pacskit x2" in results:
-        ratio = results["pacskit x2"][0].rate / results[orthanc_key][0].rate
-        retr = results["pacskit x2"][1].rate / results[orthanc_key][1].rate
-        print(f"ingest, 2 pacskit nodes / {orthanc_key}: {ratio:.2f}x (target >= 1.5x: "
-              f"{'met' if ratio >= 1.5 else 'NOT met'}); retrieve {retr:.2f}x")
+    ratios = [res["pacskit x2"][0].rate / res[orthanc_key][0].rate for res in rounds
+              if orthanc_key in res and "pacskit x2" in res]
+    if ratios:
+        retr = [res["pacskit x2"][1].rate / res[orthanc_key][1].rate for res in rounds]
+        median = _median(ratios)
+        print(f"ingest, 2 pacskit nodes / {orthanc_key}: {', '.join(f'{x:.2f}x' for x in ratios)} "
+              f"(median {median:.2f}x; target >= 1.5x: {'met' if median >= 1.5 else 'NOT met'}); "
+              f"retrieve {', '.join(f'{x:.2f}x' for x in retr)}")
+        cpu = {name: _median([1000 * res["pacskit x2"][0].cpu.get(name, 0.0) / res["pacskit x2"][0].instances
+                              for res in rounds]) for name in rounds[0]["pacskit x2"][0].cpu}
+        ocpu = {name: _median([1000 * res[orthanc_key][0].cpu.get(name, 0.0) / res[orthanc_key][0].instances
+                               for res in rounds]) for name in rounds[0][orthanc_key][0].cpu}
+        print("median ingest CPU ms per instance: pacskit x2 " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+              + f" | {orthanc_key} " + ", ".join(f"{k} {v:.1f}" for k, v in ocpu.items()))
     return 0
 
 
