@@ -24,7 +24,7 @@ from pacskit.store.blobs import new_key
 pytest.importorskip("obstore", reason="the s3 extra (obstore) is not installed")
 boto3 = pytest.importorskip("boto3", reason="the s3 extra (boto3) is not installed")
 
-from pacskit.store.s3 import S3BlobStore, S3Error  # noqa: E402
+from pacskit.store.s3 import S3BlobStore, S3ConfigError, S3Error  # noqa: E402
 
 MB = 1 << 20
 
@@ -46,6 +46,39 @@ def test_the_s3_backend_is_built_in(tmp_path: Path, s3_options: dict[str, Any]) 
         open_blob_store("s3", tmp_path, {"bukket": "x"})
     with pytest.raises(ValueError, match="give both access_key_id and secret_access_key"):
         open_blob_store("s3", tmp_path, {"bucket": "x", "access_key_id": "a"})
+
+
+def test_the_options_reach_the_client(tmp_path: Path) -> None:
+    """Endpoint, addressing style, TLS and credentials as obstore takes them (no request is sent)."""
+    import ssl
+
+    system = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    pem = Path(system).read_text()
+    pem = pem[pem.index("-----BEGIN CERTIFICATE-----"):pem.index("-----END CERTIFICATE-----") + 25] + "\n"
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(pem)
+    virtual = S3BlobStore(tmp_path / "a", bucket="pacs", endpoint_url="https://s3.example.org:9000",
+                          access_key_id="a", secret_access_key="b", addressing_style="virtual", verify_tls=str(bundle))
+    assert virtual._store.config["endpoint"] == "https://pacs.s3.example.org:9000"  # the bucket in the host name
+    assert virtual._store.client_options["root_certificate"] in (pem, pem.encode())
+    def flag(value: Any) -> bool:  # obstore hands options back as strings
+        return str(value).lower() == "true"
+
+    assert not flag(virtual._store.client_options["allow_http"])
+    path = S3BlobStore(tmp_path / "b", bucket="pacs", endpoint_url="http://127.0.0.1:9000/", access_key_id="a",
+                       secret_access_key="b", verify_tls=False, session_token="t", region="eu-central-1")
+    assert path._store.config["endpoint"] == "http://127.0.0.1:9000"  # auto: path style on a custom endpoint
+    assert not flag(path._store.config["virtual_hosted_style_request"])
+    assert path._store.config["session_token"] == "t" and path._store.config["region"] == "eu-central-1"
+    assert flag(path._store.client_options["allow_invalid_certificates"])
+    assert flag(path._store.client_options["allow_http"])
+    with pytest.raises(S3ConfigError, match="verify_tls: no CA bundle"):
+        S3BlobStore(tmp_path / "c", bucket="pacs", verify_tls=str(tmp_path / "missing.pem"))
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    with pytest.raises(S3ConfigError, match="the S3 client refused these options"):
+        S3BlobStore(tmp_path / "c", bucket="pacs", verify_tls=str(bundle))
+    with pytest.raises(S3ConfigError, match="at least 5"):
+        S3BlobStore(tmp_path / "c", bucket="pacs", part_size_mb=1)
 
 
 def test_layout_is_the_filesystem_stores_under_the_prefix(tmp_path: Path, s3_options: dict[str, Any], seaweed: Any) -> None:

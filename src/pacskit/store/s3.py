@@ -215,9 +215,12 @@ class S3BlobStore:
                 config["session_token"] = session_token
         else:
             provider = self._boto3_credentials(profile)
-        self._store = S3Store(bucket, config=config, client_options=client,  # type: ignore[arg-type]
-                              retry_config={"max_retries": max(0, int(retries))},
-                              credential_provider=provider)
+        try:
+            self._store = S3Store(bucket, config=config, client_options=client,  # type: ignore[arg-type]
+                                  retry_config={"max_retries": max(0, int(retries))},
+                                  credential_provider=provider)
+        except (obstore.exceptions.BaseError, ValueError) as exc:  # e.g. a CA bundle that is not PEM
+            raise S3ConfigError(f"the S3 client refused these options: {_brief(exc)}") from exc
 
     @staticmethod
     def _boto3_credentials(profile: str | None) -> Any:
