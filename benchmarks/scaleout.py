@@ -316,15 +316,18 @@ def pgbench(clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def s3_put_latency(weed: Any, size: int, count: int = 200, threads: int = 4) -> tuple[float, float]:
-    """(p50 ms, PUTs per second) of ``count`` objects of ``size`` bytes, ``threads`` in parallel."""
-    client = weed.client()
+def s3_put_latency(weed: Any, size: int, work: Path, count: int = 200, threads: int = 4) -> tuple[float, float]:
+    """(p50 ms, PUTs per second) of ``count`` objects of ``size`` bytes, ``threads`` in parallel, as the
+    nodes send them (:meth:`pacskit.store.s3.S3BlobStore.put_bytes`: one conditional PUT each)."""
+    from pacskit.store.s3 import S3BlobStore
+
+    store = S3BlobStore(work / "latency", **weed.store_options("bench", "latency/"))
     body = os.urandom(size)
     times: list[float] = []
 
-    def put(i: int) -> None:
+    def put(_i: int) -> None:
         start = time.perf_counter()
-        client.put_object(Bucket="bench", Key=f"latency/{i}", Body=body)
+        store.put_bytes(body)
         times.append(time.perf_counter() - start)
 
     start = time.perf_counter()
@@ -370,7 +373,7 @@ def main() -> int:
     try:
         with seaweedfs_cluster(work / "weed", volumes=2, replication="001") as weed:
             weed.create_bucket("bench")
-            p50, puts = s3_put_latency(weed, size // len(files))
+            p50, puts = s3_put_latency(weed, size // len(files), work)
             print(f"SeaweedFS PUT of one instance ({size // len(files)} B): p50 {p50:.1f} ms, "
                   f"{puts:.0f} PUT/s with 4 threads", flush=True)
             for r in range(args.repeat):

@@ -361,7 +361,7 @@ class S3Recorder:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                upstream = http.client.HTTPConnection(recorder.upstream.hostname, recorder.upstream.port, timeout=60)
+                upstream = http.client.HTTPConnection(recorder.upstream.hostname or LOCALHOST, recorder.upstream.port, timeout=60)
                 try:
                     upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
                     for header, value in self.headers.items():
