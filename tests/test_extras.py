@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 OPTIONAL = ["numpy", "pylibjpeg", "openjpeg", "libjpeg", "rle", "psycopg", "pymysql", "cryptography", "jwt",
-            "pynetdicom", "tomli_w", "boto3", "botocore", "s3transfer"]
+            "pynetdicom", "tomli_w", "obstore", "boto3", "botocore", "s3transfer"]
 
 SCRIPT = textwrap.dedent(
     """
@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent(
     except ValueError as exc:
         assert "pip install 'pacskit[s3]'" in str(exc), exc
     else:
-        raise AssertionError("the s3 store opened without boto3")
+        raise AssertionError("the s3 store opened without obstore")
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not leaked, leaked
     print("core ok")
