@@ -20,9 +20,12 @@ HAProxy in front (DICOM in TCP mode, ``leastconn``; HTTP round robin):
   PUT latency of one instance-sized object (SeaweedFS, 4 threads).
 
 Orthanc's storage is a folder both Orthancs share (its S3 plugin is not packaged in Debian); pacskit's
-is the object store. Target (issue 23): ingest through 2 pacskit nodes >= 1.5x two Orthancs.
+is the object store. Target (issue 23): ingest through 2 pacskit nodes >= 1.5x two Orthancs. With
+``--orthanc-storage seaweedfs`` (or ``both``) the Orthancs' folder is the same SeaweedFS cluster, mounted
+with ``weed mount`` (FUSE), so both archives pay the object store (like for like, but for ``weed
+mount`` acknowledging writes before they reach the volume servers, which favours Orthanc).
 
-    ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3] [--repeat 3]
+    ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3] [--repeat 3] [--orthanc-storage both]
 """
 
 from __future__ import annotations
@@ -237,11 +240,11 @@ def run_pacskit(weed: Any, n: int, files: list[Path], uids: list[tuple[str, str,
 
 
 @contextlib.contextmanager
-def _orthancs(n: int, database: str, work: Path) -> Iterator[list[Any]]:
+def _orthancs(n: int, database: str, work: Path, storage: Path | None = None) -> Iterator[list[Any]]:
     from sqlalchemy.engine import make_url
 
     u = make_url(POSTGRES_URL)
-    storage = work / "orthanc-storage"
+    storage = storage or work / "orthanc-storage"
     with contextlib.ExitStack() as stack:
         peers = []
         for i in range(n):
@@ -263,16 +266,26 @@ def _orthancs(n: int, database: str, work: Path) -> Iterator[list[Any]]:
 
 
 def run_orthanc(n: int, files: list[Path], uids: list[tuple[str, str, str]], associations: int,
-                work: Path) -> tuple[Phase, Phase]:
+                work: Path, weed: Any = None) -> tuple[Phase, Phase]:
+    """Two Orthancs on one PostgreSQL; their storage a local folder, or (``weed``) a folder of the
+    SeaweedFS cluster mounted with ``weed mount`` (the same object store as the pacskit nodes')."""
     import httpx
 
-    with fresh_postgres_database(POSTGRES_URL, prefix="orthanc_bench") as url:
+    from pacskit.testing.seaweedfs import weed_mount
+
+    with fresh_postgres_database(POSTGRES_URL, prefix="orthanc_bench") as url, contextlib.ExitStack() as stack:
         database = url.rsplit("/", 1)[1].split("?", 1)[0]
-        folder = work / f"orthanc-{n}"
-        with _orthancs(n, database, folder) as peers:
+        folder = work / f"orthanc-{n}{'-weed' if weed else ''}"
+        storage = None
+        if weed is not None:
+            storage = work / f"orthanc-mount-{database}"
+            mount = stack.enter_context(weed_mount(weed, storage, f"/{database}"))
+        with _orthancs(n, database, folder, storage) as peers:
             with haproxy([Backend(f"o{i}", p.port, p.http_port) for i, p in enumerate(peers)],
                          health_path="/system") as lb:
                 groups = {"orthanc": [p.proc.pid for p in peers], "haproxy": [lb.proc.pid]}
+                if weed is not None:
+                    groups["seaweedfs"] = [p.proc.pid for p in weed.processes] + [mount.proc.pid]
                 meter = CpuMeter(groups, database)
                 meter.start()
                 children = _children_cpu()
@@ -353,6 +366,9 @@ def main() -> int:
     parser.add_argument("--associations", type=int, default=4, help="parallel storescu / HTTP clients")
     parser.add_argument("--nodes", default="1,2,3", help="pacskit node counts")
     parser.add_argument("--orthancs", type=int, default=2, help="Orthancs on one PostgreSQL (0: skip)")
+    parser.add_argument("--orthanc-storage", choices=("folder", "seaweedfs", "both"), default="folder",
+                        help="the Orthancs' storage: a local folder (the issue's comparison), the SeaweedFS "
+                             "cluster through weed mount (like for like), or both")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds, each every configuration once (interleaved: a busy spell hits all)")
     parser.add_argument("--pgbench-seconds", type=int, default=8)
@@ -370,6 +386,7 @@ def main() -> int:
     loads: list[float] = []
     work = Path(tempfile.mkdtemp(prefix="pacskit-bench-scaleout-"))
     orthanc_key = f"Orthanc x{args.orthancs}"
+    weed_key = f"Orthanc x{args.orthancs} weed"  # its storage on SeaweedFS (weed mount)
     try:
         with seaweedfs_cluster(work / "weed", volumes=2, replication="001") as weed:
             weed.create_bucket("bench")
@@ -382,9 +399,13 @@ def main() -> int:
                 for n in [int(x) for x in args.nodes.split(",") if x]:
                     results[f"pacskit x{n}"] = run_pacskit(weed, n, files, uids, args.associations, work)
                     print(f"  round {r + 1}: pacskit x{n} {results[f'pacskit x{n}'][0].rate:.1f} inst/s", flush=True)
-                if args.orthancs:
+                if args.orthancs and args.orthanc_storage in ("folder", "both"):
                     results[orthanc_key] = run_orthanc(args.orthancs, files, uids, args.associations, work)
                     print(f"  round {r + 1}: {orthanc_key} {results[orthanc_key][0].rate:.1f} inst/s "
+                          f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+                if args.orthancs and args.orthanc_storage in ("seaweedfs", "both"):
+                    results[weed_key] = run_orthanc(args.orthancs, files, uids, args.associations, work, weed)
+                    print(f"  round {r + 1}: {weed_key} {results[weed_key][0].rate:.1f} inst/s "
                           f"(load average {os.getloadavg()[0]:.2f})", flush=True)
                 rounds.append(results)
         one, eight = pgbench(1, args.pgbench_seconds), pgbench(8, args.pgbench_seconds)
@@ -402,20 +423,19 @@ def main() -> int:
             print(f"  {name:<14} {retrieve.cpu_ms_per_instance()}")
     print()
     print(f"PostgreSQL commits/s (one-row INSERT transactions): {one:.0f} with 1 client, {eight:.0f} with 8 clients")
-    ratios = [res["pacskit x2"][0].rate / res[orthanc_key][0].rate for res in rounds
-              if orthanc_key in res and "pacskit x2" in res]
-    if ratios:
-        retr = [res["pacskit x2"][1].rate / res[orthanc_key][1].rate for res in rounds]
+    for key in (orthanc_key, weed_key):
+        ratios = [res["pacskit x2"][0].rate / res[key][0].rate for res in rounds if key in res and "pacskit x2" in res]
+        if not ratios:
+            continue
+        retr = [res["pacskit x2"][1].rate / res[key][1].rate for res in rounds]
         median = _median(ratios)
-        print(f"ingest, 2 pacskit nodes / {orthanc_key}: {', '.join(f'{x:.2f}x' for x in ratios)} "
+        print(f"ingest, 2 pacskit nodes / {key}: {', '.join(f'{x:.2f}x' for x in ratios)} "
               f"(median {median:.2f}x; target >= 1.5x: {'met' if median >= 1.5 else 'NOT met'}); "
               f"retrieve {', '.join(f'{x:.2f}x' for x in retr)}")
-        cpu = {name: _median([1000 * res["pacskit x2"][0].cpu.get(name, 0.0) / res["pacskit x2"][0].instances
-                              for res in rounds]) for name in rounds[0]["pacskit x2"][0].cpu}
-        ocpu = {name: _median([1000 * res[orthanc_key][0].cpu.get(name, 0.0) / res[orthanc_key][0].instances
-                               for res in rounds]) for name in rounds[0][orthanc_key][0].cpu}
-        print("median ingest CPU ms per instance: pacskit x2 " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
-              + f" | {orthanc_key} " + ", ".join(f"{k} {v:.1f}" for k, v in ocpu.items()))
+        for name in ("pacskit x2", key):
+            cpu = {part: _median([1000 * res[name][0].cpu.get(part, 0.0) / res[name][0].instances for res in rounds])
+                   for part in rounds[0][name][0].cpu}
+            print(f"  median ingest CPU ms per instance, {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     return 0
 
 

