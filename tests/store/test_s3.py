@@ -154,6 +154,25 @@ def test_a_failed_upload_leaves_nothing(tmp_path: Path, recorded_options: dict[s
     assert not uploads.get("Uploads"), "the multipart upload was aborted"
 
 
+def test_a_put_whose_answer_was_lost_is_retried_and_succeeds(tmp_path: Path, recorded_options: dict[str, Any],
+                                                             recorder: Any) -> None:
+    """The store wrote the object but the answer was lost: the client's retry is refused as a second
+    write of the key (If-None-Match), and the store sees that the object is this very file."""
+    store = S3BlobStore(tmp_path / "node", **recorded_options, retries=2)
+    first = iter([True])
+    recorder.lose_answer = lambda r: r.operation == "PutObject" and next(first, False)
+    key = new_key()
+    assert store.put_file(_file(tmp_path, b"the bytes"), key_hint=key) == key
+    assert recorder.names().count("PutObject") == 2, recorder.names()
+    with store.open(key) as fh:
+        assert fh.read() == b"the bytes"
+    # another body under an existing key is refused
+    with pytest.raises(FileExistsError):
+        store.put_file(_file(tmp_path, b"other bytes"), key_hint=key)
+    with pytest.raises(FileExistsError):
+        store.put_bytes(b"the bytes!", key_hint=key)
+
+
 def test_server_side_copy(tmp_path: Path, recorded_options: dict[str, Any], recorder: Any) -> None:
     store = S3BlobStore(tmp_path / "node", **recorded_options)
     key = store.put_file(_file(tmp_path, b"original bytes"))

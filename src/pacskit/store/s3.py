@@ -368,13 +368,29 @@ class S3BlobStore:
             pass
         return key
 
-    def _put(self, name: str, key: str, body: Any) -> None:
-        """One conditional PUT: ``FileExistsError`` if the object exists."""
+    def _put(self, name: str, key: str, body: Path | bytes) -> None:
+        """One conditional PUT: ``FileExistsError`` if the object exists, unless the key is a random
+        one (32 digits, :func:`new_key`: nobody else writes it) and the object is this very body: a
+        PUT whose answer was lost (the connection dropped after the store had written it) is retried
+        by the client, and the store then refuses the retry as a second write of the key. A 64-digit
+        key may be a content hash another writer also chose: refused as the protocol says."""
         with _s3_errors(self._where(name)):
             try:
                 self._ob.put(self._store, name, body, mode="create", use_multipart=False)
             except self._ob.exceptions.AlreadyExistsError as exc:
-                raise FileExistsError(f"blob {key} already exists") from exc
+                if len(key) != 32 or not self._holds(name, body):
+                    raise FileExistsError(f"blob {key} already exists") from exc
+                log.info("%s: a retried PUT found its own first attempt written", self._where(name))
+
+    def _holds(self, name: str, body: Path | bytes) -> bool:
+        """The object ``name`` is ``body``: same size, and its ETag (a single PUT's is the body's
+        MD5, unless the store encrypts with KMS) is the body's MD5."""
+        import hashlib
+
+        meta = self._ob.head(self._store, name)
+        data = body.read_bytes() if isinstance(body, Path) else body
+        etag = str(meta.get("e_tag") or "").strip('"')
+        return int(meta["size"]) == len(data) and etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def _upload(self, src: str, name: str) -> None:
         """A multipart upload of ``part_size`` parts read from the open file as they go

@@ -354,8 +354,9 @@ def _operation(method: str, query: dict[str, str], headers: Any) -> str:
 
 class S3Recorder:
     """A reverse proxy on 127.0.0.1 in front of an S3 gateway that notes every request, and fails
-    those ``fail`` picks (answering 500 InternalError): what a test needs to see which requests a
-    client sends and to break one, whatever the client library.
+    those ``fail`` picks (answering 500 InternalError without forwarding them) or loses the answer of
+    those ``lose_answer`` picks (forwarded, done by the store, answered 500): what a test needs to see
+    which requests a client sends and to break one, whatever the client library.
 
     The client is pointed at :attr:`endpoint_url` (path-style addressing); the Host header passes
     unchanged, so SigV4 signatures still verify. Use as a context manager."""
@@ -367,7 +368,8 @@ class S3Recorder:
 
         self.upstream = urlsplit(upstream)
         self.seen: list[S3Request] = []
-        self.fail: Any = None  # callable(S3Request) -> bool
+        self.fail: Any = None  # callable(S3Request) -> bool: answer 500, the store never sees it
+        self.lose_answer: Any = None  # callable(S3Request) -> bool: the store does it, the client gets 500
         self._lock = threading.Lock()
         recorder = self
 
@@ -391,6 +393,19 @@ class S3Recorder:
                 with recorder._lock:
                     recorder.seen.append(request)
                     fail = recorder.fail is not None and recorder.fail(request)
+                    lose = recorder.lose_answer is not None and recorder.lose_answer(request)
+                if lose:  # the store does it; the client gets a 500 instead of its answer
+                    upstream = http.client.HTTPConnection(recorder.upstream.hostname or LOCALHOST,
+                                                          recorder.upstream.port, timeout=60)
+                    try:
+                        upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                        for header, value in self.headers.items():
+                            upstream.putheader(header, value)
+                        upstream.endheaders(body or None)
+                        upstream.getresponse().read()
+                    finally:
+                        upstream.close()
+                    fail = True
                 if fail:
                     payload = b"<Error><Code>InternalError</Code><Message>injected by the test</Message></Error>"
                     self.send_response(500)
