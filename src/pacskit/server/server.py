@@ -347,7 +347,7 @@ class Server:
         outgoing_config = config = settings.net_config()
         temp_dir = getattr(store, "temp_dir", None)
         if temp_dir is not None:
-            config = dataclasses.replace(config, temp_dir=str(temp_dir), spare_temp_files=8)
+            config = dataclasses.replace(config, temp_dir=str(temp_dir), spare_temp_files=16)
         dicom_request = self._dicom_request or DicomRequest(settings.ae_title, ae_titles, outgoing_config, self.bus)
         self.ae_titles = ae_titles
         self.dicom_request = dicom_request
