@@ -415,7 +415,11 @@ class DataStore:
 
         committed = False
         try:
-            rec = self.index.run_write_shared(record)
+            # an instance of a known series: its own lean transaction (None: the general path decides)
+            rec = (self.index.append_instance(attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
+                                              source_ae=ae) if shared is None else None)
+            if rec is None:
+                rec = self.index.run_write_shared(record)
             committed = True
         except BaseException:
             self._discard_new_blob(key)
