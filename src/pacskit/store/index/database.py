@@ -549,25 +549,35 @@ class Index:
         if ref is None or ref.study_uid != a.study_instance_uid or self.durable_commits:
             return None
         with self._write_lock:
-            if self._lean_writer is None:
-                self._lean_writer = self._detached()
-            raw = self._lean_writer.raw
-            cursor = raw.cursor()
             try:
-                cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    rec = self._append_on_cursor(cursor, ref, a, blob_key=blob_key, size=size, sha256=sha256,
-                                                 received_at=received_at, source_ae=source_ae)
-                    cursor.execute("COMMIT" if rec is not None else "ROLLBACK")
-                except BaseException:
-                    if raw.in_transaction:
-                        cursor.execute("ROLLBACK")
-                    raise
+                if self._lean_writer is None:
+                    self._lean_writer = self._detached()
+                return self._append_lean(self._lean_writer.raw, ref, a, blob_key=blob_key, size=size,
+                                         sha256=sha256, received_at=received_at, source_ae=source_ae)
             except Exception as exc:  # the general path runs the instance again, with its retries
                 log.debug("lean append of %s fell back to the general path: %s", a.sop_instance_uid, exc)
+                held, self._lean_writer = self._lean_writer, None  # a new connection next time
+                if held is not None:
+                    try:
+                        held.raw.close()
+                    except Exception:  # broken already
+                        pass
                 return None
-            finally:
-                cursor.close()
+
+    def _append_lean(self, raw: Any, ref: _SeriesRef, a: InstanceAttributes, **values: Any) -> Recorded | None:
+        """One transaction of :meth:`append_instance` on the DBAPI connection ``raw`` (write lock held)."""
+        cursor = raw.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                rec = self._append_on_cursor(cursor, ref, a, **values)
+                cursor.execute("COMMIT" if rec is not None else "ROLLBACK")
+            except BaseException:
+                if raw.in_transaction:
+                    cursor.execute("ROLLBACK")
+                raise
+        finally:
+            cursor.close()
         return rec
 
     # the steps of an ingest, inside a write transaction ---------------------------------------------
