@@ -4,7 +4,9 @@ is full (deterministic: the writer is not running while the queue fills), retent
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -163,6 +165,29 @@ def test_flush_cuts_a_lingering_batch_short() -> None:
         assert batches == [[1, 2, 3]] and writer.written == 3
         writer.submit(4)  # the next batch lingers again, and is cut short again
         assert writer.flush(timeout=10)
+        assert batches == [[1, 2, 3], [4]]
+    finally:
+        writer.close()
+
+
+def test_a_full_batch_ends_the_linger() -> None:
+    """While it lingers the writer sleeps (records do not wake it one by one), but a whole batch
+    waiting is written at once, not after the linger: the queue never fills up behind a linger."""
+    batches: list[list[int]] = []
+    wrote = threading.Event()
+
+    def write(batch: Sequence[int]) -> None:
+        batches.append(list(batch))
+        wrote.set()
+
+    writer: BatchWriter[int] = BatchWriter("t", write, batch_size=3, linger=60.0)
+    writer.start()
+    try:
+        for n in (1, 2, 3, 4):
+            writer.submit(n)
+        assert wrote.wait(timeout=20)  # a 60 s linger would not have ended yet
+        assert batches[0] == [1, 2, 3]
+        writer.flush(timeout=10)
         assert batches == [[1, 2, 3], [4]]
     finally:
         writer.close()

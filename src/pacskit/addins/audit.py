@@ -23,7 +23,8 @@ Every message is stored in ``audit_records``; with ``syslog_host`` set it is als
 syslog over TLS (``syslog_protocol = "tls"``, RFC 5425, the ATNA default port 6514) or UDP (RFC
 5426), spooled in ``spool_dir`` while the collector is unreachable (:mod:`pacskit.audit.trail`).
 
-The observers only queue the spy event (the DIMSE path pays one ``put_nowait``); messages are built,
+The observers only queue the spy event (the DIMSE path pays one ``put_nowait``; a C-STORE only a list
+append, kept for the association's end); messages are built,
 UIDs looked up and records written by writer threads.
 """
 
@@ -127,6 +128,10 @@ class AuditAddIn(AddIn):
             database_linger=opts.database_linger,
         )
         self._associations: dict[int, _AssociationAudit] = defaultdict(_AssociationAudit)
+        #: C-STORE outcomes per association id, appended by the thread that emits operation-completed
+        #: (the event loop) and taken by the writer thread when the association ends: a C-STORE costs
+        #: a list append, not a queue hand-off that wakes the writer thread once per instance
+        self._stores: dict[int, list[tuple[str, str, int | None]]] = {}
         self._events: BatchWriter[tuple[str, SpyEvent]] = BatchWriter(
             "audit-events", self._process, queue_size=opts.queue_size, logger=log)
         self._events.start()
@@ -148,10 +153,21 @@ class AuditAddIn(AddIn):
 
     def _observer(self, tag: str) -> Any:
         submit = self._events.submit
+        stores = self._stores
 
         def observe(event: SpyEvent) -> None:
-            if event.assoc is not None and getattr(event.assoc, "is_requestor", False):
+            assoc = event.assoc
+            if assoc is not None and getattr(assoc, "is_requestor", False):
                 return  # our own outgoing associations (C-MOVE sub-operations) are audited by their operation
+            d = event.detail
+            if tag == "completed" and d["service"] == "C-STORE" and assoc is not None:
+                # Reported at the end of the association (_on_ended, after this: the association
+                # ends on the same thread, and its event is queued after every completion).
+                command = d["command"]
+                stores.setdefault(assoc.id, []).append(
+                    (str(command.get("AffectedSOPClassUID", "")), str(command.get("AffectedSOPInstanceUID", "")),
+                     d["status"]))
+                return
             submit((tag, event))
 
         return observe
@@ -239,6 +255,7 @@ class AuditAddIn(AddIn):
         if assoc is None or not getattr(assoc, "is_established", False):
             return []
         state = self._associations.pop(assoc.id, _AssociationAudit())
+        state.stores += self._stores.pop(assoc.id, [])
         out = self._stored_messages(assoc, state)
         if state.user is not None:
             out.append(m.user_authentication(self.source, m.peer(state.user, _host(assoc), role=None, requestor=True),
@@ -254,10 +271,7 @@ class AuditAddIn(AddIn):
         service = d["service"]
         assoc = event.assoc
         status = d["status"]
-        if service == "C-STORE":
-            command = d["command"]
-            self._associations[assoc.id].stores.append(
-                (str(command.get("AffectedSOPClassUID", "")), str(command.get("AffectedSOPInstanceUID", "")), status))
+        if service == "C-STORE":  # recorded by the observer (see _observer)
             return []
         at = dt.datetime.fromtimestamp(d["started"], dt.UTC)
         outcome, description = _outcome(status)

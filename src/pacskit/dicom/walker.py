@@ -37,6 +37,7 @@ with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -122,8 +123,12 @@ def check_nesting(
     transfer_syntax: str,
     limit: int = MAX_SEQUENCE_DEPTH,
     collect: frozenset[int] | set[int] = frozenset(),
+    fh: BinaryIO | None = None,
 ) -> Walked:
     """Walk the dataset at ``offset`` of ``path`` to its end (see the module docstring).
+
+    ``fh``: ``path`` already open (binary, seekable, with a ``fileno``; left open, its position
+    moved): ingest walks and hashes a received file with one open.
 
     Raises :class:`TooDeep` if it nests sequences deeper than ``limit``. Returns the raw values of the
     top-level elements whose tags are in ``collect`` (VR is None for implicit VR) and, when the
@@ -137,9 +142,9 @@ def check_nesting(
     if not is_walkable(transfer_syntax):
         walked.complete = False
         return walked
-    with open(path, "rb", buffering=_BUFFER) as fh:
+    with open(path, "rb", buffering=_BUFFER) if fh is None else contextlib.nullcontext(fh) as f:
         try:
-            _walk(fh, offset, transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax == EXPLICIT_VR_BIG_ENDIAN, limit, collect,
+            _walk(f, offset, transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN, transfer_syntax == EXPLICIT_VR_BIG_ENDIAN, limit, collect,
                   walked.values)
         except Malformed as exc:
             walked.complete = False

@@ -26,7 +26,8 @@ class NetConfig:
     - ``handler_threads``: threads for plain-function handlers, so a slow handler never blocks the loop.
     - ``spare_temp_files``: empty temp files kept ready in ``temp_dir`` by a helper thread, so
       receiving a dataset never waits on file creation on the event loop (which a journalling file
-      system delays while another thread's fsync commits). 0: created on demand. The server uses 8.
+      system delays while another thread's fsync commits). 0: created on demand. The server uses 16
+      (refilled in batches of half).
     """
 
     max_pdu_length: int = 262_144

@@ -202,12 +202,46 @@ class Dispatch(AssociationBase):
             return await (asyncio.wait_for(coro, timeout) if timeout else coro)
         if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
             return handler(request)
-        # the handler's thread sees the operation context (contextvars do not cross run_in_executor)
-        future = self._loop.run_in_executor(self.executor, contextvars.copy_context().run, handler, request)
-        result = await (asyncio.wait_for(future, timeout) if timeout else future)
+        # the handler's thread sees the operation context (contextvars do not cross threads)
+        future = self._in_thread(contextvars.copy_context().run, handler, request)
+        if timeout:
+            async with asyncio.timeout(timeout):
+                result = await future
+        else:
+            result = await future
         if inspect.isawaitable(result):
             result = await (asyncio.wait_for(result, timeout) if timeout else result)
         return result
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``fn(*args)`` in the handler thread pool, its outcome in a future of the loop.
+
+        What ``run_in_executor`` does, less its per-call machinery (a second future chained to the
+        first, its state copied back by callbacks): one call per request on the C-STORE path. A
+        handler that outlives its timeout still runs to its end; one that timed out while waiting for a thread
+        never starts, as with ``run_in_executor``."""
+        executor = self.executor
+        if executor is None:
+            return self._loop.run_in_executor(None, fn, *args)
+        loop = self._loop
+        future = loop.create_future()
+
+        def run() -> None:
+            if future.cancelled():  # timed out while queued for a thread: never started, as before
+                return
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                outcome: tuple[Any, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        executor.submit(run)
+        return future
 
     async def _send_results(self, request: Request, result: Any, timeout: float | None, service: str) -> None:
         ctx, command = request.context, request.command
@@ -344,6 +378,17 @@ class Dispatch(AssociationBase):
         await self.send_message(ctx.id, cmd, data)
         if response.status not in PENDING_STATUSES:
             self.dul.flush()  # a final answer: the peer waits for it, nothing more will be gathered
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[Any, BaseException | None]) -> None:
+    """Give ``future`` the (result, exception) of :meth:`Dispatch._in_thread` unless it timed out."""
+    if future.done():
+        return
+    result, exc = outcome
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)
 
 
 def _is_resource_error(exc: BaseException) -> bool:

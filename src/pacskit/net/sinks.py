@@ -143,7 +143,8 @@ class TempFiles:
 
     Creating a file is a metadata change: on a journalling file system it waits while another
     thread's fsync commits the journal, which, on the event loop, would stall every association.
-    :meth:`take` hands out a spare (or, if none is left, creates one on the spot). Spares left at
+    :meth:`take` hands out a spare (or, if none is left, creates one on the spot) and wakes the helper
+    once half the spares are gone (a wake-up per file cost the event loop more than the file). Spares left at
     exit are deleted; a crash leaves empty ``.part`` files, which the server purges at start-up.
     """
 
@@ -167,7 +168,8 @@ class TempFiles:
             os.close(item[0])  # purged meanwhile (a server started on this folder): not usable
         if self._thread is None:
             self._start()
-        self._wake.set()
+        if len(self._spare) <= self.spare // 2:  # refill in batches: one thread wake-up per few files
+            self._wake.set()
         return item
 
     def _start(self) -> None:

@@ -11,7 +11,9 @@ batch is counted in :attr:`BatchWriter.failed` and the writer goes on.
 
 ``linger`` is how long the writer waits for more records after the first of a batch: fewer, larger
 transactions (on SQLite each is an fsync competing with the ingest's own) at the price of that
-much latency.
+much latency. While it lingers the writer sleeps and is not woken by each new record (only by
+:meth:`flush` and :meth:`close`): a busy producer (the event loop, once per DIMSE message) then
+pays a queue put, not a thread wake-up per record.
 
 ``idle`` is called by the writer thread at least every ``idle_interval`` seconds (retention purges,
 spool retries), never concurrently with ``write``.
@@ -63,6 +65,7 @@ class BatchWriter(Generic[T]):
         self._drop_log_interval = drop_log_interval
         self._last_drop_log = -1e18
         self._lock = threading.Lock()
+        self._hurry = threading.Event()  # ends a linger early (flush, close)
         #: records refused because the queue was full
         self.dropped = 0
         #: records whose batch could not be written (the error was logged)
@@ -83,6 +86,8 @@ class BatchWriter(Generic[T]):
         """Queue ``item`` without blocking; ``False`` (and one more drop) when the queue is full."""
         try:
             self._queue.put_nowait(item)
+            if self._linger and len(self._queue.queue) >= self._batch_size:
+                self._hurry.set()  # a whole batch is waiting: no reason to linger on
             return True
         except queue.Full:
             with self._lock:
@@ -117,6 +122,7 @@ class BatchWriter(Generic[T]):
                 self._queue.put_nowait(_FLUSH)  # the writer need not wait out its linger
             except queue.Full:
                 pass
+            self._hurry.set()
         while self._queue.unfinished_tasks:
             if time.monotonic() > deadline:
                 return False
@@ -135,6 +141,7 @@ class BatchWriter(Generic[T]):
             except queue.Full:  # pragma: no cover - the writer is stuck
                 self._log.error("%s: writer does not drain; %d records left", self.name, self._queue.qsize())
                 return
+        self._hurry.set()
         thread.join(timeout)
         self._thread = None
 
@@ -151,11 +158,14 @@ class BatchWriter(Generic[T]):
             except queue.Empty:
                 continue
             batch: list[Any] = [first]
-            until = time.monotonic() + self._linger
+            if self._linger and first is not _STOP and first is not _FLUSH:
+                # sleep instead of waiting on the queue: records arriving meanwhile wake nobody
+                if len(q.queue) + 1 < self._batch_size:
+                    self._hurry.wait(self._linger)
+                self._hurry.clear()
             while len(batch) < self._batch_size and batch[-1] is not _STOP and batch[-1] is not _FLUSH:
                 try:
-                    left = until - time.monotonic()
-                    batch.append(q.get(timeout=left) if left > 0 else q.get_nowait())
+                    batch.append(q.get_nowait())
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)

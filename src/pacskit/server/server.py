@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -338,6 +339,22 @@ class Server:
             raise AddInError(f"two add-ins supply TLS: {self._tls_owner!r} and {name!r}")
         self.tls, self._tls_owner = setup, name
 
+    @staticmethod
+    def _warm_up_index(store: Any) -> None:
+        """The index's :meth:`~pacskit.store.Index.warm_up` in a thread of its own (it is a speed-up
+        of the first C-STORE, never a reason to wait or to fail)."""
+        warm_up = getattr(getattr(store, "index", None), "warm_up", None)
+        if warm_up is None:
+            return
+
+        def run() -> None:
+            try:
+                warm_up()
+            except Exception as exc:
+                log.debug("index warm-up failed: %s", exc)
+
+        threading.Thread(target=run, name="pacskit-index-warm-up", daemon=True).start()
+
     async def start(self) -> None:
         """Load add-ins, bind, start add-ins. Raises :class:`ServerError` / :class:`AddInError`."""
         settings = self.settings
@@ -347,7 +364,7 @@ class Server:
         outgoing_config = config = settings.net_config()
         temp_dir = getattr(store, "temp_dir", None)
         if temp_dir is not None:
-            config = dataclasses.replace(config, temp_dir=str(temp_dir), spare_temp_files=8)
+            config = dataclasses.replace(config, temp_dir=str(temp_dir), spare_temp_files=16)
         dicom_request = self._dicom_request or DicomRequest(settings.ae_title, ae_titles, outgoing_config, self.bus)
         self.ae_titles = ae_titles
         self.dicom_request = dicom_request
@@ -413,6 +430,7 @@ class Server:
         for addin in self.addins:
             await addin.start()
             self._started_addins.append(addin)
+        self._warm_up_index(store)
         if self.admin is not None:
             from pacskit.server.admin_api import AdminError
 

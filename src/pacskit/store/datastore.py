@@ -59,6 +59,7 @@ from pacskit.store.index.models import AE, Instance, Patient, Series, Study
 log = logging.getLogger("pacskit.store")
 
 _PAGE = 1000
+_WALK_BUFFER = 1 << 16  # the received file is walked (element headers, seeks) and hashed through one buffer
 
 #: seconds between two moves of the index's durable point (one small commit each)
 DURABLE_POINT_INTERVAL = 1.0
@@ -380,15 +381,16 @@ class DataStore:
                 header = read_part10_header(path)
                 received = (header.dataset_offset, header.transfer_syntax, header.source_ae)
             dataset_offset, transfer_syntax, meta_source_ae = received
-            try:  # one walk: nesting guarded before pydicom sees anything, indexed values collected
-                attrs = scan_instance(path, offset if offset is not None else dataset_offset,
-                                      transfer_syntax, meta_source_ae)
-            except TooDeep as exc:
-                raise InvalidInstance(str(exc), exc.tag) from None
-            self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
-            _check_uid_conformance(attrs, strict_uids, source_ae)
-            with open(path, "rb", buffering=0) as fh:
-                sha, size = sha256_stream(fh)  # type: ignore[arg-type]
+            with open(path, "rb", buffering=_WALK_BUFFER) as fh:  # one open: walked, then hashed
+                try:  # one walk: nesting guarded before pydicom sees anything, indexed values collected
+                    attrs = scan_instance(path, offset if offset is not None else dataset_offset,
+                                          transfer_syntax, meta_source_ae, fh=fh)
+                except TooDeep as exc:
+                    raise InvalidInstance(str(exc), exc.tag) from None
+                self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
+                _check_uid_conformance(attrs, strict_uids, source_ae)
+                fh.seek(0)
+                sha, size = sha256_stream(fh)
             if duplicate_policy != "overwrite":  # cheap early answer; the transaction re-checks
                 known = self.index.find_instance(attrs.sop_instance_uid)
                 if known is not None:
@@ -418,7 +420,11 @@ class DataStore:
 
         committed = False
         try:
-            rec = self.index.run_write_shared(record)
+            # an instance of a known series: its own lean transaction (None: the general path decides)
+            rec = (self.index.append_instance(attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
+                                              source_ae=ae) if shared is None else None)
+            if rec is None:
+                rec = self.index.run_write_shared(record)
             committed = True
         except BaseException:
             self._discard_new_blob(key)

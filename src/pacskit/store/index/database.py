@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -151,6 +152,15 @@ def _instance_values(
     }
 
 
+class _Held:
+    """A DBAPI connection of the lean lane (weakly referenced by its :class:`Index`)."""
+
+    __slots__ = ("raw", "__weakref__")
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+
 class _FastPathStatements:
     """The ingest fast path's statements, compiled for one dialect."""
 
@@ -269,6 +279,13 @@ class Index:
         self._read_sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(bind=write_engine, expire_on_commit=False)
         self._durable_commits: bool | None = None  # known after the first look (durable_commits)
+        # The lean lane of append_instance and find_instance (SQLite files only): DBAPI connections
+        # kept out of the pool, one for writes (used under _write_lock) and one per reading thread.
+        self._lean = self.backend == "sqlite" and engine.url.database not in (None, "", ":memory:")
+        self._lean_writer: _Held | None = None
+        self._lean_readers = threading.local()  # .held: this thread's; gone with the thread
+        self._lean_connections: weakref.WeakSet[_Held] = weakref.WeakSet()  # closed by close()
+        self._lean_lock = threading.Lock()
 
     # durability ------------------------------------------------------------------------------------
 
@@ -349,7 +366,27 @@ class Index:
         return f"Index({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def close(self) -> None:
+        with self._lean_lock:
+            held, self._lean_connections = list(self._lean_connections), weakref.WeakSet()
+            self._lean_writer = None
+            self._lean_readers = threading.local()
+        for h in held:
+            try:
+                h.raw.close()
+            except Exception:  # closed already, or its thread is using it at exit
+                log.debug("index connection not closed", exc_info=True)
         self.engine.dispose()
+
+    def _detached(self) -> _Held:
+        """A DBAPI connection set up by the engine (its ``connect`` event: WAL, pragmas, no implicit
+        transactions) but taken out of its pool: the lean lane keeps it (a thread's reader is closed
+        when the thread is gone and nothing holds it; :meth:`close` closes all that are left)."""
+        fairy = self.engine.raw_connection()
+        held = _Held(fairy.driver_connection)
+        fairy.detach()
+        with self._lean_lock:
+            self._lean_connections.add(held)
+        return held
 
     # schema ----------------------------------------------------------------------------------------
 
@@ -463,6 +500,86 @@ class Index:
             else:
                 self._series_refs.pop(series_uid, None)
 
+    def warm_up(self) -> None:
+        """Run the general ingest path once on a made-up instance, and roll it back.
+
+        SQLAlchemy builds and caches what a statement needs the first time it runs: the first
+        instance a process indexes took ~50 ms more than the next new series. A server calls this in
+        the background at start-up, so its first C-STORE does not wait for that."""
+        import uuid
+
+        uid = f"2.25.{uuid.uuid4().int}"
+        a = InstanceAttributes(sop_instance_uid=f"{uid}.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+                               study_instance_uid=f"{uid}.1", series_instance_uid=f"{uid}.2",
+                               patient_id=f"warm-up {uid[-12:]}", modality="OT")
+        with self._write_lock, self._write_sessions() as session:
+            session.begin()
+            try:
+                self.record_instance(session, a, blob_key=f"warm-up-{uid[-12:]}", size=0, sha256="0" * 64,
+                                     received_at=dt.datetime.now(dt.UTC), source_ae=None, policy="keep-first")
+            finally:
+                session.rollback()
+
+    # the ingest's lean lane ----------------------------------------------------------------------
+
+    def append_instance(
+        self,
+        a: InstanceAttributes,
+        *,
+        blob_key: str,
+        size: int,
+        sha256: str,
+        received_at: dt.datetime,
+        source_ae: str | None,
+    ) -> Recorded | None:
+        """Add a new instance of a series this index has seen committed in a transaction of its own,
+        without SQLAlchemy's session, connection pool and events around it; ``None`` when the general
+        path (:meth:`record_instance` in :meth:`run_write_shared`) must decide: another backend, an
+        unknown series, a duplicate, a stale cache entry, or any error (nothing of it is kept then).
+
+        Only where a commit is not flushed (SQLite with ``synchronous=NORMAL``, the data store's
+        default): group commit (:meth:`run_write_shared`) exists to share flushes, and there is
+        none to share, while the session and pool around each transaction cost more than its four
+        statements. The transaction is ``BEGIN IMMEDIATE`` … ``COMMIT`` on one connection kept for
+        it, under the same write lock as every other write of this process; the statements and their
+        checks are the fast path's (:meth:`_append_on_cursor`)."""
+        if not self._lean:
+            return None
+        ref = self._series_refs.get(a.series_instance_uid)
+        if ref is None or ref.study_uid != a.study_instance_uid or self.durable_commits:
+            return None
+        with self._write_lock:
+            try:
+                if self._lean_writer is None:
+                    self._lean_writer = self._detached()
+                return self._append_lean(self._lean_writer.raw, ref, a, blob_key=blob_key, size=size,
+                                         sha256=sha256, received_at=received_at, source_ae=source_ae)
+            except Exception as exc:  # the general path runs the instance again, with its retries
+                log.debug("lean append of %s fell back to the general path: %s", a.sop_instance_uid, exc)
+                held, self._lean_writer = self._lean_writer, None  # a new connection next time
+                if held is not None:
+                    try:
+                        held.raw.close()
+                    except Exception:  # broken already
+                        pass
+                return None
+
+    def _append_lean(self, raw: Any, ref: _SeriesRef, a: InstanceAttributes, **values: Any) -> Recorded | None:
+        """One transaction of :meth:`append_instance` on the DBAPI connection ``raw`` (write lock held)."""
+        cursor = raw.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                rec = self._append_on_cursor(cursor, ref, a, **values)
+                cursor.execute("COMMIT" if rec is not None else "ROLLBACK")
+            except BaseException:
+                if raw.in_transaction:
+                    cursor.execute("ROLLBACK")
+                raise
+        finally:
+            cursor.close()
+        return rec
+
     # the steps of an ingest, inside a write transaction ---------------------------------------------
 
     def record_instance(
@@ -536,29 +653,46 @@ class Index:
         locks it), then the series. Every statement re-checks the UIDs, so a cache entry whose rows
         were deleted or whose row ids were reused matches nothing and falls back.
         """
-        fast = self._fast
         cursor = s.connection().connection.cursor()  # the DBAPI cursor, inside the session's transaction
         try:
-            if fast.instance_exists.first(cursor, {"uid": a.sop_instance_uid}) is not None:
-                return None  # a duplicate: the policy is applied by the general path
-            study_keys = {"row": ref.study_pk, "uid": ref.study_uid}
-            if fast.count_in_study.rowcount(cursor, {**study_keys, "delta": 1}) != 1:
-                self._forget(ref.series_uid)
-                return None
-            if fast.count_in_series.rowcount(
-                cursor, {"row": ref.series_pk, "uid": ref.series_uid, "study": ref.study_pk}
-            ) != 1:
-                fast.count_in_study.rowcount(cursor, {**study_keys, "delta": -1})
-                self._forget(ref.series_uid)
-                return None
-            if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
-                _warn_other_patient(a, ref.patient[0])
-            pk = fast.insert_instance.insert(cursor, {"series_fk": ref.series_pk, **_instance_values(
-                a, blob_key=blob_key, size=size, sha256=sha256,
-                received_at=received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
-                source_ae=source_ae)})
+            return self._append_on_cursor(cursor, ref, a, blob_key=blob_key, size=size, sha256=sha256,
+                                          received_at=received_at, source_ae=source_ae)
         finally:
             cursor.close()
+
+    def _append_on_cursor(
+        self,
+        cursor: Any,
+        ref: _SeriesRef,
+        a: InstanceAttributes,
+        *,
+        blob_key: str,
+        size: int,
+        sha256: str,
+        received_at: dt.datetime,
+        source_ae: str | None,
+    ) -> Recorded | None:
+        """The fast path's statements on a DBAPI ``cursor`` inside a write transaction (see
+        :meth:`_append_to_series`); ``None`` with nothing changed when the general path must decide."""
+        fast = self._fast
+        if fast.instance_exists.first(cursor, {"uid": a.sop_instance_uid}) is not None:
+            return None  # a duplicate: the policy is applied by the general path
+        study_keys = {"row": ref.study_pk, "uid": ref.study_uid}
+        if fast.count_in_study.rowcount(cursor, {**study_keys, "delta": 1}) != 1:
+            self._forget(ref.series_uid)
+            return None
+        if fast.count_in_series.rowcount(
+            cursor, {"row": ref.series_pk, "uid": ref.series_uid, "study": ref.study_pk}
+        ) != 1:
+            fast.count_in_study.rowcount(cursor, {**study_keys, "delta": -1})
+            self._forget(ref.series_uid)
+            return None
+        if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
+            _warn_other_patient(a, ref.patient[0])
+        pk = fast.insert_instance.insert(cursor, {"series_fk": ref.series_pk, **_instance_values(
+            a, blob_key=blob_key, size=size, sha256=sha256,
+            received_at=received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
+            source_ae=source_ae)})
         return Recorded(IngestStatus.STORED, int(pk), blob_key, sha256)
 
     def _add_to_counts(self, s: Session, series: Series | int, delta: int) -> None:
@@ -796,7 +930,19 @@ class Index:
             ).one_or_none()
 
     def find_instance(self, sop_instance_uid: str) -> tuple[int, str, str] | None:
-        """(row id, blob key, sha256) of an instance, or None. Core, no session: ingest asks this."""
+        """(row id, blob key, sha256) of an instance, or None. Core, no session: ingest asks this.
+
+        On an SQLite file, on a connection this thread keeps (no pool checkout and reset per call)."""
+        if self._lean:
+            held = getattr(self._lean_readers, "held", None)
+            if held is None:
+                held = self._lean_readers.held = self._detached()
+            cursor = held.raw.cursor()
+            try:
+                row = self._fast.find_instance.first(cursor, {"uid": sop_instance_uid})
+            finally:
+                cursor.close()
+            return (row[0], row[1], row[2]) if row is not None else None
         raw = self.engine.raw_connection()
         try:
             cursor = raw.cursor()

@@ -431,14 +431,14 @@ def _flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
 
 
 def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_syntax_uid: str,
-                  source_ae: str | None = None) -> InstanceAttributes:
+                  source_ae: str | None = None, fh: BinaryIO | None = None) -> InstanceAttributes:
     """Prove the dataset parses, guard the nesting depth and read the indexed attributes, in one pass.
 
     What ingest runs on every received instance: :func:`pacskit.dicom.walker.check_nesting` walks
     the element headers to the last byte (raising :class:`~pacskit.dicom.walker.TooDeep`) and
     collects the raw values of :data:`WALK_TAGS` on the way; :func:`attributes_from_walk` decodes
     them. A deflated dataset is inflated (never beyond :data:`MAX_INFLATED`, the stream must end) and
-    the result walked. Raises :class:`UnparseableDataset` when the dataset does not parse to its end
+    the result walked. ``fh``: ``path`` already open (see :func:`~pacskit.dicom.walker.check_nesting`). Raises :class:`UnparseableDataset` when the dataset does not parse to its end
     (truncated, not in its transfer syntax), :class:`InvalidInstance` for the rest.
     """
     implicit, little, deflated = _flags(transfer_syntax_uid)
@@ -455,7 +455,7 @@ def scan_instance(path: str | os.PathLike[str], dataset_offset: int, transfer_sy
             except FileNotFoundError:
                 pass
     else:
-        walked = check_nesting(path, dataset_offset, transfer_syntax_uid, collect=WALK_TAGS)
+        walked = check_nesting(path, dataset_offset, transfer_syntax_uid, collect=WALK_TAGS, fh=fh)
     if walked.problem is not None:
         raise UnparseableDataset(walked.problem, transfer_syntax_uid)
     if not walked.complete:  # not walked (cannot happen for what ingest hands in): pydicom reads it
