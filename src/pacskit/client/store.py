@@ -133,7 +133,12 @@ class StoreReport:
         return f"<StoreReport {self.summary()}" + (f"; error: {self.error}>" if self.error is not None else ">")
 
     def summary(self) -> str:
-        text = f"{len(self.succeeded)} succeeded, {len(self.warnings)} with warnings, {len(self.failed)} failed"
+        counts = {"Success": 0, "Warning": 0}
+        for r in self.results:
+            category = r.category
+            counts[category] = counts.get(category, 0) + 1
+        failed = len(self.results) - counts["Success"] - counts["Warning"]
+        text = f"{counts['Success']} succeeded, {counts['Warning']} with warnings, {failed} failed"
         if self.skipped:
             text += f", {len(self.skipped)} skipped (not DICOM)"
         return text
@@ -211,8 +216,8 @@ class StoreScu(Scu):
             if _is_dataset(source):
                 yield _dataset_instance(source)  # type: ignore[arg-type]
                 continue
-            path = Path(source)  # type: ignore[arg-type]
-            if path.is_dir():
+            path = source if isinstance(source, Path) else Path(source)  # type: ignore[arg-type]
+            if os.path.isdir(path):
                 for file in _walk(path):
                     inst = _file_instance(file, report)
                     if inst is not None:

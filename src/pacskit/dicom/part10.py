@@ -119,7 +119,7 @@ def read_part10_header(path: str | os.PathLike[str]) -> Part10Info:
     return read_part10(path)[0]
 
 
-_META_PROBE = 16384  # bytes read to find the File Meta Information (read again, larger, if it is longer)
+_META_PROBE = 2048  # bytes read to find the File Meta Information (read again, larger, if it is longer)
 
 
 def read_part10(path: str | os.PathLike[str], *, whole_below: int = 0) -> tuple[Part10Info, bytes | None]:
