@@ -3,17 +3,20 @@
 How one call goes:
 
 1. **Collect.** Paths are walked (folders recursively, sorted); each file's File Meta Information is
-   read with :func:`~pacskit.dicom.part10.read_part10_header` (no pydicom, pixel data never touched).
+   read with :func:`~pacskit.dicom.part10.read_part10` (no pydicom, pixel data never parsed); a
+   small file is read whole in the same read and its bytes kept for the send (up to
+   :data:`KEEP_READ_BYTES` per call), so that it is read once.
    Files found in folders that are not Part 10, or are not storable (DICOMDIR), are *skipped* and
    listed in the report; such a file named explicitly is a failure.
 2. **Propose.** Per SOP class: one presentation context per transfer syntax the instances are encoded
    in (so they can go as stored), plus an uncompressed fallback (Explicit / Implicit VR Little Endian).
    More than 128 contexts are split over consecutive associations, grouped by SOP class.
-3. **Send.** An instance whose own transfer syntax was accepted is streamed from disk as stored. If only
+3. **Send.** An instance whose own transfer syntax was accepted is sent as stored: from the bytes kept
+   at collect, or read whole (a small file) while the C-STORE before it is answered, or streamed from
+   disk (a big one). If only
    the fallback was accepted it is re-encoded by :func:`pacskit.dicom.transcode.transcode` (decoded with
    pydicom, pixel data decompressed if needed, which needs pydicom's pixel data plugins for the syntax;
-   files above its 256 MiB cap are refused) into a temporary file that is streamed and deleted; this
-   is the only case a file is loaded.
+   files above its 256 MiB cap are refused) into a temporary file that is streamed and deleted.
    ``associations=N`` spreads the instances over N parallel associations.
 4. **Report.** :class:`StoreReport`: every instance with its status (or why it was not sent), split
    into ``succeeded``, ``warnings`` and ``failed``.
@@ -44,7 +47,7 @@ from pacskit.net import Association, CommandField, NetError, PresentationContext
 from pacskit.dicom.status import status_category
 from pacskit.dicom.codec import encode_dataset
 from pacskit.net.dimse import PRIORITY_MEDIUM
-from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, read_part10_header
+from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, read_part10, read_part10_header
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -56,11 +59,17 @@ StoreSource = Union[str, "os.PathLike[str]", "Dataset"]
 _FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 _NOT_STORABLE = {"1.2.840.10008.1.3.10": "a DICOMDIR (Media Storage Directory) is not stored over the network"}
 _MAX_CONTEXTS = 128
+#: Bytes of small files one :meth:`StoreScu.store` call keeps from reading their File Meta (the read
+#: that finds what to propose): each of those files is then read once, not twice. The files beyond it
+#: are read again when sent (ahead of their turn, see :class:`_ReadAhead`).
+KEEP_READ_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
 class Instance:
-    """One thing to send: a file (streamed) or a pydicom Dataset."""
+    """One thing to send: a file (streamed) or a pydicom Dataset. ``data``: the file's dataset bytes,
+    when they were read with its File Meta (a small file, while :data:`KEEP_READ_BYTES` allows); they
+    are dropped once sent."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -69,6 +78,7 @@ class Instance:
     dataset: Dataset | None = None
     offset: int = 0
     size: int = 0
+    data: bytes | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -212,19 +222,17 @@ class StoreScu(Scu):
     def _collect(self, sources: StoreSource | Iterable[StoreSource], report: StoreReport) -> Iterator[Instance]:
         if isinstance(sources, (str, os.PathLike)) or _is_dataset(sources):
             sources = [sources]  # type: ignore[list-item]
+        budget = KEEP_READ_BYTES
         for source in sources:  # type: ignore[union-attr]
             if _is_dataset(source):
                 yield _dataset_instance(source)  # type: ignore[arg-type]
                 continue
             path = source if isinstance(source, Path) else Path(source)  # type: ignore[arg-type]
-            if os.path.isdir(path):
-                for file in _walk(path):
-                    inst = _file_instance(file, report)
-                    if inst is not None:
-                        yield inst
-            else:
-                inst = _file_instance(path, report, named=True)
+            files = _walk(path) if os.path.isdir(path) else (path,)
+            for file in files:
+                inst = _file_instance(file, report, named=file is path, keep=budget > 0)
                 if inst is not None:
+                    budget -= len(inst.data or b"")
                     yield inst
 
     # ------------------------------------------------------------------ send
@@ -347,22 +355,23 @@ class StoreScu(Scu):
 
 
 class _ReadAhead:
-    """The next instance of a worker, and its dataset bytes read by a callback of the event loop.
+    """The next instance of a worker, and its dataset bytes: those kept when its File Meta was read
+    (:data:`KEEP_READ_BYTES`), or else read by a callback of the event loop.
 
     The callback is scheduled before the current C-STORE is written, so it runs right after the
-    write, while the peer is busy with that instance: reading the next file (open, read, close)
-    then costs no wall time. Only files small enough to be sent whole are read ahead
-    (:data:`~pacskit.dicom.part10.WHOLE_FILE_LIMIT`); a bigger one, a Dataset, or a file that cannot
-    be read in full (``None``: the send streams it and reports any error as it always does) are
-    sent as before."""
+    write, while the peer may still be busy with that instance. Only files small enough to be sent
+    whole are read ahead (:data:`~pacskit.dicom.part10.WHOLE_FILE_LIMIT`); a bigger one, a Dataset,
+    or a file that cannot be read in full (``None``: the send streams it and reports any error as it
+    always does) are sent as before."""
 
     __slots__ = ("item", "_data", "_handle")
 
     def __init__(self, item: tuple[int, Instance], loop: asyncio.AbstractEventLoop) -> None:
         self.item = item
-        self._data: bytes | None = None
         inst = item[1]
-        small = inst.path is not None and 0 < inst.size <= WHOLE_FILE_LIMIT
+        self._data: bytes | None = inst.data
+        inst.data = None  # handed over: dropped once sent
+        small = self._data is None and inst.path is not None and 0 < inst.size <= WHOLE_FILE_LIMIT
         self._handle: asyncio.Handle | None = loop.call_soon(self._read) if small else None
 
     def _read(self) -> None:
@@ -405,12 +414,14 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Instance | None:
+def _file_instance(path: Path, report: StoreReport, named: bool = False, keep: bool = False) -> Instance | None:
     """A file found in a folder that cannot be sent is *skipped* (folders hold READMEs and DICOMDIRs);
-    a file the caller named is a *failure* (a typo must not pass as success)."""
+    a file the caller named is a *failure* (a typo must not pass as success). ``keep``: a small
+    file is read whole, and its dataset bytes kept for the send."""
     reason = ""
+    data: bytes | None = None
     try:
-        info = read_part10_header(path)
+        info, data = read_part10(path, whole_below=WHOLE_FILE_LIMIT if keep else 0)
         reason = _NOT_STORABLE.get(info.sop_class_uid, "") or _empty_meta_uid(info)
     except (ValueError, OSError) as exc:
         reason = str(exc).removeprefix(f"{path}: ")
@@ -422,7 +433,7 @@ def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Inst
         return None
     return Instance(
         info.sop_class_uid, info.sop_instance_uid, info.transfer_syntax, path=path,
-        offset=info.dataset_offset, size=info.file_size - info.dataset_offset,
+        offset=info.dataset_offset, size=info.file_size - info.dataset_offset, data=data or None,
     )
 
 
