@@ -599,14 +599,18 @@ def build_app(addin: DicomWebAddIn) -> Any:
         parts = await reader.feed_all(request.stream())
         # the instances are ingested a few at a time (each ingest waits for its fsyncs and its commit:
         # overlapping them is what makes a batch fast) by ingest_concurrency lanes, each a thread that
-        # takes the next instance; answers kept in the order of the parts
+        # takes the next instance, a stretch at a time; answers kept in the order of the parts
         loop = asyncio.get_running_loop()
         try:
             units = stow.units_of(parts, root_type) if root_type == DICOM else await asyncio.to_thread(
                 stow.units_of, parts, root_type)
             lanes = stow.IngestLanes(store, units, study, addin.duplicate_policy, log)
-            work = asyncio.gather(*(loop.run_in_executor(addin.ingest_pool, lanes.run)
-                                    for _ in range(min(addin.options.ingest_concurrency, len(units)))))
+
+            async def lane() -> None:
+                while await loop.run_in_executor(addin.ingest_pool, lanes.run):
+                    pass
+
+            work = asyncio.gather(*(lane() for _ in range(min(addin.options.ingest_concurrency, len(units)))))
             try:
                 await asyncio.shield(work)
             finally:

@@ -75,6 +75,9 @@ _IN_MEMORY_PART = 1024 * 1024
 #: most bytes of one body kept in memory; the parts beyond go to temporary files
 _MEMORY_BUDGET = 64 * 1024 * 1024
 
+#: instances a lane of :class:`IngestLanes` ingests before it hands its thread back to the pool
+LANE_STRETCH = 32
+
 #: root types of a STOW-RS body
 ROOT_TYPES = (DICOM, DICOM_JSON, DICOM_XML)
 
@@ -468,12 +471,15 @@ def _check_pixel_description(ds: Any, *, compressed: bool) -> None:
 class IngestLanes:
     """Every unit of a body through :func:`ingest_unit`, by a few lanes (threads) at a time.
 
-    Each lane (:meth:`run`, one call in a thread of the add-in's pool) takes the next unit until none
-    is left: the ingests overlap their fsyncs and commits as a task per unit did, but the event loop
-    hands work to threads once per lane instead of once per instance (for a small instance, a
-    hand-off and its answer cost the loop about as much as the rest of the request). A unit whose
-    ingest raises does not stop its lane, so every ingest has ended when the lanes have, before the
-    parts are discarded; :attr:`stop` (the request was cancelled) makes them take no further unit.
+    Each lane calls :meth:`run` in a thread of the add-in's pool, again while it answers ``True``;
+    a call takes the next unit until it has ingested :data:`LANE_STRETCH` of them or none is left.
+    The ingests overlap their fsyncs and commits as a task per unit did, but the event loop hands
+    work to a thread once per stretch instead of once per instance (for a small instance, a hand-off
+    and its answer cost the loop about as much as the rest of the request), and the threads are
+    still shared with the other requests between stretches (a small STOW-RS does not wait for a big
+    one to end). A unit whose ingest raises does not stop its lane, so every ingest has ended when
+    the lanes have, before the parts are discarded; :attr:`stop` (the request was cancelled) makes
+    them take no further unit.
     """
 
     def __init__(self, store: DataStore, units: Sequence[Unit], study: str | None, duplicate_policy: str,
@@ -484,18 +490,22 @@ class IngestLanes:
         self._claim = threading.Lock()
         self._next = 0
 
-    def run(self) -> None:
-        """One lane: ingest units until none is left (or :attr:`stop`)."""
-        while not self.stop.is_set():
+    def run(self) -> bool:
+        """One stretch of a lane: ingest the next units, at most :data:`LANE_STRETCH`; ``True`` when
+        units are left for the next stretch."""
+        for _ in range(LANE_STRETCH):
+            if self.stop.is_set():
+                return False
             with self._claim:
                 i = self._next
                 if i >= len(self.units):
-                    return
+                    return False
                 self._next = i + 1
             try:
                 self._results[i] = ingest_unit(self.store, self.units[i], self.study, self.duplicate_policy, self.log)
             except BaseException as exc:  # noqa: BLE001 - the caller raises it once every ingest ended
                 self._results[i] = exc
+        return self._next < len(self.units) and not self.stop.is_set()
 
     def results(self) -> list[Outcome | BaseException]:
         """The outcome of each unit in order, or the exception its ingest raised."""
