@@ -72,7 +72,9 @@ class DicomWebOptions(AddInOptions):
     max_parts: int = Field(100000, ge=1, description="most STOW-RS parts in one request")
     duplicate_policy: Literal["reject", "keep-first", "overwrite"] | None = Field(
         None, description="STOW-RS duplicates; null: the storage add-in's duplicate_policy (as C-STORE)")
-    ingest_concurrency: int = Field(16, ge=1, le=64, description="STOW-RS parts ingested at the same time")
+    ingest_concurrency: int = Field(
+        4, ge=1, le=64,
+        description="STOW-RS parts ingested at the same time (threads); more helps when flushes are slow")
     tune_malloc: bool = Field(
         True, description="glibc: keep freed large buffers for reuse (mallopt), a third less CPU per GB sent")
     thumbnail_size: int = Field(128, ge=16, le=1024, description="thumbnail viewport (pixels, square)")
