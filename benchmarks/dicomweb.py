@@ -25,6 +25,9 @@ alike; medians are reported. Measured, each on both servers:
 
     .venv/bin/python benchmarks/dicomweb.py [--ct 500] [--qido-instances 100000] [--stow 1000] [--big 2000]
 
+``--ct 0`` leaves out WADO-RS and rendered, ``--qido-instances 0`` QIDO, ``--stow 0`` STOW-RS (e.g. STOW-RS
+alone: ``--ct 0 --qido-instances 0``).
+
 Targets (issue 18): WADO-RS >= 1.5x Orthanc's MB/s; QIDO p50 <= 0.5x Orthanc's; STOW-RS >= 1.5x
 Orthanc's instances/s; rendered p50 <= Orthanc's; RSS growth during a 1 GiB retrieve < 64 MiB.
 """
@@ -279,12 +282,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pacskit-dicomweb-bench-", dir=args.work_root))
     results: dict[str, dict[str, Any]] = {"pacskit": {}, "orthanc": {}}
     try:
-        ct = ensure_series("CT", args.ct, 512, 512)
+        ct = ensure_series("CT", args.ct, 512, 512) if args.ct else []  # --ct 0: no WADO-RS, no rendered
         from pydicom import dcmread
 
-        ct_study = str(dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
-        ct_sop = str(dcmread(ct[0], stop_before_pixels=True).SOPInstanceUID)
-        ct_series = str(dcmread(ct[0], stop_before_pixels=True).SeriesInstanceUID)
+        if ct:
+            ct_study = str(dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
+            ct_sop = str(dcmread(ct[0], stop_before_pixels=True).SOPInstanceUID)
+            ct_series = str(dcmread(ct[0], stop_before_pixels=True).SeriesInstanceUID)
         shape = qbench.shape_for(args.qido_instances) if args.qido_instances else None
         plan = qido_plan(shape, args.queries) if shape else {}
 
@@ -332,8 +336,9 @@ def main() -> int:
                         yield i, name
 
             for name, (url, _) in servers.items():
-                retrieve_mbps(url, ct_study, 1, rss=False)  # warm the page cache and the server
-            for client in ("curl", "httpx"):
+                if ct:
+                    retrieve_mbps(url, ct_study, 1, rss=False)  # warm the page cache and the server
+            for client in ("curl", "httpx") if ct else ():
                 speeds: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
                 cpu: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
                 growth = 0
@@ -362,14 +367,15 @@ def main() -> int:
                     lat[name] += latencies(servers[name][0], paths[i:i + 1], "application/dicom+json")
                 for name in servers:
                     results[name][kind] = p50_p95(lat[name])
-            render_path = f"/studies/{ct_study}/series/{ct_series}/instances/{ct_sop}/rendered"
-            lat = {"pacskit": [], "orthanc": []}
-            for name, (url, _) in servers.items():
-                latencies(url, [(render_path, {})] * 3, "image/jpeg")
-            for _, name in turns(50):
-                lat[name] += latencies(servers[name][0], [(render_path, {})], "image/jpeg")
-            for name in servers:
-                results[name]["rendered"] = p50_p95(lat[name])
+            if ct:
+                render_path = f"/studies/{ct_study}/series/{ct_series}/instances/{ct_sop}/rendered"
+                lat = {"pacskit": [], "orthanc": []}
+                for name, (url, _) in servers.items():
+                    latencies(url, [(render_path, {})] * 3, "image/jpeg")
+                for _, name in turns(50):
+                    lat[name] += latencies(servers[name][0], [(render_path, {})], "image/jpeg")
+                for name in servers:
+                    results[name]["rendered"] = p50_p95(lat[name])
             if args.stow:
                 rates: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
                 stow_cpu: dict[str, list[float]] = {"pacskit": [], "orthanc": []}
@@ -387,12 +393,13 @@ def main() -> int:
 
     p, o = results["pacskit"], results["orthanc"]
     print("\nresults (pacskit vs Orthanc + DICOMweb plugin)")
-    print(f"  WADO-RS {args.ct} CT instances: {p['wado'][0]:.0f} vs {o['wado'][0]:.0f} MB/s "
-          f"-> {p['wado'][0] / o['wado'][0]:.2f}x (target >= 1.5); server CPU {p['wado'][3]:.2f} vs "
-          f"{o['wado'][3]:.2f} s/GB (client: curl)")
-    ph, oh = p["wado-httpx"][0], o["wado-httpx"][0]
-    print(f"  WADO-RS, Python client (httpx iter_raw): {ph:.0f} vs {oh:.0f} MB/s -> {ph / oh:.2f}x (client-bound)")
-    print(f"  pacskit RSS growth during the retrieve: {p['wado'][2] / 2**20:.1f} MiB")
+    if "wado" in p:
+        print(f"  WADO-RS {args.ct} CT instances: {p['wado'][0]:.0f} vs {o['wado'][0]:.0f} MB/s "
+              f"-> {p['wado'][0] / o['wado'][0]:.2f}x (target >= 1.5); server CPU {p['wado'][3]:.2f} vs "
+              f"{o['wado'][3]:.2f} s/GB (client: curl)")
+        ph, oh = p["wado-httpx"][0], o["wado-httpx"][0]
+        print(f"  WADO-RS, Python client (httpx iter_raw): {ph:.0f} vs {oh:.0f} MB/s -> {ph / oh:.2f}x (client-bound)")
+        print(f"  pacskit RSS growth during the retrieve: {p['wado'][2] / 2**20:.1f} MiB")
     if "big" in p:
         print(f"  pacskit {p['big'][1] / 2**30:.2f} GiB study: {p['big'][0]:.0f} MB/s, RSS growth "
               f"{p['big'][2] / 2**20:.1f} MiB (target < 64)")
@@ -403,8 +410,9 @@ def main() -> int:
         print(f"  STOW-RS {args.stow} small instances: {p['stow'][0]:.0f} vs {o['stow'][0]:.0f} inst/s "
               f"-> {p['stow'][0] / o['stow'][0]:.2f}x (target >= 1.5); server CPU {p['stow'][1]:.2f} vs "
               f"{o['stow'][1]:.2f} s per 1,000")
-    print(f"  rendered JPEG (512x512 CT): p50 {p['rendered'][0]:.1f} vs {o['rendered'][0]:.1f} ms "
-          f"-> {p['rendered'][0] / o['rendered'][0]:.2f}x (target <= 1.0)")
+    if "rendered" in p:
+        print(f"  rendered JPEG (512x512 CT): p50 {p['rendered'][0]:.1f} vs {o['rendered'][0]:.1f} ms "
+              f"-> {p['rendered'][0] / o['rendered'][0]:.2f}x (target <= 1.0)")
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 import typer.main
 
 from pacskit.cli import app
-from pacskit.cli import client as cli_client
+from pacskit.cli import scu as cli_client
 from pacskit.cli.lean import LEAN_COMMANDS, _params, lean_parse
 from pacskit.testing import make_series, storescp
 
@@ -24,8 +24,9 @@ from .conftest import address
 
 #: Packages a client command to a peer given as AET@host:port must not import: the certificate
 #: authority's, the store's, the admin API's and DICOMweb's stacks, the AE registry's models (typer's
-#: argument conversion would import pydantic too), datasets, progress bars.
-HEAVY = ("cryptography", "sqlalchemy", "fastapi", "uvicorn", "httpx", "pydantic", "pydicom", "numpy", "rich")
+#: argument conversion would import pydantic too), datasets, progress bars, and typer itself (its
+#: import alone costs about as much as the C-ECHO).
+HEAVY = ("cryptography", "sqlalchemy", "fastapi", "uvicorn", "httpx", "pydantic", "pydicom", "numpy", "rich", "typer")
 
 PROBE = f"""
 import sys

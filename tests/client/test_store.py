@@ -54,6 +54,28 @@ def test_folder_recursive_one_association_with_skips_and_events(tmp_path, scp):
     assert all(e.result.status == 0 for e in seen["response"])
 
 
+def test_kept_read_ahead_and_streamed_files_arrive_intact(tmp_path, scp, monkeypatch):
+    """The three ways a file's bytes are sent: kept from the read of its File Meta (while the budget
+    lasts), read ahead while the previous C-STORE is answered (past the budget), streamed (above
+    256 KiB). Every instance arrives identical to what was sent, and none keeps its bytes after."""
+    import pacskit.client.store as store_module
+
+    small = make_series(tmp_path / "in", 6)
+    big = make_instance(tmp_path / "in" / "zz-big.dcm", rows=512, cols=512)  # 512 KiB: streamed
+    assert big.stat().st_size > store_module.WHOLE_FILE_LIMIT
+    monkeypatch.setattr(store_module, "KEEP_READ_BYTES", 2 * small[0].stat().st_size)  # two are kept
+    scu = StoreScu(address(scp))
+    sent: list = []
+    scu.on("sent", lambda e: sent.append(e.instance))
+    report = scu.store_sync(tmp_path / "in")
+    assert report.ok and len(report.succeeded) == 7, report.summary()
+    received = _received(scp)
+    for f in [*small, big]:
+        original = pydicom.dcmread(f)
+        assert received[str(original.SOPInstanceUID)] == original  # every element, pixel data included
+    assert all(inst.data is None for inst in sent)
+
+
 def test_datasets_and_parallel_associations(tmp_path):
     """Datasets over 3 associations at once (storescp --fork serves them concurrently)."""
     tool("storescp")

@@ -7,10 +7,8 @@ ones in :mod:`pacskit.cli`. Progress bars go to stderr (only on a terminal); res
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -24,106 +22,32 @@ from pacskit.cli.common import (
     NetOptions,
     app,
     fail,
-    net_error_exit,
     network_options,
     resolve_target,
     run,
     scu_options,
     setup_logging,
+    typer_annotation,
+    typer_signature,
 )
+from pacskit.cli import scu
+from pacskit.cli.scu import progress as _progress
 from pacskit.client.remote import is_dicomweb_url
 
-TargetArg = Annotated[str, typer.Argument(help="the peer: AET@host:port, an AE title from the registry, or http(s)://host:port/dicom-web")]
+TargetArg = typer_annotation(scu.TargetArg)
+QuietOpt = typer_annotation(scu.QuietOpt)
 KeysOpt = Annotated[
     Optional[list[str]],
     typer.Option("--key", "-k", help="query key as in DCMTK: PatientName=DOE*, 0010,0020=ID, Seq[0].Modality=MR"),
 ]
 LevelOpt = Annotated[str, typer.Option("--level", "-L", help="PATIENT, STUDY, SERIES or IMAGE")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="study (Study Root), patient (Patient Root) or worklist")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 
-class _NoProgress:
-    """What :func:`_progress` gives when no bar is shown: the same calls, doing nothing."""
+# ---------------------------------------------------------------------- store (and echo, at the end)
 
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, description: str, total: float | None = None) -> int:
-        return 0
-
-    def update(self, task: int, **fields: Any) -> None:
-        return None
-
-
-# The environment variables with which rich treats a pipe as a terminal (rich.console.Console.is_terminal).
-_RICH_TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
-
-
-def _progress(quiet: bool) -> Any:
-    """A rich progress bar on stderr, only on a terminal and not with --quiet. Without a bar rich is
-    not imported at all (~0.05 s of every `pacskit store` in a script)."""
-    isatty = getattr(sys.stderr, "isatty", None)
-    if quiet or not ((isatty is not None and isatty()) or any(os.environ.get(k) for k in _RICH_TERMINAL_ENV)):
-        return _NoProgress()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not console.is_terminal, transient=False,
-    )
-
-
-# ---------------------------------------------------------------------- store
-
-
-@app.command()
-@network_options(timeout=30.0)
-def store(
-    target: TargetArg,
-    paths: Annotated[list[Path], typer.Argument(help="files and folders (recursive)")],
-    associations: Annotated[int, typer.Option("--associations", "-n", help="parallel associations")] = 1,
-    quiet: QuietOpt = False,
-    *,
-    net: NetOptions,
-) -> None:
-    """C-STORE files and folders to a peer (STOW-RS to an http(s)://.../dicom-web peer). Exit 1 if any
-    instance failed (warnings are not failures)."""
-    from pacskit.client import StoreScu
-
-    setup_logging(net.verbose)
-    if is_dicomweb_url(target):
-        from pacskit.cli.dicomweb import web_store
-
-        return web_store(target, paths, net.tls_ca, net.timeout)
-    for path in paths:
-        if not path.exists():
-            raise fail(f"{path} does not exist", EXIT_USAGE)
-    remote = resolve_target(target, net)
-    scu = StoreScu(remote, associations=associations, **scu_options(remote, net))
-
-    async def go() -> Any:
-        with _progress(quiet) as progress:
-            task = progress.add_task("storing", total=None)
-            scu.on("progress", lambda p: progress.update(task, completed=p.done, total=p.total))
-            return await scu.store(paths)
-
-    report = run(go())
-    for path, reason in report.skipped:
-        typer.echo(f"skipped {path}: {reason}", err=True)
-    for result in report.failed:
-        typer.echo(f"failed {result.describe()}", err=True)
-    for result in report.warnings:
-        typer.echo(f"warning {result.describe()}", err=True)
-    typer.echo(f"C-STORE to {remote.title}: {report.summary()}")
-    if report.error is not None:
-        raise typer.Exit(net_error_exit(report.error))
-    raise typer.Exit(EXIT_FAILURE_STATUS if report.failed else EXIT_OK)
+# Declared and run without typer (pacskit.cli.scu, the lean path's); registered here as typer sees them.
+app.command("store")(typer_signature(scu.store))
 
 
 # ---------------------------------------------------------------------- find
@@ -345,49 +269,4 @@ def get(
     _retrieve_exit("C-GET", run(go()))
 
 
-# ---------------------------------------------------------------------- echo
-
-
-async def _echo_when_listening(scu: Any, repeat: int, wait: float) -> int:
-    """``scu.echo(repeat)``; while the connection is refused, try again until ``wait`` seconds passed.
-
-    ``./run serve &`` returns at once, and the server listens only after ``.venv`` is built and the
-    add-ins are loaded: ``echo --wait 120`` is how a script waits for it to be ready."""
-    from pacskit.net import ConnectionFailed
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    delay = 0.05
-    while True:
-        try:
-            return await scu.echo(repeat)
-        except ConnectionFailed:
-            if loop.time() + delay > deadline:
-                raise
-        await asyncio.sleep(delay)  # polling a port that is not open yet: nothing to wait on
-        delay = min(delay * 2, 0.5)
-
-
-@app.command()
-@network_options(timeout=30.0)
-def echo(
-    target: TargetArg,
-    repeat: Annotated[int, typer.Option(help="C-ECHOs to send on the association")] = 1,
-    wait: Annotated[
-        float,
-        typer.Option("--wait", metavar="SECONDS", min=0,
-                     help="retry for up to this long while the connection is refused (a server still starting)"),
-    ] = 0.0,
-    *,
-    net: NetOptions,
-) -> None:
-    """Send C-ECHO (Verification) to a peer and report the outcome."""
-    from pacskit.client import EchoScu
-
-    setup_logging(net.verbose)
-    remote = resolve_target(target, net)
-    scu = EchoScu(remote, **scu_options(remote, net))
-    status = run(_echo_when_listening(scu, repeat, wait))
-    if status:
-        raise fail(f"C-ECHO to {target} answered status 0x{status:04X}", EXIT_FAILURE_STATUS)
-    typer.echo(f"C-ECHO to {target}: Success")
+app.command("echo")(typer_signature(scu.echo))

@@ -1,19 +1,22 @@
-"""The lean path of ``pacskit echo`` and ``pacskit store``: their own commands, without building typer's app.
+"""The lean path of ``pacskit echo`` and ``pacskit store``: their own commands, without typer.
 
 Why: before it parses anything, typer (0.29) builds a click command for every command of the app
 (~40, evaluating the annotations of each) and then converts each argument with a pydantic
-``TypeAdapter`` (importing pydantic). Together that is more CPU than a C-ECHO, or than the start-up of
-DCMTK's ``storescu``, and a script that sends files one ``pacskit store`` at a time pays it each time.
+``TypeAdapter`` (importing pydantic); importing typer alone costs about as much CPU as a C-ECHO.
+Together that is more than the start-up of DCMTK's ``storescu``, and a script that sends files one
+``pacskit store`` at a time pays it each time.
 
-What: :func:`run_lean` reads the *same* declarations as typer — the ``Annotated[..., typer.Option()]``
-parameters of the command function in :mod:`pacskit.cli.client`, names, defaults, ``min``/``max`` and
-``count`` included — parses the arguments itself and calls that function, so the command's behaviour,
-output and exit codes are the command's own. It takes only plain forms (``--opt VALUE``,
-``--opt=VALUE``, flags, ``-vv``, ``--``, positional arguments); on anything else (``--help``, an
-unknown or repeated option, a value that is not a plain number or is out of range, a missing
-argument, a declaration it does not know) it returns ``None`` and the caller runs typer, which prints
-its usual usage error. So this path never makes a usage error of its own; tests/client/test_lean.py
-checks it against typer's parse of the same arguments.
+What: :func:`run_lean` reads the *same* declarations as typer — the ``Annotated[...,
+Opt()/Arg()]`` parameters of the command functions in :mod:`pacskit.cli.scu`, which
+:mod:`pacskit.cli.common` turns into typer's for the whole command line — names, defaults,
+``min``/``max`` and ``count`` included, parses the arguments itself and calls that function, so the
+command's behaviour, output and exit codes are the command's own. Neither typer nor click is
+imported. It takes only plain forms (``--opt VALUE``, ``--opt=VALUE``, flags, ``-vv``, ``--``,
+positional arguments); on anything else (``--help``, an unknown or repeated option, a value that is
+not a plain number or is out of range, a missing argument, a declaration it does not know) it
+returns ``None`` and the caller runs typer, which prints its usual usage error. So this path never
+makes a usage error of its own; tests/client/test_lean.py checks it against typer's parse of the
+same arguments.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import inspect
 import os
 import re
 import sys
+import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +35,7 @@ from typing import Any
 
 __all__ = ["LEAN_COMMANDS", "lean_parse", "run_lean", "start_collecting"]
 
-#: The commands this path runs: command name -> the function of :mod:`pacskit.cli.client` typer registers.
+#: The commands this path runs: command name -> the function of :mod:`pacskit.cli.scu` (typer registers the same).
 LEAN_COMMANDS = {"echo": "echo", "store": "store"}
 
 _INT = re.compile(r"[0-9]+\Z")
@@ -61,24 +65,17 @@ class _Param:
 
 
 def _param(parameter: inspect.Parameter, annotation: Any) -> _Param:
-    import typer.models
+    from pacskit.cli.base import Arg, Opt
 
     if typing.get_origin(annotation) is not typing.Annotated:
         raise _NotLean(f"{parameter.name}: not Annotated")
     base, *extras = typing.get_args(annotation)
-    infos = [e for e in extras if isinstance(e, typer.models.ParameterInfo)]
+    infos = [e for e in extras if isinstance(e, (Opt, Arg))]
     if len(infos) != 1:
-        raise _NotLean(f"{parameter.name}: no typer declaration")
+        raise _NotLean(f"{parameter.name}: no Opt / Arg declaration")
     info = infos[0]
-    # Anything that changes how typer parses or converts the value: not taken here.
-    unusual = (info.callback, info.envvar, info.parser, info.default_factory, info.formats, info.mode,
-               getattr(info, "click_type", None), getattr(info, "prompt", False) or None)
-    if (any(u is not None for u in unusual) or info.is_eager or not info.expose_value or info.clamp or info.exists
-            or info.resolve_path or info.allow_dash or info.writable or not info.readable or not info.file_okay
-            or not info.dir_okay or info.path_type is not None):
-        raise _NotLean(f"{parameter.name}: a declaration the lean path does not take")
     many = False
-    if typing.get_origin(base) is typing.Union:
+    if typing.get_origin(base) in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(base) if a is not type(None)]
         if len(members) != 1:
             raise _NotLean(f"{parameter.name}: a union")
@@ -87,23 +84,14 @@ def _param(parameter: inspect.Parameter, annotation: Any) -> _Param:
         many, base = True, typing.get_args(base)[0]
     if base not in _TYPES:
         raise _NotLean(f"{parameter.name}: type {base!r}")
-    argument = isinstance(info, typer.models.ArgumentInfo)
-    count = bool(getattr(info, "count", False))
-    names = tuple(info.param_decls or ())
-    if isinstance(parameter.default, typer.models.ParameterInfo):
-        raise _NotLean(f"{parameter.name}: declared in the default")
-    if not argument and info.default is not ...:  # in Annotated, typer takes Option("--name", ...)'s first as a name
-        names = (str(info.default), *names)
-    elif info.default is not ...:
-        raise _NotLean(f"{parameter.name}: an argument with a default in its declaration")
-    if not argument:
-        if not names:  # typer's default name (a bool would be --name/--no-name: not taken here)
-            names = (f"--{parameter.name.replace('_', '-')}",) if base is not bool else ("/",)
-        if any("/" in n for n in names) or many or (count and base is not int):
-            raise _NotLean(f"{parameter.name}: option names or kind")
-    elif names:
-        raise _NotLean(f"{parameter.name}: a named argument")
-    return _Param(parameter.name, argument, base, many, parameter.default, names, count, info.min, info.max)
+    if isinstance(info, Arg):
+        return _Param(parameter.name, True, base, many, parameter.default, (), False, None, None)
+    names = info.names
+    if not names:  # typer's default name (a bool would be --name/--no-name: not taken here)
+        names = (f"--{parameter.name.replace('_', '-')}",) if base is not bool else ("/",)
+    if any("/" in n for n in names) or many or (info.count and base is not int):
+        raise _NotLean(f"{parameter.name}: option names or kind")
+    return _Param(parameter.name, False, base, many, parameter.default, names, info.count, info.min, info.max)
 
 
 def _params(func: Callable[..., Any]) -> list[_Param]:
@@ -209,26 +197,30 @@ def run_lean(argv: Sequence[str]) -> int | None:
     caller then runs the whole command line)."""
     if not argv or argv[0] not in LEAN_COMMANDS or any(k.startswith("_PACSKIT_COMPLETE") for k in os.environ):
         return None
-    from pacskit.cli import client
+    from pacskit.cli import scu
 
-    func = getattr(client, LEAN_COMMANDS[argv[0]])
+    func = getattr(scu, LEAN_COMMANDS[argv[0]])
     kwargs = lean_parse(func, argv[1:])
     if kwargs is None:
         return None
-    import typer
-
     start_collecting()
     try:
         func(**kwargs)
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.TyperException as exc:  # a click exception from the command's body: as typer shows it
+    except SystemExit as exc:  # how the commands end: SystemExit(code), or fail()'s
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # typer's exits, from a part that uses typer (the DICOMweb client's verbs): as typer shows them
+        typer = sys.modules.get("typer")
+        if typer is None or not isinstance(exc, (typer.Exit, typer.TyperException)):
+            raise
+        if isinstance(exc, typer.Exit):
+            return int(exc.exit_code)
         show = getattr(exc, "show", None)
         if show is not None:
             show()
         return int(getattr(exc, "exit_code", 1))
-    except KeyboardInterrupt:
-        return 130
     finally:
         sys.stdout.flush()
     return 0

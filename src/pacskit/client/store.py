@@ -3,17 +3,20 @@
 How one call goes:
 
 1. **Collect.** Paths are walked (folders recursively, sorted); each file's File Meta Information is
-   read with :func:`~pacskit.dicom.part10.read_part10_header` (no pydicom, pixel data never touched).
+   read with :func:`~pacskit.dicom.part10.read_part10` (no pydicom, pixel data never parsed); a
+   small file is read whole in the same read and its bytes kept for the send (up to
+   :data:`KEEP_READ_BYTES` per call), so that it is read once.
    Files found in folders that are not Part 10, or are not storable (DICOMDIR), are *skipped* and
    listed in the report; such a file named explicitly is a failure.
 2. **Propose.** Per SOP class: one presentation context per transfer syntax the instances are encoded
    in (so they can go as stored), plus an uncompressed fallback (Explicit / Implicit VR Little Endian).
    More than 128 contexts are split over consecutive associations, grouped by SOP class.
-3. **Send.** An instance whose own transfer syntax was accepted is streamed from disk as stored. If only
+3. **Send.** An instance whose own transfer syntax was accepted is sent as stored: from the bytes kept
+   at collect, or read whole (a small file) while the C-STORE before it is answered, or streamed from
+   disk (a big one). If only
    the fallback was accepted it is re-encoded by :func:`pacskit.dicom.transcode.transcode` (decoded with
    pydicom, pixel data decompressed if needed, which needs pydicom's pixel data plugins for the syntax;
-   files above its 256 MiB cap are refused) into a temporary file that is streamed and deleted; this
-   is the only case a file is loaded.
+   files above its 256 MiB cap are refused) into a temporary file that is streamed and deleted.
    ``associations=N`` spreads the instances over N parallel associations.
 4. **Report.** :class:`StoreReport`: every instance with its status (or why it was not sent), split
    into ``succeeded``, ``warnings`` and ``failed``.
@@ -44,7 +47,7 @@ from pacskit.net import Association, CommandField, NetError, PresentationContext
 from pacskit.dicom.status import status_category
 from pacskit.dicom.codec import encode_dataset
 from pacskit.net.dimse import PRIORITY_MEDIUM
-from pacskit.dicom.part10 import Part10Info, read_part10_header
+from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, read_part10, read_part10_header
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -56,11 +59,17 @@ StoreSource = Union[str, "os.PathLike[str]", "Dataset"]
 _FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 _NOT_STORABLE = {"1.2.840.10008.1.3.10": "a DICOMDIR (Media Storage Directory) is not stored over the network"}
 _MAX_CONTEXTS = 128
+#: Bytes of small files one :meth:`StoreScu.store` call keeps from reading their File Meta (the read
+#: that finds what to propose): each of those files is then read once, not twice. The files beyond it
+#: are read again when sent (ahead of their turn, see :class:`_ReadAhead`).
+KEEP_READ_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
 class Instance:
-    """One thing to send: a file (streamed) or a pydicom Dataset."""
+    """One thing to send: a file (streamed) or a pydicom Dataset. ``data``: the file's dataset bytes,
+    when they were read with its File Meta (a small file, while :data:`KEEP_READ_BYTES` allows); they
+    are dropped once sent."""
 
     sop_class_uid: str
     sop_instance_uid: str
@@ -69,6 +78,7 @@ class Instance:
     dataset: Dataset | None = None
     offset: int = 0
     size: int = 0
+    data: bytes | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -100,9 +110,13 @@ class InstanceResult:
         return f"{self.instance.label}: {what}" + (f" ({extra})" if extra else "")
 
 
-@dataclass
+@dataclass(repr=False)
 class StoreReport:
-    """Every instance's outcome, plus the files that were skipped and the error that ended a transfer."""
+    """Every instance's outcome, plus the files that were skipped and the error that ended a transfer.
+
+    Its ``repr`` is the :meth:`summary`, not every result: ``asyncio.run`` formats the repr of the
+    task that returned the report when it restores the SIGINT handler (CPython 3.11), which with a
+    field-by-field repr costs milliseconds per 1,000 instances."""
 
     results: list[InstanceResult] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
@@ -125,8 +139,16 @@ class StoreReport:
         """Everything was sent and acknowledged with Success or Warning."""
         return not self.failed and self.error is None
 
+    def __repr__(self) -> str:
+        return f"<StoreReport {self.summary()}" + (f"; error: {self.error}>" if self.error is not None else ">")
+
     def summary(self) -> str:
-        text = f"{len(self.succeeded)} succeeded, {len(self.warnings)} with warnings, {len(self.failed)} failed"
+        counts = {"Success": 0, "Warning": 0}
+        for r in self.results:
+            category = r.category
+            counts[category] = counts.get(category, 0) + 1
+        failed = len(self.results) - counts["Success"] - counts["Warning"]
+        text = f"{counts['Success']} succeeded, {counts['Warning']} with warnings, {failed} failed"
         if self.skipped:
             text += f", {len(self.skipped)} skipped (not DICOM)"
         return text
@@ -200,19 +222,17 @@ class StoreScu(Scu):
     def _collect(self, sources: StoreSource | Iterable[StoreSource], report: StoreReport) -> Iterator[Instance]:
         if isinstance(sources, (str, os.PathLike)) or _is_dataset(sources):
             sources = [sources]  # type: ignore[list-item]
+        budget = KEEP_READ_BYTES
         for source in sources:  # type: ignore[union-attr]
             if _is_dataset(source):
                 yield _dataset_instance(source)  # type: ignore[arg-type]
                 continue
-            path = Path(source)  # type: ignore[arg-type]
-            if path.is_dir():
-                for file in _walk(path):
-                    inst = _file_instance(file, report)
-                    if inst is not None:
-                        yield inst
-            else:
-                inst = _file_instance(path, report, named=True)
+            path = source if isinstance(source, Path) else Path(source)  # type: ignore[arg-type]
+            files = _walk(path) if os.path.isdir(path) else (path,)
+            for file in files:
+                inst = _file_instance(file, report, named=file is path, keep=budget > 0)
                 if inst is not None:
+                    budget -= len(inst.data or b"")
                     yield inst
 
     # ------------------------------------------------------------------ send
@@ -243,13 +263,22 @@ class StoreScu(Scu):
         self, contexts: list[RequestedContext], queue: asyncio.Queue[tuple[int, Instance]], report: StoreReport, p: StoreProgress
     ) -> None:
         assoc = await self.associate(contexts)
+        loop = asyncio.get_running_loop()
+        ahead = _ReadAhead(queue.get_nowait(), loop) if not queue.empty() else None
         try:
-            while not queue.empty():
-                index, inst = queue.get_nowait()
+            while ahead is not None:
+                current, preread = ahead.item, ahead.take()
+                index, inst = current
+                # The next instance is taken now and its bytes are read while this one's C-STORE is
+                # answered: the peer's work and ours overlap instead of taking turns.
+                ahead = _ReadAhead(queue.get_nowait(), loop) if not queue.empty() else None
                 try:
-                    result = await self._send_one(assoc, index, inst)
+                    result = await self._send_one(assoc, index, inst, preread)
                 except NetError as exc:
                     report.results.append(InstanceResult(inst, None, message=str(exc)))
+                    if ahead is not None:  # taken from the queue: reported with the failure, as the rest
+                        ahead.cancel()
+                        report.results.append(InstanceResult(ahead.item[1], None, message=str(exc)))
                     report.error = report.error or exc
                     assoc.abort()  # the other associations (if any) go on with the queue
                     return
@@ -271,7 +300,8 @@ class StoreScu(Scu):
             _, inst = queue.get_nowait()
             report.results.append(InstanceResult(inst, None, message=message))
 
-    async def _send_one(self, assoc: Association, index: int, inst: Instance) -> InstanceResult:
+    async def _send_one(self, assoc: Association, index: int, inst: Instance, preread: bytes | None = None) -> InstanceResult:
+        """C-STORE ``inst``; ``preread`` is its dataset bytes when :class:`_ReadAhead` read them."""
         ctx, convert = _choose_context(assoc, inst)
         if ctx is None:
             return InstanceResult(
@@ -291,6 +321,8 @@ class StoreScu(Scu):
                 )
             if isinstance(data, tuple):
                 converted = data[0]
+        elif preread is not None:
+            data = preread
         elif inst.path is not None:
             data = (inst.path, inst.offset, inst.size)
         else:
@@ -322,6 +354,54 @@ class StoreScu(Scu):
 # ---------------------------------------------------------------------- helpers
 
 
+class _ReadAhead:
+    """The next instance of a worker, and its dataset bytes: those kept when its File Meta was read
+    (:data:`KEEP_READ_BYTES`), or else read by a callback of the event loop.
+
+    The callback is scheduled before the current C-STORE is written, so it runs right after the
+    write, while the peer may still be busy with that instance. Only files small enough to be sent
+    whole are read ahead (:data:`~pacskit.dicom.part10.WHOLE_FILE_LIMIT`); a bigger one, a Dataset,
+    or a file that cannot be read in full (``None``: the send streams it and reports any error as it
+    always does) are sent as before."""
+
+    __slots__ = ("item", "_data", "_handle")
+
+    def __init__(self, item: tuple[int, Instance], loop: asyncio.AbstractEventLoop) -> None:
+        self.item = item
+        inst = item[1]
+        self._data: bytes | None = inst.data
+        inst.data = None  # handed over: dropped once sent
+        small = self._data is None and inst.path is not None and 0 < inst.size <= WHOLE_FILE_LIMIT
+        self._handle: asyncio.Handle | None = loop.call_soon(self._read) if small else None
+
+    def _read(self) -> None:
+        self._handle = None
+        inst = self.item[1]
+        assert inst.path is not None
+        try:
+            fd = os.open(inst.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                data = os.pread(fd, inst.size, inst.offset)
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        if len(data) == inst.size:
+            self._data = data
+
+    def take(self) -> bytes | None:
+        """The bytes read (reading them now if the loop has not run the callback yet), or ``None``."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._read()
+        return self._data
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 def _is_dataset(obj: Any) -> bool:
     pydicom_dataset = sys.modules.get("pydicom.dataset")  # no Dataset can exist before pydicom is imported
     return pydicom_dataset is not None and isinstance(obj, pydicom_dataset.Dataset)
@@ -334,12 +414,14 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Instance | None:
+def _file_instance(path: Path, report: StoreReport, named: bool = False, keep: bool = False) -> Instance | None:
     """A file found in a folder that cannot be sent is *skipped* (folders hold READMEs and DICOMDIRs);
-    a file the caller named is a *failure* (a typo must not pass as success)."""
+    a file the caller named is a *failure* (a typo must not pass as success). ``keep``: a small
+    file is read whole, and its dataset bytes kept for the send."""
     reason = ""
+    data: bytes | None = None
     try:
-        info = read_part10_header(path)
+        info, data = read_part10(path, whole_below=WHOLE_FILE_LIMIT if keep else 0)
         reason = _NOT_STORABLE.get(info.sop_class_uid, "") or _empty_meta_uid(info)
     except (ValueError, OSError) as exc:
         reason = str(exc).removeprefix(f"{path}: ")
@@ -351,7 +433,7 @@ def _file_instance(path: Path, report: StoreReport, named: bool = False) -> Inst
         return None
     return Instance(
         info.sop_class_uid, info.sop_instance_uid, info.transfer_syntax, path=path,
-        offset=info.dataset_offset, size=info.file_size - info.dataset_offset,
+        offset=info.dataset_offset, size=info.file_size - info.dataset_offset, data=data or None,
     )
 
 

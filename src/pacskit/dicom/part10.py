@@ -119,7 +119,7 @@ def read_part10_header(path: str | os.PathLike[str]) -> Part10Info:
     return read_part10(path)[0]
 
 
-_META_PROBE = 16384  # bytes read to find the File Meta Information (read again, larger, if it is longer)
+_META_PROBE = 2048  # bytes read to find the File Meta Information (read again, larger, if it is longer)
 
 
 def read_part10(path: str | os.PathLike[str], *, whole_below: int = 0) -> tuple[Part10Info, bytes | None]:
@@ -138,11 +138,23 @@ def read_part10(path: str | os.PathLike[str], *, whole_below: int = 0) -> tuple[
     finally:
         os.close(fd)
     values, pos = parsed
+    return _info(values, pos, size, path), (buf[pos:] if whole else None)
+
+
+def parse_part10_header(data: bytes | bytearray, name: str = "<memory>") -> Part10Info:
+    """:func:`read_part10_header` of a whole Part 10 file held in memory (``name`` is for the
+    messages): the same checks and the same ``ValueError``, no file involved."""
+    parsed = _parse_file_meta(data, name, complete=True)
+    assert parsed is not None  # complete: ends with a value or raises
+    values, pos = parsed
+    return _info(values, pos, len(data), name)
+
+
+def _info(values: dict[int, str], pos: int, size: int, path: Any) -> Part10Info:
     try:
-        info = Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size, values.get(0x0016) or None)
+        return Part10Info(values[0x0002], values[0x0003], values[0x0010], pos, size, values.get(0x0016) or None)
     except KeyError as exc:
         raise ValueError(f"{path}: file meta information lacks (0002,{exc.args[0]:04X})") from exc
-    return info, (buf[pos:] if whole else None)
 
 
 def _read_up_to(fd: int, n: int) -> bytes:
@@ -156,7 +168,7 @@ def _read_up_to(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _parse_file_meta(buf: bytes, path: Any, *, complete: bool) -> tuple[dict[int, str], int] | None:
+def _parse_file_meta(buf: bytes | bytearray, path: Any, *, complete: bool) -> tuple[dict[int, str], int] | None:
     """The group 0002 values (element -> text) and where the dataset starts, from the first bytes of
     a file (``complete``: all of it); ``None`` when ``buf`` ends inside the group (read more)."""
     end = len(buf)
@@ -209,6 +221,7 @@ __all__ = [
     "encode_file_meta",
     "inflate",
     "iter_file_chunks",
+    "parse_part10_header",
     "read_part10",
     "read_part10_header",
 ]

@@ -72,7 +72,9 @@ class DicomWebOptions(AddInOptions):
     max_parts: int = Field(100000, ge=1, description="most STOW-RS parts in one request")
     duplicate_policy: Literal["reject", "keep-first", "overwrite"] | None = Field(
         None, description="STOW-RS duplicates; null: the storage add-in's duplicate_policy (as C-STORE)")
-    ingest_concurrency: int = Field(16, ge=1, le=64, description="STOW-RS parts ingested at the same time")
+    ingest_concurrency: int = Field(
+        4, ge=1, le=64,
+        description="STOW-RS parts ingested at the same time (threads); more helps when flushes are slow")
     tune_malloc: bool = Field(
         True, description="glibc: keep freed large buffers for reuse (mallopt), a third less CPU per GB sent")
     thumbnail_size: int = Field(128, ge=16, le=1024, description="thumbnail viewport (pixels, square)")
@@ -598,37 +600,51 @@ def build_app(addin: DicomWebAddIn) -> Any:
                                       root_type)
         parts = await reader.feed_all(request.stream())
         # the instances are ingested a few at a time (each ingest waits for its fsyncs and its commit:
-        # overlapping them is what makes a batch fast), answers kept in the order of the parts
-        gate = asyncio.Semaphore(addin.options.ingest_concurrency)
-        policy = addin.duplicate_policy
-
+        # overlapping them is what makes a batch fast) by ingest_concurrency lanes, each a thread that
+        # takes the next instance, a stretch at a time; answers kept in the order of the parts
         loop = asyncio.get_running_loop()
-
-        async def one(unit: stow.Unit) -> stow.Outcome:
-            async with gate:
-                return await loop.run_in_executor(addin.ingest_pool, stow.ingest_unit, store, unit, study, policy, log)
         try:
             units = stow.units_of(parts, root_type) if root_type == DICOM else await asyncio.to_thread(
                 stow.units_of, parts, root_type)
-            # every ingest finishes before the parts are discarded, even when one of them failed
-            results = await asyncio.gather(*(one(u) for u in units), return_exceptions=True)
+            lanes = stow.IngestLanes(store, units, study, addin.duplicate_policy, log)
+
+            async def lane() -> None:
+                while await loop.run_in_executor(addin.ingest_pool, lanes.run):
+                    pass
+
+            work = asyncio.gather(*(lane() for _ in range(min(addin.options.ingest_concurrency, len(units)))))
+            try:
+                await asyncio.shield(work)
+            finally:
+                if not work.done():  # cancelled (the client went away): no further ingest starts
+                    lanes.stop.set()
+                    await asyncio.wait([work])  # every ingest ends before the parts are discarded
+            results = lanes.results()
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 raise errors[0]
             outcomes = [r for r in results if isinstance(r, stow.Outcome)]
         finally:
             reader.discard()  # what the ingests did not consume: bulk data parts, parts not reached
-        await asyncio.to_thread(stow.locate, store, outcomes)
         base = base_url(addin, request)
-        status, body = stow.response(outcomes, base, study)
+        accept = parse_accept(request.headers.get("accept"))
+        as_xml = any(r.type == DICOM_XML for r in accept) and not any(r.type in (DICOM_JSON, "application/json") for r in accept)
+
+        def answer() -> Response:
+            """The response, built in a thread: a thousand instances' references are milliseconds of
+            work the event loop (serving every other request) need not do."""
+            stow.locate(store, outcomes)
+            status, body = stow.response(outcomes, base, study)
+            if as_xml:
+                return Response(json_to_xml(body).encode(), status_code=status, media_type=DICOM_XML)
+            return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+
+        reply = await asyncio.to_thread(answer)
         for s in {o.study_instance_uid for o in outcomes if o.failure is None}:
             addin.audit_access(caller, s, action="C")
         log.info("STOW-RS by %s: %d stored, %d failed", caller.user, sum(o.failure is None for o in outcomes),
                  sum(o.failure is not None for o in outcomes))
-        accept = parse_accept(request.headers.get("accept"))
-        if any(r.type == DICOM_XML for r in accept) and not any(r.type in (DICOM_JSON, "application/json") for r in accept):
-            return Response(json_to_xml(body).encode(), status_code=status, media_type=DICOM_XML)
-        return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+        return reply
 
     @app.post("/studies")
     async def stow_studies(request: Request) -> Response:

@@ -46,6 +46,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,9 +63,10 @@ from pacskit.addins.dicomweb.common import (
     MediaRange,
     parse_media_type,
 )
-from pacskit.dicom.part10 import read_part10_header
+from pacskit.dicom.part10 import parse_part10_header, read_part10_header
 
 if TYPE_CHECKING:
+    from pacskit.net import ReceivedDataset
     from pacskit.store import DataStore
 
 _MAX_HEADER = 16 * 1024
@@ -72,6 +74,9 @@ _MAX_HEADER = 16 * 1024
 _IN_MEMORY_PART = 1024 * 1024
 #: most bytes of one body kept in memory; the parts beyond go to temporary files
 _MEMORY_BUDGET = 64 * 1024 * 1024
+
+#: instances a lane of :class:`IngestLanes` ingests before it hands its thread back to the pool
+LANE_STRETCH = 32
 
 #: root types of a STOW-RS body
 ROOT_TYPES = (DICOM, DICOM_JSON, DICOM_XML)
@@ -463,9 +468,56 @@ def _check_pixel_description(ds: Any, *, compressed: bool) -> None:
         raise _BadMetadata(f"Pixel Data is {got} bytes, its Image Pixel attributes say {expected}")
 
 
+class IngestLanes:
+    """Every unit of a body through :func:`ingest_unit`, by a few lanes (threads) at a time.
+
+    Each lane calls :meth:`run` in a thread of the add-in's pool, again while it answers ``True``;
+    a call takes the next unit until it has ingested :data:`LANE_STRETCH` of them or none is left.
+    The ingests overlap their fsyncs and commits as a task per unit did, but the event loop hands
+    work to a thread once per stretch instead of once per instance (for a small instance, a hand-off
+    and its answer cost the loop about as much as the rest of the request), and the threads are
+    still shared with the other requests between stretches (a small STOW-RS does not wait for a big
+    one to end). A unit whose ingest raises does not stop its lane, so every ingest has ended when
+    the lanes have, before the parts are discarded; :attr:`stop` (the request was cancelled) makes
+    them take no further unit.
+    """
+
+    def __init__(self, store: DataStore, units: Sequence[Unit], study: str | None, duplicate_policy: str,
+                 log: Any) -> None:
+        self.store, self.units, self.study, self.duplicate_policy, self.log = store, units, study, duplicate_policy, log
+        self.stop = threading.Event()
+        self._results: list[Outcome | BaseException | None] = [None] * len(units)
+        self._claim = threading.Lock()
+        self._next = 0
+
+    def run(self) -> bool:
+        """One stretch of a lane: ingest the next units, at most :data:`LANE_STRETCH`; ``True`` when
+        units are left for the next stretch."""
+        for _ in range(LANE_STRETCH):
+            if self.stop.is_set():
+                return False
+            with self._claim:
+                i = self._next
+                if i >= len(self.units):
+                    return False
+                self._next = i + 1
+            try:
+                self._results[i] = ingest_unit(self.store, self.units[i], self.study, self.duplicate_policy, self.log)
+            except BaseException as exc:  # noqa: BLE001 - the caller raises it once every ingest ended
+                self._results[i] = exc
+        return self._next < len(self.units) and not self.stop.is_set()
+
+    def results(self) -> list[Outcome | BaseException]:
+        """The outcome of each unit in order, or the exception its ingest raised."""
+        return [r if r is not None else RuntimeError("not ingested: the request was cancelled") for r in self._results]
+
+
 def ingest_unit(store: DataStore, unit: Unit, study: str | None, duplicate_policy: str, log: Any) -> Outcome:
     """One instance of the body through the durable ingest (thread pool)."""
     if isinstance(unit, ReceivedPart):
+        if unit.data is not None and study is None:
+            data, unit.data = unit.data, None  # consumed by the ingest, whatever happens
+            return ingest_data(store, data, duplicate_policy, log)
         path = unit.to_file(store.temp_dir)
         unit.path = None  # consumed by the ingest, whatever happens
         return ingest_part(store, path, study, duplicate_policy, log)
@@ -479,11 +531,44 @@ def ingest_unit(store: DataStore, unit: Unit, study: str | None, duplicate_polic
     return ingest_part(store, path, study, duplicate_policy, log)
 
 
-def ingest_part(store: DataStore, path: str, study: str | None, duplicate_policy: str, log: Any) -> Outcome:
-    """One Part 10 file through the durable ingest (thread pool); the file is consumed either way."""
+def ingest_data(store: DataStore, data: bytearray, duplicate_policy: str, log: Any) -> Outcome:
+    """A Part 10 instance held in memory through the durable ingest (thread pool), when no Study
+    Instance UID has to be checked first: its File Meta is read where it is, and it is written once,
+    into a temporary file the ingest takes over as it takes a C-STORE's (the File Meta is not read
+    again)."""
+    from pacskit.net.sinks import Part10FileSink
+
+    try:
+        info = parse_part10_header(data, "part")
+    except ValueError as exc:  # not a Part 10 file: as the ingest says of one
+        log.warning("STOW-RS part refused (0xC000): %s", exc)
+        return Outcome("", "", "", "", 0xC000, str(exc))
+    view = memoryview(data)
+    try:
+        sink = Part10FileSink(store.temp_dir, view[:info.dataset_offset], info.transfer_syntax,
+                              source_ae=info.source_ae or "")
+        try:
+            sink.write(view[info.dataset_offset:])
+            received = sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+    except OSError as exc:
+        return _refused_for(exc, info.sop_class_uid, info.sop_instance_uid, "", "", log)
+    return ingest_part(store, received, None, duplicate_policy, log, (info.sop_class_uid, info.sop_instance_uid))
+
+
+def ingest_part(store: DataStore, path: str | ReceivedDataset, study: str | None, duplicate_policy: str, log: Any,
+                meta: tuple[str, str] | None = None) -> Outcome:
+    """One Part 10 file (its path, or the file of a received dataset with ``meta``, its SOP Class and
+    Instance UIDs) through the durable ingest (thread pool); the file is consumed either way."""
     from pacskit.store import IngestStatus, InstanceMismatch, InstanceTooLarge, InvalidInstance
 
-    if study is not None:  # the dataset's Study Instance UID is needed before the ingest
+    if meta is not None:
+        study_uid = series_uid = ""
+        sop_class, sop_instance = meta
+    elif study is not None:  # the dataset's Study Instance UID is needed before the ingest
+        assert isinstance(path, str)
         sop_class, sop_instance, study_uid, series_uid = _uids(path)
     else:  # the File Meta is enough for the answer; the study and series come from the index after
         study_uid = series_uid = ""
@@ -493,6 +578,7 @@ def ingest_part(store: DataStore, path: str, study: str | None, duplicate_policy
         except (ValueError, OSError):
             sop_class = sop_instance = ""
     if study is not None and study_uid != study:
+        assert isinstance(path, str)
         os.unlink(path)
         return Outcome(sop_class, sop_instance, study_uid, series_uid, 0xA900, "Study Instance UID differs from the request's")
     try:
@@ -505,10 +591,7 @@ def ingest_part(store: DataStore, path: str, study: str | None, duplicate_policy
         log.warning("STOW-RS part refused (0xC000): %s", exc)
         return Outcome(sop_class, sop_instance, study_uid, series_uid, 0xC000, str(exc))
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            log.error("STOW-RS %s refused: disk full", sop_instance)
-            return Outcome(sop_class, sop_instance, study_uid, series_uid, 0xA700, "out of resources: disk full")
-        raise
+        return _refused_for(exc, sop_class, sop_instance, study_uid, series_uid, log)
     if result.status == IngestStatus.DUPLICATE_REJECTED:
         return Outcome(sop_class, sop_instance, study_uid, series_uid, 0x0111, "duplicate SOP Instance UID refused")
     if result.status == IngestStatus.DUPLICATE_IGNORED and not result.same_content:
@@ -517,6 +600,14 @@ def ingest_part(store: DataStore, path: str, study: str | None, duplicate_policy
         return Outcome(sop_class, result.sop_instance_uid, study_uid, series_uid, warning=0xB006,
                        comment="a different copy of this instance is already stored and kept")
     return Outcome(sop_class, result.sop_instance_uid, study_uid, series_uid)
+
+
+def _refused_for(exc: OSError, sop_class: str, sop_instance: str, study_uid: str, series_uid: str, log: Any) -> Outcome:
+    """0xA700 for a full disk; any other ``OSError`` is raised again."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.error("STOW-RS %s refused: disk full", sop_instance)
+        return Outcome(sop_class, sop_instance, study_uid, series_uid, 0xA700, "out of resources: disk full")
+    raise exc
 
 
 def locate(store: DataStore, outcomes: Sequence[Outcome]) -> None:
