@@ -179,6 +179,9 @@ class IngestLog:
         self._live: dict[str, _Segment] = {}  # key -> segment of its blob record (not yet retired)
         self._tombstones: dict[_Segment, int] = {}  # segment -> end of its last tombstone not yet synced
         self._closed = False
+        #: flushes of records (group commits) and records made durable by them, since the start
+        self.flushes = 0
+        self.records = 0
         self._wake = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name="pacskit-ingestlog", daemon=True)
         self._keeper.start()
@@ -231,11 +234,14 @@ class IngestLog:
             seg.keys.append(key)
             self._live[key] = seg
         record = _record(_BLOB, seg.gen, key, data, time.time_ns())
+        logged = False
         try:
-            return self._write_and_wait(seg, start, [record, data, bytes(_pad(size) - size)])
+            logged = self._write_and_wait(seg, start, [record, data, bytes(_pad(size) - size)])
+            return logged
         finally:
             with self._cond:
                 seg.pending -= 1
+                self.records += logged
                 self._cond.notify_all()
 
     def forget(self, key: str) -> None:
@@ -317,6 +323,7 @@ class IngestLog:
             self._cond.acquire()
             seg.flushing = False
             seg.durable = max(seg.durable, target)
+            self.flushes += 1
             self._cond.notify_all()
         return True
 
