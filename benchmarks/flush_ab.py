@@ -88,7 +88,7 @@ def main() -> int:
     print("\nmedian over rounds (B/A wall ratio is inst/s B over A):")
     for name, _files in datasets:
         for assocs in (1, 8):
-            def med(label: str, col: int) -> float:
+            def med(label: str, col: int, name: str = name, assocs: int = assocs) -> float:
                 vals = sorted(r[col] if col != 4 else r[3] / r[4] for r in rows
                               if r[0] == label and r[1] == name and r[2] == assocs)
                 return vals[len(vals) // 2]
