@@ -461,6 +461,9 @@ class IngestLog:
         if self._segments:
             fsync_path(self.folder, directory=True)
         self._segments.clear()
+        if self.records:
+            log.info("ingest log closed: %d records made durable by %d flushes (%.2f per record)",
+                     self.records, self.flushes, self.flushes / self.records)
 
 
 # start-up -------------------------------------------------------------------------------------------------
