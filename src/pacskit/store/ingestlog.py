@@ -560,17 +560,23 @@ def replay(folder: str, blob_path: Callable[[str], str], ensure_dir: Callable[[s
                     os.utime(tmp, ns=(record.time_ns, record.time_ns))  # its place in the reception order
                     os.replace(tmp, target)
                     rewritten += 1
-                    log.warning("blob %s restored from the ingest log (a power cut took it)", record.key)
-                else:
-                    fsync_path(target)
+                    log.debug("blob %s restored from the ingest log", record.key)
                 flushed.add(target)
-    for path in sorted(folders):
-        fsync_path(path, directory=True)
+    # Every blob named is made durable before its records go (after a crash of the process alone,
+    # the intact ones may still be only in the page cache).
+    if fs_type(folder) in SYNCFS_TYPES:
+        syncfs(folder)
+    else:
+        for path in sorted(flushed):
+            fsync_path(path)
+        for path in sorted(folders):
+            fsync_path(path, directory=True)
     for seg_path in paths:
         os.unlink(seg_path)
     fsync_path(folder, directory=True)
-    if flushed:
-        log.info("ingest log replayed: %d blobs checked, %d restored", len(flushed), rewritten)
+    if rewritten:
+        log.warning("restored %d blobs from the ingest log (a power cut took them; %d checked)",
+                    rewritten, len(flushed))
     return rewritten
 
 
