@@ -42,9 +42,9 @@ _COPY_CHUNK = 1 << 20
 
 #: ``[storage] durability``: what :meth:`FilesystemBlobStore.put_file` flushes before it returns.
 #: ``full`` (the default, the durability contract of docs/store.md): the file's bytes and its
-#: directory entry, or the ingest log's record of both (small blobs); ``file``: the bytes only (a power cut may lose the name of an acknowledged file
-#: on a file system that does not order renames with data, e.g. ext4 data=writeback, XFS, or one
-#: that drops unsynced directory changes); ``none``: nothing (acknowledged instances survive a crash of
+#: directory entry, or the ingest log's record of both (small blobs); ``file``: the bytes only (a
+#: power cut may lose the name of an acknowledged file on a file system that does not order renames
+#: with data, e.g. ext4 data=writeback, XFS, or one that drops unsynced directory changes); ``none``: nothing (acknowledged instances survive a crash of
 #: the server, not of the machine: a power cut loses the last seconds of them).
 DURABILITY_MODES = ("full", "file", "none")
 
