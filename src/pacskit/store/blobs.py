@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from pacskit.store.ingestlog import IngestLog, replay
+from pacskit.store.ingestlog import SEGMENT_SIZE, IngestLog, replay
 
 #: A key: 32 (random id) or 64 (SHA-256) lower-case hex digits. Nothing else is ever a key.
 KEY_PATTERN = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{64})\Z")
@@ -264,10 +264,12 @@ class FilesystemBlobStore:
     """Blobs as files under ``root``: ``root/ab/cd/<key>.dcm``, temp files in ``root/tmp``.
 
     ``root`` is created if needed. ``temp_dir`` is on the same filesystem, so moving a received temp
-    file into place is a rename, not a copy.
+    file into place is a rename, not a copy. ``log_segment_size``: bytes per segment of the ingest
+    log (:mod:`pacskit.store.ingestlog`; smaller segments are checkpointed more often).
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, durability: str = "full") -> None:
+    def __init__(self, root: str | os.PathLike[str], *, durability: str = "full",
+                 log_segment_size: int = SEGMENT_SIZE) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
         self.durability = durability
@@ -282,6 +284,7 @@ class FilesystemBlobStore:
         self._dir_syncs = SharedDirectorySync()
         self._flush_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._log: IngestLog | None = None  # made by the first put (durability "full")
+        self._log_segment_size = log_segment_size
 
     def _flusher(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that flush folders while the caller flushes its file (made on first use)."""
@@ -390,7 +393,7 @@ class FilesystemBlobStore:
                     if not os.path.isdir(folder):
                         os.makedirs(folder, exist_ok=True)
                         _fsync_dir(self.root)
-                    self._log = IngestLog(folder, self._file)
+                    self._log = IngestLog(folder, self._file, segment_size=self._log_segment_size)
                 log = self._log
         assert log is not None
         return log

@@ -179,9 +179,10 @@ class IngestLog:
         self._live: dict[str, _Segment] = {}  # key -> segment of its blob record (not yet retired)
         self._tombstones: dict[_Segment, int] = {}  # segment -> end of its last tombstone not yet synced
         self._closed = False
-        #: flushes of records (group commits) and records made durable by them, since the start
+        #: flushes of records (group commits), records made durable by them, segments retired
         self.flushes = 0
         self.records = 0
+        self.checkpoints = 0
         self._wake = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name="pacskit-ingestlog", daemon=True)
         self._keeper.start()
@@ -436,6 +437,7 @@ class IngestLog:
             while seg.pending:  # tombstones written into it meanwhile finish first
                 self._cond.wait()
             self._tombstones.pop(seg, None)
+            self.checkpoints += 1
             seg.state = "free"
             self._sealed.remove(seg)
             self._cond.notify_all()
@@ -450,17 +452,25 @@ class IngestLog:
             self._closed = True
             self._wake.set()
         self._keeper.join()
-        for seg in list(self._sealed):
-            self._checkpoint(seg)
-        for seg in self._segments:
-            os.close(seg.fd)
+        segments, self._segments = self._segments, []
+        try:
+            # If a checkpoint fails, not every blob is durable on its own: the segments stay, and the
+            # next start replays them.
+            for seg in list(self._sealed):
+                self._checkpoint(seg)
+        finally:
+            for seg in segments:
+                try:
+                    os.close(seg.fd)  # released even when it reports an error (EIO from a dead disk)
+                except OSError as exc:
+                    log.warning("ingest log %s: %s", seg.path, exc)
+        for seg in segments:
             try:
                 os.unlink(seg.path)
             except FileNotFoundError:
                 pass
-        if self._segments:
+        if segments:
             fsync_path(self.folder, directory=True)
-        self._segments.clear()
         if self.records:
             log.info("ingest log closed: %d records made durable by %d flushes (%.2f per record)",
                      self.records, self.flushes, self.flushes / self.records)
