@@ -53,6 +53,11 @@ def main() -> int:
     parser.add_argument("--work-root", type=Path, default=Path(".bench-data/flush-ab"))
     args = parser.parse_args()
     storescu = dcmtk_tool("storescu")
+    import compileall
+
+    # Byte-compile tree B (PYTHONDONTWRITEBYTECODE may be set): each server then starts as an installed
+    # application would. Tree A (the main checkout) is expected compiled already and is not written to.
+    compileall.compile_dir(str(args.b.resolve() / "src" / "pacskit"), quiet=1)
     datasets = [("small", ensure_series("small-64x64", args.small, 64, 64)),
                 ("CT", ensure_series("ct-512x512", args.ct, 512, 512))]
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
