@@ -68,7 +68,7 @@ def test_power_cuts_keep_every_put_blob_and_no_deleted_one(tmp_path: Path, fuse_
             log = store.ingest_log()
             fs.arm(rng.randint(1, MAX_CHANGES_PER_CUT))
 
-            def worker(n: int, seed: int = rng.randrange(1 << 30)) -> None:
+            def worker(n: int, seed: int = rng.randrange(1 << 30), store: FilesystemBlobStore = store) -> None:
                 local = random.Random(seed)
                 for i in range(10_000):
                     data = local.randbytes(local.randint(200, 4000))
