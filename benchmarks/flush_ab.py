@@ -70,14 +70,18 @@ def main() -> int:
                 for label in order:
                     data = Path(tempfile.mkdtemp(prefix=f"{label}-{name}-{assocs}-", dir=args.work_root))
                     warm(files)
-                    proc, server = serve(trees[label], data / "pacs")
-                    try:
-                        flushes = float("nan")
-                        if args.strace:
+                    flushes = float("nan")
+                    if args.strace:  # its own server and data folder: the timed pass sends no duplicate
+                        proc, server = serve(trees[label], data / "strace")
+                        try:
                             subset = files[: args.strace]
                             with strace_flushes(server.pid, data / "strace.txt") as counts:
                                 _, problems = send(storescu, server, subset, assocs)
                             flushes = sum(counts.values()) / len(subset)
+                        finally:
+                            stop_process(proc, timeout=30)
+                    proc, server = serve(trees[label], data / "pacs")
+                    try:
                         load = os.getloadavg()[0]
                         cpu0 = cpu_seconds(server.pid)
                         seconds, problems = send(storescu, server, files, assocs)
