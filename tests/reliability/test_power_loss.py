@@ -20,7 +20,6 @@ import concurrent.futures
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,21 +44,11 @@ MAX_CHANGES_PER_CUT = 800
 DEADLINE_S = 120
 
 
-def _fuse_usable() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is absent"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is absent (Debian fuse3)"
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError, AttributeError) as exc:
-        return f"mfusepy/libfuse3 unusable: {exc}"
-    return None
-
-
 @pytest.fixture
 def fuse_ready() -> None:
-    reason = _fuse_usable()
+    from pacskit.testing.lossyfs import unusable_reason
+
+    reason = unusable_reason()
     if reason is not None:
         pytest.skip(reason)
     if not have_dcmtk():

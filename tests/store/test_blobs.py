@@ -10,6 +10,7 @@ import pytest
 
 from pacskit.store import BlobNotFound, FilesystemBlobStore, InvalidBlobKey, MemoryBlobStore, validate_key
 from pacskit.store.blobs import BlobStore
+from pacskit.store.ingestlog import MAX_RECORD, iter_segment_keys
 
 
 @pytest.fixture(params=["filesystem", "memory", "s3"])
@@ -191,7 +192,31 @@ def test_a_failed_fsync_leaves_no_blob(tmp_path: Path, monkeypatch: pytest.Monke
         raise OSError(errno.EIO, "simulated I/O error", path)
 
     monkeypatch.setattr(blobs_module, failing, fail)
+    large = b"p" * (MAX_RECORD + 1)  # larger than the ingest log takes: flushed where it is
     with pytest.raises(OSError, match="simulated"):
-        store.put_file(_temp(tmp_path, b"payload", store), key_hint="ab" * 16)
+        store.put_file(_temp(tmp_path, large, store), key_hint="ab" * 16)
     assert not store.exists("ab" * 16)
     assert [p.name for p in (tmp_path / "blobs").rglob("*.dcm")] == [earlier + ".dcm"]
+    store.close()
+
+
+def test_a_failed_log_flush_leaves_no_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small blob is made durable by the ingest log's flush: if it fails, put_file raises, the
+    renamed file is removed, and start-up does not bring it back from the log."""
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    store.prepare_ingest()
+    earlier = store.put_file(_temp(tmp_path, b"earlier", store))
+    assert earlier in set(iter_segment_keys(str(tmp_path / "blobs" / "log")))  # it went through the log
+
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, "simulated I/O error")
+
+    monkeypatch.setattr(os, "fdatasync", fail)
+    with pytest.raises(OSError, match="simulated"):
+        store.put_file(_temp(tmp_path, b"payload", store), key_hint="ab" * 16)
+    monkeypatch.undo()
+    assert not store.exists("ab" * 16)
+    assert FilesystemBlobStore(tmp_path / "blobs").replay_log() == 0  # a crash now: nothing comes back
+    assert not store.exists("ab" * 16)
+    assert [p.name for p in (tmp_path / "blobs").rglob("*.dcm")] == [earlier + ".dcm"]
+    store.close()

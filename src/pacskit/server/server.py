@@ -194,10 +194,12 @@ class Server:
                 raise ServerError(f"{exc}: one server per data folder") from None
             self._own_lock = True
         try:
-            return open_store(self.settings, recover=not self.worker)
+            store = open_store(self.settings, recover=not self.worker)
         except BaseException:
             self._release_lock()
             raise
+        store.prepare_ingest()  # the blob store's ingest log, ready before the first C-STORE
+        return store
 
     def _join_cluster(self, store: Any) -> AeTitles | None:
         """In a cluster (``[cluster]``, :mod:`pacskit.store.cluster`): register this node's lease, record

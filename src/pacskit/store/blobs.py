@@ -10,9 +10,11 @@ blob under a new key and deletes the old one afterwards).
 
 * :class:`FilesystemBlobStore` keeps ``root/ab/cd/<key>.dcm``; :meth:`~FilesystemBlobStore.put_file`
   takes ownership of a complete temp file on the same filesystem (the network engine writes into
-  :attr:`~FilesystemBlobStore.temp_dir`): ``os.replace`` it into place, ``fdatasync`` the file,
-  fsync the directory (shared by concurrent puts). When it returns, the blob survives a power
-  failure (with ``durability="full"``, the default; see :data:`DURABILITY_MODES`).
+  :attr:`~FilesystemBlobStore.temp_dir`): ``os.replace`` it into place, then make it durable: a
+  small blob by a record in the ingest log (:mod:`pacskit.store.ingestlog`: one flush, shared by
+  concurrent puts), a large one by ``fdatasync`` of the file and ``fsync`` of its folder (shared by
+  concurrent puts). When it returns, the blob survives a power failure (with ``durability="full"``,
+  the default; see :data:`DURABILITY_MODES`).
 * :class:`MemoryBlobStore` is the in-memory twin for unit tests.
 """
 
@@ -30,6 +32,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
+from pacskit.store.ingestlog import SEGMENT_SIZE, IngestLog, replay
+
 #: A key: 32 (random id) or 64 (SHA-256) lower-case hex digits. Nothing else is ever a key.
 KEY_PATTERN = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{64})\Z")
 
@@ -38,9 +42,9 @@ _COPY_CHUNK = 1 << 20
 
 #: ``[storage] durability``: what :meth:`FilesystemBlobStore.put_file` flushes before it returns.
 #: ``full`` (the default, the durability contract of docs/store.md): the file's bytes and its
-#: directory entry; ``file``: the bytes only (a power cut may lose the name of an acknowledged file
-#: on a file system that does not order renames with data, e.g. ext4 data=writeback, XFS, or one
-#: that drops unsynced directory changes); ``none``: nothing (acknowledged instances survive a crash of
+#: directory entry, or the ingest log's record of both (small blobs); ``file``: the bytes only (a
+#: power cut may lose the name of an acknowledged file on a file system that does not order renames
+#: with data, e.g. ext4 data=writeback, XFS, or one that drops unsynced directory changes); ``none``: nothing (acknowledged instances survive a crash of
 #: the server, not of the machine: a power cut loses the last seconds of them).
 DURABILITY_MODES = ("full", "file", "none")
 
@@ -260,10 +264,12 @@ class FilesystemBlobStore:
     """Blobs as files under ``root``: ``root/ab/cd/<key>.dcm``, temp files in ``root/tmp``.
 
     ``root`` is created if needed. ``temp_dir`` is on the same filesystem, so moving a received temp
-    file into place is a rename, not a copy.
+    file into place is a rename, not a copy. ``log_segment_size``: bytes per segment of the ingest
+    log (:mod:`pacskit.store.ingestlog`; smaller segments are checkpointed more often).
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, durability: str = "full") -> None:
+    def __init__(self, root: str | os.PathLike[str], *, durability: str = "full",
+                 log_segment_size: int = SEGMENT_SIZE) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}, not {durability!r}")
         self.durability = durability
@@ -277,6 +283,8 @@ class FilesystemBlobStore:
         self._dir_lock = threading.Lock()
         self._dir_syncs = SharedDirectorySync()
         self._flush_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._log: IngestLog | None = None  # made by the first put (durability "full")
+        self._log_segment_size = log_segment_size
 
     def _flusher(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that flush folders while the caller flushes its file (made on first use)."""
@@ -345,29 +353,72 @@ class FilesystemBlobStore:
             self._copy_in(src, dest)
             os.unlink(src)
         try:
-            # Rename first, then fsync: the file's fsync commits the file system journal with the
-            # rename in it, so the directory's fsync that follows finds (almost) nothing left to do;
-            # fsync-then-rename costs two journal commits per blob. The blob is visible before its
-            # data is durable, which nobody can observe: no index row refers to it yet, and a crash
-            # in between leaves a journalled blob without a row that recovery deletes.
+            # Rename first, then flush: the blob is visible before it is durable, which nobody can
+            # observe: no index row refers to it yet, and a crash in between leaves a journalled
+            # blob without a row that recovery deletes (or restores, if it is complete).
             if self.durability == "full":
-                # The file's bytes and its name, flushed at the same time: both wait for the same
-                # journal commit on ext4/XFS, so a lone ingest pays about one flush of latency, not
-                # two. The folder's fsync is shared with concurrent puts (SharedDirectorySync).
-                name_flushed = self._flusher().submit(self._dir_syncs.sync, folder)
-                try:
-                    _fdatasync_file(dest)
-                finally:
-                    name_flushed.result()
+                log = self.ingest_log()
+                # A small blob: one record in the ingest log, whose flush is shared by concurrent
+                # puts (group commit), makes its bytes and its name durable (replayed at start-up).
+                if not log.append(key, dest):
+                    # A large one (or no log ready yet): its bytes and its name, flushed at the same
+                    # time (rename first, so the file's flush commits the file system journal with the
+                    # rename in it and the folder's has next to nothing left); the folder's fsync is
+                    # shared with concurrent puts (SharedDirectorySync).
+                    name_flushed = self._flusher().submit(self._dir_syncs.sync, folder)
+                    try:
+                        _fdatasync_file(dest)
+                    finally:
+                        name_flushed.result()
             elif self.durability == "file":
                 _fdatasync_file(dest)
         except BaseException:
             try:  # not durable: the caller gets the error, and no blob is left behind
+                if self._log is not None:
+                    self._log.forget(key)
                 os.unlink(dest)
             except FileNotFoundError:
                 pass
             raise
         return key
+
+    def ingest_log(self) -> IngestLog:
+        """This process's ingest log (``root/log``), made on first use (again after :meth:`close`);
+        its first segment is prepared in the background (:meth:`IngestLog.wait_ready`)."""
+        log = self._log
+        if log is None:
+            with self._dir_lock:
+                if self._log is None:
+                    folder = os.path.join(self.root, "log")
+                    if not os.path.isdir(folder):
+                        os.makedirs(folder, exist_ok=True)
+                        _fsync_dir(self.root)
+                    self._log = IngestLog(folder, self._file, segment_size=self._log_segment_size)
+                log = self._log
+        assert log is not None
+        return log
+
+    def prepare_ingest(self, timeout: float = 5.0) -> None:
+        """With ``durability="full"``: start the ingest log and wait (up to ``timeout``) for its first
+        segment, so that the first puts do not take the direct path."""
+        if self.durability == "full":
+            self.ingest_log().wait_ready(timeout)
+
+    def replay_log(self) -> int:
+        """Start-up, before anything else (``DataStore.recover``): bring back from the ingest logs of
+        earlier processes the small blobs a power cut took, make every blob they name durable, and
+        delete them. Returns how many blobs were rewritten. Only while nobody else writes here."""
+        def valid(key: str) -> bool:
+            return KEY_PATTERN.match(key) is not None
+
+        return replay(os.path.join(self.root, "log"), self._file, self._ensure_dir, self._temp, valid)
+
+    def close(self) -> None:
+        """Checkpoint and delete this process's ingest log (its blobs are then durable on their own)."""
+        with self._dir_lock:
+            log, self._log = self._log, None
+        if log is not None:
+            log.close()
 
     def _copy_in(self, src: str, dest: str) -> None:
         tmp = os.path.join(self._temp, f"copy-{new_key()}.part")
@@ -395,8 +446,12 @@ class FilesystemBlobStore:
         return self._file(key)
 
     def delete(self, key: str) -> None:
+        path = self._file(key)
+        log = self._log
+        if log is not None:  # its record must not bring it back at start-up (synced by sync_removals)
+            log.forget(key)
         try:
-            os.unlink(self._file(key))
+            os.unlink(path)
         except FileNotFoundError:
             pass
 
@@ -470,6 +525,9 @@ class FilesystemBlobStore:
                 _fsync_dir(folder)
             except FileNotFoundError:
                 pass
+        log = self._log
+        if log is not None:  # the tombstones of deleted blobs still named in the ingest log
+            log.sync()
 
     def maybe_in_flight(self, key: str) -> bool:
         """False: one server writes here, and its journal shows every ingest in flight."""

@@ -308,6 +308,9 @@ class DataStore:
         self.index.close()
         if self._journal is not None:
             self._journal.close()
+        close_blobs = getattr(self.blobs, "close", None)  # the ingest log's checkpoint (FilesystemBlobStore)
+        if close_blobs is not None:
+            close_blobs()
 
     def __enter__(self) -> DataStore:
         return self
@@ -317,6 +320,13 @@ class DataStore:
 
     def __repr__(self) -> str:
         return f"DataStore({self.index!r}, {self.blobs!r})"
+
+    def prepare_ingest(self, timeout: float = 5.0) -> None:
+        """Make ready what the first ingest would otherwise do without (a server calls this before it
+        listens): the filesystem blob store's ingest log (:mod:`pacskit.store.ingestlog`)."""
+        prepare = getattr(self.blobs, "prepare_ingest", None)
+        if prepare is not None:
+            prepare(timeout)
 
     @property
     def temp_dir(self) -> str:
@@ -576,9 +586,13 @@ class DataStore:
         Only while nobody else writes to the store (see :mod:`pacskit.store.journal`)."""
         from pacskit.store.deletion import finish_interrupted
 
-        # First the deletions a crash interrupted (their rows are gone, durably: their blobs must not
+        # First the small blobs a power cut took, rewritten from the ingest log (pacskit.store.ingestlog),
+        # then the deletions a crash interrupted (their rows are gone, durably: their blobs must not
         # be restored), then the rows a power cut took (restore_index), then the blobs of ingests
         # that were in flight and could not be indexed.
+        replay_log = getattr(self.blobs, "replay_log", None)
+        if replay_log is not None:
+            replay_log()
         removed = finish_interrupted(self)
         self.restore_index()
         folder = self.blobs.journal_dir

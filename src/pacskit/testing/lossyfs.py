@@ -456,6 +456,22 @@ class LossyOperations(_operations_base()):  # type: ignore[misc]
             return 0
 
 
+def unusable_reason() -> str | None:
+    """Why a lossyfs mount cannot be made on this machine (None: it can): the tests that need one
+    skip with this reason."""
+    import shutil
+
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is absent"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is absent (Debian fuse3)"
+    try:
+        import mfusepy  # noqa: F401
+    except (ImportError, OSError, AttributeError) as exc:
+        return f"mfusepy/libfuse3 unusable: {exc}"
+    return None
+
+
 def _unmount(mountpoint: str) -> None:
     subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False, capture_output=True)
 

@@ -1,0 +1,113 @@
+"""Power cuts on the ingest log itself (pacskit.store.ingestlog), with tiny segments so that every
+cycle fills, checkpoints and retires several of them.
+
+On lossyfs (:mod:`pacskit.testing.lossyfs`: only fsync/fdatasync make bytes durable, only a folder's
+fsync its names; ``syncfs`` does nothing, so checkpoints take the per-file path) two threads put small
+blobs into a :class:`~pacskit.store.FilesystemBlobStore` and delete some of them; the file system cuts
+the power by itself at a random change, "reboots", and a new store replays the log. Every blob whose
+put returned must be there with its bytes, and no blob whose deletion was synced may come back. The
+whole-server version (4 storescu, C-FIND after each cut) is tests/reliability/test_power_loss.py.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from pacskit.store import FilesystemBlobStore
+
+CYCLES = 12
+#: changes of the file system between two cuts are drawn from 1 .. this (a put is about five)
+MAX_CHANGES_PER_CUT = 500
+
+
+@pytest.fixture
+def fuse_ready() -> None:
+    from pacskit.testing.lossyfs import unusable_reason
+
+    reason = unusable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_power_cuts_keep_every_put_blob_and_no_deleted_one(tmp_path: Path, fuse_ready: None) -> None:
+    from pacskit.testing.lossyfs import LossyMount
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    acked: dict[str, bytes] = {}  # put returned: must survive
+    deleted: set[str] = set()  # deletion synced: must not come back
+    lock = threading.Lock()
+    checkpoints = 0
+    with LossyMount(tmp_path / "mnt") as fs:
+        root = tmp_path / "mnt" / "blobs"
+        root.mkdir()
+        _fsync(tmp_path / "mnt")
+        for cycle in range(CYCLES):
+            store = FilesystemBlobStore(root, log_segment_size=32 << 10)
+            store.replay_log()
+            for key, data in acked.items():
+                path = store.path(key) or ""
+                assert os.path.exists(path), f"seed {seed}, cycle {cycle}: blob {key} acknowledged, gone"
+                assert Path(path).read_bytes() == data, f"seed {seed}, cycle {cycle}: blob {key} differs"
+            back = sorted(k for k in deleted if store.exists(k))
+            assert not back, f"seed {seed}, cycle {cycle}: deleted blobs came back: {back}"
+            store.prepare_ingest()
+            log = store.ingest_log()
+            fs.arm(rng.randint(1, MAX_CHANGES_PER_CUT))
+
+            def worker(n: int, seed: int = rng.randrange(1 << 30), store: FilesystemBlobStore = store) -> None:
+                local = random.Random(seed)
+                for i in range(10_000):
+                    data = local.randbytes(local.randint(200, 4000))
+                    try:
+                        tmp = os.path.join(store.temp_dir, f"w{n}-{i}")
+                        with open(tmp, "wb") as fh:
+                            fh.write(data)
+                        key = store.put_file(tmp)
+                    except OSError:
+                        return  # the power is gone
+                    with lock:
+                        acked[key] = data
+                    if local.random() < 0.15:
+                        with lock:
+                            del acked[key]  # from here on either state is right, until the sync returns
+                        try:
+                            store.delete(key)
+                            store.sync_removals([key])
+                        except OSError:
+                            return
+                        with lock:
+                            deleted.add(key)
+
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+            for t in threads:
+                t.start()
+            fs.wait_cut()
+            for t in threads:
+                t.join(60)
+            checkpoints += log.checkpoints
+            try:
+                store.close()  # nothing reaches the disk any more: this only stops the log's thread
+            except OSError:
+                pass
+            fs.reboot()
+        store = FilesystemBlobStore(root)
+        store.replay_log()
+        for key, data in acked.items():
+            assert Path(store.path(key) or "").read_bytes() == data, f"seed {seed}: blob {key}"
+        assert not [k for k in deleted if store.exists(k)], f"seed {seed}"
+    assert len(acked) >= 50, f"seed {seed}: the cuts fell before real work ({len(acked)} blobs)"
+    assert checkpoints >= CYCLES, f"seed {seed}: {checkpoints} segments retired: the checkpoints were not cut"
