@@ -26,15 +26,6 @@ CYCLES = 12
 MAX_CHANGES_PER_CUT = 500
 
 
-@pytest.fixture
-def fuse_ready() -> None:
-    from pacskit.testing.lossyfs import unusable_reason
-
-    reason = unusable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -124,7 +115,7 @@ def _power_cut_cycles(tmp_path: Path, seed: int, *, stop_at_first_loss: bool = F
     return problems, len(acked), checkpoints
 
 
-def test_power_cuts_keep_every_put_blob_and_no_deleted_one(tmp_path: Path, fuse_ready: None) -> None:
+def test_power_cuts_keep_every_put_blob_and_no_deleted_one(tmp_path: Path, lossyfs_ready: None) -> None:
     seed = random.randrange(1 << 30)
     problems, acked, checkpoints = _power_cut_cycles(tmp_path, seed)
     assert not problems, "\n".join(problems[:20])
@@ -133,7 +124,7 @@ def test_power_cuts_keep_every_put_blob_and_no_deleted_one(tmp_path: Path, fuse_
 
 
 def test_without_the_records_flush_acknowledged_blobs_are_lost(
-    tmp_path: Path, fuse_ready: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, lossyfs_ready: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The negative twin: take away the one flush an acknowledgement waits for (the group commit's
     ``fdatasync`` of the segment) and the same cycles must find acknowledged blobs gone or torn.

@@ -45,12 +45,7 @@ DEADLINE_S = 120
 
 
 @pytest.fixture
-def fuse_ready() -> None:
-    from pacskit.testing.lossyfs import unusable_reason
-
-    reason = unusable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+def fuse_ready(lossyfs_ready: None) -> None:
     if not have_dcmtk():
         pytest.skip("DCMTK is not installed")
 
