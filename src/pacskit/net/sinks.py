@@ -26,6 +26,8 @@ from pacskit.dicom.codec import decode_dataset
 from pacskit.net.errors import DimseError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pydicom.dataset import Dataset
 
 
@@ -128,10 +130,13 @@ class MemorySink:
         self._parts = []
 
 
-def _create_temp(folder: str) -> tuple[int, str]:
-    """A new empty temp file in ``folder``, named from the process id and a counter (never a UID)."""
+def _create_temp(folder: str, announce: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """A new empty temp file in ``folder``, named from the process id and a counter (never a UID).
+    ``announce`` is told the path before the file is created."""
     while True:
         path = f"{folder}/rx-{_PID}-{next(_COUNTER)}.part"
+        if announce is not None:
+            announce(path)
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
         except FileExistsError:  # a stale file from an earlier process with the same pid
@@ -155,6 +160,7 @@ class TempFiles:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._creating: str | None = None  # the spare the helper is creating (see spare_paths)
 
     def take(self) -> tuple[int, str]:
         while True:
@@ -187,13 +193,24 @@ class TempFiles:
                 return
             try:
                 while len(self._spare) < self.spare:
-                    self._spare.append(_create_temp(self.folder))
+                    self._spare.append(_create_temp(self.folder, self._announce))
+                    self._creating = None
             except OSError:  # disk full, folder gone: take() creates (and reports) on its own
                 pass
+            self._creating = None
+
+    def _announce(self, path: str) -> None:
+        self._creating = path
 
     def spare_paths(self) -> set[str]:
-        """Paths of the spare (empty, unused) files right now."""
-        return {path for _, path in list(self._spare)}
+        """Paths of the spare (empty, unused) files right now, including one the helper thread is
+        creating: a folder listed before this call holds no spare that this set misses (the file
+        being created is read first, then the spares, in the order the helper changes them)."""
+        creating = self._creating
+        paths = {path for _, path in list(self._spare)}
+        if creating is not None:
+            paths.add(creating)
+        return paths
 
     def close(self) -> None:
         """Delete the spare files and stop the helper thread."""
