@@ -249,6 +249,35 @@ def test_a_dead_nodes_interrupted_deletion_is_finished_by_the_node_that_recovers
         a.inflight.close()
 
 
+def test_a_paused_node_whose_intent_was_taken_over_cannot_delete_the_rows(store: DataStore, tmp_path: Path) -> None:
+    a, b = _node(store, "a"), _node(store, "b")
+    try:
+        store.shared_journal = a.inflight
+        study_uid, keys = _study(store, tmp_path)
+        remove = store.index.remove_instances
+
+        def paused_remove(session: Any, pks: list[int]) -> Any:
+            # node a stalls with its intent recorded and its rows not deleted yet: its lease runs out,
+            # node b recovers it and finishes the intent (every blob still referenced: none goes)
+            _expire(store, a)
+            b.recover_dead()
+            return remove(session, pks)
+
+        store.index.remove_instances = paused_remove  # type: ignore[method-assign]
+        with pytest.raises(LeaseLost, match="taken over"):
+            Deleter(store).delete("study", [study_uid])
+        store.index.remove_instances = remove  # type: ignore[method-assign]
+        assert store.count("instances") == 3, "the rows' transaction failed: the study is whole"
+        assert set(store.blobs.iter_keys()) == keys and _intents(store) == {}
+        assert store.check().ok
+        a.renew()  # it wakes up, registers again, and deletes
+        assert Deleter(store).delete("study", [study_uid]).instances == 3
+        assert list(store.blobs.iter_keys()) == [] and _intents(store) == {}
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_intents_left_without_a_node_row_are_adopted_and_finished(store: DataStore, tmp_path: Path) -> None:
     a = _node(store, "a")
     key = store.blobs.put_bytes(b"its row was deleted by a deletion of a node that left")

@@ -356,6 +356,17 @@ class SharedInflight:
                 f"SELECT :n, :i, unnest(CAST(:keys AS varchar[])), {_NOW} ON CONFLICT DO NOTHING"),
                 {"n": self.node_id, "i": intent, "keys": list(keys)})
 
+    def fence_deletion(self, session: Session, intent: str, count: int) -> None:
+        """In the transaction that deletes rows of ``intent``: its ``count`` keys must still be ours,
+        or :class:`LeaseLost` (a node recovering ours took the intent over: it may finish it before
+        these rows go, so they must not go). ``FOR SHARE`` holds them until the commit: a recovery
+        taking them over waits for it, then finds the rows gone and deletes their blobs."""
+        found = session.execute(text(
+            "SELECT count(*) FROM (SELECT 1 FROM cluster_deletions WHERE node_id = :n AND intent = :i "
+            "FOR SHARE) AS ours"), {"n": self.node_id, "i": intent}).scalar_one()
+        if found != count:
+            raise LeaseLost(f"deletion intent {intent} was taken over by another node (our lease ran out)")
+
     def end_deletion(self, intent: str, *, done: bool = True) -> None:
         """This process stops working on ``intent``. ``done``: every blob is deleted, forget it (a crash
         before is harmless: nothing left to do). Not ``done`` (the deletion failed): the intent stays,

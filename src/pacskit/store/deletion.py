@@ -27,7 +27,9 @@ database instead (``cluster_deletions``, keyed by node and intent; :class:`_Shar
 before the row deletions and removed once the blobs are gone. A node that dies mid-deletion leaves
 its intent under its node id; the live node that recovers it (lease expired) takes the intent over
 and deletes each listed blob no row references (:meth:`pacskit.store.cluster.ClusterNode.finish_deletions`).
-A deletion that fails (a blob the object store would not delete) keeps its intent for that same
+The transaction deleting rows checks (``FOR SHARE``) that the intent is still its node's: a node
+declared dead while paused, whose intent another node took over, cannot delete rows whose blobs
+the other node may already have skipped. A deletion that fails (a blob the object store would not delete) keeps its intent for that same
 finishing. ``check`` counts the keys of every node's intents as pending deletion. A process that is
 not a serving node (``pacskit`` commands) keeps the intent file.
 
@@ -219,6 +221,10 @@ class _SharedIntent:
             return
         self.journal.intend_deletion(self.intent, new)
         self.keys.update(new)
+
+    def fence(self, session: Session) -> None:
+        """In the rows' transaction: the intent is still ours (see ``SharedInflight.fence_deletion``)."""
+        self.journal.fence_deletion(session, self.intent, len(self.keys))
 
     def close(self) -> None:
         self.journal.end_deletion(self.intent, done=self.done)
@@ -443,6 +449,8 @@ class Deleter:
         if intent is not None:
             intent.add(keys)  # an overwrite switched a row to a new file meanwhile: record it first
         self.store.index.remove_instances(s, [pk for pk, _key in current])
+        if isinstance(intent, _SharedIntent):  # a cluster: a node that recovered ours must not see them go
+            intent.fence(s)
         return keys
 
 
