@@ -15,6 +15,7 @@ from sqlalchemy import text
 from pacskit.config.aetitles import RemoteAE
 from pacskit.config.settings import ServerSettings
 from pacskit.store import DataStore, MemoryBlobStore
+from pacskit.store.deletion import Deleter
 from pacskit.store.cluster import ClusterNode, LeaseLost, SharedAeRegistry, adopt, claim, cluster_nodes, forget_claims
 from pacskit.testing.cluster import POSTGRES_URL, fresh_postgres_database
 from pacskit.testing.synth import make_instance
@@ -35,7 +36,7 @@ def database_url() -> Iterator[str]:
 def store(database_url: str) -> Iterator[DataStore]:
     s = DataStore.open(database_url, blobs=MemoryBlobStore())
     with s.index.engine.begin() as conn:
-        for table in ("cluster_claims", "cluster_inflight", "cluster_nodes", "cluster_ae_titles", "instances", "series", "studies",
+        for table in ("cluster_claims", "cluster_deletions", "cluster_inflight", "cluster_nodes", "cluster_ae_titles", "instances", "series", "studies",
                       "patients"):
             conn.execute(text(f"DELETE FROM {table}"))
     yield s
@@ -163,6 +164,136 @@ def test_a_dead_nodes_ingests_in_flight_are_removed_once_by_one_of_many(store: D
             n.stop()
         for dead in deads:
             dead.inflight.close()
+
+
+def _intents(store: DataStore) -> dict[str, set[str]]:
+    """node id -> the blob keys of its deletion intents (cluster_deletions)."""
+    with store.index.engine.connect() as conn:
+        rows = conn.execute(text("SELECT node_id, blob_key FROM cluster_deletions")).all()
+    found: dict[str, set[str]] = {}
+    for node_id, key in rows:
+        found.setdefault(node_id, set()).add(key)
+    return found
+
+
+def _study(store: DataStore, tmp_path: Path, n: int = 3) -> tuple[str, set[str]]:
+    """A study of ``n`` instances ingested; (its UID, its blob keys)."""
+    study_uid = "1.2.826.0.1.3680043.8.498.77." + str(abs(hash(tmp_path)) % 10**9)
+    keys = {store.ingest(make_instance(tmp_path / f"{i}.dcm", rows=4, cols=4, study_uid=study_uid)).blob_key
+            for i in range(n)}
+    return study_uid, keys
+
+
+def test_a_cluster_deletion_keeps_its_intent_in_the_shared_database_until_its_blobs_are_gone(
+        store: DataStore, tmp_path: Path) -> None:
+    a = _node(store, "a")
+    try:
+        store.shared_journal = a.inflight
+        study_uid, keys = _study(store, tmp_path)
+        seen: list[tuple[dict[str, set[str]], bool, int]] = []
+        delete = store.blobs.delete
+
+        def look_then_delete(key: str) -> None:
+            # while the blobs go: the rows are gone, the intent is committed (another connection sees
+            # it), and the node's own finishing round leaves a running deletion alone
+            seen.append((_intents(store), store.index.is_blob_referenced(key), a.finish_deletions()))
+            delete(key)
+
+        store.blobs.delete = look_then_delete  # type: ignore[method-assign]
+        report = Deleter(store).delete("study", [study_uid])
+        assert report.instances == 3 and report.blobs_deleted == 3
+        assert [s for s in seen if s != ({a.node_id: keys}, False, 0)] == []
+        assert len(seen) == 3
+        assert _intents(store) == {}, "the blobs are gone: the intent went with them"
+        assert list(store.blobs.iter_keys()) == []
+        assert store.check().ok
+    finally:
+        a.stop()
+
+
+def test_a_dead_nodes_interrupted_deletion_is_finished_by_the_node_that_recovers_it(
+        store: DataStore, tmp_path: Path) -> None:
+    a, b = _node(store, "a"), _node(store, "b")
+    try:
+        store.shared_journal = a.inflight
+        study_uid, keys = _study(store, tmp_path / "deleted")
+        kept_uid, kept = _study(store, tmp_path / "kept")
+        delete = store.blobs.delete
+        calls = 0
+
+        def failing_delete(key: str) -> None:  # node a stops after the rows committed, before any blob went
+            nonlocal calls
+            calls += 1
+            raise OSError("injected: the object store is away")
+
+        store.blobs.delete = failing_delete  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="injected"):
+            Deleter(store).delete("study", [study_uid])
+        assert calls == 1
+        store.blobs.delete = delete  # type: ignore[method-assign]
+        assert store.count("instances") == 3 and not any(store.index.is_blob_referenced(k) for k in keys)
+        assert set(store.blobs.iter_keys()) == keys | kept
+        assert _intents(store) == {a.node_id: keys}, "the failed deletion keeps its intent"
+        report = store.check()
+        assert report.ok and report.pending_deletion == 3, "listed keys are a deletion in progress, not orphans"
+        assert b.finish_deletions() == 0, "a live node's intents are its own"
+        a._stop.set()  # node a dies (its thread ends, it never leaves) and its lease runs out
+        _expire(store, a)
+        b.recover_dead()
+        assert _intents(store) == {}
+        assert set(store.blobs.iter_keys()) == kept, "no orphan: every listed blob no row references is gone"
+        report = store.check()
+        assert report.ok and report.pending_deletion == 0 and report.blobs_seen == 3
+    finally:
+        b.stop()
+        a.inflight.close()
+
+
+def test_a_paused_node_whose_intent_was_taken_over_cannot_delete_the_rows(store: DataStore, tmp_path: Path) -> None:
+    a, b = _node(store, "a"), _node(store, "b")
+    try:
+        store.shared_journal = a.inflight
+        study_uid, keys = _study(store, tmp_path)
+        remove = store.index.remove_instances
+
+        def paused_remove(session: Any, pks: list[int]) -> Any:
+            # node a stalls with its intent recorded and its rows not deleted yet: its lease runs out,
+            # node b recovers it and finishes the intent (every blob still referenced: none goes)
+            _expire(store, a)
+            b.recover_dead()
+            return remove(session, pks)
+
+        store.index.remove_instances = paused_remove  # type: ignore[method-assign]
+        with pytest.raises(LeaseLost, match="taken over"):
+            Deleter(store).delete("study", [study_uid])
+        store.index.remove_instances = remove  # type: ignore[method-assign]
+        assert store.count("instances") == 3, "the rows' transaction failed: the study is whole"
+        assert set(store.blobs.iter_keys()) == keys and _intents(store) == {}
+        assert store.check().ok
+        a.renew()  # it wakes up, registers again, and deletes
+        assert Deleter(store).delete("study", [study_uid]).instances == 3
+        assert list(store.blobs.iter_keys()) == [] and _intents(store) == {}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_intents_left_without_a_node_row_are_adopted_and_finished(store: DataStore, tmp_path: Path) -> None:
+    a = _node(store, "a")
+    key = store.blobs.put_bytes(b"its row was deleted by a deletion of a node that left")
+    referenced_uid, referenced = _study(store, tmp_path, n=1)
+    with store.index.engine.begin() as conn:  # a node that left with an unfinished intent: no row
+        for k in (key, *referenced):
+            conn.execute(text("INSERT INTO cluster_deletions (node_id, intent, blob_key, recorded_at) "
+                              "VALUES ('gone', 'i1', :k, now())"), {"k": k})
+    try:
+        a.recover_dead()
+        assert _intents(store) == {}
+        # the unreferenced blob went; a listed blob that a row refers to again is never deleted
+        assert set(store.blobs.iter_keys()) == referenced
+        assert store.check().ok
+    finally:
+        a.stop()
 
 
 def test_the_shared_ae_registry_is_one_registry_for_every_node(store: DataStore) -> None:

@@ -15,10 +15,10 @@ TABLES = {"patients", "studies", "series", "series_requests", "instances", "tran
           "audit_records", "storage_commitment_requests", "storage_commitment_items", "worklist_items",
           "worklist_station_aes", "performed_procedure_steps", "performed_step_links", "pacskit_store_version",
           "cluster_nodes", "cluster_inflight", "cluster_ae_titles", "cluster_forward_jobs", "cluster_forward_routed",
-          "cluster_forward_destinations", "cluster_claims"}
+          "cluster_forward_destinations", "cluster_claims", "cluster_deletions"}
 
 #: the newest revision in src/pacskit/store/migrations/versions (update with every migration)
-HEAD = "0008"
+HEAD = "0009"
 
 
 def test_migrate_twice_is_idempotent(fresh_db_url: Any) -> None:

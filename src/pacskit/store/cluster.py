@@ -17,13 +17,18 @@ keeps in its local folder matters to another node: what does lives here, in the 
   Recovery of a dead node deletes its rows first (committed), then their blobs: none of those ingests
   committed, none was acknowledged. The record is an asynchronous commit (``synchronous_commit=off``):
   no fsync on the ingest path; the index commit that follows flushes the WAL up to it anyway.
+* **Deletion intents** (``cluster_deletions``): in a cluster a deletion (:mod:`pacskit.store.deletion`)
+  records the blob keys it is about to free here, under its node and intent, committed before the
+  row deletions, and removes them once the blobs are gone (the single-node intent file, shared).
+  Recovery of a dead node takes its intents over (committed under our node id first, so a crash of
+  ours hands them on), deletes each listed blob no index row refers to, then removes the intents.
 * **The AE registry** (``cluster_ae_titles``, :class:`SharedAeRegistry`): the ``ae_titles`` base service
   read through on every lookup (an indexed primary-key read), so an AE added through one node's admin
   API is known to every node at once. Entries of a node's ``ae-titles.toml`` are copied in at start when
   the shared registry lacks them (the file is how a first node is configured).
 
 PostgreSQL only (``FOR UPDATE SKIP LOCKED``, ``ON CONFLICT``, ``RETURNING``); the tables exist on every
-backend (migration 0008) so one schema serves all.
+backend (migrations 0008, 0009) so one schema serves all.
 """
 
 from __future__ import annotations
@@ -38,18 +43,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Float, Index, Integer, String, Text, create_engine, text
+from sqlalchemy import BigInteger, Engine, Float, Index, Integer, String, Text, create_engine, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from pacskit.config.aetitles import RemoteAE
 from pacskit.store.blobs import new_key
-from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, UTCDateTime
+from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, Instance, UTCDateTime
 
 log = logging.getLogger("pacskit.cluster")
 
 NODE_ID = 32
 NODE_NAME = 64
 INFLIGHT_KEY = 80
+INTENT_ID = 32
 #: the database's clock, as naive UTC (what UTCDateTime columns hold)
 _NOW = "(now() AT TIME ZONE 'utc')"
 
@@ -77,6 +83,19 @@ class InflightBlob(Base):
     blob_key: Mapped[str] = mapped_column(String(INFLIGHT_KEY), primary_key=True)
     node_id: Mapped[str] = mapped_column(String(NODE_ID), index=True)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class DeletionIntentRow(Base):
+    """A blob key a deletion frees: its rows are (or are about to be) deleted, its blob not yet."""
+
+    __tablename__ = "cluster_deletions"
+
+    node_id: Mapped[str] = mapped_column(String(NODE_ID), primary_key=True)
+    intent: Mapped[str] = mapped_column(String(INTENT_ID), primary_key=True)
+    blob_key: Mapped[str] = mapped_column(String(INFLIGHT_KEY), primary_key=True)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (MYSQL_TABLE_ARGS,)
 
@@ -237,6 +256,7 @@ class SharedInflight:
         self._ahead: list[str] = []  # recorded, not handed out yet (taken from the end)
         self._ahead_at = 0.0  # time.monotonic() of their record
         self._given: set[str] = set()  # handed out by next_key, begin() not called yet
+        self._deleting: set[str] = set()  # deletion intents this process is running (not to be finished)
 
     def next_key(self) -> str:
         """A new blob key whose in-flight record is already committed (see the class doc): its
@@ -316,6 +336,59 @@ class SharedInflight:
         """Every node's keys in flight right now (keys recorded ahead included)."""
         with self._engine.connect() as conn:
             return {row[0] for row in conn.execute(text("SELECT blob_key FROM cluster_inflight"))}
+
+    # deletion intents (cluster_deletions) ---------------------------------------------------------------
+
+    def intend_deletion(self, intent: str, keys: list[str]) -> None:
+        """Record ``keys`` under this node's deletion ``intent`` before their rows are deleted.
+
+        Committed with ``synchronous_commit=off`` like the in-flight records: the row deletions'
+        commit that follows flushes the WAL up to it, so it is durable before they are."""
+        if self.node_id is None:
+            raise RuntimeError("a read-only shared journal cannot record deletions")
+        with self._lock:  # before the rows exist: ClusterNode.finish_deletions reads rows, then this
+            self._deleting.add(intent)
+        if not keys:
+            return
+        with self._engine.connect() as conn:
+            conn.execute(text(
+                "INSERT INTO cluster_deletions (node_id, intent, blob_key, recorded_at) "
+                f"SELECT :n, :i, unnest(CAST(:keys AS varchar[])), {_NOW} ON CONFLICT DO NOTHING"),
+                {"n": self.node_id, "i": intent, "keys": list(keys)})
+
+    def fence_deletion(self, session: Session, intent: str, count: int) -> None:
+        """In the transaction that deletes rows of ``intent``: its ``count`` keys must still be ours,
+        or :class:`LeaseLost` (a node recovering ours took the intent over: it may finish it before
+        these rows go, so they must not go). ``FOR SHARE`` holds them until the commit: a recovery
+        taking them over waits for it, then finds the rows gone and deletes their blobs."""
+        found = session.execute(text(
+            "SELECT count(*) FROM (SELECT 1 FROM cluster_deletions WHERE node_id = :n AND intent = :i "
+            "FOR SHARE) AS ours"), {"n": self.node_id, "i": intent}).scalar_one()
+        if found != count:
+            raise LeaseLost(f"deletion intent {intent} was taken over by another node (our lease ran out)")
+
+    def end_deletion(self, intent: str, *, done: bool = True) -> None:
+        """This process stops working on ``intent``. ``done``: every blob is deleted, forget it (a crash
+        before is harmless: nothing left to do). Not ``done`` (the deletion failed): the intent stays,
+        and :meth:`ClusterNode.finish_deletions` (ours next round, or a node recovering ours) finishes it."""
+        try:
+            if done:
+                with self._engine.connect() as conn:
+                    conn.execute(text("DELETE FROM cluster_deletions WHERE node_id = :n AND intent = :i"),
+                                 {"n": self.node_id, "i": intent})
+        finally:
+            with self._lock:
+                self._deleting.discard(intent)
+
+    def running_deletions(self) -> set[str]:
+        """The deletion intents this process is running (their rows are not to be finished by recovery)."""
+        with self._lock:
+            return set(self._deleting)
+
+    def deleting_keys(self) -> set[str]:
+        """Every node's keys of deletions running or interrupted and not finished yet (for ``check``)."""
+        with self._engine.connect() as conn:
+            return {row[0] for row in conn.execute(text("SELECT blob_key FROM cluster_deletions"))}
 
     def close(self) -> None:
         self._engine.dispose()
@@ -448,16 +521,26 @@ class ClusterNode:
         recorded ahead and never used has none: S3 answers its delete as done). Returns how many
         records were recovered. Nodes being recovered by another node at the same time are skipped
         (``SKIP LOCKED``)."""
-        deleted = 0
+        deleted = adopted = 0
         while True:
             with self.engine.begin() as conn:
                 dead = conn.execute(text(
                     f"SELECT node_id, name FROM cluster_nodes WHERE lease_until < {_NOW} AND node_id <> :me "
                     "ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED"), {"me": self.node_id}).first()
                 if dead is None:
+                    # intents of nodes that have no row (left one with a deletion unfinished, or a row
+                    # deleted by hand): ours to finish, below
+                    adopted = conn.execute(text(
+                        "UPDATE cluster_deletions SET node_id = :me WHERE NOT EXISTS "
+                        "(SELECT 1 FROM cluster_nodes n WHERE n.node_id = cluster_deletions.node_id)"),
+                        {"me": self.node_id}).rowcount
                     break
                 keys = [row[0] for row in conn.execute(text(
                     "DELETE FROM cluster_inflight WHERE node_id = :n RETURNING blob_key"), {"n": dead[0]})]
+                # its deletion intents become ours (committed with the rest): if we die before they
+                # are finished, whoever recovers us finishes them
+                conn.execute(text("UPDATE cluster_deletions SET node_id = :me WHERE node_id = :n"),
+                             {"me": self.node_id, "n": dead[0]})
                 conn.execute(text("DELETE FROM cluster_nodes WHERE node_id = :n"), {"n": dead[0]})
             # committed: those ingests can no longer commit (their fence fails); their blobs can go.
             for key in keys:
@@ -472,6 +555,42 @@ class ClusterNode:
             self.recovered_blobs += len(keys)
             if self.on_recovered is not None:
                 self.on_recovered(dead[1], keys)
+            self.finish_deletions(adopted_from=dead[1])
+        if adopted:
+            self.finish_deletions(adopted_from="(none: no node row)")
+        return deleted
+
+    def finish_deletions(self, *, adopted_from: str | None = None) -> int:
+        """Finish the deletion intents recorded under our node id that no deletion of this process runs
+        (``running`` of :attr:`inflight`): those taken over from dead nodes, or left by a previous
+        run of ours. Each listed blob no index row refers to is deleted, then the intent. Returns
+        how many blobs were deleted; a blob that cannot be deleted keeps its intent for a later try."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT intent, blob_key FROM cluster_deletions WHERE node_id = :me"),
+                                {"me": self.node_id}).all()
+        running = self.inflight.running_deletions()  # after the rows: a deletion is running before its rows exist
+        intents: dict[str, list[str]] = {}
+        for intent, key in rows:
+            if intent not in running:
+                intents.setdefault(intent, []).append(key)
+        deleted = 0
+        for intent, keys in intents.items():
+            try:
+                for key in keys:
+                    with self.engine.connect() as conn:
+                        referenced = conn.execute(
+                            select(Instance.pk).where(Instance.blob_key == key).limit(1)).first() is not None
+                    if not referenced:  # an overwrite or a new ingest may have reused it meanwhile
+                        self.delete_blob(key)
+                        deleted += 1
+                with self.engine.begin() as conn:
+                    conn.execute(text("DELETE FROM cluster_deletions WHERE node_id = :me AND intent = :i"),
+                                 {"me": self.node_id, "i": intent})
+            except Exception as exc:  # kept: finished at the next recovery round, or by whoever recovers us
+                log.error("node %s: cannot finish deletion intent %s: %s", self.name, intent, exc)
+        if intents:
+            log.warning("node %s: finished %d interrupted deletions%s: %d blobs deleted", self.name, len(intents),
+                        f" of dead node {adopted_from}" if adopted_from else "", deleted)
         return deleted
 
     def orphaned_inflight(self) -> int:
@@ -495,6 +614,7 @@ class ClusterNode:
             self._register(conn)
         self.last_renewal = time.monotonic()
         self.recover_dead()
+        self.finish_deletions()
         self._thread = threading.Thread(target=self._run, name=f"pacskit-cluster-{self.name}", daemon=True)
         self._thread.start()
         log.info("node %s (%s) joined the cluster; lease %.0f s", self.name, self.node_id, self.lease_seconds)
@@ -505,6 +625,7 @@ class ClusterNode:
             try:
                 self.renew()
                 self.recover_dead()
+                self.finish_deletions()
             except Exception as exc:  # the database is away: try again next period; health says so
                 log.error("node %s: cannot renew the lease or recover dead nodes: %s", self.name, exc)
 
@@ -514,6 +635,7 @@ class ClusterNode:
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
+            self.finish_deletions()  # what is left (a deletion still running) is adopted, see recover_dead
             with self.engine.begin() as conn:
                 keys = [row[0] for row in conn.execute(text(
                     "DELETE FROM cluster_inflight WHERE node_id = :n RETURNING blob_key"), {"n": self.node_id})]

@@ -76,7 +76,13 @@ class SharedJournal(Protocol):
     ``next_key`` gives a new key already recorded (keys are recorded ahead, in batches); ``begin``
     records a key before its blob is written (free for a key from ``next_key``); ``fence`` runs in
     the transaction that indexes it and removes the record (raising if another node took it); ``end``
-    forgets a failed ingest's key; ``keys`` lists every node's keys in flight (for ``check``)."""
+    forgets a failed ingest's key; ``keys`` lists every node's keys in flight (for ``check``).
+
+    It also keeps the nodes' deletion intents (:mod:`pacskit.store.deletion`): ``intend_deletion``
+    records keys under an intent of this node (``node_id``; ``None``: read only), ``end_deletion``
+    forgets it, ``deleting_keys`` lists every node's (for ``check``)."""
+
+    node_id: str | None
 
     def next_key(self) -> str: ...
 
@@ -87,6 +93,14 @@ class SharedJournal(Protocol):
     def end(self, key: str) -> None: ...
 
     def keys(self) -> set[str]: ...
+
+    def intend_deletion(self, intent: str, keys: list[str]) -> None: ...
+
+    def fence_deletion(self, session: Any, intent: str, count: int) -> None: ...
+
+    def end_deletion(self, intent: str, *, done: bool = True) -> None: ...
+
+    def deleting_keys(self) -> set[str]: ...
 
 
 class ReceivedFile(Protocol):

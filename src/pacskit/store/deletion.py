@@ -21,6 +21,18 @@ write: an intent file is only finished when its ``flock`` can be taken (its proc
 a blob is only deleted when no row refers to it. ``DataStore.check`` counts listed blobs as
 *pending deletion*, not as orphans.
 
+**In a cluster** (several nodes on one PostgreSQL and one object store, :mod:`pacskit.store.cluster`)
+a node's local folder is nobody else's business, so a serving node records its intent in the shared
+database instead (``cluster_deletions``, keyed by node and intent; :class:`_SharedIntent`), committed
+before the row deletions and removed once the blobs are gone. A node that dies mid-deletion leaves
+its intent under its node id; the live node that recovers it (lease expired) takes the intent over
+and deletes each listed blob no row references (:meth:`pacskit.store.cluster.ClusterNode.finish_deletions`).
+The transaction deleting rows checks (``FOR SHARE``) that the intent is still its node's: a node
+declared dead while paused, whose intent another node took over, cannot delete rows whose blobs
+the other node may already have skipped. A deletion that fails (a blob the object store would not delete) keeps its intent for that same
+finishing. ``check`` counts the keys of every node's intents as pending deletion. A process that is
+not a serving node (``pacskit`` commands) keeps the intent file.
+
 A deletion is atomic per study: killed while deleting a patient's third study, the first two are
 gone, the others are whole.
 """
@@ -45,7 +57,7 @@ from pacskit.store.index.models import Instance, Patient, Series, Study
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from pacskit.store.datastore import DataStore
+    from pacskit.store.datastore import DataStore, SharedJournal
 
 log = logging.getLogger("pacskit.store.deletion")
 
@@ -187,6 +199,47 @@ class _Intent:
         os.close(self._fd)
 
 
+class _SharedIntent:
+    """One deletion intent of a cluster node, in the shared database (same interface as :class:`_Intent`)."""
+
+    def __init__(self, journal: SharedJournal, keys: Iterable[str], what: str) -> None:
+        self.journal = journal
+        self.intent = secrets.token_hex(16)
+        self.keys: set[str] = set()
+        self.done = False  # every blob deleted: close() forgets the intent; else it stays to be finished
+        log.debug("deletion intent %s of node %s: %s", self.intent, journal.node_id, what)
+        try:
+            self.add(keys)
+        except BaseException:
+            journal.end_deletion(self.intent, done=False)
+            raise
+
+    def add(self, keys: Iterable[str]) -> None:
+        """Record more keys, committed before this returns (and so before the rows' deletion commits)."""
+        new = [k for k in keys if k not in self.keys]
+        if not new:
+            return
+        self.journal.intend_deletion(self.intent, new)
+        self.keys.update(new)
+
+    def fence(self, session: Session) -> None:
+        """In the rows' transaction: the intent is still ours (see ``SharedInflight.fence_deletion``)."""
+        self.journal.fence_deletion(session, self.intent, len(self.keys))
+
+    def close(self) -> None:
+        self.journal.end_deletion(self.intent, done=self.done)
+
+
+def _open_intent(store: DataStore, keys: Sequence[str], what: str) -> _Intent | _SharedIntent | None:
+    """The deletion's intent: shared when this process is a cluster node, else the local intent file
+    (``None``: a blob store without a journal, e.g. memory)."""
+    shared = store.shared_journal
+    if shared is not None and shared.node_id is not None:
+        return _SharedIntent(shared, keys, what)
+    folder = journal_folder(store)
+    return _Intent(folder, keys, what) if folder else None
+
+
 def _intent_keys(path: str) -> list[str]:
     with open(path, "rb") as fh:
         lines = fh.read().decode("ascii", "replace").splitlines()
@@ -244,11 +297,12 @@ def finish_interrupted(store: DataStore) -> int:
 
 
 def pending_keys(store: DataStore) -> set[str]:
-    """Blob keys listed by intent files (deletions running, or interrupted and not finished yet)."""
+    """Blob keys listed by intent files and a cluster's shared intents (deletions running, or
+    interrupted and not finished yet)."""
+    keys: set[str] = set() if store.shared_journal is None else store.shared_journal.deleting_keys()
     folder = journal_folder(store)
     if folder is None:
-        return set()
-    keys: set[str] = set()
+        return keys
     for name in os.listdir(folder):
         if name.startswith(_INTENT_PREFIX):
             try:
@@ -352,9 +406,8 @@ class Deleter:
         if dry_run or not studies:
             return report
         finish_interrupted(self.store)
-        folder = journal_folder(self.store)
         all_keys = [r.blob_key for study_rows in rows.values() for r in study_rows]
-        intent = _Intent(folder, all_keys, f"{level} {' '.join(uids)[:200]} {reason}".strip()) if folder else None
+        intent = _open_intent(self.store, all_keys, f"{level} {' '.join(uids)[:200]} {reason}".strip())
         try:
             with self.store.writing():
                 for study_pk, study_rows in rows.items():
@@ -376,13 +429,15 @@ class Deleter:
                     sync_removals = getattr(self.store.blobs, "sync_removals", None)
                     if sync_removals is not None:  # no deleted file may come back after a power cut
                         sync_removals(keys)
+            if isinstance(intent, _SharedIntent):
+                intent.done = True
         finally:
             if intent is not None:
                 intent.close()
         log.info("%s (%s %s)%s", report.summary(), level, ", ".join(uids)[:300], f": {reason}" if reason else "")
         return report
 
-    def _remove(self, s: Session, study_rows: list[_Row], intent: _Intent | None) -> list[str]:
+    def _remove(self, s: Session, study_rows: list[_Row], intent: _Intent | _SharedIntent | None) -> list[str]:
         """One study's rows, in the caller's transaction; returns the blob keys of the rows removed."""
         pks = [r.pk for r in study_rows]
         current: list[tuple[int, str]] = []
@@ -394,6 +449,8 @@ class Deleter:
         if intent is not None:
             intent.add(keys)  # an overwrite switched a row to a new file meanwhile: record it first
         self.store.index.remove_instances(s, [pk for pk, _key in current])
+        if isinstance(intent, _SharedIntent):  # a cluster: a node that recovered ours must not see them go
+            intent.fence(s)
         return keys
 
 

