@@ -227,7 +227,12 @@ class _FastPathStatements:
     """The ingest fast path's statements, compiled for one dialect."""
 
     def __init__(self, dialect: Any) -> None:
-        inst, study, series = Instance.__table__, Study.__table__, Series.__table__
+        # the Core tables (typed Any: mypy sees a mapped class's __table__ as a FromClause)
+        inst: Any = Instance.__table__
+        study: Any = Study.__table__
+        series: Any = Series.__table__
+        patient: Any = Patient.__table__
+        request: Any = SeriesRequest.__table__
         self.instance_exists = _Prepared(
             select(inst.c.pk).where(inst.c.sop_instance_uid == bindparam("uid")).with_for_update(), dialect)
         self.count_in_study = _Prepared(
@@ -248,7 +253,6 @@ class _FastPathStatements:
             select(inst.c.pk, inst.c.blob_key, inst.c.sha256).where(inst.c.sop_instance_uid == bindparam("uid")),
             dialect)
         # the first instance of a new series (and of a new study, a new patient): Index._create_on_cursor
-        patient, request = Patient.__table__, SeriesRequest.__table__
         self.series_exists = _Prepared(
             select(series.c.pk).where(series.c.series_instance_uid == bindparam("uid")), dialect)
         self.study_with_patient = _Prepared(
@@ -629,10 +633,12 @@ class Index:
         received_at: dt.datetime,
         source_ae: str | None,
     ) -> Recorded | None:
-        """Add a new instance of a series this index has seen committed in a transaction of its own,
-        without SQLAlchemy's session, connection pool and events around it; ``None`` when the general
-        path (:meth:`record_instance` in :meth:`run_write_shared`) must decide: another backend, an
-        unknown series, a duplicate, a stale cache entry, or any error (nothing of it is kept then).
+        """Add a new instance in a transaction of its own, without SQLAlchemy's session, connection
+        pool and events around it: to a series this index has seen committed (:meth:`_append_on_cursor`),
+        or as the first of a series the database does not hold, with its new parents
+        (:meth:`_create_on_cursor`); ``None`` when the general path (:meth:`record_instance` in
+        :meth:`run_write_shared`) must decide: another backend, a series in the database the cache
+        does not know, a duplicate, a stale cache entry, or any error (nothing of it is kept then).
 
         Only where a commit is not flushed (SQLite with ``synchronous=NORMAL``, the data store's
         default): group commit (:meth:`run_write_shared`) exists to share flushes, and there is
