@@ -312,6 +312,7 @@ def test_database_failure_deletes_new_blob(store: DataStore, monkeypatch: pytest
         raise RuntimeError("database on fire")
 
     monkeypatch.setattr(store.index, "record_instance", broken)
+    monkeypatch.setattr(store.index, "_create_on_cursor", broken)  # the lean lane too (it falls back)
     path = stage(store, "CT_small.dcm")
     with pytest.raises(RuntimeError):
         store.ingest(path, source_ae="A")
