@@ -19,19 +19,11 @@ from pathlib import Path
 import pytest
 
 from pacskit.store import FilesystemBlobStore
-from pacskit.store.ingestlog import IngestLog
+from pacskit.store.ingestlog import IngestLog, fsync_path
 
 CYCLES = 12
 #: changes of the file system between two cuts are drawn from 1 .. this (a put is about five)
 MAX_CHANGES_PER_CUT = 500
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _power_cut_cycles(tmp_path: Path, seed: int, *, stop_at_first_loss: bool = False) -> tuple[list[str], int, int]:
@@ -61,7 +53,7 @@ def _power_cut_cycles(tmp_path: Path, seed: int, *, stop_at_first_loss: bool = F
     with LossyMount(tmp_path / "mnt") as fs:
         root = tmp_path / "mnt" / "blobs"
         root.mkdir()
-        _fsync(tmp_path / "mnt")
+        fsync_path(str(tmp_path / "mnt"), directory=True)
         for cycle in range(CYCLES):
             store = FilesystemBlobStore(root, log_segment_size=32 << 10)
             store.replay_log()

@@ -145,7 +145,8 @@ def test_shared_directory_sync_covers_concurrent_callers(tmp_path, monkeypatch):
     asked = threading.Semaphore(0)
     lock = threading.Lock()
 
-    def recording_fsync(path: str) -> None:
+    def recording_fsync(path: str, *, directory: bool = False) -> None:
+        assert directory
         with lock:
             first = not log
             log.append("start")
@@ -155,7 +156,7 @@ def test_shared_directory_sync_covers_concurrent_callers(tmp_path, monkeypatch):
         with lock:
             log.append("end")
 
-    monkeypatch.setattr(blobs_module, "_fsync_dir", recording_fsync)
+    monkeypatch.setattr(blobs_module, "fsync_path", recording_fsync)
     shared = blobs_module.SharedDirectorySync()
     order: list[tuple[int, int]] = []  # (fsyncs started when asked, fsyncs ended when returned)
 
@@ -178,7 +179,7 @@ def test_shared_directory_sync_covers_concurrent_callers(tmp_path, monkeypatch):
         assert ended > started  # an fsync that started after the call had ended before the return
 
 
-@pytest.mark.parametrize("failing", ["_fdatasync_file", "_fsync_dir"])
+@pytest.mark.parametrize("failing", ["file", "folder"])
 def test_a_failed_fsync_leaves_no_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     """The blob is renamed into place before its fsyncs: if one fails, put_file raises and the
     renamed file is removed again (no blob that was never durable stays in the store)."""
@@ -188,10 +189,14 @@ def test_a_failed_fsync_leaves_no_blob(tmp_path: Path, monkeypatch: pytest.Monke
     earlier = "ab" * 15 + "cd"  # same directory: it exists, so only the fsyncs after the rename run
     store.put_file(_temp(tmp_path, b"earlier", store), key_hint=earlier)
 
-    def fail(path: str) -> None:
-        raise OSError(errno.EIO, "simulated I/O error", path)
+    flush = blobs_module.fsync_path
 
-    monkeypatch.setattr(blobs_module, failing, fail)
+    def fail(path: str, *, directory: bool = False) -> None:
+        if directory == (failing == "folder"):
+            raise OSError(errno.EIO, "simulated I/O error", path)
+        flush(path, directory=directory)
+
+    monkeypatch.setattr(blobs_module, "fsync_path", fail)
     large = b"p" * (MAX_RECORD + 1)  # larger than the ingest log takes: flushed where it is
     with pytest.raises(OSError, match="simulated"):
         store.put_file(_temp(tmp_path, large, store), key_hint="ab" * 16)

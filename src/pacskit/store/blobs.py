@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from pacskit.store.ingestlog import SEGMENT_SIZE, IngestLog, replay
+from pacskit.store.ingestlog import SEGMENT_SIZE, IngestLog, fsync_path, replay
 
 #: A key: 32 (random id) or 64 (SHA-256) lower-case hex digits. Nothing else is ever a key.
 KEY_PATTERN = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{64})\Z")
@@ -201,14 +201,6 @@ def open_blob_store(backend: str, root: str | os.PathLike[str], options: Mapping
         raise ValueError(f"blob store {backend!r}: {exc}") from exc
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class SharedDirectorySync:
     """``fsync`` of a directory, shared by the threads that need one at the same time.
 
@@ -237,7 +229,7 @@ class SharedDirectorySync:
                 ticket = state[0]
                 self._cond.release()
                 try:
-                    _fsync_dir(path)
+                    fsync_path(path, directory=True)
                     done = True
                 except BaseException:
                     done = False
@@ -248,16 +240,6 @@ class SharedDirectorySync:
                     if done:
                         state[1] = ticket  # one runs at a time, so they finish in order
                     self._cond.notify_all()
-
-
-def _fdatasync_file(path: str) -> None:
-    # fdatasync, not fsync: a new file's size is flushed with its data either way; its times are not
-    # worth a second write to the inode.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 class FilesystemBlobStore:
@@ -277,8 +259,8 @@ class FilesystemBlobStore:
         self._temp = os.path.join(self.root, "tmp")
         os.makedirs(self._temp, exist_ok=True)
         if durability == "full":  # the folders themselves survive a power cut (new ones, or not yet flushed)
-            _fsync_dir(self.root)
-            _fsync_dir(os.path.dirname(self.root))
+            fsync_path(self.root, directory=True)
+            fsync_path(os.path.dirname(self.root), directory=True)
         self._known_dirs: set[str] = set()
         self._dir_lock = threading.Lock()
         self._dir_syncs = SharedDirectorySync()
@@ -331,7 +313,7 @@ class FilesystemBlobStore:
                 except FileExistsError:
                     pass
                 else:
-                    _fsync_dir(parent)
+                    fsync_path(parent, directory=True)
                 parent = folder
             self._known_dirs.add(leaf)
         return leaf
@@ -367,11 +349,11 @@ class FilesystemBlobStore:
                     # shared with concurrent puts (SharedDirectorySync).
                     name_flushed = self._flusher().submit(self._dir_syncs.sync, folder)
                     try:
-                        _fdatasync_file(dest)
+                        fsync_path(dest)
                     finally:
                         name_flushed.result()
             elif self.durability == "file":
-                _fdatasync_file(dest)
+                fsync_path(dest)
         except BaseException:
             try:  # not durable: the caller gets the error, and no blob is left behind
                 if self._log is not None:
@@ -392,7 +374,7 @@ class FilesystemBlobStore:
                     folder = os.path.join(self.root, "log")
                     if not os.path.isdir(folder):
                         os.makedirs(folder, exist_ok=True)
-                        _fsync_dir(self.root)
+                        fsync_path(self.root, directory=True)
                     self._log = IngestLog(folder, self._file, segment_size=self._log_segment_size)
                 log = self._log
         assert log is not None
@@ -522,7 +504,7 @@ class FilesystemBlobStore:
         folders = {os.path.dirname(self._file(k)) for k in keys}
         for folder in sorted(folders):
             try:
-                _fsync_dir(folder)
+                fsync_path(folder, directory=True)
             except FileNotFoundError:
                 pass
         log = self._log

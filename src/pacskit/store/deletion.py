@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import and_, or_, select
 
 from pacskit.store.blobs import validate_key
+from pacskit.store.ingestlog import fsync_path
 from pacskit.store.index.models import Instance, Patient, Series, Study
 
 if TYPE_CHECKING:
@@ -159,14 +160,6 @@ def journal_folder(store: DataStore) -> str | None:
     return folder
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Intent:
     """One intent file, held (``flock``) by this process while the deletion runs."""
 
@@ -179,7 +172,7 @@ class _Intent:
         head = json.dumps({"pid": os.getpid(), "at": dt.datetime.now(dt.UTC).isoformat(), "what": what})
         os.write(self._fd, (head + "\n").encode())
         self.add(keys)
-        _fsync_dir(folder)
+        fsync_path(folder, directory=True)
 
     def add(self, keys: Iterable[str]) -> None:
         """Record more keys, durably (the file is fsynced before this returns)."""
