@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +207,27 @@ def _count_pacskit(database_url: str) -> int:
 # --------------------------------------------------------------------------- configurations
 
 
+def _measure(label: str, lb: Any, meter: CpuMeter, files: list[Path], uids: list[tuple[str, str, str]],
+             associations: int, stored: Callable[[], int]) -> tuple[Phase, Phase]:
+    """Ingest ``files`` through the load balancer (DCMTK storescu), then retrieve them (WADO-RS), the
+    CPU of each process group metered per phase; a run that lost anything stops the benchmark."""
+    meter.start()
+    children = _children_cpu()
+    wall, ok = _ingest(lb.dicom_port, files, associations, AE)
+    cpu = meter.stop()
+    cpu["storescu"] = _children_cpu() - children
+    count = stored()
+    if ok != len(files) or count != len(files):
+        raise SystemExit(f"{label}: {ok} successes, {count} stored of {len(files)}")
+    ingest = Phase(len(files), wall, cpu)
+    meter.start()
+    wall, got, _size = _retrieve(lb.http_port, uids, associations)
+    cpu = meter.stop()
+    if got != len(uids):
+        raise SystemExit(f"{label}: WADO-RS returned {got} of {len(uids)}")
+    return ingest, Phase(got, wall, cpu)
+
+
 def run_pacskit(weed: Any, n: int, files: list[Path], uids: list[tuple[str, str, str]], associations: int,
                 work: Path) -> tuple[Phase, Phase]:
     prefix = f"bench-{n}-{os.getpid()}-{int(time.time())}/"
@@ -219,22 +240,8 @@ def run_pacskit(weed: Any, n: int, files: list[Path], uids: list[tuple[str, str,
             with haproxy([Backend(x.name, x.dicom_port, x.http_port) for x in nodes]) as lb:
                 groups = {"pacskit": [x.proc.pid for x in nodes],
                           "seaweedfs": [p.proc.pid for p in weed.processes], "haproxy": [lb.proc.pid]}
-                meter = CpuMeter(groups, database)
-                meter.start()
-                children = _children_cpu()
-                wall, ok = _ingest(lb.dicom_port, files, associations, AE)
-                cpu = meter.stop()
-                cpu["storescu"] = _children_cpu() - children
-                stored = _count_pacskit(url)
-                if ok != len(files) or stored != len(files):
-                    raise SystemExit(f"pacskit x{n}: {ok} successes, {stored} stored of {len(files)}")
-                ingest = Phase(len(files), wall, cpu)
-                meter.start()
-                wall, got, _size = _retrieve(lb.http_port, uids, associations)
-                cpu = meter.stop()
-                if got != len(uids):
-                    raise SystemExit(f"pacskit x{n}: WADO-RS returned {got} of {len(uids)}")
-                retrieve = Phase(got, wall, cpu)
+                ingest, retrieve = _measure(f"pacskit x{n}", lb, CpuMeter(groups, database), files, uids,
+                                            associations, lambda: _count_pacskit(url))
         shutil.rmtree(folder, ignore_errors=True)
     return ingest, retrieve
 
@@ -286,22 +293,10 @@ def run_orthanc(n: int, files: list[Path], uids: list[tuple[str, str, str]], ass
                 groups = {"orthanc": [p.proc.pid for p in peers], "haproxy": [lb.proc.pid]}
                 if weed is not None:
                     groups["seaweedfs"] = [p.proc.pid for p in weed.processes] + [mount.proc.pid]
-                meter = CpuMeter(groups, database)
-                meter.start()
-                children = _children_cpu()
-                wall, ok = _ingest(lb.dicom_port, files, associations, AE)
-                cpu = meter.stop()
-                cpu["storescu"] = _children_cpu() - children
-                stats = httpx.get(f"http://127.0.0.1:{peers[0].http_port}/statistics", timeout=30).json()
-                if ok != len(files) or int(stats["CountInstances"]) != len(files):
-                    raise SystemExit(f"Orthanc x{n}: {ok} successes, {stats['CountInstances']} stored of {len(files)}")
-                ingest = Phase(len(files), wall, cpu)
-                meter.start()
-                wall, got, _size = _retrieve(lb.http_port, uids, associations)
-                cpu = meter.stop()
-                if got != len(uids):
-                    raise SystemExit(f"Orthanc x{n}: WADO-RS returned {got} of {len(uids)}")
-                retrieve = Phase(got, wall, cpu)
+                statistics = f"http://127.0.0.1:{peers[0].http_port}/statistics"
+                ingest, retrieve = _measure(
+                    f"Orthanc x{n}", lb, CpuMeter(groups, database), files, uids, associations,
+                    lambda: int(httpx.get(statistics, timeout=30).json()["CountInstances"]))
         shutil.rmtree(folder, ignore_errors=True)
     return ingest, retrieve
 
