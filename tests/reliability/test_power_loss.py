@@ -30,6 +30,7 @@ import pytest
 from pydicom import dcmread
 
 from pacskit.dicom.part10 import read_part10_header
+from pacskit.store.ingestlog import fsync_path
 from pacskit.testing.peers import dcmtk_env, dcmtk_tool, free_port, have_dcmtk, wait_for_port
 from pacskit.testing.synth import dataset_bytes, make_series
 
@@ -95,11 +96,7 @@ def _serve(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 def _fsync(path: Path) -> None:
     """Make the test's own setup durable (a file's bytes, or a folder's names)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(os.fspath(path), directory=path.is_dir())
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pacskit.media.fileset import Volume
+from pacskit.store.ingestlog import fsync_path
 
 #: Output formats
 FORMATS = ("iso", "zip", "folder")
@@ -31,20 +32,12 @@ def _partial(dest: Path) -> Path:
 
 
 def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(os.fspath(path))
 
 
 def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    with contextlib.suppress(OSError):  # some file systems (e.g. network ones) refuse a folder's fsync
+        fsync_path(os.fspath(path), directory=True)
 
 
 @contextlib.contextmanager
