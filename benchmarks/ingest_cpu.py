@@ -9,6 +9,7 @@ and the wall-clock rate. CPU per instance barely depends on the machine's load, 
 shared machine decide on CPU, and read the rates beside the load average printed with them.
 
     .venv/bin/python benchmarks/ingest_cpu.py --tree /path/to/A --tree /path/to/B [--small N] [--rounds R]
+        [--ct] [--workers N] [--cases 1,8,8w,1w]
 """
 
 from __future__ import annotations
@@ -99,14 +100,15 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=1000, metavar="N")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="also run 8 associations with N workers (1 skips)")
-    parser.add_argument("--cases", default="1,8,8w", help="comma list of 1, 8, 8w")
+    parser.add_argument("--cases", default="1,8,8w", help="comma list of associations (1, 8, ...), with w: with --workers processes")
+    parser.add_argument("--ct", action="store_true", help="CT-sized instances (512x512, 16-bit) instead of 64x64")
     args = parser.parse_args()
     storescu = dcmtk_tool("storescu")
-    files = ensure_series("small-64x64", args.small, 64, 64)
+    files = ensure_series("ct-512x512", args.small, 512, 512) if args.ct else ensure_series("small-64x64", args.small, 64, 64)
     warm(files)
     root = Path(tempfile.mkdtemp(prefix="ingest-cpu-", dir=(BENCH_DATA / "ingest").resolve()
                                  if (BENCH_DATA / "ingest").exists() else None))
-    cases = [(8 if c.startswith("8") else int(c), args.workers if c.endswith("w") else 1) for c in args.cases.split(",")]
+    cases = [(int(c.rstrip("w")), args.workers if c.endswith("w") else 1) for c in args.cases.split(",")]
     results: dict[tuple[int, int, int], list[tuple[float, float]]] = {}
     try:
         for r in range(args.rounds):

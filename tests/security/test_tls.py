@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -396,3 +397,46 @@ def test_the_retired_basic_profile_is_refused_clearly_where_openssl_lacks_3des(p
         assert {c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"} <= {"DES-CBC3-SHA"}
     with pytest.raises(TlsConfigError, match="unknown TLS profile"):
         server_context(pki.server_cert, pki.server_key, profile="bcp195-typo", ca_file=pki.ca)
+
+
+def test_tls_with_worker_processes(pki: Pki, tmp_path: Path) -> None:
+    """``workers = 2``: the parent listens on the TLS port the workers report and hands connections over;
+    each worker does the handshake, logs a refused certificate with the peer's address, and serves."""
+    import re
+    import signal
+    import sys
+
+    import tomli_w
+
+    from pacskit.testing.peers import free_port
+
+    folder = server_folder(tmp_path, ae_title=AET, open_mode=None, tls={
+        "certificate": str(pki.server_cert), "private_key": str(pki.server_key), "ca_file": str(pki.ca),
+        "client_certificates": "required"})
+    tls_port = free_port()
+    settings = tomllib.loads((folder / "server.toml").read_text())
+    settings["workers"] = 2
+    settings["addins"]["tls"]["port"] = tls_port
+    (folder / "server.toml").write_text(tomli_w.dumps(settings))
+    proc = subprocess.Popen([sys.executable, "-m", "pacskit", "serve", "--config", str(folder)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert "with 2 workers" in ready, ready
+        port = int(ready.split("listening on ", 1)[1].split(":", 1)[1].split()[0])
+        cert, key = pki.pair("good")
+        for _ in range(4):
+            assert _echo(tls_port, ca_file=pki.ca, certificate=cert, private_key=key) == 0
+        expired, expired_key = pki.pair("expired")
+        with pytest.raises(NetError):
+            _echo(tls_port, ca_file=pki.ca, certificate=expired, private_key=expired_key)
+        assert EchoScu(f"{AET}@127.0.0.1:{port}", calling_ae="PACSCU").echo_sync() == 0  # the plain port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, log_text = proc.communicate(timeout=60)
+    assert proc.returncode == 0, log_text[-3000:]
+    accepted = re.findall(r"\[(\d+)\] INFO pacskit\.net: PACSCU->SECPACS: association accepted from 127\.0\.0\.1:\d+",
+                          log_text)
+    assert len(accepted) == 5 and len(set(accepted)) == 2, log_text[-3000:]
+    assert re.search(r"TLS handshake from 127\.0\.0\.1:\d+ failed: certificate has expired", log_text), log_text[-3000:]

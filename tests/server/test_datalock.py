@@ -3,7 +3,8 @@
 * A second and a third ``pacskit serve`` on a running server's data folder (on other ports) are refused
   by the folder's lock with one line naming the holder's pid, and touch nothing: the first server's
   admin socket, its in-flight receive file and its journal stay, and it keeps answering. With
-  ``--workers 2`` the workers inherit the lock: it holds even after the parent is killed with SIGKILL.
+  ``--workers 2`` the workers inherit the lock: it holds after the parent is killed with SIGKILL while
+  they live, and the workers, whose parent no longer hands them connections, then stop by themselves.
 * ``pacskit check`` on a running server inspects only: the in-flight receive file and the ingest
   journal (with a blob whose row is not committed yet) stay, and that blob is not reported as an
   orphan. ``pacskit reindex`` refuses while the server runs, naming its pid, and works once it stopped.
@@ -96,22 +97,25 @@ def key_recorded(journal: str) -> bool:
 
 
 def test_workers_inherit_the_lock(tmp_path: Path) -> None:
-    """The parent holds the lock and every worker inherits it: a parent killed with SIGKILL leaves its
-    workers serving, and the folder stays locked until they are gone."""
+    """The parent holds the lock and every worker inherits it: after the parent is killed with SIGKILL
+    the folder stays locked while a worker lives (held still with SIGSTOP here), and the workers, whose
+    channel to the parent has closed, stop on their own once they run again."""
     folder = tmp_path / "pacs"
     with _serving(folder, "--workers", "2") as (parent, _port):
         children = [int(p) for p in Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()]
         assert len(children) == 2
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
         parent.kill()
         parent.wait()
         try:
             refused = _pacskit("serve", "--data-dir", str(folder), "--port", "0", timeout=60)
             assert refused.returncode == 1 and "in use by pid" in refused.stdout, refused.stdout
         finally:
-            for pid in children:  # the orphaned workers this test started
-                os.kill(pid, signal.SIGTERM)
             for pid in children:
-                _wait_gone(pid)
+                os.kill(pid, signal.SIGCONT)
+        for pid in children:  # nobody signals them: the parent's end of the channel is gone
+            _wait_gone(pid)
         again = subprocess.Popen([sys.executable, "-m", "pacskit", "serve", "--data-dir", str(folder), "--port", "0"],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:

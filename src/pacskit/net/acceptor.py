@@ -90,13 +90,15 @@ class Acceptor:
         self._connections: dict[int, Connection] = {}
         self._executor = ThreadPoolExecutor(self.config.handler_threads, thread_name_prefix=f"pacskit-{ae_title}")
         self._server: asyncio.Server | None = None
+        self._handed: tuple[str, int] | None = None  # the address another process listens on for us
+        self._closing = False
         self._handshakes: set[asyncio.Task[None]] = set()  # TLS connections still in their handshake
 
     def count_others(self, assoc: Association) -> int:
         """Associations other than ``assoc`` that are negotiating or established (for the limit)."""
         return sum(1 for a in self.associations if a is not assoc and not (a.is_released or a.is_aborted or a.reject))
 
-    def _make_association(self) -> asyncio.Protocol:
+    def _make_association(self, on_closed: Callable[[], None] | None = None) -> asyncio.Protocol:
         assoc = Association(
             is_requestor=False,
             local_ae_title=self.ae_title,
@@ -116,6 +118,8 @@ class Acceptor:
         def closed(_: object) -> None:
             self.associations.discard(assoc)
             self._connections.pop(connection.id, None)
+            if on_closed is not None:
+                on_closed()
 
         assoc.dul.closed.add_done_callback(closed)
         return assoc.dul
@@ -139,8 +143,8 @@ class Acceptor:
         connection.association.abort()
         return True
 
-    def _make_protocol(self) -> asyncio.Protocol:
-        return self._make_association() if self.ssl is None else _TlsHandshake(self)
+    def _make_protocol(self, on_closed: Callable[[], None] | None = None) -> asyncio.Protocol:
+        return self._make_association(on_closed) if self.ssl is None else _TlsHandshake(self, on_closed)
 
     def _tls_failed(self, peer: Any, exc: BaseException) -> None:
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
@@ -155,6 +159,7 @@ class Acceptor:
     async def start(self, host: str = "127.0.0.1", port: int = 11112, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         """Bind and start accepting. Raises ``OSError`` (e.g. address in use) with the OS message."""
         loop = asyncio.get_running_loop()
+        self._closing = False
         if sock is not None:
             self._server = await loop.create_server(self._make_protocol, sock=sock, backlog=128)
         else:
@@ -163,10 +168,44 @@ class Acceptor:
             )
         log.debug("%s listening on %s", self.ae_title, ", ".join(f"{h}:{p}" for h, p, *_ in self.addresses))
 
+    def serve_handed(self, host: str, port: int) -> None:
+        """Serve connections that another process accepts on ``host:port`` and hands over (:meth:`adopt`).
+
+        The parent of ``serve --workers N`` (:mod:`pacskit.server.workers`) owns the listening socket and
+        passes each accepted connection to the least busy worker; this acceptor then binds nothing and
+        reports ``host:port`` as its address."""
+        self._handed = (host, port)
+        self._closing = False
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve one connection that another process accepted; return once it has closed.
+
+        The connection goes through the same path as one this acceptor accepted itself (TLS
+        handshake, ARTIM, association negotiation and access control with the peer address from
+        ``getpeername``, the administrative view), so a handed connection is indistinguishable from
+        an accepted one. A closing acceptor closes the socket at once."""
+        if self._closing:
+            sock.close()
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def closed() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        try:
+            await loop.connect_accepted_socket(lambda: self._make_protocol(closed), sock)
+        except (OSError, RuntimeError) as exc:  # the peer already gone, or the loop closing
+            log.debug("%s: a handed connection could not be served: %s", self.ae_title, exc)
+            sock.close()
+            return
+        await done
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
         if self._server is None:
-            return []
+            return [self._handed] if self._handed is not None else []
         return [s.getsockname()[:2] for s in self._server.sockets]
 
     @property
@@ -180,6 +219,7 @@ class Acceptor:
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop listening; let running requests finish for up to ``grace`` seconds, then abort the rest."""
+        self._closing = True  # handed connections (adopt) are refused from now on
         if self._server is not None:
             self._server.close()
         for task in list(self._handshakes):
@@ -214,8 +254,10 @@ class _TlsHandshake(asyncio.Protocol):
     log line with the peer's address, and creates no association for a peer that never completed it.
     """
 
-    def __init__(self, acceptor: Acceptor) -> None:
+    def __init__(self, acceptor: Acceptor, on_closed: Callable[[], None] | None = None) -> None:
         self.acceptor = acceptor
+        self.on_closed = on_closed  # called once when the connection ends, whatever its fate
+        self.associated = False  # the association exists: its own close calls on_closed
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -224,12 +266,18 @@ class _TlsHandshake(asyncio.Protocol):
         self.task = task = asyncio.get_running_loop().create_task(self._upgrade(transport))
         self.acceptor._handshakes.add(task)
         task.add_done_callback(self.acceptor._handshakes.discard)
+        task.add_done_callback(self._settle)
+
+    def _settle(self, _: object) -> None:
+        if not self.associated and self.on_closed is not None:  # cancelled before it made one
+            self.on_closed()
 
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         acceptor = self.acceptor
         peer = transport.get_extra_info("peername")
         loop = asyncio.get_running_loop()
-        dul = acceptor._make_association()
+        dul = acceptor._make_association(self.on_closed)
+        self.associated = True
         held = _Held()  # what arrives between the end of the handshake and the DUL taking over
         try:
             tls = await loop.start_tls(

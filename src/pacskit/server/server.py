@@ -146,7 +146,7 @@ class Server:
         servers: ServersRoot | None = None,
     ) -> None:
         self.settings = settings
-        self.worker = worker  # one of several processes sharing the port and the store
+        self.worker = worker  # one of several processes sharing the store; the parent hands it connections
         # The data folder's lock (pacskit.server.datalock): given by run_server, which took it first;
         # otherwise taken by start() when the server opens its own store (not as a worker).
         self._data_lock = data_lock
@@ -417,8 +417,11 @@ class Server:
             self.tls_acceptor = self._acceptor(config, tls)
             listeners.append(("tls_acceptor", tls.port))
         for attr, port in listeners:
+            if self.worker:  # the parent process listens and hands each connection over (server/workers.py)
+                getattr(self, attr).serve_handed(settings.host, port)
+                continue
             try:
-                await getattr(self, attr).start(settings.host, port, reuse_port=self.worker)
+                await getattr(self, attr).start(settings.host, port)
             except OSError as exc:
                 await self._close_acceptors()
                 if self.admin is not None:
@@ -698,6 +701,10 @@ def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolder
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if worker:  # connections come from the parent; a parent gone is a stop (server/workers.py)
+            from pacskit.server.workers import attach_worker
+
+            attach_worker(server, stop.set)
         ports = " and ".join(f"{p}{' (TLS)' if a is server.tls_acceptor else ''}" for a, p in server._ports())
         print(
             f"pacskit {settings.ae_title} listening on {settings.host}:{ports}, "
