@@ -440,3 +440,25 @@ def test_tls_with_worker_processes(pki: Pki, tmp_path: Path) -> None:
                           log_text)
     assert len(accepted) == 5 and len(set(accepted)) == 2, log_text[-3000:]
     assert re.search(r"TLS handshake from 127\.0\.0\.1:\d+ failed: certificate has expired", log_text), log_text[-3000:]
+
+
+def test_tls_port_in_use_with_worker_processes_is_one_clear_error(pki: Pki, tmp_path: Path) -> None:
+    """The parent binds the TLS port the workers report: taken, it is one line and exit code 1."""
+    import sys
+
+    import tomli_w
+
+    folder = server_folder(tmp_path, ae_title=AET, open_mode=None, tls={
+        "certificate": str(pki.server_cert), "private_key": str(pki.server_key), "ca_file": str(pki.ca)})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        tls_port = taken.getsockname()[1]
+        settings = tomllib.loads((folder / "server.toml").read_text())
+        settings["workers"] = 2
+        settings["addins"]["tls"]["port"] = tls_port
+        (folder / "server.toml").write_text(tomli_w.dumps(settings))
+        proc = subprocess.run([sys.executable, "-m", "pacskit", "serve", "--config", str(folder)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stdout == f"error: cannot listen on 127.0.0.1:{tls_port}: address already in use\n", proc.stdout

@@ -5,8 +5,9 @@ acknowledged, indexed once, ``check`` clean, and the associations split evenly b
 the workers' own "association accepted" log lines); on SIGTERM the parent exits 0 and the port is
 closed. Eight associations held open at once over two workers are four on each; over three workers,
 a burst of parallel storescu is all served. A worker killed with SIGKILL is replaced while the other
-keeps serving. SIGTERM during an ingest lets the running operations finish: every acknowledged instance
-is stored. A port in use is one error line and exit code 1.
+keeps serving, and a connection the parent could not send to a dead worker goes to another. SIGTERM
+during an ingest lets the running operations finish: every acknowledged instance is stored. A port in
+use is one error line and exit code 1.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import os
 import queue
 import re
+import selectors
 import signal
 import socket
 import subprocess
@@ -267,3 +269,53 @@ def test_sigterm_lets_running_stores_finish(tmp_path: Path) -> None:
     assert acknowledged <= stored <= 400, ("".join(output) + rest)[-2000:]
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", server.port)) != 0
+
+
+def test_a_connection_a_dead_worker_cannot_take_goes_to_another(tmp_path: Path) -> None:
+    """The parent's hand-over on real sockets: the least busy worker's channel is closed (it died
+    before the parent read its end-of-file), so the send fails; the connection goes to the other
+    worker, and the dead one gets nothing more."""
+    from pacskit.config.settings import ServerSettings
+    from pacskit.server import workers
+
+    settings = ServerSettings.model_validate({"workers": 2})
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", 0))
+    parent = workers._Parent(settings, settings, tmp_path, None, reserved)
+    sleepers = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+                for _ in range(2)]
+    ends = []
+    try:
+        for slot, proc in enumerate(sleepers):  # two "workers": real processes, real channels
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ours.setblocking(False)
+            ends.append(theirs)
+            worker = workers._Worker(slot, proc, ours, -1, 0.0, ready=True)
+            parent.slots[slot] = worker
+            parent.selector.register(ours, selectors.EVENT_READ, lambda: None)
+        dead, alive = parent.slots
+        assert dead is not None and alive is not None
+        alive.open = 1  # busier: the dead one would be chosen first
+        ends[0].close()
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            with socket.create_connection(listener.getsockname()) as client:
+                conn, _ = listener.accept()
+                with conn:
+                    parent._hand(b"p", conn)
+                msg, fds, _, _ = socket.recv_fds(ends[1], 16, 1)
+                assert msg == b"p" and len(fds) == 1
+                with socket.socket(fileno=fds[0]) as handed:
+                    client.sendall(b"ping")
+                    assert handed.recv(4) == b"ping"  # the very connection the client opened
+        assert dead.gone and not dead.ready and alive.open == 2
+        assert parent._choose(set()) is alive
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()
+        for end in ends:
+            end.close()
+        parent.selector.close()
+        reserved.close()

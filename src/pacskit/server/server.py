@@ -701,10 +701,11 @@ def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolder
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        channel = None
         if worker:  # connections come from the parent; a parent gone is a stop (server/workers.py)
             from pacskit.server.workers import attach_worker
 
-            attach_worker(server, stop.set)
+            channel = attach_worker(server, stop.set)
         ports = " and ".join(f"{p}{' (TLS)' if a is server.tls_acceptor else ''}" for a, p in server._ports())
         print(
             f"pacskit {settings.ae_title} listening on {settings.host}:{ports}, "
@@ -715,6 +716,8 @@ def _run_server(settings: ServerSettings, *, worker: bool, data_lock: DataFolder
             announce(server)
         await stop.wait()
         log.info("shutting down: letting running operations finish")
+        if channel is not None:
+            channel.stop_taking()  # what the parent still sends is closed with this process
         await server.stop()
         return 0
 

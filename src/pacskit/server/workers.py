@@ -139,11 +139,16 @@ class _WorkerChannel:
         except OSError:
             self._parent_gone()
 
+    def stop_taking(self) -> None:
+        """Take no more connections (the server is stopping); "done" messages still go out."""
+        if not self.gone:
+            self.loop.remove_reader(self.sock.fileno())
+
     def _parent_gone(self) -> None:
         if self.gone:
             return
         self.gone = True
-        self.loop.remove_reader(self.sock.fileno())
+        self.loop.remove_reader(self.sock.fileno())  # no-op when stop_taking did it
         log.warning("the parent process is gone: stopping this worker")
         self.on_parent_gone()
 
