@@ -313,6 +313,13 @@ class SharedInflight:
             self.forget_ahead()  # recovered with it: recording new ones is the way on
             raise LeaseLost(f"in-flight record of blob {key} was recovered by another node (our lease ran out)")
 
+    def fence_statement(self, key: str) -> tuple[str, tuple[Any, ...]]:
+        """:meth:`fence` as SQL and parameters for the index's lean lane on PostgreSQL
+        (:mod:`pacskit.store.index.pglane`), which sends it in the pipeline of the instance's
+        transaction and fails that transaction unless it deletes exactly one row. The lane then
+        leaves the instance to the general path, whose :meth:`fence` raises :class:`LeaseLost`."""
+        return _FENCE, (key, self.node_id)
+
     def forget_ahead(self) -> None:
         """Drop the keys recorded ahead without touching their rows: another node recovering ours
         removed them (our lease ran out), so the next ingest records new ones."""
