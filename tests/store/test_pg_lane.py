@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from pacskit.store import DataStore, FilesystemBlobStore, IngestStatus
+from pacskit.store.cluster import SharedInflight
 from pacskit.store.index import pglane
 from pacskit.store.index.database import Index
 from pacskit.store.index.extract import InstanceAttributes
@@ -40,7 +41,7 @@ def two_indexes(postgres_server: ServerDatabases) -> Iterator[tuple[Index, Index
 
 
 def _append(index: Index, a: InstanceAttributes, key: str, when: dt.datetime,
-            fence: tuple[str, tuple[Any, ...]] | None = None) -> Any:
+            fence: tuple[str, dict[str, Any]] | None = None) -> Any:
     return index.append_instance(a, blob_key=key, size=len(key), sha256=key.ljust(64, "0")[:64],
                                  received_at=when, source_ae=a.source_ae, fence=fence)
 
@@ -129,16 +130,17 @@ def test_the_fence_is_in_the_lanes_transaction(two_indexes: tuple[Index, Index],
         second = InstanceAttributes(sop_instance_uid=_uid(6, 1), sop_class_uid=_CR, study_instance_uid=_uid(6, 2),
                                     series_instance_uid=_uid(6, 3), patient_id="F")
     now = dt.datetime.now(dt.UTC)
-    fence_sql = "DELETE FROM cluster_inflight WHERE blob_key = %s AND node_id = %s"
+    journal = SharedInflight(lean.engine, "me")  # its fence_statement, as the data store passes it
+    journal.close()
     with lean.engine.begin() as conn:
         conn.execute(text("INSERT INTO cluster_inflight (blob_key, node_id, started_at) "
                           "VALUES ('k1', 'me', now()), ('k2', 'me', now())"))
-    assert _append(lean, first, "k1", now, (fence_sql, ("k1", "me"))) is not None
+    assert _append(lean, first, "k1", now, journal.fence_statement("k1")) is not None
     with lean.engine.begin() as conn:  # another node recovered ours: k2's record is gone
         conn.execute(text("DELETE FROM cluster_inflight WHERE blob_key = 'k2'"))
         assert conn.execute(text("SELECT count(*) FROM cluster_inflight")).scalar() == 0  # k1's went with its commit
     before = _rows(lean)
-    assert _append(lean, second, "k2", now, (fence_sql, ("k2", "me"))) is None
+    assert _append(lean, second, "k2", now, journal.fence_statement("k2")) is None
     assert _rows(lean) == before  # nothing of the instance was kept
 
 

@@ -211,6 +211,8 @@ def forget_claims(engine: Engine, kind: str, open_items_sql: str) -> int:
 
 #: the fence's statement (psycopg's paramstyle: it runs on the DBAPI cursor)
 _FENCE = "DELETE FROM cluster_inflight WHERE blob_key = %s AND node_id = %s"
+#: the same for the index's lean lane, whose statement it joins (parameters named ``fence_*``)
+_FENCE_NAMED = "DELETE FROM cluster_inflight WHERE blob_key = %(fence_key)s AND node_id = %(fence_node)s"
 
 
 class LeaseLost(RuntimeError):
@@ -313,12 +315,12 @@ class SharedInflight:
             self.forget_ahead()  # recovered with it: recording new ones is the way on
             raise LeaseLost(f"in-flight record of blob {key} was recovered by another node (our lease ran out)")
 
-    def fence_statement(self, key: str) -> tuple[str, tuple[Any, ...]]:
+    def fence_statement(self, key: str) -> tuple[str, dict[str, Any]]:
         """:meth:`fence` as SQL and parameters for the index's lean lane on PostgreSQL
         (:mod:`pacskit.store.index.pglane`), which sends it in the pipeline of the instance's
         transaction and fails that transaction unless it deletes exactly one row. The lane then
         leaves the instance to the general path, whose :meth:`fence` raises :class:`LeaseLost`."""
-        return _FENCE, (key, self.node_id)
+        return _FENCE_NAMED, {"fence_key": key, "fence_node": self.node_id}
 
     def forget_ahead(self) -> None:
         """Drop the keys recorded ahead without touching their rows: another node recovering ours

@@ -650,7 +650,7 @@ class Index:
         sha256: str,
         received_at: dt.datetime,
         source_ae: str | None,
-        fence: tuple[str, tuple[Any, ...]] | None = None,
+        fence: tuple[str, dict[str, Any]] | None = None,
     ) -> Recorded | None:
         """Add a new instance in a transaction of its own, without SQLAlchemy's session, connection
         pool and events around it: to a series this index has seen committed (:meth:`_append_on_cursor`),
@@ -667,7 +667,7 @@ class Index:
         checks are the fast path's (:meth:`_append_on_cursor`).
 
         On PostgreSQL, the lane of :mod:`pacskit.store.index.pglane`: a connection kept per thread,
-        an instance of a known series in one pipelined round trip (commit included), and ``fence``
+        an instance of a known series in one statement, one round trip (commit included), and ``fence``
         (a cluster's, :meth:`pacskit.store.cluster.SharedInflight.fence_statement`: SQL that must
         delete exactly one row) in the same transaction. MariaDB keeps the general path."""
         ref = self._series_refs.get(a.series_instance_uid)

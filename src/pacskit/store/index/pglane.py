@@ -1,4 +1,4 @@
-"""The lean ingest lane on PostgreSQL: one round trip per instance of a known series (issue 17, 23).
+"""The lean ingest lane on PostgreSQL: one round trip per instance of a known series (issues 17, 23).
 
 The general path (:meth:`Index.record_instance` in :meth:`Index.run_write_shared`) costs a PostgreSQL
 ingest about a dozen round trips: a pool checkout with its liveness ping, ``BEGIN``, the duplicate
@@ -6,37 +6,43 @@ check, two count updates, the insert, ``COMMIT``, and as many again for the data
 pre-check and, in a cluster, the fence. Each is a wake-up of the server's backend and of our thread,
 and on this kind of machine they were most of the index's CPU per instance.
 
-This lane keeps one psycopg connection per ingest thread (out of the pool, so no checkout, no reset,
-no ping) and sends an instance of a series the index has seen committed as one **pipeline**: ``BEGIN``,
-the fence (a cluster), the study's and the series' count updates, the insert, ``COMMIT`` — one flush of
-the socket, one answer. Statements that must change exactly one row are *guarded*::
+This lane keeps one psycopg connection per ingest thread, in autocommit mode and out of the pool (no
+checkout, no reset, no ping), and indexes an instance of a series the index has seen committed with
+**one statement**, which PostgreSQL runs as a transaction of its own (commit included)::
 
-    WITH g AS (UPDATE ... RETURNING 1) SELECT 1 / count(*) FROM g
+    WITH f AS (DELETE FROM cluster_inflight WHERE blob_key = ... AND node_id = ... RETURNING 1),  -- a cluster
+         st AS (UPDATE studies SET num_instances = num_instances + 1 WHERE pk = ... AND study_instance_uid = ... RETURNING 1),
+         se AS (UPDATE series SET num_instances = num_instances + 1 WHERE pk = ... AND ... RETURNING 1),
+         ins AS (INSERT INTO instances (...) VALUES (...) RETURNING pk)
+    SELECT 1 / (SELECT count(*) FROM f), 1 / (SELECT count(*) FROM st), 1 / (SELECT count(*) FROM se),
+           (SELECT pk FROM ins)
 
-so a row that is not there (a stale cache entry, a fence another node took) raises ``division by
-zero`` (SQLSTATE 22012) in the server, and a duplicate instance raises a unique violation: either
-aborts the transaction before its ``COMMIT``, which the server then skips (pipeline mode), and nothing
-of it holds. The client's checks that the SQLite lane makes between statements are made by the
-server, so the commit can travel with the statements. On any such error the lane rolls back and the
-general path decides (the duplicate policy, a moved series, ``LeaseLost``): the duplicate check is
-inside the transaction, and the data store skips its own pre-check on PostgreSQL
-(:attr:`Index.prechecks_duplicates`).
+The checks the SQLite lane makes between its statements are made by the server: a row that is not
+there (a stale cache entry, a fence another node took) makes a count zero and the statement fails with
+``division by zero`` (SQLSTATE 22012); a duplicate instance fails the insert's unique key. Either
+way the statement, and so its transaction, is undone whole, and the lane leaves the instance to the
+general path (the duplicate policy, a moved series, ``LeaseLost``): the duplicate check is inside the
+transaction, and the data store skips its own pre-check on PostgreSQL
+(:attr:`Index.prechecks_duplicates`). psycopg prepares the statement server-side after its fifth run.
+Rows are locked in the general path's order (the fence's row, the study's, the series', the new
+instance's): the sub-statements run in the order the final ``SELECT`` reads them.
 
 The first instance of a new series runs :meth:`Index._create_on_cursor` on the same kept connection
-(one statement per round trip, a handful of them, once per series).
+between an explicit ``BEGIN`` and ``COMMIT`` (one statement per round trip, a handful of them, once
+per series).
 
-**Liveness without a ping.** Before each use the kept connection is checked without a round trip: a
-connection psycopg knows broken, or a socket with something to read while the connection is idle
-(the server's goodbye after ``pg_terminate_backend``, a restart, an idle timeout: PostgreSQL sends
-nothing unasked to a session that does not ``LISTEN``), is replaced. A connection that dies between
-that check and the statements fails them: the lane retries once on a new connection, then leaves the
-instance to the general path (which retries on a new pooled connection, see
-:func:`pacskit.store.engine.make_engine`). A retry after a ``COMMIT`` whose answer was lost finds the
+**Liveness without a ping.** Before each use the kept connection is checked without a round trip
+(:func:`connection_is_dead`): a connection psycopg knows broken, or a socket with something to read
+while the connection is idle (the server's goodbye after ``pg_terminate_backend``, a restart, an idle
+timeout: PostgreSQL sends nothing unasked to a session that does not ``LISTEN``), is replaced. A
+connection that dies between that check and the statement fails it: the lane retries once on a new
+connection, then leaves the instance to the general path (which retries on a new pooled connection,
+see :func:`pacskit.store.engine.make_engine`). A retry after a commit whose answer was lost finds the
 instance inserted: its unique violation sends it to the general path, which recognises its own blob
 key (:meth:`Index.record_instance`) and counts nothing twice.
 
 Durability is the server's: ``synchronous_commit`` on (PostgreSQL's default) flushes the WAL before
-``COMMIT`` is answered, and the C-STORE is answered after that.
+the statement is answered, and the C-STORE is answered after that.
 """
 
 from __future__ import annotations
@@ -48,16 +54,14 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pacskit.store.index.database import Index, Recorded, _Held, _Prepared, _SeriesRef
+    from pacskit.store.index.database import Index, Recorded, _Held, _SeriesRef
     from pacskit.store.index.extract import InstanceAttributes
 
 log = logging.getLogger("pacskit.store")
 
-#: makes a statement that must change exactly one row fail in the server when it changes none
-GUARD = "WITH g AS ({sql} RETURNING 1) SELECT 1 / count(*) FROM g"
-
-#: what a :class:`pacskit.store.datastore.SharedJournal`'s fence gives the lane: SQL and its parameters
-Fence = tuple[str, tuple[Any, ...]]
+#: what a :class:`pacskit.store.datastore.SharedJournal`'s fence gives the lane: a ``DELETE`` that must
+#: delete exactly one row, and its parameters (named ``fence_*``)
+Fence = tuple[str, dict[str, Any]]
 
 
 def connection_is_dead(raw: Any) -> bool:
@@ -80,21 +84,28 @@ class PgLane:
     :meth:`Index.append_instance`. Thread-safe: each thread uses a connection of its own."""
 
     def __init__(self, index: Index) -> None:
-        from pacskit.store.index.database import _Prepared
-
         self._index = index
-        fast = index._fast
-        self._count_in_study = self._guarded(fast.count_in_study, _Prepared)
-        self._count_in_series = self._guarded(fast.count_in_series, _Prepared)
-        self._insert = fast.insert_instance
+        self._insert_sql = index._fast.insert_instance.sql
+        self._statements: dict[str, str] = {}  # fence SQL ("": none) -> the known-series statement
         self._local = threading.local()  # .held: this thread's kept connection
 
-    @staticmethod
-    def _guarded(p: _Prepared, cls: type[_Prepared]) -> _Prepared:
-        guarded = cls.__new__(cls)
-        guarded.sql, guarded.names, guarded.defaults = GUARD.format(sql=p.sql), p.names, p.defaults
-        guarded.returning = False
-        return guarded
+    def _known_statement(self, fence_sql: str) -> str:
+        sql = self._statements.get(fence_sql)
+        if sql is None:
+            from pacskit.store.index.models import Series, Study
+
+            study, series = Study.__tablename__, Series.__tablename__
+            sql = (
+                "WITH " + (f"f AS ({fence_sql} RETURNING 1), " if fence_sql else "")
+                + f"st AS (UPDATE {study} SET num_instances = num_instances + 1 "
+                "WHERE pk = %(lane_study)s AND study_instance_uid = %(lane_study_uid)s RETURNING 1), "
+                f"se AS (UPDATE {series} SET num_instances = num_instances + 1 WHERE pk = %(lane_series)s "
+                "AND series_instance_uid = %(lane_series_uid)s AND study_fk = %(lane_study)s RETURNING 1), "
+                f"ins AS ({self._insert_sql}) "
+                "SELECT " + ("1 / (SELECT count(*) FROM f), " if fence_sql else "")
+                + "1 / (SELECT count(*) FROM st), 1 / (SELECT count(*) FROM se), (SELECT pk FROM ins)")
+            self._statements[fence_sql] = sql
+        return sql
 
     def _connection(self) -> Any:
         held: _Held | None = getattr(self._local, "held", None)
@@ -102,7 +113,11 @@ class PgLane:
             self._drop()
             held = None
         if held is None:
-            held = self._local.held = self._index._detached()
+            held = self._index._detached()
+            raw = held.raw
+            raw.autocommit = True  # a statement is its own transaction; BEGIN where there are several
+            raw.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            self._local.held = held
         return held.raw
 
     def _drop(self) -> None:
@@ -133,9 +148,9 @@ class PgLane:
                 lost = raw.closed or raw.broken
                 if lost:
                     self._drop()
-                else:
-                    try:
-                        raw.rollback()
+                elif raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    try:  # a new series' transaction
+                        raw.execute("ROLLBACK")
                     except psycopg.Error:
                         self._drop()
                 if lost and attempt == 1:
@@ -149,34 +164,28 @@ class PgLane:
         self, raw: Any, ref: _SeriesRef, a: InstanceAttributes, fence: Fence | None, *, blob_key: str,
         size: int, sha256: str, received_at: dt.datetime, source_ae: str | None,
     ) -> Recorded:
-        """The pipeline of the module doc (raises a psycopg error, transaction aborted, on any miss)."""
+        """The statement of the module doc (raises a psycopg error, nothing kept, on any miss)."""
         from pacskit.store.index.database import IngestStatus, Recorded, _instance_values, _warn_other_patient
 
         if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
             _warn_other_patient(a, ref.patient[0])
-        row = {"series_fk": ref.series_pk, **_instance_values(
+        params = {"series_fk": ref.series_pk, **_instance_values(
             a, blob_key=blob_key, size=size, sha256=sha256,
             received_at=received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
-            source_ae=source_ae)}
-        checks, insert = raw.cursor(), raw.cursor()
+            source_ae=source_ae),
+            "lane_study": ref.study_pk, "lane_study_uid": ref.study_uid,
+            "lane_series": ref.series_pk, "lane_series_uid": ref.series_uid}
+        if fence is not None:
+            params.update(fence[1])
+        cursor = raw.cursor()
         try:
-            with raw.pipeline():
-                if fence is not None:
-                    checks.execute(GUARD.format(sql=fence[0]), fence[1])
-                checks.execute(self._count_in_study.sql, self._count_in_study._args(
-                    {"row": ref.study_pk, "uid": ref.study_uid, "delta": 1}))
-                checks.execute(self._count_in_series.sql, self._count_in_series._args(
-                    {"row": ref.series_pk, "uid": ref.series_uid, "study": ref.study_pk}))
-                insert.execute(self._insert.sql, self._insert._args(row))
-                checks.execute("COMMIT")  # skipped by the server if anything above failed
-                # (psycopg: the block's end sends it all, waits for every answer, raises the first error)
-            pk = insert.fetchone()
+            cursor.execute(self._known_statement(fence[0] if fence is not None else ""), params)
+            row = cursor.fetchone()
         finally:
-            checks.close()
-            insert.close()
-        if pk is None:  # the insert's row, read after the COMMIT's answer (never empty: it returned)
+            cursor.close()
+        if row is None or row[-1] is None:  # never: the statement returns one row, with the new pk
             raise AssertionError(f"no row id for {a.sop_instance_uid}")
-        return Recorded(IngestStatus.STORED, int(pk[0]), blob_key, sha256)
+        return Recorded(IngestStatus.STORED, int(row[-1]), blob_key, sha256)
 
     def _append_new(
         self, raw: Any, a: InstanceAttributes, fence: Fence | None, **values: Any
@@ -186,16 +195,15 @@ class PgLane:
         created: list[_SeriesRef] = []
         cursor = raw.cursor()
         try:
+            cursor.execute("BEGIN")
             if fence is not None:
-                cursor.execute(GUARD.format(sql=fence[0]), fence[1])
+                cursor.execute(f"WITH f AS ({fence[0]} RETURNING 1) SELECT 1 / count(*) FROM f", fence[1])
             rec = index._create_on_cursor(cursor, a, created, **values)
+            cursor.execute("COMMIT" if rec is not None else "ROLLBACK")
         finally:
             cursor.close()
-        if rec is None:
-            raw.rollback()
-            return None
-        raw.commit()
-        index._learn(created)  # only now: the commit made the series true
+        if rec is not None:
+            index._learn(created)  # only now: the commit made the series true
         return rec
 
     def close(self) -> None:
