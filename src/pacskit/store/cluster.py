@@ -48,6 +48,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from pacskit.config.aetitles import RemoteAE
 from pacskit.store.blobs import new_key
+from pacskit.store.engine import PG_POOL_RECYCLE_S, replace_dead_connections
 from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, Instance, UTCDateTime
 
 log = logging.getLogger("pacskit.cluster")
@@ -227,10 +228,14 @@ def _require_postgresql(engine: Engine) -> None:
 def _journal_engine(engine: Engine) -> Engine:
     """A small engine on the same database for the in-flight records: autocommit, one round trip per
     statement, and ``synchronous_commit=off`` (the record needs no fsync of its own, see module doc)."""
-    # no pre-ping (a round trip per checkout): a connection the server dropped fails one statement,
-    # SQLAlchemy then discards the whole pool, and that ingest fails cleanly (never acknowledged)
-    return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=16,
-                         connect_args={"connect_timeout": 10, "options": "-c synchronous_commit=off"})
+    # no pre-ping (a round trip per checkout): a connection the server closed is replaced at checkout
+    # without one (replace_dead_connections); one lost silently fails one statement, SQLAlchemy then
+    # discards the whole pool, and that ingest fails cleanly (never acknowledged)
+    journal = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=16,
+                            pool_recycle=PG_POOL_RECYCLE_S,
+                            connect_args={"connect_timeout": 10, "options": "-c synchronous_commit=off"})
+    replace_dead_connections(journal)
+    return journal
 
 
 class SharedInflight:

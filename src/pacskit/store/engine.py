@@ -100,7 +100,7 @@ def make_engine(
         engine = create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
         _setup_sqlite(engine, sqlite_synchronous, int(sqlite_mmap_size))
         return engine
-    kwargs.setdefault("pool_pre_ping", backend != "postgresql")  # PostgreSQL: see _setup_postgresql
+    kwargs.setdefault("pool_pre_ping", backend != "postgresql")  # PostgreSQL: replace_dead_connections
     kwargs.setdefault("pool_size", pool_size)
     kwargs.setdefault("max_overflow", pool_size)
     kwargs.setdefault("isolation_level", "READ COMMITTED")
@@ -124,11 +124,13 @@ def make_engine(
         # row, a message to the server and a statement for it to run each (~0.9 per ingested instance)
         engine.dialect.use_insertmanyvalues_wo_returning = True
         if not kwargs.get("pool_pre_ping"):
-            _setup_postgresql(engine)
+            replace_dead_connections(engine)
     return engine
 
 
-def _setup_postgresql(engine: Engine) -> None:
+def replace_dead_connections(engine: Engine) -> None:
+    """Make ``engine``'s pool (PostgreSQL, psycopg) replace at checkout, without a round trip, a
+    connection the server has closed (module doc): what ``pool_pre_ping`` does with a ``SELECT 1``."""
     from pacskit.store.index.pglane import connection_is_dead
 
     @event.listens_for(engine, "checkout")
