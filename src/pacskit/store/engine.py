@@ -118,13 +118,8 @@ def make_engine(
         raise ModuleNotFoundError(
             f"the {backend} driver ({exc.name}) is not installed: pip install 'pacskit[{extra}]'", name=exc.name
         ) from exc
-    if backend == "postgresql" and engine.dialect.driver == "psycopg":
-        # executemany of an INSERT (the transaction log's and audit trail's batches) as multi-row
-        # INSERT statements, as SQLAlchemy does for psycopg2: psycopg 3 pipelines one statement per
-        # row, a message to the server and a statement for it to run each (~0.9 per ingested instance)
-        engine.dialect.use_insertmanyvalues_wo_returning = True
-        if not kwargs.get("pool_pre_ping"):
-            replace_dead_connections(engine)
+    if backend == "postgresql" and engine.dialect.driver == "psycopg" and not kwargs.get("pool_pre_ping"):
+        replace_dead_connections(engine)
     return engine
 
 
