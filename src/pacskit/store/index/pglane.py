@@ -137,7 +137,11 @@ class PgLane:
         import psycopg
 
         for attempt in (1, 2):
-            raw = self._connection()
+            try:
+                raw = self._connection()
+            except Exception as exc:  # the server is away: the general path, with its retries, says so
+                log.debug("lean lane cannot connect, %s goes the general way: %s", a.sop_instance_uid, exc)
+                return None
             try:
                 if ref is not None:
                     return self._append_known(raw, ref, a, fence, **values)
@@ -167,8 +171,6 @@ class PgLane:
         """The statement of the module doc (raises a psycopg error, nothing kept, on any miss)."""
         from pacskit.store.index.database import IngestStatus, Recorded, _instance_values, _warn_other_patient
 
-        if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
-            _warn_other_patient(a, ref.patient[0])
         params = {"series_fk": ref.series_pk, **_instance_values(
             a, blob_key=blob_key, size=size, sha256=sha256,
             received_at=received_at.astimezone(dt.UTC).replace(tzinfo=None),  # as UTCDateTime stores it
@@ -185,6 +187,8 @@ class PgLane:
             cursor.close()
         if row is None or row[-1] is None:  # never: the statement returns one row, with the new pk
             raise AssertionError(f"no row id for {a.sop_instance_uid}")
+        if a.patient_id is not None and ref.patient != (a.patient_id, a.issuer_of_patient_id or ""):
+            _warn_other_patient(a, ref.patient[0])  # once stored (a fallback warns on the general path)
         return Recorded(IngestStatus.STORED, int(row[-1]), blob_key, sha256)
 
     def _append_new(
