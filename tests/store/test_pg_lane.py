@@ -2,7 +2,8 @@
 general path it replaces, on a real PostgreSQL: the same instances indexed by both into two fresh
 databases leave the same rows; a duplicate, a stale cache entry and a lost fence leave nothing behind
 and go to the general path; a connection the server terminated is replaced, for the lane and for the
-pool (which no longer pings at checkout), and the next ingest succeeds."""
+pool (which no longer pings at checkout), and the next ingest succeeds; and libpq's protocol trace shows one
+round trip per instance of a known series."""
 
 from __future__ import annotations
 
@@ -212,3 +213,30 @@ def test_a_connection_lost_silently_is_found_on_use_and_the_ingest_retried(
     assert ingest().stored
     assert fell_back == [] and _lane_pid(store) != lane_pid  # retried once in the lane, on a new connection
     assert store.counts().instances == 3 and store.check().ok
+
+
+def test_one_round_trip_per_instance_of_a_known_series(pg_store: DataStore, tmp_path: Path) -> None:
+    """libpq's own protocol trace of the lane's connection: one Sync (a round trip: the client waits
+    for its answer) per instance, and the pool not used at all (no pre-check, no ping)."""
+    from sqlalchemy import event
+
+    store = pg_store
+    study, series = new_uid(), new_uid()
+    files = [make_instance(store.temp_dir, StudyInstanceUID=study, SeriesInstanceUID=series) for _ in range(14)]
+    for f in files[:8]:  # the series' first instance, then the lane; psycopg prepares at the 5th run
+        assert store.ingest(f).stored
+    raw = store.index._pg_lane._local.held.raw  # type: ignore[union-attr]
+    checkouts: list[int] = []
+    event.listen(store.index.engine, "checkout", lambda *args: checkouts.append(1))
+    trace = tmp_path / "libpq.trace"
+    with open(trace, "w") as fh:
+        raw.pgconn.trace(fh.fileno())
+        try:
+            for f in files[8:]:
+                assert store.ingest(f).status == IngestStatus.STORED
+        finally:
+            raw.pgconn.untrace()
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    syncs = [parts for parts in sent if len(parts) > 3 and parts[1] == "F" and parts[3].startswith("Sync")]
+    assert len(syncs) == 6 and checkouts == []
+    assert store.counts().instances == 14 and store.check().ok
