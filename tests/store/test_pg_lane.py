@@ -7,6 +7,7 @@ round trip per instance of a known series."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterator
@@ -94,8 +95,7 @@ def test_a_duplicate_leaves_nothing_and_the_general_path_applies_the_policy(two_
     assert _append(lean, first, "k1", now) is not None
     assert _append(lean, second, "k2", now) is not None
     before = _rows(lean)
-    again = InstanceAttributes(**{**second.__dict__} if hasattr(second, "__dict__") else {
-        f: getattr(second, f) for f in second.__dataclass_fields__})
+    again = dataclasses.replace(second)  # the same instance sent again
     assert _append(lean, again, "k3", now) is None  # its insert failed: the counts' updates are undone too
     assert _rows(lean) == before
     rec = lean.run_write_shared(lambda s: lean.record_instance(
