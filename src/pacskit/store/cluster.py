@@ -48,7 +48,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from pacskit.config.aetitles import RemoteAE
 from pacskit.store.blobs import new_key
-from pacskit.store.engine import PG_POOL_RECYCLE_S, replace_dead_connections
+from pacskit.store.engine import PG_POOL_RECYCLE_S, pings_connections, replace_dead_connections
 from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, Instance, UTCDateTime
 
 log = logging.getLogger("pacskit.cluster")
@@ -231,10 +231,12 @@ def _journal_engine(engine: Engine) -> Engine:
     # no pre-ping (a round trip per checkout): a connection the server closed is replaced at checkout
     # without one (replace_dead_connections); one lost silently fails one statement, SQLAlchemy then
     # discards the whole pool, and that ingest fails cleanly (never acknowledged)
+    ping = pings_connections(engine.url)
     journal = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=16,
-                            pool_recycle=PG_POOL_RECYCLE_S,
+                            pool_recycle=PG_POOL_RECYCLE_S, pool_pre_ping=ping,
                             connect_args={"connect_timeout": 10, "options": "-c synchronous_commit=off"})
-    replace_dead_connections(journal)
+    if not ping:
+        replace_dead_connections(journal)
     return journal
 
 
@@ -322,8 +324,8 @@ class SharedInflight:
 
     def fence_statement(self, key: str) -> tuple[str, dict[str, Any]]:
         """:meth:`fence` as SQL and parameters for the index's lean lane on PostgreSQL
-        (:mod:`pacskit.store.index.pglane`), which sends it in the pipeline of the instance's
-        transaction and fails that transaction unless it deletes exactly one row. The lane then
+        (:mod:`pacskit.store.index.pglane`), which makes it part of the instance's one statement (a
+        CTE) and fails that statement unless it deletes exactly one row. The lane then
         leaves the instance to the general path, whose :meth:`fence` raises :class:`LeaseLost`."""
         return _FENCE_NAMED, {"fence_key": key, "fence_node": self.node_id}
 

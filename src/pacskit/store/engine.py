@@ -100,7 +100,7 @@ def make_engine(
         engine = create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
         _setup_sqlite(engine, sqlite_synchronous, int(sqlite_mmap_size))
         return engine
-    kwargs.setdefault("pool_pre_ping", backend != "postgresql")  # PostgreSQL: replace_dead_connections
+    kwargs.setdefault("pool_pre_ping", pings_connections(u))
     kwargs.setdefault("pool_size", pool_size)
     kwargs.setdefault("max_overflow", pool_size)
     kwargs.setdefault("isolation_level", "READ COMMITTED")
@@ -118,14 +118,25 @@ def make_engine(
         raise ModuleNotFoundError(
             f"the {backend} driver ({exc.name}) is not installed: pip install 'pacskit[{extra}]'", name=exc.name
         ) from exc
-    if backend == "postgresql" and engine.dialect.driver == "psycopg" and not kwargs.get("pool_pre_ping"):
+    if backend == "postgresql" and not kwargs.get("pool_pre_ping"):
         replace_dead_connections(engine)
     return engine
 
 
+def pings_connections(url: str | URL) -> bool:
+    """Whether an engine for ``url`` checks connections with ``pool_pre_ping`` (a round trip per
+    checkout): all but PostgreSQL through psycopg 3, whose are checked without one
+    (:func:`replace_dead_connections`)."""
+    u = make_url(url)
+    return not (backend_name(u) == "postgresql" and u.get_driver_name() == "psycopg")
+
+
 def replace_dead_connections(engine: Engine) -> None:
     """Make ``engine``'s pool (PostgreSQL, psycopg) replace at checkout, without a round trip, a
-    connection the server has closed (module doc): what ``pool_pre_ping`` does with a ``SELECT 1``."""
+    connection the server has closed (module doc): what ``pool_pre_ping`` does with a ``SELECT 1``.
+    psycopg 3 only (another driver keeps ``pool_pre_ping``: :func:`pings_connections`)."""
+    if engine.dialect.driver != "psycopg":
+        raise ValueError(f"replace_dead_connections needs psycopg 3, not {engine.dialect.driver}")
     from pacskit.store.index.pglane import connection_is_dead
 
     @event.listens_for(engine, "checkout")

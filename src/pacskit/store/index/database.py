@@ -392,7 +392,7 @@ class Index:
         self._lean_lock = threading.Lock()
         # PostgreSQL's lean lane (pglane.py): a kept connection per ingest thread, a pipeline per instance
         self._pg_lane: PgLane | None = None
-        if self.backend == "postgresql":
+        if self.backend == "postgresql" and engine.dialect.driver == "psycopg":  # (psycopg 3's API)
             from pacskit.store.index.pglane import PgLane
 
             self._pg_lane = PgLane(self)
