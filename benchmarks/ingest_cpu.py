@@ -222,7 +222,9 @@ def main() -> int:
         print(f"tree {t}: {tree}")
     for assoc, workers in cases:
         for t in range(len(args.tree)):
-            runs = results[(t, assoc, workers)]
+            runs = results.get((t, assoc, workers))
+            if not runs:  # --rounds 0: only the round trips were counted
+                continue
             cpu = statistics.median(c for c, _, _ in runs) / n * 1e3
             rate = statistics.median(n / w for _, w, _ in runs)
             pg = statistics.median(p for _, _, p in runs) / n * 1e3
