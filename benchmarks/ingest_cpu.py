@@ -10,11 +10,19 @@ shared machine decide on CPU, and read the rates beside the load average printed
 
     .venv/bin/python benchmarks/ingest_cpu.py --tree /path/to/A --tree /path/to/B [--small N] [--rounds R]
         [--ct] [--workers N] [--cases 1,8,8w,1w]
+
+``--postgresql URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/test``) indexes into a new database on
+that server per run (``[database] url``), and reports beside the server's CPU that of the PostgreSQL
+backends serving that database (their pids from ``pg_stat_activity``), and with ``--round-trips`` the
+messages the server sent to PostgreSQL per instance (``strace -f -yy -e sendto``, one untimed run per
+tree and case: each is a flush of libpq's buffer, a round trip's request).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import shutil
 import statistics
@@ -22,7 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,9 +65,56 @@ def _tree_cpu(root: int) -> float:
     return total
 
 
-def one_run(tree: Path, files: list[Path], associations: int, workers: int, work: Path, storescu: str) -> tuple[float, float]:
-    """(server CPU seconds, wall seconds) of sending ``files`` over ``associations``."""
+def _pg_backends(url: str) -> list[int]:
+    """Pids of the PostgreSQL backends connected to the database of ``url`` (other than ours)."""
+    import psycopg
+
+    with psycopg.connect(_conninfo(url)) as conn:
+        return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                           "AND pid <> pg_backend_pid()").fetchall()]
+
+
+def _conninfo(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return (f"host={u.host or '127.0.0.1'} port={u.port or 5432} user={u.username or 'postgres'} "
+            f"dbname={u.database}" + (f" password={u.password}" if u.password else ""))
+
+
+@contextlib.contextmanager
+def _database(url: str | None, name: str) -> Iterator[str | None]:
+    """A new PostgreSQL database on the server of ``url`` (dropped afterwards), or None."""
+    if url is None:
+        yield None
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = _conninfo(url)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(url).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _count_pg_sends(trace: Path, port: int) -> int:
+    return sum(1 for line in trace.read_text(errors="replace").splitlines()
+               if "sendto(" in line and f":{port}]" in line)
+
+
+def one_run(tree: Path, files: list[Path], associations: int, workers: int, work: Path, storescu: str,
+            database: str | None = None, round_trips: bool = False) -> tuple[float, float, float, float]:
+    """(server CPU seconds, wall seconds, PostgreSQL backends' CPU seconds, messages to PostgreSQL)
+    of sending ``files`` over ``associations`` (the last two NaN without ``database`` / ``round_trips``)."""
     data = work / "data"
+    if database is not None:
+        data.mkdir(parents=True)
+        (data / "server.toml").write_text(f'[database]\nurl = "{database}"\n')
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     log_path = work / "server.log"
@@ -75,6 +133,16 @@ def one_run(tree: Path, files: list[Path], associations: int, workers: int, work
         folder = files[0].parent
         argvs = [[storescu, "-aet", "BENCHSCU", "-aec", "PACSKIT", LOCALHOST, str(port),
                   *[str(p.relative_to(folder)) for p in files[i::associations]]] for i in range(associations)]
+        backends = _pg_backends(database) if database is not None else []
+        pg0 = sum(_tree_cpu(pid) for pid in backends)
+        tracer = None
+        if round_trips:
+            trace = work / "strace.txt"
+            tracer = subprocess.Popen(["strace", "-f", "-yy", "-e", "trace=sendto", "-o", str(trace), "-p", str(proc.pid)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            assert tracer.stderr is not None
+            if b"attached" not in tracer.stderr.readline():
+                raise RuntimeError("strace did not attach")
         cpu0 = _tree_cpu(proc.pid)
         t0 = time.perf_counter()
         procs = [subprocess.Popen(a, cwd=folder, env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -82,6 +150,14 @@ def one_run(tree: Path, files: list[Path], associations: int, workers: int, work
         outs = [p.communicate()[0].decode(errors="replace") for p in procs]
         wall = time.perf_counter() - t0
         cpu = _tree_cpu(proc.pid) - cpu0
+        # backends that connected meanwhile (a new lane connection) had no CPU before: all of theirs counts
+        pg = sum(_tree_cpu(pid) for pid in _pg_backends(database)) - pg0 if database is not None else float("nan")
+        sends = float("nan")
+        if tracer is not None:
+            tracer.send_signal(2)
+            tracer.communicate(timeout=60)
+            pg_port = make_url(database).port or 5432 if database is not None else 5432
+            sends = float(_count_pg_sends(work / "strace.txt", pg_port))
         for p, text in zip(procs, outs):
             if p.returncode != 0 or any(ln.startswith(("E:", "F:")) for ln in text.splitlines()):
                 raise RuntimeError(f"storescu failed: {text[-500:]}")
@@ -91,7 +167,7 @@ def one_run(tree: Path, files: list[Path], associations: int, workers: int, work
                          capture_output=True, text=True)
     if not out.stdout.startswith(f"{len(files)} instances"):
         raise RuntimeError(f"check: {out.stdout} {out.stderr}")
-    return cpu, wall
+    return cpu, wall, pg, sends
 
 
 def main() -> int:
@@ -102,6 +178,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="also run 8 associations with N workers (1 skips)")
     parser.add_argument("--cases", default="1,8,8w", help="comma list of associations (1, 8, ...), with w: with --workers processes")
     parser.add_argument("--ct", action="store_true", help="CT-sized instances (512x512, 16-bit) instead of 64x64")
+    parser.add_argument("--postgresql", metavar="URL", default=None,
+                        help="index in a new database on this PostgreSQL server per run (see above)")
+    parser.add_argument("--round-trips", action="store_true",
+                        help="with --postgresql: one more untimed run per tree and case under strace")
     args = parser.parse_args()
     storescu = dcmtk_tool("storescu")
     files = ensure_series("ct-512x512", args.small, 512, 512) if args.ct else ensure_series("small-64x64", args.small, 64, 64)
@@ -109,8 +189,20 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="ingest-cpu-", dir=(BENCH_DATA / "ingest").resolve()
                                  if (BENCH_DATA / "ingest").exists() else None))
     cases = [(int(c.rstrip("w")), args.workers if c.endswith("w") else 1) for c in args.cases.split(",")]
-    results: dict[tuple[int, int, int], list[tuple[float, float]]] = {}
+    results: dict[tuple[int, int, int], list[tuple[float, float, float]]] = {}
+    sends: dict[tuple[int, int, int], float] = {}
+    n = len(files)
     try:
+        if args.postgresql and args.round_trips:
+            for assoc, workers in cases:
+                for t, tree in enumerate(args.tree):
+                    work = root / f"{t}-{assoc}-{workers}-strace"
+                    work.mkdir()
+                    with _database(args.postgresql, f"ingest_cpu_{os.getpid()}") as db:
+                        sends[(t, assoc, workers)] = one_run(tree, files, assoc, workers, work, storescu, db, True)[3]
+                    shutil.rmtree(work, ignore_errors=True)
+                    print(f"tree {t} x{assoc} w{workers}: {sends[(t, assoc, workers)] / n:.2f} messages to "
+                          "PostgreSQL per instance (untimed, under strace)", flush=True)
         for r in range(args.rounds):
             for assoc, workers in cases:
                 for t, tree in enumerate(args.tree):
@@ -118,11 +210,13 @@ def main() -> int:
                     work.mkdir()
                     os.sync()
                     load = os.getloadavg()[0]
-                    cpu, wall = one_run(tree, files, assoc, workers, work, storescu)
+                    with _database(args.postgresql, f"ingest_cpu_{os.getpid()}") as db:
+                        cpu, wall, pg, _ = one_run(tree, files, assoc, workers, work, storescu, db)
                     shutil.rmtree(work, ignore_errors=True)
-                    results.setdefault((t, assoc, workers), []).append((cpu, wall))
-                    print(f"round {r} tree {t} x{assoc} w{workers}: CPU {cpu / len(files) * 1e3:.3f} ms/inst, "
-                          f"{len(files) / wall:.0f} inst/s (load {load:.2f})", flush=True)
+                    results.setdefault((t, assoc, workers), []).append((cpu, wall, pg))
+                    pg_text = "" if math.isnan(pg) else f", PostgreSQL {pg / n * 1e3:.3f} ms/inst"
+                    print(f"round {r} tree {t} x{assoc} w{workers}: CPU {cpu / n * 1e3:.3f} ms/inst{pg_text}, "
+                          f"{n / wall:.0f} inst/s (load {load:.2f})", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print()
@@ -130,10 +224,16 @@ def main() -> int:
         print(f"tree {t}: {tree}")
     for assoc, workers in cases:
         for t in range(len(args.tree)):
-            runs = results[(t, assoc, workers)]
-            cpu = statistics.median(c for c, _ in runs) / len(files) * 1e3
-            rate = statistics.median(len(files) / w for _, w in runs)
-            print(f"  x{assoc} workers {workers} tree {t}: median CPU {cpu:.3f} ms/inst, median {rate:.0f} inst/s")
+            runs = results.get((t, assoc, workers))
+            if not runs:  # --rounds 0: only the round trips were counted
+                continue
+            cpu = statistics.median(c for c, _, _ in runs) / n * 1e3
+            rate = statistics.median(n / w for _, w, _ in runs)
+            pg = statistics.median(p for _, _, p in runs) / n * 1e3
+            extra = "" if math.isnan(pg) else f", PostgreSQL {pg:.3f} ms/inst"
+            if (t, assoc, workers) in sends:
+                extra += f", {sends[(t, assoc, workers)] / n:.2f} messages to PostgreSQL/inst"
+            print(f"  x{assoc} workers {workers} tree {t}: median CPU {cpu:.3f} ms/inst{extra}, median {rate:.0f} inst/s")
     return 0
 
 

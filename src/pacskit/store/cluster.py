@@ -48,6 +48,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from pacskit.config.aetitles import RemoteAE
 from pacskit.store.blobs import new_key
+from pacskit.store.engine import PG_POOL_RECYCLE_S, pings_connections, replace_dead_connections
 from pacskit.store.index.models import AE, MYSQL_TABLE_ARGS, PK, UID_COLUMN, Base, Instance, UTCDateTime
 
 log = logging.getLogger("pacskit.cluster")
@@ -211,6 +212,8 @@ def forget_claims(engine: Engine, kind: str, open_items_sql: str) -> int:
 
 #: the fence's statement (psycopg's paramstyle: it runs on the DBAPI cursor)
 _FENCE = "DELETE FROM cluster_inflight WHERE blob_key = %s AND node_id = %s"
+#: the same for the index's lean lane, whose statement it joins (parameters named ``fence_*``)
+_FENCE_NAMED = "DELETE FROM cluster_inflight WHERE blob_key = %(fence_key)s AND node_id = %(fence_node)s"
 
 
 class LeaseLost(RuntimeError):
@@ -225,10 +228,16 @@ def _require_postgresql(engine: Engine) -> None:
 def _journal_engine(engine: Engine) -> Engine:
     """A small engine on the same database for the in-flight records: autocommit, one round trip per
     statement, and ``synchronous_commit=off`` (the record needs no fsync of its own, see module doc)."""
-    # no pre-ping (a round trip per checkout): a connection the server dropped fails one statement,
-    # SQLAlchemy then discards the whole pool, and that ingest fails cleanly (never acknowledged)
-    return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=16,
-                         connect_args={"connect_timeout": 10, "options": "-c synchronous_commit=off"})
+    # no pre-ping (a round trip per checkout): a connection the server closed is replaced at checkout
+    # without one (replace_dead_connections); one lost silently fails one statement, SQLAlchemy then
+    # discards the whole pool, and that ingest fails cleanly (never acknowledged)
+    ping = pings_connections(engine.url)
+    journal = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=16,
+                            pool_recycle=PG_POOL_RECYCLE_S, pool_pre_ping=ping,
+                            connect_args={"connect_timeout": 10, "options": "-c synchronous_commit=off"})
+    if not ping:
+        replace_dead_connections(journal)
+    return journal
 
 
 class SharedInflight:
@@ -312,6 +321,13 @@ class SharedInflight:
         if deleted != 1:
             self.forget_ahead()  # recovered with it: recording new ones is the way on
             raise LeaseLost(f"in-flight record of blob {key} was recovered by another node (our lease ran out)")
+
+    def fence_statement(self, key: str) -> tuple[str, dict[str, Any]]:
+        """:meth:`fence` as SQL and parameters for the index's lean lane on PostgreSQL
+        (:mod:`pacskit.store.index.pglane`), which makes it part of the instance's one statement (a
+        CTE) and fails that statement unless it deletes exactly one row. The lane then
+        leaves the instance to the general path, whose :meth:`fence` raises :class:`LeaseLost`."""
+        return _FENCE_NAMED, {"fence_key": key, "fence_node": self.node_id}
 
     def forget_ahead(self) -> None:
         """Drop the keys recorded ahead without touching their rows: another node recovering ours

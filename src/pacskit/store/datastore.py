@@ -75,7 +75,8 @@ class SharedJournal(Protocol):
 
     ``next_key`` gives a new key already recorded (keys are recorded ahead, in batches); ``begin``
     records a key before its blob is written (free for a key from ``next_key``); ``fence`` runs in
-    the transaction that indexes it and removes the record (raising if another node took it); ``end``
+    the transaction that indexes it and removes the record (raising if another node took it), and
+    ``fence_statement`` is the same as SQL for the index's lean lane to run in its own transaction; ``end``
     forgets a failed ingest's key; ``keys`` lists every node's keys in flight (for ``check``).
 
     It also keeps the nodes' deletion intents (:mod:`pacskit.store.deletion`): ``intend_deletion``
@@ -89,6 +90,8 @@ class SharedJournal(Protocol):
     def begin(self, key: str) -> str: ...
 
     def fence(self, session: Any, key: str) -> None: ...
+
+    def fence_statement(self, key: str) -> tuple[str, dict[str, Any]]: ...
 
     def end(self, key: str) -> None: ...
 
@@ -415,7 +418,7 @@ class DataStore:
                 _check_uid_conformance(attrs, strict_uids, source_ae)
                 fh.seek(0)
                 sha, size = sha256_stream(fh)
-            if duplicate_policy != "overwrite":  # cheap early answer; the transaction re-checks
+            if duplicate_policy != "overwrite" and self.index.prechecks_duplicates:  # the transaction re-checks
                 known = self.index.find_instance(attrs.sop_instance_uid)
                 if known is not None:
                     _unlink(path)
@@ -445,8 +448,8 @@ class DataStore:
         committed = False
         try:
             # an instance of a known series: its own lean transaction (None: the general path decides)
-            rec = (self.index.append_instance(attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
-                                              source_ae=ae) if shared is None else None)
+            rec = self.index.append_instance(attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
+                                             source_ae=ae, fence=shared.fence_statement(key) if shared else None)
             if rec is None:
                 rec = self.index.run_write_shared(record)
             committed = True

@@ -27,6 +27,16 @@ SQLite, per connection (``connect`` event):
   option), so a writer takes the write lock up front instead of failing to upgrade a read lock with
   SQLITE_BUSY, and SAVEPOINTs work.
 
+Connection liveness on PostgreSQL costs no round trip: ``pool_pre_ping`` (a ``SELECT 1`` per
+checkout, two per ingest on the general path) is off. At checkout a connection psycopg knows broken,
+or whose socket has something to read while idle (the server's goodbye after
+``pg_terminate_backend``, a restart, ``idle_session_timeout``: PostgreSQL sends nothing unasked to a
+session that does not ``LISTEN``), is replaced (:func:`pacskit.store.index.pglane.connection_is_dead`);
+``pool_recycle`` (30 min) replaces old ones before a firewall's idle timeout can drop them silently. A
+connection lost without a word fails its statement: SQLAlchemy invalidates it and every connection
+checked out before, and :meth:`pacskit.store.index.database.Index.run_write` runs the transaction
+again on a new one. MariaDB keeps ``pool_pre_ping``.
+
 PostgreSQL and MariaDB run at READ COMMITTED: each statement sees the latest committed rows, which
 with the row locks taken by the index (``SELECT ... FOR UPDATE`` on the study) keeps the derived
 counts exact under concurrent ingests (MariaDB's default REPEATABLE READ would keep a snapshot).
@@ -39,10 +49,13 @@ from typing import Any, Literal
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.engine import make_url as _sa_make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 WRITE_OPTION = "pacskit_write"
+#: seconds after which a pooled PostgreSQL connection is replaced (below common firewall idle timeouts)
+PG_POOL_RECYCLE_S = 1800
 
 
 def make_url(url: str | URL) -> URL:
@@ -87,23 +100,51 @@ def make_engine(
         engine = create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
         _setup_sqlite(engine, sqlite_synchronous, int(sqlite_mmap_size))
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_pre_ping", pings_connections(u))
     kwargs.setdefault("pool_size", pool_size)
     kwargs.setdefault("max_overflow", pool_size)
     kwargs.setdefault("isolation_level", "READ COMMITTED")
     connect_args = kwargs.pop("connect_args", {})
     if backend == "postgresql":
         connect_args.setdefault("connect_timeout", 10)
+        kwargs.setdefault("pool_recycle", PG_POOL_RECYCLE_S)
     elif backend == "mysql":
         connect_args.setdefault("connect_timeout", 10)
         kwargs.setdefault("pool_recycle", 3600)  # MariaDB drops idle connections (wait_timeout)
     try:
-        return create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
+        engine = create_engine(u, echo=echo, connect_args=connect_args, **kwargs)
     except ModuleNotFoundError as exc:  # the driver is an extra: say which
         extra = {"postgresql": "postgresql", "mysql": "mysql"}.get(backend, backend)
         raise ModuleNotFoundError(
             f"the {backend} driver ({exc.name}) is not installed: pip install 'pacskit[{extra}]'", name=exc.name
         ) from exc
+    if backend == "postgresql" and not kwargs.get("pool_pre_ping"):
+        replace_dead_connections(engine)
+    return engine
+
+
+def pings_connections(url: str | URL) -> bool:
+    """Whether an engine for ``url`` checks connections with ``pool_pre_ping`` (a round trip per
+    checkout): all but PostgreSQL through psycopg 3, whose are checked without one
+    (:func:`replace_dead_connections`)."""
+    u = make_url(url)
+    return not (backend_name(u) == "postgresql" and u.get_driver_name() == "psycopg")
+
+
+def replace_dead_connections(engine: Engine) -> None:
+    """Make ``engine``'s pool (PostgreSQL, psycopg) replace at checkout, without a round trip, a
+    connection the server has closed (module doc): what ``pool_pre_ping`` does with a ``SELECT 1``.
+    psycopg 3 only (another driver keeps ``pool_pre_ping``: :func:`pings_connections`)."""
+    if engine.dialect.driver != "psycopg":
+        raise ValueError(f"replace_dead_connections needs psycopg 3, not {engine.dialect.driver}")
+    from pacskit.store.index.pglane import connection_is_dead
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        # raising DisconnectionError here makes the pool discard the connection and hand out another
+        if connection_is_dead(dbapi_conn.driver_connection if hasattr(dbapi_conn, "driver_connection")
+                              else dbapi_conn):
+            raise DisconnectionError("the server closed this idle connection")
 
 
 def _setup_sqlite(engine: Engine, synchronous: str, mmap_size: int) -> None:

@@ -25,7 +25,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, inspect, select, text, update
 from sqlalchemy.engine import URL
@@ -43,6 +43,9 @@ from pacskit.store.index.models import (
     Study,
     normalise_person_name,
 )
+
+if TYPE_CHECKING:
+    from pacskit.store.index.pglane import PgLane
 
 log = logging.getLogger("pacskit.store")
 
@@ -387,6 +390,21 @@ class Index:
         self._lean_readers = threading.local()  # .held: this thread's; gone with the thread
         self._lean_connections: weakref.WeakSet[_Held] = weakref.WeakSet()  # closed by close()
         self._lean_lock = threading.Lock()
+        # PostgreSQL's lean lane (pglane.py): a kept connection per ingest thread, a pipeline per instance
+        self._pg_lane: PgLane | None = None
+        if self.backend == "postgresql" and engine.dialect.driver == "psycopg":  # (psycopg 3's API)
+            from pacskit.store.index.pglane import PgLane
+
+            self._pg_lane = PgLane(self)
+
+    @property
+    def prechecks_duplicates(self) -> bool:
+        """Whether the data store asks :meth:`find_instance` before it writes a blob (a duplicate is
+        then answered without writing it). Not on PostgreSQL: the lean lane's transaction finds a
+        duplicate itself (its insert fails, the general path applies the policy and the data store
+        deletes the new blob), and a look-up first would be a round trip more per instance to spare
+        a rare duplicate's blob write."""
+        return self._pg_lane is None
 
     # durability ------------------------------------------------------------------------------------
 
@@ -632,6 +650,7 @@ class Index:
         sha256: str,
         received_at: dt.datetime,
         source_ae: str | None,
+        fence: tuple[str, dict[str, Any]] | None = None,
     ) -> Recorded | None:
         """Add a new instance in a transaction of its own, without SQLAlchemy's session, connection
         pool and events around it: to a series this index has seen committed (:meth:`_append_on_cursor`),
@@ -645,11 +664,19 @@ class Index:
         none to share, while the session and pool around each transaction cost more than its four
         statements. The transaction is ``BEGIN IMMEDIATE`` … ``COMMIT`` on one connection kept for
         it, under the same write lock as every other write of this process; the statements and their
-        checks are the fast path's (:meth:`_append_on_cursor`)."""
-        if not self._lean or self.durable_commits:
-            return None
+        checks are the fast path's (:meth:`_append_on_cursor`).
+
+        On PostgreSQL, the lane of :mod:`pacskit.store.index.pglane`: a connection kept per thread,
+        an instance of a known series in one statement, one round trip (commit included), and ``fence``
+        (a cluster's, :meth:`pacskit.store.cluster.SharedInflight.fence_statement`: SQL that must
+        delete exactly one row) in the same transaction. MariaDB keeps the general path."""
         ref = self._series_refs.get(a.series_instance_uid)
         if ref is not None and ref.study_uid != a.study_instance_uid:
+            return None
+        if self._pg_lane is not None:
+            return self._pg_lane.append(ref, a, fence, blob_key=blob_key, size=size, sha256=sha256,
+                                        received_at=received_at, source_ae=source_ae)
+        if fence is not None or not self._lean or self.durable_commits:
             return None
         with self._write_lock:
             try:
