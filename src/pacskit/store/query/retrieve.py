@@ -200,17 +200,38 @@ class RetrieveSelection:
     One statement per page: instances joined to series, study and patient only as far as the keys
     need, filtered by unique-key equality / ``IN`` lists (all indexed: the UID columns are unique, the
     foreign keys indexed, (PatientID, Issuer) unique), ordered by row id for keyset paging.
+
+    ``prefetch``: for a caller that reads every item at once anyway (WADO-RS lists the whole
+    selection before it sends a byte). The first page is read at construction; a selection that fits
+    in it (an instance, a series of up to ``page_size``) is then counted, classified and listed by
+    that one statement, and :meth:`page` answers from the rows kept: one query in one transaction
+    instead of four in three (count, classes, the page, the empty page that ends the listing). A
+    larger selection is counted as without ``prefetch``.
     """
 
-    def __init__(self, index: Index, keys: RetrieveKeys, *, page_size: int = PAGE_SIZE) -> None:
+    def __init__(self, index: Index, keys: RetrieveKeys, *, page_size: int = PAGE_SIZE, prefetch: bool = False) -> None:
         self.index = index
         self.keys = keys
         self.page_size = page_size
+        #: every item of the selection, when ``prefetch`` found it fits in one page (else None)
+        self._rows: list[RetrieveItem] | None = None
+        self.count: int
+        self._max_pk: int
+        self.sop_classes: list[tuple[str, str]]
         with index.reading() as s:
+            if prefetch:
+                rows = self._items(s, self._page_statement(0, None, page_size + 1))
+                if len(rows) <= page_size:
+                    self._rows = rows
+                    self.count = len(rows)
+                    self._max_pk = rows[-1].pk if rows else 0
+                    self.sop_classes = list(
+                        dict.fromkeys((r.sop_class_uid, r.transfer_syntax_uid) for r in rows))
+                    return
             row = s.execute(self._statement(select(func.count(Instance.pk), func.max(Instance.pk)))).one()
             self.count = int(row[0] or 0)
             self._max_pk = int(row[1] or 0)
-            self.sop_classes: list[tuple[str, str]] = [
+            self.sop_classes = [
                 (str(c), str(t or ""))
                 for c, t in s.execute(
                     self._statement(select(Instance.sop_class_uid, Instance.transfer_syntax_uid).distinct())
@@ -238,8 +259,7 @@ class RetrieveSelection:
             conditions.append(Patient.patient_id == k.patient_id)
         return stmt.where(and_(*conditions))
 
-    def page(self, after_pk: int) -> list[RetrieveItem]:
-        """Up to ``page_size`` items with a row id above ``after_pk`` (within the frozen selection)."""
+    def _page_statement(self, after_pk: int, max_pk: int | None, limit: int) -> Select[Any]:
         stmt = self._statement(
             select(
                 Instance.pk,
@@ -249,14 +269,29 @@ class RetrieveSelection:
                 Instance.transfer_syntax_uid,
                 Instance.size,
             )
-        ).where(Instance.pk > after_pk, Instance.pk <= self._max_pk).order_by(Instance.pk).limit(self.page_size)
+        ).where(Instance.pk > after_pk)
+        if max_pk is not None:
+            stmt = stmt.where(Instance.pk <= max_pk)
+        return stmt.order_by(Instance.pk).limit(limit)
+
+    @staticmethod
+    def _items(session: Any, stmt: Select[Any]) -> list[RetrieveItem]:
+        return [
+            RetrieveItem(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4] or ""), int(r[5]))
+            for r in session.execute(stmt).all()
+        ]
+
+    def page(self, after_pk: int) -> list[RetrieveItem]:
+        """Up to ``page_size`` items with a row id above ``after_pk`` (within the frozen selection)."""
+        if self._rows is not None:
+            return [r for r in self._rows if r.pk > after_pk][: self.page_size]
         with self.index.reading() as s:
-            return [
-                RetrieveItem(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4] or ""), int(r[5]))
-                for r in s.execute(stmt).all()
-            ]
+            return self._items(s, self._page_statement(after_pk, self._max_pk, self.page_size))
 
     def __iter__(self) -> Iterator[RetrieveItem]:
+        if self._rows is not None:
+            yield from self._rows
+            return
         last = 0
         while True:
             rows = self.page(last)
