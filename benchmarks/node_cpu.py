@@ -16,6 +16,7 @@ average. ``--spy FILE`` records the node of the first tree's first round with py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -28,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ensure_series, free_port, wait_for_port, warm  # noqa: E402
+from _common import dcmtk_env, dcmtk_tool, ensure_series, free_port, wait_for_port, warm  # noqa: E402
 from seaweedfs_put import SETTINGS  # noqa: E402
 from scaleout import CpuMeter, _count_pacskit, _ingest, _retrieve, _uids  # noqa: E402
 
 from pacskit.testing.cluster import POSTGRES_URL, Node, fresh_postgres_database, node_settings  # noqa: E402
-from pacskit.testing.peers import _stop  # noqa: E402
+from pacskit.testing.peers import _stop, storescp  # noqa: E402
 from pacskit.testing.seaweedfs import seaweedfs_cluster  # noqa: E402
 
 AE = "PACS"
@@ -88,11 +89,15 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def _start(folder: Path, tree: Path, variant: str, url: str, s3_options: dict[str, object]) -> Node:
-    """``pacskit serve`` of ``tree`` in ``folder`` as ``variant``; returns once it listens (DICOM and HTTP)."""
+def _start(folder: Path, tree: Path, variant: str, url: str, s3_options: dict[str, object],
+           move_port: int | None = None) -> Node:
+    """``pacskit serve`` of ``tree`` in ``folder`` as ``variant`` (``move_port``: the C-MOVE destination
+    STORESCP registered); returns once it listens (DICOM and HTTP)."""
     import tomli_w
 
     folder.mkdir(parents=True)
+    if move_port is not None:  # a cluster node copies it into the shared registry at start
+        (folder / "ae-titles.toml").write_text(f'[[ae]]\ntitle = "STORESCP"\nhost = "127.0.0.1"\nport = {move_port}\n')
     dicom_port, http_port = free_port(), free_port()
     (folder / "server.toml").write_text(tomli_w.dumps(node_settings(
         "a", ae_title=AE, database_url=url, s3_options=s3_options, dicom_port=dicom_port, http_port=http_port,
@@ -113,12 +118,14 @@ def _start(folder: Path, tree: Path, variant: str, url: str, s3_options: dict[st
 
 
 def one_run(tree: Path, variant: str, weed: object, files: list[Path], uids: list[tuple[str, str, str]], associations: int,
-            work: Path, retrieve: bool, spy: str | None, gil: bool, spy_phase: str = "ingest") -> dict[str, float]:
+            work: Path, retrieve: bool, spy: str | None, gil: bool, spy_phase: str = "ingest",
+            move: tuple[int, str] | None = None) -> dict[str, float]:
     prefix = f"nodecpu-{os.getpid()}-{time.monotonic_ns()}/"
     with fresh_postgres_database(POSTGRES_URL, prefix="pacskit_nodecpu") as url:
         database = url.rsplit("/", 1)[1].split("?", 1)[0]
         folder = work / f"node-{time.monotonic_ns()}"
-        node = _start(folder, tree, variant, url, weed.store_options("bench", prefix))  # type: ignore[attr-defined]
+        node = _start(folder, tree, variant, url, weed.store_options("bench", prefix),  # type: ignore[attr-defined]
+                      move[0] if move else None)
         recorder = None
 
         def record() -> subprocess.Popen[bytes]:
@@ -175,6 +182,26 @@ def one_run(tree: Path, variant: str, weed: object, files: list[Path], uids: lis
                     raise SystemExit(f"{tree}: WADO-RS returned {got} of {len(uids)}")
                 out["retrieve rate"] = got / rwall
                 out.update({f"retrieve {k} ms": 1000 * v / got for k, v in rcpu.items()})
+            if move is not None:  # C-MOVE of the study to DCMTK storescp (--ignore), one movescu
+                if recorder is not None:
+                    recorder.send_signal(2)
+                    recorder.wait(60)
+                    recorder = None
+                if spy and spy_phase == "move":
+                    recorder = record()
+                meter.start()
+                start = time.perf_counter()
+                moved = subprocess.run(
+                    [dcmtk_tool("movescu"), "-v", "-S", "-aet", "BENCHMOVE", "-aec", AE, "-aem", "STORESCP",
+                     "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={move[1]}", "127.0.0.1",
+                     str(node.dicom_port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dcmtk_env(),
+                    text=True, errors="replace")
+                mwall = time.perf_counter() - start
+                mcpu = meter.stop()
+                if "Received Final Move Response (Success)" not in moved.stdout:
+                    raise SystemExit(f"{tree}: C-MOVE failed\n{moved.stdout[-2000:]}")
+                out["move rate"] = len(files) / mwall
+                out.update({f"move {k} ms": 1000 * v / len(files) for k, v in mcpu.items()})
         finally:
             if recorder is not None:
                 recorder.send_signal(2)
@@ -199,13 +226,22 @@ def main() -> int:
     parser.add_argument("--retrieve", action="store_true")
     parser.add_argument("--spy", default=None, help="py-spy raw output of the first tree's first run")
     parser.add_argument("--spy-gil", action="store_true")
-    parser.add_argument("--spy-phase", choices=("ingest", "retrieve"), default="ingest")
+    parser.add_argument("--spy-phase", choices=("ingest", "retrieve", "move"), default="ingest")
+    parser.add_argument("--move", action="store_true", help="then C-MOVE the study to DCMTK storescp --ignore")
     args = parser.parse_args()
     os.environ.setdefault("TCP_NODELAY", "1")
     files = ensure_series("small", args.small, 64, 64)
     warm(files)
     uids = _uids(files) if args.retrieve else []
     work = Path(tempfile.mkdtemp(prefix="pacskit-bench-nodecpu-"))
+    stack = contextlib.ExitStack()
+    move = None
+    if args.move:
+        scp = stack.enter_context(storescp(work / "storescp", ae_title="STORESCP", extra_args=["--ignore"]))
+        studies = {u[0] for u in _uids(files)}
+        if len(studies) != 1:
+            raise SystemExit(f"--move needs the instances of one study, not {len(studies)}")
+        move = (scp.port, studies.pop())
     variants = args.variant or ["cluster"]
     weeds = args.weed or ["default"]
     runs = [(t, v) for t in args.tree for v in variants]
@@ -220,11 +256,12 @@ def main() -> int:
                     for i, (tree, variant) in enumerate(runs):
                         spy = args.spy if (args.spy and r == 0 and i == 0) else None
                         res = one_run(tree, variant, weed, files, uids, args.associations, work, args.retrieve, spy,
-                                      args.spy_gil, args.spy_phase)
+                                      args.spy_gil, args.spy_phase, move)
                         results[tree, variant, setting].append(res)
                         print(f"round {r + 1} {tree} {variant} weed={setting}: "
                               + ", ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
     finally:
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     print()
     for (tree, variant, setting), done in results.items():
