@@ -201,7 +201,7 @@ class _ShapeKeys:
 
 
 #: :meth:`RetrieveSelection._prefetch`'s compiled statements, by (backend, driver, parameter style,
-#: keys present..., limit)
+#: keys present..., limit, server version)
 _PREFETCH_SQL: dict[tuple[Any, ...], Any] = {}
 
 
@@ -285,7 +285,7 @@ class RetrieveSelection:
         conn = session.connection()
         dialect = conn.dialect
         shape = (dialect.name, dialect.driver, dialect.paramstyle, bool(k.sop_uids), bool(k.series_uids),
-                 bool(k.study_uids), k.patient_id is not None, limit)
+                 bool(k.study_uids), k.patient_id is not None, limit, getattr(dialect, "server_version_info", None))
         compiled = _PREFETCH_SQL.get(shape)
         if compiled is None and max(len(k.sop_uids), len(k.series_uids), len(k.study_uids)) <= 1:
             params = _ShapeKeys(
