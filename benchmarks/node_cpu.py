@@ -1,16 +1,22 @@
 """CPU per instance of one cluster node (PostgreSQL + SeaweedFS S3), A/B between source trees, interleaved.
 
-One SeaweedFS cluster (``weed server`` + a second volume server, replication 001, as in
-``scaleout.py``) for the whole run. For each round and each ``--tree`` in turn: a fresh PostgreSQL
-database, one ``pacskit serve`` node (``PYTHONPATH=<tree>/src``, ``[cluster]`` on, a fresh bucket
-prefix), ``--small`` 64x64 CT instances sent straight to it by ``--associations`` DCMTK storescu at
-once, then (``--retrieve``) every instance once by WADO-RS with as many HTTP clients. Reported per
-run: the node's CPU ms per instance (utime + stime from /proc: barely moved by the machine's load,
-unlike the rate), SeaweedFS's and PostgreSQL's (the run database's backends), the rate and the load
-average. ``--spy FILE`` records the node of the first tree's first round with py-spy (raw format,
-``--gil`` with ``--spy-gil``) for /work/notes/agg.py-style aggregation.
+For each round and each ``--weed`` setting (``benchmarks/seaweedfs_put.py``'s names; default: as
+``scaleout.py`` runs it, ``weed server`` + a second volume server, replication 001) a SeaweedFS
+cluster; in it, for each ``--tree`` and ``--variant`` in turn: a fresh PostgreSQL database, one
+``pacskit serve`` (``PYTHONPATH=<tree>/src``, a fresh bucket prefix) as a cluster node (``cluster``),
+as the same server without ``[cluster]`` (``pg-s3``) or with its blobs in a local folder (``pg-fs``);
+``--small`` 64x64 CT instances sent straight to it by ``--associations`` DCMTK storescu at once, then
+(``--retrieve``) every instance once by WADO-RS with as many HTTP clients, then (``--move``) a C-MOVE
+of the study to DCMTK ``storescp --ignore``. Reported per run: the node's CPU ms per instance (utime +
+stime from /proc: less moved by the machine's load than the rate), its user / system split and CPU
+per thread, SeaweedFS's and PostgreSQL's (the run database's backends), the rates and the load
+average. ``--spy FILE`` records the node of the first run with py-spy (raw format, ``--gil`` with
+``--spy-gil``, the phase ``--spy-phase``) and names the threads from it; ``STRACE_NODE=FILE`` counts
+the node's system calls during the ingest (``strace -c -f``), ``PERF_WEED=FILE`` records the weed
+server process (``perf record -g``).
 
     .venv/bin/python benchmarks/node_cpu.py --tree A --tree B [--small 1000] [--associations 4] [--rounds 3]
+        [--retrieve] [--move] [--variant cluster --variant pg-s3] [--weed default --weed gomaxprocs1]
 """
 
 from __future__ import annotations
