@@ -10,6 +10,7 @@ from pydicom import dcmread
 
 from pacskit.testing.synth import make_series
 
+from pacskit.addins.dicomweb import wado
 from pacskit.testing.dicomweb import Running, keep_copies, multipart_parts
 
 STUDY_A = "1.2.826.0.1.3680043.8.498.100"
@@ -258,16 +259,27 @@ def test_urls_keep_the_port_when_the_host_header_has_none(pacs: Running, data: d
         assert r.json()[0]["00081190"]["Value"] == [f"{pacs.url}/studies/{STUDY_B}"]
 
 
-def test_a_damaged_stored_file_aborts_the_body_instead_of_sending_wrong_data(pacs: Running, data: dict) -> None:
-    """The body's length is announced from the index: a stored file whose size changed behind the
-    store's back ends the response early (the client sees an incomplete body, never a wrong one)."""
+@pytest.mark.parametrize("whole_body_bytes", [wado.WHOLE_BODY_BYTES, 0], ids=["read-whole", "streamed"])
+def test_a_damaged_stored_file_is_never_sent(pacs: Running, data: dict, monkeypatch: pytest.MonkeyPatch,
+                                             whole_body_bytes: int) -> None:
+    """The body's length is planned from the index: a stored file whose size changed behind the
+    store's back is never sent as if it were whole. A small body, read whole before its headers go,
+    is refused with a 500 saying why; a streamed one (above ``WHOLE_BODY_BYTES``; 0 streams every
+    body) ends early, so the client sees an incomplete body, never a wrong one."""
+    monkeypatch.setattr(wado, "WHOLE_BODY_BYTES", whole_body_bytes)
     uid = dcmread(data["b1"][1], stop_before_pixels=True).SOPInstanceUID
     path = pacs.server.store.instance_path(uid)
     assert path is not None
     with open(path, "r+b") as fh:
         fh.truncate(200)
-    with httpx.Client(base_url=pacs.url) as c, pytest.raises(httpx.RemoteProtocolError):
-        c.get(f"/studies/{STUDY_B}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    if whole_body_bytes:
+        with httpx.Client(base_url=pacs.url) as c:
+            r = c.get(f"/studies/{STUDY_B}", headers=accept)
+        assert r.status_code == 500 and "damaged" in r.text and uid in r.text
+    else:
+        with httpx.Client(base_url=pacs.url) as c, pytest.raises(httpx.RemoteProtocolError):
+            c.get(f"/studies/{STUDY_B}", headers=accept)
     with httpx.Client(base_url=pacs.url) as c:  # the server goes on serving
         assert c.get(f"/studies/{STUDY_A}/series/{SERIES_A1}/instances").status_code == 200
 

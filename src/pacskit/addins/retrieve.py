@@ -51,7 +51,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,7 +60,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacskit.services import AddIn, AddInOptions, Handler, Request, Response, SupportedContext
-from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, read_part10
+from pacskit.dicom.part10 import WHOLE_FILE_LIMIT, Part10Info, parse_part10_header, read_part10
 from pacskit.net import (
     AssociationAborted,
     AssociationRejected,
@@ -449,7 +449,14 @@ class RetrieveAddIn(AddIn):
                 f"in {item.transfer_syntax_uid} (nor an uncompressed syntax)",
                 "no acceptable presentation context",
             )
-        with self._local_file(item) as path:
+        if preread is None and target == item.transfer_syntax_uid and item.size <= WHOLE_FILE_LIMIT:
+            store = self.base.store
+            if store is not None and store.blobs.path(item.blob_key) is None:
+                # a store without paths (S3): a small instance read whole, in a thread (one GET),
+                # and sent from memory, instead of a temp file written and read back
+                whole = await asyncio.to_thread(self._read_whole, item)
+                return await self._store(assoc, f"blob {item.blob_key}", originator, whole)
+        async with self._local_file(item) as path:
             if target == item.transfer_syntax_uid:
                 return await self._store(assoc, path, originator, preread)
             fd, converted = tempfile.mkstemp(prefix="tx-", suffix=".dcm", dir=self._temp_dir())
@@ -492,9 +499,28 @@ class RetrieveAddIn(AddIn):
         store = self.base.store
         return str(getattr(store, "temp_dir", None) or tempfile.gettempdir())
 
-    @contextlib.contextmanager
-    def _local_file(self, item: RetrieveItem) -> Iterator[str]:
-        """The stored file's path; blob stores without paths are copied to a temp file (streamed)."""
+    def _read_whole(self, item: RetrieveItem) -> tuple[Part10Info, bytes]:
+        """A small stored instance of a blob store without paths, read whole: its File Meta and its
+        dataset bytes, as :func:`read_part10` gives them for a file. Raises :class:`_SubFailure`."""
+        from pacskit.store import BlobNotFound, InvalidBlobKey
+
+        store = self.base.store
+        assert store is not None
+        try:
+            with store.blobs.open(item.blob_key) as src:
+                data = src.read()
+        except (BlobNotFound, InvalidBlobKey) as exc:
+            raise _SubFailure(f"stored file of {item.sop_instance_uid}: {exc}", "stored file missing") from exc
+        try:
+            info = parse_part10_header(data, f"blob {item.blob_key}")
+        except ValueError as exc:
+            raise _SubFailure(str(exc), "stored file unreadable") from exc
+        return info, data[info.dataset_offset:]
+
+    @contextlib.asynccontextmanager
+    async def _local_file(self, item: RetrieveItem) -> AsyncIterator[str]:
+        """The stored file's path; blob stores without paths are copied to a temp file (streamed, in a
+        thread: the object store's GETs must not hold up the event loop)."""
         from pacskit.store import BlobNotFound, InvalidBlobKey
 
         store = self.base.store
@@ -506,8 +532,11 @@ class RetrieveAddIn(AddIn):
                 return
             fd, tmp = tempfile.mkstemp(prefix="rt-", suffix=".dcm", dir=self._temp_dir())
             try:
-                with os.fdopen(fd, "wb") as out, store.blobs.open(item.blob_key) as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
+                def copy() -> None:
+                    with os.fdopen(fd, "wb") as out, store.blobs.open(item.blob_key) as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+
+                await asyncio.to_thread(copy)
                 yield tmp
             finally:
                 with contextlib.suppress(FileNotFoundError):

