@@ -328,12 +328,19 @@ class DataStore:
         return store
 
     def close(self) -> None:
-        self.index.close()
-        if self._journal is not None:
-            self._journal.close()
+        """Close the index, the crash journal and the blob store; each is closed even when an earlier
+        one fails (a dying disk), so that no file stays open; the first error is raised."""
         close_blobs = getattr(self.blobs, "close", None)  # the ingest log's checkpoint (FilesystemBlobStore)
-        if close_blobs is not None:
-            close_blobs()
+        steps = [self.index.close, *([self._journal.close] if self._journal is not None else []),
+                 *([close_blobs] if close_blobs is not None else [])]
+        error: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def __enter__(self) -> DataStore:
         return self

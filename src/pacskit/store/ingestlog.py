@@ -264,6 +264,8 @@ class IngestLog:
         finally:
             if not written:
                 self._end(seg, False)
+        if not written:
+            return None
         if background:
             self._flush_wanted.set()
         return LogTicket(seg, start + length)
