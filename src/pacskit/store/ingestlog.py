@@ -9,6 +9,10 @@ made durable by a *record* in a log whose segments were zero-filled and flushed 
 * ``put_file`` renames the received file into place (a page-cache change, not flushed), then
   :meth:`IngestLog.append` writes a record — its key, length, CRC-32, reception time and bytes — at
   the segment's next offset (``pwritev``) and waits until a flush covers it;
+* **flush behind** (:meth:`IngestLog.start` with ``background``, ``FilesystemBlobStore.start_put``):
+  the record is written and the log's flusher thread flushes it while the writer goes on (the data
+  store runs the hash, the duplicate check and the index transaction meanwhile), then
+  :meth:`IngestLog.wait` waits for it; a waiter that finds no flush running runs it itself;
 * **group commit**: one writer at a time flushes the segment (``fdatasync``) for every record written
   before it started; writers that arrive meanwhile wait for the next flush, which one of them runs.
   A lone association pays one flush per instance, concurrent ones share them. A writer is released
@@ -225,9 +229,9 @@ class IngestLog:
     def start(self, key: str, path: str, *, background: bool = False) -> LogTicket | None:
         """Write the record of the blob ``key`` (the complete file at ``path``) without waiting for its
         flush; :meth:`wait` then waits for it. Every ticket must be waited for once (until then the
-        segment cannot be checkpointed). ``background``: the log's flusher thread starts the flush
-        now, so that it runs while the caller does other work (``FilesystemBlobStore.start_put``);
-        else the flush is run by the first waiter. ``None`` when the log cannot take the blob (too
+        segment cannot be checkpointed). ``background``: when no other record is in flight, the
+        log's flusher thread starts the flush now, so that it runs while the caller does other work
+        (``FilesystemBlobStore.start_put``); else the flush is run by the first waiter. ``None`` when the log cannot take the blob (too
         large, no segment ready, a failed write): nothing to wait for, the caller makes the blob
         durable itself."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -266,7 +270,10 @@ class IngestLog:
                 self._end(seg, False)
         if not written:
             return None
-        if background:
+        if background and seg.pending == 1 and not seg.flushing:
+            # A lone writer: the flusher thread flushes while the caller works. With others in flight
+            # their waits already share the flushes (group commit), and a wake-up per record would
+            # only cost CPU. (Read without the lock: a hint, the waiters flush if nobody does.)
             self._flush_wanted.set()
         return LogTicket(seg, start + length)
 
