@@ -260,6 +260,16 @@ def _check_uid_conformance(attrs: InstanceAttributes, strict: bool, source_ae: s
                     attrs.sop_instance_uid, source_ae or "?", name, value, deviation)
 
 
+def _start_put_is_current(blobs: object) -> bool:
+    """Whether ``blobs`` has a ``start_put`` defined no less derived than its ``put_file``: a subclass
+    that overrides ``put_file`` alone (a third-party store built on the filesystem one) expects its
+    ``put_file`` to see every put, so it is used through ``put_file``."""
+    mro = type(blobs).__mro__
+    owners = {name: next((i for i, c in enumerate(mro) if name in vars(c)), None) for name in ("start_put", "put_file")}
+    start, put = owners["start_put"], owners["put_file"]
+    return start is not None and (put is None or start <= put)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -285,6 +295,7 @@ class DataStore:
         self._point_lock = threading.Lock()
         self._point_at = 0.0
         self.moves_durable_point = True
+        self._has_start_put = _start_put_is_current(blobs)
 
     @classmethod
     def open(
@@ -493,11 +504,17 @@ class DataStore:
         except BaseException:
             if not committed:
                 self._discard_new_blob(key)
+                if pending is not None:
+                    self._sync_removal(key)
             raise
         finally:
+            if committed and pending is not None and rec.status in (IngestStatus.DUPLICATE_IGNORED,
+                                                                     IngestStatus.DUPLICATE_REJECTED):
+                self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
+                self._sync_removal(key)
             self._journal_end(slot, committed)
             self._blob_settled(key)
-        if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED):
+        if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED) and pending is None:
             self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
         elif rec.replaced_blob_key is not None:
             # Start-up restores lost rows of new blobs with "keep-first": an overwrite is made
@@ -518,8 +535,22 @@ class DataStore:
         except OSError:
             pass
         self._delete_quietly(pending.key)
+        self._sync_removal(pending.key)
         self._journal_end(slot)
         self._blob_settled(pending.key)
+
+    def _sync_removal(self, key: str) -> None:
+        """Make the deletion of a blob whose log record was flushed durable before its key stops being
+        in flight: else a power cut could take the tombstone, start-up would rewrite the blob from
+        the record, and, its minute being behind the durable point by then, nobody would look at it
+        again (an orphan for ``check``)."""
+        sync = getattr(self.blobs, "sync_removals", None)
+        if sync is None:
+            return
+        try:
+            sync([key])
+        except OSError as exc:
+            log.error("deletion of blob %s not made durable (%s): start-up may bring it back", key, exc)
 
     def _defers_durability(self, duplicate_policy: DuplicatePolicy) -> bool:
         """Whether this ingest may overlap its blob's flush with its index transaction: only where
@@ -529,8 +560,8 @@ class DataStore:
         ``synchronous=NORMAL``; PostgreSQL's commit would make the row durable with nothing to undo
         it) in the process that moves the durable point, no cluster journal, and no overwrite (the
         old copy goes only once the new row is durable)."""
-        return (duplicate_policy != "overwrite" and self.moves_durable_point and self.shared_journal is None
-                and not self.index.durable_commits and getattr(self.blobs, "start_put", None) is not None)
+        return (duplicate_policy != "overwrite" and self._has_start_put and self.moves_durable_point
+                and self.shared_journal is None and not self.index.durable_commits)
 
     def _finish_put(self, pending: PendingPut, sop_instance_uid: str) -> None:
         """Wait until the blob of ``pending``, whose row is committed, is durable. If it cannot be
