@@ -184,3 +184,138 @@ def test_concurrent_appends_share_a_flush(tmp_path: Path, monkeypatch: pytest.Mo
     assert results == [True] * 8
     assert (log.records, log.flushes) == (8, 2)
     log.close()
+
+
+# the flush overlapped with the index transaction (BlobStore.start_put) -----------------------------------
+
+
+def _rows(store: DataStore) -> dict[str, tuple[str, int]]:
+    from sqlalchemy import select
+
+    from pacskit.store.index.models import Instance
+
+    with store.index.reading() as s:
+        return {uid: (key, size) for uid, key, size in
+                s.execute(select(Instance.sop_instance_uid, Instance.blob_key, Instance.size)).all()}
+
+
+def test_the_answer_waits_for_the_flush_the_transaction_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index transaction runs while the record's flush is under way; ingest returns only after it."""
+    files = make_series(tmp_path / "src", 2, 16, 16)
+    store = _open(tmp_path / "pacs")
+    try:
+        _ingest(store, files[:1])  # the series is known: the second takes the lean lane
+        flushing, release = threading.Event(), threading.Event()
+        real_flush = IngestLog._flush_records
+
+        def held_flush(fd: int) -> None:
+            flushing.set()
+            assert release.wait(30)
+            real_flush(fd)
+
+        monkeypatch.setattr(IngestLog, "_flush_records", staticmethod(held_flush))
+        committed = threading.Event()
+        real_append = store.index.append_instance
+
+        def append(*args: object, **kwargs: object) -> object:
+            rec = real_append(*args, **kwargs)  # type: ignore[arg-type]
+            committed.set()
+            return rec
+
+        monkeypatch.setattr(store.index, "append_instance", append)
+        done: list[str] = []
+        worker = threading.Thread(target=lambda: done.extend(_ingest(store, files[1:])))
+        worker.start()
+        assert flushing.wait(30) and committed.wait(30)
+        assert done == [], "ingest returned before its blob's flush"
+        assert len(_rows(store)) == 2  # the row is committed while the flush is held
+        release.set()
+        worker.join(30)
+        assert len(done) == 1
+    finally:
+        release.set()
+        store.close()
+
+
+def test_a_failed_flush_after_the_commit_fails_the_ingest_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = make_series(tmp_path / "src", 2, 16, 16)
+    store = _open(tmp_path / "pacs")
+    try:
+        _ingest(store, files[:1])
+
+        def broken(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        # the log's flush fails (its record is then not trusted), and so does the blob's own
+        monkeypatch.setattr(IngestLog, "_flush_records", staticmethod(broken))
+        monkeypatch.setattr("pacskit.store.blobs.fsync_path", lambda path, directory=False: broken(0))
+        with pytest.raises(OSError):
+            _ingest(store, files[1:])
+        assert len(_rows(store)) == 1
+        monkeypatch.undo()
+        assert store.check().ok, store.check()
+        assert store.counts().instances == 1
+    finally:
+        store.close()
+
+
+def _move_blob(store: DataStore, uid: str, key: str, minutes_ago: int) -> None:
+    """Give ``uid``'s blob a key of a minute long gone (what a blob made before the durable point has)."""
+    from sqlalchemy import update
+
+    from pacskit.store.blobs import KEY_MINUTES, current_minute
+    from pacskit.store.index.models import Instance
+
+    old = f"{(current_minute() - minutes_ago) % KEY_MINUTES:04x}{key[4:]}"
+    dest = Path(store.blobs._file(old))  # type: ignore[attr-defined]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(store.blobs.path(key) or "", dest)
+    store.index.run_write(lambda s: s.execute(update(Instance).where(Instance.sop_instance_uid == uid)
+                                              .values(blob_key=old)))
+
+
+def test_start_up_removes_rows_since_the_durable_point_whose_blob_did_not_survive(tmp_path: Path) -> None:
+    """A row can be durable before its blob (the flush overlaps the transaction): after a power cut
+    in between, the blob is missing or torn and the instance was never acknowledged. Start-up removes
+    such rows from the durable point on (counts included), keeps the ones whose blob is intact, and
+    leaves older rows to ``check``: before the point, every row's blob was durable."""
+    files = make_series(tmp_path / "src", 5, 16, 16)
+    root = tmp_path / "pacs"
+    store = _open(root)
+    uids = _ingest(store, files)
+    rows = _rows(store)
+    _move_blob(store, uids[4], rows[uids[4]][0], minutes_ago=90)  # made long before the point
+    store.close()  # checkpoints the log: nothing to replay
+    lost, torn, intact, short, old = uids
+    Path(store.blobs.path(rows[lost][0]) or "").unlink()
+    Path(store.blobs.path(rows[torn][0]) or "").write_bytes(bytes(rows[torn][1]))  # the size, no data
+    Path(store.blobs.path(rows[short][0]) or "").write_bytes(b"")
+    old_key = _rows(DataStore.open(f"sqlite:///{root / 'index.db'}", blobs=FilesystemBlobStore(root / "files"),
+                                   recover=False))[old][0]
+    Path(FilesystemBlobStore(root / "files").path(old_key) or "").unlink()
+
+    store = _open(root)  # recovers
+    try:
+        left = _rows(store)
+        assert set(left) == {intact, old}
+        report = store.check()
+        assert [p.kind for p in report.problems] == ["missing-blob"], report  # the old one: not ours to judge
+        assert report.problems[0].sop_instance_uid == old
+        assert store.counts().instances == 2
+        assert not (root / "files" / rows[torn][0][:2] / rows[torn][0][2:4] / f"{rows[torn][0]}.dcm").exists()
+    finally:
+        store.close()
+
+
+def test_without_a_durable_point_no_row_is_judged(tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    store = _open(root)
+    uids = _ingest(store, make_series(tmp_path / "src", 1, 16, 16))
+    store.index.set_durable_point(0)
+    assert store.remove_unbacked_rows() == 0
+    Path(store.blobs.path(_rows(store)[uids[0]][0]) or "").unlink()
+    assert store.remove_unbacked_rows() == 0
+    store.index.set_durable_point(store.index.durable_point() or 1)
+    store.close()

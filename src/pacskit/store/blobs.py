@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from pacskit.store.ingestlog import SEGMENT_SIZE, IngestLog, fsync_path, replay
+from pacskit.store.ingestlog import SEGMENT_SIZE, IngestLog, LogTicket, fsync_path, replay
 
 #: A key: 32 (random id) or 64 (SHA-256) lower-case hex digits. Nothing else is ever a key.
 KEY_PATTERN = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{64})\Z")
@@ -85,6 +85,31 @@ def current_minute() -> int:
     return int(time.time()) // 60
 
 
+class PendingPut(Protocol):
+    """A blob :meth:`BlobStore.start_put` put in place whose durability may still be on its way."""
+
+    key: str
+
+    def wait(self) -> None:
+        """Return once the blob is durable (as :meth:`BlobStore.put_file` would have returned). Raises
+        ``OSError`` when it could not be made durable; the blob is then left in place for the caller
+        to delete (or to keep, if something already refers to it). Call it exactly once."""
+        ...
+
+
+class DurablePut:
+    """The :class:`PendingPut` of a blob that was durable when it was put (nothing to wait for): what
+    :meth:`BlobStore.start_put` gives on stores whose puts are durable when they return."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def wait(self) -> None:
+        return None
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """Where blobs are kept. Implementations must be thread-safe."""
@@ -118,6 +143,16 @@ class BlobStore(Protocol):
 
     # Optional capabilities. Every store has these members; one without the capability answers
     # ``None`` (or 0), and the data store then does without it.
+
+    def start_put(self, src: str, key_hint: str | None = None) -> PendingPut:
+        """:meth:`put_file`, except that it may return before the blob is durable: the blob is in place
+        under its key, and ``wait()`` of what it returns blocks until it is durable. The data store
+        runs the index transaction in between, so that the flush and the transaction overlap (the
+        row may then become durable before the blob: start-up removes such rows when the blob did
+        not survive, ``DataStore.remove_unbacked_rows``). A store whose puts are durable when they
+        return does the whole put here and returns a :class:`DurablePut`; a store without this
+        member is used through :meth:`put_file`."""
+        ...
 
     @property
     def temp_dir(self) -> str | None:
@@ -321,6 +356,19 @@ class FilesystemBlobStore:
     # BlobStore ---------------------------------------------------------------------------------------
 
     def put_file(self, src: str, key_hint: str | None = None) -> str:
+        pending = self.start_put(src, key_hint)
+        try:
+            pending.wait()
+        except BaseException:
+            self._drop(pending.key)  # not durable: the caller gets the error, and no blob is left behind
+            raise
+        return pending.key
+
+    def start_put(self, src: str, key_hint: str | None = None) -> PendingPut:
+        """Rename ``src`` into place and start making it durable; see :meth:`BlobStore.start_put`. A
+        small blob's ingest log record is written here and flushed by the log's flusher thread while
+        the caller goes on; ``wait()`` waits for that flush (or takes the direct path below when
+        the log could not cover it). Other blobs are made durable before this returns."""
         src = os.fspath(src)
         key = validate_key(key_hint) if key_hint is not None else new_key()
         dest = self._file(key)
@@ -339,30 +387,37 @@ class FilesystemBlobStore:
             # observe: no index row refers to it yet, and a crash in between leaves a journalled
             # blob without a row that recovery deletes (or restores, if it is complete).
             if self.durability == "full":
-                log = self.ingest_log()
                 # A small blob: one record in the ingest log, whose flush is shared by concurrent
                 # puts (group commit), makes its bytes and its name durable (replayed at start-up).
-                if not log.append(key, dest):
-                    # A large one (or no log ready yet): its bytes and its name, flushed at the same
-                    # time (rename first, so the file's flush commits the file system journal with the
-                    # rename in it and the folder's has next to nothing left); the folder's fsync is
-                    # shared with concurrent puts (SharedDirectorySync).
-                    name_flushed = self._flusher().submit(self._dir_syncs.sync, folder)
-                    try:
-                        fsync_path(dest)
-                    finally:
-                        name_flushed.result()
+                log = self.ingest_log()
+                ticket = log.start(key, dest, background=True)
+                if ticket is not None:
+                    return _LoggedPut(self, key, folder, log, ticket)
+                self._flush_direct(key, folder)
             elif self.durability == "file":
                 fsync_path(dest)
         except BaseException:
-            try:  # not durable: the caller gets the error, and no blob is left behind
-                if self._log is not None:
-                    self._log.forget(key)
-                os.unlink(dest)
-            except FileNotFoundError:
-                pass
+            self._drop(key)
             raise
-        return key
+        return DurablePut(key)
+
+    def _flush_direct(self, key: str, folder: str) -> None:
+        """A blob's bytes and its name, flushed at the same time (the rename came first, so the file's
+        flush commits the file system journal with the rename in it and the folder's has next to
+        nothing left); the folder's fsync is shared with concurrent puts (SharedDirectorySync)."""
+        name_flushed = self._flusher().submit(self._dir_syncs.sync, folder)
+        try:
+            fsync_path(self._file(key))
+        finally:
+            name_flushed.result()
+
+    def _drop(self, key: str) -> None:
+        try:
+            if self._log is not None:
+                self._log.forget(key)
+            os.unlink(self._file(key))
+        except FileNotFoundError:
+            pass
 
     def ingest_log(self) -> IngestLog:
         """This process's ingest log (``root/log``), made on first use (again after :meth:`close`);
@@ -527,6 +582,23 @@ class FilesystemBlobStore:
         return removed
 
 
+class _LoggedPut:
+    """A small blob whose ingest log record is written and being flushed (:meth:`FilesystemBlobStore.start_put`)."""
+
+    __slots__ = ("key", "_store", "_folder", "_log", "_ticket")
+
+    def __init__(self, store: FilesystemBlobStore, key: str, folder: str, log: IngestLog, ticket: LogTicket) -> None:
+        self.key = key
+        self._store = store
+        self._folder = folder
+        self._log = log
+        self._ticket = ticket
+
+    def wait(self) -> None:
+        if not self._log.wait(self._ticket):  # a failed write before ours: the record cannot be trusted
+            self._store._flush_direct(self.key, self._folder)
+
+
 class MemoryBlobStore:
     """Blobs in a dict: the in-memory twin of :class:`FilesystemBlobStore` for unit tests."""
 
@@ -547,6 +619,10 @@ class MemoryBlobStore:
             self._blobs[key] = data
         os.unlink(src)
         return key
+
+    def start_put(self, src: str, key_hint: str | None = None) -> PendingPut:
+        """:meth:`put_file` (nothing here outlives the process: there is nothing to wait for)."""
+        return DurablePut(self.put_file(src, key_hint))
 
     def put_bytes(self, data: bytes, key_hint: str | None = None) -> str:
         key = validate_key(key_hint) if key_hint is not None else new_key()

@@ -38,7 +38,16 @@ from typing import Any, BinaryIO, Literal, Protocol
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL
 
-from pacskit.store.blobs import BlobNotFound, BlobStore, InvalidBlobKey, current_minute, new_key, validate_key
+from pacskit.store.blobs import (
+    KEY_MINUTES,
+    BlobNotFound,
+    BlobStore,
+    InvalidBlobKey,
+    PendingPut,
+    current_minute,
+    new_key,
+    validate_key,
+)
 from pacskit.dicom.part10 import read_part10_header
 from pacskit.store.engine import make_url
 from pacskit.dicom.walker import TooDeep
@@ -254,6 +263,16 @@ def _check_uid_conformance(attrs: InstanceAttributes, strict: bool, source_ae: s
                     attrs.sop_instance_uid, source_ae or "?", name, value, deviation)
 
 
+def _start_put_is_current(blobs: object) -> bool:
+    """Whether ``blobs`` has a ``start_put`` defined no less derived than its ``put_file``: a subclass
+    that overrides ``put_file`` alone (a third-party store built on the filesystem one) expects its
+    ``put_file`` to see every put, so it is used through ``put_file``."""
+    mro = type(blobs).__mro__
+    owners = {name: next((i for i, c in enumerate(mro) if name in vars(c)), None) for name in ("start_put", "put_file")}
+    start, put = owners["start_put"], owners["put_file"]
+    return start is not None and (put is None or start <= put)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -279,6 +298,7 @@ class DataStore:
         self._point_lock = threading.Lock()
         self._point_at = 0.0
         self.moves_durable_point = True
+        self._has_start_put = _start_put_is_current(blobs)
 
     @classmethod
     def open(
@@ -322,12 +342,19 @@ class DataStore:
         return store
 
     def close(self) -> None:
-        self.index.close()
-        if self._journal is not None:
-            self._journal.close()
+        """Close the index, the crash journal and the blob store; each is closed even when an earlier
+        one fails (a dying disk), so that no file stays open; the first error is raised."""
         close_blobs = getattr(self.blobs, "close", None)  # the ingest log's checkpoint (FilesystemBlobStore)
-        if close_blobs is not None:
-            close_blobs()
+        steps = [self.index.close, *([self._journal.close] if self._journal is not None else []),
+                 *([close_blobs] if close_blobs is not None else [])]
+        error: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def __enter__(self) -> DataStore:
         return self
@@ -403,6 +430,7 @@ class DataStore:
                 received: tuple[int, str, str | None] | None = None) -> IngestResult:
         slot: int | str | None = None
         key: str | None = None
+        pending: PendingPut | None = None
         try:
             if received is None:  # a file from elsewhere: its File Meta says where and how
                 header = read_part10_header(path)
@@ -416,22 +444,35 @@ class DataStore:
                     raise InvalidInstance(str(exc), exc.tag) from None
                 self._check_expected(attrs, expected_sop_instance_uid, expected_sop_class_uid)
                 _check_uid_conformance(attrs, strict_uids, source_ae)
+                if self._defers_durability(duplicate_policy):
+                    # The blob's flush starts now and runs while the hash, the duplicate check and
+                    # the index transaction do; it is waited for before the answer (docs/store.md,
+                    # "The durability contract"). ``fh`` still reads the file after its rename.
+                    key = self._new_blob_key()
+                    slot = self._journal_begin(key)
+                    pending = self.blobs.start_put(path, key_hint=key)
                 fh.seek(0)
                 sha, size = sha256_stream(fh)
             if duplicate_policy != "overwrite" and self.index.prechecks_duplicates:  # the transaction re-checks
                 known = self.index.find_instance(attrs.sop_instance_uid)
                 if known is not None:
+                    if pending is not None:
+                        self._abandon(pending, slot)
                     _unlink(path)
                     status = (IngestStatus.DUPLICATE_IGNORED if duplicate_policy == "keep-first"
                               else IngestStatus.DUPLICATE_REJECTED)
                     return IngestResult(status, known[0], attrs.sop_instance_uid, sha, size, known[1], known[2])
-            key = self._new_blob_key()
-            slot = self._journal_begin(key)
-            key = self.blobs.put_file(path, key_hint=key)
+            if pending is None:
+                key = self._new_blob_key()
+                slot = self._journal_begin(key)
+                key = self.blobs.put_file(path, key_hint=key)
         except BaseException:
             _unlink(path)
-            self._journal_end(slot)
-            self._blob_settled(key)
+            if pending is not None:
+                self._abandon(pending, slot)
+            else:
+                self._journal_end(slot)
+                self._blob_settled(key)
             raise
         ae = (source_ae or attrs.source_ae or "").strip()[:AE] or None
         received_at = dt.datetime.now(dt.UTC)
@@ -447,19 +488,35 @@ class DataStore:
 
         committed = False
         try:
-            # an instance of a known series: its own lean transaction (None: the general path decides)
-            rec = self.index.append_instance(attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
-                                             source_ae=ae, fence=shared.fence_statement(key) if shared else None)
-            if rec is None:
-                rec = self.index.run_write_shared(record)
-            committed = True
+            try:
+                # an instance of a known series: its own lean transaction (None: the general path decides)
+                rec = self.index.append_instance(attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
+                                                 source_ae=ae, fence=shared.fence_statement(key) if shared else None)
+                if rec is None:
+                    rec = self.index.run_write_shared(record)
+                committed = True
+            finally:
+                if pending is not None and committed:
+                    self._finish_put(pending, attrs.sop_instance_uid)
+                elif pending is not None:  # the transaction failed: its own error is the one to report
+                    try:
+                        pending.wait()
+                    except OSError:
+                        pass
         except BaseException:
-            self._discard_new_blob(key)
+            if not committed:
+                self._discard_new_blob(key)
+                if pending is not None:
+                    self._sync_removal(key)
             raise
         finally:
+            if committed and pending is not None and rec.status in (IngestStatus.DUPLICATE_IGNORED,
+                                                                     IngestStatus.DUPLICATE_REJECTED):
+                self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
+                self._sync_removal(key)
             self._journal_end(slot, committed)
             self._blob_settled(key)
-        if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED):
+        if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED) and pending is None:
             self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
         elif rec.replaced_blob_key is not None:
             # Start-up restores lost rows of new blobs with "keep-first": an overwrite is made
@@ -469,6 +526,69 @@ class DataStore:
         self._advance_durable_point()
         return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
                             rec.blob_key, rec.sha256)
+
+    def _abandon(self, pending: PendingPut, slot: int | str | None) -> None:
+        """Undo a started put whose instance is not indexed (a duplicate, a failure before the row):
+        its flush is waited for (it holds the ingest log's segment), then the blob is deleted (the
+        log's tombstone keeps start-up from bringing it back; if the tombstone is lost to a power
+        cut, start-up finds the blob a duplicate, or without a row it can take, and deletes it)."""
+        try:
+            pending.wait()
+        except OSError:
+            pass
+        self._delete_quietly(pending.key)
+        self._sync_removal(pending.key)
+        self._journal_end(slot)
+        self._blob_settled(pending.key)
+
+    def _sync_removal(self, key: str) -> None:
+        """Make the deletion of a blob whose log record was flushed durable before its key stops being
+        in flight: else a power cut could take the tombstone, start-up would rewrite the blob from
+        the record, and, its minute being behind the durable point by then, nobody would look at it
+        again (an orphan for ``check``)."""
+        sync = getattr(self.blobs, "sync_removals", None)
+        if sync is None:
+            return
+        try:
+            sync([key])
+        except OSError as exc:
+            log.error("deletion of blob %s not made durable (%s): start-up may bring it back", key, exc)
+
+    def _defers_durability(self, duplicate_policy: DuplicatePolicy) -> bool:
+        """Whether this ingest may overlap its blob's flush with its index transaction: only where
+        start-up finds a row whose blob did not survive and removes it
+        (:meth:`remove_unbacked_rows`, which looks at the rows from the durable point on). So: a
+        store with ``start_put``, an index whose commits are not durable one by one (SQLite at
+        ``synchronous=NORMAL``; PostgreSQL's commit would make the row durable with nothing to undo
+        it) in the process that moves the durable point, no cluster journal, and no overwrite (the
+        old copy goes only once the new row is durable)."""
+        return (duplicate_policy != "overwrite" and self._has_start_put and self.moves_durable_point
+                and self.shared_journal is None and not self.index.durable_commits)
+
+    def _finish_put(self, pending: PendingPut, sop_instance_uid: str) -> None:
+        """Wait until the blob of ``pending``, whose row is committed, is durable. If it cannot be
+        made durable, the ingest fails (it is not acknowledged) and the row and blob are removed, so
+        nothing refers to a blob a power cut could take."""
+        try:
+            pending.wait()
+        except BaseException as exc:
+            log.error("blob %s of %s could not be made durable (%s): its row is removed", pending.key,
+                      sop_instance_uid, exc)
+            try:
+                self._unindex(sop_instance_uid, pending.key)
+            except Exception as again:  # start-up removes it if the blob did not survive
+                log.error("cannot remove the row of %s: %s", sop_instance_uid, again)
+            raise
+
+    def _unindex(self, sop_instance_uid: str, key: str) -> None:
+        """Remove the row of ``sop_instance_uid`` if it still refers to ``key``, then its blob."""
+        def remove(s: Any) -> None:
+            found = s.scalar(select(Instance.blob_key).where(Instance.sop_instance_uid == sop_instance_uid))
+            if found == key:
+                self.index.remove_instance(s, sop_instance_uid)
+
+        self.index.run_write(remove)
+        self._delete_quietly(key)
 
     # the durable point (docs/store.md, "The durability contract") -------------------------------------
 
@@ -506,6 +626,51 @@ class DataStore:
             self.index.set_durable_point(point)
         except Exception as exc:  # the next ingest tries again; start-up then re-reads a little more
             log.debug("durable point not recorded: %s", exc)
+
+    def remove_unbacked_rows(self) -> int:
+        """Remove the rows a power cut left without their blob; returns how many.
+
+        An ingest may overlap its blob's flush with its index transaction (:meth:`BlobStore.start_put`),
+        so a row can reach stable storage before its blob (a WAL checkpoint syncs it), and a power cut
+        in between leaves a row whose blob is missing or torn. Such an instance was never
+        acknowledged: its answer waited for the blob's flush. The rows that can be in that state are
+        those of blobs made since the durable point (the point never passes a blob still in flight),
+        so only they are looked at: the blob must exist with the recorded size and, for the small
+        ones whose flush is deferred (up to :data:`pacskit.store.ingestlog.MAX_RECORD`), the
+        recorded SHA-256. A row that fails is removed (its counts too) and its torn blob deleted.
+        Run by :meth:`recover` after the ingest log's replay (which brings back every blob whose
+        record was flushed) and before :meth:`restore_index`."""
+        since = getattr(self.blobs, "iter_keys_since", None)
+        if self.index.durable_commits or since is None:
+            return 0
+        point = self.index.durable_point()
+        if not point:  # no point yet: no ingest has deferred a flush (they run after a recovery set one)
+            return 0
+        from pacskit.store.ingestlog import MAX_RECORD
+
+        now = current_minute()
+        if now - point >= KEY_MINUTES - 2 or point > now + 1:
+            prefixes = None  # a point too old to name the minutes by their keys: every row is looked at
+        else:
+            prefixes = [f"{m % KEY_MINUTES:04x}" for m in range(point - 1, now + 2)]
+        # keys are lower-case hex: the keys of a minute are those from its prefix up to prefix + "g"
+        conditions = ([Instance.blob_key.is_not(None)] if prefixes is None else
+                      [(Instance.blob_key >= p) & (Instance.blob_key < p + "g") for p in prefixes])
+        bad: list[tuple[str, str, str]] = []
+        for condition in conditions:
+            with self.index.reading() as s:
+                rows = s.execute(select(Instance.sop_instance_uid, Instance.blob_key, Instance.size,
+                                        Instance.sha256).where(condition)).all()
+            for uid, key, size, sha in rows:
+                problem = self._verify_copy(uid, key, size, sha, size <= MAX_RECORD)
+                if problem is not None:
+                    bad.append((uid, key, problem.detail))
+        for uid, key, why in bad:
+            log.warning("%s was never acknowledged (%s): its row is removed", uid, why)
+            self._unindex(uid, key)
+        if bad:
+            self.index.sync()
+        return len(bad)
 
     def restore_index(self) -> int:
         """Index the blobs whose rows a power cut took from the index; returns how many.
@@ -611,6 +776,7 @@ class DataStore:
         if replay_log is not None:
             replay_log()
         removed = finish_interrupted(self)
+        self.remove_unbacked_rows()
         self.restore_index()
         folder = self.blobs.journal_dir
         if folder is None:

@@ -9,6 +9,10 @@ made durable by a *record* in a log whose segments were zero-filled and flushed 
 * ``put_file`` renames the received file into place (a page-cache change, not flushed), then
   :meth:`IngestLog.append` writes a record — its key, length, CRC-32, reception time and bytes — at
   the segment's next offset (``pwritev``) and waits until a flush covers it;
+* **flush behind** (:meth:`IngestLog.start` with ``background``, ``FilesystemBlobStore.start_put``):
+  the record is written and the log's flusher thread flushes it while the writer goes on (the data
+  store runs the hash, the duplicate check and the index transaction meanwhile), then
+  :meth:`IngestLog.wait` waits for it; a waiter that finds no flush running runs it itself;
 * **group commit**: one writer at a time flushes the segment (``fdatasync``) for every record written
   before it started; writers that arrive meanwhile wait for the next flush, which one of them runs.
   A lone association pays one flush per instance, concurrent ones share them. A writer is released
@@ -162,6 +166,14 @@ class _Segment:
     keys: list[str] = field(default_factory=list)  # blob records, in order
 
 
+@dataclass(frozen=True, slots=True)
+class LogTicket:
+    """A record written by :meth:`IngestLog.start`, to be waited for with :meth:`IngestLog.wait`."""
+
+    segment: _Segment
+    end: int
+
+
 class IngestLog:
     """This process's ingest log under ``folder``; ``blob_path(key)`` names a blob's file."""
 
@@ -188,6 +200,9 @@ class IngestLog:
         self._keeper = threading.Thread(target=self._keep, name="pacskit-ingestlog", daemon=True)
         self._keeper.start()
         self._wake.set()
+        self._flush_wanted = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_behind, name="pacskit-ingestlog-flush", daemon=True)
+        self._flusher.start()
 
     @property
     def uses_syncfs(self) -> bool:
@@ -208,16 +223,27 @@ class IngestLog:
 
         ``False`` when the log cannot take it (too large, no segment ready, a failed write): the caller
         then makes the blob durable itself. Raises ``OSError`` when the log's flush failed."""
+        ticket = self.start(key, path)
+        return ticket is not None and self.wait(ticket)
+
+    def start(self, key: str, path: str, *, background: bool = False) -> LogTicket | None:
+        """Write the record of the blob ``key`` (the complete file at ``path``) without waiting for its
+        flush; :meth:`wait` then waits for it. Every ticket must be waited for once (until then the
+        segment cannot be checkpointed). ``background``: when no other record is in flight, the
+        log's flusher thread starts the flush now, so that it runs while the caller does other work
+        (``FilesystemBlobStore.start_put``); else the flush is run by the first waiter. ``None`` when the log cannot take the blob (too
+        large, no segment ready, a failed write): nothing to wait for, the caller makes the blob
+        durable itself."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
             if size > MAX_RECORD:
-                return False
+                return None
             data = os.read(fd, size + 1)
         finally:
             os.close(fd)
         if len(data) != size:
-            return False  # changing under us: not ours to log
+            return None  # changing under us: not ours to log
         length = _REC_SIZE + _pad(size)
         with self._cond:
             seg = self._current
@@ -228,7 +254,7 @@ class IngestLog:
                     self._seal(seg)
                 seg = self._current = self._take_ready()
                 if seg is None or seg.reserved + length + _REC_SIZE > seg.size:
-                    return False
+                    return None
             assert seg is not None
             start = seg.reserved
             seg.reserved += length
@@ -236,15 +262,38 @@ class IngestLog:
             seg.keys.append(key)
             self._live[key] = seg
         record = _record(_BLOB, seg.gen, key, data, time.time_ns())
-        logged = False
+        written = False
         try:
-            logged = self._write_and_wait(seg, start, [record, data, bytes(_pad(size) - size)])
-            return logged
+            written = self._write(seg, start, [record, data, bytes(_pad(size) - size)])
         finally:
+            if not written:
+                self._end(seg, False)
+        if not written:
+            return None
+        if background and seg.pending == 1 and not seg.flushing:
+            # A lone writer: the flusher thread flushes while the caller works. With others in flight
+            # their waits already share the flushes (group commit), and a wake-up per record would
+            # only cost CPU. (Read without the lock: a hint, the waiters flush if nobody does.)
+            self._flush_wanted.set()
+        return LogTicket(seg, start + length)
+
+    def wait(self, ticket: LogTicket) -> bool:
+        """Return once the record of ``ticket`` is durable (``True``); ``False`` when a failed write
+        before it leaves it uncovered (the caller makes the blob durable itself). Raises ``OSError``
+        when the log's flush failed."""
+        durable = False
+        try:
             with self._cond:
-                seg.pending -= 1
-                self.records += logged
-                self._cond.notify_all()
+                durable = self._wait_durable(ticket.segment, ticket.end)
+            return durable
+        finally:
+            self._end(ticket.segment, durable)
+
+    def _end(self, seg: _Segment, durable: bool) -> None:
+        with self._cond:
+            seg.pending -= 1
+            self.records += durable
+            self._cond.notify_all()
 
     def forget(self, key: str) -> None:
         """The blob ``key`` is being deleted: write a tombstone so that start-up does not bring it back
@@ -296,12 +345,6 @@ class IngestLog:
             self._cond.notify_all()
         return True
 
-    def _write_and_wait(self, seg: _Segment, start: int, parts: list[bytes]) -> bool:
-        if not self._write(seg, start, parts):
-            return False
-        with self._cond:
-            return self._wait_durable(seg, start + sum(len(p) for p in parts))
-
     @staticmethod
     def _flush_records(fd: int) -> None:
         """The one flush an acknowledgement waits for: the records written so far become durable.
@@ -318,23 +361,45 @@ class IngestLog:
             if seg.flushing or seg.written < end:
                 self._cond.wait()
                 continue
-            seg.flushing = True
-            target = seg.written
-            self._cond.release()
-            try:
-                self._flush_records(seg.fd)
-            except OSError:
-                self._cond.acquire()
-                seg.flushing = False
-                seg.failed_at = seg.durable if seg.failed_at is None else min(seg.failed_at, seg.durable)
-                self._cond.notify_all()
-                raise
+            self._flush_locked(seg)
+        return True
+
+    def _flush_locked(self, seg: _Segment) -> None:
+        """Flush every record written so far (lock held on entry and on return, released meanwhile)."""
+        seg.flushing = True
+        target = seg.written
+        self._cond.release()
+        try:
+            self._flush_records(seg.fd)
+        except OSError:
             self._cond.acquire()
             seg.flushing = False
-            seg.durable = max(seg.durable, target)
-            self.flushes += 1
+            seg.failed_at = seg.durable if seg.failed_at is None else min(seg.failed_at, seg.durable)
             self._cond.notify_all()
-        return True
+            raise
+        self._cond.acquire()
+        seg.flushing = False
+        seg.durable = max(seg.durable, target)
+        self.flushes += 1
+        self._cond.notify_all()
+
+    def _flush_behind(self) -> None:
+        """The flusher thread: flush what :meth:`start` wrote with ``background``, while its writer
+        goes on with other work (the index transaction); its :meth:`wait` then finds the record
+        durable, or joins the flush under way. A failed flush is the waiters' to report."""
+        while True:
+            self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            with self._cond:
+                if self._closed:
+                    return
+                for seg in (self._current, *self._sealed):
+                    if (seg is not None and not seg.flushing and seg.written > seg.durable
+                            and seg.failed_at is None):
+                        try:
+                            self._flush_locked(seg)
+                        except OSError as exc:
+                            log.error("ingest log %s: flush failed (%s)", seg.path, exc)
 
     # segments -------------------------------------------------------------------------------------------
 
@@ -459,7 +524,9 @@ class IngestLog:
                 self._seal(self._current)
             self._closed = True
             self._wake.set()
+            self._flush_wanted.set()
         self._keeper.join()
+        self._flusher.join()
         segments, self._segments = self._segments, []
         try:
             # If a checkpoint fails, not every blob is durable on its own: the segments stay, and the

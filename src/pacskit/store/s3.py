@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
-from pacskit.store.blobs import BlobNotFound, new_key, validate_key
+from pacskit.store.blobs import BlobNotFound, DurablePut, new_key, validate_key
 
 log = logging.getLogger("pacskit.store")
 
@@ -378,6 +378,11 @@ class S3BlobStore:
         except FileNotFoundError:
             pass
         return key
+
+    def start_put(self, src: str, key_hint: str | None = None) -> DurablePut:
+        """:meth:`put_file`: the object store's acknowledgement is its durability, so the put is
+        complete when this returns (the data store's index transaction then follows it)."""
+        return DurablePut(self.put_file(src, key_hint))
 
     def _put(self, name: str, key: str, body: Path | bytes) -> None:
         """One conditional PUT: ``FileExistsError`` if the object exists, unless the key is a random
