@@ -74,7 +74,10 @@ def test_storescu_instances_corrected_by_rule_forwarded_corrected(tmp_path: Path
                                                    called="FIXPACS", calling=calling)
                     assert count_store_successes(sent) == len(files), sent.stdout + sent.stderr
                 deadline = time.monotonic() + 60
-                while routing.corrected < 6 or len(list((tmp_path / "scp").rglob("*.dcm"))) < 6:
+                # storescp writes a file before its C-STORE-RSP reaches the router, which only then
+                # takes the job off its queue: wait for the queue to drain too
+                while (routing.corrected < 6 or len(list((tmp_path / "scp").rglob("*.dcm"))) < 6
+                       or routing.queue.counts()):
                     assert time.monotonic() < deadline, (routing.corrected, routing.queue.list())
                     await asyncio.sleep(0.1)
                 store = server.store
