@@ -366,9 +366,10 @@ class FilesystemBlobStore:
 
     def start_put(self, src: str, key_hint: str | None = None) -> PendingPut:
         """Rename ``src`` into place and start making it durable; see :meth:`BlobStore.start_put`. A
-        small blob's ingest log record is written here and flushed by the log's flusher thread while
-        the caller goes on; ``wait()`` waits for that flush (or takes the direct path below when
-        the log could not cover it). Other blobs are made durable before this returns."""
+        small blob's ingest log record is written here and its write-back started
+        (``IngestLog.start(..., background=True)``); ``wait()`` runs or joins the log's flush (or takes
+        the direct path below when the log could not cover it). Other blobs are made durable before
+        this returns."""
         src = os.fspath(src)
         key = validate_key(key_hint) if key_hint is not None else new_key()
         dest = self._file(key)

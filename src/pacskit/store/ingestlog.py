@@ -244,9 +244,9 @@ class IngestLog:
         flush; :meth:`wait` then waits for it. Every ticket must be waited for once (until then the
         segment cannot be checkpointed). ``background``: the record's write-back to the disk starts
         now (``sync_file_range``), so that it runs while the caller does other work
-        (``FilesystemBlobStore.start_put``) and the flush in :meth:`wait` has less left to do. ``None`` when the log cannot take the blob (too
-        large, no segment ready, a failed write): nothing to wait for, the caller makes the blob
-        durable itself."""
+        (``FilesystemBlobStore.start_put``) and the flush in :meth:`wait` has less left to do.
+        ``None`` when the log cannot take the blob (too large, no segment ready, a failed write):
+        nothing to wait for, the caller makes the blob durable itself."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
