@@ -147,8 +147,8 @@ class BlobStore(Protocol):
     def start_put(self, src: str, key_hint: str | None = None) -> PendingPut:
         """:meth:`put_file`, except that it may return before the blob is durable: the blob is in place
         under its key, and ``wait()`` of what it returns blocks until it is durable. The data store
-        runs the index transaction in between, so that the flush and the transaction overlap (the
-        row may then become durable before the blob: start-up removes such rows when the blob did
+        runs the index transaction in between, so that the blob's way to the disk and the
+        transaction overlap (the row may then become durable before the blob: start-up removes such rows when the blob did
         not survive, ``DataStore.remove_unbacked_rows``). A store whose puts are durable when they
         return does the whole put here and returns a :class:`DurablePut`; a store without this
         member is used through :meth:`put_file`."""
