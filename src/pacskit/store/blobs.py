@@ -148,10 +148,10 @@ class BlobStore(Protocol):
         """:meth:`put_file`, except that it may return before the blob is durable: the blob is in place
         under its key, and ``wait()`` of what it returns blocks until it is durable. The data store
         runs the index transaction in between, so that the blob's way to the disk and the
-        transaction overlap (the row may then become durable before the blob: start-up removes such rows when the blob did
-        not survive, ``DataStore.remove_unbacked_rows``). A store whose puts are durable when they
-        return does the whole put here and returns a :class:`DurablePut`; a store without this
-        member is used through :meth:`put_file`."""
+        transaction overlap (the row may then become durable before the blob: start-up removes
+        such rows when the blob did not survive, ``DataStore.remove_unbacked_rows``). A store whose
+        puts are durable when they return does the whole put here and returns a
+        :class:`DurablePut`; a store without this member is used through :meth:`put_file`."""
         ...
 
     @property
