@@ -147,11 +147,11 @@ class BlobStore(Protocol):
     def start_put(self, src: str, key_hint: str | None = None) -> PendingPut:
         """:meth:`put_file`, except that it may return before the blob is durable: the blob is in place
         under its key, and ``wait()`` of what it returns blocks until it is durable. The data store
-        runs the index transaction in between, so that the flush and the transaction overlap (the
-        row may then become durable before the blob: start-up removes such rows when the blob did
-        not survive, ``DataStore.remove_unbacked_rows``). A store whose puts are durable when they
-        return does the whole put here and returns a :class:`DurablePut`; a store without this
-        member is used through :meth:`put_file`."""
+        runs the index transaction in between, so that the blob's way to the disk and the
+        transaction overlap (the row may then become durable before the blob: start-up removes
+        such rows when the blob did not survive, ``DataStore.remove_unbacked_rows``). A store whose
+        puts are durable when they return does the whole put here and returns a
+        :class:`DurablePut`; a store without this member is used through :meth:`put_file`."""
         ...
 
     @property
@@ -366,9 +366,10 @@ class FilesystemBlobStore:
 
     def start_put(self, src: str, key_hint: str | None = None) -> PendingPut:
         """Rename ``src`` into place and start making it durable; see :meth:`BlobStore.start_put`. A
-        small blob's ingest log record is written here and flushed by the log's flusher thread while
-        the caller goes on; ``wait()`` waits for that flush (or takes the direct path below when
-        the log could not cover it). Other blobs are made durable before this returns."""
+        small blob's ingest log record is written here and its write-back started
+        (``IngestLog.start(..., background=True)``); ``wait()`` runs or joins the log's flush (or takes
+        the direct path below when the log could not cover it). Other blobs are made durable before
+        this returns."""
         src = os.fspath(src)
         key = validate_key(key_hint) if key_hint is not None else new_key()
         dest = self._file(key)

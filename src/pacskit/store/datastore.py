@@ -474,15 +474,17 @@ class DataStore:
                 self._journal_end(slot)
                 self._blob_settled(key)
             raise
+        assert key is not None  # set by the put above (or it raised)
+        stored: str = key
         ae = (source_ae or attrs.source_ae or "").strip()[:AE] or None
         received_at = dt.datetime.now(dt.UTC)
         shared = self.shared_journal if isinstance(slot, str) else None
 
         def record(s: Any) -> Any:
             if shared is not None:  # a cluster: our in-flight record must still be ours (see cluster.py)
-                shared.fence(s, key)
+                shared.fence(s, stored)
             return self.index.record_instance(
-                s, attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
+                s, attrs, blob_key=stored, size=size, sha256=sha, received_at=received_at,
                 source_ae=ae, policy=duplicate_policy,
             )
 
@@ -490,8 +492,8 @@ class DataStore:
         try:
             try:
                 # an instance of a known series: its own lean transaction (None: the general path decides)
-                rec = self.index.append_instance(attrs, blob_key=key, size=size, sha256=sha, received_at=received_at,
-                                                 source_ae=ae, fence=shared.fence_statement(key) if shared else None)
+                rec = self.index.append_instance(attrs, blob_key=stored, size=size, sha256=sha, received_at=received_at,
+                                                 source_ae=ae, fence=shared.fence_statement(stored) if shared else None)
                 if rec is None:
                     rec = self.index.run_write_shared(record)
                 committed = True
@@ -505,19 +507,19 @@ class DataStore:
                         pass
         except BaseException:
             if not committed:
-                self._discard_new_blob(key)
+                self._discard_new_blob(stored)
                 if pending is not None:
-                    self._sync_removal(key)
+                    self._sync_removal(stored)
             raise
         finally:
-            if committed and pending is not None and rec.status in (IngestStatus.DUPLICATE_IGNORED,
+            if committed and pending is not None and rec is not None and rec.status in (IngestStatus.DUPLICATE_IGNORED,
                                                                      IngestStatus.DUPLICATE_REJECTED):
-                self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
-                self._sync_removal(key)
+                self.blobs.delete(stored)  # lost a race with a concurrent copy of the same instance
+                self._sync_removal(stored)
             self._journal_end(slot, committed)
-            self._blob_settled(key)
+            self._blob_settled(stored)
         if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED) and pending is None:
-            self.blobs.delete(key)  # lost a race with a concurrent copy of the same instance
+            self.blobs.delete(stored)  # lost a race with a concurrent copy of the same instance
         elif rec.replaced_blob_key is not None:
             # Start-up restores lost rows of new blobs with "keep-first": an overwrite is made
             # durable before it is answered and before the old copy goes.
