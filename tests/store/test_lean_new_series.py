@@ -90,6 +90,17 @@ def _record(index: Index, a: InstanceAttributes, key: str, when: dt.datetime) ->
         source_ae=a.source_ae, policy="keep-first"))
 
 
+def _through_general_path(general: Index, instances: list[InstanceAttributes], when: dt.datetime,
+                          caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Record ``instances`` in ``general`` through the ORM alone (blob keys ``blobNNNN``, as the lean
+    side's); returns the warnings logged meanwhile (``caplog`` is cleared first)."""
+    caplog.clear()
+    for i, a in enumerate(instances):
+        general._forget()  # every instance through the ORM, as the general path alone would
+        assert _record(general, a, f"blob{i:04d}", when).status == IngestStatus.STORED
+    return [r.getMessage() for r in caplog.records]
+
+
 def _rows(index: Index) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, row ids replaced by the natural key of what they point to."""
     meta = MetaData()
@@ -128,11 +139,7 @@ def test_new_series_rows_are_the_general_paths(two_indexes: tuple[Index, Index],
             rec = _record(lean, a, key, when)
         assert rec.status == IngestStatus.STORED
     lean_warnings = [r.getMessage() for r in caplog.records]
-    caplog.clear()
-    for i, a in enumerate(instances):
-        general._forget()  # every instance through the ORM, as the general path alone would
-        assert _record(general, a, f"blob{i:04d}", when).status == IngestStatus.STORED
-    general_warnings = [r.getMessage() for r in caplog.records]
+    general_warnings = _through_general_path(general, instances, when, caplog)
 
     assert fell_back == []  # every instance took the lean lane, first ones of a series included
     assert lean_warnings == general_warnings and len(general_warnings) == 1

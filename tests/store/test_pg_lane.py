@@ -26,7 +26,7 @@ from pacskit.store.index.extract import InstanceAttributes
 
 from ._util import make_instance, new_uid
 from .conftest import ServerDatabases
-from .test_lean_new_series import _CR, _record, _rows, _uid, _varied
+from .test_lean_new_series import _CR, _record, _rows, _through_general_path, _uid, _varied
 
 
 @pytest.fixture
@@ -73,11 +73,7 @@ def test_lane_rows_are_the_general_paths(two_indexes: tuple[Index, Index], caplo
             rec = _record(lean, a, f"blob{i:04d}", when)
         assert rec.status == IngestStatus.STORED
     lean_warnings = [r.getMessage() for r in caplog.records]
-    caplog.clear()
-    for i, a in enumerate(instances):
-        general._forget()  # every instance through the ORM, as the general path alone would
-        assert _record(general, a, f"blob{i:04d}", when).status == IngestStatus.STORED
-    general_warnings = [r.getMessage() for r in caplog.records]
+    general_warnings = _through_general_path(general, instances, when, caplog)
 
     assert fell_back == []  # every instance took the lane: new series and known ones
     assert lean_warnings == general_warnings and len(general_warnings) >= 2  # P9 in P2's study, twice
