@@ -254,6 +254,17 @@ def test_missing_level_is_refused(loaded: DataStore) -> None:
     assert err.value.status == 0xA900 and err.value.tag == 0x00080052
 
 
+def test_a_sequence_key_sent_with_another_vr_is_refused(loaded: DataStore) -> None:
+    """Explicit VR lets a peer send Request Attributes Sequence as SS (a fuzzer found it): a clear
+    refusal naming the key, not a crash of the translator."""
+    ds = identifier("SERIES", {"StudyInstanceUID": "1.2.3"})
+    ds.add_new(0x00400275, "SS", 17)
+    with pytest.raises(InvalidQuery) as err:
+        run(loaded, STUDY_ROOT, "SERIES", ds)
+    assert err.value.status == 0xC000 and err.value.tag == 0x00400275, err.value.comment
+    assert "VR SS" in err.value.comment
+
+
 # Query values arrive encoded in the identifier's Specific Character Set: (charset, name, expected)
 ENCODED = [
     ("ISO_IR 100", "äneas^rüdiger", {"GERM"}),

@@ -15,6 +15,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -358,8 +359,14 @@ _REQUEST_COLUMNS = {
 
 
 def _query_item(elem: DataElement) -> Dataset | None:
-    """The one item of a sequence key (PS3.4 C.2.2.2.6), or None: an empty sequence is universal."""
-    items = list(elem.value or [])
+    """The one item of a sequence key (PS3.4 C.2.2.2.6), or None: an empty sequence is universal.
+    A sequence key sent with another VR (explicit VR "SS" where SQ belongs) holds no items: refused."""
+    value = elem.value
+    if value is None or value == b"" or value == "":
+        return None
+    if elem.VR != "SQ" or not isinstance(value, Sequence):
+        raise _bad_value(elem, f"a sequence key sent as VR {elem.VR}")
+    items = list(value)
     if len(items) > 1:
         raise _bad_value(elem, "a sequence key has at most one item")
     return items[0] if items else None
