@@ -11,6 +11,7 @@ Example::
     port = 11112
     max_associations = 100
     workers = 1                 # processes serving the port (SO_REUSEPORT), each with its add-ins
+    proxy_protocol_from = ["10.0.0.2"]  # load balancers that send a PROXY header (docs/deployment.md)
 
     [timeouts]
     acse = 30
@@ -59,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pacskit.config.validation import SettingsError, validate_ae_title
 from pacskit.net.config import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetConfig
+from pacskit.net.proxy import TrustedProxies
 
 SETTINGS_FILE = "server.toml"
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -246,6 +248,9 @@ class ServerSettings(_Strict):
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
     handler_threads: int = Field(8, ge=1)
     workers: int = Field(1, ge=1, le=64)
+    #: load balancers (addresses or networks) whose DICOM connections open with a PROXY protocol header
+    #: naming the client, and whose X-Forwarded-For the HTTP listener believes (docs/deployment.md)
+    proxy_protocol_from: list[str] = Field(default_factory=list)
     timeouts: Timeouts = Timeouts()
     database: DatabaseSettings = DatabaseSettings()
     storage: StorageSettings = StorageSettings()
@@ -274,6 +279,16 @@ class ServerSettings(_Strict):
     def _version(cls, value: str) -> str:
         if not 0 < len(value) <= 16:
             raise ValueError("implementation_version_name must be 1-16 characters")
+        return value
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
         return value
 
     @field_validator("host")
@@ -367,6 +382,7 @@ class ServerSettings(_Strict):
             handler_threads=self.handler_threads,
             implementation_class_uid=self.implementation_class_uid,
             implementation_version_name=self.implementation_version_name,
+            proxy_protocol_from=TrustedProxies(self.proxy_protocol_from),
         )
 
     def addin_section(self, name: str) -> dict[str, Any]:

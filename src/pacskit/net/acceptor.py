@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from pacskit.net import events as ev
 from pacskit.net.association import Association
+from pacskit.net.base import address_text
 from pacskit.net.negotiation import AssociateHook
 from pacskit.net.config import NetConfig
 from pacskit.net.presentation import SupportedContext
+from pacskit.net.proxy import ProxyProtocolError, read_header
 from pacskit.net.services import Services
 
 if TYPE_CHECKING:
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacskit.net")
 
 _connection_ids = itertools.count(1)  # process-wide: ids stay unique across several listeners
+
+#: (the load balancer's address, the client's address its PROXY header named)
+_Proxied = tuple[Any, tuple[str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,13 @@ class Acceptor:
     runs first (bounded by the ARTIM timeout), and only a connection that completed it gets an
     :class:`Association`; a failed handshake is logged with the peer's address and reason, closed, and
     reported to ``on_tls_failure(peer, error)`` when given.
+
+    With ``config.proxy_protocol_from`` set, a connection from one of those load balancers must open
+    with a PROXY protocol header (:mod:`pacskit.net.proxy`), read before TLS and before the ARTIM
+    timer's association request, within the ARTIM timeout; the client it names is the association's
+    ``peer_address`` (access control, logs, audit) and the balancer its ``proxy_address``. A balancer
+    that sends none, or a malformed one, has its connection closed with a log line. Connections from
+    other addresses are direct ones, read as usual.
 
     ``contexts`` and ``services`` may be replaced while serving (a server reload): each association
     keeps the ones it was created with, new connections get the new ones. :meth:`connections` and
@@ -89,7 +101,7 @@ class Acceptor:
         self.associations: set[Association] = set()
         self._connections: dict[int, Connection] = {}
         self._executor = ThreadPoolExecutor(self.config.handler_threads, thread_name_prefix=f"pacskit-{ae_title}")
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | _ProxyListener | None = None
         self._handed: tuple[str, int] | None = None  # the address another process listens on for us
         self._closing = False
         self._handshakes: set[asyncio.Task[None]] = set()  # TLS connections still in their handshake
@@ -98,7 +110,7 @@ class Acceptor:
         """Associations other than ``assoc`` that are negotiating or established (for the limit)."""
         return sum(1 for a in self.associations if a is not assoc and not (a.is_released or a.is_aborted or a.reject))
 
-    def _make_association(self, on_closed: Callable[[], None] | None = None) -> asyncio.Protocol:
+    def _make_association(self, on_closed: Callable[[], None] | None = None, proxied: _Proxied | None = None) -> asyncio.Protocol:
         assoc = Association(
             is_requestor=False,
             local_ae_title=self.ae_title,
@@ -111,6 +123,8 @@ class Acceptor:
             acceptor=self,
             require_called_ae=self.require_called_ae,
         )
+        if proxied is not None:
+            assoc.proxy_address, assoc.peer_address = proxied
         self.associations.add(assoc)
         connection = Connection(next(_connection_ids), assoc, time.time())
         self._connections[connection.id] = connection
@@ -143,8 +157,38 @@ class Acceptor:
         connection.association.abort()
         return True
 
-    def _make_protocol(self, on_closed: Callable[[], None] | None = None) -> asyncio.Protocol:
-        return self._make_association(on_closed) if self.ssl is None else _TlsHandshake(self, on_closed)
+    def _make_protocol(self, on_closed: Callable[[], None] | None = None, proxied: _Proxied | None = None) -> asyncio.Protocol:
+        return self._make_association(on_closed, proxied) if self.ssl is None else _TlsHandshake(self, on_closed, proxied)
+
+    async def _serve_socket(self, sock: socket.socket, on_closed: Callable[[], None] | None = None) -> bool:
+        """Give an accepted connection its protocol, after reading the PROXY header of a trusted load
+        balancer's; ``False`` (the socket closed) when the connection ends before that."""
+        loop = asyncio.get_running_loop()
+        proxied: _Proxied | None = None
+        try:
+            peer = sock.getpeername()
+        except OSError:  # the peer already gone
+            sock.close()
+            return False
+        if self.config.proxy_protocol_from.trusts(peer):
+            try:
+                async with asyncio.timeout(self.config.artim_timeout):
+                    client = await read_header(sock, loop)
+            except (ProxyProtocolError, TimeoutError, OSError) as exc:
+                why = "no PROXY header within the ARTIM timeout" if isinstance(exc, TimeoutError) else str(exc)
+                log.warning("%s: connection from load balancer %s closed: %s", self.ae_title, address_text(peer), why)
+                sock.close()
+                return False
+            if client is not None:
+                proxied = (peer, client)
+                log.debug("%s: connection from %s through load balancer %s", self.ae_title, address_text(client), address_text(peer))
+        try:
+            await loop.connect_accepted_socket(lambda: self._make_protocol(on_closed, proxied), sock)
+        except (OSError, RuntimeError) as exc:  # the peer already gone, or the loop closing
+            log.debug("%s: a connection could not be served: %s", self.ae_title, exc)
+            sock.close()
+            return False
+        return True
 
     def _tls_failed(self, peer: Any, exc: BaseException) -> None:
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
@@ -160,7 +204,9 @@ class Acceptor:
         """Bind and start accepting. Raises ``OSError`` (e.g. address in use) with the OS message."""
         loop = asyncio.get_running_loop()
         self._closing = False
-        if sock is not None:
+        if self.config.proxy_protocol_from:
+            self._server = _ProxyListener(self, [sock] if sock is not None else _listening_sockets(host, port, reuse_port))
+        elif sock is not None:
             self._server = await loop.create_server(self._make_protocol, sock=sock, backlog=128)
         else:
             self._server = await loop.create_server(
@@ -187,20 +233,15 @@ class Acceptor:
         if self._closing:
             sock.close()
             return
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def closed() -> None:
             if not done.done():
                 done.set_result(None)
 
-        try:
-            await loop.connect_accepted_socket(lambda: self._make_protocol(closed), sock)
-        except (OSError, RuntimeError) as exc:  # the peer already gone, or the loop closing
-            log.debug("%s: a handed connection could not be served: %s", self.ae_title, exc)
-            sock.close()
-            return
-        await done
+        sock.setblocking(False)
+        if await self._serve_socket(sock, closed):
+            await done
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -254,9 +295,10 @@ class _TlsHandshake(asyncio.Protocol):
     log line with the peer's address, and creates no association for a peer that never completed it.
     """
 
-    def __init__(self, acceptor: Acceptor, on_closed: Callable[[], None] | None = None) -> None:
+    def __init__(self, acceptor: Acceptor, on_closed: Callable[[], None] | None = None, proxied: _Proxied | None = None) -> None:
         self.acceptor = acceptor
         self.on_closed = on_closed  # called once when the connection ends, whatever its fate
+        self.proxied = proxied
         self.associated = False  # the association exists: its own close calls on_closed
         self.task: asyncio.Task[None] | None = None
 
@@ -274,9 +316,9 @@ class _TlsHandshake(asyncio.Protocol):
 
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         acceptor = self.acceptor
-        peer = transport.get_extra_info("peername")
+        peer = self.proxied[1] if self.proxied is not None else transport.get_extra_info("peername")
         loop = asyncio.get_running_loop()
-        dul = acceptor._make_association(self.on_closed)
+        dul = acceptor._make_association(self.on_closed, self.proxied)
         self.associated = True
         held = _Held()  # what arrives between the end of the handshake and the DUL taking over
         try:
@@ -332,3 +374,80 @@ def _forget(dul: Any) -> None:
     """An association whose connection never got past TLS: mark it closed so the acceptor drops it."""
     if not dul.closed.done():
         dul.closed.set_result(None)
+
+
+class _ProxyListener:
+    """The listening sockets of an acceptor that reads PROXY headers: what ``asyncio.Server`` does for
+    the others (accept, hand each connection to a protocol), with the header read from the socket
+    itself first, so that not a byte after it is consumed before the transport (and TLS) take over."""
+
+    def __init__(self, acceptor: Acceptor, sockets: list[socket.socket]) -> None:
+        self.acceptor = acceptor
+        self.sockets = sockets
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            sock.setblocking(False)
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in sockets]
+        self._closed = loop.create_future()
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        pending = self.acceptor._handshakes  # cancelled by Acceptor.close like TLS handshakes
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except (ConnectionAbortedError, ConnectionResetError):
+                continue
+            except OSError as exc:  # EMFILE and the like: wait a little, as asyncio.Server does
+                log.error("%s: accept failed: %s", self.acceptor.ae_title, exc)
+                await asyncio.sleep(1.0)
+                continue
+            task = loop.create_task(self._start(sock))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    async def _start(self, sock: socket.socket) -> None:
+        try:
+            await self.acceptor._serve_socket(sock)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+
+    def close(self) -> None:
+        for task in self._accepting:
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+
+    async def serve_forever(self) -> None:
+        await asyncio.shield(self._closed)
+
+
+def _listening_sockets(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
+    """Bound, listening sockets for every address ``host`` resolves to (as ``loop.create_server``)."""
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -73,7 +73,10 @@ class AssociationBase:
         self.dataset_bytes_sent = 0
         self.local_ae_title = local_ae_title
         self.remote_ae_title = ""
+        #: the caller's (host, port): the connection's peer, or the client a trusted load balancer named
+        #: in its PROXY header (then ``proxy_address`` is the balancer's)
         self.peer_address: Any = None
+        self.proxy_address: Any = None
         self.config = config
         self.bus = bus
         self.services = services

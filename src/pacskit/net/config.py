@@ -6,6 +6,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pacskit.net.proxy import TrustedProxies
+
 #: pacskit's Implementation Class UID (a 2.25 UUID-derived UID, PS3.5 B.2), fixed for the project.
 IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "https://pacskit.org/implementation").int)
 IMPLEMENTATION_VERSION_NAME = "PACSKIT_010"
@@ -28,6 +30,8 @@ class NetConfig:
       receiving a dataset never waits on file creation on the event loop (which a journalling file
       system delays while another thread's fsync commits). 0: created on demand. The server uses 16
       (refilled in batches of half).
+    - ``proxy_protocol_from``: the load balancers whose connections start with a PROXY protocol header
+      naming the client (:mod:`pacskit.net.proxy`); empty (the default): nobody's is read.
     """
 
     max_pdu_length: int = 262_144
@@ -49,6 +53,7 @@ class NetConfig:
     spare_temp_files: int = 0
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
+    proxy_protocol_from: TrustedProxies = TrustedProxies()
 
     def __post_init__(self) -> None:
         if self.max_pdu_length and self.max_pdu_length < 1024:

@@ -91,7 +91,8 @@ class UpperLayer(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # not TCP (tests over socketpair)
                 pass
-        self.user.peer_address = transport.get_extra_info("peername")
+        if self.user.proxy_address is None:  # else the acceptor set the address a PROXY header named
+            self.user.peer_address = transport.get_extra_info("peername")
         if self.bus.wants(ev.CONNECTION_OPENED):
             self.bus.emit(ev.CONNECTION_OPENED, self.user, peer=self.user.peer_address)
         if self.is_requestor:

@@ -18,13 +18,17 @@ class AsgiServers:
         self.name = name
         self._running: list[tuple[Any, list[socket.socket], asyncio.Task[None]]] = []
 
-    async def serve(self, app: Any, sock: socket.socket, **ssl: str) -> None:
-        """Serve ``app`` on ``sock`` (``ssl_certfile``/``ssl_keyfile`` for HTTPS). Raises what uvicorn
-        raises when it cannot start (an unreadable certificate, say)."""
+    async def serve(self, app: Any, sock: socket.socket, *, forwarded_from: list[str] | None = None, **ssl: str) -> None:
+        """Serve ``app`` on ``sock`` (``ssl_certfile``/``ssl_keyfile`` for HTTPS). ``forwarded_from``:
+        the load balancers whose ``X-Forwarded-For`` names the client (uvicorn's default, loopback
+        only, when not given). Raises what uvicorn raises when it cannot start (an unreadable
+        certificate, say)."""
         import uvicorn
 
+        trust = {"forwarded_allow_ips": [str(n) for n in forwarded_from]} if forwarded_from else {}
         config = uvicorn.Config(
             app,
+            **trust,  # type: ignore[arg-type]
             lifespan="off",
             log_config=None,
             log_level="warning",

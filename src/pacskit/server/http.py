@@ -134,7 +134,7 @@ class PublicHttp:
             ssl = {"ssl_certfile": str(self.settings.folder_path(http.tls_cert)),
                    "ssl_keyfile": str(self.settings.folder_path(http.tls_key))}
         try:
-            await self._servers.serve(self._current, sock, **ssl)
+            await self._servers.serve(self._current, sock, forwarded_from=self.settings.proxy_protocol_from, **ssl)
         except Exception as exc:
             sock.close()
             raise HttpServiceError(f"HTTP listener cannot start: {type(exc).__name__}: {exc}") from exc

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pacskit.testing.peers import LOCALHOST, PeerError, _stop, _tail, free_port
 
@@ -41,15 +41,19 @@ def haproxy_binary() -> str | None:
 
 
 def haproxy_config(backends: Sequence[Backend], *, dicom_port: int, http_port: int, stats_port: int,
-                   bind: str = LOCALHOST, check_interval_ms: int = 500, health_path: str = "/healthz") -> str:
+                   bind: str = LOCALHOST, check_interval_ms: int = 500, health_path: str = "/healthz",
+                   send_proxy: Literal["v1", "v2"] | None = None, health_checks: bool = True) -> str:
     """The HAProxy configuration: DICOM in TCP mode (``leastconn``: associations are long and uneven),
     HTTP in HTTP mode (round robin), every node checked with ``GET /healthz`` (down after two failures,
-    up after one success); the stats page on ``stats_port``."""
-    checks = f"check port {{http}} inter {check_interval_ms} fall 2 rise 1"
+    up after one success; ``health_checks=False``: none, every node counts as up); the stats page on
+    ``stats_port``. ``send_proxy`` makes the DICOM connections open with a PROXY protocol header of
+    that version (the nodes then list the balancer in ``proxy_protocol_from``)."""
+    proxy = {None: "", "v1": " send-proxy", "v2": " send-proxy-v2"}[send_proxy]
+    checks = (f"check port {{http}} inter {check_interval_ms} fall 2 rise 1" if health_checks else "") + proxy
     dicom_servers = "\n".join(
         f"    server {b.name} {b.host}:{b.dicom_port} {checks.format(http=b.http_port)}" for b in backends)
-    http_servers = "\n".join(
-        f"    server {b.name} {b.host}:{b.http_port} check inter {check_interval_ms} fall 2 rise 1" for b in backends)
+    http_check = f" check inter {check_interval_ms} fall 2 rise 1" if health_checks else ""
+    http_servers = "\n".join(f"    server {b.name} {b.host}:{b.http_port}{http_check}" for b in backends)
     return f"""global
     maxconn 4096
 
@@ -136,7 +140,8 @@ class HAProxy:
 
 @contextlib.contextmanager
 def haproxy(backends: Sequence[Backend], *, wait_up: bool = True, startup_timeout: float = 30,
-            attempts: int = 5, health_path: str = "/healthz") -> Iterator[HAProxy]:
+            attempts: int = 5, health_path: str = "/healthz", send_proxy: Literal["v1", "v2"] | None = None,
+            health_checks: bool = True) -> Iterator[HAProxy]:
     """Run HAProxy in front of ``backends`` for the duration of the block (see :func:`haproxy_config`);
     with ``wait_up``, yields once every node is UP. Raises :class:`PeerError` with its log's tail."""
     binary = haproxy_binary()
@@ -149,7 +154,8 @@ def haproxy(backends: Sequence[Backend], *, wait_up: bool = True, startup_timeou
             dicom_port, http_port, stats_port = free_port(), free_port(), free_port()
             config = folder / "haproxy.cfg"
             config.write_text(haproxy_config(backends, dicom_port=dicom_port, http_port=http_port,
-                                             stats_port=stats_port, health_path=health_path))
+                                             stats_port=stats_port, health_path=health_path,
+                                             send_proxy=send_proxy, health_checks=health_checks))
             log_path = folder / "haproxy.log"
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
@@ -163,7 +169,7 @@ def haproxy(backends: Sequence[Backend], *, wait_up: bool = True, startup_timeou
                         states = running.server_states()
                     except (urllib.error.URLError, OSError):
                         states = {}
-                    if states and (not wait_up or all(s.startswith("UP") for s in states.values())):
+                    if states and (not wait_up or all(s.startswith("UP") or s == "no check" for s in states.values())):
                         up = True
                         break
                     with contextlib.suppress(subprocess.TimeoutExpired):
