@@ -81,3 +81,27 @@ def test_dcmtk_tls_through_haproxy_after_the_header(pki: Pki, tmp_path: Path) ->
             with haproxy([Backend("node", server.tls_port, 1)], health_checks=False, send_proxy=version) as lb:  # type: ignore[arg-type]
                 result = run_echoscu("127.0.0.1", lb.dicom_port, AET, "MODALITY1", tls, timeout=60)
                 assert result.returncode == 0 and "Received Echo Response (Success)" in result.stdout, result.stdout
+
+
+def test_workers_read_the_header_of_a_handed_connection(tmp_path: Path) -> None:
+    """``serve --workers 2``: the parent accepts, a worker reads the PROXY header (Acceptor.adopt)."""
+    import subprocess
+    import sys
+
+    from pacskit.testing.peers import free_port
+
+    folder = _with_settings(server_folder(tmp_path, ae_title=AET, open_mode=False, entries=[BOUND]),
+                            proxy_protocol_from=["127.0.0.1"])
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pacskit", "serve", "--data-dir", str(folder), "--port", str(port),
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()  # printed once every worker is ready and the parent listens
+        assert "with 2 workers" in ready, ready
+        with haproxy([Backend("node", port, 1)], health_checks=False, send_proxy="v2") as lb:
+            assert [_associate(lb.dicom_port, "BOUND", "127.0.0.3") for _ in range(4)] == [2] * 4
+            assert _associate(lb.dicom_port, "BOUND", "127.0.0.4") == 3
+    finally:
+        proc.terminate()
+        proc.wait(60)
