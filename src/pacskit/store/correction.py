@@ -3,10 +3,12 @@
 The index and the files must always agree, so a merge rewrites every file of A's studies with B's
 patient attributes (Patient's Name, Patient ID, Issuer of Patient ID, Birth Date, Sex) under *new*
 blob keys, then switches the rows and moves the studies in one transaction, then deletes the old
-files. One intent file of the deletion journal (:mod:`pacskit.store.deletion`) lists both the old
-and the new keys before any file is written: recovery deletes whichever of them no row refers to.
-Killed before the commit, the new files go and A is as it was; after it, the old files go and the
-merge is complete. SOP Instance UIDs are kept (the instances are the same acquisitions; the patient
+files. One intent of the deletion journal (:mod:`pacskit.store.deletion`: a local intent file, or on
+a cluster node a shared intent in the database) lists both the old and the new keys before any file
+is written: recovery deletes whichever of them no row refers to. Killed before the commit, the new
+files go and A is as it was; after it, the old files go and the merge is complete. On a cluster the
+node that recovers a dead node does this for it, and the rows' commit is fenced on the intent still
+being ours. SOP Instance UIDs are kept (the instances are the same acquisitions; the patient
 they were filed under was wrong).
 
 :func:`correct_attributes` changes any descriptive attribute of a study or a series the same way,
@@ -29,7 +31,7 @@ import pydicom
 from sqlalchemy import and_, delete, func, select, update
 
 from pacskit.store.blobs import new_key
-from pacskit.store.deletion import Deleter, StudyDeletion, _Intent, finish_interrupted, journal_folder
+from pacskit.store.deletion import Deleter, StudyDeletion, _SharedIntent, finish_interrupted, open_intent
 from pacskit.store.index.extract import sha256_file
 from pacskit.store.index.models import Instance, Patient, Study
 
@@ -122,9 +124,10 @@ def _apply(store: DataStore, rows: dict[int, list[Any]], studies: dict[int, Stud
     ``transform(dataset)`` instead of ``values``: changes the dataset in place and returns extra
     column values of its instance row (e.g. the new transfer syntax)."""
     finish_interrupted(store)
-    folder = journal_folder(store)
     plan = [(r, new_key()) for study_rows in rows.values() for r in study_rows]
-    intent = _Intent(folder, [k for r, new in plan for k in (r.blob_key, new)], what) if folder else None
+    # local intent file, or in a cluster the shared database: a node that dies mid-correction is
+    # finished by the node that recovers it (each listed blob no row refers to is deleted)
+    intent = open_intent(store, [k for r, new in plan for k in (r.blob_key, new)], what)
     written: dict[int, tuple[str, int, str, dict[str, Any]]] = {}  # pk -> (new key, size, sha256, extra columns)
     try:
         with store.writing():
@@ -138,6 +141,8 @@ def _apply(store: DataStore, rows: dict[int, list[Any]], studies: dict[int, Stud
                     s.execute(update(Instance).where(Instance.pk == pk).values(blob_key=key, size=size, sha256=sha,
                                                                                **extra))
                 switch(s)
+                if isinstance(intent, _SharedIntent):  # a node that took our intent over must not see this commit
+                    intent.fence(s)
 
             store.index.run_write(work)
             store.index.sync()  # the rows point to the new files for good before the old ones go
@@ -153,6 +158,8 @@ def _apply(store: DataStore, rows: dict[int, list[Any]], studies: dict[int, Stud
             sync_removals = getattr(store.blobs, "sync_removals", None)
             if sync_removals is not None:
                 sync_removals([row.blob_key for row, _key in plan])
+        if isinstance(intent, _SharedIntent):
+            intent.done = True
     except BaseException:
         # Not committed (or unknown): the new files go if no row refers to them (recovery would too).
         for _row, key in plan:

@@ -223,7 +223,7 @@ class _SharedIntent:
         self.journal.end_deletion(self.intent, done=self.done)
 
 
-def _open_intent(store: DataStore, keys: Sequence[str], what: str) -> _Intent | _SharedIntent | None:
+def open_intent(store: DataStore, keys: Sequence[str], what: str) -> _Intent | _SharedIntent | None:
     """The deletion's intent: shared when this process is a cluster node, else the local intent file
     (``None``: a blob store without a journal, e.g. memory)."""
     shared = store.shared_journal
@@ -400,7 +400,7 @@ class Deleter:
             return report
         finish_interrupted(self.store)
         all_keys = [r.blob_key for study_rows in rows.values() for r in study_rows]
-        intent = _open_intent(self.store, all_keys, f"{level} {' '.join(uids)[:200]} {reason}".strip())
+        intent = open_intent(self.store, all_keys, f"{level} {' '.join(uids)[:200]} {reason}".strip())
         try:
             with self.store.writing():
                 for study_pk, study_rows in rows.items():
@@ -456,5 +456,6 @@ __all__ = [
     "StudyDeletion",
     "finish_interrupted",
     "journal_folder",
+    "open_intent",
     "pending_keys",
 ]
