@@ -1,5 +1,6 @@
 """The retention add-in in a server: rules from server.toml, a run through the admin API (dry run
-first), the studies deleted crash-safely and audited as Study Deleted by the rule, the report kept."""
+first), the studies deleted crash-safely and audited as Study Deleted by the rule, the report kept;
+a pass skipped while another process of the archive runs one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pacskit.addins.storage import StorageAddIn
 from pacskit.config.settings import load_settings
 from pacskit.server.server import Server
 from pacskit.store import Instance
+from pacskit.store.exclusive import ExclusiveTasks
 from pacskit.store.records import AuditRecord
 from pacskit.testing.synth import make_series
 
@@ -44,6 +46,11 @@ def test_retention_run_dry_then_for_real(tmp_path: Path) -> None:
                 update(Instance).where(Instance.source_ae.in_(["US1", "CT1"]))
                 .where(Instance.sop_instance_uid != uids["new-us"]).values(received_at=old)))
             # new-us has one old instance and one new one: the study is not old
+            # another process of the archive (a worker, a node) running its pass: this one skips its turn
+            with ExclusiveTasks(store.index.engine, server.settings.data_path).hold("retention") as held:
+                assert held
+                skipped = await server_addin_run(server)
+            assert "another process" in skipped["skipped"] and store.count("studies") == 3
             transport = httpx.AsyncHTTPTransport(uds=str(server.settings.admin_socket_path))
             async with httpx.AsyncClient(transport=transport, base_url="http://admin") as api:
                 dry = (await api.post("/addins/retention/run", json={})).json()
@@ -55,7 +62,9 @@ def test_retention_run_dry_then_for_real(tmp_path: Path) -> None:
                 assert done["deleted_instances"] == 2 and not done["failed"]
                 assert store.count("studies") == 2 and store.get_instance(uids["old-us"]) is None
                 reports = (await api.get("/addins/retention/reports")).json()
-                assert [r["dry_run"] for r in reports][-2:] == [True, False]
+                # the pass at start-up (dry), the skipped one, the dry run, the real one
+                assert [r["dry_run"] for r in reports] == [True, False, True, False]
+                assert "skipped" in reports[1] and "skipped" not in reports[3]
             assert store.check().ok
         finally:
             await server.stop()
@@ -66,6 +75,12 @@ def test_retention_run_dry_then_for_real(tmp_path: Path) -> None:
         assert len(xml) == 1 and "retention:us-30d" in xml[0] and "OLD-US" in xml[0]
 
     asyncio.run(run())
+
+
+async def server_addin_run(server: Server) -> dict:  # type: ignore[type-arg]
+    transport = httpx.AsyncHTTPTransport(uds=str(server.settings.admin_socket_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as api:
+        return (await api.post("/addins/retention/run", json={"dry_run": False})).json()  # type: ignore[no-any-return]
 
 
 def server_engine(folder: Path):  # type: ignore[no-untyped-def]

@@ -12,7 +12,9 @@ and on ``POST /addins/retention/run``, it evaluates its rules (:mod:`pacskit.sto
 
 Studies are deleted with the store's crash-safe deletion (:mod:`pacskit.store.deletion`) and each is
 audited (*DICOM Study Deleted*, the rule named as the active participant ``retention:<rule>``). With
-``dry_run = true`` nothing is deleted and the report says what would go. Each run's report (rules,
+``dry_run = true`` nothing is deleted and the report says what would go. With several processes on
+one archive (``serve --workers N``, cluster nodes) one pass runs at a time: a process that finds
+another's pass running skips its turn (its report says ``skipped``). Each run's report (rules,
 studies with patient, reception time and size, the free space before and after, a watermark that
 could not be met) is appended to ``reports_file`` (JSON lines) and served at
 ``GET /addins/retention/reports``.
@@ -116,6 +118,15 @@ class RetentionAddIn(AddIn):
         return max(wanted) if wanted else None
 
     def _run(self, dry_run: bool) -> dict[str, Any]:
+        # every worker process and every cluster node runs this add-in: one pass at a time, archive-wide
+        with self.base.exclusive("retention") as mine:
+            if not mine:
+                log.info("retention: another process of the archive is running a pass; this one is skipped")
+                return {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dry_run": dry_run,
+                        "skipped": "another process of the archive (worker or node) is running retention"}
+            return self._pass(dry_run)
+
+    def _pass(self, dry_run: bool) -> dict[str, Any]:
         store = self.base.store
         assert store is not None
         opts = self.options

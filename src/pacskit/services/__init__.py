@@ -80,6 +80,7 @@ Example — a complete add-in::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -195,6 +196,8 @@ class BaseServices:
       (:meth:`AddIn.admit_instance`); a storage service calls ``admission.check(instance)``
     - ``control``: the admin API, the servers root and the listener's users (:class:`ServerControl`),
       one object shared by every add-in of the server
+
+    and :meth:`exclusive`, for work only one process of the archive may do at a time.
     """
 
     dicom_request: DicomRequest
@@ -208,6 +211,18 @@ class BaseServices:
     admission: Admission = field(default_factory=lambda: Admission())
     workflow: Workflow = field(default_factory=lambda: Workflow())
     control: ServerControl = field(default_factory=ServerControl)
+
+    def exclusive(self, name: str) -> contextlib.AbstractContextManager[bool]:
+        """``with base.exclusive("retention") as mine:`` -- ``mine`` is True when no other process of
+        the archive (another worker of ``serve --workers N``, another node of a cluster) is in a block
+        of the same name; else False, at once: skip the work, that process is doing it. Periodic
+        archive-wide work (retention, sweeps) runs in every process, so it needs this
+        (:class:`pacskit.store.exclusive.ExclusiveTasks`: PostgreSQL advisory locks, else a lock file
+        in the data folder)."""
+        from pacskit.store.exclusive import ExclusiveTasks
+
+        engine = self.store.index.engine if self.store is not None else None
+        return ExclusiveTasks(engine, self.data_dir).hold(name)
 
 
 @dataclass(frozen=True, slots=True)
