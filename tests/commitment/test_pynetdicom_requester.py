@@ -61,12 +61,15 @@ class Reports:
     def __init__(self) -> None:
         self.received: list[tuple[str, int, Dataset]] = []
         self.arrived = threading.Event()
+        self.gate: threading.Event | None = None  # when set: each report is answered only once it opens
 
     def handler(self, how: str) -> Any:
         def on_report(event: Any) -> tuple[int, None]:
             ds = event.event_information
             self.received.append((how, int(event.request.EventTypeID), ds))
             self.arrived.set()
+            if self.gate is not None:
+                self.gate.wait(30)
             return 0x0000, None
 
         return on_report
@@ -227,3 +230,46 @@ def test_unregistered_requester_fails_after_its_attempts(tmp_path: Path) -> None
             assert "not in the AE registry" in rows[0].last_error
 
     asyncio.run(run())
+
+
+def test_with_two_workers_one_resumes_a_pending_request(tmp_path: Path) -> None:
+    """``serve --workers 2`` after a restart: one worker resumes the pending request (one report), the
+    other logs that another worker does; before, every worker sent its own report."""
+    import subprocess
+    import sys
+
+    settings = server_settings(tmp_path, None, delay=3600)
+    port = free_port()
+    register(settings, REQUESTER, port)
+
+    async def first() -> list[Any]:
+        async with Server(settings) as server:
+            stored = store_files(server.store, tmp_path / "src", 2)
+            status, _ = await asyncio.to_thread(_request, server.port, [r for _, r in stored], Reports(), keep_open=False)
+            assert status == 0
+            return stored
+
+    stored = asyncio.run(first())
+    reports = Reports()
+    # the report stays unanswered (so the request stays pending) until both workers have started:
+    # each has then decided whether it resumes it
+    reports.gate = threading.Event()
+    scp = _report_scp(port, reports)
+    proc = subprocess.Popen([sys.executable, "-m", "pacskit", "serve", "--data-dir", str(settings.folder),
+                             "--port", str(free_port()), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()  # once every worker has started (its add-ins' start() done)
+        assert "with 2 workers" in ready, ready
+        reports.gate.set()
+        how, event_type, ds = reports.wait()
+        assert (how, event_type) == ("new", 1)
+        assert set(_sop_uids(ds, "ReferencedSOPSequence")) == {r.sop_instance_uid for _, r in stored}
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+        scp.shutdown()
+    assert err.count("resuming 1 pending storage commitment reports") == 1, err
+    assert err.count("another worker resumes them") == 1, err
+    assert len(reports.received) == 1

@@ -39,8 +39,10 @@ answered at once; the commitment itself is decided afterwards and sent as an N-E
    marked ``failed`` (kept in the database, logged).
 
 Requests still pending when the server stops are resumed at start-up, at once (``delay`` is not
-applied again) and on a new association. With ``workers > 1``, every worker process resumes every
-pending request, so a requester may get one report per worker (they are identical).
+applied again) and on a new association. With ``workers > 1`` one worker resumes them: the first
+to start takes the archive-wide ``commitment-resume`` lock (:meth:`BaseServices.exclusive
+<pacskit.services.BaseServices.exclusive>`) and keeps it until it stops (across reloads); a worker
+that replaces a dead one takes it over and resumes what is still pending.
 
 On a cluster (``[cluster]``, docs/deployment.md) each request is claimed by the node that received it,
 in the transaction that records it (``pacskit.store.cluster.claim``); a node starting resumes only its
@@ -51,6 +53,7 @@ whose lease ran out: one report per request, whichever node survives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -119,6 +122,7 @@ class StorageCommitmentAddIn(AddIn):
         self._storage_classes: frozenset[str] = frozenset()
         self._node: str | None = None  # this node's name on a cluster (pacskit.store.cluster claims)
         self._adopter: asyncio.Task[None] | None = None
+        self._holds_resume = False  # counted in control.shared["commitment-resume"] (see _resumer)
 
     def presentation_contexts(self) -> Sequence[SupportedContext]:
         return [SupportedContext(STORAGE_COMMITMENT_PUSH_MODEL)]
@@ -143,10 +147,40 @@ class StorageCommitmentAddIn(AddIn):
             # the rest belongs to the node that received it, and is adopted if that node dies
             pending = await asyncio.to_thread(self._adopt, pending, True)
             self._adopter = asyncio.get_running_loop().create_task(self._adopt_orphans(settings.cluster.lease_seconds))
+        elif pending and not await asyncio.to_thread(self._resumer):
+            self.base.log.info("%d pending storage commitment reports: another worker resumes them", len(pending))
+            pending = []
         if pending:
             self.base.log.info("resuming %d pending storage commitment reports", len(pending))
         for pk in pending:
             self._spawn(pk, None, None, delay=0.0)
+
+    def _resumer(self) -> bool:
+        """Whether this process resumes the pending requests: the one worker of the folder (or of the
+        PostgreSQL database) holding the ``commitment-resume`` lock, taken for the process's life
+        (kept in ``control.shared``, so a reloaded add-in keeps it; released when the process ends)."""
+        held = self.base.control.shared.get("commitment-resume")
+        if held is not None:  # a reload: the new instance starts before the old one stops
+            held[1] += 1
+            self._holds_resume = True
+            return True
+        hold = contextlib.ExitStack()
+        if not hold.enter_context(self.base.exclusive("commitment-resume")):
+            hold.close()
+            return False
+        self.base.control.shared["commitment-resume"] = [hold, 1]
+        self._holds_resume = True
+        return True
+
+    def _release_resumer(self) -> None:
+        held = self.base.control.shared.get("commitment-resume")
+        if held is None or not self._holds_resume:
+            return
+        self._holds_resume = False
+        held[1] -= 1
+        if held[1] == 0:  # the server stops (not a reload): another worker may take it over
+            del self.base.control.shared["commitment-resume"]
+            held[0].close()
 
     def _adopt(self, pending: list[int], own: bool) -> list[int]:
         from pacskit.store.cluster import adopt
@@ -186,6 +220,7 @@ class StorageCommitmentAddIn(AddIn):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)  # what is still pending is resumed at the next start
+        await asyncio.to_thread(self._release_resumer)
 
     def _spawn(self, pk: int, assoc: Association | None, context: PresentationContext | None, *, delay: float) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(pk, assoc, context, delay))

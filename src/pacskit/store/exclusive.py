@@ -20,12 +20,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger("pacskit.store")
 
 __all__ = ["ExclusiveTasks"]
 
@@ -69,8 +73,11 @@ class ExclusiveTasks:
                 yield mine
             finally:
                 if mine:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
+                    try:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+                    except DBAPIError as exc:  # the session is gone, and its lock with it
+                        log.debug("exclusive task %s: unlock on a lost session: %s", name, exc)
 
     @contextlib.contextmanager
     def _flock(self, name: str) -> Iterator[bool]:
