@@ -18,7 +18,7 @@ TABLES = {"patients", "studies", "series", "series_requests", "instances", "tran
           "cluster_forward_destinations", "cluster_claims", "cluster_deletions"}
 
 #: the newest revision in src/pacskit/store/migrations/versions (update with every migration)
-HEAD = "0009"
+HEAD = "0010"
 
 
 def test_migrate_twice_is_idempotent(fresh_db_url: Any) -> None:

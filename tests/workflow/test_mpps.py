@@ -256,3 +256,94 @@ def test_forwarding_to_another_ae(tmp_path: Path) -> None:
                 time.sleep(0.05)
         assert list(addin.forwarded) == [("NSCP", "N-CREATE", uid, 0x0000), ("NSCP", "N-SET", uid, 0x0000)]
         assert ("N-CREATE", uid) in calls and ("N-SET", uid) in calls
+
+
+def test_forwards_wait_in_the_database_across_a_restart(tmp_path: Path) -> None:
+    """The destination is down: the N-CREATE's first attempt fails, the server stops while it waits
+    to retry. Both messages stay queued in the database (the N-CREATE with its attempt and error);
+    after a restart with the destination up they go out, in order, and leave the queue."""
+    from client._peers import pynetdicom_n_scp
+
+    folder = tmp_path / "pacs"
+    down = socket_bound()
+    try:
+        assert runner.invoke(cli, ["ae", "add", "NSCP", "--host", "127.0.0.1", "--port", str(down.getsockname()[1]),
+                                   "--data-dir", str(folder)]).exit_code == 0
+        with serve(folder, forward_to=["NSCP"], forward_retry_delay=3600) as srv:
+            addin = next(a for a in srv.addins if a.name == "mpps")
+
+            async def modality() -> str:
+                wl = await QueryRetrieveScu(f"{AE}@127.0.0.1:{srv.port}", model="worklist").find({"PatientID": "MP1"})
+                async with MppsScu(f"{AE}@127.0.0.1:{srv.port}", calling_ae="CT1") as mpps:
+                    started = await mpps.start(in_progress_attributes(wl.records[0].dataset, station_ae="CT1"))
+                    assert started.ok
+                    uid = started.affected_sop_instance_uid
+                    assert (await mpps.complete(uid, [performed_series_item(generate_uid(), [])])).ok
+                return uid
+
+            uid = asyncio.run(modality())
+            api = admin(srv)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                queued = api.get("/addins/mpps/forwards").json()
+                if queued and queued[0]["attempts"] == 1:
+                    break
+                time.sleep(0.05)
+            assert [(m["service"], m["sop_instance_uid"], m["attempts"]) for m in queued] == [
+                ("N-CREATE", uid, 1), ("N-SET", uid, 0)]
+            assert "Connection" in queued[0]["last_error"] or "refused" in queued[0]["last_error"], queued[0]
+            assert not addin.forwarded
+    finally:
+        down.close()
+    with pynetdicom_n_scp() as (address, calls):
+        port = address.rsplit(":", 1)[1]
+        assert runner.invoke(cli, ["ae", "add", "NSCP", "--host", "127.0.0.1", "--port", port, "--replace",
+                                   "--data-dir", str(folder)]).exit_code == 0
+        write_settings(folder, worklist={}, mpps={"forward_to": ["NSCP"], "forward_retry_delay": 0.1})
+        from pacskit.testing.server import running_server
+
+        with running_server(folder) as srv:
+            addin = next(a for a in srv.addins if a.name == "mpps")
+            deadline = time.monotonic() + 20
+            while len(addin.forwarded) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert list(addin.forwarded) == [("NSCP", "N-CREATE", uid, 0x0000), ("NSCP", "N-SET", uid, 0x0000)]
+            assert admin(srv).get("/addins/mpps/forwards").json() == []
+        assert [c for c in calls if c[0] in ("N-CREATE", "N-SET")] == [("N-CREATE", uid), ("N-SET", uid)]
+
+
+def test_a_message_every_attempt_failed_for_is_kept_as_failed(tmp_path: Path) -> None:
+    folder = tmp_path / "pacs"
+    down = socket_bound()
+    try:
+        assert runner.invoke(cli, ["ae", "add", "NSCP", "--host", "127.0.0.1", "--port", str(down.getsockname()[1]),
+                                   "--data-dir", str(folder)]).exit_code == 0
+        with serve(folder, forward_to=["NSCP"], forward_attempts=2, forward_retry_delay=0.05) as srv:
+            addin = next(a for a in srv.addins if a.name == "mpps")
+
+            async def modality() -> str:
+                wl = await QueryRetrieveScu(f"{AE}@127.0.0.1:{srv.port}", model="worklist").find({"PatientID": "MP2"})
+                async with MppsScu(f"{AE}@127.0.0.1:{srv.port}", calling_ae="CT2") as mpps:
+                    started = await mpps.start(in_progress_attributes(wl.records[0].dataset, station_ae="CT2"))
+                    assert started.ok
+                    return started.affected_sop_instance_uid
+
+            uid = asyncio.run(modality())
+            deadline = time.monotonic() + 20
+            while not addin.forwarded and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert list(addin.forwarded) == [("NSCP", "N-CREATE", uid, None)]
+            failed = admin(srv).get("/addins/mpps/forwards", params={"state": "failed"}).json()
+            assert [(m["service"], m["attempts"]) for m in failed] == [("N-CREATE", 2)]
+            assert admin(srv).get("/addins/mpps/forwards").json() == []
+    finally:
+        down.close()
+
+
+def socket_bound() -> Any:
+    """A socket bound to a free port and never listening: connections to that port are refused."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock

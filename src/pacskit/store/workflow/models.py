@@ -173,3 +173,33 @@ class PerformedStepLink(Base):
     performed: Mapped[PerformedProcedureStep] = relationship(back_populates="links")
 
     __table_args__ = (UniqueConstraint("performed_fk", "worklist_fk"), MYSQL_TABLE_ARGS)
+
+
+#: states of an :class:`MppsForward`: waiting to be sent (or retried), or given up after every attempt
+FORWARD_QUEUED = "queued"
+FORWARD_FAILED = "failed"
+
+
+class MppsForward(Base):
+    """One N-CREATE or N-SET the MPPS add-in owes a ``forward_to`` destination (migration ``0010``).
+
+    Written in the transaction that stores the step, so an accepted N-CREATE / N-SET is never
+    forgotten by a stop or a crash; deleted once the destination answered; kept as ``failed`` after
+    the last attempt, for the operator. Sent in ``pk`` order per destination (an N-SET never
+    overtakes its N-CREATE)."""
+
+    __tablename__ = "mpps_forwards"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(AE))
+    #: N-CREATE or N-SET
+    service: Mapped[str] = mapped_column(String(16))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_COLUMN))
+    #: the attribute list (N-CREATE) or modification list (N-SET) as received, DICOM JSON
+    dataset: Mapped[str] = mapped_column(JSON_TEXT)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_mpps_forwards_state_destination", "state", "destination", "pk"), MYSQL_TABLE_ARGS)

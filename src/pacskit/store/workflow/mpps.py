@@ -8,6 +8,9 @@ the MPPS, so the worklist and the MPPS never disagree.
 
 Every rule broken raises :class:`MppsRefused` with the DIMSE status to answer (PS3.4 F.7.2.1 / F.7.2.2,
 PS3.7 C): the row is left as it was.
+
+``forward_to`` destinations get the accepted N-CREATE / N-SET recorded in :class:`MppsForwardQueue`'s
+table in the same transaction: what was answered Success is sent on even after a stop or a crash.
 """
 
 from __future__ import annotations
@@ -16,19 +19,20 @@ import copy
 import datetime as dt
 import json
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pacskit.dicom.status import DimseRefusal, Status
 from pacskit.store.index.extract import is_valid_uid
 from pacskit.store.index.database import Index
-from pacskit.store.workflow.models import PerformedProcedureStep, PerformedStepLink
+from pacskit.store.workflow.models import FORWARD_FAILED, FORWARD_QUEUED, MppsForward, PerformedProcedureStep, PerformedStepLink
 from pacskit.store.workflow.worklist import WorklistStore, decoded_copy
 
 MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
@@ -157,8 +161,10 @@ class MppsStore:
                     raise MppsRefused(Status.MISSING_ATTRIBUTE_VALUE, "ScheduledStepAttributesSequence item without "
                                       "StudyInstanceUID", _SSAS)
 
-    def create(self, sop_instance_uid: str, ds: Dataset, *, calling_ae: str | None = None) -> PerformedStep:
-        """Store a new MPPS instance (N-CREATE) and start its scheduled steps."""
+    def create(self, sop_instance_uid: str, ds: Dataset, *, calling_ae: str | None = None,
+               forward_to: Sequence[str] = ()) -> PerformedStep:
+        """Store a new MPPS instance (N-CREATE) and start its scheduled steps; queue the N-CREATE for
+        each ``forward_to`` destination in the same transaction."""
         if not is_valid_uid(sop_instance_uid):
             raise MppsRefused(Status.INVALID_OBJECT_INSTANCE, "not a valid SOP Instance UID")
         try:
@@ -183,6 +189,7 @@ class MppsStore:
                 self._link(s, row, item)
             s.flush()
             self._move_scheduled(s, row, IN_PROGRESS)
+            _queue_forwards(s, forward_to, "N-CREATE", sop_instance_uid, document)
             return _snapshot(row)
 
         try:
@@ -224,8 +231,8 @@ class MppsStore:
 
     # N-SET ------------------------------------------------------------------------------------------
 
-    def update(self, sop_instance_uid: str, changes: Dataset) -> PerformedStep:
-        """Apply an N-SET: refused when the step is final (0x0110, Error ID A710), when it names no
+    def update(self, sop_instance_uid: str, changes: Dataset, *, forward_to: Sequence[str] = ()) -> PerformedStep:
+        """Apply an N-SET (queued for each ``forward_to`` destination in the same transaction): refused when the step is final (0x0110, Error ID A710), when it names no
         stored instance (0x0112), changes an attribute N-SET may not change or sets an unknown state
         (0x0106), or would make a final step without its final-state attributes (0x0120 / 0x0121)."""
         try:
@@ -264,6 +271,9 @@ class MppsStore:
             self._columns(row, stored)
             if state in FINAL:
                 self._move_scheduled(s, row, state)
+            if forward_to:
+                _queue_forwards(s, forward_to, "N-SET", sop_instance_uid,
+                                json.dumps(clean.to_json_dict(), ensure_ascii=False, separators=(",", ":")))
             s.flush()
             return _snapshot(row)
 
@@ -287,12 +297,88 @@ class MppsStore:
             return [_snapshot(row) for row in s.execute(stmt).scalars()]
 
 
+def _queue_forwards(s: Session, destinations: Sequence[str], service: str, uid: str, document: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    for destination in destinations:
+        s.add(MppsForward(destination=destination, service=service, sop_instance_uid=uid, dataset=document,
+                          state=FORWARD_QUEUED, attempts=0, created_at=now))
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedForward:
+    """One message owed to a destination (a row of ``mpps_forwards``)."""
+
+    pk: int
+    destination: str
+    service: str
+    sop_instance_uid: str
+    dataset: str
+    attempts: int
+    last_error: str | None
+    created_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pk": self.pk, "destination": self.destination, "service": self.service,
+                "sop_instance_uid": self.sop_instance_uid, "attempts": self.attempts, "last_error": self.last_error,
+                "created_at": self.created_at.isoformat()}
+
+
+class MppsForwardQueue:
+    """The forwarding queue of the MPPS add-in in the index database (``mpps_forwards``).
+
+    Per destination, messages go out in the order they were accepted (:meth:`next`); one sender per
+    destination at a time is the caller's business (the add-in holds an archive-wide exclusive lock
+    per destination, so workers and cluster nodes never interleave)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def next(self, destination: str) -> QueuedForward | None:
+        """The oldest message still queued for ``destination``."""
+        with self.index.reading() as s:
+            row = s.execute(select(MppsForward).where(MppsForward.state == FORWARD_QUEUED,
+                                                      MppsForward.destination == destination)
+                            .order_by(MppsForward.pk).limit(1)).scalar_one_or_none()
+            return _queued(row) if row is not None else None
+
+    def delivered(self, pk: int) -> None:
+        """The destination answered: the message leaves the queue."""
+        self.index.run_write(lambda s: s.execute(delete(MppsForward).where(MppsForward.pk == pk)))
+
+    def attempted(self, pk: int, error: str, *, give_up: bool) -> None:
+        """One more failed attempt; ``give_up``: it was the last (the message is kept as ``failed``)."""
+        values: dict[str, Any] = {"attempts": MppsForward.attempts + 1, "last_error": error[:255]}
+        if give_up:
+            values["state"] = FORWARD_FAILED
+        self.index.run_write(lambda s: s.execute(update(MppsForward).where(MppsForward.pk == pk).values(**values)))
+
+    def listing(self, state: str = FORWARD_QUEUED, limit: int = 100) -> list[QueuedForward]:
+        with self.index.reading() as s:
+            rows = s.execute(select(MppsForward).where(MppsForward.state == state)
+                             .order_by(MppsForward.pk).limit(limit)).scalars()
+            return [_queued(row) for row in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(destination, state) -> messages."""
+        with self.index.reading() as s:
+            return {(d, st): int(n) for d, st, n in s.execute(
+                select(MppsForward.destination, MppsForward.state, func.count()).group_by(
+                    MppsForward.destination, MppsForward.state)).all()}
+
+
+def _queued(row: MppsForward) -> QueuedForward:
+    return QueuedForward(row.pk, row.destination, row.service, row.sop_instance_uid, row.dataset, row.attempts,
+                         row.last_error, row.created_at)
+
+
 __all__ = [
     "COMPLETED",
     "DISCONTINUED",
     "IN_PROGRESS",
     "MPPS_SOP_CLASS",
+    "MppsForwardQueue",
     "MppsRefused",
     "MppsStore",
     "PerformedStep",
+    "QueuedForward",
 ]
