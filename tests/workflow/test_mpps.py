@@ -230,6 +230,22 @@ def test_state_rules(server: Server) -> None:
     assert seen["worklist status"] == "DISCONTINUED"
 
 
+def _modality(port: int, patient_id: str, station: str, *, complete: bool = True) -> str:
+    """A modality's steps: worklist query for ``patient_id``, N-CREATE (and N-SET COMPLETED); the MPPS UID."""
+
+    async def run() -> str:
+        wl = await QueryRetrieveScu(f"{AE}@127.0.0.1:{port}", model="worklist").find({"PatientID": patient_id})
+        async with MppsScu(f"{AE}@127.0.0.1:{port}", calling_ae=station) as mpps:
+            started = await mpps.start(in_progress_attributes(wl.records[0].dataset, station_ae=station))
+            assert started.ok
+            uid = started.affected_sop_instance_uid
+            if complete:
+                assert (await mpps.complete(uid, [performed_series_item(generate_uid(), [])])).ok
+            return uid
+
+    return asyncio.run(run())
+
+
 def test_forwarding_to_another_ae(tmp_path: Path) -> None:
     from client._peers import pynetdicom_n_scp
 
@@ -241,16 +257,7 @@ def test_forwarding_to_another_ae(tmp_path: Path) -> None:
         with serve(folder, forward_to=["NSCP"], forward_retry_delay=0.1) as srv:
             addin = next(a for a in srv.addins if a.name == "mpps")
 
-            async def modality() -> str:
-                wl = await QueryRetrieveScu(f"{AE}@127.0.0.1:{srv.port}", model="worklist").find({"PatientID": "MP1"})
-                async with MppsScu(f"{AE}@127.0.0.1:{srv.port}", calling_ae="CT1") as mpps:
-                    started = await mpps.start(in_progress_attributes(wl.records[0].dataset, station_ae="CT1"))
-                    assert started.ok
-                    uid = started.affected_sop_instance_uid
-                    assert (await mpps.complete(uid, [performed_series_item(generate_uid(), [])])).ok
-                return uid
-
-            uid = asyncio.run(modality())
+            uid = _modality(srv.port, "MP1", "CT1")
             deadline = time.monotonic() + 20
             while len(addin.forwarded) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -272,16 +279,7 @@ def test_forwards_wait_in_the_database_across_a_restart(tmp_path: Path) -> None:
         with serve(folder, forward_to=["NSCP"], forward_retry_delay=3600) as srv:
             addin = next(a for a in srv.addins if a.name == "mpps")
 
-            async def modality() -> str:
-                wl = await QueryRetrieveScu(f"{AE}@127.0.0.1:{srv.port}", model="worklist").find({"PatientID": "MP1"})
-                async with MppsScu(f"{AE}@127.0.0.1:{srv.port}", calling_ae="CT1") as mpps:
-                    started = await mpps.start(in_progress_attributes(wl.records[0].dataset, station_ae="CT1"))
-                    assert started.ok
-                    uid = started.affected_sop_instance_uid
-                    assert (await mpps.complete(uid, [performed_series_item(generate_uid(), [])])).ok
-                return uid
-
-            uid = asyncio.run(modality())
+            uid = _modality(srv.port, "MP1", "CT1")
             api = admin(srv)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
@@ -321,14 +319,7 @@ def test_a_message_every_attempt_failed_for_is_kept_as_failed(tmp_path: Path) ->
         with serve(folder, forward_to=["NSCP"], forward_attempts=2, forward_retry_delay=0.05) as srv:
             addin = next(a for a in srv.addins if a.name == "mpps")
 
-            async def modality() -> str:
-                wl = await QueryRetrieveScu(f"{AE}@127.0.0.1:{srv.port}", model="worklist").find({"PatientID": "MP2"})
-                async with MppsScu(f"{AE}@127.0.0.1:{srv.port}", calling_ae="CT2") as mpps:
-                    started = await mpps.start(in_progress_attributes(wl.records[0].dataset, station_ae="CT2"))
-                    assert started.ok
-                    return started.affected_sop_instance_uid
-
-            uid = asyncio.run(modality())
+            uid = _modality(srv.port, "MP2", "CT2", complete=False)
             deadline = time.monotonic() + 20
             while not addin.forwarded and time.monotonic() < deadline:
                 time.sleep(0.05)
