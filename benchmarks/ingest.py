@@ -28,6 +28,13 @@ without E:/F: lines and the server then holds exactly as many instances as were 
 ``python -m pacskit check --no-hash`` on the data dir after the server stopped; Orthanc: REST
 ``/statistics`` CountInstances).
 
+Run folders are deleted only at the end, never between runs: on ext4 without a journal (this
+machine's root file system: ``/proc/fs/jbd2`` is empty) every new file's inode allocation skips, one
+by one, the inodes of its group deleted in the last 60 s (300 s while their table block is dirty:
+``recently_deleted`` in the kernel's ``ialloc.c``), so a run started just after the previous run's
+thousands of files were deleted paid that scan on each received instance -- ~30% of the server's CPU
+in ``perf`` (``find_get_block_common``, ``recently_deleted``), and whichever server ran next paid it.
+
     .venv/bin/python benchmarks/ingest.py [--small N] [--ct N] [--postgresql URL] [--strace N]
 """
 
@@ -286,10 +293,7 @@ def main() -> int:
                     work = root / f"{kind}-{name}-{assoc}"
                     work.mkdir()
                     res = Result(kind, name, assoc, len(files), nbytes)
-                    try:
-                        res.seconds, res.failure = one_run(kind, files, assoc, work, storescu)
-                    finally:
-                        shutil.rmtree(work, ignore_errors=True)
+                    res.seconds, res.failure = one_run(kind, files, assoc, work, storescu)
                     results.append(res)
                     if res.seconds is None:
                         print(f"  {kind:<10} {name:<5} x{assoc}: FAILED: {res.failure}", flush=True)
@@ -301,10 +305,7 @@ def main() -> int:
                 work = root / f"{kind}-pg"
                 work.mkdir()
                 res = Result(kind, "small-pg", 8, len(files), warm(files))
-                try:
-                    res.seconds, res.failure = one_run(kind, files, 8, work, storescu, args.postgresql)
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
+                res.seconds, res.failure = one_run(kind, files, 8, work, storescu, args.postgresql)
                 results.append(res)
                 print(f"  {kind:<10} small x8 PostgreSQL index: " + (f"FAILED: {res.failure}" if res.seconds is None
                       else f"{res.seconds:8.3f} s  {res.inst_per_s:9.1f} inst/s"), flush=True)
@@ -318,10 +319,7 @@ def main() -> int:
                     work = root / f"strace-{kind}-{assoc}"
                     work.mkdir()
                     counts: dict[str, int] = {}
-                    try:
-                        _, failure = one_run(kind, files, assoc, work, storescu, flushes=counts)
-                    finally:
-                        shutil.rmtree(work, ignore_errors=True)
+                    _, failure = one_run(kind, files, assoc, work, storescu, flushes=counts)
                     total = sum(counts.values())
                     detail = ", ".join(f"{k} {v / len(files):.2f}" for k, v in sorted(counts.items()))
                     print(f"  {kind:<8} x{assoc}: {total / len(files):5.2f} per instance ({detail})"

@@ -8,6 +8,13 @@ while the instances arrived (utime + stime of the server process and its worker 
 and the wall-clock rate. CPU per instance barely depends on the machine's load, the rate does: on a
 shared machine decide on CPU, and read the rates beside the load average printed with them.
 
+Run folders are deleted only at the end, never between runs: on ext4 without a journal (this
+machine's root file system: ``/proc/fs/jbd2`` is empty) every new file's inode allocation skips, one
+by one, the inodes of its group deleted in the last 60 s (300 s while their table block is dirty:
+``recently_deleted`` in the kernel's ``ialloc.c``), so a run started just after the previous run's
+thousands of files were deleted paid that scan on each received instance -- ~30% of the server's CPU
+in ``perf`` (``find_get_block_common``, ``recently_deleted``), and whichever server ran next paid it.
+
     .venv/bin/python benchmarks/ingest_cpu.py --tree /path/to/A --tree /path/to/B [--small N] [--rounds R]
         [--ct] [--workers N] [--cases 1,8,8w,1w]
 
@@ -200,7 +207,7 @@ def main() -> int:
                     work.mkdir()
                     with _database(args.postgresql, f"ingest_cpu_{os.getpid()}") as db:
                         sends[(t, assoc, workers)] = one_run(tree, files, assoc, workers, work, storescu, db, True)[3]
-                    shutil.rmtree(work, ignore_errors=True)
+                    # the run folder stays until the end (module docstring: recently deleted inodes)
                     print(f"tree {t} x{assoc} w{workers}: {sends[(t, assoc, workers)] / n:.2f} messages to "
                           "PostgreSQL per instance (untimed, under strace)", flush=True)
         for r in range(args.rounds):
@@ -212,7 +219,7 @@ def main() -> int:
                     load = os.getloadavg()[0]
                     with _database(args.postgresql, f"ingest_cpu_{os.getpid()}") as db:
                         cpu, wall, pg, _ = one_run(tree, files, assoc, workers, work, storescu, db)
-                    shutil.rmtree(work, ignore_errors=True)
+                    # the run folder stays until the end (module docstring: recently deleted inodes)
                     results.setdefault((t, assoc, workers), []).append((cpu, wall, pg))
                     pg_text = "" if math.isnan(pg) else f", PostgreSQL {pg / n * 1e3:.3f} ms/inst"
                     print(f"round {r} tree {t} x{assoc} w{workers}: CPU {cpu / n * 1e3:.3f} ms/inst{pg_text}, "

@@ -31,8 +31,9 @@ core of DIMSE decoding, header walking and SQL. With ``workers > 1`` the process
 
 What add-ins must know: each worker runs its own instance of every add-in, so an add-in that keeps
 state outside the database (a queue, a counter, a cache) sees only its worker's share of the traffic.
-With SQLite the workers share one index file; writers queue on SQLite's lock (each worker still
-group-commits its own concurrent ingests). A worker killed with SIGKILL may leave a never-acknowledged
+With SQLite the workers share one index file; their writers queue on one ``flock``
+(``<index>-writer.lock``, :class:`pacskit.store.index.database._WriterLock`) rather than on SQLite's
+sleeping busy handler, and each worker still group-commits its own concurrent ingests. A worker killed with SIGKILL may leave a never-acknowledged
 blob without a row until the next start of the whole server, whose recovery removes it. The public
 HTTP listener of add-ins (DICOMweb) is still shared by ``SO_REUSEPORT`` (one per worker); the admin API
 does not run with ``workers > 1``.

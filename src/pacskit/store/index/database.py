@@ -14,6 +14,7 @@ study row (``SELECT ... FOR UPDATE``), and only then reads or changes series, co
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 import random
@@ -356,6 +357,64 @@ def _sqlite_foreign_keys_off(conn: Connection, backend: str) -> Iterator[None]:
         raw.execute("PRAGMA foreign_keys=ON")
 
 
+
+#: next to a SQLite index file: the lock its writers queue on (see :class:`_WriterLock`)
+WRITER_LOCK_SUFFIX = "-writer.lock"
+
+
+class _WriterLock:
+    """The write lock of a SQLite index file, shared by every process that writes it through an
+    :class:`Index` (``serve --workers N``, a command run beside a server).
+
+    SQLite lets one writer in at a time; a process that finds the file locked by another sleeps in
+    its busy handler (1, 2, 5, 10, ... ms) and tries again, so two worker processes of a server
+    queued on each other's sub-millisecond ingest transactions with sleeps several times as long
+    (measured: ~0.6 sleeps per instance at 8 associations over 2 workers). Here a writer first takes
+    this process's thread lock, then an exclusive ``flock`` of ``<index>-writer.lock``, which the
+    kernel hands to the next waiting process the moment it is released: no sleep, no retry. Held
+    across ``BEGIN IMMEDIATE`` ... ``COMMIT``, so SQLite's own lock is then always free. Writers that
+    do not take it (another program, an older version) still only meet SQLite's busy handler."""
+
+    def __init__(self, path: str) -> None:
+        self._thread_lock = threading.Lock()
+        self._path = path
+        self._fd: int | None = None
+        self._closed = False
+
+    def _file(self) -> int | None:
+        if self._fd is None and not self._closed:
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:  # e.g. a read-only folder: SQLite's busy handler alone then
+                log.debug("no writer lock file %s: %s", self._path, exc)
+                self._closed = True
+        return self._fd
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            fd = self._file()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def close(self) -> None:
+        with self._thread_lock:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class Index:
     """The index database. ``Index.open(url)`` or ``Index(engine)``; call :meth:`migrate` once."""
 
@@ -376,7 +435,9 @@ class Index:
                                              else self.backend == "sqlite") else None
         if self.backend == "sqlite":
             write_engine = engine.execution_options(**{WRITE_OPTION: True})
-            self._write_lock: Any = threading.Lock()
+            database = engine.url.database
+            self._write_lock: Any = (_WriterLock(database + WRITER_LOCK_SUFFIX)
+                                     if database not in (None, "", ":memory:") else threading.Lock())
         else:
             write_engine = engine
             self._write_lock = nullcontext()
@@ -495,6 +556,8 @@ class Index:
             except Exception:  # closed already, or its thread is using it at exit
                 log.debug("index connection not closed", exc_info=True)
         self.engine.dispose()
+        if isinstance(self._write_lock, _WriterLock):
+            self._write_lock.close()
 
     def _detached(self) -> _Held:
         """A DBAPI connection set up by the engine (its ``connect`` event: WAL, pragmas, no implicit
