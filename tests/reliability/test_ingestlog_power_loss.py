@@ -115,21 +115,13 @@ def test_power_cuts_keep_every_put_blob_and_no_deleted_one(tmp_path: Path, lossy
     assert checkpoints >= CYCLES, f"seed {seed}: {checkpoints} segments retired: the checkpoints were not cut"
 
 
-@pytest.mark.parametrize("form", ["sync", "async"])
 def test_without_the_records_flush_acknowledged_blobs_are_lost(
-    tmp_path: Path, lossyfs_ready: None, monkeypatch: pytest.MonkeyPatch, form: str
+    tmp_path: Path, lossyfs_ready: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The negative twin: take away the one flush an acknowledgement waits for (the group commit's
-    ``fdatasync`` of the segment, in either of its forms: run where the writer waits, or started in
-    the kernel with the record and reaped before the answer) and the same cycles must find
-    acknowledged blobs gone or torn. This shows the harness can see the loss the contract's flush
-    prevents."""
-    if form == "sync":
-        monkeypatch.setattr(IngestLog, "_start_flush_records", staticmethod(lambda flusher, fd: False))  # not in the kernel
-        monkeypatch.setattr(IngestLog, "_flush_records", staticmethod(lambda fd: None))  # nor where it waits
-    else:  # "started" without submitting anything, and "reaped" at once
-        monkeypatch.setattr(IngestLog, "_start_flush_records", staticmethod(lambda flusher, fd: True))
-        monkeypatch.setattr(IngestLog, "_finish_flush_records", staticmethod(lambda flusher: None))
+    ``fdatasync`` of the segment) and the same cycles must find acknowledged blobs gone or torn.
+    This shows the harness can see the loss the contract's flush prevents."""
+    monkeypatch.setattr(IngestLog, "_flush_records", staticmethod(lambda fd: None))
     seed = random.randrange(1 << 30)
     problems, _, _ = _power_cut_cycles(tmp_path, seed, stop_at_first_loss=True)
     # (six trial runs without the flush found 466-625 problems each)

@@ -199,58 +199,21 @@ def _rows(store: DataStore) -> dict[str, tuple[str, int]]:
                 s.execute(select(Instance.sop_instance_uid, Instance.blob_key, Instance.size)).all()}
 
 
-def _no_async_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The log flushes where it waits (``_flush_records``), never in the kernel ahead of time."""
-    monkeypatch.setattr(IngestLog, "_start_flush_records", staticmethod(lambda flusher, fd: False))
-
-
-def test_the_log_starts_its_flush_with_the_record_where_the_kernel_can(tmp_path: Path) -> None:
-    """On Linux (AIO fdatasync) a lone writer's flush is started in the kernel with its record and
-    only reaped before the answer; every record is still covered by a flush."""
-    files = make_series(tmp_path / "src", 5, 16, 16)
-    store = _open(tmp_path / "pacs")
-    try:
-        _ingest(store, files)
-        log = store.blobs.ingest_log()  # type: ignore[attr-defined]
-        if log._async is None:
-            pytest.skip("no Linux AIO here")
-        assert log.records == 5 and log.async_flushes == log.flushes == 5
-    finally:
-        store.close()
-
-
-@pytest.mark.parametrize("form", ["async", "sync"])
-def test_the_answer_waits_for_the_flush_the_transaction_does_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
-) -> None:
-    """The index transaction runs while the record's flush is under way; ingest returns only after it
-    (the flush started in the kernel with the record, or run where the writer waits)."""
+def test_the_answer_waits_for_the_flush_the_transaction_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index transaction runs while the record's flush is under way; ingest returns only after it."""
     files = make_series(tmp_path / "src", 2, 16, 16)
     store = _open(tmp_path / "pacs")
     try:
         _ingest(store, files[:1])  # the series is known: the second takes the lean lane
         flushing, release = threading.Event(), threading.Event()
-        if form == "async":
-            if store.blobs.ingest_log()._async is None:  # type: ignore[attr-defined]
-                pytest.skip("no Linux AIO here")
-            real_finish = IngestLog._finish_flush_records
+        real_flush = IngestLog._flush_records
 
-            def held_finish(flusher: object) -> None:
-                flushing.set()
-                assert release.wait(30)
-                real_finish(flusher)  # type: ignore[arg-type]
+        def held_flush(fd: int) -> None:
+            flushing.set()
+            assert release.wait(30)
+            real_flush(fd)
 
-            monkeypatch.setattr(IngestLog, "_finish_flush_records", staticmethod(held_finish))
-        else:
-            real_flush = IngestLog._flush_records
-
-            def held_flush(fd: int) -> None:
-                flushing.set()
-                assert release.wait(30)
-                real_flush(fd)
-
-            _no_async_flush(monkeypatch)
-            monkeypatch.setattr(IngestLog, "_flush_records", staticmethod(held_flush))
+        monkeypatch.setattr(IngestLog, "_flush_records", staticmethod(held_flush))
         committed = threading.Event()
         real_append = store.index.append_instance
 
@@ -274,25 +237,18 @@ def test_the_answer_waits_for_the_flush_the_transaction_does_not(
         store.close()
 
 
-@pytest.mark.parametrize("form", ["async", "sync"])
 def test_a_failed_flush_after_the_commit_fails_the_ingest_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     files = make_series(tmp_path / "src", 2, 16, 16)
     store = _open(tmp_path / "pacs")
     try:
         _ingest(store, files[:1])
 
-        def broken(fd: object) -> None:
+        def broken(fd: int) -> None:
             raise OSError(5, "Input/output error")
 
         # the log's flush fails (its record is then not trusted), and so does the blob's own
-        if form == "async":
-            if store.blobs.ingest_log()._async is None:  # type: ignore[attr-defined]
-                pytest.skip("no Linux AIO here")
-            monkeypatch.setattr(IngestLog, "_finish_flush_records", staticmethod(broken))
-        else:
-            _no_async_flush(monkeypatch)
         monkeypatch.setattr(IngestLog, "_flush_records", staticmethod(broken))
         monkeypatch.setattr("pacskit.store.blobs.fsync_path", lambda path, directory=False: broken(0))
         with pytest.raises(OSError):

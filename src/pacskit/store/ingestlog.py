@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import logging
 import os
 import secrets
@@ -140,76 +139,6 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         pass
 
 
-_SYS_IO_SETUP, _SYS_IO_DESTROY, _SYS_IO_GETEVENTS, _SYS_IO_SUBMIT = 206, 207, 208, 209  # x86_64
-_IOCB_CMD_FDSYNC = 3
-
-
-class _Iocb(ctypes.Structure):
-    """``struct iocb`` of the Linux AIO ABI (include/uapi/linux/aio_abi.h, little-endian 64-bit)."""
-
-    _fields_ = [("aio_data", ctypes.c_uint64), ("aio_key", ctypes.c_uint32), ("aio_rw_flags", ctypes.c_int32),
-                ("aio_lio_opcode", ctypes.c_uint16), ("aio_reqprio", ctypes.c_int16), ("aio_fildes", ctypes.c_uint32),
-                ("aio_buf", ctypes.c_uint64), ("aio_nbytes", ctypes.c_uint64), ("aio_offset", ctypes.c_int64),
-                ("aio_reserved2", ctypes.c_uint64), ("aio_flags", ctypes.c_uint32), ("aio_resfd", ctypes.c_uint32)]
-
-
-class _IoEvent(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_uint64), ("obj", ctypes.c_uint64), ("res", ctypes.c_int64), ("res2", ctypes.c_int64)]
-
-
-class AsyncFlush:
-    """An ``fdatasync`` that the kernel runs while the caller goes on: Linux AIO (``io_submit`` of an
-    ``IOCB_CMD_FDSYNC``, Linux 4.18 and later, any file system with an ``fsync``), one at a time.
-    The kernel does exactly what ``fdatasync(2)`` does, on its own worker; :meth:`reap` waits for it
-    and raises its error. No thread of ours runs it, so unlike a flusher thread it needs no GIL to
-    start or to finish (through ctypes, which releases the GIL while a call waits). Raises
-    ``OSError`` when AIO is not available (another architecture, a kernel without it)."""
-
-    def __init__(self) -> None:
-        global _libc
-        if os.uname().machine != "x86_64":
-            raise OSError(38, "Linux AIO syscall numbers known for x86_64 only")
-        if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        self._syscall = _libc.syscall
-        self._syscall.restype = ctypes.c_long
-        self._ctx = ctypes.c_ulong(0)
-        if self._syscall(ctypes.c_long(_SYS_IO_SETUP), ctypes.c_long(1), ctypes.byref(self._ctx)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self._iocb = _Iocb()
-        self._iocb.aio_lio_opcode = _IOCB_CMD_FDSYNC
-        self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
-        self._events = (_IoEvent * 1)()
-
-    def submit(self, fd: int) -> None:
-        """Start the flush of ``fd``. Raises ``OSError`` (EINVAL: the file system cannot do it)."""
-        self._iocb.aio_fildes = fd
-        if self._syscall(ctypes.c_long(_SYS_IO_SUBMIT), self._ctx, ctypes.c_long(1), self._iocbs) != 1:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-    def reap(self) -> None:
-        """Wait for the flush submitted last; raises ``OSError`` with its error (EIO…)."""
-        while True:
-            got = self._syscall(ctypes.c_long(_SYS_IO_GETEVENTS), self._ctx, ctypes.c_long(1), ctypes.c_long(1),
-                                self._events, None)
-            if got == 1:
-                break
-            err = ctypes.get_errno()
-            if got < 0 and err == errno.EINTR:
-                continue
-            raise OSError(err, os.strerror(err))
-        res = self._events[0].res
-        if res < 0:
-            raise OSError(-res, os.strerror(-res))
-
-    def close(self) -> None:
-        if self._ctx.value:
-            self._syscall(ctypes.c_long(_SYS_IO_DESTROY), self._ctx)
-            self._ctx = ctypes.c_ulong(0)
-
-
 def syncfs(path: str) -> None:
     """``syncfs(2)`` of the file system holding ``path`` (Python has no binding). Raises OSError."""
     global _libc
@@ -265,7 +194,7 @@ class IngestLog:
     """This process's ingest log under ``folder``; ``blob_path(key)`` names a blob's file."""
 
     def __init__(self, folder: str, blob_path: Callable[[str], str], *, segment_size: int = SEGMENT_SIZE,
-                 max_segments: int = MAX_SEGMENTS, use_syncfs: bool | None = None, async_flush: bool = True) -> None:
+                 max_segments: int = MAX_SEGMENTS, use_syncfs: bool | None = None) -> None:
         self.folder = folder
         self._blob_path = blob_path
         self._segment_size = segment_size
@@ -279,21 +208,8 @@ class IngestLog:
         self._live: dict[str, _Segment] = {}  # key -> segment of its blob record (not yet retired)
         self._tombstones: dict[_Segment, int] = {}  # segment -> end of its last tombstone not yet synced
         self._closed = False
-        # The flush started with the record (AsyncFlush; None where AIO is unavailable): the segment it
-        # flushes, what it covers (None until submitted), and whether a waiter is reaping it.
-        self._async: AsyncFlush | None = None
-        if async_flush:
-            try:
-                self._async = AsyncFlush()
-            except OSError as exc:
-                log.debug("ingest log: no asynchronous flush (%s): flushes wait where they run", exc)
-        self._async_seg: _Segment | None = None
-        self._async_target: int | None = None
-        self._reaping = False
         #: flushes of records (group commits), records made durable by them, segments retired
         self.flushes = 0
-        #: of the flushes, those started with their record (AsyncFlush)
-        self.async_flushes = 0
         self.records = 0
         self.checkpoints = 0
         self._wake = threading.Event()
@@ -367,42 +283,12 @@ class IngestLog:
                 self._end(seg, False)
         if not written:
             return None
-        if background and not self._start_async_flush(seg, start + length):
+        if background:
             # The record's pages start towards the disk now; the flush in wait() then only waits for
             # that write and the disk cache's flush (a 9 KB record on this VM's ext4: ~75 us left of
             # ~130, after ~150 us of other work).
             _start_writeback(seg.fd, start, length)
         return LogTicket(seg, start + length)
-
-    def _start_async_flush(self, seg: _Segment, end: int) -> bool:
-        """Start the segment's flush now, in the kernel (:class:`AsyncFlush`), when nobody flushes it and
-        every record up to ``end`` is written: the flush then runs while the writer hashes and commits
-        its index row, and :meth:`wait` only reaps it (a lone writer's flush leaves the round trip).
-        ``False`` when it was not started (the caller starts the write-back instead)."""
-        flusher = self._async
-        if flusher is None:
-            return False
-        with self._cond:
-            if seg.flushing or self._async_seg is not None or seg.written < end or seg.failed_at is not None:
-                return False
-            seg.flushing = True  # waiters wait for it (or reap it) instead of flushing
-            self._async_seg = seg
-            target = seg.written
-        started = False
-        try:
-            started = self._start_flush_records(flusher, seg.fd)
-        except OSError as exc:
-            log.debug("ingest log: asynchronous flush not started (%s); flushes wait where they run", exc)
-            self._async = None  # the file system cannot: not again
-        finally:
-            with self._cond:
-                if started:
-                    self._async_target = target
-                else:
-                    seg.flushing = False
-                    self._async_seg = None
-                self._cond.notify_all()
-        return started
 
     def wait(self, ticket: LogTicket) -> bool:
         """Return once the record of ``ticket`` is durable (``True``); ``False`` when a failed write
@@ -476,22 +362,8 @@ class IngestLog:
     def _flush_records(fd: int) -> None:
         """The one flush an acknowledgement waits for: the records written so far become durable.
         (A method of its own so that the power-loss tests can take it away and see acknowledged
-        blobs lost: tests/reliability/test_ingestlog_power_loss.py; with :meth:`_start_flush_records`,
-        its asynchronous form.)"""
+        blobs lost: tests/reliability/test_ingestlog_power_loss.py.)"""
         os.fdatasync(fd)
-
-    @staticmethod
-    def _start_flush_records(flusher: AsyncFlush, fd: int) -> bool:
-        """The same flush started in the kernel (:class:`AsyncFlush`): ``True`` once submitted, to be
-        reaped by :meth:`_finish_flush_records`; ``False`` (not started) makes the log flush with
-        :meth:`_flush_records`. Raises ``OSError`` when the file system cannot."""
-        flusher.submit(fd)
-        return True
-
-    @staticmethod
-    def _finish_flush_records(flusher: AsyncFlush) -> None:
-        """Wait for the flush :meth:`_start_flush_records` started; raises ``OSError`` if it failed."""
-        flusher.reap()
 
     def _wait_durable(self, seg: _Segment, end: int) -> bool:
         """Group commit (call with the lock held): wait until the records below ``end`` are flushed,
@@ -499,41 +371,11 @@ class IngestLog:
         while seg.durable < end:
             if seg.failed_at is not None and seg.failed_at < end:
                 return False
-            if self._async_seg is seg and self._async_target is not None and not self._reaping:
-                self._reap_locked(seg)  # the flush started with a record: whoever waits first reaps it
-                continue
             if seg.flushing or seg.written < end:
                 self._cond.wait()
                 continue
             self._flush_locked(seg)
         return True
-
-    def _reap_locked(self, seg: _Segment) -> None:
-        """Wait for the asynchronous flush of ``seg`` (lock held on entry and on return, released
-        meanwhile): the records it covers are durable, or, if it failed, none from the durable
-        point on is trusted (as after a failed :meth:`_flush_locked`)."""
-        assert self._async is not None and self._async_target is not None
-        flusher, target = self._async, self._async_target
-        self._reaping = True
-        self._cond.release()
-        try:
-            self._finish_flush_records(flusher)
-        except BaseException:
-            self._cond.acquire()
-            self._reaping = False
-            self._async_seg, self._async_target = None, None
-            seg.flushing = False
-            seg.failed_at = seg.durable if seg.failed_at is None else min(seg.failed_at, seg.durable)
-            self._cond.notify_all()
-            raise
-        self._cond.acquire()
-        self._reaping = False
-        self._async_seg, self._async_target = None, None
-        seg.flushing = False
-        seg.durable = max(seg.durable, target)
-        self.flushes += 1
-        self.async_flushes += 1
-        self._cond.notify_all()
 
     def _flush_locked(self, seg: _Segment) -> None:
         """Flush every record written so far (lock held on entry and on return, released meanwhile)."""
@@ -690,9 +532,6 @@ class IngestLog:
                     os.close(seg.fd)  # released even when it reports an error (EIO from a dead disk)
                 except OSError as exc:
                     log.warning("ingest log %s: %s", seg.path, exc)
-        if self._async is not None:
-            self._async.close()
-            self._async = None
         for seg in segments:
             try:
                 os.unlink(seg.path)
