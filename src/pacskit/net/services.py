@@ -99,7 +99,11 @@ class InlineHandler:
     inline saves the hand-off to a pool thread and the one back (two thread wake-ups, and the loop's
     wake-up through its self-pipe): on a small C-STORE, where the handler itself takes well under a
     millisecond, that is a large part of the round trip. While it runs nothing else of the loop
-    does, which is why it is done only when nothing else is connected.
+    does, which is why it is done only when no other DICOM connection is open on the loop (a request
+    of an HTTP listener on the same loop waits for the call to end). On a machine whose CPUs are
+    busy with other processes the one thread doing all the work can lose time to the scheduler
+    (several threads each running briefly fared better there); ``NetConfig.inline_handlers=False``
+    (``inline_handlers = false`` in ``server.toml``) keeps every plain handler in the pool.
 
     What ``fn`` promises by being wrapped: it never waits for the event loop (no
     ``asyncio.run_coroutine_threadsafe(...).result()``, no requestor call on an association of
