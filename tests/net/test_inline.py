@@ -210,3 +210,11 @@ def test_only_plain_functions_may_be_inline():
     for fn in (coroutine, generator):
         with pytest.raises(TypeError, match="only a plain function"):
             InlineHandler(fn)
+
+
+def test_server_toml_inline_handlers_reaches_the_engine(tmp_path):
+    from pacskit.config.settings import load_settings
+
+    assert load_settings(tmp_path).net_config().inline_handlers is True  # the default
+    (tmp_path / "server.toml").write_text("inline_handlers = false\n")
+    assert load_settings(tmp_path).net_config().inline_handlers is False
