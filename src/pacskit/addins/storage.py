@@ -2,8 +2,10 @@
 
 Every storage SOP class pydicom knows (200+, including retired ones peers still send), or any
 abstract syntax with ``accept_any_sop_class``; every common transfer syntax, stored exactly as received.
-The handler runs in the server's thread pool: the data store validates the header, hashes, moves the
-file durably into blob storage and commits the index row *before* Success is returned.
+The handler runs in the server's thread pool, or on the event loop's thread while its association is
+the only one of the process and no add-in's ``admit_instance`` is asked (:class:`~pacskit.services.InlineHandler`:
+no thread hand-off on a lone association's round trip): the data store validates the header, hashes,
+makes the blob durable and commits the index row *before* Success is returned.
 
 Statuses (PS3.4 B.2.3, PS3.7 C):
 
@@ -49,7 +51,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pacskit.services import AddIn, AddInOptions, BaseServices, Handler, IncomingInstance, Request, Response, SupportedContext
+from pacskit.services import (AddIn, AddInOptions, BaseServices, Handler, IncomingInstance, InlineHandler, Request, Response,
+                              SupportedContext)
 from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from pacskit.dicom.status import Status
 
@@ -94,7 +97,12 @@ class StorageAddIn(AddIn):
         return [SupportedContext(uid, syntaxes, scu_role=True, scp_role=True) for uid in uids]
 
     def handlers(self) -> Mapping[str, Handler]:
-        return {"C-STORE": self.on_store}
+        # On the event loop's thread while the association is the only one (no hand-off to a pool
+        # thread and back), unless an add-in's admit_instance, which may wait for the loop, is asked.
+        return {"C-STORE": InlineHandler(self.on_store, when=self._inline_ok)}
+
+    def _inline_ok(self, request: Request) -> bool:
+        return not self.base.admission.deciders
 
     def on_store(self, request: Request) -> Response:
         from pacskit.store import IngestStatus, InstanceMismatch, InstanceTooLarge, InvalidInstance

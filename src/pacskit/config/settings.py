@@ -247,6 +247,9 @@ class ServerSettings(_Strict):
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
     handler_threads: int = Field(8, ge=1)
+    #: handlers that allow it (the Storage add-in's C-STORE) run on the event loop's thread while their
+    #: association is the only one of the process (or worker): no hand-off to a thread and back
+    inline_handlers: bool = True
     workers: int = Field(1, ge=1, le=64)
     #: load balancers (addresses or networks) whose DICOM connections open with a PROXY protocol header
     #: naming the client, and whose X-Forwarded-For the HTTP listener believes (docs/deployment.md)
@@ -380,6 +383,7 @@ class ServerSettings(_Strict):
             dimse_timeout=t.dimse or None,
             network_timeout=t.network or None,
             handler_threads=self.handler_threads,
+            inline_handlers=self.inline_handlers,
             implementation_class_uid=self.implementation_class_uid,
             implementation_version_name=self.implementation_version_name,
             proxy_protocol_from=TrustedProxies(self.proxy_protocol_from),

@@ -43,7 +43,7 @@ from pacskit.net.errors import (
 from pacskit.net.events import EventBus, SpyEvent
 from pacskit.net.pdu import UserIdentityRQ
 from pacskit.net.presentation import PresentationContext, RequestedContext, SupportedContext
-from pacskit.net.services import Handler, OperationContext, Request, Response, Services, current_operation
+from pacskit.net.services import Handler, InlineHandler, OperationContext, Request, Response, Services, current_operation
 from pacskit.net.sinks import ReceivedDataset
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "Handler",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "InlineHandler",
     "NetConfig",
     "NetError",
     "NetTimeout",

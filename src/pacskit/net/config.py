@@ -32,6 +32,10 @@ class NetConfig:
       (refilled in batches of half).
     - ``proxy_protocol_from``: the load balancers whose connections start with a PROXY protocol header
       naming the client (:mod:`pacskit.net.proxy`); empty (the default): nobody's is read.
+    - ``inline_handlers``: run a handler that allows it (:class:`~pacskit.net.services.InlineHandler`:
+      the Storage add-in's C-STORE) on the event loop's thread when its association is the only
+      connection of the loop, instead of handing it to the thread pool and back. ``False``: always
+      in the pool.
     """
 
     max_pdu_length: int = 262_144
@@ -51,6 +55,7 @@ class NetConfig:
     unlimited_pdu_send_size: int = 1024 * 1024
     fsync_received: bool = False
     spare_temp_files: int = 0
+    inline_handlers: bool = True
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
     proxy_protocol_from: TrustedProxies = TrustedProxies()

@@ -15,14 +15,15 @@ from typing import Any, TYPE_CHECKING, cast
 
 from pacskit.dicom.codec import encode_dataset
 from pacskit.dicom.status import PENDING_STATUSES, Status
-from pacskit.net import dimse
+from pacskit.net import dimse, watchdog
 from pacskit.net import events as ev
 from pacskit.net.assembly import fragments
 from pacskit.net.base import CANCELLABLE, MULTI_RESPONSE, RELEASE, AssociationBase, address_text, log
 from pacskit.net.dimse import Command, CommandField
 from pacskit.net.errors import AssociationAborted, DimseError
 from pacskit.net.presentation import PresentationContext
-from pacskit.net.services import OperationContext, Request, Response, current_operation, failure_status
+from pacskit.net.dul import open_connections
+from pacskit.net.services import InlineHandler, OperationContext, Request, Response, current_operation, failure_status
 from pacskit.net.sinks import DatasetTooLarge, ReceivedDataset
 
 if TYPE_CHECKING:
@@ -183,6 +184,8 @@ class Dispatch(AssociationBase):
         try:
             result = await self._call(handler, request, timeout)
             await self._send_results(request, result, timeout, service)
+        except _AnsweredByWatchdog:
+            pass  # the failure response was sent (or the connection cut) when the timeout passed
         except TimeoutError:
             log.error("%s: %s handler %r did not answer within %s s", self.label, service, handler, timeout)
             await self._respond(
@@ -202,6 +205,13 @@ class Dispatch(AssociationBase):
             return await (asyncio.wait_for(coro, timeout) if timeout else coro)
         if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
             return handler(request)
+        if type(handler) is InlineHandler:
+            if self._may_run_inline(handler, request):
+                result = self._run_inline(handler.handler, request, timeout)
+                if inspect.isawaitable(result):
+                    result = await (asyncio.wait_for(result, timeout) if timeout else result)
+                return result
+            handler = handler.handler
         # the handler's thread sees the operation context (contextvars do not cross threads)
         future = self._in_thread(contextvars.copy_context().run, handler, request)
         if timeout:
@@ -212,6 +222,66 @@ class Dispatch(AssociationBase):
         if inspect.isawaitable(result):
             result = await (asyncio.wait_for(result, timeout) if timeout else result)
         return result
+
+    def _may_run_inline(self, handler: InlineHandler, request: Request) -> bool:
+        """Whether this request's :class:`InlineHandler` runs on the loop's thread: allowed by the
+        config, the association alone on its loop (nothing else waits for the loop meanwhile), a plain
+        socket (the watchdog can answer on it), and the handler's own ``when``."""
+        if not self.config.inline_handlers or open_connections(self._loop) != 1 or not self.dul.plain_socket:
+            return False
+        when = handler.when
+        if when is None:
+            return True
+        try:
+            return bool(when(request))
+        except Exception:
+            log.exception("%s: the inline condition of %r failed; the handler runs in the thread pool", self.label, handler)
+            return False
+
+    def _run_inline(self, fn: Callable[[Request], Any], request: Request, timeout: float | None) -> Any:
+        """Call ``fn`` on the loop's thread, under the watchdog when it has a timeout (see
+        :class:`InlineHandler`). Raises :class:`_AnsweredByWatchdog` when the watchdog answered the
+        request meanwhile (whatever ``fn`` returned or raised: it is logged and dropped)."""
+        context = contextvars.copy_context()  # the handler's context variables stay its own, as in a thread
+        if not timeout:
+            return context.run(fn, request)
+        call = watchdog.WATCHDOG.begin(timeout, lambda: self._overrun(fn, request, timeout))
+        try:
+            result = context.run(fn, request)
+        except BaseException:
+            if watchdog.WATCHDOG.end(call):
+                log.warning("%s: %s handler %r raised after its timeout was answered", self.label, request.service, fn,
+                            exc_info=True)
+                raise _AnsweredByWatchdog from None
+            raise
+        if watchdog.WATCHDOG.end(call):
+            log.warning("%s: %s handler %r returned after its timeout was answered; its result is dropped",
+                        self.label, request.service, fn)
+            raise _AnsweredByWatchdog
+        return result
+
+    def _overrun(self, fn: Callable[[Request], Any], request: Request, timeout: float) -> None:
+        """On the watchdog's thread: an inline handler is still running after ``timeout`` seconds. Its
+        failure response goes straight to the socket (the loop's thread is in the handler), as the
+        loop sends it for a handler in the pool that overruns; if it cannot, the connection is cut."""
+        ctx, command = request.context, request.command
+        service = request.service
+        response = Response(failure_status(service), elements={"ErrorComment": f"processing timed out after {timeout} s"})
+        data: bytes | None = None
+        try:
+            cmd = dimse.response_command(command, response.status, has_dataset=False, **response.elements)
+            if command.command_field in _NO_INSTANCE_IN_RESPONSE:
+                cmd.pop("AffectedSOPInstanceUID", None)
+            data = b"".join(fragments(cmd.encode(), ctx.id, self._max_pdv_data(), command=True))
+        except Exception:
+            log.exception("%s: the timeout answer of %s could not be encoded", self.label, service)
+        if self.dul.send_from_thread(data):
+            self._final_response = response
+            log.error("%s: %s handler %r did not answer within %s s (on the event loop's thread): answered 0x%04X",
+                      self.label, service, fn, timeout, response.status)
+        else:
+            log.error("%s: %s handler %r did not answer within %s s (on the event loop's thread), and the answer "
+                      "could not be sent: connection cut", self.label, service, fn, timeout)
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """``fn(*args)`` in the handler thread pool, its outcome in a future of the loop.
@@ -378,6 +448,10 @@ class Dispatch(AssociationBase):
         await self.send_message(ctx.id, cmd, data)
         if response.status not in PENDING_STATUSES:
             self.dul.flush()  # a final answer: the peer waits for it, nothing more will be gathered
+
+
+class _AnsweredByWatchdog(Exception):
+    """An inline handler overran its timeout and the watchdog answered the request."""
 
 
 def _settle(future: asyncio.Future[Any], outcome: tuple[Any, BaseException | None]) -> None:

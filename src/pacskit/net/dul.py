@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from pacskit.net import events as ev
@@ -44,6 +46,15 @@ _P_DATA_TF = pdu.P_DATA_TF
 _STA6 = State.STA6
 _CORK_LIMIT = 64 * 1024  # bytes of corked P-DATA that are written at once rather than at the end of the loop turn
 _PDV_HEADER = pdu.PDV_HEADER
+
+#: connections open on each event loop (from connection_made to connection_lost, either role): a
+#: handler runs inline only on the loop's one connection (pacskit.net.dispatch, InlineHandler)
+_open_connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+
+
+def open_connections(loop: asyncio.AbstractEventLoop) -> int:
+    """How many DICOM connections (acceptor or requestor) are open on ``loop``."""
+    return _open_connections.get(loop, 0)
 
 
 class UpperLayer(asyncio.Protocol):
@@ -75,6 +86,7 @@ class UpperLayer(asyncio.Protocol):
         # P-DATA written during one turn of the event loop leaves in one system call (see send_p_data)
         self._corked: list[bytes] = []
         self._corked_size = 0
+        self._counted = False  # in _open_connections
         #: bytes of PDUs received and sent so far (TLS records excluded): the statistics read these
         #: rather than counting PDU events, which would cost an event per PDU on every busy association
         self.bytes_received = 0
@@ -85,6 +97,9 @@ class UpperLayer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if not self._counted:
+            self._counted = True
+            _open_connections[self._loop] = _open_connections.get(self._loop, 0) + 1
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -102,6 +117,9 @@ class UpperLayer(asyncio.Protocol):
             self._event(Event.EVT5)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            _open_connections[self._loop] = _open_connections.get(self._loop, 1) - 1
         self._stop_artim()
         if self._idle is not None:
             self._idle.cancel()
@@ -407,6 +425,43 @@ class UpperLayer(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.writelines(corked)
             self.bytes_sent += size
+
+    @property
+    def plain_socket(self) -> bool:
+        """The transport writes to its socket as it is (no TLS layer in between)."""
+        transport = self.transport
+        return (transport is not None and transport.get_extra_info("ssl_object") is None
+                and transport.get_extra_info("socket") is not None)
+
+    def send_from_thread(self, data: bytes | None) -> bool:
+        """Write whole P-DATA-TF PDUs to the socket from another thread, while the event loop's thread
+        is held by a handler running inline (:class:`~pacskit.net.services.InlineHandler`): the
+        transport is then untouched, and the bytes go out now. Only in Sta6, with nothing corked or
+        buffered in the transport (else they would overtake it) and in one non-blocking write;
+        otherwise, or if that write is short, the connection is shut down (the peer sees it drop)
+        and ``False`` is returned (``data=None``: only that). No PDU spy event is emitted (observers
+        run on the loop)."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return False
+        fd = sock.fileno()
+        written = 0
+        if (data and self.state == _STA6 and not self._corked and transport is not None and not transport.is_closing()
+                and transport.get_write_buffer_size() == 0):
+            try:
+                written = os.write(fd, data)
+            except OSError:
+                written = 0
+        if data and written == len(data):
+            self.bytes_sent += written
+            return True
+        try:
+            with socket.socket(fileno=os.dup(fd)) as dup:
+                dup.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return False
 
     def release_request(self) -> bool:
         return self._event(Event.EVT11)

@@ -19,7 +19,10 @@ an iterator / async iterator of   one response per item (Pending for C-FIND, C-G
 
 A handler may be ``async def`` (runs on the event loop: must not block) or a plain function (runs in the
 engine's thread pool, so a slow handler never stalls other associations). A plain *generator* runs in
-the thread pool too, a batch of answers per hop (see :mod:`pacskit.net.dispatch`). Exceptions and timeouts become
+the thread pool too, a batch of answers per hop (see :mod:`pacskit.net.dispatch`). A plain function
+wrapped in :class:`InlineHandler` declares that it may also run on the event loop's own thread, which
+the engine does when its association is the only connection of that loop (nothing else to serve):
+that saves the two thread hand-offs of the pool, most of the latency of a small C-STORE. Exceptions and timeouts become
 the failure status :func:`failure_status` gives for the service (logged with the traceback); the
 association goes on. Allowed statuses per service: PS3.4 B.2.3 (C-STORE), C.4.1.1.4 (C-FIND),
 C.4.2.1.5 (C-MOVE), C.4.3.1.4 (C-GET), A.4.2 (C-ECHO), PS3.7 10.1 (N-services).
@@ -27,6 +30,7 @@ C.4.2.1.5 (C-MOVE), C.4.3.1.4 (C-GET), A.4.2 (C-ECHO), PS3.7 10.1 (N-services).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -83,6 +87,51 @@ current_operation: ContextVar[OperationContext | None] = ContextVar("pacskit_cur
 
 HandlerResult = Union[int, Response, Iterator[Any], AsyncIterator[Any], None]
 Handler = Callable[["Request"], Union[HandlerResult, Awaitable[HandlerResult]]]
+
+class InlineHandler:
+    """A plain function handler that may run on the event loop's own thread.
+
+    ``InlineHandler(fn)`` is registered (or returned from :meth:`pacskit.services.AddIn.handlers`) like
+    ``fn`` and is called like it. The engine runs ``fn`` on the event loop's thread instead of the
+    thread pool when the association is the only connection open on its loop (with
+    :attr:`~pacskit.net.config.NetConfig.inline_handlers`, the default, over plain TCP, and when
+    ``when(request)`` is true if given); otherwise in the pool, as any plain function. Running
+    inline saves the hand-off to a pool thread and the one back (two thread wake-ups, and the loop's
+    wake-up through its self-pipe): on a small C-STORE, where the handler itself takes well under a
+    millisecond, that is a large part of the round trip. While it runs nothing else of the loop
+    does, which is why it is done only when no other DICOM connection is open on the loop (a request
+    of an HTTP listener on the same loop waits for the call to end). On a machine whose CPUs are
+    busy with other processes the one thread doing all the work can lose time to the scheduler
+    (several threads each running briefly fared better there); ``NetConfig.inline_handlers=False``
+    (``inline_handlers = false`` in ``server.toml``) keeps every plain handler in the pool.
+
+    What ``fn`` promises by being wrapped: it never waits for the event loop (no
+    ``asyncio.run_coroutine_threadsafe(...).result()``, no requestor call on an association of
+    this loop: that would deadlock), it is thread-safe (it may run in the pool at the same time),
+    and it usually returns within milliseconds. ``when`` (called on the loop, must be quick) can
+    withhold the inline run for a request, e.g. while code the handler calls makes no such promise.
+
+    The timeout contract is the pool's: a call that is still running after the handler's timeout is
+    answered with the service's failure status and an Error Comment, on time, by the watchdog thread
+    (:mod:`pacskit.net.watchdog`), which writes the response straight to the socket (the loop is
+    busy running the handler); if it cannot (something else is waiting to be sent), it cuts the
+    connection instead, so the peer is never left waiting. What the handler returns afterwards is
+    discarded, as for a handler in the pool that overran."""
+
+    __slots__ = ("handler", "when", "__weakref__")
+
+    def __init__(self, handler: Callable[[Request], Any], *, when: Callable[[Request], bool] | None = None) -> None:
+        if inspect.iscoroutinefunction(handler) or inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+            raise TypeError(f"{handler!r}: only a plain function handler may run inline (not async, not a generator)")
+        self.handler = handler
+        self.when = when
+
+    def __call__(self, request: Request) -> Any:
+        return self.handler(request)
+
+    def __repr__(self) -> str:
+        return f"InlineHandler({self.handler!r})"
+
 
 #: Called on the event loop for every incoming request that has a handler, before the handler: return
 #: ``None`` to let it run, or the (final) :class:`Response` to answer instead, e.g. 0x0124 Refused: Not

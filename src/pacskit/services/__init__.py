@@ -13,7 +13,9 @@ An add-in is a class deriving from :class:`AddIn`. It declares
 - :meth:`AddIn.handlers`: which DIMSE services (``"C-STORE"``, ``"C-FIND"``, ``"N-ACTION"``…) it answers on
   those contexts — a handler gets a :class:`~pacskit.net.Request` and returns a status, a
   :class:`~pacskit.net.Response` or an iterator of them (see :mod:`pacskit.net.services` for the contract
-  and the allowed statuses);
+  and the allowed statuses); a quick plain function that never waits for the event loop may be
+  returned wrapped in :class:`InlineHandler`, so that it runs on the loop's thread while its
+  association is the only one (the Storage add-in's C-STORE does);
 - :meth:`AddIn.extended_negotiation`: optional, the answer to a peer's SOP Class Extended Negotiation
   (e.g. relational queries for C-FIND);
 - :meth:`AddIn.start` / :meth:`AddIn.stop`: lifecycle, with :attr:`AddIn.base` giving the base services;
@@ -91,7 +93,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pacskit.audit.service import Audit
 from pacskit.dicom.status import Status
-from pacskit.net import EventBus, Handler, Request, Response, SupportedContext
+from pacskit.net import EventBus, Handler, InlineHandler, Request, Response, SupportedContext
 
 if TYPE_CHECKING:
     import ssl
@@ -409,7 +411,9 @@ class AddIn:
         ``ErrorComment`` to refuse it (0xA700, 0xA900, 0xC000…), 0x0000 to acknowledge and drop it.
 
         Runs in the server's thread pool for every C-STORE the Storage add-in receives, so keep it
-        quick; :meth:`IncomingInstance.header` decodes the attributes once for every add-in."""
+        quick; :meth:`IncomingInstance.header` decodes the attributes once for every add-in. (While
+        an add-in implements it, the Storage add-in's handler never runs on the event loop's thread,
+        :class:`InlineHandler`: this method may wait for the loop.)"""
         return None
 
     def workflow_event(self, event: WorkflowEvent) -> None:
@@ -493,6 +497,7 @@ __all__ = [
     "Handler",
     "HttpService",
     "IncomingInstance",
+    "InlineHandler",
     "Permission",
     "Request",
     "Response",
