@@ -19,6 +19,11 @@ HAProxy in front (DICOM in TCP mode, ``leastconn``; HTTP round robin):
 * **pgbench**: one-row INSERT transactions (each a commit: one WAL flush), 1 and 8 clients, and the S3
   PUT latency of one instance-sized object (SeaweedFS, 4 threads).
 
+The instances are one series of one study (``_common.ensure_series``: after its first instance, every
+one takes the PostgreSQL lane's known-series statement), or with ``--per-study N`` studies of N
+instances, one series each, over 50 patients (``--per-study 1``: a CR/DX/MG-like load, every instance
+the first of its study).
+
 Orthanc's storage is a folder both Orthancs share (its S3 plugin is not packaged in Debian); pacskit's
 is the object store. Target (issue 23): ingest through 2 pacskit nodes >= 1.5x two Orthancs. With
 ``--orthanc-storage seaweedfs`` (or ``both``) the Orthancs' folder is the same SeaweedFS cluster, mounted
@@ -26,6 +31,7 @@ with ``weed mount`` (FUSE), so both archives pay the object store (like for like
 mount`` acknowledging writes before they reach the volume servers, which favours Orthanc).
 
     ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3] [--repeat 3] [--orthanc-storage both]
+        [--per-study 1]
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_seconds, dcmtk_env, dcmtk_tool, ensure_series, warm  # noqa: E402
+from _common import cpu_seconds, dcmtk_env, dcmtk_tool, ensure_series, ensure_studies, warm  # noqa: E402
 
 from pacskit.testing.cluster import POSTGRES_URL, fresh_postgres_database, pacs_nodes  # noqa: E402
 from pacskit.testing.haproxy import Backend, haproxy  # noqa: E402
@@ -367,14 +373,19 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds, each every configuration once (interleaved: a busy spell hits all)")
     parser.add_argument("--pgbench-seconds", type=int, default=8)
+    parser.add_argument("--per-study", type=int, default=0,
+                        help="instances per study (one series each, 50 patients): 1 is a CR/DX/MG-like load; "
+                             "0 (default): every instance in one series of one study")
     args = parser.parse_args()
 
     os.environ.setdefault("TCP_NODELAY", "1")
-    files = ensure_series("small", args.small, 64, 64)
+    files = (ensure_studies("studies", args.small, args.per_study, 64, 64) if args.per_study
+             else ensure_series("small", args.small, 64, 64))
     size = warm(files)
     uids = _uids(files)
     load = os.getloadavg()[0]
-    print(f"scale-out benchmark: {len(files)} instances ({size / len(files) / 1024:.1f} KiB each), "
+    shape = f"{args.per_study} per study" if args.per_study else "one series"
+    print(f"scale-out benchmark: {len(files)} instances ({shape}, {size / len(files) / 1024:.1f} KiB each), "
           f"{args.associations} associations, {args.repeat} round(s), load average {load:.2f} on "
           f"{os.cpu_count()} CPUs{' (busy machine)' if load > 1.0 else ''}", flush=True)
     rounds: list[dict[str, tuple[Phase, Phase]]] = []
