@@ -154,9 +154,10 @@ class TempFiles:
 
     A file whose bytes went elsewhere (an object store's PUT read it) is given back with
     :meth:`recycle` instead of being deleted: emptied, it is a spare again. Creating a name in a
-    folder costs this kind of machine 0.4-0.7 ms of kernel CPU (ext4 on a virtual disk), emptying an
-    open file 0.01-0.02 ms, deleting one about as little: on a node whose blobs go to S3 this was a
-    fifth of its CPU per small instance (``benchmarks/node_cpu.py``: ``pacskit-tempfiles``).
+    folder cost this kind of machine up to 0.4-0.7 ms of kernel CPU (ext4 on a virtual disk; from
+    0.02 ms, depending on the folder's state), emptying an open file 0.01-0.02 ms, deleting one about
+    as little: on a node whose blobs go to S3 the helper thread's creations were 0.49 ms of its 2.24 ms
+    per small instance in one run (``benchmarks/node_cpu.py``: ``pacskit-tempfiles``).
     """
 
     def __init__(self, folder: str, spare: int = 8) -> None:

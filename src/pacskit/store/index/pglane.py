@@ -50,7 +50,8 @@ each other their new row ids::
 A study the index holds makes every part a no-op (the statement then changed nothing, and the
 answer's first column is ``NULL``): the first instance of a new series of a known study runs
 :meth:`Index._create_on_cursor` on the same kept connection between an explicit ``BEGIN`` and
-``COMMIT`` (one statement per round trip, a handful of them, once per series). Anything else that
+``COMMIT`` (one statement per round trip, a handful of them, once per series), as does a new study
+whose instance has more than eight request items (one statement text per count). Anything else that
 would stop :meth:`Index._create_on_cursor` fails the statement whole, and the general path decides:
 the instance or the series held already (their unique keys), the study created meanwhile by another
 node (its unique key), a patient deleted meanwhile or a fence another node took (``division by
@@ -86,6 +87,9 @@ if TYPE_CHECKING:
     from pacskit.store.index.extract import InstanceAttributes
 
 log = logging.getLogger("pacskit.store")
+
+#: request items (0040,0275) a new study's one statement holds at most (more take the transaction)
+_NEW_STUDY_REQUESTS = 8
 
 #: what a :class:`pacskit.store.datastore.SharedJournal`'s fence gives the lane: a ``DELETE`` that must
 #: delete exactly one row, and its parameters (named ``fence_*``)
@@ -309,7 +313,8 @@ class PgLane:
     ) -> Recorded | None:
         """The first instance of a series: of a new study, :meth:`_append_new_study`; else
         :meth:`Index._create_on_cursor` in a transaction on ``raw``."""
-        if fence is None or fence[0].startswith("DELETE ") and " WHERE " in fence[0]:  # the guard can be added
+        if (len(a.request_attributes) <= _NEW_STUDY_REQUESTS  # one statement text per count: a few
+                and (fence is None or fence[0].startswith("DELETE ") and " WHERE " in fence[0])):  # the guard fits
             rec = self._append_new_study(raw, a, fence, **values)
             if rec is not None:
                 return rec
