@@ -273,3 +273,19 @@ def test_one_round_trip_per_instance_of_a_new_study(pg_store: DataStore, tmp_pat
         assert conn.execute(text("SELECT num_studies FROM patients WHERE patient_id = 'P1'")).scalar_one() == 5
         assert conn.execute(text("SELECT count(*) FROM patients WHERE patient_id = 'P1'")).scalar_one() == 1
     assert store.check().ok
+
+
+def test_a_new_study_with_many_request_items_takes_the_transaction(two_indexes: tuple[Index, Index]) -> None:
+    """More than eight request items: not one statement text per count, the multi-statement transaction
+    instead, with every item kept; eight or fewer: the one statement."""
+    lean, _ = two_indexes
+    now = dt.datetime.now(dt.UTC)
+    for n, study in ((9, 1), (8, 2)):
+        a = InstanceAttributes(sop_instance_uid=_uid(7, study), sop_class_uid=_CR, study_instance_uid=_uid(8, study),
+                               series_instance_uid=_uid(9, study), patient_id="R",
+                               request_attributes=tuple((f"A{i}", f"R{i}", None) for i in range(n)))
+        assert _append(lean, a, f"r{study}", now).status == IngestStatus.STORED
+        with lean.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM series_requests r JOIN series s ON s.pk = r.series_fk "
+                                     "WHERE s.series_instance_uid = :u"), {"u": _uid(9, study)}).scalar_one() == n
+    assert [shape[2] for shape in lean._pg_lane._new_study] == [8]  # type: ignore[union-attr]
