@@ -423,7 +423,7 @@ def test_a_received_file_is_emptied_and_kept_as_a_spare_after_its_put(tmp_path: 
             other = Part10FileSink(store.temp_dir, b"", "1.2.840.10008.1.2.1", spare=2)
             paths.add(other._path)
             other.abort()
-        assert second.path is not None and open(second.path, "rb").read() == b"xy"
+        assert second.path is not None and Path(second.path).read_bytes() == b"xy"
         # a file from elsewhere is deleted, not kept
         foreign = _file(tmp_path, b"elsewhere")
         store.put_file(foreign)
