@@ -178,6 +178,31 @@ def ensure_series(name: str, count: int, rows: int, cols: int) -> list[Path]:
     return paths
 
 
+def ensure_studies(name: str, count: int, per_study: int, rows: int, cols: int, patients: int = 50) -> list[Path]:
+    """``count`` 64x64-like CR-style instances in studies of ``per_study`` instances (one series each),
+    the studies' patients cycling over ``patients`` PatientIDs (a CR/DX/MG load: ``per_study`` 1, every
+    instance a new study and series, most of their patients known), in ``.bench-data/<name>-<count>-per<per_study>/``;
+    generated once and reused, as :func:`ensure_series`."""
+    from pacskit.testing.synth import make_series
+
+    folder = BENCH_DATA / f"{name}-{count}-per{per_study}"
+    marker = folder / ".complete"
+    paths = [folder / f"S{s:05d}-{n:06d}.dcm" for s in range(-(-count // per_study))
+             for n in range(1, per_study + 1)][:count]
+    if marker.exists() and all(p.exists() for p in paths):
+        return paths
+    if folder.exists():
+        shutil.rmtree(folder)
+    print(f"generating {count} {rows}x{cols} instances, {per_study} per study, in {folder} ...", file=sys.stderr, flush=True)
+    made: list[Path] = []
+    for s in range(-(-count // per_study)):
+        made += make_series(folder, min(per_study, count - len(made)), rows, cols, bits=16, modality="CR",
+                            patient_id=f"BENCH{s % patients:03d}", prefix=f"S{s:05d}-")
+    assert made == paths, "make_series naming changed"
+    marker.write_text(f"{count} {rows}x{cols} CR Explicit VR Little Endian, {per_study} per study\n")
+    return paths
+
+
 def count_files(folder: Path, suffix: str = ".dcm") -> tuple[int, int]:
     """(number of files ending in ``suffix``, their total size) directly in ``folder``."""
     n = size = 0

@@ -16,7 +16,7 @@ the node's system calls during the ingest (``strace -c -f``), ``PERF_WEED=FILE``
 server process (``perf record -g``).
 
     .venv/bin/python benchmarks/node_cpu.py --tree A --tree B [--small 1000] [--associations 4] [--rounds 3]
-        [--retrieve] [--move] [--variant cluster --variant pg-s3] [--weed default --weed gomaxprocs1]
+        [--retrieve] [--move] [--variant cluster --variant pg-s3] [--weed default --weed gomaxprocs1] [--per-study 1]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import dcmtk_env, dcmtk_tool, ensure_series, free_port, wait_for_port, warm  # noqa: E402
+from _common import dcmtk_env, dcmtk_tool, ensure_series, ensure_studies, free_port, wait_for_port, warm  # noqa: E402
 from seaweedfs_put import SETTINGS  # noqa: E402
 from scaleout import CpuMeter, _count_pacskit, _ingest, _retrieve, _uids  # noqa: E402
 
@@ -227,6 +227,8 @@ def main() -> int:
     parser.add_argument("--weed", action="append", choices=sorted(SETTINGS),
                         help="SeaweedFS settings (benchmarks/seaweedfs_put.py), each its own cluster (default: default)")
     parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--per-study", type=int, default=0,
+                        help="instances per study (one series each; 1: CR/DX/MG-like); 0: all in one series")
     parser.add_argument("--associations", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--retrieve", action="store_true")
@@ -236,7 +238,8 @@ def main() -> int:
     parser.add_argument("--move", action="store_true", help="then C-MOVE the study to DCMTK storescp --ignore")
     args = parser.parse_args()
     os.environ.setdefault("TCP_NODELAY", "1")
-    files = ensure_series("small", args.small, 64, 64)
+    files = (ensure_studies("studies", args.small, args.per_study, 64, 64) if args.per_study
+             else ensure_series("small", args.small, 64, 64))
     warm(files)
     uids = _uids(files) if args.retrieve else []
     work = Path(tempfile.mkdtemp(prefix="pacskit-bench-nodecpu-"))

@@ -19,6 +19,16 @@ HAProxy in front (DICOM in TCP mode, ``leastconn``; HTTP round robin):
 * **pgbench**: one-row INSERT transactions (each a commit: one WAL flush), 1 and 8 clients, and the S3
   PUT latency of one instance-sized object (SeaweedFS, 4 threads).
 
+The instances are one series of one study (``_common.ensure_series``: after its first instance, every
+one takes the PostgreSQL lane's known-series statement), or with ``--per-study N`` studies of N
+instances, one series each, over 50 patients (``--per-study 1``: a CR/DX/MG-like load, every instance
+the first of its study).
+
+SeaweedFS runs with ``--weed``'s settings (``benchmarks/seaweedfs_put.py``'s names): by default
+``gomaxprocs1``, each weed process with ``GOMAXPROCS=1``: at the few hundred PUTs per second of this
+machine Go's idle processors spin for work between requests, and one fewer costs SeaweedFS 18% less
+CPU per PUT (``node_cpu.py --weed default --weed gomaxprocs1``); ``--weed default`` as before.
+
 Orthanc's storage is a folder both Orthancs share (its S3 plugin is not packaged in Debian); pacskit's
 is the object store. Target (issue 23): ingest through 2 pacskit nodes >= 1.5x two Orthancs. With
 ``--orthanc-storage seaweedfs`` (or ``both``) the Orthancs' folder is the same SeaweedFS cluster, mounted
@@ -26,6 +36,7 @@ with ``weed mount`` (FUSE), so both archives pay the object store (like for like
 mount`` acknowledging writes before they reach the volume servers, which favours Orthanc).
 
     ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3] [--repeat 3] [--orthanc-storage both]
+        [--per-study 1]
 """
 
 from __future__ import annotations
@@ -47,7 +58,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_seconds, dcmtk_env, dcmtk_tool, ensure_series, warm  # noqa: E402
+from _common import cpu_seconds, dcmtk_env, dcmtk_tool, ensure_series, ensure_studies, warm  # noqa: E402
+from seaweedfs_put import SETTINGS as WEED_SETTINGS  # noqa: E402
 
 from pacskit.testing.cluster import POSTGRES_URL, fresh_postgres_database, pacs_nodes  # noqa: E402
 from pacskit.testing.haproxy import Backend, haproxy  # noqa: E402
@@ -367,15 +379,24 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds, each every configuration once (interleaved: a busy spell hits all)")
     parser.add_argument("--pgbench-seconds", type=int, default=8)
+    parser.add_argument("--weed", choices=sorted(WEED_SETTINGS), default="gomaxprocs1",
+                        help="SeaweedFS's settings (benchmarks/seaweedfs_put.py): gomaxprocs1 (default) runs each "
+                             "weed process with GOMAXPROCS=1, as docs/deployment.md advises where it shares a "
+                             "few cores with the nodes")
+    parser.add_argument("--per-study", type=int, default=0,
+                        help="instances per study (one series each, 50 patients): 1 is a CR/DX/MG-like load; "
+                             "0 (default): every instance in one series of one study")
     args = parser.parse_args()
 
     os.environ.setdefault("TCP_NODELAY", "1")
-    files = ensure_series("small", args.small, 64, 64)
+    files = (ensure_studies("studies", args.small, args.per_study, 64, 64) if args.per_study
+             else ensure_series("small", args.small, 64, 64))
     size = warm(files)
     uids = _uids(files)
     load = os.getloadavg()[0]
-    print(f"scale-out benchmark: {len(files)} instances ({size / len(files) / 1024:.1f} KiB each), "
-          f"{args.associations} associations, {args.repeat} round(s), load average {load:.2f} on "
+    shape = f"{args.per_study} per study" if args.per_study else "one series"
+    print(f"scale-out benchmark: {len(files)} instances ({shape}, {size / len(files) / 1024:.1f} KiB each), "
+          f"{args.associations} associations, {args.repeat} round(s), SeaweedFS {args.weed}, load average {load:.2f} on "
           f"{os.cpu_count()} CPUs{' (busy machine)' if load > 1.0 else ''}", flush=True)
     rounds: list[dict[str, tuple[Phase, Phase]]] = []
     loads: list[float] = []
@@ -383,7 +404,9 @@ def main() -> int:
     orthanc_key = f"Orthanc x{args.orthancs}"
     weed_key = f"Orthanc x{args.orthancs} weed"  # its storage on SeaweedFS (weed mount)
     try:
-        with seaweedfs_cluster(work / "weed", volumes=2, replication="001") as weed:
+        server_args, volume_args, env = WEED_SETTINGS[args.weed]
+        with seaweedfs_cluster(work / "weed", volumes=2, replication="001", server_args=server_args,
+                               volume_args=volume_args, env=env) as weed:
             weed.create_bucket("bench")
             p50, puts = s3_put_latency(weed, size // len(files), work)
             print(f"SeaweedFS PUT of one instance ({size // len(files)} B): p50 {p50:.1f} ms, "

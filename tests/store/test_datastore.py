@@ -313,6 +313,8 @@ def test_database_failure_deletes_new_blob(store: DataStore, monkeypatch: pytest
 
     monkeypatch.setattr(store.index, "record_instance", broken)
     monkeypatch.setattr(store.index, "_create_on_cursor", broken)  # the lean lane too (it falls back)
+    if store.index._pg_lane is not None:  # and its new-study statement on PostgreSQL
+        monkeypatch.setattr(store.index._pg_lane, "_append_new_study", broken)
     path = stage(store, "CT_small.dcm")
     with pytest.raises(RuntimeError):
         store.ingest(path, source_ae="A")

@@ -236,3 +236,56 @@ def test_one_round_trip_per_instance_of_a_known_series(pg_store: DataStore, tmp_
     syncs = [parts for parts in sent if len(parts) > 3 and parts[1] == "F" and parts[3].startswith("Sync")]
     assert len(syncs) == 6 and checkouts == []
     assert store.counts().instances == 14 and store.check().ok
+
+
+def test_one_round_trip_per_instance_of_a_new_study(pg_store: DataStore, tmp_path: Path) -> None:
+    """A CR/DX-like load (every instance a study of its own, patients new or known, with request
+    items or none): one Sync per instance, as for a known series; a new series of a known study
+    takes the multi-statement transaction (more round trips), and the counts and check stay right."""
+    from sqlalchemy import event
+
+    store = pg_store
+    files = [make_instance(store.temp_dir, StudyInstanceUID=new_uid(), SeriesInstanceUID=new_uid(),
+                           PatientID=f"P{i % 3}") for i in range(15)]
+    for f in files[:6]:  # psycopg prepares the statement after its 5th run (one more round trip, once)
+        assert store.ingest(f).stored
+    files = files[6:]
+    raw = store.index._pg_lane._local.held.raw  # type: ignore[union-attr]
+    checkouts: list[int] = []
+    event.listen(store.index.engine, "checkout", lambda *args: checkouts.append(1))
+    trace = tmp_path / "libpq.trace"
+    with open(trace, "w") as fh:
+        raw.pgconn.trace(fh.fileno())
+        try:
+            for f in files:
+                assert store.ingest(f).status == IngestStatus.STORED
+        finally:
+            raw.pgconn.untrace()
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    syncs = [parts for parts in sent if len(parts) > 3 and parts[1] == "F" and parts[3].startswith("Sync")]
+    assert len(syncs) == 9 and checkouts == []
+    known_study = make_instance(store.temp_dir, StudyInstanceUID=store.index.engine.connect().execute(
+        text("SELECT study_instance_uid FROM studies ORDER BY pk LIMIT 1")).scalar_one(), SeriesInstanceUID=new_uid())
+    assert store.ingest(known_study).status == IngestStatus.STORED
+    counts = store.counts()
+    assert (counts.studies, counts.series, counts.instances) == (15, 16, 16)
+    with store.index.engine.connect() as conn:
+        assert conn.execute(text("SELECT num_studies FROM patients WHERE patient_id = 'P1'")).scalar_one() == 5
+        assert conn.execute(text("SELECT count(*) FROM patients WHERE patient_id = 'P1'")).scalar_one() == 1
+    assert store.check().ok
+
+
+def test_a_new_study_with_many_request_items_takes_the_transaction(two_indexes: tuple[Index, Index]) -> None:
+    """More than eight request items: not one statement text per count, the multi-statement transaction
+    instead, with every item kept; eight or fewer: the one statement."""
+    lean, _ = two_indexes
+    now = dt.datetime.now(dt.UTC)
+    for n, study in ((9, 1), (8, 2)):
+        a = InstanceAttributes(sop_instance_uid=_uid(7, study), sop_class_uid=_CR, study_instance_uid=_uid(8, study),
+                               series_instance_uid=_uid(9, study), patient_id="R",
+                               request_attributes=tuple((f"A{i}", f"R{i}", None) for i in range(n)))
+        assert _append(lean, a, f"r{study}", now).status == IngestStatus.STORED
+        with lean.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM series_requests r JOIN series s ON s.pk = r.series_fk "
+                                     "WHERE s.series_instance_uid = :u"), {"u": _uid(9, study)}).scalar_one() == n
+    assert [shape[2] for shape in lean._pg_lane._new_study] == [8]  # type: ignore[union-attr]

@@ -393,3 +393,41 @@ def test_a_store_to_an_unreachable_object_store_fails_and_the_server_keeps_servi
         assert not left, "the received file was not kept"
 
     asyncio.run(run())
+
+
+def test_a_received_file_is_emptied_and_kept_as_a_spare_after_its_put(tmp_path: Path, s3_options: dict[str, Any]) -> None:
+    """The network engine's temp file (created ahead of need by its pool) is not deleted once its bytes
+    are in the object store: emptied, it is the pool's next spare (a name costs more than a file's
+    bytes here, see pacskit.net.sinks.TempFiles). Files the pool did not hand out are deleted."""
+    from pacskit.net.sinks import Part10FileSink, temp_files
+
+    store = S3BlobStore(tmp_path / "node", **s3_options)
+    pool = temp_files(store.temp_dir, spare=2)
+    try:
+        data = os.urandom(5000)
+        sink = Part10FileSink(store.temp_dir, b"", "1.2.840.10008.1.2.1", spare=2)
+        sink.write(data)
+        received = sink.finish()
+        assert received.path is not None
+        key = store.put_file(received.path)
+        with store.open(key) as fh:
+            assert fh.read() == data
+        assert os.path.exists(received.path) and os.path.getsize(received.path) == 0
+        assert received.path in pool.spare_paths()
+        # handed out again, empty, and written from the start
+        again = Part10FileSink(store.temp_dir, b"", "1.2.840.10008.1.2.1", spare=2)
+        paths = {again._path}
+        again.write(b"xy")
+        second = again.finish()
+        while received.path not in paths:  # the recycled file comes after the spares made before it
+            other = Part10FileSink(store.temp_dir, b"", "1.2.840.10008.1.2.1", spare=2)
+            paths.add(other._path)
+            other.abort()
+        assert second.path is not None and Path(second.path).read_bytes() == b"xy"
+        # a file from elsewhere is deleted, not kept
+        foreign = _file(tmp_path, b"elsewhere")
+        store.put_file(foreign)
+        assert not os.path.exists(foreign)
+        assert len(pool.spare_paths()) <= 2 * pool.spare + 1
+    finally:
+        pool.close()

@@ -151,6 +151,13 @@ class TempFiles:
     :meth:`take` hands out a spare (or, if none is left, creates one on the spot) and wakes the helper
     once half the spares are gone (a wake-up per file cost the event loop more than the file). Spares left at
     exit are deleted; a crash leaves empty ``.part`` files, which the server purges at start-up.
+
+    A file whose bytes went elsewhere (an object store's PUT read it) is given back with
+    :meth:`recycle` instead of being deleted: emptied, it is a spare again. Creating a name in a
+    folder cost this kind of machine up to 0.4-0.7 ms of kernel CPU (ext4 on a virtual disk; from
+    0.02 ms, depending on the folder's state), emptying an open file 0.01-0.02 ms, deleting one about
+    as little: on a node whose blobs go to S3 the helper thread's creations were 0.49 ms of its 2.24 ms
+    per small instance in one run (``benchmarks/node_cpu.py``: ``pacskit-tempfiles``).
     """
 
     def __init__(self, folder: str, spare: int = 8) -> None:
@@ -177,6 +184,19 @@ class TempFiles:
         if len(self._spare) <= self.spare // 2:  # refill in batches: one thread wake-up per few files
             self._wake.set()
         return item
+
+    def recycle(self, path: str) -> bool:
+        """Keep the finished file ``path`` (one this pool handed out, which nobody reads or writes any
+        more) as a spare, emptied; ``False`` (the caller deletes it) when the pool is full or the file
+        cannot be reopened."""
+        if self._thread is None or len(self._spare) >= 2 * self.spare:
+            return False
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        except OSError:
+            return False
+        self._spare.append((fd, path))
+        return True
 
     def _start(self) -> None:
         with self._lock:
@@ -226,6 +246,18 @@ class TempFiles:
 
 
 _TEMP_FILES: dict[str, TempFiles] = {}
+
+
+def recycle_temp(path: str) -> bool:
+    """Give the received file ``path`` back to the :class:`TempFiles` of its folder as a spare
+    (:meth:`TempFiles.recycle`) once its bytes are stored elsewhere; ``False`` when its folder has no
+    pool (nothing receives there in this process) or the pool is full: the caller then deletes it.
+    Only for files named as :class:`Part10FileSink` names them (``rx-<pid>-<n>.part``)."""
+    folder, name = os.path.split(path)
+    pool = _TEMP_FILES.get(folder)
+    if pool is None or not (name.startswith(f"rx-{_PID}-") and name.endswith(".part")):
+        return False
+    return pool.recycle(path)
 
 
 def temp_files(folder: str, spare: int = 8) -> TempFiles:

@@ -8,7 +8,8 @@ into and the ingest crash journal.
   a bucket convert into each other with any sync tool (``aws s3 sync files/ s3://bucket/prefix/``).
 * **put_file** streams the received temp file to the store (one PUT below ``multipart_threshold``, a
   multipart upload above it, ``part_size`` per part, ``max_concurrency`` parts in flight: memory stays
-  flat whatever the instance's size), then deletes the temp file. It returns only once the object
+  flat whatever the instance's size), then deletes the temp file (a file the network engine received
+  into is emptied and kept as its next spare instead: :func:`pacskit.net.sinks.recycle_temp`). It returns only once the object
   store acknowledged the write (PUT or CompleteMultipartUpload answered 200): that is the durability
   the C-STORE's Success waits for. A failed upload leaves no object (an incomplete multipart upload is
   aborted; one a crash leaves is aborted by :meth:`S3BlobStore.purge_temp` once older than
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
+from pacskit.net.sinks import recycle_temp
 from pacskit.store.blobs import BlobNotFound, DurablePut, new_key, validate_key
 
 log = logging.getLogger("pacskit.store")
@@ -373,10 +375,11 @@ class S3BlobStore:
             if key_hint is not None and self.exists(key):  # a multipart upload cannot be conditional
                 raise FileExistsError(f"blob {key} already exists")
             self._upload(src, name)
-        try:
-            os.unlink(src)
-        except FileNotFoundError:
-            pass
+        if not recycle_temp(src):  # a received file: emptied and kept for the next C-STORE
+            try:
+                os.unlink(src)
+            except FileNotFoundError:
+                pass
         return key
 
     def start_put(self, src: str, key_hint: str | None = None) -> DurablePut:
