@@ -60,10 +60,20 @@ def test_client_worklist_queries(server: tuple[Server, Path]) -> None:
     assert [r.accession_number for r in one.records] == ["A007"]
 
 
-def test_cancel_stops_the_stream(server: tuple[Server, Path]) -> None:
-    srv, _ = server
-    result = scu(srv).find_sync({}, limit=3)
-    assert len(result.records) == 3 and result.cancelled and result.status == 0xFE00
+def test_cancel_stops_the_stream(tmp_path: Path) -> None:
+    """C-CANCEL after 3 matches of 2,000: the server stops and answers Cancel. (With a few dozen
+    matches the server may have sent its final Success before the C-CANCEL arrives, which PS3.4
+    allows: 2,000 take it longer to stream than the C-CANCEL takes to arrive.)"""
+    from pacskit.testing.server import running_server
+
+    folder = write_settings(tmp_path / "pacs", worklist={"max_results": 5000})
+    source = folder / "entries.json"
+    source.write_text(json.dumps(steps(2000)))
+    assert runner.invoke(cli, ["worklist", "import", str(source), "--data-dir", str(folder)]).exit_code == 0
+    with running_server(folder) as srv:
+        result = scu(srv).find_sync({}, limit=3)
+        assert len(result.records) == 3 and result.cancelled and result.status == 0xFE00
+        assert len(scu(srv).find_sync({}).records) == 2000  # the server goes on
 
 
 def test_too_many_matches(tmp_path: Path) -> None:
