@@ -269,9 +269,7 @@ class Dispatch(AssociationBase):
         response = Response(failure_status(service), elements={"ErrorComment": f"processing timed out after {timeout} s"})
         data: bytes | None = None
         try:
-            cmd = dimse.response_command(command, response.status, has_dataset=False, **response.elements)
-            if command.command_field in _NO_INSTANCE_IN_RESPONSE:
-                cmd.pop("AffectedSOPInstanceUID", None)
+            cmd = _response_command(command, response, has_dataset=False)
             data = b"".join(fragments(cmd.encode(), ctx.id, self._max_pdv_data(), command=True))
         except Exception:
             log.exception("%s: the timeout answer of %s could not be encoded", self.label, service)
@@ -421,9 +419,7 @@ class Dispatch(AssociationBase):
         a stream of Pending answers (C-FIND matches) repeats one command set."""
         cached = self._pending_rsp
         if cached is None or cached[0] is not request or cached[1] != status:
-            cmd = dimse.response_command(request, status, has_dataset=True)
-            if request.command_field in _NO_INSTANCE_IN_RESPONSE:
-                cmd.pop("AffectedSOPInstanceUID", None)
+            cmd = _response_command(request, Response(status), has_dataset=True)
             pdus = fragments(cmd.encode(), ctx.id, self._max_pdv_data(), command=True)
             cached = self._pending_rsp = (request, status, cmd, pdus)
         return cached[2], cached[3]
@@ -437,17 +433,25 @@ class Dispatch(AssociationBase):
             cmd, pdus = self._pending_command(ctx, request, status)
             await self.send_message(ctx.id, cmd, data, command_pdus=pdus)
             return
-        elements = dict(response.elements)
-        if "ErrorComment" in elements and elements["ErrorComment"]:
-            elements["ErrorComment"] = str(elements["ErrorComment"])[:64]
-        cmd = dimse.response_command(request, response.status, has_dataset=data is not None, **elements)
+        cmd = _response_command(request, response, has_dataset=data is not None)
         if response.status not in PENDING_STATUSES:
             self._final_response = response
-        if request.command_field in _NO_INSTANCE_IN_RESPONSE:
-            cmd.pop("AffectedSOPInstanceUID", None)
         await self.send_message(ctx.id, cmd, data)
         if response.status not in PENDING_STATUSES:
             self.dul.flush()  # a final answer: the peer waits for it, nothing more will be gathered
+
+
+def _response_command(request: Command, response: Response, *, has_dataset: bool) -> Command:
+    """The response command set to ``request`` (PS3.7 9.3 / 10.3): the Error Comment cut to its 64
+    characters, and no Affected SOP Instance UID where the service's response has none. The one
+    builder of the loop's answers, the cached Pending one and the watchdog's."""
+    elements = dict(response.elements)
+    if elements.get("ErrorComment"):
+        elements["ErrorComment"] = str(elements["ErrorComment"])[:64]
+    cmd = dimse.response_command(request, response.status, has_dataset=has_dataset, **elements)
+    if request.command_field in _NO_INSTANCE_IN_RESPONSE:
+        cmd.pop("AffectedSOPInstanceUID", None)
+    return cmd
 
 
 class _AnsweredByWatchdog(Exception):
