@@ -79,7 +79,6 @@ class MppsAddIn(AddIn):
         self.mpps: MppsStore | None = None
         self.queue: MppsForwardQueue | None = None
         self._wake: dict[str, asyncio.Event] = {}  # per destination: a message was queued by this process
-        self._last_error = ""
         self._sending = 0  # messages this process is sending now; _sent_all is set when none
         self._sent_all = asyncio.Event()
         self._forwarders: list[asyncio.Task[None]] = []
@@ -217,26 +216,24 @@ class MppsAddIn(AddIn):
         title, service, uid = message.destination, message.service, message.sop_instance_uid
         ds = Dataset.from_json(message.dataset)
         status = None
+        if message.attempts >= self.options.forward_attempts:  # a row left queued under a larger setting
+            await asyncio.to_thread(self.queue.attempted, message.pk, "no attempts left", give_up=True)
         for attempt in range(message.attempts + 1, self.options.forward_attempts + 1):
-            status = await self._send(title, service, uid, ds, attempt)
+            status, error = await self._send(title, service, uid, ds, attempt)
             if status is not None:
                 await asyncio.to_thread(self.queue.delivered, message.pk)
                 break
             last = attempt >= self.options.forward_attempts
-            await asyncio.to_thread(self.queue.attempted, message.pk, self._last_error, give_up=last)
+            await asyncio.to_thread(self.queue.attempted, message.pk, error, give_up=last)
             if not last:
                 await asyncio.sleep(self.options.forward_retry_delay)
-        else:
-            if message.attempts >= self.options.forward_attempts:  # a row left queued by an older setting
-                await asyncio.to_thread(self.queue.attempted, message.pk, "no attempts left", give_up=True)
         if status is None:
             self.base.log.error("MPPS %s %s not forwarded to %s after %d attempts (kept as failed)", service, uid,
                                 title, self.options.forward_attempts)
         self.forwarded.append((title, service, uid, status))
 
-    async def _send(self, title: str, service: str, uid: str, ds: Dataset, attempt: int) -> int | None:
-        """One attempt; the destination's status, or None when it could not be reached (logged, the
-        reason kept in ``_last_error``)."""
+    async def _send(self, title: str, service: str, uid: str, ds: Dataset, attempt: int) -> tuple[int | None, str]:
+        """One attempt: (the destination's status, ""), or (None, why) when it could not be reached (logged)."""
         try:
             async with await self.base.dicom_request.associate(title, [RequestedContext(MPPS_SOP_CLASS)]) as assoc:
                 if service == "N-CREATE":
@@ -246,13 +243,12 @@ class MppsAddIn(AddIn):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._last_error = f"{type(exc).__name__}: {exc}"
             self.base.log.warning("MPPS %s %s to %s failed (attempt %d/%d): %s", service, uid, title, attempt,
                                   self.options.forward_attempts, exc)
-            return None
+            return None, f"{type(exc).__name__}: {exc}"
         if rsp.status != Status.SUCCESS:
             self.base.log.warning("MPPS %s %s forwarded to %s: status 0x%04X", service, uid, title, rsp.status)
-        return int(rsp.status)
+        return int(rsp.status), ""
 
     # ------------------------------------------------------------------ management
 
