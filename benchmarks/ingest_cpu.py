@@ -189,6 +189,9 @@ def main() -> int:
                         help="index in a new database on this PostgreSQL server per run (see above)")
     parser.add_argument("--round-trips", action="store_true",
                         help="with --postgresql: one more untimed run per tree and case under strace")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="leave the run folders (delete them yourself later): a run started within minutes "
+                        "of a deletion of thousands of files pays the recently-deleted-inode scan (module docstring)")
     args = parser.parse_args()
     storescu = dcmtk_tool("storescu")
     files = ensure_series("ct-512x512", args.small, 512, 512) if args.ct else ensure_series("small-64x64", args.small, 64, 64)
@@ -225,7 +228,10 @@ def main() -> int:
                     print(f"round {r} tree {t} x{assoc} w{workers}: CPU {cpu / n * 1e3:.3f} ms/inst{pg_text}, "
                           f"{n / wall:.0f} inst/s (load {load:.2f})", flush=True)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep_runs:
+            print(f"run folders kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print()
     for t, tree in enumerate(args.tree):
         print(f"tree {t}: {tree}")

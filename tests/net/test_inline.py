@@ -92,6 +92,34 @@ def test_inline_handler_runs_in_the_pool_while_another_association_is_open():
     assert [t is loop_thread for t in threads] == [True, False, False, True]
 
 
+@pytest.mark.parametrize("brief, inline", [(lambda request: True, True), (lambda request: False, False)])
+def test_inline_handler_whose_call_is_brief_runs_on_the_loop_beside_another_association(brief, inline):
+    """``brief`` saying yes lets the handler run on the loop although another association shares it;
+    saying no sends it to the pool, as without ``brief``."""
+    threads: list[threading.Thread] = []
+    asked: list[int] = []
+    services = Services()
+
+    def is_brief(request):
+        asked.append(request.message_id)
+        return brief(request)
+
+    services.register("C-ECHO", InlineHandler(_where(threads), brief=is_brief), timeout=30)
+
+    with acceptor_in_thread(services) as server:
+        async def main():
+            async with await connect(LOCALHOST, server["port"], called_ae=AE, contexts=REQUESTED) as first:
+                alone = await first.echo()
+                async with await connect(LOCALHOST, server["port"], called_ae=AE, contexts=REQUESTED) as second:
+                    both = [await first.echo(), await second.echo()]
+            return [alone, *both]
+
+        assert asyncio.run(main()) == [0, 0, 0]
+    loop_thread = server["thread"]
+    assert [t is loop_thread for t in threads] == [True, inline, inline]
+    assert len(asked) == 2  # asked only while another connection was open
+
+
 @pytest.mark.parametrize("config, when", [(NetConfig(inline_handlers=False), None), (None, lambda request: False)])
 def test_inline_handler_declined_runs_in_the_pool(config, when):
     """``NetConfig.inline_handlers=False`` and a ``when`` that says no both keep it in the pool."""

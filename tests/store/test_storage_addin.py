@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from pacskit.net import RequestedContext, connect
 from pacskit.dicom.part10 import read_part10_header
@@ -158,3 +158,67 @@ def test_bad_input_gets_the_right_status_and_keeps_stored_data(tmp_path: Path, d
             assert not left - temp_files(server.store.temp_dir).spare_paths()  # nothing but empty spares
 
     asyncio.run(run())
+
+
+def test_c_store_runs_on_the_event_loop_beside_other_associations_only_where_the_ingest_is_local(
+        tmp_path: Path, db_url: URL | str) -> None:
+    """With SQLite and blobs in a folder an ingest waits only on the local disk, so the Storage add-in's
+    C-STORE runs on the event loop's thread although other associations share it (here the requestor's
+    end is on the same loop too); on PostgreSQL and MariaDB (a commit waits for the server's log flush,
+    shared only by concurrent threads) it runs in the handler pool. While another thread of the server
+    holds the index's write lock, it runs in the pool on SQLite too, so the loop never waits for it."""
+    import threading
+
+    settings = _settings(tmp_path, db_url)
+    files = [make_instance(tmp_path / f"i{n}.dcm", patient_id="P1") for n in range(3)]
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    threads: list[threading.Thread] = []
+    entered = threading.Event()
+
+    async def run() -> None:
+        async with Server(settings) as server:
+            store = server.store
+            ingest = store.ingest
+
+            def spy(*args, **kwargs):
+                threads.append(threading.current_thread())
+                entered.set()
+                return ingest(*args, **kwargs)
+
+            store.ingest = spy  # type: ignore[method-assign]
+            lock = store.index._write_lock
+
+            def through_lock() -> None:  # the index's warm-up at start holds it for a moment
+                with lock:
+                    pass
+
+            await asyncio.to_thread(through_lock)
+            first = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
+                                  contexts=[RequestedContext(ct)])
+            second = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
+                                   contexts=[RequestedContext(ct)])
+            async with first, second:
+                assert [r.status for r in await asyncio.gather(first.store(files[0]), second.store(files[1]))] == [0, 0]
+                held = threading.Event()
+                release = threading.Event()
+
+                def hold() -> None:
+                    with lock:
+                        held.set()
+                        release.wait(30)
+
+                holder = threading.Thread(target=hold)
+                holder.start()
+                assert held.wait(30)
+                entered.clear()
+                pending = asyncio.ensure_future(first.store(files[2]))
+                assert await asyncio.to_thread(entered.wait, 30)  # the loop is free: the spy ran elsewhere
+                release.set()
+                assert (await pending).status == 0x0000
+                holder.join(30)
+            assert store.count("instances") == 3
+
+    loop_thread = threading.current_thread()  # asyncio.run runs the loop on this thread
+    asyncio.run(run())
+    local = make_url(db_url).get_backend_name() == "sqlite"
+    assert [t is loop_thread for t in threads] == [local, local, False]

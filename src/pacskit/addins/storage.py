@@ -97,12 +97,18 @@ class StorageAddIn(AddIn):
         return [SupportedContext(uid, syntaxes, scu_role=True, scp_role=True) for uid in uids]
 
     def handlers(self) -> Mapping[str, Handler]:
-        # On the event loop's thread while the association is the only one (no hand-off to a pool
-        # thread and back), unless an add-in's admit_instance, which may wait for the loop, is asked.
-        return {"C-STORE": InlineHandler(self.on_store, when=self._inline_ok)}
+        # On the event loop's thread (no hand-off to a pool thread and back) while the association
+        # is the only one, or while the store's ingest waits only on the local disk and SQLite;
+        # never while an add-in's admit_instance, which may wait for the loop, is asked.
+        return {"C-STORE": InlineHandler(self.on_store, when=self._inline_ok, brief=self._ingest_is_brief)}
 
     def _inline_ok(self, request: Request) -> bool:
-        return not self.base.admission.deciders
+        store = self.base.store
+        return not self.base.admission.deciders and (store is None or not store.ingest_would_queue())
+
+    def _ingest_is_brief(self, request: Request) -> bool:
+        store = self.base.store
+        return store is not None and store.ingest_is_brief()
 
     def on_store(self, request: Request) -> Response:
         from pacskit.store import IngestStatus, InstanceMismatch, InstanceTooLarge, InvalidInstance

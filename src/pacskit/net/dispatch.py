@@ -225,15 +225,15 @@ class Dispatch(AssociationBase):
 
     def _may_run_inline(self, handler: InlineHandler, request: Request) -> bool:
         """Whether this request's :class:`InlineHandler` runs on the loop's thread: allowed by the
-        config, the association alone on its loop (nothing else waits for the loop meanwhile), a plain
-        socket (the watchdog can answer on it), and the handler's own ``when``."""
-        if not self.config.inline_handlers or open_connections(self._loop) != 1 or not self.dul.plain_socket:
+        config, a plain socket (the watchdog can answer on it), the handler's own ``when``, and either
+        the association alone on its loop (nothing else waits for the loop meanwhile) or the
+        handler's ``brief`` saying this call keeps the others waiting only briefly."""
+        if not self.config.inline_handlers or not self.dul.plain_socket:
             return False
-        when = handler.when
-        if when is None:
-            return True
         try:
-            return bool(when(request))
+            if open_connections(self._loop) != 1 and (handler.brief is None or not handler.brief(request)):
+                return False
+            return handler.when is None or bool(handler.when(request))
         except Exception:
             log.exception("%s: the inline condition of %r failed; the handler runs in the thread pool", self.label, handler)
             return False

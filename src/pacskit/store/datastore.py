@@ -42,7 +42,9 @@ from pacskit.store.blobs import (
     KEY_MINUTES,
     BlobNotFound,
     BlobStore,
+    FilesystemBlobStore,
     InvalidBlobKey,
+    MemoryBlobStore,
     PendingPut,
     current_minute,
     new_key,
@@ -232,6 +234,11 @@ class _Gate:
                 self._shared -= 1
                 self._cond.notify_all()
 
+    @property
+    def exclusive_wanted(self) -> bool:
+        """An ``exclusive()`` holder is in, or waiting for the shared holders to leave (a glance)."""
+        return self._exclusive
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
@@ -371,6 +378,22 @@ class DataStore:
         prepare = getattr(self.blobs, "prepare_ingest", None)
         if prepare is not None:
             prepare(timeout)
+
+    def ingest_is_brief(self) -> bool:
+        """Whether an ingest waits only on this machine: its blobs in a folder (or memory) and its
+        index in SQLite, so that its waits are a local disk's flush and a local database write, each
+        well under a millisecond. The Storage add-in then runs C-STOREs on the event loop's thread
+        even while other associations share it (:class:`pacskit.services.InlineHandler` ``brief``).
+        False on PostgreSQL and MariaDB, where a commit waits for the server's log flush and
+        concurrent commits share it only when they come from several threads, and with an object
+        store (a PUT is a network round trip)."""
+        return self.index.backend == "sqlite" and isinstance(self.blobs, (FilesystemBlobStore, MemoryBlobStore))
+
+    def ingest_would_queue(self) -> bool:
+        """Whether an ingest begun now would wait behind other work of this process: a reindex holds
+        (or waits for) the store, or another thread is in the index's write lock. A caller on an
+        event loop then ingests from a thread, so that the loop's other work goes on meanwhile."""
+        return self._gate.exclusive_wanted or self.index.writer_busy()
 
     @property
     def temp_dir(self) -> str:

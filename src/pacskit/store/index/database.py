@@ -467,6 +467,15 @@ class Index:
         a rare duplicate's blob write."""
         return self._pg_lane is None
 
+    def writer_busy(self) -> bool:
+        """Whether another thread of this process holds the write lock now (a long write, e.g. a
+        deletion or a reindex, may be running): a caller on an event loop then writes from a thread
+        rather than wait on the loop. Always false where writes are not serialised (PostgreSQL,
+        MariaDB). A glance, not a reservation: the lock may be taken the moment after."""
+        lock = getattr(self._write_lock, "_thread_lock", self._write_lock)
+        locked = getattr(lock, "locked", None)
+        return bool(locked()) if locked is not None else False
+
     # durability ------------------------------------------------------------------------------------
 
     @property
