@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import functools
 import io
 import os
 import re
@@ -32,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from pacskit.store.ingestlog import SEGMENT_SIZE, IngestLog, LogTicket, fsync_path, replay
+from pacskit.store.ingestlog import LOCAL_DISK_TYPES, SEGMENT_SIZE, IngestLog, LogTicket, fs_type, fsync_path, replay
 
 #: A key: 32 (random id) or 64 (SHA-256) lower-case hex digits. Nothing else is ever a key.
 KEY_PATTERN = re.compile(r"\A(?:[0-9a-f]{32}|[0-9a-f]{64})\Z")
@@ -320,6 +321,12 @@ class FilesystemBlobStore:
     def temp_dir(self) -> str:
         """Where incoming temp files should be written (same filesystem as the blobs)."""
         return self._temp
+
+    @functools.cached_property
+    def on_local_disk(self) -> bool:
+        """The blobs are on a file system of this machine's own disks (or memory), where a file
+        operation takes microseconds: not FUSE, not a network file system (:data:`LOCAL_DISK_TYPES`)."""
+        return fs_type(self.root) in LOCAL_DISK_TYPES
 
     @property
     def journal_dir(self) -> str:

@@ -63,6 +63,7 @@ from pacskit.store.index.extract import (
     sha256_stream,
     uid_deviation,
 )
+from pacskit.store.ingestlog import LOCAL_DISK_TYPES, fs_type
 from pacskit.store.journal import IngestJournal, journal_files, recorded_keys
 from pacskit.store.index.database import DUPLICATE_POLICIES, Counts, DuplicatePolicy, Index, IngestStatus
 from pacskit.store.index.models import AE, Instance, Patient, Series, Study
@@ -386,8 +387,18 @@ class DataStore:
         even while other associations share it (:class:`pacskit.services.InlineHandler` ``brief``).
         False on PostgreSQL and MariaDB, where a commit waits for the server's log flush and
         concurrent commits share it only when they come from several threads, and with an object
-        store (a PUT is a network round trip)."""
-        return self.index.backend == "sqlite" and isinstance(self.blobs, (FilesystemBlobStore, MemoryBlobStore))
+        store (a PUT is a network round trip), or with blobs or index on FUSE or a network file system
+        (each file operation is a round trip to a program or a server)."""
+        if self.index.backend != "sqlite":
+            return False
+        if isinstance(self.blobs, MemoryBlobStore):
+            return True
+        return isinstance(self.blobs, FilesystemBlobStore) and self.blobs.on_local_disk and self._index_on_local_disk
+
+    @functools.cached_property
+    def _index_on_local_disk(self) -> bool:
+        database = self.index.engine.url.database
+        return database in (None, "", ":memory:") or fs_type(os.path.dirname(os.path.abspath(database))) in LOCAL_DISK_TYPES
 
     def ingest_would_queue(self) -> bool:
         """Whether an ingest begun now would wait behind other work of this process: a reindex holds

@@ -85,6 +85,9 @@ _ZEROS = bytes(1 << 20)
 
 #: file systems whose ``syncfs`` flushes every file's data and names (a FUSE file system gets nothing)
 SYNCFS_TYPES = frozenset({"ext4", "ext3", "xfs", "btrfs", "f2fs"})
+#: file systems on this machine's own disks (or memory), whose operations take microseconds; not FUSE
+#: (a program answers each operation) nor network file systems (each is a round trip)
+LOCAL_DISK_TYPES = SYNCFS_TYPES | {"ext2", "tmpfs"}
 
 
 def _pad(n: int) -> int:

@@ -1,0 +1,78 @@
+"""When an ingest counts as brief (the Storage add-in then runs C-STOREs on the event loop beside other
+associations: pacskit.services.InlineHandler ``brief``), and when it would queue behind other work."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from pacskit.store import DataStore, FilesystemBlobStore, MemoryBlobStore
+from pacskit.store import datastore as datastore_module
+
+
+def test_brief_with_sqlite_and_blobs_on_a_local_disk(tmp_path: Path) -> None:
+    store = DataStore.open(f"sqlite:///{tmp_path / 'index.db'}", blobs=FilesystemBlobStore(tmp_path / "files"))
+    try:
+        assert store.ingest_is_brief()
+    finally:
+        store.close()
+    memory = DataStore.open("sqlite://", blobs=MemoryBlobStore())
+    try:
+        assert memory.ingest_is_brief()
+    finally:
+        memory.close()
+
+
+@pytest.mark.parametrize("kind", ["fuse.lossyfs", "nfs4", "cifs", ""])
+def test_not_brief_with_blobs_on_fuse_or_a_network_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               kind: str) -> None:
+    monkeypatch.setattr("pacskit.store.blobs.fs_type", lambda path: kind)
+    store = DataStore.open(f"sqlite:///{tmp_path / 'index.db'}", blobs=FilesystemBlobStore(tmp_path / "files"))
+    try:
+        assert not store.ingest_is_brief()
+    finally:
+        store.close()
+
+
+def test_not_brief_with_the_sqlite_index_on_a_network_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index_dir = tmp_path / "nas"
+    index_dir.mkdir()
+    real = datastore_module.fs_type
+    monkeypatch.setattr(datastore_module, "fs_type", lambda path: "nfs" if path == str(index_dir) else real(path))
+    store = DataStore.open(f"sqlite:///{index_dir / 'index.db'}", blobs=FilesystemBlobStore(tmp_path / "files"))
+    try:
+        assert not store.ingest_is_brief()
+    finally:
+        store.close()
+
+
+def test_an_ingest_would_queue_while_another_thread_holds_the_write_lock_or_a_reindex_runs(tmp_path: Path) -> None:
+    store = DataStore.open(f"sqlite:///{tmp_path / 'index.db'}", blobs=FilesystemBlobStore(tmp_path / "files"))
+    try:
+        assert not store.ingest_would_queue()
+        held, release = threading.Event(), threading.Event()
+
+        def hold_lock() -> None:
+            with store.index._write_lock:
+                held.set()
+                release.wait(30)
+
+        def hold_gate() -> None:
+            with store._gate.exclusive():
+                held.set()
+                release.wait(30)
+
+        for hold in (hold_lock, hold_gate):
+            held.clear()
+            release.clear()
+            t = threading.Thread(target=hold)
+            t.start()
+            assert held.wait(30)
+            assert store.ingest_would_queue()
+            release.set()
+            t.join(30)
+            assert not store.ingest_would_queue()
+    finally:
+        store.close()
