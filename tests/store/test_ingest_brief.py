@@ -10,12 +10,15 @@ import pytest
 
 from pacskit.store import DataStore, FilesystemBlobStore, MemoryBlobStore
 from pacskit.store import datastore as datastore_module
+from pacskit.store.ingestlog import MAX_RECORD
 
 
 def test_brief_with_sqlite_and_blobs_on_a_local_disk(tmp_path: Path) -> None:
     store = DataStore.open(f"sqlite:///{tmp_path / 'index.db'}", blobs=FilesystemBlobStore(tmp_path / "files"))
     try:
         assert store.ingest_is_brief()
+        assert store.ingest_is_brief(MAX_RECORD)
+        assert not store.ingest_is_brief(MAX_RECORD + 1)  # its own flushes: shared only across threads
     finally:
         store.close()
     memory = DataStore.open("sqlite://", blobs=MemoryBlobStore())

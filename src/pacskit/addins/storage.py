@@ -108,7 +108,8 @@ class StorageAddIn(AddIn):
 
     def _ingest_is_brief(self, request: Request) -> bool:
         store = self.base.store
-        return store is not None and store.ingest_is_brief()
+        received = request.received
+        return store is not None and store.ingest_is_brief(received.size if received is not None and received.size else None)
 
     def on_store(self, request: Request) -> Response:
         from pacskit.store import IngestStatus, InstanceMismatch, InstanceTooLarge, InvalidInstance

@@ -63,7 +63,7 @@ from pacskit.store.index.extract import (
     sha256_stream,
     uid_deviation,
 )
-from pacskit.store.ingestlog import LOCAL_DISK_TYPES, fs_type
+from pacskit.store.ingestlog import LOCAL_DISK_TYPES, MAX_RECORD, fs_type
 from pacskit.store.journal import IngestJournal, journal_files, recorded_keys
 from pacskit.store.index.database import DUPLICATE_POLICIES, Counts, DuplicatePolicy, Index, IngestStatus
 from pacskit.store.index.models import AE, Instance, Patient, Series, Study
@@ -380,16 +380,20 @@ class DataStore:
         if prepare is not None:
             prepare(timeout)
 
-    def ingest_is_brief(self) -> bool:
-        """Whether an ingest waits only on this machine: its blobs in a folder (or memory) and its
-        index in SQLite, so that its waits are a local disk's flush and a local database write, each
-        well under a millisecond. The Storage add-in then runs C-STOREs on the event loop's thread
-        even while other associations share it (:class:`pacskit.services.InlineHandler` ``brief``).
+    def ingest_is_brief(self, size: int | None = None) -> bool:
+        """Whether an ingest (of a file of ``size`` bytes, if known) waits only on this machine: its
+        blobs in a folder (or memory) and its index in SQLite, so that its waits are a local disk's
+        flush and a local database write, each well under a millisecond. The Storage add-in then
+        runs C-STOREs on the event loop's thread even while other associations share it
+        (:class:`pacskit.services.InlineHandler` ``brief``). False for a file larger than an ingest
+        log record (:data:`~pacskit.store.ingestlog.MAX_RECORD`): its own flushes (file and folder,
+        0.5 ms and more) are shared by concurrent ingests only when they run in several threads
+        (CT-sized instances over 8 associations: the same rate either way, measured).
         False on PostgreSQL and MariaDB, where a commit waits for the server's log flush and
         concurrent commits share it only when they come from several threads, and with an object
         store (a PUT is a network round trip), or with blobs or index on FUSE or a network file system
         (each file operation is a round trip to a program or a server)."""
-        if self.index.backend != "sqlite":
+        if self.index.backend != "sqlite" or (size is not None and size > MAX_RECORD):
             return False
         if isinstance(self.blobs, MemoryBlobStore):
             return True
