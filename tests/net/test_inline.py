@@ -73,10 +73,19 @@ def test_inline_handler_runs_on_the_loop_thread_of_a_lone_association():
     assert threads == [server["thread"], server["thread"]]
 
 
-def test_inline_handler_runs_in_the_pool_while_another_association_is_open():
+@pytest.mark.parametrize("brief, inline", [(None, False), (lambda request: True, True), (lambda request: False, False)])
+def test_inline_handler_beside_another_association_runs_on_the_loop_only_when_brief(brief, inline):
+    """Alone on its loop the handler runs inline. Beside another association it runs in the pool,
+    unless its ``brief`` says yes (asked only then); once the other one is gone, inline again."""
     threads: list[threading.Thread] = []
+    asked: list[int] = []
     services = Services()
-    services.register("C-ECHO", InlineHandler(_where(threads)), timeout=30)
+
+    def is_brief(request):
+        asked.append(request.message_id)
+        return brief(request)
+
+    services.register("C-ECHO", InlineHandler(_where(threads), brief=is_brief if brief else None), timeout=30)
 
     with acceptor_in_thread(services) as server:
         async def main():
@@ -89,35 +98,8 @@ def test_inline_handler_runs_in_the_pool_while_another_association_is_open():
 
         assert asyncio.run(main()) == [0, 0, 0, 0]
     loop_thread = server["thread"]
-    assert [t is loop_thread for t in threads] == [True, False, False, True]
-
-
-@pytest.mark.parametrize("brief, inline", [(lambda request: True, True), (lambda request: False, False)])
-def test_inline_handler_whose_call_is_brief_runs_on_the_loop_beside_another_association(brief, inline):
-    """``brief`` saying yes lets the handler run on the loop although another association shares it;
-    saying no sends it to the pool, as without ``brief``."""
-    threads: list[threading.Thread] = []
-    asked: list[int] = []
-    services = Services()
-
-    def is_brief(request):
-        asked.append(request.message_id)
-        return brief(request)
-
-    services.register("C-ECHO", InlineHandler(_where(threads), brief=is_brief), timeout=30)
-
-    with acceptor_in_thread(services) as server:
-        async def main():
-            async with await connect(LOCALHOST, server["port"], called_ae=AE, contexts=REQUESTED) as first:
-                alone = await first.echo()
-                async with await connect(LOCALHOST, server["port"], called_ae=AE, contexts=REQUESTED) as second:
-                    both = [await first.echo(), await second.echo()]
-            return [alone, *both]
-
-        assert asyncio.run(main()) == [0, 0, 0]
-    loop_thread = server["thread"]
-    assert [t is loop_thread for t in threads] == [True, inline, inline]
-    assert len(asked) == 2  # asked only while another connection was open
+    assert [t is loop_thread for t in threads] == [True, inline, inline, True]
+    assert len(asked) == (2 if brief else 0)
 
 
 @pytest.mark.parametrize("config, when", [(NetConfig(inline_handlers=False), None), (None, lambda request: False)])
