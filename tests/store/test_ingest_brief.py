@@ -79,3 +79,26 @@ def test_an_ingest_would_queue_while_another_thread_holds_the_write_lock_or_a_re
             assert not store.ingest_would_queue()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("url, brief", [
+    ("postgresql+psycopg://postgres@127.0.0.1:5432/pacs", True),
+    ("postgresql+psycopg://postgres@localhost/pacs", True),
+    ("postgresql+psycopg://postgres@/pacs?host=/run/postgresql", True),
+    ("mysql+pymysql://root@127.0.0.1:3306/pacs", True),
+    ("postgresql+psycopg://postgres@db.hospital.example:5432/pacs", False),
+    ("mysql+pymysql://root@10.1.2.3:3306/pacs", False),
+])
+def test_brief_with_a_database_server_only_on_this_machine(tmp_path: Path, url: str, brief: bool) -> None:
+    """A commit to a server on this machine is a local round trip and a local flush; to another
+    machine a network round trip, which concurrent ingests overlap only from several threads."""
+    from sqlalchemy import create_engine
+
+    from pacskit.store.index.database import Index
+
+    engine = create_engine(url)  # never connected: the decision reads the URL only
+    try:
+        store = DataStore(Index(engine), FilesystemBlobStore(tmp_path / "files"))
+        assert store.ingest_is_brief() is brief
+    finally:
+        engine.dispose()

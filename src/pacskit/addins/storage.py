@@ -98,7 +98,7 @@ class StorageAddIn(AddIn):
 
     def handlers(self) -> Mapping[str, Handler]:
         # On the event loop's thread (no hand-off to a pool thread and back) while the association
-        # is the only one, or while the store's ingest waits only on the local disk and SQLite;
+        # is the only one, or while the store's ingest waits only on this machine (DataStore.ingest_is_brief);
         # never while an add-in's admit_instance, which may wait for the loop, is asked.
         return {"C-STORE": InlineHandler(self.on_store, when=self._inline_ok, brief=self._ingest_is_brief)}
 
