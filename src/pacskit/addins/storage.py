@@ -3,9 +3,11 @@
 Every storage SOP class pydicom knows (200+, including retired ones peers still send), or any
 abstract syntax with ``accept_any_sop_class``; every common transfer syntax, stored exactly as received.
 The handler runs in the server's thread pool, or on the event loop's thread while its association is
-the only one of the process and no add-in's ``admit_instance`` is asked (:class:`~pacskit.services.InlineHandler`:
-no thread hand-off on a lone association's round trip): the data store validates the header, hashes,
-makes the blob durable and commits the index row *before* Success is returned.
+the only one of the process, or while the ingest waits only on this machine
+(:meth:`~pacskit.store.DataStore.ingest_is_brief`), and no add-in's ``admit_instance`` is asked
+(:class:`~pacskit.services.InlineHandler`: no thread hand-offs in the round trip): the data store
+validates the header, hashes, makes the blob durable and commits the index row *before* Success is
+returned.
 
 Statuses (PS3.4 B.2.3, PS3.7 C):
 
