@@ -407,6 +407,10 @@ class _WriterLock:
         finally:
             self._thread_lock.release()
 
+    def locked(self) -> bool:
+        """A thread of this process holds it now (a glance: it may be taken or released the moment after)."""
+        return self._thread_lock.locked()
+
     def close(self) -> None:
         with self._thread_lock:
             self._closed = True
@@ -472,8 +476,7 @@ class Index:
         deletion or a reindex, may be running): a caller on an event loop then writes from a thread
         rather than wait on the loop. Always false where writes are not serialised (PostgreSQL,
         MariaDB). A glance, not a reservation: the lock may be taken the moment after."""
-        lock = getattr(self._write_lock, "_thread_lock", self._write_lock)
-        locked = getattr(lock, "locked", None)
+        locked = getattr(self._write_lock, "locked", None)  # _WriterLock or threading.Lock; nullcontext: none
         return bool(locked()) if locked is not None else False
 
     # durability ------------------------------------------------------------------------------------
