@@ -33,6 +33,9 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_PREFIX = b"PROXY "
 _V1_MAX = 107  # the longest v1 line, CRLF included (spec 2.1)
 _V2_MAX_BODY = 4096  # addresses (at most 216 bytes) and TLVs; a longer header is refused, not buffered
+#: v2 address family -> (socket family, its name, source address length, address block length: both
+#: addresses and both ports; the source port follows the two addresses)
+_V2_FAMILIES = {1: (socket.AF_INET, "IPv4", 4, 12), 2: (socket.AF_INET6, "IPv6", 16, 36)}
 
 Address = tuple[str, int]
 
@@ -122,17 +125,12 @@ def parse_v2(header: bytes) -> Address | None:
     family, protocol = family_protocol >> 4, family_protocol & 0x0F
     if protocol not in (0, 1):  # only STREAM (or UNSPEC) makes sense for a TCP listener
         raise ProxyProtocolError(f"PROXY v2 header for transport protocol {protocol}, not a stream")
-    if family == 1:  # AF_INET
-        if length < 12:
-            raise ProxyProtocolError("PROXY v2 IPv4 header too short")
-        source = socket.inet_ntop(socket.AF_INET, body[0:4])
-        (port,) = struct.unpack_from("!H", body, 8)
-        return source, port
-    if family == 2:  # AF_INET6
-        if length < 36:
-            raise ProxyProtocolError("PROXY v2 IPv6 header too short")
-        source = socket.inet_ntop(socket.AF_INET6, body[0:16])
-        (port,) = struct.unpack_from("!H", body, 32)
+    if family in _V2_FAMILIES:  # AF_INET, AF_INET6
+        sock_family, name, size, block = _V2_FAMILIES[family]
+        if length < block:
+            raise ProxyProtocolError(f"PROXY v2 {name} header too short")
+        source = socket.inet_ntop(sock_family, body[0:size])
+        (port,) = struct.unpack_from("!H", body, 2 * size)
         return source, port
     if family in (0, 3):  # UNSPEC, AF_UNIX: no IP address to report
         return None
