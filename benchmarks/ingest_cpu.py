@@ -8,12 +8,9 @@ while the instances arrived (utime + stime of the server process and its worker 
 and the wall-clock rate. CPU per instance barely depends on the machine's load, the rate does: on a
 shared machine decide on CPU, and read the rates beside the load average printed with them.
 
-Run folders are deleted only at the end, never between runs: on ext4 without a journal (this
-machine's root file system: ``/proc/fs/jbd2`` is empty) every new file's inode allocation skips, one
-by one, the inodes of its group deleted in the last 60 s (300 s while their table block is dirty:
-``recently_deleted`` in the kernel's ``ialloc.c``), so a run started just after the previous run's
-thousands of files were deleted paid that scan on each received instance -- ~30% of the server's CPU
-in ``perf`` (``find_get_block_common``, ``recently_deleted``), and whichever server ran next paid it.
+Run folders are deleted only at the end, never between runs (``--keep-runs``: not even then), for the
+reason ``benchmarks/ingest.py`` gives: on ext4 without a journal a run that starts just after thousands
+of files were deleted pays the kernel's scan of the recently deleted inodes on each received instance.
 
     .venv/bin/python benchmarks/ingest_cpu.py --tree /path/to/A --tree /path/to/B [--small N] [--rounds R]
         [--ct] [--workers N] [--cases 1,8,8w,1w]
