@@ -148,6 +148,16 @@ def store(db_url: URL | str, blobs: FilesystemBlobStore) -> Iterator[DataStore]:
         ds.close()
 
 
+@pytest.fixture
+def sqlite_store(tmp_path: Path, blobs: FilesystemBlobStore) -> Iterator[DataStore]:
+    """A store on SQLite only, for what is SQLite's alone (the lean lane, the writer lock file)."""
+    ds = DataStore.open(f"sqlite:///{tmp_path}/index.db", blobs=blobs)
+    try:
+        yield ds
+    finally:
+        ds.close()
+
+
 
 
 # --- an S3-compatible object store ------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,8 @@ from ._util import make_instance, new_uid
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[DataStore]:
-    ds = DataStore.open(f"sqlite:///{tmp_path}/index.db", blobs=FilesystemBlobStore(tmp_path / "blobs"))
-    try:
-        yield ds
-    finally:
-        ds.close()
+def store(sqlite_store: DataStore) -> DataStore:
+    return sqlite_store  # SQLite only: the parametrized store of conftest.py is not wanted here
 
 
 def _no_general_path(store: DataStore, monkeypatch: pytest.MonkeyPatch) -> None:

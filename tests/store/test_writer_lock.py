@@ -9,25 +9,20 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pacskit.store import DataStore, FilesystemBlobStore, IngestStatus
+from pacskit.store import DataStore, IngestStatus
 from pacskit.store.index.database import WRITER_LOCK_SUFFIX
 
 from ._util import make_instance, new_uid
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[DataStore]:
-    ds = DataStore.open(f"sqlite:///{tmp_path}/index.db", blobs=FilesystemBlobStore(tmp_path / "blobs"))
-    try:
-        yield ds
-    finally:
-        ds.close()
+def store(sqlite_store: DataStore) -> DataStore:
+    return sqlite_store  # SQLite only: the parametrized store of conftest.py is not wanted here
 
 
 def _try_lock(path: Path) -> bool:
