@@ -145,6 +145,34 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``root`` and every process below it (a server and its worker
+    processes), from /proc/<pid>/stat; 0 for a process that has gone."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, tuple[float, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                raw = fh.read().decode()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        pid = int(name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        stats[pid] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    user = system = 0.0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        u, s = stats.get(pid, (0.0, 0.0))
+        user, system = user + u, system + s
+        todo += children.get(pid, [])
+    return user, system
+
+
 def thread_cpu_ns(pid: int) -> int:
     """Sum of the per-thread run time in nanoseconds (/proc/<pid>/task/*/schedstat): finer than clock ticks."""
     total = 0

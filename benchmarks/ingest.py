@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH_DATA, LOCALHOST, PYTHON, dcmtk_env, dcmtk_tool, ensure_series, free_port, stop_process, wait_for_port, warm  # noqa: E402
+from _common import BENCH_DATA, LOCALHOST, PYTHON, dcmtk_env, dcmtk_tool, ensure_series, free_port, stop_process, tree_cpu, wait_for_port, warm  # noqa: E402
 
 from pacskit.testing.peers import orthanc  # noqa: E402
 
@@ -82,6 +83,12 @@ class Result:
     nbytes: int
     seconds: float | None = None
     failure: str = ""
+    server_cpu: tuple[float, float] = (float("nan"), float("nan"))  # (user, system) seconds, process tree
+    client_cpu: tuple[float, float] = (float("nan"), float("nan"))  # the storescu processes together
+
+    def ms_per_instance(self, cpu: tuple[float, float]) -> str:
+        user, system = (x * 1000 / self.instances for x in cpu)
+        return "n/a" if user != user else f"{user + system:5.2f} ({user:.2f}+{system:.2f})"
 
     @property
     def inst_per_s(self) -> float:
@@ -90,6 +97,12 @@ class Result:
     @property
     def mb_per_s(self) -> float:
         return self.nbytes / 1e6 / self.seconds if self.seconds else float("nan")
+
+
+@dataclass
+class Cpu:
+    server: tuple[float, float]  # (user, system) seconds
+    clients: tuple[float, float]
 
 
 @dataclass
@@ -192,43 +205,53 @@ def strace_flushes(pid: int, out: Path) -> Iterator[dict[str, int]]:
             counts[parts[-1]] = int(parts[3])
 
 
-def send(storescu: str, server: Server, files: list[Path], associations: int) -> tuple[float, list[str]]:
+def send(storescu: str, server: Server, files: list[Path], associations: int) -> tuple[float, list[str], Cpu]:
     """Run ``associations`` storescu processes in parallel over ``files`` (round-robin split);
-    (wall seconds, problems)."""
+    (wall seconds, problems, CPU of the server's process tree and of the storescu processes while
+    they ran)."""
     folder = files[0].parent
     lists = [files[i::associations] for i in range(associations)]
     argvs = [[storescu, "-aet", "BENCHSCU", "-aec", server.ae_title, LOCALHOST, str(server.port),
               *[str(p.relative_to(folder)) for p in chunk]] for chunk in lists if chunk]
     env = dcmtk_env()
     outs = []
+    server0, clients0 = tree_cpu(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     procs = [subprocess.Popen(a, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) for a in argvs]
     for p in procs:
         outs.append(p.communicate()[0].decode(errors="replace"))
     elapsed = time.perf_counter() - start
+    server1, clients1 = tree_cpu(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = Cpu((server1[0] - server0[0], server1[1] - server0[1]),
+              (clients1.ru_utime - clients0.ru_utime, clients1.ru_stime - clients0.ru_stime))
     problems = []
     for i, (p, text) in enumerate(zip(procs, outs)):
         errors = [ln for ln in text.splitlines() if ln.startswith(("E:", "F:"))]
         if p.returncode != 0 or errors:
             problems.append(f"storescu #{i} exited {p.returncode}, {len(errors)} error line(s): {' | '.join(text.strip().splitlines()[-3:])}")
-    return elapsed, problems
+    return elapsed, problems, cpu
 
 
 def one_run(kind: str, files: list[Path], associations: int, work: Path, storescu: str,
-            postgresql: str | None = None, flushes: dict[str, int] | None = None) -> tuple[float | None, str]:
-    """One timed run (or, with ``flushes``, an untimed one under strace filling ``flushes``)."""
+            postgresql: str | None = None, flushes: dict[str, int] | None = None,
+            cpu: list[Cpu] | None = None) -> tuple[float | None, str]:
+    """One timed run (or, with ``flushes``, an untimed one under strace filling ``flushes``); the
+    run's CPU is appended to ``cpu``."""
     os.sync()
     problems: list[str] = []
     received = -1
 
     def run(srv: Server) -> tuple[float, list[str]]:
         if flushes is None:
-            return send(storescu, srv, files, associations)
-        with strace_flushes(srv.pid, work / "strace.txt") as counts:
-            result = send(storescu, srv, files, associations)
-        flushes.update(counts)
-        return result
+            seconds, problems, used = send(storescu, srv, files, associations)
+        else:
+            with strace_flushes(srv.pid, work / "strace.txt") as counts:
+                seconds, problems, used = send(storescu, srv, files, associations)
+            flushes.update(counts)
+        if cpu is not None:
+            cpu.append(used)
+        return seconds, problems
 
     with fresh_database(postgresql, f"bench_{kind.replace('-', '_')}_{os.getpid()}") as db:
         if kind.startswith("pacskit"):
@@ -293,7 +316,10 @@ def main() -> int:
                     work = root / f"{kind}-{name}-{assoc}"
                     work.mkdir()
                     res = Result(kind, name, assoc, len(files), nbytes)
-                    res.seconds, res.failure = one_run(kind, files, assoc, work, storescu)
+                    used: list[Cpu] = []
+                    res.seconds, res.failure = one_run(kind, files, assoc, work, storescu, cpu=used)
+                    if used:
+                        res.server_cpu, res.client_cpu = used[0].server, used[0].clients
                     results.append(res)
                     if res.seconds is None:
                         print(f"  {kind:<10} {name:<5} x{assoc}: FAILED: {res.failure}", flush=True)
@@ -305,7 +331,10 @@ def main() -> int:
                 work = root / f"{kind}-pg"
                 work.mkdir()
                 res = Result(kind, "small-pg", 8, len(files), warm(files))
-                res.seconds, res.failure = one_run(kind, files, 8, work, storescu, args.postgresql)
+                used = []
+                res.seconds, res.failure = one_run(kind, files, 8, work, storescu, args.postgresql, cpu=used)
+                if used:  # the server's own process tree: its PostgreSQL's backends are not in it
+                    res.server_cpu, res.client_cpu = used[0].server, used[0].clients
                 results.append(res)
                 print(f"  {kind:<10} small x8 PostgreSQL index: " + (f"FAILED: {res.failure}" if res.seconds is None
                       else f"{res.seconds:8.3f} s  {res.inst_per_s:9.1f} inst/s"), flush=True)
@@ -328,13 +357,17 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     print()
-    header = f"{'server':<10} {'dataset':<7} {'assocs':>6} {'instances':>9} {'seconds':>8} {'inst/s':>9} {'MB/s':>8}"
+    header = (f"{'server':<10} {'dataset':<7} {'assocs':>6} {'instances':>9} {'seconds':>8} {'inst/s':>9} {'MB/s':>8}"
+              f"  {'server CPU ms/inst':<20} {'storescu CPU ms/inst':<20}")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{r.server:<10} {r.dataset:<7} {r.associations:>6} {r.instances:>9,} {fmt(r.seconds or float('nan'), 3):>8}"
-              f" {fmt(r.inst_per_s, 1):>9} {fmt(r.mb_per_s, 1):>8}{'  FAILED' if r.failure else ''}")
-    print("(seconds: wall clock of the storescu phase, one run each; MB = 10^6 bytes of the Part 10 files sent)")
+              f" {fmt(r.inst_per_s, 1):>9} {fmt(r.mb_per_s, 1):>8}  {r.ms_per_instance(r.server_cpu):<20}"
+              f" {r.ms_per_instance(r.client_cpu):<20}{'  FAILED' if r.failure else ''}")
+    print("(seconds: wall clock of the storescu phase, one run each; MB = 10^6 bytes of the Part 10 files sent;\n"
+          " CPU: user+system (user+system) over the same phase, the server's process tree (workers included,\n"
+          " its PostgreSQL's backends not) and the storescu processes together)")
 
     def get(server: str, dataset: str, assoc: int) -> Result | None:
         return next((r for r in results if (r.server, r.dataset, r.associations) == (server, dataset, assoc)), None)

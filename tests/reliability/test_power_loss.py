@@ -161,13 +161,14 @@ def _verify(data: Path, port: int, senders: list[_Sender], acked: dict[str, str]
 
 
 def _ingest_with_power_cuts(tmp_path: Path, *, cuts: int, durability: str | None, per_sender: int,
-                            stop_at_first_loss: bool, seed: int, senders_count: int = SENDERS) -> _Outcome:
+                            stop_at_first_loss: bool, seed: int, senders_count: int = SENDERS,
+                            side: int = 32) -> _Outcome:
     from pacskit.testing.lossyfs import LossyMount
 
     rng = random.Random(seed)
     senders: list[_Sender] = []
     for i in range(senders_count):
-        files = [str(f) for f in make_series(tmp_path / "src" / str(i), per_sender, 32, 32, patient_id=f"CUT{i}")]
+        files = [str(f) for f in make_series(tmp_path / "src" / str(i), per_sender, side, side, patient_id=f"CUT{i}")]
         first = dcmread(files[0], stop_before_pixels=True)
         senders.append(_Sender(files, str(first.StudyInstanceUID), str(first.SeriesInstanceUID), list(files)))
     uid_of = {f: str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for s in senders for f in s.files}
@@ -248,13 +249,17 @@ def test_power_cuts_during_parallel_ingest_lose_nothing_acknowledged(tmp_path: P
     assert outcome.lost == [], f"seed {seed}:\n" + "\n".join(outcome.lost[:20])
 
 
-def test_power_cuts_during_a_lone_association_lose_nothing_acknowledged(tmp_path: Path, fuse_ready: None) -> None:
+@pytest.mark.parametrize("side, count", [(32, 120), (200, 60)], ids=["small", "large"])
+def test_power_cuts_during_a_lone_association_lose_nothing_acknowledged(tmp_path: Path, fuse_ready: None,
+                                                                        side: int, count: int) -> None:
     """One storescu: its C-STOREs run on the server's event loop thread (``InlineHandler``, a lone
     association), the path the Storage add-in also takes beside other associations on a local disk
-    (lossyfs being FUSE, the four senders above take the thread pool)."""
+    (lossyfs being FUSE, the four senders above take the thread pool). Small instances go through
+    the ingest log; large ones (200 x 200 x 16 bits, above its record size) are flushed on the blob
+    store's threads while the loop awaits them (``PendingIngest.flushing``)."""
     seed = random.randrange(1 << 30)
-    outcome = _ingest_with_power_cuts(tmp_path, cuts=20, durability=None, per_sender=120,
-                                      stop_at_first_loss=False, seed=seed, senders_count=1)
+    outcome = _ingest_with_power_cuts(tmp_path, cuts=20, durability=None, per_sender=count,
+                                      stop_at_first_loss=False, seed=seed, senders_count=1, side=side)
     assert outcome.cuts >= 20
     assert outcome.acknowledged >= 40, outcome  # the cuts fell during real work
     assert outcome.lost == [], f"seed {seed}:\n" + "\n".join(outcome.lost[:20])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -178,14 +179,14 @@ def test_c_store_runs_on_the_event_loop_beside_other_associations_only_where_the
     async def run() -> None:
         async with Server(settings) as server:
             store = server.store
-            ingest = store.ingest
+            ingest = store.start_ingest
 
             def spy(*args, **kwargs):
                 threads.append(threading.current_thread())
                 entered.set()
                 return ingest(*args, **kwargs)
 
-            store.ingest = spy  # type: ignore[method-assign]
+            store.start_ingest = spy  # type: ignore[method-assign]
             lock = store.index._write_lock
 
             def through_lock() -> None:  # the index's warm-up at start holds it for a moment
@@ -223,3 +224,65 @@ def test_c_store_runs_on_the_event_loop_beside_other_associations_only_where_the
     sqlite = make_url(db_url).get_backend_name() == "sqlite"
     # the write lock is SQLite's: on a database server the third C-STORE runs on the loop too
     assert [t is loop_thread for t in threads] == [True, True, not sqlite]
+
+
+def test_a_large_instance_is_answered_once_flushed_while_the_loop_serves_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C-STORE larger than an ingest log record, beside another association on SQLite and a local
+    disk: it is walked and indexed on the event loop's thread, its blob is flushed on the blob
+    store's threads, and its answer waits for that flush (held here) while the loop goes on serving
+    the other association, whose C-STORE is answered meanwhile."""
+    import threading
+
+    from pacskit.store import blobs as blobs_module
+    from pacskit.store.ingestlog import MAX_RECORD
+
+    settings = _settings(tmp_path, f"sqlite:///{tmp_path / 'index.db'}")
+    large = make_instance(tmp_path / "large.dcm", rows=256, cols=256, patient_id="P1")
+    small = make_instance(tmp_path / "small.dcm", patient_id="P2")
+    assert large.stat().st_size > MAX_RECORD
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    release, flushing = threading.Event(), threading.Event()
+    flushed: list[str] = []
+    real_fsync = blobs_module.fsync_path
+
+    def held_fsync(path: str, *, directory: bool = False) -> None:
+        if not directory and path.endswith(".dcm") and os.path.getsize(path) > MAX_RECORD:
+            flushing.set()
+            assert release.wait(30)
+            flushed.append(path)
+        real_fsync(path, directory=directory)
+
+    monkeypatch.setattr(blobs_module, "fsync_path", held_fsync)
+    threads: list[tuple[str, threading.Thread]] = []
+
+    async def run() -> None:
+        async with Server(settings) as server:
+            store = server.store
+            start_ingest = store.start_ingest
+
+            def spy(source, **kwargs):
+                threads.append((kwargs["expected_sop_instance_uid"], threading.current_thread()))
+                return start_ingest(source, **kwargs)
+
+            store.start_ingest = spy  # type: ignore[method-assign]
+            first = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
+                                  contexts=[RequestedContext(ct)])
+            second = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
+                                   contexts=[RequestedContext(ct)])
+            async with first, second:
+                answer = asyncio.ensure_future(first.store(large))
+                assert await asyncio.to_thread(flushing.wait, 30)
+                assert (await second.store(small)).status == 0x0000  # the loop serves the other association
+                assert not answer.done()  # the large one waits for its flush
+                assert store.count("instances") == 2  # indexed, not yet acknowledged
+                release.set()
+                assert (await answer).status == 0x0000
+            assert len(flushed) == 1
+
+    loop_thread = threading.current_thread()
+    try:
+        asyncio.run(run())
+    finally:
+        release.set()
+    assert [t is loop_thread for _, t in threads] == [True, True]

@@ -43,13 +43,14 @@ letters, over 128 characters) are always refused (docs/store.md).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -57,6 +58,9 @@ from pacskit.services import (AddIn, AddInOptions, BaseServices, Handler, Incomi
                               SupportedContext)
 from pacskit.dicom.uids import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from pacskit.dicom.status import Status
+
+if TYPE_CHECKING:
+    from pacskit.store import PendingIngest
 
 
 class StorageOptions(AddInOptions):
@@ -111,10 +115,11 @@ class StorageAddIn(AddIn):
     def _ingest_is_brief(self, request: Request) -> bool:
         store = self.base.store
         received = request.received
-        return store is not None and store.ingest_is_brief(received.size if received is not None and received.size else None)
+        return store is not None and store.ingest_is_brief(received.size if received is not None and received.size else None,
+                                                           self.options.duplicate_policy)
 
-    def on_store(self, request: Request) -> Response:
-        from pacskit.store import IngestStatus, InstanceMismatch, InstanceTooLarge, InvalidInstance
+    def on_store(self, request: Request) -> Response | Coroutine[Any, Any, Response]:
+        from pacskit.store import InstanceMismatch, InstanceTooLarge, InvalidInstance
 
         store = self.base.store
         received = request.received
@@ -135,7 +140,7 @@ class StorageAddIn(AddIn):
                                    request.assoc.remote_ae_title, response.status, name)
                 return response
         try:
-            result = store.ingest(  # takes the file over, whatever the outcome
+            pending = store.start_ingest(  # takes the file over, whatever the outcome
                 received,
                 expected_sop_instance_uid=request.sop_instance_uid,
                 expected_sop_class_uid=request.sop_class_uid,
@@ -159,13 +164,50 @@ class StorageAddIn(AddIn):
                 elements["OffendingElement"] = [exc.tag]
             return Response(status, elements=elements)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.base.log.error("C-STORE %s refused: disk full", request.sop_instance_uid)
-                return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "out of resources: disk full"})
-            raise
+            return self._not_stored(request, exc)
+        if pending.flushing is not None:
+            # A large blob's flush is on the blob store's threads: the answer waits for it, the
+            # event loop (running this call inline) does not, and serves the other associations.
+            return self._answer_once_flushed(request, pending)
+        return self._answer(request, pending)
+
+    def _answer(self, request: Request, pending: PendingIngest) -> Response:
+        """The response to a C-STORE whose ingest is begun; waits for the blob's flush if needed."""
+        from pacskit.store import IngestStatus
+
+        try:
+            result = pending.result()
+        except OSError as exc:
+            return self._not_stored(request, exc)
         if result.status == IngestStatus.DUPLICATE_REJECTED:
             return Response(Status.DUPLICATE_SOP_INSTANCE, elements={"ErrorComment": "duplicate SOP Instance UID refused"})
         return Response(Status.SUCCESS)
+
+    async def _answer_once_flushed(self, request: Request, pending: PendingIngest) -> Response:
+        flushing = pending.flushing
+        assert flushing is not None
+        try:
+            await asyncio.wrap_future(flushing)
+        except asyncio.CancelledError:
+            # The handler's timeout, or the association gone: the ingest is settled (or undone, if
+            # its flush fails) when the flush ends, on the thread that ends it; nobody is answered.
+            flushing.add_done_callback(lambda _: self._settle_unanswered(request, pending))
+            raise
+        except OSError:
+            pass  # result() raises it again
+        return self._answer(request, pending)
+
+    def _settle_unanswered(self, request: Request, pending: PendingIngest) -> None:
+        try:
+            pending.result()
+        except Exception as exc:
+            self.base.log.error("C-STORE %s (not answered): its ingest failed: %s", request.sop_instance_uid, exc)
+
+    def _not_stored(self, request: Request, exc: OSError) -> Response:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.base.log.error("C-STORE %s refused: disk full", request.sop_instance_uid)
+            return Response(Status.OUT_OF_RESOURCES, elements={"ErrorComment": "out of resources: disk full"})
+        raise exc
 
     # ------------------------------------------------------------------ free-space watermark
 

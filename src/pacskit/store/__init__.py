@@ -21,7 +21,7 @@ from pacskit.store.blobs import (
     open_blob_store,
     validate_key,
 )
-from pacskit.store.datastore import CheckReport, DataStore, IngestResult, Problem, ReindexReport, VerifiedCopy
+from pacskit.store.datastore import CheckReport, DataStore, IngestResult, PendingIngest, Problem, ReindexReport, VerifiedCopy
 from pacskit.store.engine import make_engine, make_url
 from pacskit.store.index.extract import (
     InstanceAttributes,
@@ -81,6 +81,7 @@ __all__ = [
     "open_blob_store",
     "Patient",
     "PerformedProcedureStep",
+    "PendingIngest",
     "PendingPut",
     "PerformedStepLink",
     "Problem",

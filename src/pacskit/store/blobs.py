@@ -90,6 +90,11 @@ class PendingPut(Protocol):
     """A blob :meth:`BlobStore.start_put` put in place whose durability may still be on its way."""
 
     key: str
+    #: The flush still on its way, as a future that is done when :meth:`wait` no longer blocks, or
+    #: ``None`` when ``wait`` does (or joins) the flush itself or there is nothing left to wait for.
+    #: A caller on an event loop awaits it (``asyncio.wrap_future``) before calling ``wait``, so that
+    #: the loop goes on meanwhile.
+    flushing: concurrent.futures.Future[None] | None
 
     def wait(self) -> None:
         """Return once the blob is durable (as :meth:`BlobStore.put_file` would have returned). Raises
@@ -103,12 +108,28 @@ class DurablePut:
     :meth:`BlobStore.start_put` gives on stores whose puts are durable when they return."""
 
     __slots__ = ("key",)
+    flushing = None
 
     def __init__(self, key: str) -> None:
         self.key = key
 
     def wait(self) -> None:
         return None
+
+
+class _FlushingPut:
+    """A blob whose flush (its bytes, and its name in its folder) runs on the store's flusher threads
+    (:meth:`FilesystemBlobStore.start_put`): ``wait`` joins it, and re-raises its ``OSError``."""
+
+    __slots__ = ("key", "flushing")
+
+    def __init__(self, key: str, flushing: concurrent.futures.Future[None]) -> None:
+        self.key = key
+        self.flushing: concurrent.futures.Future[None] | None = flushing
+
+    def wait(self) -> None:
+        assert self.flushing is not None
+        self.flushing.result()
 
 
 @runtime_checkable
@@ -310,7 +331,7 @@ class FilesystemBlobStore:
         if pool is None:
             with self._dir_lock:
                 if self._flush_pool is None:
-                    self._flush_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="blob-flush")
+                    self._flush_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="blob-flush")
                 pool = self._flush_pool
         return pool
 
@@ -375,8 +396,8 @@ class FilesystemBlobStore:
         """Rename ``src`` into place and start making it durable; see :meth:`BlobStore.start_put`. A
         small blob's ingest log record is written here and its write-back started
         (``IngestLog.start(..., background=True)``); ``wait()`` runs or joins the log's flush (or takes
-        the direct path below when the log could not cover it). Other blobs are made durable before
-        this returns."""
+        the direct path below when the log could not cover it). A larger blob's file and folder are
+        flushed on the flusher threads, started here: its ``flushing`` future says when."""
         src = os.fspath(src)
         key = validate_key(key_hint) if key_hint is not None else new_key()
         dest = self._file(key)
@@ -401,9 +422,11 @@ class FilesystemBlobStore:
                 ticket = log.start(key, dest, background=True)
                 if ticket is not None:
                     return _LoggedPut(self, key, folder, log, ticket)
-                self._flush_direct(key, folder)
+                # A larger blob: its flushes run on the flusher threads while the caller goes on
+                # (the hash and the index transaction; on an event loop, other associations).
+                return _FlushingPut(key, self._flush_in_background(key, folder))
             elif self.durability == "file":
-                fsync_path(dest)
+                return _FlushingPut(key, self._flusher().submit(fsync_path, dest))
         except BaseException:
             self._drop(key)
             raise
@@ -418,6 +441,32 @@ class FilesystemBlobStore:
             fsync_path(self._file(key))
         finally:
             name_flushed.result()
+
+    def _flush_in_background(self, key: str, folder: str) -> concurrent.futures.Future[None]:
+        """The flushes of :meth:`_flush_direct`, each on a flusher thread (not one task waiting for
+        the other, which could take every thread of the pool): a future done when both are, with
+        the first error."""
+        pool = self._flusher()
+        parts = [pool.submit(self._dir_syncs.sync, folder), pool.submit(fsync_path, self._file(key))]
+        both: concurrent.futures.Future[None] = concurrent.futures.Future()
+        both.set_running_or_notify_cancel()
+        left = [len(parts)]
+        lock = threading.Lock()
+
+        def one_done(part: concurrent.futures.Future[None]) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                error = next((e for e in (p.exception() for p in parts) if e is not None), None)
+                if error is None:
+                    both.set_result(None)
+                else:
+                    both.set_exception(error)
+
+        for part in parts:
+            part.add_done_callback(one_done)
+        return both
 
     def _drop(self, key: str) -> None:
         try:
@@ -594,6 +643,7 @@ class _LoggedPut:
     """A small blob whose ingest log record is written and being flushed (:meth:`FilesystemBlobStore.start_put`)."""
 
     __slots__ = ("key", "_store", "_folder", "_log", "_ticket")
+    flushing = None  # wait() joins (or leads) the log's group flush: well under a millisecond
 
     def __init__(self, store: FilesystemBlobStore, key: str, folder: str, log: IngestLog, ticket: LogTicket) -> None:
         self.key = key

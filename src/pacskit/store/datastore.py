@@ -23,6 +23,8 @@ never touches the stored copy; the received file is deleted.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -154,6 +156,35 @@ class IngestResult:
     def same_content(self) -> bool:
         """The received file is byte-identical to the copy the index keeps."""
         return self.sha256 == self.stored_sha256
+
+
+class PendingIngest:
+    """An ingest begun by :meth:`DataStore.start_ingest`: walked, in place and indexed, its blob's
+    flush perhaps still on its way (:attr:`flushing`). :meth:`result` must be called exactly once:
+    it waits for the flush if needed, settles the ingest (or undoes it when the flush failed) and
+    lets a waiting reindex in."""
+
+    __slots__ = ("flushing", "_finish", "_gate", "_done")
+
+    def __init__(self, finish: Callable[[], IngestResult] | IngestResult, gate: contextlib.ExitStack,
+                 flushing: concurrent.futures.Future[None] | None = None) -> None:
+        #: The blob's flush as a future (``None``: nothing that is worth awaiting elsewhere);
+        #: :meth:`result` blocks until it is done.
+        self.flushing = flushing
+        self._finish = finish
+        self._gate = gate
+        self._done = False
+
+    def result(self) -> IngestResult:
+        """What :meth:`DataStore.ingest` returns, or raises (``OSError``: the blob could not be made
+        durable, and the instance is not stored)."""
+        if self._done:
+            raise RuntimeError("PendingIngest.result() was already called")
+        self._done = True
+        try:
+            return self._finish if isinstance(self._finish, IngestResult) else self._finish()
+        finally:
+            self._gate.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,23 +411,29 @@ class DataStore:
         if prepare is not None:
             prepare(timeout)
 
-    def ingest_is_brief(self, size: int | None = None) -> bool:
-        """Whether an ingest (of a file of ``size`` bytes, if known) waits only on this machine: its
-        blobs in a folder on a local disk (or in memory) and its index in SQLite on a local disk or in
-        a PostgreSQL / MariaDB server on this machine, so that its waits are a local disk's flush and
-        a local database commit, each well under a millisecond. The Storage add-in then runs
-        C-STOREs on the event loop's thread even while other associations share it
-        (:class:`pacskit.services.InlineHandler` ``brief``): with eight associations that halves the
-        CPU per small instance on SQLite and takes a third off on PostgreSQL, at an equal or better
-        rate (docs/store.md). False for a file larger than an ingest log record
-        (:data:`~pacskit.store.ingestlog.MAX_RECORD`): its own flushes (file and folder, 0.5 ms and
-        more) are shared by concurrent ingests only when they run in several threads (CT-sized
-        instances over 8 associations: the same rate either way, measured). False with a database
-        server on another machine (a commit is a network round trip, and concurrent commits share
-        the server's log flush only when they come from several threads), with an object store (a
-        PUT is a network round trip), in a cluster, and with blobs or index on FUSE or a network file
-        system (each file operation is a round trip to a program or a server)."""
-        if (size is not None and size > MAX_RECORD) or self.shared_journal is not None:
+    def ingest_is_brief(self, size: int | None = None, duplicate_policy: DuplicatePolicy = "keep-first") -> bool:
+        """Whether :meth:`start_ingest` (of a file of ``size`` bytes, if known) and the
+        :meth:`PendingIngest.result` after its :attr:`~PendingIngest.flushing` wait only on this
+        machine, briefly: blobs in a folder on a local disk (or in memory) and the index in SQLite on
+        a local disk or in a PostgreSQL / MariaDB server on this machine, so that the waits are a
+        local database commit and a small blob's share of the ingest log's flush, each well under a
+        millisecond. The Storage add-in then runs C-STOREs on the event loop's thread even while
+        other associations share it (:class:`pacskit.services.InlineHandler` ``brief``): with eight
+        associations that halves the CPU per small instance on SQLite and takes a third off on
+        PostgreSQL, at an equal or better rate (docs/store.md).
+
+        A file larger than an ingest log record (:data:`~pacskit.store.ingestlog.MAX_RECORD`) pays
+        its own flushes (file and folder, 0.5 ms and more): it is brief only when they run on the
+        blob store's threads while the index transaction does and the caller awaits ``flushing``
+        (:meth:`_defers_durability`: SQLite, no overwrite), not when the index's commit must wait
+        for them (PostgreSQL). False with a database server on another machine (a commit is a
+        network round trip, and concurrent commits share the server's log flush only when they come
+        from several threads), with an object store (a PUT is a network round trip), in a cluster,
+        and with blobs or index on FUSE or a network file system (each file operation is a round
+        trip to a program or a server)."""
+        if self.shared_journal is not None:
+            return False
+        if size is not None and size > MAX_RECORD and not self._defers_durability(duplicate_policy):
             return False
         if isinstance(self.blobs, FilesystemBlobStore):
             if not self.blobs.on_local_disk:
@@ -441,6 +478,9 @@ class DataStore:
     ) -> IngestResult:
         """Store a complete Part 10 file and index it. See the module docstring.
 
+        The same as :meth:`start_ingest` followed by :meth:`PendingIngest.result`: it returns once
+        the instance is durable and findable.
+
         ``source`` is what the engine received (a :class:`pacskit.net.ReceivedDataset`: its dataset
         offset, transfer syntax and calling AE are used as they are, the File Meta is not read again,
         and the file is taken over in this one step: ``claimed`` is set, the engine will not touch
@@ -457,6 +497,28 @@ class DataStore:
         (the instance cannot be indexed: answer 0xA900/0xC000-class failures), ``OSError`` (the blob
         could not be written) or SQLAlchemy errors (the database failed).
         """
+        return self.start_ingest(source, source_ae=source_ae, expected_sop_instance_uid=expected_sop_instance_uid,
+                                 expected_sop_class_uid=expected_sop_class_uid, duplicate_policy=duplicate_policy,
+                                 offset=offset, strict_uids=strict_uids).result()
+
+    def start_ingest(
+        self,
+        source: ReceivedFile | str | os.PathLike[str],
+        *,
+        source_ae: str | None = None,
+        expected_sop_instance_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+        duplicate_policy: DuplicatePolicy = "keep-first",
+        offset: int | None = None,
+        strict_uids: bool = False,
+    ) -> PendingIngest:
+        """:meth:`ingest` up to the wait for the blob's flush: the file is walked, put in place and
+        indexed (or refused: the same exceptions as :meth:`ingest`), and the flush of a large blob
+        is on its way on the blob store's threads. The caller must call :meth:`PendingIngest.result`
+        exactly once; a caller on an event loop first awaits :attr:`PendingIngest.flushing` (when not
+        ``None``), so that the loop serves other connections while the disk works, and ``result``
+        then returns without waiting long. Until ``result`` returns the instance is not to be
+        acknowledged: it may not survive a power cut yet, and a reindex waits for it."""
         if duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}, not {duplicate_policy!r}")
         received: tuple[int, str, str | None] | None = None  # (offset, transfer syntax, source AE)
@@ -469,14 +531,19 @@ class DataStore:
             source.claimed = True  # from here on the file is ours, whatever happens to it
             received = (source.offset, source.transfer_syntax, source.source_ae or None)
             source_ae = source_ae if source_ae is not None else received[2]
-        with self._gate.shared():  # a running reindex() finishes first
+        gate = contextlib.ExitStack()
+        gate.enter_context(self._gate.shared())  # a running reindex() finishes first; held until result()
+        try:
             return self._ingest(path, source_ae, expected_sop_instance_uid,
-                                expected_sop_class_uid, duplicate_policy, offset, strict_uids, received)
+                                expected_sop_class_uid, duplicate_policy, offset, strict_uids, received, gate)
+        except BaseException:
+            gate.close()
+            raise
 
     def _ingest(self, path: str, source_ae: str | None, expected_sop_instance_uid: str | None,
                 expected_sop_class_uid: str | None, duplicate_policy: DuplicatePolicy,
-                offset: int | None, strict_uids: bool = False,
-                received: tuple[int, str, str | None] | None = None) -> IngestResult:
+                offset: int | None, strict_uids: bool,
+                received: tuple[int, str, str | None] | None, gate: contextlib.ExitStack) -> PendingIngest:
         slot: int | str | None = None
         key: str | None = None
         pending: PendingPut | None = None
@@ -510,7 +577,8 @@ class DataStore:
                     _unlink(path)
                     status = (IngestStatus.DUPLICATE_IGNORED if duplicate_policy == "keep-first"
                               else IngestStatus.DUPLICATE_REJECTED)
-                    return IngestResult(status, known[0], attrs.sop_instance_uid, sha, size, known[1], known[2])
+                    return PendingIngest(IngestResult(status, known[0], attrs.sop_instance_uid, sha, size, known[1],
+                                                      known[2]), gate)
             if pending is None:
                 key = self._new_blob_key()
                 slot = self._journal_begin(key)
@@ -537,46 +605,49 @@ class DataStore:
                 source_ae=ae, policy=duplicate_policy,
             )
 
-        committed = False
         try:
-            try:
-                # an instance of a known series: its own lean transaction (None: the general path decides)
-                rec = self.index.append_instance(attrs, blob_key=stored, size=size, sha256=sha, received_at=received_at,
-                                                 source_ae=ae, fence=shared.fence_statement(stored) if shared else None)
-                if rec is None:
-                    rec = self.index.run_write_shared(record)
-                committed = True
-            finally:
-                if pending is not None and committed:
-                    self._finish_put(pending, attrs.sop_instance_uid)
-                elif pending is not None:  # the transaction failed: its own error is the one to report
-                    try:
-                        pending.wait()
-                    except OSError:
-                        pass
+            # an instance of a known series: its own lean transaction (None: the general path decides)
+            rec = self.index.append_instance(attrs, blob_key=stored, size=size, sha256=sha, received_at=received_at,
+                                             source_ae=ae, fence=shared.fence_statement(stored) if shared else None)
+            if rec is None:
+                rec = self.index.run_write_shared(record)
         except BaseException:
-            if not committed:
-                self._discard_new_blob(stored)
-                if pending is not None:
-                    self._sync_removal(stored)
-            raise
-        finally:
-            if committed and pending is not None and rec is not None and rec.status in (IngestStatus.DUPLICATE_IGNORED,
-                                                                     IngestStatus.DUPLICATE_REJECTED):
-                self.blobs.delete(stored)  # lost a race with a concurrent copy of the same instance
+            # The transaction failed: its own error is the one to report.
+            if pending is not None:
+                try:
+                    pending.wait()
+                except OSError:
+                    pass
+            self._discard_new_blob(stored)
+            if pending is not None:
                 self._sync_removal(stored)
-            self._journal_end(slot, committed)
+            self._journal_end(slot, False)
             self._blob_settled(stored)
-        if rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED) and pending is None:
-            self.blobs.delete(stored)  # lost a race with a concurrent copy of the same instance
-        elif rec.replaced_blob_key is not None:
-            # Start-up restores lost rows of new blobs with "keep-first": an overwrite is made
-            # durable before it is answered and before the old copy goes.
-            self.index.sync()
-            self._delete_quietly(rec.replaced_blob_key)
-        self._advance_durable_point()
-        return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
-                            rec.blob_key, rec.sha256)
+            raise
+        duplicate = rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED)
+
+        def finish() -> IngestResult:
+            try:
+                if pending is not None:
+                    self._finish_put(pending, attrs.sop_instance_uid)
+            finally:
+                if pending is not None and duplicate:
+                    self.blobs.delete(stored)  # lost a race with a concurrent copy of the same instance
+                    self._sync_removal(stored)
+                self._journal_end(slot, True)
+                self._blob_settled(stored)
+            if duplicate and pending is None:
+                self.blobs.delete(stored)  # lost a race with a concurrent copy of the same instance
+            elif rec.replaced_blob_key is not None:
+                # Start-up restores lost rows of new blobs with "keep-first": an overwrite is made
+                # durable before it is answered and before the old copy goes.
+                self.index.sync()
+                self._delete_quietly(rec.replaced_blob_key)
+            self._advance_durable_point()
+            return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
+                                rec.blob_key, rec.sha256)
+
+        return PendingIngest(finish, gate, pending.flushing if pending is not None else None)
 
     def _abandon(self, pending: PendingPut, slot: int | str | None) -> None:
         """Undo a started put whose instance is not indexed (a duplicate, a failure before the row):
