@@ -28,7 +28,8 @@ without E:/F: lines and the server then holds exactly as many instances as were 
 ``python -m pacskit check --no-hash`` on the data dir after the server stopped; Orthanc: REST
 ``/statistics`` CountInstances).
 
-Run folders are deleted only at the end, never between runs: on ext4 without a journal (this
+Each run starts on an empty page cache (``drop_page_cache``, as root): otherwise the CT runs late in
+the sequence paid the reclaim of earlier runs' pages. Run folders are deleted only at the end, never between runs: on ext4 without a journal (this
 machine's root file system: ``/proc/fs/jbd2`` is empty) every new file's inode allocation skips, one
 by one, the inodes of its group deleted in the last 60 s (300 s while their table block is dirty:
 ``recently_deleted`` in the kernel's ``ialloc.c``), so a run started just after the previous run's
@@ -56,7 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH_DATA, LOCALHOST, PYTHON, dcmtk_env, dcmtk_tool, ensure_series, free_port, stop_process, tree_cpu, wait_for_port, warm  # noqa: E402
+from _common import BENCH_DATA, LOCALHOST, PYTHON, dcmtk_env, dcmtk_tool, drop_page_cache, ensure_series, free_port, stop_process, tree_cpu, wait_for_port, warm  # noqa: E402
 
 from pacskit.testing.peers import orthanc  # noqa: E402
 
@@ -237,8 +238,10 @@ def one_run(kind: str, files: list[Path], associations: int, work: Path, storesc
             postgresql: str | None = None, flushes: dict[str, int] | None = None,
             cpu: list[Cpu] | None = None) -> tuple[float | None, str]:
     """One timed run (or, with ``flushes``, an untimed one under strace filling ``flushes``); the
-    run's CPU is appended to ``cpu``."""
-    os.sync()
+    run's CPU is appended to ``cpu``. Each starts on an empty page cache (as root), its input files
+    read back into it."""
+    if drop_page_cache():
+        warm(files)
     problems: list[str] = []
     received = -1
 
