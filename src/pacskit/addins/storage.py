@@ -165,7 +165,7 @@ class StorageAddIn(AddIn):
             return Response(status, elements=elements)
         except OSError as exc:
             return self._not_stored(request, exc)
-        if pending.flushing is not None:
+        if pending.flushing is not None and _on_event_loop():
             # A large blob's flush is on the blob store's threads: the answer waits for it, the
             # event loop (running this call inline) does not, and serves the other associations.
             return self._answer_once_flushed(request, pending)
@@ -195,6 +195,9 @@ class StorageAddIn(AddIn):
             raise
         except OSError:
             pass  # result() raises it again
+        store = self.base.store
+        if store is not None and store.ingest_would_queue():  # result() commits: not behind a lock, on the loop
+            return await asyncio.to_thread(self._answer, request, pending)
         return self._answer(request, pending)
 
     def _settle_unanswered(self, request: Request, pending: PendingIngest) -> None:
@@ -240,6 +243,15 @@ class StorageAddIn(AddIn):
             return None
         self._free_reading = None  # read again next time: space may have been freed
         return f"out of resources: {max(free, 0) // 2**20} MiB free, watermark {watermark // 2**20} MiB"
+
+
+def _on_event_loop() -> bool:
+    """This call runs on an event loop's thread (an inline handler), not in the thread pool."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _size(path: str) -> int:

@@ -159,10 +159,11 @@ class IngestResult:
 
 
 class PendingIngest:
-    """An ingest begun by :meth:`DataStore.start_ingest`: walked, in place and indexed, its blob's
-    flush perhaps still on its way (:attr:`flushing`). :meth:`result` must be called exactly once:
-    it waits for the flush if needed, settles the ingest (or undoes it when the flush failed) and
-    lets a waiting reindex in."""
+    """An ingest begun by :meth:`DataStore.start_ingest`: walked and in place, its blob's flush
+    perhaps still on its way (:attr:`flushing`). :meth:`result` must be called exactly once: it waits
+    for the flush if needed, commits the row of a large blob (a small one's is committed already),
+    settles the ingest (or undoes it when the flush or the transaction failed) and lets a waiting
+    reindex in."""
 
     __slots__ = ("flushing", "_finish", "_gate", "_done")
 
@@ -512,13 +513,15 @@ class DataStore:
         offset: int | None = None,
         strict_uids: bool = False,
     ) -> PendingIngest:
-        """:meth:`ingest` up to the wait for the blob's flush: the file is walked, put in place and
-        indexed (or refused: the same exceptions as :meth:`ingest`), and the flush of a large blob
-        is on its way on the blob store's threads. The caller must call :meth:`PendingIngest.result`
-        exactly once; a caller on an event loop first awaits :attr:`PendingIngest.flushing` (when not
-        ``None``), so that the loop serves other connections while the disk works, and ``result``
-        then returns without waiting long. Until ``result`` returns the instance is not to be
-        acknowledged: it may not survive a power cut yet, and a reindex waits for it."""
+        """:meth:`ingest` up to the wait for the blob's flush: the file is walked and hashed and put in
+        place (or refused: the same exceptions as :meth:`ingest`); a small blob's row is committed
+        while its flush runs, and a large blob's flush is on its way on the blob store's threads
+        (its row is committed by ``result`` once the blob is durable). The caller must call
+        :meth:`PendingIngest.result` exactly once; a caller on an event loop first awaits
+        :attr:`PendingIngest.flushing` (when not ``None``), so that the loop serves other
+        connections while the disk works, and ``result`` then waits only for a local commit. Until
+        ``result`` returns the instance is not to be acknowledged: it may not survive a power cut
+        yet, and a reindex waits for it."""
         if duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate_policy must be one of {DUPLICATE_POLICIES}, not {duplicate_policy!r}")
         received: tuple[int, str, str | None] | None = None  # (offset, transfer syntax, source AE)
@@ -605,30 +608,31 @@ class DataStore:
                 source_ae=ae, policy=duplicate_policy,
             )
 
-        try:
-            # an instance of a known series: its own lean transaction (None: the general path decides)
-            rec = self.index.append_instance(attrs, blob_key=stored, size=size, sha256=sha, received_at=received_at,
-                                             source_ae=ae, fence=shared.fence_statement(stored) if shared else None)
-            if rec is None:
-                rec = self.index.run_write_shared(record)
-        except BaseException:
-            # The transaction failed: its own error is the one to report.
-            if pending is not None:
-                try:
-                    pending.wait()
-                except OSError:
-                    pass
-            self._discard_new_blob(stored)
-            if pending is not None:
-                self._sync_removal(stored)
-            self._journal_end(slot, False)
-            self._blob_settled(stored)
-            raise
-        duplicate = rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED)
-
-        def finish() -> IngestResult:
+        def commit(flushed: bool) -> Any:
+            """The index transaction; if it fails, the new blob is undone and its error raised."""
             try:
+                # an instance of a known series: its own lean transaction (None: the general path decides)
+                rec = self.index.append_instance(attrs, blob_key=stored, size=size, sha256=sha, received_at=received_at,
+                                                 source_ae=ae, fence=shared.fence_statement(stored) if shared else None)
+                return rec if rec is not None else self.index.run_write_shared(record)
+            except BaseException:
+                # The transaction failed: its own error is the one to report.
+                if pending is not None and not flushed:
+                    try:
+                        pending.wait()
+                    except OSError:
+                        pass
+                self._discard_new_blob(stored)
                 if pending is not None:
+                    self._sync_removal(stored)
+                self._journal_end(slot, False)
+                self._blob_settled(stored)
+                raise
+
+        def finish(rec: Any, flushed: bool) -> IngestResult:
+            duplicate = rec.status in (IngestStatus.DUPLICATE_IGNORED, IngestStatus.DUPLICATE_REJECTED)
+            try:
+                if pending is not None and not flushed:
                     self._finish_put(pending, attrs.sop_instance_uid)
             finally:
                 if pending is not None and duplicate:
@@ -647,7 +651,28 @@ class DataStore:
             return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
                                 rec.blob_key, rec.sha256)
 
-        return PendingIngest(finish, gate, pending.flushing if pending is not None else None)
+        if pending is None or pending.flushing is None:
+            rec = commit(flushed=False)  # a small blob's flush overlaps the transaction
+            return PendingIngest(lambda: finish(rec, flushed=False), gate)
+        large: PendingPut = pending
+
+        def flushed_then_committed() -> IngestResult:
+            # A large blob's row is committed only once the blob is durable: start-up judges the
+            # rows of deferred flushes by their blobs' content only up to an ingest log record's
+            # size (remove_unbacked_rows), and hashing every large blob of the last minutes there
+            # would be slow. Its flush overlaps the hash instead, and the caller's other work.
+            try:
+                large.wait()
+            except BaseException as exc:
+                log.error("blob %s of %s could not be made durable (%s)", stored, attrs.sop_instance_uid, exc)
+                self._delete_quietly(stored)
+                self._sync_removal(stored)
+                self._journal_end(slot)
+                self._blob_settled(stored)
+                raise
+            return finish(commit(flushed=True), flushed=True)
+
+        return PendingIngest(flushed_then_committed, gate, large.flushing)
 
     def _abandon(self, pending: PendingPut, slot: int | str | None) -> None:
         """Undo a started put whose instance is not indexed (a duplicate, a failure before the row):
