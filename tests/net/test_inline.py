@@ -153,6 +153,39 @@ def test_inline_handler_that_overruns_is_answered_by_the_watchdog_and_the_associ
     assert any("returned after its timeout was answered" in m for m in messages)
 
 
+def test_an_awaitable_an_overrun_inline_handler_returns_still_runs_to_its_end():
+    """An inline handler may return an awaitable (the Storage add-in awaits a flush that way). Returned
+    after the watchdog answered, it is not answered with, but it still runs: it may have to settle
+    what the handler began."""
+    release = threading.Event()
+    settled = threading.Event()
+
+    def on_echo(request):
+        if not release.is_set():
+            assert release.wait(30)
+
+            async def late() -> int:
+                await asyncio.sleep(0)
+                settled.set()
+                return 0x0000
+
+            return late()
+        return 0x0000
+
+    services = Services()
+    services.register("C-ECHO", InlineHandler(on_echo), timeout=0.3)
+
+    with acceptor_in_thread(services) as server:
+        async def main():
+            async with await connect(LOCALHOST, server["port"], called_ae=AE, contexts=REQUESTED) as assoc:
+                first = await assoc.echo()
+                release.set()
+                return first, await assoc.echo()
+
+        assert asyncio.run(main()) == (0x0110, 0x0000)
+        assert settled.wait(30)
+
+
 def test_inline_handler_that_raises_after_its_timeout_is_not_answered_twice(caplog):
     release = threading.Event()
 

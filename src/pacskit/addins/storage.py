@@ -187,7 +187,7 @@ class StorageAddIn(AddIn):
         flushing = pending.flushing
         assert flushing is not None
         try:
-            await asyncio.wrap_future(flushing)
+            await asyncio.shield(asyncio.wrap_future(flushing))  # a cancel must not cancel a queued flush
         except asyncio.CancelledError:
             # The handler's timeout, or the association gone: the ingest is settled (or undone, if
             # its flush fails) when the flush ends, on the thread that ends it; nobody is answered.

@@ -257,6 +257,7 @@ class Dispatch(AssociationBase):
         if watchdog.WATCHDOG.end(call):
             log.warning("%s: %s handler %r returned after its timeout was answered; its result is dropped",
                         self.label, request.service, fn)
+            _run_dropped(result, self.label)
             raise _AnsweredByWatchdog
         return result
 
@@ -452,6 +453,28 @@ def _response_command(request: Command, response: Response, *, has_dataset: bool
     if request.command_field in _NO_INSTANCE_IN_RESPONSE:
         cmd.pop("AffectedSOPInstanceUID", None)
     return cmd
+
+
+#: Awaitables that inline handlers returned after the watchdog had answered for them, run to their
+#: end as tasks (the loop keeps only weak references to tasks).
+_dropped_runs: set[asyncio.Task[Any]] = set()
+
+
+def _run_dropped(result: Any, label: str) -> None:
+    """Run an awaitable whose outcome nobody will answer with to its end: it may still have to settle
+    what the handler began (the Storage add-in's ingest waiting for its flush), and a coroutine never
+    awaited would do nothing at all. Its outcome is only logged."""
+    if not inspect.isawaitable(result):
+        return
+    task = asyncio.ensure_future(result)
+    _dropped_runs.add(task)
+
+    def done(finished: asyncio.Task[Any]) -> None:
+        _dropped_runs.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            log.warning("%s: the dropped result of a handler failed: %s", label, finished.exception())
+
+    task.add_done_callback(done)
 
 
 class _AnsweredByWatchdog(Exception):
