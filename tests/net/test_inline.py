@@ -153,6 +153,14 @@ def test_inline_handler_that_overruns_is_answered_by_the_watchdog_and_the_associ
     assert any("returned after its timeout was answered" in m for m in messages)
 
 
+async def _two_echoes_released_between(port: int, release: threading.Event) -> tuple[int, int]:
+    """Two C-ECHOs on one association, ``release`` set between them: the statuses."""
+    async with await connect(LOCALHOST, port, called_ae=AE, contexts=REQUESTED) as assoc:
+        first = await assoc.echo()
+        release.set()
+        return first, await assoc.echo()
+
+
 def test_an_awaitable_an_overrun_inline_handler_returns_still_runs_to_its_end():
     """An inline handler may return an awaitable (the Storage add-in awaits a flush that way). Returned
     after the watchdog answered, it is not answered with, but it still runs: it may have to settle
@@ -176,13 +184,7 @@ def test_an_awaitable_an_overrun_inline_handler_returns_still_runs_to_its_end():
     services.register("C-ECHO", InlineHandler(on_echo), timeout=0.3)
 
     with acceptor_in_thread(services) as server:
-        async def main():
-            async with await connect(LOCALHOST, server["port"], called_ae=AE, contexts=REQUESTED) as assoc:
-                first = await assoc.echo()
-                release.set()
-                return first, await assoc.echo()
-
-        assert asyncio.run(main()) == (0x0110, 0x0000)
+        assert asyncio.run(_two_echoes_released_between(server["port"], release)) == (0x0110, 0x0000)
         assert settled.wait(30)
 
 
@@ -199,13 +201,7 @@ def test_inline_handler_that_raises_after_its_timeout_is_not_answered_twice(capl
     services.register("C-ECHO", InlineHandler(on_echo), timeout=0.3)
 
     with caplog.at_level(logging.WARNING, logger="pacskit.net"), acceptor_in_thread(services) as server:
-        async def main():
-            async with await connect(LOCALHOST, server["port"], called_ae=AE, contexts=REQUESTED) as assoc:
-                first = await assoc.echo()
-                release.set()
-                return first, await assoc.echo()
-
-        assert asyncio.run(main()) == (0x0110, 0x0000)
+        assert asyncio.run(_two_echoes_released_between(server["port"], release)) == (0x0110, 0x0000)
     assert any("raised after its timeout was answered" in r.getMessage() for r in caplog.records)
 
 

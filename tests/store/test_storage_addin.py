@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -161,6 +162,23 @@ def test_bad_input_gets_the_right_status_and_keeps_stored_data(tmp_path: Path, d
     asyncio.run(run())
 
 
+async def _two_associations_once_warm(server: Server, sop_class: str) -> tuple[Any, Any]:
+    """Two associations to ``server`` (its C-STOREs can then run inline only where ``brief`` says so),
+    opened once the index's warm-up at start, which holds the index's write lock for a moment, is
+    over (while it holds it, the Storage add-in sends C-STOREs to the pool)."""
+    lock = server.store.index._write_lock
+
+    def through_lock() -> None:
+        with lock:
+            pass
+
+    await asyncio.to_thread(through_lock)
+    contexts = [RequestedContext(sop_class)]
+    first = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD", contexts=contexts)
+    second = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD", contexts=contexts)
+    return first, second
+
+
 def test_c_store_runs_on_the_event_loop_beside_other_associations_only_where_the_ingest_is_local(
         tmp_path: Path, db_url: URL | str) -> None:
     """With blobs in a folder on a local disk and the index in SQLite or in a database server on this
@@ -188,16 +206,7 @@ def test_c_store_runs_on_the_event_loop_beside_other_associations_only_where_the
 
             store.start_ingest = spy  # type: ignore[method-assign]
             lock = store.index._write_lock
-
-            def through_lock() -> None:  # the index's warm-up at start holds it for a moment
-                with lock:
-                    pass
-
-            await asyncio.to_thread(through_lock)
-            first = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
-                                  contexts=[RequestedContext(ct)])
-            second = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
-                                   contexts=[RequestedContext(ct)])
+            first, second = await _two_associations_once_warm(server, ct)
             async with first, second:
                 assert [r.status for r in await asyncio.gather(first.store(files[0]), second.store(files[1]))] == [0, 0]
                 held = threading.Event()
@@ -266,17 +275,7 @@ def test_a_large_instance_is_answered_once_flushed_while_the_loop_serves_the_oth
                 return start_ingest(source, **kwargs)
 
             store.start_ingest = spy  # type: ignore[method-assign]
-            lock = store.index._write_lock
-
-            def through_lock() -> None:  # the index's warm-up at start holds it for a moment
-                with lock:
-                    pass
-
-            await asyncio.to_thread(through_lock)
-            first = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
-                                  contexts=[RequestedContext(ct)])
-            second = await connect("127.0.0.1", server.port, called_ae="STOREPACS", calling_ae="MOD",
-                                   contexts=[RequestedContext(ct)])
+            first, second = await _two_associations_once_warm(server, ct)
             async with first, second:
                 answer = asyncio.ensure_future(first.store(large))
                 assert await asyncio.to_thread(flushing.wait, 30)
