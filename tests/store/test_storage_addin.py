@@ -292,3 +292,73 @@ def test_a_large_instance_is_answered_once_flushed_while_the_loop_serves_the_oth
     finally:
         release.set()
     assert [t is loop_thread for _, t in threads] == [True, True]
+
+
+@pytest.mark.parametrize("how", ["aborted", "timed-out"])
+def test_a_large_instance_left_unanswered_during_its_flush_is_settled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """While the C-STORE of a large instance awaits its flush on the loop, the requestor aborts, or the
+    handler's timeout answers a failure: the ingest is still settled once the flush ends (after a
+    timeout, by the flusher's thread): its row committed (it was complete and durable, though never
+    acknowledged), and nothing left holding the store, so that a reindex can run."""
+    import threading
+
+    from pacskit.net.errors import AssociationAborted
+    from pacskit.store import blobs as blobs_module
+    from pacskit.store import datastore as datastore_module
+    from pacskit.store.ingestlog import MAX_RECORD
+
+    settings = _settings(tmp_path, f"sqlite:///{tmp_path / 'index.db'}", **({"timeout": 0.5} if how == "timed-out" else {}))
+    large = make_instance(tmp_path / "large.dcm", rows=256, cols=256, patient_id="P1")
+    release, flushing = threading.Event(), threading.Event()
+    real_fsync = blobs_module.fsync_path
+
+    def held_fsync(path: str, *, directory: bool = False) -> None:
+        if not directory and path.endswith(".dcm") and os.path.getsize(path) > MAX_RECORD:
+            flushing.set()
+            assert release.wait(30)
+        real_fsync(path, directory=directory)
+
+    monkeypatch.setattr(blobs_module, "fsync_path", held_fsync)
+    settled_on: list[str] = []
+    settled = threading.Event()
+    result = datastore_module.PendingIngest.result
+
+    def spy(self):
+        try:
+            return result(self)
+        finally:
+            settled_on.append(threading.current_thread().name)
+            settled.set()
+
+    monkeypatch.setattr(datastore_module.PendingIngest, "result", spy)
+    small = make_instance(tmp_path / "small.dcm", patient_id="P2")
+
+    async def run() -> None:
+        async with Server(settings) as server:
+            store = server.store
+            first, second = await _two_associations_once_warm(server, "1.2.840.10008.5.1.4.1.1.2")
+            async with second:
+                answer = asyncio.ensure_future(first.store(large))
+                assert await asyncio.to_thread(flushing.wait, 30)
+                if how == "aborted":
+                    first.abort()
+                    with pytest.raises(AssociationAborted):
+                        await answer
+                else:
+                    assert (await answer).status == 0xC000  # answered by the timeout, the flush still held
+                assert not settled.is_set()
+                release.set()
+                assert await asyncio.to_thread(settled.wait, 30)  # once the flush ends
+                if how == "timed-out":  # the awaiting coroutine was cancelled: the flusher settles it
+                    assert settled_on[0].startswith("blob-flush")
+                    await first.release()
+                assert store.count("instances") == 1
+                assert store._gate._shared == 0  # nothing holds the store: a reindex could run
+                assert store.check().ok
+                assert (await second.store(small)).status == 0x0000  # the server goes on
+
+    try:
+        asyncio.run(run())
+    finally:
+        release.set()
