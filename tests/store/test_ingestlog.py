@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from pacskit.store import DataStore, FilesystemBlobStore
+from pacskit.store import blobs as blobs_module
 from pacskit.store import ingestlog
-from pacskit.store.ingestlog import IngestLog, iter_segment_keys, read_segment, segment_files
+from pacskit.store.ingestlog import MAX_RECORD, IngestLog, iter_segment_keys, read_segment, segment_files
 from pacskit.testing.synth import make_series
 
 
@@ -234,6 +235,65 @@ def test_the_answer_waits_for_the_flush_the_transaction_does_not(tmp_path: Path,
         assert len(done) == 1
     finally:
         release.set()
+        store.close()
+
+
+def test_a_failed_flush_of_a_large_blob_fails_the_ingest_before_its_row(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob larger than a log record is flushed on the flusher threads and its row committed only
+    once that flush is done: a flush that fails leaves no row, no blob, and the store checks clean."""
+    files = make_series(tmp_path / "src", 2, 200, 200)
+    assert files[0].stat().st_size > MAX_RECORD
+    store = _open(tmp_path / "pacs")
+    try:
+        _ingest(store, files[:1])
+        real = blobs_module.fsync_path
+
+        def broken(path: str, *, directory: bool = False) -> None:
+            if not directory:
+                raise OSError(5, "Input/output error")
+            real(path, directory=directory)
+
+        monkeypatch.setattr(blobs_module, "fsync_path", broken)
+        copy = Path(store.temp_dir) / files[1].name
+        copy.write_bytes(files[1].read_bytes())
+        pending = store.start_ingest(str(copy))
+        assert pending.flushing is not None
+        assert len(_rows(store)) == 1, "no row before the flush"
+        with pytest.raises(OSError):
+            pending.result()
+        monkeypatch.undo()
+        assert len(_rows(store)) == 1
+        assert store.check().ok, store.check()
+    finally:
+        store.close()
+
+
+def test_a_blob_store_whose_pending_put_predates_flushing_still_ingests(tmp_path: Path) -> None:
+    """``PendingPut.flushing`` is newer than the protocol's first version: a third-party store whose
+    pending put has only ``key`` and ``wait()`` is waited for before the answer, as before."""
+    waited: list[str] = []
+
+    class OldPut:
+        def __init__(self, put: object) -> None:
+            self._put = put
+            self.key = put.key  # type: ignore[attr-defined]
+
+        def wait(self) -> None:
+            self._put.wait()  # type: ignore[attr-defined]
+            waited.append(self.key)
+
+    class OldStore(FilesystemBlobStore):
+        def start_put(self, src: str, key_hint: str | None = None) -> OldPut:  # type: ignore[override]
+            return OldPut(super().start_put(src, key_hint))
+
+    files = make_series(tmp_path / "src", 2, 200, 200)
+    store = DataStore.open(f"sqlite:///{tmp_path / 'index.db'}", blobs=OldStore(tmp_path / "files"))
+    try:
+        uids = _ingest(store, files)
+        assert len(uids) == 2 and len(waited) == 2
+        assert store.check().ok
+    finally:
         store.close()
 
 

@@ -651,7 +651,9 @@ class DataStore:
             return IngestResult(rec.status, rec.instance_id, attrs.sop_instance_uid, sha, size,
                                 rec.blob_key, rec.sha256)
 
-        if pending is None or pending.flushing is None:
+        # a third-party store's pending put written before PendingPut.flushing existed has none
+        flushing = getattr(pending, "flushing", None)
+        if pending is None or flushing is None:
             rec = commit(flushed=False)  # a small blob's flush overlaps the transaction
             return PendingIngest(lambda: finish(rec, flushed=False), gate)
         large: PendingPut = pending
@@ -672,7 +674,7 @@ class DataStore:
                 raise
             return finish(commit(flushed=True), flushed=True)
 
-        return PendingIngest(flushed_then_committed, gate, large.flushing)
+        return PendingIngest(flushed_then_committed, gate, flushing)
 
     def _abandon(self, pending: PendingPut, slot: int | str | None) -> None:
         """Undo a started put whose instance is not indexed (a duplicate, a failure before the row):
