@@ -384,7 +384,7 @@ class FilesystemBlobStore:
     # BlobStore ---------------------------------------------------------------------------------------
 
     def put_file(self, src: str, key_hint: str | None = None) -> str:
-        pending = self.start_put(src, key_hint)
+        pending = self._put(src, key_hint, background=False)
         try:
             pending.wait()
         except BaseException:
@@ -398,6 +398,12 @@ class FilesystemBlobStore:
         (``IngestLog.start(..., background=True)``); ``wait()`` runs or joins the log's flush (or takes
         the direct path below when the log could not cover it). A larger blob's file and folder are
         flushed on the flusher threads, started here: its ``flushing`` future says when."""
+        return self._put(src, key_hint, background=True)
+
+    def _put(self, src: str, key_hint: str | None, *, background: bool) -> PendingPut:
+        """:meth:`start_put`; without ``background`` (:meth:`put_file`, which waits at once) a larger
+        blob is flushed here, its file on this thread and its folder beside it, as no other work
+        would overlap a flush in the background."""
         src = os.fspath(src)
         key = validate_key(key_hint) if key_hint is not None else new_key()
         dest = self._file(key)
@@ -424,9 +430,13 @@ class FilesystemBlobStore:
                     return _LoggedPut(self, key, folder, log, ticket)
                 # A larger blob: its flushes run on the flusher threads while the caller goes on
                 # (the hash and the index transaction; on an event loop, other associations).
-                return _FlushingPut(key, self._flush_in_background(key, folder))
+                if background:
+                    return _FlushingPut(key, self._flush_in_background(key, folder))
+                self._flush_direct(key, folder)
             elif self.durability == "file":
-                return _FlushingPut(key, self._flusher().submit(fsync_path, dest))
+                if background:
+                    return _FlushingPut(key, self._flusher().submit(fsync_path, dest))
+                fsync_path(dest)
         except BaseException:
             self._drop(key)
             raise
