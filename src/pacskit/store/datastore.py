@@ -667,10 +667,7 @@ class DataStore:
                 large.wait()
             except BaseException as exc:
                 log.error("blob %s of %s could not be made durable (%s)", stored, attrs.sop_instance_uid, exc)
-                self._delete_quietly(stored)
-                self._sync_removal(stored)
-                self._journal_end(slot)
-                self._blob_settled(stored)
+                self._undo_put(stored, slot)
                 raise
             return finish(commit(flushed=True), flushed=True)
 
@@ -685,10 +682,15 @@ class DataStore:
             pending.wait()
         except OSError:
             pass
-        self._delete_quietly(pending.key)
-        self._sync_removal(pending.key)
+        self._undo_put(pending.key, slot)
+
+    def _undo_put(self, key: str, slot: int | str | None) -> None:
+        """Delete the blob ``key`` of an instance that is not indexed, durably, and end its journal
+        entry (after its put's ``wait`` returned or raised)."""
+        self._delete_quietly(key)
+        self._sync_removal(key)
         self._journal_end(slot)
-        self._blob_settled(pending.key)
+        self._blob_settled(key)
 
     def _sync_removal(self, key: str) -> None:
         """Make the deletion of a blob whose log record was flushed durable before its key stops being
