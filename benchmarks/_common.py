@@ -136,13 +136,20 @@ def receiver(kind: str, out_dir: Path, *, ae_title: str | None = None, extra: Se
             log_path.unlink()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) from /proc/<pid>/stat."""
+def _proc_stat(pid: int | str) -> tuple[int, float, float]:
+    """(parent pid, user seconds, system seconds) of a process (all its threads), from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat", "rb") as fh:
         raw = fh.read().decode()
     fields = raw[raw.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5), counting from 1
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    # fields 4, 14 and 15 of proc(5), counting from 1
+    return int(fields[1]), int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) from /proc/<pid>/stat."""
+    _, user, system = _proc_stat(pid)
+    return user + system
 
 
 def tree_cpu(root: int) -> tuple[float, float]:
@@ -150,19 +157,15 @@ def tree_cpu(root: int) -> tuple[float, float]:
     processes), from /proc/<pid>/stat; 0 for a process that has gone."""
     children: dict[int, list[int]] = {}
     stats: dict[int, tuple[float, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                raw = fh.read().decode()
+            parent, user, system = _proc_stat(name)
         except OSError:
             continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        pid = int(name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        stats[pid] = (int(fields[11]) / tick, int(fields[12]) / tick)
+        children.setdefault(parent, []).append(int(name))
+        stats[int(name)] = (user, system)
     user = system = 0.0
     todo = [root]
     while todo:
