@@ -259,7 +259,10 @@ def run_pacskit(weed: Any, n: int, files: list[Path], uids: list[tuple[str, str,
 
 
 @contextlib.contextmanager
-def _orthancs(n: int, database: str, work: Path, storage: Path | None = None) -> Iterator[list[Any]]:
+def _orthancs(n: int, database: str, work: Path, storage: Path | None = None,
+              s3: dict[str, Any] | None = None) -> Iterator[list[Any]]:
+    """``n`` Orthancs on one PostgreSQL database; their files in ``storage`` (a folder they share), or
+    with ``s3`` (:func:`pacskit.testing.peers.orthanc_s3_storage`'s entries) in an S3 bucket."""
     from sqlalchemy.engine import make_url
 
     u = make_url(POSTGRES_URL)
@@ -268,8 +271,9 @@ def _orthancs(n: int, database: str, work: Path, storage: Path | None = None) ->
         peers = []
         for i in range(n):
             extra = {
+                **(s3 or {}),
                 "StorageDirectory": str(storage),  # shared by the Orthancs (one archive)
-                "Plugins": [ORTHANC_INDEX_PLUGIN, ORTHANC_DICOMWEB_PLUGIN],
+                "Plugins": [ORTHANC_INDEX_PLUGIN, ORTHANC_DICOMWEB_PLUGIN, *(s3 or {}).get("Plugins", [])],
                 "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Host": u.host or "127.0.0.1",
                                "Port": u.port or 5432, "Database": database, "Username": u.username or "postgres",
                                "Password": u.password or "", "EnableSsl": False,
@@ -284,31 +288,55 @@ def _orthancs(n: int, database: str, work: Path, storage: Path | None = None) ->
         yield peers
 
 
+ORTHANC_STORAGES = {
+    "folder": "a local folder the Orthancs share (the issue's comparison)",
+    "seaweedfs": "the SeaweedFS cluster's filer mounted with weed mount (FUSE; acknowledges before the volume "
+                 "servers have the data)",
+    "s3": "the SeaweedFS cluster's S3 gateway, through Orthanc's Python plugin as its storage area "
+          "(pacskit.testing.orthanc_s3_storage, the same S3 client as pacskit's; Debian has no orthanc-object-storage): "
+          "two PUTs per instance, since such a storage area cannot read ranges",
+    "s3-1put": "as s3, but the attachment Orthanc adds for a storage area without range reads kept in a local "
+               "folder: one PUT per instance, the object store's load of orthanc-object-storage",
+}
+
+
 def run_orthanc(n: int, files: list[Path], uids: list[tuple[str, str, str]], associations: int,
-                work: Path, weed: Any = None) -> tuple[Phase, Phase]:
-    """Two Orthancs on one PostgreSQL; their storage a local folder, or (``weed``) a folder of the
-    SeaweedFS cluster mounted with ``weed mount`` (the same object store as the pacskit nodes')."""
+                work: Path, weed: Any = None, storage: str = "folder") -> tuple[Phase, Phase]:
+    """Two Orthancs on one PostgreSQL; their storage one of :data:`ORTHANC_STORAGES` (``seaweedfs`` and
+    ``s3``: the same object store as the pacskit nodes')."""
     import httpx
 
+    from pacskit.testing.peers import orthanc_s3_storage
     from pacskit.testing.seaweedfs import weed_mount
 
     with fresh_postgres_database(POSTGRES_URL, prefix="orthanc_bench") as url, contextlib.ExitStack() as stack:
         database = url.rsplit("/", 1)[1].split("?", 1)[0]
-        folder = work / f"orthanc-{n}{'-weed' if weed else ''}"
-        storage = None
-        if weed is not None:
-            storage = work / f"orthanc-mount-{database}"
-            mount = stack.enter_context(weed_mount(weed, storage, f"/{database}"))
-        with _orthancs(n, database, folder, storage) as peers:
+        folder = work / f"orthanc-{n}-{storage}"
+        mount_folder, s3 = None, None
+        if storage == "seaweedfs":
+            mount_folder = work / f"orthanc-mount-{database}"
+            mount = stack.enter_context(weed_mount(weed, mount_folder, f"/{database}"))
+        elif storage in ("s3", "s3-1put"):
+            local = None
+            if storage == "s3-1put":
+                (local := work / f"orthanc-until-pixel-data-{database}").mkdir()
+            s3 = orthanc_s3_storage(**weed.store_options("bench", f"{database}/"), until_pixel_data_folder=local)
+        with _orthancs(n, database, folder, mount_folder, s3) as peers:
             with haproxy([Backend(f"o{i}", p.port, p.http_port) for i, p in enumerate(peers)],
                          health_path="/system") as lb:
                 groups = {"orthanc": [p.proc.pid for p in peers], "haproxy": [lb.proc.pid]}
-                if weed is not None:
+                if storage == "seaweedfs":
                     groups["seaweedfs"] = [p.proc.pid for p in weed.processes] + [mount.proc.pid]
+                elif s3 is not None:
+                    groups["seaweedfs"] = [p.proc.pid for p in weed.processes]
                 statistics = f"http://127.0.0.1:{peers[0].http_port}/statistics"
                 ingest, retrieve = _measure(
-                    f"Orthanc x{n}", lb, CpuMeter(groups, database), files, uids, associations,
+                    f"Orthanc x{n} {storage}", lb, CpuMeter(groups, database), files, uids, associations,
                     lambda: int(httpx.get(statistics, timeout=30).json()["CountInstances"]))
+        if s3 is not None:
+            objects = weed.count_objects("bench", f"{database}/")
+            print(f"    Orthanc x{n} {storage}: {objects} objects for {ingest.instances} instances "
+                  f"({objects / max(1, ingest.instances):.2f} PUTs per instance)", flush=True)
         shutil.rmtree(folder, ignore_errors=True)
     return ingest, retrieve
 
@@ -373,9 +401,10 @@ def main() -> int:
     parser.add_argument("--associations", type=int, default=4, help="parallel storescu / HTTP clients")
     parser.add_argument("--nodes", default="1,2,3", help="pacskit node counts")
     parser.add_argument("--orthancs", type=int, default=2, help="Orthancs on one PostgreSQL (0: skip)")
-    parser.add_argument("--orthanc-storage", choices=("folder", "seaweedfs", "both"), default="folder",
-                        help="the Orthancs' storage: a local folder (the issue's comparison), the SeaweedFS "
-                             "cluster through weed mount (like for like), or both")
+    parser.add_argument("--orthanc-storage", default="folder",
+                        help="the Orthancs' storage, comma-separated, each run every round: "
+                             + "; ".join(f"{k}: {v}" for k, v in ORTHANC_STORAGES.items())
+                             + " ('both' = folder,seaweedfs)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds, each every configuration once (interleaved: a busy spell hits all)")
     parser.add_argument("--pgbench-seconds", type=int, default=8)
@@ -401,8 +430,10 @@ def main() -> int:
     rounds: list[dict[str, tuple[Phase, Phase]]] = []
     loads: list[float] = []
     work = Path(tempfile.mkdtemp(prefix="pacskit-bench-scaleout-"))
-    orthanc_key = f"Orthanc x{args.orthancs}"
-    weed_key = f"Orthanc x{args.orthancs} weed"  # its storage on SeaweedFS (weed mount)
+    storages = ["folder", "seaweedfs"] if args.orthanc_storage == "both" else args.orthanc_storage.split(",")
+    if unknown := set(storages) - set(ORTHANC_STORAGES):
+        parser.error(f"--orthanc-storage: unknown {', '.join(sorted(unknown))}")
+    orthanc_keys = [f"Orthanc x{args.orthancs} {storage}" for storage in storages] if args.orthancs else []
     try:
         server_args, volume_args, env = WEED_SETTINGS[args.weed]
         with seaweedfs_cluster(work / "weed", volumes=2, replication="001", server_args=server_args,
@@ -417,13 +448,9 @@ def main() -> int:
                 for n in [int(x) for x in args.nodes.split(",") if x]:
                     results[f"pacskit x{n}"] = run_pacskit(weed, n, files, uids, args.associations, work)
                     print(f"  round {r + 1}: pacskit x{n} {results[f'pacskit x{n}'][0].rate:.1f} inst/s", flush=True)
-                if args.orthancs and args.orthanc_storage in ("folder", "both"):
-                    results[orthanc_key] = run_orthanc(args.orthancs, files, uids, args.associations, work)
-                    print(f"  round {r + 1}: {orthanc_key} {results[orthanc_key][0].rate:.1f} inst/s "
-                          f"(load average {os.getloadavg()[0]:.2f})", flush=True)
-                if args.orthancs and args.orthanc_storage in ("seaweedfs", "both"):
-                    results[weed_key] = run_orthanc(args.orthancs, files, uids, args.associations, work, weed)
-                    print(f"  round {r + 1}: {weed_key} {results[weed_key][0].rate:.1f} inst/s "
+                for storage, key in zip(storages, orthanc_keys):
+                    results[key] = run_orthanc(args.orthancs, files, uids, args.associations, work, weed, storage)
+                    print(f"  round {r + 1}: {key} {results[key][0].rate:.1f} inst/s "
                           f"(load average {os.getloadavg()[0]:.2f})", flush=True)
                 rounds.append(results)
         one, eight = pgbench(1, args.pgbench_seconds), pgbench(8, args.pgbench_seconds)
@@ -433,15 +460,15 @@ def main() -> int:
     for r, results in enumerate(rounds):
         print()
         print(f"round {r + 1} (load average {loads[r]:.2f} at its start)")
-        print(f"{'configuration':<14} {'ingest inst/s':>13} {'retrieve inst/s':>15}   ingest CPU ms per instance")
+        print(f"{'configuration':<20} {'ingest inst/s':>13} {'retrieve inst/s':>15}   ingest CPU ms per instance")
         for name, (ingest, retrieve) in results.items():
-            print(f"{name:<14} {ingest.rate:>13.1f} {retrieve.rate:>15.1f}   {ingest.cpu_ms_per_instance()}")
+            print(f"{name:<20} {ingest.rate:>13.1f} {retrieve.rate:>15.1f}   {ingest.cpu_ms_per_instance()}")
         print("retrieve CPU ms per instance:")
         for name, (_ingest_phase, retrieve) in results.items():
-            print(f"  {name:<14} {retrieve.cpu_ms_per_instance()}")
+            print(f"  {name:<20} {retrieve.cpu_ms_per_instance()}")
     print()
     print(f"PostgreSQL commits/s (one-row INSERT transactions): {one:.0f} with 1 client, {eight:.0f} with 8 clients")
-    for key in (orthanc_key, weed_key):
+    for key in orthanc_keys:
         ratios = [res["pacskit x2"][0].rate / res[key][0].rate for res in rounds if key in res and "pacskit x2" in res]
         if not ratios:
             continue

