@@ -29,13 +29,23 @@ SeaweedFS runs with ``--weed``'s settings (``benchmarks/seaweedfs_put.py``'s nam
 machine Go's idle processors spin for work between requests, and one fewer costs SeaweedFS 18% less
 CPU per PUT (``node_cpu.py --weed default --weed gomaxprocs1``); ``--weed default`` as before.
 
-Orthanc's storage is a folder both Orthancs share (its S3 plugin is not packaged in Debian); pacskit's
-is the object store. Target (issue 23): ingest through 2 pacskit nodes >= 1.5x two Orthancs. With
-``--orthanc-storage seaweedfs`` (or ``both``) the Orthancs' folder is the same SeaweedFS cluster, mounted
-with ``weed mount`` (FUSE), so both archives pay the object store (like for like, but for ``weed
-mount`` acknowledging writes before they reach the volume servers, which favours Orthanc).
+Target (issue 23): ingest through 2 pacskit nodes >= 1.5x two Orthancs on one PostgreSQL. pacskit's
+files are in the object store; the Orthancs' (``--orthanc-storage``, comma-separated, each run every
+round; default all but ``seaweedfs``):
 
-    ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3] [--repeat 3] [--orthanc-storage both]
+* ``folder``: a local folder both Orthancs share. Only possible with both on one machine, and on this
+  one the object store's CPU (SeaweedFS, ~2 ms per PUT) is pacskit's alone.
+* ``s3``: the same SeaweedFS bucket through its S3 gateway, Orthanc's Python plugin
+  (``orthanc-python``) running :mod:`pacskit.testing.orthanc_s3_storage` as its storage area with the
+  S3 client pacskit uses; Orthanc's own S3 plugin (orthanc-object-storage) is not packaged in Debian.
+  Such a storage area cannot read byte ranges, so Orthanc also stores each instance's "DICOM until
+  pixel data": two PUTs per instance.
+* ``s3-1put``: as ``s3`` with that second attachment in a local folder: one PUT per instance, the
+  object store's load under orthanc-object-storage (which reads ranges). The like-for-like figure.
+* ``seaweedfs``: the SeaweedFS filer mounted with ``weed mount`` (FUSE), which acknowledges writes
+  before they reach the volume servers (favours Orthanc) and costs SeaweedFS ~8 ms per instance.
+
+    ./run bench scaleout [--small 600] [--associations 4] [--nodes 1,2,3] [--repeat 3] [--orthanc-storage folder,s3,s3-1put]
         [--per-study 1]
 """
 
@@ -401,7 +411,7 @@ def main() -> int:
     parser.add_argument("--associations", type=int, default=4, help="parallel storescu / HTTP clients")
     parser.add_argument("--nodes", default="1,2,3", help="pacskit node counts")
     parser.add_argument("--orthancs", type=int, default=2, help="Orthancs on one PostgreSQL (0: skip)")
-    parser.add_argument("--orthanc-storage", default="folder",
+    parser.add_argument("--orthanc-storage", default="folder,s3,s3-1put",
                         help="the Orthancs' storage, comma-separated, each run every round: "
                              + "; ".join(f"{k}: {v}" for k, v in ORTHANC_STORAGES.items())
                              + " ('both' = folder,seaweedfs)")
