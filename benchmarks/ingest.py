@@ -13,6 +13,11 @@ not a tmpfs, since both are meant to be durable). Datasets come from the engine_
 instances: pacskit with ``[database] url`` and Orthanc with Debian's ``orthanc-postgresql`` index plugin,
 each on a fresh database of that server.
 
+Where a target is missed, the summary says what it would leave of the machine's CPU per instance
+(every core busy, the storescu clients' share taken off) against what each server used, and the most
+pacskit's CPU per instance allows: whether the target can be met here at all by a server that spends
+what these do.
+
 ``--strace N`` also counts, in a separate pass of N small instances per (server, associations), the
 flushes each server makes per instance: ``strace -f -c`` attached to the server process, counting
 fsync, fdatasync, syncfs, sync_file_range and msync (strace slows a server down, so these passes are
@@ -394,7 +399,27 @@ def main() -> int:
         ok = ratio >= minimum
         status |= 0 if ok else 1
         print(f"  {label}: {ratio:6.2f}  (target >= {minimum})  {'PASS' if ok else 'FAIL'}  [{a.server}]")
+        if not ok:
+            print("    " + cpu_budget(a, o, minimum))
     return status
+
+
+def cpu_budget(ours: Result, theirs: Result, minimum: float) -> str:
+    """What ``minimum`` x Orthanc's rate would leave of this machine's CPU per instance, against what
+    each server and its storescu clients used: whether a target can be met here at all by a server
+    that spends what these do (the clients share the machine's cores with the server)."""
+    def ms(r: Result, cpu: tuple[float, float]) -> float:
+        return 1000 * sum(cpu) / r.instances
+
+    cores = os.cpu_count() or 1
+    wanted = minimum * theirs.inst_per_s
+    budget = 1000 * cores / wanted  # ms of CPU per instance with every core busy
+    server_budget = budget - ms(ours, ours.client_cpu)
+    ceiling = 1000 * cores / (ms(ours, ours.server_cpu) + ms(ours, ours.client_cpu))
+    return (f"{minimum:g}x = {wanted:,.0f} inst/s = at most {budget:.2f} ms of CPU per instance for everything on "
+            f"{cores} cores; less storescu's {ms(ours, ours.client_cpu):.2f}, <= {server_budget:.2f} ms for the server "
+            f"(pacskit used {ms(ours, ours.server_cpu):.2f}, Orthanc {ms(theirs, theirs.server_cpu):.2f}: at pacskit's, "
+            f"every core busy, {ceiling:,.0f} inst/s = {ceiling / theirs.inst_per_s:.2f}x at most)")
 
 
 if __name__ == "__main__":
