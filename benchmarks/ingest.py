@@ -92,6 +92,10 @@ class Result:
     server_cpu: tuple[float, float] = (float("nan"), float("nan"))  # (user, system) seconds, process tree
     client_cpu: tuple[float, float] = (float("nan"), float("nan"))  # the storescu processes together
 
+    def cpu_ms(self, cpu: tuple[float, float]) -> float:
+        """``cpu`` (user, system seconds) in ms per instance."""
+        return 1000 * sum(cpu) / self.instances
+
     def ms_per_instance(self, cpu: tuple[float, float]) -> str:
         user, system = (x * 1000 / self.instances for x in cpu)
         return "n/a" if user != user else f"{user + system:5.2f} ({user:.2f}+{system:.2f})"
@@ -408,17 +412,14 @@ def cpu_budget(ours: Result, theirs: Result, minimum: float) -> str:
     """What ``minimum`` x Orthanc's rate would leave of this machine's CPU per instance, against what
     each server and its storescu clients used: whether a target can be met here at all by a server
     that spends what these do (the clients share the machine's cores with the server)."""
-    def ms(r: Result, cpu: tuple[float, float]) -> float:
-        return 1000 * sum(cpu) / r.instances
-
     cores = os.cpu_count() or 1
     wanted = minimum * theirs.inst_per_s
     budget = 1000 * cores / wanted  # ms of CPU per instance with every core busy
-    server_budget = budget - ms(ours, ours.client_cpu)
-    ceiling = 1000 * cores / (ms(ours, ours.server_cpu) + ms(ours, ours.client_cpu))
+    server, clients = ours.cpu_ms(ours.server_cpu), ours.cpu_ms(ours.client_cpu)
+    ceiling = 1000 * cores / (server + clients)
     return (f"{minimum:g}x = {wanted:,.0f} inst/s = at most {budget:.2f} ms of CPU per instance for everything on "
-            f"{cores} cores; less storescu's {ms(ours, ours.client_cpu):.2f}, <= {server_budget:.2f} ms for the server "
-            f"(pacskit used {ms(ours, ours.server_cpu):.2f}, Orthanc {ms(theirs, theirs.server_cpu):.2f}: at pacskit's, "
+            f"{cores} cores; less storescu's {clients:.2f}, <= {budget - clients:.2f} ms for the server "
+            f"(pacskit used {server:.2f}, Orthanc {theirs.cpu_ms(theirs.server_cpu):.2f}: at pacskit's, "
             f"every core busy, {ceiling:,.0f} inst/s = {ceiling / theirs.inst_per_s:.2f}x at most)")
 
 

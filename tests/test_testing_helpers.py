@@ -20,6 +20,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pacskit.dicom.part10 import parse_part10_header
 from pacskit.testing import peers, synth
 from pacskit.testing import (
     count_store_successes,
@@ -42,9 +43,8 @@ def _sop_uids(paths) -> set[str]:
 
 
 def _dataset_bytes(part10: bytes) -> bytes:
-    """Part 10 bytes after the File Meta group (its length is the value of (0002,0000))."""
-    assert part10[128:132] == b"DICM"
-    return part10[144 + int.from_bytes(part10[140:144], "little"):]
+    """Part 10 bytes after the File Meta."""
+    return part10[parse_part10_header(part10).dataset_offset:]
 
 
 def _dcm_files(folder: Path) -> list[Path]:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
+from pacskit.dicom.part10 import parse_part10_header
 from pacskit.testing.cluster import POSTGRES_URL, Node, cluster_rows, fresh_postgres_database, pacs_nodes
 from pacskit.testing.dicomweb import multipart_parts
 from pacskit.testing.haproxy import Backend, haproxy, haproxy_binary
@@ -52,15 +53,7 @@ def _digest(path: Path) -> str:
 
 
 def _digest_bytes(data: bytes) -> str:
-    return hashlib.sha256(data[_offset(data):]).hexdigest()
-
-
-def _offset(data: bytes) -> int:
-    """Where the dataset starts in Part 10 bytes: after the File Meta group (its length is in (0002,0000))."""
-    assert data[128:132] == b"DICM", "not a Part 10 file"
-    # (0002,0000) UL, explicit VR: tag(4) VR(2) len(2) value(4) at 132
-    group_length = int.from_bytes(data[140:144], "little")
-    return 144 + group_length
+    return hashlib.sha256(data[parse_part10_header(data).dataset_offset:]).hexdigest()
 
 
 def _dcmtk(name: str, *args: str, timeout: float = 120) -> str:
