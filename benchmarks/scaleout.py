@@ -426,6 +426,9 @@ def main() -> int:
                         help="instances per study (one series each, 50 patients): 1 is a CR/DX/MG-like load; "
                              "0 (default): every instance in one series of one study")
     args = parser.parse_args()
+    storages = ["folder", "seaweedfs"] if args.orthanc_storage == "both" else args.orthanc_storage.split(",")
+    if unknown := set(storages) - set(ORTHANC_STORAGES):
+        parser.error(f"--orthanc-storage: unknown {', '.join(sorted(unknown))}")
 
     os.environ.setdefault("TCP_NODELAY", "1")
     files = (ensure_studies("studies", args.small, args.per_study, 64, 64) if args.per_study
@@ -440,9 +443,6 @@ def main() -> int:
     rounds: list[dict[str, tuple[Phase, Phase]]] = []
     loads: list[float] = []
     work = Path(tempfile.mkdtemp(prefix="pacskit-bench-scaleout-"))
-    storages = ["folder", "seaweedfs"] if args.orthanc_storage == "both" else args.orthanc_storage.split(",")
-    if unknown := set(storages) - set(ORTHANC_STORAGES):
-        parser.error(f"--orthanc-storage: unknown {', '.join(sorted(unknown))}")
     orthanc_keys = [f"Orthanc x{args.orthancs} {storage}" for storage in storages] if args.orthancs else []
     try:
         server_args, volume_args, env = WEED_SETTINGS[args.weed]
